@@ -1,0 +1,171 @@
+"""The `orchc` command line: parse arguments, run the pipeline, map errors to exit codes.
+
+Exit status: 0 success, 1 invalid input (located errors on stderr), 2 wrong usage.
+This is the only place that exits; heavy modules are imported by the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import OrchcError, UsageError
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def _add_compile_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--defs", action="append", type=Path, default=[], metavar="DIR",
+                        help="a folder of type definitions, searched before the built-ins (repeatable)")
+    parser.add_argument("--site", metavar="NAME|PATH", help="site profile (overrides the recipe's `site`)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a value: JOB.key.path=VALUE for one job, key.path=VALUE for all (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orchc", description="Compile YAML recipes into sbatch scripts "
+                                     "for services and benchmark clients, and run them on SLURM.")
+    parser.add_argument("--version", action="version", version=f"orchc {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    compile_ = commands.add_parser("compile", help="compile recipes into sbatch scripts")
+    compile_.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE")
+    compile_.add_argument("-o", "--output", type=Path, default=Path("build"), metavar="DIR",
+                          help="output folder (default: build/); scripts go to DIR/<recipe>/")
+    compile_.add_argument("--stdout", action="store_true", help="print the scripts instead of writing files")
+    _add_compile_options(compile_)
+    compile_.set_defaults(run=cmd_compile)
+
+    validate = commands.add_parser("validate", help="run every check of compile, write nothing")
+    validate.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE")
+    _add_compile_options(validate)
+    validate.set_defaults(run=cmd_validate)
+
+    show = commands.add_parser("show", help="print the fully resolved jobs of a recipe as YAML")
+    show.add_argument("recipe", type=Path, metavar="RECIPE")
+    show.add_argument("--origin", action="store_true", help="annotate each value with the file:line that set it")
+    _add_compile_options(show)
+    show.set_defaults(run=cmd_show)
+
+    types = commands.add_parser("types", help="list the available types, or show one type's fields")
+    types.add_argument("name", nargs="?", metavar="NAME")
+    types.add_argument("--defs", action="append", type=Path, default=[], metavar="DIR")
+    types.set_defaults(run=cmd_types)
+
+    return parser
+
+
+def _options(args: argparse.Namespace) -> object:
+    from .pipeline import Options
+    from .resolve import parse_settings
+
+    return Options(defs=args.defs, site=args.site, settings=parse_settings(args.settings))
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .emit import write_outputs
+    from .pipeline import compile_all
+
+    outputs = compile_all(args.recipes, _options(args))  # type: ignore[arg-type]
+    if args.stdout:
+        for output in outputs:
+            for name, text in sorted(output.files.items()):
+                if name.endswith(".sbatch"):
+                    sys.stdout.write(f"# ==> {output.recipe.name}/{name} <==\n{text}\n")
+        return EXIT_OK
+    written = write_outputs(outputs, args.output)
+    jobs = sum(len(output.recipe.jobs) for output in outputs)
+    print(f"compiled {len(outputs)} recipe(s), {jobs} job(s) into {args.output}/ ({len(written)} files)")
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .pipeline import compile_all
+
+    outputs = compile_all(args.recipes, _options(args))  # type: ignore[arg-type]
+    for output in outputs:
+        print(f"{output.recipe.file}: ok ({len(output.recipe.jobs)} job(s))")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .pipeline import resolve_all
+    from .report import yaml_lines
+    from .source import Node
+
+    recipe = resolve_all([args.recipe], _options(args))[0]  # type: ignore[arg-type]
+    annotate = (lambda node: str(node.loc)) if args.origin else None
+    lines = [f"# recipe {recipe.name} ({recipe.file}), site {recipe.site.name} ({recipe.site.file})"]
+    for job in recipe.jobs:
+        header = Node({"name": Node(job.name, job.node.loc), "job_id": Node(job.job_id, job.node.loc),
+                       "role": Node(job.role, job.node.loc)}, job.node.loc)
+        body = Node({k: v for k, v in job.node.value.items() if k != "name"}, job.node.loc)
+        for key in ("target",):
+            if key in job.data and key not in body.value:
+                body.value[key] = Node(job.data[key], job.node.loc)
+        lines.append("---")
+        lines += yaml_lines(header) + yaml_lines(body, annotate)
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_types(args: argparse.Namespace) -> int:
+    from .report import print_table
+    from .typedefs import Registry
+
+    registry = Registry(args.defs)
+    if args.name:
+        typedef = registry.resolve(args.name)
+        print(f"{typedef.name} ({typedef.role}{', abstract' if typedef.abstract else ''}): {typedef.description}")
+        print(f"chain: {' -> '.join(typedef.chain)}")
+        rows = [[name, _type_label(schema), _default_label(name, schema), schema.get("description", "")]
+                for name, schema in sorted(typedef.fields.items())]
+        print_table(f"fields of {typedef.name}", ["field", "type", "default", "description"], rows)
+        return EXIT_OK
+    rows = []
+    for name in registry.names():
+        typedef = registry.resolve(name)
+        parent = typedef.chain[-2] if len(typedef.chain) > 1 else ""
+        kind = typedef.role + (" (abstract)" if typedef.abstract else "")
+        rows.append([name, parent, kind, typedef.description.split("\n")[0]])
+    print_table("orchc types", ["type", "extends", "role", "description"], rows)
+    return EXIT_OK
+
+
+def _type_label(schema: dict) -> str:
+    if schema.get("secret"):
+        return "secret"
+    if "enum" in schema:
+        return " | ".join(str(v) for v in schema["enum"])
+    kind = schema.get("type", "any")
+    return " | ".join(kind) if isinstance(kind, list) else str(kind)
+
+
+def _default_label(name: str, schema: dict) -> str:
+    import json
+
+    return json.dumps(schema["default"]) if "default" in schema else "-"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        run: Callable[[argparse.Namespace], int] = args.run
+        return run(args)
+    except OrchcError as error:
+        from .report import print_error
+
+        print_error(error)
+        return EXIT_INVALID
+    except UsageError as error:
+        parser.print_usage(sys.stderr)
+        print(f"orchc: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK

@@ -1,0 +1,32 @@
+"""A resolved job -> its `#SBATCH` lines, one per set resource, in a fixed order.
+
+Values were checked by the schema (patterns without spaces or newlines), so a
+directive is always exactly one line; unset values are left out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+RESOURCE_DIRECTIVES: tuple[tuple[str, str], ...] = (
+    ("account", "--account"),
+    ("partition", "--partition"),
+    ("qos", "--qos"),
+    ("nodes", "--nodes"),
+    ("ntasks", "--ntasks"),
+    ("cpus_per_task", "--cpus-per-task"),
+    ("mem", "--mem"),
+    ("time", "--time"),
+    ("gres", "--gres"),
+    ("signal", "--signal"),
+)
+"""resources key -> sbatch option, in the order they appear in a script (README's table)."""
+
+
+def directives(job_name: str, job_id: str, resources: dict[str, Any]) -> list[str]:
+    """The option part of each `#SBATCH` line."""
+    lines = [f"--job-name={job_name}_{job_id}"]
+    lines += [f"{option}={resources[key]}" for key, option in RESOURCE_DIRECTIVES if resources.get(key) is not None]
+    lines += ["--output=slurm-%j.out", "--error=slurm-%j.err"]
+    lines += list(resources.get("extra", ()))
+    return lines

@@ -1,0 +1,62 @@
+"""The one error type of orchc: a list of problems, each at a source location.
+
+Stages collect every problem they find in a document and raise them together,
+so a user fixes a file in one round instead of one error at a time.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable
+
+from .source import SourceLoc
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    loc: SourceLoc
+    message: str
+    related: tuple[SourceLoc, ...] = ()
+
+    def headline(self) -> str:
+        return f"{self.loc}: error: {self.message}"
+
+
+class OrchcError(Exception):
+    """Invalid input. Carries every problem found; the CLI maps it to exit status 1."""
+
+    def __init__(self, problems: Iterable[Problem]):
+        self.problems = sorted(set(problems))
+        super().__init__("\n".join(p.headline() for p in self.problems))
+
+    @classmethod
+    def at(cls, loc: SourceLoc, message: str, related: Iterable[SourceLoc] = ()) -> OrchcError:
+        return cls([Problem(loc, message, tuple(related))])
+
+
+class UsageError(Exception):
+    """Wrong use of the command line (exit status 2)."""
+
+
+class Collector:
+    """Accumulates problems across a stage and raises them all at the end."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def add(self, loc: SourceLoc, message: str, related: Iterable[SourceLoc] = ()) -> None:
+        self.problems.append(Problem(loc, message, tuple(related)))
+
+    def absorb(self, error: OrchcError) -> None:
+        self.problems.extend(error.problems)
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise OrchcError(self.problems)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A "; did you mean 'x'?" suffix when a close match exists, else ''."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""

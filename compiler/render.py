@@ -1,0 +1,252 @@
+"""Stage 4, render: a resolved job -> the text of its sbatch script.
+
+Two strict Jinja environments, built once per process:
+- `shell`: for shell lines and commands. Every `{{ value }}` is quoted for the
+  shell on output (safe by default); `| raw` opts out for trusted shell code and
+  `| path` keeps `$VAR` expansions while quoting everything else.
+- `text`: for file contents written through quoted here-documents, which the
+  shell does not interpret.
+A template error names the type file and line that holds the template.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit
+
+from .directives import directives
+from .errors import OrchcError
+from .resolve import Job, Recipe
+from .resources import templates_dir
+from .source import Node
+
+_VARIABLE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
+PHASE_ORDER = {"service": ("setup", "health_check"), "client": ("setup", "health_check", "benchmark", "results")}
+
+
+class Raw(str):
+    """Text that already is shell code: passes the shell environment's quoting untouched."""
+
+
+def shell_word(text: str) -> str:
+    """One shell word for `text`: `$VAR`/`${VAR}` still expand, everything else is literal."""
+    if not text:
+        return "''"
+    out, last = [], 0
+    for match in _VARIABLE.finditer(text):
+        if match.start() > last:
+            out.append(shlex.quote(text[last:match.start()]))
+        out.append(f'"{match.group(0)}"')
+        last = match.end()
+    if last < len(text):
+        out.append(shlex.quote(text[last:]))
+    return "".join(out)
+
+
+def _shell_finalize(value: Any) -> str:
+    if isinstance(value, Raw):
+        return value
+    return shlex.quote(_text_finalize(value))
+
+
+def _text_finalize(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+@lru_cache(maxsize=None)
+def _environment(kind: str) -> Any:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    env = Environment(
+        undefined=StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        finalize={"shell": _shell_finalize, "text": _text_finalize, "script": None}[kind],
+        loader=FileSystemLoader(str(templates_dir())) if kind == "script" else None,
+    )
+    env.filters["raw"] = lambda value: Raw(_text_finalize(value))
+    env.filters["path"] = lambda value: Raw(shell_word(_text_finalize(value)))
+    env.filters["json"] = lambda value: json.dumps(value, sort_keys=True)
+    return env
+
+
+@lru_cache(maxsize=4096)
+def _compiled(kind: str, source: str) -> Any:
+    return _environment(kind).from_string(source)
+
+
+def render_string(node: Node, context: dict[str, Any], kind: str = "shell") -> str:
+    """Render one template string of a type or recipe, errors located at the string."""
+    from jinja2 import TemplateError, TemplateSyntaxError
+
+    try:
+        return _compiled(kind, str(node.value)).render(context)
+    except TemplateSyntaxError as exc:
+        raise OrchcError.at(node.loc, f"template syntax error: {exc.message}") from None
+    except TemplateError as exc:
+        raise OrchcError.at(node.loc, f"template error: {exc.message}") from None
+
+
+def render_job(job: Job, recipe: Recipe) -> str:
+    context = _context(job, recipe)
+    parts = {
+        "directives": directives(job.name, job.job_id, job.data.get("resources", {})),
+        "modules": recipe.site.modules,
+        "environment": [f"export {k}={shlex.quote(_text_finalize(v))}" for k, v in sorted(job.data.get("environment", {}).items())],
+        "secrets": [_secret_line(name, job.data[name]) for name in sorted(job.typedef.secrets) if name in job.data],
+        "images": _image_lines(job, recipe, context),
+        "sidecars": _sidecar_lines(job, recipe, context),
+        "service_command": _service_command(job, recipe, context),
+        "phases": {phase: _phase_lines(job, phase, context) for phase in PHASE_ORDER[job.role]},
+        "target": _target_lines(job, recipe) if job.role == "client" else [],
+    }
+    template = _environment("script").get_template("job.sbatch.j2")
+    return template.render(job=job, recipe=recipe, site=recipe.site, **parts)
+
+
+def _context(job: Job, recipe: Recipe) -> dict[str, Any]:
+    context = dict(job.data)
+    context.update(
+        job={"name": job.name, "id": job.job_id, "type": job.typedef.name, "role": job.role},
+        recipe=recipe.name,
+        site={"name": recipe.site.name, "runtime": recipe.site.runtime},
+    )
+    container = job.data.get("container")
+    context["run"] = Raw(_exec_prefix(job, container, recipe, context) if container else "")
+    return context
+
+
+def _image_path(image: str, recipe: Recipe) -> str:
+    return shell_word(f"{recipe.site.image_dir}/{image}.sif")
+
+
+def _containers(job: Job, context: dict[str, Any]) -> list[tuple[Node, dict[str, Any]]]:
+    """(node, plain) of the job's main container and of each sidecar that is switched on."""
+    found = []
+    if job.data.get("container"):
+        found.append((job.node.at(("container",)), job.data["container"]))
+    for name, sidecar in sorted(job.data.get("sidecars", {}).items()):
+        if not sidecar.get("when") or context.get(sidecar["when"]):
+            found.append((job.node.at(("sidecars", name, "container")), sidecar["container"]))
+    return found
+
+
+def _image_lines(job: Job, recipe: Recipe, context: dict[str, Any]) -> list[str]:
+    if recipe.site.runtime != "apptainer":
+        return []
+    lines = []
+    for node, container in _containers(job, context):
+        if not container.get("image"):
+            continue
+        source = container.get("source")
+        if not source:
+            raise OrchcError.at(node.loc, f"container image '{container['image']}' needs a `source` to build it from")
+        lines.append(f"orchc_image {_image_path(container['image'], recipe)} {shlex.quote(source)}")
+    return sorted(set(lines), key=lines.index)
+
+
+def _exec_prefix(job: Job, container: dict[str, Any], recipe: Recipe, context: dict[str, Any],
+                 node: Node | None = None) -> str:
+    node = node or job.node.at(("container",))
+    env = [f"{k}={shell_word(render_string(node.at(('env', k)), context, 'text'))}"
+           for k in sorted(container.get("env", {}))]
+    if recipe.site.runtime != "apptainer" or not container.get("image"):
+        return " ".join(env)
+    words = ["apptainer", "exec"]
+    if container.get("gpu"):
+        words.append("--nv")
+    for index, _ in enumerate(container.get("binds", ())):
+        words += ["--bind", shell_word(render_string(node.at(("binds", index)), context, "text"))]
+    for assignment in env:
+        words += ["--env", assignment]
+    words.append(_image_path(container["image"], recipe))
+    return " ".join(words)
+
+
+def _start_line(job: Job, node: Node, container: dict[str, Any], recipe: Recipe, context: dict[str, Any]) -> str:
+    command_node = node.at(("command",))
+    if not container.get("command"):
+        raise OrchcError.at(node.loc, f"{job.role} '{job.name}': the container has no `command` to start")
+    prefix = _exec_prefix(job, container, recipe, context, node)
+    command = render_string(command_node, context)
+    return f"{prefix} {command} &".lstrip()
+
+
+def _sidecar_lines(job: Job, recipe: Recipe, context: dict[str, Any]) -> list[str]:
+    if job.role != "service":
+        return []
+    sidecars = _containers(job, context)[1 if job.data.get("container") else 0:]
+    return [_start_line(job, node, container, recipe, context) for node, container in sidecars]
+
+
+def _service_command(job: Job, recipe: Recipe, context: dict[str, Any]) -> str:
+    if job.role != "service":
+        return ""
+    if not job.data.get("container"):
+        raise OrchcError.at(job.node.loc, f"service '{job.name}' has no container to start")
+    return _start_line(job, job.node.at(("container",)), job.data["container"], recipe, context)
+
+
+def _phase_lines(job: Job, phase: str, context: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    items = job.node.at(("phases", phase))
+    if not isinstance(items.value, list) or phase not in job.data.get("phases", {}):
+        return lines
+    for item in items.value:
+        if isinstance(item.value, dict):
+            lines.extend(_file_block(item, context))
+        else:
+            lines.append(render_string(item, context).strip())
+    return [line for line in lines if line]
+
+
+def _file_block(item: Node, context: dict[str, Any]) -> list[str]:
+    """A file written by a quoted here-document, so the shell never interprets its content."""
+    path = render_string(item.at(("file",)), context, "text")
+    content = render_string(item.at(("content",)), context, "text").rstrip("\n")
+    delimiter = "ORCHC_EOF"
+    while delimiter in content.splitlines():
+        delimiter += "_"
+    lines = [f"mkdir -p \"$(dirname {shell_word(path)})\"", f"cat > {shell_word(path)} <<'{delimiter}'", content, delimiter]
+    mode = item.value.get("mode")
+    if mode is not None:
+        lines.append(f"chmod {mode.value} {shell_word(path)}")
+    return lines
+
+
+def _secret_line(name: str, ref: dict[str, str]) -> str:
+    variable = name.upper()
+    if "env" in ref:
+        return f'{variable}="${{{ref["env"]}:?orchc: environment variable {ref["env"]} (secret {name}) is not set}}"'
+    return f"{variable}=$(orchc_secret_file {shell_word(ref['file'])})"
+
+
+def _target_lines(job: Job, recipe: Recipe) -> list[str]:
+    data = job.data
+    timeout = int(data.get("target_timeout", 600))
+    if data.get("target"):
+        return [f"orchc_wait_endpoint {shlex.quote(data['target'])} {timeout}"]
+    port = data.get("target_port")
+    if data.get("target_service_id"):
+        return [f"TARGET_HOST=$(orchc_job_host {shlex.quote(str(data['target_service_id']))} {timeout})",
+                f"TARGET_PORT={shlex.quote(str(port or ''))}"]
+    host, endpoint_port = split_endpoint(str(data["target_endpoint"]))
+    return [f"TARGET_HOST={shlex.quote(host)}", f"TARGET_PORT={shlex.quote(str(endpoint_port or port or ''))}"]
+
+
+def split_endpoint(endpoint: str) -> tuple[str, int | None]:
+    """`host:port` or a URL -> (host, port or None)."""
+    parts = urlsplit(endpoint if "://" in endpoint else f"tcp://{endpoint}")
+    return parts.hostname or "", parts.port

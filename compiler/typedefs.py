@@ -1,0 +1,183 @@
+"""The registry of job types: YAML files in `service_defs/` and `--defs` folders.
+
+A type names its parent with `extends`; its resolved form is the chain
+base -> ... -> leaf merged with the merge rules, then checked against
+`schemas/typedef.schema.json`. Folders given with `--defs` are searched before
+the built-ins (a type there shadows a built-in of the same name); two files of
+one folder that define the same type are an error naming both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .errors import Collector, OrchcError, did_you_mean
+from .load import display_path, load_file
+from .merge import merge
+from .resources import builtin_types_dir
+from .source import Node, SourceLoc
+from .validate import build_validator, check, common_def, schema_problems_in, validator
+
+JOB_KEYS = ("resources", "environment", "container", "sidecars", "phases")
+"""Keys of a type definition that become part of every job of that type."""
+
+
+@dataclass
+class TypeDef:
+    """A type with its chain resolved: what recipes instantiate."""
+
+    name: str
+    role: str
+    abstract: bool
+    description: str
+    chain: tuple[str, ...]
+    files: tuple[str, ...]
+    fields: dict[str, dict[str, Any]]
+    secrets: frozenset[str]
+    layer: Node = field(repr=False)
+    """The job-level defaults the type contributes: field defaults and JOB_KEYS."""
+    doc: Node = field(repr=False)
+
+    @cached_property
+    def job_validator(self) -> Any:
+        properties: dict[str, Any] = {
+            "name": common_def("name"),
+            "type": {"type": "string"},
+            **{key: common_def(key) for key in JOB_KEYS},
+        }
+        for name, schema in self.fields.items():
+            properties[name] = common_def("secret_ref") if name in self.secrets else _field_schema(schema)
+        return build_validator({"type": "object", "properties": properties, "additionalProperties": False})
+
+
+def _field_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in schema.items() if k != "secret"}
+
+
+class Registry:
+    def __init__(self, folders: list[Path]):
+        self.folders = [*folders, builtin_types_dir()]
+        self._docs: dict[str, Node] = {}
+        self._resolved: dict[str, TypeDef | OrchcError] = {}
+        self._load_all()
+
+    def _load_all(self) -> None:
+        problems = Collector()
+        for folder in self.folders:
+            if not folder.is_dir():
+                problems.add(SourceLoc(display_path(folder)), "type definition folder not found")
+                continue
+            for name, doc in _folder_types(folder, problems).items():
+                self._docs.setdefault(name, doc)
+        problems.raise_if_any()
+
+    def names(self) -> list[str]:
+        return sorted(self._docs)
+
+    def resolve(self, name: str, used_at: SourceLoc | None = None) -> TypeDef:
+        if name not in self._docs:
+            where = used_at or SourceLoc("<command line>")
+            raise OrchcError.at(where, f"unknown type '{name}'{did_you_mean(name, self._docs)}")
+        if name not in self._resolved:
+            try:
+                self._resolved[name] = self._build(name)
+            except OrchcError as error:
+                self._resolved[name] = error
+        result = self._resolved[name]
+        if isinstance(result, OrchcError):
+            raise result
+        return result
+
+    def _chain(self, name: str) -> list[Node]:
+        """The documents from the root type down to `name`."""
+        chain: list[Node] = []
+        seen: list[str] = []
+        current: str | None = name
+        while current is not None:
+            doc = self._docs[current]
+            if current in seen:
+                files = [self._docs[n].loc for n in seen[seen.index(current):]]
+                cycle = " -> ".join(seen[seen.index(current):] + [current])
+                raise OrchcError.at(_extends_loc(self._docs[seen[-1]]), f"inheritance cycle: {cycle} (files: "
+                                    + ", ".join(loc.file for loc in files) + ")", related=files)
+            seen.append(current)
+            chain.append(doc)
+            parent = doc.get("extends")
+            if parent is not None and parent.value not in self._docs:
+                raise OrchcError.at(parent.loc, f"type '{current}' extends unknown type '{parent.value}'"
+                                    f"{did_you_mean(str(parent.value), self._docs)} (in {doc.loc.file})")
+            current = parent.value if parent is not None else None
+        return chain[::-1]
+
+    def _build(self, name: str) -> TypeDef:
+        chain = self._chain(name)
+        problems = Collector()
+        merged: Node | None = None
+        for doc in chain:
+            merged = merge(merged, _without(doc, "abstract", "extends", "description"), problems)
+        assert merged is not None
+        leaf = chain[-1]
+        merged.value.update({k: leaf.value[k] for k in ("abstract", "extends", "description") if k in leaf.value})
+        problems.raise_if_any()
+        check(merged, validator("typedef"), f"type '{name}'", problems)
+        problems.raise_if_any()
+        fields_node = merged.get("fields") or Node({}, merged.loc)
+        for field_name, schema in fields_node.value.items():
+            for reason in schema_problems_in(_field_schema(schema.plain())):
+                problems.add(schema.loc, f"field '{field_name}' of type '{name}' is not a valid JSON Schema: {reason}")
+        problems.raise_if_any()
+        return _typedef(name, merged, fields_node, chain)
+
+
+def _typedef(name: str, merged: Node, fields_node: Node, chain: list[Node]) -> TypeDef:
+    plain = merged.plain()
+    fields = {k: v.plain() for k, v in fields_node.value.items()}
+    defaults = {k: v.value["default"] for k, v in fields_node.value.items() if "default" in v.value}
+    layer = Node({**defaults, **{k: merged.value[k] for k in JOB_KEYS if k in merged.value}}, merged.loc)
+    return TypeDef(
+        name=name,
+        role=plain["role"],
+        abstract=bool(plain.get("abstract", False)),
+        description=plain.get("description", ""),
+        chain=tuple(doc.value["type"].value for doc in chain),
+        files=tuple(doc.loc.file for doc in chain),
+        fields=fields,
+        secrets=frozenset(k for k, v in fields.items() if v.get("secret")),
+        layer=layer,
+        doc=merged,
+    )
+
+
+def _without(doc: Node, *keys: str) -> Node:
+    return Node({k: v for k, v in doc.value.items() if k not in keys}, doc.loc, doc.key_loc)
+
+
+def _extends_loc(doc: Node) -> SourceLoc:
+    extends = doc.get("extends")
+    return extends.loc if extends is not None else doc.loc
+
+
+def _folder_types(folder: Path, problems: Collector) -> dict[str, Node]:
+    found: dict[str, Node] = {}
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        try:
+            doc = load_file(path, "type definition")
+        except OrchcError as error:
+            problems.absorb(error)
+            continue
+        type_node = doc.get("type")
+        if type_node is None or not isinstance(type_node.value, str):
+            problems.add((type_node or doc).loc, "a type definition needs `type: NAME` (a string)")
+            continue
+        name = type_node.value
+        if name in found:
+            first = found[name].get("type")
+            assert first is not None
+            problems.add(type_node.loc, f"duplicate type name '{name}': defined in {found[name].loc.file} and "
+                         f"{doc.loc.file}", related=[first.loc])
+            continue
+        found[name] = doc
+    return found
