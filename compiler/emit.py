@@ -51,7 +51,7 @@ def build_output(recipe: Recipe) -> Output:
 def build_manifest(recipe: Recipe) -> dict[str, Any]:
     return {
         "recipe": recipe.name,
-        "source": recipe.file,
+        "source": Path(recipe.file).name,
         "site": recipe.site.name,
         "runtime": recipe.site.runtime,
         "jobs": [

@@ -63,10 +63,10 @@ def load_text(text: str, name: str) -> Node:
     try:
         doc = _yaml().load(text)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        loc = SourceLoc(name, mark.line + 1, mark.column + 1) if mark else SourceLoc(name)
+        marks = [m for m in (exc.problem_mark, exc.context_mark) if m is not None]
+        locs = [_loc(name, m.line, m.column) for m in marks] or [SourceLoc(name)]
         message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
-        raise OrchcError.at(loc, f"invalid YAML: {_first_line(message)}") from None
+        raise OrchcError.at(locs[0], f"invalid YAML: {_first_line(message)}", related=locs[1:]) from None
     except YAMLError as exc:
         raise OrchcError.at(SourceLoc(name), f"invalid YAML: {_first_line(str(exc))}") from None
     root = SourceLoc(name, 1, 1)
@@ -98,6 +98,9 @@ def _kind(value: Any) -> str:
 
 
 def _convert(value: Any, name: str, loc: SourceLoc, problems: Collector, key_loc: SourceLoc | None = None) -> Node:
+    tag = getattr(getattr(value, "tag", None), "value", None)
+    if tag and isinstance(value, (dict, list)):
+        problems.add(loc, f"unsupported YAML tag {tag}; orchc marks merge rules with key suffixes (key+, key-, key!)")
     if isinstance(value, dict):
         items: dict[str, Node] = {}
         for key in value:

@@ -117,7 +117,8 @@ def render_job(job: Job, recipe: Recipe) -> str:
 
 
 def _context(job: Job, recipe: Recipe) -> dict[str, Any]:
-    context = dict(job.data)
+    context = {name: None for name in job.typedef.fields}
+    context.update(job.data)
     context.update(
         job={"name": job.name, "id": job.job_id, "type": job.typedef.name, "role": job.role},
         recipe=recipe.name,

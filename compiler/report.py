@@ -28,8 +28,10 @@ def excerpt(loc: SourceLoc, context: int = 1) -> list[str]:
     text = source_text(loc.file)
     if text is None:
         return []
-    lines = text.splitlines()
-    if not 1 <= loc.line <= len(lines):
+    lines = text.splitlines() or [""]
+    if loc.line > len(lines):
+        loc = SourceLoc(loc.file, len(lines), len(lines[-1]) + 1)
+    if loc.line < 1:
         return []
     first, last = max(1, loc.line - context), min(len(lines), loc.line + context)
     width = len(str(last))
@@ -48,7 +50,8 @@ def format_problem(problem: Problem) -> list[str]:
     return lines
 
 
-def print_error(error: OrchcError, stream: TextIO = sys.stderr) -> None:
+def print_error(error: OrchcError, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stderr
     count = len(error.problems)
     text = [line for problem in error.problems for line in format_problem(problem)]
     if count > 1:
@@ -65,7 +68,8 @@ def print_error(error: OrchcError, stream: TextIO = sys.stderr) -> None:
         stream.write("\n".join(text) + "\n")
 
 
-def print_table(title: str, headers: list[str], rows: list[list[str]], stream: TextIO = sys.stdout) -> None:
+def print_table(title: str, headers: list[str], rows: list[list[str]], stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
     if is_terminal(stream):
         from rich.console import Console
         from rich.table import Table
@@ -115,13 +119,12 @@ def yaml_lines(node: Node, annotate: Callable[[Node], str] | None = None, indent
         if isinstance(child.value, (dict, list)) and child.value:
             out.append(head)
             out.extend(yaml_lines(child, annotate, indent + 1))
-        else:
         elif isinstance(child.value, (dict, list)):
             out.append(f"{head} {'{}' if isinstance(child.value, dict) else '[]'}{note(child)}")
         elif isinstance(child.value, str) and "\n" in child.value:
             indicator = "|" if child.value.endswith("\n") else "|-"
             out.append(f"{head} {indicator}{note(child)}")
-            out.extend(f"{pad}    {line}" if line else "" for line in child.value.rstrip("\n").split("\n"))
+            out.extend(f"{pad}  {line}" if line else "" for line in child.value.rstrip("\n").split("\n"))
         else:
             out.append(f"{head} {yaml_scalar(child.value)}{note(child)}")
     return out

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ DEFAULT_SITE = "meluxina"
 COMMAND_LINE = "<command line>"
 _ENTRY_KEYS = {"service": "service", "services": "service", "client": "client", "clients": "client"}
 _TARGET_KEYS = ("target", "target_endpoint", "target_service_id")
+_RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 @dataclass(frozen=True)
@@ -134,19 +136,27 @@ def resolve_recipe(path: Path, registry: Registry, site_ref: str | None = None,
     doc = load_file(path, "recipe")
     problems = Collector()
     check(doc, validator("recipe"), "the recipe", problems)
-    problems.raise_if_any()
-    name_node = doc.get("name")
-    name = name_node.value if name_node else path.stem
+    name = _string(doc.get("name")) or path.stem
+    if not _RECIPE_NAME.match(name):
+        problems.add(doc.loc, f"the recipe needs a `name:` (its file name '{path.stem}' is not a valid one: "
+                     "letters, digits, '_', '.', '-')")
     site_node = doc.get("site")
-    site = load_site(site_ref or (site_node.value if site_node else DEFAULT_SITE), path.parent,
-                     site_node.loc if site_node and not site_ref else SourceLoc(COMMAND_LINE))
+    try:
+        site = load_site(site_ref or _string(site_node) or DEFAULT_SITE, path.parent,
+                         site_node.loc if site_node and not site_ref else SourceLoc(COMMAND_LINE))
+    except OrchcError as error:
+        problems.absorb(error)
+        problems.raise_if_any()
     jobs = _resolve_jobs(doc, registry, site, settings, problems)
-    problems.raise_if_any()
     _link_targets(jobs, problems)
     problems.raise_if_any()
     for job in jobs:
         job.job_id = _job_id(name, site.name, job.data)
     return Recipe(name=name, file=doc.loc.file, site=site, jobs=jobs)
+
+
+def _string(node: Node | None) -> str | None:
+    return node.value if node is not None and isinstance(node.value, str) else None
 
 
 def _entries(doc: Node) -> list[tuple[str, Node]]:
@@ -155,8 +165,17 @@ def _entries(doc: Node) -> list[tuple[str, Node]]:
     for key, node in doc.value.items():
         role = _ENTRY_KEYS.get(key)
         if role is not None:
-            out.extend((role, entry) for entry in (node.value if isinstance(node.value, list) else [node]))
+            candidates = node.value if isinstance(node.value, list) else [node]
+            out.extend((role, entry) for entry in candidates if _is_entry(entry))
     return out
+
+
+def _is_entry(entry: Node) -> bool:
+    """A job entry well-formed enough to resolve (the recipe schema reports the others)."""
+    if not isinstance(entry.value, dict):
+        return False
+    ids = [entry.value.get(key) for key in ("name", "type")]
+    return any(ids) and all(node is None or isinstance(node.value, str) for node in ids)
 
 
 def _top_layer(doc: Node) -> Node:
@@ -198,7 +217,7 @@ def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: list[Sett
             continue
         identity = Node({"name": name_node, "type": type_node}, entry.loc)
         layers = [site.defaults, typedef.layer, top, entry, identity, *_setting_layers(settings, name, names)]
-        node = merge_layers(layers, problems)
+        node = replace(merge_layers(layers, problems), loc=entry.loc)
         data = _checked(node, typedef, site, f"{role} '{name}'", problems)
         jobs.append(Job(name=name, typedef=typedef, node=node, data=data))
     return jobs
@@ -231,7 +250,7 @@ def _checked(node: Node, typedef: TypeDef, site: Site, what: str, problems: Coll
     partition = node.at(("resources", "partition"))
     if site.partitions and data.get("resources", {}).get("partition") not in (None, *site.partitions):
         problems.add(partition.loc, f"resources.partition: site '{site.name}' has no partition "
-                     f"'{partition.value}' (it has: {', '.join(site.partitions)})")
+                     f"{partition.value!r} (it has: {', '.join(site.partitions)})")
     return data
 
 

@@ -144,8 +144,7 @@ start_munge() {
     else
         munged --force
     fi
-    local i
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
         munge_ok && return 0
         sleep 0.1
     done
@@ -198,8 +197,7 @@ main() {
     slurmctld -c
     slurmd -c -N "$NODE"
 
-    local i
-    for i in $(seq $((WAIT_SECS * 10))); do
+    for _ in $(seq $((WAIT_SECS * 10))); do
         if healthy; then
             log "up: node $NODE $(node_state) partitions $(sinfo -h -o '%P' | paste -sd,) ($(scontrol ping | head -1))"
             exit 0

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install the Debian packages the test suite drives for real: SLURM and munge
+# (the one-node test cluster), redis (service and benchmark of the end-to-end
+# tests), prometheus (promtool checks generated configs), curl and procps (used
+# by generated scripts). Idempotent; skips apt-get when everything is there.
+set -euo pipefail
+
+needed=(slurm-wlm munge redis-server redis-tools prometheus curl procps)
+missing=()
+for package in "${needed[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: need root to install: ${missing[*]}" >&2
+    exit 1
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The redis-server package starts no daemon here (no systemd); tests start their own.

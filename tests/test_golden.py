@@ -1,0 +1,67 @@
+"""Golden files are the contract of the output: every example compiles to exactly golden/<recipe>/.
+
+Rewrite them with `pytest tests/test_golden.py --update-golden` and review the change with `git diff golden/`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLES, GOLDEN, ROOT
+
+CASES = [(path, []) for path in sorted(EXAMPLES.glob("*.yaml"))] + [
+    (path, [EXAMPLES / "custom" / "defs"]) for path in sorted((EXAMPLES / "custom").glob("*.yaml"))
+]
+
+
+def _compile(orchc, recipe: Path, defs: list[Path], out: Path) -> Path:
+    args = ["compile", recipe.relative_to(ROOT), "-o", out]
+    for folder in defs:
+        args += ["--defs", folder.relative_to(ROOT)]
+    result = orchc(*args)
+    assert result.code == 0, result.err
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    return folder
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {p.name: p.read_text(encoding="utf-8") for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("recipe,defs", CASES, ids=[str(c[0].relative_to(EXAMPLES)) for c in CASES])
+def test_example_matches_golden(orchc, tmp_path, update_golden, recipe, defs):
+    produced = _compile(orchc, recipe, defs, tmp_path)
+    golden = GOLDEN / produced.name
+    if update_golden:
+        shutil.rmtree(golden, ignore_errors=True)
+        shutil.copytree(produced, golden)
+        return
+    assert golden.is_dir(), f"no golden files for {recipe.name}: run pytest --update-golden and review git diff"
+    expected, actual = _files(golden), _files(produced)
+    assert sorted(actual) == sorted(expected), "a different set of files was produced"
+    for name in expected:
+        if actual[name] != expected[name]:
+            diff = "".join(difflib.unified_diff(expected[name].splitlines(True), actual[name].splitlines(True),
+                                                f"golden/{produced.name}/{name}", f"compiled/{name}"))
+            pytest.fail(f"{name} differs from its golden file:\n{diff}")
+
+
+def test_every_golden_folder_has_an_example(orchc, tmp_path):
+    names = {_compile(orchc, recipe, defs, tmp_path / recipe.stem).name for recipe, defs in CASES}
+    assert names == {p.name for p in GOLDEN.iterdir() if p.is_dir()}
+
+
+GOLDEN_SCRIPTS = sorted([*GOLDEN.glob("*/*.sbatch"), *GOLDEN.glob("*/submit.sh")])
+
+
+@pytest.mark.parametrize("script", GOLDEN_SCRIPTS, ids=[str(p.relative_to(GOLDEN)) for p in GOLDEN_SCRIPTS])
+def test_golden_script_passes_bash_and_shellcheck(script):
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    checked = subprocess.run([shutil.which("shellcheck") or "shellcheck", "-s", "bash", str(script)],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout
