@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .errors import OrchcError, UsageError
+from .slurm import ClusterError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -55,10 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     types.add_argument("--defs", action="append", type=Path, default=[], metavar="DIR")
     types.set_defaults(run=cmd_types)
 
+    from .lifecycle import add_commands
+
+    add_commands(commands, _add_compile_options)
     return parser
 
 
-def _options(args: argparse.Namespace) -> object:
+def compile_options(args: argparse.Namespace) -> object:
     from .pipeline import Options
     from .resolve import parse_settings
 
@@ -69,7 +73,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from .emit import write_outputs
     from .pipeline import compile_all
 
-    outputs = compile_all(args.recipes, _options(args))  # type: ignore[arg-type]
+    outputs = compile_all(args.recipes, compile_options(args))  # type: ignore[arg-type]
     if args.stdout:
         for output in outputs:
             for name, text in sorted(output.files.items()):
@@ -85,7 +89,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .pipeline import compile_all
 
-    outputs = compile_all(args.recipes, _options(args))  # type: ignore[arg-type]
+    outputs = compile_all(args.recipes, compile_options(args))  # type: ignore[arg-type]
     for output in outputs:
         print(f"{output.recipe.file}: ok ({len(output.recipe.jobs)} job(s))")
     return EXIT_OK
@@ -96,7 +100,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from .report import yaml_lines
     from .source import Node
 
-    recipe = resolve_all([args.recipe], _options(args))[0]  # type: ignore[arg-type]
+    recipe = resolve_all([args.recipe], compile_options(args))[0]  # type: ignore[arg-type]
     annotate = (lambda node: str(node.loc)) if args.origin else None
     lines = [f"# recipe {recipe.name} ({recipe.file}), site {recipe.site.name} ({recipe.site.file})"]
     for job in recipe.jobs:
@@ -160,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .report import print_error
 
         print_error(error)
+        return EXIT_INVALID
+    except ClusterError as error:
+        print(f"orchc: error: {error}", file=sys.stderr)
         return EXIT_INVALID
     except UsageError as error:
         parser.print_usage(sys.stderr)

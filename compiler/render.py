@@ -111,6 +111,7 @@ def render_job(job: Job, recipe: Recipe) -> str:
         "service_command": _service_command(job, recipe, context),
         "phases": {phase: _phase_lines(job, phase, context) for phase in PHASE_ORDER[job.role]},
         "target": _target_lines(job, recipe) if job.role == "client" else [],
+        "clients": [c.name for c in recipe.jobs if c.role == "client" and c.data.get("target") == job.name],
     }
     template = _environment("script").get_template("job.sbatch.j2")
     return template.render(job=job, recipe=recipe, site=recipe.site, **parts)
