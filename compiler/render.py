@@ -73,6 +73,8 @@ def _environment(kind: str) -> Any:
         keep_trailing_newline=False,
         trim_blocks=True,
         lstrip_blocks=True,
+        comment_start_string="{##",  # so shell's ${#array[@]} is not a Jinja comment
+        comment_end_string="##}",
         finalize={"shell": _shell_finalize, "text": _text_finalize, "script": None}[kind],
         loader=FileSystemLoader(str(templates_dir())) if kind == "script" else None,
     )
@@ -126,7 +128,7 @@ def _context(job: Job, recipe: Recipe) -> dict[str, Any]:
         site={"name": recipe.site.name, "runtime": recipe.site.runtime},
     )
     container = job.data.get("container")
-    context["run"] = Raw(_exec_prefix(job, container, recipe, context) if container else "")
+    context["run"] = Raw(" ".join(sum(_exec_parts(job, container, recipe, context), [])) if container else "")
     return context
 
 
@@ -159,31 +161,33 @@ def _image_lines(job: Job, recipe: Recipe, context: dict[str, Any]) -> list[str]
     return sorted(set(lines), key=lines.index)
 
 
-def _exec_prefix(job: Job, container: dict[str, Any], recipe: Recipe, context: dict[str, Any],
-                 node: Node | None = None) -> str:
+def _exec_parts(job: Job, container: dict[str, Any], recipe: Recipe, context: dict[str, Any],
+                node: Node | None = None) -> tuple[list[str], list[str]]:
+    """(environment assignments, command words) that run a program in `container`."""
     node = node or job.node.at(("container",))
-    env = [f"{k}={shell_word(render_string(node.at(('env', k)), context, 'text'))}"
-           for k in sorted(container.get("env", {}))]
+    env = [(k, shell_word(render_string(node.at(("env", k)), context, "text"))) for k in sorted(container.get("env", {}))]
     if recipe.site.runtime != "apptainer" or not container.get("image"):
-        return " ".join(env)
+        return [f"{k}={v}" for k, v in env], []
+    # Values that expand variables (secrets among them) travel in apptainer's environment,
+    # not on its command line, where `ps` would show them to everyone on the node.
+    assignments = [f"APPTAINERENV_{k}={v}" for k, v in env if "$" in v]
     words = ["apptainer", "exec"]
     if container.get("gpu"):
         words.append("--nv")
     for index, _ in enumerate(container.get("binds", ())):
         words += ["--bind", shell_word(render_string(node.at(("binds", index)), context, "text"))]
-    for assignment in env:
-        words += ["--env", assignment]
+    words += [f"--env {k}={v}" for k, v in env if "$" not in v]
     words.append(_image_path(container["image"], recipe))
-    return " ".join(words)
+    return assignments, words
 
 
 def _start_line(job: Job, node: Node, container: dict[str, Any], recipe: Recipe, context: dict[str, Any]) -> str:
-    command_node = node.at(("command",))
+    """The command that starts a container in the background, in a process group of its own."""
     if not container.get("command"):
         raise OrchcError.at(node.loc, f"{job.role} '{job.name}': the container has no `command` to start")
-    prefix = _exec_prefix(job, container, recipe, context, node)
-    command = render_string(command_node, context)
-    return f"{prefix} {command} &".lstrip()
+    assignments, words = _exec_parts(job, container, recipe, context, node)
+    command = render_string(node.at(("command",)), context)
+    return " ".join([*assignments, "setsid", *words, command, "&"])
 
 
 def _sidecar_lines(job: Job, recipe: Recipe, context: dict[str, Any]) -> list[str]:

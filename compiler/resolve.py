@@ -216,11 +216,19 @@ def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: list[Sett
             problems.add(type_node.loc, f"type '{typedef.name}' is {what}; a {role} needs a concrete {role} type")
             continue
         identity = Node({"name": name_node, "type": type_node}, entry.loc)
-        layers = [site.defaults, typedef.layer, top, entry, identity, *_setting_layers(settings, name, names)]
+        overrides = [top, entry, identity, *_setting_layers(settings, name, names)]
+        layers = [site.defaults, typedef.layer, *(_secrets_replace(layer, typedef) for layer in overrides)]
         node = replace(merge_layers(layers, problems), loc=entry.loc)
         data = _checked(node, typedef, site, f"{role} '{name}'", problems)
         jobs.append(Job(name=name, typedef=typedef, node=node, data=data))
     return jobs
+
+
+def _secrets_replace(layer: Node, typedef: TypeDef) -> Node:
+    """A secret reference replaces the inherited one whole: `{env: X}` must not merge with a default `{file: Y}`."""
+    if not typedef.secrets.intersection(layer.value):
+        return layer
+    return Node({f"{k}!" if k in typedef.secrets else k: v for k, v in layer.value.items()}, layer.loc, layer.key_loc)
 
 
 def _setting_layers(settings: list[Setting], job: str, jobs: set[str]) -> list[Node]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .emit import Output, submission_order, write_atomic
-from .slurm import ClusterError, JobState, job_state, sbatch, scancel
+from .slurm import ClusterError, JobState, job_state, require, sbatch, scancel
 
 RUN_FILE = "run.json"
 DEFAULT_ROOT = Path("runs")
@@ -58,7 +58,11 @@ def submit(output: Output, run_dir: Path) -> dict[str, Any]:
     If an sbatch fails, the jobs already submitted are cancelled and the run is
     recorded as failed before the error is raised.
     """
-    run_dir.mkdir(parents=True, exist_ok=False)
+    require("sbatch")
+    try:
+        run_dir.mkdir(parents=True)
+    except FileExistsError:
+        raise ClusterError(f"run folder {run_dir} already exists; choose another --run-dir") from None
     for name, text in sorted(output.files.items()):
         write_atomic(run_dir / name, text, executable=name.endswith((".sh", ".sbatch")))
     absolute = run_dir.resolve()
@@ -79,8 +83,8 @@ def submit(output: Output, run_dir: Path) -> dict[str, Any]:
             scancel(list(ids.values()))
             run.update(state="failed", error=str(error))
             save_run(run_dir, run)
-            raise ClusterError(f"{error}; cancelled the jobs already submitted "
-                               f"({', '.join(ids) or 'none'}); run recorded in {run_dir}") from None
+            cancelled = f"; cancelled the jobs already submitted ({', '.join(ids)})" if ids else ""
+            raise ClusterError(f"{error}{cancelled}; run recorded in {run_dir}") from None
         run["jobs"].append({"name": job.name, "type": job.typedef.name, "role": job.role, "target": target,
                             "script": f"{job.name}.sbatch", "slurm_id": ids[job.name], "submitted": _now()})
         save_run(run_dir, run)
@@ -116,13 +120,17 @@ def results(run_dir: Path, run: dict[str, Any]) -> dict[str, Any]:
     for job in run["jobs"]:
         if job["role"] != "client":
             continue
-        path = run_dir / "results" / job["name"] / "results.json"
+        folder = run_dir / "results" / job["name"]
         try:
-            collected[job["name"]] = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
         except FileNotFoundError:
-            collected[job["name"]] = None
+            data = None
         except ValueError as exc:
-            collected[job["name"]] = {"error": f"unreadable {path.name}: {exc}"}
+            data = {"error": f"unreadable results.json: {exc}"}
+        stopped = folder / "stopped"
+        if stopped.exists():
+            data = {**(data or {}), "stopped_by": stopped.read_text().strip()}
+        collected[job["name"]] = data
     return collected
 
 

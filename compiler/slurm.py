@@ -43,10 +43,14 @@ def normalize_state(raw: str) -> str:
     return _STATE_MAP.get(word, word)
 
 
-def _run(command: Sequence[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    if shutil.which(command[0]) is None:
-        raise ClusterError(f"{command[0]} not found on PATH: is SLURM installed here? "
+def require(program: str) -> None:
+    if shutil.which(program) is None:
+        raise ClusterError(f"{program} not found on PATH: is SLURM installed here? "
                            "(for the test cluster: bash tests/cluster/start.sh)")
+
+
+def _run(command: Sequence[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    require(command[0])
     return subprocess.run(list(command), cwd=cwd, capture_output=True, text=True, timeout=60)
 
 

@@ -83,7 +83,7 @@ SchedulerParameters=sched_interval=1,bf_interval=1,batch_sched_delay=0,sched_min
 # The node is over-declared (the machine has fewer CPUs/memory and no GPU);
 # config_overrides makes slurmd register it as declared instead of INVAL.
 SlurmdParameters=config_overrides
-NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=16 RealMemory=20000 Gres=gpu:1 State=UNKNOWN
+NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=128 RealMemory=500000 Gres=gpu:1 State=UNKNOWN
 PartitionName=cpu Nodes=${NODE} Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=${NODE} Default=NO MaxTime=INFINITE State=UP
 CONF

@@ -1,0 +1,186 @@
+"""End to end on a real SLURM cluster (tests/cluster/start.sh brings one up on loopback).
+
+Without a reachable cluster these tests skip with a one-line reason; under CI=true they fail instead.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLES, ROOT, in_ci
+
+START_HINT = "start the test cluster with `bash tests/cluster/start.sh` (as root)"
+
+
+def _cluster_problem() -> str | None:
+    if shutil.which("sbatch") is None:
+        return f"no SLURM commands on PATH; {START_HINT}"
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    if "is UP" not in ping.stdout:
+        return f"no SLURM controller reachable; {START_HINT}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster() -> None:
+    problem = _cluster_problem()
+    if problem and in_ci():
+        pytest.fail(f"CI=true but {problem}")
+    if problem:
+        pytest.skip(problem)
+
+
+@pytest.fixture
+def needs_redis() -> None:
+    missing = [tool for tool in ("redis-server", "redis-benchmark", "redis-cli") if shutil.which(tool) is None]
+    if missing and in_ci():
+        pytest.fail(f"CI=true but {', '.join(missing)} missing; run tests/install-deps.sh")
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed; run tests/install-deps.sh")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def orchc(*args: object, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "compiler", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def status(run: Path) -> dict[str, dict[str, str]]:
+    report = json.loads(orchc("status", run, "--json", cwd=run.parent).stdout)
+    return {job["job"]: job for job in report["jobs"]}
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def redis_processes(port: int) -> list[str]:
+    found = subprocess.run(["pgrep", "-af", f"redis-server.*{port}"], capture_output=True, text=True).stdout
+    return [line for line in found.splitlines() if "pgrep" not in line]
+
+
+def redis_recipe(port: int, client: str = "", service: str = "") -> str:
+    return (f"site: local\nservice:\n  name: redis\n  ports: [{port}]\n  data_dir: /tmp/orchc-test-redis\n"
+            f"  resources: {{time: '00:05:00'}}\n{service}" + (f"client:\n  name: bench\n  type: redis_client\n{client}"
+                                                            if client else ""))
+
+
+def test_redis_service_and_client_complete_with_real_results(cluster, needs_redis, tmp_path):
+    port = free_port()
+    (tmp_path / "redis.yaml").write_text(redis_recipe(port, "  requests: 20000\n  tests: [set, get]\n"))
+    run = tmp_path / "run"
+    submitted = orchc("submit", "redis.yaml", "--run-dir", run, cwd=tmp_path)
+    assert "SLURM job" in submitted.stdout
+    seen: dict[str, list[str]] = {"redis": [], "bench": []}
+
+    def all_ended() -> bool:
+        for name, job in status(run).items():
+            if not seen[name] or seen[name][-1] != job["state"]:
+                seen[name].append(job["state"])
+        return all(states[-1] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for states in seen.values())
+
+    wait_for(all_ended, 120, "every job to end", interval=0.2)
+    for name, states in seen.items():
+        assert states[-1] == "COMPLETED", (name, states, (run / "slurm-*.err"))
+        assert set(states) <= {"PENDING", "RUNNING", "COMPLETED"}
+        assert len(states) >= 2, f"{name} was never seen before it completed: {states}"
+    results = json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["bench"]
+    assert results["tool"] == "redis-benchmark"
+    assert results["tests"]["SET"]["rps"] > 0 and results["tests"]["GET"]["rps"] > 0
+    assert results["tests"]["GET"]["p99_latency_ms"] >= results["tests"]["GET"]["p50_latency_ms"]
+    table = orchc("results", run, cwd=tmp_path).stdout
+    assert "tests.SET.rps" in table
+    assert (run / "results" / "bench" / "redis-benchmark-set.csv").exists()      # raw output kept
+    wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
+    assert not (run / "endpoints" / "redis").exists()
+
+
+def test_cancel_stops_a_running_service(cluster, needs_redis, tmp_path):
+    port = free_port()
+    (tmp_path / "redis.yaml").write_text(redis_recipe(port))
+    run = tmp_path / "run"
+    orchc("submit", "redis.yaml", "--run-dir", run, cwd=tmp_path)
+    wait_for(lambda: (run / "endpoints" / "redis").exists(), 60, "the service to publish its endpoint")
+    assert redis_processes(port)
+    assert status(run)["redis"]["state"] == "RUNNING"
+    orchc("cancel", run, cwd=tmp_path)
+    wait_for(lambda: status(run)["redis"]["state"] == "CANCELLED", 30, "state CANCELLED")
+    wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
+    wait_for(lambda: not (run / "endpoints" / "redis").exists(), 10, "the endpoint file to be removed")
+
+
+def test_a_client_past_its_time_limit_keeps_its_partial_results(cluster, needs_redis, tmp_path):
+    port = free_port()
+    tests = "[set, get, incr, lpush, rpush, lpop, rpop, sadd, hset, spop, zadd, zpopmin, lrange_100, mset]"
+    client = f"  requests: 400000\n  clients: 20\n  duration: 600\n  tests: {tests}\n" \
+             "  resources: {time: '00:02:00', signal: 'B:USR1@60'}\n"
+    (tmp_path / "redis.yaml").write_text(redis_recipe(port, client))
+    run = tmp_path / "run"
+    orchc("submit", "redis.yaml", "--run-dir", run, cwd=tmp_path)
+    wait_for(lambda: status(run)["bench"]["state"] in ("FAILED", "TIMEOUT", "COMPLETED", "CANCELLED"), 240,
+             "the client to be stopped")
+    results = json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["bench"]
+    assert results["stopped_by"] == "SIGUSR1"
+    assert 1 <= len(results["tests"]) < 14, results
+    assert all(test["rps"] > 0 for test in results["tests"].values())
+    wait_for(lambda: status(run)["redis"]["state"] == "COMPLETED", 60, "the service to stop after its client")
+    wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
+
+
+def test_a_rejected_job_cancels_the_jobs_already_submitted(cluster, needs_redis, tmp_path):
+    port = free_port()
+    text = redis_recipe(port).replace("service:\n  name: redis", "services:\n- name: redis") + \
+        f"- name: second\n  type: redis\n  ports: [{free_port()}]\n  resources: {{partition: nosuchpartition}}\n"
+    (tmp_path / "redis.yaml").write_text(text)
+    run = tmp_path / "run"
+    done = orchc("submit", "redis.yaml", "--run-dir", run, cwd=tmp_path, check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith("orchc: error: sbatch second.sbatch failed:")
+    assert "partition" in done.stderr.lower() and "Traceback" not in done.stderr
+    recorded = json.loads((run / "run.json").read_text())
+    assert recorded["state"] == "failed" and "nosuchpartition" in recorded["error"]
+    wait_for(lambda: status(run)["redis"]["state"] == "CANCELLED", 30, "the first job to be cancelled")
+    wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
+
+
+def test_every_example_is_accepted_by_sbatch_test_only(cluster, tmp_path):
+    subprocess.run([sys.executable, "-m", "compiler", "compile", *sorted(EXAMPLES.glob("*.yaml")), "-o", tmp_path],
+                   check=True, cwd=ROOT, capture_output=True)
+    subprocess.run([sys.executable, "-m", "compiler", "compile", *sorted((EXAMPLES / "custom").glob("*.yaml")),
+                    "--defs", EXAMPLES / "custom" / "defs", "-o", tmp_path], check=True, cwd=ROOT, capture_output=True)
+    scripts = sorted(tmp_path.glob("*/*.sbatch"))
+    assert len(scripts) >= 10
+    for script in scripts:
+        done = subprocess.run(["sbatch", "--test-only", script.name], cwd=script.parent, capture_output=True, text=True)
+        assert done.returncode == 0, f"{script.relative_to(tmp_path)}: {done.stderr}"
+
+
+def test_no_slurm_is_a_clear_error(tmp_path):
+    (tmp_path / "r.yaml").write_text("service:\n  name: redis\n")
+    done = subprocess.run([sys.executable, "-m", "compiler", "submit", "r.yaml"], cwd=tmp_path, capture_output=True,
+                          text=True, env={"PATH": "/nonexistent", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("orchc: error: sbatch not found on PATH: is SLURM installed here? "
+                                   "(for the test cluster: bash tests/cluster/start.sh)")

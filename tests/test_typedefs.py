@@ -1,0 +1,130 @@
+"""Types as YAML: inheritance, the meta-schema, and every error naming its files."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import ROOT
+
+HEADLINE = re.compile(r"^(?P<loc>\S+:\d+:\d+): error: (?P<message>.+)$", re.M)
+
+MEMCACHED = """\
+type: memcached
+extends: service
+description: Memcached.
+fields:
+  ports: {default: [11211]}
+  memory_mb: {type: integer, minimum: 16, default: 1024, description: cache size}
+container:
+  image: memcached
+  source: docker://memcached:1.6
+  command: memcached -p {{ ports[0] }} -m {{ memory_mb }}
+phases:
+  health_check:
+    - orchc_wait_tcp 127.0.0.1 {{ ports[0] }} {{ health_timeout }}
+"""
+RECIPE = "service:\n  name: cache\n  type: memcached\n"
+
+
+def errors(err: str) -> list[tuple[str, str]]:
+    return [(m["loc"], m["message"]) for m in HEADLINE.finditer(err)]
+
+
+def test_a_yaml_type_compiles_and_inherits_fields_defaults_and_phases(orchc, write, tmp_path):
+    write("defs/memcached.yaml", MEMCACHED)
+    recipe = write("r.yaml", RECIPE + "  memory_mb: 64\n  enable_cadvisor: true\n")
+    result = orchc("compile", recipe, "--defs", "defs", "--stdout", cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert "memcached -p 11211 -m 64 &" in result.out
+    assert "/usr/bin/cadvisor -port 8080" in result.out            # inherited sidecar and default
+    assert "orchc_wait_tcp 127.0.0.1 11211 300" in result.out       # inherited health_timeout default
+
+
+def test_defs_shadow_a_builtin_of_the_same_name(orchc, write, tmp_path):
+    write("defs/redis.yaml", MEMCACHED.replace("type: memcached", "type: redis"))
+    result = orchc("compile", write("r.yaml", "service:\n  name: redis\n"), "--defs", "defs", "--stdout", cwd=tmp_path)
+    assert "memcached -p 11211" in result.out
+
+
+def test_inheritance_cycle_names_every_file(orchc, write, tmp_path):
+    write("defs/a.yaml", "type: a\nextends: b\n")
+    write("defs/b.yaml", "type: b\nextends: a\n")
+    result = orchc("validate", write("r.yaml", "service:\n  name: x\n  type: a\n"), "--defs", "defs", cwd=tmp_path)
+    assert result.code == 1
+    ((loc, message),) = errors(result.err)
+    assert "inheritance cycle" in message and "defs/a.yaml" in message and "defs/b.yaml" in message
+    assert loc.startswith("defs/")
+
+
+def test_missing_parent_points_at_extends(orchc, write, tmp_path):
+    write("defs/a.yaml", "type: a\nrole: service\nextends: servise\n")
+    result = orchc("validate", write("r.yaml", "service:\n  name: x\n  type: a\n"), "--defs", "defs", cwd=tmp_path)
+    assert errors(result.err) == [("defs/a.yaml:3:10", "type 'a' extends unknown type 'servise'; "
+                                   "did you mean 'service'? (in defs/a.yaml)")]
+
+
+def test_duplicate_type_names_name_both_files(orchc, write, tmp_path):
+    write("defs/one.yaml", MEMCACHED)
+    write("defs/two.yaml", MEMCACHED)
+    result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
+    ((loc, message),) = errors(result.err)
+    assert loc == "defs/two.yaml:1:7"
+    assert "duplicate type name 'memcached'" in message and "defs/one.yaml" in message and "defs/two.yaml" in message
+
+
+def test_meta_schema_violations_are_located_in_the_type_file(orchc, write, tmp_path):
+    write("defs/memcached.yaml", MEMCACHED + "feilds: {}\ncontainer+: 3\n".replace("container+: 3\n", "")
+          + "resources: {mem: lots}\n")
+    result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
+    found = errors(result.err)
+    assert ("defs/memcached.yaml:14:1", "unknown field 'feilds' in type 'memcached'; did you mean 'fields'?") in found
+    assert any(loc == "defs/memcached.yaml:15:18" and "resources.mem" in msg for loc, msg in found)
+
+
+def test_a_field_that_is_not_json_schema_is_an_error(orchc, write, tmp_path):
+    write("defs/memcached.yaml", MEMCACHED.replace("{type: integer, minimum: 16,", "{type: integr, minimum: 16,"))
+    result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
+    ((loc, message),) = errors(result.err)
+    assert loc == "defs/memcached.yaml:6:14" and "field 'memory_mb' of type 'memcached' is not a valid JSON Schema" in message
+
+
+def test_undefined_template_variable_names_the_type_file_and_line(orchc, write, tmp_path):
+    write("defs/memcached.yaml", MEMCACHED.replace("-m {{ memory_mb }}", "-m {{ memory }}"))
+    result = orchc("compile", write("r.yaml", RECIPE), "--defs", "defs", "-o", "out", cwd=tmp_path)
+    assert result.code == 1
+    assert errors(result.err) == [("defs/memcached.yaml:10:12", "template error: 'memory' is undefined")]
+    assert not (tmp_path / "out").exists()
+
+
+def test_template_syntax_error_is_located(orchc, write, tmp_path):
+    write("defs/memcached.yaml", MEMCACHED.replace("-m {{ memory_mb }}", "-m {{ memory_mb }"))
+    result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
+    ((loc, message),) = errors(result.err)
+    assert loc == "defs/memcached.yaml:10:12" and message.startswith("template syntax error")
+
+
+def test_types_lists_every_builtin_with_its_parent(orchc):
+    result = orchc("types")
+    assert result.code == 0
+    rows = {line.split()[0]: line.split()[1:3] for line in result.out.splitlines()[1:]}
+    for name in ("ollama", "redis", "chroma", "mysql", "prometheus", "grafana"):
+        assert rows[name] == ["service", "service"], name
+    for name in ("ollama_client", "redis_client", "chroma_client", "mysql_client"):
+        assert rows[name] == ["client", "client"], name
+    assert rows["service"][0] == "base_job"
+
+
+def test_types_name_shows_resolved_fields_with_defaults(orchc):
+    result = orchc("types", "ollama")
+    assert "chain: base_job -> service -> ollama" in result.out
+    assert re.search(r"^gpu_layers\s+integer\s+35\s+layers offloaded", result.out, re.M)
+    assert re.search(r"^cadvisor_port\s+integer\s+8080", result.out, re.M)
+
+
+def test_every_builtin_type_is_valid(orchc):
+    from compiler.typedefs import Registry
+
+    registry = Registry([])
+    for name in registry.names():
+        registry.resolve(name)
+    assert (ROOT / "service_defs").is_dir()
