@@ -24,6 +24,7 @@ from .resolve import Job, Recipe
 from .resources import templates_dir
 from .source import Node
 
+_PLACEHOLDER = re.compile(r"@ORCHC_HOST:([A-Za-z0-9][A-Za-z0-9_.-]*)@")
 _VARIABLE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
 PHASE_ORDER = {"service": ("setup", "health_check"), "client": ("setup", "health_check", "benchmark", "results")}
 
@@ -65,7 +66,7 @@ def _text_finalize(value: Any) -> str:
 
 @lru_cache(maxsize=None)
 def _environment(kind: str) -> Any:
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
 
     env = Environment(
         undefined=StrictUndefined,
@@ -81,7 +82,25 @@ def _environment(kind: str) -> Any:
     env.filters["raw"] = lambda value: Raw(_text_finalize(value))
     env.filters["path"] = lambda value: Raw(shell_word(_text_finalize(value)))
     env.filters["json"] = lambda value: json.dumps(value, sort_keys=True)
+    env.filters["hosts"] = pass_context(_hosts_filter)
     return env
+
+
+def _hosts_filter(context: Any, value: Any) -> Any:
+    """`host:port`s or URLs whose host names a job of the recipe -> placeholders filled in at run time.
+
+    A service's node is only known once it runs: the file is written with
+    `@ORCHC_HOST:<job>@` and `orchc_fill_hosts` puts in the host that job publishes.
+    """
+    if isinstance(value, list):
+        return [_hosts_filter(context, item) for item in value]
+    text = str(value)
+    parts = urlsplit(text if "://" in text else f"tcp://{text}")
+    host = parts.hostname or ""
+    if host not in context.get("jobs", ()):
+        return value
+    replacement = "localhost" if host == context["job"]["name"] else f"@ORCHC_HOST:{host}@"
+    return text.replace(host, replacement, 1)
 
 
 @lru_cache(maxsize=4096)
@@ -115,6 +134,7 @@ def render_job(job: Job, recipe: Recipe) -> str:
         "target": _target_lines(job, recipe) if job.role == "client" else [],
         "clients": [c.name for c in recipe.jobs if c.role == "client" and c.data.get("target") == job.name],
     }
+    parts["fills_hosts"] = any(line.startswith("orchc_fill_hosts ") for lines in parts["phases"].values() for line in lines)
     template = _environment("script").get_template("job.sbatch.j2")
     return template.render(job=job, recipe=recipe, site=recipe.site, **parts)
 
@@ -125,6 +145,7 @@ def _context(job: Job, recipe: Recipe) -> dict[str, Any]:
     context.update(
         job={"name": job.name, "id": job.job_id, "type": job.typedef.name, "role": job.role},
         recipe=recipe.name,
+        jobs=[other.name for other in recipe.jobs],
         site={"name": recipe.site.name, "runtime": recipe.site.runtime},
     )
     container = job.data.get("container")
@@ -226,6 +247,9 @@ def _file_block(item: Node, context: dict[str, Any]) -> list[str]:
     while delimiter in content.splitlines():
         delimiter += "_"
     lines = [f"mkdir -p \"$(dirname {shell_word(path)})\"", f"cat > {shell_word(path)} <<'{delimiter}'", content, delimiter]
+    hosts = sorted(set(_PLACEHOLDER.findall(content)))
+    if hosts:
+        lines.append(f"orchc_fill_hosts {shell_word(path)} {' '.join(hosts)}")
     mode = item.value.get("mode")
     if mode is not None:
         lines.append(f"chmod {mode.value} {shell_word(path)}")

@@ -165,6 +165,29 @@ def test_a_rejected_job_cancels_the_jobs_already_submitted(cluster, needs_redis,
     wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
 
 
+def test_prometheus_scrapes_a_service_of_the_same_run_by_its_job_name(cluster, needs_redis, tmp_path):
+    if shutil.which("prometheus") is None:
+        pytest.fail("prometheus is missing; run tests/install-deps.sh") if in_ci() else pytest.skip("no prometheus")
+    redis_port, prometheus_port = free_port(), free_port()
+    (tmp_path / "stack.yaml").write_text(
+        f"site: local\nservices:\n  - name: redis\n    ports: [{redis_port}]\n    keep_running: true\n"
+        f"  - name: prometheus\n    ports: [{prometheus_port}]\n    monitoring_targets: ['redis:{redis_port}']\n"
+        f"    storage_dir: {tmp_path}/tsdb\n")
+    run = tmp_path / "run"
+    orchc("submit", "stack.yaml", "--run-dir", run, cwd=tmp_path)
+    try:
+        wait_for(lambda: (run / "endpoints" / "prometheus").exists(), 60, "prometheus to become ready")
+        config = (run / "config" / "prometheus" / "prometheus.yml").read_text()
+        host = (run / "endpoints" / "redis").read_text().split()[1]
+        assert f'"{host}:{redis_port}"' in config and "@ORCHC_HOST" not in config
+        checked = subprocess.run(["promtool", "check", "config", str(run / "config" / "prometheus" / "prometheus.yml")],
+                                 capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout
+    finally:
+        orchc("cancel", run, cwd=tmp_path)
+    wait_for(lambda: {j["state"] for j in status(run).values()} == {"CANCELLED"}, 30, "both jobs cancelled")
+
+
 def test_every_example_is_accepted_by_sbatch_test_only(cluster, tmp_path):
     subprocess.run([sys.executable, "-m", "compiler", "compile", *sorted(EXAMPLES.glob("*.yaml")), "-o", tmp_path],
                    check=True, cwd=ROOT, capture_output=True)
