@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .errors import OrchcError, UsageError
-from .slurm import ClusterError
+from .errors import ClusterError, OrchcError, UsageError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 

@@ -6,7 +6,6 @@ so a user fixes a file in one round instead of one error at a time.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -39,6 +38,10 @@ class UsageError(Exception):
     """Wrong use of the command line (exit status 2)."""
 
 
+class ClusterError(Exception):
+    """SLURM is missing or refused a request (exit status 1; there is no source to point at)."""
+
+
 class Collector:
     """Accumulates problems across a stage and raises them all at the end."""
 
@@ -58,5 +61,7 @@ class Collector:
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A "; did you mean 'x'?" suffix when a close match exists, else ''."""
+    import difflib
+
     close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .runs import DEFAULT_ROOT
 
 
 def add_commands(commands: Any, add_compile_options: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -51,7 +50,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from .runs import new_run_dir, submit
 
     (output,) = compile_all([args.recipe], compile_options(args))
-    run_dir = args.run_dir or new_run_dir(output.recipe.name, DEFAULT_ROOT)
+    run_dir = args.run_dir or new_run_dir(output.recipe.name)
     run = submit(output, run_dir)
     for job in run["jobs"]:
         print(f"submitted {job['role']} {job['name']}: SLURM job {job['slurm_id']}")

@@ -7,7 +7,6 @@ error reports can quote the lines around a problem.
 
 from __future__ import annotations
 
-import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,9 @@ def remember_text(file: str, text: str) -> None:
 def _yaml() -> Any:
     from ruamel.yaml import YAML
 
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
-    return yaml
+    # The safe composer (C-accelerated with ruamel.yaml.clib) gives every node its start
+    # mark; orchc builds values itself, so it never needs the slower round-trip loader.
+    return YAML(typ="safe")
 
 
 def display_path(path: Path) -> str:
@@ -61,73 +60,87 @@ def load_text(text: str, name: str) -> Node:
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
     try:
-        doc = _yaml().load(text)
+        doc = _yaml().compose(text)
     except MarkedYAMLError as exc:
         marks = [m for m in (exc.problem_mark, exc.context_mark) if m is not None]
-        locs = [_loc(name, m.line, m.column) for m in marks] or [SourceLoc(name)]
+        locs = [_mark_loc(name, m) for m in marks] or [SourceLoc(name)]
         message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
-        raise OrchcError.at(locs[0], f"invalid YAML: {_first_line(message)}", related=locs[1:]) from None
+        raise OrchcError.at(locs[0], f"invalid YAML: {_one_line(message)}", related=locs[1:]) from None
     except YAMLError as exc:
-        raise OrchcError.at(SourceLoc(name), f"invalid YAML: {_first_line(str(exc))}") from None
-    root = SourceLoc(name, 1, 1)
+        raise OrchcError.at(SourceLoc(name), f"invalid YAML: {_one_line(str(exc))}") from None
     if doc is None:
-        raise OrchcError.at(root, "the document is empty; expected a mapping")
-    if not isinstance(doc, dict):
-        raise OrchcError.at(_loc(name, doc.lc.line, doc.lc.col) if hasattr(doc, "lc") else root,
-                            f"the document is a {_kind(doc)}; expected a mapping")
+        raise OrchcError.at(SourceLoc(name), "the document is empty; expected a mapping")
+    root = _mark_loc(name, doc.start_mark)
+    if _kind(doc) != "map":
+        raise OrchcError.at(root, f"the document is a {_KIND_NAMES[_kind(doc)]}; expected a mapping")
     problems = Collector()
-    node = _convert(doc, name, _loc(name, doc.lc.line, doc.lc.col), problems)
+    node = _convert(doc, name, problems)
     problems.raise_if_any()
     return node
 
 
-def _first_line(message: str) -> str:
+_KIND_NAMES = {"map": "mapping", "seq": "list", "scalar": "single value"}
+_BOOLS = {"true": True, "false": False}
+
+
+def _one_line(message: str) -> str:
     return " ".join(message.split())
 
 
-def _loc(name: str, line: int | None, col: int | None) -> SourceLoc:
-    return SourceLoc(name, (line or 0) + 1, (col or 0) + 1)
+def _mark_loc(name: str, mark: Any) -> SourceLoc:
+    return SourceLoc(name, mark.line + 1, mark.column + 1)
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, str):
-        return "string"
-    return type(value).__name__
+def _kind(node: Any) -> str:
+    return {"MappingNode": "map", "SequenceNode": "seq"}.get(type(node).__name__, "scalar")
 
 
-def _convert(value: Any, name: str, loc: SourceLoc, problems: Collector, key_loc: SourceLoc | None = None) -> Node:
-    tag = getattr(getattr(value, "tag", None), "value", None)
-    if tag and isinstance(value, (dict, list)):
+def _tag(node: Any) -> str:
+    return str(getattr(node.tag, "value", node.tag))
+
+
+def _convert(node: Any, name: str, problems: Collector, key_loc: SourceLoc | None = None) -> Node:
+    loc = _mark_loc(name, node.start_mark)
+    kind, tag = _kind(node), _tag(node)
+    if not tag.startswith("tag:yaml.org,2002:"):
         problems.add(loc, f"unsupported YAML tag {tag}; orchc marks merge rules with key suffixes (key+, key-, key!)")
-    if isinstance(value, dict):
-        items: dict[str, Node] = {}
-        for key in value:
-            kloc = _loc(name, *value.lc.key(key))
-            vloc = _loc(name, *value.lc.value(key))
-            if not isinstance(key, str):
-                problems.add(kloc, f"keys must be strings, got {key!r}")
-                continue
-            items[key] = _convert(value[key], name, vloc, problems, kloc)
-        return Node(items, loc, key_loc)
-    if isinstance(value, list):
-        return Node([_convert(item, name, _loc(name, *value.lc.item(i)), problems)
-                     for i, item in enumerate(value)], loc, key_loc)
-    return Node(_scalar(value, loc, problems), loc, key_loc)
+        return Node(None, loc, key_loc)
+    if kind == "seq":
+        return Node([_convert(item, name, problems) for item in node.value], loc, key_loc)
+    if kind == "map":
+        return Node(_mapping(node, name, problems), loc, key_loc)
+    return Node(_scalar(node, tag.rsplit(":", 1)[-1], loc, problems), loc, key_loc)
 
 
-def _scalar(value: Any, loc: SourceLoc, problems: Collector) -> Any:
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, (datetime.date, datetime.datetime)):
-        return value.isoformat()
-    tag = getattr(getattr(value, "tag", None), "value", None) or type(value).__name__
-    problems.add(loc, f"unsupported YAML tag {tag}; orchc marks merge rules with key suffixes (key+, key-, key!)")
+def _mapping(node: Any, name: str, problems: Collector) -> dict[str, Node]:
+    items: dict[str, Node] = {}
+    for key_node, value_node in node.value:
+        kloc = _mark_loc(name, key_node.start_mark)
+        if _kind(key_node) != "scalar" or _tag(key_node) != "tag:yaml.org,2002:str":
+            problems.add(kloc, f"keys must be strings, got {getattr(key_node, 'value', key_node)!r}")
+            continue
+        if key_node.value in items:
+            first = items[key_node.value].key_loc
+            problems.add(kloc, f"duplicate key '{key_node.value}' (first at line {first.line if first else '?'})",
+                         related=[first] if first else [])
+            continue
+        items[key_node.value] = _convert(value_node, name, problems, kloc)
+    return items
+
+
+def _scalar(node: Any, kind: str, loc: SourceLoc, problems: Collector) -> Any:
+    text = node.value
+    if kind == "null":
+        return None
+    if kind == "bool":
+        return _BOOLS[text.lower()]
+    if kind == "int":
+        digits = text.replace("_", "")
+        return int(digits, 10) if digits.lstrip("+-").isdigit() else int(digits, 0)
+    if kind == "float":
+        lowered = text.lower()
+        return float(lowered.replace(".inf", "inf").replace(".nan", "nan"))
+    if kind in ("str", "timestamp"):
+        return text
+    problems.add(loc, f"unsupported YAML value of type {kind}")
     return None

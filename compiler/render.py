@@ -104,16 +104,33 @@ def _hosts_filter(context: Any, value: Any) -> Any:
 
 
 @lru_cache(maxsize=4096)
-def _compiled(kind: str, source: str) -> Any:
-    return _environment(kind).from_string(source)
+def _compiled(kind: str, source: str) -> tuple[Any, tuple[str, ...]]:
+    """The compiled template and the names it reads from its context."""
+    from jinja2 import meta
+
+    env = _environment(kind)
+    tree = env.parse(source)
+    return env.from_string(tree), tuple(sorted(meta.find_undeclared_variables(tree)))
+
+
+_RENDERED: dict[tuple[str, str, str], str] = {}
 
 
 def render_string(node: Node, context: dict[str, Any], kind: str = "shell") -> str:
-    """Render one template string of a type or recipe, errors located at the string."""
+    """Render one template string of a type or recipe, errors located at the string.
+
+    Output depends only on the values the template reads, so it is memoized on
+    them: jobs of one type mostly share their lines, and a batch renders each once.
+    """
     from jinja2 import TemplateError, TemplateSyntaxError
 
+    source = str(node.value)
     try:
-        return _compiled(kind, str(node.value)).render(context)
+        template, names = _compiled(kind, source)
+        key = (kind, source, repr([(name, type(context.get(name)), context.get(name)) for name in names]))
+        if key not in _RENDERED:
+            _RENDERED[key] = template.render(context)
+        return _RENDERED[key]
     except TemplateSyntaxError as exc:
         raise OrchcError.at(node.loc, f"template syntax error: {exc.message}") from None
     except TemplateError as exc:

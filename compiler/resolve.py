@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,11 @@ def _yaml_scalar(raw: str) -> Any:
 
 
 def load_site(ref: str, base: Path, used_at: SourceLoc) -> Site:
-    path = _site_path(ref, base, used_at)
+    return _load_site_file(_site_path(ref, base, used_at).resolve())
+
+
+@lru_cache(maxsize=None)
+def _load_site_file(path: Path) -> Site:
     doc = load_file(path, "site profile")
     problems = Collector()
     check(doc, validator("site"), f"site '{path.stem}'", problems)
@@ -252,7 +257,10 @@ def _checked(node: Node, typedef: TypeDef, site: Site, what: str, problems: Coll
         problems.add(node.value[key].loc, f"{key} of {what} is a secret and is never written into a script: "
                      f"write `{key}: {{env: VARIABLE}}` (read from the environment when the job runs) or "
                      f"`{key}: {{file: $HOME/.orchc/{key}}}` (a mode 0600 file, created with a random value if missing)")
-    checked = Node({k: v for k, v in node.value.items() if k not in literal_secrets}, node.loc)
+    # Values inherited unchanged from the type were checked once, with the type; check the rest.
+    inherited = typedef.layer.value
+    checked = Node({k: v for k, v in node.value.items() if k not in literal_secrets and inherited.get(k) is not v},
+                   node.loc)
     check(checked, typedef.job_validator, what, problems)
     data = node.plain()
     partition = node.at(("resources", "partition"))

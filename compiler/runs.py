@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .emit import Output, submission_order, write_atomic
-from .slurm import ClusterError, JobState, job_state, require, sbatch, scancel
+from .errors import ClusterError
+from .slurm import JobState, job_state, require, sbatch, scancel
 
 RUN_FILE = "run.json"
 DEFAULT_ROOT = Path("runs")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .errors import ClusterError
+
 ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
 _STATE_MAP = {
     "CONFIGURING": "PENDING", "REQUEUED": "PENDING", "RESV_DEL_HOLD": "PENDING", "SUSPENDED": "PENDING",
@@ -20,10 +22,6 @@ _STATE_MAP = {
     "NODE_FAIL": "FAILED", "OUT_OF_MEMORY": "FAILED", "BOOT_FAIL": "FAILED", "DEADLINE": "TIMEOUT",
     "PREEMPTED": "CANCELLED", "REVOKED": "CANCELLED",
 }
-
-
-class ClusterError(Exception):
-    """SLURM is missing or refused a request (exit status 1, no source location)."""
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,10 @@ class Registry:
             for reason in schema_problems_in(_field_schema(schema.plain())):
                 problems.add(schema.loc, f"field '{field_name}' of type '{name}' is not a valid JSON Schema: {reason}")
         problems.raise_if_any()
-        return _typedef(name, merged, fields_node, chain)
+        typedef = _typedef(name, merged, fields_node, chain)
+        check(typedef.layer, typedef.job_validator, f"type '{name}'", problems)
+        problems.raise_if_any()
+        return typedef
 
 
 def _typedef(name: str, merged: Node, fields_node: Node, chain: list[Node]) -> TypeDef:

@@ -15,26 +15,32 @@ from .errors import Collector, did_you_mean
 from .resources import schemas_dir
 from .source import Node, format_path
 
-_KINDS = ("common", "typedef", "recipe", "site")
-
-
 @lru_cache(maxsize=None)
 def _schema(kind: str) -> dict[str, Any]:
+    """A shipped schema with its `$ref`s inlined: validating then needs no reference lookups."""
     with open(schemas_dir() / f"{kind}.schema.json", encoding="utf-8") as handle:
-        return json.load(handle)
+        raw = json.load(handle)
+    return _inline(raw, raw)
 
 
-@lru_cache(maxsize=1)
-def _registry() -> Any:
-    from referencing import Registry, Resource
-
-    resources = [(_schema(kind)["$id"], Resource.from_contents(_schema(kind))) for kind in _KINDS]
-    return Registry().with_resources(resources)
+def _inline(value: Any, document: dict[str, Any]) -> Any:
+    if isinstance(value, list):
+        return [_inline(item, document) for item in value]
+    if not isinstance(value, dict):
+        return value
+    inlined = {k: _inline(v, document) for k, v in value.items() if k != "$ref"}
+    ref = value.get("$ref")
+    if ref is None:
+        return inlined
+    target_file, _, pointer = ref.partition("#/$defs/")
+    source = _schema(target_file.rsplit("/", 1)[-1].removesuffix(".schema.json")) if target_file else document
+    target = source["$defs"][pointer] if target_file else _inline(source["$defs"][pointer], document)
+    return {**target, **inlined}
 
 
 def common_def(name: str) -> dict[str, Any]:
-    """A reference to a shared definition, for schemas built at run time."""
-    return {"$ref": f"{_schema('common')['$id']}#/$defs/{name}"}
+    """A shared definition, for schemas built at run time."""
+    return _schema("common")["$defs"][name]
 
 
 @lru_cache(maxsize=None)
@@ -45,15 +51,19 @@ def validator(kind: str) -> Any:
 def build_validator(schema: dict[str, Any]) -> Any:
     from jsonschema import Draft202012Validator
 
-    return Draft202012Validator(schema, registry=_registry())
+    return Draft202012Validator(schema)
+
+
+@lru_cache(maxsize=1)
+def _meta_validator() -> Any:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(Draft202012Validator.META_SCHEMA)
 
 
 def schema_problems_in(schema: dict[str, Any]) -> list[str]:
     """Why `schema` is not a valid JSON Schema (empty when it is)."""
-    from jsonschema import Draft202012Validator
-
-    return [error.message for error in Draft202012Validator(Draft202012Validator.META_SCHEMA,
-                                                            registry=_registry()).iter_errors(schema)]
+    return [error.message for error in _meta_validator().iter_errors(schema)]
 
 
 def check(node: Node, checker: Any, what: str, problems: Collector) -> None:

@@ -12,7 +12,7 @@ RECIPE_CASES = {
     "yaml_syntax": ("service:\n  name: redis\n  maxmemory: [1\n", 4, 1, "invalid YAML"),
     "not_a_mapping": ("- redis\n", 1, 1, "the document is a list; expected a mapping"),
     "empty": ("", 1, 1, "the document is empty"),
-    "duplicate_key": ("service:\n  name: redis\n  name: ollama\n", 3, 3, "invalid YAML"),
+    "duplicate_key": ("service:\n  name: redis\n  name: ollama\n", 3, 3, "duplicate key 'name' (first at line 2)"),
     "unknown_type": ("service:\n  name: db\n  type: redsi\n", 3, 9, "unknown type 'redsi'; did you mean 'redis'?"),
     "unknown_field": ("service:\n  name: ollama\n  gpu_layer: 3\n", 3, 3,
                       "unknown field 'gpu_layer' in service 'ollama'; did you mean 'gpu_layers'?"),
