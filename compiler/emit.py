@@ -91,17 +91,20 @@ def submit_script(recipe: Recipe) -> str:
 
 def write_outputs(outputs: list[Output], out_dir: Path) -> list[Path]:
     """Write every output under `out_dir/<recipe>/`; returns the paths written."""
+    return [path for output in outputs for path in _write_output(output, out_dir)]
+
+
+def _write_output(output: Output, out_dir: Path) -> list[Path]:
+    folder = out_dir / output.recipe.name
+    folder.mkdir(parents=True, exist_ok=True)
+    stale = _previous_files(folder) - set(output.files)
     written = []
-    for output in outputs:
-        folder = out_dir / output.recipe.name
-        folder.mkdir(parents=True, exist_ok=True)
-        stale = _previous_files(folder) - set(output.files)
-        for name, text in sorted(output.files.items()):
-            path = folder / name
-            write_atomic(path, text, executable=name.endswith((".sh", ".sbatch")))
-            written.append(path)
-        for name in sorted(stale):
-            (folder / name).unlink(missing_ok=True)
+    for name, text in sorted(output.files.items()):
+        path = folder / name
+        write_atomic(path, text, executable=name.endswith((".sh", ".sbatch")))
+        written.append(path)
+    for name in sorted(stale):
+        (folder / name).unlink(missing_ok=True)
     return written
 
 

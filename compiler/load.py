@@ -7,6 +7,7 @@ error reports can quote the lines around a problem.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,12 @@ def _yaml() -> Any:
 
 
 def display_path(path: Path) -> str:
-    """How a file is named in messages: relative to the working directory when inside it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+    """How a file is named in messages: as given when relative, else relative to the working directory when inside it."""
+    text = str(path)
+    if not os.path.isabs(text):
+        return os.path.normpath(text)
+    cwd = os.getcwd()
+    return os.path.relpath(text, cwd) if text.startswith(cwd + os.sep) else text
 
 
 def load_file(path: Path, what: str = "file") -> Node:

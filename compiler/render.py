@@ -11,13 +11,17 @@ A template error names the type file and line that holds the template.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shlex
 from functools import lru_cache
 from typing import Any
+from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import __version__
 from .directives import directives
 from .errors import OrchcError
 from .resolve import Job, Recipe
@@ -64,10 +68,33 @@ def _text_finalize(value: Any) -> str:
     return str(value)
 
 
+_SOURCES: dict[str, str] = {}
+
+
+def _bytecode_cache() -> Any:
+    """Jinja's on-disk cache of compiled templates (like .pyc files): start-up stays fast.
+
+    Keyed by each template's checksum, so a changed type file never reuses stale code.
+    ORCHC_NO_CACHE=1 turns it off; an unwritable cache folder silently does too.
+    """
+    from jinja2 import FileSystemBytecodeCache
+
+    if os.environ.get("ORCHC_NO_CACHE"):
+        return None
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = base / "orchc" / f"templates-{__version__}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return FileSystemBytecodeCache(str(folder))
+
+
 @lru_cache(maxsize=None)
 def _environment(kind: str) -> Any:
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
+    from jinja2 import ChoiceLoader, Environment, FileSystemLoader, FunctionLoader, StrictUndefined, pass_context
 
+    strings = FunctionLoader(lambda name: (_SOURCES[name], None, lambda: True) if name in _SOURCES else None)
     env = Environment(
         undefined=StrictUndefined,
         autoescape=False,
@@ -77,7 +104,9 @@ def _environment(kind: str) -> Any:
         comment_start_string="{##",  # so shell's ${#array[@]} is not a Jinja comment
         comment_end_string="##}",
         finalize={"shell": _shell_finalize, "text": _text_finalize, "script": None}[kind],
-        loader=FileSystemLoader(str(templates_dir())) if kind == "script" else None,
+        loader=ChoiceLoader([FileSystemLoader(str(templates_dir())), strings]) if kind == "script" else strings,
+        bytecode_cache=_bytecode_cache(),
+        auto_reload=False,
     )
     env.filters["raw"] = lambda value: Raw(_text_finalize(value))
     env.filters["path"] = lambda value: Raw(shell_word(_text_finalize(value)))
@@ -104,30 +133,40 @@ def _hosts_filter(context: Any, value: Any) -> Any:
 
 
 @lru_cache(maxsize=4096)
-def _compiled(kind: str, source: str) -> tuple[Any, tuple[str, ...]]:
-    """The compiled template and the names it reads from its context."""
+def _compiled(kind: str, source: str) -> Any:
+    env = _environment(kind)
+    name = f"{kind}-{hashlib.sha1(source.encode()).hexdigest()}"
+    _SOURCES[name] = source
+    return env.get_template(name)
+
+
+@lru_cache(maxsize=4096)
+def _names_read(kind: str, source: str) -> tuple[str, ...]:
     from jinja2 import meta
 
-    env = _environment(kind)
-    tree = env.parse(source)
-    return env.from_string(tree), tuple(sorted(meta.find_undeclared_variables(tree)))
+    return tuple(sorted(meta.find_undeclared_variables(_environment(kind).parse(source))))
 
 
 _RENDERED: dict[tuple[str, str, str], str] = {}
+_SEEN: set[tuple[str, str]] = set()
 
 
 def render_string(node: Node, context: dict[str, Any], kind: str = "shell") -> str:
     """Render one template string of a type or recipe, errors located at the string.
 
-    Output depends only on the values the template reads, so it is memoized on
-    them: jobs of one type mostly share their lines, and a batch renders each once.
+    Output depends only on the values the template reads, so from its second use on a
+    string's output is memoized on them: a batch of similar jobs renders each line once.
     """
     from jinja2 import TemplateError, TemplateSyntaxError
 
     source = str(node.value)
     try:
-        template, names = _compiled(kind, source)
-        key = (kind, source, repr([(name, type(context.get(name)), context.get(name)) for name in names]))
+        template = _compiled(kind, source)
+        if (kind, source) not in _SEEN:
+            _SEEN.add((kind, source))
+            return template.render(context)
+        values = [(name, type(context.get(name)), context.get(name)) for name in _names_read(kind, source)]
+        key = (kind, source, repr(values))
         if key not in _RENDERED:
             _RENDERED[key] = template.render(context)
         return _RENDERED[key]

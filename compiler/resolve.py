@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -103,7 +104,7 @@ def _yaml_scalar(raw: str) -> Any:
 
 
 def load_site(ref: str, base: Path, used_at: SourceLoc) -> Site:
-    return _load_site_file(_site_path(ref, base, used_at).resolve())
+    return _load_site_file(Path(os.path.abspath(_site_path(ref, base, used_at))))
 
 
 @lru_cache(maxsize=None)

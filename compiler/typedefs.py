@@ -9,6 +9,7 @@ one folder that define the same type are an error naming both.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -58,29 +59,47 @@ def _field_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 class Registry:
+    """Type names are found by a quick scan of each file's `type:` line; a file is parsed
+    when its type is used. User folders (`--defs`) are parsed at once, so a mistake in any
+    of their files is reported even if no recipe uses that type."""
+
     def __init__(self, folders: list[Path]):
         self.folders = [*folders, builtin_types_dir()]
+        self._files: dict[str, Path] = {}
         self._docs: dict[str, Node] = {}
         self._resolved: dict[str, TypeDef | OrchcError] = {}
-        self._load_all()
+        self._scan_all()
 
-    def _load_all(self) -> None:
+    def _scan_all(self) -> None:
         problems = Collector()
         for folder in self.folders:
             if not folder.is_dir():
                 problems.add(SourceLoc(display_path(folder)), "type definition folder not found")
                 continue
-            for name, doc in _folder_types(folder, problems).items():
-                self._docs.setdefault(name, doc)
+            eager = folder != builtin_types_dir()
+            for name, (path, doc) in _folder_types(folder, eager, problems).items():
+                if name not in self._files:
+                    self._files[name] = path
+                    if doc is not None:
+                        self._docs[name] = doc
         problems.raise_if_any()
 
+    def _doc(self, name: str) -> Node:
+        if name not in self._docs:
+            doc = load_file(self._files[name], "type definition")
+            type_node = doc.get("type")
+            if type_node is None or type_node.value != name:
+                raise OrchcError.at((type_node or doc).loc, f"expected `type: {name}` at the top of this file")
+            self._docs[name] = doc
+        return self._docs[name]
+
     def names(self) -> list[str]:
-        return sorted(self._docs)
+        return sorted(self._files)
 
     def resolve(self, name: str, used_at: SourceLoc | None = None) -> TypeDef:
-        if name not in self._docs:
+        if name not in self._files:
             where = used_at or SourceLoc("<command line>")
-            raise OrchcError.at(where, f"unknown type '{name}'{did_you_mean(name, self._docs)}")
+            raise OrchcError.at(where, f"unknown type '{name}'{did_you_mean(name, self._files)}")
         if name not in self._resolved:
             try:
                 self._resolved[name] = self._build(name)
@@ -97,7 +116,7 @@ class Registry:
         seen: list[str] = []
         current: str | None = name
         while current is not None:
-            doc = self._docs[current]
+            doc = self._doc(current)
             if current in seen:
                 files = [self._docs[n].loc for n in seen[seen.index(current):]]
                 cycle = " -> ".join(seen[seen.index(current):] + [current])
@@ -106,9 +125,9 @@ class Registry:
             seen.append(current)
             chain.append(doc)
             parent = doc.get("extends")
-            if parent is not None and parent.value not in self._docs:
+            if parent is not None and parent.value not in self._files:
                 raise OrchcError.at(parent.loc, f"type '{current}' extends unknown type '{parent.value}'"
-                                    f"{did_you_mean(str(parent.value), self._docs)} (in {doc.loc.file})")
+                                    f"{did_you_mean(str(parent.value), self._files)} (in {doc.loc.file})")
             current = parent.value if parent is not None else None
         return chain[::-1]
 
@@ -163,24 +182,32 @@ def _extends_loc(doc: Node) -> SourceLoc:
     return extends.loc if extends is not None else doc.loc
 
 
-def _folder_types(folder: Path, problems: Collector) -> dict[str, Node]:
-    found: dict[str, Node] = {}
+_TYPE_LINE = re.compile(r"""^type:[ \t]*(["']?)([a-z][a-z0-9_]*)\1[ \t]*(?:#.*)?$""", re.M)
+
+
+def _folder_types(folder: Path, eager: bool, problems: Collector) -> dict[str, tuple[Path, Node | None]]:
+    """name -> (file, parsed document or None when not parsed yet) for the type files of `folder`."""
+    found: dict[str, tuple[Path, Node | None]] = {}
+    locations: dict[str, SourceLoc] = {}
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
-        try:
-            doc = load_file(path, "type definition")
-        except OrchcError as error:
-            problems.absorb(error)
-            continue
-        type_node = doc.get("type")
-        if type_node is None or not isinstance(type_node.value, str):
-            problems.add((type_node or doc).loc, "a type definition needs `type: NAME` (a string)")
-            continue
-        name = type_node.value
+        names = _TYPE_LINE.findall(path.read_text(encoding="utf-8", errors="replace")) if not eager else []
+        doc: Node | None = None
+        if len(names) == 1:
+            name, loc = names[0][1], SourceLoc(display_path(path))
+        else:
+            try:
+                doc = load_file(path, "type definition")
+            except OrchcError as error:
+                problems.absorb(error)
+                continue
+            type_node = doc.get("type")
+            if type_node is None or not isinstance(type_node.value, str):
+                problems.add((type_node or doc).loc, "a type definition needs `type: NAME` (a string)")
+                continue
+            name, loc = type_node.value, type_node.loc
         if name in found:
-            first = found[name].get("type")
-            assert first is not None
-            problems.add(type_node.loc, f"duplicate type name '{name}': defined in {found[name].loc.file} and "
-                         f"{doc.loc.file}", related=[first.loc])
+            problems.add(loc, f"duplicate type name '{name}': defined in {locations[name].file} and {loc.file}",
+                         related=[locations[name]])
             continue
-        found[name] = doc
+        found[name], locations[name] = (path, doc), loc
     return found
