@@ -117,6 +117,34 @@ def test_redis_service_and_client_complete_with_real_results(cluster, needs_redi
     assert not (run / "endpoints" / "redis").exists()
 
 
+def test_clients_reach_services_by_job_id_and_by_endpoint(cluster, needs_redis, tmp_path):
+    port = free_port()
+    (tmp_path / "service.yaml").write_text(redis_recipe(port).replace("  name: redis\n", "  name: redis\n  keep_running: true\n"))
+    service_run = tmp_path / "service"
+    orchc("submit", "service.yaml", "--run-dir", service_run, cwd=tmp_path)
+    service_id = json.loads((service_run / "run.json").read_text())["jobs"][0]["slurm_id"]
+    (tmp_path / "clients.yaml").write_text(
+        "site: local\nclients:\n"
+        f"  - name: by_id\n    type: redis_client\n    target_service_id: {service_id}\n    target_port: {port}\n"
+        "    requests: 2000\n    tests: [ping_inline]\n"
+        f"  - name: by_endpoint\n    type: redis_client\n    target_endpoint: 127.0.0.1:{port}\n"
+        "    requests: 2000\n    tests: [ping_inline]\n")
+    client_run = tmp_path / "clients"
+    try:
+        orchc("submit", "clients.yaml", "--run-dir", client_run, cwd=tmp_path)
+        wait_for(lambda: {j["state"] for j in status(client_run).values()} == {"COMPLETED"}, 120, "both clients")
+        results = json.loads(orchc("results", client_run, "--json", cwd=tmp_path).stdout)
+        assert results["by_id"]["tests"]["PING_INLINE"]["rps"] > 0
+        assert results["by_endpoint"]["tests"]["PING_INLINE"]["rps"] > 0
+        csv = orchc("results", client_run, "--csv", cwd=tmp_path).stdout.splitlines()
+        assert csv[0] == "job,metric,value" and any(line.startswith("by_id,tests.PING_INLINE.rps,") for line in csv)
+        logs = orchc("logs", client_run, "by_id", cwd=tmp_path).stdout
+        assert "==> " in logs and "redis-benchmark ping_inline" in logs
+    finally:
+        orchc("cancel", service_run, cwd=tmp_path)
+    wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
+
+
 def test_cancel_stops_a_running_service(cluster, needs_redis, tmp_path):
     port = free_port()
     (tmp_path / "redis.yaml").write_text(redis_recipe(port))
