@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import ClusterError, OrchcError, UsageError
+
+if TYPE_CHECKING:
+    from .pipeline import Options
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -61,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def compile_options(args: argparse.Namespace) -> object:
+def compile_options(args: argparse.Namespace) -> Options:
     from .pipeline import Options
     from .resolve import parse_settings
 
@@ -72,7 +76,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from .emit import write_outputs
     from .pipeline import compile_all
 
-    outputs = compile_all(args.recipes, compile_options(args))  # type: ignore[arg-type]
+    outputs = compile_all(args.recipes, compile_options(args))
     if args.stdout:
         for output in outputs:
             for name, text in sorted(output.files.items()):
@@ -88,7 +92,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .pipeline import compile_all
 
-    outputs = compile_all(args.recipes, compile_options(args))  # type: ignore[arg-type]
+    outputs = compile_all(args.recipes, compile_options(args))
     for output in outputs:
         print(f"{output.recipe.file}: ok ({len(output.recipe.jobs)} job(s))")
     return EXIT_OK
@@ -99,16 +103,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     from .report import yaml_lines
     from .source import Node
 
-    recipe = resolve_all([args.recipe], compile_options(args))[0]  # type: ignore[arg-type]
+    recipe = resolve_all([args.recipe], compile_options(args))[0]
     annotate = (lambda node: str(node.loc)) if args.origin else None
     lines = [f"# recipe {recipe.name} ({recipe.file}), site {recipe.site.name} ({recipe.site.file})"]
     for job in recipe.jobs:
         header = Node({"name": Node(job.name, job.node.loc), "job_id": Node(job.job_id, job.node.loc),
                        "role": Node(job.role, job.node.loc)}, job.node.loc)
         body = Node({k: v for k, v in job.node.value.items() if k != "name"}, job.node.loc)
-        for key in ("target",):
-            if key in job.data and key not in body.value:
-                body.value[key] = Node(job.data[key], job.node.loc)
+        if "target" in job.data and "target" not in body.value:  # the recipe's only service, by default
+            body.value["target"] = Node(job.data["target"], job.node.loc)
         lines.append("---")
         lines += yaml_lines(header) + yaml_lines(body, annotate)
     print("\n".join(lines))

@@ -7,7 +7,7 @@ so a user fixes a file in one round instead of one error at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from collections.abc import Iterable
 
 from .source import SourceLoc
 

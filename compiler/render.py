@@ -16,7 +16,7 @@ import json
 import os
 import re
 import shlex
-from functools import lru_cache
+from functools import lru_cache, cache
 from typing import Any
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -90,7 +90,7 @@ def _bytecode_cache() -> Any:
     return FileSystemBytecodeCache(str(folder))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _environment(kind: str) -> Any:
     from jinja2 import ChoiceLoader, Environment, FileSystemLoader, FunctionLoader, StrictUndefined, pass_context
 
@@ -178,7 +178,7 @@ def render_string(node: Node, context: dict[str, Any], kind: str = "shell") -> s
 
 def render_job(job: Job, recipe: Recipe) -> str:
     context = _context(job, recipe)
-    parts = {
+    parts: dict[str, Any] = {
         "directives": directives(job.name, job.job_id, job.data.get("resources", {})),
         "modules": recipe.site.modules,
         "environment": [f"export {k}={shlex.quote(_text_finalize(v))}" for k, v in sorted(job.data.get("environment", {}).items())],
@@ -196,7 +196,7 @@ def render_job(job: Job, recipe: Recipe) -> str:
 
 
 def _context(job: Job, recipe: Recipe) -> dict[str, Any]:
-    context = {name: None for name in job.typedef.fields}
+    context: dict[str, Any] = {name: None for name in job.typedef.fields}
     context.update(job.data)
     context.update(
         job={"name": job.name, "id": job.job_id, "type": job.typedef.name, "role": job.role},
@@ -205,7 +205,8 @@ def _context(job: Job, recipe: Recipe) -> dict[str, Any]:
         site={"name": recipe.site.name, "runtime": recipe.site.runtime},
     )
     container = job.data.get("container")
-    context["run"] = Raw(" ".join(sum(_exec_parts(job, container, recipe, context), [])) if container else "")
+    assignments, words = _exec_parts(job, container, recipe, context) if container else ([], [])
+    context["run"] = Raw(" ".join([*assignments, *words]))
     return context
 
 

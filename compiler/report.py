@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import re
 import sys
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
+from collections.abc import Callable
 
 from .errors import OrchcError, Problem
 from .load import source_text
@@ -95,7 +96,7 @@ def yaml_scalar(value: Any) -> str:
         return str(value)
     text = str(value)
     if _PLAIN_SCALAR.match(text) and text.lower() not in _YAML_WORDS and not _looks_numeric(text) \
-            and not text.endswith(" ") and ": " not in text:
+            and not text.endswith(" ") and ":" not in text:
         return text
     return json.dumps(text, ensure_ascii=False)
 

@@ -13,7 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import lru_cache, cache
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,7 @@ def load_site(ref: str, base: Path, used_at: SourceLoc) -> Site:
     return _load_site_file(Path(os.path.abspath(_site_path(ref, base, used_at))))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_site_file(path: Path) -> Site:
     doc = load_file(path, "site profile")
     problems = Collector()
@@ -167,7 +167,7 @@ def _string(node: Node | None) -> str | None:
 
 def _entries(doc: Node) -> list[tuple[str, Node]]:
     """(role the recipe expects, entry) for every job, in document order."""
-    out = []
+    out: list[tuple[str, Node]] = []
     for key, node in doc.value.items():
         role = _ENTRY_KEYS.get(key)
         if role is not None:

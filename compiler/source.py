@@ -9,7 +9,8 @@ it), and validation maps a JSON path back to a Node to locate its errors.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Union
+from typing import Any, Union
+from collections.abc import Iterator
 
 PathItem = Union[str, int]
 

@@ -8,14 +8,14 @@ file and line set each value, whichever layer that was.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import lru_cache, cache
 from typing import Any
 
 from .errors import Collector, did_you_mean
 from .resources import schemas_dir
 from .source import Node, format_path
 
-@lru_cache(maxsize=None)
+@cache
 def _schema(kind: str) -> dict[str, Any]:
     """A shipped schema with its `$ref`s inlined: validating then needs no reference lookups."""
     with open(schemas_dir() / f"{kind}.schema.json", encoding="utf-8") as handle:
@@ -43,7 +43,7 @@ def common_def(name: str) -> dict[str, Any]:
     return _schema("common")["$defs"][name]
 
 
-@lru_cache(maxsize=None)
+@cache
 def validator(kind: str) -> Any:
     return build_validator(_schema(kind))
 
