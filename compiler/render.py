@@ -147,6 +147,42 @@ def _names_read(kind: str, source: str) -> tuple[str, ...]:
     return tuple(sorted(meta.find_undeclared_variables(_environment(kind).parse(source))))
 
 
+@lru_cache(maxsize=4096)
+def quoted_expressions(source: str) -> tuple[str, ...]:
+    """The `{{ }}` expressions of a shell template that stand inside shell quotes.
+
+    Inside quotes the automatic quoting of a value cannot protect it (a value that
+    closes the quote would run as code), so such a template is refused unless the
+    expression ends in `| raw`, the author's statement that its pattern makes it safe.
+    """
+    found: list[str] = []
+    quote, i, n = "", 0, len(source)
+    while i < n:
+        if source.startswith(("{%", "{##"), i):
+            end = source.find("%}" if source[i + 1] == "%" else "##}", i)
+            i = n if end < 0 else end + 2
+            continue
+        if source.startswith("{{", i):
+            end = source.find("}}", i)
+            expression = source[i + 2:n if end < 0 else end].strip()
+            if quote and not re.search(r"\|\s*raw$", expression):
+                found.append(expression)
+            i = n if end < 0 else end + 2
+            continue
+        char = source[i]
+        if char == "\\" and quote != "'":
+            i += 2
+            continue
+        if not quote and char == "#" and (i == 0 or source[i - 1] in " \t\n;"):
+            end = source.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        if char in "'\"" and quote in ("", char):
+            quote = "" if quote else char
+        i += 1
+    return tuple(found)
+
+
 _RENDERED: dict[tuple[str, str, str], str] = {}
 _SEEN: set[tuple[str, str]] = set()
 
@@ -160,6 +196,11 @@ def render_string(node: Node, context: dict[str, Any], kind: str = "shell") -> s
     from jinja2 import TemplateError, TemplateSyntaxError
 
     source = str(node.value)
+    quoted = quoted_expressions(source) if kind == "shell" else ()
+    if quoted:
+        raise OrchcError.at(node.loc, f"{{{{ {quoted[0]} }}}} stands inside shell quotes, where its automatic quoting "
+                            "cannot protect it: remove the quotes around it (values are quoted for you), or end it "
+                            "with | raw if its schema pattern makes it safe")
     try:
         template = _compiled(kind, source)
         if (kind, source) not in _SEEN:

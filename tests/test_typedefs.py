@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+
+import pytest
 
 from conftest import ROOT
 
@@ -128,3 +131,17 @@ def test_every_builtin_type_is_valid(orchc):
     for name in registry.names():
         registry.resolve(name)
     assert (ROOT / "service_defs").is_dir()
+
+
+@pytest.mark.parametrize("line", ['echo "model {{ memory_mb }}"', "echo '{{ memory_mb }}'"])
+def test_a_value_inside_shell_quotes_is_refused(orchc, write, tmp_path, line):
+    write("defs/memcached.yaml", MEMCACHED + f"  setup:\n    - {json.dumps(line)}\n")
+    result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
+    ((loc, message),) = errors(result.err)
+    assert loc == "defs/memcached.yaml:15:7"
+    assert message.startswith("{{ memory_mb }} stands inside shell quotes")
+
+
+def test_raw_inside_quotes_is_the_authors_choice(orchc, write, tmp_path):
+    write("defs/memcached.yaml", MEMCACHED + '  setup:\n    - echo "{{ memory_mb | raw }}"\n')
+    assert orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path).code == 0
