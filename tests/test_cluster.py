@@ -145,6 +145,60 @@ def test_clients_reach_services_by_job_id_and_by_endpoint(cluster, needs_redis, 
     wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
 
 
+class FakeOllama:
+    """A stand-in for Ollama's /api/generate on loopback, so the real client script runs under SLURM."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        requests: list[dict] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                requests.append(body)
+                reply = json.dumps({"model": body["model"], "response": "ok", "done": True,
+                                    "eval_count": 20, "eval_duration": 400_000_000}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.requests = requests
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_ollama_client_measures_a_generate_api(cluster, tmp_path):
+    fake = FakeOllama()
+    try:
+        (tmp_path / "llm.yaml").write_text(
+            "site: local\nclient:\n  name: llm\n  type: ollama_client\n"
+            f"  target_endpoint: http://127.0.0.1:{fake.port}\n  model: tiny\n  num_requests: 12\n  concurrent: 3\n"
+            "  prompts: [\"say 'hi' $(touch /tmp/orchc-pwned)\", second]\n")
+        run = tmp_path / "run"
+        orchc("submit", "llm.yaml", "--run-dir", run, cwd=tmp_path)
+        wait_for(lambda: status(run)["llm"]["state"] == "COMPLETED", 90, "the client to complete")
+    finally:
+        fake.close()
+    results = json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["llm"]
+    assert (results["count"], results["ok"], results["errors"]) == (12, 12, 0)
+    assert results["tokens_per_second"] == pytest.approx(50.0)
+    assert 0 < results["latency_s"]["p50"] <= results["latency_s"]["p99"]
+    assert len(fake.requests) == 12 and fake.requests[0] == {
+        "model": "tiny", "prompt": "say 'hi' $(touch /tmp/orchc-pwned)", "stream": False}
+    assert not Path("/tmp/orchc-pwned").exists()
+
+
 def test_cancel_stops_a_running_service(cluster, needs_redis, tmp_path):
     port = free_port()
     (tmp_path / "redis.yaml").write_text(redis_recipe(port))
