@@ -101,11 +101,20 @@ def _write_output(output: Output, out_dir: Path) -> list[Path]:
     written = []
     for name, text in sorted(output.files.items()):
         path = folder / name
-        write_atomic(path, text, executable=name.endswith((".sh", ".sbatch")))
+        if not _holds(path, text):
+            write_atomic(path, text, executable=name.endswith((".sh", ".sbatch")))
         written.append(path)
     for name in sorted(stale):
         (folder / name).unlink(missing_ok=True)
     return written
+
+
+def _holds(path: Path, text: str) -> bool:
+    """Whether `path` already has exactly this content: then it is left alone, mtime and all."""
+    try:
+        return path.read_bytes() == text.encode("utf-8")
+    except OSError:
+        return False
 
 
 def _previous_files(folder: Path) -> set[str]:
