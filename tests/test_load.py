@@ -1,0 +1,41 @@
+"""Stage 1: YAML text -> located values."""
+
+from __future__ import annotations
+
+import pytest
+
+from compiler.errors import OrchcError
+from compiler.load import load_text
+
+
+def test_values_are_typed_as_yaml_1_2_says():
+    doc = load_text("a: 010\nb: 0x1F\nc: 1_000\nd: 1.5\ne: true\nf: on\ng: ~\nh: '7'\ni: 02:00:00\n", "t.yaml")
+    assert doc.plain() == {"a": 10, "b": 31, "c": 1000, "d": 1.5, "e": True, "f": "on", "g": None, "h": "7",
+                           "i": "02:00:00"}
+
+
+def test_every_value_and_key_knows_its_line_and_column():
+    doc = load_text("service:\n  name: redis\n  ports:\n    - 6379\n", "t.yaml")
+    ports = doc.at(("service", "ports"))
+    assert str(ports.key_loc) == "t.yaml:3:3"
+    assert str(ports.at((0,)).loc) == "t.yaml:4:7"
+    assert str(doc.at(("service", "name")).loc) == "t.yaml:2:9"
+
+
+def test_anchors_and_aliases_resolve():
+    doc = load_text("base: &b {nodes: 2}\njob: *b\n", "t.yaml")
+    assert doc.plain()["job"] == {"nodes": 2}
+
+
+@pytest.mark.parametrize("text,where,message", [
+    ("a: 1\na: 2\n", "t.yaml:2:1", "duplicate key 'a' (first at line 1)"),
+    ("? [1, 2]\n: x\n", "t.yaml:1:3", "keys must be strings"),
+    ("a: !custom 1\n", "t.yaml:1:4", "unsupported YAML tag !custom"),
+    ("a: [1\n", "t.yaml:2:1", "invalid YAML"),
+    ("just text\n", "t.yaml:1:1", "the document is a single value; expected a mapping"),
+])
+def test_malformed_documents_are_located(text, where, message):
+    with pytest.raises(OrchcError) as info:
+        load_text(text, "t.yaml")
+    problem = info.value.problems[0]
+    assert str(problem.loc) == where and message in problem.message
