@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .resolve import Job, Recipe
 from .render import render_job
+from .resolve import Job, Recipe
 
 MANIFEST = "manifest.json"
 SUBMIT = "submit.sh"

@@ -6,8 +6,8 @@ so a user fixes a file in one round instead of one error at a time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from .source import SourceLoc
 

@@ -7,10 +7,9 @@ import csv
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
-
 
 
 def add_commands(commands: Any, add_compile_options: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -78,7 +77,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     run_dir, run = load_run(args.run_ref)
     rows, ended = _status_rows(run)
     if args.json:
-        print(json.dumps({"run": str(run_dir), "jobs": [dict(zip(HEADERS, row)) for row in rows]}, indent=2))
+        print(json.dumps({"run": str(run_dir), "jobs": [dict(zip(HEADERS, row, strict=True)) for row in rows]}, indent=2))
         return 0
     if not args.watch:
         print_table(f"run {run_dir.name}", HEADERS, rows)

@@ -16,9 +16,9 @@ import json
 import os
 import re
 import shlex
-from functools import lru_cache, cache
-from typing import Any
+from functools import cache, lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import __version__

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import re
 import sys
-from typing import Any, TextIO
 from collections.abc import Callable
+from typing import Any, TextIO
 
 from .errors import OrchcError, Problem
 from .load import source_text
@@ -82,9 +82,9 @@ def print_table(title: str, headers: list[str], rows: list[list[str]], stream: T
             table.add_row(*row)
         Console(file=stream).print(table)
         return
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=True)]
     for row in [headers, *rows]:
-        stream.write("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n")
+        stream.write("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
 def yaml_scalar(value: Any) -> str:

@@ -13,7 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field, replace
-from functools import lru_cache, cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 

@@ -6,7 +6,7 @@ keeps them at the repository root, beside the package.
 
 from __future__ import annotations
 
-from functools import lru_cache, cache
+from functools import cache
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent

@@ -8,11 +8,11 @@ it), and validation maps a JSON path back to a Node to locate its errors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Union
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
-PathItem = Union[str, int]
+PathItem = str | int
 
 
 @dataclass(frozen=True, order=True)

@@ -8,12 +8,13 @@ file and line set each value, whichever layer that was.
 from __future__ import annotations
 
 import json
-from functools import lru_cache, cache
+from functools import cache, lru_cache
 from typing import Any
 
 from .errors import Collector, did_you_mean
 from .resources import schemas_dir
 from .source import Node, format_path
+
 
 @cache
 def _schema(kind: str) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES, ROOT, in_ci
 
 START_HINT = "start the test cluster with `bash tests/cluster/start.sh` (as root)"

@@ -7,9 +7,8 @@ import shutil
 import subprocess
 
 import pytest
-from ruamel.yaml import YAML
-
 from conftest import GOLDEN, in_ci
+from ruamel.yaml import YAML
 
 HEREDOC = re.compile(r"^cat > (?P<path>\S+) <<'(?P<tag>ORCHC_EOF_*)'\n(?P<body>.*?)\n(?P=tag)$", re.M | re.S)
 

@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES, GOLDEN, ROOT
 
 CASES = [(path, []) for path in sorted(EXAMPLES.glob("*.yaml"))] + [

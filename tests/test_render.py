@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import EXAMPLES, ROOT
 
 HOSTILE = ["$(touch /tmp/orchc-pwned)", "a; rm -rf ~", "`id`", "x' ; touch /tmp/orchc-pwned; '", "a\nb"]

@@ -6,7 +6,6 @@ import json
 import re
 
 import pytest
-
 from conftest import ROOT
 
 HEADLINE = re.compile(r"^(?P<loc>\S+:\d+:\d+): error: (?P<message>.+)$", re.M)
