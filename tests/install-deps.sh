@@ -14,8 +14,9 @@ if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
-    echo "install-deps: need root to install: ${missing[*]}" >&2
-    exit 1
+    # Not fatal: the tests that need these programs skip with a reason (and fail under CI=true).
+    echo "install-deps: not root, so not installing: ${missing[*]}" >&2
+    exit 0
 fi
 echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive

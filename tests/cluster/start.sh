@@ -167,7 +167,12 @@ dump_logs() {
 }
 
 main() {
-    [[ $(id -u) == 0 ]] || { log "must run as root"; exit 1; }
+    if [[ $(id -u) != 0 ]]; then
+        # Not fatal, so the README's test command still runs the rest of the suite;
+        # under CI=true the cluster tests then fail instead of skipping.
+        log "not root: no test cluster started (the cluster tests will skip)"
+        exit 0
+    fi
     install_packages
 
     mkdir -p "$CONF_DIR" "$LOG_DIR" "$STATE_DIR/slurmctld" "$STATE_DIR/slurmd"
