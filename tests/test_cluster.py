@@ -198,6 +198,22 @@ def test_ollama_client_measures_a_generate_api(cluster, tmp_path):
     assert not Path("/tmp/orchc-pwned").exists()
 
 
+def test_a_client_fails_fast_when_its_service_dies(cluster, needs_redis, tmp_path):
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs" / "broken.yaml").write_text(
+        "type: broken\nextends: service\nfields:\n  ports: {default: [1]}\n"
+        "container:\n  command: sleep 2\nphases:\n  health_check:\n    - orchc_wait_tcp 127.0.0.1 1 30\n")
+    (tmp_path / "r.yaml").write_text("site: local\nservice:\n  name: svc\n  type: broken\n"
+                                     "client:\n  name: bench\n  type: redis_client\n")
+    run = tmp_path / "run"
+    orchc("submit", "r.yaml", "--defs", "defs", "--run-dir", run, cwd=tmp_path)
+    wait_for(lambda: status(run)["bench"]["state"] == "FAILED", 60, "the client to fail")
+    assert status(run)["svc"]["state"] == "FAILED"
+    client_id = json.loads((run / "run.json").read_text())["jobs"][1]["slurm_id"]
+    assert "ended without publishing an endpoint" in (run / f"slurm-{client_id}.err").read_text()
+    assert "the service process exited before it became ready" in orchc("logs", run, "svc", cwd=tmp_path).stdout
+
+
 def test_cancel_stops_a_running_service(cluster, needs_redis, tmp_path):
     port = free_port()
     (tmp_path / "redis.yaml").write_text(redis_recipe(port))
