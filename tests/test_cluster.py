@@ -193,8 +193,9 @@ def test_ollama_client_measures_a_generate_api(cluster, tmp_path):
     assert (results["count"], results["ok"], results["errors"]) == (12, 12, 0)
     assert results["tokens_per_second"] == pytest.approx(50.0)
     assert 0 < results["latency_s"]["p50"] <= results["latency_s"]["p99"]
-    assert len(fake.requests) == 12 and fake.requests[0] == {
-        "model": "tiny", "prompt": "say 'hi' $(touch /tmp/orchc-pwned)", "stream": False}
+    prompts = sorted(request["prompt"] for request in fake.requests)   # concurrent: any order
+    assert prompts == ["say 'hi' $(touch /tmp/orchc-pwned)"] * 6 + ["second"] * 6
+    assert {(request["model"], request["stream"]) for request in fake.requests} == {("tiny", False)}
     assert not Path("/tmp/orchc-pwned").exists()
 
 
