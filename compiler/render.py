@@ -79,6 +79,21 @@ def _bytecode_cache() -> Any:
     """
     from jinja2 import FileSystemBytecodeCache
 
+    class QuietCache(FileSystemBytecodeCache):
+        """A cache that cannot be read or written is no cache, not an error."""
+
+        def load_bytecode(self, bucket: Any) -> None:
+            try:
+                super().load_bytecode(bucket)
+            except (OSError, EOFError, ValueError):
+                bucket.reset()
+
+        def dump_bytecode(self, bucket: Any) -> None:
+            try:
+                super().dump_bytecode(bucket)
+            except OSError:
+                pass
+
     if os.environ.get("ORCHC_NO_CACHE"):
         return None
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -87,7 +102,7 @@ def _bytecode_cache() -> Any:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return None
-    return FileSystemBytecodeCache(str(folder))
+    return QuietCache(str(folder))
 
 
 @cache
