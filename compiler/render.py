@@ -26,7 +26,8 @@ from .directives import directives
 from .errors import OrchcError
 from .resolve import Job, Recipe
 from .resources import templates_dir
-from .source import Node
+from .load import source_text
+from .source import Node, SourceLoc
 
 _PLACEHOLDER = re.compile(r"@ORCHC_HOST:([A-Za-z0-9][A-Za-z0-9_.-]*)@")
 _VARIABLE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
@@ -227,9 +228,33 @@ def render_string(node: Node, context: dict[str, Any], kind: str = "shell") -> s
             _RENDERED[key] = template.render(context)
         return _RENDERED[key]
     except TemplateSyntaxError as exc:
-        raise OrchcError.at(node.loc, f"template syntax error: {exc.message}") from None
+        raise OrchcError.at(_line_in_template(node, exc.lineno), f"template syntax error: {exc.message}") from None
     except TemplateError as exc:
-        raise OrchcError.at(node.loc, f"template error: {exc.message}") from None
+        raise OrchcError.at(_line_in_template(node, _failing_line(exc)), f"template error: {exc.message}") from None
+
+
+def _failing_line(exc: BaseException) -> int:
+    """The template line an error was raised at (Jinja maps its frames to template lines)."""
+    line, tb = 1, exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _line_in_template(node: Node, line: int) -> SourceLoc:
+    """Where line `line` of a template string stands in its YAML file."""
+    if line <= 1 and "\n" not in str(node.value):
+        return node.loc
+    text = source_text(node.loc.file)
+    lines = text.splitlines() if text else []
+    opener = lines[node.loc.line - 1][node.loc.col - 1:] if 0 < node.loc.line <= len(lines) else ""
+    target = node.loc.line + line if opener[:1] in ("|", ">") else node.loc.line + line - 1
+    if not 0 < target <= len(lines):
+        return node.loc
+    content = lines[target - 1]
+    return SourceLoc(node.loc.file, target, len(content) - len(content.lstrip()) + 1)
 
 
 def render_job(job: Job, recipe: Recipe) -> str:

@@ -144,3 +144,10 @@ def test_a_value_inside_shell_quotes_is_refused(orchc, write, tmp_path, line):
 def test_raw_inside_quotes_is_the_authors_choice(orchc, write, tmp_path):
     write("defs/memcached.yaml", MEMCACHED + '  setup:\n    - echo "{{ memory_mb | raw }}"\n')
     assert orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path).code == 0
+
+
+def test_an_error_inside_a_block_template_points_at_its_line(orchc, write, tmp_path):
+    write("defs/memcached.yaml", MEMCACHED + "  setup:\n    - |-\n      mkdir -p /tmp/x\n      echo {{ nosuch }}\n")
+    result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
+    assert errors(result.err) == [("defs/memcached.yaml:17:7", "template error: 'nosuch' is undefined")]
+    assert " > 17 |       echo {{ nosuch }}" in result.err
