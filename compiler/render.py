@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 from . import __version__
 from .directives import directives
 from .errors import OrchcError
+from .load import source_text
 from .resolve import Job, Recipe
 from .resources import templates_dir
-from .load import source_text
 from .source import Node, SourceLoc
 
 _PLACEHOLDER = re.compile(r"@ORCHC_HOST:([A-Za-z0-9][A-Za-z0-9_.-]*)@")
@@ -108,7 +108,14 @@ def _bytecode_cache() -> Any:
 
 @cache
 def _environment(kind: str) -> Any:
-    from jinja2 import ChoiceLoader, Environment, FileSystemLoader, FunctionLoader, StrictUndefined, pass_context
+    from jinja2 import (
+        ChoiceLoader,
+        Environment,
+        FileSystemLoader,
+        FunctionLoader,
+        StrictUndefined,
+        pass_context,
+    )
 
     strings = FunctionLoader(lambda name: (_SOURCES[name], None, lambda: True) if name in _SOURCES else None)
     env = Environment(
