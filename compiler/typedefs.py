@@ -147,6 +147,12 @@ class Registry:
         for field_name, schema in fields_node.value.items():
             for reason in schema_problems_in(_field_schema(schema.plain())):
                 problems.add(schema.loc, f"field '{field_name}' of type '{name}' is not a valid JSON Schema: {reason}")
+        for sidecar, node in (merged.get("sidecars") or Node({}, merged.loc)).value.items():
+            when = node.get("when")
+            switch = fields_node.value.get(when.value) if when is not None else None
+            if when is not None and (switch is None or switch.plain().get("type") != "boolean"):
+                problems.add(when.loc, f"sidecar '{sidecar}' of type '{name}' is switched by '{when.value}', "
+                             f"which is not a boolean field of the type{did_you_mean(str(when.value), fields_node.value)}")
         problems.raise_if_any()
         typedef = _typedef(name, merged, fields_node, chain)
         check(typedef.layer, typedef.job_validator, f"type '{name}'", problems)

@@ -151,3 +151,18 @@ def test_an_error_inside_a_block_template_points_at_its_line(orchc, write, tmp_p
     result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
     assert errors(result.err) == [("defs/memcached.yaml:17:7", "template error: 'nosuch' is undefined")]
     assert " > 17 |       echo {{ nosuch }}" in result.err
+
+
+def test_a_sidecar_switch_must_be_a_boolean_field(orchc, write, tmp_path):
+    write("defs/memcached.yaml", MEMCACHED + "sidecars:\n  cadvisor:\n    when: enable_cadvisr\n")
+    result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
+    ((loc, message),) = errors(result.err)
+    assert loc == "defs/memcached.yaml:16:11"
+    assert "switched by 'enable_cadvisr', which is not a boolean field" in message and "'enable_cadvisor'" in message
+
+
+def test_names_the_templates_use_cannot_be_fields(orchc, write, tmp_path):
+    write("defs/memcached.yaml", MEMCACHED.replace("  memory_mb:", "  run: {type: string}\n  memory_mb:"))
+    result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
+    ((loc, message),) = errors(result.err)
+    assert loc == "defs/memcached.yaml:6:3" and message == "invalid name 'run' in fields: this name is reserved"
