@@ -215,6 +215,28 @@ def test_a_client_fails_fast_when_its_service_dies(cluster, needs_redis, tmp_pat
     assert "the service process exited before it became ready" in orchc("logs", run, "svc", cwd=tmp_path).stdout
 
 
+def test_mysql_and_mysqlslap_with_a_secret_that_never_reaches_a_file(cluster, tmp_path):
+    if shutil.which("mysqld") is None or shutil.which("mysqlslap") is None:
+        pytest.fail("mysqld/mysqlslap missing; run tests/install-deps.sh") if in_ci() else pytest.skip("no mysqld")
+    secret = tmp_path / "secrets" / "root_password"
+    port = free_port()
+    (tmp_path / "db.yaml").write_text(
+        f"site: local\nservice:\n  name: db\n  type: mysql\n  ports: [{port}]\n  data_dir: {tmp_path}/data\n"
+        f"  root_password: {{file: {secret}}}\nclient:\n  name: slap\n  type: mysql_client\n"
+        f"  root_password: {{file: {secret}}}\n  iterations: 2\n  number_of_queries: 200\n")
+    run = tmp_path / "run"
+    orchc("submit", "db.yaml", "--run-dir", run, cwd=tmp_path)
+    wait_for(lambda: {j["state"] for j in status(run).values()} == {"COMPLETED"}, 120, "both jobs to complete")
+    results = json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["slap"]
+    assert results["runs"] == 2 and results["queries_per_second"] > 0
+    assert oct(secret.stat().st_mode & 0o777) == "0o600"
+    password = secret.read_text().strip()
+    assert len(password) >= 20
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert password not in path.read_text(errors="replace"), path
+
+
 def test_cancel_stops_a_running_service(cluster, needs_redis, tmp_path):
     port = free_port()
     (tmp_path / "redis.yaml").write_text(redis_recipe(port))
