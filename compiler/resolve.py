@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from .errors import Collector, OrchcError, did_you_mean
@@ -138,7 +139,7 @@ def _site_path(ref: str, base: Path, used_at: SourceLoc) -> Path:
 
 
 def resolve_recipe(path: Path, registry: Registry, site_ref: str | None = None,
-                   settings: list[Setting] = ()) -> Recipe:  # type: ignore[assignment]
+                   settings: Sequence[Setting] = ()) -> Recipe:
     doc = load_file(path, "recipe")
     problems = Collector()
     check(doc, validator("recipe"), "the recipe", problems)
@@ -195,7 +196,7 @@ def _top_layer(doc: Node) -> Node:
     return Node(top, doc.loc)
 
 
-def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: list[Setting],
+def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[Setting],
                   problems: Collector) -> list[Job]:
     top = _top_layer(doc)
     seen: dict[str, Node] = {}
@@ -237,7 +238,7 @@ def _secrets_replace(layer: Node, typedef: TypeDef) -> Node:
     return Node({f"{k}!" if k in typedef.secrets else k: v for k, v in layer.value.items()}, layer.loc, layer.key_loc)
 
 
-def _setting_layers(settings: list[Setting], job: str, jobs: set[str]) -> list[Node]:
+def _setting_layers(settings: Sequence[Setting], job: str, jobs: set[str]) -> list[Node]:
     layers = []
     for setting in settings:
         path = setting.path
@@ -245,6 +246,8 @@ def _setting_layers(settings: list[Setting], job: str, jobs: set[str]) -> list[N
             if path[0] != job:
                 continue
             path = path[1:]
+        if not path:
+            raise OrchcError.at(setting.loc, f"--set {job}=...: name a field of the job, as in --set {job}.FIELD=VALUE")
         value: Any = setting.value
         for key in reversed(path):
             value = {key: value}
