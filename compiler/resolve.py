@@ -12,10 +12,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 from .errors import Collector, OrchcError, did_you_mean

@@ -90,13 +90,17 @@ def _from_scontrol(job_id: str) -> JobState | None:
                     fields.get("RunTime", ""), fields.get("ExitCode", ""))
 
 
+_SACCT_QUERIES = (
+    ["sacct", "-X", "-o", "JobID,State,ExitCode,NodeList,Elapsed"],  # with slurmdbd
+    ["sacct", "-c", "-o", "JobID,State,ExitCode,NodeList"],  # without: the job completion file
+)
+
+
 def _from_sacct(job_id: str) -> JobState | None:
-    for extra in ([], ["-c"]):
-        done = _run(["sacct", *extra, "-j", job_id, "-n", "-P", "-X", "-o", "JobID,State,ExitCode,NodeList,Elapsed"]
-                    if not extra else ["sacct", "-c", "-j", job_id, "-n", "-P", "-o", "JobID,State,ExitCode,NodeList"])
-        for line in done.stdout.splitlines() if done.returncode == 0 else []:
-            parts = line.split("|")
-            if parts[0] == job_id:
-                return JobState(normalize_state(parts[1]), parts[3] if len(parts) > 3 else "",
-                                parts[4] if len(parts) > 4 else "", parts[2])
+    for query in _SACCT_QUERIES:
+        done = _run([*query, "-j", job_id, "-n", "-P"])
+        rows = [line.split("|") for line in done.stdout.splitlines()] if done.returncode == 0 else []
+        for row in rows:
+            if row[0] == job_id and len(row) >= 4:
+                return JobState(normalize_state(row[1]), row[3], row[4] if len(row) > 4 else "", row[2])
     return None
