@@ -188,8 +188,8 @@ def _is_entry(entry: Node) -> bool:
 def _top_layer(doc: Node) -> Node:
     top = {k: doc.value[k] for k in ("resources", "environment") if k in doc.value}
     account = doc.get("account")
-    if account is not None:
-        resources = top.get("resources")
+    resources = top.get("resources")
+    if account is not None and (resources is None or isinstance(resources.value, dict)):
         merged = dict(resources.value) if resources else {}
         merged["account"] = account
         top["resources"] = Node(merged, resources.loc if resources else account.loc)
@@ -268,7 +268,8 @@ def _checked(node: Node, typedef: TypeDef, site: Site, what: str, problems: Coll
     check(checked, typedef.job_validator, what, problems)
     data = node.plain()
     partition = node.at(("resources", "partition"))
-    if site.partitions and data.get("resources", {}).get("partition") not in (None, *site.partitions):
+    resources = data.get("resources")
+    if site.partitions and isinstance(resources, dict) and resources.get("partition") not in (None, *site.partitions):
         problems.add(partition.loc, f"resources.partition: site '{site.name}' has no partition "
                      f"{partition.value!r} (it has: {', '.join(site.partitions)})")
     return data
@@ -286,7 +287,7 @@ def _link_targets(jobs: list[Job], problems: Collector) -> None:
         elif len(given) > 1:
             problems.add(client.node.at((given[1],)).loc,
                          f"client '{client.name}' gives {' and '.join(given)}; give only one")
-        elif given == ["target"] and client.data["target"] not in services:
+        elif given == ["target"] and isinstance(client.data["target"], str) and client.data["target"] not in services:
             target = client.node.at(("target",))
             problems.add(target.loc, f"client '{client.name}' targets '{target.value}', which is not a service of "
                          f"this recipe{did_you_mean(str(target.value), services)}")

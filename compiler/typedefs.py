@@ -125,6 +125,8 @@ class Registry:
             seen.append(current)
             chain.append(doc)
             parent = doc.get("extends")
+            if parent is not None and not isinstance(parent.value, str):
+                raise OrchcError.at(parent.loc, f"`extends` of type '{current}' must name a type, got {parent.plain()!r}")
             if parent is not None and parent.value not in self._files:
                 raise OrchcError.at(parent.loc, f"type '{current}' extends unknown type '{parent.value}'"
                                     f"{did_you_mean(str(parent.value), self._files)} (in {doc.loc.file})")
