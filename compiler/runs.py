@@ -41,16 +41,33 @@ def save_run(run_dir: Path, run: dict[str, Any]) -> None:
 def load_run(ref: str | None, root: Path = DEFAULT_ROOT) -> tuple[Path, dict[str, Any]]:
     """A run by folder (or name under runs/); the latest run when `ref` is None."""
     if ref is None:
-        runs = sorted(root.glob(f"*/{RUN_FILE}"), key=lambda p: (json.loads(p.read_text())["created"], p.parent.name))
+        runs = sorted((_created(path), path.parent.name, path.parent) for path in root.glob(f"*/{RUN_FILE}"))
         if not runs:
             raise ClusterError(f"no runs under {root}/; start one with `orchc submit RECIPE`")
-        run_dir = runs[-1].parent
+        run_dir = runs[-1][2]
     else:
         run_dir = Path(ref) if Path(ref).is_dir() else root / ref
     try:
-        return run_dir, json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+        run = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ClusterError(f"{run_dir}: not an orchc run ({exc})") from None
+    if not _well_formed(run):
+        raise ClusterError(f"{run_dir / RUN_FILE} is damaged: it does not list the run's jobs")
+    return run_dir, run
+
+
+def _created(path: Path) -> str:
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("created", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def _well_formed(run: Any) -> bool:
+    jobs = run.get("jobs") if isinstance(run, dict) else None
+    return isinstance(jobs, list) and all(
+        isinstance(job, dict) and all(isinstance(job.get(key), str) for key in ("name", "role", "slurm_id"))
+        for job in jobs)
 
 
 def submit(output: Output, run_dir: Path) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def _from_scontrol(job_id: str) -> JobState | None:
 
 _SACCT_QUERIES = (
     ["sacct", "-X", "-o", "JobID,State,ExitCode,NodeList,Elapsed"],  # with slurmdbd
-    ["sacct", "-c", "-o", "JobID,State,ExitCode,NodeList"],  # without: the job completion file
+    ["sacct", "-c", "-o", "JobID,State,ExitCode,NodeList,Start,End"],  # without: the job completion file
 )
 
 
@@ -102,5 +102,17 @@ def _from_sacct(job_id: str) -> JobState | None:
         rows = [line.split("|") for line in done.stdout.splitlines()] if done.returncode == 0 else []
         for row in rows:
             if row[0] == job_id and len(row) >= 4:
-                return JobState(normalize_state(row[1]), row[3], row[4] if len(row) > 4 else "", row[2])
+                elapsed = row[4] if len(row) == 5 else _elapsed(*row[4:6]) if len(row) >= 6 else ""
+                return JobState(normalize_state(row[1]), row[3], elapsed, row[2])
     return None
+
+
+def _elapsed(start: str, end: str) -> str:
+    """`HH:MM:SS` between two of SLURM's ISO timestamps ('' when either is unknown)."""
+    from datetime import datetime
+
+    try:
+        seconds = int((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())
+    except ValueError:
+        return ""
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
