@@ -8,6 +8,7 @@ error reports can quote the lines around a problem.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,43 @@ def remember_text(file: str, text: str) -> None:
 
 
 @lru_cache(maxsize=1)
-def _yaml() -> Any:
-    from ruamel.yaml import YAML
+def _composer() -> Callable[[str], Any]:
+    """text -> YAML node tree, each node with its start mark (line and column).
 
-    # The safe composer (C-accelerated with ruamel.yaml.clib) gives every node its start
-    # mark; orchc builds values itself, so it never needs the slower round-trip loader.
-    return YAML(typ="safe")
+    orchc builds values itself from the nodes, so it needs only ruamel's composer,
+    never its slower round-trip loader. With ruamel.yaml.clib the composer runs in C
+    and a resolver pinned to YAML 1.2 spares it a version lookup per scalar.
+    """
+    from ruamel.yaml.resolver import VersionedResolver
+
+    class Resolver(VersionedResolver):
+        @property
+        def processing_version(self) -> tuple[int, int]:
+            return (1, 2)
+
+    try:
+        from ruamel.yaml.cyaml import CParser
+    except ImportError:
+        from ruamel.yaml import YAML
+
+        fallback = YAML(typ="safe")
+        fallback.Resolver = Resolver
+        return fallback.compose
+
+    class Composer(CParser, Resolver):  # type: ignore[misc]
+        def __init__(self, text: str) -> None:
+            CParser.__init__(self, text)
+            self._parser = self._composer = self
+            Resolver.__init__(self, loadumper=self)
+
+    def compose(text: str) -> Any:
+        composer = Composer(text)
+        try:
+            return composer.get_single_node()
+        finally:
+            composer.dispose()
+
+    return compose
 
 
 def display_path(path: Path) -> str:
@@ -62,7 +94,7 @@ def load_text(text: str, name: str) -> Node:
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
     try:
-        doc = _yaml().compose(text)
+        doc = _composer()(text)
     except MarkedYAMLError as exc:
         marks = [m for m in (exc.problem_mark, exc.context_mark) if m is not None]
         locs = [_mark_loc(name, m) for m in marks] or [SourceLoc(name)]

@@ -262,11 +262,10 @@ def _checked(node: Node, typedef: TypeDef, site: Site, what: str, problems: Coll
                      f"write `{key}: {{env: VARIABLE}}` (read from the environment when the job runs) or "
                      f"`{key}: {{file: $HOME/.orchc/{key}}}` (a mode 0600 file, created with a random value if missing)")
     # Values inherited unchanged from the type were checked once, with the type; check the rest.
-    inherited = typedef.layer.value
-    checked = Node({k: v for k, v in node.value.items() if k not in literal_secrets and inherited.get(k) is not v},
-                   node.loc)
-    check(checked, typedef.job_validator, what, problems)
     data = node.plain()
+    inherited = typedef.layer.value
+    fresh = [k for k, v in node.value.items() if k not in literal_secrets and inherited.get(k) is not v]
+    check(node, typedef.job_validator, what, problems, instance={k: data[k] for k in fresh})
     partition = node.at(("resources", "partition"))
     resources = data.get("resources")
     if site.partitions and isinstance(resources, dict) and resources.get("partition") not in (None, *site.partitions):

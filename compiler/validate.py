@@ -67,9 +67,10 @@ def schema_problems_in(schema: dict[str, Any]) -> list[str]:
     return [error.message for error in _meta_validator().iter_errors(schema)]
 
 
-def check(node: Node, checker: Any, what: str, problems: Collector) -> None:
-    """Validate `node` and add one located problem per schema error."""
-    for error in checker.iter_errors(node.plain()):
+def check(node: Node, checker: Any, what: str, problems: Collector, instance: Any = None) -> None:
+    """Validate `node` (or `instance`, its plain value when the caller has it) and add one
+    located problem per schema error."""
+    for error in checker.iter_errors(node.plain() if instance is None else instance):
         _report(error, node, what, problems)
 
 
