@@ -54,12 +54,14 @@ def main() -> int:
         single = [run(["compile", str(recipes[0]), "-o", str(folder / f"one{r}")], root) for r in range(args.repeat)]
         wall = run(["compile", *map(str, recipes), "-o", str(folder / "all")], root)
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        wall_stdout = run(["compile", *map(str, recipes), "--stdout"], root)
         scripts = len(list((folder / "all").glob("*/*.sbatch")))
         stages = stage_times(recipes, folder / "stages")
     print(f"one recipe, fresh process: median {statistics.median(single):.3f} s, "
           f"min {min(single):.3f} s over {args.repeat} runs")
     print(f"{args.n} recipes, {scripts} scripts in one process: {wall:.2f} s wall, {scripts / wall:,.0f} scripts/s, "
           f"peak memory {peak_mb:.0f} MB")
+    print(f"the same with --stdout (no files written): {wall_stdout:.2f} s wall, {scripts / wall_stdout:,.0f} scripts/s")
     print("the same in this process, by stage: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages))
     return 0
 
