@@ -48,7 +48,7 @@ def _composer() -> Callable[[str], Any]:
     except ImportError:
         from ruamel.yaml import YAML
 
-        fallback = YAML(typ="safe")
+        fallback = YAML(typ="safe", pure=True)
         fallback.Resolver = Resolver
         return fallback.compose
 

@@ -39,3 +39,18 @@ def test_malformed_documents_are_located(text, where, message):
         load_text(text, "t.yaml")
     problem = info.value.problems[0]
     assert str(problem.loc) == where and message in problem.message
+
+
+def test_the_pure_python_composer_gives_the_same_positions(monkeypatch):
+    import sys
+
+    from compiler import load
+
+    monkeypatch.setitem(sys.modules, "ruamel.yaml.cyaml", None)  # as without ruamel.yaml.clib
+    compose = load._composer.__wrapped__()
+    node = compose("service:\n  name: redis\n  ports: [1, 2]\n")
+    key, value = node.value[0]
+    assert (key.value, key.start_mark.line, key.start_mark.column) == ("service", 0, 0)
+    name_key, name = value.value[0]
+    assert (name.value, name.start_mark.line, name.start_mark.column) == ("redis", 1, 8)
+    assert load._composer()("on: yes\n").value[0][1].tag.endswith(":str")   # YAML 1.2: plain words
