@@ -19,7 +19,6 @@ import re
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from . import __version__
 from .errors import OrchcError
@@ -108,8 +107,7 @@ def _hosts_filter(context: Any, value: Any) -> Any:
     if isinstance(value, list):
         return [_hosts_filter(context, item) for item in value]
     text = str(value)
-    parts = urlsplit(text if "://" in text else f"tcp://{text}")
-    host = parts.hostname or ""
+    host = re.split(r"[:/]", text.split("://", 1)[-1], maxsplit=1)[0]
     if host not in context.get("jobs", ()):
         return value
     replacement = "localhost" if host == context["job"]["name"] else f"@ORCHC_HOST:{host}@"
