@@ -53,6 +53,7 @@ def build_manifest(recipe: Recipe) -> dict[str, Any]:
         "source": Path(recipe.file).name,
         "site": recipe.site.name,
         "runtime": recipe.site.runtime,
+        "files": sorted([*(script_name(job) for job in recipe.jobs), SUBMIT, MANIFEST]),
         "jobs": [
             {
                 "name": job.name,
