@@ -54,7 +54,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     run = submit(output, run_dir)
     for job in run["jobs"]:
         print(f"submitted {job['role']} {job['name']}: SLURM job {job['slurm_id']}")
-    print(f"run: {run_dir}")
+    print(f"run: {run_dir}  (follow it with: orchc status --watch {run_dir})")
     return 0
 
 
