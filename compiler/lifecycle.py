@@ -62,8 +62,10 @@ def _status_rows(run: dict[str, Any]) -> tuple[list[list[str]], bool]:
     from .runs import states
 
     current = states(run)
-    rows = [[job["name"], job["role"], job["slurm_id"], current[job["name"]].state, current[job["name"]].node,
-             current[job["name"]].elapsed, current[job["name"]].exit_code] for job in run["jobs"]]
+    rows = []
+    for job in run["jobs"]:
+        state = current[job["name"]]
+        rows.append([job["name"], job["role"], job["slurm_id"], state.state, state.node, state.elapsed, state.exit_code])
     return rows, all(state.ended for state in current.values())
 
 
@@ -71,7 +73,7 @@ HEADERS = ["job", "role", "slurm id", "state", "node", "elapsed", "exit code"]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .report import is_terminal, print_table
+    from .report import is_terminal, print_table, rich_table
     from .runs import load_run
 
     run_dir, run = load_run(args.run_ref)
@@ -82,28 +84,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not args.watch:
         print_table(f"run {run_dir.name}", HEADERS, rows)
         return 0
+    title = f"run {run_dir.name}"
     if is_terminal(sys.stdout):
         from rich.live import Live
-        from rich.table import Table
 
-        def table() -> Table:
-            view = Table(title=f"run {run_dir.name}", title_justify="left")
-            for header in HEADERS:
-                view.add_column(header)
-            for row in rows:
-                view.add_row(*row)
-            return view
-
-        with Live(table(), refresh_per_second=4) as live:
+        with Live(rich_table(title, HEADERS, rows), refresh_per_second=4) as live:
             while not ended:
                 time.sleep(args.interval)
                 rows, ended = _status_rows(run)
-                live.update(table())
+                live.update(rich_table(title, HEADERS, rows))
         return 0
     last: list[list[str]] = []
     while True:
         if [row[3] for row in rows] != [row[3] for row in last]:
-            print_table(f"run {run_dir.name}", HEADERS, rows)
+            print_table(title, HEADERS, rows)
             sys.stdout.flush()
             last = rows
         if ended:

@@ -73,18 +73,23 @@ def print_table(title: str, headers: list[str], rows: list[list[str]], stream: T
     stream = stream or sys.stdout
     if is_terminal(stream):
         from rich.console import Console
-        from rich.table import Table
 
-        table = Table(title=title, title_justify="left")
-        for header in headers:
-            table.add_column(header)
-        for row in rows:
-            table.add_row(*row)
-        Console(file=stream).print(table)
+        Console(file=stream).print(rich_table(title, headers, rows))
         return
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=True)]
     for row in [headers, *rows]:
         stream.write("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for header in headers:
+        table.add_column(header)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def yaml_scalar(value: Any) -> str:
