@@ -139,3 +139,13 @@ def test_validate_writes_nothing(orchc, tmp_path):
     result = orchc("validate", *sorted(EXAMPLES.glob("*.yaml")), cwd=tmp_path)
     assert result.code == 0 and result.out.count(": ok") == len(list(EXAMPLES.glob("*.yaml")))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_example_for_the_local_site_passes_shellcheck(orchc, tmp_path):
+    recipes = sorted(EXAMPLES.glob("*.yaml"))
+    assert orchc("compile", *recipes, "--site", "local", "-o", tmp_path).code == 0
+    scripts = sorted(map(str, [*tmp_path.glob("*/*.sbatch"), *tmp_path.glob("*/submit.sh")]))
+    assert len(scripts) > len(recipes)
+    checked = subprocess.run(["shellcheck", "-s", "bash", *scripts], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout
+    assert not any("apptainer" in open(script).read() for script in scripts)
