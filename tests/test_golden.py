@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, GOLDEN, ROOT
+from conftest import EXAMPLES, GOLDEN, ROOT, shellcheck
 
 CASES = [(path, []) for path in sorted(EXAMPLES.glob("*.yaml"))] + [
     (path, [EXAMPLES / "custom" / "defs"]) for path in sorted((EXAMPLES / "custom").glob("*.yaml"))
@@ -61,6 +61,6 @@ GOLDEN_SCRIPTS = sorted([*GOLDEN.glob("*/*.sbatch"), *GOLDEN.glob("*/submit.sh")
 @pytest.mark.parametrize("script", GOLDEN_SCRIPTS, ids=[str(p.relative_to(GOLDEN)) for p in GOLDEN_SCRIPTS])
 def test_golden_script_passes_bash_and_shellcheck(script):
     subprocess.run(["bash", "-n", str(script)], check=True)
-    checked = subprocess.run([shutil.which("shellcheck") or "shellcheck", "-s", "bash", str(script)],
+    checked = subprocess.run([shellcheck(), "-s", "bash", str(script)],
                              capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout

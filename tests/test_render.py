@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import EXAMPLES, ROOT
+from conftest import EXAMPLES, ROOT, shellcheck
 
 HOSTILE = ["$(touch /tmp/orchc-pwned)", "a; rm -rf ~", "`id`", "x' ; touch /tmp/orchc-pwned; '", "a\nb"]
 
@@ -146,6 +146,6 @@ def test_every_example_for_the_local_site_passes_shellcheck(orchc, tmp_path):
     assert orchc("compile", *recipes, "--site", "local", "-o", tmp_path).code == 0
     scripts = sorted(map(str, [*tmp_path.glob("*/*.sbatch"), *tmp_path.glob("*/submit.sh")]))
     assert len(scripts) > len(recipes)
-    checked = subprocess.run(["shellcheck", "-s", "bash", *scripts], capture_output=True, text=True)
+    checked = subprocess.run([shellcheck(), "-s", "bash", *scripts], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout
     assert not any("apptainer" in open(script).read() for script in scripts)

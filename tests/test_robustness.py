@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from ruamel.yaml import YAML
-
 from conftest import EXAMPLES, ROOT
+from ruamel.yaml import YAML
 
 WRONG_SHAPES = [None, [], {"x": 1}]
 HEADLINE = re.compile(r"^\S+:\d+:\d+: error: ")
