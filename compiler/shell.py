@@ -49,37 +49,77 @@ def text_value(value: Any) -> str:
 _SOURCES: dict[str, str] = {}
 
 
-@lru_cache(maxsize=4096)
-def quoted_expressions(source: str) -> tuple[str, ...]:
-    """The `{{ }}` expressions of a shell template that stand inside shell quotes.
+def in_double_quotes(value: Any, keep_variables: bool = False) -> Raw:
+    """`value` as text that stays literal inside "...": \\ " $ and ` escaped."""
+    return Raw(_map_pieces(text_value(value), keep_variables, lambda text: re.sub(r'([\\"$`])', r"\\\1", text),
+                           lambda variable: variable))
 
-    Inside quotes the automatic quoting of a value cannot protect it (a value that
-    closes the quote would run as code), so such a template is refused unless the
-    expression ends in `| raw`, the author's statement that its pattern makes it safe.
+
+def in_single_quotes(value: Any, keep_variables: bool = False) -> Raw:
+    """`value` as text that stays literal inside '...': each ' closes, escapes and reopens."""
+    return Raw(_map_pieces(text_value(value), keep_variables, lambda text: text.replace("'", "'\\''"),
+                           lambda variable: f"'\"{variable}\"'"))
+
+
+def _map_pieces(text: str, keep_variables: bool, literal: Any, variable: Any) -> str:
+    if not keep_variables:
+        return str(literal(text))
+    out, last = [], 0
+    for match in _VARIABLE.finditer(text):
+        out += [literal(text[last:match.start()]), variable(match.group(0))]
+        last = match.end()
+    return "".join(out) + literal(text[last:])
+
+
+_FILTER = {'"': "in_double_quotes", "'": "in_single_quotes"}
+
+
+@lru_cache(maxsize=4096)
+def requote(source: str) -> str:
+    """A shell template whose `{{ }}` inside shell quotes escape for those quotes.
+
+    Outside quotes a value is quoted as one shell word; inside "..." or '...' that
+    quoting could not protect it, so such an expression gets the escaping of its
+    quotes instead (`| path` there keeps its `$VAR` expansions, `| raw` stays raw).
     """
-    found: list[str] = []
+    out: list[str] = []
     quote, i, n = "", 0, len(source)
     while i < n:
         if source.startswith(("{%", "{##"), i):
-            end = source.find("%}" if source[i + 1] == "%" else "##}", i)
-            i = n if end < 0 else end + 2
+            closer = "%}" if source[i + 1] == "%" else "##}"
+            end = source.find(closer, i)
+            stop = n if end < 0 else end + len(closer)
+            out.append(source[i:stop])
+            i = stop
             continue
         if source.startswith("{{", i):
             end = source.find("}}", i)
-            expression = source[i + 2:n if end < 0 else end].strip()
-            if quote and not re.search(r"\|\s*raw$", expression):
-                found.append(expression)
-            i = n if end < 0 else end + 2
+            stop = n if end < 0 else end + 2
+            out.append(_requoted(source[i:stop], quote))
+            i = stop
             continue
         char = source[i]
         if char == "\\" and quote != "'":
+            out.append(source[i:i + 2])
             i += 2
             continue
         if not quote and char == "#" and (i == 0 or source[i - 1] in " \t\n;"):
             end = source.find("\n", i)
-            i = n if end < 0 else end
+            stop = n if end < 0 else end
+            out.append(source[i:stop])
+            i = stop
             continue
         if char in "'\"" and quote in ("", char):
             quote = "" if quote else char
+        out.append(char)
         i += 1
-    return tuple(found)
+    return "".join(out)
+
+
+def _requoted(tag: str, quote: str) -> str:
+    expression = tag[2:-2].strip() if tag.endswith("}}") else ""
+    if not quote or not expression or re.search(r"\|\s*raw\s*$", expression):
+        return tag
+    path = re.search(r"\|\s*path\s*$", expression)
+    inner = expression[:path.start()] if path else expression
+    return f"{{{{ ({inner}) | {_FILTER[quote]}({'true' if path else 'false'}) }}}}"

@@ -24,7 +24,7 @@ from . import __version__
 from .errors import OrchcError
 from .load import source_text
 from .resources import templates_dir
-from .shell import Raw, quoted_expressions, shell_value, shell_word, text_value
+from .shell import Raw, in_double_quotes, in_single_quotes, requote, shell_value, shell_word, text_value
 from .source import Node, SourceLoc
 
 PLACEHOLDER = re.compile(r"@ORCHC_HOST:([A-Za-z0-9][A-Za-z0-9_.-]*)@")
@@ -94,6 +94,8 @@ def environment(kind: str) -> Any:
     env.filters["raw"] = lambda value: Raw(text_value(value))
     env.filters["path"] = lambda value: Raw(shell_word(text_value(value)))
     env.filters["json"] = lambda value: json.dumps(value, sort_keys=True)
+    env.filters["in_double_quotes"] = in_double_quotes
+    env.filters["in_single_quotes"] = in_single_quotes
     env.filters["hosts"] = pass_context(_hosts_filter)
     return env
 
@@ -118,7 +120,7 @@ def _hosts_filter(context: Any, value: Any) -> Any:
 def _compiled(kind: str, source: str) -> Any:
     env = environment(kind)
     name = f"{kind}-{hashlib.sha1(source.encode()).hexdigest()}"
-    _SOURCES[name] = source
+    _SOURCES[name] = requote(source) if kind == "shell" else source
     return env.get_template(name)
 
 
@@ -126,7 +128,7 @@ def _compiled(kind: str, source: str) -> Any:
 def _names_read(kind: str, source: str) -> tuple[str, ...]:
     from jinja2 import meta
 
-    return tuple(sorted(meta.find_undeclared_variables(environment(kind).parse(source))))
+    return tuple(sorted(meta.find_undeclared_variables(environment(kind).parse(requote(source) if kind == "shell" else source))))
 
 
 _RENDERED: dict[tuple[str, str, str], str] = {}
@@ -142,11 +144,6 @@ def render_string(node: Node, context: dict[str, Any], kind: str = "shell") -> s
     from jinja2 import TemplateError, TemplateSyntaxError
 
     source = str(node.value)
-    quoted = quoted_expressions(source) if kind == "shell" else ()
-    if quoted:
-        raise OrchcError.at(node.loc, f"{{{{ {quoted[0]} }}}} stands inside shell quotes, where its automatic quoting "
-                            "cannot protect it: remove the quotes around it (values are quoted for you), or end it "
-                            "with | raw if its schema pattern makes it safe")
     try:
         template = _compiled(kind, source)
         if (kind, source) not in _SEEN:

@@ -57,7 +57,7 @@ def test_bad_recipe_is_located_and_writes_nothing(orchc, write, tmp_path, case):
     first = HEADLINE.match(result.err.splitlines()[0])
     assert first, result.err
     located = [(m["file"], int(m["line"]), int(m["col"]), m["message"]) for m in _headlines(result.err)]
-    assert any(f == "recipe.yaml" and (l, c) == (line, col) and message in msg for f, l, c, msg in located), result.err
+    assert any(f == "recipe.yaml" and (ln, c) == (line, col) and message in msg for f, ln, c, msg in located), result.err
     assert not out.exists()
 
 

@@ -69,7 +69,7 @@ def test_a_prompt_with_shell_syntax_is_written_as_inert_data(orchc, write, tmp_p
     out = compile_stdout(orchc, write, tmp_path, 'client:\n  name: c\n  type: ollama_client\n'
                          '  target_endpoint: "localhost:11434"\n  prompts: ["$(touch /tmp/orchc-pwned) `id`"]\n')
     assert "$(touch /tmp/orchc-pwned) `id`" in out                       # present only as here-doc data
-    line = next(l for l in out.splitlines() if "orchc-pwned" in l)
+    line = next(text for text in out.splitlines() if "orchc-pwned" in text)
     assert line.startswith("{")                                         # a JSON line, not a command
 
 

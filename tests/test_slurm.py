@@ -28,8 +28,8 @@ def test_scontrol_after_squeue(monkeypatch):
 
 
 def test_job_completion_file_when_there_is_no_slurmdbd(monkeypatch):
-    monkeypatch.setattr(slurm, "_run", fake_run({
-        "squeue": (1, ""), "scontrol": (1, ""), "sacct": (1, ""), "sacct -c": (0, "5|CANCELLED by 0|0:0|node07|2026-11-25T15:16:11|2026-11-25T16:17:12\n")}))
+    row = "5|CANCELLED by 0|0:0|node07|2026-11-25T15:16:11|2026-11-25T16:17:12\n"
+    monkeypatch.setattr(slurm, "_run", fake_run({"squeue": (1, ""), "scontrol": (1, ""), "sacct": (1, ""), "sacct -c": (0, row)}))
     assert slurm.job_state("5") == slurm.JobState("CANCELLED", "node07", "01:01:01", "0:0")
 
 

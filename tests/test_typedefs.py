@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -132,18 +134,30 @@ def test_every_builtin_type_is_valid(orchc):
     assert (ROOT / "service_defs").is_dir()
 
 
-@pytest.mark.parametrize("line", ['echo "model {{ memory_mb }}"', "echo '{{ memory_mb }}'"])
-def test_a_value_inside_shell_quotes_is_refused(orchc, write, tmp_path, line):
-    write("defs/memcached.yaml", MEMCACHED + f"  setup:\n    - {json.dumps(line)}\n")
-    result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
-    ((loc, message),) = errors(result.err)
-    assert loc == "defs/memcached.yaml:15:7"
-    assert message.startswith("{{ memory_mb }} stands inside shell quotes")
+HOSTILE = "$(touch /tmp/orchc-pwned) `id` \"dq\" 'sq' \\ $HOME"
 
 
-def test_raw_inside_quotes_is_the_authors_choice(orchc, write, tmp_path):
-    write("defs/memcached.yaml", MEMCACHED + '  setup:\n    - echo "{{ memory_mb | raw }}"\n')
-    assert orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path).code == 0
+@pytest.mark.parametrize("line", ['echo "said: {{ words }}"', "echo 'said: {{ words }}'", "echo said: {{ words }}"])
+def test_values_stay_literal_inside_or_outside_shell_quotes(orchc, write, tmp_path, line):
+    defs = MEMCACHED.replace("  memory_mb:", "  words: {type: string}\n  memory_mb:")
+    write("defs/memcached.yaml", defs + f"  setup:\n    - {json.dumps(line)}\n")
+    recipe = write("r.yaml", RECIPE + f"  words: {json.dumps(HOSTILE)}\n")
+    result = orchc("compile", recipe, "--defs", "defs", "--stdout", cwd=tmp_path)
+    assert result.code == 0, result.err
+    (rendered,) = [text for text in result.out.splitlines() if text.startswith("echo ")]
+    ran = subprocess.run(["bash", "-c", rendered], capture_output=True, text=True, env={"HOME": "/home/x"})
+    assert ran.stdout == f"said: {HOSTILE}\n"
+    assert not Path("/tmp/orchc-pwned").exists()
+
+
+def test_path_inside_double_quotes_keeps_variables(orchc, write, tmp_path):
+    defs = MEMCACHED.replace("  memory_mb:", "  dir: {type: string}\n  memory_mb:")
+    write("defs/memcached.yaml", defs + '  setup:\n    - echo "dir={{ dir | path }}"\n')
+    recipe = write("r.yaml", RECIPE + '  dir: "$HOME/a b/$(id)"\n')
+    out = orchc("compile", recipe, "--defs", "defs", "--stdout", cwd=tmp_path).out
+    (rendered,) = [text for text in out.splitlines() if text.startswith("echo ")]
+    ran = subprocess.run(["bash", "-c", rendered], capture_output=True, text=True, env={"HOME": "/home/x"})
+    assert ran.stdout == "dir=/home/x/a b/$(id)\n"
 
 
 def test_an_error_inside_a_block_template_points_at_its_line(orchc, write, tmp_path):
@@ -166,3 +180,9 @@ def test_names_the_templates_use_cannot_be_fields(orchc, write, tmp_path):
     result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
     ((loc, message),) = errors(result.err)
     assert loc == "defs/memcached.yaml:6:3" and message == "invalid name 'run' in fields: this name is reserved"
+
+
+def test_raw_is_the_authors_choice_inside_quotes_too(orchc, write, tmp_path):
+    write("defs/memcached.yaml", MEMCACHED + '  setup:\n    - echo "mb={{ memory_mb | raw }}"\n')
+    out = orchc("compile", write("r.yaml", RECIPE), "--defs", "defs", "--stdout", cwd=tmp_path).out
+    assert 'echo "mb=1024"' in out.splitlines()
