@@ -57,11 +57,11 @@ def _bytecode_cache() -> Any:
 
     if os.environ.get("ORCHC_NO_CACHE"):
         return None
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    folder = base / "orchc" / f"templates-{__version__}"
     try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        folder = base / "orchc" / f"templates-{__version__}"
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: no home directory to be found
         return None
     return QuietCache(str(folder))
 
