@@ -99,14 +99,20 @@ def _write_output(output: Output, out_dir: Path) -> list[Path]:
     folder = out_dir / output.recipe.name
     folder.mkdir(parents=True, exist_ok=True)
     stale = _previous_files(folder) - set(output.files)
+    written = write_files(folder, output.files)
+    for name in sorted(stale):
+        (folder / name).unlink(missing_ok=True)
+    return written
+
+
+def write_files(folder: Path, files: dict[str, str]) -> list[Path]:
+    """Write `files` (name -> text) into an existing `folder`; scripts are made executable."""
     written = []
-    for name, text in sorted(output.files.items()):
+    for name, text in sorted(files.items()):
         path = folder / name
         if not _holds(path, text):
             write_atomic(path, text, executable=name.endswith((".sh", ".sbatch")))
         written.append(path)
-    for name in sorted(stale):
-        (folder / name).unlink(missing_ok=True)
     return written
 
 

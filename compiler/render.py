@@ -52,6 +52,7 @@ def _context(job: Job, recipe: Recipe) -> dict[str, Any]:
     container = job.data.get("container")
     assignments, words = _exec_parts(job, container, recipe, context) if container else ([], [])
     context["run"] = Raw(" ".join([*assignments, *words]))
+    context["_run_parts"] = (assignments, words)  # reused to start the service's own container
     return context
 
 
@@ -104,11 +105,12 @@ def _exec_parts(job: Job, container: dict[str, Any], recipe: Recipe, context: di
     return assignments, words
 
 
-def _start_line(job: Job, node: Node, container: dict[str, Any], recipe: Recipe, context: dict[str, Any]) -> str:
+def _start_line(job: Job, node: Node, container: dict[str, Any], recipe: Recipe, context: dict[str, Any],
+                parts: tuple[list[str], list[str]] | None = None) -> str:
     """The command that starts a container in the background, in a process group of its own."""
     if not container.get("command"):
         raise OrchcError.at(node.loc, f"{job.role} '{job.name}': the container has no `command` to start")
-    assignments, words = _exec_parts(job, container, recipe, context, node)
+    assignments, words = parts or _exec_parts(job, container, recipe, context, node)
     command = render_string(node.at(("command",)), context)
     return " ".join([*assignments, "setsid", *words, command, "&"])
 
@@ -125,7 +127,7 @@ def _service_command(job: Job, recipe: Recipe, context: dict[str, Any]) -> str:
         return ""
     if not job.data.get("container"):
         raise OrchcError.at(job.node.loc, f"service '{job.name}' has no container to start")
-    return _start_line(job, job.node.at(("container",)), job.data["container"], recipe, context)
+    return _start_line(job, job.node.at(("container",)), job.data["container"], recipe, context, context["_run_parts"])
 
 
 def _phase_lines(job: Job, phase: str, context: dict[str, Any]) -> list[str]:

@@ -256,7 +256,7 @@ def _setting_layers(settings: Sequence[Setting], job: str, jobs: set[str]) -> li
 
 
 def _checked(node: Node, typedef: TypeDef, site: Site, what: str, problems: Collector) -> dict[str, Any]:
-    literal_secrets = [k for k in typedef.secrets if isinstance(node.value.get(k, Node(None, node.loc)).value, str)]
+    literal_secrets = [k for k in typedef.secrets if k in node.value and isinstance(node.value[k].value, str)]
     for key in literal_secrets:
         problems.add(node.value[key].loc, f"{key} of {what} is a secret and is never written into a script: "
                      f"write `{key}: {{env: VARIABLE}}` (read from the environment when the job runs) or "

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .emit import Output, submission_order, write_atomic
+from .emit import Output, submission_order, write_atomic, write_files
 from .errors import ClusterError
 from .slurm import JobState, job_state, require, sbatch, scancel
 
@@ -81,8 +81,7 @@ def submit(output: Output, run_dir: Path) -> dict[str, Any]:
         run_dir.mkdir(parents=True)
     except FileExistsError:
         raise ClusterError(f"run folder {run_dir} already exists; choose another --run-dir") from None
-    for name, text in sorted(output.files.items()):
-        write_atomic(run_dir / name, text, executable=name.endswith((".sh", ".sbatch")))
+    write_files(run_dir, output.files)
     absolute = run_dir.resolve()
     run: dict[str, Any] = {"recipe": output.recipe.name, "site": output.recipe.site.name, "created": _now(),
                            "run_dir": str(absolute), "state": "submitting", "error": None, "jobs": []}
