@@ -10,23 +10,14 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import ClusterError, OrchcError, UsageError
-
-if TYPE_CHECKING:
-    from .pipeline import Options
+from .lifecycle import add_commands
+from .options import add_compile_options as _add_compile_options
+from .options import compile_options
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
-
-
-def _add_compile_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--defs", action="append", type=Path, default=[], metavar="DIR",
-                        help="a folder of type definitions, searched before the built-ins (repeatable)")
-    parser.add_argument("--site", metavar="NAME|PATH", help="site profile (overrides the recipe's `site`)")
-    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a value: JOB.key.path=VALUE for one job, key.path=VALUE for all (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,17 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     types.add_argument("--defs", action="append", type=Path, default=[], metavar="DIR")
     types.set_defaults(run=cmd_types)
 
-    from .lifecycle import add_commands
-
     add_commands(commands, _add_compile_options)
     return parser
-
-
-def compile_options(args: argparse.Namespace) -> Options:
-    from .pipeline import Options
-    from .resolve import parse_settings
-
-    return Options(defs=args.defs, site=args.site, settings=parse_settings(args.settings))
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

@@ -1,4 +1,8 @@
-"""The run commands of the CLI: submit, status, cancel, logs, results."""
+"""The run commands of the CLI: submit, status, cancel, logs, results.
+
+They reach the cluster only through a Scheduler (compiler/scheduler.py): the one a
+run.json names, or for `submit` the one ORCHC_SCHEDULER names (default: slurm).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,18 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .errors import ClusterError
+from .options import compile_options
+
+if TYPE_CHECKING:
+    from .runs import Run
+    from .scheduler import JobState, Scheduler
+
+HEADERS = ["job", "role", "slurm id", "state", "node", "elapsed", "exit code"]
+RESULT_HEADERS = ["job", "state", "metric", "value"]
+UNKNOWN_LIMIT = 120.0
 
 
 def add_commands(commands: Any, add_compile_options: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -24,6 +39,7 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     status.add_argument("--watch", action="store_true", help="refresh until every job has ended")
     status.add_argument("--json", action="store_true")
     status.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
+    status.add_argument("--unknown-limit", type=float, default=UNKNOWN_LIMIT, help=argparse.SUPPRESS)
     status.set_defaults(run=cmd_status)
 
     cancel = commands.add_parser("cancel", help="cancel a run's jobs (all, or the ones named)")
@@ -36,7 +52,7 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     logs.add_argument("job", metavar="JOB")
     logs.set_defaults(run=cmd_logs)
 
-    results = commands.add_parser("results", help="the clients' collected results")
+    results = commands.add_parser("results", help="the clients' collected results, beside each job's state")
     results.add_argument("run_ref", nargs="?", metavar="RUN")
     form = results.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true")
@@ -45,53 +61,78 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from .cli import compile_options
     from .pipeline import compile_all
-    from .runs import new_run_dir, submit
+    from .runs import Interrupted, default_scheduler, new_run_dir, submit
 
     (output,) = compile_all([args.recipe], compile_options(args))
     run_dir = args.run_dir or new_run_dir(output.recipe.name)
-    run = submit(output, run_dir)
-    for job in run["jobs"]:
-        print(f"submitted {job['role']} {job['name']}: SLURM job {job['slurm_id']}")
+    try:
+        run = submit(output, run_dir, default_scheduler())
+    except Interrupted as stopped:
+        print(f"orchc: error: {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
+    for job in run.jobs:
+        print(f"submitted {job.role} {job.name}: SLURM job {job.slurm_id}")
     print(f"run: {run_dir}  (follow it with: orchc status --watch {run_dir})")
     return 0
 
 
-def _status_rows(run: dict[str, Any]) -> tuple[list[list[str]], bool]:
+def _status_rows(run: Run, scheduler: Scheduler) -> tuple[list[list[str]], dict[str, JobState]]:
     from .runs import states
 
-    current = states(run)
-    rows = []
-    for job in run["jobs"]:
-        state = current[job["name"]]
-        rows.append([job["name"], job["role"], job["slurm_id"], state.state, state.node, state.elapsed, state.exit_code])
-    return rows, all(state.ended for state in current.values())
+    current = states(run, scheduler)
+    rows = [[job.name, job.role, job.slurm_id, current[job.name].state, current[job.name].node,
+             current[job.name].elapsed, current[job.name].exit_code] for job in run.jobs]
+    return rows, current
 
 
-HEADERS = ["job", "role", "slurm id", "state", "node", "elapsed", "exit code"]
+def _all_ended(current: dict[str, JobState]) -> bool:
+    return all(state.ended for state in current.values())
+
+
+class _UnknownWatch:
+    """Gives up when a job stays UNKNOWN (SLURM forgot it, or never had it) for longer than `limit` seconds."""
+
+    def __init__(self, run: Run, limit: float) -> None:
+        self.run, self.limit = run, limit
+        self.since: dict[str, float] = {}
+
+    def check(self, current: dict[str, JobState]) -> None:
+        now = time.monotonic()
+        for job in self.run.jobs:
+            if current[job.name].state != "UNKNOWN":
+                self.since.pop(job.name, None)
+                continue
+            first = self.since.setdefault(job.name, now)
+            if now - first >= self.limit:
+                raise ClusterError(f"job {job.name} (SLURM job {job.slurm_id}) has been in state UNKNOWN for "
+                                   f"{now - first:.0f} s: SLURM does not know it (any more); stopped watching")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .report import is_terminal, print_table, rich_table
-    from .runs import load_run
+    from .runs import load_run, scheduler_for
 
     run_dir, run = load_run(args.run_ref)
-    rows, ended = _status_rows(run)
+    scheduler = scheduler_for(run)
+    rows, current = _status_rows(run, scheduler)
+    title = f"run {run_dir.name}" + (f" ({run.state}: {run.error})" if run.state == "failed" else "")
     if args.json:
-        print(json.dumps({"run": str(run_dir), "jobs": [dict(zip(HEADERS, row, strict=True)) for row in rows]}, indent=2))
+        print(json.dumps({"run": str(run_dir), "state": run.state, "error": run.error,
+                          "jobs": [dict(zip(HEADERS, row, strict=True)) for row in rows]}, indent=2))
         return 0
     if not args.watch:
-        print_table(f"run {run_dir.name}", HEADERS, rows)
+        print_table(title, HEADERS, rows)
         return 0
-    title = f"run {run_dir.name}"
+    unknown = _UnknownWatch(run, args.unknown_limit)
     if is_terminal(sys.stdout):
         from rich.live import Live
 
         with Live(rich_table(title, HEADERS, rows), refresh_per_second=4) as live:
-            while not ended:
+            while not _all_ended(current):
+                unknown.check(current)
                 time.sleep(args.interval)
-                rows, ended = _status_rows(run)
+                rows, current = _status_rows(run, scheduler)
                 live.update(rich_table(title, HEADERS, rows))
         return 0
     last: list[list[str]] = []
@@ -100,18 +141,19 @@ def cmd_status(args: argparse.Namespace) -> int:
             print_table(title, HEADERS, rows)
             sys.stdout.flush()
             last = rows
-        if ended:
+        if _all_ended(current):
             return 0
+        unknown.check(current)
         time.sleep(args.interval)
-        rows, ended = _status_rows(run)
+        rows, current = _status_rows(run, scheduler)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from .runs import cancel, load_run
+    from .runs import cancel, load_run, scheduler_for
 
     run_dir, run = load_run(args.run_ref)
-    ids = cancel(run, args.jobs)
-    print(f"cancelled SLURM job(s) {', '.join(ids)} of {run_dir}")
+    ids = cancel(run, args.jobs, scheduler_for(run))
+    print(f"cancelled SLURM job(s) {', '.join(ids) or '(none submitted)'} of {run_dir}")
     return 0
 
 
@@ -121,25 +163,57 @@ def cmd_logs(args: argparse.Namespace) -> int:
     run_dir, run = load_run(args.run_ref)
     for path in log_files(run_dir, run, args.job):
         print(f"==> {path} <==")
-        print(path.read_text(errors="replace") if path.exists() else "(not written yet)")
+        print(path.read_text(errors="replace") if path.is_file() else "(not written yet)")
     return 0
+
+
+def _job_states(run: Run) -> dict[str, str]:
+    """Each job's state for `results`; results stay readable when the scheduler does not answer."""
+    from .runs import scheduler_for, states
+
+    try:
+        return {name: state.state for name, state in states(run, scheduler_for(run)).items()}
+    except ClusterError as error:
+        print(f"orchc: warning: job states unknown: {error}", file=sys.stderr)
+        return {job.name: "?" for job in run.jobs}
+
+
+def cell(value: Any) -> str:
+    """A result value as text, the way JSON writes it (true, false, null, 1.5), strings as they are."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _result_rows(collected: dict[str, Any], job_states: dict[str, str]) -> list[list[str]]:
+    from .runs import flatten
+    from .scheduler import ENDED
+
+    rows = []
+    for job, data in collected.items():
+        state = job_states.get(job, "?")
+        if data is None:
+            rows.append([job, state, "-", "no results" if state in ENDED else "no results yet"])
+            continue
+        rows += [[job, state, metric or "-", cell(value)] for metric, value in flatten(data)]
+    return rows
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     from .report import print_table
-    from .runs import flatten, load_run, results
+    from .runs import load_run, results
 
     run_dir, run = load_run(args.run_ref)
     collected = results(run_dir, run)
+    job_states = _job_states(run)
     if args.json:
-        print(json.dumps(collected, indent=2, sort_keys=True))
+        shown = {job: {**(data if isinstance(data, dict) else {} if data is None else {"results": data}),
+                       "job_state": job_states.get(job, "?")} for job, data in collected.items()}
+        print(json.dumps(shown, indent=2, sort_keys=True))
         return 0
-    rows = [[job, metric, "" if value is None else str(value)]
-            for job, data in collected.items() for metric, value in (flatten(data) if data else [("", None)])]
+    rows = _result_rows(collected, job_states)
     if args.csv:
         writer = csv.writer(sys.stdout)
-        writer.writerow(["job", "metric", "value"])
+        writer.writerow(RESULT_HEADERS)
         writer.writerows(rows)
         return 0
-    print_table(f"results of {run_dir.name}", ["job", "metric", "value"], rows)
+    print_table(f"results of {run_dir.name}", RESULT_HEADERS, rows)
     return 0

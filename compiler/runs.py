@@ -1,24 +1,85 @@
-"""Runs: a compiled recipe submitted to SLURM, recorded in `<run dir>/run.json`.
+"""Runs: a compiled recipe submitted to a scheduler, recorded in `<run dir>/run.json`.
 
-Lifecycle of a job: Created (compiled into the run dir) -> Submitted (sbatch) ->
-PENDING -> RUNNING -> COMPLETED / FAILED / CANCELLED / TIMEOUT. The run dir is
-where the jobs run (sbatch's working directory): their logs, the services'
-endpoint files and the clients' results all land there.
+Lifecycle of a job: Created (compiled into the run dir) -> Submitted -> PENDING ->
+RUNNING -> COMPLETED / FAILED / CANCELLED / TIMEOUT. The run dir is where the
+jobs run (they are submitted from it, so SLURM_SUBMIT_DIR names it): their
+logs, the services' endpoint files and the clients' results all land there.
+
+Submitting is transactional: run.json is rewritten (atomically, synced) after
+every submitted job; on any failure, exception or signal everything submitted
+is cancelled and run.json says `failed` and why. Everything read back from a run
+folder (run.json, results, markers) is checked first: it may be damaged or hostile.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import stat
+import sys
+import threading
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .emit import Output, submission_order, write_atomic, write_files
+from .emit import Output, write_atomic, write_files
 from .errors import ClusterError
-from .slurm import JobState, job_state, require, sbatch, scancel
+from .plan import read_plan
+from .scheduler import UNKNOWN, JobState, Scheduler, is_job_id, load_scheduler
 
 RUN_FILE = "run.json"
 DEFAULT_ROOT = Path("runs")
+SCHEDULER_VARIABLE = "ORCHC_SCHEDULER"
+RUN_STATES = ("submitting", "submitted", "failed")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_RUN_LIMIT = 4 << 20
+_RESULTS_LIMIT = 64 << 20
+_MARKER_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class RunJob:
+    name: str
+    type: str
+    role: str
+    target: str | None
+    script: str
+    slurm_id: str
+    submitted: str
+
+
+@dataclass(frozen=True)
+class Run:
+    recipe: str
+    site: str
+    created: str
+    run_dir: str
+    state: str
+    error: str | None
+    jobs: tuple[RunJob, ...]
+    scheduler: str = "slurm"
+
+    def job(self, name: str) -> RunJob:
+        for job in self.jobs:
+            if job.name == name:
+                return job
+        raise ClusterError(f"no job {name} in this run (it has: {', '.join(j.name for j in self.jobs) or 'no jobs'})")
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["jobs"] = [asdict(job) for job in self.jobs]
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+class Interrupted(BaseException):
+    """A signal stopped `submit` (after rolling back); exit status 128 + signum."""
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        self.signum = signum
+        super().__init__(message or f"interrupted by {signal.Signals(signum).name}")
 
 
 def _now() -> str:
@@ -34,11 +95,13 @@ def new_run_dir(recipe: str, root: Path = DEFAULT_ROOT) -> Path:
     return candidate
 
 
-def save_run(run_dir: Path, run: dict[str, Any]) -> None:
-    write_atomic(run_dir / RUN_FILE, json.dumps(run, indent=2, sort_keys=True) + "\n")
+def save_run(run_dir: Path, run: Run) -> None:
+    write_atomic(run_dir / RUN_FILE, run.to_json(), durable=True)
 
 
-def load_run(ref: str | None, root: Path = DEFAULT_ROOT) -> tuple[Path, dict[str, Any]]:
+# --- reading a run back ---------------------------------------------------------------------------
+
+def load_run(ref: str | None, root: Path = DEFAULT_ROOT) -> tuple[Path, Run]:
     """A run by folder (or name under runs/); the latest run when `ref` is None."""
     if ref is None:
         runs = sorted((_created(path), path.parent.name, path.parent) for path in root.glob(f"*/{RUN_FILE}"))
@@ -47,112 +110,271 @@ def load_run(ref: str | None, root: Path = DEFAULT_ROOT) -> tuple[Path, dict[str
         run_dir = runs[-1][2]
     else:
         run_dir = Path(ref) if Path(ref).is_dir() else root / ref
+    path = run_dir / RUN_FILE
     try:
-        run = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ClusterError(f"{run_dir}: not an orchc run ({exc})") from None
-    if not _well_formed(run):
-        raise ClusterError(f"{run_dir / RUN_FILE} is damaged: it does not list the run's jobs")
-    return run_dir, run
+        text = read_regular(path, _RUN_LIMIT)
+    except OSError as exc:
+        raise ClusterError(f"{run_dir}: not an orchc run ({path}: {exc.strerror or exc})") from None
+    return run_dir, parse_run(text, str(path))
+
+
+def read_regular(path: Path, limit: int) -> str:
+    """A regular file's text (UTF-8, at most `limit` bytes); a FIFO, device or folder is an OSError, never a hang."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(0, "not a regular file", str(path))
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(0, f"larger than {limit} bytes", str(path))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise OSError(0, "not UTF-8 text", str(path)) from None
+
+
+def parse_run(text: str, source: str) -> Run:
+    """run.json's text as a Run; anything unexpected is a ClusterError saying what is wrong."""
+    def damaged(why: str) -> ClusterError:
+        return ClusterError(f"{source} is damaged: {why}")
+
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise damaged("it is nested too deeply") from None
+    except ValueError as exc:
+        raise damaged(f"not JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
+        raise damaged("it does not list the run's jobs")
+    state = data.get("state", "submitted")
+    if state not in RUN_STATES:
+        raise damaged(f"unknown state {str(state)[:40]!r}")
+    scheduler = data.get("scheduler", "slurm")
+    error = data.get("error")
+    for key, value in (("recipe", data.get("recipe", "")), ("scheduler", scheduler)):
+        if not isinstance(value, str) or (value and not _NAME.fullmatch(value)):
+            raise damaged(f"{key} is not a name")
+    if error is not None and not isinstance(error, str):
+        raise damaged("error is not text")
+    jobs = tuple(_run_job(job, index, damaged) for index, job in enumerate(data["jobs"]))
+    if len({job.name for job in jobs}) != len(jobs):
+        raise damaged("two jobs have the same name")
+    return Run(str(data.get("recipe", "")), _text(data.get("site")), _text(data.get("created")),
+               _text(data.get("run_dir")), state, error, jobs, scheduler)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _run_job(job: Any, index: int, damaged: Any) -> RunJob:
+    if not isinstance(job, dict):
+        raise damaged(f"job {index + 1} is not a mapping")
+    name, role, slurm_id, target = job.get("name"), job.get("role"), job.get("slurm_id"), job.get("target")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise damaged(f"job {index + 1} has no valid name")
+    if role not in ("service", "client"):
+        raise damaged(f"job {name}: role must be service or client")
+    if not is_job_id(slurm_id):
+        raise damaged(f"job {name}: slurm_id {str(slurm_id)[:40]!r} is not a job id (digits only)")
+    if target is not None and (not isinstance(target, str) or not _NAME.fullmatch(target)):
+        raise damaged(f"job {name}: target is not a job name")
+    return RunJob(name, _text(job.get("type")), role, target, _text(job.get("script")), slurm_id,
+                  _text(job.get("submitted")))
 
 
 def _created(path: Path) -> str:
     try:
-        return str(json.loads(path.read_text(encoding="utf-8")).get("created", ""))
-    except (OSError, ValueError, AttributeError):
+        data = json.loads(read_regular(path, _RUN_LIMIT))
+        return str(data.get("created", "")) if isinstance(data, dict) else ""
+    except (OSError, ValueError, RecursionError):
         return ""
 
 
-def _well_formed(run: Any) -> bool:
-    jobs = run.get("jobs") if isinstance(run, dict) else None
-    return isinstance(jobs, list) and all(
-        isinstance(job, dict) and all(isinstance(job.get(key), str) for key in ("name", "role", "slurm_id"))
-        for job in jobs)
+def scheduler_for(run: Run) -> Scheduler:
+    return load_scheduler(run.scheduler)
 
 
-def submit(output: Output, run_dir: Path) -> dict[str, Any]:
-    """Write the compiled recipe into `run_dir` and submit its jobs in dependency order.
+def default_scheduler() -> Scheduler:
+    return load_scheduler(os.environ.get(SCHEDULER_VARIABLE) or "slurm")
 
-    If an sbatch fails, the jobs already submitted are cancelled and the run is
-    recorded as failed before the error is raised.
+
+# --- submitting -----------------------------------------------------------------------------------
+
+def submit(output: Output, run_dir: Path, scheduler: Scheduler) -> Run:
+    """Write the compiled recipe into `run_dir` and submit its jobs in the manifest's order.
+
+    Raises ClusterError (or Interrupted for a signal) after cancelling whatever was submitted.
     """
-    require("sbatch")
+    scheduler.ready()
     try:
         run_dir.mkdir(parents=True)
     except FileExistsError:
         raise ClusterError(f"run folder {run_dir} already exists; choose another --run-dir") from None
-    write_files(run_dir, output.files)
-    absolute = run_dir.resolve()
-    run: dict[str, Any] = {"recipe": output.recipe.name, "site": output.recipe.site.name, "created": _now(),
-                           "run_dir": str(absolute), "state": "submitting", "error": None, "jobs": []}
-    ids: dict[str, str] = {}
-    for job in submission_order(output.recipe):
-        target = job.data.get("target")
-        env = f"ALL,ORCHC_RUN_DIR={absolute}"
-        options = []
-        if target:
-            options.append(f"--dependency=after:{ids[target]}")
-            env += f",ORCHC_TARGET_JOB_ID={ids[target]}"
-        options.append(f"--export={env}")
-        try:
-            ids[job.name] = sbatch(absolute / f"{job.name}.sbatch", options, absolute)
-        except ClusterError as error:
-            scancel(list(ids.values()))
-            run.update(state="failed", error=str(error))
-            save_run(run_dir, run)
-            cancelled = f"; cancelled the jobs already submitted ({', '.join(ids)})" if ids else ""
-            raise ClusterError(f"{error}{cancelled}; run recorded in {run_dir}") from None
-        run["jobs"].append({"name": job.name, "type": job.typedef.name, "role": job.role, "target": target,
-                            "script": f"{job.name}.sbatch", "slurm_id": ids[job.name], "submitted": _now()})
+    except OSError as exc:
+        raise ClusterError(f"cannot create run folder {run_dir}: {exc.strerror or exc}") from None
+    try:
+        write_files(run_dir, output.files)
+        plan = read_plan(run_dir)
+        folder = run_dir.resolve()
+        run = Run(plan.recipe, output.recipe.site.name, _now(), str(folder), "submitting", None, (), scheduler.name)
         save_run(run_dir, run)
-    run["state"] = "submitted"
-    save_run(run_dir, run)
+    except OSError as exc:
+        raise ClusterError(f"cannot write run folder {run_dir}: {exc.strerror or exc}; nothing was submitted") from None
+    ids: dict[str, str] = {}
+    with _SignalGuard() as guard:
+        try:
+            for step in plan.steps:
+                guard.checkpoint()
+                ids[step.name] = scheduler.submit(step.submission(ids, folder))
+                run = replace(run, jobs=(*run.jobs, RunJob(step.name, step.type, step.role, step.target,
+                                                           step.script, ids[step.name], _now())))
+                save_run(run_dir, run)
+            guard.checkpoint()
+            run = replace(run, state="submitted")
+            save_run(run_dir, run)
+            guard.checkpoint()
+        except BaseException as exc:  # noqa: BLE001 (every way out must roll back)
+            failure = _roll_back(run_dir, run, ids, exc, scheduler)
+            if failure is None:
+                raise
+            raise failure from None
     return run
 
 
-def states(run: dict[str, Any]) -> dict[str, JobState]:
-    return {job["name"]: job_state(job["slurm_id"]) for job in run["jobs"]}
+def _roll_back(run_dir: Path, run: Run, ids: dict[str, str], exc: BaseException,
+               scheduler: Scheduler) -> BaseException | None:
+    """Cancel what was submitted and record the failure; the error to raise (None: re-raise `exc`)."""
+    reason = _reason(exc)
+    listed = ", ".join(f"{name} {job_id}" for name, job_id in ids.items())
+    notes = []
+    if ids:
+        try:
+            scheduler.cancel(*ids.values())
+            notes.append(f"cancelled the jobs already submitted ({listed})")
+        except ClusterError as error:
+            notes.append(f"could not cancel the jobs already submitted ({listed}): {error}; "
+                         f"cancel them by hand: scancel {' '.join(ids.values())}")
+    failed = replace(run, state="failed", error="; ".join([reason, *notes]))
+    try:
+        save_run(run_dir, failed)
+        notes.append(f"run recorded in {run_dir}")
+    except OSError as error:
+        notes.append(f"could not record the failure in {run_dir / RUN_FILE} ({error.strerror or error})"
+                     + (f"; it submitted SLURM job(s) {' '.join(ids.values())}" if ids else ""))
+    message = "; ".join([reason, *notes])
+    if isinstance(exc, Interrupted):
+        return Interrupted(exc.signum, message)
+    if isinstance(exc, KeyboardInterrupt):
+        return Interrupted(signal.SIGINT, message)
+    if isinstance(exc, (ClusterError, OSError)):
+        return ClusterError(message)
+    print(f"orchc: error: submit failed unexpectedly; {'; '.join(notes)}", file=sys.stderr)
+    return None
 
 
-def cancel(run: dict[str, Any], names: list[str]) -> list[str]:
-    known = {job["name"]: job["slurm_id"] for job in run["jobs"]}
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise ClusterError(f"no job {', '.join(unknown)} in this run (it has: {', '.join(known)})")
-    ids = [known[name] for name in (names or known)]
-    scancel(ids)
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, Interrupted):
+        return f"submit interrupted by {signal.Signals(exc.signum).name}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "submit interrupted by SIGINT"
+    if isinstance(exc, OSError):
+        return f"cannot save {exc.filename or RUN_FILE}: {exc.strerror or exc}"
+    return str(exc) or type(exc).__name__
+
+
+class _SignalGuard:
+    """SIGINT, SIGTERM and SIGHUP during submit are noted, and acted on only at `checkpoint()`: never
+    between a submit and the recording of its id, never in the middle of a rollback."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _note(self, signum: int, frame: object) -> None:
+        if self.pending is None:
+            print(f"orchc: {signal.Signals(signum).name}: stopping once the scheduler answers, "
+                  "then cancelling what was submitted", file=sys.stderr)
+        self.pending = signum
+
+    def checkpoint(self) -> None:
+        if self.pending is not None:
+            raise Interrupted(self.pending)
+
+
+# --- following a run ------------------------------------------------------------------------------
+
+def states(run: Run, scheduler: Scheduler) -> dict[str, JobState]:
+    """Every job's state from one poll of the scheduler."""
+    found = scheduler.poll(*(job.slurm_id for job in run.jobs)) if run.jobs else {}
+    return {job.name: found.get(job.slurm_id, UNKNOWN) for job in run.jobs}
+
+
+def cancel(run: Run, names: list[str], scheduler: Scheduler) -> list[str]:
+    ids = [run.job(name).slurm_id for name in names] if names else [job.slurm_id for job in run.jobs]
+    if ids:
+        scheduler.cancel(*ids)
     return ids
 
 
-def log_files(run_dir: Path, run: dict[str, Any], name: str) -> list[Path]:
-    job = next((job for job in run["jobs"] if job["name"] == name), None)
-    if job is None:
-        raise ClusterError(f"no job {name} in this run (it has: {', '.join(j['name'] for j in run['jobs'])})")
-    return [run_dir / f"slurm-{job['slurm_id']}.{ext}" for ext in ("out", "err")]
+def log_files(run_dir: Path, run: Run, name: str) -> list[Path]:
+    job = run.job(name)
+    return [run_dir / f"slurm-{job.slurm_id}.{ext}" for ext in ("out", "err")]
 
 
-def results(run_dir: Path, run: dict[str, Any]) -> dict[str, Any]:
-    """Each client's results.json (partial or complete), by client name."""
+def results(run_dir: Path, run: Run) -> dict[str, Any]:
+    """Each client's results.json (partial or complete), by client name; None when there is none yet."""
     collected: dict[str, Any] = {}
-    for job in run["jobs"]:
-        if job["role"] != "client":
-            continue
-        folder = run_dir / "results" / job["name"]
-        try:
-            data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            data = None
-        except ValueError as exc:
-            data = {"error": f"unreadable results.json: {exc}"}
-        stopped = folder / "stopped"
-        if stopped.exists():
-            data = {**(data or {}), "stopped_by": stopped.read_text().strip()}
-        collected[job["name"]] = data
+    for job in run.jobs:
+        if job.role == "client":
+            collected[job.name] = _client_results(run_dir / "results" / job.name)
     return collected
+
+
+def _client_results(folder: Path) -> Any:
+    try:
+        data: Any = json.loads(read_regular(folder / "results.json", _RESULTS_LIMIT))
+    except FileNotFoundError:
+        data = None
+    except OSError as exc:
+        data = {"error": f"unreadable results.json: {exc.strerror or exc}"}
+    except RecursionError:
+        data = {"error": "unreadable results.json: nested too deeply"}
+    except ValueError as exc:
+        data = {"error": f"unreadable results.json (still being written?): {exc}"}
+    stopped = _marker(folder / "stopped")
+    if stopped is not None:
+        data = {**(data if isinstance(data, dict) else {"results": data} if data is not None else {}),
+                "stopped_by": stopped}
+    return data
+
+
+def _marker(path: Path) -> str | None:
+    """A marker file's one word (None when there is none); anything else is shown, not trusted."""
+    try:
+        text = read_regular(path, _MARKER_LIMIT).strip()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "(unreadable marker)" if os.path.lexists(path) else None
+    return text if re.fullmatch(r"[A-Za-z0-9_.:-]{1,40}", text) else "(unreadable marker)"
 
 
 def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """Nested results -> (dotted metric, value) rows."""
-    if isinstance(value, dict):
+    if isinstance(value, dict) and value:
         return [row for key, child in value.items() for row in flatten(child, f"{prefix}{key}.")]
     return [(prefix.rstrip("."), value)]

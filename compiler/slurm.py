@@ -1,44 +1,55 @@
-"""The SLURM commands orchc drives (sbatch, squeue, scontrol, sacct, scancel), found on PATH.
+"""The SLURM backend: sbatch, squeue, sacct and scancel, found on PATH, each bounded by a timeout.
 
-A job's state comes from squeue while the queue knows it, then from
-`scontrol show job` (until MinJobAge), then from `sacct` (or `sacct -c`, the
-job completion file, on clusters without slurmdbd).
+`poll(*ids)` asks squeue once for every job (`-t all` also lists jobs that ended
+less than MinJobAge ago), then sacct once for the jobs squeue no longer knows;
+on clusters without slurmdbd that is `sacct -c`, the job completion file.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
 import shutil
+import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ClusterError
+from .scheduler import UNKNOWN, JobState, Scheduler, Submission, checked_job_id, is_job_id, register_scheduler
 
-ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
+TIMEOUT_VARIABLE = "ORCHC_SLURM_TIMEOUT"
+DEFAULT_TIMEOUT = 30.0
+# Inherited variables that would override what the run folder and the plan say.
+_NOT_INHERITED = ("ORCHC_RUN_DIR", "ORCHC_TARGET_JOB_ID")
+_EXPORT_VALUE = re.compile(r"[A-Za-z0-9_.:/+-]*")
 _STATE_MAP = {
     "CONFIGURING": "PENDING", "REQUEUED": "PENDING", "RESV_DEL_HOLD": "PENDING", "SUSPENDED": "PENDING",
     "COMPLETING": "RUNNING", "STAGE_OUT": "RUNNING", "SIGNALING": "RUNNING",
     "NODE_FAIL": "FAILED", "OUT_OF_MEMORY": "FAILED", "BOOT_FAIL": "FAILED", "DEADLINE": "TIMEOUT",
     "PREEMPTED": "CANCELLED", "REVOKED": "CANCELLED",
 }
-
-
-@dataclass(frozen=True)
-class JobState:
-    state: str
-    node: str = ""
-    elapsed: str = ""
-    exit_code: str = ""
-
-    @property
-    def ended(self) -> bool:
-        return self.state in ENDED
+_SQUEUE_FORMAT = "JobID:|,State:|,NodeList:|,TimeUsed:|,exit_code:|"
+_SACCT_DBD = ("sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,NodeList,Elapsed")
+_SACCT_FILE = ("sacct", "-c", "-n", "-P", "-o", "JobID,State,ExitCode,NodeList,Start,End")
 
 
 def normalize_state(raw: str) -> str:
     word = raw.split()[0].rstrip("+") if raw.strip() else "UNKNOWN"
     return _STATE_MAP.get(word, word)
+
+
+def command_timeout() -> float:
+    text = os.environ.get(TIMEOUT_VARIABLE, "")
+    try:
+        value = float(text) if text else DEFAULT_TIMEOUT
+    except ValueError:
+        raise ClusterError(f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise ClusterError(f"{TIMEOUT_VARIABLE}={text!r} must be between 0 and 86400 seconds")
+    return value
 
 
 def require(program: str) -> None:
@@ -47,64 +58,154 @@ def require(program: str) -> None:
                            "(for the test cluster: bash tests/cluster/start.sh)")
 
 
-def _run(command: Sequence[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+@dataclass(frozen=True)
+class Answer:
+    code: int
+    out: str
+    err: str
+
+
+def run_command(command: Sequence[str], timeout: float, cwd: Path | None = None,
+                env: Mapping[str, str] | None = None) -> Answer:
+    """Run a SLURM command; a missing program, an OS error or a timeout is a ClusterError naming it.
+
+    The command runs in its own session: a Ctrl-C meant for orchc does not kill an sbatch
+    half-way (orchc decides what to roll back), and on timeout its whole process group is killed.
+    """
     require(command[0])
-    return subprocess.run(list(command), cwd=cwd, capture_output=True, text=True, timeout=60)
+    try:
+        process = subprocess.Popen(list(command), cwd=cwd, env=None if env is None else dict(env), text=True,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True, errors="replace")
+    except OSError as exc:
+        raise ClusterError(f"cannot run {command[0]}: {exc.strerror or exc}") from None
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        raise ClusterError(f"{command[0]} did not answer within {timeout:g} s ({_shown(command)}); "
+                           f"is slurmctld reachable? ({TIMEOUT_VARIABLE} sets the limit)") from None
+    except BaseException:
+        _kill_group(process)
+        raise
+    return Answer(process.returncode, out, err)
 
 
-def sbatch(script: Path, options: Sequence[str], cwd: Path) -> str:
-    """Submit `script` from `cwd`; returns the SLURM job id."""
-    done = _run(["sbatch", "--parsable", *options, script.name], cwd=cwd)
-    if done.returncode != 0:
-        raise ClusterError(f"sbatch {script.name} failed: {(done.stderr or done.stdout).strip()}")
-    return done.stdout.strip().split(";")[0]
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        process.communicate(timeout=5)
+    except (subprocess.TimeoutExpired, OSError, ValueError):
+        pass
 
 
-def scancel(job_ids: Sequence[str]) -> None:
-    if job_ids:
-        done = _run(["scancel", *job_ids])
-        if done.returncode != 0:
-            raise ClusterError(f"scancel failed: {done.stderr.strip()}")
+def _shown(command: Sequence[str]) -> str:
+    text = shlex.join(command)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
-def job_state(job_id: str) -> JobState:
-    return _from_squeue(job_id) or _from_scontrol(job_id) or _from_sacct(job_id) or JobState("UNKNOWN")
+def sbatch_arguments(script: str, after: Sequence[str], env: Sequence[tuple[str, str]]) -> list[str]:
+    """sbatch's arguments for one job of a plan; submit.sh renders the same list (ids as shell variables)."""
+    arguments = ["sbatch", "--parsable"]
+    if after:
+        arguments.append(f"--dependency=after:{':'.join(after)}")
+    if env:
+        arguments.append("--export=ALL," + ",".join(f"{key}={value}" for key, value in env))
+    return [*arguments, script]
 
 
-def _from_squeue(job_id: str) -> JobState | None:
-    done = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%N|%M"])
-    line = done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else ""
-    if not line:
-        return None
-    state, node, elapsed = (line.split("|") + ["", ""])[:3]
-    return JobState(normalize_state(state), node, elapsed)
+@register_scheduler("slurm")
+class SlurmScheduler(Scheduler):
+    name = "slurm"
+    # Which sacct works is a property of the cluster: learnt once per process.
+    _completion_file_only: bool | None = None
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self.timeout = command_timeout() if timeout is None else timeout
+
+    def ready(self) -> None:
+        require("sbatch")
+
+    def submit(self, job: Submission) -> str:
+        for key, value in job.env:
+            if not _EXPORT_VALUE.fullmatch(value):
+                raise ClusterError(f"cannot pass {key}={value!r} through sbatch --export")
+        env = {key: value for key, value in os.environ.items() if key not in _NOT_INHERITED}
+        answer = run_command(sbatch_arguments(job.script.name, job.after, job.env), self.timeout, job.cwd, env)
+        if answer.code != 0:
+            raise ClusterError(f"sbatch {job.script.name} failed: {(answer.err or answer.out).strip()}")
+        return checked_job_id(answer.out.strip().split(";")[0], f"sbatch {job.script.name}")
+
+    def cancel(self, *job_ids: str) -> None:
+        ids = _checked(job_ids)
+        if ids:
+            answer = run_command(["scancel", *ids], self.timeout)
+            if answer.code != 0:
+                raise ClusterError(f"scancel {' '.join(ids)} failed: {answer.err.strip()}")
+
+    def poll(self, *job_ids: str) -> dict[str, JobState]:
+        ids = _checked(job_ids)
+        found = self._from_squeue(ids) if ids else {}
+        missing = [job_id for job_id in ids if job_id not in found]
+        if missing:
+            found.update(self._from_sacct(missing))
+        return {job_id: found.get(job_id, UNKNOWN) for job_id in job_ids}
+
+    def _from_squeue(self, ids: list[str]) -> dict[str, JobState]:
+        answer = run_command(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-O", _SQUEUE_FORMAT], self.timeout)
+        if answer.code != 0:
+            if "Invalid job id" in answer.err:   # squeue's answer for one job it has forgotten
+                return {}
+            raise ClusterError(f"squeue failed: {answer.err.strip()}")
+        return dict(parse_squeue(answer.out))
+
+    def _from_sacct(self, ids: list[str]) -> dict[str, JobState]:
+        cls = type(self)
+        if cls._completion_file_only is not True:
+            answer = run_command([*_SACCT_DBD, "-j", ",".join(ids)], self.timeout)
+            if answer.code == 0:
+                cls._completion_file_only = False
+                return dict(parse_sacct(answer.out))
+            if "accounting storage is disabled" not in answer.err:
+                return {}
+            cls._completion_file_only = True
+        answer = run_command([*_SACCT_FILE, "-j", ",".join(ids)], self.timeout)
+        return dict(parse_sacct(answer.out)) if answer.code == 0 else {}
 
 
-def _from_scontrol(job_id: str) -> JobState | None:
-    done = _run(["scontrol", "-o", "show", "job", job_id])
-    if done.returncode != 0 or "JobState=" not in done.stdout:
-        return None
-    fields = dict(item.split("=", 1) for item in done.stdout.split() if "=" in item)
-    node = fields.get("NodeList", "")
-    return JobState(normalize_state(fields.get("JobState", "")), "" if node == "(null)" else node,
-                    fields.get("RunTime", ""), fields.get("ExitCode", ""))
+def _checked(job_ids: Sequence[str]) -> list[str]:
+    bad = [job_id for job_id in job_ids if not is_job_id(job_id)]
+    if bad:
+        raise ClusterError(f"refusing to pass {bad[0][:40]!r} to SLURM: a job id is digits only")
+    return list(dict.fromkeys(job_ids))
 
 
-_SACCT_QUERIES = (
-    ["sacct", "-X", "-o", "JobID,State,ExitCode,NodeList,Elapsed"],  # with slurmdbd
-    ["sacct", "-c", "-o", "JobID,State,ExitCode,NodeList,Start,End"],  # without: the job completion file
-)
+def parse_squeue(text: str) -> list[tuple[str, JobState]]:
+    rows = []
+    for line in text.splitlines():
+        fields = [field.strip() for field in line.split("|")]
+        if len(fields) >= 4 and is_job_id(fields[0]):
+            exit_code = _exit_code(fields[4]) if len(fields) > 4 else ""
+            rows.append((fields[0], JobState(normalize_state(fields[1]), fields[2], fields[3], exit_code)))
+    return rows
 
 
-def _from_sacct(job_id: str) -> JobState | None:
-    for query in _SACCT_QUERIES:
-        done = _run([*query, "-j", job_id, "-n", "-P"])
-        rows = [line.split("|") for line in done.stdout.splitlines()] if done.returncode == 0 else []
-        for row in rows:
-            if row[0] == job_id and len(row) >= 4:
-                elapsed = row[4] if len(row) == 5 else _elapsed(*row[4:6]) if len(row) >= 6 else ""
-                return JobState(normalize_state(row[1]), row[3], elapsed, row[2])
-    return None
+def _exit_code(raw: str) -> str:
+    """squeue's raw wait status (768) as SLURM's `exit:signal` (3:0)."""
+    return f"{int(raw) >> 8}:{int(raw) & 0x7F}" if raw.isdigit() else ""
+
+
+def parse_sacct(text: str) -> list[tuple[str, JobState]]:
+    rows = []
+    for line in text.splitlines():
+        row = line.split("|")
+        if len(row) >= 4 and is_job_id(row[0]):
+            elapsed = row[4] if len(row) == 5 else _elapsed(*row[4:6]) if len(row) >= 6 else ""
+            rows.append((row[0], JobState(normalize_state(row[1]), row[3], elapsed, row[2])))
+    return rows
 
 
 def _elapsed(start: str, end: str) -> str:

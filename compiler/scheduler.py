@@ -1,0 +1,165 @@
+"""The scheduler interface the run side talks to, and the backends registered by name.
+
+Shaped after ReFrame's `reframe/core/schedulers`: an abstract scheduler with
+submit / poll / cancel, backends registered with `@register_scheduler(name)`,
+and `poll(*job_ids)` answering for many jobs at once. The real backend is
+`slurm` (compiler/slurm.py); `fake` is an in-process state machine for tests.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ClusterError
+
+ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
+_JOB_ID = re.compile(r"[0-9]{1,20}")
+
+
+@dataclass(frozen=True)
+class JobState:
+    state: str
+    node: str = ""
+    elapsed: str = ""
+    exit_code: str = ""
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+
+UNKNOWN = JobState("UNKNOWN")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One job to submit: its script (run from `cwd`), the jobs it starts after, extra environment."""
+
+    script: Path
+    cwd: Path
+    after: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def is_job_id(text: object) -> bool:
+    return isinstance(text, str) and _JOB_ID.fullmatch(text) is not None
+
+
+def checked_job_id(text: str, source: str) -> str:
+    """`text` if it is a job id (digits only), else a ClusterError naming `source`."""
+    if not is_job_id(text):
+        raise ClusterError(f"{source} answered {text[:80]!r}, which is not a job id")
+    return text
+
+
+class Scheduler(abc.ABC):
+    """Submits, follows and cancels batch jobs. Every method is bounded in time."""
+
+    name = ""
+
+    def ready(self) -> None:
+        """Raise a ClusterError when this scheduler cannot be used here (checked before a run folder is made)."""
+
+    @abc.abstractmethod
+    def submit(self, job: Submission) -> str:
+        """Submit one job; returns its id (digits)."""
+
+    @abc.abstractmethod
+    def poll(self, *job_ids: str) -> dict[str, JobState]:
+        """The state of each job (UNKNOWN when the scheduler no longer knows it), in as few queries as it can."""
+
+    @abc.abstractmethod
+    def cancel(self, *job_ids: str) -> None:
+        """Cancel these jobs (already ended jobs are no error)."""
+
+
+_BACKENDS: dict[str, Callable[[], Scheduler]] = {}
+
+
+def register_scheduler(name: str) -> Callable[[Callable[[], Scheduler]], Callable[[], Scheduler]]:
+    def register(factory: Callable[[], Scheduler]) -> Callable[[], Scheduler]:
+        _BACKENDS[name] = factory
+        return factory
+    return register
+
+
+def load_scheduler(name: str) -> Scheduler:
+    from . import slurm  # noqa: F401  (registers the real backend)
+
+    try:
+        return _BACKENDS[name]()
+    except KeyError:
+        raise ClusterError(f"unknown scheduler {name!r} (known: {', '.join(sorted(_BACKENDS))})") from None
+
+
+# --- the fake: a deterministic state machine, driven by tests ---------------------------------------
+
+@dataclass
+class FakeJob:
+    job: Submission
+    state: str = "PENDING"
+    node: str = ""
+
+
+@dataclass
+class FakeScheduler(Scheduler):
+    """In-process scheduler: ids count up from `first_id`, states change only when told.
+
+    `fail_submit[script name]` makes that submit fail with the message; `hang` names methods
+    ("submit", "poll", "cancel") that time out; `fail_cancel` makes cancel fail. `calls` logs
+    every method call, so tests can count queries.
+    """
+
+    name = "fake"
+    first_id: int = 1000
+    jobs: dict[str, FakeJob] = field(default_factory=dict)
+    calls: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    fail_submit: dict[str, str] = field(default_factory=dict)
+    hang: set[str] = field(default_factory=set)
+    fail_cancel: str = ""
+    on_submit: Callable[[str], None] | None = None
+
+    def _enter(self, method: str, *args: str) -> None:
+        self.calls.append((method, args))
+        if method in self.hang:
+            raise ClusterError(f"fake {method} did not answer within 0 s")
+
+    def submit(self, job: Submission) -> str:
+        self._enter("submit", job.script.name)
+        if job.script.name in self.fail_submit:
+            raise ClusterError(f"submit {job.script.name} failed: {self.fail_submit[job.script.name]}")
+        job_id = str(self.first_id + len(self.jobs))
+        self.jobs[job_id] = FakeJob(job)
+        if self.on_submit:
+            self.on_submit(job_id)
+        return job_id
+
+    def poll(self, *job_ids: str) -> dict[str, JobState]:
+        self._enter("poll", *job_ids)
+        return {job_id: JobState(self.jobs[job_id].state, self.jobs[job_id].node) if job_id in self.jobs else UNKNOWN
+                for job_id in job_ids}
+
+    def cancel(self, *job_ids: str) -> None:
+        self._enter("cancel", *job_ids)
+        if self.fail_cancel:
+            raise ClusterError(f"cancel failed: {self.fail_cancel}")
+        for job_id in job_ids:
+            if job_id in self.jobs and not JobState(self.jobs[job_id].state).ended:
+                self.jobs[job_id].state = "CANCELLED"
+
+    # driving the state machine
+    def advance(self, job_id: str, state: str, node: str = "node1") -> None:
+        self.jobs[job_id].state, self.jobs[job_id].node = state, node
+
+    def forget(self, job_id: str) -> None:
+        del self.jobs[job_id]
+
+    def environment(self, job_id: str) -> Mapping[str, str]:
+        return dict(self.jobs[job_id].job.env)
+
+    def dependencies(self, job_id: str) -> Sequence[str]:
+        return self.jobs[job_id].job.after

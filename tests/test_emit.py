@@ -1,0 +1,111 @@
+"""Output folders: `orchc compile -o DIR` writes only inside DIR, deletes only what it wrote, and
+leaves one consistent set of files when compiles race or die."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import ROOT
+
+RECIPE = "site: local\nservice:\n  name: redis\nclient:\n  name: bench\n  type: redis_client\n"
+
+
+def compile_(tmp_path: Path, *args: object, recipe: str = "r.yaml") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "compiler", "compile", recipe, *map(str, args)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_a_recipe_folder_that_is_a_symlink_out_of_dir_is_not_written_through(tmp_path):
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    (victim / "manifest.json").write_text(json.dumps({"recipe": "r", "files": ["precious.txt"],
+                                                      "jobs": [{"script": "precious.txt"}]}))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "r").symlink_to(victim)
+    done = compile_(tmp_path, "-o", "out")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("orchc: error: ") and "symbolic link" in done.stderr
+    assert sorted(p.name for p in victim.iterdir()) == ["manifest.json", "precious.txt"]
+    assert (victim / "precious.txt").read_text() == "keep me"
+
+
+def test_a_forged_manifest_deletes_nothing(tmp_path):
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    folder = tmp_path / "build" / "r"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    (folder / "manifest.json").write_text(json.dumps({"recipe": "r", "generator": "orchc", "digest": "sha256:0",
+                                                      "files": ["notes.txt"], "jobs": [{"script": "notes.txt"}]}))
+    done = compile_(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (folder / "notes.txt").read_text() == "mine"
+
+
+def test_files_a_previous_compile_wrote_are_removed_and_unchanged_files_keep_their_mtime(tmp_path):
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    assert compile_(tmp_path).returncode == 0
+    folder = tmp_path / "build" / "r"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["generator"] == "orchc" and manifest["digest"].startswith("sha256:")
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    time.sleep(0.01)
+    assert compile_(tmp_path).returncode == 0
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    (tmp_path / "r.yaml").write_text(RECIPE.replace("  name: bench", "  name: bench2"))
+    assert compile_(tmp_path).returncode == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["bench2.sbatch", "manifest.json", "redis.sbatch", "submit.sh"]
+    assert not [p for p in (tmp_path / "build").iterdir() if p.is_dir() and p.name != "r"]   # no staging folder left
+
+
+def test_a_hand_edited_output_is_not_cleaned_up(tmp_path):
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    assert compile_(tmp_path).returncode == 0
+    folder = tmp_path / "build" / "r"
+    (folder / "bench.sbatch").write_text("# my own edits\n")
+    (tmp_path / "r.yaml").write_text(RECIPE.replace("client:\n  name: bench\n  type: redis_client\n", ""))
+    assert compile_(tmp_path).returncode == 0
+    assert (folder / "bench.sbatch").read_text() == "# my own edits\n"
+
+
+def test_concurrent_compiles_leave_one_consistent_set(tmp_path):
+    variants = []
+    for index in range(6):
+        text = RECIPE.replace("  name: bench", f"  name: bench{index}") + f"  requests: {1000 + index}\n"
+        (tmp_path / f"r{index}.yaml").write_text(text.replace("service:", "name: r\nservice:"))
+        variants.append(f"r{index}.yaml")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for _ in range(3):
+        procs = [subprocess.Popen([sys.executable, "-m", "compiler", "compile", name], cwd=tmp_path, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for name in variants]
+        assert all(proc.wait(timeout=120) == 0 for proc in procs)
+        folder = tmp_path / "build" / "r"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        listed = set(manifest["files"])
+        assert {p.name for p in folder.iterdir()} == listed
+        (client,) = [job["name"] for job in manifest["jobs"] if job["role"] == "client"]
+        assert f"{client}.sbatch" in (folder / "submit.sh").read_text()
+        assert f"bench.sbatch" not in listed
+
+
+def test_a_killed_compile_leaves_no_temporary_files_among_the_outputs(tmp_path):
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    assert compile_(tmp_path).returncode == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for delay in (0.05, 0.15, 0.3, 0.45, 0.6):
+        (tmp_path / "r.yaml").write_text(RECIPE + f"  requests: {int(delay * 1000)}\n")
+        proc = subprocess.Popen([sys.executable, "-m", "compiler", "compile", "r.yaml"], cwd=tmp_path, env=env)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert compile_(tmp_path).returncode == 0
+    folder = tmp_path / "build" / "r"
+    assert sorted(p.name for p in folder.iterdir()) == ["bench.sbatch", "manifest.json", "redis.sbatch", "submit.sh"]
+    assert not [p for p in (tmp_path / "build").iterdir() if p.is_dir() and p.name != "r"]
