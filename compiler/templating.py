@@ -1,13 +1,14 @@
-"""The Jinja2 side of rendering: strict environments built once, compiled templates cached.
+"""The Jinja2 side of rendering: sandboxed, strict environments, and how values reach the shell.
 
-Two environments for the strings of type definitions and recipes:
-- `shell`: shell lines and commands. Every `{{ value }}` is quoted for the shell on
-  output (safe by default); `| raw` opts out for trusted shell code, `| path` keeps
-  `$VAR` expansions while quoting everything else.
-- `text`: file contents written through quoted here-documents, which the shell does
-  not interpret.
-A third, `script`, renders the job template of `templates/`. A template error names
-the type file and line that holds the template.
+Three environments, all `ImmutableSandboxedEnvironment`s (a type file cannot reach
+Python: `__globals__`, `__class__`, `mro`, ... are refused and reported at the type
+file's line) with `StrictUndefined`:
+- `shell`: shell lines and container commands. Each `{{ value }}` becomes a
+  placeholder; the rendered text is lexed as bash (`shellscan`) and each value is
+  then written for the context it stands in (`ShellValues.write`), or refused.
+- `text`: file contents, written through quoted here-documents (never interpreted).
+- `script`: the job template of `templates/`, which fails closed: it prints only
+  code built by orchc (`Raw`), integers and plain words; anything else is an error.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,21 @@ from . import __version__
 from .errors import OrchcError
 from .load import source_text
 from .resources import templates_dir
-from .shell import Raw, in_double_quotes, in_single_quotes, requote, shell_value, shell_word, text_value
+from .shell import Raw, excerpt_of, shell_quote_expanding, text_value
+from .shellscan import MARK, ScanError, Use, scan
 from .source import Node, SourceLoc
 
-PLACEHOLDER = re.compile(r"@ORCHC_HOST:([A-Za-z0-9][A-Za-z0-9_.-]*)@")
+SAFE_WORD = re.compile(r"[A-Za-z0-9_./:@%+-]+")
+"""Text that means the same, unquoted, in every shell context: written as it is."""
 
 _SOURCES: dict[str, str] = {}
+_SINK: list[Any] = []
+_HOSTS: list[str] = []
+_MAX_REPEAT = 1 << 20
+
+
+class PathValue(str):
+    """A value whose `$VAR`s expand when the job runs (the `| path` filter)."""
 
 
 def _bytecode_cache() -> Any:
@@ -66,19 +77,46 @@ def _bytecode_cache() -> Any:
     return QuietCache(str(folder))
 
 
+def _placeholder(value: Any) -> str:
+    from jinja2 import Undefined
+
+    if isinstance(value, Raw):
+        return str(value)
+    if isinstance(value, Undefined):
+        str(value)  # StrictUndefined: raises here, inside the render, where the error is located
+    _SINK.append(value)
+    return f"{MARK}{len(_SINK) - 1}{MARK}"
+
+
+def _script_value(value: Any) -> str:
+    """The job template's output filter: fail closed."""
+    if isinstance(value, Raw) or (isinstance(value, int) and not isinstance(value, bool)):
+        return str(value)
+    if isinstance(value, str) and SAFE_WORD.fullmatch(value):
+        return value
+    raise ValueError(f"the job template would write {excerpt_of(text_value(value))!r}, which is neither code built by orchc "
+                     "nor a plain word")
+
+
 @cache
 def environment(kind: str) -> Any:
-    from jinja2 import (
-        ChoiceLoader,
-        Environment,
-        FileSystemLoader,
-        FunctionLoader,
-        StrictUndefined,
-        pass_context,
-    )
+    from jinja2 import ChoiceLoader, FileSystemLoader, FunctionLoader, StrictUndefined, pass_context
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Sandbox(ImmutableSandboxedEnvironment):
+        """No Python internals, and no string or number blown up to exhaust memory."""
+
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "**" and isinstance(right, int) and abs(right) > 64:
+                raise OverflowError("an exponent over 64")
+            if operator == "*" and isinstance(left, (str, list)) and isinstance(right, int) and len(left) * right > _MAX_REPEAT:
+                raise OverflowError("a repetition over 1 MiB")
+            return super().call_binop(context, operator, left, right)
 
     strings = FunctionLoader(lambda name: (_SOURCES[name], None, lambda: True) if name in _SOURCES else None)
-    env = Environment(
+    env = Sandbox(
         undefined=StrictUndefined,
         autoescape=False,
         keep_trailing_newline=False,
@@ -86,25 +124,29 @@ def environment(kind: str) -> Any:
         lstrip_blocks=True,
         comment_start_string="{##",  # so shell's ${#array[@]} is not a Jinja comment
         comment_end_string="##}",
-        finalize={"shell": shell_value, "text": text_value, "script": None}[kind],
+        finalize={"shell": _placeholder, "text": text_value, "script": _script_value}[kind],
         loader=ChoiceLoader([FileSystemLoader(str(templates_dir())), strings]) if kind == "script" else strings,
         bytecode_cache=_bytecode_cache(),
         auto_reload=False,
     )
     env.filters["raw"] = lambda value: Raw(text_value(value))
-    env.filters["path"] = lambda value: Raw(shell_word(text_value(value)))
+    env.filters["path"] = lambda value: PathValue(text_value(value))
     env.filters["json"] = lambda value: json.dumps(value, sort_keys=True)
-    env.filters["in_double_quotes"] = in_double_quotes
-    env.filters["in_single_quotes"] = in_single_quotes
     env.filters["hosts"] = pass_context(_hosts_filter)
+    env.filters["comment"] = lambda value: Raw("".join(c if c.isprintable() else "?" for c in text_value(value)))
     return env
+
+
+def host_placeholder(token: str, job: str) -> str:
+    return f"@ORCHC_HOST_{token}:{job}@"
 
 
 def _hosts_filter(context: Any, value: Any) -> Any:
     """`host:port`s or URLs whose host names a job of the recipe -> placeholders filled in at run time.
 
-    A service's node is only known once it runs: the file is written with
-    `@ORCHC_HOST:<job>@` and `orchc_fill_hosts` puts in the host that job publishes.
+    A service's node is only known once it runs: the file is written with a
+    placeholder and `orchc_fill_hosts` puts in the host that job publishes. The
+    placeholder carries a token hashed from the whole job, so no value can forge one.
     """
     if isinstance(value, list):
         return [_hosts_filter(context, item) for item in value]
@@ -112,52 +154,147 @@ def _hosts_filter(context: Any, value: Any) -> Any:
     host = re.split(r"[:/]", text.split("://", 1)[-1], maxsplit=1)[0]
     if host not in context.get("jobs", ()):
         return value
-    replacement = "localhost" if host == context["job"]["name"] else f"@ORCHC_HOST:{host}@"
-    return text.replace(host, replacement, 1)
+    if host == context["job"]["name"]:
+        return text.replace(host, "localhost", 1)
+    _HOSTS.append(host)
+    return text.replace(host, host_placeholder(context["job"]["hosts_token"], host), 1)
 
 
 @lru_cache(maxsize=4096)
 def _compiled(kind: str, source: str) -> Any:
     env = environment(kind)
     name = f"{kind}-{hashlib.sha1(source.encode()).hexdigest()}"
-    _SOURCES[name] = requote(source) if kind == "shell" else source
+    _SOURCES[name] = source
     return env.get_template(name)
 
 
-@lru_cache(maxsize=4096)
-def _names_read(kind: str, source: str) -> tuple[str, ...]:
-    from jinja2 import meta
-
-    return tuple(sorted(meta.find_undeclared_variables(environment(kind).parse(requote(source) if kind == "shell" else source))))
-
-
-_RENDERED: dict[tuple[str, str, str], str] = {}
-_SEEN: set[tuple[str, str]] = set()
-
-
-def render_string(node: Node, context: dict[str, Any], kind: str = "shell") -> str:
-    """Render one template string of a type or recipe, errors located at the string.
-
-    Output depends only on the values the template reads, so from its second use on a
-    string's output is memoized on them: a batch of similar jobs renders each line once.
-    """
+def _render(node: Node, context: dict[str, Any], kind: str) -> str:
     from jinja2 import TemplateError, TemplateSyntaxError
 
-    source = str(node.value)
     try:
-        template = _compiled(kind, source)
-        if (kind, source) not in _SEEN:
-            _SEEN.add((kind, source))
-            return template.render(context)
-        values = [(name, type(context.get(name)), context.get(name)) for name in _names_read(kind, source)]
-        key = (kind, source, repr(values))
-        if key not in _RENDERED:
-            _RENDERED[key] = template.render(context)
-        return _RENDERED[key]
+        return str(_compiled(kind, str(node.value)).render(context))
     except TemplateSyntaxError as exc:
         raise OrchcError.at(_line_in_template(node, exc.lineno), f"template syntax error: {exc.message}") from None
     except TemplateError as exc:
-        raise OrchcError.at(_line_in_template(node, _failing_line(exc)), f"template error: {exc.message}") from None
+        from jinja2.exceptions import SecurityError
+
+        what = "template reaches for Python internals, which templates may not use" if isinstance(exc, SecurityError) \
+            else "template error"
+        raise OrchcError.at(_line_in_template(node, _failing_line(exc)), f"{what}: {exc.message}") from None
+    except (OverflowError, MemoryError, RecursionError, ValueError, TypeError, ArithmeticError) as exc:
+        raise OrchcError.at(_line_in_template(node, _failing_line(exc)), f"template error: {exc}") from None
+
+
+def render_text(node: Node, context: dict[str, Any]) -> tuple[str, list[str]]:
+    """A template for file content: (text, the jobs whose hosts the `hosts` filter put in)."""
+    _HOSTS.clear()
+    text = _render(node, context, "text")
+    return text, sorted(set(_HOSTS))
+
+
+def render_shell(node: Node, context: dict[str, Any], values: ShellValues) -> str:
+    """A type's shell template with every value written for its place, or a located error."""
+    _SINK.clear()
+    text = _render(node, context, "shell")
+    found = list(_SINK)
+    if not found:
+        return text
+    try:
+        uses = scan(text)
+    except ScanError as error:
+        raise OrchcError.at(_line_in_template(node, text.count("\n", 0, error.offset) + 1),
+                            f"cannot follow this shell line: {error}") from None
+    return values.substitute(node, text, uses, found)
+
+
+@dataclass
+class ShellValues:
+    """The values of one job that are written as references: each assigned once, near the top of the script."""
+
+    names: dict[tuple[str, bool], str] = field(default_factory=dict)
+    assignments: list[str] = field(default_factory=list)
+
+    def reference(self, text: str, expand: bool) -> str:
+        key = (text, expand)
+        if key not in self.names:
+            name = f"orchc_v{len(self.names) + 1}"
+            self.names[key] = name
+            self.assignments.append(f"{name}={shell_quote_expanding(text) if expand else _single_quoted(text)}")
+        return self.names[key]
+
+    def substitute(self, node: Node, text: str, uses: tuple[Use, ...], found: list[Any]) -> str:
+        out: list[str] = []
+        last = 0
+        literal_spans: list[tuple[int, int, Use]] = []
+        for use in uses:
+            out.append(text[last:use.offset])
+            start = sum(len(part) for part in out)
+            try:
+                written = self.write(use, found[use.index])
+            except _Refused as refused:
+                line = text.count("\n", 0, use.offset) + 1
+                raise OrchcError.at(_line_in_template(node, line), str(refused)) from None
+            out.append(written)
+            if use.quoting == "literal":
+                literal_spans.append((start, start + len(written), use))
+            last = text.index(MARK, use.offset + 1) + 1
+        out.append(text[last:])
+        result = "".join(out)
+        for start, end, use in literal_spans:
+            _check_heredoc_lines(node, result, start, end, use, text)
+        return result
+
+    def write(self, use: Use, value: Any) -> str:
+        """How one value is written where `use` says it stands."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        expand = isinstance(value, PathValue)
+        text = text_value(value)
+        if "\x00" in text:
+            raise _Refused(f"the value {excerpt_of(text)!r} contains a NUL character")
+        if use.refusals:
+            raise _Refused(f"the value {excerpt_of(text)!r} cannot stand here: {use.refusals[0]}; "
+                           "only integers can (check the value against a pattern, or pass it differently)")
+        safe = bool(SAFE_WORD.fullmatch(text)) and not text.startswith("~")
+        if safe:
+            return text
+        if use.splitting:
+            raise _Refused(f"the value {excerpt_of(text)!r} is inside an unquoted $(...) or `...`, whose output the "
+                           "shell splits into words and glob-expands; quote the substitution: \"$(...)\"")
+        if use.quoting == "literal":
+            if expand:
+                raise _Refused(f"the value {excerpt_of(text)!r} should expand $VARs (| path), which a quoted "
+                               "here-document never does")
+            if use.in_backticks:
+                raise _Refused(f"the value {excerpt_of(text)!r} is in a here-document inside backticks; use $(...)")
+            return text
+        if use.quoting == "ansi":
+            raise _Refused(f"the value {excerpt_of(text)!r} cannot stand inside $'...'; use \"...\"")
+        name = self.reference(text, expand)
+        return {"bare": f'"${{{name}}}"', "dq": f"${{{name}}}", "sq": f"'\"${{{name}}}\"'",
+                "comment": f"${{{name}}}"}[use.quoting]
+
+
+class _Refused(Exception):
+    pass
+
+
+def _single_quoted(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _check_heredoc_lines(node: Node, result: str, start: int, end: int, use: Use, template: str) -> None:
+    """A value in a quoted here-document must not end it early (or lose its tabs to `<<-`)."""
+    assert use.heredoc is not None
+    terminator, strip = use.heredoc
+    first = result.rfind("\n", 0, start) + 1
+    last = result.find("\n", end)
+    lines = result[first:len(result) if last < 0 else last].split("\n")
+    value = result[start:end]
+    if any((line.lstrip("\t") if strip else line) == terminator for line in lines) or (strip and "\n\t" in value):
+        line = template.count("\n", 0, use.offset) + 1
+        raise OrchcError.at(_line_in_template(node, line), f"the value {excerpt_of(value)!r} would end the here-document "
+                            f"early (a line {terminator!r}) or lose its tabs; it cannot stand here")
 
 
 def _failing_line(exc: BaseException) -> int:
@@ -182,3 +319,8 @@ def _line_in_template(node: Node, line: int) -> SourceLoc:
         return node.loc
     content = lines[target - 1]
     return SourceLoc(node.loc.file, target, len(content) - len(content.lstrip()) + 1)
+
+
+def template_line(node: Node, line: int) -> SourceLoc:
+    """Public form of the template-line lookup, for fail-fast locations in the job script."""
+    return _line_in_template(node, line)

@@ -30,7 +30,7 @@ def test_prometheus_config_passes_promtool(script, tmp_path):
             pytest.fail("CI=true but promtool is missing; run tests/install-deps.sh")
         pytest.skip("promtool not installed; run tests/install-deps.sh")
     config = tmp_path / "prometheus.yml"
-    config.write_text(one_file(script, "prometheus.yml").replace("@ORCHC_HOST:ollama@", "node01"))
+    config.write_text(re.sub(r"@ORCHC_HOST_[0-9a-f]{16}:ollama@", "node01", one_file(script, "prometheus.yml")))
     checked = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
@@ -57,6 +57,7 @@ def test_grafana_dashboard_provider_format():
 
 def test_a_recipe_job_named_as_host_becomes_a_run_time_placeholder():
     content = one_file("monitoring_stack/grafana.sbatch", "datasources/orchc.yaml")
-    assert 'url: "http://@ORCHC_HOST:prometheus@:9090"' in content
+    (token,) = re.findall(r'url: "http://@ORCHC_HOST_([0-9a-f]{16}):prometheus@:9090"', content)
     script = (GOLDEN / "monitoring_stack" / "grafana.sbatch").read_text()
-    assert "orchc_fill_hosts \"$ORCHC_RUN_DIR\"/config/grafana/provisioning/datasources/orchc.yaml prometheus" in script
+    assert ("orchc_fill_hosts \"$ORCHC_RUN_DIR\"/config/grafana/provisioning/datasources/orchc.yaml "
+            f"@ORCHC_HOST_{token}:prometheus@=prometheus") in script

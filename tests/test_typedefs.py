@@ -144,10 +144,17 @@ def test_values_stay_literal_inside_or_outside_shell_quotes(orchc, write, tmp_pa
     recipe = write("r.yaml", RECIPE + f"  words: {json.dumps(HOSTILE)}\n")
     result = orchc("compile", recipe, "--defs", "defs", "--stdout", cwd=tmp_path)
     assert result.code == 0, result.err
-    (rendered,) = [text for text in result.out.splitlines() if text.startswith("echo ")]
-    ran = subprocess.run(["bash", "-c", rendered], capture_output=True, text=True, env={"HOME": "/home/x"})
+    ran = subprocess.run(["bash", "-c", _values_and_echo(result.out)], capture_output=True, text=True, env={"HOME": "/home/x"})
     assert ran.stdout == f"said: {HOSTILE}\n"
     assert not Path("/tmp/orchc-pwned").exists()
+
+
+def _values_and_echo(script: str) -> str:
+    """The script's value assignments (which values are referenced through) and its one `echo` line."""
+    lines = script.splitlines()
+    values = [line for line in lines if line.startswith("orchc_v")]
+    (echo,) = [line for line in lines if line.startswith("echo ")]
+    return "\n".join([*values, echo])
 
 
 def test_path_inside_double_quotes_keeps_variables(orchc, write, tmp_path):
@@ -155,8 +162,7 @@ def test_path_inside_double_quotes_keeps_variables(orchc, write, tmp_path):
     write("defs/memcached.yaml", defs + '  setup:\n    - echo "dir={{ dir | path }}"\n')
     recipe = write("r.yaml", RECIPE + '  dir: "$HOME/a b/$(id)"\n')
     out = orchc("compile", recipe, "--defs", "defs", "--stdout", cwd=tmp_path).out
-    (rendered,) = [text for text in out.splitlines() if text.startswith("echo ")]
-    ran = subprocess.run(["bash", "-c", rendered], capture_output=True, text=True, env={"HOME": "/home/x"})
+    ran = subprocess.run(["bash", "-c", _values_and_echo(out)], capture_output=True, text=True, env={"HOME": "/home/x"})
     assert ran.stdout == "dir=/home/x/a b/$(id)\n"
 
 
