@@ -20,6 +20,7 @@ import signal
 import stat
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -168,7 +169,7 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _run_job(job: Any, index: int, damaged: Any) -> RunJob:
+def _run_job(job: Any, index: int, damaged: Callable[[str], ClusterError]) -> RunJob:
     if not isinstance(job, dict):
         raise damaged(f"job {index + 1} is not a mapping")
     name, role, slurm_id, target = job.get("name"), job.get("role"), job.get("slurm_id"), job.get("target")
@@ -176,7 +177,7 @@ def _run_job(job: Any, index: int, damaged: Any) -> RunJob:
         raise damaged(f"job {index + 1} has no valid name")
     if role not in ("service", "client"):
         raise damaged(f"job {name}: role must be service or client")
-    if not is_job_id(slurm_id):
+    if not isinstance(slurm_id, str) or not is_job_id(slurm_id):
         raise damaged(f"job {name}: slurm_id {str(slurm_id)[:40]!r} is not a job id (digits only)")
     if target is not None and (not isinstance(target, str) or not _NAME.fullmatch(target)):
         raise damaged(f"job {name}: target is not a job name")
@@ -235,7 +236,7 @@ def submit(output: Output, run_dir: Path, scheduler: Scheduler) -> Run:
             run = replace(run, state="submitted")
             save_run(run_dir, run)
             guard.checkpoint()
-        except BaseException as exc:  # noqa: BLE001 (every way out must roll back)
+        except BaseException as exc:  # every way out rolls back
             failure = _roll_back(run_dir, run, ids, exc, scheduler)
             if failure is None:
                 raise
@@ -294,7 +295,7 @@ class _SignalGuard:
         self.pending: int | None = None
         self.previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _SignalGuard:
+    def __enter__(self) -> _SignalGuard:  # noqa: PYI034
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
                 self.previous[signum] = signal.signal(signum, self._note)

@@ -136,7 +136,8 @@ def test_clients_reach_services_by_job_id_and_by_endpoint(cluster, needs_redis, 
         assert results["by_id"]["tests"]["PING_INLINE"]["rps"] > 0
         assert results["by_endpoint"]["tests"]["PING_INLINE"]["rps"] > 0
         csv = orchc("results", client_run, "--csv", cwd=tmp_path).stdout.splitlines()
-        assert csv[0] == "job,metric,value" and any(line.startswith("by_id,tests.PING_INLINE.rps,") for line in csv)
+        assert csv[0] == "job,state,metric,value"
+        assert any(line.startswith("by_id,COMPLETED,tests.PING_INLINE.rps,") for line in csv)
         logs = orchc("logs", client_run, "by_id", cwd=tmp_path).stdout
         assert "==> " in logs and "redis-benchmark ping_inline" in logs
     finally:
@@ -279,9 +280,25 @@ def test_a_rejected_job_cancels_the_jobs_already_submitted(cluster, needs_redis,
     assert done.returncode == 1
     assert done.stderr.startswith("orchc: error: sbatch second.sbatch failed:")
     assert "partition" in done.stderr.lower() and "Traceback" not in done.stderr
+    assert "cancelled the jobs already submitted (redis " in done.stderr
     recorded = json.loads((run / "run.json").read_text())
     assert recorded["state"] == "failed" and "nosuchpartition" in recorded["error"]
+    assert orchc("status", run, cwd=tmp_path).returncode == 0
     wait_for(lambda: status(run)["redis"]["state"] == "CANCELLED", 30, "the first job to be cancelled")
+    wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
+
+
+def test_a_comma_in_the_run_folder_path_reaches_no_sbatch_option(cluster, needs_redis, tmp_path):
+    port = free_port()
+    (tmp_path / "redis.yaml").write_text(redis_recipe(port, "  requests: 2000\n  tests: [ping_inline]\n"))
+    run = tmp_path / "runs" / "x,LD_PRELOAD=nonexistent.so"
+    orchc("submit", "redis.yaml", "--run-dir", run, cwd=tmp_path)
+    wait_for(lambda: {j["state"] for j in status(run).values()} == {"COMPLETED"}, 120, "both jobs to complete")
+    results = json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["bench"]
+    assert results["tests"]["PING_INLINE"]["rps"] > 0 and results["job_state"] == "COMPLETED"
+    client_id = json.loads((run / "run.json").read_text())["jobs"][1]["slurm_id"]
+    assert "cannot be preloaded" not in (run / f"slurm-{client_id}.err").read_text()   # LD_PRELOAD not injected
+    assert (run / "endpoints").is_dir() and not (tmp_path / "runs" / "x").exists()
     wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
 
 

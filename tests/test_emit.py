@@ -92,7 +92,7 @@ def test_concurrent_compiles_leave_one_consistent_set(tmp_path):
         assert {p.name for p in folder.iterdir()} == listed
         (client,) = [job["name"] for job in manifest["jobs"] if job["role"] == "client"]
         assert f"{client}.sbatch" in (folder / "submit.sh").read_text()
-        assert f"bench.sbatch" not in listed
+        assert "bench.sbatch" not in listed
 
 
 def test_a_killed_compile_leaves_no_temporary_files_among_the_outputs(tmp_path):
