@@ -6,8 +6,10 @@ so a user fixes a file in one round instead of one error at a time.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from .source import SourceLoc
 
@@ -65,3 +67,32 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 
     close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
+
+
+QUOTE_LIMIT = 60
+"""The most characters of a value an error message quotes."""
+
+
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = QUOTE_LIMIT
+    short.maxlist = short.maxdict = short.maxtuple = 4
+    short.maxlevel = 2
+    return short
+
+
+_REPR = _short_repr()
+
+
+def shorten(value: Any, limit: int = QUOTE_LIMIT, quoted: bool = True) -> str:
+    """A value as an error message quotes it: at most about `limit` characters, cut with an ellipsis.
+
+    Costs O(limit) whatever the size of the value, so a 5 MB value gives a short message."""
+    if isinstance(value, str):
+        cut = value[:limit] + "…" if len(value) > limit else value
+        return repr(cut) if quoted else cut
+    if isinstance(value, (dict, list, tuple)):
+        text = _REPR.repr(value)
+        return text if len(text) <= limit * 2 else text[:limit * 2] + "…"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -7,54 +7,114 @@ plain, stable text otherwise, so output can be piped, diffed and tested.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
 from .errors import OrchcError, Problem
-from .load import source_text
+from .load import concealed_from, source_text
 from .source import Node, SourceLoc
 
-_PLAIN_SCALAR = re.compile(r"^[A-Za-z0-9_./$@%+-][A-Za-z0-9_./$@%+:, -]*$")
-_YAML_WORDS = {"true", "false", "null", "yes", "no", "on", "off", "~", ""}
+# Plain only when no YAML reader can take it for anything but this string: no indicator first,
+# no digit or sign first (numbers, dates, 1.1's sexagesimals), no word YAML 1.1 or 1.2 types.
+_PLAIN_SCALAR = re.compile(r"[A-Za-z_$/][A-Za-z0-9_./$@%+=:-]*")
+_YAML_WORDS = {"true", "false", "null", "yes", "no", "on", "off", "y", "n", "~", ""}
+_YAML_ESCAPE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]")
+_LITERAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]")
+_COMMENT_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
 
 
 def is_terminal(stream: TextIO) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
 
-def excerpt(loc: SourceLoc, context: int = 1) -> list[str]:
-    """The lines around `loc` with a caret under its column."""
-    text = source_text(loc.file)
+MAX_SHOWN = 50
+"""Errors shown in full; the rest are counted ("... and N more errors")."""
+_MESSAGE_LIMIT = 500
+_LINE_WINDOW = 100
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_LINES: dict[str, tuple[str, list[str]]] = {}
+
+
+def _source_lines(file: str) -> list[str] | None:
+    """The lines of a loaded file, split once per text (so reporting many errors stays linear)."""
+    text = source_text(file)
     if text is None:
+        return None
+    cached = _LINES.get(file)
+    if cached is None or cached[0] is not text:
+        cached = (text, [line.removesuffix("\r") for line in text.split("\n")])
+        if cached[1][-1] == "" and len(cached[1]) > 1:
+            cached[1].pop()
+        _LINES[file] = cached
+    return cached[1]
+
+
+def _visible(text: str) -> str:
+    """Control characters shown as one visible character each, so columns stay put and nothing reaches the terminal."""
+    return _UNPRINTABLE.sub(lambda m: chr(0x2400 + ord(m.group())) if m.group() < " " else "\ufffd", text)
+
+
+def _display_line(file: str, number: int, line: str) -> str:
+    hidden = concealed_from(file, number)
+    if hidden is not None and hidden <= len(line):
+        line = line[:hidden - 1] + "******"
+    return line
+
+
+def _caret_pad(prefix: str) -> str:
+    """Blanks as wide on screen as `prefix`: tabs kept, wide characters two columns."""
+    import unicodedata
+
+    return "".join("\t" if c == "\t" else "  " if unicodedata.east_asian_width(c) in "WF" else " " for c in prefix)
+
+
+def excerpt(loc: SourceLoc, context: int = 1) -> list[str]:
+    """The lines around `loc` with a caret under its column (long lines cut to a window around it)."""
+    lines = _source_lines(loc.file)
+    if lines is None:
         return []
-    lines = text.splitlines() or [""]
+    lines = lines or [""]
     if loc.line > len(lines):
         loc = SourceLoc(loc.file, len(lines), len(lines[-1]) + 1)
     if loc.line < 1:
         return []
     first, last = max(1, loc.line - context), min(len(lines), loc.line + context)
     width = len(str(last))
+    start = max(0, loc.col - 1 - _LINE_WINDOW // 2)
     out = []
     for number in range(first, last + 1):
         marker = ">" if number == loc.line else " "
-        out.append(f" {marker} {number:>{width}} | {lines[number - 1]}")
+        line = _display_line(loc.file, number, lines[number - 1])
+        shown = line[start:start + _LINE_WINDOW]
+        shown = ("..." if start else "") + shown + ("..." if len(line) > start + _LINE_WINDOW else "")
+        out.append(f" {marker} {number:>{width}} | {_visible(shown)}".rstrip())
         if number == loc.line:
-            out.append(f"   {' ' * width} | {' ' * (loc.col - 1)}^")
+            prefix = ("..." if start else "") + line[start:loc.col - 1]
+            out.append(f"   {' ' * width} | {_caret_pad(_visible(prefix))}^")
     return out
 
 
+def _clip(message: str) -> str:
+    if len(message) > _MESSAGE_LIMIT:
+        message = message[:_MESSAGE_LIMIT] + "…"
+    return _visible(message.replace("\n", " "))
+
+
 def format_problem(problem: Problem) -> list[str]:
-    lines = [problem.headline(), *excerpt(problem.loc)]
-    lines += [f"{loc}: note: see here" for loc in problem.related if loc != problem.loc]
+    lines = [_clip(problem.headline()), *excerpt(problem.loc)]
+    lines += [f"{_visible(str(loc))}: note: see here" for loc in problem.related if loc != problem.loc]
     return lines
 
 
 def print_error(error: OrchcError, stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     count = len(error.problems)
-    text = [line for problem in error.problems for line in format_problem(problem)]
+    text = [line for problem in error.problems[:MAX_SHOWN] for line in format_problem(problem)]
+    if count > MAX_SHOWN:
+        text.append(f"... and {count - MAX_SHOWN} more errors")
     if count > 1:
         text.append(f"{count} errors")
     if is_terminal(stream):
@@ -93,44 +153,68 @@ def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Any:
 
 
 def yaml_scalar(value: Any) -> str:
+    """One value as YAML that reads back to the same value under YAML 1.2 and 1.1 readers alike."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):
+        return _yaml_float(value)
     text = str(value)
-    if _PLAIN_SCALAR.match(text) and text.lower() not in _YAML_WORDS and not _looks_numeric(text) \
-            and not text.endswith(" ") and ":" not in text:
+    if _PLAIN_SCALAR.fullmatch(text) and not text.endswith(":") and text.lower() not in _YAML_WORDS:
         return text
-    return json.dumps(text, ensure_ascii=False)
+    return _double_quoted(text)
 
 
-def _looks_numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+def _yaml_float(value: float) -> str:
+    if math.isnan(value):
+        return ".nan"
+    if math.isinf(value):
+        return ".inf" if value > 0 else "-.inf"
+    text = repr(value)
+    if "e" in text and "." not in text:  # YAML 1.1 reads 1e+20 as text
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return text
+
+
+def _double_quoted(text: str) -> str:
+    """A double-quoted YAML scalar: JSON's escapes, plus the characters YAML must not see raw."""
+    return _YAML_ESCAPE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(text, ensure_ascii=False))
+
+
+def _literal_fits(text: str) -> bool:
+    """Whether a block literal (`|` or `|-`) reads back exactly as `text`."""
+    body = text[:-1] if text.endswith("\n") else text
+    lines = body.split("\n")
+    return (len(lines) > 1 and not _LITERAL_UNSAFE.search(text) and lines[0][:1] not in ("", " ", "\t")
+            and lines[-1].strip(" \t") != "" and lines[-1][-1:] not in (" ", "\t"))
+
+
+def _comment(text: str) -> str:
+    return _COMMENT_UNSAFE.sub("?", text)
 
 
 def yaml_lines(node: Node, annotate: Callable[[Node], str] | None = None, indent: int = 0) -> list[str]:
     """A resolved tree as YAML, optionally with `# origin` after each value."""
     pad = "  " * indent
     out: list[str] = []
-    note = (lambda n: f"  # {annotate(n)}") if annotate else (lambda n: "")
+    note = (lambda n: f"  # {_comment(annotate(n))}") if annotate else (lambda n: "")
     items = node.value.items() if isinstance(node.value, dict) else enumerate(node.value)
     for key, child in items:
-        head = f"{pad}{key}:" if isinstance(node.value, dict) else f"{pad}-"
+        head = f"{pad}{yaml_scalar(key)}:" if isinstance(node.value, dict) else f"{pad}-"
         if isinstance(child.value, (dict, list)) and child.value:
             out.append(head)
             out.extend(yaml_lines(child, annotate, indent + 1))
         elif isinstance(child.value, (dict, list)):
             out.append(f"{head} {'{}' if isinstance(child.value, dict) else '[]'}{note(child)}")
-        elif isinstance(child.value, str) and "\n" in child.value:
+        elif isinstance(child.value, str) and "\n" in child.value and _literal_fits(child.value):
             indicator = "|" if child.value.endswith("\n") else "|-"
             out.append(f"{head} {indicator}{note(child)}")
-            out.extend(f"{pad}  {line}" if line else "" for line in child.value.rstrip("\n").split("\n"))
+            body = child.value[:-1] if child.value.endswith("\n") else child.value
+            out.extend(f"{pad}  {line}" if line else "" for line in body.split("\n"))
         else:
             out.append(f"{head} {yaml_scalar(child.value)}{note(child)}")
     return out

@@ -18,19 +18,22 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .errors import Collector, OrchcError, did_you_mean
-from .load import display_path, load_file, remember_text
-from .merge import merge_layers
+from .errors import Collector, OrchcError, Problem, did_you_mean, shorten
+from .load import conceal, display_path, load_file, load_value, remember_text
+from .merge import merge_layers, split_key
 from .resources import sites_dir
-from .source import Node, SourceLoc, from_plain
-from .typedefs import Registry, TypeDef
-from .validate import check, validator
+from .source import Node, SourceLoc, from_plain, walk_leaves
+from .typedefs import JOB_KEYS, Registry, TypeDef
+from .validate import check, check_characters, validator
 
 DEFAULT_SITE = "meluxina"
 COMMAND_LINE = "<command line>"
 _ENTRY_KEYS = {"service": "service", "services": "service", "client": "client", "clients": "client"}
 _TARGET_KEYS = ("target", "target_endpoint", "target_service_id")
 _RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_ENDPOINT_PORT = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?[^/:]*:([0-9]+)")
+_IDENTITY = ("name", "type")
+"""Keys that identify a job in the recipe; `--set` cannot change them."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Setting:
     path: tuple[str, ...]
     value: Any
     loc: SourceLoc
+    value_loc: SourceLoc | None = None
 
 
 def parse_settings(options: list[str]) -> list[Setting]:
@@ -84,24 +88,32 @@ def parse_settings(options: list[str]) -> list[Setting]:
 
     remember_text(COMMAND_LINE, "\n".join(f"--set {option}" for option in options))
     settings = []
+    problems = Collector()
     for index, option in enumerate(options, start=1):
         key, sep, raw = option.partition("=")
         path = tuple(key.split("."))
         if not sep or not all(path):
-            raise UsageError(f"--set {option!r}: expected KEY.PATH=VALUE")
-        settings.append(Setting(path, _yaml_scalar(raw), SourceLoc(COMMAND_LINE, index, 7)))
+            raise UsageError(f"--set {shorten(option)}: expected KEY.PATH=VALUE")
+        loc = SourceLoc(COMMAND_LINE, index, 7)
+        try:
+            value = _setting_value(raw, f"{COMMAND_LINE} {index}")
+        except OrchcError as error:
+            problems.problems += [Problem(loc, problem.message) for problem in error.problems]
+            continue
+        settings.append(Setting(path, value, loc, SourceLoc(COMMAND_LINE, index, 8 + len(key))))
+    problems.raise_if_any()
     return settings
 
 
-def _yaml_scalar(raw: str) -> Any:
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
-
+def _setting_value(raw: str, name: str) -> Any:
+    """VALUE of `--set KEY=VALUE` read as YAML, with the same limits as a file; text that is not YAML stays text."""
     try:
-        value = YAML(typ="safe", pure=True).load(raw)
-    except YAMLError:
-        return raw
-    return value if isinstance(value, (str, int, float, bool, list, dict)) or value is None else raw
+        node = load_value(raw, name)
+    except OrchcError as error:
+        if all(problem.message.startswith("invalid YAML") for problem in error.problems):
+            return raw
+        raise
+    return None if node is None else node.plain()
 
 
 def load_site(ref: str, base: Path, used_at: SourceLoc) -> Site:
@@ -203,6 +215,7 @@ def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[
     jobs = []
     entries = _entries(doc)
     names = {str((e.get("name") or e.get("type")).value) for _, e in entries}  # type: ignore[union-attr]
+    settings = _usable_settings(settings, names, _known_keys(entries, registry), problems)
     for role, entry in entries:
         name_node = entry.get("name") or entry.get("type")
         type_node = entry.get("type") or entry.get("name")
@@ -223,10 +236,12 @@ def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[
             problems.add(type_node.loc, f"type '{typedef.name}' is {what}; a {role} needs a concrete {role} type")
             continue
         identity = Node({"name": name_node, "type": type_node}, entry.loc)
-        overrides = [top, entry, identity, *_setting_layers(settings, name, names)]
+        overrides = [top, entry, identity, *_setting_layers(settings, name, names, typedef)]
+        what = f"{role} '{name}'"
+        removed = _secret_removals(overrides, typedef, what, problems)
         layers = [site.defaults, typedef.layer, *(_secrets_replace(layer, typedef) for layer in overrides)]
         node = replace(merge_layers(layers, problems), loc=entry.loc)
-        data = _checked(node, typedef, site, f"{role} '{name}'", problems)
+        data = _checked(node, typedef, site, what, problems, removed)
         jobs.append(Job(name=name, typedef=typedef, node=node, data=data))
     return jobs
 
@@ -238,7 +253,39 @@ def _secrets_replace(layer: Node, typedef: TypeDef) -> Node:
     return Node({f"{k}!" if k in typedef.secrets else k: v for k, v in layer.value.items()}, layer.loc, layer.key_loc)
 
 
-def _setting_layers(settings: Sequence[Setting], job: str, jobs: set[str]) -> list[Node]:
+def _known_keys(entries: list[tuple[str, Node]], registry: Registry) -> set[str]:
+    """Every key some job of the recipe has (a type whose name is wrong is reported elsewhere)."""
+    known = set(JOB_KEYS)
+    for _, entry in entries:
+        type_node = entry.get("type") or entry.get("name")
+        try:
+            known.update(registry.resolve(str(type_node.value)).fields)  # type: ignore[union-attr]
+        except OrchcError:
+            pass
+    return known
+
+
+def _usable_settings(settings: Sequence[Setting], jobs: set[str], known: set[str],
+                     problems: Collector) -> list[Setting]:
+    """The settings that name something a job of the recipe has; a located problem for each other one."""
+    usable = []
+    for setting in settings:
+        path = setting.path
+        field = path[1] if path[0] in jobs and len(path) > 1 else path[0]
+        if field in _IDENTITY:
+            problems.add(setting.loc, f"the {field} of a job cannot be set with --set; it is what names the job "
+                         "in the recipe (change the recipe instead)")
+        elif path[0] not in jobs and path[0] not in known:
+            hint = did_you_mean(path[0][:100], jobs) or did_you_mean(path[0][:100], known)
+            problems.add(setting.loc, f"{shorten(path[0])} is neither a job of this recipe nor a field of one{hint} "
+                         f"(jobs: {', '.join(sorted(jobs))})")
+        else:
+            usable.append(setting)
+    return usable
+
+
+def _setting_layers(settings: Sequence[Setting], job: str, jobs: set[str], typedef: TypeDef) -> list[Node]:
+    """The `--set` layers of one job: those naming it, and those without a job naming a key it has."""
     layers = []
     for setting in settings:
         path = setting.path
@@ -246,8 +293,12 @@ def _setting_layers(settings: Sequence[Setting], job: str, jobs: set[str]) -> li
             if path[0] != job:
                 continue
             path = path[1:]
+        elif path[0] not in typedef.fields and path[0] not in JOB_KEYS:
+            continue
         if not path:
             raise OrchcError.at(setting.loc, f"--set {job}=...: name a field of the job, as in --set {job}.FIELD=VALUE")
+        if path[0] in typedef.secrets and setting.value_loc is not None:
+            conceal(setting.value_loc)
         value: Any = setting.value
         for key in reversed(path):
             value = {key: value}
@@ -255,7 +306,32 @@ def _setting_layers(settings: Sequence[Setting], job: str, jobs: set[str]) -> li
     return layers
 
 
-def _checked(node: Node, typedef: TypeDef, site: Site, what: str, problems: Collector) -> dict[str, Any]:
+def _secret_removals(layers: list[Node], typedef: TypeDef, what: str, problems: Collector) -> set[str]:
+    """The secrets a layer removes or empties (each a located problem); every value given to a secret is
+    hidden from error excerpts."""
+    removed = set()
+    for layer in layers:
+        for key, child in layer.value.items():
+            name, rule = split_key(key)
+            if name not in typedef.secrets:
+                continue
+            for _, leaf in walk_leaves(child):
+                text = leaf.value if isinstance(leaf.value, str) else ""
+                conceal(leaf.loc, text.count("\n") + 2 if text else 1)
+            if child.value is None or rule in ("-", "+"):
+                removed.add(name)
+                problems.add(child.loc if child.value is None else child.key_loc or child.loc,
+                             f"{name} of {what} is a secret and cannot be removed or left empty: give "
+                             f"`{name}: {{env: VARIABLE}}` or `{name}: {{file: PATH}}`")
+    return removed
+
+
+def _checked(node: Node, typedef: TypeDef, site: Site, what: str, problems: Collector,
+             removed: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+    for key in sorted(typedef.secrets - removed):
+        if key not in node.value or node.value[key].value is None:
+            problems.add(node.loc, f"{what} needs {key}: {{env: VARIABLE}} or {{file: PATH}} (a secret; the type "
+                         "gives no default)")
     literal_secrets = [k for k in typedef.secrets if k in node.value and isinstance(node.value[k].value, str)]
     for key in literal_secrets:
         problems.add(node.value[key].loc, f"{key} of {what} is a secret and is never written into a script: "
@@ -264,13 +340,18 @@ def _checked(node: Node, typedef: TypeDef, site: Site, what: str, problems: Coll
     # Values inherited unchanged from the type were checked once, with the type; check the rest.
     data = node.plain()
     inherited = typedef.layer.value
-    fresh = [k for k, v in node.value.items() if k not in literal_secrets and inherited.get(k) is not v]
-    check(node, typedef.job_validator, what, problems, instance={k: data[k] for k in fresh})
+    fresh = [k for k, v in node.value.items()
+             if k not in literal_secrets and k not in removed and inherited.get(k) is not v]
+    check(node, typedef.job_validator, what, problems, instance={k: data[k] for k in fresh}, secrets=typedef.secrets)
+    for key in fresh:
+        schema = typedef.fields.get(key)
+        if schema is not None and key not in typedef.secrets:
+            check_characters(node.value[key], (key,), schema.get("multiline") is True, problems)
     partition = node.at(("resources", "partition"))
     resources = data.get("resources")
     if site.partitions and isinstance(resources, dict) and resources.get("partition") not in (None, *site.partitions):
         problems.add(partition.loc, f"resources.partition: site '{site.name}' has no partition "
-                     f"{partition.value!r} (it has: {', '.join(site.partitions)})")
+                     f"{shorten(partition.value)} (it has: {', '.join(site.partitions)})")
     return data
 
 
@@ -288,8 +369,18 @@ def _link_targets(jobs: list[Job], problems: Collector) -> None:
                          f"client '{client.name}' gives {' and '.join(given)}; give only one")
         elif given == ["target"] and isinstance(client.data["target"], str) and client.data["target"] not in services:
             target = client.node.at(("target",))
-            problems.add(target.loc, f"client '{client.name}' targets '{target.value}', which is not a service of "
-                         f"this recipe{did_you_mean(str(target.value), services)}")
+            problems.add(target.loc, f"client '{client.name}' targets {shorten(target.value)}, which is not a service of "
+                         f"this recipe{did_you_mean(str(target.value)[:100], services)}")
+        _check_endpoint_port(client, problems)
+
+
+def _check_endpoint_port(client: Job, problems: Collector) -> None:
+    """A port in target_endpoint is 1-65535 (0 must not silently become the default port)."""
+    endpoint = client.data.get("target_endpoint")
+    found = _ENDPOINT_PORT.match(endpoint) if isinstance(endpoint, str) else None
+    if found and (len(found.group(1)) > 5 or not 1 <= int(found.group(1)) <= 65535):
+        problems.add(client.node.at(("target_endpoint",)).loc,
+                     f"target_endpoint: port {shorten(found.group(1), quoted=False)} is not between 1 and 65535")
 
 
 def _job_id(recipe: str, site: str, data: dict[str, Any]) -> str:

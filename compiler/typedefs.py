@@ -11,19 +11,33 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .errors import Collector, OrchcError, did_you_mean
+from .errors import Collector, OrchcError, did_you_mean, shorten
 from .load import display_path, load_file
 from .merge import merge
 from .resources import builtin_types_dir
 from .source import Node, SourceLoc
-from .validate import build_validator, check, common_def, schema_problems_in, validator
+from .validate import build_validator, check, check_characters, common_def, ecma_regex, schema_problems_in, validator
 
 JOB_KEYS = ("resources", "environment", "container", "sidecars", "phases")
 """Keys of a type definition that become part of every job of that type."""
+
+ORCHC_KEYWORDS = ("secret", "multiline")
+"""orchc's own keywords in a field's schema, removed before the schema reaches jsonschema."""
+
+SHADOWED_VARIABLES = (
+    "PATH", "HOME", "IFS", "SHELL", "USER", "LOGNAME", "PWD", "OLDPWD", "TMPDIR", "TERM", "LANG", "LC_*",
+    "BASH*", "SHELLOPTS", "PS1", "PS2", "PS3", "PS4", "ENV", "CDPATH", "GLOBIGNORE", "HOSTNAME", "UID",
+    "EUID", "PPID", "RANDOM", "SECONDS", "LINENO", "OPTIND", "OPTARG", "REPLY", "PIPESTATUS", "FUNCNAME",
+    "GROUPS", "HISTFILE", "MAIL", "TZ", "LD_*", "SLURM_*", "ORCHC_*", "APPTAINER*", "SINGULARITY*",
+    "TARGET_*", "PYTHON*", "MODULEPATH", "LMOD_*", "_*",
+)
+"""Shell variables a secret field's variable (its name upper-cased: `root_password` -> `$ROOT_PASSWORD`)
+may not be: ones the shell, the generated script, SLURM, Apptainer or the tools it runs rely on."""
 
 
 @dataclass
@@ -50,12 +64,41 @@ class TypeDef:
             **{key: common_def(key) for key in JOB_KEYS},
         }
         for name, schema in self.fields.items():
-            properties[name] = common_def("secret_ref") if name in self.secrets else _field_schema(schema)
+            properties[name] = common_def("secret_ref") if name in self.secrets else _field_schema(schema, name)
         return build_validator({"type": "object", "properties": properties, "additionalProperties": False})
 
 
-def _field_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in schema.items() if k != "secret"}
+def _field_schema(schema: dict[str, Any], name: str = "") -> dict[str, Any]:
+    """A field's schema as jsonschema sees it: without orchc's keywords, and with an `$id` of its own so
+    that a `$ref: '#/...'` in it resolves inside it."""
+    out = {k: v for k, v in schema.items() if k not in ORCHC_KEYWORDS}
+    if name and _refs(schema):
+        out["$id"] = f"urn:orchc:field:{name}"
+    return out
+
+
+def _refs(schema: Any) -> list[tuple[tuple[str | int, ...], Any]]:
+    """(path, value) of every `$ref` and `$dynamicRef` in a schema."""
+    found: list[tuple[tuple[str | int, ...], Any]] = []
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(schema, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            found += [((*path, key), value[key]) for key in ("$ref", "$dynamicRef") if key in value]
+            stack += [(child, (*path, key)) for key, child in value.items()]
+        elif isinstance(value, list):
+            stack += [(child, (*path, index)) for index, child in enumerate(value)]
+    return found
+
+
+def secret_variable(name: str) -> str:
+    """The shell variable that holds a secret field's value when the job runs."""
+    return name.upper()
+
+
+def shadowed_variable(variable: str) -> str | None:
+    """The entry of SHADOWED_VARIABLES that `variable` matches, or None."""
+    return next((pattern for pattern in SHADOWED_VARIABLES if fnmatchcase(variable, pattern)), None)
 
 
 class Registry:
@@ -147,8 +190,7 @@ class Registry:
         problems.raise_if_any()
         fields_node = merged.get("fields") or Node({}, merged.loc)
         for field_name, schema in fields_node.value.items():
-            for reason in schema_problems_in(_field_schema(schema.plain())):
-                problems.add(schema.loc, f"field '{field_name}' of type '{name}' is not a valid JSON Schema: {reason}")
+            _check_field(name, field_name, schema, problems)
         for sidecar, node in (merged.get("sidecars") or Node({}, merged.loc)).value.items():
             when = node.get("when")
             switch = fields_node.value.get(when.value) if when is not None else None
@@ -157,9 +199,67 @@ class Registry:
                              f"which is not a boolean field of the type{did_you_mean(str(when.value), fields_node.value)}")
         problems.raise_if_any()
         typedef = _typedef(name, merged, fields_node, chain)
-        check(typedef.layer, typedef.job_validator, f"type '{name}'", problems)
+        check(typedef.layer, typedef.job_validator, f"type '{name}'", problems, secrets=typedef.secrets)
         problems.raise_if_any()
         return typedef
+
+
+def _check_field(type_name: str, name: str, schema: Node, problems: Collector) -> None:
+    plain = schema.plain()
+    for reason in schema_problems_in(_field_schema(plain)):
+        problems.add(schema.loc, f"field '{name}' of type '{type_name}' is not a valid JSON Schema: {reason}")
+    for path, ref in _refs(plain):
+        where = schema.at(path).loc
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            problems.add(where, f"field '{name}' of type '{type_name}': {shorten(ref)} is not a reference inside the "
+                         "field's schema; orchc never fetches schemas: write `$ref: '#/$defs/NAME'` with `$defs` in the field")
+        elif not _resolves(plain, ref):
+            problems.add(where, f"field '{name}' of type '{type_name}': {shorten(ref)} names nothing in the field's schema")
+    for path, pattern in _patterns(plain):
+        try:
+            ecma_regex(pattern)
+        except re.error as exc:
+            problems.add(schema.at(path).loc, f"field '{name}' of type '{type_name}': invalid pattern {shorten(pattern)}: {exc}")
+    if plain.get("secret") is True:
+        variable = secret_variable(name)
+        shadowed = shadowed_variable(variable)
+        if shadowed:
+            problems.add(schema.key_loc or schema.loc, f"secret field '{name}' of type '{type_name}' would be held in "
+                         f"${variable}, which the job's shell or tools rely on ({shadowed}); rename the field")
+    default = schema.get("default")
+    if default is not None and plain.get("secret") is not True:
+        check_characters(default, (name,), plain.get("multiline") is True, problems)
+
+
+def _resolves(schema: dict[str, Any], ref: str) -> bool:
+    from referencing import Registry
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    uri = "urn:orchc:field"
+    resource = DRAFT202012.create_resource({**_field_schema(schema), "$id": uri})
+    try:
+        Registry().with_resource(uri, resource).resolver(base_uri=uri).lookup(ref)
+    except (Unresolvable, ValueError, LookupError):
+        return False
+    return True
+
+
+def _patterns(schema: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """(path, pattern) of every `pattern` and `patternProperties` key in a schema."""
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(schema, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            if isinstance(value.get("pattern"), str):
+                found.append(((*path, "pattern"), value["pattern"]))
+            if isinstance(value.get("patternProperties"), dict):
+                found += [((*path, "patternProperties"), key) for key in value["patternProperties"]]
+            stack += [(child, (*path, key)) for key, child in value.items()]
+        elif isinstance(value, list):
+            stack += [(child, (*path, index)) for index, child in enumerate(value)]
+    return found
 
 
 def _typedef(name: str, merged: Node, fields_node: Node, chain: list[Node]) -> TypeDef:

@@ -8,10 +8,11 @@ file and line set each value, whichever layer that was.
 from __future__ import annotations
 
 import json
+import re
 from functools import cache, lru_cache
 from typing import Any
 
-from .errors import Collector, did_you_mean
+from .errors import Collector, did_you_mean, shorten
 from .resources import schemas_dir
 from .source import Node, format_path
 
@@ -50,9 +51,77 @@ def validator(kind: str) -> Any:
 
 
 def build_validator(schema: dict[str, Any]) -> Any:
-    from jsonschema import Draft202012Validator
+    return _validator_class()(schema, registry=_offline_registry())
 
-    return Draft202012Validator(schema)
+
+@lru_cache(maxsize=1)
+def _offline_registry() -> Any:
+    """References resolve inside the schema only: nothing is ever fetched (over the network or from disk)."""
+    from referencing import Registry
+    from referencing.exceptions import NoSuchResource
+
+    def refuse(uri: str) -> Any:
+        raise NoSuchResource(ref=uri)
+
+    return Registry(retrieve=refuse)  # type: ignore[call-arg]
+
+
+@lru_cache(maxsize=1)
+def _validator_class() -> Any:
+    """Draft 2020-12 with `pattern` as JSON Schema means it (ECMA 262): `$` only at the very end."""
+    from jsonschema import Draft202012Validator, validators
+    from jsonschema.exceptions import ValidationError
+
+    def pattern(validator: Any, expected: str, instance: Any, schema: Any) -> Any:
+        if validator.is_type(instance, "string") and not ecma_regex(expected).search(instance):
+            yield ValidationError(f"{shorten(instance)} does not match {expected!r}")
+
+    def pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any, schema: Any) -> Any:
+        if not validator.is_type(instance, "object"):
+            return
+        for expected, subschema in patterns.items():
+            regex = ecma_regex(expected)
+            for key, value in instance.items():
+                if regex.search(key):
+                    yield from validator.descend(value, subschema, path=key, schema_path=expected)
+
+    return validators.extend(Draft202012Validator, {"pattern": pattern, "patternProperties": pattern_properties})
+
+
+_ASCII_CLASSES = {"d": ("[0-9]", "0-9"), "D": ("[^0-9]", None), "w": ("[A-Za-z0-9_]", "A-Za-z0-9_"),
+                  "W": ("[^A-Za-z0-9_]", None)}
+
+
+@lru_cache(maxsize=None)
+def ecma_regex(pattern: str) -> re.Pattern[str]:
+    """A JSON Schema pattern (ECMA 262 syntax) as a Python regex with the same meaning for orchc's uses:
+    `$` matches only at the very end (Python's also matches before a final newline), and `\\d`, `\\w`
+    are ASCII. Raises re.error for an invalid pattern."""
+    out: list[str] = []
+    in_class = False
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\" and index + 1 < len(pattern):
+            escaped = pattern[index + 1]
+            ascii_class = _ASCII_CLASSES.get(escaped)
+            replacement = ascii_class and (ascii_class[1] if in_class else ascii_class[0])
+            out.append(replacement or pattern[index:index + 2])
+            index += 2
+            continue
+        if in_class:
+            in_class = char != "]" or out[-1] in ("[", "[^")
+        elif char == "[":
+            in_class = True
+            if pattern.startswith("[^", index):
+                out.append("[^")
+                index += 2
+                continue
+        elif char == "$":
+            char = r"\Z"
+        out.append(char)
+        index += 1
+    return re.compile("".join(out))
 
 
 @lru_cache(maxsize=1)
@@ -67,23 +136,33 @@ def schema_problems_in(schema: dict[str, Any]) -> list[str]:
     return [error.message for error in _meta_validator().iter_errors(schema)]
 
 
-def check(node: Node, checker: Any, what: str, problems: Collector, instance: Any = None) -> None:
+def check(node: Node, checker: Any, what: str, problems: Collector, instance: Any = None,
+          secrets: frozenset[str] = frozenset()) -> None:
     """Validate `node` (or `instance`, its plain value when the caller has it) and add one
-    located problem per schema error."""
-    for error in checker.iter_errors(node.plain() if instance is None else instance):
-        _report(error, node, what, problems)
+    located problem per schema error. Errors under a field of `secrets` never quote a value."""
+    from referencing.exceptions import Unresolvable
+
+    try:
+        for error in checker.iter_errors(node.plain() if instance is None else instance):
+            _report(error, node, what, problems, secrets)
+    except Unresolvable as exc:
+        problems.add(node.loc, f"{what}: a $ref of its schema cannot be resolved: {shorten(str(exc))}")
 
 
-def _report(error: Any, root: Node, what: str, problems: Collector) -> None:
+def _report(error: Any, root: Node, what: str, problems: Collector, secrets: frozenset[str] = frozenset()) -> None:
     path = tuple(error.absolute_path)
     target = root.at(path)
     where = format_path(path)
+    if path and path[0] in secrets:
+        problems.add(target.loc, f"{where}: {_secret_reason(error)}")
+        return
     if error.validator == "additionalProperties" and isinstance(target.value, dict):
         known = error.schema.get("properties", {}).keys()
         container = f"{where} of {what}" if where else what
         for key in sorted(set(target.value) - set(known)):
             child = target.value[key]
-            problems.add(child.key_loc or child.loc, f"unknown field '{key}' in {container}{did_you_mean(key, known)}")
+            problems.add(child.key_loc or child.loc,
+                         f"unknown field {shorten(key)} in {container}{did_you_mean(key[:100], known)}")
         return
     if error.validator in ("oneOf", "anyOf") and error.context:
         from jsonschema.exceptions import best_match
@@ -93,7 +172,7 @@ def _report(error: Any, root: Node, what: str, problems: Collector) -> None:
         target, where = root.at(path), format_path(path)
     if _is_key_error(error, target):
         child = target.value[error.instance]
-        problems.add(child.key_loc or child.loc, f"invalid name '{error.instance}' in {where or what}: {_reason(error)}")
+        problems.add(child.key_loc or child.loc, f"invalid name {shorten(error.instance)} in {where or what}: {_reason(error)}")
         return
     prefix = f"{where}: " if where else f"{what}: "
     problems.add(target.loc, prefix + _reason(error))
@@ -108,18 +187,81 @@ def _reason(error: Any) -> str:
     schema = error.schema if isinstance(error.schema, dict) else {}
     hint = schema.get("description")
     if error.validator == "pattern":
-        return f"{error.instance!r} is not valid" + (f"; expected {hint}" if hint else f" (pattern {schema['pattern']})")
+        return f"{shorten(error.instance)} is not valid" + (f"; expected {hint}" if hint else f" (pattern {schema['pattern']})")
     if error.validator == "type":
-        expected = error.validator_value
-        expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return f"expected {expected}, got {_json_type(error.instance)} {json.dumps(error.instance)}"
+        return f"expected {_expected_type(error)}, got {_json_type(error.instance)} {_json_excerpt(error.instance)}"
     if error.validator == "enum":
-        return f"{error.instance!r} is not one of " + ", ".join(repr(v) for v in error.validator_value)
+        return f"{shorten(error.instance)} is not one of " + ", ".join(shorten(v) for v in error.validator_value)
     if error.validator == "not" and "propertyNames" in error.schema_path:
         return "this name is reserved"
     if error.validator == "required":
         return error.message.replace("is a required property", "is required")
+    quoted = repr(error.instance)
+    if len(quoted) > 80 and quoted in error.message:
+        return error.message.replace(quoted, shorten(error.instance))
     return error.message
+
+
+def _secret_reason(error: Any) -> str:
+    """Why a secret is invalid, without its value."""
+    if error.validator == "type":
+        return f"expected {_expected_type(error)}, got {_json_type(error.instance)} (a secret: its value is not shown)"
+    if error.validator in ("minProperties", "maxProperties", "required"):
+        return "give exactly one of {env: VARIABLE} or {file: PATH}"
+    if error.validator == "additionalProperties":
+        return "a secret is {env: VARIABLE} or {file: PATH}, nothing else"
+    hint = error.schema.get("description") if isinstance(error.schema, dict) else None
+    return "is not valid (a secret: its value is not shown)" + (f"; expected {hint}" if hint else "")
+
+
+def _expected_type(error: Any) -> str:
+    expected = error.validator_value
+    return " or ".join(expected) if isinstance(expected, list) else str(expected)
+
+
+def _json_excerpt(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value[:60]) + ("…" if len(value) > 60 else "")
+    if isinstance(value, (dict, list)):
+        return shorten(value)
+    return json.dumps(value)
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def check_characters(node: Node, path: tuple[str | int, ...], multiline: bool, problems: Collector) -> None:
+    """Every string under `node` (keys too) free of control characters; a `multiline` field allows
+    newline and tab. NUL is never allowed."""
+    bad = (_CONTROL_BUT_LINES if multiline else _CONTROL).search
+    stack = [(node, path)]
+    while stack:
+        current, where = stack.pop()
+        value = current.value
+        if isinstance(value, str):
+            found = bad(value)
+            if found:
+                problems.add(current.loc, f"{format_path(where)}: {_character_reason(found.group())}")
+        elif isinstance(value, dict):
+            for key, child in value.items():
+                found = bad(key)
+                if found:
+                    problems.add(child.key_loc or child.loc, f"{format_path(where)}: {_character_reason(found.group())} "
+                                 "in a key")
+                stack.append((child, (*where, key)))
+        elif isinstance(value, list):
+            stack.extend((child, (*where, index)) for index, child in enumerate(value))
+
+
+def _character_reason(char: str) -> str:
+    from .load import character_name
+
+    if char == "\n":
+        return "a newline is not allowed (only in a field whose schema says `multiline: true`)"
+    if char == "\t":
+        return "a tab is not allowed (only in a field whose schema says `multiline: true`)"
+    return f"control character {character_name(char)} is not allowed"
 
 
 def _json_type(value: Any) -> str:

@@ -41,16 +41,18 @@ def test_malformed_documents_are_located(text, where, message):
     assert str(problem.loc) == where and message in problem.message
 
 
-def test_the_pure_python_composer_gives_the_same_positions(monkeypatch):
+def test_the_pure_python_parser_gives_the_same_values_and_positions(monkeypatch):
     import sys
 
     from compiler import load
 
+    text = "service:\n  name: redis\n  ports: [1, 2]\n  on: yes\n  x: &a {y: 0x1F}\n  z: *a\n"
+    native = load_text(text, "t.yaml")
     monkeypatch.setitem(sys.modules, "ruamel.yaml.cyaml", None)  # as without ruamel.yaml.clib
-    compose = load._composer.__wrapped__()
-    node = compose("service:\n  name: redis\n  ports: [1, 2]\n")
-    key, value = node.value[0]
-    assert (key.value, key.start_mark.line, key.start_mark.column) == ("service", 0, 0)
-    name_key, name = value.value[0]
-    assert (name.value, name.start_mark.line, name.start_mark.column) == ("redis", 1, 8)
-    assert load._composer()("on: yes\n").value[0][1].tag.endswith(":str")   # YAML 1.2: plain words
+    monkeypatch.setattr(load, "_event_source", load._event_source.__wrapped__)
+    pure = load_text(text, "t.yaml")
+    assert pure.plain() == native.plain() == {"service": {"name": "redis", "ports": [1, 2], "on": "yes",
+                                                          "x": {"y": 31}, "z": {"y": 31}}}
+    for path in [("service",), ("service", "name"), ("service", "ports", 1), ("service", "z", "y")]:
+        assert (pure.at(path).loc, pure.at(path).key_loc) == (native.at(path).loc, native.at(path).key_loc)
+    assert str(pure.at(("service", "z")).key_loc) == "t.yaml:6:3"
