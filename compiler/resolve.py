@@ -327,7 +327,7 @@ def _secret_removals(layers: list[Node], typedef: TypeDef, what: str, problems: 
 
 
 def _checked(node: Node, typedef: TypeDef, site: Site, what: str, problems: Collector,
-             removed: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+             removed: set[str]) -> dict[str, Any]:
     for key in sorted(typedef.secrets - removed):
         if key not in node.value or node.value[key].value is None:
             problems.add(node.loc, f"{what} needs {key}: {{env: VARIABLE}} or {{file: PATH}} (a secret; the type "

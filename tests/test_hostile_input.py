@@ -388,3 +388,26 @@ def test_loading_time_is_linear_in_the_size_of_the_file():
 
     small, large = min(seconds(2_000) for _ in range(3)), seconds(16_000)
     assert large < 8 * small * 2, (small, large)
+
+
+def test_orchc_show_reads_back_to_the_same_values(orchc, write, tmp_path):
+    prompts = [text for text in TRICKY if text.strip() and not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\ufeff]", text)]
+    recipe = write("r.yaml", "service:\n  name: ollama\nclient:\n  name: c\n  type: ollama_client\n  prompts: "
+                   + json.dumps(prompts, ensure_ascii=False) + "\n")
+    for args in [(), ("--origin",)]:
+        result = orchc("show", recipe, *args, cwd=tmp_path)
+        assert result.code == 0, result.err
+        documents = list(YAML(typ="safe", pure=True).load_all(result.out))
+        assert documents[-1]["prompts"] == prompts
+
+
+def test_set_values_have_the_limits_of_files(orchc, write, tmp_path):
+    recipe = write("r.yaml", RECIPE)
+    laughs = "[" + ", ".join(["&a0 [x, x, x, x, x, x, x, x, x, x]"]
+                             + [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]) + "]"
+    for value, message in [("&a [*a]", "alias *a refers to a value that contains it"),
+                           (laughs, "more than 200000 values"), ("[" * 1000, "nested deeper than 64 levels"),
+                           ("!!python/name:os.system x", "unsupported YAML tag")]:
+        result = orchc("validate", recipe, "--set", f"maxmemory={value}", cwd=tmp_path)
+        assert result.code == 1
+        assert result.err.startswith("<command line>:1:7: error: ") and message in result.err.splitlines()[0], result.err

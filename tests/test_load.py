@@ -56,3 +56,16 @@ def test_the_pure_python_parser_gives_the_same_values_and_positions(monkeypatch)
     for path in [("service",), ("service", "name"), ("service", "ports", 1), ("service", "z", "y")]:
         assert (pure.at(path).loc, pure.at(path).key_loc) == (native.at(path).loc, native.at(path).key_loc)
     assert str(pure.at(("service", "z")).key_loc) == "t.yaml:6:3"
+
+
+def test_the_pure_python_parser_refuses_deep_nesting_without_recursing(monkeypatch):
+    import sys
+
+    from compiler import load
+
+    monkeypatch.setitem(sys.modules, "ruamel.yaml.cyaml", None)
+    monkeypatch.setattr(load, "_event_source", load._event_source.__wrapped__)
+    with pytest.raises(OrchcError) as info:
+        load_text("a: " + "[" * 100_000, "t.yaml")
+    assert str(info.value.problems[0].loc) == "t.yaml:1:67"
+    assert "nested deeper than 64 levels" in info.value.problems[0].message
