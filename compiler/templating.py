@@ -219,6 +219,8 @@ class ShellValues:
         if key not in self.names:
             name = f"orchc_v{len(self.names) + 1}"
             self.names[key] = name
+            if not expand and ("$" in text or "`" in text):
+                self.assignments.append("# shellcheck disable=SC2016  # literal text, not an expansion")
             self.assignments.append(f"{name}={shell_quote_expanding(text) if expand else _single_quoted(text)}")
         return self.names[key]
 
