@@ -7,10 +7,10 @@ commands, the phases, and how a client finds its target.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
+import re
 import shlex
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +23,8 @@ from .shell import Raw, shell_word, text_value
 from .source import Node
 from .templating import ShellValues, environment, host_placeholder, render_shell, render_text, template_line
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL_IN_VALUES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 PHASE_ORDER = {"service": ("setup", "health_check"), "client": ("setup", "health_check", "benchmark", "results")}
 
 
@@ -58,8 +60,7 @@ def _code(line: str, job: Job, multiline: bool = False) -> Raw:
 
     Value assignments may hold newlines and tabs: they are inside single quotes there.
     """
-    allowed = "\t\n" if multiline else "\t"
-    if any((ord(c) < 32 and c not in allowed) or c == "\x7f" for c in line):
+    if (_CONTROL_IN_VALUES if multiline else _CONTROL).search(line):
         raise OrchcError.at(job.node.loc, f"{job.role} '{job.name}': a value with a control character would reach "
                             f"the script: {line[:60]!r}")
     return Raw(line)
@@ -97,7 +98,7 @@ def _ports(job: Job) -> list[int]:
 def _context(job: Job, recipe: Recipe, values: ShellValues) -> dict[str, Any]:
     context: dict[str, Any] = {name: None for name in job.typedef.fields}
     context.update(job.data)
-    digest = hashlib.sha256(json.dumps(job.data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    digest = job.digest[8:24]  # not the part shown as the job id
     context.update(
         job={"name": job.name, "id": job.job_id, "type": job.typedef.name, "role": job.role, "hosts_token": digest},
         recipe=recipe.name,
@@ -200,6 +201,7 @@ def _where(phase: str, node: Node, block: str) -> Raw:
     return Raw(f"ORCHC_AT=({phase} {shlex.quote(_type_file(loc.file))} {loc.line} {first} {block.count(chr(10)) + 1})")
 
 
+@lru_cache(maxsize=1024)
 def _type_file(file: str) -> str:
     """A type file as scripts name it: built-in types by their place in orchc, so output does not depend on where it is installed."""
     builtin = builtin_types_dir()

@@ -55,6 +55,8 @@ class Job:
     """The resolved job with the position of every value."""
     data: dict[str, Any] = field(repr=False)
     job_id: str = ""
+    digest: str = ""
+    """sha256 of the resolved job; `job_id` is its first 8 hex digits"""
 
     @property
     def role(self) -> str:
@@ -170,7 +172,8 @@ def resolve_recipe(path: Path, registry: Registry, site_ref: str | None = None,
     _link_targets(jobs, problems)
     problems.raise_if_any()
     for job in jobs:
-        job.job_id = _job_id(name, site.name, job.data)
+        job.digest = _job_digest(name, site.name, job.data)
+        job.job_id = job.digest[:8]
     return Recipe(name=name, file=doc.loc.file, site=site, jobs=jobs)
 
 
@@ -383,7 +386,7 @@ def _check_endpoint_port(client: Job, problems: Collector) -> None:
                      f"target_endpoint: port {shorten(found.group(1), quoted=False)} is not between 1 and 65535")
 
 
-def _job_id(recipe: str, site: str, data: dict[str, Any]) -> str:
-    """A short hash of the resolved job: the same input always yields the same id."""
+def _job_digest(recipe: str, site: str, data: dict[str, Any]) -> str:
+    """A hash of the resolved job: the same input always yields the same digest."""
     canonical = json.dumps({"recipe": recipe, "site": site, "job": data}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+    return hashlib.sha256(canonical.encode()).hexdigest()

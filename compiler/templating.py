@@ -37,13 +37,14 @@ _SOURCES: dict[str, str] = {}
 _SINK: list[Any] = []
 _HOSTS: list[str] = []
 _MAX_REPEAT = 1 << 20
+_JINJA_SYNTAX = re.compile(r"\{[{%]|\{##")
 
 
 class PathValue(str):
     """A value whose `$VAR`s expand when the job runs (the `| path` filter)."""
 
 
-def _bytecode_cache() -> Any:
+def _bytecode_cache(kind: str) -> Any:
     """Jinja's on-disk cache of compiled templates (like .pyc files): start-up stays fast.
 
     Keyed by each template's checksum, so a changed type file never reuses stale code.
@@ -70,7 +71,8 @@ def _bytecode_cache() -> Any:
         return None
     try:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        folder = base / "orchc" / f"templates-{__version__}"
+        # One folder per environment: sandboxed and plain code compiled from the same text differ.
+        folder = base / "orchc" / f"templates-{__version__}-{kind}"
         folder.mkdir(parents=True, exist_ok=True)
     except (OSError, RuntimeError):  # RuntimeError: no home directory to be found
         return None
@@ -100,7 +102,7 @@ def _script_value(value: Any) -> str:
 
 @cache
 def environment(kind: str) -> Any:
-    from jinja2 import ChoiceLoader, FileSystemLoader, FunctionLoader, StrictUndefined, pass_context
+    from jinja2 import ChoiceLoader, Environment, FileSystemLoader, FunctionLoader, StrictUndefined, pass_context
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class Sandbox(ImmutableSandboxedEnvironment):
@@ -116,7 +118,8 @@ def environment(kind: str) -> Any:
             return super().call_binop(context, operator, left, right)
 
     strings = FunctionLoader(lambda name: (_SOURCES[name], None, lambda: True) if name in _SOURCES else None)
-    env = Sandbox(
+    # The job template is orchc's own code: it needs no sandbox, only its fail-closed output filter.
+    env = (Environment if kind == "script" else Sandbox)(
         undefined=StrictUndefined,
         autoescape=False,
         keep_trailing_newline=False,
@@ -126,7 +129,7 @@ def environment(kind: str) -> Any:
         comment_end_string="##}",
         finalize={"shell": _placeholder, "text": text_value, "script": _script_value}[kind],
         loader=ChoiceLoader([FileSystemLoader(str(templates_dir())), strings]) if kind == "script" else strings,
-        bytecode_cache=_bytecode_cache(),
+        bytecode_cache=_bytecode_cache(kind),
         auto_reload=False,
     )
     env.filters["raw"] = lambda value: Raw(text_value(value))
@@ -171,8 +174,11 @@ def _compiled(kind: str, source: str) -> Any:
 def _render(node: Node, context: dict[str, Any], kind: str) -> str:
     from jinja2 import TemplateError, TemplateSyntaxError
 
+    source = str(node.value)
+    if not _JINJA_SYNTAX.search(source):  # most lines are plain shell: what Jinja would give, without Jinja
+        return source[:-1] if source.endswith("\n") else source
     try:
-        return str(_compiled(kind, str(node.value)).render(context))
+        return str(_compiled(kind, source).render(context))
     except TemplateSyntaxError as exc:
         raise OrchcError.at(_line_in_template(node, exc.lineno), f"template syntax error: {exc.message}") from None
     except TemplateError as exc:
