@@ -38,7 +38,7 @@ LOCATED = re.compile(r"^(?P<file>[^\n]+?):(?P<line>\d+):(?P<col>\d+): error: ")
 TYPE_FILE = "defs/probe.yaml"
 SENTINEL_NAME = "orchc-pwned"
 RUN_TIMEOUT = 20
-LINT_SHAPES = 4
+LINT_SHAPES = 2
 
 
 def _load(name: str) -> Any:
@@ -290,8 +290,11 @@ def _lint_key(case: Case) -> str:
 
 
 def _lint(cases: list[Case]) -> None:
+    """shellcheck on scripts of one context (its `shellcheck_exclude` are the context's own doing)."""
     paths = {str(case.script_path): case for case in cases}
-    checked = subprocess.run([shellcheck(), "-s", "bash", "-f", "gcc", *paths], capture_output=True, text=True)
+    exclude = ",".join(cases[0].context.get("shellcheck_exclude", []))
+    checked = subprocess.run([shellcheck(), "-s", "bash", "-f", "gcc", *(["-e", exclude] if exclude else []), *paths],
+                             capture_output=True, text=True)
     for case in cases:
         case.linted = True
     for line in checked.stdout.splitlines():
@@ -304,9 +307,25 @@ def _lint(cases: list[Case]) -> None:
             case.lint = checked.stderr or f"shellcheck exited {checked.returncode}"
 
 
+def _to_lint(group: list[Case]) -> list[Case]:
+    """shellcheck takes 0.2 s a script: every script of the bare-word context (each value's own
+    assignment), and of every other context the first script of each of its first LINT_SHAPES shapes
+    (how the value was rendered there: inline, as a reference, ...)."""
+    if group and group[0].context["name"] == "bare_word":
+        return [case for case in group if case.script is not None]
+    chosen, seen = [], set()
+    for case in group:
+        key = _lint_key(case) if case.script is not None else None
+        if key is not None and key not in seen and len(chosen) < LINT_SHAPES:
+            seen.add(key)
+            chosen.append(case)
+    return chosen
+
+
 def compute(cases: list[Case]) -> None:
+    """Compile in this thread (context by context), run and shellcheck in a pool meanwhile."""
     with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-        runs: list[Future[None]] = []
+        work: list[Future[None]] = []
         by_context: dict[str, list[Case]] = {}
         for case in cases:
             by_context.setdefault(case.context["name"], []).append(case)
@@ -319,27 +338,11 @@ def compute(cases: list[Case]) -> None:
                 if not (together and case in plain):
                     _compile(case)
                 if case.script is not None:
-                    runs.append(pool.submit(_run, case))
-        for run in runs:
-            run.result()
-        # shellcheck (0.1 s a script): every script of the bare-word context (each value's own
-        # assignment), and one script of each other shape, i.e. how the value was rendered in that
-        # context (inline, as a reference, ...), at most LINT_SHAPES shapes a context.
-        seen: set[str] = set()
-        shapes: dict[str, int] = {}
-        chosen = []
-        for case in cases:
-            name = case.context["name"]
-            if case.script is None:
-                continue
-            key = _lint_key(case)
-            if name == "bare_word" or (key not in seen and shapes.get(name, 0) < LINT_SHAPES):
-                seen.add(key)
-                shapes[name] = shapes.get(name, 0) + 1
-                chosen.append(case)
-        batches = [chosen[i:i + 8] for i in range(0, len(chosen), 8)]
-        for lint in [pool.submit(_lint, batch) for batch in batches]:
-            lint.result()
+                    work.append(pool.submit(_run, case))
+            lint = _to_lint(group)
+            work += [pool.submit(_lint, lint[i:i + 8]) for i in range(0, len(lint), 8)]
+        for future in work:
+            future.result()
 
 
 @pytest.fixture(scope="module")
@@ -423,7 +426,8 @@ def test_the_corpus_cannot_be_passed_by_refusing_everything():
     assert len(names) == len(set(names)) and REQUIRED_CONTEXTS <= set(names)
     assert len({v.name for v in VALUES}) == len(VALUES)
     for context in CONTEXTS:
-        assert set(context) <= {"name", "lines", "expect", "must_run", "may_refuse", "must_refuse", "only", "values"}, context
+        assert set(context) <= {"name", "lines", "expect", "must_run", "may_refuse", "must_refuse", "only", "values",
+                                "shellcheck_exclude"}, context
         assert any("{{" in str(line) for line in context["lines"]), context["name"]
         if context["name"] in MUST_RUN_EVERY_VALUE:
             assert context.get("must_run") is True and "may_refuse" not in context and "must_refuse" not in context
