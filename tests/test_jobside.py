@@ -1,0 +1,118 @@
+"""Generated scripts at run time, outside SLURM: they are kind to a shared cluster and cannot orphan a process.
+
+Each test compiles a small recipe for the local site and runs its scripts with bash, with
+fake `squeue` programs on PATH that log every call (the count is what a busy slurmctld sees).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+NONCE = os.getpid() % 999000
+PROBE = """\
+type: jobside_probe
+extends: service
+fields:
+  ports: {default: [9]}
+  nonce: {type: integer, minimum: 0, maximum: 999999, default: 0}
+container:
+  command: sleep 3{{ '%06d' % nonce }}
+phases:
+  health_check: []
+"""
+
+
+def compile_recipe(orchc, write, tmp_path: Path, recipe: str) -> Path:
+    write("defs/probe.yaml", PROBE)
+    result = orchc("compile", write("r.yaml", recipe), "--defs", "defs", "--site", "local", "-o", "out", cwd=tmp_path)
+    assert result.code == 0, result.err
+    return tmp_path / "out" / "r"
+
+
+def fake_squeue(folder: Path, answer: str) -> Path:
+    """A `squeue` that logs each call and prints `answer` (empty: the job has left the queue)."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "squeue"
+    script.write_text(f"#!/bin/bash\necho \"$*\" >>{folder}/squeue.calls\nprintf '%s' {answer!r}\n")
+    script.chmod(0o755)
+    return bin_dir
+
+
+def environment(run: Path, bin_dir: Path | None = None, **extra: str) -> dict[str, str]:
+    path = f"{bin_dir}:{os.environ['PATH']}" if bin_dir else os.environ["PATH"]
+    return {**os.environ, "ORCHC_RUN_DIR": str(run), "HOME": str(run), "PATH": path, **extra}
+
+
+def sleepers(nonce: int) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", f"^sleep 3{nonce:06d}$"], capture_output=True, text=True).stdout
+    return found.split()
+
+
+def test_a_waiting_client_asks_squeue_ever_more_rarely(orchc, write, tmp_path):
+    """20 s of waiting for a service that starts late: squeue at 5 s and 15 s, not every 5 s."""
+    run = compile_recipe(orchc, write, tmp_path, "service:\n  name: svc\n  type: jobside_probe\n"
+                         "client:\n  name: c\n  type: redis_client\n")
+    bin_dir = fake_squeue(tmp_path, "RUNNING")
+    client = subprocess.Popen(["bash", "c.sbatch"], cwd=run, env=environment(run, bin_dir, ORCHC_TARGET_JOB_ID="77"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(20)
+    client.send_signal(signal.SIGTERM)
+    client.wait(timeout=30)
+    calls = (tmp_path / "squeue.calls").read_text().splitlines()
+    assert calls == ["-h -j 77 -o %T"] * 2, calls
+
+
+def test_a_killed_batch_shell_leaves_no_service_running(orchc, write, tmp_path):
+    run = compile_recipe(orchc, write, tmp_path, f"service:\n  name: svc\n  type: jobside_probe\n  nonce: {NONCE}\n")
+    service = subprocess.Popen(["bash", "svc.sbatch"], cwd=run, env=environment(run),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not sleepers(NONCE) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sleepers(NONCE), "the service never started"
+        service.kill()  # SIGKILL: no trap runs in the batch shell
+        service.wait()
+        deadline = time.monotonic() + 15
+        while sleepers(NONCE) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sleepers(NONCE) == [], "the service outlived its batch shell"
+    finally:
+        for pid in sleepers(NONCE):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def test_a_service_stops_when_its_client_died_without_finishing(orchc, write, tmp_path):
+    """The client left a `started` marker and then vanished from the queue (SIGKILL, node failure)."""
+    run = compile_recipe(orchc, write, tmp_path, f"service:\n  name: svc\n  type: jobside_probe\n  nonce: {NONCE + 1}\n"
+                         "client:\n  name: c\n  type: redis_client\n")
+    (run / "done").mkdir()
+    (run / "done" / "c.5.started").write_text("6\n")
+    bin_dir = fake_squeue(tmp_path, "")
+    env = environment(run, bin_dir, SLURM_JOB_ID="5", ORCHC_CLIENT_CHECK="2")
+    done = subprocess.run(["bash", "svc.sbatch"], cwd=run, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "client c ended without finishing" in done.stderr
+    assert sleepers(NONCE + 1) == []
+    assert "-h -j 6 -o %T" in (tmp_path / "squeue.calls").read_text()
+
+
+@pytest.mark.parametrize("mode,message", [("644", "must have mode 0600"), ("empty", "is empty")])
+def test_an_unsafe_secret_file_stops_the_job_before_the_service_starts(orchc, write, tmp_path, mode, message):
+    secret = tmp_path / "pw"
+    secret.write_text("" if mode == "empty" else "hunter2\n")
+    secret.chmod(0o644 if mode == "644" else 0o600)
+    run = compile_recipe(orchc, write, tmp_path, f"site: local\nservice:\n  name: db\n  type: mysql\n"
+                         f"  root_password: {{file: {secret}}}\n")
+    done = subprocess.run(["bash", "db.sbatch"], cwd=run, env=environment(run), capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "starting mysql" not in done.stderr
+    assert "hunter2" not in done.stderr
