@@ -102,6 +102,7 @@ def test_ordinary_templates_still_work_in_the_sandbox(orchc, write, tmp_path):
     write("r.yaml", "service:\n  name: f\n  type: fine\n")
     result = orchc("compile", "r.yaml", "--defs", "defs", "--site", "local", "-o", "out", cwd=tmp_path)
     assert result.code == 0, result.err
+    (tmp_path / "run").mkdir()
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ORCHC_RUN_DIR": str(tmp_path / "run")}
     ran = subprocess.run(["bash", str(tmp_path / "out" / "r" / "f.sbatch")], env=env, capture_output=True, text=True,
                          timeout=30, cwd=tmp_path)
