@@ -1,0 +1,139 @@
+"""Output depends only on the input: the order of jobs in a recipe and of recipes on the command line
+changes no job's script, and a value can never forge a run-time host placeholder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+# Three services naming each other: two prometheus scraping other jobs, a grafana reading one of them.
+JOBS = {
+    "prom-a": {"name": "prom-a", "type": "prometheus", "monitoring_targets": ["prom-b:9090", "graf:3000"]},
+    "prom-b": {"name": "prom-b", "type": "prometheus", "monitoring_targets": ["prom-a:9090", "localhost:8080"]},
+    "graf": {"name": "graf", "type": "grafana",
+             "datasources": [{"name": "Prometheus", "type": "prometheus", "url": "http://prom-a:9090"}]},
+}
+# Another recipe using the same types and template lines, with other job names.
+OTHER = {"services": [
+    {"name": "prom-a", "type": "prometheus", "monitoring_targets": ["graf:3000"]},
+    {"name": "graf", "type": "grafana", "datasources": [{"name": "P", "type": "prometheus", "url": "http://prom-a:9090"}]},
+    {"name": "x", "type": "prometheus", "monitoring_targets": ["prom-a:9090", "graf:3000"]},
+]}
+
+
+def _scripts(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.sbatch"))}
+
+
+def _compile(orchc, cwd: Path, *recipes: str, site: str = "local") -> dict[str, dict[str, bytes]]:
+    result = orchc("compile", *recipes, "--site", site, "-o", "out", cwd=cwd)
+    assert result.code == 0, result.err
+    return {Path(r).stem: _scripts(cwd / "out" / Path(r).stem) for r in recipes}
+
+
+@pytest.mark.parametrize("site", ["local", "meluxina"])
+def test_each_job_is_the_same_in_every_order_of_the_recipe(orchc, tmp_path, site):
+    seen: dict[str, tuple[tuple[str, ...], bytes]] = {}
+    for order in itertools.permutations(JOBS):
+        folder = tmp_path / "-".join(order)
+        folder.mkdir()
+        (folder / "stack.yaml").write_text(json.dumps({"services": [JOBS[name] for name in order]}))
+        scripts = _compile(orchc, folder, "stack.yaml", site=site)["stack"]
+        assert sorted(scripts) == ["graf.sbatch", "prom-a.sbatch", "prom-b.sbatch"]
+        for name, text in scripts.items():
+            if name not in seen:
+                seen[name] = (order, text)
+            first_order, first = seen[name]
+            assert text == first, f"{name} differs between job orders {first_order} and {order}"
+
+
+def test_each_job_is_the_same_in_every_order_of_recipes_on_the_command_line(orchc, tmp_path):
+    (tmp_path / "stack.yaml").write_text(json.dumps({"services": list(JOBS.values())}))
+    (tmp_path / "other.yaml").write_text(json.dumps(OTHER))
+    alone = {**_compile(orchc, tmp_path, "stack.yaml"), **_compile(orchc, tmp_path, "other.yaml")}
+    for order in (["stack.yaml", "other.yaml"], ["other.yaml", "stack.yaml"]):
+        together = _compile(orchc, tmp_path, *order)
+        assert together == alone, f"compiling {order} together changed a script"
+
+
+PLACEHOLDER = re.compile(r"@ORCHC_HOST[^:@\s]*:([A-Za-z0-9_.-]+)@")
+
+
+def _hosts_in(line: str) -> list[str]:
+    return sorted(set(PLACEHOLDER.findall(line)))
+
+
+def test_placeholders_name_the_jobs_the_config_names(orchc, tmp_path):
+    """The hosts filter's output checked against the recipe (not only against another order)."""
+    (tmp_path / "stack.yaml").write_text(json.dumps({"services": [JOBS["graf"], JOBS["prom-b"], JOBS["prom-a"]]}))
+    scripts = {name: text.decode() for name, text in _compile(orchc, tmp_path, "stack.yaml")["stack"].items()}
+    wanted = {  # job -> (hosts in its config's scrape targets / datasource url, hosts it waits for)
+        "prom-a": (["graf", "prom-b"], ["graf", "prom-b"]),
+        "prom-b": (["prom-a"], ["prom-a"]),
+        "graf": (["prom-a"], ["prom-a"]),
+    }
+    for name, (in_config, waited) in wanted.items():
+        text = scripts[f"{name}.sbatch"]
+        config = [line for line in text.splitlines() if "targets:" in line or "url:" in line]
+        assert sorted({h for line in config for h in _hosts_in(line)}) == in_config, (name, config)
+        fills = [line for line in text.splitlines() if line.startswith("orchc_fill_hosts ")]
+        named = {h for line in fills for h in (_hosts_in(line) or line.split()[2:])}
+        assert sorted(named) == waited, (name, fills)
+    assert "localhost:8080" in scripts["prom-b.sbatch"]
+
+
+def test_a_job_does_not_inherit_placeholders_from_an_earlier_compile(orchc, tmp_path):
+    """Same recipe name, same job values, but `x` is a job in one recipe and not in the other: only the
+    recipe with job `x` waits for it (a render cache that ignores the recipe's jobs breaks this)."""
+    job = {"name": "p", "type": "prometheus", "monitoring_targets": ["x:9090"]}
+    for folder, other in (("with", "x"), ("without", "y")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "stack.yaml").write_text(json.dumps({"services": [job, {"name": other, "type": "redis"}]}))
+    first = _compile(orchc, tmp_path, "without/stack.yaml")["stack"]["p.sbatch"]
+    for _ in range(3):
+        with_x = _compile(orchc, tmp_path, "with/stack.yaml")["stack"]["p.sbatch"].decode()
+        assert PLACEHOLDER.findall(with_x) and set(PLACEHOLDER.findall(with_x)) == {"x"}, "p must wait for job x"
+    again = _compile(orchc, tmp_path, "without/stack.yaml")["stack"]["p.sbatch"]
+    assert again == first, "the script of a job changed after other recipes were compiled in the same process"
+    assert not PLACEHOLDER.search(again.decode()), "p waits for a job `x` its recipe does not have"
+
+
+SCRAPER = """type: scraper
+extends: service
+description: writes its targets into a config file; the template reads nothing but `targets`
+fields:
+  ports: {default: [9100]}
+  targets: {type: array, items: {type: string, pattern: '^[a-z]+:[0-9]+$'}}
+container:
+  command: sleep 1
+phases:
+  setup:
+    - file: "$ORCHC_RUN_DIR/scraper.json"
+      content: "{{ targets | hosts | json }}"
+"""
+
+
+def test_recipes_in_any_order_on_one_command_line_give_the_same_scripts(orchc, tmp_path):
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs" / "scraper.yaml").write_text(SCRAPER)
+    job = {"name": "s", "type": "scraper", "targets": ["x:1"]}
+    recipes = {"one": [job, {"name": "x", "type": "redis"}], "two": [job, {"name": "x", "type": "redis"}],
+               "three": [job, {"name": "y", "type": "redis"}]}
+    for name, services in recipes.items():
+        (tmp_path / f"{name}.yaml").write_text(json.dumps({"services": services}))
+    results = []
+    for order in itertools.permutations(recipes):
+        result = orchc("compile", *(f"{n}.yaml" for n in order), "--defs", "defs", "--site", "local", "-o", "out",
+                       cwd=tmp_path)
+        assert result.code == 0, result.err
+        results.append((order, {n: _scripts(tmp_path / "out" / n) for n in recipes}))
+    first_order, first = results[0]
+    for order, scripts in results[1:]:
+        for name in recipes:
+            assert scripts[name] == first[name], f"recipe {name} differs between orders {first_order} and {order}"
+    assert not PLACEHOLDER.search(first["three"]["s.sbatch"].decode()), "s of recipe three waits for a job x it lacks"
