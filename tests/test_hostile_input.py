@@ -275,7 +275,7 @@ def test_ports_in_target_endpoint_are_1_to_65535(orchc, write, tmp_path, endpoin
         assert result.code == 0, result.err
     else:
         assert result.code == 1
-        assert result.err.startswith("r.yaml:4:20: error: target_endpoint: port "), result.err
+        assert result.err.startswith("r.yaml:4:20: error: target_endpoint: "), result.err
 
 
 # --set
