@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES, ROOT, shellcheck
@@ -51,18 +53,32 @@ def test_native_runtime_runs_the_command_directly(orchc, write, tmp_path):
     assert "\nsetsid redis-server --bind 0.0.0.0 --port 6379" in out
 
 
+def _heredoc_blocks(script: str) -> list[tuple[int, int, str]]:
+    """(start, end, body) of every quoted here-document of a script."""
+    return [(m.start(), m.end(), m.group(2)) for m in re.finditer(r"<<-?'([A-Za-z_][A-Za-z0-9_]*)'\n(.*?)\n\1\n", script, re.S)]
+
+
 @pytest.mark.parametrize("value", HOSTILE)
-def test_hostile_values_are_rejected_or_inert(orchc, write, tmp_path, value):
-    recipe = write("r.yaml", json.dumps({"service": {"name": "redis", "data_dir": value, "maxmemory": "1gb"},
-                                         "client": {"name": "c", "type": "ollama_client", "prompts": [value],
+def test_hostile_values_are_refused_by_a_pattern_or_reach_the_script_only_as_data(orchc, write, tmp_path, value):
+    # a field with a pattern (redis data_dir) refuses them, with a located error
+    refused = orchc("compile", write("s.yaml", json.dumps({"service": {"name": "redis", "data_dir": value}})),
+                    "-o", tmp_path / "refused", cwd=tmp_path)
+    assert refused.code == 1 and re.match(r"^s\.yaml:\d+:\d+: error: ", refused.err), refused.err
+    assert "Traceback" not in refused.err and not (tmp_path / "refused").exists()
+    # a free-text field (an ollama_client prompt) accepts them: they reach the script, as data only
+    recipe = write("c.yaml", json.dumps({"client": {"name": "c", "type": "ollama_client", "prompts": [value],
                                                     "target_endpoint": "localhost:11434"}}))
     result = orchc("compile", recipe, "-o", tmp_path / "out", cwd=tmp_path)
-    if result.code != 0:
-        assert "error:" in result.err and "Traceback" not in result.err
-        return
-    for script in (tmp_path / "out").rglob("*.sbatch"):
-        subprocess.run(["bash", "-n", str(script)], check=True)
-        assert value not in script.read_text().replace(f"'{value}'", "")
+    assert result.code == 0, result.err
+    script_path = tmp_path / "out" / "c" / "c.sbatch"
+    subprocess.run(["bash", "-n", str(script_path)], check=True)
+    script = script_path.read_text()
+    blocks = [(start, end, body) for start, end, body in _heredoc_blocks(script) if '"prompt"' in body]
+    assert len(blocks) == 1, "the requests file is not written by one quoted here-document"
+    start, end, body = blocks[0]
+    assert [json.loads(line)["prompt"] for line in body.splitlines()] == [value]
+    outside = script[:start] + script[end:]
+    assert value not in outside and json.dumps(value)[1:-1] not in outside, "the value appears outside the data"
 
 
 def test_a_prompt_with_shell_syntax_is_written_as_inert_data(orchc, write, tmp_path):
@@ -73,13 +89,19 @@ def test_a_prompt_with_shell_syntax_is_written_as_inert_data(orchc, write, tmp_p
     assert line.startswith("{")                                         # a JSON line, not a command
 
 
-def test_secret_is_read_at_run_time_and_never_written(orchc, write, tmp_path):
+def test_secret_is_read_at_run_time_and_never_written(orchc, write, tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_DB_PW", "hunter2-from-env")         # set while compiling: must not leak into the script
     out = compile_stdout(orchc, write, tmp_path, "services:\n  - name: db\n    type: mysql\n"
                          "    root_password: {env: MY_DB_PW}\n")
-    assert 'ROOT_PASSWORD="${MY_DB_PW:?' in out
-    assert "MYSQL_ROOT_PASSWORD=" in out and "hunter2" not in out
+    assert "MY_DB_PW" in out and "MYSQL_ROOT_PASSWORD" in out
+    assert "hunter2" not in out
+    secret = write("secret", "hunter2-from-file\n")
+    secret.chmod(0o600)
+    out = compile_stdout(orchc, write, tmp_path, "services:\n  - name: db\n    type: mysql\n"
+                         f"    root_password: {{file: {json.dumps(str(secret))}}}\n")
+    assert str(secret) in out and "hunter2" not in out
     out = compile_stdout(orchc, write, tmp_path, "services:\n  - name: db\n    type: mysql\n")
-    assert 'ROOT_PASSWORD=$(orchc_secret_file "$HOME"/.orchc/secrets/mysql_root_password)' in out
+    assert ".orchc/secrets/mysql_root_password" in out and "orchc_secret_file" in out
 
 
 def test_precedence_site_type_recipe_job_set(orchc, write, tmp_path):
@@ -149,3 +171,82 @@ def test_every_example_for_the_local_site_passes_shellcheck(orchc, tmp_path):
     checked = subprocess.run([shellcheck(), "-s", "bash", *scripts], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout
     assert not any("apptainer" in open(script).read() for script in scripts)
+
+
+# --- run-time host placeholders cannot be forged ---------------------------------------------------
+
+PLACEHOLDER = re.compile(r"@ORCHC_HOST[^:@\s]*:([A-Za-z0-9_.-]+)@")
+
+
+def _prompts_and_fills(script: str) -> tuple[list[str], list[str]]:
+    prompts = [json.loads(line)["prompt"] for _, _, body in _heredoc_blocks(script) if '"prompt"' in body
+               for line in body.splitlines()]
+    fills = [line for line in script.splitlines() if line.startswith("orchc_fill_hosts ")]
+    return prompts, fills
+
+
+def test_a_placeholder_in_a_prompt_stays_literal_and_is_never_waited_for(orchc, write, tmp_path):
+    prompt = "tell me about @ORCHC_HOST:word@ and @ORCHC_HOST:ollama@"
+    result = orchc("compile", write("r.yaml", json.dumps({
+        "services": [{"name": "ollama"}],
+        "clients": [{"name": "c", "type": "ollama_client", "target": "ollama", "prompts": [prompt]}]})),
+        "--site", "local", "-o", "out", cwd=tmp_path)
+    assert result.code == 0, result.err
+    script = (tmp_path / "out" / "r" / "c.sbatch").read_text()
+    prompts, fills = _prompts_and_fills(script)
+    assert prompts == [prompt]
+    assert fills == [], f"the client waits for hosts named in a prompt: {fills}"
+
+
+def test_a_prompt_naming_a_job_of_the_recipe_is_not_rewritten(orchc, write, tmp_path):
+    prompt = "is http://prometheus:9090 up? and prometheus:9090?"
+    result = orchc("compile", write("r.yaml", json.dumps({
+        "services": [{"name": "ollama"}, {"name": "prometheus"}],
+        "clients": [{"name": "c", "type": "ollama_client", "target": "ollama", "prompts": [prompt]}]})),
+        "--site", "local", "-o", "out", cwd=tmp_path)
+    assert result.code == 0, result.err
+    prompts, fills = _prompts_and_fills((tmp_path / "out" / "r" / "c.sbatch").read_text())
+    assert prompts == [prompt] and fills == []
+
+
+# --- the job template fails closed -------------------------------------------------------------------
+
+def _run(script: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    (cwd / "run").mkdir(exist_ok=True)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), "ORCHC_RUN_DIR": str(cwd / "run")}
+    return subprocess.run(["bash", str(script)], cwd=cwd, env=env, capture_output=True, text=True, timeout=30,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("port", ["1; touch @S@", "1\ntouch @S@", "$(touch @S@)", "1 `touch @S@`"])
+def test_ports_redefined_as_strings_are_refused_or_inert(orchc, write, tmp_path, port):
+    sentinel = tmp_path / "sentinel-must-not-exist"
+    write("defs/loose.yaml", "type: loose\nextends: service\ndescription: ports loosened to strings\nfields:\n"
+          f"  ports: {{type: array, items: {{type: string}}, default: [{json.dumps(port.replace('@S@', str(sentinel)))}]}}\n"
+          "container:\n  command: sleep 0.1\n")
+    write("r.yaml", "service:\n  name: s\n  type: loose\n")
+    result = orchc("compile", "r.yaml", "--defs", "defs", "--site", "local", "-o", "out", cwd=tmp_path)
+    assert "Traceback" not in result.err
+    if result.code != 0:
+        assert result.code == 1 and re.match(r"^(defs/loose|r)\.yaml:\d+:\d+: error: ", result.err), result.err
+        return
+    script = tmp_path / "out" / "r" / "s.sbatch"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    _run(script, tmp_path)
+    assert not sentinel.exists(), "a port value ran as code"
+
+
+@pytest.mark.parametrize("stem", ["r\ntouch orchc-pwned\n", "r$(touch orchc-pwned)", "r`touch orchc-pwned`", "r'; touch orchc-pwned; '"])
+def test_a_recipe_file_name_cannot_break_out_of_the_header(orchc, write, tmp_path, stem):
+    write("defs/idle.yaml", "type: idle\nextends: service\ndescription: sleeps\nfields:\n  ports: {default: [1234]}\n"
+          "container:\n  command: sleep 0.1\n")
+    recipe = write(f"{stem}.yaml", "service:\n  name: s\n  type: idle\n")
+    result = orchc("compile", recipe.name, "--defs", "defs", "--site", "local", "-o", "out", cwd=tmp_path)
+    assert "Traceback" not in result.err
+    if result.code != 0:
+        assert result.code == 1 and "error:" in result.err
+        return
+    (script,) = (tmp_path / "out").rglob("s.sbatch")
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    _run(script, tmp_path)
+    assert not list(tmp_path.rglob("orchc-pwned")), "the recipe's file name ran as code"
