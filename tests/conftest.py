@@ -20,9 +20,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="rewrite golden/ from the current output (review with git diff)")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # --update-golden makes every golden test pass by rewriting its expectation: never in CI.
+    if config.getoption("--update-golden", default=False) and in_ci():
+        pytest.exit("--update-golden rewrites the expected output and cannot be used with CI set; "
+                    "run it locally and review git diff golden/", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
-    return bool(request.config.getoption("--update-golden"))
+    return bool(request.config.getoption("--update-golden")) and not in_ci()
 
 
 @dataclass

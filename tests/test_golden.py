@@ -1,6 +1,8 @@
-"""Golden files are the contract of the output: every example compiles to exactly golden/<recipe>/.
+"""Golden files are the contract of the output: every example compiles to exactly golden/<recipe>/
+(site meluxina, the default) and golden/local/<recipe>/ (`--site local`, the native branches of types).
 
-Rewrite them with `pytest tests/test_golden.py --update-golden` and review the change with `git diff golden/`.
+Rewrite them with `pytest tests/test_golden.py --update-golden` and review the change with `git diff golden/`
+(refused when CI is set, so CI can never pass by rewriting its own expectations).
 """
 
 from __future__ import annotations
@@ -13,15 +15,20 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLES, GOLDEN, ROOT, shellcheck
 
-CASES = [(path, []) for path in sorted(EXAMPLES.glob("*.yaml"))] + [
+RECIPES = [(path, []) for path in sorted(EXAMPLES.glob("*.yaml"))] + [
     (path, [EXAMPLES / "custom" / "defs"]) for path in sorted((EXAMPLES / "custom").glob("*.yaml"))
 ]
+SITES = {"meluxina": GOLDEN, "local": GOLDEN / "local"}
+"""Where the golden files of each site live: golden/<recipe>/ (meluxina) and golden/local/<recipe>/."""
+CASES = [(recipe, defs, site) for site in SITES for recipe, defs in RECIPES]
 
 
-def _compile(orchc, recipe: Path, defs: list[Path], out: Path) -> Path:
+def _compile(orchc, recipe: Path, defs: list[Path], out: Path, site: str = "meluxina") -> Path:
     args = ["compile", recipe.relative_to(ROOT), "-o", out]
     for folder in defs:
         args += ["--defs", folder.relative_to(ROOT)]
+    if site != "meluxina":
+        args += ["--site", site]
     result = orchc(*args)
     assert result.code == 0, result.err
     (folder,) = [p for p in out.iterdir() if p.is_dir()]
@@ -32,30 +39,33 @@ def _files(folder: Path) -> dict[str, str]:
     return {p.name: p.read_text(encoding="utf-8") for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-@pytest.mark.parametrize("recipe,defs", CASES, ids=[str(c[0].relative_to(EXAMPLES)) for c in CASES])
-def test_example_matches_golden(orchc, tmp_path, update_golden, recipe, defs):
-    produced = _compile(orchc, recipe, defs, tmp_path)
-    golden = GOLDEN / produced.name
+@pytest.mark.parametrize("recipe,defs,site", CASES, ids=[f"{c[2]}-{c[0].relative_to(EXAMPLES)}" for c in CASES])
+def test_example_matches_golden(orchc, tmp_path, update_golden, recipe, defs, site):
+    produced = _compile(orchc, recipe, defs, tmp_path, site)
+    golden = SITES[site] / produced.name
+    shown = golden.relative_to(ROOT)
     if update_golden:
         shutil.rmtree(golden, ignore_errors=True)
         shutil.copytree(produced, golden)
         return
-    assert golden.is_dir(), f"no golden files for {recipe.name}: run pytest --update-golden and review git diff"
+    assert golden.is_dir(), f"no golden files for {recipe.name} at {shown}: run pytest --update-golden and review git diff"
     expected, actual = _files(golden), _files(produced)
     assert sorted(actual) == sorted(expected), "a different set of files was produced"
     for name in expected:
         if actual[name] != expected[name]:
             diff = "".join(difflib.unified_diff(expected[name].splitlines(True), actual[name].splitlines(True),
-                                                f"golden/{produced.name}/{name}", f"compiled/{name}"))
+                                                f"{shown}/{name}", f"compiled/{name}"))
             pytest.fail(f"{name} differs from its golden file:\n{diff}")
 
 
-def test_every_golden_folder_has_an_example(orchc, tmp_path):
-    names = {_compile(orchc, recipe, defs, tmp_path / recipe.stem).name for recipe, defs in CASES}
-    assert names == {p.name for p in GOLDEN.iterdir() if p.is_dir()}
+@pytest.mark.parametrize("site", sorted(SITES))
+def test_every_golden_folder_has_an_example(orchc, tmp_path, site):
+    names = {_compile(orchc, recipe, defs, tmp_path / recipe.stem, site).name for recipe, defs in RECIPES}
+    folders = {p.name for p in SITES[site].iterdir() if p.is_dir()} if SITES[site].is_dir() else set()
+    assert names == folders - set(SITES)       # golden/local/ is not a recipe of meluxina
 
 
-GOLDEN_SCRIPTS = sorted([*GOLDEN.glob("*/*.sbatch"), *GOLDEN.glob("*/submit.sh")])
+GOLDEN_SCRIPTS = sorted(p for folder in SITES.values() for p in [*folder.glob("*/*.sbatch"), *folder.glob("*/submit.sh")])
 
 
 @pytest.mark.parametrize("script", GOLDEN_SCRIPTS, ids=[str(p.relative_to(GOLDEN)) for p in GOLDEN_SCRIPTS])
