@@ -170,7 +170,7 @@ def test_every_example_for_the_local_site_passes_shellcheck(orchc, tmp_path):
     assert len(scripts) > len(recipes)
     checked = subprocess.run([shellcheck(), "-s", "bash", *scripts], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout
-    assert not any("apptainer" in open(script).read() for script in scripts)
+    assert not any("apptainer" in Path(script).read_text() for script in scripts)
 
 
 # --- run-time host placeholders cannot be forged ---------------------------------------------------
