@@ -37,6 +37,8 @@ _SOURCES: dict[str, str] = {}
 _SINK: list[Any] = []
 _HOSTS: list[str] = []
 _MAX_REPEAT = 1 << 20
+_CODE_FORMAT = 2
+"""Bumped whenever the environments change how templates compile, so no stale cached code is used."""
 _JINJA_SYNTAX = re.compile(r"\{[{%]|\{##")
 
 
@@ -72,14 +74,16 @@ def _bytecode_cache(kind: str) -> Any:
     try:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         # One folder per environment: sandboxed and plain code compiled from the same text differ.
-        folder = base / "orchc" / f"templates-{__version__}-{kind}"
+        folder = base / "orchc" / f"templates-{__version__}-{_CODE_FORMAT}-{kind}"
         folder.mkdir(parents=True, exist_ok=True)
     except (OSError, RuntimeError):  # RuntimeError: no home directory to be found
         return None
     return QuietCache(str(folder))
 
 
-def _placeholder(value: Any) -> str:
+def _placeholder(context: Any, value: Any) -> str:
+    """The shell environment's output filter. It takes the context only so that Jinja never
+    evaluates it at compile time for a constant expression: each render numbers its own values."""
     from jinja2 import Undefined
 
     if isinstance(value, Raw):
@@ -127,7 +131,7 @@ def environment(kind: str) -> Any:
         lstrip_blocks=True,
         comment_start_string="{##",  # so shell's ${#array[@]} is not a Jinja comment
         comment_end_string="##}",
-        finalize={"shell": _placeholder, "text": text_value, "script": _script_value}[kind],
+        finalize={"shell": pass_context(_placeholder), "text": text_value, "script": _script_value}[kind],
         loader=ChoiceLoader([FileSystemLoader(str(templates_dir())), strings]) if kind == "script" else strings,
         bytecode_cache=_bytecode_cache(kind),
         auto_reload=False,
