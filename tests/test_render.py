@@ -36,7 +36,7 @@ def test_design_example_header(orchc):
     assert ('apptainer exec --nv --bind "$HOME"/.ollama:/root/.ollama --env OLLAMA_HOST=0.0.0.0:11434 '
             '"$HOME"/containers/ollama.sif ollama serve &') in result.out
     assert result.out.index("cadvisor.sif /usr/bin/cadvisor") < result.out.index("ollama.sif ollama serve &")
-    assert result.out.rstrip().endswith('wait "$ORCHC_SERVICE_PID"')
+    assert result.out.rstrip().splitlines()[-1].startswith('wait "$ORCHC_SERVICE_PID"')
 
 
 def test_account_extra_and_unset_directives(orchc, write, tmp_path):
