@@ -144,6 +144,49 @@ def environment(kind: str) -> Any:
     return env
 
 
+_UNSAFE_NAMES = {"self", "lipsum", "cycler", "joiner", "namespace"}
+_UNSAFE_ATTRIBUTES = {"format", "format_map", "mro", "gi_frame", "gi_code", "cr_frame", "f_globals", "f_locals",
+                      "func_globals", "func_code"}
+
+
+def python_reaches(node: Node) -> list[tuple[SourceLoc, str]]:
+    """Where a template string reaches for Python internals, found without rendering it.
+
+    The sandbox refuses these when a template renders; this finds them in every template
+    of a type when the type is loaded, so that `orchc show` and `orchc types`, which render
+    nothing, refuse a type that carries one too.
+    """
+    from jinja2 import TemplateSyntaxError, nodes
+    from jinja2.nodes import Impossible
+
+    source = str(node.value)
+    if not _JINJA_SYNTAX.search(source):
+        return []
+    try:
+        tree = environment("shell").parse(source)
+    except TemplateSyntaxError as exc:
+        return [(_line_in_template(node, exc.lineno or 1), f"template syntax error: {exc.message}")]
+    found = []
+    for item in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Name, nodes.Filter)):
+        name = None
+        if isinstance(item, nodes.Getattr):
+            name = item.attr
+        elif isinstance(item, nodes.Getitem):
+            try:
+                name = item.arg.as_const()
+            except (Impossible, Exception):  # a subscript computed at render time: the sandbox checks it then
+                name = None
+        elif isinstance(item, nodes.Name) and item.ctx == "load" and item.name in _UNSAFE_NAMES:
+            name = item.name
+        elif isinstance(item, nodes.Filter) and item.name == "attr":
+            name = "attr"
+        if isinstance(name, str) and (name.startswith("_") or name in _UNSAFE_ATTRIBUTES or
+                                      (isinstance(item, (nodes.Name, nodes.Filter)))):
+            found.append((_line_in_template(node, item.lineno),
+                          f"template reaches for Python internals ({name!r}), which templates may not use"))
+    return found
+
+
 def host_placeholder(token: str, job: str) -> str:
     return f"@ORCHC_HOST_{token}:{job}@"
 

@@ -9,6 +9,7 @@ one folder that define the same type are an error naming both.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -20,7 +21,7 @@ from .errors import Collector, OrchcError, did_you_mean, shorten
 from .load import display_path, load_file
 from .merge import merge
 from .resources import builtin_types_dir
-from .source import Node, SourceLoc
+from .source import Node, SourceLoc, walk_leaves
 from .validate import build_validator, check, check_characters, common_def, ecma_regex, schema_problems_in, validator
 
 JOB_KEYS = ("resources", "environment", "container", "sidecars", "phases")
@@ -188,6 +189,8 @@ class Registry:
         problems.raise_if_any()
         check(merged, validator("typedef"), f"type '{name}'", problems)
         problems.raise_if_any()
+        _check_templates(merged, problems)
+        problems.raise_if_any()
         fields_node = merged.get("fields") or Node({}, merged.loc)
         for field_name, schema in fields_node.value.items():
             _check_field(name, field_name, schema, problems)
@@ -202,6 +205,24 @@ class Registry:
         check(typedef.layer, typedef.job_validator, f"type '{name}'", problems, secrets=typedef.secrets)
         problems.raise_if_any()
         return typedef
+
+
+def _check_templates(merged: Node, problems: Collector) -> None:
+    """Templates of user types that reach for Python internals are refused when the type loads.
+
+    The built-in types are orchc's own: they are not parsed again on every start.
+    """
+    from .templating import python_reaches
+
+    builtin = str(builtin_types_dir())
+    for key in ("container", "sidecars", "phases"):
+        part = merged.get(key)
+        if part is None:
+            continue
+        for _, leaf in walk_leaves(part):
+            if isinstance(leaf.value, str) and not os.path.abspath(leaf.loc.file).startswith(builtin + os.sep):
+                for loc, message in python_reaches(leaf):
+                    problems.add(loc, message)
 
 
 def _check_field(type_name: str, name: str, schema: Node, problems: Collector) -> None:
