@@ -10,12 +10,16 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import ClusterError, OrchcError, UsageError
 from .lifecycle import add_commands
 from .options import add_compile_options as _add_compile_options
 from .options import compile_options
+
+if TYPE_CHECKING:
+    from .source import Node, Origins
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -83,21 +87,38 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from .pipeline import resolve_all
     from .report import yaml_lines
-    from .source import Node
+    from .source import Node, Origins
 
     recipe = resolve_all([args.recipe], compile_options(args))[0]
     annotate = (lambda node: str(node.loc)) if args.origin else None
-    lines = [f"# recipe {recipe.name} ({recipe.file}), site {recipe.site.name} ({recipe.site.file})"]
+    lines = [_comment(f"# recipe {recipe.name} ({recipe.file}), site {recipe.site.name} ({recipe.site.file})")]
     for job in recipe.jobs:
-        header = Node({"name": Node(job.name, job.node.loc), "job_id": Node(job.job_id, job.node.loc),
-                       "role": Node(job.role, job.node.loc)}, job.node.loc)
-        body = Node({k: v for k, v in job.node.value.items() if k != "name"}, job.node.loc)
-        if "target" in job.data and "target" not in body.value:  # the recipe's only service, by default
-            body.value["target"] = Node(job.data["target"], job.node.loc)
+        origins = recipe.origins[job.name]
+        at = origins.loc()
+        header = Node({"name": Node(job.name, at), "job_id": Node(job.job_id, at), "role": Node(job.role, at)}, at)
+        values = {k: v for k, v in job.values().items() if k != "name"}
         lines.append("---")
-        lines += yaml_lines(header) + yaml_lines(body, annotate)
+        lines += yaml_lines(header) + yaml_lines(_located(values, (), origins), annotate)
     print("\n".join(lines))
     return EXIT_OK
+
+
+def _located(value: object, path: tuple[str | int, ...], origins: Origins) -> Node:
+    """A value of the resolved job as a Node at the position its origins give (a default orchc decided,
+    such as a client's only target, is at the job's own entry)."""
+    from .source import Node
+
+    loc = origins.loc(path)
+    if isinstance(value, dict):
+        return Node({k: _located(v, (*path, k), origins) for k, v in value.items()}, loc)
+    if isinstance(value, list):
+        return Node([_located(v, (*path, i), origins) for i, v in enumerate(value)], loc)
+    return Node(value, loc)
+
+
+def _comment(text: str) -> str:
+    """One line of YAML comment whatever a file name holds: control characters (a newline) become '?'."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def cmd_types(args: argparse.Namespace) -> int:

@@ -24,8 +24,8 @@ from typing import Any
 
 from .errors import ClusterError
 from .plan import MANIFEST, plan_from_manifest, submit_script
-from .render import render_job
-from .resolve import Job, Recipe
+from .render import render_recipe
+from .resolve import Recipe, ResolvedJob
 
 SUBMIT = "submit.sh"
 GENERATOR = "orchc"
@@ -47,17 +47,19 @@ class Output:
     manifest: dict[str, Any]
 
 
-def script_name(job: Job) -> str:
+def script_name(job: ResolvedJob) -> str:
     return f"{job.name}.sbatch"
 
 
-def submission_order(recipe: Recipe) -> list[Job]:
+def submission_order(recipe: Recipe) -> list[ResolvedJob]:
     """Services first, then clients, each in recipe order: every client comes after its target."""
     return [j for j in recipe.jobs if j.role == "service"] + [j for j in recipe.jobs if j.role == "client"]
 
 
-def build_output(recipe: Recipe) -> Output:
-    files = {script_name(job): render_job(job, recipe) for job in recipe.jobs}
+def build_output(recipe: Recipe, scripts: dict[str, str] | None = None) -> Output:
+    """The files of one recipe: its scripts (job name -> text; rendered here unless given), submit.sh and manifest.json."""
+    scripts = render_recipe(recipe) if scripts is None else scripts
+    files = {script_name(job): scripts[job.name] for job in recipe.jobs}
     manifest = build_manifest(recipe)
     files[SUBMIT] = submit_script(plan_from_manifest(manifest))
     manifest["digest"] = digest(files)
@@ -91,8 +93,8 @@ def build_manifest(recipe: Recipe) -> dict[str, Any]:
                 "role": job.role,
                 "job_id": job.job_id,
                 "script": script_name(job),
-                "target": job.data.get("target"),
-                "depends_on": [job.data["target"]] if job.data.get("target") else [],
+                "target": job.target,
+                "depends_on": [job.target] if job.target else [],
             }
             for job in submission_order(recipe)
         ],

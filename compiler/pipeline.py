@@ -1,4 +1,14 @@
-"""The stages in order: load -> resolve -> validate -> render -> emit, for many recipes.
+"""The stages in order, for many recipes:
+
+    load -> resolve -> check -> render -> emit
+
+1. load (load.py): YAML files -> positioned Nodes, with hostile input refused.
+2. resolve (resolve.py): each job the merge of its layers, checked against its schema and frozen
+   into a ResolvedJob; where each value came from is kept apart, in the recipe's `origins`.
+3. check (checks.py): every semantic check (targets, partitions, secrets, environment names,
+   phases, containers, ports), located, before anything is rendered.
+4. render (render.py): each checked job -> the text of its script.
+5. emit (emit.py): the scripts, submit.sh and manifest.json; written by `write_outputs`.
 
 Every recipe is compiled in memory first; problems from all of them are
 reported together, and nothing is written unless all succeeded.
@@ -9,8 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checks import check_recipe
 from .emit import Output, build_output
 from .errors import Collector, OrchcError
+from .render import render_recipe
 from .resolve import Recipe, Setting, resolve_recipe
 from .source import SourceLoc
 from .typedefs import Registry
@@ -24,25 +36,31 @@ class Options:
 
 
 def resolve_all(paths: list[Path], options: Options) -> list[Recipe]:
+    """load -> resolve -> check: the recipes, every job resolved and checked (what `show` prints)."""
     registry = Registry(options.defs)
     problems = Collector()
     recipes: list[Recipe] = []
     for path in paths:
+        found = Collector()
         try:
-            recipes.append(resolve_recipe(path, registry, options.site, options.settings))
+            recipe = resolve_recipe(path, registry, options.site, options.settings, found)
+            check_recipe(recipe, found)
+            recipes.append(recipe)
         except OrchcError as error:
-            problems.absorb(error)
+            found.absorb(error)
+        problems.problems += found.problems
     problems.raise_if_any()
     _check_unique_names(recipes)
     return recipes
 
 
 def compile_all(paths: list[Path], options: Options) -> list[Output]:
+    """load -> resolve -> check -> render -> emit (in memory; `emit.write_outputs` writes)."""
     problems = Collector()
     outputs = []
     for recipe in resolve_all(paths, options):
         try:
-            outputs.append(build_output(recipe))
+            outputs.append(build_output(recipe, render_recipe(recipe)))
         except OrchcError as error:
             problems.absorb(error)
     problems.raise_if_any()

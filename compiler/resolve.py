@@ -12,9 +12,9 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +22,15 @@ from .errors import Collector, OrchcError, Problem, did_you_mean, shorten
 from .load import conceal, display_path, load_file, load_value, remember_text
 from .merge import merge_layers, split_key
 from .resources import sites_dir
-from .source import Node, SourceLoc, from_plain, walk_leaves
+from .source import FrozenDict, Node, Origins, SourceLoc, from_plain, to_frozen, walk_leaves
 from .typedefs import JOB_KEYS, Registry, TypeDef
 from .validate import check, check_characters, validator
 
 DEFAULT_SITE = "meluxina"
 COMMAND_LINE = "<command line>"
 _ENTRY_KEYS = {"service": "service", "services": "service", "client": "client", "clients": "client"}
-_TARGET_KEYS = ("target", "target_endpoint", "target_service_id")
+TARGET_KEYS = ("target", "target_endpoint", "target_service_id")
 _RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_ENDPOINT_PORT = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?[^/:]*:([0-9]+)")
 _IDENTITY = ("name", "type")
 """Keys that identify a job in the recipe; `--set` cannot change them."""
 
@@ -47,31 +46,122 @@ class Site:
     defaults: Node = field(repr=False)
 
 
-@dataclass
-class Job:
+@dataclass(frozen=True)
+class Container:
+    """A container of a job: its main one, or a sidecar's."""
+
+    path: tuple[str, ...]
+    """where it sits in the job: ("container",) or ("sidecars", NAME, "container")"""
+    spec: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def image(self) -> str | None:
+        return self.spec.get("image")
+
+    @property
+    def source(self) -> str | None:
+        return self.spec.get("source")
+
+    @property
+    def gpu(self) -> bool:
+        return bool(self.spec.get("gpu"))
+
+    @property
+    def binds(self) -> Sequence[str]:
+        return self.spec.get("binds", ())
+
+    @property
+    def env(self) -> Mapping[str, Any]:
+        return self.spec.get("env", {})
+
+    @property
+    def command(self) -> str | None:
+        return self.spec.get("command")
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    name: str
+    when: str | None
+    """the boolean field that switches it on; None: always on"""
+    container: Container
+
+
+@dataclass(frozen=True)
+class ResolvedJob:
+    """One job with every layer merged and every default decided: what checks read and render renders.
+
+    Frozen, and its values are read-only (FrozenDict, FrozenList): nothing changes a job once resolved.
+    Where each value came from is kept apart, in the recipe's `origins`.
+    """
+
     name: str
     typedef: TypeDef
-    node: Node = field(repr=False)
-    """The resolved job with the position of every value."""
-    data: dict[str, Any] = field(repr=False)
-    job_id: str = ""
-    digest: str = ""
+    resources: Mapping[str, Any]
+    environment: Mapping[str, Any]
+    container: Container | None
+    sidecars: tuple[Sidecar, ...]
+    phases: Mapping[str, Sequence[Any]]
+    """phase -> its items: shell lines (str) and {file, content, mode} blocks"""
+    fields: Mapping[str, Any]
+    """the values of the type's fields"""
+    job_id: str
+    digest: str
     """sha256 of the resolved job; `job_id` is its first 8 hex digits"""
 
     @property
     def role(self) -> str:
         return self.typedef.role
 
+    @property
+    def target(self) -> str | None:
+        target = self.fields.get("target")
+        return target if isinstance(target, str) else None
 
-@dataclass
+    def active_sidecars(self) -> tuple[Sidecar, ...]:
+        """The sidecars that are switched on."""
+        return tuple(s for s in self.sidecars if not s.when or self.fields.get(s.when))
+
+    def values(self) -> dict[str, Any]:
+        """The job as one mapping, as templates and `orchc show` see it."""
+        out: dict[str, Any] = {"type": self.typedef.name, **self.fields, "resources": self.resources,
+                               "environment": self.environment}
+        if self.container is not None:
+            out["container"] = self.container.spec
+        if self.sidecars:
+            out["sidecars"] = {s.name: {**({"when": s.when} if s.when else {}), "container": s.container.spec}
+                               for s in self.sidecars}
+        out["phases"] = self.phases
+        out["name"] = self.name
+        return out
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     file: str
     site: Site
-    jobs: list[Job]
+    jobs: tuple[ResolvedJob, ...]
+    origins: Mapping[str, Origins] = field(repr=False)
+    """job name -> where each of its values was set"""
+    removed_secrets: Mapping[str, frozenset[str]] = field(repr=False, default_factory=dict)
+    """job name -> the secrets a layer removed: resolve reported those, the checks stage does not again"""
 
-    def job(self, name: str) -> Job:
+    def job(self, name: str) -> ResolvedJob:
         return next(job for job in self.jobs if job.name == name)
+
+    @cached_property
+    def job_names(self) -> list[str]:
+        return [job.name for job in self.jobs]
+
+    @cached_property
+    def clients_of(self) -> dict[str, list[str]]:
+        """Service name -> the clients of the recipe that target it."""
+        clients: dict[str, list[str]] = {}
+        for job in self.jobs:
+            if job.role == "client" and job.target:
+                clients.setdefault(job.target, []).append(job.name)
+        return clients
 
 
 @dataclass(frozen=True)
@@ -153,9 +243,12 @@ def _site_path(ref: str, base: Path, used_at: SourceLoc) -> Path:
 
 
 def resolve_recipe(path: Path, registry: Registry, site_ref: str | None = None,
-                   settings: Sequence[Setting] = ()) -> Recipe:
+                   settings: Sequence[Setting] = (), problems: Collector | None = None) -> Recipe:
+    """The recipe's jobs, resolved and frozen. Problems go to `problems` (raised here when None is given);
+    the checks stage adds its own before anything is rendered."""
+    own = problems is None
+    problems = Collector() if problems is None else problems
     doc = load_file(path, "recipe")
-    problems = Collector()
     check(doc, validator("recipe"), "the recipe", problems)
     name = _string(doc.get("name")) or path.stem
     if not _RECIPE_NAME.match(name):
@@ -168,13 +261,15 @@ def resolve_recipe(path: Path, registry: Registry, site_ref: str | None = None,
     except OrchcError as error:
         problems.absorb(error)
         problems.raise_if_any()
-    jobs = _resolve_jobs(doc, registry, site, settings, problems)
-    _link_targets(jobs, problems)
-    problems.raise_if_any()
-    for job in jobs:
-        job.digest = _job_digest(name, site.name, job.data)
-        job.job_id = job.digest[:8]
-    return Recipe(name=name, file=doc.loc.file, site=site, jobs=jobs)
+    drafts = _resolve_jobs(doc, registry, site, settings, problems)
+    _default_targets(drafts)
+    recipe = Recipe(name=name, file=doc.loc.file, site=site,
+                    jobs=tuple(_frozen_job(draft, name, site.name) for draft in drafts),
+                    origins={draft.name: Origins(draft.node) for draft in drafts},
+                    removed_secrets={draft.name: draft.removed_secrets for draft in drafts})
+    if own:
+        problems.raise_if_any()
+    return recipe
 
 
 def _string(node: Node | None) -> str | None:
@@ -212,7 +307,7 @@ def _top_layer(doc: Node) -> Node:
 
 
 def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[Setting],
-                  problems: Collector) -> list[Job]:
+                  problems: Collector) -> list[_Draft]:
     top = _top_layer(doc)
     seen: dict[str, Node] = {}
     jobs = []
@@ -244,9 +339,54 @@ def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[
         removed = _secret_removals(overrides, typedef, what, problems)
         layers = [site.defaults, typedef.layer, *(_secrets_replace(layer, typedef) for layer in overrides)]
         node = replace(merge_layers(layers, problems), loc=entry.loc)
-        data = _checked(node, typedef, site, what, problems, removed)
-        jobs.append(Job(name=name, typedef=typedef, node=node, data=data))
+        data = _validated(node, typedef, what, problems, removed)
+        jobs.append(_Draft(name, typedef, node, data, frozenset(removed)))
     return jobs
+
+
+@dataclass
+class _Draft:
+    """A job while it is being resolved; frozen into a ResolvedJob once its defaults are decided."""
+
+    name: str
+    typedef: TypeDef
+    node: Node
+    data: dict[str, Any]
+    removed_secrets: frozenset[str]
+
+
+def _frozen_job(draft: _Draft, recipe: str, site: str) -> ResolvedJob:
+    data = draft.data
+    digest = _job_digest(recipe, site, data)
+    container = _container(data.get("container"), ("container",))
+    sidecars = data.get("sidecars")
+    return ResolvedJob(
+        name=draft.name,
+        typedef=draft.typedef,
+        resources=_mapping(data.get("resources")),
+        environment=_mapping(data.get("environment")),
+        container=container,
+        sidecars=tuple(Sidecar(name, spec.get("when"), _container(spec.get("container"), ("sidecars", name, "container"))
+                                or Container(("sidecars", name, "container"), FrozenDict()))
+                       for name, spec in (sidecars.items() if isinstance(sidecars, dict) else ())
+                       if isinstance(spec, dict)),
+        phases=_mapping(data.get("phases")),
+        fields=FrozenDict({k: v for k, v in data.items() if k not in _NOT_FIELDS}),
+        job_id=digest[:8],
+        digest=digest,
+    )
+
+
+_NOT_FIELDS = frozenset(("name", "type", *JOB_KEYS))
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """A part that should be a mapping (one that is not was reported by its schema)."""
+    return value if isinstance(value, dict) else FrozenDict()
+
+
+def _container(spec: Any, path: tuple[str, ...]) -> Container | None:
+    return Container(path, spec) if isinstance(spec, dict) and spec else None
 
 
 def _secrets_replace(layer: Node, typedef: TypeDef) -> Node:
@@ -329,19 +469,12 @@ def _secret_removals(layers: list[Node], typedef: TypeDef, what: str, problems: 
     return removed
 
 
-def _checked(node: Node, typedef: TypeDef, site: Site, what: str, problems: Collector,
-             removed: set[str]) -> dict[str, Any]:
-    for key in sorted(typedef.secrets - removed):
-        if key not in node.value or node.value[key].value is None:
-            problems.add(node.loc, f"{what} needs {key}: {{env: VARIABLE}} or {{file: PATH}} (a secret; the type "
-                         "gives no default)")
-    literal_secrets = [k for k in typedef.secrets if k in node.value and isinstance(node.value[k].value, str)]
-    for key in literal_secrets:
-        problems.add(node.value[key].loc, f"{key} of {what} is a secret and is never written into a script: "
-                     f"write `{key}: {{env: VARIABLE}}` (read from the environment when the job runs) or "
-                     f"`{key}: {{file: $HOME/.orchc/{key}}}` (a mode 0600 file, created with a random value if missing)")
+def _validated(node: Node, typedef: TypeDef, what: str, problems: Collector, removed: set[str]) -> dict[str, Any]:
+    """The job's values, read-only, each checked against its schema. Secrets given as literals are left to the
+    checks stage, which refuses them with a message of their own."""
+    data = to_frozen(node)
+    literal_secrets = [k for k in typedef.secrets if isinstance(data.get(k), str)]
     # Values inherited unchanged from the type were checked once, with the type; check the rest.
-    data = node.plain()
     inherited = typedef.layer.value
     fresh = [k for k, v in node.value.items()
              if k not in literal_secrets and k not in removed and inherited.get(k) is not v]
@@ -350,40 +483,16 @@ def _checked(node: Node, typedef: TypeDef, site: Site, what: str, problems: Coll
         schema = typedef.fields.get(key)
         if schema is not None and key not in typedef.secrets:
             check_characters(node.value[key], (key,), schema.get("multiline") is True, problems)
-    partition = node.at(("resources", "partition"))
-    resources = data.get("resources")
-    if site.partitions and isinstance(resources, dict) and resources.get("partition") not in (None, *site.partitions):
-        problems.add(partition.loc, f"resources.partition: site '{site.name}' has no partition "
-                     f"{shorten(partition.value)} (it has: {', '.join(site.partitions)})")
-    return data
+    return dict(data)
 
 
-def _link_targets(jobs: list[Job], problems: Collector) -> None:
-    services = {job.name: job for job in jobs if job.role == "service"}
-    for client in (job for job in jobs if job.role == "client"):
-        given = [key for key in _TARGET_KEYS if client.data.get(key) is not None]
-        if not given and len(services) == 1:
-            client.data["target"] = next(iter(services))
-        elif not given:
-            problems.add(client.node.loc, f"client '{client.name}' needs one of target (a service of this recipe), "
-                         "target_endpoint (host:port or URL) or target_service_id (a running SLURM job)")
-        elif len(given) > 1:
-            problems.add(client.node.at((given[1],)).loc,
-                         f"client '{client.name}' gives {' and '.join(given)}; give only one")
-        elif given == ["target"] and isinstance(client.data["target"], str) and client.data["target"] not in services:
-            target = client.node.at(("target",))
-            problems.add(target.loc, f"client '{client.name}' targets {shorten(target.value)}, which is not a service of "
-                         f"this recipe{did_you_mean(str(target.value)[:100], services)}")
-        _check_endpoint_port(client, problems)
-
-
-def _check_endpoint_port(client: Job, problems: Collector) -> None:
-    """A port in target_endpoint is 1-65535 (0 must not silently become the default port)."""
-    endpoint = client.data.get("target_endpoint")
-    found = _ENDPOINT_PORT.match(endpoint) if isinstance(endpoint, str) else None
-    if found and (len(found.group(1)) > 5 or not 1 <= int(found.group(1)) <= 65535):
-        problems.add(client.node.at(("target_endpoint",)).loc,
-                     f"target_endpoint: port {shorten(found.group(1), quoted=False)} is not between 1 and 65535")
+def _default_targets(drafts: list[_Draft]) -> None:
+    """A client that names no target targets the recipe's only service (the checks stage reports the rest)."""
+    services = [draft.name for draft in drafts if draft.typedef.role == "service"]
+    for draft in drafts:
+        if draft.typedef.role == "client" and len(services) == 1 \
+                and all(draft.data.get(key) is None for key in TARGET_KEYS):
+            draft.data["target"] = services[0]
 
 
 def _job_digest(recipe: str, site: str, data: dict[str, Any]) -> str:

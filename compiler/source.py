@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 PathItem = str | int
 
@@ -66,6 +66,81 @@ def to_plain(node: Node) -> Any:
     if isinstance(value, list):
         return [to_plain(v) for v in value]
     return value
+
+
+def _read_only(self: Any, *args: Any, **kwargs: Any) -> NoReturn:
+    raise TypeError("a resolved value is read-only")
+
+
+class FrozenDict(dict):  # type: ignore[type-arg]
+    """A dict nobody can change: what a resolved job holds. Still a dict to templates, schemas and JSON."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+
+
+class FrozenList(list):  # type: ignore[type-arg]
+    """A list nobody can change: what a resolved job holds. Still a list to templates, schemas and JSON."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only  # type: ignore[assignment]
+    append = extend = insert = pop = remove = reverse = sort = clear = _read_only  # type: ignore[assignment]
+
+
+def to_frozen(node: Node) -> Any:
+    """The value with every position stripped, as FrozenDicts and FrozenLists."""
+    value = node.value
+    if isinstance(value, dict):
+        return FrozenDict({k: to_frozen(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return FrozenList([to_frozen(v) for v in value])
+    return value
+
+
+def freeze(value: Any) -> Any:
+    """A plain value as FrozenDicts and FrozenLists."""
+    if isinstance(value, dict):
+        return FrozenDict({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return FrozenList([freeze(v) for v in value])
+    return value
+
+
+@dataclass(frozen=True)
+class Origins:
+    """Where each value of a resolved job was set, kept apart from the values themselves.
+
+    `loc(path)` is the position of the value at `path` (of the nearest value that contains it, when the
+    path names something no layer set, such as a default decided by orchc); `template(path)` is the
+    positioned string a template is rendered from, so a template error names the type file's line.
+    """
+
+    root: Node = field(repr=False)
+
+    def loc(self, path: tuple[PathItem, ...] = ()) -> SourceLoc:
+        return self.root.at(path).loc
+
+    def key_loc(self, path: tuple[PathItem, ...]) -> SourceLoc:
+        """Where the key of the value at `path` is written (the value's own position if it has no key)."""
+        node = self.root.at(path)
+        return node.key_loc or node.loc
+
+    def template(self, path: tuple[PathItem, ...]) -> Node:
+        return self.root.at(path)
+
+    def __getitem__(self, path: tuple[PathItem, ...]) -> SourceLoc:
+        node = self.root
+        for item in path:
+            child = _child(node, item)
+            if child is None:
+                raise KeyError(path)
+            node = child
+        return node.loc
+
+    def items(self) -> Iterator[tuple[tuple[PathItem, ...], SourceLoc]]:
+        """(path, position) of every value, in document order."""
+        for path, leaf in walk_leaves(self.root):
+            yield path, leaf.loc
 
 
 def from_plain(value: Any, loc: SourceLoc) -> Node:

@@ -187,6 +187,6 @@ def test_show_header_survives_a_file_name_with_a_newline(orchc, write, tmp_path)
     result = orchc("show", recipe.name, cwd=tmp_path)
     assert result.code == 0, result.err
     documents = list(YAML(typ="safe", pure=True).load_all(result.out))
-    assert documents[0] is None and documents[1]["name"] == "redis"
-    assert all(line.startswith(("#", "---", " ")) or ":" in line for line in result.out.splitlines())
-    assert not any(line.startswith("x: 1") for line in result.out.splitlines())
+    assert len(documents) == 1 and documents[0]["name"] == "redis" and "x" not in documents[0]
+    lines = result.out.splitlines()
+    assert lines[0].startswith("# recipe r (") and "r?x: 1.yaml" in lines[0] and lines[1] == "---"

@@ -1,0 +1,159 @@
+"""Stage 3, check: every semantic check of a resolved recipe, in one place, before anything is rendered.
+
+Resolve has merged the layers and checked each value against its schema; this stage checks what a
+schema cannot say, each problem located at the file:line that set the value (the recipe's `origins`):
+
+- a client's target: exactly one of `target` (a service of this recipe), `target_endpoint` (whose port is
+  1-65535) or `target_service_id`; with none, the recipe's only service (decided by resolve);
+- `resources.partition` is one of the site's partitions, when the site lists them;
+- secrets are given as `{env: VAR}` or `{file: PATH}`: never a literal, never missing;
+- `environment` names nothing that changes how the job's shell or loader behaves (REFUSED_ENVIRONMENT)
+  and none of the job's secret variables (it would export the secret to every program the job runs);
+- phases: a service runs `setup` and `health_check` only. A service whose phases give `benchmark` or
+  `results` items is an error at that phase, not silently ignored (an empty list is allowed, so a
+  shared base can clear it);
+- containers: a service has one; every container the job starts (the service's own and each
+  switched-on sidecar) has a `command`; under apptainer each image to build has a `source`;
+- `ports` are integers from 1 to 65535, whatever a type's schema says (they reach the script bare).
+
+The container and port checks read a job's parts as their schemas promise them, so they run once the
+recipe has no other problem (resolve's and this stage's first ones): a value is never reported twice,
+and a missing secret is not drowned by what follows from it. Render assumes a recipe that passed.
+"""
+
+from __future__ import annotations
+
+import re
+from fnmatch import fnmatchcase
+from typing import Any
+
+from .errors import Collector, did_you_mean, shorten
+from .resolve import TARGET_KEYS, Container, Recipe, ResolvedJob
+from .source import Origins
+from .typedefs import SHADOWED_VARIABLES, secret_variable
+
+PHASES = {"service": ("setup", "health_check"), "client": ("setup", "health_check", "benchmark", "results")}
+"""The phases each role runs, in the order the script runs them."""
+
+_SHELL_VARIABLES = ("IFS", "ENV", "SHELLOPTS", "PS4", "CDPATH", "GLOBIGNORE", "SLURM_*", "ORCHC_*")
+assert set(_SHELL_VARIABLES) <= set(SHADOWED_VARIABLES)
+
+REFUSED_ENVIRONMENT = (*_SHELL_VARIABLES, "BASH_ENV", "BASHOPTS", "BASH_FUNC_*", "BASH_XTRACEFD", "PROMPT_COMMAND",
+                       "POSIXLY_CORRECT", "LD_PRELOAD", "LD_AUDIT", "orchc_*")
+"""`environment` names refused: each changes how the job's shell parses or runs the script, what SLURM or
+orchc itself read, or what the dynamic loader puts into every program. The first are entries of
+typedefs.SHADOWED_VARIABLES (the names a secret may not take); `PATH`, `LD_LIBRARY_PATH`, `PYTHONPATH`
+and the like stay allowed: HPC jobs set them."""
+
+_ENDPOINT_PORT = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?[^/:]*:([0-9]+)")
+
+
+def refused_environment_name(name: str) -> str | None:
+    """The entry of REFUSED_ENVIRONMENT that `name` matches, or None."""
+    return next((pattern for pattern in REFUSED_ENVIRONMENT if fnmatchcase(name, pattern)), None)
+
+
+def check_recipe(recipe: Recipe, problems: Collector) -> None:
+    """Add the recipe's problems to `problems`, which holds what resolve found in it."""
+    services = [job.name for job in recipe.jobs if job.role == "service"]
+    for job in recipe.jobs:
+        origins = recipe.origins[job.name]
+        what = f"{job.role} '{job.name}'"
+        _check_secrets(job, origins, what, recipe.removed_secrets.get(job.name, frozenset()), problems)
+        _check_partition(job, origins, recipe, problems)
+        if job.role == "client":
+            _check_target(job, origins, services, problems)
+        _check_environment(job, origins, what, problems)
+        _check_phases(job, origins, what, problems)
+    if problems.problems:
+        return
+    for job in recipe.jobs:
+        origins = recipe.origins[job.name]
+        what = f"{job.role} '{job.name}'"
+        _check_ports(job, origins, what, problems)
+        _check_containers(job, origins, recipe.site.runtime, what, problems)
+
+
+def _check_secrets(job: ResolvedJob, origins: Origins, what: str, removed: frozenset[str], problems: Collector) -> None:
+    for key in sorted(job.typedef.secrets - removed):
+        if job.fields.get(key) is None:
+            problems.add(origins.loc(), f"{what} needs {key}: {{env: VARIABLE}} or {{file: PATH}} (a secret; the type "
+                         "gives no default)")
+    for key in job.typedef.secrets:
+        if isinstance(job.fields.get(key), str):
+            problems.add(origins.loc((key,)), f"{key} of {what} is a secret and is never written into a script: "
+                         f"write `{key}: {{env: VARIABLE}}` (read from the environment when the job runs) or "
+                         f"`{key}: {{file: $HOME/.orchc/{key}}}` (a mode 0600 file, created with a random value if missing)")
+
+
+def _check_partition(job: ResolvedJob, origins: Origins, recipe: Recipe, problems: Collector) -> None:
+    site = recipe.site
+    partition = job.resources.get("partition")
+    if site.partitions and partition not in (None, *site.partitions):
+        problems.add(origins.loc(("resources", "partition")), f"resources.partition: site '{site.name}' has no "
+                     f"partition {shorten(partition)} (it has: {', '.join(site.partitions)})")
+
+
+def _check_target(client: ResolvedJob, origins: Origins, services: list[str], problems: Collector) -> None:
+    given = [key for key in TARGET_KEYS if client.fields.get(key) is not None]
+    target = client.fields.get("target")
+    if not given:
+        problems.add(origins.loc(), f"client '{client.name}' needs one of target (a service of this recipe), "
+                     "target_endpoint (host:port or URL) or target_service_id (a running SLURM job)")
+    elif len(given) > 1:
+        problems.add(origins.loc((given[1],)), f"client '{client.name}' gives {' and '.join(given)}; give only one")
+    elif given == ["target"] and isinstance(target, str) and target not in services:
+        problems.add(origins.loc(("target",)), f"client '{client.name}' targets {shorten(target)}, which is not a "
+                     f"service of this recipe{did_you_mean(target[:100], services)}")
+    endpoint = client.fields.get("target_endpoint")
+    found = _ENDPOINT_PORT.match(endpoint) if isinstance(endpoint, str) else None
+    if found and (len(found.group(1)) > 5 or not 1 <= int(found.group(1)) <= 65535):
+        problems.add(origins.loc(("target_endpoint",)),
+                     f"target_endpoint: port {shorten(found.group(1), quoted=False)} is not between 1 and 65535")
+
+
+def _check_environment(job: ResolvedJob, origins: Origins, what: str, problems: Collector) -> None:
+    secrets = {secret_variable(name): name for name in job.typedef.secrets}
+    for name in job.environment:
+        refused = refused_environment_name(name)
+        if refused:
+            problems.add(origins.key_loc(("environment", name)), f"environment: {name} would change how the "
+                         f"shell of {what} or the programs it starts behave ({refused}); orchc does not export it")
+        elif name in secrets:
+            problems.add(origins.key_loc(("environment", name)), f"environment: {name} is the variable that holds "
+                         f"secret {secrets[name]} of {what}; exporting it would hand the secret to every program the "
+                         "job runs: choose another name")
+
+
+def _check_phases(job: ResolvedJob, origins: Origins, what: str, problems: Collector) -> None:
+    allowed = PHASES[job.role]
+    for phase, items in job.phases.items():
+        if phase not in allowed and items:
+            problems.add(origins.key_loc(("phases", phase)), f"phases.{phase}: {what} runs only "
+                         f"{' and '.join(allowed)}; a {phase} phase belongs to a client")
+
+
+def _check_ports(job: ResolvedJob, origins: Origins, what: str, problems: Collector) -> None:
+    ports = job.fields.get("ports") or []
+    if not isinstance(ports, list) or not all(_port(p) for p in ports):
+        problems.add(origins.loc(("ports",)), f"{what}: ports must be a list of integers from 1 to 65535")
+
+
+def _port(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
+
+
+def _check_containers(job: ResolvedJob, origins: Origins, runtime: str, what: str, problems: Collector) -> None:
+    sidecars = [sidecar.container for sidecar in job.active_sidecars()]
+    if job.role == "service":
+        if job.container is None:
+            problems.add(origins.loc(), f"service '{job.name}' has no container to start")
+        for container in [*sidecars, *([job.container] if job.container else [])]:
+            if not container.command:
+                problems.add(origins.loc(container.path), f"{what}: the container has no `command` to start")
+    if runtime == "apptainer":
+        started: list[Container] = [*([job.container] if job.container else []), *sidecars]
+        for container in started:
+            if container.image and not container.source:
+                problems.add(origins.loc(container.path),
+                             f"container image '{container.image}' needs a `source` to build it from")
