@@ -87,7 +87,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from .pipeline import resolve_all
     from .report import yaml_lines
-    from .source import Node, Origins
+    from .source import Node
 
     recipe = resolve_all([args.recipe], compile_options(args))[0]
     annotate = (lambda node: str(node.loc)) if args.origin else None

@@ -6,6 +6,7 @@ directive is always exactly one line; unset values are left out.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 RESOURCE_DIRECTIVES: tuple[tuple[str, str], ...] = (
@@ -23,7 +24,7 @@ RESOURCE_DIRECTIVES: tuple[tuple[str, str], ...] = (
 """resources key -> sbatch option, in the order they appear in a script (README's table)."""
 
 
-def directives(job_name: str, job_id: str, resources: dict[str, Any]) -> list[str]:
+def directives(job_name: str, job_id: str, resources: Mapping[str, Any]) -> list[str]:
     """The option part of each `#SBATCH` line."""
     lines = [f"--job-name={job_name}_{job_id}"]
     lines += [f"{option}={resources[key]}" for key, option in RESOURCE_DIRECTIVES if resources.get(key) is not None]

@@ -2,8 +2,13 @@
 
 Layers, lowest precedence first: site profile defaults, the type chain (field
 defaults and the type's job keys), the recipe's top level, the job's own entry,
-`--set` options. Each resolved value keeps the position of the layer that set
-it, so validation errors and `orchc show --origin` can name file:line.
+`--set` options. Each value is checked against its schema here; defaults orchc
+decides (a client's only target) are set before the job is frozen into a
+ResolvedJob: typed parts (resources, environment, container, sidecars, phases,
+the type's fields) whose values are read-only. Where each value came from is
+kept apart, in the recipe's `origins` (path -> file:line, and the positioned
+template strings render needs), for errors and `orchc show --origin`.
+Semantic checks are the next stage's (checks.py).
 """
 
 from __future__ import annotations
