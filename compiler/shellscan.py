@@ -52,6 +52,10 @@ class Use:
     heredoc: tuple[str, bool] | None = None
     """(terminator, tabs stripped) of the quoted here-document it stands in"""
     in_backticks: bool = False
+    integer_only: list[str] = field(default_factory=list)
+    """why only an integer may stand here (arithmetic): the reasons refusals gives for anything"""
+    in_test: bool = False
+    """inside [[ ]], where an unquoted word starting with '-' would be read as an operator"""
     split: bool = False
     """inside a $(...) or `...` that is not quoted"""
     splitting: bool = False
@@ -117,7 +121,7 @@ class _Scanner:
 
     def placeholder(self, quoting: str, word: _Word | None, **extra: object) -> Use:
         end = self.text.index(MARK, self.pos + 1)
-        use = Use(int(self.text[self.pos + 1:end]), self.pos, quoting, list(self.forced),
+        use = Use(int(self.text[self.pos + 1:end]), self.pos, quoting, integer_only=list(self.forced),
                   in_backticks=self.in_backticks, **extra)  # type: ignore[arg-type]
         if self.pos > 0 and self.text[self.pos - 1] == "\\" and quoting not in ("sq", "literal", "comment"):
             use.refusals.append("it follows a backslash, which would change how it is read")
@@ -217,7 +221,7 @@ class _Scanner:
     def add_word(self, command: _Command, word: _Word) -> None:
         if not command.words and word.equals >= 0 and _ASSIGNMENT.match(word.text):
             for use in word.uses:
-                if use.offset < word.equals:
+                if use.offset < word.equals and not use.integer_only:  # (a subscript is arithmetic: integers only)
                     use.refusals.append("it would be part of a variable name")
             command.assignments.append(word)
         else:
@@ -302,6 +306,8 @@ class _Scanner:
                 else:
                     body = _Word()
                     self.expanding_text(end, body, "dq")
+                    for use in body.uses:
+                        use.heredoc = (terminator, strip)
                     command.heredoc_uses.extend(body.uses)
                 self.pos = min(end + 1, len(self.text))
             self.finish_heredoc_command(command)
@@ -386,9 +392,12 @@ class _Scanner:
         for index, word in enumerate(words):
             before = words[index - 1].text if index else ""
             after = words[index + 1].text if index + 1 < len(words) else ""
+            for use in word.uses:
+                use.in_test = True
             if before in _ARITH_TESTS or after in _ARITH_TESTS:
                 for use in word.uses:
-                    use.refusals.append(f"[[ ... {before or after} ... ]] evaluates it as arithmetic")
+                    use.integer_only.append(f"[[ ... {before if before in _ARITH_TESTS else after} ... ]] evaluates it "
+                                            "as arithmetic")
             if before == "-v":
                 for use in word.uses:
                     use.refusals.append("[[ -v ]] evaluates it as a variable name")
@@ -402,6 +411,12 @@ class _Scanner:
             if char == "(" and word.equals >= 0 and _ASSIGNMENT.fullmatch(word.text):  # name=( array elements )
                 self.pos += 1
                 self.array_elements(word)
+                continue
+            if char == "[" and not command.words and not word.quoted and _NAME.fullmatch(word.text):
+                self.pos += 1  # name[subscript]=...: bash reads the subscript, blanks and all, as arithmetic
+                name = word.text
+                self.arith("]", word)
+                word.text = name + "[]"
                 continue
             if not char or char in _META:
                 break
@@ -684,7 +699,11 @@ def _judge_arguments(name: str, args: list[_Word]) -> None:
             for use in word.uses:
                 use.refusals.append(why)
 
-    if name in _CODE_ARGS:
+    if name == "let":
+        for word in args:
+            for use in word.uses:
+                use.integer_only.append("'let' evaluates it as arithmetic")
+    elif name in _CODE_ARGS:
         refuse(args, f"'{name}' would read it as a name or as code")
     elif name in _DECLARE:
         options = "".join(w.text for w in args if w.text.startswith("-"))

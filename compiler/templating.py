@@ -272,8 +272,6 @@ class ShellValues:
         if key not in self.names:
             name = f"orchc_v{len(self.names) + 1}"
             self.names[key] = name
-            if not expand and ("$" in text or "`" in text):
-                self.assignments.append("# shellcheck disable=SC2016  # literal text, not an expansion")
             self.assignments.append(f"{name}={shell_quote_expanding(text) if expand else _single_quoted(text)}")
         return self.names[key]
 
@@ -290,7 +288,7 @@ class ShellValues:
                 line = text.count("\n", 0, use.offset) + 1
                 raise OrchcError.at(_line_in_template(node, line), str(refused)) from None
             out.append(written)
-            if use.quoting == "literal":
+            if use.heredoc is not None:
                 literal_spans.append((start, start + len(written), use))
             last = text.index(MARK, use.offset + 1) + 1
         out.append(text[last:])
@@ -301,16 +299,20 @@ class ShellValues:
 
     def write(self, use: Use, value: Any) -> str:
         """How one value is written where `use` says it stands."""
+        text = text_value(value)
+        if use.refusals:
+            raise _Refused(f"the value {excerpt_of(text)!r} cannot stand here: {use.refusals[0]}")
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
         expand = isinstance(value, PathValue)
-        text = text_value(value)
         if "\x00" in text:
             raise _Refused(f"the value {excerpt_of(text)!r} contains a NUL character")
-        if use.refusals:
-            raise _Refused(f"the value {excerpt_of(text)!r} cannot stand here: {use.refusals[0]}; "
-                           "only integers can (check the value against a pattern, or pass it differently)")
-        safe = bool(SAFE_WORD.fullmatch(text)) and not text.startswith("~")
+        if use.integer_only:
+            raise _Refused(f"the value {excerpt_of(text)!r} cannot stand here: {use.integer_only[0]}; "
+                           "only integers can (give the field `type: integer`)")
+        # In an unquoted here-document a reference is always right, and cannot make the terminator line.
+        safe = bool(SAFE_WORD.fullmatch(text)) and not text.startswith("~") and not (use.in_test and text.startswith("-")) \
+            and not (use.heredoc is not None and use.quoting == "dq")
         if safe:
             return text
         if use.splitting:
