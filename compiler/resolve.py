@@ -349,15 +349,14 @@ def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[
     return jobs
 
 
-@dataclass
 class _Draft:
     """A job while it is being resolved; frozen into a ResolvedJob once its defaults are decided."""
 
-    name: str
-    typedef: TypeDef
-    node: Node
-    data: dict[str, Any]
-    removed_secrets: frozenset[str]
+    __slots__ = ("data", "name", "node", "removed_secrets", "typedef")
+
+    def __init__(self, name: str, typedef: TypeDef, node: Node, data: dict[str, Any],
+                 removed_secrets: frozenset[str]) -> None:
+        self.name, self.typedef, self.node, self.data, self.removed_secrets = name, typedef, node, data, removed_secrets
 
 
 def _frozen_job(draft: _Draft, recipe: str, site: str) -> ResolvedJob:

@@ -106,7 +106,6 @@ def freeze(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
 class Origins:
     """Where each value of a resolved job was set, kept apart from the values themselves.
 
@@ -115,7 +114,14 @@ class Origins:
     positioned string a template is rendered from, so a template error names the type file's line.
     """
 
-    root: Node = field(repr=False)
+    __slots__ = ("root",)
+    root: Node
+
+    def __init__(self, root: Node) -> None:
+        object.__setattr__(self, "root", root)
+
+    def __setattr__(self, name: str, value: Any) -> NoReturn:
+        raise AttributeError("origins are read-only")
 
     def loc(self, path: tuple[PathItem, ...] = ()) -> SourceLoc:
         return self.root.at(path).loc
