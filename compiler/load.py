@@ -250,7 +250,7 @@ class _TooMuch(Exception):
 class _Frame:
     """A list or mapping being built."""
 
-    __slots__ = ("node", "is_map", "anchor", "start_count", "height", "key", "key_loc", "suffixed")
+    __slots__ = ("anchor", "height", "is_map", "key", "key_loc", "node", "start_count", "suffixed")
 
     def __init__(self, node: Node, is_map: bool, anchor: str | None, start_count: int) -> None:
         self.node = node
@@ -330,6 +330,7 @@ class _Builder:
         loc = SourceLoc(self.name, mark.line + 1, mark.column + 1)
         text = event.value
         tag = event.tag
+        value: Any
         if tag is None and event.implicit[0]:
             kind = self.tag_of(text)[18:]
             value = text if kind == "str" else self._value(kind, text, loc)
@@ -339,8 +340,8 @@ class _Builder:
                 self.problems.add(loc, f"control character {character_name(_BAD_VALUE.search(text).group())} "  # type: ignore[union-attr]
                                   "is not allowed")
         else:
-            kind = self._explicit(str(getattr(tag, "value", tag)), text, loc, "scalar")
-            value = _SKIP if kind is None else self._value(kind, text, loc)
+            explicit = self._explicit(str(getattr(tag, "value", tag)), text, loc, "scalar")
+            value = _SKIP if explicit is None else self._value(explicit, text, loc)
             if event.style == '"' and _BAD_VALUE.search(text):
                 self.problems.add(loc, f"control character {character_name(_BAD_VALUE.search(text).group())} "  # type: ignore[union-attr]
                                   "is not allowed")

@@ -295,7 +295,7 @@ class _SignalGuard:
         self.pending: int | None = None
         self.previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _SignalGuard:  # noqa: PYI034
+    def __enter__(self) -> _SignalGuard:
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
                 self.previous[signum] = signal.signal(signum, self._note)

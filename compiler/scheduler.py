@@ -61,7 +61,7 @@ class Scheduler(abc.ABC):
 
     name = ""
 
-    def ready(self) -> None:
+    def ready(self) -> None:  # noqa: B027 (a hook: most backends are always ready)
         """Raise a ClusterError when this scheduler cannot be used here (checked before a run folder is made)."""
 
     @abc.abstractmethod

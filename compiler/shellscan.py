@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import pairwise
 
 MARK = "\x00"
 _PLACEHOLDER = re.compile("\x00([0-9]+)\x00")
@@ -724,6 +725,6 @@ def _judge_arguments(name: str, args: list[_Word]) -> None:
                 refuse([script], f"'{name}' would run it as a script")
     if name in _NAME_OPTIONS:
         option = _NAME_OPTIONS[name]
-        for before, word in zip(args, args[1:]):
+        for before, word in pairwise(args):
             if before.text == option:
                 refuse([word], f"'{name} {option}' would evaluate it as a variable name")

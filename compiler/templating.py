@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
@@ -131,7 +132,7 @@ def environment(kind: str) -> Any:
         lstrip_blocks=True,
         comment_start_string="{##",  # so shell's ${#array[@]} is not a Jinja comment
         comment_end_string="##}",
-        finalize={"shell": pass_context(_placeholder), "text": text_value, "script": _script_value}[kind],
+        finalize=_FINALIZE[kind] if kind != "shell" else pass_context(_placeholder),
         loader=ChoiceLoader([FileSystemLoader(str(templates_dir())), strings]) if kind == "script" else strings,
         bytecode_cache=_bytecode_cache(kind),
         auto_reload=False,
@@ -185,6 +186,9 @@ def python_reaches(node: Node) -> list[tuple[SourceLoc, str]]:
             found.append((_line_in_template(node, item.lineno),
                           f"template reaches for Python internals ({name!r}), which templates may not use"))
     return found
+
+
+_FINALIZE: dict[str, Callable[[Any], str]] = {"text": text_value, "script": _script_value}
 
 
 def host_placeholder(token: str, job: str) -> str:

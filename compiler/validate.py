@@ -61,7 +61,7 @@ def _offline_registry() -> Any:
     from referencing.exceptions import NoSuchResource
 
     def refuse(uri: str) -> Any:
-        raise NoSuchResource(ref=uri)
+        raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
 
     return Registry(retrieve=refuse)  # type: ignore[call-arg]
 
@@ -92,7 +92,7 @@ _ASCII_CLASSES = {"d": ("[0-9]", "0-9"), "D": ("[^0-9]", None), "w": ("[A-Za-z0-
                   "W": ("[^A-Za-z0-9_]", None)}
 
 
-@lru_cache(maxsize=None)
+@cache
 def ecma_regex(pattern: str) -> re.Pattern[str]:
     """A JSON Schema pattern (ECMA 262 syntax) as a Python regex with the same meaning for orchc's uses:
     `$` matches only at the very end (Python's also matches before a final newline), and `\\d`, `\\w`

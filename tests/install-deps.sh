@@ -2,11 +2,11 @@
 # Install the Debian packages the test suite drives for real: SLURM and munge
 # (the one-node test cluster), redis (service and benchmark of the end-to-end
 # tests), prometheus (promtool checks generated configs), mariadb (the mysql types
-# run natively), curl and procps (used by generated scripts). Idempotent; skips
+# run natively), curl and procps (used by generated scripts), python3-venv (the test venv). Idempotent; skips
 # apt-get when everything is there.
 set -euo pipefail
 
-needed=(slurm-wlm munge redis-server redis-tools prometheus mariadb-server mariadb-client curl procps)
+needed=(slurm-wlm munge redis-server redis-tools prometheus mariadb-server mariadb-client curl procps python3-venv)
 missing=()
 for package in "${needed[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

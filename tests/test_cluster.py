@@ -155,7 +155,7 @@ class FakeOllama:
         requests: list[dict] = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 requests.append(body)
                 reply = json.dumps({"model": body["model"], "response": "ok", "done": True,

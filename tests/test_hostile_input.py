@@ -221,7 +221,7 @@ def test_patterns_match_the_whole_string():
 class _Counter(BaseHTTPRequestHandler):
     hits = 0
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         type(self).hits += 1
         body = b'{"type": "string"}'
         self.send_response(200)

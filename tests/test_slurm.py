@@ -66,7 +66,7 @@ def test_job_completion_file_when_there_is_no_slurmdbd_is_learnt_once(commands):
 
 def test_a_failing_squeue_is_an_error_not_a_forgotten_job(commands):
     commands(squeue=(1, "", "slurm_load_jobs error: Unable to contact slurm controller"))
-    with pytest.raises(ClusterError, match="squeue failed: .*Unable to contact"):
+    with pytest.raises(ClusterError, match=r"squeue failed: .*Unable to contact"):
         slurm.SlurmScheduler(timeout=1).poll("5")
 
 
