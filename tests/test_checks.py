@@ -147,8 +147,14 @@ def test_the_resolved_job_is_immutable(tmp_path):
 def test_origins_locate_values_and_give_positioned_templates(tmp_path):
     recipe = _recipe(tmp_path, "service:\n  name: redis\n  maxmemory: 4gb\n")
     origins = recipe.origins["redis"]
-    assert str(origins.loc(("maxmemory",))) == f"{tmp_path / 'r.yaml'}:3:14".replace(str(tmp_path) + "/", "") \
-        or origins.loc(("maxmemory",)).line == 3
+    where = origins.loc(("maxmemory",))
+    assert where.file.endswith("r.yaml") and (where.line, where.col) == (3, 14)
+    assert origins[("maxmemory",)] == where and dict(origins.items())[("maxmemory",)] == where
+    with pytest.raises(KeyError):
+        origins[("no_such_field",)]
+    assert origins.loc(("target",)) == origins.loc()      # nothing set it: the job's own entry
+    with pytest.raises(AttributeError):
+        origins.root = None  # type: ignore[misc]
     command = origins.template(("container", "command"))
     assert command.value == recipe.job("redis").container.command
     assert command.loc.file.endswith("service_defs/redis.yaml")
