@@ -78,12 +78,15 @@ def test_a_killed_batch_shell_leaves_no_service_running(orchc, write, tmp_path):
         while not sleepers(NONCE) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert sleepers(NONCE), "the service never started"
+        while not (run / "endpoints" / "svc").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
         service.kill()  # SIGKILL: no trap runs in the batch shell
         service.wait()
         deadline = time.monotonic() + 15
         while sleepers(NONCE) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert sleepers(NONCE) == [], "the service outlived its batch shell"
+        assert not (run / "endpoints" / "svc").exists(), "the endpoint of a dead service was left for clients"
     finally:
         for pid in sleepers(NONCE):
             os.kill(int(pid), signal.SIGKILL)
@@ -116,3 +119,27 @@ def test_an_unsafe_secret_file_stops_the_job_before_the_service_starts(orchc, wr
     assert message in done.stderr
     assert "starting mysql" not in done.stderr
     assert "hunter2" not in done.stderr
+
+
+def test_a_killed_client_batch_shell_leaves_no_benchmark_running(orchc, write, tmp_path):
+    write("defs/bench.yaml", "type: jobside_bench\nextends: client\nfields:\n"
+          "  nonce: {type: integer, minimum: 0, maximum: 999999, default: 0}\n"
+          "phases:\n  health_check!: []\n  benchmark:\n    - sleep 3{{ '%06d' % nonce }}\n")
+    run = compile_recipe(orchc, write, tmp_path, f"client:\n  name: c\n  type: jobside_bench\n  nonce: {NONCE + 2}\n"
+                         "  target_endpoint: '127.0.0.1:9'\n")
+    client = subprocess.Popen(["bash", "c.sbatch"], cwd=run, env=environment(run),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not sleepers(NONCE + 2) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sleepers(NONCE + 2), "the benchmark never started"
+        client.kill()
+        client.wait()
+        deadline = time.monotonic() + 15
+        while sleepers(NONCE + 2) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sleepers(NONCE + 2) == [], "the benchmark outlived its batch shell"
+    finally:
+        for pid in sleepers(NONCE + 2):
+            os.kill(int(pid), signal.SIGKILL)
