@@ -168,13 +168,14 @@ def _service_command(job: ResolvedJob, recipe: Recipe, origins: Origins, context
 def _where(phase: str, node: Node, block: str) -> Raw:
     """The line that tells the job's error trap which phase and type line the next lines came from.
 
-    It also records the script line of the block's first line and the block's length, so the
-    trap can count forward to the failing line; 0 when Jinja statements make that count unreliable.
+    It also records the script lines of the block, so the trap can find the failing line or the
+    phase line that called a failing helper, and whether the block's lines follow the type file's
+    one for one (not when Jinja statements removed or repeated lines).
     """
     loc = template_line(node, 1)
     exact = isinstance(node.value, str) and "{%" not in node.value
-    first = "$((LINENO + 1))" if exact else "0"
-    return Raw(f"ORCHC_AT=({phase} {shlex.quote(_type_file(loc.file))} {loc.line} {first} {block.count(chr(10)) + 1})")
+    return Raw(f"ORCHC_AT=({phase} {shlex.quote(_type_file(loc.file))} {loc.line} $((LINENO + 1)) "
+               f"{block.count(chr(10)) + 1} {int(exact)})")
 
 
 @lru_cache(maxsize=1024)
