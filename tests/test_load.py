@@ -50,7 +50,13 @@ def test_the_pure_python_parser_gives_the_same_values_and_positions(monkeypatch)
     native = load_text(text, "t.yaml")
     monkeypatch.setitem(sys.modules, "ruamel.yaml.cyaml", None)  # as without ruamel.yaml.clib
     monkeypatch.setattr(load, "_event_source", load._event_source.__wrapped__)
+    from ruamel.yaml import YAML
+
+    calls = []
+    real_parse = YAML.parse
+    monkeypatch.setattr(YAML, "parse", lambda self, stream: calls.append(1) or real_parse(self, stream))
     pure = load_text(text, "t.yaml")
+    assert calls, "the pure-Python parser was not the one used"
     assert pure.plain() == native.plain() == {"service": {"name": "redis", "ports": [1, 2], "on": "yes",
                                                           "x": {"y": 31}, "z": {"y": 31}}}
     for path in [("service",), ("service", "name"), ("service", "ports", 1), ("service", "z", "y")]:
