@@ -476,10 +476,11 @@ def _secret_removals(layers: list[Node], typedef: TypeDef, what: str, problems: 
 def _validated(node: Node, typedef: TypeDef, what: str, problems: Collector, removed: set[str]) -> dict[str, Any]:
     """The job's values, read-only, each checked against its schema. Secrets given as literals are left to the
     checks stage, which refuses them with a message of their own."""
-    data = to_frozen(node)
-    literal_secrets = [k for k in typedef.secrets if isinstance(data.get(k), str)]
     # Values inherited unchanged from the type were checked once, with the type; check the rest.
+    # Being read-only, their frozen form is made once and shared by every job of the type.
     inherited = typedef.layer.value
+    data = {k: _shared_frozen(v) if inherited.get(k) is v else to_frozen(v) for k, v in node.value.items()}
+    literal_secrets = [k for k in typedef.secrets if isinstance(data.get(k), str)]
     fresh = [k for k, v in node.value.items()
              if k not in literal_secrets and k not in removed and inherited.get(k) is not v]
     check(node, typedef.job_validator, what, problems, instance={k: data[k] for k in fresh}, secrets=typedef.secrets)
@@ -487,7 +488,18 @@ def _validated(node: Node, typedef: TypeDef, what: str, problems: Collector, rem
         schema = typedef.fields.get(key)
         if schema is not None and key not in typedef.secrets:
             check_characters(node.value[key], (key,), schema.get("multiline") is True, problems)
-    return dict(data)
+    return data
+
+
+_SHARED: dict[int, tuple[Node, Any]] = {}
+"""id of a type's value -> (that value, its frozen form); holding the value keeps its id from being reused."""
+
+
+def _shared_frozen(node: Node) -> Any:
+    hit = _SHARED.get(id(node))
+    if hit is None or hit[0] is not node:
+        hit = _SHARED[id(node)] = (node, to_frozen(node))
+    return hit[1]
 
 
 def _default_targets(drafts: list[_Draft]) -> None:
