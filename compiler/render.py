@@ -17,7 +17,6 @@ import os
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -31,20 +30,10 @@ from .resources import builtin_types_dir
 from .shell import Raw, shell_word, text_value
 from .source import Node, Origins
 from .templating import ShellValues, environment, host_placeholder, render_shell, render_text, template_line
-from .typedefs import TypeDef, secret_variable
+from .typedefs import secret_variable
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTROL_IN_VALUES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-@dataclass(frozen=True)
-class _TemplateJob:
-    """What the job template reads of a job; `data` holds the field values (e.g. `keep_running`)."""
-
-    name: str
-    role: str
-    typedef: TypeDef
-    data: Mapping[str, Any]
 
 
 def render_recipe(recipe: Recipe) -> dict[str, str]:
@@ -68,15 +57,15 @@ def render_job(job: ResolvedJob, recipe: Recipe) -> str:
         "target": _target_lines(job) if job.role == "client" else [],
         "clients": recipe.clients_of.get(job.name, []),
         "ports": job.fields.get("ports") or [],
+        "keep_running": bool(job.fields.get("keep_running")),
     }
     parts["fills_hosts"] = any("orchc_fill_hosts " in line for lines in parts["phases"].values() for line in lines)
     parts["values"] = values.assignments
     for key in ("directives", "environment", "secrets", "images", "target", "values"):
         parts[key] = [_code(line, job, origins, multiline=key == "values") for line in parts[key]]
     template = environment("script").get_template("job.sbatch.j2")
-    view = _TemplateJob(job.name, job.role, job.typedef, job.fields)
     try:
-        return str(template.render(job=view, recipe=recipe, site=recipe.site, **parts))
+        return str(template.render(job=job, recipe=recipe, site=recipe.site, **parts))
     except ValueError as exc:
         raise OrchcError.at(origins.loc(), f"{job.role} '{job.name}': {exc}") from None
 
