@@ -143,3 +143,14 @@ def test_a_killed_client_batch_shell_leaves_no_benchmark_running(orchc, write, t
     finally:
         for pid in sleepers(NONCE + 2):
             os.kill(int(pid), signal.SIGKILL)
+
+
+def test_a_client_that_fails_before_finding_its_service_still_releases_it(orchc, write, tmp_path):
+    run = compile_recipe(orchc, write, tmp_path, "service:\n  name: svc\n  type: jobside_probe\n"
+                         "client:\n  name: c\n  type: redis_client\n  target_timeout: 1\n")
+    bin_dir = fake_squeue(tmp_path, "RUNNING")
+    done = subprocess.run(["bash", "c.sbatch"], cwd=run, env=environment(run, bin_dir, ORCHC_TARGET_JOB_ID="77"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "published no endpoint within 1 s" in done.stderr
+    assert (run / "done" / "c.77").exists(), "the service would wait for this client until its time limit"
