@@ -1,0 +1,217 @@
+"""Monitoring that monitors (issue 7, point 7): exporter sidecars, Prometheus file-based discovery, Grafana dashboards.
+
+The end-to-end test runs prometheus + redis with its redis_exporter natively on the test cluster and asks
+Prometheus' HTTP API for redis metrics it scraped from the exporter it found through file SD.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, in_ci
+from test_cluster import cluster, free_port, orchc, status, wait_for  # noqa: F401 (cluster is a fixture)
+from test_configs import written_files
+from ruamel.yaml import YAML
+
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+
+
+def compile_one(tmp_path: Path, recipe: str, job: str, site: str = "local", name: str = "mon") -> str:
+    (tmp_path / f"{name}.yaml").write_text(recipe)
+    orchc("compile", f"{name}.yaml", "-o", tmp_path / "build", "--site", site, cwd=tmp_path)
+    return (tmp_path / "build" / name / f"{job}.sbatch").read_text()
+
+
+def setup_section(script: str) -> str:
+    """The lines of the script's setup phase (they only write files and folders for prometheus)."""
+    return script.split("\n# setup\n", 1)[1].split("\n# sidecars\n", 1)[0].split("\n# service\n", 1)[0]
+
+
+def needs(*programs: str) -> None:
+    missing = [p for p in programs if shutil.which(p) is None]
+    if missing and in_ci():
+        pytest.fail(f"CI=true but {', '.join(missing)} missing; run tests/install-deps.sh")
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed; run tests/install-deps.sh")
+
+
+STACK = """\
+site: local
+resources: {{time: '00:05:00'}}
+services:
+  - name: redis
+    ports: [{redis}]
+    data_dir: {data}
+    enable_exporter: true
+    exporter_port: {exporter}
+  - name: prometheus
+    ports: [{prometheus}]
+    scrape_interval: 1s
+"""
+
+
+# --- compiled output -------------------------------------------------------------------------------------------
+
+def test_redis_exporter_sidecar_native_and_apptainer(tmp_path):
+    recipe = STACK.format(redis=6379, data="/tmp/x", exporter=9121, prometheus=9090).replace("site: local\n", "account: p1\n")
+    native = compile_one(tmp_path, recipe, "redis")
+    assert re.search(r"setsid prometheus-redis-exporter -redis\.addr redis://127\.0\.0\.1:6379 -web\.listen-address :9121 &", native)
+    assert "orchc_publish_metrics mon redis_exporter=9121" in native
+    apptainer = compile_one(tmp_path, recipe, "redis", site="meluxina")
+    assert "docker://oliver006/redis_exporter:v1.45.0" in apptainer
+    assert "/redis_exporter -redis.addr redis://127.0.0.1:6379 -web.listen-address :9121 &" in apptainer
+    off = compile_one(tmp_path, recipe.replace("    enable_exporter: true\n", ""), "redis")
+    assert "redis-exporter" not in off and "redis_exporter=" not in off
+
+
+def test_node_exporter_and_cadvisor_are_published_for_any_service(tmp_path):
+    recipe = ("site: local\nservice:\n  name: redis\n  enable_node_exporter: true\n  node_exporter_port: 9200\n"
+              "  enable_cadvisor: true\n  cadvisor_port: 8088\n")
+    script = compile_one(tmp_path, recipe, "redis")
+    assert "setsid prometheus-node-exporter --web.listen-address=:9200" in script
+    assert re.search(r"orchc_publish_metrics .*node_exporter=9200", script)
+    assert re.search(r"orchc_publish_metrics .*cadvisor=8088", script)
+
+
+def test_mysql_exporter_password_never_on_a_command_line(tmp_path):
+    recipe = ("site: local\nservice:\n  name: mysql\n  enable_exporter: true\n"
+              "  root_password: {env: MYSQL_SECRET}\n")
+    for site in ("local", "meluxina"):
+        script = compile_one(tmp_path, recipe.replace("site: local\n", "account: p1\n"), "mysql", site=site)
+        (line,) = [line for line in script.splitlines() if "setsid" in line and "mysqld" in line and "exporter" in line]
+        # the password travels in the environment (DATA_SOURCE_NAME, read by mysqld_exporter 0.14), not in argv
+        words_after_setsid = line.split("setsid", 1)[1]
+        assert "ROOT_PASSWORD" not in words_after_setsid, line
+        assert "ROOT_PASSWORD" in line.split("setsid", 1)[0], line
+        assert "orchc_publish_metrics mon mysqld_exporter=9104" in script
+
+
+def test_prometheus_config_discovers_files_and_passes_promtool(tmp_path):
+    needs("promtool")
+    script = compile_one(tmp_path, STACK.format(redis=6379, data="/tmp/x", exporter=9121, prometheus=9090), "prometheus")
+    run_dir = tmp_path / "run dir with 'quotes\" and \\"
+    run_dir.mkdir()
+    # The generated setup lines write the config, with the run folder's absolute path filled in at run time.
+    subprocess.run(["bash", "-c", 'set -e; ORCHC_RUN_DIR=$1; orchc_log() { :; }; ' + setup_section(script), "x", run_dir],
+                   check=True, cwd=tmp_path)
+    config_path = run_dir / "config" / "prometheus" / "prometheus.yml"
+    config = YAML(typ="safe").load(config_path.read_text())
+    (discovered,) = [c for c in config["scrape_configs"] if "file_sd_configs" in c]
+    assert discovered["file_sd_configs"][0]["files"] == [f"{run_dir}/monitoring/*.json"]
+    (run_dir / "monitoring").mkdir()
+    (run_dir / "monitoring" / "redis.json").write_text(json.dumps(
+        [{"targets": ["node01:9121"], "labels": {"job": "redis", "orchc_recipe": "mon", "orchc_source": "redis_exporter"}}]))
+    checked = subprocess.run(["promtool", "check", "config", str(config_path)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_publish_metrics_writes_an_sd_file_and_removes_it_on_exit(tmp_path):
+    """The runtime helper, run in a real service script: the file appears atomically and goes with the job."""
+    script = compile_one(tmp_path, "site: local\nservice:\n  name: redis\n  enable_exporter: true\n", "redis")
+    helpers = script.split("# orchc runtime helpers", 1)[1].split("\nORCHC_JOB=", 1)[0]
+    program = ("set -o errexit -o pipefail -o errtrace\n" + helpers + "\nORCHC_JOB=redis; ORCHC_RUN_DIR=$1\n"
+               "orchc_publish_metrics mon redis_exporter=9121 node_exporter=9100\n"
+               'cp "$ORCHC_RUN_DIR"/monitoring/redis.json "$ORCHC_RUN_DIR"/seen.json\n')
+    subprocess.run(["bash", "-c", program, "x", tmp_path], check=True, timeout=30, capture_output=True)
+    groups = json.loads((tmp_path / "seen.json").read_text())
+    assert [g["labels"]["orchc_source"] for g in groups] == ["redis_exporter", "node_exporter"]
+    assert all(g["labels"]["job"] == "redis" and g["labels"]["orchc_recipe"] == "mon" for g in groups)
+    assert groups[0]["targets"][0].endswith(":9121")
+    assert not (tmp_path / "monitoring" / "redis.json").exists(), "the SD file outlived its job"
+    assert not list((tmp_path / "monitoring").glob("*.tmp*"))
+
+
+# --- Grafana ---------------------------------------------------------------------------------------------------
+
+def test_grafana_datasource_has_a_fixed_uid_and_dashboards_are_grafana_json(tmp_path):
+    script = compile_one(tmp_path, "site: local\nservice:\n  name: grafana\n", "grafana")
+    files = written_files(script)
+    (sources,) = [text for path, text in files.items() if path.endswith("datasources/orchc.yaml")]
+    doc = YAML(typ="safe").load(sources)
+    assert doc["datasources"][0]["uid"] == "orchc-prometheus"
+    dashboards = {path.rsplit("/", 1)[1]: json.loads(text) for path, text in files.items() if path.endswith(".json")}
+    assert set(dashboards) == {"orchc-redis.json", "orchc-mysql.json", "orchc-node.json"}
+    uids = set()
+    for name, board in dashboards.items():
+        # Grafana's dashboard JSON model: title, uid, schemaVersion, panels with gridPos, datasource and targets
+        assert isinstance(board["title"], str) and board["title"], name
+        assert re.fullmatch(r"[A-Za-z0-9_-]{1,40}", board["uid"]), name
+        uids.add(board["uid"])
+        assert isinstance(board["schemaVersion"], int) and board["schemaVersion"] >= 36, name
+        assert board["panels"], name
+        ids = [panel["id"] for panel in board["panels"]]
+        assert len(ids) == len(set(ids)), name
+        for panel in board["panels"]:
+            assert panel["type"] in ("timeseries", "stat", "gauge"), (name, panel)
+            assert set(panel["gridPos"]) == {"h", "w", "x", "y"}
+            assert panel["datasource"] == {"type": "prometheus", "uid": "orchc-prometheus"}
+            assert panel["targets"], (name, panel["title"])
+            for target in panel["targets"]:
+                assert target["expr"] and target["refId"]
+                assert target["datasource"] == {"type": "prometheus", "uid": "orchc-prometheus"}
+    assert len(uids) == len(dashboards)
+
+
+def test_grafana_dashboard_queries_parse_as_promql(tmp_path):
+    needs("promtool")
+    script = compile_one(tmp_path, "site: local\nservice:\n  name: grafana\n", "grafana")
+    rules = {"groups": [{"name": "dashboards", "rules": []}]}
+    for path, text in written_files(script).items():
+        if path.endswith(".json"):
+            for panel in json.loads(text)["panels"]:
+                for target in panel["targets"]:
+                    expr = target["expr"].replace("$__rate_interval", "1m")
+                    rules["groups"][0]["rules"].append({"record": f"orchc:check{len(rules['groups'][0]['rules'])}",
+                                                        "expr": expr})
+    (tmp_path / "rules.yml").write_text(json.dumps(rules))
+    checked = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# --- on the test cluster ---------------------------------------------------------------------------------------
+
+def query(port: int, promql: str) -> list[dict]:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            body = json.load(answer)
+    except OSError:
+        return []
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def test_prometheus_scrapes_redis_through_its_exporter_found_by_file_sd(cluster, tmp_path):  # noqa: F811
+    needs("redis-server", "redis-cli", "prometheus", "prometheus-redis-exporter")
+    ports = {"redis": free_port(), "exporter": free_port(), "prometheus": free_port()}
+    (tmp_path / "mon.yaml").write_text(STACK.format(data=tmp_path / "redis-data", **ports))
+    run = tmp_path / "run"
+    orchc("submit", "mon.yaml", "--run-dir", run, cwd=tmp_path)
+    try:
+        wait_for(lambda: (run / "endpoints" / "prometheus").exists() and (run / "endpoints" / "redis").exists(),
+                 60, "both services to publish their endpoints")
+        sd_file = run / "monitoring" / "redis.json"
+        (group,) = json.loads(sd_file.read_text())
+        assert group["labels"]["orchc_source"] == "redis_exporter"
+        assert group["targets"][0].endswith(f":{ports['exporter']}")
+        # No target was listed in the recipe: Prometheus found the exporter through the file.
+        up = wait_for(lambda: [r for r in query(ports["prometheus"], "redis_up") if r["value"][1] == "1"],
+                      60, "Prometheus to scrape redis_up == 1 from the exporter")
+        assert up[0]["metric"]["job"] == "redis" and up[0]["metric"]["orchc_source"] == "redis_exporter"
+        assert up[0]["metric"]["instance"] == group["targets"][0]
+        clients = wait_for(lambda: query(ports["prometheus"], "redis_connected_clients"), 30, "redis_connected_clients")
+        assert float(clients[0]["value"][1]) >= 1   # the exporter's own connection at least
+    finally:
+        orchc("cancel", run, cwd=tmp_path, check=False)
+    wait_for(lambda: all(job["state"] in ENDED for job in status(run).values()), 60, "every job to end")
+    wait_for(lambda: not (run / "monitoring" / "redis.json").exists(), 15, "the SD file to be withdrawn")
+    left = subprocess.run(["pgrep", "-af", f"redis-exporter.*{ports['exporter']}"], capture_output=True, text=True).stdout
+    assert not [line for line in left.splitlines() if "pgrep" not in line], left
+
