@@ -30,8 +30,8 @@ def compile_one(tmp_path: Path, recipe: str, job: str, site: str = "local", name
 
 
 def setup_section(script: str) -> str:
-    """The lines of the script's setup phase (they only write files and folders for prometheus)."""
-    return script.split("\n# setup\n", 1)[1].split("\n# sidecars\n", 1)[0].split("\n# service\n", 1)[0]
+    """The script from the job's variables and values to the end of its setup phase (for prometheus: files and folders)."""
+    return "ORCHC_JOB=" + script.split("\nORCHC_JOB=", 1)[1].split("\n# sidecars\n", 1)[0].split("\n# service\n", 1)[0]
 
 
 def needs(*programs: str) -> None:
@@ -96,7 +96,7 @@ def test_mysql_exporter_password_never_on_a_command_line(tmp_path):
 def test_prometheus_config_discovers_files_and_passes_promtool(tmp_path):
     needs("promtool")
     script = compile_one(tmp_path, STACK.format(redis=6379, data="/tmp/x", exporter=9121, prometheus=9090), "prometheus")
-    run_dir = tmp_path / "run dir with 'quotes\" and \\"
+    run_dir = tmp_path / "run dir with 'quotes\" and \\ and glob [?]"
     run_dir.mkdir()
     # The generated setup lines write the config, with the run folder's absolute path filled in at run time.
     subprocess.run(["bash", "-c", 'set -e; ORCHC_RUN_DIR=$1; orchc_log() { :; }; ' + setup_section(script), "x", run_dir],
@@ -104,12 +104,25 @@ def test_prometheus_config_discovers_files_and_passes_promtool(tmp_path):
     config_path = run_dir / "config" / "prometheus" / "prometheus.yml"
     config = YAML(typ="safe").load(config_path.read_text())
     (discovered,) = [c for c in config["scrape_configs"] if "file_sd_configs" in c]
-    assert discovered["file_sd_configs"][0]["files"] == [f"{run_dir}/monitoring/*.json"]
-    (run_dir / "monitoring").mkdir()
+    (pattern,) = discovered["file_sd_configs"][0]["files"]
+    # the folder's own glob characters are escaped: the pattern matches the files of monitoring/ and no others
+    assert pattern == re.sub(r"([\\*?\[])", r"\\\1", str(run_dir)) + "/monitoring/*.json"
+    assert (run_dir / "monitoring").is_dir()   # created by the setup lines
+    # promtool reads the SD files the pattern matches: a broken one fails the check, so the pattern matched it
+    (run_dir / "monitoring" / "broken.json").write_text("[{")
+    checked = subprocess.run(["promtool", "check", "config", str(config_path)], capture_output=True, text=True)
+    assert checked.returncode != 0 and "unexpected end of JSON input" in checked.stdout + checked.stderr, checked.stdout + checked.stderr
+    (run_dir / "monitoring" / "broken.json").unlink()
     (run_dir / "monitoring" / "redis.json").write_text(json.dumps(
         [{"targets": ["node01:9121"], "labels": {"job": "redis", "orchc_recipe": "mon", "orchc_source": "redis_exporter"}}]))
     checked = subprocess.run(["promtool", "check", "config", str(config_path)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    # A '*' in the run folder's path cannot be expressed in file_sd_configs: a clear error, at once.
+    starred = tmp_path / "run*"
+    starred.mkdir()
+    failed = subprocess.run(["bash", "-c", 'set -e; ORCHC_RUN_DIR=$1; orchc_log() { :; }; orchc_fail() { echo "$*" >&2; exit 1; }; '
+                             + setup_section(script), "x", starred], capture_output=True, text=True, cwd=tmp_path)
+    assert failed.returncode == 1 and "has a '*' in its path" in failed.stderr, failed.stderr
 
 
 def test_publish_metrics_writes_an_sd_file_and_removes_it_on_exit(tmp_path):
