@@ -1,0 +1,198 @@
+"""Chroma works: health checks that report an HTTP error at once, and chroma + chroma_client end to end.
+
+The fast tests compile a probe service whose health check is `orchc_wait_http` against a tiny local
+HTTP server, and run the script with bash (no SLURM). The end-to-end test runs the `chroma` server of
+the `chromadb` package from PyPI (the `test` extra) and the stdlib-only benchmark client on the test
+cluster, natively (`--site local`); the job finds `chroma` on PATH because sbatch exports the
+submitting environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from conftest import in_ci
+from test_cluster import cluster, free_port, orchc, status, wait_for
+from test_failfast import _unique, compile_probe, run_script
+
+__all__ = ["cluster"]   # the fixture, imported for the end-to-end test
+
+V1_GONE = b'{"error":"Unimplemented","message":"The v1 API is deprecated. Please use /v2 apis"}'
+
+
+class Answering:
+    """An HTTP server on 127.0.0.1 that answers every GET with the status and body `answer()` returns."""
+
+    def __init__(self, answer, port: int = 0) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                code, body = answer()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def http_probe(url: str, timeout: int) -> str:
+    """A service type whose health check waits for `url`; its command sleeps, marked for cleanup."""
+    return ("type: http_probe\nextends: service\ndescription: waits for an HTTP URL\nfields:\n"
+            "  ports: {default: [9]}\n  sleep: {type: string, pattern: '^[0-9.]+$'}\n"
+            "container:\n  command: sleep {{ sleep }}\nphases:\n  health_check!:\n"
+            f"    - orchc_wait_http {url} {timeout}\n"
+            "    - printf '%s\\n' healthy >>\"$ORCHC_RUN_DIR/trace\"\n")
+
+
+def run_probe(orchc_in_process, tmp_path: Path, url: str, timeout: int = 60, sleep: str = "300"):
+    unique = _unique()
+    script = compile_probe(orchc_in_process, tmp_path, "http_probe", http_probe(url, timeout),
+                           f"service:\n  name: s\n  type: http_probe\n  sleep: '{sleep}.{unique}'\n")
+    started = time.monotonic()
+    ran = run_script(script, tmp_path, unique)
+    return ran, time.monotonic() - started
+
+
+def test_an_http_error_status_fails_the_health_check_at_once(orchc, tmp_path):
+    """Chroma 1.x answers the v1 heartbeat with 410: the job says so within seconds, not after its timeout."""
+    server = Answering(lambda: (410, V1_GONE))
+    try:
+        ran, seconds = run_probe(orchc, tmp_path, f"http://127.0.0.1:{server.port}/api/v1/heartbeat")
+    finally:
+        server.close()
+    assert not ran.timed_out, f"still waiting after 20 s on an HTTP 410:\n{ran.err[-2000:]}"
+    assert ran.status != 0
+    assert seconds < 10, seconds
+    assert ran.trace == [], "the health check passed on an HTTP 410"
+    failed = [line for line in ran.err.splitlines() if "error:" in line and "HTTP 410" in line]
+    assert failed, f"no error line naming HTTP 410:\n{ran.err[-2000:]}"
+    assert "The v1 API is deprecated" in failed[0], failed[0]
+    assert f"127.0.0.1:{server.port}/api/v1/heartbeat" in failed[0], failed[0]
+    assert "did not answer within" not in ran.err
+    assert ran.survivors == [], f"left running: {ran.survivors}"
+
+
+@pytest.mark.parametrize("status", [404, 500])
+def test_other_http_errors_fail_at_once_and_quote_at_most_the_start_of_the_body(orchc, tmp_path, status):
+    body = b"line one\nline\ttwo " + b"x" * 5000
+    server = Answering(lambda: (status, body))
+    try:
+        ran, seconds = run_probe(orchc, tmp_path, f"http://127.0.0.1:{server.port}/health")
+    finally:
+        server.close()
+    assert not ran.timed_out and ran.status != 0 and seconds < 10
+    (failed,) = [line for line in ran.err.splitlines() if "error:" in line and f"HTTP {status}" in line]
+    assert "line one line two xxx" in failed, failed        # control characters become spaces: one log line
+    assert failed.count("x") < 250, f"the whole body was logged: {len(failed)} characters"
+
+
+def test_a_url_that_answers_late_is_waited_for(orchc, tmp_path):
+    """Connection refused at first (nothing listens yet), then 503 while starting, then 200: healthy."""
+    port = free_port()
+    answers = iter([(503, b"Service Unavailable")] * 2)
+    late: list[Answering] = []
+
+    def serve_late() -> None:
+        time.sleep(1.5)
+        late.append(Answering(lambda: next(answers, (200, b'{"nanosecond heartbeat": 1}')), port))
+
+    threading.Thread(target=serve_late, daemon=True).start()
+    try:
+        ran, _ = run_probe(orchc, tmp_path, f"http://127.0.0.1:{port}/api/v2/heartbeat", sleep="8")
+    finally:
+        for server in late:
+            server.close()
+    assert late, "the late server never started"
+    assert next(answers, None) is None, "the check stopped before the server answered 200"
+    assert not ran.timed_out
+    assert ran.trace == ["healthy"], ran.err[-2000:]
+    assert ran.status == 0, ran.err[-2000:]
+    assert "error" not in ran.err, f"a refused connection or a 503 was reported as an error:\n{ran.err[-2000:]}"
+    assert "s is ready" in ran.err
+
+
+def test_a_url_that_never_answers_times_out_with_the_last_answer(orchc, tmp_path):
+    server = Answering(lambda: (503, b"still starting"))
+    try:
+        ran, _ = run_probe(orchc, tmp_path, f"http://127.0.0.1:{server.port}/-/ready", timeout=2)
+    finally:
+        server.close()
+    assert not ran.timed_out and ran.status != 0
+    (failed,) = [line for line in ran.err.splitlines() if "error:" in line and "did not answer within 2 s" in line]
+    assert "HTTP 503: still starting" in failed, failed
+
+
+def test_the_chroma_type_checks_the_v2_heartbeat(orchc, tmp_path):
+    (tmp_path / "r.yaml").write_text("service:\n  name: chroma\n  ports: [8123]\n"
+                                     "client:\n  name: vectors\n  type: chroma_client\n")
+    result = orchc("compile", "r.yaml", "--site", "local", "-o", "out", cwd=tmp_path)
+    assert result.code == 0, result.err
+    service = (tmp_path / "out" / "r" / "chroma.sbatch").read_text()
+    assert "orchc_wait_http http://127.0.0.1:8123/api/v2/heartbeat" in service
+    assert "/api/v1" not in service
+    client = (tmp_path / "out" / "r" / "vectors.sbatch").read_text()
+    assert "/api/v2/tenants/" in client and "/api/v1" not in client
+
+
+@pytest.fixture
+def chroma_program() -> str:
+    found = shutil.which("chroma", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found is None:
+        message = "no `chroma` program: install the test extra (.venv/bin/python -m pip install -e '.[test]')"
+        if in_ci():
+            pytest.fail(f"CI=true but {message}")
+        pytest.skip(message)
+    return found
+
+
+def test_chroma_and_its_benchmark_client_complete_with_real_results(cluster, chroma_program, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{Path(chroma_program).parent}{os.pathsep}{os.environ['PATH']}")
+    port = free_port()
+    (tmp_path / "chroma.yaml").write_text(
+        "site: local\n"
+        f"service:\n  name: chroma\n  ports: [{port}]\n  persist_directory: {tmp_path / 'data'}\n"
+        "  resources: {time: '00:05:00'}\n"
+        "client:\n  name: vectors\n  type: chroma_client\n  num_documents: 300\n  dimension: 16\n"
+        "  batch_size: 50\n  num_queries: 40\n  n_results: 5\n  duration: 60\n  resources: {time: '00:05:00'}\n")
+    run = tmp_path / "run"
+    orchc("submit", "chroma.yaml", "--run-dir", run, cwd=tmp_path)
+    ended = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+
+    def all_ended() -> dict[str, dict[str, str]] | None:
+        jobs = status(run)
+        return jobs if all(job["state"] in ended for job in jobs.values()) else None
+
+    jobs = wait_for(all_ended, 110, "chroma and its client to end", interval=0.5)
+    logs = "".join(f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(run.glob("slurm-*")))
+    assert {name: job["state"] for name, job in jobs.items()} == {"chroma": "COMPLETED", "vectors": "COMPLETED"}, logs
+    results = json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["vectors"]
+    assert results["tool"] == "orchc chroma_bench"
+    assert results["api"] == "v2"
+    assert results["documents_added"] == 300 and results["batches"] == 6
+    assert results["adds_per_second"] > 0
+    assert results["queries"] == 40 and results["queries_per_second"] > 0
+    latency = results["query_latency_s"]
+    assert 0 < latency["min"] <= latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+    assert results["parameters"] == {"documents": 300, "dimension": 16, "batch_size": 50, "queries": 40, "n_results": 5}
+    assert (run / "results" / "vectors" / "adds.tsv").exists() and (run / "results" / "vectors" / "queries.tsv").exists()
+    assert not (run / "endpoints" / "chroma").exists()
+    assert any((tmp_path / "data").iterdir()), "chroma persisted nothing into persist_directory"
+
