@@ -140,6 +140,15 @@ def test_a_url_that_never_answers_times_out_with_the_last_answer(orchc, tmp_path
     assert "HTTP 503: still starting" in failed, failed
 
 
+def test_a_url_where_nothing_listens_times_out_saying_so(orchc, tmp_path):
+    port = free_port()
+    ran, _ = run_probe(orchc, tmp_path, f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
+    assert not ran.timed_out and ran.status != 0
+    (failed,) = [line for line in ran.err.splitlines() if "error:" in line]
+    assert "did not answer within 1 s (last: no answer, curl exit status 7)" in failed, failed   # 7: connection refused
+    assert "command failed" not in ran.err, "a refused connection tripped the ERR trap"
+
+
 def test_the_chroma_type_checks_the_v2_heartbeat(orchc, tmp_path):
     (tmp_path / "r.yaml").write_text("service:\n  name: chroma\n  ports: [8123]\n"
                                      "client:\n  name: vectors\n  type: chroma_client\n")
