@@ -199,10 +199,14 @@ def _result_rows(collected: dict[str, Any], job_states: dict[str, str]) -> list[
 
 def cmd_results(args: argparse.Namespace) -> int:
     from .report import print_table
-    from .runs import load_run, results
+    from .runs import images, load_run, results
 
     run_dir, run = load_run(args.run_ref)
     collected = results(run_dir, run)
+    for job, used in images(run_dir, run).items():  # every job's images, services' too
+        data = collected.get(job)
+        collected[job] = {**(data if isinstance(data, dict) else {} if data is None else {"results": data}),
+                          "images": used}
     job_states = _job_states(run)
     if args.json:
         shown = {job: {**(data if isinstance(data, dict) else {} if data is None else {"results": data}),

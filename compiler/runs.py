@@ -345,6 +345,19 @@ def results(run_dir: Path, run: Run) -> dict[str, Any]:
     return collected
 
 
+def images(run_dir: Path, run: Run) -> dict[str, Any]:
+    """The container images each job recorded (`images/<job>.json`: image, source, path, sha256), by job."""
+    found: dict[str, Any] = {}
+    for job in run.jobs:
+        try:
+            found[job.name] = json.loads(read_regular(run_dir / "images" / f"{job.name}.json", _MARKER_LIMIT * 16))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, RecursionError) as exc:
+            found[job.name] = {"error": f"unreadable images/{job.name}.json: {exc}"}
+    return found
+
+
 def _client_results(folder: Path) -> Any:
     try:
         data: Any = json.loads(read_regular(folder / "results.json", _RESULTS_LIMIT))
