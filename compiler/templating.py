@@ -38,7 +38,7 @@ _SOURCES: dict[str, str] = {}
 _SINK: list[Any] = []
 _HOSTS: list[str] = []
 _MAX_REPEAT = 1 << 20
-_CODE_FORMAT = 2
+_CODE_FORMAT = 3
 """Bumped whenever the environments change how templates compile, so no stale cached code is used."""
 _JINJA_SYNTAX = re.compile(r"\{[{%]|\{##")
 
@@ -137,6 +137,7 @@ def environment(kind: str) -> Any:
         bytecode_cache=_bytecode_cache(kind),
         auto_reload=False,
     )
+    env.globals.pop("lipsum", None)  # random text: output must depend on the input only
     env.filters["raw"] = lambda value: Raw(text_value(value))
     env.filters["path"] = lambda value: PathValue(text_value(value))
     env.filters["json"] = lambda value: json.dumps(value, sort_keys=True)
@@ -222,12 +223,66 @@ def _compiled(kind: str, source: str) -> Any:
     return env.get_template(name)
 
 
-def _render(node: Node, context: dict[str, Any], kind: str) -> str:
-    from jinja2 import TemplateError, TemplateSyntaxError
+def _render(node: Node, context: dict[str, Any], kind: str) -> tuple[str, tuple[Any, ...]]:
+    """(text, what the render collected: the values of placeholders, or the hosts filled in).
 
+    A render depends only on the values of the names its template reads (plus the job and
+    the recipe's jobs when it uses the `hosts` filter, which reads them itself), so a batch
+    of similar jobs renders each template once per distinct set of those values.
+    """
     source = str(node.value)
     if not _JINJA_SYNTAX.search(source):  # most lines are plain shell: what Jinja would give, without Jinja
-        return source[:-1] if source.endswith("\n") else source
+        return (source[:-1] if source.endswith("\n") else source), ()
+    names = _names_read(node, kind, source)
+    key = (kind, source, tuple(_fingerprint(context.get(name, _MISSING)) for name in names))
+    found = _RENDERS.get(key)
+    if found is None:
+        sink = _SINK if kind == "shell" else _HOSTS
+        sink.clear()
+        text = _render_now(node, context, kind, source)
+        found = (text, tuple(sink))
+        if len(_RENDERS) > 20000:
+            _RENDERS.clear()
+        _RENDERS[key] = found
+    return found
+
+
+_RENDERS: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
+_MISSING = object()
+
+
+def _fingerprint(value: Any) -> tuple[str, Any]:
+    """A value as a key: its exact type (Raw is not str, bool is not int) and its content."""
+    if value is None or isinstance(value, (str, int, float)):
+        return type(value).__name__, value
+    if value is _MISSING:
+        return "missing", None
+    return type(value).__name__, json.dumps(value, sort_keys=True, default=repr)
+
+
+def _names_read(node: Node, kind: str, source: str) -> tuple[str, ...]:
+    from jinja2 import TemplateSyntaxError
+
+    try:
+        return _names_in(kind, source)
+    except TemplateSyntaxError as exc:
+        raise OrchcError.at(_line_in_template(node, exc.lineno), f"template syntax error: {exc.message}") from None
+
+
+@lru_cache(maxsize=4096)
+def _names_in(kind: str, source: str) -> tuple[str, ...]:
+    from jinja2 import meta, nodes
+
+    tree = environment(kind).parse(source)
+    names = set(meta.find_undeclared_variables(tree))
+    if any(item.name == "hosts" for item in tree.find_all(nodes.Filter)):
+        names |= {"jobs", "job"}
+    return tuple(sorted(names))
+
+
+def _render_now(node: Node, context: dict[str, Any], kind: str, source: str) -> str:
+    from jinja2 import TemplateError, TemplateSyntaxError
+
     try:
         return str(_compiled(kind, source).render(context))
     except TemplateSyntaxError as exc:
@@ -244,16 +299,14 @@ def _render(node: Node, context: dict[str, Any], kind: str) -> str:
 
 def render_text(node: Node, context: dict[str, Any]) -> tuple[str, list[str]]:
     """A template for file content: (text, the jobs whose hosts the `hosts` filter put in)."""
-    _HOSTS.clear()
-    text = _render(node, context, "text")
-    return text, sorted(set(_HOSTS))
+    text, hosts = _render(node, context, "text")
+    return text, sorted(set(hosts))
 
 
 def render_shell(node: Node, context: dict[str, Any], values: ShellValues) -> str:
     """A type's shell template with every value written for its place, or a located error."""
-    _SINK.clear()
-    text = _render(node, context, "shell")
-    found = list(_SINK)
+    text, collected = _render(node, context, "shell")
+    found = list(collected)
     if not found:
         return text
     try:

@@ -15,10 +15,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, in_ci
+from conftest import in_ci
+from ruamel.yaml import YAML
 from test_cluster import cluster, free_port, orchc, status, wait_for  # noqa: F401 (cluster is a fixture)
 from test_configs import written_files
-from ruamel.yaml import YAML
 
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
 

@@ -121,7 +121,8 @@ def test_types_lists_every_builtin_with_its_parent(orchc):
 def test_types_name_shows_resolved_fields_with_defaults(orchc):
     result = orchc("types", "ollama")
     assert "chain: base_job -> service -> ollama" in result.out
-    assert re.search(r"^gpu_layers\s+integer\s+35\s+layers offloaded", result.out, re.M)
+    assert re.search(r"^gpu_layers\s+integer\s+-\s+layers offloaded", result.out, re.M)
+    assert re.search(r"^num_parallel\s+integer\s+4\s", result.out, re.M)
     assert re.search(r"^cadvisor_port\s+integer\s+8080", result.out, re.M)
 
 
