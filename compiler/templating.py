@@ -234,7 +234,7 @@ def _render(node: Node, context: dict[str, Any], kind: str) -> tuple[str, tuple[
     if not _JINJA_SYNTAX.search(source):  # most lines are plain shell: what Jinja would give, without Jinja
         return (source[:-1] if source.endswith("\n") else source), ()
     names = _names_read(node, kind, source)
-    key = (kind, source, tuple(_fingerprint(context.get(name, _MISSING)) for name in names))
+    key = (kind, source, tuple(_fingerprint(_part(context.get(name, _MISSING), attributes)) for name, attributes in names))
     found = _RENDERS.get(key)
     if found is None:
         sink = _SINK if kind == "shell" else _HOSTS
@@ -260,7 +260,14 @@ def _fingerprint(value: Any) -> tuple[str, Any]:
     return type(value).__name__, json.dumps(value, sort_keys=True, default=repr)
 
 
-def _names_read(node: Node, kind: str, source: str) -> tuple[str, ...]:
+def _part(value: Any, attributes: tuple[str, ...] | None) -> Any:
+    """The part of a mapping a template reads, when it reads only some attributes (`job.name`)."""
+    if attributes is None or not isinstance(value, dict):
+        return value
+    return [value.get(attribute, _MISSING) for attribute in attributes]
+
+
+def _names_read(node: Node, kind: str, source: str) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
     from jinja2 import TemplateSyntaxError
 
     try:
@@ -270,14 +277,28 @@ def _names_read(node: Node, kind: str, source: str) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=4096)
-def _names_in(kind: str, source: str) -> tuple[str, ...]:
+def _names_in(kind: str, source: str) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
+    """The names a template reads, each with the attributes it reads of it (None: it may read all)."""
     from jinja2 import meta, nodes
 
     tree = environment(kind).parse(source)
     names = set(meta.find_undeclared_variables(tree))
+    whole = set()
     if any(item.name == "hosts" for item in tree.find_all(nodes.Filter)):
         names |= {"jobs", "job"}
-    return tuple(sorted(names))
+        whole |= {"jobs", "job"}
+    attributes: dict[str, set[str]] = {name: set() for name in names}
+    parents = {id(child): parent for parent in tree.find_all(nodes.Node) for child in parent.iter_child_nodes()}
+    for item in tree.find_all(nodes.Name):
+        if item.ctx != "load" or item.name not in attributes:
+            continue
+        parent = parents.get(id(item))
+        if isinstance(parent, nodes.Getattr) and parent.node is item:
+            attributes[item.name].add(parent.attr)
+        else:
+            whole.add(item.name)
+    return tuple((name, None if name in whole or not attributes[name] else tuple(sorted(attributes[name])))
+                 for name in sorted(names))
 
 
 def _render_now(node: Node, context: dict[str, Any], kind: str, source: str) -> str:
