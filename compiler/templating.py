@@ -290,7 +290,7 @@ def _names_in(kind: str, source: str) -> tuple[tuple[str, tuple[str, ...] | None
     attributes: dict[str, set[str]] = {name: set() for name in names}
     parents = {id(child): parent for parent in tree.find_all(nodes.Node) for child in parent.iter_child_nodes()}
     for item in tree.find_all(nodes.Name):
-        if item.ctx != "load" or item.name not in attributes:
+        if not isinstance(item, nodes.Name) or item.ctx != "load" or item.name not in attributes:
             continue
         parent = parents.get(id(item))
         if isinstance(parent, nodes.Getattr) and parent.node is item:
