@@ -248,6 +248,7 @@ def _render(node: Node, context: dict[str, Any], kind: str) -> tuple[str, tuple[
 
 
 _RENDERS: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
+_NAMES: dict[tuple[str, str], tuple[tuple[str, tuple[str, ...] | None], ...]] = {}
 _MISSING = object()
 
 
@@ -257,7 +258,9 @@ def _fingerprint(value: Any) -> tuple[str, Any]:
         return type(value).__name__, value
     if value is _MISSING:
         return "missing", None
-    return type(value).__name__, json.dumps(value, sort_keys=True, default=repr)
+    # Field values are plain data (no str subclasses inside), so repr tells them apart exactly;
+    # mappings of equal content in another key order only cost a second render.
+    return type(value).__name__, repr(value)
 
 
 def _part(value: Any, attributes: tuple[str, ...] | None) -> Any:
@@ -270,13 +273,16 @@ def _part(value: Any, attributes: tuple[str, ...] | None) -> Any:
 def _names_read(node: Node, kind: str, source: str) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
     from jinja2 import TemplateSyntaxError
 
+    known = _NAMES.get((kind, source))
+    if known is not None:
+        return known
     try:
-        return _names_in(kind, source)
+        known = _NAMES[(kind, source)] = _names_in(kind, source)
+        return known
     except TemplateSyntaxError as exc:
         raise OrchcError.at(_line_in_template(node, exc.lineno), f"template syntax error: {exc.message}") from None
 
 
-@lru_cache(maxsize=4096)
 def _names_in(kind: str, source: str) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
     """The names a template reads, each with the attributes it reads of it (None: it may read all)."""
     from jinja2 import meta, nodes
