@@ -5,7 +5,9 @@ schema cannot say, each problem located at the file:line that set the value (the
 
 - a client's target: exactly one of `target` (a service of this recipe), `target_endpoint` (whose port is
   1-65535) or `target_service_id`; with none, the recipe's only service (decided by resolve);
-- `resources.partition` is one of the site's partitions, when the site lists them;
+- `resources.partition` is one of the site's partitions and `resources.qos` one of its QoS names, when the
+  site lists them; every resource the site `requires` (MeluXina: `account`) is given: once at the recipe's
+  1:1 when no job gives it, else at each job's entry that lacks it;
 - secrets are given as `{env: VAR}` or `{file: PATH}`: never a literal, never missing;
 - `environment` names nothing that changes how the job's shell or loader behaves (REFUSED_ENVIRONMENT)
   and none of the job's secret variables (it would export the secret to every program the job runs);
@@ -29,7 +31,7 @@ from typing import Any
 
 from .errors import Collector, did_you_mean, shorten
 from .resolve import TARGET_KEYS, Container, Recipe, ResolvedJob
-from .source import Origins
+from .source import Origins, SourceLoc
 from .typedefs import SHADOWED_VARIABLES, secret_variable
 
 PHASES = {"service": ("setup", "health_check"), "client": ("setup", "health_check", "benchmark", "results")}
@@ -56,11 +58,13 @@ def refused_environment_name(name: str) -> str | None:
 def check_recipe(recipe: Recipe, problems: Collector) -> None:
     """Add the recipe's problems to `problems`, which holds what resolve found in it."""
     services = [job.name for job in recipe.jobs if job.role == "service"]
+    _check_required_resources(recipe, problems)
     for job in recipe.jobs:
         origins = recipe.origins[job.name]
         what = f"{job.role} '{job.name}'"
         _check_secrets(job, origins, what, recipe.removed_secrets.get(job.name, frozenset()), problems)
         _check_partition(job, origins, recipe, problems)
+        _check_qos(job, origins, recipe, problems)
         if job.role == "client":
             _check_target(job, origins, services, problems)
         _check_environment(job, origins, what, problems)
@@ -92,6 +96,31 @@ def _check_partition(job: ResolvedJob, origins: Origins, recipe: Recipe, problem
     if site.partitions and partition not in (None, *site.partitions):
         problems.add(origins.loc(("resources", "partition")), f"resources.partition: site '{site.name}' has no "
                      f"partition {shorten(partition)} (it has: {', '.join(site.partitions)})")
+
+
+def _check_qos(job: ResolvedJob, origins: Origins, recipe: Recipe, problems: Collector) -> None:
+    site = recipe.site
+    qos = job.resources.get("qos")
+    if site.qos and qos not in (None, *site.qos):
+        problems.add(origins.loc(("resources", "qos")), f"resources.qos: site '{site.name}' has no QoS "
+                     f"{shorten(qos)}{did_you_mean(str(qos)[:100], site.qos)} (it has: {', '.join(site.qos)})")
+
+
+def _check_required_resources(recipe: Recipe, problems: Collector) -> None:
+    """Each resource the site requires: one problem at the recipe's 1:1 when no job gives it (the usual case:
+    a recipe written for another site), else one at the entry of each job without it."""
+    site = recipe.site
+    for key in site.requires:
+        missing = [job for job in recipe.jobs if job.resources.get(key) is None]
+        how = (f"`{key}: VALUE` at the top of the recipe" if key == "account" else f"`resources: {{{key}: VALUE}}`") \
+            + f" or --set resources.{key}=VALUE"
+        if missing and len(missing) == len(recipe.jobs):
+            problems.add(SourceLoc(recipe.file), f"recipe '{recipe.name}': site '{site.name}' requires "
+                         f"resources.{key} for every job ({site.file}); give {how}")
+            continue
+        for job in missing:
+            problems.add(recipe.origins[job.name].loc(), f"{job.role} '{job.name}' of recipe '{recipe.name}' has "
+                         f"no resources.{key}, which site '{site.name}' requires; give {how}")
 
 
 def _check_target(client: ResolvedJob, origins: Origins, services: list[str], problems: Collector) -> None:

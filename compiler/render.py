@@ -47,7 +47,10 @@ def render_job(job: ResolvedJob, recipe: Recipe) -> str:
     context = _context(job, recipe, origins)
     parts: dict[str, Any] = {
         "directives": directives(job.name, job.job_id, job.resources),
+        "shell": recipe.site.shell,
+        "module_purge": recipe.site.module_purge,
         "modules": recipe.site.modules,
+        "storage": _storage_lines(recipe),
         "environment": [f"export {k}={shlex.quote(text_value(v))}" for k, v in sorted(job.environment.items())],
         "secrets": [_secret_line(name, job.fields[name]) for name in sorted(job.typedef.secrets) if name in job.fields],
         "images": _image_lines(job, recipe),
@@ -61,8 +64,9 @@ def render_job(job: ResolvedJob, recipe: Recipe) -> str:
     }
     parts["fills_hosts"] = any("orchc_fill_hosts " in line for lines in parts["phases"].values() for line in lines)
     parts["values"] = values.assignments
-    for key in ("directives", "environment", "secrets", "images", "target", "values"):
+    for key in ("directives", "modules", "storage", "environment", "secrets", "images", "target", "values"):
         parts[key] = [_code(line, job, origins, multiline=key == "values") for line in parts[key]]
+    parts["shell"], parts["module_purge"] = (_code(parts[key], job, origins) for key in ("shell", "module_purge"))
     template = environment("script").get_template("job.sbatch.j2")
     try:
         return str(template.render(job=job, recipe=recipe, site=recipe.site, **parts))
@@ -90,12 +94,63 @@ def _context(job: ResolvedJob, recipe: Recipe, origins: Origins) -> dict[str, An
         recipe=recipe.name,
         jobs=recipe.job_names,
         site={"name": recipe.site.name, "runtime": recipe.site.runtime},
+        storage=_storage_context(recipe),
     )
     container = job.container
     assignments, words = _exec_parts(container, recipe, origins, context) if container else ([], [])
     context["run"] = Raw(" ".join([*assignments, *words]))
     context["_run_parts"] = (assignments, words)  # reused to start the service's own container
     return context
+
+
+_JOB_STORAGE = {"data": "$ORCHC_DATA", "models": "$ORCHC_MODELS"}
+"""What the job's storage block sets (see _storage_lines): templates read these, `| path` expands them."""
+_APPTAINER_STORAGE = (("apptainer_cache", "APPTAINER_CACHEDIR"), ("apptainer_tmp", "APPTAINER_TMPDIR"))
+
+
+def _storage_context(recipe: Recipe) -> dict[str, str]:
+    """`storage` in templates: the job's data folder of this run, the model store, and the site's other places."""
+    return {**recipe.site.storage, **_JOB_STORAGE}
+
+
+def _storage_lines(recipe: Recipe) -> list[str]:
+    """Where the job keeps what it writes (the site's `storage:`, with the recipe's over it), created up front.
+
+    $ORCHC_RUN names the run (its folder's name and a checksum of its path, so two runs never share a folder
+    on the site's storage); every job gets its own data folder of the run, $ORCHC_DATA.
+    """
+    site = recipe.site
+    storage = site.storage
+    lines = ['ORCHC_RUN="${ORCHC_RUN_DIR##*/}-$(printf \'%s\' "$ORCHC_RUN_DIR" | cksum | cut -d \' \' -f 1)"',
+             f'ORCHC_DATA={shell_word(storage["data"])}/"$ORCHC_JOB"',
+             f"ORCHC_MODELS={shell_word(storage['models'])}",
+             "export ORCHC_RUN ORCHC_DATA ORCHC_MODELS"]
+    folders = ['"$ORCHC_DATA"', '"$ORCHC_MODELS"']
+    if site.runtime == "apptainer":
+        for key, variable in _APPTAINER_STORAGE:
+            if storage.get(key):
+                lines.append(f"export {variable}={shell_word(storage[key])}")
+                folders.append(f'"${variable}"')
+    lines.append(f"mkdir -p {' '.join(folders)} || orchc_fail \"cannot create the job's storage folders: see storage: "
+                 f"in site profile {shlex.quote(site.name)} or in the recipe\"")
+    return lines
+
+
+_BOUND = ("$ORCHC_RUN_DIR", "$ORCHC_DATA", "$ORCHC_MODELS")
+"""Bound into every container under apptainer: the run folder, the job's data folder, the model store."""
+
+
+def _automatic_binds(container: Container, context: dict[str, Any], given: list[str]) -> list[str]:
+    """The host paths a job uses, bound into its container: the run folder, the job's data folder and model
+    store, and every `*_dir`/`*_directory` field of the job that lies outside them (a data_dir a recipe set)."""
+    paths = list(_BOUND)
+    for name, value in sorted(context.items()):
+        if name.endswith(("_dir", "_directory")) and isinstance(value, str) and value \
+                and not any(value == root or value.startswith(root + "/") for root in _BOUND):
+            paths.append(value)
+    words = [shell_word(path) for path in paths]
+    taken = {bind.split(":", 1)[0] for bind in given}
+    return sorted(set(words) - taken, key=words.index)
 
 
 def _image_path(image: str, recipe: Recipe) -> str:
@@ -123,8 +178,10 @@ def _exec_parts(container: Container, recipe: Recipe, origins: Origins,
     words = ["apptainer", "exec"]
     if container.gpu:
         words.append("--nv")
-    for index, _ in enumerate(container.binds):
-        words += ["--bind", shell_word(render_text(origins.template((*path, "binds", index)), context)[0])]
+    given = [shell_word(render_text(origins.template((*path, "binds", index)), context)[0])
+             for index, _ in enumerate(container.binds)]
+    for bind in [*_automatic_binds(container, context, given), *given]:
+        words += ["--bind", bind]
     words += [f"--env {k}={v}" for k, v in env if "$" not in v]
     words.append(_image_path(container.image, recipe))
     return assignments, words

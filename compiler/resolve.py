@@ -40,6 +40,13 @@ _IDENTITY = ("name", "type")
 """Keys that identify a job in the recipe; `--set` cannot change them."""
 
 
+STORAGE_KEYS = ("images", "apptainer_cache", "apptainer_tmp", "models", "data")
+"""What a site profile (and a recipe's `storage:`) places: see schemas/site.schema.json#/$defs/storage."""
+_STORAGE_PATH = re.compile(r"^[A-Za-z0-9_./${}-]+$")
+DEFAULT_STORAGE = {"images": "$HOME/containers", "models": "$HOME/.orchc/models", "data": "$ORCHC_RUN_DIR/data"}
+"""Where nothing else is known; the Apptainer cache and temp folders then stay Apptainer's own defaults."""
+
+
 @dataclass(frozen=True)
 class Site:
     name: str
@@ -49,6 +56,17 @@ class Site:
     image_dir: str
     partitions: tuple[str, ...]
     defaults: Node = field(repr=False)
+    shell: str = "/bin/bash"
+    module_purge: str = "module purge"
+    qos: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    storage: Mapping[str, str] = field(default_factory=lambda: FrozenDict(DEFAULT_STORAGE))
+    """images, apptainer_cache, apptainer_tmp, models, data: the site's, with a recipe's `storage:` over them"""
+
+    def with_storage(self, storage: Mapping[str, str]) -> Site:
+        """The site as one recipe sees it: its `storage:` over the site's, key by key."""
+        merged = FrozenDict({**self.storage, **storage})
+        return replace(self, storage=merged, image_dir=merged["images"])
 
 
 @dataclass(frozen=True)
@@ -225,15 +243,31 @@ def _load_site_file(path: Path) -> Site:
     problems.raise_if_any()
     data = doc.plain()
     defaults = doc.get("defaults") or Node({}, doc.loc)
+    storage = {**DEFAULT_STORAGE, **({"images": data["image_dir"]} if "image_dir" in data else {}),
+               **data.get("storage", {})}
     return Site(
         name=data["site"],
         file=display_path(path),
         runtime=data["runtime"],
         modules=tuple(data.get("modules", ())),
-        image_dir=data.get("image_dir", "$HOME/containers"),
+        image_dir=storage["images"],
         partitions=tuple(data.get("partitions", ())),
         defaults=defaults,
+        shell=data.get("shell", "/bin/bash"),
+        module_purge=data.get("module_purge", "module purge"),
+        qos=tuple(data.get("qos", ())),
+        requires=tuple(data.get("requires", ())),
+        storage=FrozenDict(storage),
     )
+
+
+def _recipe_storage(doc: Node) -> dict[str, str]:
+    """The recipe's `storage:` places that are well-formed (the recipe schema reports the others)."""
+    node = doc.get("storage")
+    if node is None or not isinstance(node.value, dict):
+        return {}
+    return {key: child.value for key, child in node.value.items()
+            if key in STORAGE_KEYS and isinstance(child.value, str) and _STORAGE_PATH.match(child.value)}
 
 
 def _site_path(ref: str, base: Path, used_at: SourceLoc) -> Path:
@@ -266,6 +300,9 @@ def resolve_recipe(path: Path, registry: Registry, site_ref: str | None = None,
     except OrchcError as error:
         problems.absorb(error)
         problems.raise_if_any()
+    storage = _recipe_storage(doc)
+    if storage:
+        site = site.with_storage(storage)
     drafts = _resolve_jobs(doc, registry, site, settings, problems)
     _default_targets(drafts)
     recipe = Recipe(name=name, file=doc.loc.file, site=site,

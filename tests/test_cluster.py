@@ -238,6 +238,29 @@ def test_mysql_and_mysqlslap_with_a_secret_that_never_reaches_a_file(cluster, tm
             assert password not in path.read_text(errors="replace"), path
 
 
+def test_two_runs_of_one_mysql_recipe_at_once_each_keep_their_own_data(cluster, tmp_path):
+    """Stateful services get a data folder per run by default ($ORCHC_DATA): a second run of the same recipe
+    started while the first runs does not fail on the first one's lock (InnoDB: Unable to lock ./ibdata1)."""
+    if shutil.which("mysqld") is None or shutil.which("mysqlslap") is None:
+        pytest.fail("mysqld/mysqlslap missing; run tests/install-deps.sh") if in_ci() else pytest.skip("no mysqld")
+    secret = tmp_path / "secrets" / "root_password"
+    (tmp_path / "db.yaml").write_text(
+        f"site: local\nservice:\n  name: db\n  type: mysql\n  root_password: {{file: {secret}}}\n"
+        f"  resources: {{time: '00:05:00'}}\nclient:\n  name: slap\n  type: mysql_client\n"
+        f"  root_password: {{file: {secret}}}\n  iterations: 2\n  number_of_queries: 200\n")
+    runs = [tmp_path / "one", tmp_path / "two"]
+    for run in runs:
+        orchc("submit", "db.yaml", "--run-dir", run, "--set", f"db.ports=[{free_port()}]", cwd=tmp_path)
+    # both services hold their data folder at the same time
+    wait_for(lambda: all((run / "endpoints" / "db").exists() for run in runs) or
+             all(j["state"] == "COMPLETED" for run in runs for j in status(run).values()), 120, "both services up")
+    for run in runs:
+        wait_for(lambda run=run: {j["state"] for j in status(run).values()} == {"COMPLETED"}, 120,
+                 f"both jobs of {run.name} to complete")
+        assert json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["slap"]["runs"] == 2
+        assert (run / "data" / "db" / "mysql" / "mysql").is_dir(), sorted(run.rglob("*"))[:20]
+
+
 def test_cancel_stops_a_running_service(cluster, needs_redis, tmp_path):
     port = free_port()
     (tmp_path / "redis.yaml").write_text(redis_recipe(port))
@@ -338,7 +361,7 @@ def test_every_example_is_accepted_by_sbatch_test_only(cluster, tmp_path):
 
 
 def test_no_slurm_is_a_clear_error(tmp_path):
-    (tmp_path / "r.yaml").write_text("service:\n  name: redis\n")
+    (tmp_path / "r.yaml").write_text("account: p200981\nservice:\n  name: redis\n")
     done = subprocess.run([sys.executable, "-m", "compiler", "submit", "r.yaml"], cwd=tmp_path, capture_output=True,
                           text=True, env={"PATH": "/nonexistent", "PYTHONPATH": str(ROOT)})
     assert done.returncode == 1
