@@ -26,16 +26,18 @@ def test_design_example_header(orchc):
     header = [line for line in result.out.splitlines() if line.startswith("#SBATCH")]
     job_id = header[0].split("_")[-1]
     assert header == [
-        f"#SBATCH --job-name=ollama_{job_id}", "#SBATCH --partition=gpu", "#SBATCH --qos=default",
+        f"#SBATCH --job-name=ollama_{job_id}", "#SBATCH --account=p200981", "#SBATCH --partition=gpu", "#SBATCH --qos=default",
         "#SBATCH --nodes=1", "#SBATCH --ntasks=1", "#SBATCH --cpus-per-task=4", "#SBATCH --mem=16G",
         "#SBATCH --time=02:00:00", "#SBATCH --gres=gpu:1", "#SBATCH --output=slurm-%j.out",
         "#SBATCH --error=slurm-%j.err",
     ]
     assert len(job_id) == 8
-    assert "module purge\nmodule load Apptainer/1.2.4-GCCcore-12.3.0\n" in result.out
-    assert ('apptainer exec --nv --bind "$HOME"/.ollama:/root/.ollama --env OLLAMA_HOST=0.0.0.0:11434 '
-            '"$HOME"/containers/ollama.sif ollama serve &') in result.out
-    assert result.out.index("cadvisor.sif /usr/bin/cadvisor") < result.out.index("ollama.sif ollama serve &")
+    assert result.out.startswith("# ==> ollama/ollama.sbatch <==\n#!/bin/bash -l\n")
+    assert "module --force purge\nmodule load env/release/2024.1\nmodule load Apptainer/1.3.6-GCCcore-13.3.0\n" in result.out
+    (start,) = [line for line in result.out.splitlines() if line.endswith(" ollama serve &")]
+    assert start.startswith("APPTAINERENV_OLLAMA_MODELS=") and "setsid apptainer exec --nv " in start
+    assert "--env OLLAMA_HOST=0.0.0.0:11434 " in start and "/orchc/images/ollama-0.13.5.sif ollama serve &" in start
+    assert result.out.index("cadvisor.sif /usr/bin/cadvisor") < result.out.index(" ollama serve &")
     assert result.out.rstrip().splitlines()[-1].startswith('wait "$ORCHC_SERVICE_PID"')
 
 
