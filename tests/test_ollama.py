@@ -77,7 +77,8 @@ def test_ollama_pulls_derives_warms_up_and_checks_the_gpu(ollama_job):
     path, body = posts[2]
     assert path == "/api/generate" and body["model"] == "tiny-orchc-ngl7" and body["keep_alive"] == "24h", posts
     assert [r["path"] for r in seen if r["method"] == "GET"][-1] == "/api/ps"
-    assert (run / ".ollama" / "models" / "manifests" / "tiny:latest").exists(), "the model store is $HOME/.ollama/models"
+    assert (run / ".orchc" / "models" / "ollama" / "manifests" / "tiny:latest").exists(), \
+        "the model store is the site's ($HOME/.orchc/models on the local site)"
     recorded = json.loads((run / "results" / "llm" / "ollama.json").read_text())
     assert recorded["version"] == "0.0.0-standin"
     assert recorded["model"] == "tiny" and recorded["served_model"] == "tiny-orchc-ngl7"
