@@ -63,8 +63,7 @@ def check_recipe(recipe: Recipe, problems: Collector) -> None:
         origins = recipe.origins[job.name]
         what = f"{job.role} '{job.name}'"
         _check_secrets(job, origins, what, recipe.removed_secrets.get(job.name, frozenset()), problems)
-        _check_partition(job, origins, recipe, problems)
-        _check_qos(job, origins, recipe, problems)
+        _check_site_lists(job, origins, recipe, problems)
         if job.role == "client":
             _check_target(job, origins, services, problems)
         _check_environment(job, origins, what, problems)
@@ -90,20 +89,14 @@ def _check_secrets(job: ResolvedJob, origins: Origins, what: str, removed: froze
                          f"`{key}: {{file: $HOME/.orchc/{key}}}` (a mode 0600 file, created with a random value if missing)")
 
 
-def _check_partition(job: ResolvedJob, origins: Origins, recipe: Recipe, problems: Collector) -> None:
+def _check_site_lists(job: ResolvedJob, origins: Origins, recipe: Recipe, problems: Collector) -> None:
+    """A partition and a QoS must be among those the site lists (when it lists any)."""
     site = recipe.site
-    partition = job.resources.get("partition")
-    if site.partitions and partition not in (None, *site.partitions):
-        problems.add(origins.loc(("resources", "partition")), f"resources.partition: site '{site.name}' has no "
-                     f"partition {shorten(partition)} (it has: {', '.join(site.partitions)})")
-
-
-def _check_qos(job: ResolvedJob, origins: Origins, recipe: Recipe, problems: Collector) -> None:
-    site = recipe.site
-    qos = job.resources.get("qos")
-    if site.qos and qos not in (None, *site.qos):
-        problems.add(origins.loc(("resources", "qos")), f"resources.qos: site '{site.name}' has no QoS "
-                     f"{shorten(qos)}{did_you_mean(str(qos)[:100], site.qos)} (it has: {', '.join(site.qos)})")
+    for key, label, allowed in (("partition", "partition", site.partitions), ("qos", "QoS", site.qos)):
+        value = job.resources.get(key)
+        if allowed and value not in (None, *allowed):
+            problems.add(origins.loc(("resources", key)), f"resources.{key}: site '{site.name}' has no {label} "
+                         f"{shorten(value)}{did_you_mean(str(value)[:100], allowed)} (it has: {', '.join(allowed)})")
 
 
 def _check_required_resources(recipe: Recipe, problems: Collector) -> None:
