@@ -23,7 +23,7 @@ REFUSED = ["IFS", "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COM
 
 @pytest.mark.parametrize("name", [n for n in REFUSED if "%" not in n])
 def test_environment_name_that_changes_the_shell_is_refused_where_it_is_written(orchc, write, tmp_path, name):
-    recipe = write("r.yaml", f"service:\n  name: redis\n  environment:\n    {name}: x\n")
+    recipe = write("r.yaml", f"service:\n  name: redis\n  environment:\n    {name}: x\naccount: p200981\n")
     result = orchc("validate", recipe, cwd=tmp_path)
     assert result.code == 1, result.out
     assert "Traceback" not in result.err
@@ -32,17 +32,17 @@ def test_environment_name_that_changes_the_shell_is_refused_where_it_is_written(
 
 
 def test_environment_name_refused_at_the_top_level_and_with_set(orchc, write, tmp_path):
-    recipe = write("r.yaml", "environment:\n  LD_PRELOAD: /tmp/x.so\nservice:\n  name: redis\n")
+    recipe = write("r.yaml", "environment:\n  LD_PRELOAD: /tmp/x.so\nservice:\n  name: redis\naccount: p200981\n")
     result = orchc("validate", recipe, cwd=tmp_path)
     assert result.code == 1 and any((f, ln, c) == ("r.yaml", 2, 3) for f, ln, c, _ in _errors(result.err)), result.err
-    result = orchc("validate", write("s.yaml", "service:\n  name: redis\n"), "--set", "environment.BASH_ENV=/x",
+    result = orchc("validate", write("s.yaml", "service:\n  name: redis\naccount: p200981\n"), "--set", "environment.BASH_ENV=/x",
                    cwd=tmp_path)
     assert result.code == 1 and result.err.startswith("<command line>:1:7: error: environment: BASH_ENV "), result.err
 
 
 def test_environment_name_refused_in_a_type(orchc, write, tmp_path):
     write("defs/bad.yaml", "type: bad\nextends: redis\ndescription: sets IFS\nenvironment:\n  IFS: ','\n")
-    recipe = write("r.yaml", "service:\n  name: s\n  type: bad\n")
+    recipe = write("r.yaml", "service:\n  name: s\n  type: bad\naccount: p200981\n")
     result = orchc("validate", recipe, "--defs", tmp_path / "defs", cwd=tmp_path)
     assert result.code == 1
     assert any(f.endswith("defs/bad.yaml") and (ln, c) == (5, 3) for f, ln, c, _ in _errors(result.err)), result.err
@@ -50,7 +50,7 @@ def test_environment_name_refused_in_a_type(orchc, write, tmp_path):
 
 def test_environment_name_that_is_a_secret_variable_is_refused(orchc, write, tmp_path):
     recipe = write("r.yaml", "service:\n  name: db\n  type: mysql\n  root_password: {env: DB_PW}\n"
-                   "  environment:\n    ROOT_PASSWORD: x\n")
+                   "  environment:\n    ROOT_PASSWORD: x\naccount: p200981\n")
     result = orchc("validate", recipe, cwd=tmp_path)
     assert result.code == 1
     assert any((f, ln, c) == ("r.yaml", 6, 5) and "root_password" in msg for f, ln, c, msg in _errors(result.err)), \
@@ -60,7 +60,7 @@ def test_environment_name_that_is_a_secret_variable_is_refused(orchc, write, tmp
 @pytest.mark.parametrize("name", ["PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "OMP_NUM_THREADS", "ifs", "MY_ENV",
                                   "HF_HOME", "CUDA_VISIBLE_DEVICES"])
 def test_environment_names_hpc_users_set_are_allowed(orchc, write, tmp_path, name):
-    recipe = write("r.yaml", f"service:\n  name: redis\n  environment:\n    {name}: /opt/x\n")
+    recipe = write("r.yaml", f"service:\n  name: redis\n  environment:\n    {name}: /opt/x\naccount: p200981\n")
     result = orchc("validate", recipe, cwd=tmp_path)
     assert result.code == 0, result.err
 
@@ -79,7 +79,7 @@ def test_environment_check_knows_every_name_the_brief_lists():
 @pytest.mark.parametrize("phase", ["benchmark", "results"])
 def test_a_service_with_a_client_phase_is_an_error_at_the_phase(orchc, write, tmp_path, phase):
     write("defs/svc.yaml", f"type: svc\nextends: redis\ndescription: x\nphases:\n  {phase}:\n    - echo never\n")
-    recipe = write("r.yaml", "service:\n  name: s\n  type: svc\n")
+    recipe = write("r.yaml", "service:\n  name: s\n  type: svc\naccount: p200981\n")
     result = orchc("validate", recipe, "--defs", tmp_path / "defs", cwd=tmp_path)
     assert result.code == 1
     assert any(f.endswith("defs/svc.yaml") and (ln, c) == (5, 3) and phase in msg and "service" in msg
@@ -87,14 +87,14 @@ def test_a_service_with_a_client_phase_is_an_error_at_the_phase(orchc, write, tm
 
 
 def test_a_service_phase_given_in_the_recipe_is_located_there(orchc, write, tmp_path):
-    recipe = write("r.yaml", "service:\n  name: redis\n  phases:\n    results:\n      - echo x\n")
+    recipe = write("r.yaml", "service:\n  name: redis\n  phases:\n    results:\n      - echo x\naccount: p200981\n")
     result = orchc("validate", recipe, cwd=tmp_path)
     assert result.code == 1
     assert any((f, ln, c) == ("r.yaml", 4, 5) for f, ln, c, _ in _errors(result.err)), result.err
 
 
 def test_an_empty_client_phase_on_a_service_is_allowed(orchc, write, tmp_path):
-    recipe = write("r.yaml", "service:\n  name: redis\n  phases:\n    results: []\n")
+    recipe = write("r.yaml", "service:\n  name: redis\n  phases:\n    results: []\naccount: p200981\n")
     assert orchc("validate", recipe, cwd=tmp_path).code == 0
 
 
@@ -103,7 +103,7 @@ def test_an_empty_client_phase_on_a_service_is_allowed(orchc, write, tmp_path):
 def test_render_time_problems_are_all_reported_together(orchc, write, tmp_path):
     write("defs/t.yaml", "type: nocmd\nextends: service\ndescription: x\nfields:\n  ports: {default: [1]}\n"
           "container:\n  image: x\n")
-    recipe = write("r.yaml", "services:\n  - name: a\n    type: nocmd\n  - name: b\n    type: nocmd\n")
+    recipe = write("r.yaml", "services:\n  - name: a\n    type: nocmd\n  - name: b\n    type: nocmd\naccount: p200981\n")
     result = orchc("validate", recipe, "--defs", tmp_path / "defs", cwd=tmp_path)
     assert result.code == 1
     messages = [msg for _, _, _, msg in _errors(result.err)]
@@ -131,7 +131,7 @@ def _recipe(tmp_path, text: str):
 
 
 def test_the_resolved_job_is_immutable(tmp_path):
-    recipe = _recipe(tmp_path, "service:\n  name: redis\nclient:\n  name: c\n  type: redis_client\n")
+    recipe = _recipe(tmp_path, "service:\n  name: redis\nclient:\n  name: c\n  type: redis_client\naccount: p200981\n")
     client = recipe.job("c")
     assert client.target == "redis"       # the recipe's only service, decided before the job was frozen
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -145,7 +145,7 @@ def test_the_resolved_job_is_immutable(tmp_path):
 
 
 def test_origins_locate_values_and_give_positioned_templates(tmp_path):
-    recipe = _recipe(tmp_path, "service:\n  name: redis\n  maxmemory: 4gb\n")
+    recipe = _recipe(tmp_path, "service:\n  name: redis\n  maxmemory: 4gb\naccount: p200981\n")
     origins = recipe.origins["redis"]
     where = origins.loc(("maxmemory",))
     assert where.file.endswith("r.yaml") and (where.line, where.col) == (3, 14)
@@ -163,7 +163,7 @@ def test_origins_locate_values_and_give_positioned_templates(tmp_path):
 def test_show_prints_the_resolved_job(orchc, write, tmp_path, monkeypatch):
     from compiler import cli
 
-    recipe = write("r.yaml", "service:\n  name: redis\nclient:\n  name: c\n  type: redis_client\n")
+    recipe = write("r.yaml", "service:\n  name: redis\nclient:\n  name: c\n  type: redis_client\naccount: p200981\n")
     result = orchc("show", recipe, cwd=tmp_path)
     assert result.code == 0, result.err
     assert "target: redis" in result.out
@@ -189,7 +189,7 @@ def test_show_prints_the_resolved_job(orchc, write, tmp_path, monkeypatch):
 def test_show_header_survives_a_file_name_with_a_newline(orchc, write, tmp_path):
     from ruamel.yaml import YAML
 
-    recipe = write("r\nx: 1.yaml", "name: r\nservice:\n  name: redis\n")
+    recipe = write("r\nx: 1.yaml", "name: r\nservice:\n  name: redis\naccount: p200981\n")
     result = orchc("show", recipe.name, cwd=tmp_path)
     assert result.code == 0, result.err
     documents = list(YAML(typ="safe", pure=True).load_all(result.out))

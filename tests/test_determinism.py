@@ -42,7 +42,7 @@ def test_each_job_is_the_same_in_every_order_of_the_recipe(orchc, tmp_path, site
     for order in itertools.permutations(JOBS):
         folder = tmp_path / "-".join(order)
         folder.mkdir()
-        (folder / "stack.yaml").write_text(json.dumps({"services": [JOBS[name] for name in order]}))
+        (folder / "stack.yaml").write_text(json.dumps({"services": [JOBS[name] for name in order], "account": "p200981"}))
         scripts = _compile(orchc, folder, "stack.yaml", site=site)["stack"]
         assert sorted(scripts) == ["graf.sbatch", "prom-a.sbatch", "prom-b.sbatch"]
         for name, text in scripts.items():

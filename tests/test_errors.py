@@ -62,33 +62,33 @@ def test_bad_recipe_is_located_and_writes_nothing(orchc, write, tmp_path, case):
 
 
 def test_excerpt_shows_the_offending_line_with_a_caret(orchc, write, tmp_path):
-    recipe = write("r.yaml", "service:\n  name: ollama\n  gpu_layer: 3\n")
+    recipe = write("r.yaml", "service:\n  name: ollama\n  gpu_layer: 3\naccount: p200981\n")
     err = orchc("validate", recipe, cwd=tmp_path).err
     assert " > 3 |   gpu_layer: 3" in err
     assert "     |   ^" in err
 
 
 def test_every_error_of_a_file_is_reported(orchc, write, tmp_path):
-    recipe = write("r.yaml", "resources: {mem: 16X, time: 2h}\nservice:\n  name: ollama\n  gpu_layer: 3\n  ports: [0]\n")
+    recipe = write("r.yaml", "resources: {mem: 16X, time: 2h, account: p200981}\nservice:\n  name: ollama\n  gpu_layer: 3\n  ports: [0]\n")
     result = orchc("validate", recipe, cwd=tmp_path)
     assert len(_headlines(result.err)) == 4
     assert result.err.rstrip().endswith("4 errors")
 
 
 def test_one_bad_recipe_keeps_every_other_from_being_written(orchc, write, tmp_path):
-    good = write("good.yaml", "service:\n  name: redis\n")
-    bad = write("bad.yaml", "service:\n  name: redis\n  port: 1\n")
+    good = write("good.yaml", "service:\n  name: redis\naccount: p200981\n")
+    bad = write("bad.yaml", "service:\n  name: redis\n  port: 1\naccount: p200981\n")
     out = tmp_path / "out"
     assert orchc("compile", good, bad, "-o", out, cwd=tmp_path).code == 1
     assert not out.exists()
 
 
 def test_a_failed_compile_leaves_earlier_output_unchanged(orchc, write, tmp_path):
-    recipe = write("r.yaml", "service:\n  name: redis\n")
+    recipe = write("r.yaml", "service:\n  name: redis\naccount: p200981\n")
     out = tmp_path / "out"
     assert orchc("compile", recipe, "-o", out, cwd=tmp_path).code == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    write("r.yaml", "service:\n  name: redis\n  maxmemory: lots\n")
+    write("r.yaml", "service:\n  name: redis\n  maxmemory: lots\naccount: p200981\n")
     assert orchc("compile", recipe, "-o", out, cwd=tmp_path).code == 1
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
@@ -100,7 +100,7 @@ def test_missing_recipe_file(orchc, tmp_path):
 
 
 def test_bad_set_value_is_located_on_the_command_line(orchc, write, tmp_path):
-    recipe = write("r.yaml", "service:\n  name: redis\n")
+    recipe = write("r.yaml", "service:\n  name: redis\naccount: p200981\n")
     result = orchc("validate", recipe, "--set", "redis.ports=[99999]", cwd=tmp_path)
     assert result.code == 1
     assert result.err.startswith("<command line>:1:7: error: ports[0]: 99999 is greater")

@@ -149,7 +149,7 @@ SECRET = "hunter2-do-not-print"
 @pytest.mark.parametrize("value", [SECRET, f"[{SECRET}]", f"{{env: '{SECRET} x'}}", f"{{file: '{SECRET};'}}",
                                    f"{{env: A, other: {SECRET}}}", f"|\n    {SECRET}\n    more"])
 def test_a_secret_value_is_never_echoed(orchc, write, tmp_path, value):
-    recipe = write("r.yaml", f"service:\n  name: db\n  type: mysql\n  root_password: {value}\n  nosuch: 1\n")
+    recipe = write("r.yaml", f"service:\n  name: db\n  type: mysql\n  root_password: {value}\n  nosuch: 1\naccount: p200981\n")
     result = orchc("validate", recipe, cwd=tmp_path)
     assert result.code == 1
     assert "root_password" in result.err
@@ -157,7 +157,7 @@ def test_a_secret_value_is_never_echoed(orchc, write, tmp_path, value):
 
 
 def test_a_secret_value_on_the_command_line_is_never_echoed(orchc, write, tmp_path):
-    recipe = write("r.yaml", "service:\n  name: db\n  type: mysql\n")
+    recipe = write("r.yaml", "service:\n  name: db\n  type: mysql\naccount: p200981\n")
     result = orchc("validate", recipe, "--set", f"db.root_password={SECRET}", cwd=tmp_path)
     assert result.code == 1
     assert "hunter2" not in result.err, result.err
@@ -181,13 +181,13 @@ def test_bad_characters_in_values_are_located(orchc, write, tmp_path, text, wher
 
 def test_a_multiline_field_takes_newlines_and_tabs(orchc, write, tmp_path):
     text = ("service:\n  name: ollama\nclient:\n  name: c\n  type: ollama_client\n"
-            "  prompts:\n    - |\n      line one\n      \tline two\n")
+            "  prompts:\n    - |\n      line one\n      \tline two\naccount: p200981\n")
     result = orchc("validate", write("r.yaml", text), cwd=tmp_path)
     assert result.code == 0, result.err
 
 
 def test_control_characters_in_set_values_are_located(orchc, write, tmp_path):
-    recipe = write("r.yaml", "service:\n  name: ollama\n")
+    recipe = write("r.yaml", "service:\n  name: ollama\naccount: p200981\n")
     for value, message in [("llama\tx", "a tab is not allowed"), ('"a\\x01b"', "control character U+0001")]:
         result = orchc("validate", recipe, "--set", f"model={value}", cwd=tmp_path)
         assert result.code == 1
@@ -254,7 +254,7 @@ def test_a_local_ref_resolves_inside_the_field(orchc, write, tmp_path):
     write("defs/memo.yaml", "type: memo\nextends: service\nfields:\n  ports: {default: [1]}\n"
           "  sizes:\n    type: array\n    items: {$ref: '#/$defs/size'}\n    $defs: {size: {type: integer, minimum: 1}}\n"
           "    default: [1]\n  broken: {$ref: '#/$defs/nothing'}\n")
-    result = orchc("validate", write("r.yaml", TYPE_RECIPE + "  sizes: [0]\n"), "--defs", "defs", cwd=tmp_path)
+    result = orchc("validate", write("r.yaml", TYPE_RECIPE + "  sizes: [0]\naccount: p200981\n"), "--defs", "defs", cwd=tmp_path)
     assert result.code == 1
     assert "defs/memo.yaml:10:18: error: " in result.err and "'#/$defs/nothing'" in result.err, result.err
     (tmp_path / "defs/memo.yaml").write_text((tmp_path / "defs/memo.yaml").read_text().rsplit("  broken", 1)[0])
@@ -268,7 +268,7 @@ def test_a_local_ref_resolves_inside_the_field(orchc, write, tmp_path):
 @pytest.mark.parametrize("endpoint,ok", [("h:0", False), ("h:70000", False), ("http://h:0/x", False),
                                          ("h:65536", False), ("h:1", True), ("http://h:65535/x", True), ("h", True)])
 def test_ports_in_target_endpoint_are_1_to_65535(orchc, write, tmp_path, endpoint, ok):
-    recipe = write("r.yaml", f"client:\n  name: c\n  type: redis_client\n  target_endpoint: '{endpoint}'\n")
+    recipe = write("r.yaml", f"client:\n  name: c\n  type: redis_client\n  target_endpoint: '{endpoint}'\naccount: p200981\n")
     result = orchc("validate", recipe, cwd=tmp_path)
     assert "Traceback" not in result.err
     if ok:
@@ -288,7 +288,7 @@ def test_ports_in_target_endpoint_are_1_to_65535(orchc, write, tmp_path, endpoin
     ("bench.type=redis", "the type of a job cannot be set with --set"),
 ])
 def test_set_on_something_that_cannot_be_set_is_located(orchc, write, tmp_path, option, message):
-    recipe = write("r.yaml", "service:\n  name: redis\nclient:\n  name: bench\n  type: redis_client\n")
+    recipe = write("r.yaml", "service:\n  name: redis\nclient:\n  name: bench\n  type: redis_client\naccount: p200981\n")
     result = orchc("validate", recipe, "--set", "clients=2", "--set", option, cwd=tmp_path)
     assert result.code == 1
     assert result.err.startswith(f"<command line>:2:7: error: {message}"), result.err
@@ -296,7 +296,7 @@ def test_set_on_something_that_cannot_be_set_is_located(orchc, write, tmp_path, 
 
 
 def test_set_of_a_field_only_some_jobs_have_sets_those(orchc, write, tmp_path):
-    recipe = write("r.yaml", "service:\n  name: redis\nclient:\n  name: bench\n  type: redis_client\n")
+    recipe = write("r.yaml", "service:\n  name: redis\nclient:\n  name: bench\n  type: redis_client\naccount: p200981\n")
     result = orchc("show", recipe, "--set", "clients=7", cwd=tmp_path)
     assert result.code == 0, result.err
     assert "clients: 7" in result.out
@@ -312,14 +312,14 @@ def test_set_of_a_field_only_some_jobs_have_sets_those(orchc, write, tmp_path):
     ("  root_password: ~\n", "4:18"),
 ])
 def test_a_secret_cannot_be_removed_or_emptied(orchc, write, tmp_path, entry, where):
-    recipe = write("r.yaml", "service:\n  name: db\n  type: mysql\n" + entry)
+    recipe = write("r.yaml", "service:\n  name: db\n  type: mysql\n" + entry + "account: p200981\n")
     result = orchc("validate", recipe, cwd=tmp_path)
     assert result.code == 1
     assert result.err.startswith(f"r.yaml:{where}: error: root_password"), result.err
 
 
 def test_a_secret_cannot_be_removed_from_the_command_line(orchc, write, tmp_path):
-    recipe = write("r.yaml", "service:\n  name: db\n  type: mysql\n")
+    recipe = write("r.yaml", "service:\n  name: db\n  type: mysql\naccount: p200981\n")
     for option in ["root_password=null", "db.root_password=", "db.root_password={}"]:
         result = orchc("validate", recipe, "--set", option, cwd=tmp_path)
         assert result.code == 1, option
@@ -328,7 +328,7 @@ def test_a_secret_cannot_be_removed_from_the_command_line(orchc, write, tmp_path
 
 def test_a_secret_without_a_value_is_an_error(orchc, write, tmp_path):
     write("defs/memo.yaml", "type: memo\nextends: service\nfields:\n  ports: {default: [1]}\n  token: {secret: true}\n")
-    result = orchc("validate", write("r.yaml", TYPE_RECIPE), "--defs", "defs", cwd=tmp_path)
+    result = orchc("validate", write("r.yaml", TYPE_RECIPE + "account: p200981\n"), "--defs", "defs", cwd=tmp_path)
     assert result.code == 1
     assert result.err.startswith("r.yaml:2:3: error: service 'm' needs token: "), result.err
 
@@ -393,7 +393,7 @@ def test_loading_time_is_linear_in_the_size_of_the_file():
 def test_orchc_show_reads_back_to_the_same_values(orchc, write, tmp_path):
     prompts = [text for text in TRICKY if text.strip() and not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\ufeff]", text)]
     recipe = write("r.yaml", "service:\n  name: ollama\nclient:\n  name: c\n  type: ollama_client\n  prompts: "
-                   + json.dumps(prompts, ensure_ascii=False) + "\n")
+                   + json.dumps(prompts, ensure_ascii=False) + "\naccount: p200981\n")
     for args in [(), ("--origin",)]:
         result = orchc("show", recipe, *args, cwd=tmp_path)
         assert result.code == 0, result.err

@@ -63,13 +63,13 @@ def _heredoc_blocks(script: str) -> list[tuple[int, int, str]]:
 @pytest.mark.parametrize("value", HOSTILE)
 def test_hostile_values_are_refused_by_a_pattern_or_reach_the_script_only_as_data(orchc, write, tmp_path, value):
     # a field with a pattern (redis data_dir) refuses them, with a located error
-    refused = orchc("compile", write("s.yaml", json.dumps({"service": {"name": "redis", "data_dir": value}})),
+    refused = orchc("compile", write("s.yaml", json.dumps({"service": {"name": "redis", "data_dir": value}, "account": "p200981"})),
                     "-o", tmp_path / "refused", cwd=tmp_path)
     assert refused.code == 1 and re.match(r"^s\.yaml:\d+:\d+: error: ", refused.err), refused.err
     assert "Traceback" not in refused.err and not (tmp_path / "refused").exists()
     # a free-text field (an ollama_client prompt) accepts them: they reach the script, as data only
     recipe = write("c.yaml", json.dumps({"client": {"name": "c", "type": "ollama_client", "prompts": [value],
-                                                    "target_endpoint": "localhost:11434"}}))
+                                                    "target_endpoint": "localhost:11434"}, "account": "p200981"}))
     result = orchc("compile", recipe, "-o", tmp_path / "out", cwd=tmp_path)
     assert result.code == 0, result.err
     script_path = tmp_path / "out" / "c" / "c.sbatch"
@@ -85,7 +85,8 @@ def test_hostile_values_are_refused_by_a_pattern_or_reach_the_script_only_as_dat
 
 def test_a_prompt_with_shell_syntax_is_written_as_inert_data(orchc, write, tmp_path):
     out = compile_stdout(orchc, write, tmp_path, 'client:\n  name: c\n  type: ollama_client\n'
-                         '  target_endpoint: "localhost:11434"\n  prompts: ["$(touch /tmp/orchc-pwned) `id`"]\n')
+                         '  target_endpoint: "localhost:11434"\n  prompts: ["$(touch /tmp/orchc-pwned) `id`"]\n'
+                         'account: p200981\n')
     assert "$(touch /tmp/orchc-pwned) `id`" in out                       # present only as here-doc data
     line = next(text for text in out.splitlines() if "orchc-pwned" in text)
     assert line.startswith("{")                                         # a JSON line, not a command
@@ -94,20 +95,20 @@ def test_a_prompt_with_shell_syntax_is_written_as_inert_data(orchc, write, tmp_p
 def test_secret_is_read_at_run_time_and_never_written(orchc, write, tmp_path, monkeypatch):
     monkeypatch.setenv("MY_DB_PW", "hunter2-from-env")         # set while compiling: must not leak into the script
     out = compile_stdout(orchc, write, tmp_path, "services:\n  - name: db\n    type: mysql\n"
-                         "    root_password: {env: MY_DB_PW}\n")
+                         "    root_password: {env: MY_DB_PW}\naccount: p200981\n")
     assert "MY_DB_PW" in out and "MYSQL_ROOT_PASSWORD" in out
     assert "hunter2" not in out
     secret = write("secret", "hunter2-from-file\n")
     secret.chmod(0o600)
     out = compile_stdout(orchc, write, tmp_path, "services:\n  - name: db\n    type: mysql\n"
-                         f"    root_password: {{file: {json.dumps(str(secret))}}}\n")
+                         f"    root_password: {{file: {json.dumps(str(secret))}}}\naccount: p200981\n")
     assert str(secret) in out and "hunter2" not in out
-    out = compile_stdout(orchc, write, tmp_path, "services:\n  - name: db\n    type: mysql\n")
+    out = compile_stdout(orchc, write, tmp_path, "services:\n  - name: db\n    type: mysql\naccount: p200981\n")
     assert ".orchc/secrets/mysql_root_password" in out and "orchc_secret_file" in out
 
 
 def test_precedence_site_type_recipe_job_set(orchc, write, tmp_path):
-    text = "resources: {time: '00:10:00', mem: 1G}\nservice:\n  name: ollama\n  resources: {mem: 2G}\n"
+    text = "resources: {time: '00:10:00', mem: 1G, account: p200981}\nservice:\n  name: ollama\n  resources: {mem: 2G}\n"
     out = compile_stdout(orchc, write, tmp_path, text, "--set", "ollama.resources.mem=3G")
     assert "--partition=gpu" in out          # type (ollama) over site (cpu)
     assert "--qos=default" in out            # site
@@ -116,7 +117,7 @@ def test_precedence_site_type_recipe_job_set(orchc, write, tmp_path):
 
 
 def test_show_origin_names_the_file_and_line_of_each_value(orchc, write, tmp_path):
-    recipe = write("r.yaml", "resources: {time: '00:10:00'}\nservice:\n  name: ollama\n  model: llama3\n")
+    recipe = write("r.yaml", "resources: {time: '00:10:00', account: p200981}\nservice:\n  name: ollama\n  model: llama3\n")
     result = orchc("show", recipe, "--origin", "--set", "ollama.gpu_layers=10", cwd=tmp_path)
     assert result.code == 0, result.err
     lines = result.out.splitlines()
@@ -141,9 +142,9 @@ def test_submit_script_orders_clients_after_their_service(orchc, tmp_path):
 
 
 def test_recompiling_removes_scripts_of_jobs_that_are_gone(orchc, write, tmp_path):
-    recipe = write("r.yaml", "services:\n  - name: a\n    type: redis\n  - name: b\n    type: redis\n")
+    recipe = write("r.yaml", "services:\n  - name: a\n    type: redis\n  - name: b\n    type: redis\naccount: p200981\n")
     assert orchc("compile", recipe, "-o", "out", cwd=tmp_path).code == 0
-    write("r.yaml", "services:\n  - name: a\n    type: redis\n")
+    write("r.yaml", "services:\n  - name: a\n    type: redis\naccount: p200981\n")
     assert orchc("compile", recipe, "-o", "out", cwd=tmp_path).code == 0
     assert sorted(p.name for p in (tmp_path / "out" / "r").iterdir()) == ["a.sbatch", "manifest.json", "submit.sh"]
 

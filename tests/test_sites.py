@@ -56,6 +56,26 @@ def test_a_site_shell_that_is_not_a_path_is_refused(orchc, write, tmp_path):
 
 # resources a site requires
 
+def test_meluxina_requires_an_account_located_at_the_recipe(orchc, write, tmp_path):
+    recipe = write("r.yaml", "service:\n  name: redis\nclient:\n  name: bench\n  type: redis_client\n")
+    result = orchc("validate", recipe, cwd=tmp_path)
+    assert result.code == 1
+    errors = _errors(result.err)
+    assert len(errors) == 1, result.err
+    file, line, col, message = errors[0]
+    assert (file, line, col) == ("r.yaml", 1, 1)
+    assert "recipe 'r'" in message and "account" in message and "meluxina" in message
+
+
+def test_a_job_without_the_required_account_is_named_at_its_entry(orchc, write, tmp_path):
+    recipe = write("r.yaml", "services:\n  - name: redis\n    resources: {account: p200981}\n  - name: other\n"
+                   "    type: redis\n")
+    result = orchc("validate", recipe, cwd=tmp_path)
+    assert result.code == 1
+    assert [(f, ln, c) for f, ln, c, _ in _errors(result.err)] == [("r.yaml", 4, 5)], result.err
+    assert "'other'" in result.err and "account" in result.err
+
+
 @pytest.mark.parametrize("given", ["top", "resources", "set"])
 def test_an_account_given_any_way_satisfies_the_site(orchc, write, tmp_path, given):
     body = "service:\n  name: redis\n"

@@ -28,6 +28,7 @@ phases:
     - orchc_wait_tcp 127.0.0.1 {{ ports[0] }} {{ health_timeout }}
 """
 RECIPE = "service:\n  name: cache\n  type: memcached\n"
+ACCOUNT = "account: p200981\n"  # the default site (meluxina) requires one; appended last, so no line moves
 
 
 def errors(err: str) -> list[tuple[str, str]]:
@@ -36,7 +37,7 @@ def errors(err: str) -> list[tuple[str, str]]:
 
 def test_a_yaml_type_compiles_and_inherits_fields_defaults_and_phases(orchc, write, tmp_path):
     write("defs/memcached.yaml", MEMCACHED)
-    recipe = write("r.yaml", RECIPE + "  memory_mb: 64\n  enable_cadvisor: true\n")
+    recipe = write("r.yaml", RECIPE + "  memory_mb: 64\n  enable_cadvisor: true\n" + ACCOUNT)
     result = orchc("compile", recipe, "--defs", "defs", "--stdout", cwd=tmp_path)
     assert result.code == 0, result.err
     assert "memcached -p 11211 -m 64 &" in result.out
@@ -46,7 +47,7 @@ def test_a_yaml_type_compiles_and_inherits_fields_defaults_and_phases(orchc, wri
 
 def test_defs_shadow_a_builtin_of_the_same_name(orchc, write, tmp_path):
     write("defs/redis.yaml", MEMCACHED.replace("type: memcached", "type: redis"))
-    result = orchc("compile", write("r.yaml", "service:\n  name: redis\n"), "--defs", "defs", "--stdout", cwd=tmp_path)
+    result = orchc("compile", write("r.yaml", "service:\n  name: redis\n" + ACCOUNT), "--defs", "defs", "--stdout", cwd=tmp_path)
     assert "memcached -p 11211" in result.out
 
 
@@ -70,7 +71,7 @@ def test_missing_parent_points_at_extends(orchc, write, tmp_path):
 def test_duplicate_type_names_name_both_files(orchc, write, tmp_path):
     write("defs/one.yaml", MEMCACHED)
     write("defs/two.yaml", MEMCACHED)
-    result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
+    result = orchc("validate", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", cwd=tmp_path)
     ((loc, message),) = errors(result.err)
     assert loc == "defs/two.yaml:1:7"
     assert "duplicate type name 'memcached'" in message and "defs/one.yaml" in message and "defs/two.yaml" in message
@@ -79,7 +80,7 @@ def test_duplicate_type_names_name_both_files(orchc, write, tmp_path):
 def test_meta_schema_violations_are_located_in_the_type_file(orchc, write, tmp_path):
     write("defs/memcached.yaml", MEMCACHED + "feilds: {}\ncontainer+: 3\n".replace("container+: 3\n", "")
           + "resources: {mem: lots}\n")
-    result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
+    result = orchc("validate", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", cwd=tmp_path)
     found = errors(result.err)
     assert ("defs/memcached.yaml:14:1", "unknown field 'feilds' in type 'memcached'; did you mean 'fields'?") in found
     assert any(loc == "defs/memcached.yaml:15:18" and "resources.mem" in msg for loc, msg in found)
@@ -87,14 +88,14 @@ def test_meta_schema_violations_are_located_in_the_type_file(orchc, write, tmp_p
 
 def test_a_field_that_is_not_json_schema_is_an_error(orchc, write, tmp_path):
     write("defs/memcached.yaml", MEMCACHED.replace("{type: integer, minimum: 16,", "{type: integr, minimum: 16,"))
-    result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
+    result = orchc("validate", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", cwd=tmp_path)
     ((loc, message),) = errors(result.err)
     assert loc == "defs/memcached.yaml:6:14" and "field 'memory_mb' of type 'memcached' is not a valid JSON Schema" in message
 
 
 def test_undefined_template_variable_names_the_type_file_and_line(orchc, write, tmp_path):
     write("defs/memcached.yaml", MEMCACHED.replace("-m {{ memory_mb }}", "-m {{ memory }}"))
-    result = orchc("compile", write("r.yaml", RECIPE), "--defs", "defs", "-o", "out", cwd=tmp_path)
+    result = orchc("compile", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", "-o", "out", cwd=tmp_path)
     assert result.code == 1
     assert errors(result.err) == [("defs/memcached.yaml:10:12", "template error: 'memory' is undefined")]
     assert not (tmp_path / "out").exists()
@@ -102,7 +103,7 @@ def test_undefined_template_variable_names_the_type_file_and_line(orchc, write, 
 
 def test_template_syntax_error_is_located(orchc, write, tmp_path):
     write("defs/memcached.yaml", MEMCACHED.replace("-m {{ memory_mb }}", "-m {{ memory_mb }"))
-    result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
+    result = orchc("validate", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", cwd=tmp_path)
     ((loc, message),) = errors(result.err)
     assert loc == "defs/memcached.yaml:10:12" and message.startswith("template syntax error")
 
@@ -142,7 +143,7 @@ HOSTILE = "$(touch /tmp/orchc-pwned) `id` \"dq\" 'sq' \\ $HOME"
 def test_values_stay_literal_inside_or_outside_shell_quotes(orchc, write, tmp_path, line):
     defs = MEMCACHED.replace("  memory_mb:", "  words: {type: string}\n  memory_mb:")
     write("defs/memcached.yaml", defs + f"  setup:\n    - {json.dumps(line)}\n")
-    recipe = write("r.yaml", RECIPE + f"  words: {json.dumps(HOSTILE)}\n")
+    recipe = write("r.yaml", RECIPE + f"  words: {json.dumps(HOSTILE)}\n" + ACCOUNT)
     result = orchc("compile", recipe, "--defs", "defs", "--stdout", cwd=tmp_path)
     assert result.code == 0, result.err
     ran = subprocess.run(["bash", "-c", _values_and_echo(result.out)], capture_output=True, text=True, env={"HOME": "/home/x"})
@@ -161,7 +162,7 @@ def _values_and_echo(script: str) -> str:
 def test_path_inside_double_quotes_keeps_variables(orchc, write, tmp_path):
     defs = MEMCACHED.replace("  memory_mb:", "  dir: {type: string}\n  memory_mb:")
     write("defs/memcached.yaml", defs + '  setup:\n    - echo "dir={{ dir | path }}"\n')
-    recipe = write("r.yaml", RECIPE + '  dir: "$HOME/a b/$(id)"\n')
+    recipe = write("r.yaml", RECIPE + '  dir: "$HOME/a b/$(id)"\n' + ACCOUNT)
     out = orchc("compile", recipe, "--defs", "defs", "--stdout", cwd=tmp_path).out
     ran = subprocess.run(["bash", "-c", _values_and_echo(out)], capture_output=True, text=True, env={"HOME": "/home/x"})
     assert ran.stdout == "dir=/home/x/a b/$(id)\n"
@@ -169,14 +170,14 @@ def test_path_inside_double_quotes_keeps_variables(orchc, write, tmp_path):
 
 def test_an_error_inside_a_block_template_points_at_its_line(orchc, write, tmp_path):
     write("defs/memcached.yaml", MEMCACHED + "  setup:\n    - |-\n      mkdir -p /tmp/x\n      echo {{ nosuch }}\n")
-    result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
+    result = orchc("validate", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", cwd=tmp_path)
     assert errors(result.err) == [("defs/memcached.yaml:17:7", "template error: 'nosuch' is undefined")]
     assert " > 17 |       echo {{ nosuch }}" in result.err
 
 
 def test_a_sidecar_switch_must_be_a_boolean_field(orchc, write, tmp_path):
     write("defs/memcached.yaml", MEMCACHED + "sidecars:\n  cadvisor:\n    when: enable_cadvisr\n")
-    result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
+    result = orchc("validate", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", cwd=tmp_path)
     ((loc, message),) = errors(result.err)
     assert loc == "defs/memcached.yaml:16:11"
     assert "switched by 'enable_cadvisr', which is not a boolean field" in message and "'enable_cadvisor'" in message
@@ -184,12 +185,12 @@ def test_a_sidecar_switch_must_be_a_boolean_field(orchc, write, tmp_path):
 
 def test_names_the_templates_use_cannot_be_fields(orchc, write, tmp_path):
     write("defs/memcached.yaml", MEMCACHED.replace("  memory_mb:", "  run: {type: string}\n  memory_mb:"))
-    result = orchc("validate", write("r.yaml", RECIPE), "--defs", "defs", cwd=tmp_path)
+    result = orchc("validate", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", cwd=tmp_path)
     ((loc, message),) = errors(result.err)
     assert loc == "defs/memcached.yaml:6:3" and message == "invalid name 'run' in fields: this name is reserved"
 
 
 def test_raw_is_the_authors_choice_inside_quotes_too(orchc, write, tmp_path):
     write("defs/memcached.yaml", MEMCACHED + '  setup:\n    - echo "mb={{ memory_mb | raw }}"\n')
-    out = orchc("compile", write("r.yaml", RECIPE), "--defs", "defs", "--stdout", cwd=tmp_path).out
+    out = orchc("compile", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", "--stdout", cwd=tmp_path).out
     assert 'echo "mb=1024"' in out.splitlines()
