@@ -29,8 +29,6 @@ def shell_word(text: str) -> str:
     return "".join(out)
 
 
-shell_quote_expanding = shell_word
-
 
 def text_value(value: Any) -> str:
     if isinstance(value, bool):

@@ -27,7 +27,7 @@ from . import __version__
 from .errors import OrchcError
 from .load import source_text
 from .resources import templates_dir
-from .shell import Raw, excerpt_of, shell_quote_expanding, text_value
+from .shell import Raw, excerpt_of, shell_word, text_value
 from .shellscan import MARK, ScanError, Use, scan
 from .source import Node, SourceLoc
 
@@ -356,7 +356,7 @@ class ShellValues:
         if key not in self.names:
             name = f"orchc_v{len(self.names) + 1}"
             self.names[key] = name
-            self.assignments.append(f"{name}={shell_quote_expanding(text) if expand else _single_quoted(text)}")
+            self.assignments.append(f"{name}={shell_word(text) if expand else _single_quoted(text)}")
         return self.names[key]
 
     def substitute(self, node: Node, text: str, uses: tuple[Use, ...], found: list[Any]) -> str:
