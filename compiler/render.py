@@ -30,7 +30,7 @@ from .resources import builtin_types_dir
 from .shell import Raw, shell_word, text_value
 from .source import Node, Origins
 from .templating import ShellValues, environment, host_placeholder, render_shell, render_text, template_line
-from .typedefs import secret_variable
+from .typedefs import secret_variable, type_file_text
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTROL_IN_VALUES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -253,10 +253,17 @@ def _phase_lines(job: ResolvedJob, origins: Origins, phase: str, context: dict[s
 
 
 def _file_block(item: Node, context: dict[str, Any]) -> list[str]:
-    """A file written by a quoted here-document, so the shell never interprets its content."""
+    """A file written by a quoted here-document, so the shell never interprets its content: `content:`
+    (a template) or `source:` (a file the type ships, verbatim)."""
     path = render_text(item.at(("file",)), context)[0]
-    content, hosts = render_text(item.at(("content",)), context)
-    content = content.rstrip("\n")
+    source = item.get("source")
+    if source is not None:
+        # A program the type ships (files/NAME beside the type file): its bytes verbatim, never a template;
+        # the here-document adds the final newline (one is added when the file has none).
+        content, hosts = type_file_text(source).removesuffix("\n"), list[str]()
+    else:
+        content, hosts = render_text(item.at(("content",)), context)
+        content = content.rstrip("\n")
     delimiter = "ORCHC_EOF"
     while delimiter in content.splitlines():
         delimiter += "_"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import cached_property
@@ -90,6 +91,69 @@ def _refs(schema: Any) -> list[tuple[tuple[str | int, ...], Any]]:
         elif isinstance(value, list):
             stack += [(child, (*path, index)) for index, child in enumerate(value)]
     return found
+
+
+TYPE_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+"""The name a `source:` phase item gives: one file of the `files/` folder, no path separators."""
+TYPE_FILE_MAX_BYTES = 1024 * 1024
+_TYPE_FILE_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def type_file_text(source: Node) -> str:
+    """The text of the file a `{file: PATH, source: NAME}` phase item ships: `files/NAME` in the folder of
+    the file that declares the item (built-in types: service_defs/files/), verbatim, never a template.
+
+    Errors are located at the `source:` value. Refused: a name with a path separator or a leading dot,
+    anything but a regular file (a symbolic link too), more than TYPE_FILE_MAX_BYTES, invalid UTF-8,
+    control characters other than tab and line ends."""
+    name = source.value
+    if not isinstance(name, str) or not TYPE_FILE_NAME.match(name):
+        raise OrchcError.at(source.loc, f"source: {shorten(name)} is not a file name of the type's files/ folder "
+                            "(letters, digits, `_`, `.`, `-`, starting with a letter or digit; no path separators)")
+    folder = Path(os.path.abspath(source.loc.file)).parent / "files"
+    path = folder / name
+    where = f"{display_path(folder)}/{name}"
+    try:
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+            raise OrchcError.at(source.loc, f"source: {where} is not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0))
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise OrchcError.at(source.loc, f"source: {where} is not a regular file")
+            data = handle.read(TYPE_FILE_MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise OrchcError.at(source.loc, f"source: {where} not found (a `source:` file lives in the files/ folder "
+                            "beside the type file that names it)") from None
+    except OSError as exc:
+        raise OrchcError.at(source.loc, f"source: cannot read {where}: {exc.strerror or exc}") from None
+    if len(data) > TYPE_FILE_MAX_BYTES:
+        raise OrchcError.at(source.loc, f"source: {where} is larger than {TYPE_FILE_MAX_BYTES // 1024 // 1024} MiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OrchcError.at(source.loc, f"source: {where} is not UTF-8 text (byte 0x{data[exc.start]:02X} "
+                            f"at offset {exc.start})") from None
+    bad = _TYPE_FILE_CONTROL.search(text)
+    if bad:
+        line = text.count("\n", 0, bad.start()) + 1
+        raise OrchcError.at(source.loc, f"source: {where} is not a text file (control character "
+                            f"0x{ord(bad.group()):02X} on line {line})")
+    return text
+
+
+def _check_type_files(merged: Node, problems: Collector) -> None:
+    """Every `source:` phase item of a type names a readable file (checked when the type loads, so
+    `orchc validate` reports it); the schema refuses `content:` beside it."""
+    for items in (merged.get("phases") or Node({}, merged.loc)).value.values():
+        for item in items.value if isinstance(items.value, list) else []:
+            source = item.get("source")
+            if source is None:
+                continue
+            try:
+                type_file_text(source)
+            except OrchcError as error:
+                problems.absorb(error)
 
 
 def secret_variable(name: str) -> str:
@@ -190,6 +254,7 @@ class Registry:
         check(merged, validator("typedef"), f"type '{name}'", problems)
         problems.raise_if_any()
         _check_templates(merged, problems)
+        _check_type_files(merged, problems)
         problems.raise_if_any()
         fields_node = merged.get("fields") or Node({}, merged.loc)
         for field_name, schema in fields_node.value.items():
