@@ -7,6 +7,7 @@ Prometheus' HTTP API for redis metrics it scraped from the exporter it found thr
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import nvidia_smi_standin
 import pytest
 from conftest import in_ci
 from ruamel.yaml import YAML
@@ -228,3 +230,109 @@ def test_prometheus_scrapes_redis_through_its_exporter_found_by_file_sd(cluster,
     left = subprocess.run(["pgrep", "-af", f"redis-exporter.*{ports['exporter']}"], capture_output=True, text=True).stdout
     assert not [line for line in left.splitlines() if "pgrep" not in line], left
 
+
+
+# --- GPU sampler (tested against tests/nvidia_smi_standin.py, a stand-in: no GPU or nvidia-smi here) ------------
+
+GPU_SERVICE = """\
+type: gpu_probe
+extends: service
+fields:
+  ports: {default: [9]}
+container:
+  command: sleep 4
+phases:
+  health_check: []
+"""
+GPU_CLIENT = """\
+type: gpu_bench
+extends: client
+phases:
+  health_check: []
+  benchmark:
+    - sleep 4
+"""
+GPU_RECIPE = """\
+site: local
+resources: {partition: gpu, gres: "gpu:2"}
+service:
+  name: svc
+  type: gpu_probe
+client:
+  name: bench
+  type: gpu_bench
+  target_endpoint: 127.0.0.1:9
+"""
+
+
+def compile_gpu(tmp_path: Path, recipe: str = GPU_RECIPE, site: str = "local") -> Path:
+    (tmp_path / "defs").mkdir(exist_ok=True)
+    (tmp_path / "defs" / "gpu_probe.yaml").write_text(GPU_SERVICE)
+    (tmp_path / "defs" / "gpu_bench.yaml").write_text(GPU_CLIENT)
+    (tmp_path / "gpu.yaml").write_text(recipe)
+    orchc("compile", "gpu.yaml", "--defs", "defs", "-o", tmp_path / "build", "--site", site, cwd=tmp_path)
+    return tmp_path / "build" / "gpu"
+
+
+SAMPLER = "setsid nvidia-smi --query-gpu=" + ",".join(nvidia_smi_standin.FIELDS)
+
+
+def test_the_gpu_sampler_is_compiled_into_gpu_jobs_only(tmp_path):
+    out = compile_gpu(tmp_path, GPU_RECIPE.replace("  target_endpoint:", "  gpu_sample_interval: 5\n  target_endpoint:"))
+    service, client = (out / "svc.sbatch").read_text(), (out / "bench.sbatch").read_text()
+    for script, interval in ((service, 1), (client, 5)):
+        assert SAMPLER in script and "--format=csv,nounits -l \"$1\" >\"$2/gpu.csv\"" in script
+        assert f'\norchc_gpu_sampler {interval} "$ORCHC_RUN_DIR/results/' in script
+    for gres in ("", "gres: \"gpu:0\"", "gres: \"tmpfs:10\""):
+        out = compile_gpu(tmp_path, GPU_RECIPE.replace('gres: "gpu:2"', gres))
+        assert "nvidia-smi" not in (out / "svc.sbatch").read_text() + (out / "bench.sbatch").read_text(), gres
+    for gres in ("gpu", "gpu:a100:1", "tmpfs:10,gpu:1"):
+        out = compile_gpu(tmp_path, GPU_RECIPE.replace('gres: "gpu:2"', f'gres: "{gres}"'))
+        assert SAMPLER in (out / "svc.sbatch").read_text(), gres
+    out = compile_gpu(tmp_path, GPU_RECIPE.replace("  type: gpu_", "  enable_gpu_sampler: false\n  type: gpu_"))
+    assert "nvidia-smi" not in (out / "svc.sbatch").read_text() + (out / "bench.sbatch").read_text()
+    # Under apptainer nvidia-smi stays a host program: started by the batch shell, not in a container.
+    out = compile_gpu(tmp_path, "account: p1\n" + GPU_RECIPE.replace("site: local\n", "").replace(
+        "  command: sleep 4", "  image: probe\n  source: docker://busybox:1.36\n  command: sleep 4"), site="meluxina")
+    (line,) = [line for line in (out / "svc.sbatch").read_text().splitlines() if "nvidia-smi --query-gpu" in line]
+    assert line.strip().startswith(SAMPLER) and "apptainer" not in line
+
+
+def run_job(script: Path, run: Path, path: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ORCHC_RUN_DIR": str(run), "HOME": str(run), "PATH": path}
+    return subprocess.run(["bash", script.name], cwd=script.parent, env=env, capture_output=True, text=True, timeout=60)
+
+
+def without_nvidia_smi(path: str) -> str:
+    return os.pathsep.join(folder for folder in path.split(os.pathsep) if not (Path(folder) / "nvidia-smi").exists())
+
+
+def test_the_gpu_sampler_writes_nvidia_smi_rows_into_the_results_of_services_and_clients(tmp_path):
+    out = compile_gpu(tmp_path)
+    run = tmp_path / "run"
+    path = f"{nvidia_smi_standin.install(tmp_path / 'bin')}{os.pathsep}{without_nvidia_smi(os.environ['PATH'])}"
+    for job in ("svc", "bench"):
+        done = run_job(out / f"{job}.sbatch", run, path)
+        assert done.returncode == 0, done.stderr
+        assert f"into {run}/results/{job}/gpu.csv" in done.stderr
+        lines = (run / "results" / job / "gpu.csv").read_text().splitlines()
+        assert lines[0] == nvidia_smi_standin.HEADER
+        rows = [line.split(", ") for line in lines[1:]]
+        # the job ran 4 s and sampled every second: at least 3 samples of both GPUs, in order, none lost or garbled
+        assert len(rows) >= 6 and len(rows) % 2 == 0, lines
+        for number, values in enumerate(rows):
+            assert re.fullmatch(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{3}", values[0]), values
+            assert values[1:] == nvidia_smi_standin.row(number // 2, number % 2), (number, values)
+        # the sampler ended with the job
+        left = subprocess.run(["pgrep", "-f", "nvidia_smi_standin"], capture_output=True, text=True).stdout
+        assert not left.strip(), left
+
+
+def test_a_gpu_job_on_a_node_without_nvidia_smi_logs_it_and_goes_on(tmp_path):
+    out = compile_gpu(tmp_path)
+    run = tmp_path / "run"
+    for job in ("svc", "bench"):
+        done = run_job(out / f"{job}.sbatch", run, without_nvidia_smi(os.environ["PATH"]))
+        assert done.returncode == 0, done.stderr
+        assert re.search(r"\] no nvidia-smi on \S+: GPU sampling skipped\n", done.stderr), done.stderr
+        assert not (run / "results" / job / "gpu.csv").exists()

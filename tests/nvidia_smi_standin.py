@@ -1,0 +1,64 @@
+"""A stand-in for `nvidia-smi`, NOT nvidia-smi: it answers only the GPU sampler's query, with known rows.
+
+Tests put it first on PATH as `nvidia-smi` (see `install`). Given exactly
+
+    nvidia-smi --query-gpu=FIELDS --format=csv,nounits -l SECONDS
+
+(FIELDS as the sampler of compiler/templates/runtime.sh.j2 asks), it prints the CSV header, then every
+SECONDS one row per GPU (`ORCHC_STANDIN_GPUS`, default 2) whose values follow from the sample number and
+the GPU index (`row`), flushed at once, until it is stopped. Any other command line is refused (exit 2),
+so a test fails when the sampler's flags change. Column names follow nvidia-smi's CSV header (units in
+brackets; `nounits` drops them from the values only); the values are made up.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+FIELDS = ("timestamp", "index", "name", "uuid", "utilization.gpu", "utilization.memory", "memory.used",
+          "memory.total", "power.draw", "temperature.gpu")
+HEADER = ("timestamp, index, name, uuid, utilization.gpu [%], utilization.memory [%], memory.used [MiB], "
+          "memory.total [MiB], power.draw [W], temperature.gpu")
+NAME = "Stand-in GPU 40GB"
+
+
+def row(sample: int, index: int) -> list[str]:
+    """The values after the timestamp of GPU `index` in sample `sample` (0, 1, ...)."""
+    return [str(index), NAME, f"GPU-5a4d0000-0000-4000-8000-{index:012x}",
+            str((sample * 7 + index * 3) % 101), str((sample * 5 + index) % 101),
+            str(1000 + sample * 10 + index), "40960", f"{50 + sample + index / 10:.2f}", str(30 + index)]
+
+
+def main(argv: list[str]) -> int:
+    expected = [f"--query-gpu={','.join(FIELDS)}", "--format=csv,nounits", "-l"]
+    if argv[:3] != expected or len(argv) != 4 or not argv[3].isdigit() or int(argv[3]) < 1:
+        print(f"nvidia-smi stand-in: unexpected command line {argv!r}; expected {expected + ['SECONDS']!r}",
+              file=sys.stderr)
+        return 2
+    interval = int(argv[3])
+    gpus = int(os.environ.get("ORCHC_STANDIN_GPUS", "2"))
+    print(HEADER, flush=True)
+    sample = 0
+    while True:
+        stamp = time.strftime("%Y/%m/%d %H:%M:%S.000")
+        for index in range(gpus):
+            print(", ".join([stamp, *row(sample, index)]), flush=True)
+        sample += 1
+        time.sleep(interval)
+
+
+def install(folder: Path) -> Path:
+    """A folder holding an `nvidia-smi` that runs this stand-in; put it first on PATH."""
+    folder.mkdir(parents=True, exist_ok=True)
+    program = folder / "nvidia-smi"
+    program.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))} \"$@\"\n")
+    program.chmod(0o755)
+    return folder
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
