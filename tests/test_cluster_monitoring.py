@@ -1,0 +1,98 @@
+"""Exporter sidecars end to end on the test cluster (issue 7, point 9): node_exporter and mysqld_exporter.
+
+Each test submits prometheus and one service with its exporter switched on, natively (Debian's
+prometheus-*-exporter programs), lists no target in the recipe, and asks Prometheus' HTTP API for a metric
+the exporter serves: Prometheus found it through the run's file-based discovery. redis_exporter has the
+same test in tests/test_monitoring.py (test_prometheus_scrapes_redis_through_its_exporter_found_by_file_sd).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from test_cluster import cluster, free_port, orchc, status, wait_for  # noqa: F401 (cluster is a fixture)
+from test_monitoring import ENDED, needs, query
+
+
+def exporter_processes(program: str, port: int) -> list[str]:
+    found = subprocess.run(["pgrep", "-af", f"{program}.*:{port}"], capture_output=True, text=True).stdout
+    return [line for line in found.splitlines() if "pgrep" not in line]
+
+
+def stop(run: Path, cwd: Path) -> None:
+    orchc("cancel", run, cwd=cwd, check=False)
+    wait_for(lambda: all(job["state"] in ENDED for job in status(run).values()), 60, "every job to end")
+
+
+def test_prometheus_scrapes_the_node_exporter_of_a_service_found_by_file_sd(cluster, tmp_path):  # noqa: F811
+    needs("redis-server", "redis-cli", "prometheus", "prometheus-node-exporter")
+    ports = {"redis": free_port(), "node": free_port(), "prometheus": free_port()}
+    (tmp_path / "node.yaml").write_text(
+        f"site: local\nresources: {{time: '00:05:00'}}\nservices:\n"
+        f"  - name: redis\n    ports: [{ports['redis']}]\n    enable_node_exporter: true\n"
+        f"    node_exporter_port: {ports['node']}\n"
+        f"  - name: prometheus\n    ports: [{ports['prometheus']}]\n    scrape_interval: 1s\n")
+    run = tmp_path / "run"
+    orchc("submit", "node.yaml", "--run-dir", run, cwd=tmp_path)
+    try:
+        wait_for(lambda: (run / "endpoints" / "prometheus").exists() and (run / "endpoints" / "redis").exists(),
+                 60, "both services to publish their endpoints")
+        (group,) = json.loads((run / "monitoring" / "redis.json").read_text())
+        assert group["labels"]["orchc_source"] == "node_exporter"
+        assert group["targets"][0].endswith(f":{ports['node']}")
+        cpu = wait_for(lambda: query(ports["prometheus"], 'node_cpu_seconds_total{mode="idle"}'), 60,
+                       "Prometheus to scrape node_cpu_seconds_total from node_exporter")
+        assert {sample["metric"]["job"] for sample in cpu} == {"redis"}
+        assert {sample["metric"]["orchc_source"] for sample in cpu} == {"node_exporter"}
+        assert {sample["metric"]["instance"] for sample in cpu} == {group["targets"][0]}
+        assert all(float(sample["value"][1]) > 0 for sample in cpu), cpu
+        up = query(ports["prometheus"], f'up{{instance="{group["targets"][0]}"}}')
+        assert [sample["value"][1] for sample in up] == ["1"], up
+    finally:
+        stop(run, tmp_path)
+    wait_for(lambda: not (run / "monitoring" / "redis.json").exists(), 15, "the SD file to be withdrawn")
+    wait_for(lambda: not exporter_processes("prometheus-node-exporter", ports["node"]), 15, "node_exporter to stop")
+
+
+def test_prometheus_scrapes_mysqld_exporter_which_logs_in_without_its_password_on_argv(cluster, tmp_path):  # noqa: F811
+    needs("mysqld", "mysqladmin", "prometheus", "prometheus-mysqld-exporter")
+    ports = {"mysql": free_port(), "exporter": free_port(), "prometheus": free_port()}
+    # A password with the characters a go-sql-driver DSN (user:password@tcp(host:port)/) gives meaning to.
+    password = "orchc@test:pass/word(1)"
+    secret = tmp_path / "secrets" / "mysql_root_password"
+    secret.parent.mkdir()
+    secret.write_text(password + "\n")
+    secret.chmod(0o600)
+    (tmp_path / "db.yaml").write_text(
+        f"site: local\nresources: {{time: '00:05:00'}}\nservices:\n"
+        f"  - name: db\n    type: mysql\n    ports: [{ports['mysql']}]\n    root_password: {{file: {secret}}}\n"
+        f"    enable_exporter: true\n    exporter_port: {ports['exporter']}\n"
+        f"  - name: prometheus\n    ports: [{ports['prometheus']}]\n    scrape_interval: 1s\n")
+    run = tmp_path / "run"
+    orchc("submit", "db.yaml", "--run-dir", run, cwd=tmp_path)
+    try:
+        wait_for(lambda: (run / "endpoints" / "prometheus").exists() and (run / "endpoints" / "db").exists(),
+                 120, "both services to publish their endpoints")
+        (group,) = json.loads((run / "monitoring" / "db.json").read_text())
+        assert group["labels"]["orchc_source"] == "mysqld_exporter"
+        assert group["targets"][0].endswith(f":{ports['exporter']}")
+        # mysql_up is 1 only when the exporter logged in to the server with the root password
+        up = wait_for(lambda: [s for s in query(ports["prometheus"], "mysql_up") if s["value"][1] == "1"], 60,
+                      "Prometheus to scrape mysql_up == 1 from mysqld_exporter")
+        assert up[0]["metric"]["job"] == "db" and up[0]["metric"]["orchc_source"] == "mysqld_exporter"
+        assert up[0]["metric"]["instance"] == group["targets"][0]
+        assert query(ports["prometheus"], "mysql_global_status_uptime"), "no server status scraped"
+        (exporter,) = exporter_processes("prometheus-mysqld-exporter", ports["exporter"])
+        # no process's command line carries the password (the exporter has it in its environment)
+        command_lines = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert password not in command_lines and "pass/word" not in command_lines
+        assert "DATA_SOURCE_NAME" not in exporter
+    finally:
+        stop(run, tmp_path)
+    wait_for(lambda: not exporter_processes("prometheus-mysqld-exporter", ports["exporter"]), 15,
+             "mysqld_exporter to stop")
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert "pass/word" not in path.read_text(errors="replace"), path
