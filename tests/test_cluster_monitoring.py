@@ -1,19 +1,24 @@
-"""Exporter sidecars end to end on the test cluster (issue 7, point 9): node_exporter and mysqld_exporter.
+"""Monitoring end to end on the test cluster (issue 7, points 7 and 9): node_exporter, mysqld_exporter, GPU sampler.
 
 Each test submits prometheus and one service with its exporter switched on, natively (Debian's
 prometheus-*-exporter programs), lists no target in the recipe, and asks Prometheus' HTTP API for a metric
 the exporter serves: Prometheus found it through the run's file-based discovery. redis_exporter has the
 same test in tests/test_monitoring.py (test_prometheus_scrapes_redis_through_its_exporter_found_by_file_sd).
+The GPU sampler runs on the gpu partition (a fake gres) against tests/nvidia_smi_standin.py, a stand-in.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
+import nvidia_smi_standin
+from conftest import ROOT
 from test_cluster import cluster, free_port, orchc, status, wait_for  # noqa: F401 (cluster is a fixture)
-from test_monitoring import ENDED, needs, query
+from test_monitoring import ENDED, GPU_RECIPE, compile_gpu, needs, query, without_nvidia_smi
 
 
 def exporter_processes(program: str, port: int) -> list[str]:
@@ -96,3 +101,25 @@ def test_prometheus_scrapes_mysqld_exporter_which_logs_in_without_its_password_o
     for path in run.rglob("*"):
         if path.is_file():
             assert "pass/word" not in path.read_text(errors="replace"), path
+
+
+def test_the_gpu_sampler_runs_under_slurm_on_the_gpu_partition(cluster, tmp_path):  # noqa: F811
+    """GPU jobs on the test cluster's gpu partition (a fake gres, one GPU), sampled by tests/nvidia_smi_standin.py,
+    a stand-in for nvidia-smi put first on PATH (sbatch passes the submitter's environment, --export=ALL)."""
+    compile_gpu(tmp_path, GPU_RECIPE.replace('"gpu:2"', '"gpu:1", time: "00:02:00"'))  # writes defs/ and gpu.yaml
+    path = f"{nvidia_smi_standin.install(tmp_path / 'bin')}{os.pathsep}{without_nvidia_smi(os.environ['PATH'])}"
+    run = tmp_path / "run"
+    submitted = subprocess.run([sys.executable, "-m", "compiler", "submit", "gpu.yaml", "--defs", "defs", "--run-dir", run],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "PYTHONPATH": str(ROOT), "PATH": path, "ORCHC_STANDIN_GPUS": "1"})
+    assert submitted.returncode == 0, submitted.stderr
+    try:
+        wait_for(lambda: {job["state"] for job in status(run).values()} == {"COMPLETED"}, 120, "both GPU jobs to complete")
+    finally:
+        orchc("cancel", run, cwd=tmp_path, check=False)
+    for job in ("svc", "bench"):
+        lines = (run / "results" / job / "gpu.csv").read_text().splitlines()
+        assert lines[0] == nvidia_smi_standin.HEADER
+        assert len(lines) >= 4, lines   # 4 s of work, one GPU sampled every second
+        for number, line in enumerate(lines[1:]):
+            assert line.split(", ")[1:] == nvidia_smi_standin.row(number, 0), (job, number, line)
