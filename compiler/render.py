@@ -13,6 +13,7 @@ type file's line), and the fail-closed guards on the lines orchc builds.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -67,11 +68,20 @@ def render_job(job: ResolvedJob, recipe: Recipe) -> str:
     for key in ("directives", "modules", "storage", "environment", "secrets", "images", "target", "values"):
         parts[key] = [_code(line, job, origins, multiline=key == "values") for line in parts[key]]
     parts["shell"], parts["module_purge"] = (_code(parts[key], job, origins) for key in ("shell", "module_purge"))
+    if job.role == "client":
+        parts["parameters"] = _code(shlex.quote(parameters_json(job)), job, origins)
+        parts["duration"] = int(job.fields["duration"])
     template = environment("script").get_template("job.sbatch.j2")
     try:
         return str(template.render(job=job, recipe=recipe, site=recipe.site, **parts))
     except ValueError as exc:
         raise OrchcError.at(origins.loc(), f"{job.role} '{job.name}': {exc}") from None
+
+
+def parameters_json(job: ResolvedJob) -> str:
+    """The job's fields as one line of JSON for its results.json; secrets (references to them) left out."""
+    shown = {name: value for name, value in job.fields.items() if name not in job.typedef.secrets}
+    return json.dumps(shown, sort_keys=True, ensure_ascii=True)
 
 
 def _code(line: str, job: ResolvedJob, origins: Origins, multiline: bool = False) -> Raw:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -75,11 +76,14 @@ def test_hostile_values_are_refused_by_a_pattern_or_reach_the_script_only_as_dat
     script_path = tmp_path / "out" / "c" / "c.sbatch"
     subprocess.run(["bash", "-n", str(script_path)], check=True)
     script = script_path.read_text()
-    blocks = [(start, end, body) for start, end, body in _heredoc_blocks(script) if '"prompt"' in body]
-    assert len(blocks) == 1, "the requests file is not written by one quoted here-document"
-    start, end, body = blocks[0]
-    assert [json.loads(line)["prompt"] for line in body.splitlines()] == [value]
-    outside = script[:start] + script[end:]
+    # data: the body of a quoted here-document, or the single-quoted JSON of the job's parameters
+    parameters = re.search(r"^ORCHC_PARAMETERS=(.*)$", script, re.M)
+    assert parameters, "no parameters line"
+    words = shlex.split(parameters.group(1))
+    assert len(words) == 1 and json.loads(words[0])["prompts"] == [value]
+    outside = script
+    for start, end, _ in sorted(_heredoc_blocks(script) + [(parameters.start(), parameters.end(), "")], reverse=True):
+        outside = outside[:start] + outside[end:]
     assert value not in outside and json.dumps(value)[1:-1] not in outside, "the value appears outside the data"
 
 
@@ -87,9 +91,9 @@ def test_a_prompt_with_shell_syntax_is_written_as_inert_data(orchc, write, tmp_p
     out = compile_stdout(orchc, write, tmp_path, 'client:\n  name: c\n  type: ollama_client\n'
                          '  target_endpoint: "localhost:11434"\n  prompts: ["$(touch /tmp/orchc-pwned) `id`"]\n'
                          'account: p200981\n')
-    assert "$(touch /tmp/orchc-pwned) `id`" in out                       # present only as here-doc data
-    line = next(text for text in out.splitlines() if "orchc-pwned" in text)
-    assert line.startswith("{")                                         # a JSON line, not a command
+    assert "$(touch /tmp/orchc-pwned) `id`" in out                       # present only as data:
+    for line in (text for text in out.splitlines() if "orchc-pwned" in text):
+        assert line.startswith(("{", "ORCHC_PARAMETERS='{")), line      # a JSON line, or the quoted parameters
 
 
 def test_secret_is_read_at_run_time_and_never_written(orchc, write, tmp_path, monkeypatch):
