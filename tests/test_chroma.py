@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import in_ci
+from conftest import ROOT, in_ci
 from test_cluster import cluster, free_port, orchc, status, wait_for
 from test_failfast import _unique, compile_probe, run_script
 
@@ -180,7 +180,8 @@ def test_chroma_and_its_benchmark_client_complete_with_real_results(cluster, chr
         f"service:\n  name: chroma\n  ports: [{port}]\n  persist_directory: {tmp_path / 'data'}\n"
         "  resources: {time: '00:05:00'}\n"
         "client:\n  name: vectors\n  type: chroma_client\n  num_documents: 300\n  dimension: 16\n"
-        "  batch_size: 50\n  num_queries: 40\n  n_results: 5\n  duration: 60\n  resources: {time: '00:05:00'}\n")
+        "  batch_size: 50\n  num_queries: 40\n  query_batch_size: 2\n  n_results: 5\n  workers: 3\n"
+        "  recall_queries: 10\n  duration: 60\n  resources: {time: '00:05:00'}\n")
     run = tmp_path / "run"
     orchc("submit", "chroma.yaml", "--run-dir", run, cwd=tmp_path)
     ended = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
@@ -192,16 +193,98 @@ def test_chroma_and_its_benchmark_client_complete_with_real_results(cluster, chr
     jobs = wait_for(all_ended, 110, "chroma and its client to end", interval=0.5)
     logs = "".join(f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(run.glob("slurm-*")))
     assert {name: job["state"] for name, job in jobs.items()} == {"chroma": "COMPLETED", "vectors": "COMPLETED"}, logs
-    results = json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["vectors"]
-    assert results["tool"] == "orchc chroma_bench"
-    assert results["api"] == "v2"
-    assert results["documents_added"] == 300 and results["batches"] == 6
-    assert results["adds_per_second"] > 0
-    assert results["queries"] == 40 and results["queries_per_second"] > 0
-    latency = results["query_latency_s"]
-    assert 0 < latency["min"] <= latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
-    assert results["parameters"] == {"documents": 300, "dimension": 16, "batch_size": 50, "queries": 40, "n_results": 5}
-    assert (run / "results" / "vectors" / "adds.tsv").exists() and (run / "results" / "vectors" / "queries.tsv").exists()
+    folder = run / "results" / "vectors"
+    results = json.loads((folder / "results.json").read_text())
+    assert results["tool"] == "chroma_bench" and results["status"] == "complete", results
+    assert results["environment"]["reported"]["api"] == "v2"
+    assert results["environment"]["reported"]["distance"] == "l2"
+    metrics = results["metrics"]
+    assert metrics["documents_added_count"] == 300 and metrics["add_requests_count"] == 6
+    assert metrics["queries_count"] == 40 and metrics["query_requests_count"] == 20
+    for phase, items, raw in (("add", 300, "adds.tsv"), ("query", 40, "queries.tsv")):
+        latency = [metrics[f"{phase}_latency_{p}_ms"] for p in ("min", "p50", "p90", "p95", "p99", "max")]
+        assert latency[0] > 0 and latency == sorted(latency), (phase, latency)
+        # throughput over the phase's wall time, which with 3 workers is shorter than the summed latencies
+        wall = metrics[f"{phase}_wall_s"]
+        rate = metrics["adds_per_s" if phase == "add" else "queries_per_s"]
+        assert rate == pytest.approx(items / wall, rel=1e-3)
+        summed = sum(float(line.split("\t")[3]) for line in (folder / raw).read_text().splitlines()[1:])
+        assert wall <= summed + 0.05, (phase, wall, summed)
+    # HNSW is approximate: recall is at most 1; far above chance (5 of 300) when the exact neighbours are right
+    assert 0.5 < metrics["recall_at_5_ratio"] <= 1, metrics
+    assert metrics["recall_queries_count"] == 10
+    assert len((folder / "recall.jsonl").read_text().splitlines()) == 10
+    assert results["parameters"]["workers"] == 3
     assert not (run / "endpoints" / "chroma").exists()
     assert any((tmp_path / "data").iterdir()), "chroma persisted nothing into persist_directory"
 
+
+def chroma_bench():
+    """service_defs/files/chroma_bench.py, the program chroma_client ships, as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("chroma_bench", ROOT / "service_defs" / "files" / "chroma_bench.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = [("a", [0.0, 0.0]), ("b", [1.0, 0.0]), ("c", [0.0, 1.0]), ("d", [1.0, 1.0]), ("e", [2.0, 2.0]), ("f", [1.0, 0.0])]
+
+
+@pytest.mark.parametrize("use_numpy", [False, True])
+@pytest.mark.parametrize(("space", "query", "expected"), [
+    # l2 is squared: to (2, 2): e 0, d 2, then b, c, f all 5 (the first of a tie wins), a 8
+    ("l2", [2.0, 2.0], ["e", "d", "b", "c"]),
+    ("l2", [0.8, 0.1], ["b", "f", "a", "d"]),   # 0.05, 0.05, 0.65, 0.85
+    # ip is 1 - q.x: to (1, 0): b, d, e, f have dot 1, 1, 2, 1 -> e first, then b, d, f in order
+    ("ip", [1.0, 0.0], ["e", "b", "d", "f"]),
+    # cosine: d and e point the same way (distance 0, d first); a has no direction (distance 1)
+    ("cosine", [3.0, 3.0], ["d", "e", "b", "c"]),
+])
+def test_exact_neighbours_on_tiny_vectors(space, query, expected, use_numpy):
+    if use_numpy:
+        pytest.importorskip("numpy")
+    module = chroma_bench()
+    assert module.exact_neighbours([query], TINY, 4, space, use_numpy=use_numpy) == [expected]
+    assert module.exact_neighbours([query, query], iter(TINY), 2, space, use_numpy=use_numpy) == [expected[:2]] * 2
+    assert module.exact_neighbours([query], TINY, 10, space, use_numpy=use_numpy)[0][:4] == expected
+
+
+def test_exact_neighbours_agree_with_sorting_every_distance():
+    """Random vectors, k of 200, many queries: the one-pass heaps (and numpy's chunks) give the full sort's top k."""
+    import random
+
+    module = chroma_bench()
+    rng = random.Random(7)
+    docs = [(f"doc-{i}", [rng.random() for _ in range(8)]) for i in range(200)]
+    queries = [[rng.random() for _ in range(8)] for _ in range(15)]
+    for space in module.SPACES:
+        distance = module.distance_function(space)
+        truth = [[doc_id for _, _, doc_id in sorted(
+            (distance(q, x, sum(v * v for v in q), sum(v * v for v in x)), order, doc_id)
+            for order, (doc_id, x) in enumerate(docs))][:7] for q in queries]
+        assert module.exact_neighbours(queries, docs, 7, space, use_numpy=False) == truth
+        try:
+            import numpy
+        except ImportError:
+            continue
+        assert module._exact_neighbours_numpy(numpy, queries, docs, 7, space, chunk=32) == truth
+
+
+def test_recall_counts_the_exact_neighbours_chroma_returned(tmp_path):
+    """summarize draws the added vectors again from the seed, for the batches Chroma acknowledged only."""
+    module = chroma_bench()
+    source = module.vectors(module.document_seed(5), 4)
+    vectors = [next(source) for _ in range(30)]
+    (tmp_path / "adds.tsv").write_text("first\tdocuments\tstart_s\tseconds\n0\t10\t0.0\t0.1\n20\t10\t0.1\t0.1\n")
+    docs = [(f"doc-{i}", vectors[i]) for i in [*range(10), *range(20, 30)]]
+    assert list(module.added_documents(str(tmp_path), 5, 4)) == docs
+    query = vectors[25]
+    truth = module.exact_neighbours([query], docs, 3, "l2", use_numpy=False)[0]
+    assert truth[0] == "doc-25"
+    answer = [truth[0], truth[1], "doc-15"]    # doc-15 was never added: it cannot be a true neighbour
+    (tmp_path / "recall.jsonl").write_text(json.dumps({"query": 0, "vector": query, "ids": answer}) + "\n")
+    args = type("Args", (), {"results": str(tmp_path), "n_results": 3, "seed": 5, "dimension": 4, "space": "l2"})()
+    assert module.recall_metrics(args) == {"recall_at_3_ratio": round(2 / 3, 6), "recall_queries_count": 1}

@@ -30,8 +30,9 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 SPACES = ("l2", "cosine", "ip")
 
@@ -122,7 +123,7 @@ class Recorder:
     """Appends one line per finished request to a TSV file, from any thread, flushed at once."""
 
     def __init__(self, path: str, header: str | None) -> None:
-        self.handle = open(path, "w", buffering=1)
+        self.handle = open(path, "w", buffering=1)  # noqa: SIM115 (open for the whole phase, closed by close())
         if header is not None:
             self.handle.write(header + "\n")
         self.lock = threading.Lock()
