@@ -1,0 +1,646 @@
+#!/usr/bin/env python3
+"""orchc LLM serving benchmark: streaming requests against an OpenAI-compatible or Ollama server.
+
+Standard library only (Python >= 3.8), so that it runs with any compute node's python3 or in the
+plain python image, with nothing installed.
+
+    llm_bench.py run RESULTS_DIR [--config FILE] --host H --port P --api API [--model M] [options]
+    llm_bench.py summarize RESULTS_DIR
+
+`run` sends the warm-up requests (not counted), then the measured ones, closed loop (`--concurrent`
+workers, `--num-requests` in all) or open loop (`--request-rate`, Poisson arrivals from a seeded
+generator, optional `--max-concurrency`), streaming every answer:
+
+- openai-completions: POST /v1/completions, openai-chat: POST /v1/chat/completions, both with
+  "stream": true and "stream_options": {"include_usage": true}; the answer is server-sent events,
+  `data: {json}` lines and a final `data: [DONE]`; chunks whose `choices` is not empty carry tokens, the
+  last chunk carries `usage` (prompt_tokens, completion_tokens).
+- ollama: POST /api/generate with "stream": true; the answer is one JSON object per line, the last one
+  with "done": true and the server's counts and timings (prompt_eval_count, eval_count, load_duration,
+  prompt_eval_duration, eval_duration, total_duration; nanoseconds).
+
+Every request is written to RESULTS_DIR/requests.jsonl as soon as it ends (so a run cut short keeps
+what finished), with its times in seconds relative to its own send time. `summarize` (also run at the
+end of `run`) computes metrics.json from requests.jsonl and run.json with the definitions of vLLM's
+`vllm bench serve` (vllm/benchmarks/serve.py, calculate_metrics):
+
+- TTFT: first token chunk - send; ITL: the gaps between successive token chunks, pooled over requests;
+- E2E latency: last token chunk - send; TPOT: (E2E - TTFT) / (output tokens - 1), requests with > 1 token;
+- throughput: successful requests / wall time; output tokens/s: their output tokens / wall time;
+  total tokens/s: their (input + output) tokens / wall time; wall time from the first measured send
+  to the end of the last request;
+- percentiles as numpy.percentile (linear interpolation between closest ranks).
+
+Nothing starts after `--duration` seconds (counted from the program's start, warm-up included), and
+requests still running then are cut, kept with error "cut at duration". SIGTERM and SIGINT cut the
+same way (error "stopped by SIGTERM"), then the program writes its metrics and exits.
+"""
+
+import argparse
+import http.client
+import json
+import math
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+
+APIS = {"openai-completions": "/v1/completions", "openai-chat": "/v1/chat/completions", "ollama": "/api/generate"}
+PERCENTILES = (("median", 50), ("p90", 90), ("p95", 95), ("p99", 99))
+HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream, application/x-ndjson"}
+OLLAMA_TIMINGS = ("load_duration", "prompt_eval_duration", "eval_duration", "total_duration")
+WORDS = ("the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on",
+         "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "had", "they",
+         "you", "were", "their", "one", "all", "we", "can", "her", "has", "there", "been", "if", "more", "when",
+         "will", "would", "who", "so", "no", "time", "model", "data", "system", "node", "cluster", "memory")
+"""Synthetic prompts are words drawn from this list (the same words for the same seed)."""
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+def percentile(values, p):
+    """numpy.percentile(values, p) with its default method "linear": the value at rank (n - 1) * p / 100,
+    interpolated between the two closest ranks. None for no values."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    rank = (len(ordered) - 1) * p / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def distribution(name, values_s):
+    """name_mean_ms, name_median_ms, name_p90_ms, ..., name_min_ms, name_max_ms of values in seconds."""
+    values = [v * 1000.0 for v in values_s]
+    out = {name + "_mean_ms": sum(values) / len(values) if values else None}
+    for label, p in PERCENTILES:
+        out[f"{name}_{label}_ms"] = percentile(values, p)
+    out[name + "_min_ms"] = min(values) if values else None
+    out[name + "_max_ms"] = max(values) if values else None
+    return out
+
+
+def rate(amount, seconds):
+    return amount / seconds if seconds and seconds > 0 else None
+
+
+def metrics_of(records, run):
+    """metrics.json from the measured requests (records) and run.json (run)."""
+    ok = [r for r in records if r.get("ok")]
+    cut = [r for r in records if not r.get("ok") and r.get("cut")]
+    failed = [r for r in records if not r.get("ok") and not r.get("cut")]
+    wall = run.get("wall_time_s")
+    if wall is None and records:
+        # the run did not end by itself (killed): it lasted at least until its last request ended
+        wall = max(r["send_s"] + (r.get("end_s") or 0.0) for r in records)
+    input_tokens = sum(r.get("input_tokens") or 0 for r in ok)
+    output_tokens = sum(r.get("output_tokens") or 0 for r in ok)
+    tpots = [(r["e2e_s"] - r["ttft_s"]) / (r["output_tokens"] - 1) for r in ok if (r.get("output_tokens") or 0) > 1]
+    itls = []
+    for r in ok:
+        times = r["chunk_times_s"]
+        itls.extend(b - a for a, b in zip(times, times[1:]))  # noqa: RUF007 (itertools.pairwise: Python 3.10)
+    metrics = {
+        "requests_ok_count": len(ok),
+        "requests_failed_count": len(failed),
+        "requests_cut_count": len(cut),
+        "warmup_requests_count": run.get("warmup_requests_done", 0),
+        "wall_time_s": wall,
+        "input_tokens_count": input_tokens,
+        "output_tokens_count": output_tokens,
+        "request_throughput_per_s": rate(len(ok), wall),
+        "output_tokens_per_s": rate(output_tokens, wall),
+        "total_tokens_per_s": rate(input_tokens + output_tokens, wall),
+    }
+    metrics.update(distribution("ttft", [r["ttft_s"] for r in ok]))
+    metrics.update(distribution("tpot", tpots))
+    metrics.update(distribution("itl", itls))
+    metrics.update(distribution("e2e_latency", [r["e2e_s"] for r in ok]))
+    if run.get("api") == "ollama":
+        for key in OLLAMA_TIMINGS:
+            reported = [r["server"][key] for r in ok if isinstance((r.get("server") or {}).get(key), (int, float))]
+            metrics[key + "_mean_ms"] = sum(reported) / len(reported) / 1e6 if reported else None
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------- requests
+
+class Stopped(Exception):
+    """The run's deadline passed, or a signal asked it to stop, while a request was in flight."""
+
+
+class Run:
+    """The shared state of one run: its deadline, the stop flag, the connections in use, the output."""
+
+    def __init__(self, args):
+        self.args = args
+        self.started = time.perf_counter()
+        self.deadline = self.started + args.duration
+        self.stop_reason = None
+        self.lock = threading.Lock()
+        self.active = set()
+        self.t0 = None
+        self.records = []
+        self.out = None
+
+    def remaining(self):
+        return self.deadline - time.perf_counter()
+
+    def stopping(self):
+        return self.stop_reason is not None or self.remaining() <= 0
+
+    def why_stopped(self):
+        return self.stop_reason or "cut at duration"
+
+    def stop(self, reason):
+        """Stop now: nothing new starts, and requests in flight are cut (their sockets shut down)."""
+        with self.lock:
+            if self.stop_reason is None:
+                self.stop_reason = reason
+            sockets = [c.sock for c in self.active if c.sock is not None]
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def write(self, record):
+        with self.lock:
+            self.records.append(record)
+            if self.out is not None:
+                self.out.write(json.dumps(record, sort_keys=True) + "\n")
+                self.out.flush()
+
+
+def request_body(args, prompt):
+    if args.api == "ollama":
+        return {"model": args.model, "prompt": prompt, "stream": True,
+                "options": {"num_predict": args.max_tokens, "temperature": args.temperature, "seed": args.seed}}
+    body = {"model": args.model, "max_tokens": args.max_tokens, "temperature": args.temperature, "seed": args.seed,
+            "stream": True, "stream_options": {"include_usage": True}}
+    if args.ignore_eos:
+        body["ignore_eos"] = True  # vLLM's extension: always generate max_tokens tokens
+    if args.api == "openai-chat":
+        body["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        body["prompt"] = prompt
+    return body
+
+
+def _read_line(run, conn, response, request_deadline):
+    """The next line of the answer, waiting at most until the run's or the request's deadline."""
+    if run.stop_reason is not None:
+        raise Stopped(run.stop_reason)
+    left = min(run.deadline, request_deadline) - time.perf_counter()
+    if left <= 0:
+        raise Stopped(run.why_stopped()) if run.remaining() <= 0 else TimeoutError("request timeout")
+    conn.sock.settimeout(left)
+    try:
+        line = response.readline()
+    except (OSError, http.client.HTTPException):  # timeouts are OSErrors
+        if run.stop_reason is not None or run.remaining() <= 0:
+            raise Stopped(run.why_stopped()) from None
+        raise
+    if not line and run.stop_reason is not None:
+        raise Stopped(run.stop_reason)
+    return line
+
+
+def _finish(run, conn, response, request_deadline):
+    """Read the answer to its end (the end of a chunked body), so that the connection can carry the next
+    request; a connection that cannot is closed (the next request opens a new one)."""
+    try:
+        conn.sock.settimeout(max(0.001, min(run.deadline, request_deadline, time.perf_counter() + 5) - time.perf_counter()))
+        response.read()
+    except (OSError, http.client.HTTPException):
+        conn.close()
+        return
+    if response.will_close:
+        conn.close()
+
+
+def send(run, conn, index, prompt_index, prompt):
+    """One streamed request; returns its record (times in seconds relative to its send time)."""
+    args = run.args
+    record = {"index": index, "prompt_index": prompt_index, "http_status": None, "error": None, "ok": False,
+              "cut": False, "ttft_s": None, "e2e_s": None, "end_s": None, "chunk_times_s": [],
+              "input_tokens": None, "output_tokens": None, "tokens_source": None}
+    body = json.dumps(request_body(args, prompt)).encode("utf-8")
+    sent = time.perf_counter()
+    record["send_s"] = sent - run.t0 if run.t0 is not None else 0.0
+    request_deadline = sent + args.request_timeout
+    chunks = record["chunk_times_s"]
+    usage = {}
+    server = {}
+    try:
+        with run.lock:
+            run.active.add(conn)
+        for attempt in (1, 2):
+            reused = conn.sock is not None
+            if not reused:
+                conn.timeout = max(0.001, min(run.remaining(), args.request_timeout))
+                conn.connect()
+            conn.sock.settimeout(max(0.001, min(run.deadline, request_deadline) - time.perf_counter()))
+            try:
+                conn.request("POST", APIS[args.api], body=body, headers=HEADERS)
+                response = conn.getresponse()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                # a keep-alive connection the server had closed: once more on a new connection
+                conn.close()
+                if not reused or attempt == 2 or run.stopping():
+                    raise
+                sent = time.perf_counter()
+                record["send_s"] = sent - run.t0 if run.t0 is not None else 0.0
+                request_deadline = sent + args.request_timeout
+            except (OSError, http.client.HTTPException):  # timeouts are OSErrors
+                if run.stop_reason is not None or run.remaining() <= 0:
+                    raise Stopped(run.why_stopped()) from None
+                raise
+        record["http_status"] = response.status
+        if response.status != 200:
+            text = response.read(2000).decode("utf-8", "replace")
+            record["error"] = f"HTTP {response.status}: {text.strip()[:300]}"
+            conn.close()
+            record["end_s"] = time.perf_counter() - sent
+            return record
+        while True:
+            line = _read_line(run, conn, response, request_deadline)
+            now = time.perf_counter()
+            if not line:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            if args.api == "ollama":
+                data = json.loads(line.decode("utf-8"))
+                if data.get("error"):
+                    raise ValueError(f"server error: {str(data['error'])[:300]}")
+                if not data.get("done") or data.get("response"):
+                    chunks.append(now - sent)
+                if data.get("done"):
+                    server = {k: data[k] for k in (*OLLAMA_TIMINGS, "prompt_eval_count", "eval_count") if k in data}
+                    usage = {"prompt_tokens": data.get("prompt_eval_count"), "completion_tokens": data.get("eval_count")}
+                    record["end_s"] = now - sent
+                    break
+            else:
+                text = line.decode("utf-8")
+                if text.startswith(":") or not text.startswith("data:"):
+                    continue  # SSE comments (keep-alive pings) and other fields
+                payload = text[5:].strip()
+                if payload == "[DONE]":
+                    record["end_s"] = now - sent
+                    break
+                data = json.loads(payload)
+                if data.get("error"):
+                    raise ValueError(f"server error: {json.dumps(data['error'])[:300]}")
+                if data.get("choices"):
+                    chunks.append(now - sent)
+                if data.get("usage"):
+                    usage = data["usage"]
+        if record["end_s"] is None:
+            record["end_s"] = time.perf_counter() - sent
+        _finish(run, conn, response, request_deadline)
+        if not chunks:
+            raise ValueError("the answer held no token")
+        record["ok"] = True
+    except Stopped as stopped:
+        record["cut"] = True
+        record["error"] = str(stopped)
+        record["end_s"] = time.perf_counter() - sent
+        conn.close()
+    except Exception as error:  # any failure of one request is recorded, and the run goes on
+        record["error"] = f"{type(error).__name__}: {error}"
+        record["end_s"] = time.perf_counter() - sent
+        conn.close()
+    finally:
+        with run.lock:
+            run.active.discard(conn)
+    if chunks:
+        record["ttft_s"] = chunks[0]
+        record["e2e_s"] = chunks[-1]
+    prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    record["input_tokens"] = prompt_tokens if isinstance(prompt_tokens, int) else None
+    if isinstance(completion_tokens, int):
+        record["output_tokens"], record["tokens_source"] = completion_tokens, "server"
+    else:
+        record["output_tokens"], record["tokens_source"] = len(chunks), "chunks"
+    if server:
+        record["server"] = server
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+def new_connection(args):
+    return http.client.HTTPConnection(args.host, args.port, timeout=args.request_timeout)
+
+
+def closed_loop(run, prompts, count, workers, first_index, on_record):
+    """`workers` threads, each with its own keep-alive connection, send `count` requests in all."""
+    counter = {"next": 0}
+
+    def worker():
+        conn = new_connection(run.args)
+        try:
+            while True:
+                with run.lock:
+                    i = counter["next"]
+                    if i >= count or run.stopping():
+                        return
+                    counter["next"] = i + 1
+                index = first_index + i
+                on_record(send(run, conn, index, index % len(prompts), prompts[index % len(prompts)]))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(workers, count))]
+    for thread in threads:
+        thread.start()
+    join_all(run, threads)
+
+
+def arrival_times(count, request_rate, seed):
+    """Poisson arrivals: exponential gaps of mean 1 / rate from random.Random(seed), scaled as vLLM does
+    (vllm/benchmarks/serve.py, get_request) so that the last arrival is at count / rate."""
+    rng = random.Random(seed)
+    times, t = [], 0.0
+    for _ in range(count):
+        t += rng.expovariate(request_rate)
+        times.append(t)
+    if times and times[-1] > 0:
+        scale = (count / request_rate) / times[-1]
+        times = [x * scale for x in times]
+    return times
+
+
+def open_loop(run, prompts, count, first_index, on_record):
+    """Requests sent at Poisson arrival times whatever is in flight; with --max-concurrency, an arrival
+    waits for a free slot (the wait is not part of its latency, as in vLLM)."""
+    args = run.args
+    slots = threading.BoundedSemaphore(args.max_concurrency) if args.max_concurrency else None
+    idle = []
+    threads = []
+
+    def one(index):
+        with run.lock:
+            conn = idle.pop() if idle else None
+        conn = conn or new_connection(args)
+        try:
+            on_record(send(run, conn, index, index % len(prompts), prompts[index % len(prompts)]))
+        finally:
+            with run.lock:
+                idle.append(conn)
+            if slots is not None:
+                slots.release()
+
+    start = time.perf_counter()
+    for i, at in enumerate(arrival_times(count, args.request_rate, args.seed)):
+        while not run.stopping():
+            wait = start + at - time.perf_counter()
+            if wait <= 0:
+                break
+            time.sleep(min(wait, 0.05, max(run.remaining(), 0.001)))
+        acquired = False
+        while slots is not None and not acquired and not run.stopping():
+            acquired = slots.acquire(timeout=0.05)
+        if run.stopping():
+            if acquired:
+                slots.release()
+            break
+        thread = threading.Thread(target=one, args=(first_index + i,), daemon=True)
+        thread.start()
+        threads.append(thread)
+    join_all(run, threads)
+    for conn in idle:
+        conn.close()
+
+
+def join_all(run, threads):
+    """Wait for threads, waking up often so that signals are handled and the deadline is kept."""
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.05)
+            if run.remaining() <= 0 and run.stop_reason is None:
+                run.stop("cut at duration")
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+def load_prompts(args):
+    if args.input_length:
+        if args.prompts_file or args.prompts_json:
+            raise SystemExit("llm_bench: give one of --input-length, --prompts-file, --prompts-json")
+        rng = random.Random(args.seed)
+        count = min(args.num_requests + args.warmup_requests, 10000)
+        return [" ".join(rng.choice(WORDS) for _ in range(args.input_length)) for _ in range(count)]
+    if args.prompts_file and args.prompts_json:
+        raise SystemExit("llm_bench: give one of --prompts-file, --prompts-json")
+    if args.prompts_file:
+        prompts = []
+        with open(args.prompts_file, encoding="utf-8") as handle:
+            for line in handle:
+                line = line.rstrip("\n")
+                if not line.strip():
+                    continue
+                # a line that is a JSON string is decoded, so that a prompt can hold newlines
+                prompts.append(json.loads(line) if line.startswith('"') else line)
+    else:
+        with open(args.prompts_json, encoding="utf-8") as handle:
+            prompts = json.load(handle)
+    if not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise SystemExit("llm_bench: the prompts must be non-empty strings, at least one")
+    return prompts
+
+
+# ---------------------------------------------------------------------------------------------- environment
+
+def get_json(args, path):
+    conn = new_connection(args)
+    try:
+        conn.timeout = 30
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read(65536)
+        return json.loads(body.decode("utf-8")) if response.status == 200 else None
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def environment(args):
+    """environment.json: the server's version (Ollama: GET /api/version; vLLM: GET /version) and the model."""
+    version = get_json(args, "/api/version" if args.api == "ollama" else "/version")
+    found = version.get("version") if isinstance(version, dict) else None
+    return {"server_version": found if isinstance(found, str) else None, "model": args.model, "api": args.api}
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+def write_json(path, value):
+    with open(path + ".tmp", "w") as handle:
+        json.dump(value, handle, sort_keys=True, indent=1)
+        handle.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def run_command(args):
+    os.makedirs(args.results, exist_ok=True)
+    run = Run(args)
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda signum, _frame: run.stop("stopped by " + signal.Signals(signum).name))
+    prompts = load_prompts(args)
+    write_json(os.path.join(args.results, "environment.json"), environment(args))
+    info = {"api": args.api, "model": args.model, "load": "open" if args.request_rate else "closed",
+            "num_requests": args.num_requests, "warmup_requests": args.warmup_requests}
+    run_path = os.path.join(args.results, "run.json")
+    write_json(run_path, info)
+    open(os.path.join(args.results, "requests.jsonl"), "w").close()
+
+    warmups = []
+    if args.warmup_requests:
+        closed_loop(run, prompts, args.warmup_requests, args.max_concurrency or args.concurrent,
+                    -args.warmup_requests, warmups.append)
+    info["warmup_requests_done"] = sum(1 for r in warmups if r["ok"])
+    info["warmup_failed"] = [r["error"] for r in warmups if not r["ok"]][:5]
+    write_json(run_path, info)
+
+    with open(os.path.join(args.results, "requests.jsonl"), "a") as out:
+        run.out = out
+        run.t0 = time.perf_counter()
+        if run.stopping():
+            pass
+        elif args.request_rate:
+            open_loop(run, prompts, args.num_requests, 0, run.write)
+        else:
+            closed_loop(run, prompts, args.num_requests, args.concurrent, 0, run.write)
+        info["wall_time_s"] = time.perf_counter() - run.t0
+        run.out = None
+    info["stopped"] = run.stop_reason or ("cut at duration" if run.remaining() <= 0 else None)
+    write_json(run_path, info)
+    metrics = summarize(args.results)
+    print(f"llm_bench: {metrics['requests_ok_count']} ok, {metrics['requests_failed_count']} failed, "
+          f"{metrics['requests_cut_count']} cut in {metrics['wall_time_s'] or 0:.2f} s")
+    if metrics["requests_ok_count"] == 0 and not metrics["requests_cut_count"]:
+        errors = [r["error"] for r in run.records if r.get("error")] or info["warmup_failed"]
+        message = "no request succeeded" + (": " + errors[0] if errors else "")
+        with open(os.path.join(args.results, "error"), "w") as handle:
+            handle.write(message[:2000] + "\n")
+        print("llm_bench: " + message, file=sys.stderr)
+        return 1
+    return 0
+
+
+def summarize(results):
+    """metrics.json from requests.jsonl and run.json (a line cut short by a kill is skipped)."""
+    with open(os.path.join(results, "run.json")) as handle:
+        run = json.load(handle)
+    records = []
+    path = os.path.join(results, "requests.jsonl")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    pass
+    metrics = metrics_of(records, run)
+    write_json(os.path.join(results, "metrics.json"), metrics)
+    return metrics
+
+
+def positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError("must be > 0")
+        return value
+    return parse
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="llm_bench.py", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="send the requests, then write metrics.json")
+    r.add_argument("results")
+    r.add_argument("--config", help="a JSON object of options (see config_arguments); options given here win")
+    r.add_argument("--host", required=True)
+    r.add_argument("--port", type=int, required=True)
+    r.add_argument("--api", choices=sorted(APIS), required=True)
+    r.add_argument("--model", help="the model named in every request (default: the first the server lists)")
+    r.add_argument("--prompts-json", help="a JSON file holding a list of prompts, used in turn")
+    r.add_argument("--prompts-file", help="a text file, one prompt per line (a line that is a JSON string is decoded)")
+    r.add_argument("--input-length", type=positive(int), help="synthetic prompts of this many words")
+    r.add_argument("--num-requests", type=positive(int), default=100)
+    r.add_argument("--concurrent", type=positive(int), default=1, help="closed loop: requests in flight")
+    r.add_argument("--request-rate", type=positive(float), help="open loop: Poisson arrivals, requests per second")
+    r.add_argument("--max-concurrency", type=positive(int), help="open loop: at most this many in flight")
+    r.add_argument("--warmup-requests", type=int, default=0)
+    r.add_argument("--max-tokens", type=positive(int), default=128)
+    r.add_argument("--temperature", type=float, default=0.0)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--ignore-eos", action="store_true", help="ask vLLM to generate max_tokens tokens every time")
+    r.add_argument("--duration", type=positive(float), default=3600.0)
+    r.add_argument("--request-timeout", type=positive(float), default=600.0)
+    s = sub.add_parser("summarize", help="write metrics.json from requests.jsonl and run.json")
+    s.add_argument("results")
+    return p
+
+
+def config_arguments(path):
+    """The options a --config file gives: a JSON object, option name (with `_` for `-`) -> value;
+    true is a flag, null and false leave the option out. Options on the command line come after, so they win."""
+    with open(path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    if not isinstance(config, dict):
+        raise SystemExit(f"llm_bench: {path} does not hold a JSON object")
+    words = []
+    for key, value in sorted(config.items()):
+        if value is None or value is False:
+            continue
+        words.append("--" + key.replace("_", "-"))
+        if value is not True:
+            words.append(str(value))
+    return words
+
+
+def first_model(args):
+    """The model to ask for when none is given: the first the server lists, as `vllm bench serve` does
+    (GET /v1/models; Ollama: GET /api/tags)."""
+    if args.api == "ollama":
+        tags = get_json(args, "/api/tags")
+        models = tags.get("models") if isinstance(tags, dict) else None
+        key = "name"
+    else:
+        listing = get_json(args, "/v1/models")
+        models = listing.get("data") if isinstance(listing, dict) else None
+        key = "id"
+    if not models or not isinstance(models[0], dict) or not isinstance(models[0].get(key), str):
+        raise SystemExit("llm_bench: no --model given and the server lists no model")
+    return models[0][key]
+
+
+def main(argv):
+    if len(argv) >= 3 and argv[0] == "run" and "--config" in argv:
+        at = argv.index("--config")
+        if at + 1 >= len(argv):
+            raise SystemExit("llm_bench: --config needs a file")
+        argv = argv[:2] + config_arguments(argv[at + 1]) + argv[2:at] + argv[at + 2:]
+    args = parser().parse_args(argv)
+    if args.command == "summarize":
+        summarize(args.results)
+        return 0
+    if not (args.prompts_json or args.prompts_file or args.input_length):
+        raise SystemExit("llm_bench: give --prompts-json, --prompts-file or --input-length")
+    if not args.model:
+        args.model = first_model(args)
+    return run_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

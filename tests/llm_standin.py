@@ -1,0 +1,231 @@
+"""A stand-in LLM server with known timing, for tests: NOT a model, and not Ollama or vLLM.
+
+Every generate request is answered with TOKENS tokens: the first FIRST_TOKEN_DELAY seconds after
+the request got a slot, each next one INTER_TOKEN_DELAY seconds after the one before. At most
+PARALLELISM requests are served at once; the others wait for a slot, first come first served, so
+queueing shows in their time to first token. Both APIs stream:
+
+- POST /v1/completions and /v1/chat/completions with "stream": true: server-sent events as vLLM and
+  OpenAI send them (`data: {chunk}` lines, a blank line after each, `data: [DONE]` at the end); with
+  "stream_options": {"include_usage": true} a last chunk with empty `choices` and `usage`
+  (prompt_tokens = the prompt's words, completion_tokens = TOKENS); `--no-usage` leaves it out.
+- POST /api/generate with "stream" true (Ollama's default): NDJSON, one {"response": "tN ", "done": false}
+  per token, then {"done": true, "prompt_eval_count", "eval_count", "load_duration", "prompt_eval_duration",
+  "eval_duration", "total_duration"} (ns): load 0, prompt eval = FIRST_TOKEN_DELAY, eval = the rest.
+- GET /api/version -> {"version": VERSION}; GET /version -> {"version": VERSION} (as vLLM answers);
+  GET /v1/models and GET /api/tags (one model, "tiny"), GET /health. The model "missing" is answered 404.
+
+`"max_tokens"` (OpenAI) and `"options": {"num_predict"}` (Ollama) cap TOKENS. Every request body is kept
+(`requests`), and with a log file appended one JSON line each. Settable by arguments or by environment
+(STANDIN_TOKENS, STANDIN_FIRST_TOKEN_DELAY, STANDIN_INTER_TOKEN_DELAY, STANDIN_PARALLELISM, STANDIN_LOG).
+
+    python3 tests/llm_standin.py --port 0 --tokens 5 --first-token-delay 0.05 --inter-token-delay 0.02 --parallelism 1
+prints `listening on HOST:PORT` once it accepts connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+VERSION = "0.0.0-llm-standin"
+
+
+class FifoSlots:
+    """At most `size` holders at once; waiters get a slot in the order they asked (no barging)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+        self.lock = threading.Lock()
+        self.waiting: collections.deque[threading.Event] = collections.deque()
+
+    def acquire(self) -> None:
+        with self.lock:
+            if self.used < self.size and not self.waiting:
+                self.used += 1
+                return
+            event = threading.Event()
+            self.waiting.append(event)
+        event.wait()
+
+    def release(self) -> None:
+        with self.lock:
+            if self.waiting:
+                self.waiting.popleft().set()  # the slot passes straight to the first waiter
+            else:
+                self.used -= 1
+
+
+class Settings:
+    def __init__(self, tokens: int = 5, first_token_delay: float = 0.05, inter_token_delay: float = 0.02,
+                 parallelism: int = 1, log: str | None = None, usage: bool = True) -> None:
+        self.tokens = tokens
+        self.usage = usage
+        self.first_token_delay = first_token_delay
+        self.inter_token_delay = inter_token_delay
+        self.slots = FifoSlots(parallelism)
+        self.log = log
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+
+def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _send(self, status: int, value: Any) -> None:
+            data = json.dumps(value).encode() + b"\n"
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _chunk(self, data: bytes) -> None:
+            self.wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
+            self.wfile.flush()
+
+        def do_GET(self) -> None:
+            if self.path in ("/api/version", "/version"):
+                self._send(200, {"version": VERSION})
+            elif self.path == "/v1/models":
+                self._send(200, {"object": "list", "data": [{"id": "tiny", "object": "model", "owned_by": "standin"}]})
+            elif self.path == "/api/tags":
+                self._send(200, {"models": [{"name": "tiny:latest", "model": "tiny:latest", "size": 1000}]})
+            elif self.path == "/health":
+                self._send(200, {})
+            else:
+                self._send(404, {"error": "not found"})
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except ValueError:
+                self._send(400, {"error": "invalid JSON"})
+                return
+            with settings.lock:
+                settings.requests.append({"path": self.path, "body": body, "received": time.time()})
+                if settings.log:
+                    with open(settings.log, "a") as out:
+                        out.write(json.dumps({"path": self.path, "body": body}) + "\n")
+            if self.path not in ("/v1/completions", "/v1/chat/completions", "/api/generate"):
+                self._send(404, {"error": "not found"})
+                return
+            if not body.get("model"):
+                self._send(400, {"error": "model is required"})
+                return
+            if body["model"] == "missing":
+                self._send(404, {"error": "model 'missing' not found"})
+                return
+            ollama = self.path == "/api/generate"
+            cap = (body.get("options") or {}).get("num_predict") if ollama else body.get("max_tokens")
+            count = min(settings.tokens, cap) if isinstance(cap, int) and cap > 0 else settings.tokens
+            prompt = body.get("prompt") if self.path != "/v1/chat/completions" else \
+                " ".join(str(m.get("content", "")) for m in body.get("messages") or [])
+            prompt_tokens = len(str(prompt or "").split())
+            settings.slots.acquire()
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-ndjson" if ollama else "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.flush()
+                started = time.perf_counter()
+                due = started + settings.first_token_delay
+                for i in range(count):
+                    pause = due - time.perf_counter()
+                    if pause > 0:
+                        time.sleep(pause)
+                    self._chunk(self._token(body, i, ollama))
+                    due += settings.inter_token_delay
+                self._chunk(self._final(body, prompt_tokens, count, ollama))
+                self._chunk(b"")
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+            finally:
+                settings.slots.release()
+
+        def _token(self, body: dict[str, Any], i: int, ollama: bool) -> bytes:
+            text = f"t{i} "
+            if ollama:
+                return json.dumps({"model": body["model"], "response": text, "done": False}).encode() + b"\n"
+            if self.path == "/v1/chat/completions":
+                choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+                kind = "chat.completion.chunk"
+            else:
+                choice = {"index": 0, "text": text, "finish_reason": None}
+                kind = "text_completion"
+            chunk = {"id": "standin", "object": kind, "model": body["model"], "choices": [choice], "usage": None}
+            return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+        def _final(self, body: dict[str, Any], prompt_tokens: int, count: int, ollama: bool) -> bytes:
+            if ollama:
+                first = int(settings.first_token_delay * 1e9)
+                rest = int(max(count - 1, 0) * settings.inter_token_delay * 1e9)
+                return json.dumps({"model": body["model"], "response": "", "done": True, "done_reason": "length",
+                                   "total_duration": first + rest, "load_duration": 0,
+                                   "prompt_eval_count": prompt_tokens, "prompt_eval_duration": first,
+                                   "eval_count": count, "eval_duration": rest}).encode() + b"\n"
+            out = b""
+            if settings.usage and (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": count, "total_tokens": prompt_tokens + count}
+                out += b"data: " + json.dumps({"id": "standin", "model": body["model"], "choices": [], "usage": usage}).encode() + b"\n\n"
+            return out + b"data: [DONE]\n\n"
+
+    return Handler
+
+
+class Standin:
+    """The server on a thread of the calling process (tests that only need it in process)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **settings: Any) -> None:
+        self.settings = Settings(**settings)
+        self.server = ThreadingHTTPServer((host, port), handler(self.settings))
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        return self.settings.requests
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def main(argv: list[str]) -> int:
+    env = os.environ
+    p = argparse.ArgumentParser(description="a stand-in LLM server with known timing (tests only)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--tokens", type=int, default=int(env.get("STANDIN_TOKENS", "5")))
+    p.add_argument("--first-token-delay", type=float, default=float(env.get("STANDIN_FIRST_TOKEN_DELAY", "0.05")))
+    p.add_argument("--inter-token-delay", type=float, default=float(env.get("STANDIN_INTER_TOKEN_DELAY", "0.02")))
+    p.add_argument("--parallelism", type=int, default=int(env.get("STANDIN_PARALLELISM", "1")))
+    p.add_argument("--log", default=env.get("STANDIN_LOG"))
+    p.add_argument("--no-usage", action="store_true", help="never send the usage chunk (a server that gives no counts)")
+    args = p.parse_args(argv)
+    settings = Settings(args.tokens, args.first_token_delay, args.inter_token_delay, args.parallelism, args.log,
+                        usage=not args.no_usage)
+    server = ThreadingHTTPServer((args.host, args.port), handler(settings))
+    server.daemon_threads = True
+    print(f"listening on {args.host}:{server.server_port}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,381 @@
+"""service_defs/files/llm_bench.py against a server with known timing (tests/llm_standin.py).
+
+The stand-in streams TOKENS tokens: the first F seconds after a request gets one of its PARALLELISM
+slots, then one every D seconds; requests beyond PARALLELISM wait, first come first served. So one
+request takes S = F + (TOKENS - 1) * D of service, and every figure the benchmark reports has a value
+the test can compute: TTFT = queue wait + F, ITL = TPOT = D, E2E = TTFT + (TOKENS - 1) * D, and
+request throughput = completed requests / wall time.
+
+Tolerances: a request's TTFT and E2E within 25 ms + 5 % of the expected value, per-request averages
+(TPOT, mean and median ITL) within 5 ms + 5 %, single gaps (ITL p99, max) within 25 ms + 5 %, and rates
+within 10 %. Server and client are separate processes on loopback; time.sleep overshoots by about a
+millisecond, but on the shared 2-core test VM (load average 5 while other suites ran) a thread is now
+and then scheduled 10-17 ms late (measured: one E2E of 145 ms for 130 ms, a mean TTFT of 360 ms for
+342 ms with the queue), which a single sample shows in full, and queued requests add up the overhead
+of every service ahead of them (hence the 5 %). The delays (20-50 ms) stay large against that and
+small enough that all tests together take about 15 s. A wrong definition is far outside these bounds:
+TPOT divided by N instead of N - 1 is off by 25 %, a queue wait of one service is 130 ms.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "service_defs" / "files" / "llm_bench.py"
+STANDIN = ROOT / "tests" / "llm_standin.py"
+sys.path.insert(0, str(BENCH.parent))
+import llm_bench  # noqa: E402
+
+F, D, TOKENS = 0.05, 0.02, 5
+S = F + (TOKENS - 1) * D          # 0.13 s of service per request
+LATENCY_MS, AVERAGE_MS, GAP_MS, RATE = 25.0, 5.0, 25.0, 0.10
+QUEUED = 0.05   # relative slack on top, for values that add up several services (k * S + F)
+
+
+def inclusive_percentile(values: list[float], p: int) -> float:
+    """The reference: statistics.quantiles' "inclusive" method is numpy's default linear interpolation."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[p - 1] if p not in (0, 100) else sorted(values)[-1 if p else 0]
+
+
+class Server:
+    def __init__(self, *args: str) -> None:
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"llm-standin-{os.getpid()}-{time.monotonic_ns()}.jsonl"
+        self.process = subprocess.Popen([sys.executable, str(STANDIN), "--port", "0", "--log", str(self.log), *args],
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()   # "listening on HOST:PORT"
+        assert line.startswith("listening on "), line
+        self.port = int(line.rsplit(":", 1)[1])
+
+    def requests(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.log.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def server():
+    started: list[Server] = []
+
+    def start(parallelism: int = 1, tokens: int = TOKENS, *extra: str) -> Server:
+        s = Server("--tokens", str(tokens), "--first-token-delay", str(F), "--inter-token-delay", str(D),
+                   "--parallelism", str(parallelism), *extra)
+        started.append(s)
+        return s
+    yield start
+    for s in started:
+        s.close()
+
+
+def bench(tmp_path: Path, port: int, *args: str, api: str = "openai-completions", check: bool = True,
+          results: str = "res") -> tuple[dict, list[dict], subprocess.CompletedProcess[str]]:
+    prompts = tmp_path / "prompts.json"
+    if not prompts.exists():
+        prompts.write_text(json.dumps(["one two three", "four five six seven"]))
+    done = subprocess.run([sys.executable, str(BENCH), "run", str(tmp_path / results), "--host", "127.0.0.1",
+                           "--port", str(port), "--api", api, "--model", "tiny", "--prompts-json", str(prompts),
+                           "--max-tokens", "64", *args], capture_output=True, text=True, timeout=60)
+    if check:
+        assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / results / "metrics.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / results / "requests.jsonl").read_text().splitlines()]
+    return metrics, records, done
+
+
+def near(value: float | None, expected: float, tolerance: float) -> bool:
+    return value is not None and abs(value - expected) <= tolerance + QUEUED * abs(expected)
+
+
+def assert_distribution(metrics: dict, name: str, expected_s: list[float], tolerance_ms: float) -> None:
+    """mean, median, p90, p95, p99, min and max of `name` against the values the timing implies."""
+    ms = [v * 1000 for v in expected_s]
+    want = {"mean": statistics.fmean(ms), "median": statistics.median(ms), "min": min(ms), "max": max(ms),
+            **{f"p{p}": inclusive_percentile(ms, p) for p in (90, 95, 99)}}
+    for label, value in want.items():
+        assert near(metrics[f"{name}_{label}_ms"], value, tolerance_ms), (name, label, metrics[f"{name}_{label}_ms"], value)
+
+
+# ---------------------------------------------------------------------------------------------- percentiles
+
+@pytest.mark.parametrize(("values", "p", "expected"), [
+    ([1, 2, 3, 4], 50, 2.5),              # rank (4-1)*0.5 = 1.5: halfway between 2 and 3
+    ([1, 2, 3, 4], 90, 3.7),              # rank 2.7: 3 + 0.7 * (4 - 3)
+    ([1, 2, 3, 4], 99, 3.97),             # rank 2.97
+    ([4, 1, 3, 2], 0, 1),                 # order of the input does not matter
+    ([4, 1, 3, 2], 100, 4),
+    ([10], 99, 10),
+    (list(range(1, 11)), 95, 9.55),       # rank 9 * 0.95 = 8.55: 9 + 0.55
+    ([0.5, 100.0], 90, 90.05),            # rank 0.9: 0.5 + 0.9 * 99.5
+])
+def test_percentile_is_numpy_linear(values, p, expected):
+    assert llm_bench.percentile(values, p) == pytest.approx(expected)
+
+
+def test_percentile_of_nothing_is_none_and_metrics_are_null():
+    assert llm_bench.percentile([], 50) is None
+    metrics = llm_bench.metrics_of([], {"wall_time_s": 1.0})
+    assert metrics["ttft_p99_ms"] is None and metrics["request_throughput_per_s"] == 0.0
+
+
+def test_metrics_of_hand_made_records():
+    """The definitions on two requests whose figures are worked out by hand (vLLM's calculate_metrics)."""
+    records = [
+        {"ok": True, "send_s": 0.0, "end_s": 0.5, "ttft_s": 0.1, "e2e_s": 0.4, "chunk_times_s": [0.1, 0.2, 0.4],
+         "input_tokens": 10, "output_tokens": 3},
+        {"ok": True, "send_s": 0.2, "end_s": 0.3, "ttft_s": 0.3, "e2e_s": 0.3, "chunk_times_s": [0.3],
+         "input_tokens": 5, "output_tokens": 1},                                     # 1 token: no TPOT, no ITL
+        {"ok": False, "cut": False, "send_s": 0.3, "end_s": 0.01, "chunk_times_s": [], "error": "HTTP 500"},
+    ]
+    m = llm_bench.metrics_of(records, {"wall_time_s": 2.0})
+    assert (m["requests_ok_count"], m["requests_failed_count"], m["requests_cut_count"]) == (2, 1, 0)
+    assert m["request_throughput_per_s"] == pytest.approx(1.0)           # 2 ok / 2 s
+    assert m["output_tokens_per_s"] == pytest.approx(2.0)                # 4 tokens / 2 s
+    assert m["total_tokens_per_s"] == pytest.approx(9.5)                 # (15 + 4) / 2 s
+    assert m["tpot_mean_ms"] == pytest.approx(150.0)                     # (0.4 - 0.1) / (3 - 1)
+    assert m["itl_mean_ms"] == pytest.approx(150.0) and m["itl_min_ms"] == pytest.approx(100.0)  # gaps 0.1, 0.2
+    assert m["itl_max_ms"] == pytest.approx(200.0)
+    assert m["ttft_mean_ms"] == pytest.approx(200.0) and m["ttft_median_ms"] == pytest.approx(200.0)
+    assert m["e2e_latency_p90_ms"] == pytest.approx(390.0)               # 300 + 0.9 * (400 - 300)
+    # without run.json's wall time (a killed run), the run lasted until its last request ended: 0.5 s
+    assert llm_bench.metrics_of(records, {})["wall_time_s"] == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------------------------------- closed loop
+
+def test_closed_loop_one_at_a_time(server, tmp_path):
+    s = server(parallelism=1)
+    m, records, _ = bench(tmp_path, s.port, "--num-requests", "6", "--concurrent", "1")
+    assert (m["requests_ok_count"], m["requests_failed_count"]) == (6, 0)
+    assert_distribution(m, "ttft", [F] * 6, LATENCY_MS)
+    assert_distribution(m, "e2e_latency", [S] * 6, LATENCY_MS)
+    assert near(m["tpot_mean_ms"], D * 1000, AVERAGE_MS) and near(m["itl_mean_ms"], D * 1000, AVERAGE_MS)
+    assert near(m["itl_median_ms"], D * 1000, AVERAGE_MS) and near(m["itl_p99_ms"], D * 1000, GAP_MS)
+    assert m["request_throughput_per_s"] == pytest.approx(1 / S, rel=RATE)
+    assert m["output_tokens_per_s"] == pytest.approx(TOKENS / S, rel=RATE)
+    # input tokens from the server's usage: the stand-in counts the prompt's words (3 and 4, in turn)
+    assert m["input_tokens_count"] == 3 * 3 + 3 * 4 and m["output_tokens_count"] == 6 * TOKENS
+    assert m["total_tokens_per_s"] == pytest.approx((21 + 30) / (6 * S), rel=RATE)
+    assert m["wall_time_s"] == pytest.approx(6 * S, rel=RATE)
+    assert {r["tokens_source"] for r in records} == {"server"}
+    assert all(len(r["chunk_times_s"]) == TOKENS for r in records)
+
+
+def test_closed_loop_four_workers_against_one_slot_shows_the_queue_in_ttft(server, tmp_path):
+    """4 in flight, 1 served at a time: request k of the first four waits k * S; every later one waits for
+    the three ahead of it, 3 * S. Throughput stays 1 / S, whatever the concurrency."""
+    s = server(parallelism=1)
+    m, _, _ = bench(tmp_path, s.port, "--num-requests", "8", "--concurrent", "4", api="openai-chat")
+    ttfts = [F, S + F, 2 * S + F] + [3 * S + F] * 5
+    assert_distribution(m, "ttft", ttfts, LATENCY_MS)
+    assert_distribution(m, "e2e_latency", [t + (TOKENS - 1) * D for t in ttfts], LATENCY_MS)
+    assert near(m["tpot_mean_ms"], D * 1000, AVERAGE_MS)
+    assert m["request_throughput_per_s"] == pytest.approx(1 / S, rel=RATE)
+    assert m["wall_time_s"] == pytest.approx(8 * S, rel=RATE)
+    assert s.requests()[0]["path"] == "/v1/chat/completions"
+
+
+def test_closed_loop_four_workers_against_four_slots(server, tmp_path):
+    """No queue: every TTFT is F, and four times the throughput of one slot."""
+    s = server(parallelism=4)
+    m, _, _ = bench(tmp_path, s.port, "--num-requests", "8", "--concurrent", "4", api="ollama")
+    assert_distribution(m, "ttft", [F] * 8, LATENCY_MS)
+    assert_distribution(m, "e2e_latency", [S] * 8, LATENCY_MS)
+    assert near(m["tpot_mean_ms"], D * 1000, AVERAGE_MS) and near(m["itl_max_ms"], D * 1000, GAP_MS)
+    assert m["request_throughput_per_s"] == pytest.approx(4 / S, rel=RATE)
+    # Ollama's own timings, as the stand-in reports them (ns -> ms)
+    assert m["load_duration_mean_ms"] == 0
+    assert m["prompt_eval_duration_mean_ms"] == pytest.approx(F * 1000)
+    assert m["eval_duration_mean_ms"] == pytest.approx((TOKENS - 1) * D * 1000)
+    bodies = [r["body"] for r in s.requests()]
+    assert all(b["stream"] is True and b["options"] == {"num_predict": 64, "temperature": 0.0, "seed": 0} for b in bodies)
+    assert json.loads((tmp_path / "res" / "environment.json").read_text()) == \
+        {"server_version": "0.0.0-llm-standin", "model": "tiny", "api": "ollama"}
+
+
+# ---------------------------------------------------------------------------------------------- open loop
+
+def test_open_loop_poisson_arrivals_at_a_rate(server, tmp_path):
+    """10 requests at 20/s with room for all: arrivals are Poisson (uneven gaps, the last at 10 / 20 s as
+    vLLM scales them), the same for the same seed; nothing queues, so TTFT is F and E2E is S."""
+    s = server(parallelism=16)
+    m, records, _ = bench(tmp_path, s.port, "--num-requests", "10", "--request-rate", "20", "--seed", "7")
+    sends = sorted(r["send_s"] for r in records)
+    assert near(sends[-1] * 1000, 10 / 20 * 1000, LATENCY_MS)
+    gaps = [b - a for a, b in itertools.pairwise(sends)]
+    assert statistics.pstdev(gaps) > 0.3 * statistics.fmean(gaps)        # exponential gaps, not a metronome
+    assert_distribution(m, "ttft", [F] * 10, LATENCY_MS)
+    assert_distribution(m, "e2e_latency", [S] * 10, LATENCY_MS)
+    assert m["wall_time_s"] == pytest.approx(sends[-1] + S, abs=0.03)
+    assert m["request_throughput_per_s"] == pytest.approx(10 / (sends[-1] + S), rel=RATE)
+    _, again, _ = bench(tmp_path, s.port, "--num-requests", "10", "--request-rate", "20", "--seed", "7", results="again")
+    assert all(near(a * 1000, b * 1000, LATENCY_MS) for a, b in zip(sends, sorted(r["send_s"] for r in again)))
+    _, other, _ = bench(tmp_path, s.port, "--num-requests", "10", "--request-rate", "20", "--seed", "8", results="other")
+    assert any(abs(a - b) > 0.03 for a, b in zip(sends, sorted(r["send_s"] for r in other)))
+
+
+def test_open_loop_max_concurrency_holds_arrivals_back(server, tmp_path):
+    """At 100/s with max_concurrency 1, each request waits for the one before to end."""
+    s = server(parallelism=4)
+    m, records, _ = bench(tmp_path, s.port, "--num-requests", "5", "--request-rate", "100", "--max-concurrency", "1",
+                          api="openai-chat")
+    records.sort(key=lambda r: r["send_s"])
+    for before, after in itertools.pairwise(records):
+        assert after["send_s"] >= before["send_s"] + before["end_s"] - 0.001
+    assert_distribution(m, "ttft", [F] * 5, LATENCY_MS)
+    assert m["request_throughput_per_s"] == pytest.approx(1 / S, rel=RATE)
+
+
+# ---------------------------------------------------------------------------------------------- warm-up, cuts
+
+def test_warmup_requests_are_sent_first_and_not_counted(server, tmp_path):
+    s = server(parallelism=1)
+    m, records, _ = bench(tmp_path, s.port, "--num-requests", "3", "--warmup-requests", "2")
+    assert len(s.requests()) == 5 and len(records) == 3
+    assert sorted(r["index"] for r in records) == [0, 1, 2]
+    assert (m["requests_ok_count"], m["warmup_requests_count"]) == (3, 2)
+    assert m["wall_time_s"] == pytest.approx(3 * S, rel=RATE)            # the warm-up is not in the wall time
+
+
+def test_duration_cuts_requests_in_flight_and_keeps_their_partial_timings(server, tmp_path):
+    """40 tokens take 0.83 s; the run may last 0.5 s: the two requests in flight are cut then, with the
+    tokens they got, and nothing else starts."""
+    s = server(2, 40)
+    started = time.monotonic()
+    m, records, _ = bench(tmp_path, s.port, "--num-requests", "10", "--concurrent", "2", "--duration", "0.5")
+    assert time.monotonic() - started < 3
+    assert len(records) == 2 and len(s.requests()) == 2
+    for r in records:
+        assert (r["ok"], r["cut"], r["error"]) == (False, True, "cut at duration")
+        assert near(r["ttft_s"] * 1000, F * 1000, LATENCY_MS)
+        assert abs(len(r["chunk_times_s"]) - ((0.5 - F) / D + 1)) <= 2           # ~23 tokens arrived
+        assert near(r["end_s"] * 1000, 500, 50)
+    assert (m["requests_ok_count"], m["requests_cut_count"], m["requests_failed_count"]) == (0, 2, 0)
+    assert m["ttft_mean_ms"] is None                                       # only completed requests count
+
+
+def test_sigterm_cuts_and_still_writes_metrics(server, tmp_path):
+    s = server(parallelism=1, tokens=100)
+    (tmp_path / "prompts.json").write_text(json.dumps(["x"]))
+    process = subprocess.Popen([sys.executable, str(BENCH), "run", str(tmp_path / "res"), "--host", "127.0.0.1",
+                                "--port", str(s.port), "--api", "openai-completions", "--model", "tiny",
+                                "--prompts-json", str(tmp_path / "prompts.json"), "--num-requests", "3"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.6)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=5) == 0, process.stderr.read() if process.stderr else ""
+    assert time.monotonic() - sent < 1
+    (record,) = [json.loads(line) for line in (tmp_path / "res" / "requests.jsonl").read_text().splitlines()]
+    assert record["error"] == "stopped by SIGTERM" and record["cut"] and len(record["chunk_times_s"]) > 10
+    metrics = json.loads((tmp_path / "res" / "metrics.json").read_text())
+    assert metrics["requests_cut_count"] == 1
+
+
+def test_summarize_after_a_kill_uses_what_was_written(server, tmp_path):
+    s = server(parallelism=2)
+    bench(tmp_path, s.port, "--num-requests", "4", "--concurrent", "2")
+    res = tmp_path / "res"
+    run = json.loads((res / "run.json").read_text())
+    del run["wall_time_s"]                                   # as if killed before the end
+    (res / "run.json").write_text(json.dumps(run))
+    lines = (res / "requests.jsonl").read_text().splitlines()
+    (res / "requests.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])   # the last line cut mid-write
+    subprocess.run([sys.executable, str(BENCH), "summarize", str(res)], check=True)
+    m = json.loads((res / "metrics.json").read_text())
+    kept = [json.loads(line) for line in lines[:3]]
+    assert m["requests_ok_count"] == 3
+    assert m["wall_time_s"] == pytest.approx(max(r["send_s"] + r["end_s"] for r in kept))
+
+
+# ---------------------------------------------------------------------------------------------- counts, errors
+
+def test_without_usage_the_chunks_are_counted_and_said_so(server, tmp_path):
+    s = server(1, TOKENS, "--no-usage")
+    m, records, _ = bench(tmp_path, s.port, "--num-requests", "2")
+    assert {(r["tokens_source"], r["output_tokens"], r["input_tokens"]) for r in records} == {("chunks", TOKENS, None)}
+    assert m["output_tokens_count"] == 2 * TOKENS and m["input_tokens_count"] == 0
+
+
+def test_every_request_carries_the_fixed_generation_settings(server, tmp_path):
+    s = server(parallelism=2)
+    bench(tmp_path, s.port, "--num-requests", "2", "--concurrent", "2", "--temperature", "0.7", "--seed", "42",
+          "--max-tokens", "3", "--ignore-eos")
+    for request in s.requests():
+        body = request["body"]
+        assert (body["max_tokens"], body["temperature"], body["seed"], body["stream"]) == (3, 0.7, 42, True)
+        assert body["stream_options"] == {"include_usage": True} and body["ignore_eos"] is True
+    records = [json.loads(line) for line in (tmp_path / "res" / "requests.jsonl").read_text().splitlines()]
+    assert {r["output_tokens"] for r in records} == {3}                   # max_tokens reached the server
+
+
+def test_synthetic_prompts_have_the_input_length_and_depend_on_the_seed(server, tmp_path):
+    s = server(parallelism=4)
+    for results, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        subprocess.run([sys.executable, str(BENCH), "run", str(tmp_path / results), "--host", "127.0.0.1", "--port",
+                        str(s.port), "--api", "openai-completions", "--model", "tiny", "--input-length", "12",
+                        "--num-requests", "3", "--concurrent", "3", "--seed", seed], check=True, capture_output=True)
+    prompts = [sorted(r["body"]["prompt"] for r in s.requests()[i * 3:i * 3 + 3]) for i in range(3)]
+    assert all(len(p.split()) == 12 for group in prompts for p in group)
+    assert prompts[0] == prompts[1] != prompts[2]
+
+
+def test_prompts_file_one_per_line(server, tmp_path):
+    s = server(parallelism=2)
+    (tmp_path / "prompts.txt").write_text('first prompt\n\n"a prompt\\nwith a newline"\n')
+    subprocess.run([sys.executable, str(BENCH), "run", str(tmp_path / "res"), "--host", "127.0.0.1", "--port",
+                    str(s.port), "--api", "ollama", "--model", "tiny", "--prompts-file", str(tmp_path / "prompts.txt"),
+                    "--num-requests", "2", "--concurrent", "1"], check=True, capture_output=True)
+    assert [r["body"]["prompt"] for r in s.requests()] == ["first prompt", "a prompt\nwith a newline"]
+
+
+def test_a_server_that_refuses_every_request_fails_the_run(server, tmp_path):
+    s = server(parallelism=1)
+    m, records, done = bench(tmp_path, s.port, "--num-requests", "2", "--model", "missing", check=False)
+    assert done.returncode == 1
+    assert (m["requests_ok_count"], m["requests_failed_count"]) == (0, 2)
+    assert all(r["http_status"] == 404 and "model 'missing' not found" in r["error"] for r in records)
+    assert "no request succeeded: HTTP 404" in (tmp_path / "res" / "error").read_text()
+
+
+@pytest.mark.parametrize(("api", "listed"), [("openai-chat", "tiny"), ("ollama", "tiny:latest")])
+def test_options_from_a_config_file_and_the_servers_first_model(server, tmp_path, api, listed):
+    """The type passes its fields in a JSON file; without a model the first the server lists is used."""
+    s = server(parallelism=2)
+    (tmp_path / "prompts.json").write_text(json.dumps(["hi"]))
+    config = {"api": api, "prompts_json": str(tmp_path / "prompts.json"), "num_requests": 3, "concurrent": 2,
+              "request_rate": None, "ignore_eos": False, "max_tokens": 2, "model": None}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    subprocess.run([sys.executable, str(BENCH), "run", str(tmp_path / "res"), "--config", str(tmp_path / "config.json"),
+                    "--host", "127.0.0.1", "--port", str(s.port), "--num-requests", "2"], check=True, capture_output=True)
+    records = [json.loads(line) for line in (tmp_path / "res" / "requests.jsonl").read_text().splitlines()]
+    assert len(records) == 2                                               # the command line wins
+    bodies = [r["body"] for r in s.requests()]
+    assert {b["model"] for b in bodies} == {listed}
+    assert "ignore_eos" not in bodies[0]
+    assert json.loads((tmp_path / "res" / "environment.json").read_text())["model"] == listed
+
+
+def test_nothing_listening_is_a_failed_run_not_a_hang(tmp_path):
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    m, records, done = bench(tmp_path, port, "--num-requests", "2", check=False)
+    assert done.returncode == 1 and m["requests_failed_count"] == 2
+    assert all("ConnectionRefusedError" in r["error"] for r in records)
