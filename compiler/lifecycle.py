@@ -23,7 +23,13 @@ if TYPE_CHECKING:
     from .scheduler import JobState, Scheduler
 
 HEADERS = ["job", "role", "slurm id", "state", "node", "elapsed", "exit code"]
-RESULT_HEADERS = ["job", "state", "metric", "value"]
+RESULT_HEADERS = ["job", "state", "metric", "value", "unit"]
+# One row per metric, with what is needed to concatenate the CSV of many runs.
+RESULT_CSV_HEADERS = ["run", "job", "slurm_id", "type", "state", "status", "metric", "value", "unit", "parameters"]
+RESULTS_SCHEMA = "orchc-results/1"
+# A metric's unit is the end of its name (README "Results"); the longest ending wins.
+UNITS = (("_per_s", "1/s"), ("_ms", "ms"), ("_s", "s"), ("_count", "count"), ("_bytes", "bytes"),
+         ("_ratio", "ratio"), ("_percent", "%"))
 UNKNOWN_LIMIT = 120.0
 
 
@@ -183,17 +189,49 @@ def cell(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
-def _result_rows(collected: dict[str, Any], job_states: dict[str, str]) -> list[list[str]]:
+def unit_of(metric: str) -> str:
+    return next((unit for ending, unit in UNITS if metric.endswith(ending)), "")
+
+
+def _metric_rows(data: Any) -> list[tuple[str, Any, str]]:
+    """(metric, value, unit) rows of one client's results: the metrics of the documented shape, then how the
+    run ended; results of another shape (a type that writes its own results.json) row by row, without units."""
     from .runs import flatten
+
+    if not (isinstance(data, dict) and data.get("schema") == RESULTS_SCHEMA and isinstance(data.get("metrics"), dict)):
+        return [(metric or "-", value, "") for metric, value in flatten(data)]
+    rows = [(name, value, unit_of(name)) for name, value in sorted(data["metrics"].items())]
+    rows.append(("status", data.get("status"), ""))
+    rows += [(key, data[key], "") for key in ("stopped_by", "error") if data.get(key) is not None]
+    rows += [(metric, value, "") for metric, value in flatten(data.get("images"), "images.") if data.get("images")]
+    return rows
+
+
+def _result_rows(collected: dict[str, Any], job_states: dict[str, str]) -> list[list[str]]:
     from .scheduler import ENDED
 
     rows = []
     for job, data in collected.items():
         state = job_states.get(job, "?")
         if data is None:
-            rows.append([job, state, "-", "no results" if state in ENDED else "no results yet"])
+            rows.append([job, state, "-", "no results" if state in ENDED else "no results yet", ""])
             continue
-        rows += [[job, state, metric or "-", cell(value)] for metric, value in flatten(data)]
+        rows += [[job, state, metric, cell(value), unit] for metric, value, unit in _metric_rows(data)]
+    return rows
+
+
+def _csv_rows(run: Run, collected: dict[str, Any], job_states: dict[str, str]) -> list[list[str]]:
+    rows = []
+    for job in run.jobs:
+        if job.name not in collected:
+            continue
+        data = collected[job.name]
+        shaped = data if isinstance(data, dict) else {}
+        parameters = json.dumps(shaped.get("parameters"), sort_keys=True) if "parameters" in shaped else ""
+        first = [run.run_dir.rstrip("/").rsplit("/", 1)[-1], job.name, job.slurm_id, job.type,
+                 job_states.get(job.name, "?"), cell(shaped.get("status", ""))]
+        metric_rows = _metric_rows(data) if data is not None else [("-", "no results", "")]
+        rows += [[*first, metric, cell(value), unit, parameters] for metric, value, unit in metric_rows]
     return rows
 
 
@@ -213,11 +251,10 @@ def cmd_results(args: argparse.Namespace) -> int:
                        "job_state": job_states.get(job, "?")} for job, data in collected.items()}
         print(json.dumps(shown, indent=2, sort_keys=True))
         return 0
-    rows = _result_rows(collected, job_states)
     if args.csv:
         writer = csv.writer(sys.stdout)
-        writer.writerow(RESULT_HEADERS)
-        writer.writerows(rows)
+        writer.writerow(RESULT_CSV_HEADERS)
+        writer.writerows(_csv_rows(run, collected, job_states))
         return 0
-    print_table(f"results of {run_dir.name}", RESULT_HEADERS, rows)
+    print_table(f"results of {run_dir.name}", RESULT_HEADERS, _result_rows(collected, job_states))
     return 0

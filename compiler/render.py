@@ -63,7 +63,9 @@ def render_job(job: ResolvedJob, recipe: Recipe) -> str:
         "ports": job.fields.get("ports") or [],
         "keep_running": bool(job.fields.get("keep_running")),
     }
-    parts["fills_hosts"] = any("orchc_fill_hosts " in line for lines in parts["phases"].values() for line in lines)
+    phase_text = "\n".join(line for lines in parts["phases"].values() for line in lines)
+    parts["fills_hosts"] = "orchc_fill_hosts " in phase_text
+    parts["makes_credentials"] = "orchc_tls_credentials " in phase_text
     parts["values"] = values.assignments
     for key in ("directives", "modules", "storage", "environment", "secrets", "images", "target", "values"):
         parts[key] = [_code(line, job, origins, multiline=key == "values") for line in parts[key]]
@@ -303,9 +305,10 @@ def _target_lines(job: ResolvedJob) -> list[str]:
     port = data.get("target_port")
     if data.get("target_service_id"):
         return [f"TARGET_HOST=$(orchc_job_host {shlex.quote(str(data['target_service_id']))} {timeout})",
-                f"TARGET_PORT={shlex.quote(str(port or ''))}"]
+                f"TARGET_PORT={shlex.quote(str(port or ''))}", "TARGET_CREDENTIALS=''"]
     host, endpoint_port = split_endpoint(str(data["target_endpoint"]))
-    return [f"TARGET_HOST={shlex.quote(host)}", f"TARGET_PORT={shlex.quote(str(endpoint_port or port or ''))}"]
+    return [f"TARGET_HOST={shlex.quote(host)}", f"TARGET_PORT={shlex.quote(str(endpoint_port or port or ''))}",
+            "TARGET_CREDENTIALS=''"]
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int | None]:

@@ -6,6 +6,7 @@ Without a reachable cluster these tests skip with a one-line reason; under CI=tr
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -106,12 +107,67 @@ def test_redis_service_and_client_complete_with_real_results(cluster, needs_redi
         assert set(states) <= {"PENDING", "RUNNING", "COMPLETED"}
         assert len(states) >= 2, f"{name} was never seen before it completed: {states}"
     results = json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["bench"]
-    assert results["tool"] == "redis-benchmark"
-    assert results["tests"]["SET"]["rps"] > 0 and results["tests"]["GET"]["rps"] > 0
-    assert results["tests"]["GET"]["p99_latency_ms"] >= results["tests"]["GET"]["p50_latency_ms"]
+    assert (results["tool"], results["status"], results["stopped_by"]) == ("redis-benchmark", "complete", None)
+    metrics = results["metrics"]
+    assert metrics["set.requests_per_s"] > 0 and metrics["get.requests_per_s"] > 0
+    assert 0 <= metrics["get.latency_min_ms"] <= metrics["get.latency_p50_ms"] <= metrics["get.latency_p99_ms"] \
+        <= metrics["get.latency_max_ms"]
+    assert results["parameters"]["requests"] == 20000 and results["parameters"]["keyspace"] == 100000
+    assert sorted(results["raw"]) == ["redis-benchmark-get.csv", "redis-benchmark-set.csv"]
     table = orchc("results", run, cwd=tmp_path).stdout
-    assert "tests.SET.rps" in table
-    assert (run / "results" / "bench" / "redis-benchmark-set.csv").exists()      # raw output kept
+    assert "set.requests_per_s" in table
+    # The server took only clients with this run's certificate (auth: tls, the default): a plain
+    # connection gets no answer, and the credentials are the user's alone.
+    assert (run / "credentials" / "redis").stat().st_mode & 0o777 == 0o700
+    wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
+    assert not (run / "endpoints" / "redis").exists()
+
+
+def test_redis_refuses_a_client_without_the_runs_certificate(cluster, needs_redis, tmp_path):
+    port = free_port()
+    (tmp_path / "redis.yaml").write_text(redis_recipe(port))
+    run = tmp_path / "run"
+    orchc("submit", "redis.yaml", "--run-dir", run, cwd=tmp_path)
+    wait_for(lambda: (run / "endpoints" / "redis").exists(), 60, "redis to be ready")
+    credentials = run / "credentials" / "redis"
+    plain = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, timeout=10)
+    assert "PONG" not in plain.stdout
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-subj", "/CN=stranger", "-keyout", foreign / "k", "-out", foreign / "c"], check=True,
+                   capture_output=True)
+    stranger = subprocess.run(["redis-cli", "-p", str(port), "--tls", "--cacert", credentials / "ca.crt",
+                               "--cert", foreign / "c", "--key", foreign / "k", "ping"],
+                              capture_output=True, text=True, timeout=10)
+    assert "PONG" not in stranger.stdout
+    holder = subprocess.run(["redis-cli", "-p", str(port), "--tls", "--cacert", credentials / "ca.crt",
+                             "--cert", credentials / "client.crt", "--key", credentials / "client.key", "ping"],
+                            capture_output=True, text=True, timeout=10)
+    assert holder.stdout.strip() == "PONG", holder.stderr
+    orchc("cancel", run, cwd=tmp_path)
+    wait_for(lambda: not redis_processes(port), 30, "redis-server to be gone")
+
+
+def test_a_client_duration_bounds_the_whole_run_and_keeps_what_finished(cluster, needs_redis, tmp_path):
+    """The issue's case: duration 15 s and three tests; before, the client ran 46 s and ended FAILED (124)."""
+    port = free_port()
+    client = "  requests: 100000000\n  clients: 10\n  duration: 15\n  tests: [ping_inline, set, get]\n"
+    (tmp_path / "redis.yaml").write_text(redis_recipe(port, client))
+    run = tmp_path / "run"
+    orchc("submit", "redis.yaml", "--run-dir", run, cwd=tmp_path)
+    wait_for(lambda: status(run)["bench"]["state"] in ("FAILED", "TIMEOUT", "COMPLETED", "CANCELLED"), 120,
+             "the client to end")
+    assert status(run)["bench"]["state"] == "COMPLETED"
+    results = json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["bench"]
+    assert (results["status"], results["partial"], results["stopped_by"]) == ("partial", True, "duration")
+    assert "redis-benchmark-ping_inline.csv.part" in results["raw"]         # cut short, kept raw
+    log = (run / f"slurm-{status(run)['bench']['slurm id']}.err").read_text()
+    started = re.search(r"\[orchc (\d\d):(\d\d):(\d\d)\] benchmark against", log)
+    stopped = re.search(r"\[orchc (\d\d):(\d\d):(\d\d)\] duration of 15 s reached", log)
+    assert started and stopped, log
+    seconds = [int(h) * 3600 + int(m) * 60 + int(s) for h, m, s in (started.groups(), stopped.groups())]
+    assert 14 <= (seconds[1] - seconds[0]) % 86400 <= 17, log
     wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
     assert not (run / "endpoints" / "redis").exists()
 
@@ -285,10 +341,12 @@ def test_a_client_past_its_time_limit_keeps_its_partial_results(cluster, needs_r
     orchc("submit", "redis.yaml", "--run-dir", run, cwd=tmp_path)
     wait_for(lambda: status(run)["bench"]["state"] in ("FAILED", "TIMEOUT", "COMPLETED", "CANCELLED"), 240,
              "the client to be stopped")
+    # A planned stop (the client's own time-limit signal) with results kept: COMPLETED, results partial.
+    assert status(run)["bench"]["state"] == "COMPLETED"
     results = json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["bench"]
-    assert results["stopped_by"] == "SIGUSR1"
-    assert 1 <= len(results["tests"]) < 14, results
-    assert all(test["rps"] > 0 for test in results["tests"].values())
+    assert (results["status"], results["stopped_by"]) == ("partial", "time_limit")
+    rates = {name: value for name, value in results["metrics"].items() if name.endswith(".requests_per_s")}
+    assert 1 <= len(rates) < 14 and all(rate > 0 for rate in rates.values()), results
     wait_for(lambda: status(run)["redis"]["state"] == "COMPLETED", 60, "the service to stop after its client")
     wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
 

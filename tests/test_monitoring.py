@@ -64,11 +64,17 @@ services:
 def test_redis_exporter_sidecar_native_and_apptainer(tmp_path):
     recipe = STACK.format(redis=6379, data="/tmp/x", exporter=9121, prometheus=9090).replace("site: local\n", "account: p1\n")
     native = compile_one(tmp_path, recipe, "redis")
-    assert re.search(r"setsid prometheus-redis-exporter -redis\.addr redis://127\.0\.0\.1:6379 -web\.listen-address :9121 &", native)
+    # auth: tls (the default): the exporter presents the run's client certificate
+    tls = ' -redis.addr rediss://127.0.0.1:6379 -tls-ca-cert-file "$ORCHC_RUN_DIR/credentials/redis/ca.crt"' \
+          ' -tls-client-cert-file "$ORCHC_RUN_DIR/credentials/redis/client.crt"' \
+          ' -tls-client-key-file "$ORCHC_RUN_DIR/credentials/redis/client.key" &'
+    assert "setsid prometheus-redis-exporter -web.listen-address :9121" + tls in native
     assert "orchc_publish_metrics mon redis_exporter=9121" in native
     apptainer = compile_one(tmp_path, recipe, "redis", site="meluxina")
     assert "docker://oliver006/redis_exporter:v1.45.0" in apptainer
-    assert "/redis_exporter -redis.addr redis://127.0.0.1:6379 -web.listen-address :9121 &" in apptainer
+    assert "/redis_exporter -web.listen-address :9121" + tls in apptainer
+    plain = compile_one(tmp_path, recipe.replace("    enable_exporter: true\n", "    enable_exporter: true\n    auth: none\n"), "redis")
+    assert "setsid prometheus-redis-exporter -web.listen-address :9121 -redis.addr redis://127.0.0.1:6379 &" in plain
     off = compile_one(tmp_path, recipe.replace("    enable_exporter: true\n", ""), "redis")
     assert "redis-exporter" not in off and "redis_exporter=" not in off
 

@@ -53,7 +53,7 @@ def test_account_extra_and_unset_directives(orchc, write, tmp_path):
 def test_native_runtime_runs_the_command_directly(orchc, write, tmp_path):
     out = compile_stdout(orchc, write, tmp_path, "site: local\nservice:\n  name: redis\n")
     assert "module" not in out and "apptainer" not in out
-    assert "\nsetsid redis-server --bind 0.0.0.0 --port 6379" in out
+    assert "\nsetsid redis-server --bind 0.0.0.0 --protected-mode no" in out and "--tls-port 6379" in out
 
 
 def _heredoc_blocks(script: str) -> list[tuple[int, int, str]]:

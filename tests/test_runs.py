@@ -6,8 +6,11 @@ how many SLURM commands a command ran and check what reached them.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -244,10 +247,12 @@ def test_results_show_each_jobs_state_and_no_empty_row(slurm, tmp_path):
     done = orchc(slurm, "results", run, "--csv", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     rows = [line.split(",") for line in done.stdout.splitlines()]
-    assert rows[0] == ["job", "state", "metric", "value"]
-    assert ["bench", "RUNNING", "tests.SET.rps", "10"] in rows
-    late = [row for row in rows if row[0] == "late"]
-    assert late and late[0][1] == "PENDING" and all(late[0][2:])          # says why there is nothing yet
+    assert rows[0] == ["run", "job", "slurm_id", "type", "state", "status", "metric", "value", "unit", "parameters"]
+    assert ["run", "bench", "8", "redis_client", "RUNNING", "", "tests.SET.rps", "10", "", ""] in rows
+    late = [row for row in rows if row[1] == "late"]
+    assert late and late[0][4] == "PENDING" and late[0][7] == "no results"
+    table = orchc(slurm, "results", run, cwd=tmp_path).stdout
+    assert "no results yet" in table                                       # says why there is nothing yet
 
 
 def test_booleans_print_as_true_and_false_in_every_format(slurm, tmp_path):
@@ -262,3 +267,23 @@ def test_booleans_print_as_true_and_false_in_every_format(slurm, tmp_path):
         assert "True" not in text and "False" not in text
         assert "true" in text and "false" in text
     assert data["bench"]["warm"] is True and data["bench"]["cold"] is False
+
+
+def test_results_of_the_documented_shape_show_units_status_and_parameters(slurm, tmp_path):
+    run = write_run(tmp_path / "run", [job("bench", "8")])
+    slurm.set("squeue.out", "8|COMPLETED|n|0:30|0|\n")
+    (run / "results" / "bench").mkdir(parents=True)
+    shaped = {"schema": "orchc-results/1", "tool": "t", "status": "partial", "stopped_by": "duration", "error": None,
+              "metrics": {"ttft_p99_ms": 12.5, "output_tokens_per_s": 300.0, "requests_ok_count": 9,
+                          "wall_time_s": 2.0, "recall_at_10_ratio": 0.9},
+              "parameters": {"concurrent": 4, "prompts": ["a, \"b\""]}}
+    (run / "results" / "bench" / "results.json").write_text(json.dumps(shaped))
+    table = orchc(slurm, "results", run, cwd=tmp_path).stdout
+    assert re.search(r"ttft_p99_ms\s.*12\.5\s.*\bms\b", table) and re.search(r"output_tokens_per_s\s.*300\.0\s.*1/s", table)
+    assert re.search(r"stopped_by\s.*duration", table) and "parameters" not in table
+    rows = list(csv.reader(io.StringIO(orchc(slurm, "results", run, "--csv", cwd=tmp_path).stdout)))
+    by_metric = {row[6]: row for row in rows[1:]}
+    assert by_metric["requests_ok_count"][7:9] == ["9", "count"] and by_metric["wall_time_s"][8] == "s"
+    assert by_metric["recall_at_10_ratio"][8] == "ratio" and by_metric["status"][7] == "partial"
+    assert all(row[:6] == ["run", "bench", "8", "redis_client", "COMPLETED", "partial"] for row in rows[1:])
+    assert all(json.loads(row[9]) == shaped["parameters"] for row in rows[1:])

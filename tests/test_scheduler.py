@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -166,9 +168,10 @@ def test_results_beside_states_while_clients_run(fake, output, tmp_path, orchc):
     folder.mkdir(parents=True)
     (folder / "results.json").write_text('{"tests": {"GET": {"rps": 5.5}}, "partial": true')   # mid-write
     result = orchc("results", tmp_path / "run", "--csv")
-    rows = [line.split(",", 3) for line in result.out.splitlines()]
-    assert ["load", "PENDING", "-", "no results yet"] in rows
-    assert any(row[:3] == ["bench", "RUNNING", "error"] and "still being written" in row[3] for row in rows)
+    rows = list(csv.reader(io.StringIO(result.out)))
+    assert ["run", "load", "1002", "redis_client", "PENDING", "", "-", "no results", "", ""] in rows
+    assert any(row[1:5] == ["bench", "1003", "redis_client", "RUNNING"] and row[6] == "error"
+               and "still being written" in row[7] for row in rows)
     (folder / "results.json").write_text('{"tests": {"GET": {"rps": 5.5}}, "partial": true}')
     (folder / "stopped").write_text("SIGUSR1\n")
     data = json.loads(orchc("results", tmp_path / "run", "--json").out)
