@@ -1,0 +1,120 @@
+"""A run's client results by sweep point and repeat (run side).
+
+The compile side records a sweep in the run's manifest.json: `sweep` = {keys, repeat, points: [{point,
+values}]}, and each client job's `point` and `repeat`. A run without a sweep has one unnamed point.
+`orchc results`, `report` and `compare` read results through `point_results`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .runs import Run, read_regular, results
+
+_MANIFEST_LIMIT = 16 << 20
+
+
+@dataclass(frozen=True)
+class PointResult:
+    point: str | None
+    """the point's name (p01, p02, ...); None outside a sweep"""
+    values: Mapping[str, Any]
+    """swept key (as in the recipe's sweep: block) -> its value at this point"""
+    repeat: int | None
+    job: str
+    type: str
+    slurm_id: str
+    results: Any
+    """the client's results.json (None while there is none)"""
+
+    def metrics(self) -> dict[str, float]:
+        """The numeric metrics of the documented results shape ({} for any other shape)."""
+        data = self.results if isinstance(self.results, dict) else {}
+        found = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
+        return {name: float(value) for name, value in found.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    keys: tuple[str, ...]
+    repeat: int
+    points: tuple[tuple[str, Mapping[str, Any]], ...]
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """The run's manifest.json ({} when it is missing or unreadable: results stay readable without it)."""
+    try:
+        data = json.loads(read_regular(run_dir / "manifest.json", _MANIFEST_LIMIT))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def sweep_of(manifest: Mapping[str, Any]) -> Sweep | None:
+    """The sweep a manifest records; None for a run of one configuration."""
+    sweep = manifest.get("sweep")
+    if not isinstance(sweep, dict):
+        return None
+    keys = tuple(key for key in sweep.get("keys", []) if isinstance(key, str))
+    points = tuple((str(point["point"]), dict(point.get("values") or {})) for point in sweep.get("points", [])
+                   if isinstance(point, dict) and isinstance(point.get("point"), str))
+    repeat = sweep.get("repeat")
+    return Sweep(keys, repeat if isinstance(repeat, int) and repeat > 0 else 1, points)
+
+
+def point_results(run_dir: Path, run: Run) -> list[PointResult]:
+    """Every client's results with its point and repeat, in the order the manifest lists the jobs."""
+    manifest = read_manifest(run_dir)
+    sweep = sweep_of(manifest)
+    values = dict(sweep.points) if sweep else {}
+    placed = {job["name"]: job for job in manifest.get("jobs", []) if isinstance(job, dict) and "name" in job}
+    collected = results(run_dir, run)
+    rows = []
+    for job in run.jobs:
+        if job.role != "client":
+            continue
+        entry = placed.get(job.name, {})
+        point = entry.get("point") if isinstance(entry.get("point"), str) else None
+        repeat = entry.get("repeat") if isinstance(entry.get("repeat"), int) else None
+        rows.append(PointResult(point, values.get(point, {}) if point else {}, repeat, job.name, job.type,
+                                job.slurm_id, collected.get(job.name)))
+    return rows
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    n: int
+    mean: float
+    stdev: float | None
+    """sample standard deviation (n - 1); None for a single value"""
+    min: float
+    max: float
+
+
+def aggregate(values: Iterable[float]) -> Aggregate | None:
+    numbers = list(values)
+    if not numbers:
+        return None
+    mean = math.fsum(numbers) / len(numbers)
+    stdev = math.sqrt(math.fsum((x - mean) ** 2 for x in numbers) / (len(numbers) - 1)) if len(numbers) > 1 else None
+    return Aggregate(len(numbers), mean, stdev, min(numbers), max(numbers))
+
+
+def by_point(rows: Iterable[PointResult]) -> dict[tuple[str | None, str], list[PointResult]]:
+    """(point, client name without its point/repeat suffix) -> the repeats of that client at that point."""
+    grouped: dict[tuple[str | None, str], list[PointResult]] = {}
+    for row in rows:
+        grouped.setdefault((row.point, base_name(row)), []).append(row)
+    return grouped
+
+
+def base_name(row: PointResult) -> str:
+    """The client's name in the recipe: bench for bench-p01-r2."""
+    suffix = "".join(f"-{part}" for part in (row.point, f"r{row.repeat}" if row.repeat else None) if part)
+    return row.job[: -len(suffix)] if suffix and row.job.endswith(suffix) else row.job
