@@ -35,7 +35,9 @@ class PointResult:
     def metrics(self) -> dict[str, float]:
         """The numeric metrics of the documented results shape ({} for any other shape)."""
         data = self.results if isinstance(self.results, dict) else {}
-        found = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
+        found = data.get("metrics")
+        if not isinstance(found, dict):
+            return {}
         return {name: float(value) for name, value in found.items()
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
 
