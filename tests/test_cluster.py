@@ -235,24 +235,42 @@ class FakeOllama:
 
 
 def test_ollama_client_measures_a_generate_api(cluster, tmp_path):
-    fake = FakeOllama()
+    """ollama_client (llm_client with api: ollama) through `orchc submit`, against the known-timing stand-in
+    (tests/llm_standin.py): 3 slots for 3 workers, so every request gets its first token after 30 ms and the
+    next ones 10 ms apart. Tolerances as in tests/test_llm_bench.py; the job adds no delay of its own."""
+    from llm_standin import Standin
+
+    fake = Standin(tokens=5, first_token_delay=0.03, inter_token_delay=0.01, parallelism=3)
     try:
         (tmp_path / "llm.yaml").write_text(
             "site: local\nclient:\n  name: llm\n  type: ollama_client\n"
             f"  target_endpoint: http://127.0.0.1:{fake.port}\n  model: tiny\n  num_requests: 12\n  concurrent: 3\n"
-            "  prompts: [\"say 'hi' $(touch /tmp/orchc-pwned)\", second]\n")
+            "  max_tokens: 64\n  seed: 5\n  prompts: [\"say 'hi' $(touch /tmp/orchc-pwned)\", second]\n")
         run = tmp_path / "run"
         orchc("submit", "llm.yaml", "--run-dir", run, cwd=tmp_path)
-        wait_for(lambda: status(run)["llm"]["state"] == "COMPLETED", 90, "the client to complete")
+        wait_for(lambda: status(run)["llm"]["state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 90,
+                 "the client to end")
     finally:
         fake.close()
+    assert status(run)["llm"]["state"] == "COMPLETED"
     results = json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["llm"]
-    assert (results["count"], results["ok"], results["errors"]) == (12, 12, 0)
-    assert results["tokens_per_second"] == pytest.approx(50.0)
-    assert 0 < results["latency_s"]["p50"] <= results["latency_s"]["p99"]
-    prompts = sorted(request["prompt"] for request in fake.requests)   # concurrent: any order
-    assert prompts == ["say 'hi' $(touch /tmp/orchc-pwned)"] * 6 + ["second"] * 6
-    assert {(request["model"], request["stream"]) for request in fake.requests} == {("tiny", False)}
+    assert (results["tool"], results["type"], results["status"]) == ("llm_bench", "ollama_client", "complete")
+    m = results["metrics"]
+    assert (m["requests_ok_count"], m["requests_failed_count"], m["warmup_requests_count"]) == (12, 0, 1)
+    assert m["output_tokens_count"] == 60
+    assert m["ttft_mean_ms"] == pytest.approx(30, abs=25) and m["tpot_mean_ms"] == pytest.approx(10, abs=5)
+    assert m["e2e_latency_median_ms"] == pytest.approx(70, abs=25)
+    assert m["eval_duration_mean_ms"] == pytest.approx(40) and m["prompt_eval_duration_mean_ms"] == pytest.approx(30)
+    assert m["ttft_p99_ms"] >= m["ttft_median_ms"] and m["request_throughput_per_s"] > 0
+    assert results["environment"]["reported"] == {"server_version": "0.0.0-llm-standin", "model": "tiny", "api": "ollama"}
+    assert "requests.jsonl" in results["raw"]
+    assert len((run / "results" / "llm" / "requests.jsonl").read_text().splitlines()) == 12
+    bodies = [request["body"] for request in fake.requests]
+    assert {request["path"] for request in fake.requests} == {"/api/generate"}
+    prompts = sorted(body["prompt"] for body in bodies)   # concurrent: any order; the warm-up sends prompt -1 mod 2
+    assert prompts == ["say 'hi' $(touch /tmp/orchc-pwned)"] * 6 + ["second"] * 7
+    assert {(b["model"], b["stream"], json.dumps(b["options"], sort_keys=True)) for b in bodies} == \
+        {("tiny", True, '{"num_predict": 64, "seed": 5, "temperature": 0.0}')}
     assert not Path("/tmp/orchc-pwned").exists()
 
 
@@ -425,3 +443,66 @@ def test_no_slurm_is_a_clear_error(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip() == ("orchc: error: sbatch not found on PATH: is SLURM installed here? "
                                    "(for the test cluster: bash tests/cluster/start.sh)")
+
+
+def test_llm_client_measures_an_openai_compatible_server_at_a_request_rate(cluster, tmp_path):
+    """llm_client on the OpenAI chat API, open loop: 10 requests at 20/s, at most 2 in flight, against one slot
+    (tests/llm_standin.py, 40 ms to the first token, 10 ms between tokens, 5 tokens: 80 ms per request)."""
+    from llm_standin import Standin
+
+    fake = Standin(tokens=5, first_token_delay=0.04, inter_token_delay=0.01, parallelism=1)
+    try:
+        (tmp_path / "llm.yaml").write_text(
+            "site: local\nclient:\n  name: bench\n  type: llm_client\n  api: openai-chat\n"
+            f"  target_endpoint: 127.0.0.1:{fake.port}\n  num_requests: 10\n  request_rate: 20\n"
+            "  max_concurrency: 2\n  warmup_requests: 0\n  input_length: 16\n  temperature: 0.5\n")
+        run = tmp_path / "run"
+        orchc("submit", "llm.yaml", "--run-dir", run, cwd=tmp_path)
+        wait_for(lambda: status(run)["bench"]["state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 90,
+                 "the client to end")
+    finally:
+        fake.close()
+    assert status(run)["bench"]["state"] == "COMPLETED"
+    results = json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["bench"]
+    assert (results["tool"], results["status"]) == ("llm_bench", "complete")
+    m = results["metrics"]
+    assert (m["requests_ok_count"], m["requests_failed_count"]) == (10, 0)
+    assert (m["input_tokens_count"], m["output_tokens_count"]) == (160, 50)   # 16 words, as the stand-in counts
+    assert m["tpot_mean_ms"] == pytest.approx(10, abs=5) and m["itl_median_ms"] == pytest.approx(10, abs=5)
+    assert m["ttft_min_ms"] == pytest.approx(40, abs=25)
+    # one slot serves 80 ms per request; 20/s asks for one each 50 ms: the server is the bottleneck
+    assert m["request_throughput_per_s"] == pytest.approx(1 / 0.08, rel=0.15)
+    assert results["parameters"]["request_rate"] == 20 and results["parameters"]["api"] == "openai-chat"
+    assert results["environment"]["reported"]["model"] == "tiny"          # the first model the server lists
+    bodies = [request["body"] for request in fake.requests]
+    assert {request["path"] for request in fake.requests} == {"/v1/chat/completions"}
+    assert all(b["stream"] and b["stream_options"] == {"include_usage": True} and b["temperature"] == 0.5 for b in bodies)
+    assert all(len(b["messages"][0]["content"].split()) == 16 for b in bodies)
+
+
+def test_llm_client_stopped_by_its_duration_keeps_the_requests_in_flight(cluster, tmp_path):
+    """Requests that take 10 s each and a duration of 3 s: orchc stops the benchmark, the requests in flight
+    are kept cut at duration with the tokens they got, and the job still completes with partial results."""
+    from llm_standin import Standin
+
+    fake = Standin(tokens=1000, first_token_delay=0.02, inter_token_delay=0.01, parallelism=2)
+    try:
+        (tmp_path / "llm.yaml").write_text(
+            "site: local\nclient:\n  name: bench\n  type: llm_client\n  model: tiny\n"
+            f"  target_endpoint: 127.0.0.1:{fake.port}\n  num_requests: 10\n  concurrent: 2\n  duration: 3\n"
+            "  warmup_requests: 0\n  max_tokens: 1000\n")
+        run = tmp_path / "run"
+        orchc("submit", "llm.yaml", "--run-dir", run, cwd=tmp_path)
+        wait_for(lambda: status(run)["bench"]["state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 90,
+                 "the client to end")
+    finally:
+        fake.close()
+    assert status(run)["bench"]["state"] == "COMPLETED"
+    results = json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["bench"]
+    assert (results["status"], results["stopped_by"]) == ("partial", "duration")
+    m = results["metrics"]
+    assert (m["requests_ok_count"], m["requests_cut_count"]) == (0, 2)
+    records = [json.loads(line) for line in (run / "results" / "bench" / "requests.jsonl").read_text().splitlines()]
+    assert [r["error"] for r in records] == ["cut at duration"] * 2
+    assert all(100 < len(r["chunk_times_s"]) < 300 for r in records)        # about 3 s of tokens, 10 ms apart
+

@@ -269,7 +269,9 @@ def test_duration_cuts_requests_in_flight_and_keeps_their_partial_timings(server
     assert m["ttft_mean_ms"] is None                                       # only completed requests count
 
 
-def test_sigterm_cuts_and_still_writes_metrics(server, tmp_path):
+@pytest.mark.parametrize(("stopped", "error"), [(None, "stopped by SIGTERM"), ("duration", "cut at duration")])
+def test_sigterm_cuts_and_still_writes_metrics(server, tmp_path, stopped, error):
+    """orchc stops a benchmark with SIGTERM, after writing why into RESULTS/stopped."""
     s = server(parallelism=1, tokens=100)
     (tmp_path / "prompts.json").write_text(json.dumps(["x"]))
     process = subprocess.Popen([sys.executable, str(BENCH), "run", str(tmp_path / "res"), "--host", "127.0.0.1",
@@ -277,12 +279,14 @@ def test_sigterm_cuts_and_still_writes_metrics(server, tmp_path):
                                 "--prompts-json", str(tmp_path / "prompts.json"), "--num-requests", "3"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.6)
+    if stopped:
+        (tmp_path / "res" / "stopped").write_text(stopped + "\n")
     sent = time.monotonic()
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=5) == 0, process.stderr.read() if process.stderr else ""
     assert time.monotonic() - sent < 1
     (record,) = [json.loads(line) for line in (tmp_path / "res" / "requests.jsonl").read_text().splitlines()]
-    assert record["error"] == "stopped by SIGTERM" and record["cut"] and len(record["chunk_times_s"]) > 10
+    assert record["error"] == error and record["cut"] and len(record["chunk_times_s"]) > 10
     metrics = json.loads((tmp_path / "res" / "metrics.json").read_text())
     assert metrics["requests_cut_count"] == 1
 

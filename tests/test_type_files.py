@@ -7,6 +7,7 @@ import re
 import subprocess
 
 import pytest
+from conftest import ROOT
 
 HEADLINE = re.compile(r"^(?P<loc>\S+:\d+:\d+): error: (?P<message>.+)$", re.M)
 ACCOUNT = "account: p200981\n"
@@ -62,6 +63,15 @@ def test_a_file_without_final_newline_gets_one(orchc, write, tmp_path):
     result = compile_tool(orchc, write, tmp_path, program="print(1)")
     assert result.code == 0, result.err
     assert "<<'ORCHC_EOF'\nprint(1)\nORCHC_EOF\n" in result.out
+
+
+def test_the_builtin_types_folder_ships_its_files(orchc, write, tmp_path):
+    """A built-in type's files/ folder is found wherever orchc runs from (the llm_client type uses it)."""
+    recipe = write("r.yaml", "client:\n  name: bench\n  type: llm_client\n  target_endpoint: localhost:8000\n" + ACCOUNT)
+    result = orchc("compile", recipe, "--site", "local", "--stdout", cwd=tmp_path)
+    assert result.code == 0, result.err
+    program = (ROOT / "service_defs" / "files" / "llm_bench.py").read_text()
+    assert program.rstrip("\n") + "\nORCHC_EOF" in result.out
 
 
 def test_a_missing_file_is_located_at_the_source_value(orchc, write, tmp_path):

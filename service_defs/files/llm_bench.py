@@ -33,7 +33,8 @@ end of `run`) computes metrics.json from requests.jsonl and run.json with the de
 
 Nothing starts after `--duration` seconds (counted from the program's start, warm-up included), and
 requests still running then are cut, kept with error "cut at duration". SIGTERM and SIGINT cut the
-same way (error "stopped by SIGTERM"), then the program writes its metrics and exits.
+same way (error "stopped by SIGTERM", or "cut at REASON" when orchc wrote REASON into RESULTS_DIR/stopped
+before stopping the benchmark: its duration or time limit), then the program writes its metrics and exits.
 """
 
 import argparse
@@ -489,11 +490,22 @@ def write_json(path, value):
     os.replace(path + ".tmp", path)
 
 
+def signal_reason(results, signum):
+    """Why requests in flight are cut by a signal: orchc writes why it stops a benchmark (duration,
+    time_limit) into RESULTS/stopped before it sends SIGTERM; otherwise the signal's name."""
+    try:
+        with open(os.path.join(results, "stopped")) as handle:
+            why = handle.read(100).strip()
+    except OSError:
+        why = ""
+    return "cut at " + why if why else "stopped by " + signal.Signals(signum).name
+
+
 def run_command(args):
     os.makedirs(args.results, exist_ok=True)
     run = Run(args)
     for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, lambda signum, _frame: run.stop("stopped by " + signal.Signals(signum).name))
+        signal.signal(number, lambda signum, _frame: run.stop(signal_reason(args.results, signum)))
     prompts = load_prompts(args)
     write_json(os.path.join(args.results, "environment.json"), environment(args))
     info = {"api": args.api, "model": args.model, "load": "open" if args.request_rate else "closed",
@@ -537,7 +549,11 @@ def run_command(args):
 
 
 def summarize(results):
-    """metrics.json from requests.jsonl and run.json (a line cut short by a kill is skipped)."""
+    """metrics.json from requests.jsonl and run.json (a line cut short by a kill is skipped). Without
+    run.json the benchmark never started: nothing is written."""
+    if not os.path.exists(os.path.join(results, "run.json")):
+        print("llm_bench: no run.json in " + results + ": the benchmark did not start, no metrics", file=sys.stderr)
+        return None
     with open(os.path.join(results, "run.json")) as handle:
         run = json.load(handle)
     records = []
