@@ -63,7 +63,21 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     form = results.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true")
     form.add_argument("--csv", action="store_true")
+    results.add_argument("--check", action="store_true",
+                         help="check the results against the recipe's references; exit 1 when one fails")
     results.set_defaults(run=cmd_results)
+
+    from . import compare as comparing
+
+    compare = commands.add_parser("compare", help="two runs side by side: per point, client and metric, the change")
+    compare.add_argument("run_a", metavar="RUN_A")
+    compare.add_argument("run_b", metavar="RUN_B")
+    compare.add_argument("--threshold", action="append", metavar="METRIC=PCT",
+                         help="exit 1 when METRIC (a glob) gets worse by more than PCT %%; +PCT/-PCT: a rise/fall")
+    compare_form = compare.add_mutually_exclusive_group()
+    compare_form.add_argument("--json", action="store_true")
+    compare_form.add_argument("--csv", action="store_true")
+    compare.set_defaults(run=comparing.cmd_compare)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -236,6 +250,10 @@ def _csv_rows(run: Run, collected: dict[str, Any], job_states: dict[str, str]) -
 
 
 def cmd_results(args: argparse.Namespace) -> int:
+    if args.check:
+        from .compare import cmd_check
+
+        return cmd_check(args)
     from .report import print_table
     from .runs import images, load_run, results
 
