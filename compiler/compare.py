@@ -254,7 +254,8 @@ def _cell(value: Aggregate | None) -> str:
     if value is None:
         return "-"
     if value.n > 1 and value.stdev is not None:
-        return f"{_number(value.mean)} ±{value.stdev:.3g} (n={value.n})"
+        spread = f"{value.stdev:.0f}" if value.stdev >= 100 else f"{value.stdev:.3g}"
+        return f"{_number(value.mean)} ±{spread} (n={value.n})"
     return _number(value.mean)
 
 
