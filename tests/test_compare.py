@@ -57,11 +57,12 @@ def write_run(folder: Path, clients: dict[str, dict[str, Any] | None], sweep: di
     return folder
 
 
-def sweep_run(folder: Path, points: list[tuple[str, int, list[dict[str, Any]]]],
+def sweep_run(folder: Path, points: list[tuple[str, int, list[dict[str, Any] | None]]],
               references: dict | None = None) -> Path:
     """A sweep over bench.clients: (point name, clients value, metrics of each repeat)."""
     repeat = max(len(repeats) for _, _, repeats in points)
-    clients, placed = {}, {}
+    clients: dict[str, dict[str, Any] | None] = {}
+    placed: dict[str, tuple[str, int]] = {}
     for point, _, repeats in points:
         for index, metrics in enumerate(repeats, 1):
             name = f"bench-{point}-r{index}"
