@@ -59,6 +59,7 @@ def check_recipe(recipe: Recipe, problems: Collector) -> None:
     """Add the recipe's problems to `problems`, which holds what resolve found in it."""
     services = [job.name for job in recipe.jobs if job.role == "service"]
     _check_required_resources(recipe, problems)
+    earlier: list[str] = []
     for job in recipe.jobs:
         origins = recipe.origins[job.name]
         what = f"{job.role} '{job.name}'"
@@ -66,6 +67,8 @@ def check_recipe(recipe: Recipe, problems: Collector) -> None:
         _check_site_lists(job, origins, recipe, problems)
         if job.role == "client":
             _check_target(job, origins, services, problems)
+            _check_after(job, origins, earlier, problems)
+            earlier.append(job.name)
         _check_environment(job, origins, what, problems)
         _check_phases(job, origins, what, problems)
     if problems.problems:
@@ -132,6 +135,16 @@ def _check_target(client: ResolvedJob, origins: Origins, services: list[str], pr
     if found and (len(found.group(1)) > 5 or not 1 <= int(found.group(1)) <= 65535):
         problems.add(origins.loc(("target_endpoint",)),
                      f"target_endpoint: port {shorten(found.group(1), quoted=False)} is not between 1 and 65535")
+
+
+def _check_after(client: ResolvedJob, origins: Origins, earlier: list[str], problems: Collector) -> None:
+    """`after` names clients listed before this one: the order they are submitted in, which no cycle can break."""
+    for index, name in enumerate(client.fields.get("after") or ()):
+        if name not in earlier:
+            why = "itself" if name == client.name else "no client listed before it"
+            problems.add(origins.loc(("after", index)), f"client '{client.name}' waits for {shorten(name)}, which is "
+                         f"{why}{did_you_mean(name[:100], earlier)}; `after` names clients of this recipe listed "
+                         "before this one")
 
 
 def _check_environment(job: ResolvedJob, origins: Origins, what: str, problems: Collector) -> None:

@@ -19,6 +19,7 @@ from .options import add_compile_options as _add_compile_options
 from .options import compile_options
 
 if TYPE_CHECKING:
+    from .resolve import Recipe
     from .source import Node, Origins
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="print the fully resolved jobs of a recipe as YAML")
     show.add_argument("recipe", type=Path, metavar="RECIPE")
     show.add_argument("--origin", action="store_true", help="annotate each value with the file:line that set it")
+    show.add_argument("--points", action="store_true", help="list a sweep's points (swept values) instead of the jobs")
     _add_compile_options(show)
     show.set_defaults(run=cmd_show)
 
@@ -90,6 +92,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     from .source import Node
 
     recipe = resolve_all([args.recipe], compile_options(args))[0]
+    if args.points:
+        return _show_points(recipe)
     annotate = (lambda node: str(node.loc)) if args.origin else None
     lines = [_comment(f"# recipe {recipe.name} ({recipe.file}), site {recipe.site.name} ({recipe.site.file})")]
     for job in recipe.jobs:
@@ -100,6 +104,25 @@ def cmd_show(args: argparse.Namespace) -> int:
         lines.append("---")
         lines += yaml_lines(header) + yaml_lines(_located(values, (), origins), annotate)
     print("\n".join(lines))
+    return EXIT_OK
+
+
+def _show_points(recipe: Recipe) -> int:
+    from .lifecycle import cell
+    from .report import print_table
+
+    if not recipe.points:
+        print(f"recipe {recipe.name} has no sweep: one configuration")
+        return EXIT_OK
+    keys = [key for key, _ in recipe.points[0][1]]
+    clients: dict[str, list[str]] = {}
+    for job in recipe.jobs:
+        if job.point:
+            clients.setdefault(job.point, []).append(job.name)
+    rows = [[name, *(cell(value) for _, value in values), ", ".join(clients.get(name, []))]
+            for name, values in recipe.points]
+    print_table(f"{len(recipe.points)} points of recipe {recipe.name}, repeat {recipe.repeat}",
+                ["point", *keys, "clients"], rows)
     return EXIT_OK
 
 

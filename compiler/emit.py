@@ -79,7 +79,7 @@ def digest(files: dict[str, str]) -> str:
 
 
 def build_manifest(recipe: Recipe) -> dict[str, Any]:
-    return {
+    manifest: dict[str, Any] = {
         "generator": GENERATOR,
         "recipe": recipe.name,
         "source": Path(recipe.file).name,
@@ -95,10 +95,18 @@ def build_manifest(recipe: Recipe) -> dict[str, Any]:
                 "script": script_name(job),
                 "target": job.target,
                 "depends_on": [job.target] if job.target else [],
+                **({"after_end": list(recipe.waits_for[job.name])} if recipe.waits_for.get(job.name) else {}),
+                **({"point": job.point, "repeat": job.repeat} if job.point else {}),
             }
             for job in submission_order(recipe)
         ],
     }
+    if recipe.points:
+        manifest["sweep"] = {"keys": [key for key, _ in recipe.points[0][1]], "repeat": recipe.repeat,
+                             "points": [{"point": name, "values": dict(values)} for name, values in recipe.points]}
+    if recipe.references:
+        manifest["references"] = recipe.references
+    return manifest
 
 
 def write_outputs(outputs: list[Output], out_dir: Path) -> list[Path]:

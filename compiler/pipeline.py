@@ -16,6 +16,7 @@ reported together, and nothing is written unless all succeeded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from .checks import check_recipe
 from .emit import Output, build_output
 from .errors import Collector, OrchcError
 from .render import render_recipe
-from .resolve import Recipe, Setting, resolve_recipe
+from .resolve import Recipe, Setting, load_recipe, resolve_recipe
 from .source import SourceLoc
+from .sweep import resolve_sweep, sweep_of
 from .typedefs import Registry
 
 
@@ -43,15 +45,33 @@ def resolve_all(paths: list[Path], options: Options) -> list[Recipe]:
     for path in paths:
         found = Collector()
         try:
-            recipe = resolve_recipe(path, registry, options.site, options.settings, found)
-            check_recipe(recipe, found)
-            recipes.append(recipe)
+            recipe = _resolved(path, registry, options, found)
+            if recipe is not None:
+                recipes.append(recipe)
         except OrchcError as error:
             found.absorb(error)
         problems.problems += found.problems
     problems.raise_if_any()
     _check_unique_names(recipes)
     return recipes
+
+
+def _resolved(path: Path, registry: Registry, options: Options, problems: Collector) -> Recipe | None:
+    """One recipe resolved and checked; a sweep's points each, then combined (sweep.py)."""
+    doc = load_recipe(path, problems)
+    settings = [setting for setting in options.settings if setting.path[0] != "sweep"]
+    sweep = sweep_of(doc, options.settings, problems)
+    if sweep is None:
+        recipe = resolve_recipe(path, registry, options.site, settings, problems, doc)
+        check_recipe(recipe, problems)
+        return recipe
+
+    def resolve_point(point: Sequence[Setting], found: Collector) -> Recipe:
+        recipe = resolve_recipe(path, registry, options.site, [*settings, *point], found, doc)
+        found.raise_if_any()
+        return recipe
+
+    return resolve_sweep(sweep, resolve_point, check_recipe, problems)
 
 
 def compile_all(paths: list[Path], options: Options) -> list[Output]:

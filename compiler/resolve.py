@@ -131,6 +131,10 @@ class ResolvedJob:
     job_id: str
     digest: str
     """sha256 of the resolved job; `job_id` is its first 8 hex digits"""
+    point: str | None = None
+    """the sweep point of a client of a sweep (p01, ...); None otherwise"""
+    repeat: int | None = None
+    """which repeat of its point a client of a sweep is (1, 2, ...)"""
 
     @property
     def role(self) -> str:
@@ -169,6 +173,11 @@ class Recipe:
     """job name -> where each of its values was set"""
     removed_secrets: Mapping[str, frozenset[str]] = field(repr=False, default_factory=dict)
     """job name -> the secrets a layer removed: resolve reported those, the checks stage does not again"""
+    references: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    """the recipe's `references:` (CLIENT.METRIC -> expected value or bounds), for `orchc results --check`"""
+    points: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    """a sweep's points: (name, ((swept key, value), ...)); empty for a recipe of one configuration"""
+    repeat: int = 1
 
     def job(self, name: str) -> ResolvedJob:
         return next(job for job in self.jobs if job.name == name)
@@ -186,6 +195,21 @@ class Recipe:
                 clients.setdefault(job.target, []).append(job.name)
         return clients
 
+    @cached_property
+    def waits_for(self) -> dict[str, tuple[str, ...]]:
+        """Client -> the clients that must have ended before it starts: its `after`, or by default the client
+        listed before it that has the same target, so clients of one service run one after another."""
+        last: dict[str, str] = {}
+        order: dict[str, tuple[str, ...]] = {}
+        for job in self.jobs:
+            if job.role != "client":
+                continue
+            target = next((f"{key}={job.fields[key]}" for key in TARGET_KEYS if job.fields.get(key) is not None), "")
+            after = job.fields.get("after")
+            order[job.name] = tuple(after) if after is not None else (last[target],) if target in last else ()
+            last[target] = job.name
+        return order
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -195,6 +219,8 @@ class Setting:
     value: Any
     loc: SourceLoc
     value_loc: SourceLoc | None = None
+    key_loc: SourceLoc | None = None
+    """where the key was written, when not at `loc` (a sweep's key, above its values)"""
 
 
 def parse_settings(options: list[str]) -> list[Setting]:
@@ -281,14 +307,22 @@ def _site_path(ref: str, base: Path, used_at: SourceLoc) -> Path:
     return path
 
 
-def resolve_recipe(path: Path, registry: Registry, site_ref: str | None = None,
-                   settings: Sequence[Setting] = (), problems: Collector | None = None) -> Recipe:
-    """The recipe's jobs, resolved and frozen. Problems go to `problems` (raised here when None is given);
-    the checks stage adds its own before anything is rendered."""
-    own = problems is None
-    problems = Collector() if problems is None else problems
+def load_recipe(path: Path, problems: Collector) -> Node:
+    """The recipe file, checked against the recipe schema (problems collected, the document returned)."""
     doc = load_file(path, "recipe")
     check(doc, validator("recipe"), "the recipe", problems)
+    return doc
+
+
+def resolve_recipe(path: Path, registry: Registry, site_ref: str | None = None,
+                   settings: Sequence[Setting] = (), problems: Collector | None = None,
+                   doc: Node | None = None) -> Recipe:
+    """The recipe's jobs, resolved and frozen. Problems go to `problems` (raised here when None is given);
+    the checks stage adds its own before anything is rendered. `doc`: the recipe already loaded."""
+    own = problems is None
+    problems = Collector() if problems is None else problems
+    if doc is None:
+        doc = load_recipe(path, problems)
     name = _string(doc.get("name")) or path.stem
     if not _RECIPE_NAME.match(name):
         problems.add(doc.loc, f"the recipe needs a `name:` (its file name '{path.stem}' is not a valid one: "
@@ -308,10 +342,16 @@ def resolve_recipe(path: Path, registry: Registry, site_ref: str | None = None,
     recipe = Recipe(name=name, file=doc.loc.file, site=site,
                     jobs=tuple(_frozen_job(draft, name, site.name) for draft in drafts),
                     origins={draft.name: Origins(draft.node) for draft in drafts},
-                    removed_secrets={draft.name: draft.removed_secrets for draft in drafts})
+                    removed_secrets={draft.name: draft.removed_secrets for draft in drafts},
+                    references=_references(doc))
     if own:
         problems.raise_if_any()
     return recipe
+
+
+def _references(doc: Node) -> Mapping[str, Any]:
+    node = doc.get("references")
+    return to_frozen(node) if node is not None and isinstance(node.value, dict) else FrozenDict()
 
 
 def _string(node: Node | None) -> str | None:
@@ -456,12 +496,13 @@ def _usable_settings(settings: Sequence[Setting], jobs: set[str], known: set[str
     for setting in settings:
         path = setting.path
         field = path[1] if path[0] in jobs and len(path) > 1 else path[0]
+        where = setting.key_loc or setting.loc
         if field in _IDENTITY:
-            problems.add(setting.loc, f"the {field} of a job cannot be set with --set; it is what names the job "
+            problems.add(where, f"the {field} of a job cannot be set with --set; it is what names the job "
                          "in the recipe (change the recipe instead)")
         elif path[0] not in jobs and path[0] not in known:
             hint = did_you_mean(path[0][:100], jobs) or did_you_mean(path[0][:100], known)
-            problems.add(setting.loc, f"{shorten(path[0])} is neither a job of this recipe nor a field of one{hint} "
+            problems.add(where, f"{shorten(path[0])} is neither a job of this recipe nor a field of one{hint} "
                          f"(jobs: {', '.join(sorted(jobs))})")
         else:
             usable.append(setting)

@@ -43,6 +43,8 @@ class Submission:
     cwd: Path
     after: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    after_end: tuple[str, ...] = ()
+    """jobs that must have ended (in any state) before this one starts"""
 
 
 def is_job_id(text: object) -> bool:

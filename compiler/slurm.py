@@ -107,11 +107,15 @@ def _shown(command: Sequence[str]) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def sbatch_arguments(script: str, after: Sequence[str], env: Sequence[tuple[str, str]]) -> list[str]:
-    """sbatch's arguments for one job of a plan; submit.sh renders the same list (ids as shell variables)."""
+def sbatch_arguments(script: str, after: Sequence[str], env: Sequence[tuple[str, str]],
+                     after_end: Sequence[str] = ()) -> list[str]:
+    """sbatch's arguments for one job of a plan; submit.sh renders the same list (ids as shell variables).
+    `after`: jobs that must have started; `after_end`: jobs that must have ended, in any state."""
     arguments = ["sbatch", "--parsable"]
-    if after:
-        arguments.append(f"--dependency=after:{':'.join(after)}")
+    dependencies = [*([f"after:{':'.join(after)}"] if after else []),
+                    *([f"afterany:{':'.join(after_end)}"] if after_end else [])]
+    if dependencies:
+        arguments.append(f"--dependency={','.join(dependencies)}")
     if env:
         arguments.append("--export=ALL," + ",".join(f"{key}={value}" for key, value in env))
     return [*arguments, script]
@@ -134,7 +138,8 @@ class SlurmScheduler(Scheduler):
             if not _EXPORT_VALUE.fullmatch(value):
                 raise ClusterError(f"cannot pass {key}={value!r} through sbatch --export")
         env = {key: value for key, value in os.environ.items() if key not in _NOT_INHERITED}
-        answer = run_command(sbatch_arguments(job.script.name, job.after, job.env), self.timeout, job.cwd, env)
+        answer = run_command(sbatch_arguments(job.script.name, job.after, job.env, job.after_end), self.timeout,
+                             job.cwd, env)
         if answer.code != 0:
             raise ClusterError(f"sbatch {job.script.name} failed: {(answer.err or answer.out).strip()}")
         return checked_job_id(answer.out.strip().split(";")[0], f"sbatch {job.script.name}")

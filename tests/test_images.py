@@ -171,6 +171,8 @@ def test_built_in_types_pin_their_image_tags():
             if not match:
                 continue
             source = match.group(1).strip("'\"")
+            if "://" not in source:
+                continue                       # a file a phase item ships (`source: NAME`), not an image
             found.append(source)
             reference = source.split("://", 1)[-1]
             _, _, tag = reference.rpartition("/")[2].partition(":")

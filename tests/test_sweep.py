@@ -1,0 +1,175 @@
+"""Sweeps (compiler/sweep.py) and the order of clients: points, shared services, ladders, located errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+HEADLINE = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?P<col>\d+): error: (?P<message>.+)$", re.M)
+
+BASE = """\
+name: sw
+site: local
+service:
+  name: redis
+  auth: none
+client:
+  name: bench
+  type: redis_client
+  tests: [set]
+"""
+
+
+def compiled(orchc, write, tmp_path: Path, text: str, *extra: str) -> dict:
+    result = orchc("compile", write("sw.yaml", text), "-o", "out", *extra, cwd=tmp_path)
+    assert result.code == 0, result.err
+    return json.loads((tmp_path / "out" / "sw" / "manifest.json").read_text())
+
+
+def errors(result) -> list[tuple[int, int, str]]:
+    assert result.code == 1 and "Traceback" not in result.err, result.err
+    return [(int(m["line"]), int(m["col"]), m["message"]) for m in HEADLINE.finditer(result.err)]
+
+
+def test_matrix_zip_exclude_and_repeat_make_the_points_in_order(orchc, write, tmp_path):
+    manifest = compiled(orchc, write, tmp_path, BASE + """\
+sweep:
+  matrix:
+    bench.clients: [10, 50]
+    bench.pipeline: [1, 16]
+  zip:
+    bench.data_size: [3, 1024]
+    bench.requests: [1000, 200]
+  exclude:
+    - {bench.clients: 50, bench.pipeline: 1}
+  repeat: 2
+""")
+    sweep = manifest["sweep"]
+    assert sweep["keys"] == ["bench.clients", "bench.pipeline", "bench.data_size", "bench.requests"]
+    assert sweep["repeat"] == 2
+    values = [tuple(point["values"][key] for key in sweep["keys"]) for point in sweep["points"]]
+    assert values == [(10, 1, 3, 1000), (10, 1, 1024, 200), (10, 16, 3, 1000), (10, 16, 1024, 200),
+                      (50, 16, 3, 1000), (50, 16, 1024, 200)]
+    assert [point["point"] for point in sweep["points"]] == [f"p0{i}" for i in range(1, 7)]
+    jobs = manifest["jobs"]
+    assert [job["name"] for job in jobs] == ["redis"] + [f"bench-p0{p}-r{r}" for p in range(1, 7) for r in (1, 2)]
+    clients = jobs[1:]
+    assert all(job["target"] == "redis" and job["depends_on"] == ["redis"] for job in clients)
+    # one ladder against one service: each client after the one before it has ended
+    assert "after_end" not in clients[0]
+    assert all(job["after_end"] == [before["name"]] for before, job in itertools.pairwise(clients))
+    assert [(job["point"], job["repeat"]) for job in clients[:3]] == [("p01", 1), ("p01", 2), ("p02", 1)]
+    script = (tmp_path / "out" / "sw" / "bench-p05-r2.sbatch").read_text()
+    assert "-c 50 -d 3 -P 16 -n 1000" in script
+
+
+def test_points_that_change_a_service_get_their_own_service_job(orchc, write, tmp_path):
+    manifest = compiled(orchc, write, tmp_path, BASE + """\
+sweep:
+  matrix:
+    redis.maxmemory: [1gb, 2gb]
+    bench.clients: [1, 2]
+""")
+    jobs = {job["name"]: job for job in manifest["jobs"]}
+    assert [name for name, job in jobs.items() if job["role"] == "service"] == ["redis-c1", "redis-c2"]
+    assert [jobs[f"bench-p0{p}-r1"]["target"] for p in range(1, 5)] == ["redis-c1", "redis-c1", "redis-c2", "redis-c2"]
+    assert "after_end" not in jobs["bench-p03-r1"] and jobs["bench-p04-r1"]["after_end"] == ["bench-p03-r1"]
+    assert "--maxmemory 2gb" in (tmp_path / "out" / "sw" / "redis-c2.sbatch").read_text()
+    submit = (tmp_path / "out" / "sw" / "submit.sh").read_text()
+    assert re.search(r"--dependency=after:\"\$\{JOB_2\}\",afterany:\"\$\{JOB_5\}\" .* bench-p04-r1\.sbatch", submit)
+
+
+def test_a_bad_value_is_located_and_names_its_point_once(orchc, write, tmp_path):
+    text = BASE + "sweep:\n  matrix:\n    bench.clients: [10, -5, 20]\n    bench.pipeline: [1, 2]\n"
+    found = errors(orchc("compile", write("sw.yaml", text), "-o", "out", cwd=tmp_path))
+    assert len(found) == 1, found
+    line, column, message = found[0]
+    assert (line, column) == (12, 25)
+    assert "(at sweep point p03 (bench.clients=-5, bench.pipeline=1))" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_problem_of_every_point_is_reported_once(orchc, write, tmp_path):
+    text = BASE.replace("  tests: [set]\n", "  tests: [set]\n  nosuchfield: 1\n") + \
+        "sweep:\n  matrix:\n    bench.clients: [1, 2, 3]\n"
+    found = errors(orchc("compile", write("sw.yaml", text), "-o", "out", cwd=tmp_path))
+    assert len(found) == 1 and found[0][0] == 10 and "sweep point p01" in found[0][2], found
+
+
+@pytest.mark.parametrize("block,where,message", [
+    ("  zip:\n    bench.clients: [1, 2]\n    bench.pipeline: [1]\n", (12, 21), "the same number of values"),
+    ("  matrix:\n    bench.clients: [1, 2]\n  exclude:\n    - {bench.pipelin: 1}\n", (14, 8), "not a swept key"),
+    ("  matrix:\n    bench.clients: [1]\n  exclude:\n    - {bench.clients: 1}\n", (11, 3), "leave no point"),
+    ("  matrix:\n    nosuch.field: [1, 2]\n", (12, 5), "neither a job of this recipe nor a field"),
+    ("  matrix:\n    bench.clients: []\n", (12, 20), "should be non-empty"),
+    ("  repeat: 0\n", (11, 11), "minimum"),
+    ("  matrix:\n    a: [" + ", ".join(["1"] * 101) + "]\n    b: [" + ", ".join(["1"] * 100) + "]\n", (11, 3),
+     "at most 10000"),
+])
+def test_sweep_mistakes_are_located(orchc, write, tmp_path, block, where, message):
+    found = errors(orchc("compile", write("sw.yaml", BASE + "sweep:\n" + block), "-o", "out", cwd=tmp_path))
+    assert len(found) == 1 and found[0][:2] == where and message in found[0][2], found
+    assert not (tmp_path / "out").exists()
+
+
+def test_set_changes_the_sweep(orchc, write, tmp_path):
+    text = BASE + "sweep:\n  matrix:\n    bench.clients: [10, 50]\n"
+    manifest = compiled(orchc, write, tmp_path, text, "--set", "sweep.repeat=3",
+                        "--set", "sweep.matrix.bench.pipeline=[1, 4]")
+    assert len(manifest["sweep"]["points"]) == 4 and manifest["sweep"]["repeat"] == 3
+    assert len([job for job in manifest["jobs"] if job["role"] == "client"]) == 12
+    bad = orchc("compile", write("sw.yaml", text), "-o", "o2", "--set", "sweep.repeat=zero", cwd=tmp_path)
+    assert bad.code == 1 and "--set sweep.repeat: expected a whole number" in bad.err
+
+
+def test_the_same_sweep_compiles_to_the_same_bytes(orchc, write, tmp_path):
+    text = BASE + "sweep:\n  matrix:\n    bench.clients: [1, 2]\n  repeat: 2\n"
+    first = compiled(orchc, write, tmp_path, text)
+    (tmp_path / "out").rename(tmp_path / "first")
+    second = compiled(orchc, write, tmp_path, text)
+    assert first == second
+    for path in (tmp_path / "first" / "sw").iterdir():
+        assert path.read_bytes() == (tmp_path / "out" / "sw" / path.name).read_bytes(), path.name
+
+
+# --- the order of clients, with or without a sweep -----------------------------------------------
+
+TWO_CLIENTS = """\
+name: sw
+site: local
+service:
+  name: redis
+clients:
+  - name: load
+    type: redis_client
+  - name: read
+    type: redis_client
+"""
+
+
+def test_clients_of_one_service_run_one_after_another_unless_asked(orchc, write, tmp_path):
+    jobs = {job["name"]: job for job in compiled(orchc, write, tmp_path, TWO_CLIENTS)["jobs"]}
+    assert jobs["read"]["after_end"] == ["load"]
+    (tmp_path / "out").rename(tmp_path / "first")
+    jobs = {job["name"]: job for job in compiled(orchc, write, tmp_path, TWO_CLIENTS + "    after: []\n")["jobs"]}
+    assert "after_end" not in jobs["read"]                                 # at once, beside the other
+
+
+def test_after_names_an_earlier_client(orchc, write, tmp_path):
+    text = TWO_CLIENTS.replace("    type: redis_client\n  - name: read", "    type: redis_client\n    after: [read]\n"
+                               "  - name: read")
+    found = errors(orchc("compile", write("sw.yaml", text), "-o", "out", cwd=tmp_path))
+    assert [(line, column) for line, column, _ in found] == [(8, 13)]
+    assert "waits for 'read', which is no client listed before it" in found[0][2]
+
+
+def test_show_points_lists_the_points(orchc, write, tmp_path):
+    write("sw.yaml", BASE + "sweep:\n  matrix:\n    bench.clients: [10, 50]\n  repeat: 2\n")
+    shown = orchc("show", "sw.yaml", "--points", cwd=tmp_path)
+    assert shown.code == 0, shown.err
+    assert re.search(r"p01\s+10\s+bench-p01-r1, bench-p01-r2", shown.out), shown.out
+    assert re.search(r"p02\s+50\s+bench-p02-r1, bench-p02-r2", shown.out), shown.out
