@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 HEADERS = ["job", "role", "slurm id", "state", "node", "elapsed", "exit code"]
 RESULT_HEADERS = ["job", "state", "metric", "value", "unit"]
 # One row per metric, with what is needed to concatenate the CSV of many runs.
-RESULT_CSV_HEADERS = ["run", "job", "slurm_id", "type", "state", "status", "metric", "value", "unit", "parameters"]
+RESULT_CSV_HEADERS = ["run", "point", "repeat", "job", "slurm_id", "type", "state", "status", "metric", "value",
+                      "unit", "swept", "parameters"]
 RESULTS_SCHEMA = "orchc-results/1"
 # A metric's unit is the end of its name (README "Results"); the longest ending wins.
 UNITS = (("_per_s", "1/s"), ("_ms", "ms"), ("_s", "s"), ("_count", "count"), ("_bytes", "bytes"),
@@ -234,7 +235,10 @@ def _result_rows(collected: dict[str, Any], job_states: dict[str, str]) -> list[
     return rows
 
 
-def _csv_rows(run: Run, collected: dict[str, Any], job_states: dict[str, str]) -> list[list[str]]:
+def _csv_rows(run: Run, run_dir: Path, collected: dict[str, Any], job_states: dict[str, str]) -> list[list[str]]:
+    from .points import point_results
+
+    placed = {row.job: row for row in point_results(run_dir, run)}
     rows = []
     for job in run.jobs:
         if job.name not in collected:
@@ -242,11 +246,59 @@ def _csv_rows(run: Run, collected: dict[str, Any], job_states: dict[str, str]) -
         data = collected[job.name]
         shaped = data if isinstance(data, dict) else {}
         parameters = json.dumps(shaped.get("parameters"), sort_keys=True) if "parameters" in shaped else ""
-        first = [run.run_dir.rstrip("/").rsplit("/", 1)[-1], job.name, job.slurm_id, job.type,
+        at = placed.get(job.name)
+        swept = json.dumps(dict(at.values), sort_keys=True) if at and at.point else ""
+        first = [run.run_dir.rstrip("/").rsplit("/", 1)[-1], (at.point or "") if at else "",
+                 str(at.repeat or "") if at else "", job.name, job.slurm_id, job.type,
                  job_states.get(job.name, "?"), cell(shaped.get("status", ""))]
         metric_rows = _metric_rows(data) if data is not None else [("-", "no results", "")]
-        rows += [[*first, metric, cell(value), unit, parameters] for metric, value, unit in metric_rows]
+        rows += [[*first, metric, cell(value), unit, swept, parameters] for metric, value, unit in metric_rows]
     return rows
+
+
+def _sweep_results(run_dir: Path, run: Run, job_states: dict[str, str], as_json: bool) -> int:
+    """A sweep's results: one row per point, repeat and metric, then each point's aggregate over its repeats."""
+    from .points import aggregate, base_name, by_point, point_results, read_manifest, sweep_of
+    from .report import print_table
+
+    sweep = sweep_of(read_manifest(run_dir))
+    assert sweep is not None
+    rows = point_results(run_dir, run)
+    aggregates = []
+    for (point, client), repeats in by_point(rows).items():
+        names = sorted({name for row in repeats for name in row.metrics()})
+        for name in names:
+            summary = aggregate(row.metrics()[name] for row in repeats if name in row.metrics())
+            if summary is not None:
+                aggregates.append({"point": point, "values": dict(repeats[0].values), "client": client,
+                                   "metric": name, "unit": unit_of(name), **vars(summary)})
+    if as_json:
+        print(json.dumps({"run": run_dir.name, "sweep": {"keys": list(sweep.keys), "repeat": sweep.repeat},
+                          "rows": [{"point": row.point, "values": dict(row.values), "repeat": row.repeat,
+                                    "client": base_name(row), "job": row.job, "slurm_id": row.slurm_id,
+                                    "state": job_states.get(row.job, "?"), "results": row.results} for row in rows],
+                          "aggregates": aggregates}, indent=2, sort_keys=True))
+        return 0
+    keys = list(sweep.keys)
+    table = []
+    for row in rows:
+        first = [row.point or "-", *(cell(row.values.get(key, "")) for key in keys), str(row.repeat or ""),
+                 base_name(row), job_states.get(row.job, "?")]
+        metric_rows = _metric_rows(row.results) if row.results is not None else [("-", "no results", "")]
+        table += [[*first, metric, cell(value), unit] for metric, value, unit in metric_rows]
+    print_table(f"results of {run_dir.name}: {len(sweep.points)} points x {sweep.repeat} repeats",
+                ["point", *keys, "repeat", "client", "state", "metric", "value", "unit"], table)
+    summary_rows = [[str(a["point"]), *(cell(a["values"].get(key, "")) for key in keys), str(a["client"]),
+                     str(a["metric"]), str(a["n"]), _number(a["mean"]), _number(a["stdev"]), _number(a["min"]),
+                     _number(a["max"]), str(a["unit"])] for a in aggregates]
+    print()
+    print_table("over the repeats of each point", ["point", *keys, "client", "metric", "n", "mean", "stdev", "min",
+                                                   "max", "unit"], summary_rows)
+    return 0
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -264,6 +316,11 @@ def cmd_results(args: argparse.Namespace) -> int:
         collected[job] = {**(data if isinstance(data, dict) else {} if data is None else {"results": data}),
                           "images": used}
     job_states = _job_states(run)
+    if not args.csv and (run_dir / "manifest.json").is_file():
+        from .points import read_manifest, sweep_of
+
+        if sweep_of(read_manifest(run_dir)) is not None:
+            return _sweep_results(run_dir, run, job_states, args.json)
     if args.json:
         shown = {job: {**(data if isinstance(data, dict) else {} if data is None else {"results": data}),
                        "job_state": job_states.get(job, "?")} for job, data in collected.items()}
@@ -272,7 +329,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.csv:
         writer = csv.writer(sys.stdout)
         writer.writerow(RESULT_CSV_HEADERS)
-        writer.writerows(_csv_rows(run, collected, job_states))
+        writer.writerows(_csv_rows(run, run_dir, collected, job_states))
         return 0
     print_table(f"results of {run_dir.name}", RESULT_HEADERS, _result_rows(collected, job_states))
     return 0

@@ -247,10 +247,11 @@ def test_results_show_each_jobs_state_and_no_empty_row(slurm, tmp_path):
     done = orchc(slurm, "results", run, "--csv", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     rows = [line.split(",") for line in done.stdout.splitlines()]
-    assert rows[0] == ["run", "job", "slurm_id", "type", "state", "status", "metric", "value", "unit", "parameters"]
-    assert ["run", "bench", "8", "redis_client", "RUNNING", "", "tests.SET.rps", "10", "", ""] in rows
-    late = [row for row in rows if row[1] == "late"]
-    assert late and late[0][4] == "PENDING" and late[0][7] == "no results"
+    assert rows[0] == ["run", "point", "repeat", "job", "slurm_id", "type", "state", "status", "metric", "value",
+                       "unit", "swept", "parameters"]
+    assert ["run", "", "", "bench", "8", "redis_client", "RUNNING", "", "tests.SET.rps", "10", "", "", ""] in rows
+    late = [row for row in rows if row[3] == "late"]
+    assert late and late[0][6] == "PENDING" and late[0][9] == "no results"
     table = orchc(slurm, "results", run, cwd=tmp_path).stdout
     assert "no results yet" in table                                       # says why there is nothing yet
 
@@ -282,8 +283,8 @@ def test_results_of_the_documented_shape_show_units_status_and_parameters(slurm,
     assert re.search(r"ttft_p99_ms\s.*12\.5\s.*\bms\b", table) and re.search(r"output_tokens_per_s\s.*300\.0\s.*1/s", table)
     assert re.search(r"stopped_by\s.*duration", table) and "parameters" not in table
     rows = list(csv.reader(io.StringIO(orchc(slurm, "results", run, "--csv", cwd=tmp_path).stdout)))
-    by_metric = {row[6]: row for row in rows[1:]}
-    assert by_metric["requests_ok_count"][7:9] == ["9", "count"] and by_metric["wall_time_s"][8] == "s"
-    assert by_metric["recall_at_10_ratio"][8] == "ratio" and by_metric["status"][7] == "partial"
-    assert all(row[:6] == ["run", "bench", "8", "redis_client", "COMPLETED", "partial"] for row in rows[1:])
-    assert all(json.loads(row[9]) == shaped["parameters"] for row in rows[1:])
+    by_metric = {row[8]: row for row in rows[1:]}
+    assert by_metric["requests_ok_count"][9:11] == ["9", "count"] and by_metric["wall_time_s"][10] == "s"
+    assert by_metric["recall_at_10_ratio"][10] == "ratio" and by_metric["status"][9] == "partial"
+    assert all(row[:8] == ["run", "", "", "bench", "8", "redis_client", "COMPLETED", "partial"] for row in rows[1:])
+    assert all(json.loads(row[12]) == shaped["parameters"] for row in rows[1:])

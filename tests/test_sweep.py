@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
+from test_cluster import cluster, free_port, needs_redis, status, wait_for  # noqa: F401
+from test_cluster import orchc as cluster_orchc
 
 HEADLINE = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?P<col>\d+): error: (?P<message>.+)$", re.M)
 
@@ -173,3 +175,38 @@ def test_show_points_lists_the_points(orchc, write, tmp_path):
     assert shown.code == 0, shown.err
     assert re.search(r"p01\s+10\s+bench-p01-r1, bench-p01-r2", shown.out), shown.out
     assert re.search(r"p02\s+50\s+bench-p02-r1, bench-p02-r2", shown.out), shown.out
+
+
+# --- on the test cluster ---------------------------------------------------------------------------
+
+def test_a_sweep_runs_as_a_ladder_against_one_service_on_the_cluster(cluster, needs_redis, tmp_path):  # noqa: F811
+    port = free_port()
+    (tmp_path / "sw.yaml").write_text(
+        f"name: sw\nsite: local\nservice:\n  name: redis\n  ports: [{port}]\n  resources: {{time: '00:05:00'}}\n"
+        "client:\n  name: bench\n  type: redis_client\n  tests: [set]\n  requests: 2000\n"
+        "sweep:\n  matrix:\n    bench.clients: [1, 4]\n    bench.pipeline: [1, 8]\n"
+        "  exclude:\n    - {bench.clients: 4, bench.pipeline: 1}\n  repeat: 2\n")
+    run = tmp_path / "run"
+    submitted = cluster_orchc("submit", "sw.yaml", "--run-dir", run, cwd=tmp_path)
+    assert submitted.stdout.count("SLURM job") == 7, submitted.stdout
+    names = ["redis"] + [f"bench-p0{p}-r{r}" for p in (1, 2, 3) for r in (1, 2)]
+    wait_for(lambda: all(job["state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+                         for job in status(run).values()), 240, "every job of the sweep to end")
+    states = status(run)
+    assert sorted(states) == sorted(names) and all(job["state"] == "COMPLETED" for job in states.values()), states
+    # one after another: each client started once the one before it had written its results
+    clients = names[1:]
+    for before, after in itertools.pairwise(clients):
+        ended = (run / "results" / before / "results.json").stat().st_mtime
+        started = next((run / "done").glob(f"{after}.*.started")).stat().st_mtime
+        assert started >= ended - 0.05, (before, after)
+    data = json.loads(cluster_orchc("results", run, "--json", cwd=tmp_path).stdout)
+    rows = {(row["point"], row["repeat"]): row for row in data["rows"]}
+    assert sorted(rows) == [(f"p0{p}", r) for p in (1, 2, 3) for r in (1, 2)]
+    assert rows[("p03", 2)]["values"] == {"bench.clients": 4, "bench.pipeline": 8}
+    assert rows[("p03", 2)]["results"]["parameters"]["clients"] == 4
+    assert all(row["results"]["status"] == "complete" for row in rows.values())
+    rates = [a for a in data["aggregates"] if a["metric"] == "set.requests_per_s"]
+    assert [a["point"] for a in rates] == ["p01", "p02", "p03"] and all(a["n"] == 2 and a["mean"] > 0 for a in rates)
+    table = cluster_orchc("results", run, cwd=tmp_path).stdout
+    assert re.search(r"p02\s+1\s+8\s+1\s+bench\s+COMPLETED\s+set\.requests_per_s", table), table
