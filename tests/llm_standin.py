@@ -16,7 +16,8 @@ queueing shows in their time to first token. Both APIs stream:
   GET /v1/models and GET /api/tags (one model, "tiny"), GET /health. The model "missing" is answered 404.
 
 `"max_tokens"` (OpenAI) and `"options": {"num_predict"}` (Ollama) cap TOKENS. Every request body is kept
-(`requests`), and with a log file appended one JSON line each. Settable by arguments or by environment
+(`requests`), and so is each request's timing as the server saw it (`timings`: when it arrived, got its
+slot and wrote each token); with a log file, one JSON line each. Settable by arguments or by environment
 (STANDIN_TOKENS, STANDIN_FIRST_TOKEN_DELAY, STANDIN_INTER_TOKEN_DELAY, STANDIN_PARALLELISM, STANDIN_LOG).
 
     python3 tests/llm_standin.py --port 0 --tokens 5 --first-token-delay 0.05 --inter-token-delay 0.02 --parallelism 1
@@ -74,7 +75,18 @@ class Settings:
         self.slots = FifoSlots(parallelism)
         self.log = log
         self.requests: list[dict[str, Any]] = []
+        self.timings: list[dict[str, Any]] = []
         self.lock = threading.Lock()
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """A request as it arrives ({"path", "body"}), and once its last token is written its timing
+        ({"path", "timing": {"received", "slot", "tokens"}}: time.perf_counter() values, which on Linux are
+        CLOCK_MONOTONIC, so comparable between processes); a log line each."""
+        with self.lock:
+            (self.timings if "timing" in entry else self.requests).append(entry)
+            if self.log:
+                with open(self.log, "a") as out:
+                    out.write(json.dumps(entry) + "\n")
 
 
 def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
@@ -115,11 +127,7 @@ def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 self._send(400, {"error": "invalid JSON"})
                 return
-            with settings.lock:
-                settings.requests.append({"path": self.path, "body": body, "received": time.time()})
-                if settings.log:
-                    with open(settings.log, "a") as out:
-                        out.write(json.dumps({"path": self.path, "body": body}) + "\n")
+            settings.record({"path": self.path, "body": body})
             if self.path not in ("/v1/completions", "/v1/chat/completions", "/api/generate"):
                 self._send(404, {"error": "not found"})
                 return
@@ -135,7 +143,9 @@ def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
             prompt = body.get("prompt") if self.path != "/v1/chat/completions" else \
                 " ".join(str(m.get("content", "")) for m in body.get("messages") or [])
             prompt_tokens = len(str(prompt or "").split())
+            received = time.perf_counter()
             settings.slots.acquire()
+            times: list[float] = []
             try:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-ndjson" if ollama else "text/event-stream")
@@ -149,11 +159,14 @@ def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
                     if pause > 0:
                         time.sleep(pause)
                     self._chunk(self._token(body, i, ollama))
+                    times.append(time.perf_counter())
                     due += settings.inter_token_delay
+                settings.record({"path": self.path, "timing": {"received": received, "slot": started, "tokens": times}})
                 self._chunk(self._final(body, prompt_tokens, count, ollama))
                 self._chunk(b"")
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
+                settings.record({"path": self.path, "timing": {"received": received, "tokens": times, "cut": True}})
             finally:
                 settings.slots.release()
 

@@ -6,15 +6,17 @@ request takes S = F + (TOKENS - 1) * D of service, and every figure the benchmar
 the test can compute: TTFT = queue wait + F, ITL = TPOT = D, E2E = TTFT + (TOKENS - 1) * D, and
 request throughput = completed requests / wall time.
 
-Tolerances: a request's TTFT and E2E within 25 ms + 5 % of the expected value, per-request averages
-(TPOT, mean and median ITL) within 5 ms + 5 %, single gaps (ITL p99, max) within 25 ms + 5 %, and rates
-within 10 %. Server and client are separate processes on loopback; time.sleep overshoots by about a
-millisecond, but on the shared 2-core test VM (load average 5 while other suites ran) a thread is now
-and then scheduled 10-17 ms late (measured: one E2E of 145 ms for 130 ms, a mean TTFT of 360 ms for
-342 ms with the queue), which a single sample shows in full, and queued requests add up the overhead
-of every service ahead of them (hence the 5 %). The delays (20-50 ms) stay large against that and
-small enough that all tests together take about 15 s. A wrong definition is far outside these bounds:
-TPOT divided by N instead of N - 1 is off by 25 %, a queue wait of one service is 130 ms.
+Two references. The server's own record of each request (tests/llm_standin.py logs when it got the
+request and when it wrote each token, on the same monotonic clock) is what the client should have
+seen: TTFT and E2E distributions must match it within 15 ms + 5 % per value, the averages of token
+gaps (TPOT, ITL mean and median) within 1.5 ms + 2 %, the request rate within 10 % (measured at load
+average 5 on the 2-core VM: TTFT within 4 ms of the server's record, token-gap averages within 0.1 ms).
+The nominal timing (F, D, the queue) must hold too, looser: 30 ms + 20 % per value, 20 % for rates,
+because under load the server itself sleeps late and a queue adds up every late service ahead of it
+(measured at load average 7, while other suites ran: a queued TTFT of 495 ms for a nominal 440 ms).
+A wrong definition is outside these bounds: TPOT divided by N instead of N - 1 is 4 ms off, one
+service of queue wait is 130 ms, ITL per request instead of pooled changes its percentiles. The
+delays (20-50 ms) keep the file at about 20 s.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ import llm_bench  # noqa: E402
 
 F, D, TOKENS = 0.05, 0.02, 5
 S = F + (TOKENS - 1) * D          # 0.13 s of service per request
-LATENCY_MS, AVERAGE_MS, GAP_MS, RATE = 25.0, 5.0, 25.0, 0.10
-QUEUED = 0.05   # relative slack on top, for values that add up several services (k * S + F)
+CLIENT = (15.0, 0.05)       # against the server's record: ms + share of the value
+AVERAGE = (1.5, 0.02)       # averages of token gaps against the server's record
+NOMINAL = (30.0, 0.20)      # against the nominal timing
+RATE, NOMINAL_RATE = 0.10, 0.20
 
 
 def inclusive_percentile(values: list[float], p: int) -> float:
@@ -60,8 +64,14 @@ class Server:
         assert line.startswith("listening on "), line
         self.port = int(line.rsplit(":", 1)[1])
 
-    def requests(self) -> list[dict]:
+    def _log(self) -> list[dict]:
         return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
+
+    def requests(self) -> list[dict]:
+        return [entry for entry in self._log() if "body" in entry]
+
+    def timings(self) -> list[dict]:
+        return [entry for entry in self._log() if "timing" in entry]
 
     def close(self) -> None:
         self.process.kill()
@@ -98,17 +108,43 @@ def bench(tmp_path: Path, port: int, *args: str, api: str = "openai-completions"
     return metrics, records, done
 
 
-def near(value: float | None, expected: float, tolerance: float) -> bool:
-    return value is not None and abs(value - expected) <= tolerance + QUEUED * abs(expected)
+def near(value: float | None, expected: float, tolerance: tuple[float, float]) -> bool:
+    return value is not None and abs(value - expected) <= tolerance[0] + tolerance[1] * abs(expected)
 
 
-def assert_distribution(metrics: dict, name: str, expected_s: list[float], tolerance_ms: float) -> None:
-    """mean, median, p90, p95, p99, min and max of `name` against the values the timing implies."""
+def assert_distribution(metrics: dict, name: str, expected_s: list[float], tolerance: tuple[float, float]) -> None:
+    """mean, median, p90, p95, p99, min and max of `name` against those of the expected values."""
     ms = [v * 1000 for v in expected_s]
     want = {"mean": statistics.fmean(ms), "median": statistics.median(ms), "min": min(ms), "max": max(ms),
             **{f"p{p}": inclusive_percentile(ms, p) for p in (90, 95, 99)}}
     for label, value in want.items():
-        assert near(metrics[f"{name}_{label}_ms"], value, tolerance_ms), (name, label, metrics[f"{name}_{label}_ms"], value)
+        got = metrics[f"{name}_{label}_ms"]
+        assert near(got, value, tolerance), (name, label, got, value, tolerance)
+
+
+def server_record(s: Server, skip: int = 0) -> dict[str, list[float]]:
+    """What the server saw, per completed request (after the first `skip`, the warm-up): TTFT, E2E, TPOT from
+    its arrival and token times, ITL pooled, and its span (first arrival to last token)."""
+    timings = [t["timing"] for t in s.timings() if not t["timing"].get("cut")][skip:]
+    tokens = [t["tokens"] for t in timings]
+    return {"ttft": [t["tokens"][0] - t["received"] for t in timings],
+            "e2e_latency": [t["tokens"][-1] - t["received"] for t in timings],
+            "tpot": [(x[-1] - x[0]) / (len(x) - 1) for x in tokens if len(x) > 1],
+            "itl": [b - a for x in tokens for a, b in itertools.pairwise(x)],
+            "span": [max(x[-1] for x in tokens) - min(t["received"] for t in timings)]}
+
+
+def assert_timing(m: dict, s: Server, nominal: dict[str, list[float]]) -> None:
+    """TTFT and E2E against the server's record and the nominal values; TPOT and ITL averages likewise."""
+    seen = server_record(s)
+    for name in ("ttft", "e2e_latency"):
+        assert_distribution(m, name, seen[name], CLIENT)
+        assert_distribution(m, name, nominal[name], NOMINAL)
+    for name in ("tpot", "itl"):
+        assert near(m[f"{name}_mean_ms"], statistics.fmean(seen[name]) * 1000, AVERAGE), (name, m[f"{name}_mean_ms"])
+        assert near(m[f"{name}_median_ms"], statistics.median(seen[name]) * 1000, AVERAGE), (name, m[f"{name}_median_ms"])
+        assert near(m[f"{name}_mean_ms"], D * 1000, NOMINAL)
+    assert m["request_throughput_per_s"] == pytest.approx(len(seen["ttft"]) / seen["span"][0], rel=RATE)
 
 
 # ---------------------------------------------------------------------------------------------- percentiles
@@ -162,16 +198,13 @@ def test_closed_loop_one_at_a_time(server, tmp_path):
     s = server(parallelism=1)
     m, records, _ = bench(tmp_path, s.port, "--num-requests", "6", "--concurrent", "1")
     assert (m["requests_ok_count"], m["requests_failed_count"]) == (6, 0)
-    assert_distribution(m, "ttft", [F] * 6, LATENCY_MS)
-    assert_distribution(m, "e2e_latency", [S] * 6, LATENCY_MS)
-    assert near(m["tpot_mean_ms"], D * 1000, AVERAGE_MS) and near(m["itl_mean_ms"], D * 1000, AVERAGE_MS)
-    assert near(m["itl_median_ms"], D * 1000, AVERAGE_MS) and near(m["itl_p99_ms"], D * 1000, GAP_MS)
-    assert m["request_throughput_per_s"] == pytest.approx(1 / S, rel=RATE)
-    assert m["output_tokens_per_s"] == pytest.approx(TOKENS / S, rel=RATE)
+    assert_timing(m, s, {"ttft": [F] * 6, "e2e_latency": [S] * 6})
+    assert m["request_throughput_per_s"] == pytest.approx(1 / S, rel=NOMINAL_RATE)
+    assert m["output_tokens_per_s"] == pytest.approx(6 * TOKENS / m["wall_time_s"])
     # input tokens from the server's usage: the stand-in counts the prompt's words (3 and 4, in turn)
     assert m["input_tokens_count"] == 3 * 3 + 3 * 4 and m["output_tokens_count"] == 6 * TOKENS
-    assert m["total_tokens_per_s"] == pytest.approx((21 + 30) / (6 * S), rel=RATE)
-    assert m["wall_time_s"] == pytest.approx(6 * S, rel=RATE)
+    assert m["total_tokens_per_s"] == pytest.approx((21 + 30) / m["wall_time_s"])
+    assert m["wall_time_s"] == pytest.approx(6 * S, rel=NOMINAL_RATE)
     assert {r["tokens_source"] for r in records} == {"server"}
     assert all(len(r["chunk_times_s"]) == TOKENS for r in records)
 
@@ -182,11 +215,9 @@ def test_closed_loop_four_workers_against_one_slot_shows_the_queue_in_ttft(serve
     s = server(parallelism=1)
     m, _, _ = bench(tmp_path, s.port, "--num-requests", "8", "--concurrent", "4", api="openai-chat")
     ttfts = [F, S + F, 2 * S + F] + [3 * S + F] * 5
-    assert_distribution(m, "ttft", ttfts, LATENCY_MS)
-    assert_distribution(m, "e2e_latency", [t + (TOKENS - 1) * D for t in ttfts], LATENCY_MS)
-    assert near(m["tpot_mean_ms"], D * 1000, AVERAGE_MS)
-    assert m["request_throughput_per_s"] == pytest.approx(1 / S, rel=RATE)
-    assert m["wall_time_s"] == pytest.approx(8 * S, rel=RATE)
+    assert_timing(m, s, {"ttft": ttfts, "e2e_latency": [t + (TOKENS - 1) * D for t in ttfts]})
+    assert m["request_throughput_per_s"] == pytest.approx(1 / S, rel=NOMINAL_RATE)
+    assert m["wall_time_s"] == pytest.approx(8 * S, rel=NOMINAL_RATE)
     assert s.requests()[0]["path"] == "/v1/chat/completions"
 
 
@@ -194,10 +225,8 @@ def test_closed_loop_four_workers_against_four_slots(server, tmp_path):
     """No queue: every TTFT is F, and four times the throughput of one slot."""
     s = server(parallelism=4)
     m, _, _ = bench(tmp_path, s.port, "--num-requests", "8", "--concurrent", "4", api="ollama")
-    assert_distribution(m, "ttft", [F] * 8, LATENCY_MS)
-    assert_distribution(m, "e2e_latency", [S] * 8, LATENCY_MS)
-    assert near(m["tpot_mean_ms"], D * 1000, AVERAGE_MS) and near(m["itl_max_ms"], D * 1000, GAP_MS)
-    assert m["request_throughput_per_s"] == pytest.approx(4 / S, rel=RATE)
+    assert_timing(m, s, {"ttft": [F] * 8, "e2e_latency": [S] * 8})
+    assert m["request_throughput_per_s"] == pytest.approx(4 / S, rel=NOMINAL_RATE)
     # Ollama's own timings, as the stand-in reports them (ns -> ms)
     assert m["load_duration_mean_ms"] == 0
     assert m["prompt_eval_duration_mean_ms"] == pytest.approx(F * 1000)
@@ -216,15 +245,13 @@ def test_open_loop_poisson_arrivals_at_a_rate(server, tmp_path):
     s = server(parallelism=16)
     m, records, _ = bench(tmp_path, s.port, "--num-requests", "10", "--request-rate", "20", "--seed", "7")
     sends = sorted(r["send_s"] for r in records)
-    assert near(sends[-1] * 1000, 10 / 20 * 1000, LATENCY_MS)
+    assert near(sends[-1] * 1000, 10 / 20 * 1000, CLIENT)
     gaps = [b - a for a, b in itertools.pairwise(sends)]
     assert statistics.pstdev(gaps) > 0.3 * statistics.fmean(gaps)        # exponential gaps, not a metronome
-    assert_distribution(m, "ttft", [F] * 10, LATENCY_MS)
-    assert_distribution(m, "e2e_latency", [S] * 10, LATENCY_MS)
-    assert m["wall_time_s"] == pytest.approx(sends[-1] + S, abs=0.03)
-    assert m["request_throughput_per_s"] == pytest.approx(10 / (sends[-1] + S), rel=RATE)
+    assert_timing(m, s, {"ttft": [F] * 10, "e2e_latency": [S] * 10})
+    assert m["wall_time_s"] == pytest.approx(sends[-1] + S, rel=NOMINAL_RATE)
     _, again, _ = bench(tmp_path, s.port, "--num-requests", "10", "--request-rate", "20", "--seed", "7", results="again")
-    assert all(near(a * 1000, b * 1000, LATENCY_MS) for a, b in zip(sends, sorted(r["send_s"] for r in again)))
+    assert all(near(a * 1000, b * 1000, CLIENT) for a, b in zip(sends, sorted(r["send_s"] for r in again)))
     _, other, _ = bench(tmp_path, s.port, "--num-requests", "10", "--request-rate", "20", "--seed", "8", results="other")
     assert any(abs(a - b) > 0.03 for a, b in zip(sends, sorted(r["send_s"] for r in other)))
 
@@ -237,8 +264,8 @@ def test_open_loop_max_concurrency_holds_arrivals_back(server, tmp_path):
     records.sort(key=lambda r: r["send_s"])
     for before, after in itertools.pairwise(records):
         assert after["send_s"] >= before["send_s"] + before["end_s"] - 0.001
-    assert_distribution(m, "ttft", [F] * 5, LATENCY_MS)
-    assert m["request_throughput_per_s"] == pytest.approx(1 / S, rel=RATE)
+    assert_timing(m, s, {"ttft": [F] * 5, "e2e_latency": [S] * 5})
+    assert m["request_throughput_per_s"] == pytest.approx(1 / S, rel=NOMINAL_RATE)
 
 
 # ---------------------------------------------------------------------------------------------- warm-up, cuts
@@ -249,7 +276,7 @@ def test_warmup_requests_are_sent_first_and_not_counted(server, tmp_path):
     assert len(s.requests()) == 5 and len(records) == 3
     assert sorted(r["index"] for r in records) == [0, 1, 2]
     assert (m["requests_ok_count"], m["warmup_requests_count"]) == (3, 2)
-    assert m["wall_time_s"] == pytest.approx(3 * S, rel=RATE)            # the warm-up is not in the wall time
+    assert m["wall_time_s"] == pytest.approx(3 * S, rel=NOMINAL_RATE)    # the warm-up is not in the wall time
 
 
 def test_duration_cuts_requests_in_flight_and_keeps_their_partial_timings(server, tmp_path):
@@ -262,9 +289,9 @@ def test_duration_cuts_requests_in_flight_and_keeps_their_partial_timings(server
     assert len(records) == 2 and len(s.requests()) == 2
     for r in records:
         assert (r["ok"], r["cut"], r["error"]) == (False, True, "cut at duration")
-        assert near(r["ttft_s"] * 1000, F * 1000, LATENCY_MS)
-        assert abs(len(r["chunk_times_s"]) - ((0.5 - F) / D + 1)) <= 2           # ~23 tokens arrived
-        assert near(r["end_s"] * 1000, 500, 50)
+        assert near(r["ttft_s"] * 1000, F * 1000, NOMINAL)
+        assert 5 <= len(r["chunk_times_s"]) <= 24          # ~23 tokens arrive in 0.5 s, fewer when the start was slow
+        assert r["send_s"] + r["end_s"] < 0.5 + 0.1        # cut at the deadline, counted from the program's start
     assert (m["requests_ok_count"], m["requests_cut_count"], m["requests_failed_count"]) == (0, 2, 0)
     assert m["ttft_mean_ms"] is None                                       # only completed requests count
 
@@ -278,7 +305,10 @@ def test_sigterm_cuts_and_still_writes_metrics(server, tmp_path, stopped, error)
                                 "--port", str(s.port), "--api", "openai-completions", "--model", "tiny",
                                 "--prompts-json", str(tmp_path / "prompts.json"), "--num-requests", "3"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.6)
+    deadline = time.monotonic() + 10
+    while not s.requests() and time.monotonic() < deadline:   # the request has reached the server
+        time.sleep(0.02)
+    time.sleep(0.3)                                           # ~12 tokens streamed (fewer on a loaded machine)
     if stopped:
         (tmp_path / "res" / "stopped").write_text(stopped + "\n")
     sent = time.monotonic()
@@ -286,7 +316,7 @@ def test_sigterm_cuts_and_still_writes_metrics(server, tmp_path, stopped, error)
     assert process.wait(timeout=5) == 0, process.stderr.read() if process.stderr else ""
     assert time.monotonic() - sent < 1
     (record,) = [json.loads(line) for line in (tmp_path / "res" / "requests.jsonl").read_text().splitlines()]
-    assert record["error"] == error and record["cut"] and len(record["chunk_times_s"]) > 10
+    assert record["error"] == error and record["cut"] and 3 <= len(record["chunk_times_s"]) < 100
     metrics = json.loads((tmp_path / "res" / "metrics.json").read_text())
     assert metrics["requests_cut_count"] == 1
 

@@ -145,7 +145,7 @@ class Run:
         self.lock = threading.Lock()
         self.active = set()
         self.t0 = None
-        self.records = []
+        self.errors = []
         self.out = None
 
     def remaining(self):
@@ -171,7 +171,8 @@ class Run:
 
     def write(self, record):
         with self.lock:
-            self.records.append(record)
+            if record.get("error") and len(self.errors) < 5:
+                self.errors.append(record["error"])
             if self.out is not None:
                 self.out.write(json.dumps(record, sort_keys=True) + "\n")
                 self.out.flush()
@@ -416,6 +417,8 @@ def open_loop(run, prompts, count, first_index, on_record):
         thread = threading.Thread(target=one, args=(first_index + i,), daemon=True)
         thread.start()
         threads.append(thread)
+        if len(threads) >= 1000:
+            threads = [t for t in threads if t.is_alive()]
     join_all(run, threads)
     for conn in idle:
         conn.close()
@@ -539,7 +542,7 @@ def run_command(args):
     print(f"llm_bench: {metrics['requests_ok_count']} ok, {metrics['requests_failed_count']} failed, "
           f"{metrics['requests_cut_count']} cut in {metrics['wall_time_s'] or 0:.2f} s")
     if metrics["requests_ok_count"] == 0 and not metrics["requests_cut_count"]:
-        errors = [r["error"] for r in run.records if r.get("error")] or info["warmup_failed"]
+        errors = run.errors or info["warmup_failed"]
         message = "no request succeeded" + (": " + errors[0] if errors else "")
         with open(os.path.join(args.results, "error"), "w") as handle:
             handle.write(message[:2000] + "\n")
