@@ -41,6 +41,11 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     add_compile_options(submit)
     submit.set_defaults(run=cmd_submit)
 
+    rerun = commands.add_parser("rerun", help="submit the jobs a run compiled again, byte for byte, as a new run")
+    rerun.add_argument("run_ref", metavar="RUN")
+    rerun.add_argument("--run-dir", type=Path, metavar="DIR", help="default: runs/<recipe>-<UTC timestamp>/")
+    rerun.set_defaults(run=cmd_rerun)
+
     status = commands.add_parser("status", help="the state of each job of a run (default: the latest)")
     status.add_argument("run_ref", nargs="?", metavar="RUN")
     status.add_argument("--watch", action="store_true", help="refresh until every job has ended")
@@ -88,10 +93,31 @@ def cmd_submit(args: argparse.Namespace) -> int:
     (output,) = compile_all([args.recipe], compile_options(args))
     run_dir = args.run_dir or new_run_dir(output.recipe.name)
     try:
-        run = submit(output, run_dir, default_scheduler())
+        run = submit(output, run_dir, default_scheduler(), _command_line())
     except Interrupted as stopped:
         print(f"orchc: error: {stopped}", file=sys.stderr)
         return 128 + stopped.signum
+    return _submitted(run, run_dir)
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from .runs import Interrupted, default_scheduler, load_run, new_run_dir, rerun
+
+    source, old = load_run(args.run_ref)
+    run_dir = args.run_dir or new_run_dir(old.recipe)
+    try:
+        run = rerun(source, run_dir, default_scheduler(), _command_line())
+    except Interrupted as stopped:
+        print(f"orchc: error: {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
+    return _submitted(run, run_dir)
+
+
+def _command_line() -> tuple[str, ...]:
+    return ("orchc", *sys.argv[1:])
+
+
+def _submitted(run: Run, run_dir: Path) -> int:
     for job in run.jobs:
         print(f"submitted {job.role} {job.name}: SLURM job {job.slurm_id}")
     print(f"run: {run_dir}  (follow it with: orchc status --watch {run_dir})")

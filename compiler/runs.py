@@ -62,6 +62,11 @@ class Run:
     error: str | None
     jobs: tuple[RunJob, ...]
     scheduler: str = "slurm"
+    orchc_version: str = ""
+    command: tuple[str, ...] = ()
+    """the orchc command line that made the run"""
+    rerun_of: str = ""
+    """the run folder whose compiled jobs this run submitted again (orchc rerun)"""
 
     def job(self, name: str) -> RunJob:
         for job in self.jobs:
@@ -161,8 +166,12 @@ def parse_run(text: str, source: str) -> Run:
     jobs = tuple(_run_job(job, index, damaged) for index, job in enumerate(data["jobs"]))
     if len({job.name for job in jobs}) != len(jobs):
         raise damaged("two jobs have the same name")
+    command = data.get("command", [])
+    if not isinstance(command, list) or not all(isinstance(word, str) for word in command):
+        raise damaged("command is not a list of words")
     return Run(str(data.get("recipe", "")), _text(data.get("site")), _text(data.get("created")),
-               _text(data.get("run_dir")), state, error, jobs, scheduler)
+               _text(data.get("run_dir")), state, error, jobs, scheduler, _text(data.get("orchc_version")),
+               tuple(command), _text(data.get("rerun_of")))
 
 
 def _text(value: Any) -> str:
@@ -203,11 +212,50 @@ def default_scheduler() -> Scheduler:
 
 # --- submitting -----------------------------------------------------------------------------------
 
-def submit(output: Output, run_dir: Path, scheduler: Scheduler) -> Run:
-    """Write the compiled recipe into `run_dir` and submit its jobs in the manifest's order.
+RESOLVED_FILE = "resolved.json"
+
+
+def submit(output: Output, run_dir: Path, scheduler: Scheduler, command: tuple[str, ...] = ()) -> Run:
+    """Write the compiled recipe (and every job as resolved, in resolved.json) into `run_dir` and submit its
+    jobs in the manifest's order.
 
     Raises ClusterError (or Interrupted for a signal) after cancelling whatever was submitted.
     """
+    resolved = {"recipe": output.recipe.name, "site": output.recipe.site.name,
+                "points": [{"point": name, "values": dict(values)} for name, values in output.recipe.points],
+                "jobs": {job.name: job.values() for job in output.recipe.jobs}}
+    files = {**output.files, RESOLVED_FILE: json.dumps(resolved, indent=2, sort_keys=True, default=str) + "\n"}
+    return submit_files(files, output.recipe.site.name, run_dir, scheduler, Run("", "", "", "", "", None, (),
+                                                                                  command=command))
+
+
+def rerun(source: Path, run_dir: Path, scheduler: Scheduler, command: tuple[str, ...] = ()) -> Run:
+    """Submit the jobs a run compiled again, byte for byte, as a new run (its manifest vouches for them)."""
+    from .emit import digest
+    from .plan import MANIFEST
+
+    old = parse_run(read_regular(source / RUN_FILE, _RUN_LIMIT), str(source / RUN_FILE))
+    try:
+        manifest = json.loads(read_regular(source / MANIFEST, _RUN_LIMIT * 64))
+        names = [name for name in manifest["files"] if isinstance(name, str) and _NAME.fullmatch(name)]
+        files = {name: read_regular(source / name, _RUN_LIMIT * 64) for name in names if name != MANIFEST}
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise ClusterError(f"cannot read the compiled jobs of {source}: {exc}") from None
+    if digest(files) != manifest.get("digest"):
+        raise ClusterError(f"{source}: the scripts differ from what its manifest.json vouches for (edited after "
+                           "compiling?); compile and submit the recipe again instead")
+    files[MANIFEST] = read_regular(source / MANIFEST, _RUN_LIMIT * 64)
+    if (source / RESOLVED_FILE).is_file():
+        files[RESOLVED_FILE] = read_regular(source / RESOLVED_FILE, _RUN_LIMIT * 64)
+    template = Run("", "", "", "", "", None, (), command=command, rerun_of=str(source.resolve()))
+    return submit_files(files, old.site, run_dir, scheduler, template)
+
+
+def submit_files(files: dict[str, str], site: str, run_dir: Path, scheduler: Scheduler, template: Run) -> Run:
+    """Write `files` into a new `run_dir` and submit the jobs its manifest.json plans; `template` gives what
+    run.json records of how the run was made (command, rerun_of)."""
+    from . import __version__
+
     scheduler.ready()
     try:
         run_dir.mkdir(parents=True)
@@ -216,10 +264,11 @@ def submit(output: Output, run_dir: Path, scheduler: Scheduler) -> Run:
     except OSError as exc:
         raise ClusterError(f"cannot create run folder {run_dir}: {exc.strerror or exc}") from None
     try:
-        write_files(run_dir, output.files)
+        write_files(run_dir, files)
         plan = read_plan(run_dir)
         folder = run_dir.resolve()
-        run = Run(plan.recipe, output.recipe.site.name, _now(), str(folder), "submitting", None, (), scheduler.name)
+        run = replace(template, recipe=plan.recipe, site=site, created=_now(), run_dir=str(folder),
+                      state="submitting", scheduler=scheduler.name, orchc_version=__version__)
         save_run(run_dir, run)
     except OSError as exc:
         raise ClusterError(f"cannot write run folder {run_dir}: {exc.strerror or exc}; nothing was submitted") from None
