@@ -85,6 +85,14 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     compare_form.add_argument("--csv", action="store_true")
     compare.set_defaults(run=comparing.cmd_compare)
 
+    from . import htmlreport
+
+    report = commands.add_parser("report", help="an HTML report of a run: summary, knees, plots (needs matplotlib)")
+    report.add_argument("run_ref", nargs="?", metavar="RUN")
+    report.add_argument("-o", "--output", type=Path, metavar="FILE.html",
+                        help="default: RUN/report.html; the plots as SVG and PNG in FILE/ beside it")
+    report.set_defaults(run=htmlreport.cmd_report)
+
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from .pipeline import compile_all

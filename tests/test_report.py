@@ -1,0 +1,336 @@
+"""orchc report: the HTML report of a run (compiler/htmlreport.py).
+
+Runs are built by hand (run.json, manifest.json with the sweep, results/<client>/results.json), with known
+figures, so every number the report shows can be checked against the data. The report is opened in a real
+headless browser (Debian's chromium, with a proxy that goes nowhere): that test fails under CI=true when
+chromium is missing, and skips otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import nvidia_smi_standin
+import pytest
+from conftest import ROOT, in_ci
+
+from compiler.htmlreport import families, headline, knee, number, paired_throughput, parse_gpu_csv, primary_throughput
+
+pytest.importorskip("matplotlib", reason="orchc report needs matplotlib: pip install -e '.[test]'")
+
+CLIENTS = [10, 50, 100, 200]
+PIPELINES = (1, 16)
+REPEATS = 3
+# Throughput (requests/s) and p99 latency (ms) of test "set" by (clients, pipeline): pipeline 1 saturates after
+# 50 clients (100 adds 6.7% throughput for 108% more p99 latency); pipeline 16 still scales at 200.
+SET = {(10, 1): (10000, 1.0), (50, 1): (45000, 1.2), (100, 1): (48000, 2.5), (200, 1): (47000, 5.0),
+       (10, 16): (60000, 0.8), (50, 16): (200000, 0.9), (100, 16): (380000, 1.0), (200, 16): (700000, 1.2)}
+NOISE = (0.98, 1.0, 1.02)  # repeat r's factor: the mean is the model's figure, the stdev known
+
+
+def job(name: str, slurm_id: str, role: str = "client", type_: str = "redis_client") -> dict:
+    return {"name": name, "type": type_, "role": role, "target": None, "script": f"{name}.sbatch",
+            "slurm_id": slurm_id, "submitted": "2026-01-01T00:00:00Z"}
+
+
+def results(metrics: dict, status: str = "complete", **extra: object) -> dict:
+    return {"schema": "orchc-results/1", "status": status, "metrics": metrics, "parameters": {}, **extra}
+
+
+def write_sweep_run(folder: Path, gpu_rows: int = 5, pipelines: tuple[int, ...] = PIPELINES,
+                    tests: tuple[str, ...] = ("set", "get")) -> Path:
+    """A redis sweep: bench.clients x bench.pipeline, 3 repeats, a GPU trace on the service; the third repeat
+    of p01 failed (no metrics)."""
+    (folder / "results").mkdir(parents=True)
+    points, jobs, manifest_jobs = [], [job("redis", "100", "service", "redis")], [{"name": "redis"}]
+    number_ = 0
+    for pipeline in pipelines:
+        for clients in CLIENTS:
+            number_ += 1
+            point = f"p{number_:02d}"
+            points.append({"point": point, "values": {"bench.clients": clients, "bench.pipeline": pipeline}})
+            rps, p99 = SET[(clients, pipeline)]
+            for repeat, factor in enumerate(NOISE, 1):
+                name = f"bench-{point}-r{repeat}"
+                jobs.append(job(name, str(100 + len(jobs))))
+                manifest_jobs.append({"name": name, "point": point, "repeat": repeat})
+                (folder / "results" / name).mkdir()
+                if point == "p01" and repeat == 3:
+                    data = results({}, "failed", error="benchmark phase failed")
+                else:
+                    figures = {"set.requests_per_s": rps * factor, "set.latency_p50_ms": p99 / 2 * factor,
+                               "set.latency_p99_ms": p99 * factor, "set.latency_mean_ms": p99 / 1.8,
+                               "get.requests_per_s": rps * 1.1, "get.latency_p99_ms": p99 * 0.9}
+                    data = results({**{k: v for k, v in figures.items() if k.split(".")[0] in tests},
+                                    "requests_failed_count": 0})
+                (folder / "results" / name / "results.json").write_text(json.dumps(data))
+    (folder / "run.json").write_text(json.dumps(
+        {"recipe": "redis-sweep", "site": "local", "created": "2026-01-01T00:00:00Z", "run_dir": str(folder),
+         "state": "submitted", "error": None, "jobs": jobs}))
+    (folder / "manifest.json").write_text(json.dumps(
+        {"recipe": "redis-sweep", "jobs": manifest_jobs,
+         "sweep": {"keys": ["bench.clients", "bench.pipeline"], "repeat": REPEATS, "points": points}}))
+    if gpu_rows:
+        (folder / "results" / "redis").mkdir()
+        lines = [nvidia_smi_standin.HEADER]
+        for sample in range(gpu_rows):
+            for index in range(2):
+                lines.append(", ".join([f"2026/01/01 00:00:{sample * 5:02d}.000",
+                                        *nvidia_smi_standin.row(sample, index)]))
+        (folder / "results" / "redis" / "gpu.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def report_files(out: Path) -> dict[str, bytes]:
+    """The HTML and every plot file of a report, by path relative to the HTML's folder."""
+    folder = out.with_suffix("")
+    found = {out.name: out.read_bytes()}
+    found.update({f"{folder.name}/{path.name}": path.read_bytes() for path in sorted(folder.iterdir())})
+    return found
+
+
+# --- metric rules ------------------------------------------------------------------------------------------
+
+def test_headline_metrics_follow_the_documented_name_rules():
+    redis = ["set.requests_per_s", "set.latency_mean_ms", "set.latency_min_ms", "set.latency_p50_ms",
+             "set.latency_p95_ms", "set.latency_p99_ms", "set.latency_max_ms"]
+    assert headline(redis) == ["set.requests_per_s", "set.latency_p50_ms", "set.latency_p99_ms"]
+    llm = ["request_throughput_per_s", "output_tokens_per_s", "ttft_mean_ms", "ttft_median_ms", "ttft_p90_ms",
+           "ttft_p99_ms", "e2e_latency_median_ms", "e2e_latency_p99_ms", "requests_ok_count", "wall_time_s"]
+    assert headline(llm) == ["output_tokens_per_s", "request_throughput_per_s", "e2e_latency_median_ms",
+                             "e2e_latency_p99_ms", "ttft_median_ms", "ttft_p99_ms"]
+    # sysbench's one percentile (p95) is its tail; mysqlslap has only a mean; recall is quality, its count is not
+    assert headline(["transactions_per_s", "latency_p95_ms", "latency_mean_ms"]) == [
+        "transactions_per_s", "latency_p95_ms"]
+    assert headline(["queries_per_s", "query_latency_mean_ms", "run_time_mean_s"]) == [
+        "queries_per_s", "query_latency_mean_ms"]
+    assert headline(["queries_per_s", "recall_at_10_ratio", "recall_queries_count"]) == [
+        "queries_per_s", "recall_at_10_ratio"]
+
+
+def test_latency_is_paired_with_its_own_throughput():
+    rates = ["adds_per_s", "queries_per_s"]
+    fams = families(["add_latency_p99_ms", "query_latency_p99_ms"])
+    assert paired_throughput(fams["add_latency"], rates) == "adds_per_s"
+    assert paired_throughput(fams["query_latency"], rates) == "queries_per_s"
+    llm = ["output_tokens_per_s", "request_throughput_per_s", "total_tokens_per_s"]
+    assert primary_throughput(llm) == "request_throughput_per_s"
+    assert paired_throughput(families(["ttft_p99_ms"])["ttft"], llm) == "request_throughput_per_s"
+    assert primary_throughput(["queries_per_s", "transactions_per_s"]) == "transactions_per_s"
+    # a dotted group pairs within itself
+    both = ["get.requests_per_s", "set.requests_per_s"]
+    assert paired_throughput(families(["set.latency_p99_ms"])["set.latency"], both) == "set.requests_per_s"
+
+
+@pytest.mark.parametrize(("throughput", "latency", "expected"), [
+    # saturating: 8 -> 16 workers adds 5% throughput for 105% more p99: the knee is the 4th point
+    ([1000, 2000, 4000, 7600, 8000, 8100], [1.0, 1.0, 1.05, 1.9, 3.9, 8.0], 3),
+    # still scaling (latency grows, but so does throughput by >= 10% a step): none
+    ([100, 150, 200, 260], [1.0, 2.0, 4.0, 8.0], None),
+    # linear: none
+    ([100, 200, 300, 400], [1.0, 1.0, 1.0, 1.0], None),
+    # flat with noise (a parameter that changes nothing): none
+    ([1000, 1030, 990, 1010], [2.0, 2.2, 1.9, 2.1], None),
+    # throughput falls while latency explodes: the knee is the point before
+    ([100, 200, 150], [1.0, 1.2, 5.0], 1),
+    # the rule's edges: +10% throughput exactly is still a gain; +50% latency exactly is not yet too much
+    ([100, 110], [1.0, 3.0], None),
+    ([100, 105], [1.0, 1.5], None),
+    ([100, 105], [1.0, 1.51], 0),
+    # a missing point is skipped: the step is between the points measured
+    ([100, 200, None, 205], [1.0, 1.1, None, 2.0], 1),
+    ([100], [1.0], None),
+    ([], [], None),
+])
+def test_knee_rule_on_synthetic_curves(throughput, latency, expected):
+    assert knee(throughput, latency) == expected
+
+
+def test_gpu_csv_as_nvidia_smi_writes_it():
+    text = (nvidia_smi_standin.HEADER + "\n"
+            "2026/01/01 10:00:00.000, 0, A100, GPU-0, 10, 5, 1000, 40960, 50.00, 30\n"
+            "2026/01/01 10:00:02.500, 0, A100, GPU-0, 90, 40, 20000, 40960, [N/A], 61\n"
+            "2026/01/01 10:00:00.000, 1, A100, GPU-1, 0, 0, 0, 40960, 45.5, 29\n"
+            "2026/01/01 10:00:05.000, 0, A1")  # cut while written
+    trace = parse_gpu_csv("svc", text)
+    assert (trace.samples, trace.skipped) == (3, 1)
+    assert trace.series["GPU 0"]["utilization.gpu"] == [(0.0, 10.0), (2.5, 90.0)]
+    assert trace.series["GPU 0"]["power.draw"] == [(0.0, 50.0)]  # [N/A] left out
+    assert trace.series["GPU 1"]["temperature.gpu"] == [(0.0, 29.0)]
+
+
+# --- the report --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sweep_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The report of write_sweep_run's run (made once: 13 plots take seconds), and what orchc printed."""
+    from compiler.cli import main
+
+    run = write_sweep_run(tmp_path_factory.mktemp("sweep") / "run")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["report", str(run)]) == 0
+    return run, printed.getvalue()
+
+
+def tiny_run(folder: Path) -> Path:
+    """A small sweep (4 points of one key, one test, no GPU): a report of few plots."""
+    return write_sweep_run(folder, gpu_rows=0, pipelines=(1,), tests=("set",))
+
+
+def test_report_of_a_sweep(sweep_report):
+    run, out = sweep_report
+    page = (run / "report.html").read_text()
+    assert out.startswith(f"report: {run / 'report.html'}")
+    # plots: 3 headline metrics of set, 2 of get, each against 2 keys; 2 latency-vs-throughput; 1 GPU trace
+    plots = sorted(path.name for path in (run / "report").iterdir())
+    assert len(plots) == 2 * (5 * 2 + 2 + 1)
+    assert page.count("<svg") == len(plots) // 2 == int(re.search(r"\((\d+) plots;", out)[1])
+    for title in ("bench: set.requests_per_s vs bench.clients", "bench: set.latency_p99_ms vs bench.pipeline",
+                  "bench: set.latency percentiles vs set.requests_per_s", "GPU telemetry of redis"):
+        assert f"<h3>{title}</h3>" in page
+    assert "01-bench-get.requests_per_s-vs-bench.clients.svg" in plots
+    assert all(f'href="report/{name}"' in page for name in plots)
+    # the summary: mean ± sample stdev of the three repeats, and the failed repeat counted
+    rps = [SET[(50, 1)][0] * f for f in NOISE]
+    assert f"{number(statistics.mean(rps))} ± {number(statistics.stdev(rps))}" in page
+    assert "<td>2 complete, 1 failed</td>" in page and page.count("<td>3 complete</td>") == 7
+    assert f"<td>{number(statistics.mean([SET[(10, 1)][0] * f for f in NOISE[:2]]))} ± " not in page  # n=2, not 3
+    # the knee of each group (get, set): pipeline 1 after 50 clients (p02); pipeline 16 none
+    items = re.findall(r"<li>.*?</li>", page)
+    assert len(items) == 2 and all("bench.pipeline=1" in item and "at bench.clients=50 (p02)" in item and
+                                   "+6.7% throughput for +108.3% latency" in item for item in items)
+    assert "set.requests_per_s 45,000, set.latency_p99_ms 1.20;" in items[1]
+    # nothing the browser would fetch
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:[a-z]+:)?//""", page, re.I)
+    assert "<script" not in page
+
+
+def test_same_run_same_bytes(sweep_report, tmp_path):
+    """Another process (another hash seed), another output folder of the same name: the same bytes."""
+    run, _ = sweep_report
+    out = tmp_path / "report.html"
+    done = subprocess.run([sys.executable, "-m", "compiler", "report", str(run), "-o", str(out)], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "12345"},
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    again = report_files(out)
+    assert again == report_files(run / "report.html")
+    assert len(again) == 1 + 2 * 13
+
+
+def test_without_matplotlib_it_says_what_to_install(orchc, tmp_path, monkeypatch):
+    run = tiny_run(tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    done = orchc("report", run)
+    assert (done.code, done.err) == (1, "orchc: error: orchc report needs matplotlib: pip install 'orchc[report]'\n")
+    assert not (run / "report.html").exists()
+
+
+def test_a_run_without_a_sweep(orchc, tmp_path):
+    run = tmp_path / "run"
+    (run / "results" / "bench").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"recipe": "r", "site": "local", "created": "2026-01-01T00:00:00Z",
+                                              "run_dir": str(run), "state": "submitted", "error": None,
+                                              "jobs": [job("redis", "7", "service", "redis"), job("bench", "8")]}))
+    (run / "results" / "bench" / "results.json").write_text(json.dumps(results(
+        {"set.requests_per_s": 1234.5, "set.latency_p99_ms": 0.5})))
+    done = orchc("report", run, "-o", tmp_path / "x" / "r.html")
+    assert done.code == 0, done.err
+    page = (tmp_path / "x" / "r.html").read_text()
+    assert "none (one configuration)" in page and "No sweep: nothing to saturate along." in page
+    assert "<td>1 complete</td>" in page and '<td class="num" title="n=1, min 1,234, max 1,234">1,234</td>' in page
+    assert "<svg" not in page and list((tmp_path / "x" / "r").iterdir()) == []
+    assert "No job of this run has GPU telemetry" in page
+
+
+def test_output_name_and_stale_plots(orchc, tmp_path):
+    run = tiny_run(tmp_path / "run")
+    assert orchc("report", run, "-o", tmp_path / "r.txt").err == (
+        f"orchc: error: {tmp_path / 'r.txt'}: the report is an HTML file; name it FILE.html\n")
+    stale, mine = tmp_path / "r" / "99-old-plot.svg", tmp_path / "r" / "notes.txt"
+    stale.parent.mkdir()
+    stale.write_text("old")
+    mine.write_text("mine")
+    assert orchc("report", run, "-o", tmp_path / "r.html").code == 0
+    assert not stale.exists() and mine.read_text() == "mine"
+    # 3 headline metrics against bench.clients (bench.pipeline has one value) and set.latency vs throughput
+    assert sorted(path.name for path in stale.parent.iterdir() if path.suffix == ".svg") == [
+        "01-bench-set.requests_per_s-vs-bench.clients.svg", "02-bench-set.latency_p50_ms-vs-bench.clients.svg",
+        "03-bench-set.latency_p99_ms-vs-bench.clients.svg", "04-bench-set.latency-vs-set.requests_per_s.svg"]
+
+
+def test_hostile_names_are_text(orchc, tmp_path):
+    run = tiny_run(tmp_path / "run")
+    evil = '<img src=x onerror=alert(1)>$x$_per_s'
+    path = run / "results" / "bench-p02-r1" / "results.json"
+    data = json.loads(path.read_text())
+    data["metrics"][evil] = 5
+    data["status"] = "<b>done</b>"
+    path.write_text(json.dumps(data))
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["sweep"]["points"][1]["values"]["bench.pipeline"] = "</td><script>alert(1)</script>"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    done = orchc("report", run)
+    assert done.code == 0, done.err
+    page = (run / "report.html").read_text()
+    assert "<img" not in page and "<script" not in page and "<b>done" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;$x$_per_s" in page
+
+
+# --- in a real browser -------------------------------------------------------------------------------------
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if in_ci():
+            pytest.fail("chromium not found; install it (tests/install-deps.sh: apt-get install chromium)")
+        pytest.skip("chromium not found (apt-get install chromium); under CI=true this fails")
+    return found
+
+
+def browse(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Headless chromium with nowhere to go: every request through a proxy on a closed port."""
+    command = [chromium(), "--headless", "--disable-gpu", "--no-sandbox", "--proxy-server=127.0.0.1:9",
+               "--no-first-run", "--disable-extensions", "--disable-dev-shm-usage", "--enable-logging=stderr",
+               "--v=0", f"--user-data-dir={tmp_path / 'profile'}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+def test_report_in_headless_chromium(sweep_report, tmp_path):
+    from PIL import Image
+
+    run, _ = sweep_report
+    url = (run / "report.html").resolve().as_uri()
+    done = browse(tmp_path, "--dump-dom", url)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    assert "<title>orchc report: run</title>" in dom
+    figures = re.findall(r'<figure id="plot-\d+">.*?</figure>', dom, re.S)
+    assert len(figures) == 13
+    assert all(figure.count("<svg") == 1 and "<path" in figure for figure in figures)
+    assert "<h3>bench: set.requests_per_s vs bench.clients</h3>" in dom and "<h3>GPU telemetry of redis</h3>" in dom
+    assert ":CONSOLE" not in done.stderr, done.stderr  # no error nor message from the page
+
+    shot = tmp_path / "shot.png"
+    done = browse(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", "--hide-scrollbars", url)
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1280, 2000)
+    counts = image.getcolors(image.width * image.height)  # (count, colour) of every colour on screen
+    assert counts is not None
+    background_count, background = max(counts)
+    assert background == (255, 255, 255)
+    assert image.width * image.height - background_count > 0.02 * image.width * image.height  # not blank
+    # the plots were drawn: matplotlib's first colours (C0 blue, C1 orange) are on screen
+    colours = {colour for _, colour in counts}
+    assert {(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)} <= colours
