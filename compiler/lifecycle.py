@@ -10,7 +10,6 @@ import argparse
 import csv
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,9 +19,7 @@ from .options import compile_options
 
 if TYPE_CHECKING:
     from .runs import Run
-    from .scheduler import JobState, Scheduler
 
-HEADERS = ["job", "role", "slurm id", "state", "node", "elapsed", "exit code"]
 RESULT_HEADERS = ["job", "state", "metric", "value", "unit"]
 # One row per metric, with what is needed to concatenate the CSV of many runs.
 RESULT_CSV_HEADERS = ["run", "point", "repeat", "job", "slurm_id", "type", "state", "status", "metric", "value",
@@ -46,23 +43,31 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     rerun.add_argument("--run-dir", type=Path, metavar="DIR", help="default: runs/<recipe>-<UTC timestamp>/")
     rerun.set_defaults(run=cmd_rerun)
 
+    from . import follow as following
+    from .logs import add_logs_arguments, cmd_logs
+
     status = commands.add_parser("status", help="the state of each job of a run (default: the latest)")
     status.add_argument("run_ref", nargs="?", metavar="RUN")
     status.add_argument("--watch", action="store_true", help="refresh until every job has ended")
     status.add_argument("--json", action="store_true")
     status.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
     status.add_argument("--unknown-limit", type=float, default=UNKNOWN_LIMIT, help=argparse.SUPPRESS)
-    status.set_defaults(run=cmd_status)
+    status.set_defaults(run=following.cmd_status)
 
     cancel = commands.add_parser("cancel", help="cancel a run's jobs (all, or the ones named)")
     cancel.add_argument("run_ref", nargs="?", metavar="RUN")
     cancel.add_argument("jobs", nargs="*", metavar="JOB")
     cancel.set_defaults(run=cmd_cancel)
 
-    logs = commands.add_parser("logs", help="print a job's slurm-%%j.out and .err")
-    logs.add_argument("run_ref", metavar="RUN")
-    logs.add_argument("job", metavar="JOB")
+    logs = commands.add_parser("logs", help="print the jobs' slurm-%%j.out and .err (-f: follow them)")
+    add_logs_arguments(logs)
     logs.set_defaults(run=cmd_logs)
+
+    listing = commands.add_parser("runs", help="list the runs under runs/, newest last")
+    listing.add_argument("--root", type=Path, metavar="DIR", help="where the runs are (default: runs/)")
+    listing.add_argument("--states", action="store_true", help="ask the scheduler how many jobs of each run ended")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=following.cmd_runs)
 
     results = commands.add_parser("results", help="the clients' collected results, beside each job's state")
     results.add_argument("run_ref", nargs="?", metavar="RUN")
@@ -132,93 +137,12 @@ def _submitted(run: Run, run_dir: Path) -> int:
     return 0
 
 
-def _status_rows(run: Run, scheduler: Scheduler) -> tuple[list[list[str]], dict[str, JobState]]:
-    from .runs import states
-
-    current = states(run, scheduler)
-    rows = [[job.name, job.role, job.slurm_id, current[job.name].state, current[job.name].node,
-             current[job.name].elapsed, current[job.name].exit_code] for job in run.jobs]
-    return rows, current
-
-
-def _all_ended(current: dict[str, JobState]) -> bool:
-    return all(state.ended for state in current.values())
-
-
-class _UnknownWatch:
-    """Gives up when a job stays UNKNOWN (SLURM forgot it, or never had it) for longer than `limit` seconds."""
-
-    def __init__(self, run: Run, limit: float) -> None:
-        self.run, self.limit = run, limit
-        self.since: dict[str, float] = {}
-
-    def check(self, current: dict[str, JobState]) -> None:
-        now = time.monotonic()
-        for job in self.run.jobs:
-            if current[job.name].state != "UNKNOWN":
-                self.since.pop(job.name, None)
-                continue
-            first = self.since.setdefault(job.name, now)
-            if now - first >= self.limit:
-                raise ClusterError(f"job {job.name} (SLURM job {job.slurm_id}) has been in state UNKNOWN for "
-                                   f"{now - first:.0f} s: SLURM does not know it (any more); stopped watching")
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from .report import is_terminal, print_table, rich_table
-    from .runs import load_run, scheduler_for
-
-    run_dir, run = load_run(args.run_ref)
-    scheduler = scheduler_for(run)
-    rows, current = _status_rows(run, scheduler)
-    title = f"run {run_dir.name}" + (f" ({run.state}: {run.error})" if run.state == "failed" else "")
-    if args.json:
-        print(json.dumps({"run": str(run_dir), "state": run.state, "error": run.error,
-                          "jobs": [dict(zip(HEADERS, row, strict=True)) for row in rows]}, indent=2))
-        return 0
-    if not args.watch:
-        print_table(title, HEADERS, rows)
-        return 0
-    unknown = _UnknownWatch(run, args.unknown_limit)
-    if is_terminal(sys.stdout):
-        from rich.live import Live
-
-        with Live(rich_table(title, HEADERS, rows), refresh_per_second=4) as live:
-            while not _all_ended(current):
-                unknown.check(current)
-                time.sleep(args.interval)
-                rows, current = _status_rows(run, scheduler)
-                live.update(rich_table(title, HEADERS, rows))
-        return 0
-    last: list[list[str]] = []
-    while True:
-        if [row[3] for row in rows] != [row[3] for row in last]:
-            print_table(title, HEADERS, rows)
-            sys.stdout.flush()
-            last = rows
-        if _all_ended(current):
-            return 0
-        unknown.check(current)
-        time.sleep(args.interval)
-        rows, current = _status_rows(run, scheduler)
-
-
 def cmd_cancel(args: argparse.Namespace) -> int:
     from .runs import cancel, load_run, scheduler_for
 
     run_dir, run = load_run(args.run_ref)
     ids = cancel(run, args.jobs, scheduler_for(run))
     print(f"cancelled SLURM job(s) {', '.join(ids) or '(none submitted)'} of {run_dir}")
-    return 0
-
-
-def cmd_logs(args: argparse.Namespace) -> int:
-    from .runs import load_run, log_files
-
-    run_dir, run = load_run(args.run_ref)
-    for path in log_files(run_dir, run, args.job):
-        print(f"==> {path} <==")
-        print(path.read_text(errors="replace") if path.is_file() else "(not written yet)")
     return 0
 
 

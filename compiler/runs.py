@@ -441,3 +441,42 @@ def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     if isinstance(value, dict) and value:
         return [row for key, child in value.items() for row in flatten(child, f"{prefix}{key}.")]
     return [(prefix.rstrip("."), value)]
+
+
+# --- listing runs (orchc runs) ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunListing:
+    folder: Path
+    run: Run | None
+    """None when run.json cannot be read; `error` says why"""
+    error: str | None
+    points: int | None
+    """the number of sweep points (manifest.json); None for a run of one configuration"""
+
+
+def list_runs(root: Path = DEFAULT_ROOT) -> list[RunListing]:
+    """Every folder under `root` with a run.json, newest last (by created, then name). Reads each run.json
+    (size-limited, checked like load_run) and the sweep of its manifest.json; asks no scheduler."""
+    listed = []
+    for path in sorted(root.glob(f"*/{RUN_FILE}")):
+        folder = path.parent
+        try:
+            run: Run | None = parse_run(read_regular(path, _RUN_LIMIT), str(path))
+            error = None
+        except OSError as exc:
+            run, error = None, f"unreadable {RUN_FILE}: {exc.strerror or exc}"
+        except ClusterError as exc:
+            run, error = None, str(exc)
+        listed.append(RunListing(folder, run, error, _sweep_points(folder)))
+    return sorted(listed, key=lambda entry: (entry.run.created if entry.run else "", entry.folder.name))
+
+
+def _sweep_points(folder: Path) -> int | None:
+    try:
+        manifest = json.loads(read_regular(folder / "manifest.json", _RUN_LIMIT * 4))
+    except (OSError, ValueError, RecursionError):
+        return None
+    sweep = manifest.get("sweep") if isinstance(manifest, dict) else None
+    points = sweep.get("points") if isinstance(sweep, dict) else None
+    return len(points) if isinstance(points, list) else None

@@ -22,10 +22,17 @@ _JOB_ID = re.compile(r"[0-9]{1,20}")
 
 @dataclass(frozen=True)
 class JobState:
+    """One job as the scheduler sees it. Times have one format whatever the state or the source:
+    `elapsed` as H:MM:SS (hours not wrapped into days), `start` as ISO 8601 UTC (2026-11-26T17:27:26Z)."""
+
     state: str
     node: str = ""
     elapsed: str = ""
     exit_code: str = ""
+    reason: str = ""
+    """why a PENDING job waits (SLURM's reason: Resources, Priority, Dependency, ...); '' otherwise"""
+    start: str = ""
+    """a PENDING job's estimated start, a started job's actual start; '' when unknown"""
 
     @property
     def ended(self) -> bool:
@@ -105,6 +112,9 @@ class FakeJob:
     job: Submission
     state: str = "PENDING"
     node: str = ""
+    elapsed: str = ""
+    reason: str = ""
+    start: str = ""
 
 
 @dataclass
@@ -142,8 +152,11 @@ class FakeScheduler(Scheduler):
 
     def poll(self, *job_ids: str) -> dict[str, JobState]:
         self._enter("poll", *job_ids)
-        return {job_id: JobState(self.jobs[job_id].state, self.jobs[job_id].node) if job_id in self.jobs else UNKNOWN
-                for job_id in job_ids}
+        return {job_id: self._state(self.jobs[job_id]) if job_id in self.jobs else UNKNOWN for job_id in job_ids}
+
+    @staticmethod
+    def _state(job: FakeJob) -> JobState:
+        return JobState(job.state, job.node, job.elapsed, reason=job.reason, start=job.start)
 
     def cancel(self, *job_ids: str) -> None:
         self._enter("cancel", *job_ids)
@@ -154,8 +167,11 @@ class FakeScheduler(Scheduler):
                 self.jobs[job_id].state = "CANCELLED"
 
     # driving the state machine
-    def advance(self, job_id: str, state: str, node: str = "node1") -> None:
-        self.jobs[job_id].state, self.jobs[job_id].node = state, node
+    def advance(self, job_id: str, state: str, node: str = "node1", *, reason: str = "", start: str = "",
+                elapsed: str = "") -> None:
+        """Move a job to `state`; `reason` and `start` as SLURM would say them (a PENDING job has no node)."""
+        job = self.jobs[job_id]
+        job.state, job.node, job.reason, job.start, job.elapsed = state, node, reason, start, elapsed
 
     def forget(self, job_id: str) -> None:
         del self.jobs[job_id]

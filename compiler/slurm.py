@@ -3,6 +3,9 @@
 `poll(*ids)` asks squeue once for every job (`-t all` also lists jobs that ended
 less than MinJobAge ago), then sacct once for the jobs squeue no longer knows;
 on clusters without slurmdbd that is `sacct -c`, the job completion file.
+The one squeue call also reads a pending job's reason and expected start (squeue's
+`Reason` and `StartTime` fields, what `squeue --start` shows). Times are asked for in
+UTC (TZ=UTC, SLURM_TIME_FORMAT=standard) and given in one format: see JobState.
 """
 
 from __future__ import annotations
@@ -31,9 +34,16 @@ _STATE_MAP = {
     "NODE_FAIL": "FAILED", "OUT_OF_MEMORY": "FAILED", "BOOT_FAIL": "FAILED", "DEADLINE": "TIMEOUT",
     "PREEMPTED": "CANCELLED", "REVOKED": "CANCELLED",
 }
-_SQUEUE_FORMAT = "JobID:|,State:|,NodeList:|,TimeUsed:|,exit_code:|"
-_SACCT_DBD = ("sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,NodeList,Elapsed")
-_SACCT_FILE = ("sacct", "-c", "-n", "-P", "-o", "JobID,State,ExitCode,NodeList,Start,End")
+# New fields go last: a reader of the first five keeps working.
+_SQUEUE_FORMAT = "JobID:|,State:|,NodeList:|,TimeUsed:|,exit_code:|,Reason:|,StartTime:|"
+_SACCT_DBD_FIELDS = ("JobID", "State", "ExitCode", "NodeList", "Elapsed", "Start")
+_SACCT_FILE_FIELDS = ("JobID", "State", "ExitCode", "NodeList", "Start", "End")
+_SACCT_DBD = ("sacct", "-X", "-n", "-P", "-o", ",".join(_SACCT_DBD_FIELDS))
+_SACCT_FILE = ("sacct", "-c", "-n", "-P", "-o", ",".join(_SACCT_FILE_FIELDS))
+# squeue and sacct print times in the local zone, in a format SLURM_TIME_FORMAT may change: pin both.
+_TIME_ENV = {"TZ": "UTC", "SLURM_TIME_FORMAT": "standard"}
+_DURATION = re.compile(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)(?:\.\d+)?")
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
 
 
 def normalize_state(raw: str) -> str:
@@ -160,7 +170,8 @@ class SlurmScheduler(Scheduler):
         return {job_id: found.get(job_id, UNKNOWN) for job_id in job_ids}
 
     def _from_squeue(self, ids: list[str]) -> dict[str, JobState]:
-        answer = run_command(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-O", _SQUEUE_FORMAT], self.timeout)
+        answer = run_command(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-O", _SQUEUE_FORMAT], self.timeout,
+                             env=_utc_env())
         if answer.code != 0:
             if "Invalid job id" in answer.err:   # squeue's answer for one job it has forgotten
                 return {}
@@ -170,15 +181,19 @@ class SlurmScheduler(Scheduler):
     def _from_sacct(self, ids: list[str]) -> dict[str, JobState]:
         cls = type(self)
         if cls._completion_file_only is not True:
-            answer = run_command([*_SACCT_DBD, "-j", ",".join(ids)], self.timeout)
+            answer = run_command([*_SACCT_DBD, "-j", ",".join(ids)], self.timeout, env=_utc_env())
             if answer.code == 0:
                 cls._completion_file_only = False
-                return dict(parse_sacct(answer.out))
+                return dict(parse_sacct(answer.out, _SACCT_DBD_FIELDS))
             if "accounting storage is disabled" not in answer.err:
                 return {}
             cls._completion_file_only = True
-        answer = run_command([*_SACCT_FILE, "-j", ",".join(ids)], self.timeout)
-        return dict(parse_sacct(answer.out)) if answer.code == 0 else {}
+        answer = run_command([*_SACCT_FILE, "-j", ",".join(ids)], self.timeout, env=_utc_env())
+        return dict(parse_sacct(answer.out, _SACCT_FILE_FIELDS)) if answer.code == 0 else {}
+
+
+def _utc_env() -> dict[str, str]:
+    return {**os.environ, **_TIME_ENV}
 
 
 def _checked(job_ids: Sequence[str]) -> list[str]:
@@ -189,12 +204,18 @@ def _checked(job_ids: Sequence[str]) -> list[str]:
 
 
 def parse_squeue(text: str) -> list[tuple[str, JobState]]:
+    """Rows of `squeue -O JobID:|,State:|,NodeList:|,TimeUsed:|,exit_code:|,Reason:|,StartTime:|`."""
     rows = []
     for line in text.splitlines():
         fields = [field.strip() for field in line.split("|")]
         if len(fields) >= 4 and is_job_id(fields[0]):
             exit_code = _exit_code(fields[4]) if len(fields) > 4 else ""
-            rows.append((fields[0], JobState(normalize_state(fields[1]), fields[2], fields[3], exit_code)))
+            state = normalize_state(fields[1])
+            reason = fields[5] if len(fields) > 5 and state == "PENDING" and fields[5] != "None" else ""
+            # A job that never ran has a StartTime too (when it was cancelled): only a pending
+            # job's estimate or a job that got a node has a start worth showing.
+            start = utc_time(fields[6]) if len(fields) > 6 and (state == "PENDING" or fields[2]) else ""
+            rows.append((fields[0], JobState(state, fields[2], clock(fields[3]), exit_code, reason, start)))
     return rows
 
 
@@ -203,22 +224,44 @@ def _exit_code(raw: str) -> str:
     return f"{int(raw) >> 8}:{int(raw) & 0x7F}" if raw.isdigit() else ""
 
 
-def parse_sacct(text: str) -> list[tuple[str, JobState]]:
+def parse_sacct(text: str, fields: Sequence[str] = _SACCT_DBD_FIELDS) -> list[tuple[str, JobState]]:
+    """Rows of `sacct -n -P -o FIELDS` (JobID, State, ExitCode and NodeList, then Elapsed or Start and End)."""
     rows = []
     for line in text.splitlines():
-        row = line.split("|")
-        if len(row) >= 4 and is_job_id(row[0]):
-            elapsed = row[4] if len(row) == 5 else _elapsed(*row[4:6]) if len(row) >= 6 else ""
-            rows.append((row[0], JobState(normalize_state(row[1]), row[3], elapsed, row[2])))
+        row = dict(zip(fields, line.split("|"), strict=False))
+        if len(row) >= 4 and is_job_id(row["JobID"]):
+            start, end = row.get("Start", ""), row.get("End", "")
+            elapsed = clock(row["Elapsed"]) if "Elapsed" in row else _elapsed(start, end)
+            rows.append((row["JobID"], JobState(normalize_state(row["State"]), row["NodeList"], elapsed,
+                                                row["ExitCode"], start=utc_time(start) if row["NodeList"] else "")))
     return rows
 
 
+def clock(duration: str) -> str:
+    """One of SLURM's durations (`M:SS`, `H:MM:SS`, `D-HH:MM:SS`) as H:MM:SS; '' for anything else."""
+    found = _DURATION.fullmatch(duration.strip())
+    if found is None:
+        return ""
+    days, hours, minutes, seconds = (int(part or 0) for part in found.groups())
+    return hms(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
+def hms(seconds: int) -> str:
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def utc_time(text: str) -> str:
+    """A SLURM timestamp (printed in UTC, see _TIME_ENV) as ISO 8601 UTC; '' for N/A, Unknown, None."""
+    text = text.strip()
+    return f"{text}Z" if _TIMESTAMP.fullmatch(text) else ""
+
+
 def _elapsed(start: str, end: str) -> str:
-    """`HH:MM:SS` between two of SLURM's ISO timestamps ('' when either is unknown)."""
+    """H:MM:SS between two of SLURM's ISO timestamps ('' when either is unknown)."""
     from datetime import datetime
 
     try:
         seconds = int((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())
     except ValueError:
         return ""
-    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    return hms(seconds) if seconds >= 0 else ""

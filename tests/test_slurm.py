@@ -18,9 +18,11 @@ class Commands:
     def __init__(self, answers: dict[str, slurm.Answer]) -> None:
         self.answers = answers
         self.calls: list[list[str]] = []
+        self.envs: list[dict[str, str] | None] = []
 
     def __call__(self, command, timeout, cwd=None, env=None) -> slurm.Answer:
         self.calls.append(list(command))
+        self.envs.append(None if env is None else dict(env))
         key = command[0] + (" -c" if "-c" in command else "")
         return self.answers.get(key, slurm.Answer(0, "", ""))
 
@@ -38,8 +40,8 @@ def commands(monkeypatch):
 def test_one_squeue_call_for_every_job(commands):
     fake = commands(squeue=(0, "5|RUNNING|node07|1:02|0|\n6|PENDING|||0|\n7|CANCELLED|node07|0:07|15|\n", ""))
     states = slurm.SlurmScheduler(timeout=1).poll("5", "6", "7")
-    assert states == {"5": JobState("RUNNING", "node07", "1:02", "0:0"), "6": JobState("PENDING", "", "", "0:0"),
-                      "7": JobState("CANCELLED", "node07", "0:07", "0:15")}
+    assert states == {"5": JobState("RUNNING", "node07", "0:01:02", "0:0"), "6": JobState("PENDING", "", "", "0:0"),
+                      "7": JobState("CANCELLED", "node07", "0:00:07", "0:15")}
     assert [call[0] for call in fake.calls] == ["squeue"]
     assert "5,6,7" in fake.calls[0] and "all" in fake.calls[0]
 
@@ -48,7 +50,7 @@ def test_one_sacct_call_for_the_jobs_squeue_forgot(commands):
     fake = commands(squeue=(0, "5|RUNNING|n|1:02|0|\n", ""),
                     sacct=(0, "6|COMPLETED|0:0|n|00:00:30\n7|FAILED|3:0|n|00:00:02\n", ""))
     states = slurm.SlurmScheduler(timeout=1).poll("5", "6", "7", "8")
-    assert states["6"] == JobState("COMPLETED", "n", "00:00:30", "0:0") and states["7"].state == "FAILED"
+    assert states["6"] == JobState("COMPLETED", "n", "0:00:30", "0:0") and states["7"].state == "FAILED"
     assert states["8"].state == "UNKNOWN"
     assert [call[0] for call in fake.calls] == ["squeue", "sacct"] and "6,7,8" in fake.calls[1]
 
@@ -58,7 +60,8 @@ def test_job_completion_file_when_there_is_no_slurmdbd_is_learnt_once(commands):
     fake = commands(squeue=(1, "", "slurm_load_jobs error: Invalid job id specified"),
                     sacct=(1, "", "Slurm accounting storage is disabled"), sacct_c=(0, row, ""))
     scheduler = slurm.SlurmScheduler(timeout=1)
-    assert scheduler.poll("6") == {"6": JobState("CANCELLED", "node07", "01:01:01", "0:0")}
+    assert scheduler.poll("6") == {"6": JobState("CANCELLED", "node07", "1:01:01", "0:0",
+                                                 start="2026-11-25T15:16:11Z")}
     fake.calls.clear()
     scheduler.poll("6")
     assert [" ".join(call[:2]) for call in fake.calls] == ["squeue -h", "sacct -c"]   # one sacct per refresh
@@ -139,3 +142,61 @@ def test_a_bad_timeout_setting_is_named(monkeypatch, value):
                                        ("TIMEOUT", "TIMEOUT"), ("CANCELLED+", "CANCELLED"), ("", "UNKNOWN")])
 def test_states_map_to_the_lifecycle(raw, state):
     assert slurm.normalize_state(raw) == state
+
+
+# squeue 22.05.8 on the test cluster, `-O` with this backend's format (TZ=UTC): a running job, one
+# waiting for another, one held, one behind a job that has the node, one behind a higher priority,
+# one cancelled while it waited (its StartTime is when it was cancelled), a job running for 2 days.
+REAL_SQUEUE = """\
+1387|RUNNING|vm|0:02|0|None|2026-11-26T17:27:26|
+1388|PENDING||0:00|0|Dependency|N/A|
+1389|PENDING||0:00|0|JobHeldUser|N/A|
+1418|PENDING||0:00|0|Resources|2026-11-26T17:31:31|
+1419|PENDING||0:00|0|Priority|2026-11-26T17:32:00|
+1420|CANCELLED||0:00|0|Dependency|2026-11-26T17:27:28|
+1421|RUNNING|vm|2-03:04:05|0|None|2026-11-24T14:23:21|
+"""
+
+
+def test_one_squeue_call_tells_why_a_job_waits_and_when_it_should_start(commands):
+    fake = commands(squeue=(0, REAL_SQUEUE, ""))
+    states = slurm.SlurmScheduler(timeout=1).poll("1387", "1388", "1389", "1418", "1419", "1420", "1421")
+    assert states == {
+        "1387": JobState("RUNNING", "vm", "0:00:02", "0:0", "", "2026-11-26T17:27:26Z"),
+        "1388": JobState("PENDING", "", "0:00:00", "0:0", "Dependency", ""),
+        "1389": JobState("PENDING", "", "0:00:00", "0:0", "JobHeldUser", ""),
+        "1418": JobState("PENDING", "", "0:00:00", "0:0", "Resources", "2026-11-26T17:31:31Z"),
+        "1419": JobState("PENDING", "", "0:00:00", "0:0", "Priority", "2026-11-26T17:32:00Z"),
+        "1420": JobState("CANCELLED", "", "0:00:00", "0:0", "", ""),
+        "1421": JobState("RUNNING", "vm", "51:04:05", "0:0", "", "2026-11-24T14:23:21Z"),
+    }
+    assert [call[0] for call in fake.calls] == ["squeue"]          # no second call for --start
+    assert "Reason:|" in fake.calls[0][-1] and "StartTime:|" in fake.calls[0][-1]
+    assert fake.envs[0] is not None and fake.envs[0]["TZ"] == "UTC" and fake.envs[0]["SLURM_TIME_FORMAT"] == "standard"
+
+
+def test_the_five_field_answer_of_older_formats_still_reads(commands):
+    commands(squeue=(0, "5|RUNNING|node07|1:02|0|\n", ""))
+    assert slurm.SlurmScheduler(timeout=1).poll("5") == {"5": JobState("RUNNING", "node07", "0:01:02", "0:0")}
+
+
+def test_sacct_with_slurmdbd_gives_the_start_in_the_same_format(commands):
+    fake = commands(squeue=(0, "", ""), sacct=(0, "6|COMPLETED|0:0|vm|1-00:00:30|2026-11-25T15:16:11\n"
+                                                  "7|CANCELLED by 0|0:0|None assigned|00:00:00|None\n", ""))
+    states = slurm.SlurmScheduler(timeout=1).poll("6", "7")
+    assert states["6"] == JobState("COMPLETED", "vm", "24:00:30", "0:0", start="2026-11-25T15:16:11Z")
+    assert states["7"].state == "CANCELLED" and states["7"].start == "" and states["7"].elapsed == "0:00:00"
+    assert "Elapsed,Start" in fake.calls[1][fake.calls[1].index("-o") + 1]
+
+
+@pytest.mark.parametrize("raw,shown", [("0:00", "0:00:00"), ("1:02", "0:01:02"), ("59:59", "0:59:59"),
+                                       ("1:00:00", "1:00:00"), ("00:00:30", "0:00:30"), ("1-02:03:04", "26:03:04"),
+                                       ("12-00:00:00", "288:00:00"), ("INVALID", ""), ("UNLIMITED", ""), ("", "")])
+def test_every_duration_is_shown_as_h_mm_ss(raw, shown):
+    assert slurm.clock(raw) == shown
+
+
+@pytest.mark.parametrize("raw,shown", [("2026-11-26T17:31:31", "2026-11-26T17:31:31Z"), ("N/A", ""), ("Unknown", ""),
+                                       ("None", ""), ("Thu 17:31", "")])
+def test_start_times_are_iso_8601_utc_or_unknown(raw, shown):
+    assert slurm.utc_time(raw) == shown

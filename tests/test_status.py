@@ -1,0 +1,369 @@
+"""orchc status, logs and runs: what a job waits for, a sweep's progress, following logs, listing runs.
+
+Against the in-process fake scheduler, against fake squeue/sacct answers (slurm.run_command replaced), and
+on the real test cluster (tests/cluster/start.sh; these fail instead of skipping under CI=true).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_cluster import cluster, wait_for
+from test_cluster import orchc as real_orchc
+
+from compiler import logs, runs, slurm
+from compiler.pipeline import Options, compile_all
+from compiler.scheduler import FakeScheduler, JobState, register_scheduler
+
+__all__ = ["cluster"]   # the fixture, imported for the cluster test below
+
+RECIPE = ("site: local\nservice:\n  name: cache\n  type: redis\nclients:\n  - name: load\n    type: redis_client\n"
+          "    target: cache\n  - name: bench\n    type: redis_client\n    target: cache\n")
+SWEEP = RECIPE.split("clients:")[0] + ("client:\n  name: bench\n  type: redis_client\n  target: cache\n"
+                                       "sweep:\n  matrix:\n    bench.clients: [1, 2]\n  repeat: 2\n")
+
+
+@pytest.fixture
+def fake(monkeypatch) -> FakeScheduler:
+    scheduler = FakeScheduler()
+    register_scheduler("fake")(lambda: scheduler)
+    monkeypatch.setenv(runs.SCHEDULER_VARIABLE, "fake")
+    return scheduler
+
+
+def submitted(tmp_path: Path, fake: FakeScheduler, recipe: str = RECIPE, name: str = "run") -> Path:
+    (tmp_path / "r.yaml").write_text(recipe)
+    (compiled,) = compile_all([tmp_path / "r.yaml"], Options())
+    runs.submit(compiled, tmp_path / name, fake)
+    return tmp_path / name
+
+
+def rows(result) -> dict[str, dict]:
+    assert result.code == 0, result.err
+    return {row["job"]: row for row in json.loads(result.out)["jobs"]}
+
+
+# --- what a job waits for -------------------------------------------------------------------------
+
+def test_pending_jobs_say_why_and_when_from_one_poll(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake)
+    fake.advance("1000", "PENDING", "", reason="Priority", start="2026-11-26T18:00:00Z", elapsed="0:00:00")
+    fake.advance("1001", "PENDING", "", reason="Dependency")
+    fake.calls.clear()
+    found = rows(orchc("status", run, "--json"))
+    assert [method for method, _ in fake.calls] == ["poll"]
+    assert (found["cache"]["reason"], found["cache"]["start"], found["cache"]["elapsed"]) == \
+        ("Priority", "2026-11-26T18:00:00Z", "0:00:00")
+    assert (found["load"]["reason"], found["load"]["start"]) == ("Dependency", None)
+    table = orchc("status", run).out.splitlines()
+    load = next(line for line in table if line.startswith("load"))
+    assert "PENDING" in load and "N/A" in load and load.endswith("Dependency")
+    cache = next(line for line in table if line.startswith("cache"))
+    assert "2026-11-26T18:00:00Z" in cache and "N/A" not in cache
+
+
+def test_a_service_is_starting_until_it_publishes_its_own_endpoint(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake)
+    fake.advance("1000", "RUNNING", start="2026-11-26T17:00:00Z", elapsed="0:01:02")
+    fake.advance("1001", "RUNNING")
+    assert rows(orchc("status", run, "--json"))["cache"]["service"] == "starting"
+    (run / "endpoints").mkdir()
+    (run / "endpoints" / "cache").write_text("999 node1 6379\n")      # left by another job of that name
+    assert rows(orchc("status", run, "--json"))["cache"]["service"] == "starting"
+    (run / "endpoints" / "cache").write_text("1000 node1 6379\n")
+    found = rows(orchc("status", run, "--json"))
+    assert found["cache"]["service"] == "ready" and found["load"]["service"] is None
+    assert "ready" in next(line for line in orchc("status", run).out.splitlines() if line.startswith("cache"))
+    fake.advance("1000", "COMPLETED")
+    assert rows(orchc("status", run, "--json"))["cache"]["service"] is None
+
+
+def test_a_damaged_or_hostile_endpoint_is_not_ready(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake)
+    fake.advance("1000", "RUNNING")
+    (run / "endpoints").mkdir()
+    (run / "endpoints" / "cache").mkdir()                              # a folder, not a file
+    assert rows(orchc("status", run, "--json"))["cache"]["service"] == "starting"
+    (run / "endpoints" / "cache").rmdir()
+    (run / "endpoints" / "cache").write_bytes(b"1000" + b" x" * 5000)  # larger than any endpoint
+    assert rows(orchc("status", run, "--json"))["cache"]["service"] == "starting"
+
+
+SQUEUE_ROWS = ("201|RUNNING|vm|1-02:03:04|0|None|2026-11-25T15:16:11|\n"
+               "202|PENDING||0:00|0|Dependency|N/A|\n"
+               "203|PENDING||0:00|0|Resources|2026-11-26T17:31:31|\n")
+SACCT_ROWS = "204|COMPLETED|0:0|vm|00:00:30|2026-11-26T17:00:00\n"
+
+
+def write_run(folder: Path, jobs: list[tuple[str, str, str]]) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({
+        "recipe": "r", "site": "local", "created": "2026-11-26T17:00:00Z", "run_dir": str(folder), "state": "submitted",
+        "error": None, "jobs": [{"name": name, "type": "t", "role": role, "target": None, "script": f"{name}.sbatch",
+                                 "slurm_id": job_id, "submitted": "2026-11-26T17:00:00Z"} for name, job_id, role in jobs]}))
+    return folder
+
+
+def test_slurm_answers_become_one_time_format_in_every_state(tmp_path, orchc, monkeypatch):
+    calls: list[list[str]] = []
+
+    def answer(command, timeout, cwd=None, env=None):
+        calls.append(list(command))
+        return slurm.Answer(0, SQUEUE_ROWS if command[0] == "squeue" else SACCT_ROWS, "")
+
+    monkeypatch.setattr(slurm, "run_command", answer)
+    monkeypatch.setattr(slurm.SlurmScheduler, "_completion_file_only", None)
+    run = write_run(tmp_path / "run", [("svc", "201", "service"), ("after", "202", "client"),
+                                       ("waits", "203", "client"), ("done", "204", "client")])
+    found = rows(orchc("status", run, "--json"))
+    assert [call[0] for call in calls] == ["squeue", "sacct"]          # one squeue for all, sacct for the one it forgot
+    assert {name: (row["state"], row["start"], row["elapsed"], row["reason"]) for name, row in found.items()} == {
+        "svc": ("RUNNING", "2026-11-25T15:16:11Z", "26:03:04", None),
+        "after": ("PENDING", None, "0:00:00", "Dependency"),
+        "waits": ("PENDING", "2026-11-26T17:31:31Z", "0:00:00", "Resources"),
+        "done": ("COMPLETED", "2026-11-26T17:00:00Z", "0:00:30", None)}
+    assert found["svc"]["service"] == "starting"
+
+
+# --- a sweep's progress ---------------------------------------------------------------------------
+
+def finishing(fake: FakeScheduler, order: list[str]) -> None:
+    """Each poll after the first ends the next job of `order` (so --watch sees the sweep advance)."""
+    poll = fake.poll
+
+    def stepping(*ids: str) -> dict[str, JobState]:
+        if fake.calls and order and any(method == "poll" for method, _ in fake.calls):
+            fake.advance(order.pop(0), "COMPLETED")
+        return poll(*ids)
+
+    fake.poll = stepping  # type: ignore[method-assign]
+
+
+def test_watch_of_a_sweep_counts_clients_and_points_done(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake, SWEEP)
+    assert [job.name for job in runs.load_run(str(run))[1].jobs] == \
+        ["cache", "bench-p01-r1", "bench-p01-r2", "bench-p02-r1", "bench-p02-r2"]
+    finishing(fake, ["1001", "1002", "1003", "1004", "1000"])
+    result = orchc("status", run, "--watch", "--interval", "0")
+    assert result.code == 0, result.err
+    lines = [line for line in result.out.splitlines() if line.startswith("progress:")]
+    assert lines == ["progress: 0/4 clients ended, 0/2 points done",
+                     "progress: 1/4 clients ended, 0/2 points done",    # one repeat of p01 is not p01
+                     "progress: 2/4 clients ended, 1/2 points done",
+                     "progress: 3/4 clients ended, 1/2 points done",
+                     "progress: 4/4 clients ended, 2/2 points done",
+                     "progress: 4/4 clients ended, 2/2 points done"]    # the service ended: all ended
+    progress = json.loads(orchc("status", run, "--json").out)["progress"]
+    assert progress == {"clients_ended": 4, "clients": 4, "points_done": 2, "points": 2}
+
+
+def test_watch_in_a_terminal_draws_a_progress_bar(fake, tmp_path, orchc, monkeypatch):
+    from compiler import report
+
+    run = submitted(tmp_path, fake, SWEEP)
+    finishing(fake, ["1001", "1002", "1003", "1004", "1000"])
+    monkeypatch.setattr(report, "is_terminal", lambda stream: True)
+    result = orchc("status", run, "--watch", "--interval", "0")
+    assert result.code == 0, result.err
+    assert "clients ended" in result.out and "points done" in result.out and "4/4" in result.out
+    assert "━" in result.out and "progress:" not in result.out
+
+
+def test_a_run_without_a_sweep_has_no_progress(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake)
+    assert "progress" not in json.loads(orchc("status", run, "--json").out)
+    assert "progress:" not in orchc("status", run).out
+
+
+# --- logs -----------------------------------------------------------------------------------------
+
+def test_logs_default_to_every_job_of_the_latest_run(fake, tmp_path, orchc):
+    older = submitted(tmp_path, fake, name="runs/old")
+    time.sleep(1.1)                                                    # created is to the second
+    run = submitted(tmp_path, fake, name="runs/new")
+    (older / "slurm-1000.out").write_text("old run\n")
+    (run / "slurm-1003.out").write_text("cache says hi\n")
+    (run / "slurm-1005.err").write_text("bench failed\n")
+    result = orchc("logs", cwd=tmp_path)
+    assert result.code == 0, result.err
+    heads = [line for line in result.out.splitlines() if line.startswith("==>")]
+    assert heads == [f"==> runs/new/slurm-{i}.{ext} <==" for i in (1003, 1004, 1005) for ext in ("out", "err")]
+    assert "cache says hi" in result.out and "bench failed" in result.out and "old run" not in result.out
+    assert result.out.count("(not written yet)") == 4
+    one = orchc("logs", "bench", cwd=tmp_path)                       # a job of the latest run
+    assert [line for line in one.out.splitlines() if line.startswith("==>")] == \
+        ["==> runs/new/slurm-1005.out <==", "==> runs/new/slurm-1005.err <=="]
+    assert "old run" in orchc("logs", "old", cwd=tmp_path).out        # a run under runs/
+    assert "old run" in orchc("logs", "runs/old", "cache", cwd=tmp_path).out
+    wrong = orchc("logs", "nosuch", cwd=tmp_path)
+    assert wrong.code == 1 and "no job nosuch" in wrong.err
+
+
+def test_follow_prints_what_the_jobs_write_until_they_end(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake)
+    out, err = run / "slurm-1002.out", run / "slurm-1002.err"
+    out.write_text("first line\n")
+
+    def job() -> None:
+        time.sleep(0.3)
+        with out.open("a") as handle:
+            handle.write("second line\n")
+        time.sleep(0.3)
+        err.write_text("an error\n")
+        with out.open("a") as handle:
+            handle.write("third line, h\u00e9\n")
+        time.sleep(0.3)
+        fake.advance("1002", "COMPLETED")
+
+    writer = threading.Thread(target=job)
+    writer.start()
+    start = time.monotonic()
+    result = orchc("logs", run, "bench", "-f", "--check-every", "0.1")
+    writer.join()
+    assert result.code == 0, result.err
+    assert time.monotonic() - start < 10
+    assert result.out.index("first line") < result.out.index("second line") < result.out.index("third line, h\u00e9")
+    assert "an error" in result.out and result.out.count(f"==> {err} <==") == 1
+    assert sum(method == "poll" for method, _ in fake.calls) < 30      # the scheduler is asked every 0.1 s, not more
+
+
+def test_follow_reads_in_bounded_chunks_and_restarts_a_truncated_file(tmp_path):
+    path = tmp_path / "big.out"
+    path.write_bytes(b"x" * (3 * logs.CHUNK + 10))
+    tail = logs.Tail(path)
+    sizes = []
+    while text := tail.read():
+        sizes.append(len(text))
+    assert sizes == [logs.CHUNK] * 3 + [10]
+    path.write_text("new\n")                                           # truncated (a job of the same id again)
+    assert tail.read() == "new\n"
+    fifo = tmp_path / "fifo"
+    import os
+    os.mkfifo(fifo)
+    assert logs.Tail(fifo).read() is None                              # never blocks on a FIFO
+
+
+def test_follow_splits_no_character_between_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(logs, "CHUNK", 3)
+    (tmp_path / "u.out").write_text("h\u00e9\u00e9\u00e9")
+    tail = logs.Tail(tmp_path / "u.out")
+    text = ""
+    while chunk := tail.read():
+        text += chunk
+    assert text == "h\u00e9\u00e9\u00e9"
+
+
+# --- orchc runs -----------------------------------------------------------------------------------
+
+def test_runs_lists_every_run_newest_last_without_asking_the_scheduler(fake, tmp_path, orchc):
+    submitted(tmp_path, fake, SWEEP, name="runs/b-sweep")
+    time.sleep(1.1)
+    submitted(tmp_path, fake, name="runs/a-plain")
+    (tmp_path / "runs" / "c-broken").mkdir()
+    (tmp_path / "runs" / "c-broken" / "run.json").write_text("{not json")
+    (tmp_path / "runs" / "not-a-run").mkdir()
+    fake.calls.clear()
+    result = orchc("runs", "--json", cwd=tmp_path)
+    assert result.code == 0, result.err
+    listed = json.loads(result.out)
+    assert fake.calls == []
+    assert [row["run"] for row in listed] == ["c-broken", "b-sweep", "a-plain"]
+    broken, sweep, plain = listed
+    assert broken["state"] == "unreadable" and "damaged" in broken["error"]
+    assert (sweep["recipe"], sweep["site"], sweep["state"], sweep["jobs"], sweep["points"]) == \
+        ("r", "local", "submitted", 5, 2)
+    assert plain["points"] is None and plain["jobs_ended"] is None and plain["created"] >= sweep["created"]
+    table = orchc("runs", cwd=tmp_path).out.splitlines()
+    assert table[0].split() == ["run", "created", "recipe", "site", "state", "jobs", "points", "folder"]
+    assert table[-1].startswith("a-plain")
+
+
+def test_runs_states_polls_once_for_all_runs(fake, tmp_path, orchc):
+    submitted(tmp_path, fake, name="elsewhere/one")
+    submitted(tmp_path, fake, name="elsewhere/two")
+    fake.advance("1000", "COMPLETED")
+    fake.advance("1005", "FAILED")
+    fake.calls.clear()
+    result = orchc("runs", "--root", tmp_path / "elsewhere", "--states", cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert [method for method, _ in fake.calls] == ["poll"] and len(fake.calls[0][1]) == 6
+    assert any(line.startswith("one") and "1/3 ended" in line for line in result.out.splitlines())
+    assert any(line.startswith("two") and "1/3 ended" in line for line in result.out.splitlines())
+
+
+def test_runs_under_an_empty_root(tmp_path, orchc):
+    result = orchc("runs", "--root", tmp_path, "--json")
+    assert result.code == 0 and json.loads(result.out) == []
+
+
+# --- on the real cluster --------------------------------------------------------------------------
+
+GATED = """type: gated
+extends: service
+description: an HTTP server, healthy only once the file gate exists in its run folder.
+fields:
+  ports:
+    default: [18080]
+container:
+  image: python
+  source: docker://python:3.11
+  command: python3 -m http.server {{ ports[0] }} --bind 127.0.0.1
+phases:
+  health_check:
+    - until [ -e "$ORCHC_RUN_DIR/gate" ]; do sleep 0.2; done
+    - orchc_wait_tcp 127.0.0.1 {{ ports[0] }} {{ health_timeout }}
+"""
+NOOP = """type: noop
+extends: client
+description: a client that waits for its service's endpoint and port, then ends.
+phases:
+  benchmark:
+    - "true"
+"""
+
+
+def test_a_dependency_and_a_starting_service_on_the_cluster(cluster, tmp_path):
+    from test_cluster import free_port
+
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs" / "gated.yaml").write_text(GATED)
+    (tmp_path / "defs" / "noop.yaml").write_text(NOOP)
+    (tmp_path / "r.yaml").write_text(
+        f"site: local\nservice:\n  name: web\n  type: gated\n  ports: [{free_port()}]\n"
+        "  resources: {time: '00:05:00'}\nclients:\n  - name: first\n    type: noop\n    target: web\n"
+        "  - name: second\n    type: noop\n    target: web\n")
+    run = tmp_path / "run"
+    real_orchc("submit", "r.yaml", "--defs", "defs", "--run-dir", run, cwd=tmp_path)
+    try:
+        def status() -> dict[str, dict]:
+            report = json.loads(real_orchc("status", run, "--json", cwd=tmp_path).stdout)
+            return {row["job"]: row for row in report["jobs"]}
+
+        # `first` waits for web's endpoint, so `second` (after first has ended) waits on a dependency.
+        def running() -> dict[str, dict] | None:
+            now = status()
+            return now if now["web"]["state"] == "RUNNING" and now["first"]["state"] == "RUNNING" else None
+
+        seen = wait_for(running, 60, "web and first to run")
+        assert seen["web"]["service"] == "starting"
+        assert seen["second"]["state"] == "PENDING" and seen["second"]["reason"] == "Dependency", seen["second"]
+        assert seen["second"]["start"] is None and seen["second"]["elapsed"] == "0:00:00"
+        assert seen["web"]["start"].endswith("Z") and seen["web"]["elapsed"].count(":") == 2
+        table = real_orchc("status", run, cwd=tmp_path).stdout
+        assert any(line.startswith("second") and "N/A" in line and "Dependency" in line for line in table.splitlines())
+        (run / "gate").touch()
+        wait_for(lambda: status()["web"]["service"] == "ready", 60, "web to be ready", interval=0.1)
+        def completed() -> dict[str, dict] | None:
+            now = status()
+            return now if all(row["state"] == "COMPLETED" for row in now.values()) else None
+
+        ended = wait_for(completed, 90, "every job to complete")
+        assert all(row["service"] is None and row["reason"] is None for row in ended.values())
+        logs_out = real_orchc("logs", run, "first", "-f", cwd=tmp_path).stdout
+        assert "benchmark against" in logs_out
+    finally:
+        real_orchc("cancel", run, cwd=tmp_path, check=False)
