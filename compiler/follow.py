@@ -39,11 +39,10 @@ def readiness(run_dir: Path, name: str, slurm_id: str) -> str:
     return "ready" if words and words[0] == slurm_id else "starting"
 
 
-def status_row(run_dir: Path, run: Run, name: str, state: JobState) -> dict[str, str | None]:
+def status_row(run_dir: Path, job: RunJob, state: JobState) -> dict[str, str | None]:
     """One job's row; None where a value is unknown or does not apply (the table shows N/A or nothing)."""
-    job = run.job(name)
-    service = readiness(run_dir, name, job.slurm_id) if job.role == "service" and state.state == "RUNNING" else None
-    return {"job": name, "role": job.role, "slurm id": job.slurm_id, "state": state.state, "service": service,
+    service = readiness(run_dir, job.name, job.slurm_id) if job.role == "service" and state.state == "RUNNING" else None
+    return {"job": job.name, "role": job.role, "slurm id": job.slurm_id, "state": state.state, "service": service,
             "node": state.node or None, "start": state.start or None, "elapsed": state.elapsed or None,
             "exit code": state.exit_code or None, "reason": state.reason or None}
 
@@ -127,7 +126,7 @@ def snapshot(run_dir: Path, run: Run, scheduler: Scheduler, points: Mapping[str,
     from .runs import states
 
     current = states(run, scheduler)
-    rows = [status_row(run_dir, run, job.name, current[job.name]) for job in run.jobs]
+    rows = [status_row(run_dir, job, current[job.name]) for job in run.jobs]
     return Snapshot(current, rows, progress(run, points, current) if points is not None else None)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from .runs import Run
+    from .runs import Run, RunJob
     from .scheduler import Scheduler
 
 CHUNK = 64 << 10
@@ -38,7 +38,7 @@ def add_logs_arguments(logs: argparse.ArgumentParser) -> None:
     logs.add_argument("--unknown-limit", type=float, default=120.0, help=argparse.SUPPRESS)
 
 
-def chosen(first: str | None, second: str | None) -> tuple[Path, Run, list[str]]:
+def chosen(first: str | None, second: str | None) -> tuple[Path, Run, list[RunJob]]:
     """The run and the job names `orchc logs FIRST SECOND` means."""
     from .runs import DEFAULT_ROOT, RUN_FILE, load_run
 
@@ -46,8 +46,7 @@ def chosen(first: str | None, second: str | None) -> tuple[Path, Run, list[str]]
             and not (DEFAULT_ROOT / first / RUN_FILE).is_file():
         first, second = None, first            # not a run: a job of the latest run
     run_dir, run = load_run(first)
-    names = [run.job(second).name] if second is not None else [job.name for job in run.jobs]
-    return run_dir, run, names
+    return run_dir, run, [run.job(second)] if second is not None else list(run.jobs)
 
 
 class Tail:
@@ -78,10 +77,8 @@ class Tail:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from .runs import log_files
-
-    run_dir, run, names = chosen(args.run_ref, args.job)
-    tails = [Tail(path) for name in names for path in log_files(run_dir, run, name)]
+    run_dir, run, jobs = chosen(args.run_ref, args.job)
+    tails = [Tail(run_dir / f"slurm-{job.slurm_id}.{ext}") for job in jobs for ext in ("out", "err")]
     if not args.follow:
         for tail in tails:
             print(f"==> {tail.path} <==")
@@ -90,7 +87,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         return 0
     from .runs import scheduler_for
 
-    follow(tails, run, names, scheduler_for(run), sys.stdout, args.check_every, args.unknown_limit)
+    follow(tails, jobs, scheduler_for(run), sys.stdout, args.check_every, args.unknown_limit)
     return 0
 
 
@@ -105,12 +102,11 @@ def _print_all(tail: Tail, out: TextIO) -> bool:
     return True
 
 
-def follow(tails: Sequence[Tail], run: Run, names: Sequence[str], scheduler: Scheduler, out: TextIO,
-           check_every: float, unknown_limit: float) -> None:
+def follow(tails: Sequence[Tail], jobs: Sequence[RunJob], scheduler: Scheduler, out: TextIO, check_every: float,
+           unknown_limit: float) -> None:
     """Print what the files gain until every job named has ended (then read them to their end once more)."""
     from .follow import UnknownWatch
 
-    jobs = [run.job(name) for name in names]
     unknown = UnknownWatch(jobs, unknown_limit)
     shown: Tail | None = None
     delay, check_at, ending = FIRST_DELAY, 0.0, False
