@@ -626,7 +626,8 @@ def render(matplotlib: Any, plot: Plot) -> tuple[str, bytes, bytes]:
         plot.figure.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
     plot.figure.savefig(png, format="png", metadata={"Software": None})
     text = svg.getvalue()
-    return text[text.index("<svg"):], text.encode("utf-8"), png.getvalue()
+    inline = re.sub(r"<metadata>.*?</metadata>\s*", "", text[text.index("<svg"):], count=1, flags=re.S)
+    return inline, text.encode("utf-8"), png.getvalue()
 
 
 # --- the HTML ----------------------------------------------------------------------------------------------
@@ -665,7 +666,7 @@ h1{font-size:1.5em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-bott
 h3{font-size:1.05em}table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-td.best{font-weight:bold;background:#eef7ee}.wide{overflow-x:auto}
+td.best{font-weight:bold;background:#eef7ee}td.status{white-space:nowrap}.wide{overflow-x:auto}
 figure{margin:1em 0 2em;break-inside:avoid}figure svg{max-width:100%;height:auto}
 figcaption{font-size:.85em;color:#555}.note{color:#555;font-size:.9em}code{font-size:.95em}
 """
@@ -687,7 +688,7 @@ def _summary(client: Client, keys: Sequence[str], heads: list[str]) -> str:
     for point in client.points:
         cells = [f"<td>{html.escape(point.label)}</td>"]
         cells += [f"<td>{html.escape(shown(point.values.get(key)))}</td>" for key in keys]
-        cells += [f'<td class="num">{len(point.rows)}</td>', f"<td>{html.escape(point.status())}</td>"]
+        cells += [f'<td class="num">{len(point.rows)}</td>', f'<td class="status">{html.escape(point.status())}</td>']
         cells += [_cell(point.stats.get(metric), metric in best and point.mean(metric) == best[metric])
                   for metric in heads]
         body.append(f"<tr>{''.join(cells)}</tr>")

@@ -203,7 +203,7 @@ def test_report_of_a_sweep(sweep_report):
     # the summary: mean ± sample stdev of the three repeats, and the failed repeat counted
     rps = [SET[(50, 1)][0] * f for f in NOISE]
     assert f"{number(statistics.mean(rps))} ± {number(statistics.stdev(rps))}" in page
-    assert "<td>2 complete, 1 failed</td>" in page and page.count("<td>3 complete</td>") == 7
+    assert '<td class="status">2 complete, 1 failed</td>' in page and page.count('<td class="status">3 complete</td>') == 7
     assert f"<td>{number(statistics.mean([SET[(10, 1)][0] * f for f in NOISE[:2]]))} ± " not in page  # n=2, not 3
     # the knee of each group (get, set): pipeline 1 after 50 clients (p02); pipeline 16 none
     items = re.findall(r"<li>.*?</li>", page)
@@ -248,7 +248,7 @@ def test_a_run_without_a_sweep(orchc, tmp_path):
     assert done.code == 0, done.err
     page = (tmp_path / "x" / "r.html").read_text()
     assert "none (one configuration)" in page and "No sweep: nothing to saturate along." in page
-    assert "<td>1 complete</td>" in page and '<td class="num" title="n=1, min 1,234, max 1,234">1,234</td>' in page
+    assert '<td class="status">1 complete</td>' in page and '<td class="num" title="n=1, min 1,234, max 1,234">1,234</td>' in page
     assert "<svg" not in page and list((tmp_path / "x" / "r").iterdir()) == []
     assert "No job of this run has GPU telemetry" in page
 
