@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .allocation import SCRIPT as ALLOCATION_SCRIPT
+from .allocation import one_allocation
 from .errors import ClusterError
 from .plan import MANIFEST, plan_from_manifest, submit_script
 from .render import render_recipe
@@ -61,6 +63,10 @@ def build_output(recipe: Recipe, scripts: dict[str, str] | None = None) -> Outpu
     scripts = render_recipe(recipe) if scripts is None else scripts
     files = {script_name(job): scripts[job.name] for job in recipe.jobs}
     manifest = build_manifest(recipe)
+    allocation = one_allocation(recipe)   # allocation: one -> allocation.sbatch, submitted alone
+    if allocation is not None:
+        files[ALLOCATION_SCRIPT], manifest["allocation"] = allocation
+        manifest["files"] = sorted([*manifest["files"], ALLOCATION_SCRIPT])
     files[SUBMIT] = submit_script(plan_from_manifest(manifest))
     manifest["digest"] = digest(files)
     files[MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"

@@ -29,7 +29,7 @@ from typing import Any
 from .emit import Output, write_atomic, write_files
 from .errors import ClusterError
 from .plan import read_plan
-from .scheduler import UNKNOWN, JobState, Scheduler, is_job_id, load_scheduler
+from .scheduler import UNKNOWN, JobState, Scheduler, Submission, is_job_id, load_scheduler
 
 RUN_FILE = "run.json"
 DEFAULT_ROOT = Path("runs")
@@ -275,7 +275,13 @@ def submit_files(files: dict[str, str], site: str, run_dir: Path, scheduler: Sch
     ids: dict[str, str] = {}
     with _SignalGuard() as guard:
         try:
-            for step in plan.steps:
+            if plan.allocation:   # allocation: one: one job, every recipe job a step of it (allocation.py)
+                guard.checkpoint()
+                ids[plan.allocation] = scheduler.submit(Submission(folder / plan.allocation, folder))
+                run = replace(run, jobs=tuple(RunJob(step.name, step.type, step.role, step.target, step.script,
+                                                     ids[plan.allocation], _now()) for step in plan.steps))
+                save_run(run_dir, run)
+            for step in () if plan.allocation else plan.steps:
                 guard.checkpoint()
                 ids[step.name] = scheduler.submit(step.submission(ids, folder))
                 run = replace(run, jobs=(*run.jobs, RunJob(step.name, step.type, step.role, step.target,
