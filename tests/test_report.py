@@ -25,7 +25,13 @@ from conftest import ROOT, in_ci
 
 from compiler.htmlreport import families, headline, knee, number, paired_throughput, parse_gpu_csv, primary_throughput
 
-pytest.importorskip("matplotlib", reason="orchc report needs matplotlib: pip install -e '.[test]'")
+try:
+    import matplotlib  # noqa: F401  (the report's one optional dependency; part of .[test])
+except ImportError:
+    if in_ci():
+        raise
+    pytest.skip("orchc report needs matplotlib: pip install -e '.[test]'; under CI=true this fails",
+                allow_module_level=True)
 
 CLIENTS = [10, 50, 100, 200]
 PIPELINES = (1, 16)
