@@ -135,6 +135,11 @@ def plan_allocation(recipe: Recipe, node: Node) -> Allocation:
     extra = list(dict.fromkeys(item for job in jobs for item in job.resources.get("extra") or ()))
     if extra:
         resources["extra"] = extra
+    site = recipe.site
+    for key, label, allowed in (("partition", "partition", site.partitions), ("qos", "QoS", site.qos)):
+        if key in override and allowed and override[key] not in allowed:
+            raise OrchcError.at(override_node.at((key,)).loc if override_node is not None else where,
+                                f"{label} '{override[key]}' is not one of site {site.name}'s: {', '.join(allowed)}")
     for key, value in override.items():
         resources[key] = value
         how[key] = "allocation.resources"

@@ -170,6 +170,15 @@ def test_what_one_allocation_cannot_hold_is_a_located_error(orchc, write, tmp_pa
     assert not (tmp_path / "out" / "ladder").exists()
 
 
+def test_the_allocation_partition_must_be_one_of_the_sites(orchc, write, tmp_path):
+    text = LADDER.replace("site: local", "site: meluxina\naccount: p200981").replace(
+        "allocation: {allocation}", "allocation: {{mode: one, resources: {{partition: gpux}}}}")
+    recipe = write("ladder.yaml", text.format(port=16379))
+    done = orchc("compile", recipe, "-o", tmp_path / "out", cwd=tmp_path)
+    assert done.code == 1, done.err
+    assert done.err.startswith("ladder.yaml:4:48: error: partition 'gpux' is not one of site meluxina's"), done.err
+
+
 def test_an_unknown_allocation_mode_is_refused_by_the_schema(orchc, write, tmp_path):
     recipe = write("ladder.yaml", LADDER.format(allocation="shared", port=16379))
     done = orchc("compile", recipe, "-o", tmp_path / "out", cwd=tmp_path)
