@@ -143,7 +143,8 @@ clients:
 def test_the_allocation_script_passes_shellcheck(orchc, write, tmp_path):
     folder = compiled(orchc, write, tmp_path)
     other = compiled(orchc, write, tmp_path, text=TWO_CLIENTS, sub="two")
-    scripts = [folder / ALLOCATION_SCRIPT, folder / "submit.sh", other / ALLOCATION_SCRIPT]
+    alone = compiled(orchc, write, tmp_path, text=TWO_CLIENTS.split("clients:")[0], sub="alone")
+    scripts = [folder / ALLOCATION_SCRIPT, folder / "submit.sh", other / ALLOCATION_SCRIPT, alone / ALLOCATION_SCRIPT]
     checked = subprocess.run([shellcheck(), "-s", "bash", *map(str, scripts)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # a client with no target in the recipe gets no target id and releases no service; it waits for no client
