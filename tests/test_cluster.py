@@ -174,7 +174,9 @@ def test_a_client_duration_bounds_the_whole_run_and_keeps_what_finished(cluster,
 
 def test_clients_reach_services_by_job_id_and_by_endpoint(cluster, needs_redis, tmp_path):
     port = free_port()
-    (tmp_path / "service.yaml").write_text(redis_recipe(port).replace("  name: redis\n", "  name: redis\n  keep_running: true\n"))
+    # auth: none: these clients are of another run, so they hold no certificate of this one
+    (tmp_path / "service.yaml").write_text(redis_recipe(port, service="  auth: none\n").replace(
+        "  name: redis\n", "  name: redis\n  keep_running: true\n"))
     service_run = tmp_path / "service"
     orchc("submit", "service.yaml", "--run-dir", service_run, cwd=tmp_path)
     service_id = json.loads((service_run / "run.json").read_text())["jobs"][0]["slurm_id"]
@@ -189,11 +191,12 @@ def test_clients_reach_services_by_job_id_and_by_endpoint(cluster, needs_redis, 
         orchc("submit", "clients.yaml", "--run-dir", client_run, cwd=tmp_path)
         wait_for(lambda: {j["state"] for j in status(client_run).values()} == {"COMPLETED"}, 120, "both clients")
         results = json.loads(orchc("results", client_run, "--json", cwd=tmp_path).stdout)
-        assert results["by_id"]["tests"]["PING_INLINE"]["rps"] > 0
-        assert results["by_endpoint"]["tests"]["PING_INLINE"]["rps"] > 0
+        assert results["by_id"]["metrics"]["ping_inline.requests_per_s"] > 0
+        assert results["by_endpoint"]["metrics"]["ping_inline.requests_per_s"] > 0
         csv = orchc("results", client_run, "--csv", cwd=tmp_path).stdout.splitlines()
-        assert csv[0] == "job,state,metric,value"
-        assert any(line.startswith("by_id,COMPLETED,tests.PING_INLINE.rps,") for line in csv)
+        assert csv[0] == "run,point,repeat,job,slurm_id,type,state,status,metric,value,unit,swept,parameters"
+        assert any(line.startswith("clients,,,by_id,") and ",COMPLETED,complete,ping_inline.requests_per_s," in line
+                   for line in csv), csv
         logs = orchc("logs", client_run, "by_id", cwd=tmp_path).stdout
         assert "==> " in logs and "redis-benchmark ping_inline" in logs
     finally:
@@ -303,7 +306,7 @@ def test_mysql_and_mysqlslap_with_a_secret_that_never_reaches_a_file(cluster, tm
     orchc("submit", "db.yaml", "--run-dir", run, cwd=tmp_path)
     wait_for(lambda: {j["state"] for j in status(run).values()} == {"COMPLETED"}, 120, "both jobs to complete")
     results = json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["slap"]
-    assert results["runs"] == 2 and results["queries_per_second"] > 0
+    assert results["metrics"]["runs_count"] == 2 and results["metrics"]["queries_per_s"] > 0
     assert oct(secret.stat().st_mode & 0o777) == "0o600"
     password = secret.read_text().strip()
     assert len(password) >= 20
@@ -331,7 +334,7 @@ def test_two_runs_of_one_mysql_recipe_at_once_each_keep_their_own_data(cluster, 
     for run in runs:
         wait_for(lambda run=run: {j["state"] for j in status(run).values()} == {"COMPLETED"}, 120,
                  f"both jobs of {run.name} to complete")
-        assert json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["slap"]["runs"] == 2
+        assert json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["slap"]["metrics"]["runs_count"] == 2
         assert (run / "data" / "db" / "mysql" / "mysql").is_dir(), sorted(run.rglob("*"))[:20]
 
 
@@ -394,7 +397,7 @@ def test_a_comma_in_the_run_folder_path_reaches_no_sbatch_option(cluster, needs_
     orchc("submit", "redis.yaml", "--run-dir", run, cwd=tmp_path)
     wait_for(lambda: {j["state"] for j in status(run).values()} == {"COMPLETED"}, 120, "both jobs to complete")
     results = json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["bench"]
-    assert results["tests"]["PING_INLINE"]["rps"] > 0 and results["job_state"] == "COMPLETED"
+    assert results["metrics"]["ping_inline.requests_per_s"] > 0 and results["job_state"] == "COMPLETED"
     client_id = json.loads((run / "run.json").read_text())["jobs"][1]["slurm_id"]
     assert "cannot be preloaded" not in (run / f"slurm-{client_id}.err").read_text()   # LD_PRELOAD not injected
     assert (run / "endpoints").is_dir() and not (tmp_path / "runs" / "x").exists()
