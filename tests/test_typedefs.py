@@ -112,10 +112,11 @@ def test_types_lists_every_builtin_with_its_parent(orchc):
     result = orchc("types")
     assert result.code == 0
     rows = {line.split()[0]: line.split()[1:3] for line in result.out.splitlines()[1:]}
-    for name in ("ollama", "redis", "chroma", "mysql", "prometheus", "grafana"):
+    for name in ("ollama", "redis", "chroma", "mysql", "prometheus", "grafana", "vllm"):
         assert rows[name] == ["service", "service"], name
-    for name in ("ollama_client", "redis_client", "chroma_client", "mysql_client"):
+    for name in ("llm_client", "redis_client", "chroma_client", "mysql_client"):
         assert rows[name] == ["client", "client"], name
+    assert rows["ollama_client"] == ["llm_client", "client"]
     assert rows["service"][0] == "base_job"
 
 
