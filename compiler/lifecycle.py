@@ -78,8 +78,6 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
                          help="check the results against the recipe's references; exit 1 when one fails")
     results.set_defaults(run=cmd_results)
 
-    from . import compare as comparing
-
     compare = commands.add_parser("compare", help="two runs side by side: per point, client and metric, the change")
     compare.add_argument("run_a", metavar="RUN_A")
     compare.add_argument("run_b", metavar="RUN_B")
@@ -88,15 +86,24 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     compare_form = compare.add_mutually_exclusive_group()
     compare_form.add_argument("--json", action="store_true")
     compare_form.add_argument("--csv", action="store_true")
-    compare.set_defaults(run=comparing.cmd_compare)
-
-    from . import htmlreport
+    compare.set_defaults(run=_later("compare", "cmd_compare"))
 
     report = commands.add_parser("report", help="an HTML report of a run: summary, knees, plots (needs matplotlib)")
     report.add_argument("run_ref", nargs="?", metavar="RUN")
     report.add_argument("-o", "--output", type=Path, metavar="FILE.html",
                         help="default: RUN/report.html; the plots as SVG and PNG in FILE/ beside it")
-    report.set_defaults(run=htmlreport.cmd_report)
+    report.set_defaults(run=_later("htmlreport", "cmd_report"))
+
+
+def _later(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """A command whose module is imported only when it runs, so that every other command starts fast."""
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        command: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(f".{module}", __package__),
+                                                               function)
+        return command(args)
+    return run
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
