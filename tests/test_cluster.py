@@ -261,8 +261,10 @@ def test_ollama_client_measures_a_generate_api(cluster, tmp_path):
     m = results["metrics"]
     assert (m["requests_ok_count"], m["requests_failed_count"], m["warmup_requests_count"]) == (12, 0, 1)
     assert m["output_tokens_count"] == 60
-    assert m["ttft_mean_ms"] == pytest.approx(30, abs=25) and m["tpot_mean_ms"] == pytest.approx(10, abs=5)
-    assert m["e2e_latency_median_ms"] == pytest.approx(70, abs=25)
+    seen = _standin_record(fake)           # what the server saw (warm-up included), see tests/test_llm_bench.py
+    assert m["ttft_mean_ms"] == pytest.approx(seen["ttft_mean_ms"], abs=5 * E2E_MS)   # the loopback and both ends
+    assert m["tpot_mean_ms"] == pytest.approx(seen["tpot_mean_ms"], abs=E2E_MS)
+    assert m["ttft_mean_ms"] == pytest.approx(30, abs=30, rel=0.2) and m["tpot_mean_ms"] == pytest.approx(10, abs=30, rel=0.2)
     assert m["eval_duration_mean_ms"] == pytest.approx(40) and m["prompt_eval_duration_mean_ms"] == pytest.approx(30)
     assert m["ttft_p99_ms"] >= m["ttft_median_ms"] and m["request_throughput_per_s"] > 0
     assert results["environment"]["reported"] == {"server_version": "0.0.0-llm-standin", "model": "tiny", "api": "ollama"}
@@ -471,10 +473,16 @@ def test_llm_client_measures_an_openai_compatible_server_at_a_request_rate(clust
     m = results["metrics"]
     assert (m["requests_ok_count"], m["requests_failed_count"]) == (10, 0)
     assert (m["input_tokens_count"], m["output_tokens_count"]) == (160, 50)   # 16 words, as the stand-in counts
-    assert m["tpot_mean_ms"] == pytest.approx(10, abs=5) and m["itl_median_ms"] == pytest.approx(10, abs=5)
-    assert m["ttft_min_ms"] == pytest.approx(40, abs=25)
-    # one slot serves 80 ms per request; 20/s asks for one each 50 ms: the server is the bottleneck
-    assert m["request_throughput_per_s"] == pytest.approx(1 / 0.08, rel=0.15)
+    seen = _standin_record(fake)
+    assert m["tpot_mean_ms"] == pytest.approx(seen["tpot_mean_ms"], abs=E2E_MS)
+    assert m["itl_median_ms"] == pytest.approx(seen["itl_median_ms"], abs=E2E_MS)
+    assert m["ttft_min_ms"] == pytest.approx(40, abs=30, rel=0.2)
+    # one slot serves 80 ms per request; 20/s asks for one each 50 ms: the server is the bottleneck. The wall
+    # time starts before the first Poisson arrival (as in vLLM), the server's span at it.
+    records = [json.loads(line) for line in (run / "results" / "bench" / "requests.jsonl").read_text().splitlines()]
+    first = min(r["send_s"] for r in records)
+    assert m["request_throughput_per_s"] == pytest.approx(10 / (first + seen["span_s"]), rel=0.2)
+    assert m["request_throughput_per_s"] == pytest.approx(10 / (first + 10 * 0.08), rel=0.2)
     assert results["parameters"]["request_rate"] == 20 and results["parameters"]["api"] == "openai-chat"
     assert results["environment"]["reported"]["model"] == "tiny"          # the first model the server lists
     bodies = [request["body"] for request in fake.requests]
@@ -508,4 +516,28 @@ def test_llm_client_stopped_by_its_duration_keeps_the_requests_in_flight(cluster
     records = [json.loads(line) for line in (run / "results" / "bench" / "requests.jsonl").read_text().splitlines()]
     assert [r["error"] for r in records] == ["cut at duration"] * 2
     assert all(100 < len(r["chunk_times_s"]) < 300 for r in records)        # about 3 s of tokens, 10 ms apart
+
+
+E2E_MS = 5.0
+"""How far the client's token-gap means may be from the stand-in's own record here (TTFT: 5 times that).
+tests/test_llm_bench.py holds the client to 1.5 ms + 2 % and 15 ms + 5 %; these end-to-end runs check that
+the figures reach results.json, with the stand-in in pytest's own process and the job on a machine that ran
+at load average 10-11 (measured: a TPOT mean of 6.8 ms where the server wrote tokens 8.7 ms apart, a TTFT
+mean of 47 ms where the server took 34 ms)."""
+
+
+def _standin_record(standin) -> dict[str, float]:
+    """Means of what tests/llm_standin.py saw of the completed requests (arrival and token times on the
+    monotonic clock): the reference the client's figures must match, whatever a loaded machine did to the
+    nominal timing."""
+    import itertools
+    import statistics
+
+    timings = [t["timing"] for t in standin.settings.timings if not t["timing"].get("cut")]
+    tokens = [t["tokens"] for t in timings]
+    itls = [b - a for x in tokens for a, b in itertools.pairwise(x)]
+    return {"ttft_mean_ms": statistics.fmean(t["tokens"][0] - t["received"] for t in timings) * 1000,
+            "tpot_mean_ms": statistics.fmean((x[-1] - x[0]) / (len(x) - 1) for x in tokens) * 1000,
+            "itl_median_ms": statistics.median(itls) * 1000,
+            "span_s": max(x[-1] for x in tokens) - min(t["received"] for t in timings)}
 
