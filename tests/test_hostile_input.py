@@ -75,19 +75,28 @@ def test_hostile_file_is_refused_with_a_located_error(orchc, tmp_path, name):
     check_outcome(name, case, result.code, result.err)
 
 
+# A small Python forks orchc and reports its rusage: a child forked by pytest itself would report at least
+# the pytest process's own peak memory, which Linux carries across fork and exec into ru_maxrss.
+_MEASURE = """
+import json, os, signal, sys
+pid = os.fork()
+if pid == 0:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.execv(sys.executable, [sys.executable, "-m", "compiler", *sys.argv[2:]])
+signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
+signal.setitimer(signal.ITIMER_REAL, float(sys.argv[1]))
+_, status, usage = os.wait4(pid, 0)
+print(json.dumps([os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024]))
+"""
+
+
 def run_measured(args: list[str], cwd: Path, timeout: float = 60) -> tuple[int, str, float, float]:
     """Run orchc in a fresh process: (exit code, stderr, CPU seconds, peak memory in MB)."""
-    process = subprocess.Popen([sys.executable, "-m", "compiler", *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    timer = threading.Timer(timeout, process.kill)
-    timer.start()
-    try:
-        err = process.stderr.read().decode("utf-8", "replace") if process.stderr else ""
-        _, status, usage = os.wait4(process.pid, 0)
-    finally:
-        timer.cancel()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, err, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    done = subprocess.run([sys.executable, "-c", _MEASURE, str(timeout), *args], cwd=cwd, capture_output=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=timeout + 30)
+    code, cpu, peak = json.loads(done.stdout)
+    return code, done.stderr.decode("utf-8", "replace"), cpu, peak
 
 
 @pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c.get("heavy")))

@@ -93,7 +93,7 @@ def test_a_prompt_with_shell_syntax_is_written_as_inert_data(orchc, write, tmp_p
                          'account: p200981\n')
     assert "$(touch /tmp/orchc-pwned) `id`" in out                       # present only as data:
     for line in (text for text in out.splitlines() if "orchc-pwned" in text):
-        assert line.startswith(("{", "ORCHC_PARAMETERS='{")), line      # a JSON line, or the quoted parameters
+        assert line.startswith(("[", "ORCHC_PARAMETERS='{")), line      # JSON data, or the quoted parameters
 
 
 def test_secret_is_read_at_run_time_and_never_written(orchc, write, tmp_path, monkeypatch):
@@ -186,8 +186,9 @@ PLACEHOLDER = re.compile(r"@ORCHC_HOST[^:@\s]*:([A-Za-z0-9_.-]+)@")
 
 
 def _prompts_and_fills(script: str) -> tuple[list[str], list[str]]:
-    prompts = [json.loads(line)["prompt"] for _, _, body in _heredoc_blocks(script) if '"prompt"' in body
-               for line in body.splitlines()]
+    # the client's prompts file: a JSON list of strings, written by a quoted here-document
+    prompts = [prompt for _, _, body in _heredoc_blocks(script) if body.startswith("[")
+               for prompt in json.loads(body)]
     fills = [line for line in script.splitlines() if line.startswith("orchc_fill_hosts ")]
     return prompts, fills
 
