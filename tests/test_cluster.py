@@ -204,39 +204,6 @@ def test_clients_reach_services_by_job_id_and_by_endpoint(cluster, needs_redis, 
     wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
 
 
-class FakeOllama:
-    """A stand-in for Ollama's /api/generate on loopback, so the real client script runs under SLURM."""
-
-    def __init__(self) -> None:
-        import http.server
-        import threading
-
-        requests: list[dict] = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                requests.append(body)
-                reply = json.dumps({"model": body["model"], "response": "ok", "done": True,
-                                    "eval_count": 20, "eval_duration": 400_000_000}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.requests = requests
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 def test_ollama_client_measures_a_generate_api(cluster, tmp_path):
     """ollama_client (llm_client with api: ollama) through `orchc submit`, against the known-timing stand-in
     (tests/llm_standin.py): 3 slots for 3 workers, so every request gets its first token after 30 ms and the
