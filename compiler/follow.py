@@ -28,7 +28,7 @@ _ENDPOINT_LIMIT = 4096
 
 
 def readiness(run_dir: Path, name: str, slurm_id: str) -> str:
-    """`ready` when endpoints/<name> names this job's SLURM id first (orchc_publish_endpoint), else `starting`.
+    """`ready` when endpoints/<name> names this job's SLURM id (or allocation step) first (orchc_publish_endpoint), else `starting`.
     A file left by an earlier job of the same name, or a damaged one, does not count."""
     from .runs import read_regular
 
@@ -36,7 +36,8 @@ def readiness(run_dir: Path, name: str, slurm_id: str) -> str:
         words = read_regular(run_dir / "endpoints" / name, _ENDPOINT_LIMIT).split()
     except OSError:
         return "starting"
-    return "ready" if words and words[0] == slurm_id else "starting"
+    # a job of its own, or a step ALLOCATION.JOB of a recipe run inside one allocation (allocation: one)
+    return "ready" if words and words[0] in (slurm_id, f"{slurm_id}.{name}") else "starting"
 
 
 def status_row(run_dir: Path, job: RunJob, state: JobState) -> dict[str, str | None]:

@@ -76,9 +76,17 @@ class Tail:
         return self.decoder.decode(data)
 
 
+def log_files(run_dir: Path, job: RunJob) -> list[Path]:
+    """A job's slurm-<id>.out/.err; inside one allocation (allocation: one), its step's slurm-<id>.<job>.out/.err."""
+    step = [run_dir / f"slurm-{job.slurm_id}.{job.name}.{ext}" for ext in ("out", "err")]
+    if step[0].exists() or step[1].exists():
+        return step
+    return [run_dir / f"slurm-{job.slurm_id}.{ext}" for ext in ("out", "err")]
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     run_dir, run, jobs = chosen(args.run_ref, args.job)
-    tails = [Tail(run_dir / f"slurm-{job.slurm_id}.{ext}") for job in jobs for ext in ("out", "err")]
+    tails = [Tail(path) for job in jobs for path in log_files(run_dir, job)]
     if not args.follow:
         for tail in tails:
             print(f"==> {tail.path} <==")

@@ -381,14 +381,10 @@ def states(run: Run, scheduler: Scheduler) -> dict[str, JobState]:
 
 def cancel(run: Run, names: list[str], scheduler: Scheduler) -> list[str]:
     ids = [run.job(name).slurm_id for name in names] if names else [job.slurm_id for job in run.jobs]
+    ids = list(dict.fromkeys(ids))             # one id for every job run inside one allocation
     if ids:
         scheduler.cancel(*ids)
     return ids
-
-
-def log_files(run_dir: Path, run: Run, name: str) -> list[Path]:
-    job = run.job(name)
-    return [run_dir / f"slurm-{job.slurm_id}.{ext}" for ext in ("out", "err")]
 
 
 def results(run_dir: Path, run: Run) -> dict[str, Any]:

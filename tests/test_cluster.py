@@ -169,7 +169,7 @@ def test_a_client_duration_bounds_the_whole_run_and_keeps_what_finished(cluster,
     seconds = [int(h) * 3600 + int(m) * 60 + int(s) for h, m, s in (started.groups(), stopped.groups())]
     assert 14 <= (seconds[1] - seconds[0]) % 86400 <= 17, log
     wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
-    assert not (run / "endpoints" / "redis").exists()
+    wait_for(lambda: not (run / "endpoints" / "redis").exists(), 15, "the endpoint to be withdrawn")
 
 
 def test_clients_reach_services_by_job_id_and_by_endpoint(cluster, needs_redis, tmp_path):
