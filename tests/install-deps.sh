@@ -3,11 +3,12 @@
 # (the one-node test cluster), redis (service and benchmark of the end-to-end
 # tests), prometheus (promtool checks generated configs, and scrapes the exporters in test_monitoring), the
 # redis, mysqld and node exporters (the exporter sidecars run natively), mariadb (the mysql types
-# run natively), curl and procps (used by generated scripts), python3-venv (the test venv), chromium
+# run natively), sysbench (sysbench_client), curl, procps and openssl (used by generated scripts: openssl
+# makes redis' TLS certificates), python3-venv (the test venv), chromium
 # (tests/test_report.py opens the HTML report in it, headless). Idempotent; skips apt-get when everything is there.
 set -euo pipefail
 
-needed=(slurm-wlm munge redis-server redis-tools prometheus prometheus-redis-exporter prometheus-mysqld-exporter prometheus-node-exporter mariadb-server mariadb-client sysbench curl procps python3-venv chromium)
+needed=(slurm-wlm munge redis-server redis-tools prometheus prometheus-redis-exporter prometheus-mysqld-exporter prometheus-node-exporter mariadb-server mariadb-client sysbench curl procps openssl python3-venv chromium)
 missing=()
 for package in "${needed[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
