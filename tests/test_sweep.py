@@ -185,7 +185,9 @@ def test_a_sweep_runs_as_a_ladder_against_one_service_on_the_cluster(cluster, ne
         f"name: sw\nsite: local\nservice:\n  name: redis\n  ports: [{port}]\n  resources: {{time: '00:05:00'}}\n"
         "client:\n  name: bench\n  type: redis_client\n  tests: [set]\n  requests: 2000\n"
         "sweep:\n  matrix:\n    bench.clients: [1, 4]\n    bench.pipeline: [1, 8]\n"
-        "  exclude:\n    - {bench.clients: 4, bench.pipeline: 1}\n  repeat: 2\n")
+        "  zip:\n    bench.data_size: [3, 64]\n    bench.keyspace: [10, 1000]\n"
+        "  exclude:\n    - {bench.clients: 4, bench.pipeline: 1}\n    - {bench.data_size: 64}\n  repeat: 2\n"
+        "references:\n  bench.set.requests_per_s: {min: 1}\n")
     run = tmp_path / "run"
     submitted = cluster_orchc("submit", "sw.yaml", "--run-dir", run, cwd=tmp_path)
     assert submitted.stdout.count("SLURM job") == 7, submitted.stdout
@@ -203,10 +205,17 @@ def test_a_sweep_runs_as_a_ladder_against_one_service_on_the_cluster(cluster, ne
     data = json.loads(cluster_orchc("results", run, "--json", cwd=tmp_path).stdout)
     rows = {(row["point"], row["repeat"]): row for row in data["rows"]}
     assert sorted(rows) == [(f"p0{p}", r) for p in (1, 2, 3) for r in (1, 2)]
-    assert rows[("p03", 2)]["values"] == {"bench.clients": 4, "bench.pipeline": 8}
+    assert rows[("p03", 2)]["values"] == {"bench.clients": 4, "bench.pipeline": 8, "bench.data_size": 3,
+                                          "bench.keyspace": 10}
     assert rows[("p03", 2)]["results"]["parameters"]["clients"] == 4
     assert all(row["results"]["status"] == "complete" for row in rows.values())
     rates = [a for a in data["aggregates"] if a["metric"] == "set.requests_per_s"]
     assert [a["point"] for a in rates] == ["p01", "p02", "p03"] and all(a["n"] == 2 and a["mean"] > 0 for a in rates)
     table = cluster_orchc("results", run, cwd=tmp_path).stdout
-    assert re.search(r"p02\s+1\s+8\s+1\s+bench\s+COMPLETED\s+set\.requests_per_s", table), table
+    assert re.search(r"p02\s+1\s+8\s+3\s+10\s+1\s+bench\s+COMPLETED\s+set\.requests_per_s", table), table
+    # the campaign commands on this real run: its references hold, it equals itself, and it has a report
+    assert cluster_orchc("results", run, "--check", cwd=tmp_path).returncode == 0
+    same = cluster_orchc("compare", run, run, "--threshold", "*.requests_per_s=1", cwd=tmp_path, check=False)
+    assert same.returncode == 0, same.stderr
+    cluster_orchc("report", run, "-o", tmp_path / "report.html", cwd=tmp_path)
+    assert (tmp_path / "report.html").read_text().count("<svg") >= 2
