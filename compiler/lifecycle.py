@@ -108,36 +108,34 @@ def _later(module: str, function: str) -> Callable[[argparse.Namespace], int]:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from .pipeline import compile_all
-    from .runs import Interrupted, default_scheduler, new_run_dir, submit
+    from .runs import default_scheduler, new_run_dir, submit
 
     (output,) = compile_all([args.recipe], compile_options(args))
     run_dir = args.run_dir or new_run_dir(output.recipe.name)
-    try:
-        run = submit(output, run_dir, default_scheduler(), _command_line())
-    except Interrupted as stopped:
-        print(f"orchc: error: {stopped}", file=sys.stderr)
-        return 128 + stopped.signum
-    return _submitted(run, run_dir)
+    return _submitted(lambda: submit(output, run_dir, default_scheduler(), _command_line()), run_dir)
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from .runs import Interrupted, default_scheduler, load_run, new_run_dir, rerun
+    from .runs import default_scheduler, load_run, new_run_dir, rerun
 
     source, old = load_run(args.run_ref)
     run_dir = args.run_dir or new_run_dir(old.recipe)
-    try:
-        run = rerun(source, run_dir, default_scheduler(), _command_line())
-    except Interrupted as stopped:
-        print(f"orchc: error: {stopped}", file=sys.stderr)
-        return 128 + stopped.signum
-    return _submitted(run, run_dir)
+    return _submitted(lambda: rerun(source, run_dir, default_scheduler(), _command_line()), run_dir)
 
 
 def _command_line() -> tuple[str, ...]:
     return ("orchc", *sys.argv[1:])
 
 
-def _submitted(run: Run, run_dir: Path) -> int:
+def _submitted(submitting: Callable[[], Run], run_dir: Path) -> int:
+    """Submit, then say what was submitted; a signal during submit exits 128 + its number."""
+    from .runs import Interrupted
+
+    try:
+        run = submitting()
+    except Interrupted as stopped:
+        print(f"orchc: error: {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
     for job in run.jobs:
         print(f"submitted {job.role} {job.name}: SLURM job {job.slurm_id}")
     print(f"run: {run_dir}  (follow it with: orchc status --watch {run_dir})")
