@@ -11,28 +11,20 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from test_cluster import cluster, wait_for
 from test_cluster import orchc as real_orchc
+from test_scheduler import fake
 
 from compiler import logs, runs, slurm
 from compiler.pipeline import Options, compile_all
-from compiler.scheduler import FakeScheduler, JobState, register_scheduler
+from compiler.scheduler import FakeScheduler, JobState
 
-__all__ = ["cluster"]   # the fixture, imported for the cluster test below
+__all__ = ["cluster", "fake"]   # fixtures, imported for the tests below
 
 RECIPE = ("site: local\nservice:\n  name: cache\n  type: redis\nclients:\n  - name: load\n    type: redis_client\n"
           "    target: cache\n  - name: bench\n    type: redis_client\n    target: cache\n")
 SWEEP = RECIPE.split("clients:")[0] + ("client:\n  name: bench\n  type: redis_client\n  target: cache\n"
                                        "sweep:\n  matrix:\n    bench.clients: [1, 2]\n  repeat: 2\n")
-
-
-@pytest.fixture
-def fake(monkeypatch) -> FakeScheduler:
-    scheduler = FakeScheduler()
-    register_scheduler("fake")(lambda: scheduler)
-    monkeypatch.setenv(runs.SCHEDULER_VARIABLE, "fake")
-    return scheduler
 
 
 def submitted(tmp_path: Path, fake: FakeScheduler, recipe: str = RECIPE, name: str = "run") -> Path:
