@@ -71,10 +71,10 @@ class Progress:
 
 def point_of_client(run_dir: Path) -> dict[str, str] | None:
     """Client job -> its sweep point, from the run's manifest.json; None for a run without a sweep."""
-    from .points import read_manifest, sweep_of
+    from .points import read_manifest, recorded_sweep
 
     manifest = read_manifest(run_dir)
-    if sweep_of(manifest) is None:
+    if recorded_sweep(manifest) is None:
         return None
     return {job["name"]: job["point"] for job in manifest.get("jobs", [])
             if isinstance(job, dict) and isinstance(job.get("name"), str) and isinstance(job.get("point"), str)}

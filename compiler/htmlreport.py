@@ -717,10 +717,10 @@ def build(run_dir: Path, run: Run, folder_name: str) -> Report:
     """The report of a run; plot files are linked as `folder_name/<file>`."""
     matplotlib, Figure = _matplotlib()
     from . import __version__
-    from .points import point_results, read_manifest, sweep_of
+    from .points import point_results, read_manifest, recorded_sweep
 
     manifest = read_manifest(run_dir)
-    sweep = sweep_of(manifest)
+    sweep = recorded_sweep(manifest)
     keys = list(sweep.keys) if sweep else []
     clients = clients_of(point_results(run_dir, run), sweep)
     traces, notes = gpu_traces(run_dir, run)

@@ -18,6 +18,7 @@ from .errors import ClusterError
 from .options import compile_options
 
 if TYPE_CHECKING:
+    from .points import Sweep
     from .runs import Run
 
 RESULT_HEADERS = ["job", "state", "metric", "value", "unit"]
@@ -199,9 +200,9 @@ def _result_rows(collected: dict[str, Any], job_states: dict[str, str]) -> list[
 
 
 def _csv_rows(run: Run, run_dir: Path, collected: dict[str, Any], job_states: dict[str, str]) -> list[list[str]]:
-    from .points import point_results
+    from .points import placements, read_manifest
 
-    placed = {row.job: row for row in point_results(run_dir, run)}
+    placed = placements(read_manifest(run_dir))
     rows = []
     for job in run.jobs:
         if job.name not in collected:
@@ -219,14 +220,13 @@ def _csv_rows(run: Run, run_dir: Path, collected: dict[str, Any], job_states: di
     return rows
 
 
-def _sweep_results(run_dir: Path, run: Run, job_states: dict[str, str], as_json: bool) -> int:
+def _sweep_results(run_dir: Path, run: Run, manifest: dict[str, Any], sweep: Sweep, job_states: dict[str, str],
+                   as_json: bool) -> int:
     """A sweep's results: one row per point, repeat and metric, then each point's aggregate over its repeats."""
-    from .points import aggregate, base_name, by_point, point_results, read_manifest, sweep_of
+    from .points import aggregate, base_name, by_point, point_results
     from .report import print_table
 
-    sweep = sweep_of(read_manifest(run_dir))
-    assert sweep is not None
-    rows = point_results(run_dir, run)
+    rows = point_results(run_dir, run, manifest)
     aggregates = []
     for (point, client), repeats in by_point(rows).items():
         names = sorted({name for row in repeats for name in row.metrics()})
@@ -273,17 +273,19 @@ def cmd_results(args: argparse.Namespace) -> int:
     from .runs import images, load_run, results
 
     run_dir, run = load_run(args.run_ref)
+    if not args.csv:
+        from .points import read_manifest, recorded_sweep
+
+        manifest = read_manifest(run_dir)
+        sweep = recorded_sweep(manifest)
+        if sweep is not None:
+            return _sweep_results(run_dir, run, manifest, sweep, _job_states(run), args.json)
     collected = results(run_dir, run)
     for job, used in images(run_dir, run).items():  # every job's images, services' too
         data = collected.get(job)
         collected[job] = {**(data if isinstance(data, dict) else {} if data is None else {"results": data}),
                           "images": used}
     job_states = _job_states(run)
-    if not args.csv and (run_dir / "manifest.json").is_file():
-        from .points import read_manifest, sweep_of
-
-        if sweep_of(read_manifest(run_dir)) is not None:
-            return _sweep_results(run_dir, run, job_states, args.json)
     if args.json:
         shown = {job: {**(data if isinstance(data, dict) else {} if data is None else {"results": data}),
                        "job_state": job_states.get(job, "?")} for job, data in collected.items()}

@@ -58,7 +58,7 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def sweep_of(manifest: Mapping[str, Any]) -> Sweep | None:
+def recorded_sweep(manifest: Mapping[str, Any]) -> Sweep | None:
     """The sweep a manifest records; None for a run of one configuration."""
     sweep = manifest.get("sweep")
     if not isinstance(sweep, dict):
@@ -70,23 +70,34 @@ def sweep_of(manifest: Mapping[str, Any]) -> Sweep | None:
     return Sweep(keys, repeat if isinstance(repeat, int) and repeat > 0 else 1, points)
 
 
-def point_results(run_dir: Path, run: Run) -> list[PointResult]:
-    """Every client's results with its point and repeat, in the order the manifest lists the jobs."""
-    manifest = read_manifest(run_dir)
-    sweep = sweep_of(manifest)
+@dataclass(frozen=True)
+class Placement:
+    point: str | None
+    values: Mapping[str, Any]
+    repeat: int | None
+
+
+def placements(manifest: Mapping[str, Any]) -> dict[str, Placement]:
+    """Job name -> its point, swept values and repeat, as the manifest records them (clients of a sweep)."""
+    sweep = recorded_sweep(manifest)
     values = dict(sweep.points) if sweep else {}
-    placed = {job["name"]: job for job in manifest.get("jobs", []) if isinstance(job, dict) and "name" in job}
+    placed = {}
+    for job in manifest.get("jobs", []):
+        if isinstance(job, dict) and isinstance(job.get("name"), str):
+            point = job.get("point") if isinstance(job.get("point"), str) else None
+            repeat = job.get("repeat") if isinstance(job.get("repeat"), int) else None
+            placed[job["name"]] = Placement(point, values.get(point, {}) if point else {}, repeat)
+    return placed
+
+
+def point_results(run_dir: Path, run: Run, manifest: Mapping[str, Any] | None = None) -> list[PointResult]:
+    """Every client's results with its point and repeat, in the order the manifest lists the jobs
+    (`manifest`: the run's manifest.json, when the caller has read it already)."""
+    placed = placements(read_manifest(run_dir) if manifest is None else manifest)
     collected = results(run_dir, run)
-    rows = []
-    for job in run.jobs:
-        if job.role != "client":
-            continue
-        entry = placed.get(job.name, {})
-        point = entry.get("point") if isinstance(entry.get("point"), str) else None
-        repeat = entry.get("repeat") if isinstance(entry.get("repeat"), int) else None
-        rows.append(PointResult(point, values.get(point, {}) if point else {}, repeat, job.name, job.type,
-                                job.slurm_id, collected.get(job.name)))
-    return rows
+    nowhere = Placement(None, {}, None)
+    return [PointResult(at.point, at.values, at.repeat, job.name, job.type, job.slurm_id, collected.get(job.name))
+            for job in run.jobs if job.role == "client" for at in (placed.get(job.name, nowhere),)]
 
 
 @dataclass(frozen=True)
