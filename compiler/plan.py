@@ -60,12 +60,12 @@ def plan_from_manifest(manifest: Any, source: str = MANIFEST) -> Plan:
     if not isinstance(recipe, str) or not _NAME.fullmatch(recipe):
         raise bad("no valid recipe name")
     steps: list[Step] = []
+    earlier: set[str] = set()
     for index, job in enumerate(manifest["jobs"]):
         if not isinstance(job, dict):
             raise bad(f"job {index + 1} is not a mapping")
         name, role, script, target = job.get("name"), job.get("role"), job.get("script"), job.get("target")
         depends = job.get("depends_on", [])
-        earlier = {step.name for step in steps}
         if not isinstance(name, str) or not _NAME.fullmatch(name) or name in earlier:
             raise bad(f"job {index + 1} has no valid, unique name")
         if role not in _ROLES or script != f"{name}.sbatch":
@@ -78,6 +78,7 @@ def plan_from_manifest(manifest: Any, source: str = MANIFEST) -> Plan:
             raise bad(f"job {name} targets a job that is not submitted before it")
         steps.append(Step(name, role, str(job.get("type", "")), script, target, tuple(depends),
                           ((TARGET_VARIABLE, target),) if target else (), tuple(ended)))
+        earlier.add(name)
     allocation = manifest.get("allocation")
     if allocation is not None and (not isinstance(allocation, dict) or allocation.get("mode") != "one"
                                    or allocation.get("script") != ALLOCATION_SCRIPT):
@@ -119,8 +120,10 @@ def submit_script(plan: Plan) -> str:
         'cd "$(dirname "$0")"',
     ]
     for step in plan.steps:
-        # ids are digits, so a marker of shell-safe characters stands for each until it is quoted
-        ids = {name: f"@{variable}@" for name, variable in variables.items()}
+        # ids are digits, so a marker of shell-safe characters stands for each until it is quoted;
+        # only the steps this one names get a marker, so a step costs what it references, not the plan's size
+        named = {*step.after, *step.after_end, *(name for _, name in step.exports)}
+        ids = {name: f"@{variables[name]}@" for name in sorted(named)}
         submission = step.submission(ids, Path("."))
         words = [shlex.quote(word) for word in sbatch_arguments(step.script, submission.after, submission.env,
                                                                  submission.after_end)]
