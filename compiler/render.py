@@ -73,11 +73,35 @@ def render_job(job: ResolvedJob, recipe: Recipe) -> str:
     if job.role == "client":
         parts["parameters"] = _code(shlex.quote(parameters_json(job)), job, origins)
         parts["duration"] = int(job.fields["duration"])
+    parts["runtime"] = Raw(_runtime(*_runtime_key(job, parts)))
     template = environment("script").get_template("job.sbatch.j2")
     try:
         return str(template.render(job=job, recipe=recipe, site=recipe.site, **parts))
     except ValueError as exc:
         raise OrchcError.at(origins.loc(), f"{job.role} '{job.name}': {exc}") from None
+
+
+def _runtime_key(job: ResolvedJob, parts: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Everything `runtime.sh.j2` may read of a job; the job's name only where the GPU sampler names it."""
+    gres = str(job.resources.get("gres") or "")
+    sampler = job.fields.get("enable_gpu_sampler")
+    named = bool(sampler) and "gpu" in gres
+    return (job.role, gres, sampler, job.fields.get("gpu_sample_interval"), job.name if named else None,
+            parts["makes_credentials"], parts["fills_hosts"], bool(parts["secrets"]), bool(parts["images"]))
+
+
+@lru_cache(maxsize=256)
+def _runtime(role: str, gres: str, sampler: Any, interval: Any, name: str | None, makes_credentials: bool,
+             fills_hosts: bool, secrets: bool, images: bool) -> str:
+    """The runtime helpers of a job script, rendered once per distinct key: the context holds the key and
+    nothing else, so (StrictUndefined) the template cannot read anything the cache is not keyed on."""
+    job: dict[str, Any] = {"role": role, "resources": {"gres": gres},
+                           "fields": {"enable_gpu_sampler": sampler, "gpu_sample_interval": interval}}
+    if name is not None:
+        job["name"] = name
+    template = environment("script").get_template("runtime.sh.j2")
+    return str(template.render(job=job, makes_credentials=makes_credentials, fills_hosts=fills_hosts,
+                               secrets=secrets, images=images))
 
 
 def parameters_json(job: ResolvedJob) -> str:
