@@ -45,13 +45,42 @@ def common_def(name: str) -> dict[str, Any]:
     return _schema("common")["$defs"][name]
 
 
+class Checker:
+    """A schema's checks: a plain-Python predicate first (compiler/fastschema.py), and jsonschema only
+    when that predicate says no or cannot say, to find and word every error. A valid document, the
+    common case, never imports jsonschema; an invalid one gets exactly the errors jsonschema gives."""
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        from .fastschema import compile_predicate
+
+        self.schema = schema
+        self._fast = compile_predicate(schema)
+        self._full: Any = None
+
+    def passes(self, instance: Any) -> bool:
+        """True only when the instance is valid; False may also mean "ask jsonschema"."""
+        return self._fast is not None and self._fast(instance)
+
+    @property
+    def full(self) -> Any:
+        if self._full is None:
+            self._full = _validator_class()(self.schema, registry=_offline_registry())
+        return self._full
+
+    def iter_errors(self, instance: Any) -> Any:
+        return iter(()) if self.passes(instance) else self.full.iter_errors(instance)
+
+    def is_valid(self, instance: Any) -> bool:
+        return self.passes(instance) or self.full.is_valid(instance)
+
+
 @cache
-def validator(kind: str) -> Any:
+def validator(kind: str) -> Checker:
     return build_validator(_schema(kind))
 
 
-def build_validator(schema: dict[str, Any]) -> Any:
-    return _validator_class()(schema, registry=_offline_registry())
+def build_validator(schema: dict[str, Any]) -> Checker:
+    return Checker(schema)
 
 
 @lru_cache(maxsize=1)
@@ -132,18 +161,26 @@ def _meta_validator() -> Any:
 
 
 def schema_problems_in(schema: dict[str, Any]) -> list[str]:
-    """Why `schema` is not a valid JSON Schema (empty when it is)."""
+    """Why `schema` is not a valid JSON Schema (empty when it is). The metaschema is asked only
+    about a schema the plain-Python check cannot vouch for (fastschema.surely_valid_schema)."""
+    from .fastschema import surely_valid_schema
+
+    if surely_valid_schema(schema):
+        return []
     return [error.message for error in _meta_validator().iter_errors(schema)]
 
 
-def check(node: Node, checker: Any, what: str, problems: Collector, instance: Any = None,
+def check(node: Node, checker: Checker, what: str, problems: Collector, instance: Any = None,
           secrets: frozenset[str] = frozenset()) -> None:
     """Validate `node` (or `instance`, its plain value when the caller has it) and add one
     located problem per schema error. Errors under a field of `secrets` never quote a value."""
+    value = node.plain() if instance is None else instance
+    if checker.passes(value):
+        return
     from referencing.exceptions import Unresolvable
 
     try:
-        for error in checker.iter_errors(node.plain() if instance is None else instance):
+        for error in checker.full.iter_errors(value):
             _report(error, node, what, problems, secrets)
     except Unresolvable as exc:
         problems.add(node.loc, f"{what}: a $ref of its schema cannot be resolved: {shorten(str(exc))}")
