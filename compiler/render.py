@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import templating
 from .checks import PHASES
 from .directives import directives
 from .errors import OrchcError
@@ -73,7 +74,7 @@ def render_job(job: ResolvedJob, recipe: Recipe) -> str:
     if job.role == "client":
         parts["parameters"] = _code(shlex.quote(parameters_json(job)), job, origins)
         parts["duration"] = int(job.fields["duration"])
-    parts["runtime"] = Raw(_runtime(*_runtime_key(job, parts)))
+    parts["runtime"] = Raw((_runtime if templating.CACHING else _runtime.__wrapped__)(*_runtime_key(job, parts)))
     template = environment("script").get_template("job.sbatch.j2")
     try:
         return str(template.render(job=job, recipe=recipe, site=recipe.site, **parts))

@@ -233,21 +233,34 @@ def _render(node: Node, context: dict[str, Any], kind: str) -> tuple[str, tuple[
     source = str(node.value)
     if not _JINJA_SYNTAX.search(source):  # most lines are plain shell: what Jinja would give, without Jinja
         return (source[:-1] if source.endswith("\n") else source), ()
-    names = _names_read(node, kind, source)
-    key = (kind, source, tuple(_fingerprint(_part(context.get(name, _MISSING), attributes)) for name, attributes in names))
-    found = _RENDERS.get(key)
-    if found is None:
-        sink = _SINK if kind == "shell" else _HOSTS
-        sink.clear()
-        text = _render_now(node, context, kind, source)
-        found = (text, tuple(sink))
+    key: tuple[Any, ...] | None = None
+    if not CACHING:
+        pass
+    elif (kind, source) in _SEEN:
+        names = _names_read(node, kind, source)
+        key = (kind, source, tuple(_fingerprint(_part(context.get(name, _MISSING), attributes))
+                                   for name, attributes in names))
+        found = _RENDERS.get(key)
+        if found is not None:
+            return found
+    else:
+        # A template met once (the common case of a small compile) is rendered without finding the names
+        # it reads: parsing it for them costs more than the render. The second time, it is worth a key.
+        _SEEN.add((kind, source))
+    sink = _SINK if kind == "shell" else _HOSTS
+    sink.clear()
+    found = (_render_now(node, context, kind, source), tuple(sink))
+    if key is not None:
         if len(_RENDERS) > 20000:
             _RENDERS.clear()
         _RENDERS[key] = found
     return found
 
 
+CACHING = not os.environ.get("ORCHC_NO_CACHE")
+"""ORCHC_NO_CACHE=1 turns off every cache of renders too: tests compare the bytes with and without them."""
 _RENDERS: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
+_SEEN: set[tuple[str, str]] = set()
 _NAMES: dict[tuple[str, str], tuple[tuple[str, tuple[str, ...] | None], ...]] = {}
 _MISSING = object()
 

@@ -137,3 +137,45 @@ def test_recipes_in_any_order_on_one_command_line_give_the_same_scripts(orchc, t
         for name in recipes:
             assert scripts[name] == first[name], f"recipe {name} differs between orders {first_order} and {order}"
     assert not PLACEHOLDER.search(first["three"]["s.sbatch"].decode()), "s of recipe three waits for a job x it lacks"
+
+
+def _many_jobs(order: list[int]) -> str:
+    """Services and clients of several types sharing template lines: some with equal values, some not,
+    some naming other jobs of the recipe (the `hosts` filter), one with GPUs (the sampler's runtime part)."""
+    jobs = []
+    for i in order:
+        kind = i % 4
+        if kind == 0:
+            jobs.append({"name": f"redis{i}", "type": "redis", "maxmemory": f"{1 + i % 3}gb"})
+        elif kind == 1:
+            jobs.append({"name": f"prom{i}", "type": "prometheus", "monitoring_targets": [f"redis{i - 1}:9121", "graf:3000"]})
+        elif kind == 2:
+            jobs.append({"name": f"ollama{i}", "type": "ollama",
+                         "resources": {"gres": "gpu:1", "partition": "gpu"} if i % 8 == 2 else {}})
+        else:
+            jobs.append({"name": f"mysql{i}", "type": "mysql", "database": f"db{i % 2}"})
+    jobs.append({"name": "graf", "type": "grafana",
+                 "datasources": [{"name": "P", "type": "prometheus", "url": "http://prom1:9090"}]})
+    clients = [{"name": f"bench{i}", "type": "redis_client", "target": f"redis{i}", "clients": 1 + i % 2}
+               for i in order if i % 4 == 0]
+    return json.dumps({"name": "many", "account": "p200981", "services": jobs, "clients": clients})
+
+
+def test_render_caches_change_no_byte(orchc, tmp_path, monkeypatch):
+    """Every cache of renders (templates met again, runtime helpers per key) gives the bytes a compile
+    without caches gives, in any order of the jobs."""
+    from compiler import templating
+
+    outputs = []
+    for caching, order in ((True, list(range(24))), (False, list(range(24))), (True, list(range(23, -1, -1))),
+                           (False, [5, 17, 2, 11, 0, 23, 8, 14, 20, 1, 9, 3, 22, 6, 15, 12, 19, 4, 10, 16, 7, 13, 21, 18])):
+        monkeypatch.setattr(templating, "CACHING", caching)
+        templating._RENDERS.clear()
+        templating._SEEN.clear()
+        folder = tmp_path / f"{caching}-{order[0]}"
+        folder.mkdir()
+        (folder / "many.yaml").write_text(_many_jobs(order))
+        outputs.append(_compile(orchc, folder, "many.yaml", site="meluxina")["many"])
+    assert len(outputs[0]) == 31
+    for other in outputs[1:]:
+        assert other == outputs[0]
