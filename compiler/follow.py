@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 HEADERS = ["job", "role", "slurm id", "state", "service", "node", "start", "elapsed", "exit code", "reason"]
 _ENDPOINT_LIMIT = 4096
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
 
 
 def readiness(run_dir: Path, name: str, slurm_id: str) -> str:
@@ -38,6 +40,21 @@ def readiness(run_dir: Path, name: str, slurm_id: str) -> str:
         return "starting"
     # a job of its own, or a step ALLOCATION.JOB of a recipe run inside one allocation (allocation: one)
     return "ready" if words and words[0] in (slurm_id, f"{slurm_id}.{name}") else "starting"
+
+
+def published_endpoint(run_dir: Path, job: RunJob) -> tuple[str, list[int]]:
+    """The node and ports a service published (endpoints/<job>: `ID HOST PORT...`, orchc_publish_endpoint)."""
+    from .runs import read_regular
+
+    if readiness(run_dir, job.name, job.slurm_id) != "ready":
+        raise ClusterError(f"job {job.name} has published no endpoint (yet): is it a service, and running? "
+                           f"(see orchc status {run_dir})")
+    words = read_regular(run_dir / "endpoints" / job.name, _ENDPOINT_LIMIT).split()
+    host = words[1] if len(words) > 1 else ""
+    ports = [int(word) for word in words[2:] if word.isdigit() and 0 < int(word) < 65536]
+    if not _HOST.fullmatch(host) or not ports:
+        raise ClusterError(f"endpoints/{job.name} does not name a host and a port: {' '.join(words)[:80]!r}")
+    return host, ports
 
 
 def status_row(run_dir: Path, job: RunJob, state: JobState) -> dict[str, str | None]:
@@ -123,9 +140,13 @@ class Snapshot:
         return all(state.ended for state in self.current.values())
 
 
-def snapshot(run_dir: Path, run: Run, scheduler: Scheduler, points: Mapping[str, str] | None) -> Snapshot:
-    from .runs import states
+def snapshot(run_dir: Path, run: Run, scheduler: Scheduler, points: Mapping[str, str] | None,
+             pull: bool = False) -> Snapshot:
+    """`pull`: a run made over SSH gets what changed remotely first (endpoints say which service is ready)."""
+    from .runs import pull_run, states
 
+    if pull:
+        pull_run(run_dir, run)
     current = states(run, scheduler)
     rows = [status_row(run_dir, job, current[job.name]) for job in run.jobs]
     return Snapshot(current, rows, progress(run, points, current) if points is not None else None)
@@ -169,7 +190,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             return 0
         unknown.check(now.current)
         time.sleep(args.interval)
-        now = snapshot(run_dir, run, scheduler, points)
+        now = snapshot(run_dir, run, scheduler, points, pull=True)
 
 
 def _watch_live(title: str, run_dir: Path, run: Run, scheduler: Scheduler, points: Mapping[str, str] | None,
@@ -197,7 +218,7 @@ def _watch_live(title: str, run_dir: Path, run: Run, scheduler: Scheduler, point
         while not now.ended:
             unknown.check(now.current)
             time.sleep(interval)
-            now = snapshot(run_dir, run, scheduler, points)
+            now = snapshot(run_dir, run, scheduler, points, pull=True)
             live.update(view(now))
     return 0
 

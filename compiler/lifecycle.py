@@ -36,6 +36,10 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     submit = commands.add_parser("submit", help="compile a recipe into a new run folder and submit its jobs")
     submit.add_argument("recipe", type=Path, metavar="RECIPE")
     submit.add_argument("--run-dir", type=Path, metavar="DIR", help="default: runs/<recipe>-<UTC timestamp>/")
+    where = submit.add_mutually_exclusive_group()
+    where.add_argument("--remote", action="store_true",
+                       help="submit over SSH to the site's ssh: target (the default when the site has one)")
+    where.add_argument("--local", action="store_true", help="submit here even when the site has an ssh: target")
     add_compile_options(submit)
     submit.set_defaults(run=cmd_submit)
 
@@ -95,6 +99,14 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
                         help="default: RUN/report.html; the plots as SVG and PNG in FILE/ beside it")
     report.set_defaults(run=_later("htmlreport", "cmd_report"))
 
+    tunnel = commands.add_parser("tunnel", help="forward a local port to a service a job published (over SSH)")
+    tunnel.add_argument("run_ref", metavar="RUN")
+    tunnel.add_argument("job", metavar="JOB")
+    tunnel.add_argument("port", nargs="?", type=int, metavar="PORT",
+                        help="which of the ports the job published (default: the first)")
+    tunnel.add_argument("--local-port", type=int, default=0, metavar="N", help="the local port (default: a free one)")
+    tunnel.set_defaults(run=cmd_tunnel)
+
 
 def _later(module: str, function: str) -> Callable[[argparse.Namespace], int]:
     """A command whose module is imported only when it runs, so that every other command starts fast."""
@@ -109,19 +121,45 @@ def _later(module: str, function: str) -> Callable[[argparse.Namespace], int]:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from .pipeline import compile_all
-    from .runs import default_scheduler, new_run_dir, submit
+    from .remote import site_target
+    from .runs import new_run_dir, submit
 
     (output,) = compile_all([args.recipe], compile_options(args))
     run_dir = args.run_dir or new_run_dir(output.recipe.name)
-    return _submitted(lambda: submit(output, run_dir, default_scheduler(), _command_line()), run_dir)
+    target = None if args.local else site_target(output.recipe.site.name, output.recipe.site.file)
+    if args.remote and target is None:
+        raise ClusterError(f"--remote: site {output.recipe.site.name} has no ssh: target (in {output.recipe.site.file}, "
+                           "in ~/.config/orchc/sites/<site>.yaml or in ORCHC_SSH_HOST)")
+    scheduler, connection = _where(target)
+    return _submitted(lambda: submit(output, run_dir, scheduler, _command_line(), connection), run_dir)
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from .runs import default_scheduler, load_run, new_run_dir, rerun
+    import posixpath
+    from dataclasses import replace
+
+    from .runs import load_run, new_run_dir, rerun
 
     source, old = load_run(args.run_ref)
     run_dir = args.run_dir or new_run_dir(old.recipe)
-    return _submitted(lambda: rerun(source, run_dir, default_scheduler(), _command_line()), run_dir)
+    # a run made over SSH is made again beside it, on the same login node
+    target = None if old.remote is None else replace(old.remote, remote_dir=posixpath.dirname(old.remote.remote_dir))
+    scheduler, connection = _where(target)
+    return _submitted(lambda: rerun(source, run_dir, scheduler, _command_line(), connection), run_dir)
+
+
+def _where(target: Any) -> tuple[Any, Any]:
+    """The scheduler to submit to (and the SSH connection it runs over, None when here)."""
+    from .runs import default_scheduler
+
+    if target is None:
+        return default_scheduler(), None
+    import os
+
+    from .remote import connection
+    from .runs import SCHEDULER_VARIABLE, remote_scheduler
+
+    return remote_scheduler(target, os.environ.get(SCHEDULER_VARIABLE) or "slurm"), connection(target)
 
 
 def _command_line() -> tuple[str, ...]:
@@ -139,14 +177,51 @@ def _submitted(submitting: Callable[[], Run], run_dir: Path) -> int:
         return 128 + stopped.signum
     for job in run.jobs:
         print(f"submitted {job.role} {job.name}: SLURM job {job.slurm_id}")
+    if run.remote is not None:
+        print(f"remote run folder: {run.remote.shown()}:{run.remote.remote_dir}")
     print(f"run: {run_dir}  (follow it with: orchc status --watch {run_dir})")
     return 0
+
+
+def cmd_tunnel(args: argparse.Namespace) -> int:
+    """A local port forwarded through the login node to the node and port a job published; here, the endpoint."""
+    from .follow import published_endpoint
+    from .runs import load_run
+
+    run_dir, run = load_run(args.run_ref)
+    job = run.job(args.job)
+    node, ports = published_endpoint(run_dir, job)
+    if args.port is not None and args.port not in ports:
+        raise ClusterError(f"job {job.name} published port(s) {', '.join(map(str, ports))}, not {args.port}")
+    port = ports[0] if args.port is None else args.port
+    if run.remote is None:
+        print(f"{job.name} listens on {node}:{port} (reachable from here: no tunnel needed)")
+        return 0
+    import socket
+
+    from .remote import connection, wait_until_interrupted
+
+    local_port = args.local_port
+    if local_port == 0:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            local_port = probe.getsockname()[1]
+    conn = connection(run.remote)
+    spec = conn.forward(local_port, node, port)
+    try:
+        print(f"forwarding 127.0.0.1:{local_port} -> {node}:{port} through {run.remote.shown()}")
+        print(f"local URL: http://127.0.0.1:{local_port}/   (Ctrl-C closes the tunnel)", flush=True)
+        signum = wait_until_interrupted()
+    finally:
+        conn.cancel_forward(spec)
+    print(f"tunnel closed ({__import__('signal').Signals(signum).name})", file=sys.stderr)
+    return 128 + signum
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from .runs import cancel, load_run, scheduler_for
 
-    run_dir, run = load_run(args.run_ref)
+    run_dir, run = load_run(args.run_ref, pull=False)
     ids = cancel(run, args.jobs, scheduler_for(run))
     print(f"cancelled SLURM job(s) {', '.join(ids) or '(none submitted)'} of {run_dir}")
     return 0

@@ -15,7 +15,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 CHUNK = 64 << 10
 FIRST_DELAY = 0.1
 LAST_DELAY = 2.0
+REFRESH_EVERY = 1.0
 # Chunks one file may print before the next file gets its turn (followed files take turns).
 _TURN = 16
 
@@ -93,9 +94,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
             if not _print_all(tail, sys.stdout):
                 print("(not written yet)")
         return 0
-    from .runs import scheduler_for
+    from .runs import pull_run, scheduler_for
 
-    follow(tails, jobs, scheduler_for(run), sys.stdout, args.check_every, args.unknown_limit)
+    refresh = (lambda: pull_run(run_dir, run)) if run.remote is not None else None
+    follow(tails, jobs, scheduler_for(run), sys.stdout, args.check_every, args.unknown_limit, refresh)
     return 0
 
 
@@ -111,15 +113,19 @@ def _print_all(tail: Tail, out: TextIO) -> bool:
 
 
 def follow(tails: Sequence[Tail], jobs: Sequence[RunJob], scheduler: Scheduler, out: TextIO, check_every: float,
-           unknown_limit: float) -> None:
-    """Print what the files gain until every job named has ended (then read them to their end once more)."""
+           unknown_limit: float, refresh: Callable[[], None] | None = None) -> None:
+    """Print what the files gain until every job named has ended (then read them to their end once more).
+    `refresh` (a run made over SSH: copy what changed remotely) runs before reading, at most once a second."""
     from .follow import UnknownWatch
 
     unknown = UnknownWatch(jobs, unknown_limit)
     shown: Tail | None = None
-    delay, check_at, ending = FIRST_DELAY, 0.0, False
+    delay, check_at, ending, refreshed, last_pull = FIRST_DELAY, 0.0, False, -REFRESH_EVERY, False
     while True:
         grew = False
+        if refresh is not None and ((ending and not last_pull) or time.monotonic() - refreshed >= REFRESH_EVERY):
+            refresh()
+            refreshed, last_pull = time.monotonic(), ending
         for tail in tails:
             for _ in range(_TURN):
                 text = tail.read()

@@ -24,12 +24,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .emit import Output, write_atomic, write_files
 from .errors import ClusterError
 from .plan import read_plan
 from .scheduler import UNKNOWN, JobState, Scheduler, Submission, is_job_id, load_scheduler
+
+if TYPE_CHECKING:
+    from .remote import Connection, Target
 
 RUN_FILE = "run.json"
 DEFAULT_ROOT = Path("runs")
@@ -67,6 +70,8 @@ class Run:
     """the orchc command line that made the run"""
     rerun_of: str = ""
     """the run folder whose compiled jobs this run submitted again (orchc rerun)"""
+    remote: Target | None = None
+    """a run submitted over SSH: how to reach the login node, and (as remote_dir) the run folder there"""
 
     def job(self, name: str) -> RunJob:
         for job in self.jobs:
@@ -77,6 +82,12 @@ class Run:
     def to_json(self) -> str:
         data = asdict(self)
         data["jobs"] = [asdict(job) for job in self.jobs]
+        if self.remote is None:
+            del data["remote"]
+        else:
+            data["remote"] = {"host": self.remote.host, "port": self.remote.port, "user": self.remote.user,
+                              "identity_file": self.remote.identity_file, "options": list(self.remote.options),
+                              "run_dir": self.remote.remote_dir}
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
@@ -107,8 +118,9 @@ def save_run(run_dir: Path, run: Run) -> None:
 
 # --- reading a run back ---------------------------------------------------------------------------
 
-def load_run(ref: str | None, root: Path = DEFAULT_ROOT) -> tuple[Path, Run]:
-    """A run by folder (or name under runs/); the latest run when `ref` is None."""
+def load_run(ref: str | None, root: Path = DEFAULT_ROOT, pull: bool = True) -> tuple[Path, Run]:
+    """A run by folder (or name under runs/); the latest run when `ref` is None. A run submitted over SSH gets
+    what changed in its remote folder first (`pull`); when that fails, a warning, and the last copy is read."""
     if ref is None:
         runs = sorted((_created(path), path.parent.name, path.parent) for path in root.glob(f"*/{RUN_FILE}"))
         if not runs:
@@ -121,7 +133,27 @@ def load_run(ref: str | None, root: Path = DEFAULT_ROOT) -> tuple[Path, Run]:
         text = read_regular(path, _RUN_LIMIT)
     except OSError as exc:
         raise ClusterError(f"{run_dir}: not an orchc run ({path}: {exc.strerror or exc})") from None
-    return run_dir, parse_run(text, str(path))
+    run = parse_run(text, str(path))
+    if pull and run.remote is not None:
+        try:
+            pull_run(run_dir, run)
+        except ClusterError as error:
+            print(f"orchc: warning: showing the copy of {run_dir} from the last pull: {error}", file=sys.stderr)
+    return run_dir, run
+
+
+# Never copied between the two sides: run.json is the local record; data/ holds services' data (large).
+_NOT_SYNCED = (RUN_FILE, "data")
+_MIRRORED = ("endpoints",)
+
+
+def pull_run(run_dir: Path, run: Run) -> None:
+    """Copy what changed in the run's remote folder into `run_dir` (rsync: incremental, one round trip)."""
+    from .remote import connection
+
+    if run.remote is None:
+        return
+    connection(run.remote).pull(run.remote.remote_dir, run_dir, exclude=_NOT_SYNCED, mirrored=_MIRRORED)
 
 
 def read_regular(path: Path, limit: int) -> str:
@@ -171,7 +203,34 @@ def parse_run(text: str, source: str) -> Run:
         raise damaged("command is not a list of words")
     return Run(str(data.get("recipe", "")), _text(data.get("site")), _text(data.get("created")),
                _text(data.get("run_dir")), state, error, jobs, scheduler, _text(data.get("orchc_version")),
-               tuple(command), _text(data.get("rerun_of")))
+               tuple(command), _text(data.get("rerun_of")), _remote_place(data.get("remote"), damaged))
+
+
+def _remote_place(value: Any, damaged: Callable[[str], ClusterError]) -> Target | None:
+    """run.json's `remote` (a run submitted over SSH), checked as strictly as a site's ssh: block."""
+    from .remote import Target, check_target
+
+    if value is None:
+        return None
+    keys = {"host", "port", "user", "identity_file", "options", "run_dir"}
+    if not isinstance(value, dict) or not set(value) <= keys or not {"host", "run_dir"} <= set(value):
+        raise damaged("remote is not {host, port, user, identity_file, options, run_dir}")
+    host, port, user, identity, options, folder = (value.get(key) for key in
+                                                   ("host", "port", "user", "identity_file", "options", "run_dir"))
+    if not isinstance(host, str) or not isinstance(folder, str) or not folder.startswith("/"):
+        raise damaged("remote needs a host and an absolute run_dir")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
+        raise damaged("remote port is not a number")
+    if any(item is not None and not isinstance(item, str) for item in (user, identity)):
+        raise damaged("remote user and identity_file are text")
+    if options is None:
+        options = []
+    if not isinstance(options, list) or not all(isinstance(option, str) for option in options):
+        raise damaged("remote options are not a list of Key=Value")
+    try:
+        return check_target(Target(host, port, user, identity, folder, tuple(options)))
+    except ClusterError as error:
+        raise damaged(f"remote: {error}") from None
 
 
 def _text(value: Any) -> str:
@@ -203,7 +262,19 @@ def _created(path: Path) -> str:
 
 
 def scheduler_for(run: Run) -> Scheduler:
+    if run.remote is not None:
+        return remote_scheduler(run.remote, run.scheduler)
     return load_scheduler(run.scheduler)
+
+
+def remote_scheduler(target: Target, name: str = "slurm") -> Scheduler:
+    """The SLURM backend running its commands on the login node over the one connection to `target`."""
+    from .remote import connection, runner_for
+    from .slurm import SlurmScheduler
+
+    if name != "slurm":
+        raise ClusterError(f"scheduler {name!r} cannot run over SSH (only slurm does)")
+    return SlurmScheduler(runner=runner_for(connection(target)))
 
 
 def default_scheduler() -> Scheduler:
@@ -215,7 +286,8 @@ def default_scheduler() -> Scheduler:
 RESOLVED_FILE = "resolved.json"
 
 
-def submit(output: Output, run_dir: Path, scheduler: Scheduler, command: tuple[str, ...] = ()) -> Run:
+def submit(output: Output, run_dir: Path, scheduler: Scheduler, command: tuple[str, ...] = (),
+           remote: Connection | None = None) -> Run:
     """Write the compiled recipe (and every job as resolved, in resolved.json) into `run_dir` and submit its
     jobs in the manifest's order.
 
@@ -226,10 +298,11 @@ def submit(output: Output, run_dir: Path, scheduler: Scheduler, command: tuple[s
                 "jobs": {job.name: job.values() for job in output.recipe.jobs}}
     files = {**output.files, RESOLVED_FILE: json.dumps(resolved, indent=2, sort_keys=True, default=str) + "\n"}
     return submit_files(files, output.recipe.site.name, run_dir, scheduler, Run("", "", "", "", "", None, (),
-                                                                                  command=command))
+                                                                                  command=command), remote)
 
 
-def rerun(source: Path, run_dir: Path, scheduler: Scheduler, command: tuple[str, ...] = ()) -> Run:
+def rerun(source: Path, run_dir: Path, scheduler: Scheduler, command: tuple[str, ...] = (),
+          remote: Connection | None = None) -> Run:
     """Submit the jobs a run compiled again, byte for byte, as a new run (its manifest vouches for them)."""
     from .emit import digest
     from .plan import MANIFEST
@@ -248,15 +321,24 @@ def rerun(source: Path, run_dir: Path, scheduler: Scheduler, command: tuple[str,
     if (source / RESOLVED_FILE).is_file():
         files[RESOLVED_FILE] = read_regular(source / RESOLVED_FILE, _RUN_LIMIT * 64)
     template = Run("", "", "", "", "", None, (), command=command, rerun_of=str(source.resolve()))
-    return submit_files(files, old.site, run_dir, scheduler, template)
+    return submit_files(files, old.site, run_dir, scheduler, template, remote)
 
 
-def submit_files(files: dict[str, str], site: str, run_dir: Path, scheduler: Scheduler, template: Run) -> Run:
+def submit_files(files: dict[str, str], site: str, run_dir: Path, scheduler: Scheduler, template: Run,
+                 remote: Connection | None = None) -> Run:
     """Write `files` into a new `run_dir` and submit the jobs its manifest.json plans; `template` gives what
-    run.json records of how the run was made (command, rerun_of)."""
+    run.json records of how the run was made (command, rerun_of).
+
+    With `remote` (a connection to a login node; `scheduler` runs its commands over it), the folder is copied to
+    <remote_dir>/<run name> there first (run.json stays local) and the jobs are submitted from that copy."""
     from . import __version__
 
     scheduler.ready()
+    place: Target | None = None
+    if remote is not None:
+        from .remote import prepare
+
+        place = replace(remote.target, remote_dir=prepare(remote, run_dir.name))
     try:
         run_dir.mkdir(parents=True)
     except FileExistsError:
@@ -268,13 +350,18 @@ def submit_files(files: dict[str, str], site: str, run_dir: Path, scheduler: Sch
         plan = read_plan(run_dir)
         folder = run_dir.resolve()
         run = replace(template, recipe=plan.recipe, site=site, created=_now(), run_dir=str(folder),
-                      state="submitting", scheduler=scheduler.name, orchc_version=__version__)
+                      state="submitting", scheduler=scheduler.name, orchc_version=__version__, remote=place)
         save_run(run_dir, run)
+        if place is not None:
+            folder = Path(place.remote_dir)       # where sbatch runs: the remote copy
     except OSError as exc:
         raise ClusterError(f"cannot write run folder {run_dir}: {exc.strerror or exc}; nothing was submitted") from None
     ids: dict[str, str] = {}
     with _SignalGuard() as guard:
         try:
+            if remote is not None and place is not None:
+                guard.checkpoint()
+                remote.push(run_dir, place.remote_dir, exclude=_NOT_SYNCED)
             if plan.allocation:   # allocation: one: one job, every recipe job a step of it (allocation.py)
                 guard.checkpoint()
                 ids[plan.allocation] = scheduler.submit(Submission(folder / plan.allocation, folder))

@@ -19,6 +19,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from .errors import ClusterError
 from .scheduler import UNKNOWN, JobState, Scheduler, Submission, checked_job_id, is_job_id, register_scheduler
@@ -101,6 +102,22 @@ def run_command(command: Sequence[str], timeout: float, cwd: Path | None = None,
     return Answer(process.returncode, out, err)
 
 
+class Runner(Protocol):
+    """How SLURM's commands run: here (`local_runner`), or on a login node over SSH (remote.runner_for).
+    `env` holds only what orchc adds to the environment the command would otherwise get;
+    `idempotent`: the command may safely run twice (a question; sbatch is not)."""
+
+    def __call__(self, command: Sequence[str], timeout: float, cwd: Path | None = None,
+                 env: Mapping[str, str] | None = None, idempotent: bool = True) -> Answer: ...
+
+
+def local_runner(command: Sequence[str], timeout: float, cwd: Path | None = None,
+                 env: Mapping[str, str] | None = None, idempotent: bool = True) -> Answer:
+    """Run a SLURM command here, in orchc's environment (without what the run folder and plan set) plus `env`."""
+    inherited = {key: value for key, value in os.environ.items() if key not in _NOT_INHERITED}
+    return run_command(command, timeout, cwd, {**inherited, **(env or {})})
+
+
 def _kill_group(process: subprocess.Popen[str]) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
@@ -137,19 +154,23 @@ class SlurmScheduler(Scheduler):
     # Which sacct works is a property of the cluster: learnt once per process.
     _completion_file_only: bool | None = None
 
-    def __init__(self, timeout: float | None = None) -> None:
+    def __init__(self, timeout: float | None = None, runner: Runner | None = None) -> None:
         self.timeout = command_timeout() if timeout is None else timeout
+        self.runner: Runner = local_runner if runner is None else runner
+        self.remote = runner is not None
+        if self.remote:             # another cluster: learnt again, for this scheduler only
+            self._completion_file_only = None
 
     def ready(self) -> None:
-        require("sbatch")
+        if not self.remote:     # a remote login node is checked when its folder is prepared (remote.prepare)
+            require("sbatch")
 
     def submit(self, job: Submission) -> str:
         for key, value in job.env:
             if not _EXPORT_VALUE.fullmatch(value):
                 raise ClusterError(f"cannot pass {key}={value!r} through sbatch --export")
-        env = {key: value for key, value in os.environ.items() if key not in _NOT_INHERITED}
-        answer = run_command(sbatch_arguments(job.script.name, job.after, job.env, job.after_end), self.timeout,
-                             job.cwd, env)
+        answer = self.runner(sbatch_arguments(job.script.name, job.after, job.env, job.after_end), self.timeout,
+                             job.cwd, idempotent=False)
         if answer.code != 0:
             raise ClusterError(f"sbatch {job.script.name} failed: {(answer.err or answer.out).strip()}")
         return checked_job_id(answer.out.strip().split(";")[0], f"sbatch {job.script.name}")
@@ -157,7 +178,7 @@ class SlurmScheduler(Scheduler):
     def cancel(self, *job_ids: str) -> None:
         ids = _checked(job_ids)
         if ids:
-            answer = run_command(["scancel", *ids], self.timeout)
+            answer = self.runner(["scancel", *ids], self.timeout)
             if answer.code != 0:
                 raise ClusterError(f"scancel {' '.join(ids)} failed: {answer.err.strip()}")
 
@@ -170,8 +191,8 @@ class SlurmScheduler(Scheduler):
         return {job_id: found.get(job_id, UNKNOWN) for job_id in job_ids}
 
     def _from_squeue(self, ids: list[str]) -> dict[str, JobState]:
-        answer = run_command(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-O", _SQUEUE_FORMAT], self.timeout,
-                             env=_utc_env())
+        answer = self.runner(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-O", _SQUEUE_FORMAT], self.timeout,
+                             env=_TIME_ENV)
         if answer.code != 0:
             if "Invalid job id" in answer.err:   # squeue's answer for one job it has forgotten
                 return {}
@@ -179,21 +200,17 @@ class SlurmScheduler(Scheduler):
         return dict(parse_squeue(answer.out))
 
     def _from_sacct(self, ids: list[str]) -> dict[str, JobState]:
-        cls = type(self)
+        cls: Any = self if self.remote else type(self)
         if cls._completion_file_only is not True:
-            answer = run_command([*_SACCT_DBD, "-j", ",".join(ids)], self.timeout, env=_utc_env())
+            answer = self.runner([*_SACCT_DBD, "-j", ",".join(ids)], self.timeout, env=_TIME_ENV)
             if answer.code == 0:
                 cls._completion_file_only = False
                 return dict(parse_sacct(answer.out, _SACCT_DBD_FIELDS))
             if "accounting storage is disabled" not in answer.err:
                 return {}
             cls._completion_file_only = True
-        answer = run_command([*_SACCT_FILE, "-j", ",".join(ids)], self.timeout, env=_utc_env())
+        answer = self.runner([*_SACCT_FILE, "-j", ",".join(ids)], self.timeout, env=_TIME_ENV)
         return dict(parse_sacct(answer.out, _SACCT_FILE_FIELDS)) if answer.code == 0 else {}
-
-
-def _utc_env() -> dict[str, str]:
-    return {**os.environ, **_TIME_ENV}
 
 
 def _checked(job_ids: Sequence[str]) -> list[str]:
