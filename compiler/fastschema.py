@@ -145,17 +145,43 @@ def _is_number(value: Any) -> bool:
     return type(value) is int or type(value) is float
 
 
+Handler = Callable[[Any], bool] | bool
+"""What a schema does with a value of one kind: a constant answer, or a check to run."""
+
+
+def _dispatching(handlers: tuple[Handler, ...]) -> Predicate:
+    """A schema's predicate: the handler for the value's kind, found by its class (a class met for the
+    first time is classified once, then found directly); a class of no JSON kind is "unsure"."""
+    by_class: dict[type, Handler] = {cls: handlers[kind] for cls, kind in _KINDS.items() if kind != _UNKNOWN}
+    missing = object()
+
+    def classify(cls: type) -> Handler:
+        kind = _KINDS.get(cls)
+        if kind is None:
+            kind = _kind_of(cls)
+        if kind == _UNKNOWN:
+            raise _Unsure
+        by_class[cls] = handlers[kind]
+        return handlers[kind]
+
+    get = by_class.get
+
+    def node(instance: Any) -> bool:
+        handler = get(instance.__class__, missing)
+        if handler is missing:
+            handler = classify(instance.__class__)
+        if handler is True:
+            return True
+        if handler is False:
+            return False
+        return handler(instance)  # type: ignore[operator]
+
+    return node
+
+
 def _compile(schema: Any, root: bool = False) -> Predicate:
     if schema is True or schema is False:
-        answer = schema
-
-        def boolean(instance: Any) -> bool:
-            kind = _KINDS.get(instance.__class__)
-            if (_kind_of(instance.__class__) if kind is None else kind) == _UNKNOWN:
-                raise _Unsure
-            return answer
-
-        return boolean
+        return _dispatching((schema,) * _UNKNOWN)
     if not isinstance(schema, dict):
         raise _Unsupported("a schema is an object or a boolean")
     for key, value in schema.items():
@@ -165,9 +191,8 @@ def _compile(schema: Any, root: bool = False) -> Predicate:
             continue
         raise _Unsupported(key)
 
-    type_table = _type_table(schema["type"]) if "type" in schema else None
+    type_table = _type_table(schema["type"]) if "type" in schema else (1,) * _UNKNOWN
     by_kind: list[list[Predicate]] = [[] for _ in range(_UNKNOWN)]
-    generic: list[Predicate] = []
     object_check = _object_check(schema)
     if object_check is not None:
         by_kind[_OBJECT].append(object_check)
@@ -176,31 +201,38 @@ def _compile(schema: Any, root: bool = False) -> Predicate:
     numeric = _number_checks(schema)
     by_kind[_INT] += numeric
     by_kind[_FLOAT] += numeric
-    generic += _value_checks(schema)
-    generic += _applicator_checks(schema)
-    checks = tuple(tuple(each) for each in by_kind)
-    rest = tuple(generic)
-    kinds, kind_of = _KINDS, _kind_of
+    generic = _value_checks(schema) + _applicator_checks(schema)
+    handlers: list[Handler] = []
+    for kind, checks in enumerate(by_kind):
+        allowed = type_table[kind]
+        if not allowed:
+            handlers.append(False)
+            continue
+        every = ([_is_integer] if allowed == 2 else []) + checks + generic
+        handlers.append(_all_of(tuple(every)))
+    return _dispatching(tuple(handlers))
 
-    def node(instance: Any) -> bool:
-        kind = kinds.get(instance.__class__)
-        if kind is None:
-            kind = kind_of(instance.__class__)
-        if kind == _UNKNOWN:
-            raise _Unsure
-        if type_table is not None:
-            allowed = type_table[kind]
-            if not allowed or (allowed == 2 and not instance.is_integer()):
-                return False
-        for check in checks[kind]:
-            if not check(instance):
-                return False
-        for check in rest:  # noqa: SIM110 -- a plain loop: faster than all() over a generator
+
+def _is_integer(instance: float) -> bool:
+    return instance.is_integer()
+
+
+def _all_of(checks: tuple[Predicate, ...]) -> Handler:
+    if not checks:
+        return True
+    if len(checks) == 1:
+        return checks[0]
+    if len(checks) == 2:
+        first, second = checks
+        return lambda instance: first(instance) and second(instance)
+
+    def every(instance: Any) -> bool:
+        for check in checks:  # noqa: SIM110 -- a plain loop: faster than all() over a generator
             if not check(instance):
                 return False
         return True
 
-    return node
+    return every
 
 
 def _type_table(value: Any) -> tuple[int, ...]:
@@ -267,8 +299,9 @@ def _object_check(schema: dict[str, Any]) -> Predicate | None:
         return None
     get = properties.get
     limit_additional = refuse_additional or additional is not None
+    counted = not (least is None and most is None and not required and not dependent)
 
-    def members(instance: dict[Any, Any]) -> bool:
+    def counts(instance: dict[Any, Any]) -> bool:
         if least is not None and len(instance) < least:
             return False
         if most is not None and len(instance) > most:
@@ -281,6 +314,27 @@ def _object_check(schema: dict[str, Any]) -> Predicate | None:
                 for each in needed:
                     if each not in instance:
                         return False
+        return True
+
+    if not patterns and names is None:
+        # the common shape (properties, additionalProperties): one lookup per member
+        def simple_members(instance: dict[Any, Any]) -> bool:
+            if counted and not counts(instance):
+                return False
+            for key, value in instance.items():
+                sub = get(key)
+                if sub is None:
+                    if refuse_additional or (additional is not None and not additional(value)):
+                        return False
+                elif not sub(value):
+                    return False
+            return True
+
+        return simple_members
+
+    def members(instance: dict[Any, Any]) -> bool:
+        if counted and not counts(instance):
+            return False
         for key, value in instance.items():
             sub = get(key)
             if sub is not None and not sub(value):
