@@ -25,7 +25,7 @@ from typing import Any
 
 from .errors import Collector, OrchcError, Problem, did_you_mean, shorten
 from .load import conceal, display_path, load_file, load_value, remember_text
-from .merge import merge_layers, split_key
+from .merge import merge, merge_layers, split_key
 from .resources import sites_dir
 from .source import FrozenDict, Node, Origins, SourceLoc, from_plain, to_frozen, walk_leaves
 from .typedefs import JOB_KEYS, Registry, TypeDef
@@ -391,6 +391,7 @@ def _top_layer(doc: Node) -> Node:
 def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[Setting],
                   problems: Collector) -> list[_Draft]:
     top = _top_layer(doc)
+    bases: dict[str, Node] = {}
     seen: dict[str, Node] = {}
     jobs = []
     entries = _entries(doc)
@@ -419,11 +420,28 @@ def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[
         overrides = [top, entry, identity, *_setting_layers(settings, name, names, typedef)]
         what = f"{role} '{name}'"
         removed = _secret_removals(overrides, typedef, what, problems)
-        layers = [site.defaults, typedef.layer, *(_secrets_replace(layer, typedef) for layer in overrides)]
-        node = replace(merge_layers(layers, problems), loc=entry.loc)
+        node = _type_base(bases, site, typedef, top, problems)
+        for layer in overrides[1:]:
+            node = merge(node, _secrets_replace(layer, typedef), problems)
+        node = replace(node, loc=entry.loc)
         data = _validated(node, typedef, what, problems, removed)
         jobs.append(_Draft(name, typedef, node, data, frozenset(removed)))
     return jobs
+
+
+def _type_base(bases: dict[str, Node], site: Site, typedef: TypeDef, top: Node, problems: Collector) -> Node:
+    """The site's defaults, the type's and the recipe's top level merged: the same for every job of the type in
+    this recipe, so merged once (merging never mutates a node). A merge with problems is not kept: each job
+    reports them as it would alone."""
+    base = bases.get(typedef.name)
+    if base is None:
+        found = Collector()
+        base = merge_layers([site.defaults, typedef.layer, _secrets_replace(top, typedef)], found)
+        if found.problems:
+            problems.problems += found.problems
+        else:
+            bases[typedef.name] = base
+    return base
 
 
 class _Draft:
