@@ -158,7 +158,6 @@ class Case:
     jobs: int
     orchc: list[str]
     floor: list[str]
-    floor_title: str
     rounds: int
     timeout: int
     orchc_runs: list[Run] = field(default_factory=list)
@@ -233,13 +232,14 @@ def machine() -> list[str]:
         except metadata.PackageNotFoundError:
             versions.append(f"{name} missing")
     head = _git("rev-parse", "--short", "HEAD")
-    changed = _git("status", "--porcelain", "--", "compiler", "schemas", "service_defs", "sites")
+    changed = _git("status", "--porcelain", "--", "compiler", "schemas", "service_defs", "sites") if head else ""
     return [
         f"machine: {len(os.sched_getaffinity(0))} CPUs available (nproc), {os.cpu_count()} online, {model}; "
         f"{platform.system()} {platform.release()}",
         f"python: {platform.python_implementation()} {platform.python_version()} ({sys.executable}); {', '.join(versions)}",
-        f"orchc: working tree at {head}" + (f", with uncommitted changes in {len(changed.splitlines())} file(s) "
-                                             "of compiler/, schemas/, service_defs/, sites/" if changed else ", clean"),
+        f"orchc: {ROOT}, " + ("not a git working tree" if not head else f"working tree at {head}" + (
+            f", with uncommitted changes in {len(changed.splitlines())} file(s) of compiler/, schemas/, service_defs/, sites/"
+            if changed else ", clean")),
         f"date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}",
     ]
 
@@ -248,7 +248,7 @@ def _git(*args: str) -> str:
     try:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "?"
+        return ""
 
 
 def table(cases: list[Case]) -> list[str]:
@@ -317,21 +317,21 @@ def main(argv: list[str] | None = None) -> int:
         out = OUT
         cases = [
             Case("A", "1,000 jobs, one recipe", 1000, orchc_command(write_recipes(recipes / "A", 1000), out),
-                 floor_command(1000, out), "floor.py 1000", options.rounds, options.timeout),
+                 floor_command(1000, out), options.rounds, options.timeout),
             Case("B", "10,000 jobs, one recipe", 10000, orchc_command(write_recipes(recipes / "B", 10000), out),
-                 floor_command(10000, out), "floor.py 10000", options.rounds, options.timeout),
+                 floor_command(10000, out), options.rounds, options.timeout),
             Case("C", "1,000 jobs, 100 recipes of 10", 1000, orchc_command(write_recipes(recipes / "C", 1000, 10), out),
-                 floor_command(1000, out), "floor.py 1000", options.rounds, options.timeout),
+                 floor_command(1000, out), options.rounds, options.timeout),
             Case("D", "10,000 jobs, 1,000 recipes of 10", 10000, orchc_command(write_recipes(recipes / "D", 10000, 10), out),
-                 floor_command(10000, out), "floor.py 10000", options.rounds, options.timeout),
+                 floor_command(10000, out), options.rounds, options.timeout),
             Case("E", "one recipe, cold (examples/redis.yaml)", COLD_JOBS, orchc_command([COLD_RECIPE], out),
-                 [sys.executable, "-c", floor.IMPORT_FLOOR], "import floor", options.cold_rounds, options.timeout),
+                 [sys.executable, "-c", floor.IMPORT_FLOOR], options.cold_rounds, options.timeout),
         ]
         huge = recipes / "huge_sweep.yaml"
         huge.write_text(sweep_recipe(*HUGE))
         cases.append(Case("F", f"{HUGE[0] * HUGE[1] * HUGE[2]:,}-job sweep + 1 service", sweep_jobs(*HUGE),
                           orchc_command([huge], out), floor_command(sweep_jobs(*HUGE), out),
-                          f"floor.py {sweep_jobs(*HUGE)}", options.huge_rounds, options.huge_timeout))
+                          options.huge_rounds, options.huge_timeout))
         skipped = set("BDF" if options.quick else "") | set("F" if options.no_huge else "")
         cases = [case for case in cases if case.key not in skipped]
 
@@ -359,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
              f"{len(floor.SLOTS)} variables)",
              "peak RSS: of the orchc process alone (os.wait4), the largest over its rounds; 1 GB = 10^9 bytes", "",
              *table(cases)]
+    lines += ["", "every run, in order (s):"]
+    lines += [f"{case.key} orchc {' '.join(f'{run.wall:.3f}' for run in case.orchc_runs)}; "
+              f"floor {' '.join(f'{run.wall:.3f}' for run in case.floor_runs)}" for case in cases]
     lines += [f"{case.key}: {case.problem}" for case in cases if case.problem]
     print("\n".join(lines))
     return 1 if any(case.failed() for case in cases) else 0
