@@ -38,6 +38,7 @@ from .errors import ClusterError, Collector
 
 DEFAULT_REMOTE_DIR = "orchc-runs"
 CONNECT_TIMEOUT = 10
+CONNECT_TIMEOUT_VARIABLE = "ORCHC_SSH_CONNECT_TIMEOUT"
 PERSIST_SECONDS = 60
 TRANSFER_TIMEOUT = 300.0
 DEBUG_VARIABLE = "ORCHC_SSH_DEBUG"
@@ -289,12 +290,23 @@ def remote_command(words: Sequence[str], cwd: str | None = None, env: Mapping[st
     return " ".join(parts)
 
 
+def connect_timeout() -> int:
+    """Seconds ssh waits for the TCP connection and the server's banner (ConnectTimeout)."""
+    text = os.environ.get(CONNECT_TIMEOUT_VARIABLE, "")
+    if not text:
+        return CONNECT_TIMEOUT
+    if not text.isdigit() or not 0 < int(text) <= 3600:
+        raise ClusterError(f"{CONNECT_TIMEOUT_VARIABLE}={text[:20]!r} is not a whole number of seconds (1-3600)")
+    return int(text)
+
+
 class Connection:
     """One multiplexed SSH connection to a target, started on first use and restarted when it died."""
 
     def __init__(self, target: Target, timeout: float) -> None:
         self.target = check_target(target)
         self.timeout = timeout
+        self.connect_timeout = connect_timeout()
         key = repr((target.host, target.port, target.user, target.identity_file, target.options)).encode()
         self.socket = str(socket_dir() / hashlib.sha256(key).hexdigest()[:16])
         self.master_pid: int | None = None
@@ -303,7 +315,7 @@ class Connection:
     def ssh_options(self, master: bool = False) -> list[str]:
         control = ["-o", "ControlMaster=yes", "-o", f"ControlPersist={PERSIST_SECONDS}"] if master \
             else ["-o", "ControlMaster=no"]
-        words = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",
+        words = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}",
                  "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
                  "-o", f"ControlPath={self.socket}", *control]
         if self.target.port is not None:
@@ -340,12 +352,12 @@ class Connection:
             except OSError as exc:
                 raise ClusterError(f"cannot run ssh: {exc.strerror or exc} (install the OpenSSH client)") from None
             try:
-                code = process.wait(timeout=CONNECT_TIMEOUT + 20)
+                code = process.wait(timeout=self.connect_timeout + 20)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 raise ClusterError(f"cannot connect to {self.target.shown()}: no answer within "
-                                   f"{CONNECT_TIMEOUT + 20} s") from None
+                                   f"{self.connect_timeout + 20} s") from None
             except BaseException:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()

@@ -5,15 +5,25 @@
 # redis, mysqld and node exporters (the exporter sidecars run natively), mariadb (the mysql types
 # run natively), sysbench (sysbench_client), curl, procps and openssl (used by generated scripts: openssl
 # makes redis' TLS certificates), python3-venv (the test venv), chromium
-# (tests/test_report.py opens the HTML report in it, headless). Idempotent; skips apt-get when everything is there.
+# (tests/test_report.py opens the HTML report in it, headless), openssh-server, openssh-client and rsync (tests/test_remote.py
+# drives the test cluster through a real sshd on a loopback port, as the test user orchc-ssh created here).
+# Idempotent; skips apt-get when everything is there.
 set -euo pipefail
 
-needed=(slurm-wlm munge redis-server redis-tools prometheus prometheus-redis-exporter prometheus-mysqld-exporter prometheus-node-exporter mariadb-server mariadb-client sysbench curl procps openssl python3-venv chromium)
+needed=(slurm-wlm munge redis-server redis-tools prometheus prometheus-redis-exporter prometheus-mysqld-exporter prometheus-node-exporter mariadb-server mariadb-client sysbench curl procps openssl python3-venv chromium openssh-server openssh-client rsync)
+# The SSH tests' login: a user with a home, a shell and no password ("*": no password works, yet the account is
+# not locked, which sshd without PAM would refuse even for a key). Its jobs run on the test cluster as itself.
+create_ssh_user() {
+    if [ "$(id -u)" -eq 0 ] && ! id orchc-ssh >/dev/null 2>&1; then
+        useradd --create-home --shell /bin/bash orchc-ssh && usermod -p '*' orchc-ssh
+    fi
+}
 missing=()
 for package in "${needed[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
 if [ "${#missing[@]}" -eq 0 ]; then
+    create_ssh_user
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -26,3 +36,4 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq "${missing[@]}" >/dev/null
 # The redis-server package starts no daemon here (no systemd); tests start their own.
+create_ssh_user
