@@ -222,6 +222,12 @@ def test_submit_status_logs_results_tunnel_cancel_over_ssh(server, laptop, clust
     cancelled = laptop("cancel", "run")
     assert "cancelled SLURM job(s)" in cancelled.stdout
     assert "pull" not in ssh_calls(cancelled.stderr)
+    # rerun goes where the run was made: beside it on the login node
+    again = laptop("rerun", "run", "--run-dir", "again")
+    assert json.loads((tmp_path / "again" / "run.json").read_text())["remote"]["run_dir"] == str(
+        HOME / remote_dir / "again"), again.stdout
+    assert (HOME / remote_dir / "again" / "redis.sbatch").is_file()
+    laptop("cancel", "again")
     wait_for(lambda: jobs_of(laptop, "run")["redis"]["state"] == "CANCELLED", 60, "redis to be cancelled")
     # the endpoint redis withdrew when it stopped is gone from the local copy too (endpoints/ is mirrored)
     wait_for(lambda: jobs_of(laptop, "run") and not (tmp_path / "run" / "endpoints" / "redis").exists(), 30,
@@ -458,3 +464,18 @@ def test_run_json_remote_is_checked_on_read():
                     {"host": "h", "run_dir": "/x", "options": ["ProxyCommand=evil"]}, "h:/x"):
         with pytest.raises(ClusterError, match=r"run\.json is damaged"):
             parse_run(json.dumps({**base, "remote": damaged}), "run.json")
+
+
+def test_tunnel_to_a_run_made_here_prints_the_endpoint(tmp_path):
+    run = tmp_path / "run"
+    (run / "endpoints").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"recipe": "r", "state": "submitted", "jobs": [
+        {"name": "grafana", "type": "grafana", "role": "service", "target": None, "script": "grafana.sbatch",
+         "slurm_id": "41", "submitted": ""}]}))
+    (run / "endpoints" / "grafana").write_text("41 node7 3000 9090\n")
+    done = subprocess.run([sys.executable, "-m", "compiler", "tunnel", str(run), "grafana", "9090"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and done.stdout.startswith("grafana listens on node7:9090"), done
+    other = subprocess.run([sys.executable, "-m", "compiler", "tunnel", str(run), "grafana", "22"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert other.returncode == 1 and "published port(s) 3000, 9090, not 22" in other.stderr, other
