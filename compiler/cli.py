@@ -61,19 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .emit import write_outputs
-    from .pipeline import compile_all
+    from .emit import write_recipes
+    from .pipeline import compile_all, resolve_all
 
-    outputs = compile_all(args.recipes, compile_options(args))
     if args.stdout:
-        for output in outputs:
+        for output in compile_all(args.recipes, compile_options(args)):
             for name, text in sorted(output.files.items()):
                 if name.endswith(".sbatch"):
                     sys.stdout.write(f"# ==> {output.recipe.name}/{name} <==\n{text}\n")
         return EXIT_OK
-    written = write_outputs(outputs, args.output)
-    jobs = sum(len(output.recipe.jobs) for output in outputs)
-    print(f"compiled {len(outputs)} recipe(s), {jobs} job(s) into {args.output}/ ({len(written)} files)")
+    recipes = resolve_all(args.recipes, compile_options(args))
+    written = write_recipes(recipes, args.output)
+    jobs = sum(len(recipe.jobs) for recipe in recipes)
+    print(f"compiled {len(recipes)} recipe(s), {jobs} job(s) into {args.output}/ ({written} files)")
     return EXIT_OK
 
 

@@ -17,16 +17,17 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .allocation import SCRIPT as ALLOCATION_SCRIPT
 from .allocation import one_allocation
-from .errors import ClusterError
+from .errors import ClusterError, Collector, OrchcError
 from .plan import MANIFEST, plan_from_manifest, submit_script
-from .render import render_recipe
+from .render import render_job, render_recipe
 from .resolve import Recipe, ResolvedJob
 
 SUBMIT = "submit.sh"
@@ -61,27 +62,51 @@ def submission_order(recipe: Recipe) -> list[ResolvedJob]:
 def build_output(recipe: Recipe, scripts: dict[str, str] | None = None) -> Output:
     """The files of one recipe: its scripts (job name -> text; rendered here unless given), submit.sh and manifest.json."""
     scripts = render_recipe(recipe) if scripts is None else scripts
-    files = {script_name(job): scripts[job.name] for job in recipe.jobs}
+    manifest, files = _manifest_and_plan_files(recipe)
+    files.update({script_name(job): scripts[job.name] for job in recipe.jobs})
+    manifest["digest"] = digest(files)
+    files[MANIFEST] = manifest_text(manifest)
+    return Output(recipe, files, manifest)
+
+
+def _manifest_and_plan_files(recipe: Recipe) -> tuple[dict[str, Any], dict[str, str]]:
+    """The manifest (without its digest) and the files made from it: submit.sh, and allocation.sbatch
+    for `allocation: one`."""
     manifest = build_manifest(recipe)
+    files: dict[str, str] = {}
     allocation = one_allocation(recipe)   # allocation: one -> allocation.sbatch, submitted alone
     if allocation is not None:
         files[ALLOCATION_SCRIPT], manifest["allocation"] = allocation
         manifest["files"] = sorted([*manifest["files"], ALLOCATION_SCRIPT])
     files[SUBMIT] = submit_script(plan_from_manifest(manifest))
-    manifest["digest"] = digest(files)
-    files[MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    return Output(recipe, files, manifest)
+    return manifest, files
+
+
+def manifest_text(manifest: dict[str, Any]) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+
+
+class Digest:
+    """What a manifest vouches for: the names and contents of the files it lists (but itself), fed in
+    the order of their names."""
+
+    def __init__(self) -> None:
+        self._hasher = hashlib.sha256()
+
+    def add(self, name: str, data: bytes) -> None:
+        self._hasher.update(f"{name}\0{len(data)}\0".encode())
+        self._hasher.update(data)
+
+    def text(self) -> str:
+        return f"sha256:{self._hasher.hexdigest()}"
 
 
 def digest(files: dict[str, str]) -> str:
-    """What a manifest vouches for: the names and contents of the files it lists (but itself)."""
-    hasher = hashlib.sha256()
+    hasher = Digest()
     for name in sorted(files):
         if name != MANIFEST:
-            data = files[name].encode("utf-8")
-            hasher.update(f"{name}\0{len(data)}\0".encode())
-            hasher.update(data)
-    return f"sha256:{hasher.hexdigest()}"
+            hasher.add(name, files[name].encode("utf-8"))
+    return hasher.text()
 
 
 def build_manifest(recipe: Recipe) -> dict[str, Any]:
@@ -115,14 +140,119 @@ def build_manifest(recipe: Recipe) -> dict[str, Any]:
     return manifest
 
 
-def write_outputs(outputs: list[Output], out_dir: Path) -> list[Path]:
-    """Write every output under `out_dir/<recipe>/`; returns the paths written."""
+def write_outputs(outputs: list[Output], out_dir: Path) -> int:
+    """Write outputs compiled in memory under `out_dir/<recipe>/`; returns how many files they have."""
+    return _write_all([partial(_stage_files, output, out_dir) for output in outputs], out_dir)
+
+
+def write_recipes(recipes: list[Recipe], out_dir: Path) -> int:
+    """Render and write every recipe under `out_dir/<recipe>/`, one script at a time: a script is rendered,
+    hashed into the manifest's digest and staged, and then let go, so memory does not grow with the
+    scripts' text (a 100,000-job sweep). Nothing is put in place until every recipe rendered: a render
+    error leaves the output folder as it was. Returns how many files the recipes have."""
+    return _write_all([partial(_stage_recipe, recipe, out_dir) for recipe in recipes], out_dir)
+
+
+def _write_all(stagers: list[Callable[[int, int], _Staged]], out_dir: Path) -> int:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with _locked(out_dir), _staging(out_dir) as staging:
-            return [path for output in outputs for path in _write_output(output, out_dir, staging)]
+            problems = Collector()
+            staged: list[_Staged] = []
+            for stager in stagers:
+                try:
+                    staged.append(stager(staging, len(staged)))
+                except OrchcError as error:
+                    problems.absorb(error)
+            problems.raise_if_any()
+            for recipe_files in staged:
+                _commit(recipe_files, out_dir, staging)
+            return sum(len(recipe_files.names) for recipe_files in staged)
     except OSError as exc:
         raise OutputError(f"cannot write {exc.filename or out_dir}: {exc.strerror or exc}") from None
+
+
+@dataclass
+class _Staged:
+    """One recipe's files: every name, and where in the staging folder each new or changed one waits."""
+
+    recipe: str
+    names: list[str]
+    waiting: dict[str, str]
+
+
+def _stage_recipe(recipe: Recipe, out_dir: Path, staging: int, number: int) -> _Staged:
+    manifest, files = _manifest_and_plan_files(recipe)
+    scripts = {script_name(job): job for job in recipe.jobs}
+    names = sorted([*files, *scripts])
+    existing = _existing_folder(out_dir, recipe.name)
+    hasher = Digest()
+    waiting: dict[str, str] = {}
+    try:
+        for name in names:
+            job = scripts.get(name)
+            try:
+                text = files[name] if job is None else render_job(job, recipe)
+            except OrchcError:
+                render_recipe(recipe)  # the error of the first failing job in recipe order, as a compile in memory gives
+                raise
+            data = text.encode("utf-8")
+            hasher.add(name, data)
+            _stage(name, data, existing, staging, f"{number}.{len(waiting)}", waiting)
+        manifest["digest"] = hasher.text()
+        _stage(MANIFEST, manifest_text(manifest).encode("utf-8"), existing, staging, f"{number}.m", waiting)
+    finally:
+        if existing is not None:
+            os.close(existing)
+    return _Staged(recipe.name, [*names, MANIFEST], waiting)
+
+
+def _stage_files(output: Output, out_dir: Path, staging: int, number: int) -> _Staged:
+    names = sorted(output.files, key=lambda name: name == MANIFEST)   # the manifest last
+    existing = _existing_folder(out_dir, output.recipe.name)
+    waiting: dict[str, str] = {}
+    try:
+        for index, name in enumerate(names):
+            _stage(name, output.files[name].encode("utf-8"), existing, staging, f"{number}.{index}", waiting)
+    finally:
+        if existing is not None:
+            os.close(existing)
+    return _Staged(output.recipe.name, names, waiting)
+
+
+def _existing_folder(out_dir: Path, name: str) -> int | None:
+    """The recipe's output folder as an open fd when it exists (to leave unchanged files alone), else None."""
+    folder = out_dir / name
+    if not folder.exists():
+        return None
+    return os.open(_recipe_folder(out_dir, name), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _stage(name: str, data: bytes, existing: int | None, staging: int, temp: str, waiting: dict[str, str]) -> None:
+    if existing is not None and _holds(existing, name, data):
+        return
+    mode = 0o755 if name.endswith((".sh", ".sbatch")) else 0o644
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=staging)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        os.fchmod(handle.fileno(), mode)
+    waiting[name] = temp
+
+
+def _commit(staged: _Staged, out_dir: Path, staging: int) -> None:
+    """Put a recipe's staged files in place, its manifest last, and remove the files only its old manifest listed."""
+    fd = os.open(_recipe_folder(out_dir, staged.recipe), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        stale = _files_we_wrote(fd, staged.recipe) - set(staged.names)
+        for name in staged.names:   # the manifest is last
+            temp = staged.waiting.get(name)
+            if temp is not None:
+                os.replace(temp, name, src_dir_fd=staging, dst_dir_fd=fd)
+        for name in sorted(stale):
+            if _is_regular(fd, name):
+                os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -147,25 +277,12 @@ def _staging(out_dir: Path) -> Iterator[int]:
                 os.unlink(name, dir_fd=fd)
         yield fd
     finally:
+        for name in os.listdir(fd):   # what an error left staged
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=fd)
         os.close(fd)
         with contextlib.suppress(OSError):
             folder.rmdir()
-
-
-def _write_output(output: Output, out_dir: Path, staging: int) -> list[Path]:
-    folder = _recipe_folder(out_dir, output.recipe.name)
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        stale = _files_we_wrote(fd, output.recipe.name) - set(output.files)
-        names = sorted(output.files, key=lambda name: name == MANIFEST)   # the manifest last
-        for name in names:
-            _put(fd, staging, name, output.files[name])
-        for name in sorted(stale):
-            if _is_regular(fd, name):
-                os.unlink(name, dir_fd=fd)
-    finally:
-        os.close(fd)
-    return [out_dir / output.recipe.name / name for name in sorted(output.files)]
 
 
 def _recipe_folder(out_dir: Path, name: str) -> Path:
@@ -180,25 +297,6 @@ def _recipe_folder(out_dir: Path, name: str) -> Path:
         folder = resolved
     folder.mkdir(exist_ok=True)
     return folder
-
-
-def _put(folder: int, staging: int, name: str, text: str) -> None:
-    """Write `name` in `folder` through a staged file renamed into place, unless it already holds `text`."""
-    data = text.encode("utf-8")
-    if _holds(folder, name, data):
-        return
-    mode = 0o755 if name.endswith((".sh", ".sbatch")) else 0o644
-    temp = f"{name}.{os.getpid()}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=staging)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            os.fchmod(handle.fileno(), mode)
-        os.replace(temp, name, src_dir_fd=staging, dst_dir_fd=folder)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp, dir_fd=staging)
-        raise
 
 
 def _read_regular(folder: int, name: str, limit: int) -> bytes | None:

@@ -109,3 +109,47 @@ def test_a_killed_compile_leaves_no_temporary_files_among_the_outputs(tmp_path):
     folder = tmp_path / "build" / "r"
     assert sorted(p.name for p in folder.iterdir()) == ["bench.sbatch", "manifest.json", "redis.sbatch", "submit.sh"]
     assert not [p for p in (tmp_path / "build").iterdir() if p.is_dir() and p.name != "r"]
+
+
+DIVIDING_TYPE = """type: divider
+extends: service
+fields:
+  divisor: {type: integer, minimum: 0, default: 1}
+container:
+  image: busybox
+  source: docker://busybox:1.36
+  command: sleep {{ 60 // divisor }}
+"""
+
+
+def test_a_render_error_writes_nothing_of_any_recipe(tmp_path):
+    """Scripts are rendered, staged and let go one at a time: a job that fails to render, even the last,
+    leaves every recipe's folder as it was, and no staged file behind."""
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs" / "divider.yaml").write_text(DIVIDING_TYPE)
+    jobs = "".join(f"  - {{name: d{i}, type: divider, divisor: {1 + i}}}\n" for i in range(5))
+    (tmp_path / "a.yaml").write_text("site: local\nservices:\n" + jobs)
+    (tmp_path / "b.yaml").write_text("site: local\nservices:\n" + jobs)
+    assert compile_(tmp_path, "b.yaml", "-o", "out", "--defs", "defs", recipe="a.yaml").returncode == 0
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert len(before) == 2 * 7 + 1   # 5 scripts, submit.sh and manifest.json per recipe, and the lock
+
+    (tmp_path / "a.yaml").write_text("site: local\nservices:\n" + jobs.replace("divisor: 2", "divisor: 7"))
+    (tmp_path / "b.yaml").write_text("site: local\nservices:\n" + jobs.replace("divisor: 5", "divisor: 0"))
+    done = compile_(tmp_path, "b.yaml", "-o", "out", "--defs", "defs", recipe="a.yaml")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "defs/divider.yaml:8:12: error: template error" in done.stderr and "division" in done.stderr
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert after == before
+    assert not (tmp_path / "out" / ".orchc-tmp").exists()
+
+
+def test_streamed_and_in_memory_outputs_are_the_same_bytes(tmp_path):
+    """`compile -o` (one script at a time) and `compile --stdout` (in memory) render the same scripts."""
+    jobs = "".join(f"  - {{name: r{i}, type: redis, maxmemory: {i + 1}mb}}\n" for i in range(12))
+    (tmp_path / "r.yaml").write_text("site: local\nservices:\n" + jobs)
+    assert compile_(tmp_path, "-o", "out").returncode == 0
+    printed = compile_(tmp_path, "--stdout").stdout
+    for script in sorted((tmp_path / "out" / "r").glob("*.sbatch")):
+        assert f"# ==> r/{script.name} <==\n{script.read_text()}\n" in printed
+    assert printed.count("# ==> ") == 12
