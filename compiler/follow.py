@@ -262,16 +262,20 @@ def _runs_cell(row: Mapping[str, Any], key: str) -> str:
 
 
 def _ended_counts(listed: Sequence[RunListing]) -> dict[Path, int]:
-    """How many jobs of each run have ended: one poll per scheduler for the jobs of every run listed."""
-    from .scheduler import load_scheduler
+    """How many jobs of each run have ended: one poll per scheduler (and login node, for runs made over SSH)
+    for the jobs of every run listed."""
+    from dataclasses import replace
 
-    by_scheduler: dict[str, list[tuple[Path, Run]]] = {}
+    from .runs import scheduler_for
+
+    by_scheduler: dict[tuple[str, Any], list[tuple[Path, Run]]] = {}
     for entry in listed:
         if entry.run is not None and entry.run.jobs:
-            by_scheduler.setdefault(entry.run.scheduler, []).append((entry.folder, entry.run))
+            where = None if entry.run.remote is None else replace(entry.run.remote, remote_dir="")
+            by_scheduler.setdefault((entry.run.scheduler, where), []).append((entry.folder, entry.run))
     counts: dict[Path, int] = {}
-    for name, runs in by_scheduler.items():
-        found = load_scheduler(name).poll(*dict.fromkeys(job.slurm_id for _, run in runs for job in run.jobs))
+    for runs in by_scheduler.values():
+        found = scheduler_for(runs[0][1]).poll(*dict.fromkeys(job.slurm_id for _, run in runs for job in run.jobs))
         for folder, run in runs:
             counts[folder] = sum(found[job.slurm_id].ended for job in run.jobs)
     return counts

@@ -181,6 +181,11 @@ def test_submit_status_logs_results_tunnel_cancel_over_ssh(server, laptop, clust
     assert jobs["bench"]["state"] == "COMPLETED", laptop("logs", "run", "bench").stdout
     assert jobs["redis"]["state"] == "RUNNING" and jobs["redis"]["service"] == "ready", jobs
 
+    runs = laptop("runs", "--root", ".", "--states", "--json")
+    listed = {row["run"]: row for row in json.loads(runs.stdout)}
+    assert listed["run"]["jobs_ended"] == 1, listed
+    assert ssh_calls(runs.stderr) == {"check": 1, "run": 1}, runs.stderr    # squeue on the login node
+
     status = laptop("status", "run")
     assert "redis" in status.stdout and "ready" in status.stdout
     # a status is one rsync and one squeue over the master that a former command left persisting
