@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from fractions import Fraction
 from itertools import islice
 from typing import Any
 
@@ -129,7 +128,7 @@ def compile_predicate(schema: Any) -> Predicate | None:
     None when the schema uses a keyword (or a keyword value) not implemented here exactly."""
     try:
         check = _compile(schema, root=True)
-    except (_Unsupported, re.error, RecursionError):
+    except Exception:  # _Unsupported, an invalid pattern (re.error), a schema nested too deep, or the unforeseen
         return None
 
     def predicate(instance: Any) -> bool:
@@ -427,6 +426,8 @@ def _multiple_of(instance: Any, divisor: Any) -> bool:
         try:
             failed: Any = int(quotient) != quotient
         except OverflowError:
+            from fractions import Fraction  # rare: not imported at start-up
+
             failed = (Fraction(instance) / Fraction(divisor)).denominator != 1
     else:
         failed = instance % divisor
