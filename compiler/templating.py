@@ -105,6 +105,11 @@ def _script_value(value: Any) -> str:
                      "nor a plain word")
 
 
+def _script_lines(lines: Any) -> Raw:
+    """A list of the job template's lines as one block, each through the output filter (fail closed)."""
+    return Raw("\n".join(_script_value(line) for line in lines))
+
+
 @cache
 def environment(kind: str) -> Any:
     from jinja2 import ChoiceLoader, Environment, FileSystemLoader, FunctionLoader, StrictUndefined, pass_context
@@ -142,6 +147,8 @@ def environment(kind: str) -> Any:
     env.filters["path"] = lambda value: PathValue(text_value(value))
     env.filters["json"] = lambda value: json.dumps(value, sort_keys=True)
     env.filters["hosts"] = pass_context(_hosts_filter)
+    if kind == "script":
+        env.filters["lines"] = _script_lines
     env.filters["comment"] = lambda value: Raw("".join(c if c.isprintable() else "?" for c in text_value(value)))
     return env
 
