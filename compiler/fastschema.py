@@ -394,11 +394,25 @@ def _string_checks(schema: dict[str, Any]) -> list[Predicate]:
     if "pattern" in schema:
         if not isinstance(schema["pattern"], str):
             raise _Unsupported("pattern")
+        search = _lazy_search(schema["pattern"])
+        checks.append(lambda instance: search[0](instance) is not None)
+    return checks
+
+
+def _lazy_search(pattern: str) -> list[Callable[[str], Any]]:
+    """A one-item list holding `ecma_regex(pattern).search`, compiled when first used (as jsonschema
+    compiles it): a check of a small document does not compile the patterns of the schema's parts it
+    never reaches. An invalid pattern raises there, as it does in jsonschema; the predicate answers False."""
+    cell: list[Callable[[str], Any]] = []
+
+    def first(instance: str) -> Any:
         from .validate import ecma_regex
 
-        search = ecma_regex(schema["pattern"]).search
-        checks.append(lambda instance: search(instance) is not None)
-    return checks
+        cell[0] = ecma_regex(pattern).search
+        return cell[0](instance)
+
+    cell.append(first)
+    return cell
 
 
 def _number_checks(schema: dict[str, Any]) -> list[Predicate]:

@@ -14,6 +14,7 @@ import copy
 import datetime
 import decimal
 import random
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -503,11 +504,24 @@ def test_random_schemas_agree_with_jsonschema():
     {"prefixItems": [{"type": "integer"}]}, {"contains": {"type": "integer"}}, {"unevaluatedProperties": False},
     {"unevaluatedItems": False}, {"dependentSchemas": {"a": {}}}, {"x-unknown": 1}, {"secret": True},
     {"properties": {"a": {"$id": "urn:nested"}}}, {"items": [{"type": "string"}]}, {"minimum": "1"},
-    {"maxLength": True}, {"type": "float"}, {"required": "a"}, {"enum": "abc"}, {"pattern": "("},
+    {"maxLength": True}, {"type": "float"}, {"required": "a"}, {"enum": "abc"},
     {"patternProperties": {"(": {}}}, {"properties": {"a": 1}}, {"allOf": {}}, {"$anchor": "a"}, 3, None,
 ])
 def test_what_is_not_implemented_gives_none(schema):
     assert compile_predicate(schema) is None
+
+
+def test_an_invalid_pattern_is_compiled_and_fails_where_jsonschema_compiles_it():
+    """`pattern` is compiled on first use, as jsonschema does: a value it never reaches is valid for both;
+    a string it reaches makes jsonschema raise, and the predicate answers False ("ask jsonschema")."""
+    schema = {"anyOf": [{"type": "integer"}, {"pattern": "("}]}
+    predicate = compile_predicate(schema)
+    reference = validate.build_validator(schema).full
+    assert predicate is not None and predicate(3) and reference.is_valid(3)
+    assert predicate(None) and reference.is_valid(None)
+    assert not predicate("x")
+    with pytest.raises(re.error):
+        reference.is_valid("x")
 
 
 def test_fastschema_imports_no_jsonschema():
