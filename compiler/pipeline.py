@@ -75,7 +75,8 @@ def _resolved(path: Path, registry: Registry, options: Options, problems: Collec
 
 
 def compile_all(paths: list[Path], options: Options) -> list[Output]:
-    """load -> resolve -> check -> render -> emit (in memory; `emit.write_outputs` writes; `orchc compile -o` streams through `emit.write_recipes`)."""
+    """load -> resolve -> check -> render -> emit, in memory (`emit.write_outputs` writes); `orchc compile -o`
+    streams through `emit.write_recipes` instead."""
     problems = Collector()
     outputs = []
     for recipe in resolve_all(paths, options):
