@@ -5,8 +5,10 @@ what `validate.build_validator(schema).is_valid(instance)` answers: Draft 2020-1
 it, with orchc's `pattern` / `patternProperties` (ECMA 262 `$`, ASCII `\\d` / `\\w`: `validate.ecma_regex`)
 and no format checker. It returns None for a schema using anything it does not implement exactly; the
 caller then always asks jsonschema. The function itself answers False whenever it meets something it
-is unsure of (a value of a type JSON does not have, an operation that fails): False only costs the
-caller a call to jsonschema, True is a promise that jsonschema would find no error.
+is unsure of (a schema applied to a value of a type JSON does not have, an operation that fails, such as
+multipleOf on infinity): False only costs the caller a call to jsonschema, True is a promise that
+jsonschema would find no error. Dict and list subclasses (FrozenDict, FrozenList) are objects and arrays,
+as for jsonschema.
 
 `surely_valid_schema(schema)` is True only for a schema that the Draft 2020-12 metaschema certainly
 accepts (what `validate.schema_problems_in` checks); False means "ask the metaschema".
