@@ -2,7 +2,7 @@
 
 Built from the `manifest.json` the compile side writes, and used by both the
 generated `submit.sh` and `orchc submit`, so the two cannot disagree: both
-render each step through `slurm.sbatch_arguments`.
+render each step through `sbatch_arguments` (here, so that compiling needs no SLURM code).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,10 +96,22 @@ def read_plan(folder: Path) -> Plan:
     return plan_from_manifest(manifest, str(path))
 
 
+def sbatch_arguments(script: str, after: Sequence[str], env: Sequence[tuple[str, str]],
+                     after_end: Sequence[str] = ()) -> list[str]:
+    """sbatch's arguments for one job of a plan; submit.sh renders the same list (ids as shell variables).
+    `after`: jobs that must have started; `after_end`: jobs that must have ended, in any state."""
+    arguments = ["sbatch", "--parsable"]
+    dependencies = [*([f"after:{':'.join(after)}"] if after else []),
+                    *([f"afterany:{':'.join(after_end)}"] if after_end else [])]
+    if dependencies:
+        arguments.append(f"--dependency={','.join(dependencies)}")
+    if env:
+        arguments.append("--export=ALL," + ",".join(f"{key}={value}" for key, value in env))
+    return [*arguments, script]
+
+
 def submit_script(plan: Plan) -> str:
     """submit.sh: the plan's sbatch commands, each job's id kept in a shell variable for the later ones."""
-    from .slurm import sbatch_arguments
-
     if plan.allocation:
         return "\n".join([
             "#!/bin/bash",

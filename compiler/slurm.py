@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import ClusterError
+from .plan import sbatch_arguments
 from .scheduler import UNKNOWN, JobState, Scheduler, Submission, checked_job_id, is_job_id, register_scheduler
 
 TIMEOUT_VARIABLE = "ORCHC_SLURM_TIMEOUT"
@@ -132,20 +133,6 @@ def _kill_group(process: subprocess.Popen[str]) -> None:
 def _shown(command: Sequence[str]) -> str:
     text = shlex.join(command)
     return text if len(text) <= 120 else text[:117] + "..."
-
-
-def sbatch_arguments(script: str, after: Sequence[str], env: Sequence[tuple[str, str]],
-                     after_end: Sequence[str] = ()) -> list[str]:
-    """sbatch's arguments for one job of a plan; submit.sh renders the same list (ids as shell variables).
-    `after`: jobs that must have started; `after_end`: jobs that must have ended, in any state."""
-    arguments = ["sbatch", "--parsable"]
-    dependencies = [*([f"after:{':'.join(after)}"] if after else []),
-                    *([f"afterany:{':'.join(after_end)}"] if after_end else [])]
-    if dependencies:
-        arguments.append(f"--dependency={','.join(dependencies)}")
-    if env:
-        arguments.append("--export=ALL," + ",".join(f"{key}={value}" for key, value in env))
-    return [*arguments, script]
 
 
 @register_scheduler("slurm")
