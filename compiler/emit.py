@@ -154,8 +154,10 @@ def write_recipes(recipes: list[Recipe], out_dir: Path) -> int:
 
 
 def _write_all(stagers: list[Callable[[int, int], _Staged]], out_dir: Path) -> int:
+    made_folder = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        made_lock = not (out_dir / LOCK).exists()
         with _locked(out_dir), _staging(out_dir) as staging:
             problems = Collector()
             staged: list[_Staged] = []
@@ -164,12 +166,22 @@ def _write_all(stagers: list[Callable[[int, int], _Staged]], out_dir: Path) -> i
                     staged.append(stager(staging, len(staged)))
                 except OrchcError as error:
                     problems.absorb(error)
-            problems.raise_if_any()
+            if problems.problems:
+                # A compile that fails leaves no trace: not even the lock or the folder it made for itself.
+                if made_lock:
+                    with contextlib.suppress(OSError):
+                        (out_dir / LOCK).unlink()
+                problems.raise_if_any()
             for recipe_files in staged:
                 _commit(recipe_files, out_dir, staging)
             return sum(len(recipe_files.names) for recipe_files in staged)
     except OSError as exc:
         raise OutputError(f"cannot write {exc.filename or out_dir}: {exc.strerror or exc}") from None
+    except OrchcError:
+        if made_folder:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
 
 
 @dataclass
@@ -257,9 +269,24 @@ def _commit(staged: _Staged, out_dir: Path, staging: int) -> None:
 
 @contextlib.contextmanager
 def _locked(out_dir: Path) -> Iterator[None]:
-    fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    """`DIR/.orchc.lock`, held. A compile that failed removes a lock it made, so the lock held must still be
+    the file of that name (else another compile may hold the new one): if not, lock again."""
+    path = out_dir / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if current:
+            break
+        os.close(fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
