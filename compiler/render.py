@@ -64,9 +64,9 @@ def render_job(job: ResolvedJob, recipe: Recipe) -> str:
         "ports": job.fields.get("ports") or [],
         "keep_running": bool(job.fields.get("keep_running")),
     }
-    phase_text = "\n".join(line for lines in parts["phases"].values() for line in lines)
-    parts["fills_hosts"] = "orchc_fill_hosts " in phase_text
-    parts["makes_credentials"] = "orchc_tls_credentials " in phase_text
+    phase_lines = [line for lines in parts["phases"].values() for line in lines]
+    parts["fills_hosts"] = any("orchc_fill_hosts " in line for line in phase_lines)
+    parts["makes_credentials"] = any("orchc_tls_credentials " in line for line in phase_lines)
     parts["values"] = values.assignments
     for key in ("directives", "modules", "storage", "environment", "secrets", "images", "target", "values"):
         parts[key] = [_code(line, job, origins, multiline=key == "values") for line in parts[key]]
@@ -157,20 +157,25 @@ def _storage_lines(recipe: Recipe) -> list[str]:
     on the site's storage); every job gets its own data folder of the run, $ORCHC_DATA.
     """
     site = recipe.site
-    storage = site.storage
+    return list(_storage_block(site.runtime, site.name, tuple(sorted(site.storage.items()))))
+
+
+@lru_cache(maxsize=64)
+def _storage_block(runtime: str, site_name: str, places: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    storage = dict(places)
     lines = ['ORCHC_RUN="${ORCHC_RUN_DIR##*/}-$(printf \'%s\' "$ORCHC_RUN_DIR" | cksum | cut -d \' \' -f 1)"',
              f'ORCHC_DATA={shell_word(storage["data"])}/"$ORCHC_JOB"',
              f"ORCHC_MODELS={shell_word(storage['models'])}",
              "export ORCHC_RUN ORCHC_DATA ORCHC_MODELS"]
     folders = ['"$ORCHC_DATA"', '"$ORCHC_MODELS"']
-    if site.runtime == "apptainer":
+    if runtime == "apptainer":
         for key, variable in _APPTAINER_STORAGE:
             if storage.get(key):
                 lines.append(f"export {variable}={shell_word(storage[key])}")
                 folders.append(f'"${variable}"')
     lines.append(f"mkdir -p {' '.join(folders)} || orchc_fail \"cannot create the job's storage folders: see storage: "
-                 f"in site profile {shlex.quote(site.name)} or in the recipe\"")
-    return lines
+                 f"in site profile {shlex.quote(site_name)} or in the recipe\"")
+    return tuple(lines)
 
 
 _BOUND = ("$ORCHC_RUN_DIR", "$ORCHC_DATA", "$ORCHC_MODELS")
@@ -255,10 +260,17 @@ def _where(phase: str, node: Node, block: str) -> Raw:
     phase line that called a failing helper, and whether the block's lines follow the type file's
     one for one (not when Jinja statements removed or repeated lines).
     """
-    loc = template_line(node, 1)
-    exact = isinstance(node.value, str) and "{%" not in node.value
-    return Raw(f"ORCHC_AT=({phase} {shlex.quote(_type_file(loc.file))} {loc.line} $((LINENO + 1)) "
-               f"{block.count(chr(10)) + 1} {int(exact)})")
+    known = _WHERE.get(id(node))
+    if known is None or known[0] is not node:
+        loc = template_line(node, 1)
+        exact = isinstance(node.value, str) and "{%" not in node.value
+        known = _WHERE[id(node)] = (node, f"{shlex.quote(_type_file(loc.file))} {loc.line} $((LINENO + 1))", int(exact))
+    return Raw(f"ORCHC_AT=({phase} {known[1]} {block.count(chr(10)) + 1} {known[2]})")
+
+
+_WHERE: dict[int, tuple[Node, str, int]] = {}
+"""id of a template's node -> (that node, where it stands as _where writes it, whether its lines map one for one);
+holding the node keeps its id from being reused."""
 
 
 @lru_cache(maxsize=1024)

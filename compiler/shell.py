@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from functools import lru_cache
 from typing import Any
 
 _VARIABLE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
@@ -14,6 +15,7 @@ class Raw(str):
     """Text that already is shell code built by orchc (or opted into with `| raw`): written as it is."""
 
 
+@lru_cache(maxsize=8192)  # a pure function of its text, asked again for every job of a recipe
 def shell_word(text: str) -> str:
     """One shell word for `text`: `$VAR`/`${VAR}` still expand (quoted), everything else is literal."""
     if not text:

@@ -382,10 +382,12 @@ class ShellValues:
     def substitute(self, node: Node, text: str, uses: tuple[Use, ...], found: list[Any]) -> str:
         out: list[str] = []
         last = 0
+        start = 0   # the length of what `out` holds
         literal_spans: list[tuple[int, int, Use]] = []
         for use in uses:
-            out.append(text[last:use.offset])
-            start = sum(len(part) for part in out)
+            before = text[last:use.offset]
+            out.append(before)
+            start += len(before)
             try:
                 written = self.write(use, found[use.index])
             except _Refused as refused:
@@ -394,6 +396,7 @@ class ShellValues:
             out.append(written)
             if use.heredoc is not None:
                 literal_spans.append((start, start + len(written), use))
+            start += len(written)
             last = text.index(MARK, use.offset + 1) + 1
         out.append(text[last:])
         result = "".join(out)
@@ -472,14 +475,27 @@ def _line_in_template(node: Node, line: int) -> SourceLoc:
     """Where line `line` of a template string stands in its YAML file."""
     if line <= 1 and "\n" not in str(node.value):
         return node.loc
-    text = source_text(node.loc.file)
-    lines = text.splitlines() if text else []
+    lines = _lines_of(node.loc.file)
     opener = lines[node.loc.line - 1][node.loc.col - 1:] if 0 < node.loc.line <= len(lines) else ""
     target = node.loc.line + line if opener[:1] in ("|", ">") else node.loc.line + line - 1
     if not 0 < target <= len(lines):
         return node.loc
     content = lines[target - 1]
     return SourceLoc(node.loc.file, target, len(content) - len(content.lstrip()) + 1)
+
+
+_LINES: dict[str, tuple[str, list[str]]] = {}
+
+
+def _lines_of(file: str) -> list[str]:
+    """The lines of a loaded file, split once per text (every job of a type asks for the same file's)."""
+    text = source_text(file)
+    if not text:
+        return []
+    known = _LINES.get(file)
+    if known is None or known[0] is not text:
+        known = _LINES[file] = (text, text.splitlines())
+    return known[1]
 
 
 def template_line(node: Node, line: int) -> SourceLoc:
