@@ -34,7 +34,6 @@ from typing import Any
 
 from .directives import directives
 from .errors import OrchcError
-from .load import load_file, load_text, source_text
 from .plan import ALLOCATION_SCRIPT
 from .resolve import Recipe, ResolvedJob
 from .shell import Raw
@@ -74,9 +73,7 @@ class Allocation:
 
 def allocation_node(recipe: Recipe) -> Node | None:
     """The recipe's `allocation:` entry, when it asks for one allocation (None under `separate`)."""
-    text = source_text(recipe.file)
-    doc = load_text(text, recipe.file) if text is not None else load_file(Path(recipe.file), "recipe")
-    node = doc.get("allocation")
+    node = recipe.allocation
     if node is None:
         return None
     mode = node.value if isinstance(node.value, str) else node.get("mode")

@@ -57,9 +57,9 @@ def refused_environment_name(name: str) -> str | None:
 
 def check_recipe(recipe: Recipe, problems: Collector) -> None:
     """Add the recipe's problems to `problems`, which holds what resolve found in it."""
-    services = [job.name for job in recipe.jobs if job.role == "service"]
+    services = {job.name: None for job in recipe.jobs if job.role == "service"}   # in recipe order, for hints
     _check_required_resources(recipe, problems)
-    earlier: list[str] = []
+    earlier: dict[str, None] = {}
     for job in recipe.jobs:
         origins = recipe.origins[job.name]
         what = f"{job.role} '{job.name}'"
@@ -68,7 +68,7 @@ def check_recipe(recipe: Recipe, problems: Collector) -> None:
         if job.role == "client":
             _check_target(job, origins, services, problems)
             _check_after(job, origins, earlier, problems)
-            earlier.append(job.name)
+            earlier[job.name] = None
         _check_environment(job, origins, what, problems)
         _check_phases(job, origins, what, problems)
     if problems.problems:
@@ -119,7 +119,7 @@ def _check_required_resources(recipe: Recipe, problems: Collector) -> None:
                          f"no resources.{key}, which site '{site.name}' requires; give {how}")
 
 
-def _check_target(client: ResolvedJob, origins: Origins, services: list[str], problems: Collector) -> None:
+def _check_target(client: ResolvedJob, origins: Origins, services: dict[str, None], problems: Collector) -> None:
     given = [key for key in TARGET_KEYS if client.fields.get(key) is not None]
     target = client.fields.get("target")
     if not given:
@@ -137,7 +137,7 @@ def _check_target(client: ResolvedJob, origins: Origins, services: list[str], pr
                      f"target_endpoint: port {shorten(found.group(1), quoted=False)} is not between 1 and 65535")
 
 
-def _check_after(client: ResolvedJob, origins: Origins, earlier: list[str], problems: Collector) -> None:
+def _check_after(client: ResolvedJob, origins: Origins, earlier: dict[str, None], problems: Collector) -> None:
     """`after` names clients listed before this one: the order they are submitted in, which no cycle can break."""
     for index, name in enumerate(client.fields.get("after") or ()):
         if name not in earlier:

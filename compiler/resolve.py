@@ -178,9 +178,15 @@ class Recipe:
     points: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     """a sweep's points: (name, ((swept key, value), ...)); empty for a recipe of one configuration"""
     repeat: int = 1
+    allocation: Node | None = field(repr=False, default=None)
+    """the recipe's `allocation:` entry as written (compiler/allocation.py reads it)"""
 
     def job(self, name: str) -> ResolvedJob:
-        return next(job for job in self.jobs if job.name == name)
+        return self._by_name[name]
+
+    @cached_property
+    def _by_name(self) -> dict[str, ResolvedJob]:
+        return {job.name: job for job in self.jobs}
 
     @cached_property
     def job_names(self) -> list[str]:
@@ -343,7 +349,7 @@ def resolve_recipe(path: Path, registry: Registry, site_ref: str | None = None,
                     jobs=tuple(_frozen_job(draft, name, site.name) for draft in drafts),
                     origins={draft.name: Origins(draft.node) for draft in drafts},
                     removed_secrets={draft.name: draft.removed_secrets for draft in drafts},
-                    references=_references(doc))
+                    references=_references(doc), allocation=doc.get("allocation"))
     if own:
         problems.raise_if_any()
     return recipe
@@ -390,8 +396,7 @@ def _top_layer(doc: Node) -> Node:
 
 def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[Setting],
                   problems: Collector) -> list[_Draft]:
-    top = _top_layer(doc)
-    bases: dict[str, Node] = {}
+    top = _top_of(doc)
     seen: dict[str, Node] = {}
     jobs = []
     entries = _entries(doc)
@@ -420,7 +425,7 @@ def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[
         overrides = [top, entry, identity, *_setting_layers(settings, name, names, typedef)]
         what = f"{role} '{name}'"
         removed = _secret_removals(overrides, typedef, what, problems)
-        node = _type_base(bases, site, typedef, top, problems)
+        node = _type_base(site, typedef, top, problems)
         for layer in overrides[1:]:
             node = merge(node, _secrets_replace(layer, typedef), problems)
         node = replace(node, loc=entry.loc)
@@ -429,19 +434,38 @@ def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[
     return jobs
 
 
-def _type_base(bases: dict[str, Node], site: Site, typedef: TypeDef, top: Node, problems: Collector) -> Node:
-    """The site's defaults, the type's and the recipe's top level merged: the same for every job of the type in
-    this recipe, so merged once (merging never mutates a node). A merge with problems is not kept: each job
-    reports them as it would alone."""
-    base = bases.get(typedef.name)
-    if base is None:
-        found = Collector()
-        base = merge_layers([site.defaults, typedef.layer, _secrets_replace(top, typedef)], found)
-        if found.problems:
-            problems.problems += found.problems
-        else:
-            bases[typedef.name] = base
+def _top_of(doc: Node) -> Node:
+    """The recipe's top level as a layer: the same object for every point of a sweep (which shares `doc`)."""
+    known = _TOPS.get(id(doc))
+    if known is None or known[0] is not doc:
+        if len(_TOPS) > 4096:
+            _TOPS.clear()
+        known = _TOPS[id(doc)] = (doc, _top_layer(doc))
+    return known[1]
+
+
+def _type_base(site: Site, typedef: TypeDef, top: Node, problems: Collector) -> Node:
+    """The site's defaults, the type's layer and the recipe's top level merged: the same for every job of the
+    type in a recipe (and every point of a sweep), so merged once; merging never mutates a node, and the key's
+    nodes are held so their ids stay theirs. A merge with problems is not kept: each job reports them as it
+    would alone."""
+    key = (id(site.defaults), id(typedef.layer), id(top))
+    known = _BASES.get(key)
+    if known is not None and known[0] is site.defaults and known[1] is typedef.layer and known[2] is top:
+        return known[3]
+    found = Collector()
+    base = merge_layers([site.defaults, typedef.layer, _secrets_replace(top, typedef)], found)
+    if found.problems:
+        problems.problems += found.problems
+    else:
+        if len(_BASES) > 4096:
+            _BASES.clear()
+        _BASES[key] = (site.defaults, typedef.layer, top, base)
     return base
+
+
+_TOPS: dict[int, tuple[Node, Node]] = {}
+_BASES: dict[tuple[int, int, int], tuple[Node, Node, Node, Node]] = {}
 
 
 class _Draft:
@@ -595,7 +619,14 @@ def _shared_frozen(node: Node) -> Any:
     hit = _SHARED.get(id(node))
     if hit is None or hit[0] is not node:
         hit = _SHARED[id(node)] = (node, to_frozen(node))
+        _CANONICAL[id(hit[1])] = (hit[1], None)
     return hit[1]
+
+
+_CANONICAL: dict[int, tuple[Any, str | None]] = {}
+"""id of a type's shared frozen value -> (that value, its canonical JSON once asked for): every job of the type
+hashes the same text."""
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
 def _default_targets(drafts: list[_Draft]) -> None:
@@ -608,6 +639,23 @@ def _default_targets(drafts: list[_Draft]) -> None:
 
 
 def _job_digest(recipe: str, site: str, data: dict[str, Any]) -> str:
-    """A hash of the resolved job: the same input always yields the same digest."""
-    canonical = json.dumps({"recipe": recipe, "site": site, "job": data}, sort_keys=True, separators=(",", ":"))
+    """A hash of the resolved job: the same input always yields the same digest. The text hashed is
+    `json.dumps({"recipe": recipe, "site": site, "job": data}, sort_keys=True, separators=(",", ":"))`,
+    built from the canonical JSON of each value, that of values shared with the type written once."""
+    members = []
+    for key in sorted(data):
+        value = data[key]
+        known = _CANONICAL.get(id(value))
+        if known is None or known[0] is not value:
+            text = _ENCODE(value)
+        else:
+            text = known[1] if known[1] is not None else _canonical_of_shared(value)
+        members.append(f"{_ENCODE(key)}:{text}")
+    canonical = f'{{"job":{{{",".join(members)}}},"recipe":{_ENCODE(recipe)},"site":{_ENCODE(site)}}}'
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _canonical_of_shared(value: Any) -> str:
+    text = _ENCODE(value)
+    _CANONICAL[id(value)] = (value, text)
+    return text

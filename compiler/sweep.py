@@ -174,15 +174,16 @@ def resolve_sweep(sweep: Sweep, resolve: Callable[[Sequence[Setting], Collector]
 def combine(resolved: list[tuple[Point, Recipe]], repeat: int) -> Recipe:
     """The points' recipes as one: shared service jobs, and each client per point and repeat."""
     first = resolved[0][1]
-    configs: dict[str, list[str]] = {}
+    configs: dict[str, dict[str, int]] = {}   # service -> its distinct digests, numbered in order of appearance
     for _, recipe in resolved:
         for job in recipe.jobs:
-            if job.role == "service" and job.digest not in configs.setdefault(job.name, []):
-                configs[job.name].append(job.digest)
+            if job.role == "service":
+                known = configs.setdefault(job.name, {})
+                known.setdefault(job.digest, len(known) + 1)
 
     def service_name(job: ResolvedJob) -> str:
         known = configs[job.name]
-        return job.name if len(known) == 1 else f"{job.name}-c{known.index(job.digest) + 1}"
+        return job.name if len(known) == 1 else f"{job.name}-c{known[job.digest]}"
 
     jobs: dict[str, ResolvedJob] = {}
     origins, removed = {}, {}
@@ -210,7 +211,8 @@ def combine(resolved: list[tuple[Point, Recipe]], repeat: int) -> Recipe:
                 removed[new] = recipe.removed_secrets.get(job.name, frozenset())
     return Recipe(name=first.name, file=first.file, site=first.site, jobs=tuple(jobs.values()), origins=origins,
                   removed_secrets=removed, references=first.references,
-                  points=tuple((point.name, point.values) for point, _ in resolved), repeat=repeat)
+                  points=tuple((point.name, point.values) for point, _ in resolved), repeat=repeat,
+                  allocation=first.allocation)
 
 
 def _renamed(job: ResolvedJob, name: str, changes: dict[str, Any], point: str | None = None,

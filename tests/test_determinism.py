@@ -179,3 +179,33 @@ def test_render_caches_change_no_byte(orchc, tmp_path, monkeypatch):
     assert len(outputs[0]) == 31
     for other in outputs[1:]:
         assert other == outputs[0]
+
+
+def test_job_digests_hash_the_canonical_json_of_the_whole_job(monkeypatch):
+    """The digest (and the job id shown in scripts) is the sha256 of the job's canonical JSON, whether or
+    not parts of it were encoded once for every job of the type."""
+    import glob
+    import hashlib
+
+    from compiler import resolve
+    from compiler.pipeline import Options, resolve_all
+
+    from conftest import ROOT
+
+    def canonical(recipe, site, data):
+        return hashlib.sha256(json.dumps({"recipe": recipe, "site": site, "job": data}, sort_keys=True,
+                                         separators=(",", ":")).encode()).hexdigest()
+
+    compared = []
+    built = resolve._job_digest
+
+    def both(recipe, site, data):
+        compared.append((built(recipe, site, data), canonical(recipe, site, data)))
+        return compared[-1][0]
+
+    monkeypatch.setattr(resolve, "_job_digest", both)
+    for recipe in sorted(glob.glob(str(ROOT / "examples" / "*.yaml"))):
+        resolve_all([Path(recipe)], Options())
+        resolve_all([Path(recipe)], Options(site="local"))
+    assert len(compared) > 50
+    assert all(ours == expected for ours, expected in compared)
