@@ -403,16 +403,27 @@ class Connection:
         raise AssertionError("unreachable")
 
     def _rsync(self, kind: str, source: str, destination: str, extra: Sequence[str], timeout: float) -> None:
-        self.connect()
-        shell = shlex.join(["ssh", *self.ssh_options()])
-        words = ["rsync", "-a", "--no-owner", "--no-group", "--protect-args", "--timeout", str(int(max(timeout, 10))), "-e", shell, *extra,
-                 "--", source, destination]
-        _debug(kind, words)
-        answer = _run(words, timeout, f"rsync ({kind}) with {self.target.shown()}")
-        if answer.code != 0:
-            if answer.code == 255 or "connection unexpectedly closed" in answer.err:
+        """rsync over the master; copies are idempotent, so one that lost its connection is made again once
+        over a new one."""
+        for attempt in (1, 2):
+            self.connect()
+            shell = shlex.join(["ssh", *self.ssh_options()])
+            words = ["rsync", "-a", "--no-owner", "--no-group", "--protect-args", "--timeout",
+                     str(int(max(timeout, 10))), "-e", shell, *extra, "--", source, destination]
+            _debug(kind, words)
+            answer = _run(words, timeout, f"rsync ({kind}) with {self.target.shown()}")
+            if answer.code == 0:
+                return
+            # 255: ssh failed; 10, 12, 30, 35: rsync's socket, protocol stream and timeout errors
+            dropped = answer.code < 0 or answer.code in (255, 10, 12, 30, 35) or _is_dropped(answer.err) \
+                or (self.master_pid is not None and not _alive(self.master_pid))
+            if dropped and attempt == 1:
+                self.master_pid = None
+                continue
+            if dropped:
                 raise ClusterError(f"rsync ({kind}) with {self.target.shown()}: {classify(answer.err, self.target)}")
-            raise ClusterError(f"rsync ({kind}) with {self.target.shown()} failed: {_last_line(answer.err)}")
+            raise ClusterError(f"rsync ({kind}) with {self.target.shown()} failed (exit status {answer.code}): "
+                               f"{_last_line(answer.err) or 'no message'}")
 
     def _remote(self, path: str) -> str:
         return f"{self.target.host}:{path}"
@@ -468,6 +479,7 @@ def _alive(pid: int) -> bool:
 def _is_dropped(err: str) -> bool:
     lowered = err.lower()
     return any(word in lowered for word in ("control socket", "mux_client", "connection closed", "broken pipe",
+                                            "connection unexpectedly closed",
                                             "connection reset", "master refused session"))
 
 

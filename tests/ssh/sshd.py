@@ -81,21 +81,31 @@ class Server:
         raise RuntimeError(f"sshd did not answer on port {self.port}: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        """Stop the listener and every session it serves (as a dropped login node would be)."""
-        if self.process is not None:
+        """Stop the listener and every session it serves (as a login node that goes away would)."""
+        if self.process is None:
+            return
+        doomed = [self.process.pid, *descendants(self.process.pid)]    # sessions are the listener's children
+        for pid in doomed:
             try:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-            self.process.wait(timeout=10)
-            self.process = None
-        # sessions run in their own process groups: end those of this server (found by its config file)
-        found = subprocess.run(["pgrep", "-f", f"sshd.*{self.folder}"], capture_output=True, text=True).stdout
-        for pid in found.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except OSError:
-                pass
+        self.process.wait(timeout=10)
+        self.process = None
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    listing = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
+    for line in listing.splitlines():
+        pid, ppid = (int(word) for word in line.split())
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def make_server() -> Server:
