@@ -302,6 +302,21 @@ def test_status_watch_fails_clearly_when_the_login_node_goes_away(laptop, cluste
     assert elapsed < 45, elapsed
 
 
+def test_a_refused_sbatch_rolls_back_over_ssh(server, laptop, cluster_and_redis, tmp_path, remote_dir):
+    override(Path(laptop.env["XDG_CONFIG_HOME"]), server, remote_dir)
+    (tmp_path / "redis.yaml").write_text(redis_recipe(sshd_helper.free_port()).replace(
+        "  type: redis_client\n", "  type: redis_client\n  resources: {partition: nosuchpartition}\n"))
+    done = laptop("submit", "redis.yaml", "--run-dir", "run", check=False)
+    assert done.returncode == 1, done.stdout
+    assert "sbatch bench.sbatch failed" in done.stderr and "cancelled the jobs already submitted (redis " in \
+        done.stderr, done.stderr
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["state"] == "failed" and [job["name"] for job in record["jobs"]] == ["redis"], record
+    redis_id = record["jobs"][0]["slurm_id"]
+    # cancelled on the cluster, over the same connection
+    wait_for(lambda: jobs_of(laptop, "run")["redis"]["state"] == "CANCELLED", 30, f"job {redis_id} cancelled")
+
+
 # --- clear errors, bounded in time --------------------------------------------------------------------
 
 def submit_error(laptop: Remote, tmp_path: Path, timeout: float = 60) -> tuple[str, float]:
@@ -484,3 +499,24 @@ def test_tunnel_to_a_run_made_here_prints_the_endpoint(tmp_path):
     other = subprocess.run([sys.executable, "-m", "compiler", "tunnel", str(run), "grafana", "22"], cwd=tmp_path,
                            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert other.returncode == 1 and "published port(s) 3000, 9090, not 22" in other.stderr, other
+
+
+def test_an_ssh_block_in_the_profile_leaves_the_compiled_output_alone(orchc, tmp_path):
+    plain = (ROOT / "sites" / "local.yaml").read_text()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "local.yaml").write_text(plain)
+    (tmp_path / "b" / "local.yaml").write_text(plain + "ssh:\n  host: login.lxp.lu\n  port: 8822\n  user: u100123\n"
+                                                       "  remote_dir: ~/orchc-runs\n  options: [ServerAliveInterval=30]\n")
+    (tmp_path / "r.yaml").write_text(redis_recipe(6379))
+    outputs = []
+    for name in ("a", "b"):
+        done = orchc("compile", "r.yaml", "--site", f"{name}/local.yaml", "-o", f"out-{name}", cwd=tmp_path)
+        assert done.code == 0, done.err
+        folder = tmp_path / f"out-{name}" / "r"
+        outputs.append({path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()})
+    assert outputs[0] == outputs[1] and "redis.sbatch" in outputs[0]
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "local.yaml").write_text(plain + "ssh:\n  host: h\n  prot: 22\n")
+    done = orchc("compile", "r.yaml", "--site", "c/local.yaml", "-o", "out-c", cwd=tmp_path)
+    assert done.code == 1 and re.search(r"c/local\.yaml:\d+:3: error: .*prot", done.err), done.err
