@@ -105,6 +105,11 @@ def remote_dir():
     """A remote folder of this test's own (relative to the test user's home), removed afterwards."""
     name = f"orchc runs {os.getpid()}-{time.monotonic_ns()}"
     yield name
+    # jobs cancelled at the end of a test still write into their folder as they end (jobs/<job>.json)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and shutil.which("squeue") and subprocess.run(
+            ["squeue", "-h", "-u", sshd_helper.USER], capture_output=True, text=True, timeout=30).stdout.strip():
+        time.sleep(0.5)
     shutil.rmtree(HOME / name, ignore_errors=True)
 
 
@@ -419,7 +424,7 @@ def test_hostile_folders_names_and_words_stay_data(server, sockets, tmp_path):
     for n in range(3):
         assert not Path(f"/tmp/orchc-PWNED-{n}").exists(), n
     assert not list(HOME.glob("orchc-PWNED*")) and not list(Path(folder).glob("orchc-PWNED*"))
-    shutil.rmtree(HOME / ("hostile " + HOSTILE.format(n=0)), ignore_errors=True)
+    shutil.rmtree(HOME / ("hostile " + HOSTILE.format(n=0)).split("/")[0], ignore_errors=True)
 
 
 def test_remote_command_quotes_every_word():
