@@ -144,6 +144,8 @@ def load_run(ref: str | None, root: Path = DEFAULT_ROOT, pull: bool = True) -> t
 
 # Never copied between the two sides: run.json is the local record; data/ holds services' data (large).
 _NOT_SYNCED = (RUN_FILE, "data")
+# Stays on the cluster: a TLS service's private key (the client's certificate and key come over, for `tunnel`).
+_NOT_PULLED = (*_NOT_SYNCED, "credentials/*/server.key")
 _MIRRORED = ("endpoints",)
 
 
@@ -153,7 +155,7 @@ def pull_run(run_dir: Path, run: Run) -> None:
 
     if run.remote is None:
         return
-    connection(run.remote).pull(run.remote.remote_dir, run_dir, exclude=_NOT_SYNCED, mirrored=_MIRRORED)
+    connection(run.remote).pull(run.remote.remote_dir, run_dir, exclude=_NOT_PULLED, mirrored=_MIRRORED)
 
 
 def read_regular(path: Path, limit: int) -> str:

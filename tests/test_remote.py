@@ -222,6 +222,8 @@ def test_submit_status_logs_results_tunnel_cancel_over_ssh(server, laptop, clust
                                credentials / "ca.crt", "--cert", credentials / "client.crt", "--key",
                                credentials / "client.key", "ping"], capture_output=True, text=True, timeout=20)
         assert ping.stdout.strip() == "PONG", ping
+        # the service's private key stays on the cluster; the client's comes over for the tunnel
+        assert (credentials / "client.key").is_file() and not (credentials / "server.key").exists()
     finally:
         tunnel.send_signal(signal.SIGINT)
         code = tunnel.wait(timeout=20)
