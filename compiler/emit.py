@@ -23,10 +23,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .allocation import SCRIPT as ALLOCATION_SCRIPT
-from .allocation import one_allocation
 from .errors import ClusterError, Collector, OrchcError
-from .plan import MANIFEST, plan_from_manifest, submit_script
+from .plan import ALLOCATION_SCRIPT, MANIFEST, plan_from_manifest, submit_script
 from .render import render_job, render_recipe
 from .resolve import Recipe, ResolvedJob
 
@@ -74,12 +72,20 @@ def _manifest_and_plan_files(recipe: Recipe) -> tuple[dict[str, Any], dict[str, 
     for `allocation: one`."""
     manifest = build_manifest(recipe)
     files: dict[str, str] = {}
-    allocation = one_allocation(recipe)   # allocation: one -> allocation.sbatch, submitted alone
+    allocation = _one_allocation(recipe)   # allocation: one -> allocation.sbatch, submitted alone
     if allocation is not None:
         files[ALLOCATION_SCRIPT], manifest["allocation"] = allocation
         manifest["files"] = sorted([*manifest["files"], ALLOCATION_SCRIPT])
     files[SUBMIT] = submit_script(plan_from_manifest(manifest))
     return manifest, files
+
+
+def _one_allocation(recipe: Recipe) -> tuple[str, dict[str, Any]] | None:
+    if recipe.allocation is None:
+        return None
+    from .allocation import one_allocation  # only `allocation:` needs it: the common compile starts sooner
+
+    return one_allocation(recipe)
 
 
 def manifest_text(manifest: dict[str, Any]) -> str:

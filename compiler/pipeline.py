@@ -26,7 +26,6 @@ from .errors import Collector, OrchcError
 from .render import render_recipe
 from .resolve import Recipe, Setting, load_recipe, resolve_recipe
 from .source import SourceLoc
-from .sweep import resolve_sweep, sweep_of
 from .typedefs import Registry
 
 
@@ -60,7 +59,11 @@ def _resolved(path: Path, registry: Registry, options: Options, problems: Collec
     """One recipe resolved and checked; a sweep's points each, then combined (sweep.py)."""
     doc = load_recipe(path, problems)
     settings = [setting for setting in options.settings if setting.path[0] != "sweep"]
-    sweep = sweep_of(doc, options.settings, problems)
+    sweep = None
+    if doc.get("sweep") is not None or len(settings) < len(options.settings):
+        from .sweep import resolve_sweep, sweep_of  # only a sweep needs them: other compiles start sooner
+
+        sweep = sweep_of(doc, options.settings, problems)
     if sweep is None:
         recipe = resolve_recipe(path, registry, options.site, settings, problems, doc)
         check_recipe(recipe, problems)

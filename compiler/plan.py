@@ -13,10 +13,12 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ClusterError
-from .scheduler import Submission
+
+if TYPE_CHECKING:
+    from .scheduler import Submission
 
 MANIFEST = "manifest.json"
 TARGET_VARIABLE = "ORCHC_TARGET_JOB_ID"
@@ -37,6 +39,8 @@ class Step:
     after_end: tuple[str, ...] = ()        # names of earlier steps that must have ended
 
     def submission(self, ids: dict[str, str], folder: Path) -> Submission:
+        from .scheduler import Submission  # the run side's; compiling (submit.sh) needs none of it
+
         return Submission(folder / self.script, folder, tuple(ids[name] for name in self.after),
                           tuple((variable, ids[name]) for variable, name in self.exports),
                           tuple(ids[name] for name in self.after_end))
@@ -137,9 +141,10 @@ def submit_script(plan: Plan) -> str:
         # only the steps this one names get a marker, so a step costs what it references, not the plan's size
         named = {*step.after, *step.after_end, *(name for _, name in step.exports)}
         ids = {name: f"@{variables[name]}@" for name in sorted(named)}
-        submission = step.submission(ids, Path("."))
-        words = [shlex.quote(word) for word in sbatch_arguments(step.script, submission.after, submission.env,
-                                                                 submission.after_end)]
+        arguments = sbatch_arguments(step.script, [ids[name] for name in step.after],
+                                     [(variable, ids[name]) for variable, name in step.exports],
+                                     [ids[name] for name in step.after_end])
+        words = [shlex.quote(word) for word in arguments]
         command = " ".join(words)
         for name, marker in ids.items():
             command = command.replace(marker, f'"${{{variables[name]}}}"')
