@@ -8,7 +8,8 @@ everything this benchmark started (RUSAGE_CHILDREN) and not of this process. Eve
 interpreter (sys.executable); orchc runs as `python -m compiler compile RECIPE... -o OUT` from the repository
 root, so the working tree is what is measured. Output goes to /dev/shm (tmpfs) when it exists and is
 deleted after each run, outside the timing. Before the rounds, one unmeasured run of each command warms the
-page cache and orchc's template cache (~/.cache/orchc, as in everyday use).
+page cache and orchc's template cache (~/.cache/orchc, as in everyday use); orchc's modules are byte-compiled first,
+as pip does when it installs a package.
 
 Cases (within a round: floor, then orchc, case after case; rounds repeat that):
   A  1,000 jobs in one recipe            vs the floor at 1,000 scripts       target: at most 3x the floor
@@ -29,6 +30,7 @@ The written .sbatch files are counted after every run: a count other than the jo
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime
 import os
 import platform
@@ -54,7 +56,7 @@ GB = 1_000_000_000
 OUT = Path("{OUT}")   # in a command: replaced by a fresh output folder for each run
 
 # Run as `python -S -c WRAPPER RESULT TIMEOUT COMMAND...`: start COMMAND, wait for it alone (os.wait4), and
-# write "WALL_SECONDS MAXRSS_KB EXIT_STATUS TIMED_OUT" into RESULT. After TIMEOUT seconds it kills COMMAND.
+# write "WALL_SECONDS MAXRSS_KB EXIT_STATUS TIMED_OUT CPU_SECONDS" into RESULT. After TIMEOUT seconds it kills COMMAND.
 WRAPPER = r"""
 import os, signal, sys, time
 result, timeout, command = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
@@ -70,7 +72,8 @@ _, status, usage = os.wait4(pid, 0)
 wall = time.perf_counter() - start
 signal.alarm(0)
 with open(result, "w") as out:
-    out.write(f"{wall!r} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)} {len(late)}\n")
+    out.write(f"{wall!r} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)} {len(late)} "
+              f"{usage.ru_utime + usage.ru_stime!r}\n")
 """
 
 
@@ -134,6 +137,8 @@ class Run:
     status: int
     timed_out: bool
     stderr: str
+    cpu: float = 0.0
+    """user + system CPU seconds of the command alone: less moved by other load on the machine than wall time"""
 
 
 def measure(command: list[str], timeout: int, cwd: Path, scratch: Path) -> Run:
@@ -146,9 +151,9 @@ def measure(command: list[str], timeout: int, cwd: Path, scratch: Path) -> Run:
         fields = Path(result).read_text().split()
     finally:
         os.unlink(result)
-    if len(fields) != 4:
+    if len(fields) != 5:
         raise RuntimeError(f"the wrapper failed (status {wrapper.returncode}): {wrapper.stderr}")
-    return Run(float(fields[0]), int(fields[1]), int(fields[2]), fields[3] != "0", wrapper.stderr)
+    return Run(float(fields[0]), int(fields[1]), int(fields[2]), fields[3] != "0", wrapper.stderr, float(fields[4]))
 
 
 @dataclass
@@ -172,6 +177,9 @@ class Case:
 
     def median(self, runs: list[Run]) -> float:
         return statistics.median(run.wall for run in runs)
+
+    def cpu_ratio(self) -> float:
+        return statistics.median(run.cpu for run in self.orchc_runs) / statistics.median(run.cpu for run in self.floor_runs)
 
     def peak_mb(self) -> float:
         return max(run.rss_kb for run in self.orchc_runs) * 1024 / 1e6
@@ -252,12 +260,13 @@ def _git(*args: str) -> str:
 
 
 def table(cases: list[Case]) -> list[str]:
-    rows = [("case", "jobs", "orchc median s", "floor median s", "ratio", "scripts/s", "peak RSS MB", "target", "met")]
+    rows = [("case", "jobs", "orchc median s", "floor median s", "ratio", "CPU ratio", "scripts/s", "peak RSS MB", "target",
+             "met")]
     by_key = {case.key: case for case in cases}
     for case in cases:
         target, met = "-", "-"
         if case.failed():
-            rows.append((f"{case.key} {case.title}", f"{case.jobs:,}", "-", "-", "-", "-", "-", "-", "FAILED"))
+            rows.append((f"{case.key} {case.title}", f"{case.jobs:,}", "-", "-", "-", "-", "-", "-", "-", "FAILED"))
             continue
         orchc = case.median(case.orchc_runs)
         base = case.median(case.floor_runs)
@@ -270,17 +279,18 @@ def table(cases: list[Case]) -> list[str]:
         elif case.key == "F":
             target, met = "< 60 s, < 1 GB", _yes(orchc < 60 and case.peak_mb() * 1e6 < GB and not case.problem)
         rows.append((f"{case.key} {case.title}", f"{case.jobs:,}", f"{prefix}{orchc:.3f}", f"{base:.3f}", f"{prefix}{ratio:.2f}x",
+                     f"{prefix}{case.cpu_ratio():.2f}x",
                      f"{prefix.replace('>', '<')}{case.jobs / orchc:,.0f}", f"{prefix}{case.peak_mb():.0f}", target, met))
     for big, small, limit in (("B", "A", 11.0), ("D", "C", None)):
         if big in by_key and small in by_key and not by_key[big].failed() and not by_key[small].problem:
             growth = by_key[big].median(by_key[big].orchc_runs) / by_key[small].median(by_key[small].orchc_runs)
             prefix = ">" if by_key[big].timed_out else ""
-            rows.append((f"{big}/{small} orchc time, 10x the jobs", "", "", "", f"{prefix}{growth:.2f}x", "", "",
+            rows.append((f"{big}/{small} orchc time, 10x the jobs", "", "", "", f"{prefix}{growth:.2f}x", "", "", "",
                          f"<= {limit:g}x" if limit else "-", _yes(growth <= limit and not by_key[big].problem) if limit else "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for number, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(width) if i == 0 or i == 7 else cell.rjust(width)
+        lines.append("  ".join(cell.ljust(width) if i in (0, 8) else cell.rjust(width)
                                for i, (cell, width) in enumerate(zip(row, widths))).rstrip())
         if number == 0:
             lines.append("  ".join("-" * width for width in widths))
@@ -335,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         skipped = set("BDF" if options.quick else "") | set("F" if options.no_huge else "")
         cases = [case for case in cases if case.key not in skipped]
 
+        # Byte-compiled, as an installed orchc is (pip writes the .pyc files): with PYTHONDONTWRITEBYTECODE set,
+        # every run would compile the changed modules from source again, a cost no user pays.
+        if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
+            log("PYTHONDONTWRITEBYTECODE unset for the measured commands")
+        compileall.compile_dir(str(ROOT / "compiler"), quiet=1)
+        compileall.compile_dir(str(ROOT / "benchmarks"), quiet=1)
         log(f"scratch: {scratch}; warming up (unmeasured)")
         for command in (orchc_command([COLD_RECIPE], scratch / "warm-orchc"), floor_command(10, scratch / "warm-floor"),
                         [sys.executable, "-c", floor.IMPORT_FLOOR]):
