@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -156,6 +157,7 @@ def write_recipes(recipes: list[Recipe], out_dir: Path) -> int:
     hashed into the manifest's digest and staged, and then let go, so memory does not grow with the
     scripts' text (a 100,000-job sweep). Nothing is put in place until every recipe rendered: a render
     error leaves the output folder as it was. Returns how many files the recipes have."""
+    workers()   # a wrong ORCHC_WORKERS is an error before anything is written, whatever the recipes' size
     return _write_all([partial(_stage_recipe, recipe, out_dir) for recipe in recipes], out_dir)
 
 
@@ -204,25 +206,131 @@ def _stage_recipe(recipe: Recipe, out_dir: Path, staging: int, number: int) -> _
     scripts = {script_name(job): job for job in recipe.jobs}
     names = sorted([*files, *scripts])
     existing = _existing_folder(out_dir, recipe.name)
-    hasher = Digest()
     waiting: dict[str, str] = {}
+    helper: _Helper | None = None
     try:
+        ordered = [name for name in names if name in scripts]
+        if len(ordered) >= PARALLEL_FROM and workers() > 1:
+            helper = _Helper(ordered[:len(ordered) // 2], recipe, scripts, existing, staging, f"{number}.h")
+        hasher = Digest() if helper is None else None
         for name in names:
+            if helper is not None and name in helper.names:
+                continue
             job = scripts.get(name)
             try:
                 text = files[name] if job is None else render_job(job, recipe)
             except OrchcError:
-                render_recipe(recipe)  # the error of the first failing job in recipe order, as a compile in memory gives
+                _canonical_error(recipe)
                 raise
             data = text.encode("utf-8")
-            hasher.add(name, data)
+            if hasher is not None:
+                hasher.add(name, data)
             _stage(name, data, existing, staging, f"{number}.{len(waiting)}", waiting)
+        if helper is not None:
+            if not helper.finish(waiting):
+                _canonical_error(recipe)
+            helper = None
+            hasher = Digest()
+            for name in names:   # in the order of names, as a compile in one process hashes them
+                hasher.add(name, files[name].encode("utf-8") if name in files else _staged_bytes(name, waiting, existing, staging))
+        assert hasher is not None
         manifest["digest"] = hasher.text()
         _stage(MANIFEST, manifest_text(manifest).encode("utf-8"), existing, staging, f"{number}.m", waiting)
     finally:
+        if helper is not None:
+            helper.stop()
         if existing is not None:
             os.close(existing)
     return _Staged(recipe.name, [*names, MANIFEST], waiting)
+
+
+PARALLEL_FROM = 256
+"""Job scripts in one recipe from which a second process renders half of them (below, forking costs more)."""
+WORKERS_VARIABLE = "ORCHC_WORKERS"
+
+
+def workers() -> int:
+    """Processes that render one recipe's scripts: 2 when this process may run on 2 CPUs, else 1;
+    ORCHC_WORKERS=1 keeps everything in one process."""
+    text = os.environ.get(WORKERS_VARIABLE, "")
+    if text:
+        if text not in ("1", "2"):
+            raise OutputError(f"{WORKERS_VARIABLE}={text[:20]!r}: give 1 or 2")
+        return int(text)
+    return 2 if hasattr(os, "fork") and len(os.sched_getaffinity(0)) >= 2 else 1
+
+
+def _canonical_error(recipe: Recipe) -> None:
+    """Raise the render error of the first failing job in recipe order, the one a compile in memory gives."""
+    render_recipe(recipe)
+
+
+def _staged_bytes(name: str, waiting: dict[str, str], existing: int | None, staging: int) -> bytes:
+    """A script's bytes as staged, or as the output folder already holds them (an unchanged file is not staged)."""
+    temp = waiting.get(name)
+    data = _read_regular(staging, temp, 1 << 30) if temp is not None else \
+        _read_regular(existing, name, 1 << 30) if existing is not None else None
+    if data is None:
+        raise OutputError(f"{name}: a rendered script went missing from the output folder while it was written")
+    return data
+
+
+class _Helper:
+    """A forked process that renders and stages some of a recipe's scripts while this one renders the rest.
+    It shares nothing but the staging folder: it reports the temporary name of each file it staged on a pipe,
+    and leaves by os._exit, so it never runs this process's cleanup."""
+
+    def __init__(self, names: list[str], recipe: Recipe, scripts: dict[str, ResolvedJob], existing: int | None,
+                 staging: int, prefix: str) -> None:
+        self.names = set(names)
+        reading, writing = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # the helper
+            status = 4
+            try:
+                os.close(reading)
+                staged: dict[str, str] = {}
+                for index, name in enumerate(names):
+                    data = render_job(scripts[name], recipe).encode("utf-8")
+                    _stage(name, data, existing, staging, f"{prefix}{index}", staged)
+                with os.fdopen(writing, "wb") as pipe:
+                    pipe.write(json.dumps(staged).encode())
+                status = 0
+            except OrchcError:
+                status = 3
+            except BaseException:
+                status = 4
+            finally:
+                os._exit(status)
+        os.close(writing)
+        self.pid: int | None = pid
+        self.reading = reading
+
+    def finish(self, waiting: dict[str, str]) -> bool:
+        """Wait for the helper and add what it staged to `waiting`; False when a script failed to render."""
+        with os.fdopen(self.reading, "rb") as pipe:
+            payload = pipe.read()
+        assert self.pid is not None
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = None
+        code = os.waitstatus_to_exitcode(status)
+        if code == 3:
+            return False
+        if code != 0:
+            raise OutputError(f"the process rendering half of the scripts ended with status {code}; nothing was written")
+        waiting.update(json.loads(payload))
+        return True
+
+    def stop(self) -> None:
+        """After an error or an interrupt here: end the helper and reap it."""
+        if self.pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.waitpid(self.pid, 0)
+            self.pid = None
+            with contextlib.suppress(OSError):
+                os.close(self.reading)
 
 
 def _stage_files(output: Output, out_dir: Path, staging: int, number: int) -> _Staged:

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 RECIPE = "site: local\nservice:\n  name: redis\nclient:\n  name: bench\n  type: redis_client\n"
@@ -153,3 +154,55 @@ def test_streamed_and_in_memory_outputs_are_the_same_bytes(tmp_path):
     for script in sorted((tmp_path / "out" / "r").glob("*.sbatch")):
         assert f"# ==> r/{script.name} <==\n{script.read_text()}\n" in printed
     assert printed.count("# ==> ") == 12
+
+
+def _many_dividers(count: int, zero_at: int | None = None) -> str:
+    """`count` divider services (over emit.PARALLEL_FROM: a second process renders the first half of them)."""
+    return "site: local\nservices:\n" + "".join(
+        f"  - {{name: d{i:04d}, type: divider, divisor: {0 if i == zero_at else 1 + i % 7}}}\n" for i in range(count))
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_two_rendering_processes_write_the_bytes_one_writes(tmp_path):
+    from compiler.emit import PARALLEL_FROM
+
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs" / "divider.yaml").write_text(DIVIDING_TYPE)
+    (tmp_path / "r.yaml").write_text(_many_dividers(PARALLEL_FROM + 44))
+    trees = []
+    for workers, out in (("1", "one"), ("2", "two"), ("2", "two")):   # the last: unchanged files left alone
+        done = subprocess.run([sys.executable, "-m", "compiler", "compile", "r.yaml", "--defs", "defs", "-o", out],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "ORCHC_WORKERS": workers})
+        assert done.returncode == 0, done.stderr
+        trees.append(_tree(tmp_path / out))
+    assert trees[0] == trees[1] == trees[2]
+    assert len(trees[0]) == PARALLEL_FROM + 44 + 3   # the scripts, submit.sh, manifest.json and the lock
+
+
+@pytest.mark.parametrize("zero_at", [3, 290], ids=["in the helper's half", "in this process's half"])
+def test_a_render_error_in_either_process_is_the_one_compile_gives_and_writes_nothing(tmp_path, zero_at):
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs" / "divider.yaml").write_text(DIVIDING_TYPE)
+    (tmp_path / "r.yaml").write_text(_many_dividers(300, zero_at))
+    errors = []
+    for workers in ("1", "2"):
+        done = subprocess.run([sys.executable, "-m", "compiler", "compile", "r.yaml", "--defs", "defs", "-o", "out"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "ORCHC_WORKERS": workers})
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        errors.append(done.stderr)
+        assert not (tmp_path / "out").exists()
+    assert errors[0] == errors[1]
+    assert "defs/divider.yaml:8:12: error: template error: integer division or modulo by zero" in errors[0]
+
+
+def test_orchc_workers_takes_1_or_2(tmp_path):
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    done = subprocess.run([sys.executable, "-m", "compiler", "compile", "r.yaml", "-o", "out"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "ORCHC_WORKERS": "lots"})
+    assert done.returncode == 1 and "ORCHC_WORKERS='lots': give 1 or 2" in done.stderr and "Traceback" not in done.stderr
