@@ -48,8 +48,7 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     rerun.add_argument("--run-dir", type=Path, metavar="DIR", help="default: runs/<recipe>-<UTC timestamp>/")
     rerun.set_defaults(run=cmd_rerun)
 
-    from . import follow as following
-    from .logs import add_logs_arguments, cmd_logs
+    from .logs import add_logs_arguments
 
     status = commands.add_parser("status", help="the state of each job of a run (default: the latest)")
     status.add_argument("run_ref", nargs="?", metavar="RUN")
@@ -57,7 +56,7 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     status.add_argument("--json", action="store_true")
     status.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
     status.add_argument("--unknown-limit", type=float, default=UNKNOWN_LIMIT, help=argparse.SUPPRESS)
-    status.set_defaults(run=following.cmd_status)
+    status.set_defaults(run=_later("follow", "cmd_status"))
 
     cancel = commands.add_parser("cancel", help="cancel a run's jobs (all, or the ones named)")
     cancel.add_argument("run_ref", nargs="?", metavar="RUN")
@@ -66,13 +65,13 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
 
     logs = commands.add_parser("logs", help="print the jobs' slurm-%%j.out and .err (-f: follow them)")
     add_logs_arguments(logs)
-    logs.set_defaults(run=cmd_logs)
+    logs.set_defaults(run=_later("logs", "cmd_logs"))
 
     listing = commands.add_parser("runs", help="list the runs under runs/, newest last")
     listing.add_argument("--root", type=Path, metavar="DIR", help="where the runs are (default: runs/)")
     listing.add_argument("--states", action="store_true", help="ask the scheduler how many jobs of each run ended")
     listing.add_argument("--json", action="store_true")
-    listing.set_defaults(run=following.cmd_runs)
+    listing.set_defaults(run=_later("follow", "cmd_runs"))
 
     results = commands.add_parser("results", help="the clients' collected results, beside each job's state")
     results.add_argument("run_ref", nargs="?", metavar="RUN")
