@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ClusterError, Collector
+from .slurm import Answer, kill_group
 
 DEFAULT_REMOTE_DIR = "orchc-runs"
 CONNECT_TIMEOUT = 10
@@ -241,13 +242,6 @@ def _last_line(text: str) -> str:
     return lines[-1][:200] if lines else ""
 
 
-@dataclass(frozen=True)
-class Answer:
-    code: int
-    out: str
-    err: str
-
-
 def _run(words: Sequence[str], timeout: float, what: str, stdin: str | None = None) -> Answer:
     """Run a local ssh/rsync process in its own session, killed (with its group) after `timeout`."""
     try:
@@ -260,23 +254,12 @@ def _run(words: Sequence[str], timeout: float, what: str, stdin: str | None = No
     try:
         out, err = process.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill(process)
+        kill_group(process)
         raise ClusterError(f"{what} did not finish within {timeout:g} s") from None
     except BaseException:
-        _kill(process)
+        kill_group(process)
         raise
     return Answer(process.returncode, out, err)
-
-
-def _kill(process: subprocess.Popen[str]) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except OSError:
-        pass
-    try:
-        process.communicate(timeout=5)
-    except (subprocess.TimeoutExpired, OSError, ValueError):
-        pass
 
 
 def remote_command(words: Sequence[str], cwd: str | None = None, env: Mapping[str, str] | None = None) -> str:

@@ -94,11 +94,11 @@ def run_command(command: Sequence[str], timeout: float, cwd: Path | None = None,
     try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(process)
+        kill_group(process)
         raise ClusterError(f"{command[0]} did not answer within {timeout:g} s ({_shown(command)}); "
                            f"is slurmctld reachable? ({TIMEOUT_VARIABLE} sets the limit)") from None
     except BaseException:
-        _kill_group(process)
+        kill_group(process)
         raise
     return Answer(process.returncode, out, err)
 
@@ -119,7 +119,8 @@ def local_runner(command: Sequence[str], timeout: float, cwd: Path | None = None
     return run_command(command, timeout, cwd, {**inherited, **(env or {})})
 
 
-def _kill_group(process: subprocess.Popen[str]) -> None:
+def kill_group(process: subprocess.Popen[str]) -> None:
+    """Kill a process started in a session of its own, with its group, and reap it."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except OSError:

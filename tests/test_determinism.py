@@ -187,10 +187,10 @@ def test_job_digests_hash_the_canonical_json_of_the_whole_job(monkeypatch):
     import glob
     import hashlib
 
+    from conftest import ROOT
+
     from compiler import resolve
     from compiler.pipeline import Options, resolve_all
-
-    from conftest import ROOT
 
     def canonical(recipe, site, data):
         return hashlib.sha256(json.dumps({"recipe": recipe, "site": site, "job": data}, sort_keys=True,

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, in_ci
 from ssh import sshd as sshd_helper
+from test_cluster import wait_for
 
 from compiler import remote as remote_module
 from compiler.errors import ClusterError, OrchcError
@@ -118,16 +119,6 @@ def laptop(tmp_path: Path, sockets: Path):
     config = tmp_path / "config"
     config.mkdir()
     return Remote(tmp_path, config, sockets)
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def jobs_of(laptop: Remote, run: str) -> dict[str, dict[str, str]]:
