@@ -78,11 +78,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .pipeline import compile_all
+    from .emit import render_all
+    from .pipeline import resolve_all
 
-    outputs = compile_all(args.recipes, compile_options(args))
-    for output in outputs:
-        print(f"{output.recipe.file}: ok ({len(output.recipe.jobs)} job(s))")
+    recipes = resolve_all(args.recipes, compile_options(args))
+    render_all(recipes)
+    for recipe in recipes:
+        print(f"{recipe.file}: ok ({len(recipe.jobs)} job(s))")
     return EXIT_OK
 
 

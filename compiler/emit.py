@@ -161,6 +161,20 @@ def write_recipes(recipes: list[Recipe], out_dir: Path) -> int:
     return _write_all([partial(_stage_recipe, recipe, out_dir) for recipe in recipes], out_dir)
 
 
+def render_all(recipes: list[Recipe]) -> None:
+    """Everything `write_recipes` makes, made and let go (what `orchc validate` checks): the render errors
+    of every recipe, each the one a compile gives, and nothing kept or written."""
+    problems = Collector()
+    for recipe in recipes:
+        try:
+            _manifest_and_plan_files(recipe)
+            for job in recipe.jobs:
+                render_job(job, recipe)
+        except OrchcError as error:
+            problems.absorb(error)
+    problems.raise_if_any()
+
+
 def _write_all(stagers: list[Callable[[int, int], _Staged]], out_dir: Path) -> int:
     made_folder = not out_dir.exists()
     try:

@@ -206,3 +206,17 @@ def test_orchc_workers_takes_1_or_2(tmp_path):
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "ORCHC_WORKERS": "lots"})
     assert done.returncode == 1 and "ORCHC_WORKERS='lots': give 1 or 2" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_validate_reports_the_render_error_compile_reports(tmp_path):
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs" / "divider.yaml").write_text(DIVIDING_TYPE)
+    (tmp_path / "r.yaml").write_text(_many_dividers(12, zero_at=5))
+    said = []
+    for command in (["validate", "r.yaml"], ["compile", "r.yaml", "-o", "out"]):
+        done = subprocess.run([sys.executable, "-m", "compiler", *command, "--defs", "defs"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        said.append(done.stderr)
+    assert said[0] == said[1] and "division or modulo by zero" in said[0]
+    assert not (tmp_path / "out").exists()
