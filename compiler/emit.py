@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import stat
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -271,7 +272,9 @@ def workers() -> int:
         if text not in ("1", "2"):
             raise OutputError(f"{WORKERS_VARIABLE}={text[:20]!r}: give 1 or 2")
         return int(text)
-    return 2 if hasattr(os, "fork") and len(os.sched_getaffinity(0)) >= 2 else 1
+    # Linux only: there fork is plain and sched_getaffinity says which CPUs this process may use (macOS has
+    # neither a safe fork for every process nor that call).
+    return 2 if sys.platform.startswith("linux") and len(os.sched_getaffinity(0)) >= 2 else 1
 
 
 def _canonical_error(recipe: Recipe) -> None:
