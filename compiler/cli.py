@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import ClusterError, OrchcError, UsageError
-from .lifecycle import add_commands
 from .options import add_compile_options as _add_compile_options
 from .options import compile_options
 
@@ -25,7 +24,12 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+_COMPILE_SIDE = ("compile", "validate", "show", "types")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line. For `only`, a compile-side command, the run commands are left out: a compile then
+    starts without importing or defining them."""
     parser = argparse.ArgumentParser(prog="orchc", description="Compile YAML recipes into sbatch scripts "
                                      "for services and benchmark clients, and run them on SLURM.")
     parser.add_argument("--version", action="version", version=f"orchc {__version__}")
@@ -56,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     types.add_argument("--defs", action="append", type=Path, default=[], metavar="DIR")
     types.set_defaults(run=cmd_types)
 
-    add_commands(commands, _add_compile_options)
+    if only not in _COMPILE_SIDE:
+        from .lifecycle import add_commands
+
+        add_commands(commands, _add_compile_options)
     return parser
 
 
@@ -185,7 +192,8 @@ def _default_label(name: str, schema: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=words[0] if words else None)
     try:
         args = parser.parse_args(argv)
         run: Callable[[argparse.Namespace], int] = args.run
