@@ -226,7 +226,8 @@ def _stage_recipe(recipe: Recipe, out_dir: Path, staging: int, number: int) -> _
     try:
         ordered = [name for name in names if name in scripts]
         if len(ordered) >= PARALLEL_FROM and workers() > 1:
-            helper = _Helper(ordered[:len(ordered) // 2], recipe, scripts, existing, staging, f"{number}.h")
+            # Every other script, so that each process gets as many of each type (services cost more than clients)
+            helper = _Helper(ordered[1::2], recipe, scripts, existing, staging, f"{number}.h")
         hasher = Digest() if helper is None else None
         for name in names:
             if helper is not None and name in helper.names:
