@@ -149,4 +149,6 @@ def test_mysqlslap_key_speed_does_not_fall_with_the_number_of_queries(cluster, t
         orchc("submit", recipe, "--run-dir", run, cwd=folder)
         wait_for(lambda run=run: ended(run), 180, "mysqlslap to end", interval=0.5)
         rates.append(json.loads((run / "results" / "slap" / "results.json").read_text())["metrics"]["queries_per_s"])
-    assert rates[1] > 0.7 * rates[0], rates
+    # Before the fix the rate fell to 0.35 of the first; this shared machine moves one run's rate by up to
+    # a third, so the bound sits between the two.
+    assert rates[1] > 0.5 * rates[0], rates

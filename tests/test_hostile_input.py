@@ -395,8 +395,10 @@ def test_loading_time_is_linear_in_the_size_of_the_file():
         assert node.plain()["service"]["x"][-1] == {"a": lines - 1, "b": f"v{lines - 1}", "c": [1, 2]}
         return time.process_time() - start
 
-    small, large = min(seconds(2_000) for _ in range(3)), min(seconds(16_000) for _ in range(3))
-    assert large < 8 * small * 2, (small, large)
+    # 8x the lines in at most 20x the time: a quadratic loader takes 64x. The bound leaves room for this shared
+    # VM, where one CI run measured 16.4x (best of 3); best of 5 here.
+    small, large = min(seconds(2_000) for _ in range(5)), min(seconds(16_000) for _ in range(5))
+    assert large < 8 * small * 2.5, (small, large)
 
 
 def test_orchc_show_reads_back_to_the_same_values(orchc, write, tmp_path):
