@@ -373,11 +373,7 @@ def _array_checks(schema: dict[str, Any]) -> list[Predicate]:
                 return True
 
             checks.append(each_item)
-    least, most = _count(schema, "minItems"), _count(schema, "maxItems")
-    if least is not None:
-        checks.append(lambda instance: not len(instance) < least)
-    if most is not None:
-        checks.append(lambda instance: not len(instance) > most)
+    checks += _length_checks(schema, "minItems", "maxItems")
     if "uniqueItems" in schema:
         if not isinstance(schema["uniqueItems"], bool):
             raise _Unsupported("uniqueItems")
@@ -386,13 +382,19 @@ def _array_checks(schema: dict[str, Any]) -> list[Predicate]:
     return checks
 
 
-def _string_checks(schema: dict[str, Any]) -> list[Predicate]:
+def _length_checks(schema: dict[str, Any], low: str, high: str) -> list[Predicate]:
+    """Bounds on len(): minItems/maxItems of an array, minLength/maxLength of a string (code points)."""
     checks: list[Predicate] = []
-    least, most = _count(schema, "minLength"), _count(schema, "maxLength")
+    least, most = _count(schema, low), _count(schema, high)
     if least is not None:
         checks.append(lambda instance: not len(instance) < least)
     if most is not None:
         checks.append(lambda instance: not len(instance) > most)
+    return checks
+
+
+def _string_checks(schema: dict[str, Any]) -> list[Predicate]:
+    checks = _length_checks(schema, "minLength", "maxLength")
     if "pattern" in schema:
         if not isinstance(schema["pattern"], str):
             raise _Unsupported("pattern")
