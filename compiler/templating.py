@@ -241,16 +241,14 @@ def _render(node: Node, context: dict[str, Any], kind: str) -> tuple[str, tuple[
     if not _JINJA_SYNTAX.search(source):  # most lines are plain shell: what Jinja would give, without Jinja
         return (source[:-1] if source.endswith("\n") else source), ()
     key: tuple[Any, ...] | None = None
-    if not CACHING:
-        pass
-    elif (kind, source) in _SEEN:
+    if CACHING and (kind, source) in _SEEN:
         names = _names_read(node, kind, source)
         key = (kind, source, tuple(_fingerprint(_part(context.get(name, _MISSING), attributes))
                                    for name, attributes in names))
         found = _RENDERS.get(key)
         if found is not None:
             return found
-    else:
+    elif CACHING:
         # A template met once (the common case of a small compile) is rendered without finding the names
         # it reads: parsing it for them costs more than the render. The second time, it is worth a key.
         _SEEN.add((kind, source))
