@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import stat
+import struct
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -217,9 +218,8 @@ class _Staged:
 
 
 def _stage_recipe(recipe: Recipe, out_dir: Path, staging: int, number: int) -> _Staged:
-    manifest, files = _manifest_and_plan_files(recipe)
     scripts = {script_name(job): job for job in recipe.jobs}
-    names = sorted([*files, *scripts])
+    names = sorted([*_plan_names(recipe), *scripts])
     existing = _existing_folder(out_dir, recipe.name)
     waiting: dict[str, str] = {}
     helper: _Helper | None = None
@@ -228,9 +228,10 @@ def _stage_recipe(recipe: Recipe, out_dir: Path, staging: int, number: int) -> _
         if len(ordered) >= PARALLEL_FROM and workers() > 1:
             # Every other script, so that each process gets as many of each type (services cost more than clients)
             helper = _Helper(ordered[1::2], recipe, scripts, existing, staging, f"{number}.h")
-        hasher = Digest() if helper is None else None
+        manifest, files = _manifest_and_plan_files(recipe)   # while the helper renders
+        hashed = _InOrder(names)
         for name in names:
-            if helper is not None and name in helper.names:
+            if helper is not None and name in helper.members:
                 continue
             job = scripts.get(name)
             try:
@@ -239,25 +240,58 @@ def _stage_recipe(recipe: Recipe, out_dir: Path, staging: int, number: int) -> _
                 _canonical_error(recipe)
                 raise
             data = text.encode("utf-8")
-            if hasher is not None:
-                hasher.add(name, data)
+            hashed.put(name, data)
             _stage(name, data, existing, staging, f"{number}.{len(waiting)}", waiting)
+            if helper is not None and not helper.collect(hashed, waiting, wait=False):
+                _canonical_error(recipe)
+        manifest["digest"] = _DIGEST_SLOT
+        text = manifest_text(manifest)   # while the helper ends: only the digest is left to fill in
         if helper is not None:
-            if not helper.finish(waiting):
+            if not helper.collect(hashed, waiting, wait=True):
                 _canonical_error(recipe)
             helper = None
-            hasher = Digest()
-            for name in names:   # in the order of names, as a compile in one process hashes them
-                hasher.add(name, files[name].encode("utf-8") if name in files else _staged_bytes(name, waiting, existing, staging))
-        assert hasher is not None
-        manifest["digest"] = hasher.text()
-        _stage(MANIFEST, manifest_text(manifest).encode("utf-8"), existing, staging, f"{number}.m", waiting)
+        slot = f'\n  "digest": "{_DIGEST_SLOT}"'
+        assert text.count(slot) == 1   # nested values are indented deeper: this line is the manifest's own
+        text = text.replace(slot, f'\n  "digest": "{hashed.text()}"')
+        _stage(MANIFEST, text.encode("utf-8"), existing, staging, f"{number}.m", waiting)
     finally:
         if helper is not None:
             helper.stop()
         if existing is not None:
             os.close(existing)
     return _Staged(recipe.name, [*names, MANIFEST], waiting)
+
+
+_DIGEST_SLOT = "sha256:" + "?" * 64
+"""Where the digest goes in a manifest written before the digest is known (a digest has no `?`)."""
+
+
+def _plan_names(recipe: Recipe) -> list[str]:
+    """The names of the files `_manifest_and_plan_files` makes, known before it runs."""
+    return [SUBMIT] if recipe.allocation is None else [SUBMIT, ALLOCATION_SCRIPT]
+
+
+class _InOrder:
+    """The digest of files that arrive in any order (from two processes), fed in the order of their names as
+    soon as each file's predecessors are in: only the files that arrived early are held."""
+
+    def __init__(self, names: list[str]) -> None:
+        self._names = names
+        self._next = 0
+        self._early: dict[str, bytes] = {}
+        self._hasher = Digest()
+
+    def put(self, name: str, data: bytes) -> None:
+        self._early[name] = data
+        names, early = self._names, self._early
+        while self._next < len(names) and names[self._next] in early:
+            self._hasher.add(names[self._next], early.pop(names[self._next]))
+            self._next += 1
+
+    def text(self) -> str:
+        if self._next != len(self._names):
+            raise OutputError(f"{self._names[self._next]}: a rendered script went missing while the scripts were written")
+        return self._hasher.text()
 
 
 PARALLEL_FROM = 256
@@ -283,36 +317,34 @@ def _canonical_error(recipe: Recipe) -> None:
     render_recipe(recipe)
 
 
-def _staged_bytes(name: str, waiting: dict[str, str], existing: int | None, staging: int) -> bytes:
-    """A script's bytes as staged, or as the output folder already holds them (an unchanged file is not staged)."""
-    temp = waiting.get(name)
-    data = _read_regular(staging, temp, 1 << 30) if temp is not None else \
-        _read_regular(existing, name, 1 << 30) if existing is not None else None
-    if data is None:
-        raise OutputError(f"{name}: a rendered script went missing from the output folder while it was written")
-    return data
+_FRAME = struct.Struct("<IIB")   # a script from the helper: its index among the helper's names, its size, staged or not
 
 
 class _Helper:
     """A forked process that renders and stages some of a recipe's scripts while this one renders the rest.
-    It shares nothing but the staging folder: it reports the temporary name of each file it staged on a pipe,
-    and leaves by os._exit, so it never runs this process's cleanup."""
+    It shares nothing but the staging folder: it sends each script's bytes (for the digest, which is taken in
+    the order of names) and whether it staged it on a pipe as it goes, and leaves by os._exit, so it never
+    runs this process's cleanup."""
 
     def __init__(self, names: list[str], recipe: Recipe, scripts: dict[str, ResolvedJob], existing: int | None,
                  staging: int, prefix: str) -> None:
-        self.names = set(names)
+        self.names = names
+        self.members = set(names)
         reading, writing = os.pipe()
+        with contextlib.suppress(OSError):   # room for a few hundred scripts: the helper rarely waits for a reader
+            fcntl.fcntl(writing, fcntl.F_SETPIPE_SZ, 1 << 20)
         pid = os.fork()
         if pid == 0:   # the helper
             status = 4
             try:
                 os.close(reading)
-                staged: dict[str, str] = {}
-                for index, name in enumerate(names):
-                    data = render_job(scripts[name], recipe).encode("utf-8")
-                    _stage(name, data, existing, staging, f"{prefix}{index}", staged)
                 with os.fdopen(writing, "wb") as pipe:
-                    pipe.write(json.dumps(staged).encode())
+                    staged: dict[str, str] = {}
+                    for index, name in enumerate(names):
+                        data = render_job(scripts[name], recipe).encode("utf-8")
+                        _stage(name, data, existing, staging, f"{prefix}{index}", staged)
+                        pipe.write(_FRAME.pack(index, len(data), name in staged) + data)
+                        pipe.flush()
                 status = 0
             except OrchcError:
                 status = 3
@@ -321,23 +353,55 @@ class _Helper:
             finally:
                 os._exit(status)
         os.close(writing)
+        os.set_blocking(reading, False)
         self.pid: int | None = pid
         self.reading = reading
+        self.prefix = prefix
+        self.buffer = bytearray()
+        self.received = 0
 
-    def finish(self, waiting: dict[str, str]) -> bool:
-        """Wait for the helper and add what it staged to `waiting`; False when a script failed to render."""
-        with os.fdopen(self.reading, "rb") as pipe:
-            payload = pipe.read()
+    def collect(self, hashed: _InOrder, waiting: dict[str, str], wait: bool) -> bool:
+        """Take in the scripts the helper sent so far (`wait`: all of them, and the helper's end); False when
+        a script failed to render there."""
+        if self.pid is None:
+            return True
+        if wait:
+            os.set_blocking(self.reading, True)
+        while True:
+            try:
+                chunk = os.read(self.reading, 1 << 20)
+            except BlockingIOError:
+                return True
+            if not chunk:
+                break
+            self._take(chunk, hashed, waiting)
+        os.close(self.reading)
         assert self.pid is not None
         _, status = os.waitpid(self.pid, 0)
         self.pid = None
         code = os.waitstatus_to_exitcode(status)
         if code == 3:
             return False
-        if code != 0:
+        if code != 0 or self.received != len(self.names) or self.buffer:
             raise OutputError(f"the process rendering half of the scripts ended with status {code}; nothing was written")
-        waiting.update(json.loads(payload))
         return True
+
+    def _take(self, chunk: bytes, hashed: _InOrder, waiting: dict[str, str]) -> None:
+        buffer = self.buffer
+        buffer += chunk
+        start = 0
+        while len(buffer) - start >= _FRAME.size:
+            index, size, staged = _FRAME.unpack_from(buffer, start)
+            end = start + _FRAME.size + size
+            if end > len(buffer):
+                break
+            name = self.names[index]
+            hashed.put(name, bytes(buffer[start + _FRAME.size:end]))
+            if staged:
+                waiting[name] = f"{self.prefix}{index}"
+            self.received += 1
+            start = end
+        del buffer[:start]
 
     def stop(self) -> None:
         """After an error or an interrupt here: end the helper and reap it."""

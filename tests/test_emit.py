@@ -157,7 +157,7 @@ def test_streamed_and_in_memory_outputs_are_the_same_bytes(tmp_path):
 
 
 def _many_dividers(count: int, zero_at: int | None = None) -> str:
-    """`count` divider services (over emit.PARALLEL_FROM: a second process renders the first half of them)."""
+    """`count` divider services (over emit.PARALLEL_FROM: a second process renders every other one)."""
     return "site: local\nservices:\n" + "".join(
         f"  - {{name: d{i:04d}, type: divider, divisor: {0 if i == zero_at else 1 + i % 7}}}\n" for i in range(count))
 
@@ -220,3 +220,26 @@ def test_validate_reports_the_render_error_compile_reports(tmp_path):
         said.append(done.stderr)
     assert said[0] == said[1] and "division or modulo by zero" in said[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_quick_exit_of_the_compile_side_loses_no_output_and_keeps_the_exit_status(tmp_path):
+    """`orchc compile/validate/show/types` leave by os._exit (no interpreter teardown): what they print to a
+    file or a pipe is all there, a closed pipe is no error, and a failure still exits 1."""
+    # Buffered output, as in everyday use (this machine's environment sets PYTHONUNBUFFERED)
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONPATH": str(ROOT)}
+    with open(tmp_path / "types.txt", "w") as out:
+        done = subprocess.run([sys.executable, "-m", "compiler", "types"], stdout=out, stderr=subprocess.PIPE,
+                              text=True, timeout=60, env=env)
+    assert done.returncode == 0 and done.stderr == ""
+    listed = (tmp_path / "types.txt").read_text()
+    assert listed.endswith("\n") and "redis_client" in listed and len(listed.splitlines()) > 15
+    shown = subprocess.run(f"{sys.executable} -m compiler show {ROOT / 'examples' / 'redis.yaml'} | head -n 1",
+                           shell=True, capture_output=True, text=True, timeout=60, env=env)
+    assert shown.stdout.startswith("# recipe ") and shown.stderr == ""
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    (tmp_path / "bad.yaml").write_text("services: [")
+    for recipe, status, printed in (("r.yaml", 0, "compiled 1 recipe(s)"), ("bad.yaml", 1, "bad.yaml:")):
+        done = subprocess.run([sys.executable, "-m", "compiler", "compile", recipe, "-o", "out"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == status and (done.stdout + done.stderr).startswith(printed)
+    assert json.loads((tmp_path / "out" / "r" / "manifest.json").read_text())["digest"].startswith("sha256:")
