@@ -225,9 +225,14 @@ def _stage_recipe(recipe: Recipe, out_dir: Path, staging: int, number: int) -> _
     helper: _Helper | None = None
     try:
         ordered = [name for name in names if name in scripts]
+        rendered: dict[str, str] = {}
         if len(ordered) >= PARALLEL_FROM and workers() > 1:
             # Every other script, so that each process gets as many of each type (services cost more than clients)
-            helper = _Helper(ordered[1::2], recipe, scripts, existing, staging, f"{number}.h")
+            theirs = ordered[1::2]
+            # A type's first script costs tens of times the next (templates loaded and compiled): one of each
+            # type rendered here first, so that the helper inherits what they loaded instead of loading it again
+            rendered = _first_of_each_type(ordered[0::2], scripts, recipe)
+            helper = _Helper(theirs, recipe, scripts, existing, staging, f"{number}.h")
         manifest, files = _manifest_and_plan_files(recipe)   # while the helper renders
         hashed = _InOrder(names)
         for name in names:
@@ -235,7 +240,7 @@ def _stage_recipe(recipe: Recipe, out_dir: Path, staging: int, number: int) -> _
                 continue
             job = scripts.get(name)
             try:
-                text = files[name] if job is None else render_job(job, recipe)
+                text = files[name] if job is None else rendered.pop(name, "") or render_job(job, recipe)
             except OrchcError:
                 _canonical_error(recipe)
                 raise
@@ -260,6 +265,19 @@ def _stage_recipe(recipe: Recipe, out_dir: Path, staging: int, number: int) -> _
         if existing is not None:
             os.close(existing)
     return _Staged(recipe.name, [*names, MANIFEST], waiting)
+
+
+def _first_of_each_type(names: list[str], scripts: dict[str, ResolvedJob], recipe: Recipe) -> dict[str, str]:
+    """The scripts of the first job of each type among `names`, rendered (a render error: the one a compile
+    in memory gives)."""
+    first: dict[str, str] = {}
+    for name in names:
+        first.setdefault(scripts[name].typedef.name, name)
+    try:
+        return {name: render_job(scripts[name], recipe) for name in first.values()}
+    except OrchcError:
+        _canonical_error(recipe)
+        raise
 
 
 _DIGEST_SLOT = "sha256:" + "?" * 64

@@ -215,10 +215,17 @@ def _resolver() -> Callable[[str], str]:
         def processing_version(self) -> tuple[int, int]:
             return (1, 2)
 
-    resolve = Resolver().resolve
+    resolver = Resolver()
+    resolve = resolver.resolve
     cache: dict[str, str] = {}
+    # The resolver picks its candidate patterns by the text's first character: text that starts with any
+    # other character (most names and words) is a string without asking it.
+    special = frozenset(key for key in resolver.versioned_resolver if key)
+    plain = f"{_CORE}str"
 
     def tag_of(text: str) -> str:
+        if text and text[0] not in special:
+            return plain
         tag = cache.get(text)
         if tag is None:
             tag = str(resolve(ScalarNode, text, (True, False)))

@@ -69,7 +69,7 @@ def render_job(job: ResolvedJob, recipe: Recipe) -> str:
     parts["makes_credentials"] = any("orchc_tls_credentials " in line for line in phase_lines)
     parts["values"] = values.assignments
     for key in ("directives", "modules", "storage", "environment", "secrets", "images", "target", "values"):
-        parts[key] = [_code(line, job, origins, multiline=key == "values") for line in parts[key]]
+        parts[key] = _codes(parts[key], job, origins, multiline=key == "values")
     parts["shell"], parts["module_purge"] = (_code(parts[key], job, origins) for key in ("shell", "module_purge"))
     if job.role == "client":
         parts["parameters"] = _code(shlex.quote(parameters_json(job)), job, origins)
@@ -109,6 +109,13 @@ def parameters_json(job: ResolvedJob) -> str:
     """The job's fields as one line of JSON for its results.json; secrets (references to them) left out."""
     shown = {name: value for name, value in job.fields.items() if name not in job.typedef.secrets}
     return json.dumps(shown, sort_keys=True, ensure_ascii=True)
+
+
+def _codes(lines: list[str], job: ResolvedJob, origins: Origins, multiline: bool = False) -> list[Raw]:
+    """`_code` of each line: one search over all of them (a space joins them, not a control character)."""
+    if (_CONTROL_IN_VALUES if multiline else _CONTROL).search(" ".join(lines)) is None:
+        return [Raw(line) for line in lines]
+    return [_code(line, job, origins, multiline) for line in lines]
 
 
 def _code(line: str, job: ResolvedJob, origins: Origins, multiline: bool = False) -> Raw:

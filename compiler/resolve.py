@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
 from pathlib import Path
@@ -627,6 +627,8 @@ _CANONICAL: dict[int, tuple[Any, str | None]] = {}
 """id of a type's shared frozen value -> (that value, its canonical JSON once asked for): every job of the type
 hashes the same text."""
 _ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+_ENCODE_STRING: Callable[[str], str] = json.encoder.encode_basestring_ascii
+"""What _ENCODE writes for a str (its ensure_ascii default), without the encoder's dispatch."""
 
 
 def _default_targets(drafts: list[_Draft]) -> None:
@@ -645,12 +647,18 @@ def _job_digest(recipe: str, site: str, data: dict[str, Any]) -> str:
     members = []
     for key in sorted(data):
         value = data[key]
-        known = _CANONICAL.get(id(value))
-        if known is None or known[0] is not value:
-            text = _ENCODE(value)
+        kind = type(value)
+        if kind is str:
+            text = _ENCODE_STRING(value)
+        elif kind is int:
+            text = int.__repr__(value)
         else:
-            text = known[1] if known[1] is not None else _canonical_of_shared(value)
-        members.append(f"{_ENCODE(key)}:{text}")
+            known = _CANONICAL.get(id(value))
+            if known is None or known[0] is not value:
+                text = _ENCODE(value)
+            else:
+                text = known[1] if known[1] is not None else _canonical_of_shared(value)
+        members.append(f"{_ENCODE_STRING(key)}:{text}")
     canonical = f'{{"job":{{{",".join(members)}}},"recipe":{_ENCODE(recipe)},"site":{_ENCODE(site)}}}'
     return hashlib.sha256(canonical.encode()).hexdigest()
 

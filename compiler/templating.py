@@ -175,7 +175,10 @@ def python_reaches(node: Node) -> list[tuple[SourceLoc, str]]:
         tree = environment("shell").parse(source)
     except TemplateSyntaxError as exc:
         return [(_line_in_template(node, exc.lineno or 1), f"template syntax error: {exc.message}")]
-    found = []
+    # Another template is reachable by the name it was compiled under: what it prints would depend on what this
+    # process compiled before, and the names it reads are not this template's (the render cache keys on those).
+    found = [(_line_in_template(node, item.lineno), "a template cannot include, import or extend another template")
+             for item in tree.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends))]
     for item in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Name, nodes.Filter)):
         name = None
         if isinstance(item, nodes.Getattr):

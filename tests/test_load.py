@@ -75,3 +75,31 @@ def test_the_pure_python_parser_refuses_deep_nesting_without_recursing(monkeypat
         load_text("a: " + "[" * 100_000, "t.yaml")
     assert str(info.value.problems[0].loc) == "t.yaml:1:67"
     assert "nested deeper than 64 levels" in info.value.problems[0].message
+
+
+def test_the_tag_of_a_plain_scalar_is_the_yaml_1_2_resolvers_whatever_the_shortcut():
+    """load.py answers `str` without asking ruamel's resolver for text whose first character no implicit
+    resolver starts with: differential, over random text and the words YAML 1.1 and 1.2 give meaning to."""
+    import random
+    import string
+
+    from ruamel.yaml.nodes import ScalarNode
+    from ruamel.yaml.resolver import VersionedResolver
+
+    from compiler.load import _resolver
+
+    class Resolver(VersionedResolver):
+        @property
+        def processing_version(self):
+            return (1, 2)
+
+    reference, tag_of = Resolver(), _resolver()
+    words = ["yes", "no", "on", "off", "null", "Null", "~", "true", "False", ".inf", "-.Inf", ".nan", "0x1F", "0o17",
+             "1e3", "<<", "=", "2001-12-14", "1_000", "+1", "", "!x", "&a", "*b"]
+    rng = random.Random(1)
+    for number in range(50_000):
+        if number % 2:
+            text = "".join(rng.choice(string.printable + "é") for _ in range(rng.randint(0, 6)))
+        else:
+            text = rng.choice(words) + rng.choice(["", "x", "1", " "])
+        assert tag_of(text) == str(reference.resolve(ScalarNode, text, (True, False))), text

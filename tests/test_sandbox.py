@@ -108,3 +108,28 @@ def test_ordinary_templates_still_work_in_the_sandbox(orchc, write, tmp_path):
                          timeout=30, cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     assert (tmp_path / "run" / "echoed").read_text() == "a,b 1 x-3 1B2A bf\n"
+
+
+@pytest.mark.parametrize("statement", [
+    "{% include 'shell-f72c5746b83a320316610b2c8bbc2c28a8d5fe44' %}",
+    "{% import 'shell-f72c5746b83a320316610b2c8bbc2c28a8d5fe44' as other %}",
+    "{% from 'shell-f72c5746b83a320316610b2c8bbc2c28a8d5fe44' import x %}",
+    "{% extends 'shell-f72c5746b83a320316610b2c8bbc2c28a8d5fe44' %}",
+], ids=["include", "import", "from-import", "extends"])
+@pytest.mark.parametrize("command", ["validate", "compile", "show", "types"])
+def test_a_template_cannot_include_import_or_extend_another(orchc, write, tmp_path, statement, command):
+    """Another template is reachable by the name orchc compiled it under (here that of `echo {{ x }}`, the
+    container command): what it printed would depend on which templates this process compiled before, and
+    it reads values no cache key of this one holds. It is a located error, whatever the command."""
+    line = json.dumps(f"echo {statement}")
+    write("defs/other.yaml", "type: other\nextends: service\ndescription: reaches for another template\nfields:\n"
+          "  ports: {default: [1234]}\n  x: {type: string, default: hello}\n"
+          f"container:\n  command: \"echo {{{{ x }}}}\"\nphases:\n  setup:\n    - {line}\n")
+    write("r.yaml", "service:\n  name: e\n  type: other\n")
+    args = _commands("r.yaml")[command]
+    args = [*args, "--site", "local"] if command != "types" else [arg.replace("evil", "other") for arg in args]
+    result = orchc(*args, cwd=tmp_path)
+    assert result.code == 1 and "Traceback" not in result.err, result.err
+    assert result.err.startswith("defs/other.yaml:11:7: error: "), result.err
+    assert "cannot include, import or extend another template" in result.err
+    assert not (tmp_path / "out").exists()
