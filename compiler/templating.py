@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
@@ -29,7 +29,7 @@ from .load import source_text
 from .resources import templates_dir
 from .shell import Raw, excerpt_of, shell_word, text_value
 from .shellscan import MARK, ScanError, Use, scan
-from .source import Node, SourceLoc
+from .source import FrozenDict, Node, SourceLoc
 
 SAFE_WORD = re.compile(r"[A-Za-z0-9_./:@%+-]+")
 """Text that means the same, unquoted, in every shell context: written as it is."""
@@ -238,38 +238,111 @@ def _render(node: Node, context: dict[str, Any], kind: str) -> tuple[str, tuple[
 
     A render depends only on the values of the names its template reads (plus the job and
     the recipe's jobs when it uses the `hosts` filter, which reads them itself), so a batch
-    of similar jobs renders each template once per distinct set of those values.
+    of similar jobs renders each template once per distinct set of those values. In a shell
+    template, a value that is only printed (`{{ x }}`, `{{ job.name }}`) or only tested
+    (`{% if x %}`) changes nothing but the value collected for its placeholder: it is left out
+    of the key (its truth kept, where it is tested) and put back after the render (`_Slot`).
     """
     source = str(node.value)
     if not _JINJA_SYNTAX.search(source):  # most lines are plain shell: what Jinja would give, without Jinja
         return (source[:-1] if source.endswith("\n") else source), ()
     key: tuple[Any, ...] | None = None
+    slotted: list[Any] = []
     if CACHING and (kind, source) in _SEEN:
-        names = _names_read(node, kind, source)
-        key = (kind, source, tuple(_fingerprint(_part(context.get(name, _MISSING), attributes))
-                                   for name, attributes in names))
+        reads = _names_read(node, kind, source)
+        key = (kind, source, *_key_parts(reads, context, slotted))
         found = _RENDERS.get(key)
         if found is not None:
-            return found
+            return _filled(found, slotted)
     elif CACHING:
         # A template met once (the common case of a small compile) is rendered without finding the names
         # it reads: parsing it for them costs more than the render. The second time, it is worth a key.
         _SEEN.add((kind, source))
     sink = _SINK if kind == "shell" else _HOSTS
     sink.clear()
+    if slotted:
+        context = _with_slots(context, reads, slotted)
     found = (_render_now(node, context, kind, source), tuple(sink))
     if key is not None:
         if len(_RENDERS) > 20000:
             _RENDERS.clear()
         _RENDERS[key] = found
-    return found
+    return _filled(found, slotted) if slotted else found
+
+
+class _Slot:
+    """Stands in a render for a value the template only prints or tests: what it collects is put back."""
+
+    __slots__ = ("number", "truth")
+
+    def __init__(self, number: int, truth: bool) -> None:
+        self.number, self.truth = number, truth
+
+    def __bool__(self) -> bool:
+        return self.truth
+
+
+@dataclass(frozen=True)
+class _Reads:
+    """What a template reads of its context: each name with the attributes it reads (None: it may read all),
+    and the names and (name, attribute)s it only prints or tests, each with whether it tests it."""
+
+    names: tuple[tuple[str, tuple[str, ...] | None], ...]
+    slots: dict[str, bool]
+    attribute_slots: dict[tuple[str, str], bool]
+
+
+def _key_parts(reads: _Reads, context: dict[str, Any], slotted: list[Any]) -> Iterator[Any]:
+    """The part of the cache key for each name the template reads; values left out of it go to `slotted`.
+    A value printed raw (`Raw`, code built by orchc) becomes text, not a placeholder: it is keyed."""
+    for name, attributes in reads.names:
+        value = context.get(name, _MISSING)
+        tested = reads.slots.get(name)
+        if tested is not None and value is not _MISSING and not isinstance(value, Raw):
+            slotted.append((name, None, value))
+            yield "slot", bool(value) if tested else None
+        elif attributes is not None and type(value) in (dict, FrozenDict):
+            for attribute in attributes:
+                item = value.get(attribute, _MISSING)
+                tested = reads.attribute_slots.get((name, attribute))
+                if tested is not None and item is not _MISSING and not isinstance(item, Raw):
+                    slotted.append((name, attribute, item))
+                    yield "slot", bool(item) if tested else None
+                else:
+                    yield _fingerprint(item)
+        else:
+            yield _fingerprint(_part(value, attributes))
+
+
+def _with_slots(context: dict[str, Any], reads: _Reads, slotted: list[Any]) -> dict[str, Any]:
+    """The context with a `_Slot` in place of each value left out of the key (in a copy of its mapping)."""
+    changed = dict(context)
+    copied: set[str] = set()
+    for number, (name, attribute, value) in enumerate(slotted):
+        tested = reads.slots.get(name) if attribute is None else reads.attribute_slots[(name, attribute)]
+        slot = _Slot(number, bool(value) if tested else True)
+        if attribute is None:
+            changed[name] = slot
+        else:
+            if name not in copied:
+                changed[name] = dict(changed[name])
+                copied.add(name)
+            changed[name][attribute] = slot
+    return changed
+
+
+def _filled(found: tuple[str, tuple[Any, ...]], slotted: list[Any]) -> tuple[str, tuple[Any, ...]]:
+    """A cached render with this context's values in place of its slots."""
+    if not slotted:
+        return found
+    return found[0], tuple(slotted[item.number][2] if type(item) is _Slot else item for item in found[1])
 
 
 CACHING = not os.environ.get("ORCHC_NO_CACHE")
 """ORCHC_NO_CACHE=1 turns off every cache of renders too: tests compare the bytes with and without them."""
 _RENDERS: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
 _SEEN: set[tuple[str, str]] = set()
-_NAMES: dict[tuple[str, str], tuple[tuple[str, tuple[str, ...] | None], ...]] = {}
+_NAMES: dict[tuple[str, str], _Reads] = {}
 _MISSING = object()
 
 
@@ -291,7 +364,7 @@ def _part(value: Any, attributes: tuple[str, ...] | None) -> Any:
     return [value.get(attribute, _MISSING) for attribute in attributes]
 
 
-def _names_read(node: Node, kind: str, source: str) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
+def _names_read(node: Node, kind: str, source: str) -> _Reads:
     from jinja2 import TemplateSyntaxError
 
     known = _NAMES.get((kind, source))
@@ -304,28 +377,56 @@ def _names_read(node: Node, kind: str, source: str) -> tuple[tuple[str, tuple[st
         raise OrchcError.at(_line_in_template(node, exc.lineno), f"template syntax error: {exc.message}") from None
 
 
-def _names_in(kind: str, source: str) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
-    """The names a template reads, each with the attributes it reads of it (None: it may read all)."""
+def _names_in(kind: str, source: str) -> _Reads:
+    """The names a template reads, each with the attributes it reads of it (None: it may read all), and
+    those of them (or of their attributes) it only prints or tests, in a shell template."""
     from jinja2 import meta, nodes
 
     tree = environment(kind).parse(source)
     names = set(meta.find_undeclared_variables(tree))
     whole = set()
-    if any(item.name == "hosts" for item in tree.find_all(nodes.Filter)):
+    if any(item.name == "hosts" for item in tree.find_all(nodes.Filter)):   # the filter reads them itself
         names |= {"jobs", "job"}
         whole |= {"jobs", "job"}
+    read_by_filter = set(whole)
     attributes: dict[str, set[str]] = {name: set() for name in names}
     parents = {id(child): parent for parent in tree.find_all(nodes.Node) for child in parent.iter_child_nodes()}
+    uses: dict[str | tuple[str, str], set[str | None]] = {}
     for item in tree.find_all(nodes.Name):
         if not isinstance(item, nodes.Name) or item.ctx != "load" or item.name not in attributes:
             continue
         parent = parents.get(id(item))
         if isinstance(parent, nodes.Getattr) and parent.node is item:
             attributes[item.name].add(parent.attr)
+            uses.setdefault((item.name, parent.attr), set()).add(_use_of(parent, parents))
         else:
             whole.add(item.name)
-    return tuple((name, None if name in whole or not attributes[name] else tuple(sorted(attributes[name])))
-                 for name in sorted(names))
+            uses.setdefault(item.name, set()).add(_use_of(item, parents))
+    reads = tuple((name, None if name in whole or not attributes[name] else tuple(sorted(attributes[name])))
+                  for name in sorted(names))
+    if kind != "shell":
+        return _Reads(reads, {}, {})
+    # A name the template also binds (a loop variable, `set`, a macro's parameter) may not be the context's.
+    bound = {item.name for item in tree.find_all(nodes.Name) if isinstance(item, nodes.Name) and item.ctx != "load"}
+    only = {ref: "test" in kinds for ref, kinds in uses.items() if None not in kinds}
+    return _Reads(reads,
+                  {name: tested for name, tested in only.items()
+                   if isinstance(name, str) and name not in bound and name not in read_by_filter and not attributes[name]},
+                  {ref: tested for ref, tested in only.items()
+                   if isinstance(ref, tuple) and ref[0] not in bound and ref[0] not in whole
+                   and not ref[1].startswith("_") and not hasattr(dict, ref[1])})
+
+
+def _use_of(item: Any, parents: dict[int, Any]) -> str | None:
+    """How a template uses a value: printed ("out"), tested by an `if` ("test"), or otherwise (None)."""
+    from jinja2 import nodes
+
+    parent = parents.get(id(item))
+    if isinstance(parent, nodes.Output):
+        return "out"
+    if isinstance(parent, nodes.If) and parent.test is item:
+        return "test"
+    return None
 
 
 def _render_now(node: Node, context: dict[str, Any], kind: str, source: str) -> str:
