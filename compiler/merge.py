@@ -41,7 +41,8 @@ def merge(base: Node | None, over: Node, problems: Collector) -> Node:
         if merged is None:
             out.pop(key, None)
         else:
-            out[key] = merged if merged.key_loc == child.key_loc else replace(merged, key_loc=child.key_loc)
+            out[key] = merged if merged.key_loc is child.key_loc or merged.key_loc == child.key_loc \
+                else replace(merged, key_loc=child.key_loc)
     return Node(out, base.loc if base.value else over.loc, base.key_loc or over.key_loc)
 
 

@@ -425,11 +425,14 @@ def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[
         overrides = [top, entry, identity, *_setting_layers(settings, name, names, typedef)]
         what = f"{role} '{name}'"
         removed = _secret_removals(overrides, typedef, what, problems)
-        node = _type_base(site, typedef, top, problems)
+        node = base = _type_base(site, typedef, top, problems)
         for layer in overrides[1:]:
+            if layer is identity and entry.value.get("name") is name_node and entry.value.get("type") is type_node \
+                    and isinstance(name_node.value, str) and isinstance(type_node.value, str):
+                continue   # the entry gave both as strings: laying them again changes nothing
             node = merge(node, _secrets_replace(layer, typedef), problems)
-        node = replace(node, loc=entry.loc)
-        data = _validated(node, typedef, what, problems, removed)
+        node = Node(node.value, entry.loc, node.key_loc)
+        data = _validated(node, typedef, base, what, problems, removed)
         jobs.append(_Draft(name, typedef, node, data, frozenset(removed)))
     return jobs
 
@@ -593,22 +596,48 @@ def _secret_removals(layers: list[Node], typedef: TypeDef, what: str, problems: 
     return removed
 
 
-def _validated(node: Node, typedef: TypeDef, what: str, problems: Collector, removed: set[str]) -> dict[str, Any]:
+def _validated(node: Node, typedef: TypeDef, base: Node, what: str, problems: Collector,
+               removed: set[str]) -> dict[str, Any]:
     """The job's values, read-only, each checked against its schema. Secrets given as literals are left to the
     checks stage, which refuses them with a message of their own."""
-    # Values inherited unchanged from the type were checked once, with the type; check the rest.
-    # Being read-only, their frozen form is made once and shared by every job of the type.
-    inherited = typedef.layer.value
-    data = {k: _shared_frozen(v) if inherited.get(k) is v else to_frozen(v) for k, v in node.value.items()}
+    # Values inherited unchanged from the type were checked once, with the type; check the rest. Values of the
+    # base (site defaults, type, recipe top) are the same objects for every job of the type in the recipe: being
+    # read-only, their frozen form is made once, and once they passed their checks they are not checked again.
+    inherited, common = typedef.layer.value, base.value
+    data: dict[str, Any] = {}
+    given = []
+    for k, v in node.value.items():
+        if common.get(k) is v:
+            data[k] = _shared_frozen(v)
+            if inherited.get(k) is not v:
+                given.append(k)
+        else:
+            data[k] = v.value if not isinstance(v.value, (dict, list)) else to_frozen(v)
+            given.append(k)
     literal_secrets = [k for k in typedef.secrets if isinstance(data.get(k), str)]
-    fresh = [k for k, v in node.value.items()
-             if k not in literal_secrets and k not in removed and inherited.get(k) is not v]
-    check(node, typedef.job_validator, what, problems, instance={k: data[k] for k in fresh}, secrets=typedef.secrets)
+    fresh = [k for k in given if k not in literal_secrets and k not in removed]
+    passed = _PASSED.get((id(typedef), id(base)))
+    if passed is not None and (passed[0] is not typedef or passed[1] is not base):
+        passed = None
+    if passed is not None:
+        fresh = [k for k in fresh if k not in passed[2] or common[k] is not node.value[k]]
+    found = Collector()
+    check(node, typedef.job_validator, what, found, instance={k: data[k] for k in fresh}, secrets=typedef.secrets)
     for key in fresh:
         schema = typedef.fields.get(key)
         if schema is not None and key not in typedef.secrets:
-            check_characters(node.value[key], (key,), schema.get("multiline") is True, problems)
+            check_characters(node.value[key], (key,), schema.get("multiline") is True, found)
+    if not found.problems and passed is None:
+        if len(_PASSED) > 4096:
+            _PASSED.clear()
+        _PASSED[(id(typedef), id(base))] = (typedef, base, frozenset(k for k in fresh if common.get(k) is node.value[k]))
+    problems.problems += found.problems
     return data
+
+
+_PASSED: dict[tuple[int, int], tuple[TypeDef, Node, frozenset[str]]] = {}
+"""(type, base) -> the keys whose base values passed their checks in a job of that type (the objects held,
+so their ids stay theirs)."""
 
 
 _SHARED: dict[int, tuple[Node, Any]] = {}
@@ -658,9 +687,18 @@ def _job_digest(recipe: str, site: str, data: dict[str, Any]) -> str:
                 text = _ENCODE(value)
             else:
                 text = known[1] if known[1] is not None else _canonical_of_shared(value)
-        members.append(f"{_ENCODE_STRING(key)}:{text}")
+        prefix = _KEY_TEXTS.get(key)
+        if prefix is None:
+            prefix = f"{_ENCODE_STRING(key)}:"
+            if len(_KEY_TEXTS) < 4096:
+                _KEY_TEXTS[key] = prefix
+        members.append(prefix + text)
     canonical = f'{{"job":{{{",".join(members)}}},"recipe":{_ENCODE(recipe)},"site":{_ENCODE(site)}}}'
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+_KEY_TEXTS: dict[str, str] = {}
+"""A field name -> its JSON text and the colon after it (the types' fields are few; a bound for the rest)."""
 
 
 def _canonical_of_shared(value: Any) -> str:

@@ -85,14 +85,19 @@ def _bytecode_cache(kind: str) -> Any:
 def _placeholder(context: Any, value: Any) -> str:
     """The shell environment's output filter. It takes the context only so that Jinja never
     evaluates it at compile time for a constant expression: each render numbers its own values."""
-    from jinja2 import Undefined
-
     if isinstance(value, Raw):
         return str(value)
-    if isinstance(value, Undefined):
+    if isinstance(value, _undefined()):
         str(value)  # StrictUndefined: raises here, inside the render, where the error is located
     _SINK.append(value)
     return f"{MARK}{len(_SINK) - 1}{MARK}"
+
+
+@cache
+def _undefined() -> type:
+    from jinja2 import Undefined
+
+    return Undefined
 
 
 def _script_value(value: Any) -> str:

@@ -209,3 +209,33 @@ def test_job_digests_hash_the_canonical_json_of_the_whole_job(monkeypatch):
         resolve_all([Path(recipe)], Options(site="local"))
     assert len(compared) > 50
     assert all(ours == expected for ours, expected in compared)
+
+
+def test_values_of_a_shared_base_are_checked_again_until_they_passed_once():
+    """resolve._validated remembers, per (type, base), the base's values that passed their checks in one job,
+    and checks only the others in the next: a base value that fails is reported for every job, and a value a
+    job gives in place of a base value that passed is still checked."""
+    from compiler import resolve
+    from compiler.errors import Collector
+    from compiler.source import Node, SourceLoc, from_plain
+    from compiler.typedefs import Registry
+
+    typedef = Registry([]).resolve("redis")
+    at = SourceLoc("r.yaml", 3, 1)
+
+    def job(base: Node, **given) -> Node:
+        return Node({**base.value, **{k: from_plain(v, at) for k, v in given.items()}}, at)
+
+    def problems_of(base: Node, node: Node) -> list[str]:
+        found = Collector()
+        resolve._validated(node, typedef, base, "service 'r'", found, set())
+        return [problem.message for problem in found.problems]
+
+    bad = Node({**typedef.layer.value, "maxmemory": from_plain("12zz", at)}, at)
+    first = problems_of(bad, job(bad))
+    assert first and problems_of(bad, job(bad)) == first and problems_of(bad, job(bad)) == first
+    good = Node({**typedef.layer.value, "maxmemory": from_plain("12mb", at)}, at)
+    assert problems_of(good, job(good)) == [] and problems_of(good, job(good)) == []
+    assert resolve._PASSED[(id(typedef), id(good))][2] == {"maxmemory"}
+    assert problems_of(good, job(good, maxmemory="7zz")) != []
+    assert problems_of(good, job(good, maxmemory="7mb")) == []
