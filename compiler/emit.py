@@ -220,33 +220,38 @@ class _Staged:
 def _stage_recipe(recipe: Recipe, out_dir: Path, staging: int, number: int) -> _Staged:
     scripts = {script_name(job): job for job in recipe.jobs}
     names = sorted([*_plan_names(recipe), *scripts])
+    ordered = [name for name in names if name in scripts]
     existing = _existing_folder(out_dir, recipe.name)
     waiting: dict[str, str] = {}
+    hashed = _InOrder(names)
+
+    def take(name: str, text: str) -> None:
+        data = text.encode("utf-8")
+        hashed.put(name, data)
+        _stage(name, data, existing, staging, f"{number}.{len(waiting)}", waiting)
+
     helper: _Helper | None = None
+    queue: _Queue | None = None
     try:
-        ordered = [name for name in names if name in scripts]
         rendered: dict[str, str] = {}
         if len(ordered) >= PARALLEL_FROM and workers() > 1:
-            # Every other script, so that each process gets as many of each type (services cost more than clients)
-            theirs = ordered[1::2]
+            queue = _Queue(len(ordered))
             # A type's first script costs tens of times the next (templates loaded and compiled): one of each
             # type rendered here first, so that the helper inherits what they loaded instead of loading it again
-            rendered = _first_of_each_type(ordered[0::2], scripts, recipe)
-            helper = _Helper(theirs, recipe, scripts, existing, staging, f"{number}.h")
+            rendered = _first_of_each_type(ordered, scripts, recipe)
+            helper = _Helper(ordered, set(rendered), queue, recipe, scripts, existing, staging, f"{number}.h")
         manifest, files = _manifest_and_plan_files(recipe)   # while the helper renders
-        hashed = _InOrder(names)
-        for name in names:
-            if helper is not None and name in helper.members:
+        for name in [*files, *rendered]:
+            take(name, files[name] if name in files else rendered[name])
+        for position in (range(len(ordered)) if queue is None else queue.positions()):
+            name = ordered[position]
+            if name in rendered:
                 continue
-            job = scripts.get(name)
             try:
-                text = files[name] if job is None else rendered.pop(name, "") or render_job(job, recipe)
+                take(name, render_job(scripts[name], recipe))
             except OrchcError:
                 _canonical_error(recipe)
                 raise
-            data = text.encode("utf-8")
-            hashed.put(name, data)
-            _stage(name, data, existing, staging, f"{number}.{len(waiting)}", waiting)
             if helper is not None and not helper.collect(hashed, waiting, wait=False):
                 _canonical_error(recipe)
         manifest["digest"] = _DIGEST_SLOT
@@ -262,6 +267,8 @@ def _stage_recipe(recipe: Recipe, out_dir: Path, staging: int, number: int) -> _
     finally:
         if helper is not None:
             helper.stop()
+        if queue is not None:
+            queue.close()
         if existing is not None:
             os.close(existing)
     return _Staged(recipe.name, [*names, MANIFEST], waiting)
@@ -278,6 +285,35 @@ def _first_of_each_type(names: list[str], scripts: dict[str, ResolvedJob], recip
     except OrchcError:
         _canonical_error(recipe)
         raise
+
+
+class _Queue:
+    """The scripts of a recipe, handed out a few at a time to whichever process asks first, so that both end
+    together whatever else each has to do and however fast each CPU runs. The next position is a number in a
+    memory file both share, taken under a POSIX record lock (held per process, unlike flock)."""
+
+    CHUNK = 4
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.fd = os.memfd_create("orchc-queue", os.MFD_CLOEXEC)
+        os.pwrite(self.fd, bytes(8), 0)
+
+    def positions(self) -> Iterator[int]:
+        """The positions this process takes, a few at a time, until none is left."""
+        while True:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX)
+            try:
+                start = int.from_bytes(os.pread(self.fd, 8, 0), "little")
+                os.pwrite(self.fd, min(start + self.CHUNK, self.total).to_bytes(8, "little"), 0)
+            finally:
+                fcntl.lockf(self.fd, fcntl.LOCK_UN)
+            if start >= self.total:
+                return
+            yield from range(start, min(start + self.CHUNK, self.total))
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 _DIGEST_SLOT = "sha256:" + "?" * 64
@@ -313,7 +349,7 @@ class _InOrder:
 
 
 PARALLEL_FROM = 256
-"""Job scripts in one recipe from which a second process renders half of them (below, forking costs more)."""
+"""Job scripts in one recipe from which a second process renders some of them (below, forking costs more)."""
 WORKERS_VARIABLE = "ORCHC_WORKERS"
 
 
@@ -335,19 +371,18 @@ def _canonical_error(recipe: Recipe) -> None:
     render_recipe(recipe)
 
 
-_FRAME = struct.Struct("<IIB")   # a script from the helper: its index among the helper's names, its size, staged or not
+_FRAME = struct.Struct("<IIB")   # a script from the helper: its position among the scripts, its size, staged or not
 
 
 class _Helper:
-    """A forked process that renders and stages some of a recipe's scripts while this one renders the rest.
-    It shares nothing but the staging folder: it sends each script's bytes (for the digest, which is taken in
-    the order of names) and whether it staged it on a pipe as it goes, and leaves by os._exit, so it never
-    runs this process's cleanup."""
+    """A forked process that renders and stages scripts of a recipe, taking them from the queue as this process
+    does. It shares nothing but the staging folder and the queue: it sends each script's bytes (for the digest,
+    which is taken in the order of names) and whether it staged it on a pipe as it goes, and leaves by
+    os._exit, so it never runs this process's cleanup."""
 
-    def __init__(self, names: list[str], recipe: Recipe, scripts: dict[str, ResolvedJob], existing: int | None,
-                 staging: int, prefix: str) -> None:
+    def __init__(self, names: list[str], skip: set[str], queue: _Queue, recipe: Recipe,
+                 scripts: dict[str, ResolvedJob], existing: int | None, staging: int, prefix: str) -> None:
         self.names = names
-        self.members = set(names)
         reading, writing = os.pipe()
         with contextlib.suppress(OSError):   # room for a few hundred scripts: the helper rarely waits for a reader
             fcntl.fcntl(writing, fcntl.F_SETPIPE_SZ, 1 << 20)
@@ -358,10 +393,13 @@ class _Helper:
                 os.close(reading)
                 with os.fdopen(writing, "wb") as pipe:
                     staged: dict[str, str] = {}
-                    for index, name in enumerate(names):
+                    for position in queue.positions():
+                        name = names[position]
+                        if name in skip:
+                            continue
                         data = render_job(scripts[name], recipe).encode("utf-8")
-                        _stage(name, data, existing, staging, f"{prefix}{index}", staged)
-                        pipe.write(_FRAME.pack(index, len(data), name in staged) + data)
+                        _stage(name, data, existing, staging, f"{prefix}{position}", staged)
+                        pipe.write(_FRAME.pack(position, len(data), name in staged) + data)
                         pipe.flush()
                 status = 0
             except OrchcError:
@@ -376,7 +414,6 @@ class _Helper:
         self.reading = reading
         self.prefix = prefix
         self.buffer = bytearray()
-        self.received = 0
 
     def collect(self, hashed: _InOrder, waiting: dict[str, str], wait: bool) -> bool:
         """Take in the scripts the helper sent so far (`wait`: all of them, and the helper's end); False when
@@ -400,8 +437,8 @@ class _Helper:
         code = os.waitstatus_to_exitcode(status)
         if code == 3:
             return False
-        if code != 0 or self.received != len(self.names) or self.buffer:
-            raise OutputError(f"the process rendering half of the scripts ended with status {code}; nothing was written")
+        if code != 0 or self.buffer:   # a script that went missing is found by the digest
+            raise OutputError(f"the process rendering scripts beside this one ended with status {code}; nothing was written")
         return True
 
     def _take(self, chunk: bytes, hashed: _InOrder, waiting: dict[str, str]) -> None:
@@ -417,7 +454,6 @@ class _Helper:
             hashed.put(name, bytes(buffer[start + _FRAME.size:end]))
             if staged:
                 waiting[name] = f"{self.prefix}{index}"
-            self.received += 1
             start = end
         del buffer[:start]
 

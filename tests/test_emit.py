@@ -157,7 +157,7 @@ def test_streamed_and_in_memory_outputs_are_the_same_bytes(tmp_path):
 
 
 def _many_dividers(count: int, zero_at: int | None = None) -> str:
-    """`count` divider services (over emit.PARALLEL_FROM: a second process renders every other one)."""
+    """`count` divider services (over emit.PARALLEL_FROM: a second process renders some of them)."""
     return "site: local\nservices:\n" + "".join(
         f"  - {{name: d{i:04d}, type: divider, divisor: {0 if i == zero_at else 1 + i % 7}}}\n" for i in range(count))
 
@@ -183,7 +183,7 @@ def test_two_rendering_processes_write_the_bytes_one_writes(tmp_path):
     assert len(trees[0]) == PARALLEL_FROM + 44 + 3   # the scripts, submit.sh, manifest.json and the lock
 
 
-@pytest.mark.parametrize("zero_at", [3, 290], ids=["in the helper's half", "in this process's half"])
+@pytest.mark.parametrize("zero_at", [3, 290], ids=["an early script", "a late script"])
 def test_a_render_error_in_either_process_is_the_one_compile_gives_and_writes_nothing(tmp_path, zero_at):
     (tmp_path / "defs").mkdir()
     (tmp_path / "defs" / "divider.yaml").write_text(DIVIDING_TYPE)
