@@ -92,7 +92,43 @@ def _one_allocation(recipe: Recipe) -> tuple[str, dict[str, Any]] | None:
 
 
 def manifest_text(manifest: dict[str, Any]) -> str:
-    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    """`json.dumps(manifest, indent=2, sort_keys=True)` and a newline: the same text, written without the
+    pure-Python encoder json uses whenever it indents (a 100,000-job sweep's manifest took it 1.6 s)."""
+    try:
+        return _indented(manifest, "\n") + "\n"
+    except _NotPlain:
+        return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+
+
+class _NotPlain(Exception):
+    """A value `_indented` leaves to json: a float, a key that is not a string, or a type JSON does not have."""
+
+
+_STRING: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _indented(value: Any, newline: str) -> str:
+    """The JSON text of `value` as json.dumps(indent=2, sort_keys=True) writes it, `newline` being a line
+    break and the indent of the line `value` starts on."""
+    if isinstance(value, str):
+        return _STRING(value)
+    if value is None or value is True or value is False:
+        return "null" if value is None else "true" if value else "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    inner = newline + "  "
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        if not all(type(key) is str for key in value):
+            raise _NotPlain
+        return "{" + ",".join(f"{inner}{_STRING(key)}: {_indented(item, inner)}" for key, item in sorted(value.items())) \
+            + newline + "}"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "[]"
+        return "[" + ",".join(inner + _indented(item, inner) for item in value) + newline + "]"
+    raise _NotPlain
 
 
 class Digest:

@@ -243,3 +243,35 @@ def test_the_quick_exit_of_the_compile_side_loses_no_output_and_keeps_the_exit_s
                               capture_output=True, text=True, timeout=60, env=env)
         assert done.returncode == status and (done.stdout + done.stderr).startswith(printed)
     assert json.loads((tmp_path / "out" / "r" / "manifest.json").read_text())["digest"].startswith("sha256:")
+
+
+def test_manifest_text_is_json_dumps_indented_with_sorted_keys():
+    """emit.manifest_text writes what json.dumps(indent=2, sort_keys=True) writes, without its encoder."""
+    import random
+
+    from compiler.emit import manifest_text
+    from compiler.source import FrozenDict, FrozenList
+
+    rng = random.Random(3)
+    texts = ["", "a", "é ü", "\x00\x1f\x7f", "\"quoted\" \\ back", "\u2028", "😀", "line\nbreak", "sha256:" + "?" * 64]
+
+    def value(depth: int):
+        kind = rng.randrange(10 if depth < 4 else 6)
+        if kind == 0:
+            return rng.choice(texts)
+        if kind == 1:
+            return rng.choice([0, -1, 7, 2**70, True, False, None])
+        if kind == 2:
+            return rng.choice([0.5, 1e300, -0.0, float("inf"), float("nan")]) if rng.random() < 0.2 else rng.choice(texts)
+        if kind in (3, 4, 5):
+            return rng.choice(texts + ["x", "y"])
+        if kind in (6, 7):
+            items = {rng.choice(texts + ["k", "a", "b"]): value(depth + 1) for _ in range(rng.randrange(4))}
+            return FrozenDict(items) if kind == 7 else items
+        items = [value(depth + 1) for _ in range(rng.randrange(4))]
+        return FrozenList(items) if kind == 8 else tuple(items)
+
+    for _ in range(3000):
+        manifest = {f"k{n}": value(0) for n in range(rng.randrange(5))}
+        assert manifest_text(manifest) == json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    assert manifest_text({"a": {1: "x"}}) == json.dumps({"a": {1: "x"}}, indent=2, sort_keys=True) + "\n"
