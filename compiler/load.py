@@ -221,11 +221,14 @@ def _resolver() -> Callable[[str], str]:
     # The resolver picks its candidate patterns by the text's first character: text that starts with any
     # other character (most names and words) is a string without asking it.
     special = frozenset(key for key in resolver.versioned_resolver if key)
-    plain = f"{_CORE}str"
+    plain, integer = f"{_CORE}str", f"{_CORE}int"
+    decimal = re.compile(r"[0-9]+").fullmatch   # an integer under YAML 1.2's core schema, whatever its zeros
 
     def tag_of(text: str) -> str:
         if text and text[0] not in special:
             return plain
+        if decimal(text):
+            return integer
         tag = cache.get(text)
         if tag is None:
             tag = str(resolve(ScalarNode, text, (True, False)))
