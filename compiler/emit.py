@@ -271,7 +271,8 @@ def _stage_recipe(recipe: Recipe, out_dir: Path, staging: int, number: int) -> _
     try:
         rendered: dict[str, str] = {}
         if len(ordered) >= PARALLEL_FROM and workers() > 1:
-            queue = _Queue(len(ordered))
+            queue = _Queue.made(len(ordered))
+        if queue is not None:
             # A type's first script costs tens of times the next (templates loaded and compiled): one of each
             # type rendered here first, so that the helper inherits what they loaded instead of loading it again
             rendered = _first_of_each_type(ordered, scripts, recipe)
@@ -330,10 +331,18 @@ class _Queue:
 
     CHUNK = 4
 
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.fd = os.memfd_create("orchc-queue", os.MFD_CLOEXEC)
+    def __init__(self, total: int, fd: int) -> None:
+        self.total, self.fd = total, fd
         os.pwrite(self.fd, bytes(8), 0)
+
+    @classmethod
+    def made(cls, total: int) -> _Queue | None:
+        """A queue in memory (not in the output folder: a cluster's parallel file system may refuse record
+        locks), or None where none can be made: then one process renders everything."""
+        try:
+            return cls(total, os.memfd_create("orchc-queue", os.MFD_CLOEXEC))
+        except (AttributeError, OSError):   # no memfd_create (not Linux), or refused (a seccomp profile)
+            return None
 
     def positions(self) -> Iterator[int]:
         """The positions this process takes, a few at a time, until none is left."""
