@@ -16,10 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
-import signal
 import stat
-import struct
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -30,6 +27,7 @@ from .errors import ClusterError, Collector, OrchcError
 from .plan import ALLOCATION_SCRIPT, MANIFEST, plan_from_manifest, submit_script
 from .render import render_job, render_recipe
 from .resolve import Recipe, ResolvedJob
+from .workers import PARALLEL_FROM, Helper, Queue, workers
 
 SUBMIT = "submit.sh"
 GENERATOR = "orchc"
@@ -187,16 +185,17 @@ def build_manifest(recipe: Recipe) -> dict[str, Any]:
 
 def write_outputs(outputs: list[Output], out_dir: Path) -> int:
     """Write outputs compiled in memory under `out_dir/<recipe>/`; returns how many files they have."""
-    return _write_all([partial(_stage_files, output, out_dir) for output in outputs], out_dir)
+    return _write_all(lambda staging: [_stage_files(output, out_dir, staging, number)
+                                       for number, output in enumerate(outputs)], out_dir)
 
 
 def write_recipes(recipes: list[Recipe], out_dir: Path) -> int:
     """Render and write every recipe under `out_dir/<recipe>/`, one script at a time: a script is rendered,
-    hashed into the manifest's digest and staged, and then let go, so memory does not grow with the
+    hashed into its manifest's digest and staged, and then let go, so memory does not grow with the
     scripts' text (a 100,000-job sweep). Nothing is put in place until every recipe rendered: a render
     error leaves the output folder as it was. Returns how many files the recipes have."""
     workers()   # a wrong ORCHC_WORKERS is an error before anything is written, whatever the recipes' size
-    return _write_all([partial(_stage_recipe, recipe, out_dir) for recipe in recipes], out_dir)
+    return _write_all(partial(_stage_recipes, recipes, out_dir), out_dir)
 
 
 def render_all(recipes: list[Recipe]) -> None:
@@ -213,25 +212,20 @@ def render_all(recipes: list[Recipe]) -> None:
     problems.raise_if_any()
 
 
-def _write_all(stagers: list[Callable[[int, int], _Staged]], out_dir: Path) -> int:
+def _write_all(stage: Callable[[int], list[_Staged]], out_dir: Path) -> int:
     made_folder = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         made_lock = not (out_dir / LOCK).exists()
         with _locked(out_dir), _staging(out_dir) as staging:
-            problems = Collector()
-            staged: list[_Staged] = []
-            for stager in stagers:
-                try:
-                    staged.append(stager(staging, len(staged)))
-                except OrchcError as error:
-                    problems.absorb(error)
-            if problems.problems:
+            try:
+                staged = stage(staging)
+            except OrchcError:
                 # A compile that fails leaves no trace: not even the lock or the folder it made for itself.
                 if made_lock:
                     with contextlib.suppress(OSError):
                         (out_dir / LOCK).unlink()
-                problems.raise_if_any()
+                raise
             for recipe_files in staged:
                 _commit(recipe_files, out_dir, staging)
             return sum(len(recipe_files.names) for recipe_files in staged)
@@ -253,116 +247,144 @@ class _Staged:
     waiting: dict[str, str]
 
 
-def _stage_recipe(recipe: Recipe, out_dir: Path, staging: int, number: int) -> _Staged:
-    scripts = {script_name(job): job for job in recipe.jobs}
-    names = sorted([*_plan_names(recipe), *scripts])
-    ordered = [name for name in names if name in scripts]
-    existing = _existing_folder(out_dir, recipe.name)
-    waiting: dict[str, str] = {}
-    hashed = _InOrder(names)
-
-    def take(name: str, text: str) -> None:
-        data = text.encode("utf-8")
-        hashed.put(name, data)
-        _stage(name, data, existing, staging, f"{number}.{len(waiting)}", waiting)
-
-    helper: _Helper | None = None
-    queue: _Queue | None = None
+def _stage_recipes(recipes: list[Recipe], out_dir: Path, staging: int) -> list[_Staged]:
+    """Render, hash and stage the files of every recipe. The scripts of all recipes are taken from one queue:
+    by this process alone, or for PARALLEL_FROM scripts or more on 2 CPUs also by a forked helper (workers.py).
+    A render error anywhere gives the errors a compile in one process gives, recipe by recipe."""
+    folders = [_Folder(recipe, out_dir, number) for number, recipe in enumerate(recipes)]
+    work = [(folder, name) for folder in folders for name in folder.scripts]
+    queue = Queue.made(len(work)) if len(work) >= PARALLEL_FROM and workers() > 1 else None
+    helper: Helper | None = None
     try:
-        rendered: dict[str, str] = {}
-        if len(ordered) >= PARALLEL_FROM and workers() > 1:
-            queue = _Queue.made(len(ordered))
+        rendered: dict[int, str] = {}
         if queue is not None:
             # A type's first script costs tens of times the next (templates loaded and compiled): one of each
             # type rendered here first, so that the helper inherits what they loaded instead of loading it again
-            rendered = _first_of_each_type(ordered, scripts, recipe)
-            helper = _Helper(ordered, set(rendered), queue, recipe, scripts, existing, staging, f"{number}.h")
-        manifest, files = _manifest_and_plan_files(recipe)   # while the helper renders
-        for name in [*files, *rendered]:
-            take(name, files[name] if name in files else rendered[name])
-        for position in (range(len(ordered)) if queue is None else queue.positions()):
-            name = ordered[position]
-            if name in rendered:
+            rendered = _first_of_each_type(work)
+            helper = Helper(queue, set(rendered), _helper_work(work, staging))
+
+        def from_helper(position: int, data: bytes, staged: bool) -> None:
+            folder, name = work[position]
+            folder.take(name, data, staging, f"h{position}" if staged else None)
+
+        for folder in folders:   # while the helper renders
+            folder.plan(staging)
+        for position, text in rendered.items():
+            folder, name = work[position]
+            folder.stage(name, text.encode("utf-8"), staging)
+        for position in (range(len(work)) if queue is None else queue.positions()):
+            if position in rendered:
                 continue
-            try:
-                take(name, render_job(scripts[name], recipe))
-            except OrchcError:
-                _canonical_error(recipe)
-                raise
-            if helper is not None and not helper.collect(hashed, waiting, wait=False):
-                _canonical_error(recipe)
-        manifest["digest"] = _DIGEST_SLOT
-        text = manifest_text(manifest)   # while the helper ends: only the digest is left to fill in
+            folder, name = work[position]
+            folder.stage(name, render_job(folder.scripts[name], folder.recipe).encode("utf-8"), staging)
+            if helper is not None and not helper.collect(from_helper, wait=False):
+                raise _HelperFailed
+        if helper is not None and not helper.collect(from_helper, wait=True):
+            raise _HelperFailed
+        return [folder.staged() for folder in folders]
+    except (OrchcError, _HelperFailed):
         if helper is not None:
-            if not helper.collect(hashed, waiting, wait=True):
-                _canonical_error(recipe)
-            helper = None
-        slot = f'\n  "digest": "{_DIGEST_SLOT}"'
-        assert text.count(slot) == 1   # nested values are indented deeper: this line is the manifest's own
-        text = text.replace(slot, f'\n  "digest": "{hashed.text()}"')
-        _stage(MANIFEST, text.encode("utf-8"), existing, staging, f"{number}.m", waiting)
+            helper.stop()
+        render_all(recipes)   # raises the errors of each recipe, in order, as one process finds them
+        raise OutputError("a script failed to render in one process only; nothing was written") from None
     finally:
         if helper is not None:
             helper.stop()
         if queue is not None:
             queue.close()
-        if existing is not None:
-            os.close(existing)
-    return _Staged(recipe.name, [*names, MANIFEST], waiting)
+        for folder in folders:
+            folder.close()
 
 
-def _first_of_each_type(names: list[str], scripts: dict[str, ResolvedJob], recipe: Recipe) -> dict[str, str]:
-    """The scripts of the first job of each type among `names`, rendered (a render error: the one a compile
-    in memory gives)."""
-    first: dict[str, str] = {}
-    for name in names:
-        first.setdefault(scripts[name].typedef.name, name)
-    try:
-        return {name: render_job(scripts[name], recipe) for name in first.values()}
-    except OrchcError:
-        _canonical_error(recipe)
-        raise
+class _HelperFailed(Exception):
+    """A script failed to render in the helper."""
 
 
-class _Queue:
-    """The scripts of a recipe, handed out a few at a time to whichever process asks first, so that both end
-    together whatever else each has to do and however fast each CPU runs. The next position is a number in a
-    memory file both share, taken under a POSIX record lock (held per process, unlike flock)."""
+def _helper_work(work: list[tuple[_Folder, str]], staging: int) -> Callable[[int], tuple[bytes, bool]]:
+    """What the helper does with a position: render and stage that script; (its bytes, whether a file was
+    staged). It keeps one output folder open, that of the recipe it works on."""
+    last: list[_Folder] = []
 
-    CHUNK = 4
+    def one(position: int) -> tuple[bytes, bool]:
+        folder, name = work[position]
+        if last and last[0] is not folder:
+            last.pop().close()
+        last[:] = [folder]
+        data = render_job(folder.scripts[name], folder.recipe).encode("utf-8")
+        staged: dict[str, str] = {}
+        _stage(name, data, folder.existing(), staging, f"h{position}", staged)
+        return data, name in staged
 
-    def __init__(self, total: int, fd: int) -> None:
-        self.total, self.fd = total, fd
-        os.pwrite(self.fd, bytes(8), 0)
+    return one
 
-    @classmethod
-    def made(cls, total: int) -> _Queue | None:
-        """A queue in memory (not in the output folder: a cluster's parallel file system may refuse record
-        locks), or None where none can be made: then one process renders everything."""
-        try:
-            return cls(total, os.memfd_create("orchc-queue", os.MFD_CLOEXEC))
-        except (AttributeError, OSError):   # no memfd_create (not Linux), or refused (a seccomp profile)
-            return None
 
-    def positions(self) -> Iterator[int]:
-        """The positions this process takes, a few at a time, until none is left."""
-        while True:
-            fcntl.lockf(self.fd, fcntl.LOCK_EX)
-            try:
-                start = int.from_bytes(os.pread(self.fd, 8, 0), "little")
-                os.pwrite(self.fd, min(start + self.CHUNK, self.total).to_bytes(8, "little"), 0)
-            finally:
-                fcntl.lockf(self.fd, fcntl.LOCK_UN)
-            if start >= self.total:
-                return
-            yield from range(start, min(start + self.CHUNK, self.total))
+def _first_of_each_type(work: list[tuple[_Folder, str]]) -> dict[int, str]:
+    """The scripts of the first job of each type, rendered, by position."""
+    first: dict[str, int] = {}
+    for position, (folder, name) in enumerate(work):
+        first.setdefault(folder.scripts[name].typedef.name, position)
+    return {position: render_job(work[position][0].scripts[work[position][1]], work[position][0].recipe)
+            for position in first.values()}
+
+
+class _Folder:
+    """One recipe's files while they are staged: its plan files and manifest (made here), the digest of its
+    files fed in the order of their names as they arrive from either process, and its output folder (open
+    while its files are staged, to leave unchanged files alone)."""
+
+    def __init__(self, recipe: Recipe, out_dir: Path, number: int) -> None:
+        self.recipe, self.out_dir, self.number = recipe, out_dir, number
+        self.scripts = {script_name(job): job for job in recipe.jobs}
+        self.names = sorted([*_plan_names(recipe), *self.scripts])
+        self.hashed = _InOrder(self.names)
+        self.waiting: dict[str, str] = {}
+        self.manifest: dict[str, Any] | None = None
+        self.finished: _Staged | None = None
+        self._fd: int | None = None
+        self._opened = False
+        self.existing()   # an output folder orchc must not write through is an error here, before any render
+        self.close()
+
+    def existing(self) -> int | None:
+        if not self._opened:
+            self._fd, self._opened = _existing_folder(self.out_dir, self.recipe.name), True
+        return self._fd
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._opened = None, False
 
+    def plan(self, staging: int) -> None:
+        """Make the manifest (without its digest) and the plan files, and stage those."""
+        self.manifest, files = _manifest_and_plan_files(self.recipe)
+        for name, text in files.items():
+            self.stage(name, text.encode("utf-8"), staging)
+        self.close()   # opened again when its scripts come: a compile of many recipes holds few folders open
 
-_DIGEST_SLOT = "sha256:" + "?" * 64
-"""Where the digest goes in a manifest written before the digest is known (a digest has no `?`)."""
+    def stage(self, name: str, data: bytes, staging: int) -> None:
+        """Stage a file made in this process."""
+        temp = f"{self.number}.{len(self.waiting)}"
+        _stage(name, data, self.existing(), staging, temp, self.waiting)
+        self.take(name, data, staging, None)
+
+    def take(self, name: str, data: bytes, staging: int, temp: str | None) -> None:
+        """Hash a file (`temp`: the helper staged it there); stage the manifest once every file is in."""
+        if temp is not None:
+            self.waiting[name] = temp
+        self.hashed.put(name, data)
+        if self.hashed.complete() and self.manifest is not None and self.finished is None:
+            self.manifest["digest"] = self.hashed.text()
+            _stage(MANIFEST, manifest_text(self.manifest).encode("utf-8"), self.existing(), staging,
+                   f"{self.number}.m", self.waiting)
+            self.finished = _Staged(self.recipe.name, [*self.names, MANIFEST], self.waiting)
+            self.close()
+
+    def staged(self) -> _Staged:
+        if self.finished is None:
+            raise OutputError(f"{self.recipe.name}: {self.hashed.missing()}: a rendered script went missing while "
+                              "the scripts were written")
+        return self.finished
 
 
 def _plan_names(recipe: Recipe) -> list[str]:
@@ -387,131 +409,14 @@ class _InOrder:
             self._hasher.add(names[self._next], early.pop(names[self._next]))
             self._next += 1
 
+    def complete(self) -> bool:
+        return self._next == len(self._names)
+
+    def missing(self) -> str:
+        return self._names[self._next] if self._next < len(self._names) else ""
+
     def text(self) -> str:
-        if self._next != len(self._names):
-            raise OutputError(f"{self._names[self._next]}: a rendered script went missing while the scripts were written")
         return self._hasher.text()
-
-
-PARALLEL_FROM = 256
-"""Job scripts in one recipe from which a second process renders some of them (below, forking costs more)."""
-WORKERS_VARIABLE = "ORCHC_WORKERS"
-
-
-def workers() -> int:
-    """Processes that render one recipe's scripts: 2 when this process may run on 2 CPUs, else 1;
-    ORCHC_WORKERS=1 keeps everything in one process."""
-    text = os.environ.get(WORKERS_VARIABLE, "")
-    if text:
-        if text not in ("1", "2"):
-            raise OutputError(f"{WORKERS_VARIABLE}={text[:20]!r}: give 1 or 2")
-        return int(text)
-    # Linux only: there fork is plain and sched_getaffinity says which CPUs this process may use (macOS has
-    # neither a safe fork for every process nor that call).
-    return 2 if sys.platform.startswith("linux") and len(os.sched_getaffinity(0)) >= 2 else 1
-
-
-def _canonical_error(recipe: Recipe) -> None:
-    """Raise the render error of the first failing job in recipe order, the one a compile in memory gives."""
-    render_recipe(recipe)
-
-
-_FRAME = struct.Struct("<IIB")   # a script from the helper: its position among the scripts, its size, staged or not
-
-
-class _Helper:
-    """A forked process that renders and stages scripts of a recipe, taking them from the queue as this process
-    does. It shares nothing but the staging folder and the queue: it sends each script's bytes (for the digest,
-    which is taken in the order of names) and whether it staged it on a pipe as it goes, and leaves by
-    os._exit, so it never runs this process's cleanup."""
-
-    def __init__(self, names: list[str], skip: set[str], queue: _Queue, recipe: Recipe,
-                 scripts: dict[str, ResolvedJob], existing: int | None, staging: int, prefix: str) -> None:
-        self.names = names
-        reading, writing = os.pipe()
-        with contextlib.suppress(OSError):   # room for a few hundred scripts: the helper rarely waits for a reader
-            fcntl.fcntl(writing, fcntl.F_SETPIPE_SZ, 1 << 20)
-        pid = os.fork()
-        if pid == 0:   # the helper
-            status = 4
-            try:
-                os.close(reading)
-                with os.fdopen(writing, "wb") as pipe:
-                    staged: dict[str, str] = {}
-                    for position in queue.positions():
-                        name = names[position]
-                        if name in skip:
-                            continue
-                        data = render_job(scripts[name], recipe).encode("utf-8")
-                        _stage(name, data, existing, staging, f"{prefix}{position}", staged)
-                        pipe.write(_FRAME.pack(position, len(data), name in staged) + data)
-                        pipe.flush()
-                status = 0
-            except OrchcError:
-                status = 3
-            except BaseException:
-                status = 4
-            finally:
-                os._exit(status)
-        os.close(writing)
-        os.set_blocking(reading, False)
-        self.pid: int | None = pid
-        self.reading = reading
-        self.prefix = prefix
-        self.buffer = bytearray()
-
-    def collect(self, hashed: _InOrder, waiting: dict[str, str], wait: bool) -> bool:
-        """Take in the scripts the helper sent so far (`wait`: all of them, and the helper's end); False when
-        a script failed to render there."""
-        if self.pid is None:
-            return True
-        if wait:
-            os.set_blocking(self.reading, True)
-        while True:
-            try:
-                chunk = os.read(self.reading, 1 << 20)
-            except BlockingIOError:
-                return True
-            if not chunk:
-                break
-            self._take(chunk, hashed, waiting)
-        os.close(self.reading)
-        assert self.pid is not None
-        _, status = os.waitpid(self.pid, 0)
-        self.pid = None
-        code = os.waitstatus_to_exitcode(status)
-        if code == 3:
-            return False
-        if code != 0 or self.buffer:   # a script that went missing is found by the digest
-            raise OutputError(f"the process rendering scripts beside this one ended with status {code}; nothing was written")
-        return True
-
-    def _take(self, chunk: bytes, hashed: _InOrder, waiting: dict[str, str]) -> None:
-        buffer = self.buffer
-        buffer += chunk
-        start = 0
-        while len(buffer) - start >= _FRAME.size:
-            index, size, staged = _FRAME.unpack_from(buffer, start)
-            end = start + _FRAME.size + size
-            if end > len(buffer):
-                break
-            name = self.names[index]
-            hashed.put(name, bytes(buffer[start + _FRAME.size:end]))
-            if staged:
-                waiting[name] = f"{self.prefix}{index}"
-            start = end
-        del buffer[:start]
-
-    def stop(self) -> None:
-        """After an error or an interrupt here: end the helper and reap it."""
-        if self.pid is not None:
-            with contextlib.suppress(OSError):
-                os.kill(self.pid, signal.SIGKILL)
-            with contextlib.suppress(OSError):
-                os.waitpid(self.pid, 0)
-            self.pid = None
-            with contextlib.suppress(OSError):
-                os.close(self.reading)
 
 
 def _stage_files(output: Output, out_dir: Path, staging: int, number: int) -> _Staged:

@@ -157,7 +157,7 @@ def test_streamed_and_in_memory_outputs_are_the_same_bytes(tmp_path):
 
 
 def _many_dividers(count: int, zero_at: int | None = None) -> str:
-    """`count` divider services (over emit.PARALLEL_FROM: a second process renders some of them)."""
+    """`count` divider services (over workers.PARALLEL_FROM: a second process renders some of them)."""
     return "site: local\nservices:\n" + "".join(
         f"  - {{name: d{i:04d}, type: divider, divisor: {0 if i == zero_at else 1 + i % 7}}}\n" for i in range(count))
 
@@ -167,7 +167,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 
 def test_two_rendering_processes_write_the_bytes_one_writes(tmp_path):
-    from compiler.emit import PARALLEL_FROM
+    from compiler.workers import PARALLEL_FROM
 
     (tmp_path / "defs").mkdir()
     (tmp_path / "defs" / "divider.yaml").write_text(DIVIDING_TYPE)
@@ -198,6 +198,59 @@ def test_a_render_error_in_either_process_is_the_one_compile_gives_and_writes_no
         assert not (tmp_path / "out").exists()
     assert errors[0] == errors[1]
     assert "defs/divider.yaml:8:12: error: template error: integer division or modulo by zero" in errors[0]
+
+
+def _small_recipes(folder: Path, count: int, zero_in: tuple[int, ...] = ()) -> list[str]:
+    """`count` recipes of 3 divider services each (together over workers.PARALLEL_FROM scripts); the recipes
+    numbered in `zero_in` divide by zero in their second job."""
+    names = []
+    for number in range(count):
+        jobs = "".join(f"  - {{name: d{i}, type: divider, divisor: {0 if number in zero_in and i == 1 else i + 1}}}\n"
+                       for i in range(3))
+        (folder / f"r{number:03d}.yaml").write_text("site: local\nservices:\n" + jobs)
+        names.append(f"r{number:03d}.yaml")
+    return names
+
+
+def test_many_small_recipes_share_the_two_processes_with_the_bytes_and_errors_of_one(tmp_path):
+    """The scripts of all recipes go into one queue: 100 recipes of 3 scripts are rendered by two processes,
+    with the bytes one process writes, also when the output exists, and holding few folders open (a limit
+    of 64 open files); render errors in two recipes are reported as one process reports them."""
+    import resource
+
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs" / "divider.yaml").write_text(DIVIDING_TYPE)
+    recipes = _small_recipes(tmp_path, 100)
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    def compile_with(workers: str, out: str, *names: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "compiler", "compile", *names, "--defs", "defs", "-o", out],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120, preexec_fn=limited,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "ORCHC_WORKERS": workers})
+
+    trees = []
+    for workers, out in (("1", "one"), ("2", "two"), ("2", "two")):
+        done = compile_with(workers, out, *recipes)
+        assert done.returncode == 0, done.stderr
+        trees.append(_tree(tmp_path / out))
+    assert trees[0] == trees[1] == trees[2] and len(trees[0]) == 100 * 5 + 1
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "defs").mkdir()
+    (broken / "defs" / "divider.yaml").write_text(DIVIDING_TYPE)
+    names = _small_recipes(broken, 100, zero_in=(7, 93))
+    errors = []
+    for workers in ("1", "2"):
+        done = subprocess.run([sys.executable, "-m", "compiler", "compile", *names, "--defs", "defs", "-o", "out"],
+                              cwd=broken, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "ORCHC_WORKERS": workers})
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert not (broken / "out").exists()
+        errors.append(done.stderr)
+    # both recipes fail at the same line of the type: one located error (problems are reported once each)
+    assert errors[0] == errors[1] and errors[0].count("integer division or modulo by zero") == 1
 
 
 def test_orchc_workers_takes_1_or_2(tmp_path):
