@@ -252,7 +252,8 @@ def _stage_recipes(recipes: list[Recipe], out_dir: Path, staging: int) -> list[_
     by this process alone, or for PARALLEL_FROM scripts or more on 2 CPUs also by a forked helper (workers.py).
     A render error anywhere gives the errors a compile in one process gives, recipe by recipe."""
     folders = [_Folder(recipe, out_dir, number) for number, recipe in enumerate(recipes)]
-    work = [(folder, name) for folder in folders for name in folder.scripts]
+    # in the order of names, the order each manifest's digest takes them in: few arrive before their turn
+    work = [(folder, name) for folder in folders for name in folder.names if name in folder.scripts]
     queue = Queue.made(len(work)) if len(work) >= PARALLEL_FROM and workers() > 1 else None
     helper: Helper | None = None
     try:

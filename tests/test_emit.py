@@ -328,3 +328,25 @@ def test_manifest_text_is_json_dumps_indented_with_sorted_keys():
         manifest = {f"k{n}": value(0) for n in range(rng.randrange(5))}
         assert manifest_text(manifest) == json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     assert manifest_text({"a": {1: "x"}}) == json.dumps({"a": {1: "x"}}, indent=2, sort_keys=True) + "\n"
+
+
+def test_scripts_are_made_in_the_order_the_digest_takes_them(tmp_path, monkeypatch):
+    """Each manifest's digest takes the files in the order of their names; scripts made in another order
+    (the recipe's: services before clients) would wait in memory for their turn, most of a big recipe's text."""
+    from compiler import emit
+    from compiler.pipeline import Options, resolve_all
+
+    services = "".join(f"  - {{name: s{i:03d}, type: redis, maxmemory: {i + 1}mb}}\n" for i in range(40))
+    clients = "".join(f"  - {{name: a{i:03d}, type: redis_client, target: s{i:03d}}}\n" for i in range(40))
+    (tmp_path / "r.yaml").write_text(f"site: local\nservices:\n{services}clients:\n{clients}")
+    held = []
+    put = emit._InOrder.put
+
+    def counted(self, name, data):
+        put(self, name, data)
+        held.append(len(self._early))
+
+    monkeypatch.setattr(emit._InOrder, "put", counted)
+    monkeypatch.setenv("ORCHC_WORKERS", "1")
+    emit.write_recipes(resolve_all([tmp_path / "r.yaml"], Options()), tmp_path / "out")
+    assert len(held) == 81 and max(held) <= 1   # submit.sh, made first, waits for the scripts named before it
