@@ -253,7 +253,7 @@ def _stage_recipes(recipes: list[Recipe], out_dir: Path, staging: int) -> list[_
     A render error anywhere gives the errors a compile in one process gives, recipe by recipe."""
     folders = [_Folder(recipe, out_dir, number) for number, recipe in enumerate(recipes)]
     # in the order of names, the order each manifest's digest takes them in: few arrive before their turn
-    work = [(folder, name) for folder in folders for name in folder.names if name in folder.scripts]
+    work = [(folder, name) for folder in folders for name in sorted(folder.scripts)]
     queue = Queue.made(len(work)) if len(work) >= PARALLEL_FROM and workers() > 1 else None
     helper: Helper | None = None
     try:
@@ -336,8 +336,8 @@ class _Folder:
     def __init__(self, recipe: Recipe, out_dir: Path, number: int) -> None:
         self.recipe, self.out_dir, self.number = recipe, out_dir, number
         self.scripts = {script_name(job): job for job in recipe.jobs}
-        self.names = sorted([*_plan_names(recipe), *self.scripts])
-        self.hashed = _InOrder(self.names)
+        self.names: list[str] = []
+        self.hashed = _InOrder([])
         self.waiting: dict[str, str] = {}
         self.manifest: dict[str, Any] | None = None
         self.finished: _Staged | None = None
@@ -357,8 +357,11 @@ class _Folder:
         self._fd, self._opened = None, False
 
     def plan(self, staging: int) -> None:
-        """Make the manifest (without its digest) and the plan files, and stage those."""
+        """Make the manifest (without its digest) and the plan files, and stage those: before any script of
+        the recipe is staged (the digest is taken over all its files, in the order of their names)."""
         self.manifest, files = _manifest_and_plan_files(self.recipe)
+        self.names = sorted([*files, *self.scripts])
+        self.hashed = _InOrder(self.names)
         for name, text in files.items():
             self.stage(name, text.encode("utf-8"), staging)
         self.close()   # opened again when its scripts come: a compile of many recipes holds few folders open
@@ -386,11 +389,6 @@ class _Folder:
             raise OutputError(f"{self.recipe.name}: {self.hashed.missing()}: a rendered script went missing while "
                               "the scripts were written")
         return self.finished
-
-
-def _plan_names(recipe: Recipe) -> list[str]:
-    """The names of the files `_manifest_and_plan_files` makes, known before it runs."""
-    return [SUBMIT] if recipe.allocation is None else [SUBMIT, ALLOCATION_SCRIPT]
 
 
 class _InOrder:
