@@ -234,7 +234,10 @@ def classify(stderr: str, target: Target) -> str:
     if "connection closed" in lowered or "connection reset" in lowered or "broken pipe" in lowered \
             or "kex_exchange_identification" in lowered:
         return f"the connection to {where} was closed ({_last_line(text)})"
-    return f"ssh to {where} failed: {_last_line(text) or 'no message'}"
+    if not text:   # what a multiplexed session prints when its master connection ends under it
+        return (f"the connection to {where} was closed without a word from ssh (exit status 255: the login node "
+                "went away, or the shared connection to it ended)")
+    return f"ssh to {where} failed: {_last_line(text)}"
 
 
 def _last_line(text: str) -> str:

@@ -518,3 +518,12 @@ def test_an_ssh_block_in_the_profile_leaves_the_compiled_output_alone(orchc, tmp
     (tmp_path / "c" / "local.yaml").write_text(plain + "ssh:\n  host: h\n  prot: 22\n")
     done = orchc("compile", "r.yaml", "--site", "c/local.yaml", "-o", "out-c", cwd=tmp_path)
     assert done.code == 1 and re.search(r"c/local\.yaml:\d+:3: error: .*prot", done.err), done.err
+
+
+def test_an_ssh_failure_without_a_message_is_called_a_closed_connection():
+    """ssh exits 255 and prints nothing when the shared connection it goes through ends under it (the login node
+    went away mid-`status --watch`): the error says so, not "failed: no message"."""
+    said = remote_module.classify("", Target("login.example", 8022, "me"))
+    assert "me@login.example:8022" in said and "closed" in said and "no message" not in said
+    assert "refused the connection" in remote_module.classify("ssh: connect to host x port 22: Connection refused",
+                                                              Target("x"))
