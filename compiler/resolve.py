@@ -641,7 +641,8 @@ so their ids stay theirs)."""
 
 
 _SHARED: dict[int, tuple[Node, Any]] = {}
-"""id of a type's value -> (that value, its frozen form); holding the value keeps its id from being reused."""
+"""id of a value shared by jobs (a base's: site defaults, type, recipe top) -> (that value, its frozen form);
+holding the value keeps its id from being reused."""
 
 
 def _shared_frozen(node: Node) -> Any:
@@ -653,7 +654,7 @@ def _shared_frozen(node: Node) -> Any:
 
 
 _CANONICAL: dict[int, tuple[Any, str | None]] = {}
-"""id of a type's shared frozen value -> (that value, its canonical JSON once asked for): every job of the type
+"""id of a shared frozen value -> (that value, its canonical JSON once asked for): every job that shares it
 hashes the same text."""
 _ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 _ENCODE_STRING: Callable[[str], str] = json.encoder.encode_basestring_ascii
