@@ -320,19 +320,19 @@ def _key_parts(reads: _Reads, context: dict[str, Any], slotted: list[Any]) -> It
 
 
 def _with_slots(context: dict[str, Any], reads: _Reads, slotted: list[Any]) -> dict[str, Any]:
-    """The context with a `_Slot` in place of each value left out of the key (in a copy of its mapping)."""
+    """The context with a `_Slot` in place of each value left out of the key (in a copy of its mapping, of the
+    same type: a FrozenDict stays one)."""
     changed = dict(context)
-    copied: set[str] = set()
+    attributes: dict[str, dict[str, _Slot]] = {}
     for number, (name, attribute, value) in enumerate(slotted):
         tested = reads.slots.get(name) if attribute is None else reads.attribute_slots[(name, attribute)]
         slot = _Slot(number, bool(value) if tested else True)
         if attribute is None:
             changed[name] = slot
         else:
-            if name not in copied:
-                changed[name] = dict(changed[name])
-                copied.add(name)
-            changed[name][attribute] = slot
+            attributes.setdefault(name, {})[attribute] = slot
+    for name, slots in attributes.items():
+        changed[name] = type(context[name])({**context[name], **slots})
     return changed
 
 

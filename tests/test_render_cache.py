@@ -40,6 +40,8 @@ TEMPLATES = [
     "echo {{ n * 2 }} {{ n }}{% if n %} n{% endif %}",
     "echo {{ job }}",
     "echo {{ job.name }} {{ job | length }}",
+    # the sandbox's refusal names the mapping's type: a FrozenDict must stay one in a render with stand-ins
+    "echo {{ job.name }}{% if job.id %} {{ job.pop('id') }}{% endif %}",
 ]
 VALUES = ["x", "", "it's", "two words", "$(id)", "multi\nline", "EOF", 0, 1, 2, True, False, None, [1, "y"],
           {"k": "v"}, Raw("echo raw"), "-n", "~"]
