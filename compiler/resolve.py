@@ -425,7 +425,8 @@ def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[
         overrides = [top, entry, identity, *_setting_layers(settings, name, names, typedef)]
         what = f"{role} '{name}'"
         removed = _secret_removals(overrides, typedef, what, problems)
-        node = base = _type_base(site, typedef, top, problems)
+        base = _type_base(site, typedef, top, problems)
+        node = base.node
         for layer in overrides[1:]:
             if layer is identity and entry.value.get("name") is name_node and entry.value.get("type") is type_node \
                     and isinstance(name_node.value, str) and isinstance(type_node.value, str):
@@ -447,17 +448,28 @@ def _top_of(doc: Node) -> Node:
     return known[1]
 
 
-def _type_base(site: Site, typedef: TypeDef, top: Node, problems: Collector) -> Node:
-    """The site's defaults, the type's layer and the recipe's top level merged: the same for every job of the
-    type in a recipe (and every point of a sweep), so merged once; merging never mutates a node, and the key's
-    nodes are held so their ids stay theirs. A merge with problems is not kept: each job reports them as it
-    would alone."""
+class _Base:
+    """The site's defaults, a type's layer and the recipe's top level merged (`node`), and the keys whose values
+    in it passed their checks in one job of the type (`passed`; None until a job passed)."""
+
+    __slots__ = ("node", "passed")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.passed: frozenset[str] | None = None
+
+
+def _type_base(site: Site, typedef: TypeDef, top: Node, problems: Collector) -> _Base:
+    """The base of the type's jobs: the same for every job of the type in a recipe (and every point of a sweep),
+    so merged once; merging never mutates a node, and the key's nodes are held so their ids stay theirs (a type's
+    layer is its own: the same layer is the same type). A merge with problems is not kept: each job reports
+    them as it would alone."""
     key = (id(site.defaults), id(typedef.layer), id(top))
     known = _BASES.get(key)
     if known is not None and known[0] is site.defaults and known[1] is typedef.layer and known[2] is top:
         return known[3]
     found = Collector()
-    base = merge_layers([site.defaults, typedef.layer, _secrets_replace(top, typedef)], found)
+    base = _Base(merge_layers([site.defaults, typedef.layer, _secrets_replace(top, typedef)], found))
     if found.problems:
         problems.problems += found.problems
     else:
@@ -468,7 +480,7 @@ def _type_base(site: Site, typedef: TypeDef, top: Node, problems: Collector) -> 
 
 
 _TOPS: dict[int, tuple[Node, Node]] = {}
-_BASES: dict[tuple[int, int, int], tuple[Node, Node, Node, Node]] = {}
+_BASES: dict[tuple[int, int, int], tuple[Node, Node, Node, _Base]] = {}
 
 
 class _Draft:
@@ -596,14 +608,14 @@ def _secret_removals(layers: list[Node], typedef: TypeDef, what: str, problems: 
     return removed
 
 
-def _validated(node: Node, typedef: TypeDef, base: Node, what: str, problems: Collector,
+def _validated(node: Node, typedef: TypeDef, base: _Base, what: str, problems: Collector,
                removed: set[str]) -> dict[str, Any]:
     """The job's values, read-only, each checked against its schema. Secrets given as literals are left to the
     checks stage, which refuses them with a message of their own."""
     # Values inherited unchanged from the type were checked once, with the type; check the rest. Values of the
     # base (site defaults, type, recipe top) are the same objects for every job of the type in the recipe: being
     # read-only, their frozen form is made once, and once they passed their checks they are not checked again.
-    inherited, common = typedef.layer.value, base.value
+    inherited, common = typedef.layer.value, base.node.value
     data: dict[str, Any] = {}
     given = []
     for k, v in node.value.items():
@@ -616,28 +628,18 @@ def _validated(node: Node, typedef: TypeDef, base: Node, what: str, problems: Co
             given.append(k)
     literal_secrets = [k for k in typedef.secrets if isinstance(data.get(k), str)]
     fresh = [k for k in given if k not in literal_secrets and k not in removed]
-    passed = _PASSED.get((id(typedef), id(base)))
-    if passed is not None and (passed[0] is not typedef or passed[1] is not base):
-        passed = None
-    if passed is not None:
-        fresh = [k for k in fresh if k not in passed[2] or common[k] is not node.value[k]]
+    if base.passed is not None:
+        fresh = [k for k in fresh if k not in base.passed or common[k] is not node.value[k]]
     found = Collector()
     check(node, typedef.job_validator, what, found, instance={k: data[k] for k in fresh}, secrets=typedef.secrets)
     for key in fresh:
         schema = typedef.fields.get(key)
         if schema is not None and key not in typedef.secrets:
             check_characters(node.value[key], (key,), schema.get("multiline") is True, found)
-    if not found.problems and passed is None:
-        if len(_PASSED) > 4096:
-            _PASSED.clear()
-        _PASSED[(id(typedef), id(base))] = (typedef, base, frozenset(k for k in fresh if common.get(k) is node.value[k]))
+    if not found.problems and base.passed is None:
+        base.passed = frozenset(k for k in fresh if common.get(k) is node.value[k])
     problems.problems += found.problems
     return data
-
-
-_PASSED: dict[tuple[int, int], tuple[TypeDef, Node, frozenset[str]]] = {}
-"""(type, base) -> the keys whose base values passed their checks in a job of that type (the objects held,
-so their ids stay theirs)."""
 
 
 _SHARED: dict[int, tuple[Node, Any]] = {}
@@ -648,6 +650,9 @@ holding the value keeps its id from being reused."""
 def _shared_frozen(node: Node) -> Any:
     hit = _SHARED.get(id(node))
     if hit is None or hit[0] is not node:
+        if len(_SHARED) > 100_000:   # a process that compiles recipe after recipe (the tests) lets go of old ones
+            _SHARED.clear()
+            _CANONICAL.clear()
         hit = _SHARED[id(node)] = (node, to_frozen(node))
         _CANONICAL[id(hit[1])] = (hit[1], None)
     return hit[1]

@@ -212,9 +212,9 @@ def test_job_digests_hash_the_canonical_json_of_the_whole_job(monkeypatch):
 
 
 def test_values_of_a_shared_base_are_checked_again_until_they_passed_once():
-    """resolve._validated remembers, per (type, base), the base's values that passed their checks in one job,
-    and checks only the others in the next: a base value that fails is reported for every job, and a value a
-    job gives in place of a base value that passed is still checked."""
+    """resolve._validated remembers, in each base (site defaults, type, recipe top merged), the base's values
+    that passed their checks in one job, and checks only the others in the next: a base value that fails is
+    reported for every job, and a value a job gives in place of a base value that passed is still checked."""
     from compiler import resolve
     from compiler.errors import Collector
     from compiler.source import Node, SourceLoc, from_plain
@@ -223,19 +223,41 @@ def test_values_of_a_shared_base_are_checked_again_until_they_passed_once():
     typedef = Registry([]).resolve("redis")
     at = SourceLoc("r.yaml", 3, 1)
 
-    def job(base: Node, **given) -> Node:
-        return Node({**base.value, **{k: from_plain(v, at) for k, v in given.items()}}, at)
-
-    def problems_of(base: Node, node: Node) -> list[str]:
+    def problems_of(base: resolve._Base, node: Node) -> list[str]:
         found = Collector()
         resolve._validated(node, typedef, base, "service 'r'", found, set())
         return [problem.message for problem in found.problems]
 
-    bad = Node({**typedef.layer.value, "maxmemory": from_plain("12zz", at)}, at)
+    def job(base: resolve._Base, **given) -> Node:
+        return Node({**base.node.value, **{k: from_plain(v, at) for k, v in given.items()}}, at)
+
+    bad = resolve._Base(Node({**typedef.layer.value, "maxmemory": from_plain("12zz", at)}, at))
     first = problems_of(bad, job(bad))
     assert first and problems_of(bad, job(bad)) == first and problems_of(bad, job(bad)) == first
-    good = Node({**typedef.layer.value, "maxmemory": from_plain("12mb", at)}, at)
+    good = resolve._Base(Node({**typedef.layer.value, "maxmemory": from_plain("12mb", at)}, at))
     assert problems_of(good, job(good)) == [] and problems_of(good, job(good)) == []
-    assert resolve._PASSED[(id(typedef), id(good))][2] == {"maxmemory"}
+    assert good.passed == {"maxmemory"}
     assert problems_of(good, job(good, maxmemory="7zz")) != []
     assert problems_of(good, job(good, maxmemory="7mb")) == []
+
+
+def test_a_compile_lets_go_of_the_types_of_the_compiles_before_it():
+    """The caches of resolve and render hold values, not the types (with their validators) of each compile: a
+    process that compiles recipe after recipe (the tests; a library user) does not grow with them."""
+    import gc
+    import weakref
+
+    from conftest import ROOT
+
+    from compiler.pipeline import Options, resolve_all
+    from compiler.render import render_recipe
+
+    recipes = resolve_all([ROOT / "examples" / "redis.yaml"], Options())
+    render_recipe(recipes[0])
+    first = weakref.ref(recipes[0].jobs[0].typedef)
+    del recipes
+    for _ in range(3):
+        for recipe in resolve_all([ROOT / "examples" / "redis.yaml"], Options()):
+            render_recipe(recipe)
+    gc.collect()
+    assert first() is None
