@@ -304,13 +304,14 @@ class _HelperFailed(Exception):
 def _helper_work(work: list[tuple[_Folder, str]], staging: int) -> Callable[[int], tuple[bytes, bool]]:
     """What the helper does with a position: render and stage that script; (its bytes, whether a file was
     staged). It keeps one output folder open, that of the recipe it works on."""
-    last: list[_Folder] = []
+    last: _Folder | None = None
 
     def one(position: int) -> tuple[bytes, bool]:
+        nonlocal last
         folder, name = work[position]
-        if last and last[0] is not folder:
-            last.pop().close()
-        last[:] = [folder]
+        if last is not None and last is not folder:
+            last.close()
+        last = folder
         data = render_job(folder.scripts[name], folder.recipe).encode("utf-8")
         staged: dict[str, str] = {}
         _stage(name, data, folder.existing(), staging, f"h{position}", staged)
@@ -324,8 +325,11 @@ def _first_of_each_type(work: list[tuple[_Folder, str]]) -> dict[int, str]:
     first: dict[str, int] = {}
     for position, (folder, name) in enumerate(work):
         first.setdefault(folder.scripts[name].typedef.name, position)
-    return {position: render_job(work[position][0].scripts[work[position][1]], work[position][0].recipe)
-            for position in first.values()}
+    rendered = {}
+    for position in first.values():
+        folder, name = work[position]
+        rendered[position] = render_job(folder.scripts[name], folder.recipe)
+    return rendered
 
 
 class _Folder:

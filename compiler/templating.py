@@ -370,11 +370,11 @@ def _part(value: Any, attributes: tuple[str, ...] | None) -> Any:
 
 
 def _names_read(node: Node, kind: str, source: str) -> _Reads:
+    known = _NAMES.get((kind, source))
+    if known is not None:   # every render of a template met before: no import statement on this path
+        return known
     from jinja2 import TemplateSyntaxError
 
-    known = _NAMES.get((kind, source))
-    if known is not None:
-        return known
     try:
         known = _NAMES[(kind, source)] = _names_in(kind, source)
         return known
