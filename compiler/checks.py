@@ -31,6 +31,7 @@ from typing import Any
 
 from .errors import Collector, did_you_mean, shorten
 from .resolve import TARGET_KEYS, Container, Recipe, ResolvedJob
+from .shell import special_variable
 from .source import Origins, SourceLoc
 from .typedefs import SHADOWED_VARIABLES, secret_variable
 
@@ -70,6 +71,7 @@ def check_recipe(recipe: Recipe, problems: Collector) -> None:
             _check_after(job, origins, earlier, problems)
             earlier[job.name] = None
         _check_environment(job, origins, what, problems)
+        _check_extra_directives(job, origins, what, problems)
         _check_phases(job, origins, what, problems)
     if problems.problems:
         return
@@ -90,6 +92,29 @@ def _check_secrets(job: ResolvedJob, origins: Origins, what: str, removed: froze
             problems.add(origins.loc((key,)), f"{key} of {what} is a secret and is never written into a script: "
                          f"write `{key}: {{env: VARIABLE}}` (read from the environment when the job runs) or "
                          f"`{key}: {{file: $HOME/.orchc/{key}}}` (a mode 0600 file, created with a random value if missing)")
+
+
+_REFUSED_EXTRA = {
+    "export": "sets the job's environment past the checks of `environment:` (BASH_ENV=... would run code): "
+              "write the variables in `environment:`",
+    "export-file": "reads the job's environment from a file, past the checks of `environment:`: write the "
+                   "variables in `environment:`",
+    "get-user-env": "loads a login environment into the job, past the checks of `environment:`",
+    "wrap": "would replace the job's script",
+    "output": "is orchc's own (the job's log, which orchc reads as slurm-%j.out)",
+    "error": "is orchc's own (the job's log, which orchc reads as slurm-%j.err)",
+    "job-name": "is orchc's own (run commands find the run's jobs by name)",
+    "dependency": "is orchc's own (clients wait for their service with it): use `after:`",
+}
+
+
+def _check_extra_directives(job: ResolvedJob, origins: Origins, what: str, problems: Collector) -> None:
+    """`resources.extra` options that would bypass a check or undo what orchc sets itself."""
+    for index, item in enumerate(job.resources.get("extra") or ()):
+        option = str(item)[2:].split("=", 1)[0]
+        why = _REFUSED_EXTRA.get(option)
+        if why is not None:
+            problems.add(origins.loc(("resources", "extra", index)), f"resources.extra of {what}: --{option} {why}")
 
 
 def _check_site_lists(job: ResolvedJob, origins: Origins, recipe: Recipe, problems: Collector) -> None:
@@ -149,15 +174,19 @@ def _check_after(client: ResolvedJob, origins: Origins, earlier: dict[str, None]
 
 def _check_environment(job: ResolvedJob, origins: Origins, what: str, problems: Collector) -> None:
     secrets = {secret_variable(name): name for name in job.typedef.secrets}
-    for name in job.environment:
-        refused = refused_environment_name(name)
-        if refused:
-            problems.add(origins.key_loc(("environment", name)), f"environment: {name} would change how the "
-                         f"shell of {what} or the programs it starts behave ({refused}); orchc does not export it")
-        elif name in secrets:
-            problems.add(origins.key_loc(("environment", name)), f"environment: {name} is the variable that holds "
-                         f"secret {secrets[name]} of {what}; exporting it would hand the secret to every program the "
-                         "job runs: choose another name")
+    for key, names in (("environment", job.environment), ("env", job.env)):
+        for name in names:
+            # `env:` carries values: none may choose what runs (PATH, LD_LIBRARY_PATH, ...) either
+            refused = refused_environment_name(name) or (name if key == "env" and special_variable(name) else None)
+            if refused:
+                problems.add(origins.key_loc((key, name)), f"{key}: {name} would change how the shell of {what} or "
+                             f"the programs it starts behave ({refused}); orchc does not export it")
+            elif name in secrets:
+                problems.add(origins.key_loc((key, name)), f"{key}: {name} is the variable that holds secret "
+                             f"{secrets[name]} of {what}; exporting it would hand the secret to every program the job "
+                             "runs: choose another name")
+            elif key == "env" and name in job.environment:
+                problems.add(origins.key_loc((key, name)), f"env: {name} is set in `environment:` too: keep one")
 
 
 def _check_phases(job: ResolvedJob, origins: Origins, what: str, problems: Collector) -> None:

@@ -29,7 +29,7 @@ from .directives import directives
 from .errors import OrchcError
 from .resolve import Container, Recipe, ResolvedJob
 from .resources import builtin_types_dir
-from .shell import Raw, shell_word, text_value
+from .shell import Raw, SiteCode, shell_word, text_value
 from .source import Node, Origins
 from .templating import ShellValues, environment, host_placeholder, render_shell, render_text, template_line
 from .typedefs import secret_variable, type_file_text
@@ -54,6 +54,7 @@ def render_job(job: ResolvedJob, recipe: Recipe) -> str:
         "modules": recipe.site.modules,
         "storage": _storage_lines(recipe),
         "environment": [f"export {k}={shlex.quote(text_value(v))}" for k, v in sorted(job.environment.items())],
+        "env": _env_lines(job, origins, context),
         "secrets": [_secret_line(name, job.fields[name]) for name in sorted(job.typedef.secrets) if name in job.fields],
         "images": _image_lines(job, recipe),
         "sidecars": _sidecar_lines(job, recipe, origins, context, values),
@@ -68,8 +69,8 @@ def render_job(job: ResolvedJob, recipe: Recipe) -> str:
     parts["fills_hosts"] = any("orchc_fill_hosts " in line for line in phase_lines)
     parts["makes_credentials"] = any("orchc_tls_credentials " in line for line in phase_lines)
     parts["values"] = values.assignments
-    for key in ("directives", "modules", "storage", "environment", "secrets", "images", "target", "values"):
-        parts[key] = _codes(parts[key], job, origins, multiline=key == "values")
+    for key in ("directives", "modules", "storage", "environment", "secrets", "images", "target", "values", "env"):
+        parts[key] = _codes(parts[key], job, origins, multiline=key in ("values", "env"))
     parts["shell"], parts["module_purge"] = (_code(parts[key], job, origins) for key in ("shell", "module_purge"))
     if job.role == "client":
         parts["parameters"] = _code(shlex.quote(parameters_json(job)), job, origins)
@@ -142,7 +143,7 @@ def _context(job: ResolvedJob, recipe: Recipe, origins: Origins) -> dict[str, An
     )
     container = job.container
     assignments, words = _exec_parts(container, recipe, origins, context) if container else ([], [])
-    context["run"] = Raw(" ".join([*assignments, *words]))
+    context["run"] = SiteCode(" ".join([*assignments, *words]))
     context["_run_parts"] = (assignments, words)  # reused to start the service's own container
     return context
 
@@ -332,6 +333,13 @@ def _file_block(item: Node, context: dict[str, Any]) -> list[str]:
     if mode is not None:
         lines.append(f"chmod {shlex.quote(str(mode.value))} {shell_word(path)}")
     return lines
+
+
+def _env_lines(job: ResolvedJob, origins: Origins, context: dict[str, Any]) -> list[str]:
+    """The type's `env:`: each template rendered as text and exported single-quoted, so the job's programs read
+    the values as data (the way to hand a value to `sh -c '... "$PEER" ...'`, awk or python)."""
+    return [f"export {name}={shlex.quote(render_text(origins.template(('env', name)), context)[0])}"
+            for name in sorted(job.env)]
 
 
 def _secret_line(name: str, ref: Mapping[str, str]) -> str:

@@ -122,6 +122,8 @@ class ResolvedJob:
     typedef: TypeDef
     resources: Mapping[str, Any]
     environment: Mapping[str, Any]
+    env: Mapping[str, Any]
+    """the type's `env:`: name -> template, exported to the job's programs as data"""
     container: Container | None
     sidecars: tuple[Sidecar, ...]
     phases: Mapping[str, Sequence[Any]]
@@ -153,6 +155,8 @@ class ResolvedJob:
         """The job as one mapping, as templates and `orchc show` see it."""
         out: dict[str, Any] = {"type": self.typedef.name, **self.fields, "resources": self.resources,
                                "environment": self.environment}
+        if self.env:
+            out["env"] = self.env
         if self.container is not None:
             out["container"] = self.container.spec
         if self.sidecars:
@@ -503,6 +507,7 @@ def _frozen_job(draft: _Draft, recipe: str, site: str) -> ResolvedJob:
         typedef=draft.typedef,
         resources=_mapping(data.get("resources")),
         environment=_mapping(data.get("environment")),
+        env=_mapping(data.get("env")),
         container=container,
         sidecars=tuple(Sidecar(name, spec.get("when"), _container(spec.get("container"), ("sidecars", name, "container"))
                                 or Container(("sidecars", name, "container"), FrozenDict()))

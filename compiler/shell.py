@@ -10,9 +10,28 @@ from typing import Any
 
 _VARIABLE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
 
+# Variables whose value bash (or the dynamic loader, or a child bash) reads as code, a path to run or a name.
+SPECIAL_VARIABLES = frozenset({
+    "PS0", "PS1", "PS2", "PS3", "PS4", "PROMPT_COMMAND", "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "IFS", "PATH",
+    "CDPATH", "GLOBIGNORE", "EXECIGNORE", "BASH_LOADABLES_PATH", "BASH_XTRACEFD", "BASH_COMPAT", "FUNCNEST",
+    "HISTFILE", "INPUTRC", "MAILPATH", "TMOUT", "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONSTARTUP",
+    "PYTHONPATH", "PYTHONHOME", "PERL5OPT", "PERL5LIB", "RUBYOPT", "NODE_OPTIONS", "SHELL", "TERMINFO", "LOCPATH",
+    "GCONV_PATH"
+})
+
+
+def special_variable(name: str) -> bool:
+    """Whether bash, the dynamic loader or an interpreter reads the variable `name` as code, a path or a name."""
+    return name in SPECIAL_VARIABLES or name.startswith("BASH_FUNC_")
+
 
 class Raw(str):
-    """Text that already is shell code built by orchc (or opted into with `| raw`): written as it is."""
+    """Text that already is shell code built by orchc: written as it is."""
+
+
+class SiteCode(Raw):
+    """Code built by orchc that differs from site to site (`{{ run }}`): the shell lexer judges a line with a
+    placeholder in its place, so a type gets the same verdict under every site profile."""
 
 
 @lru_cache(maxsize=8192)  # a pure function of its text, asked again for every job of a recipe

@@ -13,24 +13,21 @@ to its end (an unterminated quote, `$(`, here-document) is an error, never a gue
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import pairwise
 
-MARK = "\x00"
+from .shellcommands import judge
+from .shellwords import MARK, RUN_MARK, Command, Use, Word
+
+__all__ = ["MARK", "RUN_MARK", "ScanError", "Use", "scan"]
 _PLACEHOLDER = re.compile("\x00([0-9]+)\x00")
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[[^\]]*\])?\+?=")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _META = set(" \t\n;&|()<>")
 _RESERVED = {"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "!", "{", "}", "time", "function",
-             "select", "coproc"}
-_SHELLS = {"sh", "bash", "dash", "ksh", "zsh", "mksh", "ash", "busybox"}
-_WRAPPERS = {"exec", "command", "builtin", "nohup", "setsid", "env", "nice", "timeout", "stdbuf", "time"}
-_CODE_ARGS = {"eval", "let", "source", ".", "trap", "alias", "unset", "read", "readarray", "mapfile", "getopts",
-              "unalias", "hash", "enable", "complete", "compgen"}
-_DECLARE = {"declare", "typeset", "local", "readonly", "export"}
+             "coproc"}
 _ARITH_TESTS = {"-eq", "-ne", "-lt", "-le", "-gt", "-ge"}
-_NAME_OPTIONS = {"printf": "-v", "test": "-v", "[": "-v", "wait": "-p"}
+_OPENERS = {"{", "if", "while", "until"}
+_CLOSERS = {"}", "fi", "done"}
 
 
 class ScanError(Exception):
@@ -41,54 +38,15 @@ class ScanError(Exception):
         self.offset = offset
 
 
-@dataclass
-class Use:
-    """One placeholder: how it is quoted, and the reasons a non-integer value may not stand there."""
-
-    index: int
-    offset: int
-    quoting: str
-    """bare, dq ("..." and unquoted here-documents), sq, ansi ($'...'), comment, literal (quoted here-document)"""
-    refusals: list[str] = field(default_factory=list)
-    heredoc: tuple[str, bool] | None = None
-    """(terminator, tabs stripped) of the quoted here-document it stands in"""
-    in_backticks: bool = False
-    integer_only: list[str] = field(default_factory=list)
-    """why only an integer may stand here (arithmetic): the reasons refusals gives for anything"""
-    in_test: bool = False
-    """inside [[ ]], where an unquoted word starting with '-' would be read as an operator"""
-    split: bool = False
-    """inside a $(...) or `...` that is not quoted"""
-    splitting: bool = False
-    """... and that substitution is (part of) a command word or argument: its output is split and glob-expanded"""
-
-
-@dataclass
-class _Word:
-    text: str = ""
-    uses: list[Use] = field(default_factory=list)
-    """every placeholder in the word, also those inside its substitutions"""
-    quoted: bool = False
-    equals: int = -1
-    """offset of the first unquoted '=' (an assignment's name ends there); -1 if none"""
-
-
-@dataclass
-class _Command:
-    words: list[_Word] = field(default_factory=list)
-    assignments: list[_Word] = field(default_factory=list)
-    redirects: list[_Word] = field(default_factory=list)
-    heredoc_uses: list[Use] = field(default_factory=list)
-
-    def name(self) -> str:
-        return self.words[0].text if self.words and not self.words[0].quoted else ""
-
-
 @lru_cache(maxsize=8192)
 def scan(text: str) -> tuple[Use, ...]:
     """Every placeholder of `text`, in order of appearance."""
     scanner = _Scanner(text)
     scanner.command_list(closers=())
+    scanner.end_statement()
+    if scanner.taint_all:
+        raise ScanError(f"{scanner.taint_all}: orchc cannot follow what other lines write to it; give the shell its "
+                        "input where it starts (a here-document) or pass values in the environment", 0)
     if scanner.pending:
         raise ScanError(f"here-document without its terminator line {scanner.pending[0][0]!r}", len(text))
     if scanner.pos < len(text):
@@ -106,8 +64,19 @@ class _Scanner:
         self.pos = 0
         self.uses: list[Use] = []
         self.in_backticks = in_backticks
-        self.pending: list[tuple[str, bool, bool, _Command]] = []
+        self.pending: list[tuple[str, bool, bool, Command]] = []
         self.forced: list[str] = []  # refusals of the enclosing arithmetic or ${...}
+        # A statement is a top-level complete command (a compound one with all its lines, and its here-documents):
+        # when a shell, or a command orchc cannot name, reads what another part of it writes, no value in it is data.
+        self.depth = 0      # open compound commands (if, while, {, ...) of the statement
+        self.nesting = 0    # command lists inside $(...), ( ... ), case
+        self.statement_start = 0
+        self.statement_taint = ""   # a pipe into a reader of code
+        self.statement_fed = False  # a pipe or here-document into a compound command
+        self.statement_code = False  # some command of the statement reads code
+        self.statement_coproc = False
+        self.code_readers = 0
+        self.taint_all = ""  # a reader of code fed by a process substitution or a coprocess: every value is code
 
     # -- characters ---------------------------------------------------------------
     def peek(self, ahead: int = 0) -> str:
@@ -120,7 +89,9 @@ class _Scanner:
     def fail(self, message: str) -> ScanError:
         return ScanError(message, self.pos)
 
-    def placeholder(self, quoting: str, word: _Word | None, **extra: object) -> Use:
+    def placeholder(self, quoting: str, word: Word | None, **extra: object) -> Use:
+        if self.startswith(RUN_MARK):
+            raise self.fail("{{ run }} can only start a command, as a word of its own (unquoted)")
         end = self.text.index(MARK, self.pos + 1)
         use = Use(int(self.text[self.pos + 1:end]), self.pos, quoting, integer_only=list(self.forced),
                   in_backticks=self.in_backticks, **extra)  # type: ignore[arg-type]
@@ -130,14 +101,15 @@ class _Scanner:
         if word is not None:
             word.uses.append(use)
             word.text += self.text[self.pos:end + 1]
+            word.expands()
         self.pos = end + 1
         return use
 
     # -- command lists ------------------------------------------------------------
     def command_list(self, closers: tuple[str, ...]) -> str:
         """Read commands until one of `closers` (')', ';;', 'esac', ']]') or the end; returns the closer met."""
-        command = _Command()
-        pipeline: list[_Command] = []
+        command = Command()
+        pipeline: list[Command] = []
         while True:
             self.skip_blanks()
             char = self.peek()
@@ -150,8 +122,10 @@ class _Scanner:
             if char == "\n":
                 self.pos += 1
                 self.end_command(command, pipeline, final=True)
-                command, pipeline = _Command(), []
+                command, pipeline = Command(), []
                 self.read_heredocs()
+                if self.depth == 0 and self.nesting == 0:
+                    self.end_statement()
                 continue
             if ";;" in closers and (self.startswith(";;") or self.startswith(";&")):
                 self.end_command(command, pipeline, final=True)
@@ -167,14 +141,20 @@ class _Scanner:
                 operator = self.operator()
                 final = operator not in ("|", "|&")
                 self.end_command(command, pipeline, final=final)
-                if not final:
+                if final:
+                    pipeline = []
+                else:
                     pipeline.append(command)
-                command = _Command()
+                command = Command()
                 continue
             if char in "<>" and self.peek(1) == "(":
-                word = _Word()
+                word = Word()
+                word.expands()
                 self.pos += 2
+                readers = self.code_readers
                 word.uses.extend(self.nested_list())
+                if char == ">" and self.code_readers > readers:
+                    self.taint_all = "a shell (or a program orchc cannot name) reads what is written to >(...)"
                 self.add_word(command, word)
                 continue
             if char in "<>":
@@ -187,7 +167,8 @@ class _Scanner:
                         self.pos += 1
                         self.arith("))")
                         continue
-                    self.command_list(closers=(")",))
+                    command.compound = True
+                    self.nested_commands((")",))
                     continue
                 close = self.pos + 1
                 while close < len(self.text) and self.text[close] in " \t":
@@ -196,9 +177,15 @@ class _Scanner:
                     for use in command.words[0].uses:  # name() { ...: a function definition
                         use.refusals.append("it would name a function")
                     self.pos = close + 1
-                    command = _Command()
+                    command = Command()
                     continue
                 raise self.fail("unexpected '('")
+            if self.startswith(RUN_MARK):
+                self.pos += len(RUN_MARK)
+                if self.peek() and self.peek() not in _META:
+                    raise self.fail("{{ run }} can only start a command, as a word of its own (unquoted)")
+                self.add_word(command, Word(text=RUN_MARK, static=False, run=True))
+                continue
             word = self.word(command)
             if not command.words and not word.quoted and not word.uses:
                 if word.text == "esac" and "esac" in closers:
@@ -206,24 +193,38 @@ class _Scanner:
                     return "esac"
                 if word.text == "]]" and "]]" in closers:
                     return "]]"
+                if word.text in _OPENERS:
+                    self.depth += 1
+                    command.compound = True
+                    continue
+                if word.text in _CLOSERS:
+                    self.depth = max(self.depth - 1, 0)
+                    continue
+                if word.text == "coproc":
+                    self.statement_coproc = True
+                    continue
                 if word.text in _RESERVED:
                     continue
-                if word.text == "for":
+                if word.text in ("for", "select"):
+                    self.depth += 1
+                    command.compound = True
                     self.for_header()
                     continue
                 if word.text == "case":
-                    self.case_clause()
+                    command.compound = True
+                    self.nesting += 1
+                    try:
+                        self.case_clause()
+                    finally:
+                        self.nesting -= 1
                     continue
                 if word.text == "[[":
                     self.double_bracket()
                     continue
             self.add_word(command, word)
 
-    def add_word(self, command: _Command, word: _Word) -> None:
+    def add_word(self, command: Command, word: Word) -> None:
         if not command.words and word.equals >= 0 and _ASSIGNMENT.match(word.text):
-            for use in word.uses:
-                if use.offset < word.equals and not use.integer_only:  # (a subscript is arithmetic: integers only)
-                    use.refusals.append("it would be part of a variable name")
             command.assignments.append(word)
         else:
             command.words.append(word)
@@ -235,7 +236,7 @@ class _Scanner:
                 return candidate
         raise self.fail("unexpected operator")
 
-    def redirect(self, command: _Command) -> None:
+    def redirect(self, command: Command) -> None:
         if self.startswith("<<<"):
             self.pos += 3
             self.skip_blanks()
@@ -253,6 +254,9 @@ class _Scanner:
             for use in word.uses:
                 use.refusals.append("it would be part of a here-document's terminator")
             raw = self.text[start:self.pos]
+            if "$" in raw or "`" in raw or word.uses:
+                raise ScanError("a here-document's delimiter must be a plain word, or one in quotes ('EOF', \"EOF\")",
+                                start)
             quoted = any(c in raw for c in "'\"\\")
             terminator = re.sub(r"['\"\\]", "", raw)
             self.pending.append((terminator, strip, quoted, command))
@@ -305,7 +309,7 @@ class _Scanner:
                         else:
                             self.pos += 1
                 else:
-                    body = _Word()
+                    body = Word()
                     self.expanding_text(end, body, "dq")
                     for use in body.uses:
                         use.heredoc = (terminator, strip)
@@ -313,24 +317,49 @@ class _Scanner:
                 self.pos = min(end + 1, len(self.text))
             self.finish_heredoc_command(command)
 
-    def finish_heredoc_command(self, command: _Command) -> None:
-        if command.name() in _SHELLS or command.name() in ("source", ".", "eval"):
+    def finish_heredoc_command(self, command: Command) -> None:
+        """A here-document or here-string is the command's standard input: code if its reader runs code."""
+        if not command.heredoc_uses:
+            return
+        if command.reader == "code":
             for use in command.heredoc_uses:
-                use.refusals.append(f"it would be read as shell code by {command.name()}")
+                use.shell_reach.append("it is the standard input of a shell (or of a command orchc cannot name), "
+                                       "which reads it as code")
+        elif not command.words and not command.assignments:
+            self.statement_fed = True  # the input of a compound command: code if anything in the statement reads code
 
     # -- compound commands -----------------------------------------------------------
     def for_header(self) -> None:
+        """`for ((...))`, or `for NAME [in WORDS]`: the name is a name, the words are data (split and globbed
+        where unquoted, as a command's arguments are); the loop's body follows as commands."""
         self.skip_blanks()
         if self.startswith("(("):
             self.pos += 2
             self.arith("))")
+            return
+        name = self.word(Command())
+        for use in name.uses:
+            use.refusals.append("it would name the loop's variable")
+        self.skip_space_and_newlines()
+        if not self.startswith("in") or (self.pos + 2 < len(self.text) and self.text[self.pos + 2] not in _META):
+            return
+        self.pos += 2
+        while True:
+            self.skip_blanks()
+            if not self.peek() or self.peek() in ";\n&|)":
+                return
+            if self.peek() == "#":
+                self.comment()
+                return
+            for use in self.word(Command()).uses:
+                use.splitting = use.splitting or use.split
 
     def case_clause(self) -> None:
-        command = _Command()
+        command = Command()
         self.skip_blanks()
         self.word(command)  # the subject: a value there is data
         self.skip_space_and_newlines()
-        if self.word(_Command()).text != "in":
+        if self.word(Command()).text != "in":
             raise self.fail("expected 'in' in case")
         while True:
             self.skip_space_and_newlines()
@@ -346,7 +375,7 @@ class _Scanner:
                 self.pos += 1
             while True:  # patterns: a value there is matched literally
                 self.skip_blanks()
-                self.word(_Command())
+                self.word(Command())
                 self.skip_blanks()
                 if self.peek() == "|":
                     self.pos += 1
@@ -372,7 +401,7 @@ class _Scanner:
                 self.pos += 1
 
     def double_bracket(self) -> None:
-        words: list[_Word] = []
+        words: list[Word] = []
         while True:
             self.skip_space_and_newlines()
             char = self.peek()
@@ -383,13 +412,13 @@ class _Scanner:
                 break
             if self.startswith("&&") or self.startswith("||"):
                 self.pos += 2
-                words.append(_Word(text="&&"))
+                words.append(Word(text="&&"))
                 continue
             if char in "()!<>":
                 self.pos += 1
-                words.append(_Word(text=char))
+                words.append(Word(text=char))
                 continue
-            words.append(self.word(_Command()))
+            words.append(self.word(Command()))
         for index, word in enumerate(words):
             before = words[index - 1].text if index else ""
             after = words[index + 1].text if index + 1 < len(words) else ""
@@ -404,8 +433,8 @@ class _Scanner:
                     use.refusals.append("[[ -v ]] evaluates it as a variable name")
 
     # -- words ------------------------------------------------------------------------
-    def word(self, command: _Command) -> _Word:
-        word = _Word()
+    def word(self, command: Command) -> Word:
+        word = Word()
         start = self.pos
         while True:
             char = self.peek()
@@ -418,6 +447,7 @@ class _Scanner:
                 name = word.text
                 self.arith("]", word)
                 word.text = name + "[]"
+                word.expands()
                 continue
             if not char or char in _META:
                 break
@@ -426,13 +456,15 @@ class _Scanner:
             raise self.fail(f"unexpected {self.peek()!r}")
         return word
 
-    def word_part(self, word: _Word, quoting: str) -> None:
+    def word_part(self, word: Word, quoting: str) -> None:
         char = self.peek()
         if char == MARK:
             self.placeholder(quoting, word)
         elif char == "\\":
             step = 1 if self.peek(1) == MARK else 2
             word.text += self.text[self.pos:self.pos + step]
+            if step == 2 and self.peek(1) != "\n" and word.static:
+                word.value += self.peek(1)
             self.pos += step
         elif char == "'":
             word.quoted = True
@@ -442,6 +474,7 @@ class _Scanner:
             self.pos += 1
             self.expanding_text(None, word, "dq")
         elif char == "`":
+            word.expands()
             for use in self.backticks(word):
                 use.split = True
         elif char == "$":
@@ -449,10 +482,14 @@ class _Scanner:
         else:
             if char == "=" and word.equals < 0 and not word.quoted:
                 word.equals = self.pos
-            word.text += char
+            tilde = char == "~" and not word.text
+            word.add_literal(char)
+            if char in "*?" or tilde or (char == "]" and "[" in word.text[:-1]) or (
+                    char == "}" and re.search(r"\{[^{}]*(,|\.\.)[^{}]*\}$", word.text)):
+                word.expands()  # a glob, a brace expansion or a tilde: what the command receives is only known then
             self.pos += 1
 
-    def array_elements(self, word: _Word) -> None:
+    def array_elements(self, word: Word) -> None:
         while True:
             self.skip_space_and_newlines()
             if not self.peek():
@@ -460,10 +497,16 @@ class _Scanner:
             if self.peek() == ")":
                 self.pos += 1
                 return
-            inner = self.word(_Command())
+            start = self.pos
+            inner = self.word(Command())
             word.uses.extend(inner.uses)
+            if inner.text.startswith("[") and "]=" in inner.text:  # [subscript]=value: the subscript is arithmetic
+                close = self.text.find("]=", start)
+                for use in inner.uses:
+                    if use.offset < close:
+                        use.integer_only.append("an array element's [subscript] is evaluated as arithmetic")
 
-    def single_quoted(self, word: _Word) -> None:
+    def single_quoted(self, word: Word) -> None:
         self.pos += 1
         while self.peek() != "'":
             if not self.peek():
@@ -471,11 +514,11 @@ class _Scanner:
             if self.peek() == MARK:
                 self.placeholder("sq", word)
             else:
-                word.text += self.peek()
+                word.add_literal(self.peek())
                 self.pos += 1
         self.pos += 1
 
-    def expanding_text(self, end: int | None, word: _Word, quoting: str) -> None:
+    def expanding_text(self, end: int | None, word: Word, quoting: str) -> None:
         """The inside of "..." (end None: up to the closing quote) or of an unquoted here-document line."""
         while True:
             if end is not None and self.pos >= end:
@@ -489,16 +532,24 @@ class _Scanner:
             if char == MARK:
                 self.placeholder(quoting, word)
             elif char == "\\":
+                if end is None and word.static and self.peek(1) != MARK:  # "\$" is $, "\a" is \a
+                    escaped = self.peek(1)
+                    word.value += escaped if escaped in '$`"\\' else ("" if escaped == "\n" else "\\" + escaped)
                 self.skip_escape()
             elif char == "`":
+                word.expands()
                 self.backticks(word)
             elif char == "$":
                 self.dollar(word, quoting)
             else:
+                if end is None and word.static:
+                    word.value += char
                 self.pos += 1
 
-    def dollar(self, word: _Word, quoting: str) -> None:
+    def dollar(self, word: Word, quoting: str) -> None:
         nxt = self.peek(1)
+        if nxt and (nxt in "({[@*#?$!-" + MARK or nxt.isalnum() or nxt == "_" or (quoting == "bare" and nxt in "'\"")):
+            word.expands()  # (bare $'...' and $"..." included: orchc does not decode them)
         if self.startswith("$(("):
             self.pos += 3
             self.arith("))", word)
@@ -523,10 +574,15 @@ class _Scanner:
             self.pos += 1
             self.placeholder(quoting, word).refusals.append("it follows a '$', so it would name a variable to expand")
         else:
-            word.text += "$"
+            if nxt == '"' and quoting != "bare":
+                word.add_literal("$")
+            else:
+                word.text += "$"
+                if word.static:
+                    word.value += "$"
             self.pos += 1
 
-    def ansi_quoted(self, word: _Word) -> None:
+    def ansi_quoted(self, word: Word) -> None:
         self.pos += 1
         while self.peek() != "'":
             if not self.peek():
@@ -543,12 +599,12 @@ class _Scanner:
         """A `$(...)`, `<(...)` or `>(...)` body; returns the uses inside it."""
         before = len(self.uses)
         saved, self.pending = self.pending, []
-        if self.command_list(closers=(")",)) != ")":
+        if self.nested_commands((")",)) != ")":
             raise self.fail("unterminated $(")
         self.pending = saved
         return self.uses[before:]
 
-    def parameter(self, word: _Word) -> None:
+    def parameter(self, word: Word) -> None:
         self.forced.append("it is inside ${...}, where a value may be evaluated as a name or arithmetic")
         try:
             depth = 1
@@ -567,7 +623,7 @@ class _Scanner:
                 elif char == "\\":
                     self.skip_escape()
                 elif char == "'":
-                    self.single_quoted(_Word())
+                    self.single_quoted(Word())
                 elif char == '"':
                     self.pos += 1
                     self.expanding_text(None, word, "dq")
@@ -580,9 +636,9 @@ class _Scanner:
         finally:
             self.forced.pop()
 
-    def arith(self, closer: str, word: _Word | None = None) -> None:
+    def arith(self, closer: str, word: Word | None = None) -> None:
         self.forced.append("it is evaluated as arithmetic")
-        target = word if word is not None else _Word()
+        target = word if word is not None else Word()
         try:
             depth = 0
             while True:
@@ -616,7 +672,7 @@ class _Scanner:
         finally:
             self.forced.pop()
 
-    def backticks(self, word: _Word) -> list[Use]:
+    def backticks(self, word: Word) -> list[Use]:
         """`...`: its body, with \\\\, \\` and \\$ unescaped, is read again as commands."""
         start = self.pos + 1
         index = start
@@ -637,94 +693,49 @@ class _Scanner:
         inner.forced = list(self.forced)
         try:
             inner.command_list(closers=())
+            inner.end_statement()
         except ScanError as error:
             raise ScanError(f"inside backticks: {error}", start) from None
         for use in inner.uses:
             use.offset = self.text.index(f"{MARK}{use.index}{MARK}", start)
         self.uses.extend(inner.uses)
         word.uses.extend(inner.uses)
+        self.code_readers += inner.code_readers
+        self.statement_code = self.statement_code or inner.code_readers > 0
+        self.taint_all = self.taint_all or inner.taint_all
         self.pos = index + 1
         return inner.uses
 
     # -- what a command does with its words --------------------------------------------
-    def end_command(self, command: _Command, pipeline: list[_Command], final: bool) -> None:
+    def end_command(self, command: Command, pipeline: list[Command], final: bool) -> None:
         if command.words or command.assignments:
-            _judge(command)
+            judge(command)
+        if command.reader == "code":
+            self.code_readers += 1
+            self.statement_code = True
         self.finish_heredoc_command(command)
         if final and pipeline:
-            stages = [*pipeline, command]
-            for index, stage in enumerate(stages[1:], start=1):
-                if stage.name() in _SHELLS and not any(w.text == "-c" for w in stage.words[1:]) \
-                        and len(stage.words) <= 1 + sum(w.text.startswith("-") for w in stage.words[1:]):
-                    for earlier in stages[:index]:
-                        for word in earlier.words + earlier.assignments:
-                            for use in word.uses:
-                                use.refusals.append(f"it is piped into {stage.name()}, which reads it as shell code")
+            for stage in pipeline[1:] + [command]:
+                if stage.reader == "code":
+                    self.statement_taint = "it is piped into a shell (or a command orchc cannot name), which reads it as code"
+                elif stage.compound:
+                    self.statement_fed = True
 
+    def end_statement(self) -> None:
+        """At the end of a top-level complete command: if code reads what it writes, no value in it is data."""
+        reason = self.statement_taint or ("it is fed to a compound command in which a shell (or a command orchc "
+                                          "cannot name) reads code" if self.statement_fed and self.statement_code else "")
+        if self.statement_coproc and self.statement_code:
+            self.taint_all = "a shell (or a command orchc cannot name) runs as a coprocess, which reads code"
+        if reason:
+            for use in self.uses[self.statement_start:]:
+                use.shell_reach.append(reason)
+        self.statement_start = len(self.uses)
+        self.statement_taint, self.statement_fed, self.statement_code, self.statement_coproc = "", False, False, False
 
-def _judge(command: _Command) -> None:
-    """Add the refusals that follow from a word's place in its simple command."""
-    words = command.words
-    for word in words:
-        for use in word.uses:
-            use.splitting = use.splitting or use.split
-    index = 0
-    while index < len(words):
-        word, name = words[index], words[index].text
-        for use in word.uses:
-            use.refusals.append("it would name the command to run")
-        args = words[index + 1:]
-        if name in _WRAPPERS and not word.quoted:
-            skip = _wrapper_skip(name, args)
-            if skip is None:
-                return
-            index += 1 + skip
-            continue
-        _judge_arguments(name if not word.quoted else "", args)
-        return
-
-
-def _wrapper_skip(name: str, args: list[_Word]) -> int | None:
-    """How many words after a wrapper (env, timeout, nice, ...) come before the command it runs."""
-    skip = 0
-    while skip < len(args) and (args[skip].text.startswith("-") or (name == "env" and "=" in args[skip].text)):
-        skip += 1
-    if name == "timeout":
-        skip += 1
-    return skip if skip < len(args) else None
-
-
-def _judge_arguments(name: str, args: list[_Word]) -> None:
-    def refuse(words: list[_Word], why: str) -> None:
-        for word in words:
-            for use in word.uses:
-                use.refusals.append(why)
-
-    if name == "let":
-        for word in args:
-            for use in word.uses:
-                use.integer_only.append("'let' evaluates it as arithmetic")
-    elif name in _CODE_ARGS:
-        refuse(args, f"'{name}' would read it as a name or as code")
-    elif name in _DECLARE:
-        options = "".join(w.text for w in args if w.text.startswith("-"))
-        if "a" in options or "A" in options:
-            refuse(args, f"'{name} -a/-A' would evaluate it as an array assignment")
-        for word in args:
-            assignment = word.equals >= 0 and _ASSIGNMENT.match(word.text) is not None
-            for use in word.uses:
-                if not assignment or use.offset < word.equals:
-                    use.refusals.append(f"'{name}' would read it as a name or an assignment")
-    elif name in _SHELLS:
-        dash_c = next((i for i, w in enumerate(args) if w.text == "-c"), None)
-        if dash_c is not None and dash_c + 1 < len(args):
-            refuse([args[dash_c + 1]], f"'{name} -c' would run it as shell code")
-        elif dash_c is None:
-            script = next((w for w in args if not w.text.startswith("-")), None)
-            if script is not None:
-                refuse([script], f"'{name}' would run it as a script")
-    if name in _NAME_OPTIONS:
-        option = _NAME_OPTIONS[name]
-        for before, word in pairwise(args):
-            if before.text == option:
-                refuse([word], f"'{name} {option}' would evaluate it as a variable name")
+    def nested_commands(self, closers: tuple[str, ...]) -> str:
+        self.nesting += 1
+        try:
+            return self.command_list(closers=closers)
+        finally:
+            self.nesting -= 1

@@ -27,8 +27,9 @@ from . import __version__
 from .errors import OrchcError
 from .load import source_text
 from .resources import templates_dir
-from .shell import Raw, excerpt_of, shell_word, text_value
-from .shellscan import MARK, ScanError, Use, scan
+from .shell import Raw, SiteCode, excerpt_of, shell_word, text_value
+from .shellcommands import IDIOM
+from .shellscan import MARK, RUN_MARK, ScanError, Use, scan
 from .source import FrozenDict, Node, SourceLoc
 
 SAFE_WORD = re.compile(r"[A-Za-z0-9_./:@%+-]+")
@@ -85,6 +86,8 @@ def _bytecode_cache(kind: str) -> Any:
 def _placeholder(context: Any, value: Any) -> str:
     """The shell environment's output filter. It takes the context only so that Jinja never
     evaluates it at compile time for a constant expression: each render numbers its own values."""
+    if isinstance(value, SiteCode):
+        return RUN_MARK
     if isinstance(value, Raw):
         return str(value)
     if isinstance(value, _undefined()):
@@ -148,14 +151,21 @@ def environment(kind: str) -> Any:
         auto_reload=False,
     )
     env.globals.pop("lipsum", None)  # random text: output must depend on the input only
-    env.filters["raw"] = lambda value: Raw(text_value(value))
+    env.filters.pop("random", None)
     env.filters["path"] = lambda value: PathValue(text_value(value))
     env.filters["json"] = lambda value: json.dumps(value, sort_keys=True)
     env.filters["hosts"] = pass_context(_hosts_filter)
-    if kind == "script":
+    if kind == "script":  # orchc's own job template: these write code, so a type's template cannot have them
         env.filters["lines"] = _script_lines
-    env.filters["comment"] = lambda value: Raw("".join(c if c.isprintable() else "?" for c in text_value(value)))
+        env.filters["comment"] = lambda value: Raw("".join(c if c.isprintable() else "?" for c in text_value(value)))
+    else:
+        env.filters["raw"] = _no_raw
     return env
+
+
+def _no_raw(value: Any) -> Any:
+    raise ValueError("'| raw' is not available: a value is never written as shell code; pass it as data (it is "
+                     "quoted for where it stands), or in the environment (the type's `env:`)")
 
 
 _UNSAFE_NAMES = {"self", "lipsum", "cycler", "joiner", "namespace"}
@@ -461,14 +471,14 @@ def render_shell(node: Node, context: dict[str, Any], values: ShellValues) -> st
     """A type's shell template with every value written for its place, or a located error."""
     text, collected = _render(node, context, "shell")
     found = list(collected)
-    if not found:
-        return text
-    try:
-        uses = scan(text)
-    except ScanError as error:
-        raise OrchcError.at(_line_in_template(node, text.count("\n", 0, error.offset) + 1),
-                            f"cannot follow this shell line: {error}") from None
-    return values.substitute(node, text, uses, found)
+    if found or ">(" in text or "coproc" in text:  # (a shell fed by a later line is refused with or without values)
+        try:
+            uses = scan(text)
+        except ScanError as error:
+            raise OrchcError.at(_line_in_template(node, text.count("\n", 0, error.offset) + 1),
+                                f"cannot follow this shell line: {error}") from None
+        text = values.substitute(node, text, uses, found)
+    return text.replace(RUN_MARK, str(context.get("run", ""))) if RUN_MARK in text else text
 
 
 @dataclass
@@ -524,11 +534,16 @@ class ShellValues:
         if use.integer_only:
             raise _Refused(f"the value {excerpt_of(text)!r} cannot stand here: {use.integer_only[0]}; "
                            "only integers can (give the field `type: integer`)")
+        if use.shell_reach:
+            raise _Refused(f"the value {excerpt_of(text)!r} cannot stand here: {use.shell_reach[0]}; {IDIOM}")
         # In an unquoted here-document a reference is always right, and cannot make the terminator line.
         safe = bool(SAFE_WORD.fullmatch(text)) and not text.startswith("~") and not (use.in_test and text.startswith("-")) \
             and not (use.heredoc is not None and use.quoting == "dq")
         if safe:
             return text
+        if use.plain_only:
+            raise _Refused(f"the value {excerpt_of(text)!r} cannot stand here: {use.plain_only[0]}; only integers "
+                           f"and plain words can; {IDIOM}")
         if use.splitting:
             raise _Refused(f"the value {excerpt_of(text)!r} is inside an unquoted $(...) or `...`, whose output the "
                            "shell splits into words and glob-expands; quote the substitution: \"$(...)\"")

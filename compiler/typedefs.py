@@ -25,7 +25,7 @@ from .resources import builtin_types_dir
 from .source import Node, SourceLoc, walk_leaves
 from .validate import build_validator, check, check_characters, common_def, ecma_regex, schema_problems_in, validator
 
-JOB_KEYS = ("resources", "environment", "container", "sidecars", "phases")
+JOB_KEYS = ("resources", "environment", "env", "container", "sidecars", "phases")
 """Keys of a type definition that become part of every job of that type."""
 
 ORCHC_KEYWORDS = ("secret", "multiline")

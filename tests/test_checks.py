@@ -196,3 +196,15 @@ def test_show_header_survives_a_file_name_with_a_newline(orchc, write, tmp_path)
     assert len(documents) == 1 and documents[0]["name"] == "redis" and "x" not in documents[0]
     lines = result.out.splitlines()
     assert lines[0].startswith("# recipe r (") and "r?x: 1.yaml" in lines[0] and lines[1] == "---"
+
+
+@pytest.mark.parametrize("option", ["--export=ALL,BASH_ENV=/tmp/x", "--export=NONE", "--export-file=/tmp/env",
+                                    "--get-user-env", "--wrap=id", "--output=x.out", "--job-name=other"])
+def test_extra_directives_cannot_bypass_the_environment_checks(orchc, write, tmp_path, option):
+    """resources.extra: [--export=ALL,BASH_ENV=...] went around the refusal of BASH_ENV in `environment:`."""
+    recipe = write("r.yaml", "account: p200981\nservice:\n  name: redis\n  resources:\n    extra:\n"
+                             f"      - \"--exclusive\"\n      - \"{option}\"\n")
+    result = orchc("validate", recipe, cwd=tmp_path)
+    assert result.code == 1 and "Traceback" not in result.err
+    first = result.err.splitlines()[0]
+    assert first.startswith("r.yaml:7:9: error: resources.extra of service 'redis': --"), first

@@ -442,3 +442,91 @@ def test_the_corpus_cannot_be_passed_by_refusing_everything():
             "newline", "glob_star", "glob_question", "glob_bracket", "leading_dash", "heredoc_orchc_eof",
             "heredoc_eof", "sbatch_line", "arithmetic_subscript", "ifs", "tilde", "backslash", "trailing_newline",
             "long_hostile", "empty", "nul"} <= hostile
+
+
+# --- the same verdict under every site profile ----------------------------------------------------------
+
+SITES = sorted(p.stem for p in (ROOT / "sites").glob("*.yaml"))
+PARITY_VALUES = [v for v in VALUES if v.name in ("plain", "int_positive", "command_substitution", "newline")]
+
+
+def _verdict(folder: Path, site: str) -> tuple[int, str]:
+    code, err, crashed = _orchc(folder, "validate", "r.yaml", "--defs", "defs", "--site", site)
+    assert not crashed, crashed
+    return code, err.splitlines()[0] if err else ""
+
+
+@pytest.mark.parametrize("value", PARITY_VALUES, ids=[v.name for v in PARITY_VALUES])
+def test_every_site_profile_gives_the_same_verdict(tmp_path, value):
+    """`{{ run }}` is `apptainer exec ... image.sif` under apptainer sites and nothing under `native`: the lexer
+    judges the line with one placeholder for it, so `validate` answers the same for every site (a type refused
+    locally was accepted, and exploitable, under meluxina)."""
+    assert len(SITES) >= 2
+    differ = []
+    for context in CONTEXTS:
+        if context.get("only") == "filename" or value.name not in context.get("values", [value.name]):
+            continue
+        folder = tmp_path / context["name"]
+        (folder / "defs").mkdir(parents=True)
+        text, _ = probe_type(context["lines"])
+        text = text.replace("phases:\n", "container:\n  image: probe\n  source: docker://busybox:1.36\nphases:\n", 1)
+        (folder / TYPE_FILE).write_text(text, encoding="utf-8")
+        entry = {"client": {"name": "p", "type": "probe", "target_endpoint": "127.0.0.1:9",
+                            "v": value.concrete(folder / "s")}, "account": "p200981"}
+        import json
+
+        (folder / "r.yaml").write_text(json.dumps(entry) + "\n", encoding="utf-8")
+        verdicts = {site: _verdict(folder, site) for site in SITES}
+        if len(set(verdicts.values())) != 1:
+            differ.append(f"{context['name']}: {verdicts}")
+    assert differ == []
+
+
+# --- orchc's own helpers take their numeric arguments as data ---------------------------------------------
+
+HELPER_CALLS = ["orchc_wait_tcp 127.0.0.1 1 {{ v }}", "orchc_wait_http http://127.0.0.1:1/ {{ v }}",
+                "orchc_wait_endpoint nowhere {{ v }}"]
+
+
+@pytest.mark.parametrize("line", HELPER_CALLS, ids=[line.split()[0] for line in HELPER_CALLS])
+def test_helpers_check_their_timeout_before_arithmetic(tmp_path, line):
+    """The helpers computed $((SECONDS + $3)): a TIMEOUT of a[$(cmd)] ran cmd. Now the job fails, naming it."""
+    context = {"name": "helper", "lines": [line], "expect": "none"}
+    value = Value("arithmetic_subscript", "a[$(touch @SENTINEL@)]")
+    case = Case(context, value, tmp_path / "case")
+    _prepare(case)
+    _compile(case)
+    assert case.code == 0 and case.script is not None, case.err
+    _run(case)
+    assert case.pwned == [], f"THE VALUE RAN AS CODE: {case.run_err[-500:]}"
+    assert case.status != 0 and "a timeout must be a whole number of seconds" in case.run_err, case.run_err[-500:]
+
+
+# --- the safe idiom: a value reaches a child shell through the type's env: ---------------------------------
+
+ENV_IDIOM = {"name": "env_idiom", "expect": "value", "must_run": True,
+             "lines": ["sh -c 'printf \"%s\\n\" \"$PEER\" >\"$ORCHC_RESULTS/out\"'"]}
+
+
+@pytest.mark.parametrize("value", VALUES, ids=[v.name for v in VALUES])
+def test_env_hands_any_value_to_a_child_shell_as_data(tmp_path, value):
+    """`env: {PEER: "{{ v }}"}` then `sh -c '... "$PEER" ...'`: the child reads the value as data, whatever it is."""
+    case = Case(ENV_IDIOM, value, tmp_path / "case")
+    _prepare(case)
+    type_file = case.folder / TYPE_FILE
+    type_file.write_text(type_file.read_text().replace("phases:\n", 'env:\n  PEER: "{{ v }}"\nphases:\n', 1))
+    _compile(case)
+    if value.never or (value.refusable and case.code != 0):
+        assert case.code == 1 and "Traceback" not in case.err and LOCATED.match(case.err), case.err
+        return
+    assert case.code == 0 and case.script is not None, case.err
+    _run(case)
+    assert case.pwned == [], "THE VALUE RAN AS CODE" + _describe(case)
+    assert case.status == 0, _describe(case)
+    assert case.out == f"{case.concrete}\n", _describe(case)
+
+
+def test_env_refuses_what_changes_how_programs_run(orchc, write, tmp_path):
+    write("defs/probe.yaml", probe_type(["true {{ v }}"])[0].replace("phases:\n", 'env:\n  LD_PRELOAD: "{{ v }}"\nphases:\n'))
+    result = orchc("validate", write("r.yaml", recipe("x")), "--defs", "defs", "--site", "local", cwd=tmp_path)
+    assert result.code == 1 and "env: LD_PRELOAD would change how the shell" in result.err, result.err

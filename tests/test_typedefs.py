@@ -191,7 +191,10 @@ def test_names_the_templates_use_cannot_be_fields(orchc, write, tmp_path):
     assert loc == "defs/memcached.yaml:6:3" and message == "invalid name 'run' in fields: this name is reserved"
 
 
-def test_raw_is_the_authors_choice_inside_quotes_too(orchc, write, tmp_path):
+def test_raw_is_refused_with_a_located_error(orchc, write, tmp_path):
+    """`| raw` wrote a value as shell code: a value never is, so a type that asks for it is told where and why."""
     write("defs/memcached.yaml", MEMCACHED + '  setup:\n    - echo "mb={{ memory_mb | raw }}"\n')
-    out = orchc("compile", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", "--stdout", cwd=tmp_path).out
-    assert 'echo "mb=1024"' in out.splitlines()
+    result = orchc("compile", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", "--stdout", cwd=tmp_path)
+    ((loc, message),) = errors(result.err)
+    assert result.code == 1 and result.out == "" and "Traceback" not in result.err
+    assert loc.startswith("defs/memcached.yaml:") and "'| raw' is not available" in message
