@@ -467,7 +467,7 @@ class Connection:
         if self.target.identity_file is not None:
             words += ["-i", os.path.expanduser(self.target.identity_file), "-o", "IdentitiesOnly=yes"]
         for option in self.target.options:
-            words += ["-o", option]
+            words += ["-o", _as_checked(option)]
         return words
 
     def _ssh(self, *extra: str) -> list[str]:
@@ -610,6 +610,13 @@ class Connection:
             _debug("exit", words)
             _run(words, 10, "ssh -O exit")
         self.master_pid = None
+
+
+def _as_checked(option: str) -> str:
+    """IdentityFile=~/x with ~ expanded as the check expanded it ($HOME; ssh itself would use the passwd entry's
+    home, which may differ), so that ssh reads the file that was checked."""
+    key, _, value = option.partition("=")
+    return f"{key}={os.path.expanduser(value)}" if key.lower() == "identityfile" and value.startswith("~/") else option
 
 
 def _alive(pid: int) -> bool:

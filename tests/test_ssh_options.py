@@ -224,6 +224,14 @@ def test_the_allowed_options_pass_with_good_values(home, tmp_path):
     assert stored.remote is not None and stored.remote.options == tuple(ALLOWED)
 
 
+def test_ssh_reads_the_identity_file_that_was_checked(home):
+    """~ is expanded by orchc as the check expanded it ($HOME), not left to ssh (the passwd entry's home)."""
+    words = Connection(Target("h", identity_file="~/.ssh/a", options=("IdentityFile=~/.ssh/b", "Port=22")), 10) \
+        .ssh_options()
+    assert ["-i", f"{home}/.ssh/a"] == words[words.index("-i"):words.index("-i") + 2]
+    assert f"IdentityFile={home}/.ssh/b" in words and "Port=22" in words
+
+
 @pytest.mark.parametrize("path", ["id_rsa", "./id", "~/../x", "/etc/ssh/ssh_host_ed25519_key", "~/link/x", "~root/x",
                                   "%d/x", "${HOME}/x"])
 def test_a_profile_identity_file_outside_the_home_is_refused(path, home, tmp_path):
