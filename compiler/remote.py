@@ -229,15 +229,19 @@ def check_target(target: Target) -> Target:
         raise ClusterError(f"remote folder {target.remote_dir[:60]!r} must be printable, must not start with '-' "
                            "and holds no * ? [ ] or backslash")
     mine = vouched(target.site) if target.site else Vouched()
+    own = f"your own {config_dir() / ((target.site if _SITE.fullmatch(target.site) else '') or '<site>')}.yaml"
     if target.identity_file is not None and target.identity_file not in mine.identity_files:
         why = identity_problem(target.identity_file)
         if why is not None:
-            raise ClusterError(why)
+            raise ClusterError(f"{why} (a key elsewhere only as {own} or ${ENV_KEYS['identity_file']} names it)")
     for option in target.options:
         why = option_problem(option, ALLOWED_OPTIONS)
         if why is not None and option not in mine.options:
-            raise ClusterError(f"{why} (allowed: {allowed_names(ALLOWED_OPTIONS)}; "
-                               "others belong in ~/.ssh/config)")
+            if option_problem(option, USER_OPTIONS) is None:
+                key, _, value = option.partition("=")
+                raise ClusterError(f"ssh option {key} {value[:60]!r} is not allowed here: only {own} may give it, "
+                                   "and it does not (any more)")
+            raise ClusterError(f"{why} (allowed: {allowed_names(ALLOWED_OPTIONS)}; others belong in ~/.ssh/config)")
     return target
 
 

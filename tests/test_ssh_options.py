@@ -135,6 +135,7 @@ def test_a_run_json_keeps_what_the_user_vouched_for(server, laptop, tmp_path):  
     done = laptop("status", "run", "--json", check=False)
     assert done.returncode == 1 and re.search(r"ssh (identity_file|option UserKnownHostsFile) .*is not allowed",
                                               done.stderr), done.stderr
+    assert "only as your own " in done.stderr and "/orchc/sites/local.yaml" in done.stderr, done.stderr   # says why
     assert no_ssh_started(done.stderr)
     override(Path(laptop.env["XDG_CONFIG_HOME"]), server, "orchc-runs")
     done = laptop("status", "run", "--json", check=False)
