@@ -59,9 +59,10 @@ class Tail:
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def read(self) -> str | None:
-        """The next chunk as text ('' when nothing new), None while the file does not exist (or is no file)."""
+        """The next chunk as text ('' when nothing new), None while the file does not exist (or is no file: a
+        symlink is not followed)."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return None
         with os.fdopen(fd, "rb") as handle:

@@ -24,13 +24,14 @@ import os
 import re
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +43,154 @@ CONNECT_TIMEOUT = 10
 CONNECT_TIMEOUT_VARIABLE = "ORCHC_SSH_CONNECT_TIMEOUT"
 PERSIST_SECONDS = 60
 TRANSFER_TIMEOUT = 300.0
+NOT_PULLED_KINDS = ("--no-links", "--no-devices", "--no-specials")
 DEBUG_VARIABLE = "ORCHC_SSH_DEBUG"
 ENV_KEYS = {"host": "ORCHC_SSH_HOST", "port": "ORCHC_SSH_PORT", "user": "ORCHC_SSH_USER",
             "identity_file": "ORCHC_SSH_IDENTITY_FILE", "remote_dir": "ORCHC_SSH_REMOTE_DIR"}
-# Options orchc sets itself, or that would run a local command: never from a profile.
-FORBIDDEN_OPTIONS = frozenset(o.lower() for o in (
-    "ControlMaster", "ControlPath", "ControlPersist", "BatchMode", "ProxyCommand", "LocalCommand",
-    "PermitLocalCommand", "KnownHostsCommand", "RemoteCommand", "SessionType", "StdinNull", "ForkAfterAuthentication",
-    "Match", "Include", "Tunnel", "TunnelDevice", "LocalForward", "RemoteForward", "DynamicForward"))
+_SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")   # a site name (common.schema.json): no slash
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:%-]{0,252}")
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
 _OPTION = re.compile(r"([A-Za-z][A-Za-z0-9]{0,40})=([^\x00-\x1f\x7f]{0,400})")
 # A remote folder: printable, no glob character (rsync expands those on the remote side), no leading '-'.
 _REMOTE_PATH = re.compile(r"[^\x00-\x1f\x7f*?\[\]\\-][^\x00-\x1f\x7f*?\[\]\\]{0,1000}")
 _LOCAL_PATH = re.compile(r"[^\x00-\x1f\x7f]{1,1000}")
+
+# --- which ssh options may come from a file: an allow-list, each value checked -------------------------
+#
+# A site profile can come beside a recipe and run.json from anywhere, so neither may hand ssh an option that
+# runs or loads local code (PKCS11Provider, SecurityKeyProvider, ProxyCommand, KnownHostsCommand, ...), sends
+# the connection elsewhere (Hostname, ProxyJump), lends the user's keys (ForwardAgent, IdentityAgent) or
+# weakens the host-key check (StrictHostKeyChecking=no, UserKnownHostsFile): only what follows, with values
+# of the expected form. The user's own override may also name known-hosts files (and a key anywhere); run.json
+# gets those back only while that override still says the same. Anything else belongs in ~/.ssh/config.
+
+Check = Callable[[str], "str | None"]
+"""An option value's problem (what it should be), None when it is fine."""
+
+_TIME = re.compile(r"(\d{1,5})([sSmMhH]?)")
+_QOS = re.compile(r"af[1-4][1-3]|cs[0-7]|ef|le|lowdelay|throughput|reliability|none|\d{1,3}", re.I)
+# ~/... or an absolute path; no whitespace, quote, backslash, % or $ (ssh splits, unquotes and expands those)
+_PLAIN_PATH = re.compile(r"(~/|/)[^\s\"'\\%$\x00-\x1f\x7f]{0,1000}")
+
+
+def _seconds(low: int, high: int) -> Check:
+    def check(value: str) -> str | None:
+        found = _TIME.fullmatch(value)
+        scale = {"": 1, "s": 1, "m": 60, "h": 3600}
+        if found is None or not low <= int(found.group(1)) * scale[found.group(2).lower()] <= high:
+            return f"a time of {low}-{high} seconds (e.g. 30 or 2m)"
+        return None
+    return check
+
+
+def _whole(low: int, high: int) -> Check:
+    return lambda value: None if value.isdigit() and low <= int(value) <= high else f"a whole number {low}-{high}"
+
+
+def _one_of(*words: str) -> Check:
+    return lambda value: None if value.lower() in words else " or ".join(words)
+
+
+def _qos(value: str) -> str | None:
+    words = value.split(" ")
+    ok = 1 <= len(words) <= 2 and all(_QOS.fullmatch(word) and (not word.isdigit() or int(word) < 256)
+                                      for word in words)
+    return None if ok else "one or two of af11-af43, cs0-cs7, ef, le, lowdelay, throughput, reliability, none"
+
+
+def _user(value: str) -> str | None:
+    return None if _USER.fullmatch(value) else "a user name"
+
+
+def _home_file(value: str) -> str | None:
+    """A file inside the user's home (symlinks and .. resolved), written ~/... or as an absolute path."""
+    if not _PLAIN_PATH.fullmatch(value):
+        return "~/... or an absolute path inside your home (no space, quote, backslash, % or $)"
+    home = os.path.realpath(os.path.expanduser("~"))
+    full = os.path.realpath(os.path.expanduser(value))
+    if full == home or os.path.commonpath([home, full]) != home:
+        return f"a file inside your home folder {home}"
+    return None
+
+
+def _known_hosts_file(value: str) -> str | None:
+    return None if value == "none" or _PLAIN_PATH.fullmatch(value) else "~/..., an absolute path, or none"
+
+
+def _any_file(value: str) -> str | None:
+    return None if _PLAIN_PATH.fullmatch(value) else "~/... or an absolute path (no space, quote, backslash, % or $)"
+
+
+# lower-case name -> (spelling, value check)
+ALLOWED_OPTIONS: dict[str, tuple[str, Check]] = {name.lower(): (name, check) for name, check in (
+    ("ServerAliveInterval", _seconds(0, 3600)), ("ServerAliveCountMax", _whole(1, 100)),
+    ("ConnectTimeout", _seconds(1, 3600)), ("ConnectionAttempts", _whole(1, 100)),
+    ("Compression", _one_of("yes", "no")), ("TCPKeepAlive", _one_of("yes", "no")),
+    ("IPQoS", _qos), ("AddressFamily", _one_of("any", "inet", "inet6")),
+    ("LogLevel", _one_of("quiet", "fatal", "error", "info", "verbose")),
+    ("Port", _whole(1, 65535)), ("User", _user), ("IdentityFile", _home_file),
+    ("StrictHostKeyChecking", _one_of("yes")))}
+# ... and, from the user's own override file only, these too
+USER_OPTIONS: dict[str, tuple[str, Check]] = {**ALLOWED_OPTIONS, **{name.lower(): (name, check) for name, check in (
+    ("UserKnownHostsFile", _known_hosts_file), ("GlobalKnownHostsFile", _known_hosts_file),
+    ("IdentityFile", _any_file), ("StrictHostKeyChecking", _one_of("yes", "accept-new")))}}
+
+
+def option_problem(option: str, allowed: Mapping[str, tuple[str, Check]]) -> str | None:
+    """Why `option` (Key=Value) may not reach ssh under `allowed`, None when it may."""
+    found = _OPTION.fullmatch(option)
+    if found is None:
+        return f"ssh option {option[:60]!r} is not Key=Value"
+    key, value = found.groups()
+    if key.lower() not in allowed:
+        return f"ssh option {key} is not allowed"
+    check = allowed[key.lower()][1]
+    why = check(value)
+    return None if why is None else f"ssh option {key} has a bad value {value[:60]!r}: it takes {why}"
+
+
+def allowed_names(allowed: Mapping[str, tuple[str, Check]]) -> str:
+    return ", ".join(spelling for spelling, _ in allowed.values())
+
+
+def identity_problem(path: str) -> str | None:
+    """Why a profile's or run.json's identity_file may not reach ssh, None when it may."""
+    why = _home_file(path)
+    return None if why is None else f"ssh identity_file {path[:60]!r} is not allowed here: it must be {why}"
+
+
+@dataclass(frozen=True)
+class Vouched:
+    """What the user's own settings for a site (the override file, $ORCHC_SSH_IDENTITY_FILE) say."""
+
+    options: frozenset[str] = frozenset()
+    identity_files: frozenset[str] = frozenset()
+
+
+def vouched(site: str) -> Vouched:
+    """The user's own ssh settings for `site` (nothing for a name that is not a site's)."""
+    if not _SITE.fullmatch(site):
+        return Vouched()
+    override = config_dir() / f"{site}.yaml"
+    try:
+        info = override.stat()
+        stamp: tuple[int, ...] = (info.st_mtime_ns, info.st_size, info.st_ino) if stat.S_ISREG(info.st_mode) else ()
+    except OSError:
+        stamp = ()
+    key = (str(override), stamp, os.environ.get(ENV_KEYS["identity_file"]) or "")
+    found = _VOUCHED.get(key)
+    if found is None:   # run.json is read back once per run (`orchc runs` reads many): the file is read once
+        block = _ssh_block(override, "site override", allow_other_keys=False, allowed=USER_OPTIONS) if stamp else {}
+        identities = {block.get("identity_file"), key[2] or None}
+        found = Vouched(frozenset(block.get("options", ())), frozenset(path for path in identities if path))
+        if len(_VOUCHED) >= 64:
+            _VOUCHED.clear()
+        _VOUCHED[key] = found
+    return found
+
+
+_VOUCHED: dict[tuple[str, tuple[int, ...], str], Vouched] = {}
+
 
 CALLS: Counter[str] = Counter()
 """ssh and rsync processes started by this process, by kind (master, check, run, push, pull, forward, cancel, exit)"""
@@ -71,13 +206,17 @@ class Target:
     identity_file: str | None = None
     remote_dir: str = DEFAULT_REMOTE_DIR
     options: tuple[str, ...] = ()
+    site: str = field(default="", compare=False)
+    """the site whose user override (~/.config/orchc/sites/<site>.yaml) may vouch for more than the allow-list"""
 
     def shown(self) -> str:
         return f"{self.user + '@' if self.user else ''}{self.host}{':' + str(self.port) if self.port else ''}"
 
 
 def check_target(target: Target) -> Target:
-    """`target` when every field is well-formed (run.json is read back through this), else a ClusterError."""
+    """`target` when every field is well-formed and every option on the allow-list (or vouched for by the user's
+    own settings for target.site), else a ClusterError. run.json is read back through this, and every
+    Connection checks its target again."""
     if not _HOST.fullmatch(target.host):
         raise ClusterError(f"ssh host {target.host[:60]!r} is not a host name or ~/.ssh/config alias")
     if target.port is not None and not (isinstance(target.port, int) and 0 < target.port < 65536):
@@ -89,12 +228,20 @@ def check_target(target: Target) -> Target:
     if not _REMOTE_PATH.fullmatch(target.remote_dir):
         raise ClusterError(f"remote folder {target.remote_dir[:60]!r} must be printable, must not start with '-' "
                            "and holds no * ? [ ] or backslash")
+    mine = vouched(target.site) if target.site else Vouched()
+    own = f"your own {config_dir() / ((target.site if _SITE.fullmatch(target.site) else '') or '<site>')}.yaml"
+    if target.identity_file is not None and target.identity_file not in mine.identity_files:
+        why = identity_problem(target.identity_file)
+        if why is not None:
+            raise ClusterError(f"{why} (a key elsewhere only as {own} or ${ENV_KEYS['identity_file']} names it)")
     for option in target.options:
-        found = _OPTION.fullmatch(option)
-        if found is None:
-            raise ClusterError(f"ssh option {option[:60]!r} is not Key=Value")
-        if found.group(1).lower() in FORBIDDEN_OPTIONS:
-            raise ClusterError(f"ssh option {found.group(1)} is not allowed (orchc sets it, or it runs a local command)")
+        why = option_problem(option, ALLOWED_OPTIONS)
+        if why is not None and option not in mine.options:
+            if option_problem(option, USER_OPTIONS) is None:
+                key, _, value = option.partition("=")
+                raise ClusterError(f"ssh option {key} {value[:60]!r} is not allowed here: only {own} may give it, "
+                                   "and it does not (any more)")
+            raise ClusterError(f"{why} (allowed: {allowed_names(ALLOWED_OPTIONS)}; others belong in ~/.ssh/config)")
     return target
 
 
@@ -110,17 +257,17 @@ def site_target(site_name: str, site_file: str | None) -> Target | None:
     A malformed block is an OrchcError located in its file."""
     merged: dict[str, Any] = {}
     if site_file:
-        merged.update(_ssh_block(Path(site_file), "site profile", allow_other_keys=True))
+        merged.update(_ssh_block(Path(site_file), "site profile", allow_other_keys=True, allowed=ALLOWED_OPTIONS))
     override = config_dir() / f"{site_name}.yaml"
     if override.is_file():
-        merged.update(_ssh_block(override, "site override", allow_other_keys=False))
+        merged.update(_ssh_block(override, "site override", allow_other_keys=False, allowed=USER_OPTIONS))
     merged.update(_from_environment())
     if not merged.get("host"):
         return None
     try:
         return check_target(Target(merged["host"], merged.get("port"), merged.get("user"), merged.get("identity_file"),
                                    _home_relative(merged.get("remote_dir", DEFAULT_REMOTE_DIR)),
-                                   tuple(merged.get("options", ()))))
+                                   tuple(merged.get("options", ())), site_name))
     except ClusterError as error:
         raise ClusterError(f"site {site_name}: {error}") from None
 
@@ -137,8 +284,10 @@ def _ssh_schema() -> dict[str, Any]:
     return schema
 
 
-def _ssh_block(path: Path, what: str, allow_other_keys: bool) -> dict[str, Any]:
-    """The `ssh:` mapping of a YAML file, checked against the site schema's `ssh` (errors located in the file)."""
+def _ssh_block(path: Path, what: str, allow_other_keys: bool, allowed: Mapping[str, tuple[str, Check]]) \
+        -> dict[str, Any]:
+    """The `ssh:` mapping of a YAML file, checked against the site schema's `ssh` and its options against
+    `allowed` (errors located in the file)."""
     from .load import load_file
     from .validate import build_validator, check
 
@@ -154,9 +303,20 @@ def _ssh_block(path: Path, what: str, allow_other_keys: bool) -> dict[str, Any]:
     if node is not None and isinstance(node.value, dict):
         options = node.get("options")
         for item in options.value if options is not None and isinstance(options.value, list) else ():
-            key = str(item.value).partition("=")[0]
-            if key.lower() in FORBIDDEN_OPTIONS:
-                problems.add(item.loc, f"ssh option {key} is not allowed: orchc sets it, or it runs a local command")
+            # (an item that is not Key=Value at all is the schema's to report)
+            why = option_problem(item.value, allowed) if isinstance(item.value, str) and _OPTION.fullmatch(item.value) \
+                else None
+            if why is not None and why.endswith("is not allowed"):
+                why += f" in a {what}: only {allowed_names(allowed)} may come from one" + (
+                    " (known-hosts files: in your own ~/.config/orchc/sites/<site>.yaml; anything else: in "
+                    "~/.ssh/config for the host)" if allowed is ALLOWED_OPTIONS else " (anything else: in ~/.ssh/config)")
+            if why is not None:
+                problems.add(item.loc, why)
+        identity = node.get("identity_file")
+        if allowed is ALLOWED_OPTIONS and identity is not None and isinstance(identity.value, str):
+            why = identity_problem(identity.value)
+            if why is not None:
+                problems.add(identity.loc, f"{why} (a key elsewhere: in your own ~/.config/orchc/sites/<site>.yaml)")
     problems.raise_if_any()
     data = doc.plain().get("ssh") if isinstance(doc.plain(), dict) else None
     return dict(data) if isinstance(data, dict) else {}
@@ -311,7 +471,7 @@ class Connection:
         if self.target.identity_file is not None:
             words += ["-i", os.path.expanduser(self.target.identity_file), "-o", "IdentitiesOnly=yes"]
         for option in self.target.options:
-            words += ["-o", option]
+            words += ["-o", _as_checked(option)]
         return words
 
     def _ssh(self, *extra: str) -> list[str]:
@@ -420,11 +580,15 @@ class Connection:
                     [f"--exclude=/{name}" for name in exclude], TRANSFER_TIMEOUT)
 
     def pull(self, remote: str, local: Path, exclude: Sequence[str] = (), mirrored: Sequence[str] = ()) -> None:
-        """Copy what changed in the remote folder into the local one; nothing local is deleted except under
-        the `mirrored` folders, which end up as they are remotely (a withdrawn endpoint disappears)."""
+        """Copy what changed in the remote folder into the local one (regular files and folders only: no symlink,
+        device or FIFO); nothing local is deleted except under the `mirrored` folders, which end up as they are
+        remotely (a withdrawn endpoint disappears)."""
         filters = [f"--exclude=/{name}" for name in exclude]
         filters += [f"--filter=R /{name}/***" for name in mirrored] + ["--filter=P *"]
-        self._rsync("pull", self._remote(f"{remote}/"), f"{local}/", ["--delete", *filters], TRANSFER_TIMEOUT)
+        # only files and folders come over: a symlink made on the cluster side would have orchc read (and print)
+        # a file of this machine outside the run folder; a device or FIFO is no run's output either
+        self._rsync("pull", self._remote(f"{remote}/"), f"{local}/", ["--delete", *NOT_PULLED_KINDS, *filters],
+                    TRANSFER_TIMEOUT)
 
     def forward(self, local_port: int, host: str, port: int) -> str:
         """Listen on 127.0.0.1:local_port here, forwarded through the master to host:port; returns the spec."""
@@ -450,6 +614,13 @@ class Connection:
             _debug("exit", words)
             _run(words, 10, "ssh -O exit")
         self.master_pid = None
+
+
+def _as_checked(option: str) -> str:
+    """IdentityFile=~/x with ~ expanded as the check expanded it ($HOME; ssh itself would use the passwd entry's
+    home, which may differ), so that ssh reads the file that was checked."""
+    key, _, value = option.partition("=")
+    return f"{key}={os.path.expanduser(value)}" if key.lower() == "identityfile" and value.startswith("~/") else option
 
 
 def _alive(pid: int) -> bool:

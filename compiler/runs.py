@@ -159,8 +159,9 @@ def pull_run(run_dir: Path, run: Run) -> None:
 
 
 def read_regular(path: Path, limit: int) -> str:
-    """A regular file's text (UTF-8, at most `limit` bytes); a FIFO, device or folder is an OSError, never a hang."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    """A regular file's text (UTF-8, at most `limit` bytes); a FIFO, device or folder is an OSError, never a hang,
+    and so is a symlink (one planted in a run folder would print a file from outside it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
@@ -205,11 +206,13 @@ def parse_run(text: str, source: str) -> Run:
         raise damaged("command is not a list of words")
     return Run(str(data.get("recipe", "")), _text(data.get("site")), _text(data.get("created")),
                _text(data.get("run_dir")), state, error, jobs, scheduler, _text(data.get("orchc_version")),
-               tuple(command), _text(data.get("rerun_of")), _remote_place(data.get("remote"), damaged))
+               tuple(command), _text(data.get("rerun_of")),
+               _remote_place(data.get("remote"), _text(data.get("site")), damaged))
 
 
-def _remote_place(value: Any, damaged: Callable[[str], ClusterError]) -> Target | None:
-    """run.json's `remote` (a run submitted over SSH), checked as strictly as a site's ssh: block."""
+def _remote_place(value: Any, site: str, damaged: Callable[[str], ClusterError]) -> Target | None:
+    """run.json's `remote` (a run submitted over SSH), checked as strictly as a site's ssh: block: options
+    on the allow-list, or vouched for by the user's own settings for `site`."""
     from .remote import Target, check_target
 
     if value is None:
@@ -230,7 +233,7 @@ def _remote_place(value: Any, damaged: Callable[[str], ClusterError]) -> Target 
     if not isinstance(options, list) or not all(isinstance(option, str) for option in options):
         raise damaged("remote options are not a list of Key=Value")
     try:
-        return check_target(Target(host, port, user, identity, folder, tuple(options)))
+        return check_target(Target(host, port, user, identity, folder, tuple(options), site))
     except ClusterError as error:
         raise damaged(f"remote: {error}") from None
 

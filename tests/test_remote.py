@@ -392,11 +392,14 @@ def test_a_server_that_never_speaks_is_a_timeout(server, laptop, tmp_path):
 HOSTILE = "it's \"q\" $(touch /tmp/orchc-PWNED-{n}) `touch /tmp/orchc-PWNED-{n}`; touch /tmp/orchc-PWNED-{n} & x"
 
 
-def test_hostile_folders_names_and_words_stay_data(server, sockets, tmp_path):
+def test_hostile_folders_names_and_words_stay_data(server, sockets, tmp_path, monkeypatch):
     for n in range(3):
         Path(f"/tmp/orchc-PWNED-{n}").unlink(missing_ok=True)
+    # the key and the known-hosts files are outside the home: the user's override for site local vouches for them
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    override(tmp_path / "config", server, "unused")
     target = Target("127.0.0.1", server.port, sshd_helper.USER, str(server.client_key),
-                    "hostile " + HOSTILE.format(n=0), tuple(server.options()))
+                    "hostile " + HOSTILE.format(n=0), tuple(server.options()), "local")
     conn = Connection(target, 30)
     # a run name is one folder: no slash, so its commands would touch files in the remote home
     name = "run it's \"q\" $(touch orchc-PWNED-1) `touch orchc-PWNED-1`; touch orchc-PWNED-1 & x"
