@@ -266,7 +266,7 @@ def _ended_counts(listed: Sequence[RunListing]) -> dict[Path, int]:
     for the jobs of every run listed."""
     from dataclasses import replace
 
-    from .runs import scheduler_for
+    from .runs import owned, scheduler_for
 
     by_scheduler: dict[tuple[str, Any], list[tuple[Path, Run]]] = {}
     for entry in listed:
@@ -277,5 +277,5 @@ def _ended_counts(listed: Sequence[RunListing]) -> dict[Path, int]:
     for runs in by_scheduler.values():
         found = scheduler_for(runs[0][1]).poll(*dict.fromkeys(job.slurm_id for _, run in runs for job in run.jobs))
         for folder, run in runs:
-            counts[folder] = sum(found[job.slurm_id].ended for job in run.jobs)
+            counts[folder] = sum(owned(run, job, found[job.slurm_id]).ended for job in run.jobs)
     return counts

@@ -97,7 +97,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from .runs import pull_run, scheduler_for
 
     refresh = (lambda: pull_run(run_dir, run)) if run.remote is not None else None
-    follow(tails, jobs, scheduler_for(run), sys.stdout, args.check_every, args.unknown_limit, refresh)
+    follow(tails, jobs, scheduler_for(run), sys.stdout, args.check_every, args.unknown_limit, refresh, run)
     return 0
 
 
@@ -113,10 +113,12 @@ def _print_all(tail: Tail, out: TextIO) -> bool:
 
 
 def follow(tails: Sequence[Tail], jobs: Sequence[RunJob], scheduler: Scheduler, out: TextIO, check_every: float,
-           unknown_limit: float, refresh: Callable[[], None] | None = None) -> None:
+           unknown_limit: float, refresh: Callable[[], None] | None = None, run: Run | None = None) -> None:
     """Print what the files gain until every job named has ended (then read them to their end once more).
-    `refresh` (a run made over SSH: copy what changed remotely) runs before reading, at most once a second."""
+    `refresh` (a run made over SSH: copy what changed remotely) runs before reading, at most once a second.
+    With `run`, a job id that names a job that is not the run's counts as ended (runs.owned)."""
     from .follow import UnknownWatch
+    from .runs import owned
 
     unknown = UnknownWatch(jobs, unknown_limit)
     shown: Tail | None = None
@@ -141,7 +143,7 @@ def follow(tails: Sequence[Tail], jobs: Sequence[RunJob], scheduler: Scheduler, 
             return
         if not ending and time.monotonic() >= check_at:
             found = scheduler.poll(*(job.slurm_id for job in jobs))
-            current = {job.name: found[job.slurm_id] for job in jobs}
+            current = {job.name: owned(run, job, found[job.slurm_id]) if run else found[job.slurm_id] for job in jobs}
             unknown.check(current)
             ending = all(state.ended for state in current.values())
             check_at = time.monotonic() + check_every

@@ -42,6 +42,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _RUN_LIMIT = 4 << 20
 _RESULTS_LIMIT = 64 << 20
 _MARKER_LIMIT = 4096
+_ORCHC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}_[0-9a-f]{8}")
 
 
 @dataclass(frozen=True)
@@ -462,18 +463,50 @@ class _SignalGuard:
 
 # --- following a run ------------------------------------------------------------------------------
 
+def owned(run: Run, job: RunJob, state: JobState) -> JobState:
+    """`state` when the scheduler's job (this user's: the backend answers for no other) has a name orchc gives
+    `job`: <job>_<8 hex digits>, or <recipe>_<8 hex digits> for a run inside one allocation; else FOREIGN,
+    saying why. run.json is data: its ids are never trusted to name the run's jobs."""
+    named_by_orchc = _ORCHC_NAME.fullmatch(state.name) is not None
+    if state.state == "UNKNOWN" or (named_by_orchc and state.name.rpartition("_")[0] in (job.name, run.recipe)):
+        return state
+    return JobState("FOREIGN", reason=f"named {state.name[:64]!r}, not {job.name}_<8 hex digits>")
+
+
 def states(run: Run, scheduler: Scheduler) -> dict[str, JobState]:
-    """Every job's state from one poll of the scheduler."""
+    """Every job's state from one poll of the scheduler (FOREIGN for a job that is not the run's)."""
     found = scheduler.poll(*(job.slurm_id for job in run.jobs)) if run.jobs else {}
-    return {job.name: found.get(job.slurm_id, UNKNOWN) for job in run.jobs}
+    return {job.name: owned(run, job, found.get(job.slurm_id, UNKNOWN)) for job in run.jobs}
 
 
-def cancel(run: Run, names: list[str], scheduler: Scheduler) -> list[str]:
-    ids = [run.job(name).slurm_id for name in names] if names else [job.slurm_id for job in run.jobs]
-    ids = list(dict.fromkeys(ids))             # one id for every job run inside one allocation
+@dataclass(frozen=True)
+class Cancelled:
+    ids: list[str]
+    """the SLURM jobs cancelled (one id for every job run inside one allocation)"""
+    refused: list[str]
+    """why each id that names a job that is not the run's was left alone"""
+    unknown: list[str]
+    """ids SLURM knows no job of this user's by (ended long ago, or another user's): left alone"""
+
+
+def cancel(run: Run, names: list[str], scheduler: Scheduler) -> Cancelled:
+    """Cancel the run's jobs (those named, or all) that are still queued or running, after one poll that checks
+    each id names a job of this user's that is the run's (`owned`); any other id is left alone and said so."""
+    chosen = [run.job(name) for name in names] if names else list(run.jobs)
+    by_id = {job.slurm_id: job for job in reversed(chosen)}   # the first job of each id names it
+    found = scheduler.poll(*by_id) if by_id else {}
+    ids, refused, unknown = [], [], []
+    for job_id, job in reversed(by_id.items()):
+        state = owned(run, job, found.get(job_id, UNKNOWN))
+        if state.state == "FOREIGN":
+            refused.append(f"SLURM job {job_id} (job {job.name}) is not this run's: it is {state.reason}; left alone")
+        elif state.state == "UNKNOWN":
+            unknown.append(f"SLURM job {job_id} (job {job.name})")
+        elif not state.ended:
+            ids.append(job_id)
     if ids:
         scheduler.cancel(*ids)
-    return ids
+    return Cancelled(ids, refused, unknown)
 
 
 def results(run_dir: Path, run: Run) -> dict[str, Any]:

@@ -1,0 +1,113 @@
+"""A run folder is data, not authority (issue 17, item 5): `cancel` and `status` act only on SLURM jobs whose
+name and user are the run's; nothing in a run folder is read through a symbolic link; `rerun` submits only scripts
+whose HMAC (a key of this user's, under ~/.config/orchc) still verifies.
+
+On the real test cluster (tests/cluster/start.sh) and with the in-process fake scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from test_cluster import cluster, wait_for
+from test_cluster import orchc as real_orchc
+from test_scheduler import fake
+
+from compiler import runs
+from compiler.pipeline import Options, compile_all
+from compiler.scheduler import FakeScheduler
+
+__all__ = ["cluster", "fake"]   # fixtures, imported for the tests below
+
+RECIPE = "site: local\nservice:\n  name: cache\n  type: redis\nclient:\n  name: bench\n  type: redis_client\n  target: cache\n"
+
+
+def write_run(folder: Path, jobs: list[tuple[str, str, str]], recipe: str = "r") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.json").write_text(json.dumps({
+        "recipe": recipe, "site": "local", "created": "2026-12-06T05:00:00Z", "run_dir": str(folder),
+        "state": "submitted", "error": None,
+        "jobs": [{"name": name, "type": "t", "role": role, "target": None, "script": f"{name}.sbatch",
+                  "slurm_id": job_id, "submitted": "2026-12-06T05:00:00Z"} for name, job_id, role in jobs]}))
+    return folder
+
+
+def submitted(tmp_path: Path, fake: FakeScheduler, name: str = "run") -> Path:
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    (compiled,) = compile_all([tmp_path / "r.yaml"], Options())
+    runs.submit(compiled, tmp_path / name, fake)
+    return tmp_path / name
+
+
+# --- cancel and status act only on the run's jobs ---------------------------------------------------
+
+def sbatch(tmp_path: Path, *options: str) -> str:
+    done = subprocess.run(["sbatch", "--parsable", *options, "--wrap", "sleep 60"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().split(";")[0]
+
+
+def slurm_state(job_id: str) -> str:
+    return subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-O", "State"], capture_output=True, text=True,
+                          timeout=30).stdout.strip()
+
+
+def test_cancel_leaves_an_unrelated_job_planted_in_run_json(cluster, tmp_path):
+    other = sbatch(tmp_path)                                         # named "wrap": not a job orchc names
+    try:
+        wait_for(lambda: slurm_state(other) in ("RUNNING", "PENDING"), 30, "the unrelated job to be queued")
+        run = write_run(tmp_path / "run", [("bench", other, "client")])
+        done = real_orchc("cancel", run, cwd=tmp_path, check=False)
+        assert done.returncode == 1, done.stdout
+        assert f"SLURM job {other} (job bench) is not this run's" in done.stderr and "'wrap'" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert slurm_state(other) in ("RUNNING", "PENDING")
+        status = json.loads(real_orchc("status", run, "--json", cwd=tmp_path).stdout)["jobs"]
+        assert status[0]["state"] == "FOREIGN" and "'wrap'" in status[0]["reason"]
+        assert slurm_state(other) in ("RUNNING", "PENDING")
+    finally:
+        subprocess.run(["scancel", other], timeout=30)
+
+
+def test_cancel_leaves_another_users_job_even_with_the_runs_name(cluster, tmp_path):
+    tmp_path.chmod(0o755)
+    other = sbatch(tmp_path, "--uid=nobody", "--chdir=/tmp", "--output=/dev/null", "--job-name=bench_0123abcd")
+    try:
+        wait_for(lambda: slurm_state(other) in ("RUNNING", "PENDING"), 30, "the other user's job to be queued")
+        run = write_run(tmp_path / "run", [("bench", other, "client")])
+        done = real_orchc("cancel", run, cwd=tmp_path, check=False)
+        assert done.returncode == 0 and f"SLURM job {other} (job bench): SLURM knows no job of yours" in done.stderr
+        assert slurm_state(other) in ("RUNNING", "PENDING")
+        status = json.loads(real_orchc("status", run, "--json", cwd=tmp_path).stdout)["jobs"]
+        assert status[0]["state"] == "UNKNOWN"                      # not one of yours: nothing is said of it
+    finally:
+        subprocess.run(["scancel", other], timeout=30)
+
+
+def test_cancel_still_cancels_the_runs_own_job_beside_a_planted_one(cluster, tmp_path):
+    mine = sbatch(tmp_path, "--job-name=cache_89abcdef")
+    other = sbatch(tmp_path)
+    try:
+        run = write_run(tmp_path / "run", [("cache", mine, "service"), ("bench", other, "client")])
+        done = real_orchc("cancel", run, cwd=tmp_path, check=False)
+        assert done.returncode == 1 and f"cancelled SLURM job(s) {mine} " in done.stdout, done.stdout
+        wait_for(lambda: slurm_state(mine) == "CANCELLED", 30, "the run's own job to be cancelled")
+        assert slurm_state(other) in ("RUNNING", "PENDING")
+    finally:
+        subprocess.run(["scancel", mine, other], timeout=30)
+
+
+def test_fake_cancel_and_status_refuse_a_job_named_otherwise(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake)
+    planted = fake.plant("sleepy")
+    data = json.loads((run / "run.json").read_text())
+    data["jobs"][1]["slurm_id"] = planted
+    (run / "run.json").write_text(json.dumps(data))
+    result = orchc("cancel", run)
+    assert result.code == 1 and f"SLURM job {planted} (job bench) is not this run's" in result.err
+    assert fake.jobs[planted].state == "PENDING" and fake.jobs["1000"].state == "CANCELLED"
+    found = {row["job"]: row["state"] for row in json.loads(orchc("status", run, "--json").out)["jobs"]}
+    assert found == {"cache": "CANCELLED", "bench": "FOREIGN"}
