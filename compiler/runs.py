@@ -13,6 +13,7 @@ folder (run.json, results, markers) is checked first: it may be damaged or hosti
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -131,7 +132,9 @@ def load_run(ref: str | None, root: Path = DEFAULT_ROOT, pull: bool = True) -> t
         run_dir = Path(ref) if Path(ref).is_dir() else root / ref
     path = run_dir / RUN_FILE
     try:
-        text = read_regular(path, _RUN_LIMIT)
+        text = read_in_run(run_dir, RUN_FILE, _RUN_LIMIT)
+    except LinkInRunFolder as exc:
+        raise ClusterError(str(exc)) from None
     except OSError as exc:
         raise ClusterError(f"{run_dir}: not an orchc run ({path}: {exc.strerror or exc})") from None
     run = parse_run(text, str(path))
@@ -159,9 +162,68 @@ def pull_run(run_dir: Path, run: Run) -> None:
     connection(run.remote).pull(run.remote.remote_dir, run_dir, exclude=_NOT_PULLED, mirrored=_MIRRORED)
 
 
+class LinkInRunFolder(OSError):
+    """A symbolic link met inside a run folder: orchc follows none (a run folder is data, possibly hostile)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(errno.ELOOP, f"{path} is a symbolic link: orchc follows no link inside a run folder",
+                         str(path))
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def open_in_run(run_dir: Path, relative: str) -> int:
+    """A descriptor for reading `relative` (a/b/c) inside `run_dir`, opened one component at a time below the
+    run folder with O_NOFOLLOW: a symbolic link (to a file or a folder) is a LinkInRunFolder error, a missing
+    file a FileNotFoundError. The run folder itself is reached as the user named it (their link is theirs)."""
+    parts = relative.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise OSError(errno.EINVAL, f"{relative!r} is not a path inside a run folder", relative)
+    folder = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_NONBLOCK if last else os.O_DIRECTORY)
+            try:
+                opened = os.open(part, flags, dir_fd=folder)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(folder, part):
+                    raise LinkInRunFolder(run_dir.joinpath(*parts[:index + 1])) from None
+                raise
+            os.close(folder)
+            folder = opened
+        return os.dup(folder)
+    finally:
+        os.close(folder)
+
+
+def _is_link(folder: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def read_in_run(run_dir: Path, relative: str, limit: int) -> str:
+    """The text of `relative` inside `run_dir` (see open_in_run, read_regular): every reader of a run folder's
+    files goes through here."""
+    return _read_text(open_in_run(run_dir, relative), run_dir / relative, limit)
+
+
 def read_regular(path: Path, limit: int) -> str:
-    """A regular file's text (UTF-8, at most `limit` bytes); a FIFO, device or folder is an OSError, never a hang."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    """A regular file's text (UTF-8, at most `limit` bytes); a FIFO, device or folder is an OSError, never a hang;
+    the file itself being a symbolic link is a LinkInRunFolder error (inside a run folder, use read_in_run)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise LinkInRunFolder(path) from None
+        raise
+    return _read_text(fd, path, limit)
+
+
+def _read_text(fd: int, path: Path, limit: int) -> str:
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
@@ -258,7 +320,7 @@ def _run_job(job: Any, index: int, damaged: Callable[[str], ClusterError]) -> Ru
 
 def _created(path: Path) -> str:
     try:
-        data = json.loads(read_regular(path, _RUN_LIMIT))
+        data = json.loads(read_in_run(path.parent, RUN_FILE, _RUN_LIMIT))
         return str(data.get("created", "")) if isinstance(data, dict) else ""
     except (OSError, ValueError, RecursionError):
         return ""
@@ -310,19 +372,23 @@ def rerun(source: Path, run_dir: Path, scheduler: Scheduler, command: tuple[str,
     from .emit import digest
     from .plan import MANIFEST
 
-    old = parse_run(read_regular(source / RUN_FILE, _RUN_LIMIT), str(source / RUN_FILE))
+    old = parse_run(read_in_run(source, RUN_FILE, _RUN_LIMIT), str(source / RUN_FILE))
     try:
-        manifest = json.loads(read_regular(source / MANIFEST, _RUN_LIMIT * 64))
+        manifest = json.loads(read_in_run(source, MANIFEST, _RUN_LIMIT * 64))
         names = [name for name in manifest["files"] if isinstance(name, str) and _NAME.fullmatch(name)]
-        files = {name: read_regular(source / name, _RUN_LIMIT * 64) for name in names if name != MANIFEST}
+        files = {name: read_in_run(source, name, _RUN_LIMIT * 64) for name in names if name != MANIFEST}
+    except LinkInRunFolder as exc:
+        raise ClusterError(str(exc)) from None
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ClusterError(f"cannot read the compiled jobs of {source}: {exc}") from None
     if digest(files) != manifest.get("digest"):
         raise ClusterError(f"{source}: the scripts differ from what its manifest.json vouches for (edited after "
                            "compiling?); compile and submit the recipe again instead")
-    files[MANIFEST] = read_regular(source / MANIFEST, _RUN_LIMIT * 64)
-    if (source / RESOLVED_FILE).is_file():
-        files[RESOLVED_FILE] = read_regular(source / RESOLVED_FILE, _RUN_LIMIT * 64)
+    files[MANIFEST] = read_in_run(source, MANIFEST, _RUN_LIMIT * 64)
+    try:
+        files[RESOLVED_FILE] = read_in_run(source, RESOLVED_FILE, _RUN_LIMIT * 64)
+    except FileNotFoundError:
+        pass
     template = Run("", "", "", "", "", None, (), command=command, rerun_of=str(source.resolve()))
     return submit_files(files, old.site, run_dir, scheduler, template, remote)
 
@@ -514,7 +580,7 @@ def results(run_dir: Path, run: Run) -> dict[str, Any]:
     collected: dict[str, Any] = {}
     for job in run.jobs:
         if job.role == "client":
-            collected[job.name] = _client_results(run_dir / "results" / job.name)
+            collected[job.name] = _client_results(run_dir, f"results/{job.name}")
     return collected
 
 
@@ -523,7 +589,7 @@ def images(run_dir: Path, run: Run) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for job in run.jobs:
         try:
-            found[job.name] = json.loads(read_regular(run_dir / "images" / f"{job.name}.json", _MARKER_LIMIT * 16))
+            found[job.name] = json.loads(read_in_run(run_dir, f"images/{job.name}.json", _MARKER_LIMIT * 16))
         except FileNotFoundError:
             continue
         except (OSError, ValueError, RecursionError) as exc:
@@ -531,9 +597,9 @@ def images(run_dir: Path, run: Run) -> dict[str, Any]:
     return found
 
 
-def _client_results(folder: Path) -> Any:
+def _client_results(run_dir: Path, folder: str) -> Any:
     try:
-        data: Any = json.loads(read_regular(folder / "results.json", _RESULTS_LIMIT))
+        data: Any = json.loads(read_in_run(run_dir, f"{folder}/results.json", _RESULTS_LIMIT))
     except FileNotFoundError:
         data = None
     except OSError as exc:
@@ -542,21 +608,21 @@ def _client_results(folder: Path) -> Any:
         data = {"error": "unreadable results.json: nested too deeply"}
     except ValueError as exc:
         data = {"error": f"unreadable results.json (still being written?): {exc}"}
-    stopped = _marker(folder / "stopped")
+    stopped = _marker(run_dir, f"{folder}/stopped")
     if stopped is not None:
         data = {**(data if isinstance(data, dict) else {"results": data} if data is not None else {}),
                 "stopped_by": stopped}
     return data
 
 
-def _marker(path: Path) -> str | None:
+def _marker(run_dir: Path, relative: str) -> str | None:
     """A marker file's one word (None when there is none); anything else is shown, not trusted."""
     try:
-        text = read_regular(path, _MARKER_LIMIT).strip()
+        text = read_in_run(run_dir, relative, _MARKER_LIMIT).strip()
     except FileNotFoundError:
         return None
     except OSError:
-        return "(unreadable marker)" if os.path.lexists(path) else None
+        return "(unreadable marker)" if os.path.lexists(run_dir / relative) else None
     return text if re.fullmatch(r"[A-Za-z0-9_.:-]{1,40}", text) else "(unreadable marker)"
 
 
@@ -586,7 +652,7 @@ def list_runs(root: Path = DEFAULT_ROOT) -> list[RunListing]:
     for path in sorted(root.glob(f"*/{RUN_FILE}")):
         folder = path.parent
         try:
-            run: Run | None = parse_run(read_regular(path, _RUN_LIMIT), str(path))
+            run: Run | None = parse_run(read_in_run(folder, RUN_FILE, _RUN_LIMIT), str(path))
             error = None
         except OSError as exc:
             run, error = None, f"unreadable {RUN_FILE}: {exc.strerror or exc}"
@@ -598,7 +664,7 @@ def list_runs(root: Path = DEFAULT_ROOT) -> list[RunListing]:
 
 def _sweep_points(folder: Path) -> int | None:
     try:
-        manifest = json.loads(read_regular(folder / "manifest.json", _RUN_LIMIT * 4))
+        manifest = json.loads(read_in_run(folder, "manifest.json", _RUN_LIMIT * 4))
     except (OSError, ValueError, RecursionError):
         return None
     sweep = manifest.get("sweep") if isinstance(manifest, dict) else None

@@ -111,3 +111,86 @@ def test_fake_cancel_and_status_refuse_a_job_named_otherwise(fake, tmp_path, orc
     assert fake.jobs[planted].state == "PENDING" and fake.jobs["1000"].state == "CANCELLED"
     found = {row["job"]: row["state"] for row in json.loads(orchc("status", run, "--json").out)["jobs"]}
     assert found == {"cache": "CANCELLED", "bench": "FOREIGN"}
+
+
+# --- no symbolic link in a run folder is followed ----------------------------------------------------
+
+SECRET = "laptop-only secret 7c1e\n"
+
+
+def planted(tmp_path: Path, fake: FakeScheduler) -> tuple[Path, Path]:
+    """A run and a file outside it that a link in the run could point at."""
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text(SECRET)
+    return submitted(tmp_path, fake), secret
+
+
+def test_logs_refuse_a_log_that_is_a_symlink(fake, tmp_path, orchc):
+    run, secret = planted(tmp_path, fake)
+    (run / "slurm-1001.out").symlink_to(secret)
+    result = orchc("logs", run, "bench")
+    assert SECRET.strip() not in result.out + result.err
+    assert result.code == 1 and "slurm-1001.out is a symbolic link" in result.err and "Traceback" not in result.err
+    fake.advance("1001", "COMPLETED")
+    result = orchc("logs", run, "bench", "-f", "--check-every", "0.05")
+    assert SECRET.strip() not in result.out + result.err
+    assert result.code == 1 and "slurm-1001.out is a symbolic link" in result.err
+
+
+def test_results_and_report_refuse_a_symlinked_folder_or_file(fake, tmp_path, orchc):
+    run, secret = planted(tmp_path, fake)
+    (run / "results").symlink_to(secret.parent, target_is_directory=True)     # a link one folder up
+    secret.parent.joinpath("bench").mkdir()
+    secret.parent.joinpath("bench", "results.json").write_text(json.dumps({"leaked": SECRET.strip()}))
+    for command in (("results", run), ("results", run, "--json"), ("results", run, "--csv")):
+        result = orchc(*command)
+        assert SECRET.strip() not in result.out + result.err
+        assert "results is a symbolic link" in result.out + result.err
+    (run / "results").unlink()
+    (run / "results" / "bench").mkdir(parents=True)
+    (run / "results" / "bench" / "results.json").symlink_to(secret.parent / "bench" / "results.json")
+    result = orchc("results", run, "--json")
+    assert SECRET.strip() not in result.out and "results.json is a symbolic link" in result.out
+
+
+def test_run_json_and_manifest_that_are_symlinks_are_refused(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake)
+    other = submitted(tmp_path, fake, "other")
+    (run / "manifest.json").unlink()
+    (run / "manifest.json").symlink_to(other / "manifest.json")
+    result = orchc("results", run, "--csv")
+    assert result.code == 1 and "manifest.json is a symbolic link" in result.err, result.err
+    (run / "run.json").rename(tmp_path / "moved.json")
+    (run / "run.json").symlink_to(tmp_path / "moved.json")
+    result = orchc("status", run)
+    assert result.code == 1 and "run.json is a symbolic link" in result.err and "Traceback" not in result.err
+
+
+def test_an_endpoint_that_is_a_symlink_is_not_ready(fake, tmp_path, orchc):
+    run, secret = planted(tmp_path, fake)
+    fake.advance("1000", "RUNNING")
+    (run / "endpoints").mkdir()
+    secret.write_text("1000 node1 6379\n")
+    (run / "endpoints" / "cache").symlink_to(secret)
+    found = {row["job"]: row for row in json.loads(orchc("status", run, "--json").out)["jobs"]}
+    assert found["cache"]["service"] == "starting"
+
+
+def test_the_run_folder_itself_may_be_reached_through_a_link(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake)
+    (tmp_path / "latest").symlink_to(run, target_is_directory=True)     # the user's own link to a run: followed
+    (run / "slurm-1001.out").write_text("hello\n")
+    result = orchc("logs", tmp_path / "latest", "bench")
+    assert result.code == 0 and "hello" in result.out
+
+
+def test_report_notes_a_gpu_trace_that_is_a_symlink_and_reads_none_of_it(fake, tmp_path):
+    from compiler.htmlreport import gpu_traces
+
+    run, secret = planted(tmp_path, fake)
+    secret.write_text("timestamp,gpu,utilization_gpu_percent\n2026-12-06T05:00:00Z,0,99\n")
+    (run / "results" / "bench").mkdir(parents=True)
+    (run / "results" / "bench" / "gpu.csv").symlink_to(secret)
+    traces, notes = gpu_traces(run, runs.load_run(str(run))[1])
+    assert not traces and any("gpu.csv is a symbolic link" in note for note in notes), notes
