@@ -144,7 +144,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     # a run made over SSH is made again beside it, on the same login node
     target = None if old.remote is None else replace(old.remote, remote_dir=posixpath.dirname(old.remote.remote_dir))
     scheduler, connection = _where(target)
-    return _submitted(lambda: rerun(source, run_dir, scheduler, _command_line(), connection), run_dir)
+    return _submitted(lambda: rerun(source, run_dir, scheduler, _command_line(), connection, print), run_dir)
 
 
 def _where(target: Any) -> tuple[Any, Any]:

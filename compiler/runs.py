@@ -14,9 +14,12 @@ folder (run.json, results, markers) is checked first: it may be damaged or hosti
 from __future__ import annotations
 
 import errno
+import hashlib
+import hmac
 import json
 import os
 import re
+import secrets
 import signal
 import stat
 import sys
@@ -74,6 +77,8 @@ class Run:
     """the run folder whose compiled jobs this run submitted again (orchc rerun)"""
     remote: Target | None = None
     """a run submitted over SSH: how to reach the login node, and (as remote_dir) the run folder there"""
+    scripts_hmac: str = ""
+    """HMAC-SHA256, with this user's run key, of every file submit wrote (what rerun submits again)"""
 
     def job(self, name: str) -> RunJob:
         for job in self.jobs:
@@ -268,7 +273,8 @@ def parse_run(text: str, source: str) -> Run:
         raise damaged("command is not a list of words")
     return Run(str(data.get("recipe", "")), _text(data.get("site")), _text(data.get("created")),
                _text(data.get("run_dir")), state, error, jobs, scheduler, _text(data.get("orchc_version")),
-               tuple(command), _text(data.get("rerun_of")), _remote_place(data.get("remote"), damaged))
+               tuple(command), _text(data.get("rerun_of")), _remote_place(data.get("remote"), damaged),
+               _text(data.get("scripts_hmac")))
 
 
 def _remote_place(value: Any, damaged: Callable[[str], ClusterError]) -> Target | None:
@@ -346,6 +352,79 @@ def default_scheduler() -> Scheduler:
     return load_scheduler(os.environ.get(SCHEDULER_VARIABLE) or "slurm")
 
 
+# --- the run key: what lets rerun tell the scripts this user submitted from anyone else's ------------
+
+RUN_KEY = "run-key"
+_HMAC_PREFIX = "hmac-sha256:"
+
+
+def run_key_path() -> Path:
+    """$XDG_CONFIG_HOME/orchc/run-key (default ~/.config/orchc/run-key)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "orchc" / RUN_KEY
+
+
+def run_key(create: bool) -> bytes:
+    """This user's run key: 32 random bytes (as 64 hex digits) in a file of mode 0600 made on first use (`create`:
+    at submit); a missing key when not creating, or a key file another user could read or write, is an error."""
+    path = run_key_path()
+    if create and not os.path.lexists(path):
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            pass                                   # another orchc made it first: read theirs
+        else:
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(secrets.token_hex(32) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ClusterError(f"no key at {path}: runs are vouched for by a key orchc makes there at submit") from None
+    except OSError as exc:
+        raise ClusterError(f"cannot read the run key {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        text = handle.read(200).strip()
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise ClusterError(f"the run key {path} must be a file of yours that only you can read (chmod 600)")
+    if not re.fullmatch(rb"[0-9a-f]{64}", text):
+        raise ClusterError(f"the run key {path} is damaged (not 64 hex digits); delete it to make a new one")
+    return bytes.fromhex(text.decode("ascii"))
+
+
+def scripts_hmac(key: bytes, files: dict[str, str]) -> str:
+    """HMAC-SHA256 of every file (name, length and bytes, in the order of their names)."""
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for name in sorted(files):
+        data = files[name].encode("utf-8")
+        mac.update(f"{name}\0{len(data)}\0".encode())
+        mac.update(data)
+    return _HMAC_PREFIX + mac.hexdigest()
+
+
+def vouched(source: Path, old: Run, files: dict[str, str]) -> str:
+    """What rerun checked, once `files` (read from `source`) verify against the HMAC run.json recorded at
+    submit; a ClusterError saying what was checked when they do not."""
+    listed = ", ".join(sorted(files))
+    what = f"the HMAC-SHA256 of {len(files)} files of {source} ({listed}) with your run key {run_key_path()}"
+    again = "compile and submit the recipe again instead"
+    if not old.scripts_hmac.startswith(_HMAC_PREFIX):
+        raise ClusterError(f"{source}: its run.json records no HMAC of its scripts (made by an older orchc, or not "
+                           f"by orchc): nothing vouches that you compiled them; {again}")
+    try:
+        key = run_key(create=False)
+    except ClusterError as error:
+        raise ClusterError(f"{source}: cannot check {what}: {error}; {again}") from None
+    if not hmac.compare_digest(scripts_hmac(key, files), old.scripts_hmac):
+        raise ClusterError(f"{source}: rerun checked {what} against the one its run.json recorded at submit: it does "
+                           f"not verify (a file was changed after submit, or the run was made with another user's or "
+                           f"machine's key); {again}")
+    return f"checked: {what}: verified against the HMAC recorded when you submitted them"
+
+
 # --- submitting -----------------------------------------------------------------------------------
 
 RESOLVED_FILE = "resolved.json"
@@ -367,8 +446,9 @@ def submit(output: Output, run_dir: Path, scheduler: Scheduler, command: tuple[s
 
 
 def rerun(source: Path, run_dir: Path, scheduler: Scheduler, command: tuple[str, ...] = (),
-          remote: Connection | None = None) -> Run:
-    """Submit the jobs a run compiled again, byte for byte, as a new run (its manifest vouches for them)."""
+          remote: Connection | None = None, say: Callable[[str], None] | None = None) -> Run:
+    """Submit the jobs a run compiled again, byte for byte, as a new run, once every file verifies against the
+    HMAC run.json recorded at submit with this user's key (`vouched`); `say` is told what was checked."""
     from .emit import digest
     from .plan import MANIFEST
 
@@ -389,6 +469,9 @@ def rerun(source: Path, run_dir: Path, scheduler: Scheduler, command: tuple[str,
         files[RESOLVED_FILE] = read_in_run(source, RESOLVED_FILE, _RUN_LIMIT * 64)
     except FileNotFoundError:
         pass
+    checked = vouched(source, old, files)
+    if say is not None:
+        say(checked)
     template = Run("", "", "", "", "", None, (), command=command, rerun_of=str(source.resolve()))
     return submit_files(files, old.site, run_dir, scheduler, template, remote)
 
@@ -403,6 +486,7 @@ def submit_files(files: dict[str, str], site: str, run_dir: Path, scheduler: Sch
     from . import __version__
 
     scheduler.ready()
+    vouch = scripts_hmac(run_key(create=True), files)
     place: Target | None = None
     if remote is not None:
         from .remote import prepare
@@ -419,7 +503,8 @@ def submit_files(files: dict[str, str], site: str, run_dir: Path, scheduler: Sch
         plan = read_plan(run_dir)
         folder = run_dir.resolve()
         run = replace(template, recipe=plan.recipe, site=site, created=_now(), run_dir=str(folder),
-                      state="submitting", scheduler=scheduler.name, orchc_version=__version__, remote=place)
+                      state="submitting", scheduler=scheduler.name, orchc_version=__version__, remote=place,
+                      scripts_hmac=vouch)
         save_run(run_dir, run)
         if place is not None:
             folder = Path(place.remote_dir)       # where sbatch runs: the remote copy

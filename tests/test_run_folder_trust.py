@@ -11,6 +11,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from test_cluster import cluster, wait_for
 from test_cluster import orchc as real_orchc
 from test_scheduler import fake
@@ -20,6 +21,13 @@ from compiler.pipeline import Options, compile_all
 from compiler.scheduler import FakeScheduler
 
 __all__ = ["cluster", "fake"]   # fixtures, imported for the tests below
+
+
+@pytest.fixture(autouse=True)
+def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This user's orchc configuration (where the rerun key is made), a fresh one per test."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    return tmp_path / "config"
 
 RECIPE = "site: local\nservice:\n  name: cache\n  type: redis\nclient:\n  name: bench\n  type: redis_client\n  target: cache\n"
 
@@ -194,3 +202,70 @@ def test_report_notes_a_gpu_trace_that_is_a_symlink_and_reads_none_of_it(fake, t
     (run / "results" / "bench" / "gpu.csv").symlink_to(secret)
     traces, notes = gpu_traces(run, runs.load_run(str(run))[1])
     assert not traces and any("gpu.csv is a symbolic link" in note for note in notes), notes
+
+
+# --- rerun submits only scripts this user's key vouches for -------------------------------------------
+
+def tampered(run: Path) -> None:
+    """What an attacker with write access to the run folder does: edit a script, recompute the manifest's digest."""
+    from compiler.emit import digest
+
+    script = run / "bench.sbatch"
+    text = script.read_text()
+    script.write_text(text.replace("\n", "\ntouch /tmp/pwned-by-a-tampered-run\n", 1))
+    assert script.read_text() != text
+    manifest = json.loads((run / "manifest.json").read_text())
+    names = [name for name in manifest["files"] if name != "manifest.json"]
+    manifest["digest"] = digest({name: (run / name).read_text() for name in names})
+    (run / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def test_rerun_refuses_a_tampered_script_with_a_recomputed_digest(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake)
+    tampered(run)
+    submits = len(fake.jobs)
+    result = orchc("rerun", run, "--run-dir", tmp_path / "again")
+    assert result.code == 1 and "HMAC-SHA256" in result.err and "does not verify" in result.err, result.err
+    assert len(fake.jobs) == submits and not (tmp_path / "again").exists()
+
+
+def test_rerun_refuses_a_run_whose_hmac_was_made_with_another_key(fake, tmp_path, orchc, monkeypatch):
+    run = submitted(tmp_path, fake)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another-user"))       # another user's (or machine's) key
+    result = orchc("rerun", run, "--run-dir", tmp_path / "again")
+    assert result.code == 1 and "no key" in result.err and "another-user/orchc/run-key" in result.err, result.err
+    submitted(tmp_path, fake, "mine")                                             # makes this user's key
+    result = orchc("rerun", run, "--run-dir", tmp_path / "again")
+    assert result.code == 1 and "does not verify" in result.err
+
+
+def test_rerun_refuses_a_run_json_without_an_hmac(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake)
+    data = json.loads((run / "run.json").read_text())
+    del data["scripts_hmac"]
+    (run / "run.json").write_text(json.dumps(data))
+    result = orchc("rerun", run, "--run-dir", tmp_path / "again")
+    assert result.code == 1 and "records no HMAC" in result.err, result.err
+
+
+def test_an_untouched_run_reruns_and_says_what_was_checked(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake)
+    result = orchc("rerun", run, "--run-dir", tmp_path / "again")
+    assert result.code == 0, result.err
+    assert "HMAC-SHA256" in result.out and "bench.sbatch" in result.out and "verified" in result.out
+    again = orchc("rerun", tmp_path / "again", "--run-dir", tmp_path / "third")     # a rerun is vouched for too
+    assert again.code == 0, again.err
+
+
+def test_the_key_is_made_once_private_and_random(fake, tmp_path):
+    import os
+    import stat
+
+    submitted(tmp_path, fake)
+    key = tmp_path / "config" / "orchc" / "run-key"
+    first = key.read_bytes()
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    assert len(first.strip()) == 64
+    submitted(tmp_path, fake, "second")
+    assert key.read_bytes() == first
+    assert os.environ["XDG_CONFIG_HOME"] == str(tmp_path / "config")
