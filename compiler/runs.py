@@ -644,10 +644,12 @@ def cancel(run: Run, names: list[str], scheduler: Scheduler) -> Cancelled:
     """Cancel the run's jobs (those named, or all) that are still queued or running, after one poll that checks
     each id names a job of this user's that is the run's (`owned`); any other id is left alone and said so."""
     chosen = [run.job(name) for name in names] if names else list(run.jobs)
-    by_id = {job.slurm_id: job for job in reversed(chosen)}   # the first job of each id names it
+    by_id: dict[str, RunJob] = {}
+    for job in chosen:                         # one id for every job run inside one allocation: its first job
+        by_id.setdefault(job.slurm_id, job)
     found = scheduler.poll(*by_id) if by_id else {}
     ids, refused, unknown = [], [], []
-    for job_id, job in reversed(by_id.items()):
+    for job_id, job in by_id.items():
         state = owned(run, job, found.get(job_id, UNKNOWN))
         if state.state == "FOREIGN":
             refused.append(f"SLURM job {job_id} (job {job.name}) is not this run's: it is {state.reason}; left alone")
