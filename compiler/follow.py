@@ -32,10 +32,10 @@ _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
 def readiness(run_dir: Path, name: str, slurm_id: str) -> str:
     """`ready` when endpoints/<name> names this job's SLURM id (or allocation step) first (orchc_publish_endpoint), else `starting`.
     A file left by an earlier job of the same name, or a damaged one, does not count."""
-    from .runs import read_regular
+    from .runs import read_in_run
 
     try:
-        words = read_regular(run_dir / "endpoints" / name, _ENDPOINT_LIMIT).split()
+        words = read_in_run(run_dir, f"endpoints/{name}", _ENDPOINT_LIMIT).split()
     except OSError:
         return "starting"
     # a job of its own, or a step ALLOCATION.JOB of a recipe run inside one allocation (allocation: one)
@@ -44,12 +44,12 @@ def readiness(run_dir: Path, name: str, slurm_id: str) -> str:
 
 def published_endpoint(run_dir: Path, job: RunJob) -> tuple[str, list[int]]:
     """The node and ports a service published (endpoints/<job>: `ID HOST PORT...`, orchc_publish_endpoint)."""
-    from .runs import read_regular
+    from .runs import read_in_run
 
     if readiness(run_dir, job.name, job.slurm_id) != "ready":
         raise ClusterError(f"job {job.name} has published no endpoint (yet): is it a service, and running? "
                            f"(see orchc status {run_dir})")
-    words = read_regular(run_dir / "endpoints" / job.name, _ENDPOINT_LIMIT).split()
+    words = read_in_run(run_dir, f"endpoints/{job.name}", _ENDPOINT_LIMIT).split()
     host = words[1] if len(words) > 1 else ""
     ports = [int(word) for word in words[2:] if word.isdigit() and 0 < int(word) < 65536]
     if not _HOST.fullmatch(host) or not ports:
@@ -266,7 +266,7 @@ def _ended_counts(listed: Sequence[RunListing]) -> dict[Path, int]:
     for the jobs of every run listed."""
     from dataclasses import replace
 
-    from .runs import scheduler_for
+    from .runs import owned, scheduler_for
 
     by_scheduler: dict[tuple[str, Any], list[tuple[Path, Run]]] = {}
     for entry in listed:
@@ -277,5 +277,5 @@ def _ended_counts(listed: Sequence[RunListing]) -> dict[Path, int]:
     for runs in by_scheduler.values():
         found = scheduler_for(runs[0][1]).poll(*dict.fromkeys(job.slurm_id for _, run in runs for job in run.jobs))
         for folder, run in runs:
-            counts[folder] = sum(found[job.slurm_id].ended for job in run.jobs)
+            counts[folder] = sum(owned(run, job, found[job.slurm_id]).ended for job in run.jobs)
     return counts

@@ -427,13 +427,12 @@ def parse_gpu_csv(job: str, text: str) -> GpuTrace:
 
 def gpu_traces(run_dir: Path, run: Run) -> tuple[list[GpuTrace], list[str]]:
     """The GPU telemetry of every job that has results/<job>/gpu.csv, and notes on the files that cannot be read."""
-    from .runs import read_regular
+    from .runs import read_in_run
 
     traces, notes = [], []
     for job in run.jobs:
-        path = run_dir / "results" / job.name / "gpu.csv"
         try:
-            text = read_regular(path, GPU_CSV_LIMIT)
+            text = read_in_run(run_dir, f"results/{job.name}/gpu.csv", GPU_CSV_LIMIT)
         except FileNotFoundError:
             continue
         except OSError as exc:

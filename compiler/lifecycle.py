@@ -144,7 +144,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     # a run made over SSH is made again beside it, on the same login node
     target = None if old.remote is None else replace(old.remote, remote_dir=posixpath.dirname(old.remote.remote_dir))
     scheduler, connection = _where(target)
-    return _submitted(lambda: rerun(source, run_dir, scheduler, _command_line(), connection), run_dir)
+    return _submitted(lambda: rerun(source, run_dir, scheduler, _command_line(), connection, print), run_dir)
 
 
 def _where(target: Any) -> tuple[Any, Any]:
@@ -221,9 +221,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from .runs import cancel, load_run, scheduler_for
 
     run_dir, run = load_run(args.run_ref, pull=False)
-    ids = cancel(run, args.jobs, scheduler_for(run))
-    print(f"cancelled SLURM job(s) {', '.join(ids) or '(none submitted)'} of {run_dir}")
-    return 0
+    done = cancel(run, args.jobs, scheduler_for(run))
+    print(f"cancelled SLURM job(s) {', '.join(done.ids) or '(none queued or running)'} of {run_dir}")
+    for job in done.unknown:
+        print(f"orchc: note: {job}: SLURM knows no job of yours by this id (it ended long ago, or is another user's); "
+              "left alone", file=sys.stderr)
+    for why in done.refused:
+        print(f"orchc: error: {why}", file=sys.stderr)
+    return 1 if done.refused else 0
 
 
 def _job_states(run: Run) -> dict[str, str]:

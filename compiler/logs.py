@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import errno
 import os
 import stat
 import sys
@@ -51,19 +52,31 @@ def chosen(first: str | None, second: str | None) -> tuple[Path, Run, list[RunJo
 
 
 class Tail:
-    """One log file read from where the last read stopped; a file that shrank is read again from its start."""
+    """One log file read from where the last read stopped; a file that shrank is read again from its start.
+    With `run_dir`, `path` is a file inside that run folder, opened without following any link (runs.open_in_run)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, run_dir: Path | None = None) -> None:
         self.path = path
+        self.run_dir = run_dir
         self.offset = 0
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def read(self) -> str | None:
-        """The next chunk as text ('' when nothing new), None while the file does not exist (or is no file: a
-        symlink is not followed)."""
+        """The next chunk as text ('' when nothing new), None while the file does not exist (or is no file);
+        a symbolic link is a ClusterError naming it."""
+        from .errors import ClusterError
+        from .runs import LinkInRunFolder, open_in_run
+
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
+            if self.run_dir is None:
+                fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+            else:
+                fd = open_in_run(self.run_dir, self.path.relative_to(self.run_dir).as_posix())
+        except LinkInRunFolder as exc:
+            raise ClusterError(str(exc)) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ClusterError(str(LinkInRunFolder(self.path))) from None
             return None
         with os.fdopen(fd, "rb") as handle:
             info = os.fstat(handle.fileno())
@@ -81,14 +94,14 @@ class Tail:
 def log_files(run_dir: Path, job: RunJob) -> list[Path]:
     """A job's slurm-<id>.out/.err; inside one allocation (allocation: one), its step's slurm-<id>.<job>.out/.err."""
     step = [run_dir / f"slurm-{job.slurm_id}.{job.name}.{ext}" for ext in ("out", "err")]
-    if step[0].exists() or step[1].exists():
+    if os.path.lexists(step[0]) or os.path.lexists(step[1]):
         return step
     return [run_dir / f"slurm-{job.slurm_id}.{ext}" for ext in ("out", "err")]
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     run_dir, run, jobs = chosen(args.run_ref, args.job)
-    tails = [Tail(path) for job in jobs for path in log_files(run_dir, job)]
+    tails = [Tail(path, run_dir) for job in jobs for path in log_files(run_dir, job)]
     if not args.follow:
         for tail in tails:
             print(f"==> {tail.path} <==")
@@ -98,7 +111,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from .runs import pull_run, scheduler_for
 
     refresh = (lambda: pull_run(run_dir, run)) if run.remote is not None else None
-    follow(tails, jobs, scheduler_for(run), sys.stdout, args.check_every, args.unknown_limit, refresh)
+    follow(tails, jobs, scheduler_for(run), sys.stdout, args.check_every, args.unknown_limit, refresh, run)
     return 0
 
 
@@ -114,10 +127,12 @@ def _print_all(tail: Tail, out: TextIO) -> bool:
 
 
 def follow(tails: Sequence[Tail], jobs: Sequence[RunJob], scheduler: Scheduler, out: TextIO, check_every: float,
-           unknown_limit: float, refresh: Callable[[], None] | None = None) -> None:
+           unknown_limit: float, refresh: Callable[[], None] | None = None, run: Run | None = None) -> None:
     """Print what the files gain until every job named has ended (then read them to their end once more).
-    `refresh` (a run made over SSH: copy what changed remotely) runs before reading, at most once a second."""
+    `refresh` (a run made over SSH: copy what changed remotely) runs before reading, at most once a second.
+    With `run`, a job id that names a job that is not the run's counts as ended (runs.owned)."""
     from .follow import UnknownWatch
+    from .runs import owned
 
     unknown = UnknownWatch(jobs, unknown_limit)
     shown: Tail | None = None
@@ -142,7 +157,7 @@ def follow(tails: Sequence[Tail], jobs: Sequence[RunJob], scheduler: Scheduler, 
             return
         if not ending and time.monotonic() >= check_at:
             found = scheduler.poll(*(job.slurm_id for job in jobs))
-            current = {job.name: found[job.slurm_id] for job in jobs}
+            current = {job.name: owned(run, job, found[job.slurm_id]) if run else found[job.slurm_id] for job in jobs}
             unknown.check(current)
             ending = all(state.ended for state in current.values())
             check_at = time.monotonic() + check_every

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .runs import Run, read_regular, results
+from .errors import ClusterError
+from .runs import LinkInRunFolder, Run, read_in_run, results
 
 _MANIFEST_LIMIT = 16 << 20
 
@@ -52,7 +53,9 @@ class Sweep:
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     """The run's manifest.json ({} when it is missing or unreadable: results stay readable without it)."""
     try:
-        data = json.loads(read_regular(run_dir / "manifest.json", _MANIFEST_LIMIT))
+        data = json.loads(read_in_run(run_dir, "manifest.json", _MANIFEST_LIMIT))
+    except LinkInRunFolder as exc:
+        raise ClusterError(str(exc)) from None
     except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}

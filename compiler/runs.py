@@ -13,9 +13,13 @@ folder (run.json, results, markers) is checked first: it may be damaged or hosti
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import hmac
 import json
 import os
 import re
+import secrets
 import signal
 import stat
 import sys
@@ -42,6 +46,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _RUN_LIMIT = 4 << 20
 _RESULTS_LIMIT = 64 << 20
 _MARKER_LIMIT = 4096
+_ORCHC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}_[0-9a-f]{8}")
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class Run:
     """the run folder whose compiled jobs this run submitted again (orchc rerun)"""
     remote: Target | None = None
     """a run submitted over SSH: how to reach the login node, and (as remote_dir) the run folder there"""
+    scripts_hmac: str = ""
+    """HMAC-SHA256, with this user's run key, of every file submit wrote (what rerun submits again)"""
 
     def job(self, name: str) -> RunJob:
         for job in self.jobs:
@@ -130,7 +137,9 @@ def load_run(ref: str | None, root: Path = DEFAULT_ROOT, pull: bool = True) -> t
         run_dir = Path(ref) if Path(ref).is_dir() else root / ref
     path = run_dir / RUN_FILE
     try:
-        text = read_regular(path, _RUN_LIMIT)
+        text = read_in_run(run_dir, RUN_FILE, _RUN_LIMIT)
+    except LinkInRunFolder as exc:
+        raise ClusterError(str(exc)) from None
     except OSError as exc:
         raise ClusterError(f"{run_dir}: not an orchc run ({path}: {exc.strerror or exc})") from None
     run = parse_run(text, str(path))
@@ -158,10 +167,68 @@ def pull_run(run_dir: Path, run: Run) -> None:
     connection(run.remote).pull(run.remote.remote_dir, run_dir, exclude=_NOT_PULLED, mirrored=_MIRRORED)
 
 
+class LinkInRunFolder(OSError):
+    """A symbolic link met inside a run folder: orchc follows none (a run folder is data, possibly hostile)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(errno.ELOOP, f"{path} is a symbolic link: orchc follows no link inside a run folder",
+                         str(path))
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def open_in_run(run_dir: Path, relative: str) -> int:
+    """A descriptor for reading `relative` (a/b/c) inside `run_dir`, opened one component at a time below the
+    run folder with O_NOFOLLOW: a symbolic link (to a file or a folder) is a LinkInRunFolder error, a missing
+    file a FileNotFoundError. The run folder itself is reached as the user named it (their link is theirs)."""
+    parts = relative.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise OSError(errno.EINVAL, f"{relative!r} is not a path inside a run folder", relative)
+    folder = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_NONBLOCK if last else os.O_DIRECTORY)
+            try:
+                opened = os.open(part, flags, dir_fd=folder)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(folder, part):
+                    raise LinkInRunFolder(run_dir.joinpath(*parts[:index + 1])) from None
+                raise
+            os.close(folder)
+            folder = opened
+        return os.dup(folder)
+    finally:
+        os.close(folder)
+
+
+def _is_link(folder: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def read_in_run(run_dir: Path, relative: str, limit: int) -> str:
+    """The text of `relative` inside `run_dir` (see open_in_run, read_regular): every reader of a run folder's
+    files goes through here."""
+    return _read_text(open_in_run(run_dir, relative), run_dir / relative, limit)
+
+
 def read_regular(path: Path, limit: int) -> str:
-    """A regular file's text (UTF-8, at most `limit` bytes); a FIFO, device or folder is an OSError, never a hang,
-    and so is a symlink (one planted in a run folder would print a file from outside it)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """A regular file's text (UTF-8, at most `limit` bytes); a FIFO, device or folder is an OSError, never a hang;
+    the file itself being a symbolic link is a LinkInRunFolder error (inside a run folder, use read_in_run)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise LinkInRunFolder(path) from None
+        raise
+    return _read_text(fd, path, limit)
+
+
+def _read_text(fd: int, path: Path, limit: int) -> str:
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
@@ -207,7 +274,7 @@ def parse_run(text: str, source: str) -> Run:
     return Run(str(data.get("recipe", "")), _text(data.get("site")), _text(data.get("created")),
                _text(data.get("run_dir")), state, error, jobs, scheduler, _text(data.get("orchc_version")),
                tuple(command), _text(data.get("rerun_of")),
-               _remote_place(data.get("remote"), _text(data.get("site")), damaged))
+               _remote_place(data.get("remote"), _text(data.get("site")), damaged), _text(data.get("scripts_hmac")))
 
 
 def _remote_place(value: Any, site: str, damaged: Callable[[str], ClusterError]) -> Target | None:
@@ -260,7 +327,7 @@ def _run_job(job: Any, index: int, damaged: Callable[[str], ClusterError]) -> Ru
 
 def _created(path: Path) -> str:
     try:
-        data = json.loads(read_regular(path, _RUN_LIMIT))
+        data = json.loads(read_in_run(path.parent, RUN_FILE, _RUN_LIMIT))
         return str(data.get("created", "")) if isinstance(data, dict) else ""
     except (OSError, ValueError, RecursionError):
         return ""
@@ -286,6 +353,79 @@ def default_scheduler() -> Scheduler:
     return load_scheduler(os.environ.get(SCHEDULER_VARIABLE) or "slurm")
 
 
+# --- the run key: what lets rerun tell the scripts this user submitted from anyone else's ------------
+
+RUN_KEY = "run-key"
+_HMAC_PREFIX = "hmac-sha256:"
+
+
+def run_key_path() -> Path:
+    """$XDG_CONFIG_HOME/orchc/run-key (default ~/.config/orchc/run-key)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "orchc" / RUN_KEY
+
+
+def run_key(create: bool) -> bytes:
+    """This user's run key: 32 random bytes (as 64 hex digits) in a file of mode 0600 made on first use (`create`:
+    at submit); a missing key when not creating, or a key file another user could read or write, is an error."""
+    path = run_key_path()
+    if create and not os.path.lexists(path):
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            pass                                   # another orchc made it first: read theirs
+        else:
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(secrets.token_hex(32) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ClusterError(f"no key at {path}: runs are vouched for by a key orchc makes there at submit") from None
+    except OSError as exc:
+        raise ClusterError(f"cannot read the run key {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        text = handle.read(200).strip()
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise ClusterError(f"the run key {path} must be a file of yours that only you can read (chmod 600)")
+    if not re.fullmatch(rb"[0-9a-f]{64}", text):
+        raise ClusterError(f"the run key {path} is damaged (not 64 hex digits); delete it to make a new one")
+    return bytes.fromhex(text.decode("ascii"))
+
+
+def scripts_hmac(key: bytes, files: dict[str, str]) -> str:
+    """HMAC-SHA256 of every file (name, length and bytes, in the order of their names)."""
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for name in sorted(files):
+        data = files[name].encode("utf-8")
+        mac.update(f"{name}\0{len(data)}\0".encode())
+        mac.update(data)
+    return _HMAC_PREFIX + mac.hexdigest()
+
+
+def vouched(source: Path, old: Run, files: dict[str, str]) -> str:
+    """What rerun checked, once `files` (read from `source`) verify against the HMAC run.json recorded at
+    submit; a ClusterError saying what was checked when they do not."""
+    listed = ", ".join(sorted(files))
+    what = f"the HMAC-SHA256 of {len(files)} files of {source} ({listed}) with your run key {run_key_path()}"
+    again = "compile and submit the recipe again instead"
+    if not old.scripts_hmac.startswith(_HMAC_PREFIX):
+        raise ClusterError(f"{source}: its run.json records no HMAC of its scripts (made by an older orchc, or not "
+                           f"by orchc): nothing vouches that you compiled them; {again}")
+    try:
+        key = run_key(create=False)
+    except ClusterError as error:
+        raise ClusterError(f"{source}: cannot check {what}: {error}; {again}") from None
+    if not hmac.compare_digest(scripts_hmac(key, files), old.scripts_hmac):
+        raise ClusterError(f"{source}: rerun checked {what} against the one its run.json recorded at submit: it does "
+                           f"not verify (a file was changed after submit, or the run was made with another user's or "
+                           f"machine's key); {again}")
+    return f"checked: {what}: verified against the HMAC recorded when you submitted them"
+
+
 # --- submitting -----------------------------------------------------------------------------------
 
 RESOLVED_FILE = "resolved.json"
@@ -307,24 +447,32 @@ def submit(output: Output, run_dir: Path, scheduler: Scheduler, command: tuple[s
 
 
 def rerun(source: Path, run_dir: Path, scheduler: Scheduler, command: tuple[str, ...] = (),
-          remote: Connection | None = None) -> Run:
-    """Submit the jobs a run compiled again, byte for byte, as a new run (its manifest vouches for them)."""
+          remote: Connection | None = None, say: Callable[[str], None] | None = None) -> Run:
+    """Submit the jobs a run compiled again, byte for byte, as a new run, once every file verifies against the
+    HMAC run.json recorded at submit with this user's key (`vouched`); `say` is told what was checked."""
     from .emit import digest
     from .plan import MANIFEST
 
-    old = parse_run(read_regular(source / RUN_FILE, _RUN_LIMIT), str(source / RUN_FILE))
+    old = parse_run(read_in_run(source, RUN_FILE, _RUN_LIMIT), str(source / RUN_FILE))
     try:
-        manifest = json.loads(read_regular(source / MANIFEST, _RUN_LIMIT * 64))
+        manifest = json.loads(read_in_run(source, MANIFEST, _RUN_LIMIT * 64))
         names = [name for name in manifest["files"] if isinstance(name, str) and _NAME.fullmatch(name)]
-        files = {name: read_regular(source / name, _RUN_LIMIT * 64) for name in names if name != MANIFEST}
+        files = {name: read_in_run(source, name, _RUN_LIMIT * 64) for name in names if name != MANIFEST}
+    except LinkInRunFolder as exc:
+        raise ClusterError(str(exc)) from None
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ClusterError(f"cannot read the compiled jobs of {source}: {exc}") from None
     if digest(files) != manifest.get("digest"):
         raise ClusterError(f"{source}: the scripts differ from what its manifest.json vouches for (edited after "
                            "compiling?); compile and submit the recipe again instead")
-    files[MANIFEST] = read_regular(source / MANIFEST, _RUN_LIMIT * 64)
-    if (source / RESOLVED_FILE).is_file():
-        files[RESOLVED_FILE] = read_regular(source / RESOLVED_FILE, _RUN_LIMIT * 64)
+    files[MANIFEST] = read_in_run(source, MANIFEST, _RUN_LIMIT * 64)
+    try:
+        files[RESOLVED_FILE] = read_in_run(source, RESOLVED_FILE, _RUN_LIMIT * 64)
+    except FileNotFoundError:
+        pass
+    checked = vouched(source, old, files)
+    if say is not None:
+        say(checked)
     template = Run("", "", "", "", "", None, (), command=command, rerun_of=str(source.resolve()))
     return submit_files(files, old.site, run_dir, scheduler, template, remote)
 
@@ -339,6 +487,7 @@ def submit_files(files: dict[str, str], site: str, run_dir: Path, scheduler: Sch
     from . import __version__
 
     scheduler.ready()
+    vouch = scripts_hmac(run_key(create=True), files)
     place: Target | None = None
     if remote is not None:
         from .remote import prepare
@@ -355,7 +504,8 @@ def submit_files(files: dict[str, str], site: str, run_dir: Path, scheduler: Sch
         plan = read_plan(run_dir)
         folder = run_dir.resolve()
         run = replace(template, recipe=plan.recipe, site=site, created=_now(), run_dir=str(folder),
-                      state="submitting", scheduler=scheduler.name, orchc_version=__version__, remote=place)
+                      state="submitting", scheduler=scheduler.name, orchc_version=__version__, remote=place,
+                      scripts_hmac=vouch)
         save_run(run_dir, run)
         if place is not None:
             folder = Path(place.remote_dir)       # where sbatch runs: the remote copy
@@ -465,18 +615,52 @@ class _SignalGuard:
 
 # --- following a run ------------------------------------------------------------------------------
 
+def owned(run: Run, job: RunJob, state: JobState) -> JobState:
+    """`state` when the scheduler's job (this user's: the backend answers for no other) has a name orchc gives
+    `job`: <job>_<8 hex digits>, or <recipe>_<8 hex digits> for a run inside one allocation; else FOREIGN,
+    saying why. run.json is data: its ids are never trusted to name the run's jobs."""
+    named_by_orchc = _ORCHC_NAME.fullmatch(state.name) is not None
+    if state.state == "UNKNOWN" or (named_by_orchc and state.name.rpartition("_")[0] in (job.name, run.recipe)):
+        return state
+    return JobState("FOREIGN", reason=f"named {state.name[:64]!r}, not {job.name}_<8 hex digits>")
+
+
 def states(run: Run, scheduler: Scheduler) -> dict[str, JobState]:
-    """Every job's state from one poll of the scheduler."""
+    """Every job's state from one poll of the scheduler (FOREIGN for a job that is not the run's)."""
     found = scheduler.poll(*(job.slurm_id for job in run.jobs)) if run.jobs else {}
-    return {job.name: found.get(job.slurm_id, UNKNOWN) for job in run.jobs}
+    return {job.name: owned(run, job, found.get(job.slurm_id, UNKNOWN)) for job in run.jobs}
 
 
-def cancel(run: Run, names: list[str], scheduler: Scheduler) -> list[str]:
-    ids = [run.job(name).slurm_id for name in names] if names else [job.slurm_id for job in run.jobs]
-    ids = list(dict.fromkeys(ids))             # one id for every job run inside one allocation
+@dataclass(frozen=True)
+class Cancelled:
+    ids: list[str]
+    """the SLURM jobs cancelled (one id for every job run inside one allocation)"""
+    refused: list[str]
+    """why each id that names a job that is not the run's was left alone"""
+    unknown: list[str]
+    """ids SLURM knows no job of this user's by (ended long ago, or another user's): left alone"""
+
+
+def cancel(run: Run, names: list[str], scheduler: Scheduler) -> Cancelled:
+    """Cancel the run's jobs (those named, or all) that are still queued or running, after one poll that checks
+    each id names a job of this user's that is the run's (`owned`); any other id is left alone and said so."""
+    chosen = [run.job(name) for name in names] if names else list(run.jobs)
+    by_id: dict[str, RunJob] = {}
+    for job in chosen:                         # one id for every job run inside one allocation: its first job
+        by_id.setdefault(job.slurm_id, job)
+    found = scheduler.poll(*by_id) if by_id else {}
+    ids, refused, unknown = [], [], []
+    for job_id, job in by_id.items():
+        state = owned(run, job, found.get(job_id, UNKNOWN))
+        if state.state == "FOREIGN":
+            refused.append(f"SLURM job {job_id} (job {job.name}) is not this run's: it is {state.reason}; left alone")
+        elif state.state == "UNKNOWN":
+            unknown.append(f"SLURM job {job_id} (job {job.name})")
+        elif not state.ended:
+            ids.append(job_id)
     if ids:
         scheduler.cancel(*ids)
-    return ids
+    return Cancelled(ids, refused, unknown)
 
 
 def results(run_dir: Path, run: Run) -> dict[str, Any]:
@@ -484,7 +668,7 @@ def results(run_dir: Path, run: Run) -> dict[str, Any]:
     collected: dict[str, Any] = {}
     for job in run.jobs:
         if job.role == "client":
-            collected[job.name] = _client_results(run_dir / "results" / job.name)
+            collected[job.name] = _client_results(run_dir, f"results/{job.name}")
     return collected
 
 
@@ -493,7 +677,7 @@ def images(run_dir: Path, run: Run) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for job in run.jobs:
         try:
-            found[job.name] = json.loads(read_regular(run_dir / "images" / f"{job.name}.json", _MARKER_LIMIT * 16))
+            found[job.name] = json.loads(read_in_run(run_dir, f"images/{job.name}.json", _MARKER_LIMIT * 16))
         except FileNotFoundError:
             continue
         except (OSError, ValueError, RecursionError) as exc:
@@ -501,9 +685,9 @@ def images(run_dir: Path, run: Run) -> dict[str, Any]:
     return found
 
 
-def _client_results(folder: Path) -> Any:
+def _client_results(run_dir: Path, folder: str) -> Any:
     try:
-        data: Any = json.loads(read_regular(folder / "results.json", _RESULTS_LIMIT))
+        data: Any = json.loads(read_in_run(run_dir, f"{folder}/results.json", _RESULTS_LIMIT))
     except FileNotFoundError:
         data = None
     except OSError as exc:
@@ -512,21 +696,21 @@ def _client_results(folder: Path) -> Any:
         data = {"error": "unreadable results.json: nested too deeply"}
     except ValueError as exc:
         data = {"error": f"unreadable results.json (still being written?): {exc}"}
-    stopped = _marker(folder / "stopped")
+    stopped = _marker(run_dir, f"{folder}/stopped")
     if stopped is not None:
         data = {**(data if isinstance(data, dict) else {"results": data} if data is not None else {}),
                 "stopped_by": stopped}
     return data
 
 
-def _marker(path: Path) -> str | None:
+def _marker(run_dir: Path, relative: str) -> str | None:
     """A marker file's one word (None when there is none); anything else is shown, not trusted."""
     try:
-        text = read_regular(path, _MARKER_LIMIT).strip()
+        text = read_in_run(run_dir, relative, _MARKER_LIMIT).strip()
     except FileNotFoundError:
         return None
     except OSError:
-        return "(unreadable marker)" if os.path.lexists(path) else None
+        return "(unreadable marker)" if os.path.lexists(run_dir / relative) else None
     return text if re.fullmatch(r"[A-Za-z0-9_.:-]{1,40}", text) else "(unreadable marker)"
 
 
@@ -556,7 +740,7 @@ def list_runs(root: Path = DEFAULT_ROOT) -> list[RunListing]:
     for path in sorted(root.glob(f"*/{RUN_FILE}")):
         folder = path.parent
         try:
-            run: Run | None = parse_run(read_regular(path, _RUN_LIMIT), str(path))
+            run: Run | None = parse_run(read_in_run(folder, RUN_FILE, _RUN_LIMIT), str(path))
             error = None
         except OSError as exc:
             run, error = None, f"unreadable {RUN_FILE}: {exc.strerror or exc}"
@@ -568,7 +752,7 @@ def list_runs(root: Path = DEFAULT_ROOT) -> list[RunListing]:
 
 def _sweep_points(folder: Path) -> int | None:
     try:
-        manifest = json.loads(read_regular(folder / "manifest.json", _RUN_LIMIT * 4))
+        manifest = json.loads(read_in_run(folder, "manifest.json", _RUN_LIMIT * 4))
     except (OSError, ValueError, RecursionError):
         return None
     sweep = manifest.get("sweep") if isinstance(manifest, dict) else None

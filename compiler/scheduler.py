@@ -16,8 +16,10 @@ from pathlib import Path
 
 from .errors import ClusterError
 
-ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
+# FOREIGN: the id names a job of yours that is not the run's (runs.owned); nothing of the run to wait for.
+ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "FOREIGN"})
 _JOB_ID = re.compile(r"[0-9]{1,20}")
+_JOB_NAME_DIRECTIVE = re.compile(r"^#SBATCH --job-name=(\S+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class JobState:
     """why a PENDING job waits (SLURM's reason: Resources, Priority, Dependency, ...); '' otherwise"""
     start: str = ""
     """a PENDING job's estimated start, a started job's actual start; '' when unknown"""
+    name: str = ""
+    """the job's name, from the same answer as its state (runs.owned checks it is the run's)"""
 
     @property
     def ended(self) -> bool:
@@ -58,6 +62,12 @@ def is_job_id(text: object) -> bool:
     return isinstance(text, str) and _JOB_ID.fullmatch(text) is not None
 
 
+def directive_job_name(script: str) -> str:
+    """The job name a script's `#SBATCH --job-name=` gives SLURM ('' when it has none)."""
+    found = _JOB_NAME_DIRECTIVE.search(script)
+    return found.group(1) if found else ""
+
+
 def checked_job_id(text: str, source: str) -> str:
     """`text` if it is a job id (digits only), else a ClusterError naming `source`."""
     if not is_job_id(text):
@@ -79,11 +89,12 @@ class Scheduler(abc.ABC):
 
     @abc.abstractmethod
     def poll(self, *job_ids: str) -> dict[str, JobState]:
-        """The state of each job (UNKNOWN when the scheduler no longer knows it), in as few queries as it can."""
+        """The state and name of each job of this user's (UNKNOWN when the scheduler no longer knows it, or it is
+        another user's), in as few queries as it can."""
 
     @abc.abstractmethod
     def cancel(self, *job_ids: str) -> None:
-        """Cancel these jobs (already ended jobs are no error)."""
+        """Cancel these jobs if they are this user's (already ended jobs are no error)."""
 
 
 _BACKENDS: dict[str, Callable[[], Scheduler]] = {}
@@ -110,6 +121,9 @@ def load_scheduler(name: str) -> Scheduler:
 @dataclass
 class FakeJob:
     job: Submission
+    name: str = ""
+    owner: str = ""
+    """'' for this user's jobs; another user's are invisible to poll and cancel, as to squeue --me and scancel --me"""
     state: str = "PENDING"
     node: str = ""
     elapsed: str = ""
@@ -121,7 +135,8 @@ class FakeJob:
 class FakeScheduler(Scheduler):
     """In-process scheduler: ids count up from `first_id`, states change only when told.
 
-    `fail_submit[script name]` makes that submit fail with the message; `hang` names methods
+    A job is named by its script's `#SBATCH --job-name=`, as sbatch names it; `plant` adds a job the run did not
+    submit. `fail_submit[script name]` makes that submit fail with the message; `hang` names methods
     ("submit", "poll", "cancel") that time out; `fail_cancel` makes cancel fail. `calls` logs
     every method call, so tests can count queries.
     """
@@ -145,28 +160,41 @@ class FakeScheduler(Scheduler):
         if job.script.name in self.fail_submit:
             raise ClusterError(f"submit {job.script.name} failed: {self.fail_submit[job.script.name]}")
         job_id = str(self.first_id + len(self.jobs))
-        self.jobs[job_id] = FakeJob(job)
+        try:
+            name = directive_job_name(job.script.read_text(encoding="utf-8"))
+        except OSError:
+            name = ""
+        self.jobs[job_id] = FakeJob(job, name or job.script.stem)
         if self.on_submit:
             self.on_submit(job_id)
         return job_id
 
     def poll(self, *job_ids: str) -> dict[str, JobState]:
         self._enter("poll", *job_ids)
-        return {job_id: self._state(self.jobs[job_id]) if job_id in self.jobs else UNKNOWN for job_id in job_ids}
+        return {job_id: self._state(self.jobs[job_id]) if self._mine(job_id) else UNKNOWN for job_id in job_ids}
+
+    def _mine(self, job_id: str) -> bool:
+        return job_id in self.jobs and not self.jobs[job_id].owner
 
     @staticmethod
     def _state(job: FakeJob) -> JobState:
-        return JobState(job.state, job.node, job.elapsed, reason=job.reason, start=job.start)
+        return JobState(job.state, job.node, job.elapsed, reason=job.reason, start=job.start, name=job.name)
 
     def cancel(self, *job_ids: str) -> None:
         self._enter("cancel", *job_ids)
         if self.fail_cancel:
             raise ClusterError(f"cancel failed: {self.fail_cancel}")
         for job_id in job_ids:
-            if job_id in self.jobs and not JobState(self.jobs[job_id].state).ended:
+            if self._mine(job_id) and not JobState(self.jobs[job_id].state).ended:
                 self.jobs[job_id].state = "CANCELLED"
 
     # driving the state machine
+    def plant(self, name: str, owner: str = "") -> str:
+        """A job submitted by something else than the run (`owner`: another user), named `name`; its id."""
+        job_id = str(self.first_id + len(self.jobs))
+        self.jobs[job_id] = FakeJob(Submission(Path(f"{name}.sbatch"), Path(".")), name, owner)
+        return job_id
+
     def advance(self, job_id: str, state: str, node: str = "node1", *, reason: str = "", start: str = "",
                 elapsed: str = "") -> None:
         """Move a job to `state`; `reason` and `start` as SLURM would say them (a PENDING job has no node)."""

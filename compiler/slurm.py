@@ -3,6 +3,9 @@
 `poll(*ids)` asks squeue once for every job (`-t all` also lists jobs that ended
 less than MinJobAge ago), then sacct once for the jobs squeue no longer knows;
 on clusters without slurmdbd that is `sacct -c`, the job completion file.
+Only the user's own jobs are answered for, with their names, in that same call: squeue --me, and sacct's
+User field compared with the user's name (`sacct -c` ignores -u); `cancel` is scancel --me. A job id
+that names another user's job is UNKNOWN, as one SLURM forgot.
 The one squeue call also reads a pending job's reason and expected start (squeue's
 `Reason` and `StartTime` fields, what `squeue --start` shows). Times are asked for in
 UTC (TZ=UTC, SLURM_TIME_FORMAT=standard) and given in one format: see JobState.
@@ -11,6 +14,7 @@ UTC (TZ=UTC, SLURM_TIME_FORMAT=standard) and given in one format: see JobState.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -36,10 +40,10 @@ _STATE_MAP = {
     "NODE_FAIL": "FAILED", "OUT_OF_MEMORY": "FAILED", "BOOT_FAIL": "FAILED", "DEADLINE": "TIMEOUT",
     "PREEMPTED": "CANCELLED", "REVOKED": "CANCELLED",
 }
-# New fields go last: a reader of the first five keeps working.
-_SQUEUE_FORMAT = "JobID:|,State:|,NodeList:|,TimeUsed:|,exit_code:|,Reason:|,StartTime:|"
-_SACCT_DBD_FIELDS = ("JobID", "State", "ExitCode", "NodeList", "Elapsed", "Start")
-_SACCT_FILE_FIELDS = ("JobID", "State", "ExitCode", "NodeList", "Start", "End")
+# New fields go last: a reader of the first five keeps working. The job's name is last of all: it may hold a |.
+_SQUEUE_FORMAT = "JobID:|,State:|,NodeList:|,TimeUsed:|,exit_code:|,Reason:|,StartTime:|,Name:|"
+_SACCT_DBD_FIELDS = ("JobID", "State", "ExitCode", "NodeList", "Elapsed", "Start", "User", "JobName")
+_SACCT_FILE_FIELDS = ("JobID", "State", "ExitCode", "NodeList", "Start", "End", "User", "JobName")
 _SACCT_DBD = ("sacct", "-X", "-n", "-P", "-o", ",".join(_SACCT_DBD_FIELDS))
 _SACCT_FILE = ("sacct", "-c", "-n", "-P", "-o", ",".join(_SACCT_FILE_FIELDS))
 # squeue and sacct print times in the local zone, in a format SLURM_TIME_FORMAT may change: pin both.
@@ -146,6 +150,7 @@ class SlurmScheduler(Scheduler):
         self.timeout = command_timeout() if timeout is None else timeout
         self.runner: Runner = local_runner if runner is None else runner
         self.remote = runner is not None
+        self._user: str | None = None
         if self.remote:             # another cluster: learnt again, for this scheduler only
             self._completion_file_only = None
 
@@ -166,7 +171,7 @@ class SlurmScheduler(Scheduler):
     def cancel(self, *job_ids: str) -> None:
         ids = _checked(job_ids)
         if ids:
-            answer = self.runner(["scancel", *ids], self.timeout)
+            answer = self.runner(["scancel", "--me", *ids], self.timeout)
             if answer.code != 0:
                 raise ClusterError(f"scancel {' '.join(ids)} failed: {answer.err.strip()}")
 
@@ -179,8 +184,8 @@ class SlurmScheduler(Scheduler):
         return {job_id: found.get(job_id, UNKNOWN) for job_id in job_ids}
 
     def _from_squeue(self, ids: list[str]) -> dict[str, JobState]:
-        answer = self.runner(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-O", _SQUEUE_FORMAT], self.timeout,
-                             env=_TIME_ENV)
+        answer = self.runner(["squeue", "--me", "-h", "-t", "all", "-j", ",".join(ids), "-O", _SQUEUE_FORMAT],
+                             self.timeout, env=_TIME_ENV)
         if answer.code != 0:
             if "Invalid job id" in answer.err:   # squeue's answer for one job it has forgotten
                 return {}
@@ -189,16 +194,29 @@ class SlurmScheduler(Scheduler):
 
     def _from_sacct(self, ids: list[str]) -> dict[str, JobState]:
         cls: Any = self if self.remote else type(self)
+        user = self.user()
         if cls._completion_file_only is not True:
             answer = self.runner([*_SACCT_DBD, "-j", ",".join(ids)], self.timeout, env=_TIME_ENV)
             if answer.code == 0:
                 cls._completion_file_only = False
-                return dict(parse_sacct(answer.out, _SACCT_DBD_FIELDS))
+                return dict(parse_sacct(answer.out, _SACCT_DBD_FIELDS, user))
             if "accounting storage is disabled" not in answer.err:
                 return {}
             cls._completion_file_only = True
         answer = self.runner([*_SACCT_FILE, "-j", ",".join(ids)], self.timeout, env=_TIME_ENV)
-        return dict(parse_sacct(answer.out, _SACCT_FILE_FIELDS)) if answer.code == 0 else {}
+        return dict(parse_sacct(answer.out, _SACCT_FILE_FIELDS, user)) if answer.code == 0 else {}
+
+    def user(self) -> str:
+        """The name of the user SLURM's commands run as (here, or on the login node: asked once)."""
+        if self._user is None:
+            if not self.remote:
+                self._user = pwd.getpwuid(os.geteuid()).pw_name
+            else:
+                answer = self.runner(["id", "-un"], self.timeout)
+                self._user = answer.out.strip()
+                if answer.code != 0 or not self._user:
+                    raise ClusterError(f"cannot tell which user runs SLURM's commands (id -un: {answer.err.strip()})")
+        return self._user
 
 
 def _checked(job_ids: Sequence[str]) -> list[str]:
@@ -209,10 +227,10 @@ def _checked(job_ids: Sequence[str]) -> list[str]:
 
 
 def parse_squeue(text: str) -> list[tuple[str, JobState]]:
-    """Rows of `squeue -O JobID:|,State:|,NodeList:|,TimeUsed:|,exit_code:|,Reason:|,StartTime:|`."""
+    """Rows of `squeue -O JobID:|,State:|,NodeList:|,TimeUsed:|,exit_code:|,Reason:|,StartTime:|,Name:|`."""
     rows = []
     for line in text.splitlines():
-        fields = [field.strip() for field in line.split("|")]
+        fields = [field.strip() for field in line.split("|", 7)]
         if len(fields) >= 4 and is_job_id(fields[0]):
             exit_code = _exit_code(fields[4]) if len(fields) > 4 else ""
             state = normalize_state(fields[1])
@@ -220,7 +238,8 @@ def parse_squeue(text: str) -> list[tuple[str, JobState]]:
             # A job that never ran has a StartTime too (when it was cancelled): only a pending
             # job's estimate or a job that got a node has a start worth showing.
             start = utc_time(fields[6]) if len(fields) > 6 and (state == "PENDING" or fields[2]) else ""
-            rows.append((fields[0], JobState(state, fields[2], clock(fields[3]), exit_code, reason, start)))
+            name = fields[7].removesuffix("|") if len(fields) > 7 else ""
+            rows.append((fields[0], JobState(state, fields[2], clock(fields[3]), exit_code, reason, start, name)))
     return rows
 
 
@@ -229,16 +248,20 @@ def _exit_code(raw: str) -> str:
     return f"{int(raw) >> 8}:{int(raw) & 0x7F}" if raw.isdigit() else ""
 
 
-def parse_sacct(text: str, fields: Sequence[str] = _SACCT_DBD_FIELDS) -> list[tuple[str, JobState]]:
-    """Rows of `sacct -n -P -o FIELDS` (JobID, State, ExitCode and NodeList, then Elapsed or Start and End)."""
+def parse_sacct(text: str, fields: Sequence[str] = _SACCT_DBD_FIELDS, user: str | None = None) -> list[tuple[str, JobState]]:
+    """Rows of `sacct -n -P -o FIELDS` (JobID, State, ExitCode and NodeList, then Elapsed or Start and End, then
+    User and JobName); with `user`, only that user's jobs (User is `name` from slurmdbd, `name(uid)` from sacct -c)."""
     rows = []
     for line in text.splitlines():
-        row = dict(zip(fields, line.split("|"), strict=False))
+        row = dict(zip(fields, line.split("|", len(fields) - 1), strict=False))
+        if user is not None and row.get("User", "").split("(")[0] != user:
+            continue
         if len(row) >= 4 and is_job_id(row["JobID"]):
             start, end = row.get("Start", ""), row.get("End", "")
             elapsed = clock(row["Elapsed"]) if "Elapsed" in row else _elapsed(start, end)
             rows.append((row["JobID"], JobState(normalize_state(row["State"]), row["NodeList"], elapsed,
-                                                row["ExitCode"], start=utc_time(start) if row["NodeList"] else "")))
+                                                row["ExitCode"], start=utc_time(start) if row["NodeList"] else "",
+                                                name=row.get("JobName", ""))))
     return rows
 
 

@@ -27,6 +27,13 @@ def pytest_configure(config: pytest.Config) -> None:
                     "run it locally and review git diff golden/", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
+@pytest.fixture(autouse=True)
+def _own_config_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own $XDG_CONFIG_HOME: submit makes the user's run key there (runs.run_key), never in
+    the home of whoever runs the tests."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+
+
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden")) and not in_ci()

@@ -118,9 +118,12 @@ def test_orchc_submit_submits_one_job_and_records_it_for_every_job(tmp_path):
     assert run["state"] == "submitted"
     assert [(job["name"], job["slurm_id"]) for job in run["jobs"]] == [("redis", "101"), ("bench-p01-r1", "101"),
                                                                        ("bench-p02-r1", "101")]
+    name = re.search(r"--job-name=(\S+)", (tmp_path / "run" / ALLOCATION_SCRIPT).read_text())
+    assert name and name.group(1).startswith("ladder_")                 # the recipe's name: runs.owned knows it
+    slurm.set("squeue.out", f"101|RUNNING|n|0:30|0|||{name.group(1)}|\n")
     cancelled = fake_orchc(slurm, "cancel", "run", cwd=tmp_path)
     assert cancelled.returncode == 0, cancelled.stderr
-    assert [call[-1] for call in slurm.calls("scancel")] == ["101"]
+    assert [call[-1] for call in slurm.calls("scancel")] == ["--me 101"]
 
 
 TWO_CLIENTS = """\

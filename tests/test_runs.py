@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+ME = __import__("pwd").getpwuid(os.geteuid()).pw_name
+
 FAKE = r"""#!/bin/bash
 # fake {name}: log the call, then behave as told by files in $FAKE_SLURM
 log="$FAKE_SLURM/calls.log"
@@ -121,8 +123,8 @@ def test_a_missing_slurm_program_is_named(slurm, tmp_path):
 
 def test_status_asks_slurm_once_for_all_jobs(slurm, tmp_path):
     run = write_run(tmp_path / "run", [job("redis", "7", "service"), job("bench", "8"), job("other", "9")])
-    slurm.set("squeue.out", "7|RUNNING|node1|1:00|0|\n")
-    slurm.set("sacct.out", "8|COMPLETED|0:0|node1|00:00:30\n9|FAILED|3:0|node1|00:00:02\n")
+    slurm.set("squeue.out", "7|RUNNING|node1|1:00|0|||redis_0123abcd|\n")
+    slurm.set("sacct.out", f"8|COMPLETED|0:0|node1|00:00:30||{ME}|bench_0123abcd\n9|FAILED|3:0|node1|00:00:02||{ME}|other_0123abcd\n")
     done = orchc(slurm, "status", run, "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     states = {row["job"]: row["state"] for row in json.loads(done.stdout)["jobs"]}
@@ -151,7 +153,7 @@ def test_a_failed_sbatch_is_reported_first_even_when_rollback_scancel_fails(slur
     assert "scancel" in done.stderr and "101" in done.stderr   # what could not be cancelled is named
     recorded = json.loads((tmp_path / "run" / "run.json").read_text())
     assert recorded["state"] == "failed" and "Invalid partition" in recorded["error"]
-    assert [call[2] for call in slurm.calls("scancel")] == ["101"]
+    assert [call[2] for call in slurm.calls("scancel")] == ["--me 101"]
     assert orchc(slurm, "status", "run", cwd=tmp_path).returncode == 0     # every command reads it
 
 
@@ -163,7 +165,7 @@ def test_a_signal_during_submit_cancels_what_was_submitted(slurm, tmp_path, sign
     assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr
     submitted = sorted(path.name.rsplit(".", 1)[1] for path in slurm.root.glob("sbatch.args.*"))
-    cancelled = [word for call in slurm.calls("scancel") for word in call[2].split()]
+    cancelled = [word for call in slurm.calls("scancel") for word in call[2].split() if word != "--me"]
     assert submitted and sorted(cancelled) == submitted
     recorded = json.loads((tmp_path / "run" / "run.json").read_text())
     assert recorded["state"] == "failed" and "SIG" + signal_name in recorded["error"]
@@ -177,7 +179,7 @@ def test_run_json_that_cannot_be_saved_cancels_and_names_the_jobs(slurm, tmp_pat
     done = orchc(slurm, "submit", "r.yaml", "--run-dir", "run", cwd=tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "run.json" in done.stderr and "101" in done.stderr
-    assert [call[2] for call in slurm.calls("scancel")] == ["101"]
+    assert [call[2] for call in slurm.calls("scancel")] == ["--me 101"]
     assert len(slurm.calls("sbatch")) == 1                                  # nothing submitted after the failed save
 
 
@@ -241,7 +243,8 @@ def test_a_strange_stopped_marker_does_not_crash_results(slurm, tmp_path, kind):
 
 def test_results_show_each_jobs_state_and_no_empty_row(slurm, tmp_path):
     run = write_run(tmp_path / "run", [job("redis", "7", "service"), job("bench", "8"), job("late", "9")])
-    slurm.set("squeue.out", "7|RUNNING|n|1:00|0|\n8|RUNNING|n|0:30|0|\n9|PENDING||0:00|0|\n")
+    slurm.set("squeue.out", "7|RUNNING|n|1:00|0|||redis_0123abcd|\n8|RUNNING|n|0:30|0|||bench_0123abcd|\n"
+              "9|PENDING||0:00|0|||late_0123abcd|\n")
     (run / "results" / "bench").mkdir(parents=True)
     (run / "results" / "bench" / "results.json").write_text('{"tests": {"SET": {"rps": 10}}}')
     done = orchc(slurm, "results", run, "--csv", cwd=tmp_path)
@@ -258,7 +261,7 @@ def test_results_show_each_jobs_state_and_no_empty_row(slurm, tmp_path):
 
 def test_booleans_print_as_true_and_false_in_every_format(slurm, tmp_path):
     run = write_run(tmp_path / "run", [job("bench", "8")])
-    slurm.set("squeue.out", "8|RUNNING|n|0:30|0|\n")
+    slurm.set("squeue.out", "8|RUNNING|n|0:30|0|||bench_0123abcd|\n")
     (run / "results" / "bench").mkdir(parents=True)
     (run / "results" / "bench" / "results.json").write_text('{"warm": true, "cold": false}')
     table = orchc(slurm, "results", run, cwd=tmp_path).stdout
@@ -272,7 +275,7 @@ def test_booleans_print_as_true_and_false_in_every_format(slurm, tmp_path):
 
 def test_results_of_the_documented_shape_show_units_status_and_parameters(slurm, tmp_path):
     run = write_run(tmp_path / "run", [job("bench", "8")])
-    slurm.set("squeue.out", "8|COMPLETED|n|0:30|0|\n")
+    slurm.set("squeue.out", "8|COMPLETED|n|0:30|0|||bench_0123abcd|\n")
     (run / "results" / "bench").mkdir(parents=True)
     shaped = {"schema": "orchc-results/1", "tool": "t", "status": "partial", "stopped_by": "duration", "error": None,
               "metrics": {"ttft_p99_ms": 12.5, "output_tokens_per_s": 300.0, "requests_ok_count": 9,

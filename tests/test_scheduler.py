@@ -185,7 +185,7 @@ def test_a_stopped_marker_is_shown_only_when_it_is_one_word(fake, tmp_path, mark
     folder = tmp_path / "results" / "bench"
     folder.mkdir(parents=True)
     (folder / "stopped").write_bytes(marker)
-    shown = runs._client_results(folder)["stopped_by"]
+    shown = runs._client_results(tmp_path, "results/bench")["stopped_by"]
     assert shown == ("SIGUSR1" if marker == b"SIGUSR1\n" else "(unreadable marker)")
 
 
@@ -194,7 +194,7 @@ def test_a_fifo_marker_is_not_waited_on(tmp_path):
     folder.mkdir(parents=True)
     os.mkfifo(folder / "stopped")
     os.mkfifo(folder / "results.json")
-    data = runs._client_results(folder)
+    data = runs._client_results(tmp_path, "results/bench")
     assert data["stopped_by"] == "(unreadable marker)" and "not a regular file" in data["error"]
 
 

@@ -11,6 +11,8 @@ from compiler import slurm
 from compiler.errors import ClusterError
 from compiler.scheduler import JobState, Submission
 
+ME = __import__("pwd").getpwuid(__import__("os").geteuid()).pw_name
+
 
 class Commands:
     """Stands in for slurm.run_command: answers by program name, records every call."""
@@ -48,23 +50,35 @@ def test_one_squeue_call_for_every_job(commands):
 
 def test_one_sacct_call_for_the_jobs_squeue_forgot(commands):
     fake = commands(squeue=(0, "5|RUNNING|n|1:02|0|\n", ""),
-                    sacct=(0, "6|COMPLETED|0:0|n|00:00:30\n7|FAILED|3:0|n|00:00:02\n", ""))
+                    sacct=(0, f"6|COMPLETED|0:0|n|00:00:30||{ME}|a_0123abcd\n7|FAILED|3:0|n|00:00:02||{ME}|b\n", ""))
     states = slurm.SlurmScheduler(timeout=1).poll("5", "6", "7", "8")
-    assert states["6"] == JobState("COMPLETED", "n", "0:00:30", "0:0") and states["7"].state == "FAILED"
+    assert states["6"] == JobState("COMPLETED", "n", "0:00:30", "0:0", name="a_0123abcd") and states["7"].state == "FAILED"
     assert states["8"].state == "UNKNOWN"
     assert [call[0] for call in fake.calls] == ["squeue", "sacct"] and "6,7,8" in fake.calls[1]
 
 
 def test_job_completion_file_when_there_is_no_slurmdbd_is_learnt_once(commands):
-    row = "6|CANCELLED by 0|0:0|node07|2026-11-25T15:16:11|2026-11-25T16:17:12\n"
+    row = f"6|CANCELLED by 0|0:0|node07|2026-11-25T15:16:11|2026-11-25T16:17:12|{ME}(0)|a_0123abcd\n"
     fake = commands(squeue=(1, "", "slurm_load_jobs error: Invalid job id specified"),
                     sacct=(1, "", "Slurm accounting storage is disabled"), sacct_c=(0, row, ""))
     scheduler = slurm.SlurmScheduler(timeout=1)
     assert scheduler.poll("6") == {"6": JobState("CANCELLED", "node07", "1:01:01", "0:0",
-                                                 start="2026-11-25T15:16:11Z")}
+                                                 start="2026-11-25T15:16:11Z", name="a_0123abcd")}
     fake.calls.clear()
     scheduler.poll("6")
-    assert [" ".join(call[:2]) for call in fake.calls] == ["squeue -h", "sacct -c"]   # one sacct per refresh
+    assert [" ".join(call[:2]) for call in fake.calls] == ["squeue --me", "sacct -c"]   # one sacct per refresh
+
+
+def test_only_the_users_own_jobs_are_answered_for_with_their_names(commands):
+    fake = commands(squeue=(0, "5|RUNNING|n|1:02|0|None|N/A|a|b_0123abcd|\n", ""),
+                    sacct=(0, f"6|COMPLETED|0:0|n|00:00:30||{ME}|mine\n7|FAILED|3:0|n|00:00:02||not{ME}|theirs\n", ""))
+    scheduler = slurm.SlurmScheduler(timeout=1)
+    states = scheduler.poll("5", "6", "7")
+    assert states["5"].name == "a|b_0123abcd" and states["6"].name == "mine"     # a name may hold a |
+    assert states["7"].state == "UNKNOWN"                               # another user's job: nothing said of it
+    assert fake.calls[0][:2] == ["squeue", "--me"]
+    scheduler.cancel("5")
+    assert fake.calls[-1] == ["scancel", "--me", "5"]
 
 
 def test_a_failing_squeue_is_an_error_not_a_forgotten_job(commands):
@@ -181,10 +195,10 @@ def test_the_five_field_answer_of_older_formats_still_reads(commands):
 
 
 def test_sacct_with_slurmdbd_gives_the_start_in_the_same_format(commands):
-    fake = commands(squeue=(0, "", ""), sacct=(0, "6|COMPLETED|0:0|vm|1-00:00:30|2026-11-25T15:16:11\n"
-                                                  "7|CANCELLED by 0|0:0|None assigned|00:00:00|None\n", ""))
+    fake = commands(squeue=(0, "", ""), sacct=(0, f"6|COMPLETED|0:0|vm|1-00:00:30|2026-11-25T15:16:11|{ME}|x\n"
+                                                  f"7|CANCELLED by 0|0:0|None assigned|00:00:00|None|{ME}|y\n", ""))
     states = slurm.SlurmScheduler(timeout=1).poll("6", "7")
-    assert states["6"] == JobState("COMPLETED", "vm", "24:00:30", "0:0", start="2026-11-25T15:16:11Z")
+    assert states["6"] == JobState("COMPLETED", "vm", "24:00:30", "0:0", start="2026-11-25T15:16:11Z", name="x")
     assert states["7"].state == "CANCELLED" and states["7"].start == "" and states["7"].elapsed == "0:00:00"
     assert "Elapsed,Start" in fake.calls[1][fake.calls[1].index("-o") + 1]
 

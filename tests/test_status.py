@@ -85,10 +85,11 @@ def test_a_damaged_or_hostile_endpoint_is_not_ready(fake, tmp_path, orchc):
     assert rows(orchc("status", run, "--json"))["cache"]["service"] == "starting"
 
 
-SQUEUE_ROWS = ("201|RUNNING|vm|1-02:03:04|0|None|2026-11-25T15:16:11|\n"
-               "202|PENDING||0:00|0|Dependency|N/A|\n"
-               "203|PENDING||0:00|0|Resources|2026-11-26T17:31:31|\n")
-SACCT_ROWS = "204|COMPLETED|0:0|vm|00:00:30|2026-11-26T17:00:00\n"
+ME = __import__("pwd").getpwuid(__import__("os").geteuid()).pw_name
+SQUEUE_ROWS = ("201|RUNNING|vm|1-02:03:04|0|None|2026-11-25T15:16:11|svc_0123abcd|\n"
+               "202|PENDING||0:00|0|Dependency|N/A|after_0123abcd|\n"
+               "203|PENDING||0:00|0|Resources|2026-11-26T17:31:31|waits_0123abcd|\n")
+SACCT_ROWS = f"204|COMPLETED|0:0|vm|00:00:30|2026-11-26T17:00:00|{ME}|done_0123abcd\n"
 
 
 def write_run(folder: Path, jobs: list[tuple[str, str, str]]) -> Path:
