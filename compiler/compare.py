@@ -9,7 +9,6 @@ Whether a change is better or worse is decided from the metric's name by `direct
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import re
@@ -288,18 +287,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "thresholds": [threshold.text for threshold in thresholds], "failures": failures}, indent=2,
             sort_keys=True))
     elif args.csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(COMPARE_CSV_HEADERS)
         from .lifecycle import unit_of
+        from .report import write_csv
 
+        table: list[list[Any]] = [COMPARE_CSV_HEADERS]
         for row in rows:
             change = _finite(row.change)
-            writer.writerow([name_a, name_b, json.dumps(dict(row.values), sort_keys=True, default=str),
+            table.append([name_a, name_b, json.dumps(dict(row.values), sort_keys=True, default=str),
                              row.point_a or "", row.point_b or "", row.client, row.metric, unit_of(row.metric),
                              _direction_name(direction(row.metric)),
                              "" if row.a is None else repr(row.a.mean), "" if row.a is None else row.a.n,
                              "" if row.b is None else repr(row.b.mean), "" if row.b is None else row.b.n,
                              "" if change is None else repr(change), row.verdict])
+        write_csv(table)
     else:
         _print_comparison(f"{name_a} (A) -> {name_b} (B)", rows)
     for note in [*_notes(f"A {name_a}", sides_a.values()), *_notes(f"B {name_b}", sides_b.values())]:
@@ -449,9 +449,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(json.dumps({"run": run_dir.resolve().name, "failed": failed, "checks": [
             dict(zip(CHECK_HEADERS, cells, strict=True)) for cells, _ in checked]}, indent=2, sort_keys=True))
     elif args.csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["run", *CHECK_HEADERS])
-        writer.writerows([run_dir.resolve().name, *cells] for cells, _ in checked)
+        from .report import write_csv
+
+        write_csv([["run", *CHECK_HEADERS], *([run_dir.resolve().name, *cells] for cells, _ in checked)])
     elif is_terminal(sys.stdout):
         from rich.console import Console
         from rich.table import Table

@@ -7,7 +7,6 @@ run.json names, or for `submit` the one ORCHC_SCHEDULER names (default: slurm).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections.abc import Callable
@@ -366,9 +365,9 @@ def cmd_results(args: argparse.Namespace) -> int:
         print(json.dumps(shown, indent=2, sort_keys=True))
         return 0
     if args.csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(RESULT_CSV_HEADERS)
-        writer.writerows(_csv_rows(run, run_dir, collected, job_states))
+        from .report import write_csv
+
+        write_csv([RESULT_CSV_HEADERS, *_csv_rows(run, run_dir, collected, job_states)])
         return 0
     print_table(f"results of {run_dir.name}", RESULT_HEADERS, _result_rows(collected, job_states))
     return 0

@@ -10,7 +10,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from .errors import OrchcError, Problem
@@ -24,6 +24,28 @@ _YAML_WORDS = {"true", "false", "null", "yes", "no", "on", "off", "y", "n", "~",
 _YAML_ESCAPE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]")
 _LITERAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]")
 _COMMENT_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+
+
+# A cell a spreadsheet would run as a formula (OWASP "CSV injection"): first character = + - @ tab or CR.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_CSV_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def csv_cell(value: Any) -> str:
+    """A CSV cell no spreadsheet runs: text that starts like a formula gets a leading `'` (shown, not run);
+    a number (-3.5, -1e-05) stays a number, since a spreadsheet reads it as one and never as a formula, and so
+    does orchc's "-" (nothing), which holds no formula."""
+    text = "" if value is None else str(value)
+    if text.startswith(_FORMULA_START) and text != "-" and not _CSV_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def write_csv(rows: Iterable[Iterable[Any]], stream: TextIO | None = None) -> None:
+    """Rows as CSV, every cell through `csv_cell`: every CSV orchc writes goes through here."""
+    import csv
+
+    csv.writer(stream or sys.stdout).writerows([csv_cell(value) for value in row] for row in rows)
 
 
 def is_terminal(stream: TextIO) -> bool:
