@@ -102,13 +102,11 @@ class Side:
     values: Mapping[str, Any]
     rows: list[PointResult] = field(default_factory=list)
 
-    def aggregate(self, metric: str) -> Aggregate | None:
-        from .points import aggregate
+    def stats(self) -> dict[str, Aggregate]:
+        """Metric -> its aggregate over the repeats, every metric in one pass."""
+        from .points import aggregates
 
-        return aggregate(row.metrics()[metric] for row in self.rows if metric in row.metrics())
-
-    def metric_names(self) -> set[str]:
-        return {name for row in self.rows for name in row.metrics()}
+        return aggregates(self.rows)
 
 
 def point_key(values: Mapping[str, Any]) -> str:
@@ -188,11 +186,10 @@ def compare_rows(a: dict[tuple[str, str], Side], b: dict[tuple[str, str], Side])
         side_a, side_b = a.get(key), b.get(key)
         some = side_a or side_b
         assert some is not None
-        names = (side_a.metric_names() if side_a else set()) | (side_b.metric_names() if side_b else set())
-        for metric in sorted(names):
+        stats_a, stats_b = side_a.stats() if side_a else {}, side_b.stats() if side_b else {}
+        for metric in sorted({*stats_a, *stats_b}):
             rows.append(Row(some.values, side_a.point if side_a else None, side_b.point if side_b else None, key[1],
-                            metric, side_a.aggregate(metric) if side_a else None,
-                            side_b.aggregate(metric) if side_b else None))
+                            metric, stats_a.get(metric), stats_b.get(metric)))
     return rows
 
 
@@ -413,7 +410,10 @@ def check_rows(references: list[Reference], results: list[PointResult]) -> list[
     """One row per reference and client result (every point and repeat): the cells and whether it passed."""
     from .points import base_name
 
-    clients = list(dict.fromkeys(base_name(row) for row in results))
+    by_client: dict[str, list[PointResult]] = {}
+    for row in results:
+        by_client.setdefault(base_name(row), []).append(row)
+    clients = list(by_client)
     checked = []
     for reference in references:
         split = _split_reference(reference.key, clients)
@@ -422,7 +422,7 @@ def check_rows(references: list[Reference], results: list[PointResult]) -> list[
                              reference.allowed(), "FAIL"], False))
             continue
         client, metric = split
-        for row in (row for row in results if base_name(row) == client):
+        for row in by_client[client]:
             point = point_label(row.values)
             value = row.metrics().get(metric)
             if value is None:

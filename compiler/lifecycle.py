@@ -296,24 +296,20 @@ def _csv_rows(run: Run, run_dir: Path, collected: dict[str, Any], job_states: di
 def _sweep_results(run_dir: Path, run: Run, manifest: dict[str, Any], sweep: Sweep, job_states: dict[str, str],
                    as_json: bool) -> int:
     """A sweep's results: one row per point, repeat and metric, then each point's aggregate over its repeats."""
-    from .points import aggregate, base_name, by_point, point_results
+    from .points import aggregates, base_name, by_point, point_results
     from .report import print_table
 
     rows = point_results(run_dir, run, manifest)
-    aggregates = []
-    for (point, client), repeats in by_point(rows).items():
-        names = sorted({name for row in repeats for name in row.metrics()})
-        for name in names:
-            summary = aggregate(row.metrics()[name] for row in repeats if name in row.metrics())
-            if summary is not None:
-                aggregates.append({"point": point, "values": dict(repeats[0].values), "client": client,
-                                   "metric": name, "unit": unit_of(name), **vars(summary)})
+    aggregated = [{"point": point, "values": dict(repeats[0].values), "client": client, "metric": name,
+                   "unit": unit_of(name), **vars(summary)}
+                  for (point, client), repeats in by_point(rows).items()
+                  for name, summary in aggregates(repeats).items()]
     if as_json:
         print(json.dumps({"run": run_dir.name, "sweep": {"keys": list(sweep.keys), "repeat": sweep.repeat},
                           "rows": [{"point": row.point, "values": dict(row.values), "repeat": row.repeat,
                                     "client": base_name(row), "job": row.job, "slurm_id": row.slurm_id,
                                     "state": job_states.get(row.job, "?"), "results": row.results} for row in rows],
-                          "aggregates": aggregates}, indent=2, sort_keys=True))
+                          "aggregates": aggregated}, indent=2, sort_keys=True))
         return 0
     keys = list(sweep.keys)
     table = []
@@ -326,7 +322,7 @@ def _sweep_results(run_dir: Path, run: Run, manifest: dict[str, Any], sweep: Swe
                 ["point", *keys, "repeat", "client", "state", "metric", "value", "unit"], table)
     summary_rows = [[str(a["point"]), *(cell(a["values"].get(key, "")) for key in keys), str(a["client"]),
                      str(a["metric"]), str(a["n"]), _number(a["mean"]), _number(a["stdev"]), _number(a["min"]),
-                     _number(a["max"]), str(a["unit"])] for a in aggregates]
+                     _number(a["max"]), str(a["unit"])] for a in aggregated]
     print()
     print_table("over the repeats of each point", ["point", *keys, "client", "metric", "n", "mean", "stdev", "min",
                                                    "max", "unit"], summary_rows)
