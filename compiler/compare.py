@@ -299,10 +299,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         write_csv(table)
     else:
         _print_comparison(f"{name_a} (A) -> {name_b} (B)", rows)
+    from .report import terminal_text
+
     for note in [*_notes(f"A {name_a}", sides_a.values()), *_notes(f"B {name_b}", sides_b.values())]:
-        print(f"orchc: note: {note}", file=sys.stderr)
+        print(f"orchc: note: {terminal_text(note)}", file=sys.stderr)
     for failure in failures:
-        print(f"orchc: regression: {failure}", file=sys.stderr)
+        print(f"orchc: regression: {terminal_text(failure)}", file=sys.stderr)
     if failures:
         print(f"orchc: error: {len(failures)} change(s) beyond the thresholds", file=sys.stderr)
         return 1
@@ -314,7 +316,7 @@ _STYLES = {"better": "green", "worse": "red", "only in A": "yellow", "only in B"
 
 def _print_comparison(title: str, rows: list[Row], stream: TextIO | None = None) -> None:
     from .lifecycle import unit_of
-    from .report import is_terminal, print_table
+    from .report import is_terminal, print_table, terminal_text
 
     stream = stream or sys.stdout
     headers = ["point", "client", "metric", "unit", "A", "B", "change", ""]
@@ -327,12 +329,13 @@ def _print_comparison(title: str, rows: list[Row], stream: TextIO | None = None)
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(terminal_text(title)), title_justify="left")
     for header in headers:
         table.add_column(header, justify="right" if header in ("A", "B", "change") else "left")
     for row, line in zip(rows, cells, strict=True):
         style = _STYLES.get(row.verdict, "")
-        table.add_row(*(Text(text) for text in line[:6]), Text(line[6], style=style), Text(line[7], style=style))
+        table.add_row(*(Text(terminal_text(text)) for text in line[:6]), Text(line[6], style=style),
+                      Text(line[7], style=style))
     Console(file=stream).print(table)
 
 
@@ -438,7 +441,7 @@ def check_rows(references: list[Reference], results: list[PointResult]) -> list[
 def cmd_check(args: argparse.Namespace) -> int:
     """`orchc results --check [RUN]`: every reference against every point and repeat; 1 when any fails."""
     from .points import point_results, read_manifest
-    from .report import is_terminal
+    from .report import is_terminal, terminal_text
     from .runs import load_run
 
     run_dir, run = load_run(args.run_ref)
@@ -457,11 +460,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         from rich.table import Table
         from rich.text import Text
 
-        table = Table(title=f"references of {run_dir.name}", title_justify="left")
+        table = Table(title=Text(terminal_text(f"references of {run_dir.name}")), title_justify="left")
         for header in CHECK_HEADERS:
             table.add_column(header)
         for cells, passed in checked:
-            table.add_row(*(Text(cell) for cell in cells[:-1]), Text(cells[-1], style="green" if passed else "red"))
+            table.add_row(*(Text(terminal_text(cell)) for cell in cells[:-1]),
+                          Text(cells[-1], style="green" if passed else "red"))
         Console(file=sys.stdout).print(table)
     else:
         from .report import print_table

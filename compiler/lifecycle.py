@@ -192,8 +192,11 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
     if args.port is not None and args.port not in ports:
         raise ClusterError(f"job {job.name} published port(s) {', '.join(map(str, ports))}, not {args.port}")
     port = ports[0] if args.port is None else args.port
+    from .report import terminal_text
+
+    shown = terminal_text(node)  # as the job published it (a file in the run folder)
     if run.remote is None:
-        print(f"{job.name} listens on {node}:{port} (reachable from here: no tunnel needed)")
+        print(f"{job.name} listens on {shown}:{port} (reachable from here: no tunnel needed)")
         return 0
     import socket
 
@@ -207,7 +210,7 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
     conn = connection(run.remote)
     spec = conn.forward(local_port, node, port)
     try:
-        print(f"forwarding 127.0.0.1:{local_port} -> {node}:{port} through {run.remote.shown()}")
+        print(f"forwarding 127.0.0.1:{local_port} -> {shown}:{port} through {run.remote.shown()}")
         print(f"local URL: http://127.0.0.1:{local_port}/   (Ctrl-C closes the tunnel)", flush=True)
         signum = wait_until_interrupted()
     finally:
@@ -221,7 +224,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     run_dir, run = load_run(args.run_ref, pull=False)
     ids = cancel(run, args.jobs, scheduler_for(run))
-    print(f"cancelled SLURM job(s) {', '.join(ids) or '(none submitted)'} of {run_dir}")
+    from .report import terminal_text
+
+    print(terminal_text(f"cancelled SLURM job(s) {', '.join(ids) or '(none submitted)'} of {run_dir}"))
     return 0
 
 
@@ -232,7 +237,9 @@ def _job_states(run: Run) -> dict[str, str]:
     try:
         return {name: state.state for name, state in states(run, scheduler_for(run)).items()}
     except ClusterError as error:
-        print(f"orchc: warning: job states unknown: {error}", file=sys.stderr)
+        from .report import terminal_text
+
+        print(f"orchc: warning: job states unknown: {terminal_text(error, lines=True)}", file=sys.stderr)
         return {job.name: "?" for job in run.jobs}
 
 

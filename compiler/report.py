@@ -48,6 +48,29 @@ def write_csv(rows: Iterable[Iterable[Any]], stream: TextIO | None = None) -> No
     csv.writer(stream or sys.stdout).writerows([csv_cell(value) for value in row] for row in rows)
 
 
+# What must not reach a terminal raw: C0 and C1 controls (ESC starts CSI and OSC sequences: colours, cursor moves,
+# clipboard writes, window titles), DEL, and the invisible marks that reorder or split what is shown.
+_TERMINAL_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029\ufeff]")
+
+
+def terminal_text(text: Any, lines: bool = False) -> str:
+    """Text from a run folder (results, run.json, manifest.json) as it may reach a terminal: every control
+    character shown escaped, as Python writes it (ESC as \\x1b, U+202E as \\u202e); `lines`: a message of
+    several lines keeps its line ends and tabs."""
+    if lines:
+        return "\n".join(_TERMINAL_UNSAFE.sub(_kept_tab, line) for line in str(text).split("\n"))
+    return _TERMINAL_UNSAFE.sub(_escaped, str(text))
+
+
+def _kept_tab(match: re.Match[str]) -> str:
+    return "\t" if match.group() == "\t" else _escaped(match)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def is_terminal(stream: TextIO) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
@@ -158,19 +181,23 @@ def print_table(title: str, headers: list[str], rows: list[list[str]], stream: T
 
         Console(file=stream).print(rich_table(title, headers, rows))
         return
+    headers = [terminal_text(header) for header in headers]
+    rows = [[terminal_text(cell) for cell in row] for row in rows]
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=True)]
     for row in [headers, *rows]:
         stream.write("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
 def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Any:
+    """A rich table of plain text: no cell is read as rich markup, control characters shown escaped."""
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(terminal_text(title)), title_justify="left")
     for header in headers:
-        table.add_column(header)
+        table.add_column(Text(terminal_text(header)))
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(terminal_text(cell)) for cell in row))
     return table
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 from conftest import ROOT
 from test_compare import results, write_run
 
-from compiler.report import csv_cell
+from compiler.report import csv_cell, terminal_text
 
 MYSQL = """\
 name: sq
@@ -118,3 +119,78 @@ def test_check_csv_neutralises_reference_keys(tmp_path: Path):
 ])
 def test_the_csv_cell_rule(cell, shown):
     assert csv_cell(cell) == shown
+
+
+# --- terminal text -----------------------------------------------------------------------------------------
+
+OSC52 = "\x1b]52;c;ZXZpbA==\x07"   # writes "evil" to the clipboard of the terminal that shows it
+HOSTILE = [OSC52, "\x1b[2J", "\x9b2J", "\u202e", "\r", "\x08"]
+ESCAPED = ["\\x1b]52;c;ZXZpbA==\\x07", "\\x1b[2J", "\\x9b2J", "\\u202e"]
+
+
+def hostile_runs(root: Path) -> None:
+    """Two runs whose run.json, results.json and manifest.json carry control characters wherever text is free."""
+    metrics = {f"lat{OSC52}_ms": 1.0, "x\x1b[2J_count": 2, "\u202eevil_per_s": 3.0}
+    for name, shift in (("a", 0.0), ("b", 1.0)):
+        folder = write_run(root / "runs" / name, {"bench": results({k: v + shift for k, v in metrics.items()},
+                                                                   status=f"stopped{OSC52}")},
+                           references={f"bench.lat{OSC52}_ms": {"min": 5}, f"ghost{OSC52}.x": {"max": 1}})
+        run = json.loads((folder / "run.json").read_text())
+        run.update(site=f"local{OSC52}", created="2026\x9b2J", state="failed", error=f"boom\x1b[2J{OSC52}\r\x08")
+        (folder / "run.json").write_text(json.dumps(run))
+
+
+def assert_inert(text: str) -> None:
+    for bad in (OSC52, "\x1b]", "\x07", "\x9b", "\u202e", "\x08", "\x1b[2J"):
+        assert bad not in text, (bad, text)
+
+
+@pytest.mark.parametrize("command", [("results", "runs/a"), ("results", "--check", "runs/a"), ("results", "runs/a", "--json"),
+                                     ("compare", "runs/a", "runs/b"), ("compare", "runs/a", "runs/b", "--json"),
+                                     ("compare", "runs/a", "runs/b", "--threshold", "*=+1"), ("runs",)])
+def test_plain_output_shows_control_characters_escaped(tmp_path: Path, command):
+    hostile_runs(tmp_path)
+    done = run_orchc(*command, cwd=tmp_path)
+    assert "Traceback" not in done.stderr
+    assert_inert(done.stdout + done.stderr)
+    shown = done.stdout + done.stderr
+    if "--json" not in command:
+        assert any(escaped in shown for escaped in ESCAPED), shown
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("command", [("results", "runs/a"), ("results", "--check", "runs/a"),
+                                     ("compare", "runs/a", "runs/b"), ("runs",), ("status", "runs/a")])
+def test_terminal_output_shows_control_characters_escaped(orchc, tmp_path: Path, monkeypatch, command):
+    hostile_runs(tmp_path)
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.setenv("TERM", "xterm-256color")
+    from compiler.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    main(list(command))
+    assert_inert(screen.getvalue())
+    assert "\\x1b" in screen.getvalue() or "\\u202e" in screen.getvalue()
+
+
+def test_rich_markup_in_a_name_is_text(tmp_path: Path):
+    from compiler.report import print_table
+
+    screen = Terminal()
+    print_table("t[bold]x", ["h"], [["[link=file:///etc/passwd]click[/link]"], [f"a{OSC52}"]], screen)
+    assert "[link=file:///etc/passwd]click[/link]" in screen.getvalue() and "t[bold]x" in screen.getvalue()
+    assert_inert(screen.getvalue())
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    (OSC52, "\\x1b]52;c;ZXZpbA==\\x07"), ("a\tb\nc", "a\\x09b\\x0ac"), ("\x7f\x85\x9b", "\\x7f\\x85\\x9b"),
+    ("\u202eabc\u2066", "\\u202eabc\\u2066"), ("plain ünïcode ✓", "plain ünïcode ✓"),
+])
+def test_the_terminal_text_rule(text, shown):
+    assert terminal_text(text) == shown
