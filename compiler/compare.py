@@ -276,7 +276,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     failures = threshold_failures(rows, thresholds)
     name_a, name_b = dir_a.resolve().name, dir_b.resolve().name
     if args.json:
-        print(json.dumps({"a": name_a, "b": name_b, "rows": [
+        from .report import json_text
+
+        print(json_text({"a": name_a, "b": name_b, "rows": [
             {"point": dict(row.values), "point_a": row.point_a, "point_b": row.point_b, "client": row.client,
              "metric": row.metric, "direction": _direction_name(direction(row.metric)),
              "a": _json_aggregate(row.a), "b": _json_aggregate(row.b), "change_percent": _finite(row.change),
@@ -449,7 +451,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     checked = check_rows(references, point_results(run_dir, run))
     failed = sum(1 for _, passed in checked if not passed)
     if args.json:
-        print(json.dumps({"run": run_dir.resolve().name, "failed": failed, "checks": [
+        from .report import json_text
+
+        print(json_text({"run": run_dir.resolve().name, "failed": failed, "checks": [
             dict(zip(CHECK_HEADERS, cells, strict=True)) for cells, _ in checked]}, indent=2, sort_keys=True))
     elif args.csv:
         from .report import write_csv

@@ -252,11 +252,34 @@ def unit_of(metric: str) -> str:
     return next((unit for ending, unit in UNITS if metric.endswith(ending)), "")
 
 
+PATH_LIMIT = 1000
+"""Characters of a nested key path shown (`a.b.c`); longer paths end in an ellipsis."""
+
+
+def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested results -> (dotted key path, value) rows, in order. Iterative, so any depth the JSON reader allowed
+    is fine; a path is clipped at PATH_LIMIT characters, so that deep long keys cannot make every row huge."""
+    rows: list[tuple[str, Any]] = []
+    stack: list[tuple[str, Any]] = [(prefix, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, dict) and item:
+            stack.extend((_joined(path, str(key)), child) for key, child in reversed(item.items()))
+        else:
+            rows.append((path.rstrip("."), item))
+    return rows
+
+
+def _joined(path: str, key: str) -> str:
+    if len(path) > PATH_LIMIT:
+        return path
+    joined = f"{path}{key}."
+    return joined if len(joined) <= PATH_LIMIT else joined[:PATH_LIMIT] + "…"
+
+
 def _metric_rows(data: Any) -> list[tuple[str, Any, str]]:
     """(metric, value, unit) rows of one client's results: the metrics of the documented shape, then how the
     run ended; results of another shape (a type that writes its own results.json) row by row, without units."""
-    from .runs import flatten
-
     if not (isinstance(data, dict) and data.get("schema") == RESULTS_SCHEMA and isinstance(data.get("metrics"), dict)):
         return [(metric or "-", value, "") for metric, value in flatten(data)]
     rows = [(name, value, unit_of(name)) for name, value in sorted(data["metrics"].items())]
@@ -304,7 +327,7 @@ def _sweep_results(run_dir: Path, run: Run, manifest: dict[str, Any], sweep: Swe
                    as_json: bool) -> int:
     """A sweep's results: one row per point, repeat and metric, then each point's aggregate over its repeats."""
     from .points import aggregates, base_name, by_point, point_results
-    from .report import print_table
+    from .report import json_text, print_table
 
     rows = point_results(run_dir, run, manifest)
     aggregated = [{"point": point, "values": dict(repeats[0].values), "client": client, "metric": name,
@@ -312,7 +335,7 @@ def _sweep_results(run_dir: Path, run: Run, manifest: dict[str, Any], sweep: Swe
                   for (point, client), repeats in by_point(rows).items()
                   for name, summary in aggregates(repeats).items()]
     if as_json:
-        print(json.dumps({"run": run_dir.name, "sweep": {"keys": list(sweep.keys), "repeat": sweep.repeat},
+        print(json_text({"run": run_dir.name, "sweep": {"keys": list(sweep.keys), "repeat": sweep.repeat},
                           "rows": [{"point": row.point, "values": dict(row.values), "repeat": row.repeat,
                                     "client": base_name(row), "job": row.job, "slurm_id": row.slurm_id,
                                     "state": job_states.get(row.job, "?"), "results": row.results} for row in rows],
@@ -345,7 +368,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         from .compare import cmd_check
 
         return cmd_check(args)
-    from .report import print_table
+    from .report import json_text, print_table
     from .runs import images, load_run, results
 
     run_dir, run = load_run(args.run_ref)
@@ -365,7 +388,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.json:
         shown = {job: {**(data if isinstance(data, dict) else {} if data is None else {"results": data}),
                        "job_state": job_states.get(job, "?")} for job, data in collected.items()}
-        print(json.dumps(shown, indent=2, sort_keys=True))
+        print(json_text(shown, indent=2, sort_keys=True))
         return 0
     if args.csv:
         from .report import write_csv

@@ -71,10 +71,39 @@ def _escaped(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+def json_text(value: Any, **options: Any) -> str:
+    """JSON that any reader takes: NaN and infinities (which a results.json may hold, and Python's json writes as
+    bare NaN/Infinity) become null; nesting too deep to write is an error, not a traceback."""
+    from .errors import ClusterError
+
+    try:
+        return json.dumps(_finite_copy(value), allow_nan=False, **options)
+    except RecursionError:
+        raise ClusterError("the results are nested too deeply to write as JSON") from None
+
+
+def _finite_copy(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None; iterative, so any depth the reader allowed is fine."""
+    holder = [value]
+    stack: list[tuple[Any, Any, Any]] = [(holder, 0, value)]
+    while stack:
+        parent, key, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            parent[key] = None
+        elif isinstance(item, dict):
+            parent[key] = mapping = dict(item)
+            stack.extend((mapping, name, child) for name, child in mapping.items())
+        elif isinstance(item, (list, tuple)):
+            parent[key] = items = list(item)
+            stack.extend((items, index, child) for index, child in enumerate(items))
+    return holder[0]
+
+
 def is_terminal(stream: TextIO) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
 
+_COLUMN_LIMIT = 120
 MAX_SHOWN = 50
 """Errors shown in full; the rest are counted ("... and N more errors")."""
 _MESSAGE_LIMIT = 500
@@ -183,7 +212,8 @@ def print_table(title: str, headers: list[str], rows: list[list[str]], stream: T
         return
     headers = [terminal_text(header) for header in headers]
     rows = [[terminal_text(cell) for cell in row] for row in rows]
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=True)]
+    # A column is as wide as its widest cell up to a limit: one long name overflows its row instead of padding all.
+    widths = [min(max(len(x) for x in column), _COLUMN_LIMIT) for column in zip(headers, *rows, strict=True)]
     for row in [headers, *rows]:
         stream.write("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
 
