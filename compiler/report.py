@@ -57,9 +57,12 @@ def terminal_text(text: Any, lines: bool = False) -> str:
     """Text from a run folder (results, run.json, manifest.json) as it may reach a terminal: every control
     character shown escaped, as Python writes it (ESC as \\x1b, U+202E as \\u202e); `lines`: a message of
     several lines keeps its line ends and tabs."""
+    text = text if isinstance(text, str) else str(text)
+    if text.isprintable():  # the usual case, checked in C: no control character, no invisible mark
+        return text
     if lines:
-        return "\n".join(_TERMINAL_UNSAFE.sub(_kept_tab, line) for line in str(text).split("\n"))
-    return _TERMINAL_UNSAFE.sub(_escaped, str(text))
+        return "\n".join(_TERMINAL_UNSAFE.sub(_kept_tab, line) for line in text.split("\n"))
+    return _TERMINAL_UNSAFE.sub(_escaped, text)
 
 
 def _kept_tab(match: re.Match[str]) -> str:
@@ -214,8 +217,8 @@ def print_table(title: str, headers: list[str], rows: list[list[str]], stream: T
     rows = [[terminal_text(cell) for cell in row] for row in rows]
     # A column is as wide as its widest cell up to a limit: one long name overflows its row instead of padding all.
     widths = [min(max(len(x) for x in column), _COLUMN_LIMIT) for column in zip(headers, *rows, strict=True)]
-    for row in [headers, *rows]:
-        stream.write("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
+    stream.writelines("  ".join([cell.ljust(width) for cell, width in zip(row, widths, strict=True)]).rstrip() + "\n"
+                      for row in [headers, *rows])
 
 
 def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Any:
