@@ -24,9 +24,10 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,8 @@ KNEE_GAIN = 0.10
 KNEE_GROWTH = 0.50
 """... while the tail latency grows by more than this share is past the knee"""
 REPORT_NAME = "report.html"
+MAX_PLOTS = 200
+"""Plots drawn at most (matplotlib takes a good part of a second each); the report says how many it left out."""
 GPU_CSV_LIMIT = 64 << 20
 _PLOT_FILE = re.compile(r"\d{2,}-[A-Za-z0-9._-]+\.(?:svg|png)")
 _STAT = re.compile(r"(?P<family>.+?)_(?P<stat>p\d+(?:[._]\d+)?|median|mean|min|max)_ms")
@@ -518,13 +521,24 @@ def _set_x(ax: Any, curve_set: Sequence[Curve], order: Sequence[str]) -> None:
         ax.set_xticks(range(len(order)), [shown(json.loads(value)) for value in order])
 
 
+def metric_plottable(client: Client, metric: str, key: str, keys: Sequence[str]) -> bool:
+    """Whether `metric` was measured at two values of `key` or more (a plot needs two)."""
+    measured = {_key(p.values.get(key)) for p in client.points if p.mean(metric) is not None}
+    return len(measured) >= 2
+
+
+def latency_points(client: Client, family: Family, throughput: str) -> list[PointStats]:
+    """The points where the throughput and a latency of the family were measured (a plot needs two)."""
+    metrics = family.curve_metrics()
+    return [p for p in client.points if p.mean(throughput) is not None and any(p.mean(m) is not None for m in metrics)]
+
+
 def metric_plot(Figure: Any, client: Client, metric: str, key: str, keys: Sequence[str],
                 marked: list[Knee]) -> Plot | None:
     """`metric` of one client against swept key `key`, one line per combination of the other keys."""
-    curve_set, order = curves(client.points, key, keys)
-    measured = {_key(p.values.get(key)) for curve in curve_set for p in curve.points if p.mean(metric) is not None}
-    if len(measured) < 2:
+    if not metric_plottable(client, metric, key, keys):
         return None
+    curve_set, order = curves(client.points, key, keys)
     figure = Figure()
     ax = figure.subplots()
     repeats = max(len(p.rows) for p in client.points)
@@ -564,7 +578,7 @@ def latency_plot(Figure: Any, client: Client, family: Family, throughput: str, k
     """Every percentile of a latency family against its throughput: one line per percentile (colour) and per
     combination of the other swept values (line style), following the load key upward."""
     metrics = family.curve_metrics()
-    points = [p for p in client.points if p.mean(throughput) is not None and any(p.mean(m) is not None for m in metrics)]
+    points = latency_points(client, family, throughput)
     if len(points) < 2:
         return None
     load = load_key(points, keys)
@@ -788,21 +802,15 @@ def build(run_dir: Path, run: Run, folder_name: str) -> Report:
     else:
         parts.append('<p class="note">No knee detected.</p>')
 
-    plots: list[tuple[str, list[Plot]]] = []
+    wanted = planned_plots(clients, keys, heads, found, traces)
+    plots: dict[str, list[Plot]] = {}
     with matplotlib.rc_context(_RC):
-        for client in clients:
-            drawn = [plot for metric in heads[client.name] for key in keys
-                     if (plot := metric_plot(Figure, client, metric, key, keys, found[client.name])) is not None]
-            for family, throughput in latency_pairs(client):
-                if plot := latency_plot(Figure, client, family, throughput, keys, found[client.name]):
-                    drawn.append(plot)
-            if drawn:
-                plots.append((f"Plots: {client.name}", drawn))
-        if traces:
-            plots.append(("Telemetry", [gpu_plot(Figure, trace) for trace in traces]))
+        for section, draw in wanted[:MAX_PLOTS]:
+            if (plot := draw(Figure)) is not None:
+                plots.setdefault(section, []).append(plot)
         files: dict[str, bytes] = {}
         index = 0
-        for section, members in plots:
+        for section, members in plots.items():
             parts.append(f"<h2>{html.escape(section)}</h2>")
             for plot in members:
                 index += 1
@@ -813,6 +821,9 @@ def build(run_dir: Path, run: Run, folder_name: str) -> Report:
                                  for ext in ("svg", "png"))
                 parts.append(f'<figure id="plot-{index:02d}"><h3>{html.escape(plot.title)}</h3>{inline}'
                              f"<figcaption>{html.escape(plot.caption)} Files: {links}</figcaption></figure>")
+    if len(wanted) > MAX_PLOTS:
+        parts.append(f'<p class="note">This report draws at most {MAX_PLOTS} plots: {len(wanted) - MAX_PLOTS} more '
+                     "were left out (clients in order, headline metrics first, then latencies, then telemetry).</p>")
     if not traces:
         parts.append("<h2>Telemetry</h2><p class=\"note\">No job of this run has GPU telemetry "
                      "(results/&lt;job&gt;/gpu.csv).</p>")
@@ -825,6 +836,36 @@ def build(run_dir: Path, run: Run, folder_name: str) -> Report:
             f"<title>orchc report: {html.escape(name)}</title><style>{_CSS}</style></head><body>\n"
             + "\n".join(parts) + "\n</body></html>\n")
     return Report(page, files, index)
+
+
+def planned_plots(clients: list[Client], keys: Sequence[str], heads: Mapping[str, list[str]],
+                  found: Mapping[str, list[Knee]], traces: list[GpuTrace]) -> list[tuple[str, Callable[[Any], Plot | None]]]:
+    """(section, drawing) of every plot the report has data for, in order: per client each headline metric
+    against each swept key, then each latency family against its throughput; then the GPU telemetry. Checking
+    that a plot has its two points is cheap; drawing it is not, so only the first MAX_PLOTS are drawn."""
+    wanted: list[tuple[str, Callable[[Any], Plot | None]]] = []
+    for client in clients:
+        section, knees_ = f"Plots: {client.name}", found[client.name]
+        wanted += [(section, partial(_metric_drawing, client, metric, key, keys, knees_)) for metric in heads[client.name]
+                   for key in keys if metric_plottable(client, metric, key, keys)]
+        wanted += [(section, partial(_latency_drawing, client, family, throughput, keys, knees_))
+                   for family, throughput in latency_pairs(client) if len(latency_points(client, family, throughput)) >= 2]
+    wanted += [("Telemetry", partial(_gpu_drawing, trace)) for trace in traces]
+    return wanted
+
+
+def _metric_drawing(client: Client, metric: str, key: str, keys: Sequence[str], knees_: list[Knee],
+                    Figure: Any) -> Plot | None:
+    return metric_plot(Figure, client, metric, key, keys, knees_)
+
+
+def _latency_drawing(client: Client, family: Family, throughput: str, keys: Sequence[str], knees_: list[Knee],
+                     Figure: Any) -> Plot | None:
+    return latency_plot(Figure, client, family, throughput, keys, knees_)
+
+
+def _gpu_drawing(trace: GpuTrace, Figure: Any) -> Plot | None:
+    return gpu_plot(Figure, trace)
 
 
 def write_report(report: Report, output: Path) -> Path:
