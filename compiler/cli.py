@@ -226,8 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print_error(error)
         return EXIT_INVALID
-    except ClusterError as error:
-        print(f"orchc: error: {error}", file=sys.stderr)
+    except ClusterError as error:  # may quote a run folder: its control characters are shown escaped
+        from .report import terminal_text
+
+        print(f"orchc: error: {terminal_text(error, lines=True)}", file=sys.stderr)
         return EXIT_INVALID
     except UsageError as error:
         parser.print_usage(sys.stderr)

@@ -9,7 +9,6 @@ Whether a change is better or worse is decided from the metric's name by `direct
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import re
@@ -103,13 +102,11 @@ class Side:
     values: Mapping[str, Any]
     rows: list[PointResult] = field(default_factory=list)
 
-    def aggregate(self, metric: str) -> Aggregate | None:
-        from .points import aggregate
+    def stats(self) -> dict[str, Aggregate]:
+        """Metric -> its aggregate over the repeats, every metric in one pass."""
+        from .points import aggregates
 
-        return aggregate(row.metrics()[metric] for row in self.rows if metric in row.metrics())
-
-    def metric_names(self) -> set[str]:
-        return {name for row in self.rows for name in row.metrics()}
+        return aggregates(self.rows)
 
 
 def point_key(values: Mapping[str, Any]) -> str:
@@ -189,11 +186,10 @@ def compare_rows(a: dict[tuple[str, str], Side], b: dict[tuple[str, str], Side])
         side_a, side_b = a.get(key), b.get(key)
         some = side_a or side_b
         assert some is not None
-        names = (side_a.metric_names() if side_a else set()) | (side_b.metric_names() if side_b else set())
-        for metric in sorted(names):
+        stats_a, stats_b = side_a.stats() if side_a else {}, side_b.stats() if side_b else {}
+        for metric in sorted({*stats_a, *stats_b}):
             rows.append(Row(some.values, side_a.point if side_a else None, side_b.point if side_b else None, key[1],
-                            metric, side_a.aggregate(metric) if side_a else None,
-                            side_b.aggregate(metric) if side_b else None))
+                            metric, stats_a.get(metric), stats_b.get(metric)))
     return rows
 
 
@@ -280,7 +276,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     failures = threshold_failures(rows, thresholds)
     name_a, name_b = dir_a.resolve().name, dir_b.resolve().name
     if args.json:
-        print(json.dumps({"a": name_a, "b": name_b, "rows": [
+        from .report import json_text
+
+        print(json_text({"a": name_a, "b": name_b, "rows": [
             {"point": dict(row.values), "point_a": row.point_a, "point_b": row.point_b, "client": row.client,
              "metric": row.metric, "direction": _direction_name(direction(row.metric)),
              "a": _json_aggregate(row.a), "b": _json_aggregate(row.b), "change_percent": _finite(row.change),
@@ -288,24 +286,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "thresholds": [threshold.text for threshold in thresholds], "failures": failures}, indent=2,
             sort_keys=True))
     elif args.csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(COMPARE_CSV_HEADERS)
         from .lifecycle import unit_of
+        from .report import write_csv
 
+        table: list[list[Any]] = [COMPARE_CSV_HEADERS]
         for row in rows:
             change = _finite(row.change)
-            writer.writerow([name_a, name_b, json.dumps(dict(row.values), sort_keys=True, default=str),
+            table.append([name_a, name_b, json.dumps(dict(row.values), sort_keys=True, default=str),
                              row.point_a or "", row.point_b or "", row.client, row.metric, unit_of(row.metric),
                              _direction_name(direction(row.metric)),
                              "" if row.a is None else repr(row.a.mean), "" if row.a is None else row.a.n,
                              "" if row.b is None else repr(row.b.mean), "" if row.b is None else row.b.n,
                              "" if change is None else repr(change), row.verdict])
+        write_csv(table)
     else:
         _print_comparison(f"{name_a} (A) -> {name_b} (B)", rows)
+    from .report import terminal_text
+
     for note in [*_notes(f"A {name_a}", sides_a.values()), *_notes(f"B {name_b}", sides_b.values())]:
-        print(f"orchc: note: {note}", file=sys.stderr)
+        print(f"orchc: note: {terminal_text(note)}", file=sys.stderr)
     for failure in failures:
-        print(f"orchc: regression: {failure}", file=sys.stderr)
+        print(f"orchc: regression: {terminal_text(failure)}", file=sys.stderr)
     if failures:
         print(f"orchc: error: {len(failures)} change(s) beyond the thresholds", file=sys.stderr)
         return 1
@@ -317,7 +318,7 @@ _STYLES = {"better": "green", "worse": "red", "only in A": "yellow", "only in B"
 
 def _print_comparison(title: str, rows: list[Row], stream: TextIO | None = None) -> None:
     from .lifecycle import unit_of
-    from .report import is_terminal, print_table
+    from .report import is_terminal, print_table, terminal_text
 
     stream = stream or sys.stdout
     headers = ["point", "client", "metric", "unit", "A", "B", "change", ""]
@@ -330,12 +331,13 @@ def _print_comparison(title: str, rows: list[Row], stream: TextIO | None = None)
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(terminal_text(title)), title_justify="left")
     for header in headers:
         table.add_column(header, justify="right" if header in ("A", "B", "change") else "left")
     for row, line in zip(rows, cells, strict=True):
         style = _STYLES.get(row.verdict, "")
-        table.add_row(*(Text(text) for text in line[:6]), Text(line[6], style=style), Text(line[7], style=style))
+        table.add_row(*(Text(terminal_text(text)) for text in line[:6]), Text(line[6], style=style),
+                      Text(line[7], style=style))
     Console(file=stream).print(table)
 
 
@@ -413,7 +415,10 @@ def check_rows(references: list[Reference], results: list[PointResult]) -> list[
     """One row per reference and client result (every point and repeat): the cells and whether it passed."""
     from .points import base_name
 
-    clients = list(dict.fromkeys(base_name(row) for row in results))
+    by_client: dict[str, list[PointResult]] = {}
+    for row in results:
+        by_client.setdefault(base_name(row), []).append(row)
+    clients = list(by_client)
     checked = []
     for reference in references:
         split = _split_reference(reference.key, clients)
@@ -422,7 +427,7 @@ def check_rows(references: list[Reference], results: list[PointResult]) -> list[
                              reference.allowed(), "FAIL"], False))
             continue
         client, metric = split
-        for row in (row for row in results if base_name(row) == client):
+        for row in by_client[client]:
             point = point_label(row.values)
             value = row.metrics().get(metric)
             if value is None:
@@ -438,7 +443,7 @@ def check_rows(references: list[Reference], results: list[PointResult]) -> list[
 def cmd_check(args: argparse.Namespace) -> int:
     """`orchc results --check [RUN]`: every reference against every point and repeat; 1 when any fails."""
     from .points import point_results, read_manifest
-    from .report import is_terminal
+    from .report import is_terminal, terminal_text
     from .runs import load_run
 
     run_dir, run = load_run(args.run_ref)
@@ -446,22 +451,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     checked = check_rows(references, point_results(run_dir, run))
     failed = sum(1 for _, passed in checked if not passed)
     if args.json:
-        print(json.dumps({"run": run_dir.resolve().name, "failed": failed, "checks": [
+        from .report import json_text
+
+        print(json_text({"run": run_dir.resolve().name, "failed": failed, "checks": [
             dict(zip(CHECK_HEADERS, cells, strict=True)) for cells, _ in checked]}, indent=2, sort_keys=True))
     elif args.csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["run", *CHECK_HEADERS])
-        writer.writerows([run_dir.resolve().name, *cells] for cells, _ in checked)
+        from .report import write_csv
+
+        write_csv([["run", *CHECK_HEADERS], *([run_dir.resolve().name, *cells] for cells, _ in checked)])
     elif is_terminal(sys.stdout):
         from rich.console import Console
         from rich.table import Table
         from rich.text import Text
 
-        table = Table(title=f"references of {run_dir.name}", title_justify="left")
+        table = Table(title=Text(terminal_text(f"references of {run_dir.name}")), title_justify="left")
         for header in CHECK_HEADERS:
             table.add_column(header)
         for cells, passed in checked:
-            table.add_row(*(Text(cell) for cell in cells[:-1]), Text(cells[-1], style="green" if passed else "red"))
+            table.add_row(*(Text(terminal_text(cell)) for cell in cells[:-1]),
+                          Text(cells[-1], style="green" if passed else "red"))
         Console(file=sys.stdout).print(table)
     else:
         from .report import print_table

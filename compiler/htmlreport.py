@@ -14,6 +14,7 @@ Module-level imports stay standard-library only: the CLI imports this module for
 from __future__ import annotations
 
 import argparse
+import bisect
 import csv
 import html
 import io
@@ -23,9 +24,10 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +43,8 @@ KNEE_GAIN = 0.10
 KNEE_GROWTH = 0.50
 """... while the tail latency grows by more than this share is past the knee"""
 REPORT_NAME = "report.html"
+MAX_PLOTS = 200
+"""Plots drawn at most (matplotlib takes a good part of a second each); the report says how many it left out."""
 GPU_CSV_LIMIT = 64 << 20
 _PLOT_FILE = re.compile(r"\d{2,}-[A-Za-z0-9._-]+\.(?:svg|png)")
 _STAT = re.compile(r"(?P<family>.+?)_(?P<stat>p\d+(?:[._]\d+)?|median|mean|min|max)_ms")
@@ -154,29 +158,56 @@ def primary_throughput(candidates: Iterable[str]) -> str | None:
     return ordered[0] if ordered else None
 
 
+def _shared(a: str, b: str) -> int:
+    """The length of the start two texts share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+@dataclass(frozen=True)
+class Throughputs:
+    """A client's throughputs (`_per_s`) by group, each group's sorted once: pairing a latency looks at its own
+    group only, by bisection, so pairing every family of a client stays linear in its metrics."""
+
+    names: dict[str, list[str]]
+    """group -> its throughputs, sorted (one group's names differ only in their leaf, so by leaf too)"""
+    leaves: dict[str, list[str]]
+    primary: dict[str, str | None]
+
+    @classmethod
+    def of(cls, names: Iterable[str]) -> Throughputs:
+        grouped: dict[str, list[str]] = {}
+        for name in names:
+            if name.endswith("_per_s"):
+                grouped.setdefault(group_of(name), []).append(name)
+        ordered = {group: sorted(set(members)) for group, members in grouped.items()}
+        return cls(ordered, {group: [name.rsplit(".", 1)[-1] for name in members] for group, members in ordered.items()},
+                   {group: primary_throughput(members) for group, members in ordered.items()})
+
+    def paired(self, family: Family) -> str | None:
+        """The throughput whose leaf shares the longest start (3 characters or more) with the family's leaf, the
+        first by name among equals; else the group's primary. The longest start shared with any name of a sorted
+        list is shared with a neighbour of the place the leaf would take in it."""
+        names, leaves = self.names.get(family.group, []), self.leaves.get(family.group, [])
+        leaf = family.name.rsplit(".", 1)[-1]
+        at = bisect.bisect_left(leaves, leaf)
+        longest = max((_shared(leaf, leaves[i]) for i in (at - 1, at) if 0 <= i < len(leaves)), default=0)
+        if longest >= 3:
+            return names[bisect.bisect_left(leaves, leaf[:longest])]
+        return self.primary.get(family.group)
+
+
 def paired_throughput(family: Family, candidates: Iterable[str]) -> str | None:
     """The throughput a latency family is plotted against: in the family's group, the one whose name shares the
     longest start (3 characters or more) with the family's (`query_latency` -> `queries_per_s`), else the
     group's primary throughput."""
-    same = sorted(name for name in candidates if group_of(name) == family.group)
-    leaf = family.name.rsplit(".", 1)[-1]
-
-    def shared(name: str) -> int:
-        other = name.rsplit(".", 1)[-1]
-        return next((i for i, (a, b) in enumerate(zip(leaf, other)) if a != b), min(len(leaf), len(other)))
-
-    best = max(same, key=shared, default=None)
-    if best is not None and shared(best) >= 3:
-        return best
-    return primary_throughput(same)
+    return Throughputs.of(candidates).paired(family)
 
 
-def knee_family(fams: Iterable[Family], throughput: str, candidates: Iterable[str]) -> Family | None:
-    """The latency family whose knee a group reports: among those paired with the group's primary throughput,
-    one named ...latency... first, else the first by name."""
-    paired = sorted((f for f in fams if f.knee_metric and paired_throughput(f, candidates) == throughput),
-                    key=lambda f: ("latency" not in f.name.rsplit(".", 1)[-1], f.name))
-    return paired[0] if paired else None
+def latency_pairs(client: Client) -> list[tuple[Family, str]]:
+    """Each latency family of a client (by name) with the throughput it is plotted against, when it has one."""
+    rates = Throughputs.of(client.metrics())
+    return [(family, throughput) for family in families(client.metrics()).values()
+            if (throughput := rates.paired(family)) is not None]
 
 
 def knee(throughput: Sequence[float | None], latency: Sequence[float | None],
@@ -244,20 +275,14 @@ class Client:
 
 def clients_of(rows: list[PointResult], sweep: Sweep | None) -> list[Client]:
     """The run's clients (by their name in the recipe), each with its points in the sweep's order."""
-    from .points import aggregate, by_point
+    from .points import aggregates, by_point
 
     order = {name: index for index, (name, _) in enumerate(sweep.points)} if sweep else {}
     found: dict[str, Client] = {}
     for (point, name), repeats in by_point(rows).items():
         client = found.setdefault(name, Client(name, repeats[0].type))
-        metrics = sorted({metric for row in repeats for metric in row.metrics()})
-        stats = {}
-        for metric in metrics:
-            summary = aggregate(row.metrics()[metric] for row in repeats if metric in row.metrics())
-            if summary is not None:
-                stats[metric] = summary
         client.points.append(PointStats(point, repeats[0].values, sorted(repeats, key=lambda r: (r.repeat or 0, r.job)),
-                                        stats))
+                                        aggregates(repeats)))
     for client in found.values():
         client.points.sort(key=lambda p: (p.point is not None, order.get(p.point or "", len(order)), p.point or ""))
     return list(found.values())
@@ -315,17 +340,15 @@ def curves(points: Sequence[PointStats], key: str, keys: Sequence[str]) -> tuple
     others = [other for other in keys if other != key and not _tied(points, key, other)]
     values = [point.values.get(key) for point in points]
     numeric = all(_numeric(value) for value in values)
-    order = []
-    for value in sorted(values, key=_as_float) if numeric else values:
-        if _key(value) not in order:
-            order.append(_key(value))
+    order = list(dict.fromkeys(_key(value) for value in (sorted(values, key=_as_float) if numeric else values)))
+    position = {value: index for index, value in enumerate(order)}
     lines: dict[str, list[PointStats]] = {}
     fixed: dict[str, tuple[tuple[str, Any], ...]] = {}
     for point in points:
         combination = tuple((other, point.values.get(other)) for other in others)
         lines.setdefault(_key(combination), []).append(point)
         fixed[_key(combination)] = combination
-    found = [Curve(key, fixed[name], tuple(sorted(line, key=lambda p: order.index(_key(p.values.get(key))))), numeric)
+    found = [Curve(key, fixed[name], tuple(sorted(line, key=lambda p: position[_key(p.values.get(key))])), numeric)
              for name, line in lines.items()]
     return found, order
 
@@ -351,19 +374,27 @@ class Knee:
 
 
 def knees(client: Client, keys: Sequence[str]) -> list[Knee]:
-    """Every knee of a client: per group of metrics with a throughput and a latency, along every swept key."""
-    names = client.metrics()
-    fams = list(families(names).values())
-    rates = [name for name in names if name.endswith("_per_s")]
+    """Every knee of a client: per group of metrics with a throughput and a latency, along every swept key. A
+    group's knee is watched on its primary throughput and, among the latency families paired with it, one named
+    ...latency... first, else the first by name."""
+    rates = Throughputs.of(client.metrics())
+    paired: dict[str, list[Family]] = {}
+    for family, rate in latency_pairs(client):
+        if family.knee_metric:
+            paired.setdefault(rate, []).append(family)
+    lines = {key: curves(client.points, key, keys)[0] for key in keys}
     found = []
-    for group in sorted({group_of(name) for name in rates}):
-        throughput = primary_throughput(name for name in rates if group_of(name) == group)
-        family = knee_family(fams, throughput, rates) if throughput else None
-        if throughput is None or family is None or family.knee_metric is None:
+    for group in sorted(rates.names):
+        primary = rates.primary[group]
+        candidates = paired.get(primary or "", [])
+        if primary is None or not candidates:
             continue
+        throughput = primary
+        family = min(candidates, key=lambda f: ("latency" not in f.name.rsplit(".", 1)[-1], f.name))
         latency = family.knee_metric
+        assert latency is not None
         for key in keys:
-            for curve in curves(client.points, key, keys)[0]:
+            for curve in lines[key]:
                 index = knee([p.mean(throughput) for p in curve.points], [p.mean(latency) for p in curve.points])
                 if index is not None:
                     after = next(p for p in curve.points[index + 1:]
@@ -489,13 +520,24 @@ def _set_x(ax: Any, curve_set: Sequence[Curve], order: Sequence[str]) -> None:
         ax.set_xticks(range(len(order)), [shown(json.loads(value)) for value in order])
 
 
+def metric_plottable(client: Client, metric: str, key: str, keys: Sequence[str]) -> bool:
+    """Whether `metric` was measured at two values of `key` or more (a plot needs two)."""
+    measured = {_key(p.values.get(key)) for p in client.points if p.mean(metric) is not None}
+    return len(measured) >= 2
+
+
+def latency_points(client: Client, family: Family, throughput: str) -> list[PointStats]:
+    """The points where the throughput and a latency of the family were measured (a plot needs two)."""
+    metrics = family.curve_metrics()
+    return [p for p in client.points if p.mean(throughput) is not None and any(p.mean(m) is not None for m in metrics)]
+
+
 def metric_plot(Figure: Any, client: Client, metric: str, key: str, keys: Sequence[str],
                 marked: list[Knee]) -> Plot | None:
     """`metric` of one client against swept key `key`, one line per combination of the other keys."""
-    curve_set, order = curves(client.points, key, keys)
-    measured = {_key(p.values.get(key)) for curve in curve_set for p in curve.points if p.mean(metric) is not None}
-    if len(measured) < 2:
+    if not metric_plottable(client, metric, key, keys):
         return None
+    curve_set, order = curves(client.points, key, keys)
     figure = Figure()
     ax = figure.subplots()
     repeats = max(len(p.rows) for p in client.points)
@@ -535,7 +577,7 @@ def latency_plot(Figure: Any, client: Client, family: Family, throughput: str, k
     """Every percentile of a latency family against its throughput: one line per percentile (colour) and per
     combination of the other swept values (line style), following the load key upward."""
     metrics = family.curve_metrics()
-    points = [p for p in client.points if p.mean(throughput) is not None and any(p.mean(m) is not None for m in metrics)]
+    points = latency_points(client, family, throughput)
     if len(points) < 2:
         return None
     load = load_key(points, keys)
@@ -759,24 +801,15 @@ def build(run_dir: Path, run: Run, folder_name: str) -> Report:
     else:
         parts.append('<p class="note">No knee detected.</p>')
 
-    plots: list[tuple[str, list[Plot]]] = []
+    wanted = planned_plots(clients, keys, heads, found, traces)
+    plots: dict[str, list[Plot]] = {}
     with matplotlib.rc_context(_RC):
-        for client in clients:
-            fams = families(client.metrics())
-            rates = [m for m in client.metrics() if m.endswith("_per_s")]
-            drawn = [plot for metric in heads[client.name] for key in keys
-                     if (plot := metric_plot(Figure, client, metric, key, keys, found[client.name])) is not None]
-            for family in fams.values():
-                throughput = paired_throughput(family, rates)
-                if throughput and (plot := latency_plot(Figure, client, family, throughput, keys, found[client.name])):
-                    drawn.append(plot)
-            if drawn:
-                plots.append((f"Plots: {client.name}", drawn))
-        if traces:
-            plots.append(("Telemetry", [gpu_plot(Figure, trace) for trace in traces]))
+        for section, draw in wanted[:MAX_PLOTS]:
+            if (plot := draw(Figure)) is not None:
+                plots.setdefault(section, []).append(plot)
         files: dict[str, bytes] = {}
         index = 0
-        for section, members in plots:
+        for section, members in plots.items():
             parts.append(f"<h2>{html.escape(section)}</h2>")
             for plot in members:
                 index += 1
@@ -787,6 +820,9 @@ def build(run_dir: Path, run: Run, folder_name: str) -> Report:
                                  for ext in ("svg", "png"))
                 parts.append(f'<figure id="plot-{index:02d}"><h3>{html.escape(plot.title)}</h3>{inline}'
                              f"<figcaption>{html.escape(plot.caption)} Files: {links}</figcaption></figure>")
+    if len(wanted) > MAX_PLOTS:
+        parts.append(f'<p class="note">This report draws at most {MAX_PLOTS} plots: {len(wanted) - MAX_PLOTS} more '
+                     "were left out (clients in order, headline metrics first, then latencies, then telemetry).</p>")
     if not traces:
         parts.append("<h2>Telemetry</h2><p class=\"note\">No job of this run has GPU telemetry "
                      "(results/&lt;job&gt;/gpu.csv).</p>")
@@ -799,6 +835,36 @@ def build(run_dir: Path, run: Run, folder_name: str) -> Report:
             f"<title>orchc report: {html.escape(name)}</title><style>{_CSS}</style></head><body>\n"
             + "\n".join(parts) + "\n</body></html>\n")
     return Report(page, files, index)
+
+
+def planned_plots(clients: list[Client], keys: Sequence[str], heads: Mapping[str, list[str]],
+                  found: Mapping[str, list[Knee]], traces: list[GpuTrace]) -> list[tuple[str, Callable[[Any], Plot | None]]]:
+    """(section, drawing) of every plot the report has data for, in order: per client each headline metric
+    against each swept key, then each latency family against its throughput; then the GPU telemetry. Checking
+    that a plot has its two points is cheap; drawing it is not, so only the first MAX_PLOTS are drawn."""
+    wanted: list[tuple[str, Callable[[Any], Plot | None]]] = []
+    for client in clients:
+        section, knees_ = f"Plots: {client.name}", found[client.name]
+        wanted += [(section, partial(_metric_drawing, client, metric, key, keys, knees_)) for metric in heads[client.name]
+                   for key in keys if metric_plottable(client, metric, key, keys)]
+        wanted += [(section, partial(_latency_drawing, client, family, throughput, keys, knees_))
+                   for family, throughput in latency_pairs(client) if len(latency_points(client, family, throughput)) >= 2]
+    wanted += [("Telemetry", partial(_gpu_drawing, trace)) for trace in traces]
+    return wanted
+
+
+def _metric_drawing(client: Client, metric: str, key: str, keys: Sequence[str], knees_: list[Knee],
+                    Figure: Any) -> Plot | None:
+    return metric_plot(Figure, client, metric, key, keys, knees_)
+
+
+def _latency_drawing(client: Client, family: Family, throughput: str, keys: Sequence[str], knees_: list[Knee],
+                     Figure: Any) -> Plot | None:
+    return latency_plot(Figure, client, family, throughput, keys, knees_)
+
+
+def _gpu_drawing(trace: GpuTrace, Figure: Any) -> Plot | None:
+    return gpu_plot(Figure, trace)
 
 
 def write_report(report: Report, output: Path) -> Path:

@@ -7,7 +7,6 @@ run.json names, or for `submit` the one ORCHC_SCHEDULER names (default: slurm).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections.abc import Callable
@@ -193,8 +192,11 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
     if args.port is not None and args.port not in ports:
         raise ClusterError(f"job {job.name} published port(s) {', '.join(map(str, ports))}, not {args.port}")
     port = ports[0] if args.port is None else args.port
+    from .report import terminal_text
+
+    shown = terminal_text(node)  # as the job published it (a file in the run folder)
     if run.remote is None:
-        print(f"{job.name} listens on {node}:{port} (reachable from here: no tunnel needed)")
+        print(f"{job.name} listens on {shown}:{port} (reachable from here: no tunnel needed)")
         return 0
     import socket
 
@@ -208,7 +210,7 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
     conn = connection(run.remote)
     spec = conn.forward(local_port, node, port)
     try:
-        print(f"forwarding 127.0.0.1:{local_port} -> {node}:{port} through {run.remote.shown()}")
+        print(f"forwarding 127.0.0.1:{local_port} -> {shown}:{port} through {run.remote.shown()}")
         print(f"local URL: http://127.0.0.1:{local_port}/   (Ctrl-C closes the tunnel)", flush=True)
         signum = wait_until_interrupted()
     finally:
@@ -222,12 +224,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     run_dir, run = load_run(args.run_ref, pull=False)
     done = cancel(run, args.jobs, scheduler_for(run))
-    print(f"cancelled SLURM job(s) {', '.join(done.ids) or '(none queued or running)'} of {run_dir}")
+    from .report import terminal_text
+
+    print(terminal_text(f"cancelled SLURM job(s) {', '.join(done.ids) or '(none queued or running)'} of {run_dir}"))
     for job in done.unknown:
-        print(f"orchc: note: {job}: SLURM knows no job of yours by this id (it ended long ago, or is another user's); "
-              "left alone", file=sys.stderr)
+        print(terminal_text(f"orchc: note: {job}: SLURM knows no job of yours by this id (it ended long ago, or is "
+                            "another user's); left alone"), file=sys.stderr)
     for why in done.refused:
-        print(f"orchc: error: {why}", file=sys.stderr)
+        print(terminal_text(f"orchc: error: {why}"), file=sys.stderr)
     return 1 if done.refused else 0
 
 
@@ -238,7 +242,9 @@ def _job_states(run: Run) -> dict[str, str]:
     try:
         return {name: state.state for name, state in states(run, scheduler_for(run)).items()}
     except ClusterError as error:
-        print(f"orchc: warning: job states unknown: {error}", file=sys.stderr)
+        from .report import terminal_text
+
+        print(f"orchc: warning: job states unknown: {terminal_text(error, lines=True)}", file=sys.stderr)
         return {job.name: "?" for job in run.jobs}
 
 
@@ -251,11 +257,34 @@ def unit_of(metric: str) -> str:
     return next((unit for ending, unit in UNITS if metric.endswith(ending)), "")
 
 
+PATH_LIMIT = 1000
+"""Characters of a nested key path shown (`a.b.c`); longer paths end in an ellipsis."""
+
+
+def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested results -> (dotted key path, value) rows, in order. Iterative, so any depth the JSON reader allowed
+    is fine; a path is clipped at PATH_LIMIT characters, so that deep long keys cannot make every row huge."""
+    rows: list[tuple[str, Any]] = []
+    stack: list[tuple[str, Any]] = [(prefix, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, dict) and item:
+            stack.extend((_joined(path, str(key)), child) for key, child in reversed(item.items()))
+        else:
+            rows.append((path.rstrip("."), item))
+    return rows
+
+
+def _joined(path: str, key: str) -> str:
+    if len(path) > PATH_LIMIT:
+        return path
+    joined = f"{path}{key}."
+    return joined if len(joined) <= PATH_LIMIT else joined[:PATH_LIMIT] + "…"
+
+
 def _metric_rows(data: Any) -> list[tuple[str, Any, str]]:
     """(metric, value, unit) rows of one client's results: the metrics of the documented shape, then how the
     run ended; results of another shape (a type that writes its own results.json) row by row, without units."""
-    from .runs import flatten
-
     if not (isinstance(data, dict) and data.get("schema") == RESULTS_SCHEMA and isinstance(data.get("metrics"), dict)):
         return [(metric or "-", value, "") for metric, value in flatten(data)]
     rows = [(name, value, unit_of(name)) for name, value in sorted(data["metrics"].items())]
@@ -302,24 +331,20 @@ def _csv_rows(run: Run, run_dir: Path, collected: dict[str, Any], job_states: di
 def _sweep_results(run_dir: Path, run: Run, manifest: dict[str, Any], sweep: Sweep, job_states: dict[str, str],
                    as_json: bool) -> int:
     """A sweep's results: one row per point, repeat and metric, then each point's aggregate over its repeats."""
-    from .points import aggregate, base_name, by_point, point_results
-    from .report import print_table
+    from .points import aggregates, base_name, by_point, point_results
+    from .report import json_text, print_table
 
     rows = point_results(run_dir, run, manifest)
-    aggregates = []
-    for (point, client), repeats in by_point(rows).items():
-        names = sorted({name for row in repeats for name in row.metrics()})
-        for name in names:
-            summary = aggregate(row.metrics()[name] for row in repeats if name in row.metrics())
-            if summary is not None:
-                aggregates.append({"point": point, "values": dict(repeats[0].values), "client": client,
-                                   "metric": name, "unit": unit_of(name), **vars(summary)})
+    aggregated = [{"point": point, "values": dict(repeats[0].values), "client": client, "metric": name,
+                   "unit": unit_of(name), **vars(summary)}
+                  for (point, client), repeats in by_point(rows).items()
+                  for name, summary in aggregates(repeats).items()]
     if as_json:
-        print(json.dumps({"run": run_dir.name, "sweep": {"keys": list(sweep.keys), "repeat": sweep.repeat},
+        print(json_text({"run": run_dir.name, "sweep": {"keys": list(sweep.keys), "repeat": sweep.repeat},
                           "rows": [{"point": row.point, "values": dict(row.values), "repeat": row.repeat,
                                     "client": base_name(row), "job": row.job, "slurm_id": row.slurm_id,
                                     "state": job_states.get(row.job, "?"), "results": row.results} for row in rows],
-                          "aggregates": aggregates}, indent=2, sort_keys=True))
+                          "aggregates": aggregated}, indent=2, sort_keys=True))
         return 0
     keys = list(sweep.keys)
     table = []
@@ -332,7 +357,7 @@ def _sweep_results(run_dir: Path, run: Run, manifest: dict[str, Any], sweep: Swe
                 ["point", *keys, "repeat", "client", "state", "metric", "value", "unit"], table)
     summary_rows = [[str(a["point"]), *(cell(a["values"].get(key, "")) for key in keys), str(a["client"]),
                      str(a["metric"]), str(a["n"]), _number(a["mean"]), _number(a["stdev"]), _number(a["min"]),
-                     _number(a["max"]), str(a["unit"])] for a in aggregates]
+                     _number(a["max"]), str(a["unit"])] for a in aggregated]
     print()
     print_table("over the repeats of each point", ["point", *keys, "client", "metric", "n", "mean", "stdev", "min",
                                                    "max", "unit"], summary_rows)
@@ -348,7 +373,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         from .compare import cmd_check
 
         return cmd_check(args)
-    from .report import print_table
+    from .report import json_text, print_table
     from .runs import images, load_run, results
 
     run_dir, run = load_run(args.run_ref)
@@ -368,12 +393,12 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.json:
         shown = {job: {**(data if isinstance(data, dict) else {} if data is None else {"results": data}),
                        "job_state": job_states.get(job, "?")} for job, data in collected.items()}
-        print(json.dumps(shown, indent=2, sort_keys=True))
+        print(json_text(shown, indent=2, sort_keys=True))
         return 0
     if args.csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(RESULT_CSV_HEADERS)
-        writer.writerows(_csv_rows(run, run_dir, collected, job_states))
+        from .report import write_csv
+
+        write_csv([RESULT_CSV_HEADERS, *_csv_rows(run, run_dir, collected, job_states)])
         return 0
     print_table(f"results of {run_dir.name}", RESULT_HEADERS, _result_rows(collected, job_states))
     return 0

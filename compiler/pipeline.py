@@ -61,7 +61,7 @@ def _resolved(path: Path, registry: Registry, options: Options, problems: Collec
     settings = [setting for setting in options.settings if setting.path[0] != "sweep"]
     sweep = None
     if doc.get("sweep") is not None or len(settings) < len(options.settings):
-        from .sweep import resolve_sweep, sweep_of  # only a sweep needs them: other compiles start sooner
+        from .sweep import resolve_sweep, secret_key, sweep_of  # only a sweep needs them: other compiles start sooner
 
         sweep = sweep_of(doc, options.settings, problems)
     if sweep is None:
@@ -74,7 +74,25 @@ def _resolved(path: Path, registry: Registry, options: Options, problems: Collec
         found.raise_if_any()
         return recipe
 
-    return resolve_sweep(sweep, resolve_point, check_recipe, problems)
+    secrets: list[frozenset[str]] = []
+
+    def secret(key: str) -> bool:  # the types are all read only when a point has an error to name
+        if not secrets:
+            secrets.append(_secret_fields(registry))
+        return secret_key(key, secrets[0])
+
+    return resolve_sweep(sweep, resolve_point, check_recipe, problems, secret)
+
+
+def _secret_fields(registry: Registry) -> frozenset[str]:
+    """The names of the secret fields of every type (a type that does not load has none to hide)."""
+    found: set[str] = set()
+    for name in registry.names():
+        try:
+            found |= registry.resolve(name).secrets
+        except OrchcError:
+            continue
+    return frozenset(found)
 
 
 def compile_all(paths: list[Path], options: Options) -> list[Output]:

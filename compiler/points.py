@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +35,29 @@ class PointResult:
     """the client's results.json (None while there is none)"""
 
     def metrics(self) -> dict[str, float]:
-        """The numeric metrics of the documented results shape ({} for any other shape)."""
+        """The numeric metrics of the documented results shape ({} for any other shape): read once, since
+        callers ask per metric (asking a fresh copy per metric made aggregation quadratic). Not to be changed."""
+        return self._metrics
+
+    @cached_property
+    def _metrics(self) -> dict[str, float]:
         data = self.results if isinstance(self.results, dict) else {}
         found = data.get("metrics")
         if not isinstance(found, dict):
             return {}
-        return {name: float(value) for name, value in found.items()
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+        return {str(name): number for name, value in found.items() if (number := finite(value)) is not None}
+
+
+def finite(value: Any) -> float | None:
+    """A JSON number as a finite float; None for anything else (a bool, a string, NaN, infinity, an int too large
+    for a float)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True)
@@ -114,12 +131,45 @@ class Aggregate:
 
 
 def aggregate(values: Iterable[float]) -> Aggregate | None:
+    """n, mean, sample stdev, min and max of finite numbers; figures beyond the float range (1e308 + 1e308) are
+    infinite, never an OverflowError."""
     numbers = list(values)
     if not numbers:
         return None
-    mean = math.fsum(numbers) / len(numbers)
-    stdev = math.sqrt(math.fsum((x - mean) ** 2 for x in numbers) / (len(numbers) - 1)) if len(numbers) > 1 else None
-    return Aggregate(len(numbers), mean, stdev, min(numbers), max(numbers))
+    count = len(numbers)
+    try:
+        mean = math.fsum(numbers) / count
+    except OverflowError:  # the sum leaves the float range, the mean does not
+        mean = math.fsum(x / count for x in numbers)
+    stdev = _stdev([x - mean for x in numbers]) if count > 1 else None
+    return Aggregate(count, mean, stdev, min(numbers), max(numbers))
+
+
+def _stdev(deviations: list[float]) -> float:
+    """The sample standard deviation from the deviations from the mean; scaled when their squares overflow."""
+    try:
+        variance = math.fsum(d * d for d in deviations) / (len(deviations) - 1)
+    except OverflowError:
+        variance = math.inf
+    scale = max(abs(d) for d in deviations)
+    if math.isinf(variance) and math.isfinite(scale):
+        return scale * math.sqrt(math.fsum((d / scale) ** 2 for d in deviations) / (len(deviations) - 1))
+    return math.sqrt(variance)
+
+
+def aggregates(repeats: Iterable[PointResult]) -> dict[str, Aggregate]:
+    """Metric -> its aggregate over these results (the repeats of a client at a point), by metric name: one pass
+    over each result's metrics."""
+    values: dict[str, list[float]] = {}
+    for row in repeats:
+        for name, value in row.metrics().items():
+            values.setdefault(name, []).append(value)
+    found = {}
+    for name in sorted(values):
+        summary = aggregate(values[name])
+        if summary is not None:
+            found[name] = summary
+    return found
 
 
 def by_point(rows: Iterable[PointResult]) -> dict[tuple[str | None, str], list[PointResult]]:

@@ -10,7 +10,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from .errors import OrchcError, Problem
@@ -26,10 +26,87 @@ _LITERAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff\uff
 _COMMENT_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
 
 
+# A cell a spreadsheet would run as a formula (OWASP "CSV injection"): first character = + - @ tab or CR.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_CSV_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def csv_cell(value: Any) -> str:
+    """A CSV cell no spreadsheet runs: text that starts like a formula gets a leading `'` (shown, not run);
+    a number (-3.5, -1e-05) stays a number, since a spreadsheet reads it as one and never as a formula, and so
+    does orchc's "-" (nothing), which holds no formula."""
+    text = "" if value is None else str(value)
+    if text.startswith(_FORMULA_START) and text != "-" and not _CSV_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def write_csv(rows: Iterable[Iterable[Any]], stream: TextIO | None = None) -> None:
+    """Rows as CSV, every cell through `csv_cell`: every CSV orchc writes goes through here."""
+    import csv
+
+    csv.writer(stream or sys.stdout).writerows([csv_cell(value) for value in row] for row in rows)
+
+
+# What must not reach a terminal raw: C0 and C1 controls (ESC starts CSI and OSC sequences: colours, cursor moves,
+# clipboard writes, window titles), DEL, and the invisible marks that reorder or split what is shown.
+_TERMINAL_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029\ufeff]")
+
+
+def terminal_text(text: Any, lines: bool = False) -> str:
+    """Text from a run folder (results, run.json, manifest.json) as it may reach a terminal: every control
+    character shown escaped, as Python writes it (ESC as \\x1b, U+202E as \\u202e); `lines`: a message of
+    several lines keeps its line ends and tabs."""
+    text = text if isinstance(text, str) else str(text)
+    if text.isprintable():  # the usual case, checked in C: no control character, no invisible mark
+        return text
+    if lines:
+        return "\n".join(_TERMINAL_UNSAFE.sub(_kept_tab, line) for line in text.split("\n"))
+    return _TERMINAL_UNSAFE.sub(_escaped, text)
+
+
+def _kept_tab(match: re.Match[str]) -> str:
+    return "\t" if match.group() == "\t" else _escaped(match)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """JSON that any reader takes: NaN and infinities (which a results.json may hold, and Python's json writes as
+    bare NaN/Infinity) become null; nesting too deep to write is an error, not a traceback."""
+    from .errors import ClusterError
+
+    try:
+        return json.dumps(_finite_copy(value), allow_nan=False, **options)
+    except RecursionError:
+        raise ClusterError("the results are nested too deeply to write as JSON") from None
+
+
+def _finite_copy(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None; iterative, so any depth the reader allowed is fine."""
+    holder = [value]
+    stack: list[tuple[Any, Any, Any]] = [(holder, 0, value)]
+    while stack:
+        parent, key, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            parent[key] = None
+        elif isinstance(item, dict):
+            parent[key] = mapping = dict(item)
+            stack.extend((mapping, name, child) for name, child in mapping.items())
+        elif isinstance(item, (list, tuple)):
+            parent[key] = items = list(item)
+            stack.extend((items, index, child) for index, child in enumerate(items))
+    return holder[0]
+
+
 def is_terminal(stream: TextIO) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
 
+_COLUMN_LIMIT = 120
 MAX_SHOWN = 50
 """Errors shown in full; the rest are counted ("... and N more errors")."""
 _MESSAGE_LIMIT = 500
@@ -136,19 +213,24 @@ def print_table(title: str, headers: list[str], rows: list[list[str]], stream: T
 
         Console(file=stream).print(rich_table(title, headers, rows))
         return
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=True)]
-    for row in [headers, *rows]:
-        stream.write("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
+    headers = [terminal_text(header) for header in headers]
+    rows = [[terminal_text(cell) for cell in row] for row in rows]
+    # A column is as wide as its widest cell up to a limit: one long name overflows its row instead of padding all.
+    widths = [min(max(len(x) for x in column), _COLUMN_LIMIT) for column in zip(headers, *rows, strict=True)]
+    stream.writelines("  ".join([cell.ljust(width) for cell, width in zip(row, widths, strict=True)]).rstrip() + "\n"
+                      for row in [headers, *rows])
 
 
 def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Any:
+    """A rich table of plain text: no cell is read as rich markup, control characters shown escaped."""
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(terminal_text(title)), title_justify="left")
     for header in headers:
-        table.add_column(header)
+        table.add_column(Text(terminal_text(header)))
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(terminal_text(cell)) for cell in row))
     return table
 
 

@@ -147,7 +147,10 @@ def load_run(ref: str | None, root: Path = DEFAULT_ROOT, pull: bool = True) -> t
         try:
             pull_run(run_dir, run)
         except ClusterError as error:
-            print(f"orchc: warning: showing the copy of {run_dir} from the last pull: {error}", file=sys.stderr)
+            from .report import terminal_text  # the error may quote the login node's answer
+
+            print(f"orchc: warning: showing the copy of {run_dir} from the last pull: {terminal_text(error, lines=True)}",
+                  file=sys.stderr)
     return run_dir, run
 
 

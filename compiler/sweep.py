@@ -41,8 +41,9 @@ class Point:
     """swept key -> value, in the order of the sweep block"""
     settings: tuple[Setting, ...]
 
-    def label(self) -> str:
-        shown = ", ".join(f"{key}={value!r}" for key, value in self.values)
+    def label(self, secret: Callable[[str], bool] = lambda key: False) -> str:
+        """How errors name the point; the value of a key that `secret` says names a secret is `<secret>`."""
+        shown = ", ".join(f"{key}={'<secret>' if secret(key) else repr(value)}" for key, value in self.values)
         return f"sweep point {self.name} ({shown})" if shown else f"sweep point {self.name}"
 
 
@@ -147,9 +148,18 @@ def _setting(key: str, node: Node) -> Setting:
     return Setting(tuple(key.split(".")), node.plain(), node.loc, node.loc, node.key_loc)
 
 
+def secret_key(key: str, secrets: frozenset[str]) -> bool:
+    """Whether swept key `JOB.field.path` or `field.path` names a secret field (`secrets`: the secret field names
+    of every type; a field that is a secret of some type is hidden in any job: errors never show a secret)."""
+    parts = key.split(".")
+    return parts[0] in secrets or (len(parts) > 1 and parts[1] in secrets)
+
+
 def resolve_sweep(sweep: Sweep, resolve: Callable[[Sequence[Setting], Collector], Recipe],
-                  check: Callable[[Recipe, Collector], None], problems: Collector) -> Recipe | None:
-    """Every point resolved and checked (its problems named by point, each once), then one recipe."""
+                  check: Callable[[Recipe, Collector], None], problems: Collector,
+                  secret: Callable[[str], bool] = lambda key: False) -> Recipe | None:
+    """Every point resolved and checked (its problems named by point, each once, the values of secret keys
+    hidden), then one recipe."""
     seen: dict[Problem, int] = {}
     resolved: list[tuple[Point, Recipe]] = []
     for point in sweep.points:
@@ -165,7 +175,7 @@ def resolve_sweep(sweep: Sweep, resolve: Callable[[Sequence[Setting], Collector]
                 seen[problem] += 1
                 continue
             seen[problem] = 0
-            problems.problems.append(replace(problem, message=f"{problem.message} (at {point.label()})"))
+            problems.problems.append(replace(problem, message=f"{problem.message} (at {point.label(secret)})"))
     if seen:
         return None
     return combine(resolved, sweep.repeat)

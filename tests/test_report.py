@@ -340,3 +340,17 @@ def test_report_in_headless_chromium(sweep_report, tmp_path):
     # the plots were drawn: matplotlib's first colours (C0 blue, C1 orange) are on screen
     colours = {colour for _, colour in counts}
     assert {(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)} <= colours
+
+
+def test_the_number_of_plots_is_bounded(orchc, tmp_path, monkeypatch):
+    """Thousands of headline metrics (20,000 metrics in 5,000 groups: 15,000 headline plots) would take matplotlib
+    hours; the report draws the first MAX_PLOTS and says how many it left out."""
+    import compiler.htmlreport as htmlreport
+
+    monkeypatch.setattr(htmlreport, "MAX_PLOTS", 2)
+    run = tiny_run(tmp_path / "run")
+    assert orchc("report", run).code == 0
+    assert sorted(path.name for path in (run / "report").iterdir() if path.suffix == ".svg") == [
+        "01-bench-set.requests_per_s-vs-bench.clients.svg", "02-bench-set.latency_p50_ms-vs-bench.clients.svg"]
+    page = (run / "report.html").read_text()
+    assert "draws at most 2 plots: 2 more were left out" in page
