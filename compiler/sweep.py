@@ -36,6 +36,9 @@ MAX_REPEAT = 1000
 """The recipe schema's maximum of `sweep.repeat`."""
 MAX_RUNS = 1_000_000
 """At most this many points x repeats: each is a client job (and script) per client of the recipe."""
+MAX_SWEEP_TEXT = 256 * 1024 * 1024
+"""At most this many characters of the recipe (its text outside `sweep:`, aliases at full size) times points: each point
+resolves, checks and hashes the recipe's jobs again (10,000 points of a recipe of 26 KB)."""
 MAX_EXCLUDE_WORK = 10_000_000
 """At most this many lookups to find the excluded points (points x the keys of each distinct set of keys of the rules)."""
 
@@ -101,11 +104,33 @@ def sweep_of(doc: Node, settings: Sequence[Setting], problems: Collector) -> Swe
     if not kept:
         problems.add(where, "the sweep's excludes leave no point to run")
         return None
+    size = _text_size(doc, skip="sweep")
+    if len(kept) * size > MAX_SWEEP_TEXT:
+        problems.add(where, f"the sweep's {len(kept)} points of {size} characters each (the recipe's text outside sweep:) "
+                     f"are more than {MAX_SWEEP_TEXT // 1024 // 1024} MiB to resolve (split it into several recipes)")
+        return None
     width = max(2, len(str(len(kept))))
     points = tuple(Point(f"p{index:0{width}d}", tuple((key, node.plain()) for key, node in combo),
                          tuple(_setting(key, node) for key, node in combo))
                    for index, combo in enumerate(kept, start=1))
     return Sweep(points, repeat, tuple([*matrix, *zipped]))
+
+
+def _text_size(doc: Node, skip: str) -> int:
+    """The characters of the document's keys and strings (each alias at its full size), but those under `skip`."""
+    size = 0
+    stack = [child for key, child in doc.value.items() if key != skip] if isinstance(doc.value, dict) else [doc]
+    size += sum(len(key) for key in doc.value if key != skip) if isinstance(doc.value, dict) else 0
+    while stack:
+        value = stack.pop().value
+        if isinstance(value, str):
+            size += len(value)
+        elif isinstance(value, dict):
+            size += sum(len(str(key)) for key in value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return size
 
 
 def _is_count(value: Any) -> bool:
