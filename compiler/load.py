@@ -27,6 +27,9 @@ MAX_DEPTH = 64
 """The deepest nesting of lists and mappings (aliases included) in one document."""
 MAX_VALUES = 200_000
 """The most values (scalars and collections, each alias counted at its full size) in one document."""
+MAX_TEXT = 32 * 1024 * 1024
+"""The most characters of text (scalars and keys, each alias counted at its full size) in one document: four times the
+largest file, so aliases cannot blow a small file up to gigabytes of text (real recipes have a few kilobytes)."""
 
 _TEXTS: dict[str, str] = {}
 _CONCEALED: dict[str, dict[int, int]] = {}
@@ -260,13 +263,14 @@ class _TooMuch(Exception):
 class _Frame:
     """A list or mapping being built."""
 
-    __slots__ = ("anchor", "height", "is_map", "key", "key_loc", "node", "start_count", "suffixed")
+    __slots__ = ("anchor", "height", "is_map", "key", "key_loc", "node", "start_count", "start_text", "suffixed")
 
-    def __init__(self, node: Node, is_map: bool, anchor: str | None, start_count: int) -> None:
+    def __init__(self, node: Node, is_map: bool, anchor: str | None, start_count: int, start_text: int) -> None:
         self.node = node
         self.is_map = is_map
         self.anchor = anchor
         self.start_count = start_count
+        self.start_text = start_text
         self.height = 1
         self.key: Any = None
         self.key_loc: SourceLoc | None = None
@@ -284,7 +288,8 @@ class _Builder:
         self.name = name
         self.problems = problems
         self.count = 0
-        self.anchors: dict[str, tuple[Node, int, int]] = {}
+        self.text = 0
+        self.anchors: dict[str, tuple[Node, int, int, int]] = {}
         self.open_anchors: set[str] = set()
         self.stack: list[_Frame] = []
         self.root: Node | None = None
@@ -332,6 +337,13 @@ class _Builder:
                               "(aliases counted at every use)")
             raise _TooMuch
 
+    def _count_text(self, size: int, mark: Any) -> None:
+        self.text += size
+        if self.text > MAX_TEXT:
+            self.problems.add(self._loc(mark), f"the document has more than {MAX_TEXT // 1024 // 1024} MiB of text "
+                              "(aliases counted at every use)")
+            raise _TooMuch
+
     def _scalar(self, event: Any) -> None:
         self.count += 1
         if self.count > MAX_VALUES:
@@ -339,6 +351,9 @@ class _Builder:
         mark = event.start_mark
         loc = SourceLoc(self.name, mark.line + 1, mark.column + 1)
         text = event.value
+        self.text += len(text)
+        if self.text > MAX_TEXT:
+            self._count_text(0, mark)
         tag = event.tag
         value: Any
         if tag is None and event.implicit[0]:
@@ -356,7 +371,7 @@ class _Builder:
                 self.problems.add(loc, f"control character {character_name(_BAD_VALUE.search(text).group())} "  # type: ignore[union-attr]
                                   "is not allowed")
         if event.anchor is not None:
-            self.anchors[event.anchor] = (Node(value, loc), 1, 0)
+            self.anchors[event.anchor] = (Node(value, loc), 1, 0, len(text))
         stack = self.stack
         if stack:
             frame = stack[-1]
@@ -420,7 +435,7 @@ class _Builder:
             self._explicit(str(getattr(tag, "value", tag)), "", loc, "map" if is_map else "seq")
         parent = self.stack[-1] if self.stack else None
         key_loc = parent.key_loc if parent is not None and parent.is_map and parent.key is not None else None
-        frame = _Frame(Node({} if is_map else [], loc, key_loc), is_map, event.anchor, self.count)
+        frame = _Frame(Node({} if is_map else [], loc, key_loc), is_map, event.anchor, self.count, self.text)
         if event.anchor is not None:
             self.open_anchors.add(event.anchor)
         self.stack.append(frame)
@@ -432,7 +447,7 @@ class _Builder:
             self._check_spellings(node.value)
         if frame.anchor is not None:
             self.open_anchors.discard(frame.anchor)
-            self.anchors[frame.anchor] = (node, self.count - frame.start_count + 1, frame.height)
+            self.anchors[frame.anchor] = (node, self.count - frame.start_count + 1, frame.height, self.text - frame.start_text)
         if self.stack:
             parent = self.stack[-1]
             if frame.height + 1 > parent.height:
@@ -449,8 +464,9 @@ class _Builder:
             self.problems.add(loc, f"alias *{name} has no anchor &{name} before it")
             self._attach(_SKIP, loc, False)
             return
-        target, size, height = self.anchors[name]
+        target, size, height, text = self.anchors[name]
         self._count(size, event.start_mark)
+        self._count_text(text, event.start_mark)
         if height and len(self.stack) + height > MAX_DEPTH:
             self.problems.add(loc, f"lists and mappings are nested deeper than {MAX_DEPTH} levels "
                               f"(alias *{name} adds {height})")

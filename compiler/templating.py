@@ -39,7 +39,7 @@ _SOURCES: dict[str, str] = {}
 _SINK: list[Any] = []
 _HOSTS: list[str] = []
 _MAX_REPEAT = 1 << 20
-_CODE_FORMAT = 3
+_CODE_FORMAT = 4
 """Bumped whenever the environments change how templates compile, so no stale cached code is used."""
 _JINJA_SYNTAX = re.compile(r"\{[{%]|\{##")
 
@@ -97,6 +97,13 @@ def _placeholder(context: Any, value: Any) -> str:
 
 
 @cache
+def _macro() -> type:
+    from jinja2.runtime import Macro
+
+    return Macro
+
+
+@cache
 def _undefined() -> type:
     from jinja2 import Undefined
 
@@ -124,16 +131,24 @@ def environment(kind: str) -> Any:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class Sandbox(ImmutableSandboxedEnvironment):
-        """No Python internals, and no string or number blown up to exhaust memory."""
+        """No Python internals, and no string or number blown up to exhaust memory or time (see _Budget)."""
 
-        intercepted_binops = frozenset(["*", "**"])
+        intercepted_binops = frozenset(["*", "**", "%", "+"])
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            _BUDGET.step()
             if operator == "**" and isinstance(right, int) and abs(right) > 64:
                 raise OverflowError("an exponent over 64")
-            if operator == "*" and isinstance(left, (str, list)) and isinstance(right, int) and len(left) * right > _MAX_REPEAT:
-                raise OverflowError("a repetition over 1 MiB")
-            return super().call_binop(context, operator, left, right)
+            _check_binop(operator, left, right)
+            return _BUDGET.made(super().call_binop(context, operator, left, right))
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # Jinja's names: no clash with a keyword argument
+            _BUDGET.step(_MACRO_STEPS if isinstance(__obj, _macro()) else 1)
+            args = _checked_call(__obj, args)
+            return _BUDGET.made(super().call(__context, __obj, *args, **kwargs))
+
+        def _parse(self, source: str, name: str | None, filename: str | None) -> Any:
+            return _counting().visit(super()._parse(source, name, filename))
 
     strings = FunctionLoader(lambda name: (_SOURCES[name], None, lambda: True) if name in _SOURCES else None)
     # The job template is orchc's own code: it needs no sandbox, only its fail-closed output filter.
@@ -150,6 +165,8 @@ def environment(kind: str) -> Any:
         bytecode_cache=_bytecode_cache(kind),
         auto_reload=False,
     )
+    if kind != "script":
+        _bound_filters(env)
     env.globals.pop("lipsum", None)  # random text: output must depend on the input only
     env.filters.pop("random", None)
     env.filters["path"] = lambda value: PathValue(text_value(value))
@@ -214,7 +231,7 @@ def python_reaches(node: Node) -> list[tuple[SourceLoc, str]]:
     return found
 
 
-_FINALIZE: dict[str, Callable[[Any], str]] = {"text": text_value, "script": _script_value}
+_FINALIZE: dict[str, Callable[[Any], str]] = {"text": lambda value: _BUDGET.made(text_value(value)), "script": _script_value}
 
 
 def host_placeholder(token: str, job: str) -> str:
@@ -448,7 +465,9 @@ def _render_now(node: Node, context: dict[str, Any], kind: str, source: str) -> 
     from jinja2 import TemplateError, TemplateSyntaxError
 
     try:
-        return str(_compiled(kind, source).render(context))
+        template = _compiled(kind, source)
+        _BUDGET.reset()
+        return str(template.render(context))
     except TemplateSyntaxError as exc:
         raise OrchcError.at(_line_in_template(node, exc.lineno), f"template syntax error: {exc.message}") from None
     except TemplateError as exc:
@@ -471,6 +490,8 @@ def render_shell(node: Node, context: dict[str, Any], values: ShellValues) -> st
     """A type's shell template with every value written for its place, or a located error."""
     text, collected = _render(node, context, "shell")
     found = list(collected)
+    if found:
+        _check_printed(node, found)
     if found or ">(" in text or "coproc" in text:  # (a shell fed by a later line is refused with or without values)
         try:
             uses = scan(text)
@@ -623,3 +644,221 @@ def _lines_of(file: str) -> list[str]:
 def template_line(node: Node, line: int) -> SourceLoc:
     """Public form of the template-line lookup, for fail-fast locations in the job script."""
     return _line_in_template(node, line)
+
+
+# --- Bounds on rendering: a type template cannot take unbounded memory or time -----------------------------------
+# Every loop iteration, call (function, method, macro, filter) and intercepted operator is a step; every string, list
+# or mapping an operation makes, and all a file template prints, counts its length. Operations that could make a
+# huge value in one go (formatting widths, padding, repetition, joins, replacements, big integers) are checked before
+# they run. Real templates take a few hundred steps and kilobytes; the bounds are far above that.
+
+MAX_STEPS = 1_000_000
+"""Loop iterations and calls in one render."""
+_MACRO_STEPS = 10
+"""The steps a call of a macro counts (it costs about ten loop iterations)."""
+MAX_MADE = 32 * 1024 * 1024
+"""Characters and items of the values one render makes and prints (the largest document has 32 MiB of text)."""
+MAX_WIDTH = 4096
+"""A formatting width or precision, a padding width, a count of batches or slices, a length of bytes."""
+MAX_INT_BITS = 1 << 16
+"""The largest integer an operator may make (about 20,000 digits)."""
+
+
+class TemplateBound(OverflowError):
+    """A render that would pass a bound (reported as a located template error)."""
+
+
+class _Budget:
+    __slots__ = ("size", "steps")
+
+    def __init__(self) -> None:
+        self.steps = self.size = 0
+
+    def reset(self) -> None:
+        self.steps = self.size = 0
+
+    def step(self, steps: int = 1) -> None:
+        self.steps += steps
+        if self.steps > MAX_STEPS:
+            raise TemplateBound(f"the template takes more than {MAX_STEPS} steps (loop iterations and calls)")
+
+    def made(self, value: Any) -> Any:
+        if isinstance(value, (str, bytes, list, tuple, dict)):
+            self.add(len(value))
+        return value
+
+    def add(self, size: int) -> None:
+        self.size += size
+        if self.size > MAX_MADE:
+            raise TemplateBound(f"the template makes more than {MAX_MADE // 1024 // 1024} MiB of text and items")
+
+
+_BUDGET: _Budget = _Budget()
+
+
+def _counted_iter(context: Any, iterable: Any) -> Iterator[Any]:
+    """A loop's items, each a step."""
+    for item in iterable:
+        _BUDGET.step()
+        yield item
+
+
+def _counted_concat(context: Any, text: Any) -> Any:
+    return _BUDGET.made(text)
+
+
+@cache
+def _counting() -> Any:
+    """What makes a parsed template's loops count their iterations and its `~` count what it makes."""
+    from jinja2 import nodes
+    from jinja2.visitor import NodeTransformer
+
+    class Counting(NodeTransformer):
+        def visit_For(self, node: Any) -> Any:
+            node = self.generic_visit(node)
+            node.iter = nodes.Filter(node.iter, "orchc_steps", [], [], None, None, lineno=node.lineno)
+            return node
+
+        def visit_Concat(self, node: Any) -> Any:
+            return nodes.Filter(self.generic_visit(node), "orchc_made", [], [], None, None, lineno=node.lineno)
+
+    return Counting()
+
+
+def _width(value: Any) -> None:
+    if isinstance(value, int) and abs(value) > MAX_WIDTH:
+        raise TemplateBound(f"a width or count of {value} (at most {MAX_WIDTH})")
+
+
+def _would_make(size: int) -> None:
+    if size > MAX_MADE:
+        raise TemplateBound(f"the operation would make more than {MAX_MADE // 1024 // 1024} MiB ({size} characters or items)")
+
+
+_PRINTF = re.compile(r"%(?:\([^)]*\))?[#0 +-]*(\*|\d+)?(?:\.(\*|\d*))?[hlL]?.")
+
+
+def _check_printf(text: str) -> None:
+    for match in _PRINTF.finditer(text):
+        for part in match.groups():
+            if part == "*" or (part and int(part) > MAX_WIDTH):
+                raise TemplateBound(f"a formatting width or precision of {part} (at most {MAX_WIDTH})")
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    if operator == "%" and isinstance(left, str):
+        _check_printf(left)
+    elif operator == "*":
+        sized, count = (left, right) if isinstance(right, int) else (right, left)
+        if isinstance(sized, (str, bytes, list, tuple)) and isinstance(count, int) and len(sized) * count > _MAX_REPEAT:
+            raise OverflowError("a repetition over 1 MiB")
+        if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+            raise TemplateBound(f"an integer over {MAX_INT_BITS} bits")
+    elif operator == "**" and isinstance(left, int) and isinstance(right, int) and left.bit_length() * right > MAX_INT_BITS:
+        raise TemplateBound(f"an integer over {MAX_INT_BITS} bits")
+
+
+def _joined(separator: Any, items: Any) -> Any:
+    """The items of a join, as a list when they came as an iterator; what the separators would make is checked."""
+    items = items if isinstance(items, (str, list, tuple, dict)) else list(items)
+    _would_make(len(separator) * max(len(items) - 1, 0) if isinstance(separator, (str, bytes)) else 0)
+    return items
+
+
+def _replaced_size(text: Any, old: Any, new: Any, count: Any = -1) -> int:
+    if not isinstance(text, (str, bytes)) or not isinstance(old, type(text)) or not isinstance(new, type(text)):
+        return 0
+    times = text.count(old) if len(old) else len(text) + 1  # type: ignore[arg-type]
+    if isinstance(count, int) and count >= 0:
+        times = min(times, count)
+    return len(text) + times * max(len(new) - len(old), 0)
+
+
+def _checked_call(function: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A method of a str, bytes or int that could make a huge value in one go: its arguments checked first."""
+    owner = getattr(function, "__self__", None)
+    if not isinstance(owner, (str, bytes, int)):
+        return args
+    name = getattr(function, "__name__", "")
+    if name in ("center", "ljust", "rjust", "zfill", "to_bytes") and args:
+        _width(args[0])
+    elif name == "expandtabs" and isinstance(owner, (str, bytes)):
+        size = args[0] if args else 8
+        _width(size)
+        tabs = owner.count("\t") if isinstance(owner, str) else owner.count(b"\t")
+        _would_make(len(owner) + tabs * size if isinstance(size, int) else 0)
+    elif name == "replace" and len(args) >= 2:
+        _would_make(_replaced_size(owner, *args[:3]))
+    elif name == "join" and args:
+        return (_joined(owner, args[0]), *args[1:])
+    elif name == "translate" and args and isinstance(args[0], dict):
+        longest = max((len(item) for item in args[0].values() if isinstance(item, (str, bytes))), default=1)
+        _would_make(len(owner) * longest if isinstance(owner, (str, bytes)) else 0)
+    return args
+
+
+def _check_filter(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """A filter that could make a huge value in one go: its arguments checked first (positional or by keyword)."""
+    def arg(position: int, keyword: str, default: Any = None) -> Any:
+        return args[position] if len(args) > position else kwargs.get(keyword, default)
+
+    if name == "format" and args and isinstance(args[0], str):
+        _check_printf(args[0])
+    elif name == "center":
+        _width(arg(1, "width", 80))
+    elif name in ("batch", "slice"):
+        _width(arg(1, "linecount" if name == "batch" else "slices"))
+    elif name == "indent" and args:
+        width = arg(1, "width", 4)
+        size = len(width) if isinstance(width, str) else width
+        _width(size)
+        _would_make(len(str(args[0])) + str(args[0]).count("\n") * size if isinstance(size, int) else 0)
+    elif name == "wordwrap" and args:
+        text, width, wrap = str(args[0]), arg(1, "width", 79), arg(3, "wrapstring", None)
+        if isinstance(width, int) and isinstance(wrap, str):
+            _would_make(len(text) + (len(text) // max(width, 1) + 1) * len(wrap))
+    elif name == "join" and args:
+        return (_joined(arg(1, "d", ""), args[0]), *args[1:])
+    elif name == "replace" and len(args) >= 3:
+        _would_make(_replaced_size(str(args[0]), *args[1:4]))
+    return args
+
+
+def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    """A filter whose every call is a step, checked before it runs and counted after."""
+    passed = 1 if hasattr(function, "jinja_pass_arg") else 0
+
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        _BUDGET.step()
+        args = (*args[:passed], *_check_filter(name, args[passed:], kwargs))
+        return _BUDGET.made(function(*args, **kwargs))
+
+    if passed:
+        bounded.jinja_pass_arg = function.jinja_pass_arg  # type: ignore[attr-defined]
+    return bounded
+
+
+def _bound_filters(env: Any) -> None:
+    from jinja2 import pass_context
+
+    for name, function in list(env.filters.items()):
+        env.filters[name] = _bounded_filter(name, function)
+    env.filters["orchc_steps"] = pass_context(_counted_iter)
+    env.filters["orchc_made"] = pass_context(_counted_concat)
+
+
+def _check_printed(node: Node, values: list[Any]) -> None:
+    """The values a shell template prints, in all, within MAX_MADE (each is written out; a cached render too)."""
+    sizes: dict[int, int] = {}
+    total = 0
+    for value in values:
+        if isinstance(value, str):
+            total += len(value)
+        elif isinstance(value, (list, dict)):
+            size = sizes.get(id(value))
+            if size is None:
+                size = sizes[id(value)] = len(text_value(value))
+            total += size
+        if total > MAX_MADE:
+            raise OrchcError.at(node.loc, f"template error: the template prints more than {MAX_MADE // 1024 // 1024} "
+                                "MiB of values")

@@ -76,11 +76,13 @@ def test_hostile_file_is_refused_with_a_located_error(orchc, tmp_path, name):
 
 
 # A small Python forks orchc and reports its rusage: a child forked by pytest itself would report at least
-# the pytest process's own peak memory, which Linux carries across fork and exec into ru_maxrss.
+# the pytest process's own peak memory, which Linux carries across fork and exec into ru_maxrss. The child's address
+# space is capped at 1 GiB, so a case that is not bounded fails with a MemoryError instead of exhausting the machine.
 _MEASURE = """
-import json, os, signal, sys
+import json, os, resource, signal, sys
 pid = os.fork()
 if pid == 0:
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.execv(sys.executable, [sys.executable, "-m", "compiler", *sys.argv[2:]])

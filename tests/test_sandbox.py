@@ -133,3 +133,66 @@ def test_a_template_cannot_include_import_or_extend_another(orchc, write, tmp_pa
     assert result.err.startswith("defs/other.yaml:11:7: error: "), result.err
     assert "cannot include, import or extend another template" in result.err
     assert not (tmp_path / "out").exists()
+
+
+# Rendering is bounded: output size, loop iterations and calls, formatting widths and sizes of what operations make.
+# Each bomb runs in a fresh process under a 1 GiB address-space limit (a bomb not bounded fails, it cannot exhaust the
+# machine); it must end with a located error at the template, within 2 s of CPU and 200 MB.
+BOMBS = {
+    "percent_width": ("{{ '%0800000000d' % 1 }}", "formatting width"),
+    "percent_star": ("{{ '%*d' % (800000000, 1) }}", "formatting width"),
+    "percent_mapping_precision": ("{{ '%(a).800000000f' % {'a': 1.5} }}", "formatting width"),
+    "format_filter": ("{{ '%0800000000d' | format(1) }}", "formatting width"),
+    "nested_range": ("{% for a in range(99999) %}{% for b in range(99999) %}{% endfor %}{% endfor %}", "steps"),
+    "recursive_loop": ("{% for x in [1] recursive %}{{ loop([1, 1]) }}{% endfor %}", "recursion"),
+    "macro_fanout": ("{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}", "steps"),
+    "doubling_concat": ("{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s | length }}{% endif %}"
+                        "{% endmacro %}{{ d('x', 40) }}", "more than"),
+    "doubling_plus": ("{% macro d(s, n) %}{% if n %}{{ d(s + s, n - 1) }}{% else %}{{ s | length }}{% endif %}"
+                      "{% endmacro %}{{ d('x', 40) }}", "more than"),
+    "int_times_string": ("{{ 1048576 * ('x' * 1024) }}", "repetition"),
+    "power_tower": ("{{ ((((2 ** 64) ** 64) ** 64) ** 64) ** 64 }}", "integer"),
+    "squaring": ("{% macro s(x, n) %}{% if n %}{{ s(x * x, n - 1) }}{% else %}{{ x > 0 }}{% endif %}{% endmacro %}"
+                 "{{ s(3, 40) }}", "integer"),
+    "center_filter": ("{{ 'x' | center(800000000) }}", "width"),
+    "ljust_method": ("{{ 'x'.ljust(800000000) }}", "width"),
+    "to_bytes_method": ("{{ (1).to_bytes(800000000, 'big') | length }}", "width"),
+    "replace_method": ("{{ ('x' * 1000000).replace('x', 'x' * 1000000) | length }}", "more than"),
+    "join_method": ("{{ ('x' * 1000000).join(range(99999) | map('string')) | length }}", "more than"),
+    "join_filter": ("{{ range(99999) | join('x' * 1000000) | length }}", "more than"),
+    "indent_filter": ("{{ ('x\\n' * 500000) | indent(1000000) | length }}", "width"),
+    "batch_filter": ("{{ [1] | batch(800000000, 0) | list | length }}", "width"),
+    "slice_filter": ("{{ [1] | slice(800000000) | list | length }}", "width"),
+    "printed_many_times": ("{% for i in range(99999) %}{{ 'x' * 1000000 }}{% endfor %}", "more than"),
+}
+
+
+@pytest.mark.parametrize("bomb", sorted(BOMBS))
+def test_a_template_bomb_fails_fast_with_a_located_error(write, tmp_path, bomb):
+    from test_hostile_input import run_measured
+
+    payload, message = BOMBS[bomb]
+    text, line = evil_type(payload, "phase")
+    write("defs/evil.yaml", text)
+    write("r.yaml", "service:\n  name: e\n  type: evil\n")
+    code, err, cpu, peak_mb = run_measured(["validate", "r.yaml", "--defs", "defs", "--site", "local"], tmp_path, timeout=20)
+    assert "Traceback" not in err and code == 1, (code, err[-2000:])
+    first = err.splitlines()[0]
+    assert first.startswith(f"defs/evil.yaml:{line}:7: error: template error: ") and message in first, first
+    assert cpu < 2.0, f"{cpu:.2f} s of CPU"
+    assert peak_mb < 200, f"{peak_mb:.0f} MB"
+
+
+def test_a_template_within_the_bounds_renders(orchc, write, tmp_path):
+    """Bounds far above real templates: 100,000 loop steps, a 1 MiB repetition, an 8 MiB value printed twice."""
+    line = ("echo {% for a in range(300) %}{% for b in range(300) %}{% endfor %}{% endfor %}"
+            "{{ ('x' * 1048576) | length }} {{ '%05d|%-8s|%.3f' % (42, 'ab', 1.5) }} {{ big | length }}{{ big[:1] }}")
+    write("defs/fine.yaml", "type: fine\nextends: service\ndescription: big but honest\nfields:\n"
+          "  ports: {default: [1234]}\n  big: {type: string}\n"
+          f"container:\n  command: sleep 0.1\nphases:\n  setup:\n    - {json.dumps(line)}\n    - 'echo {{{{ big }}}} {{{{ big }}}} >/dev/null'\n")
+    write("r.yaml", "service:\n  name: f\n  type: fine\n  big: " + "y" * (8 * 1024 * 1024 - 100) + "\n")
+    result = orchc("compile", "r.yaml", "--defs", "defs", "--site", "local", "-o", "out", cwd=tmp_path)
+    assert result.code == 0, result.err[-2000:]
+    script = (tmp_path / "out" / "r" / "f.sbatch").read_text()
+    assert f'echo 1048576 "${{orchc_v1}}" {8 * 1024 * 1024 - 100}y' in script
+    assert "orchc_v1='00042|ab      |1.500'" in script

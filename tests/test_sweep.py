@@ -109,7 +109,7 @@ def test_a_problem_of_every_point_is_reported_once(orchc, write, tmp_path):
     ("  matrix:\n    nosuch.field: [1, 2]\n", (12, 5), "neither a job of this recipe nor a field"),
     ("  matrix:\n    bench.clients: []\n", (12, 20), "should be non-empty"),
     ("  repeat: 0\n", (11, 11), "minimum"),
-    ("  matrix:\n    a: [" + ", ".join(["1"] * 101) + "]\n    b: [" + ", ".join(["1"] * 100) + "]\n", (11, 3),
+    ("  matrix:\n    a: [" + ", ".join(["1"] * 101) + "]\n    b: [" + ", ".join(["1"] * 100) + "]\n", (13, 5),
      "at most 10000"),
 ])
 def test_sweep_mistakes_are_located(orchc, write, tmp_path, block, where, message):
@@ -219,3 +219,53 @@ def test_a_sweep_runs_as_a_ladder_against_one_service_on_the_cluster(cluster, ne
     assert same.returncode == 0, same.stderr
     cluster_orchc("report", run, "-o", tmp_path / "report.html", cwd=tmp_path)
     assert (tmp_path / "report.html").read_text().count("<svg") >= 2
+
+
+# --- bounds, checked before anything is expanded ----------------------------------------------------
+
+def values(count: int, start: int = 1) -> str:
+    return "[" + ", ".join(str(n) for n in range(start, start + count)) + "]"
+
+
+def test_too_many_points_is_located_at_the_axis_that_crosses_the_bound(orchc, write, tmp_path):
+    text = BASE + (f"sweep:\n  matrix:\n    bench.clients: {values(30)}\n    bench.pipeline: {values(30)}\n"
+                   f"    bench.data_size: {values(30)}\n")
+    found = errors(orchc("validate", write("sw.yaml", text), cwd=tmp_path))
+    assert found[0][:2] == (14, 5), found
+    assert "more than 10000 points from here on (27000 in all)" in found[0][2]
+
+
+def test_too_many_points_from_the_command_line_is_located_there(orchc, write, tmp_path):
+    text = BASE + f"sweep:\n  matrix:\n    bench.clients: {values(200)}\n"
+    result = orchc("validate", write("sw.yaml", text), "--set", f"sweep.matrix.bench.pipeline={values(100)}", cwd=tmp_path)
+    assert result.code == 1 and "Traceback" not in result.err, result.err
+    first = result.err.splitlines()[0]
+    assert first.startswith("<command line>:") and "more than 10000 points from here on (20000 in all)" in first, first
+    result = orchc("validate", write("sw.yaml", text), "--set", "sweep.repeat=1000000000", cwd=tmp_path)
+    assert result.code == 1 and "--set sweep.repeat: expected a whole number from 1 to 1000" in result.err, result.err
+
+
+def test_points_times_repeat_is_bounded(orchc, write, tmp_path):
+    text = BASE + f"sweep:\n  matrix:\n    bench.clients: {values(2000)}\n  repeat: 1000\n"
+    found = errors(orchc("validate", write("sw.yaml", text), cwd=tmp_path))
+    assert found[0][:2] == (11, 3), found
+    assert "2000 points repeated 1000 times (2000000 runs of each client); at most 1000000" in found[0][2]
+
+
+def test_excludes_naming_too_many_sets_of_keys_are_refused_at_the_rule_that_crosses(orchc, write, tmp_path):
+    ones = [f"bench.k{n}" for n in range(30)]
+    matrix = "".join(f"    {key}: [1]\n" for key in ones)
+    rules = "".join(f"    - {{{a}: 2, {b}: 2, {c}: 2}}\n" for a, b, c in itertools.combinations(ones, 3))
+    text = BASE + (f"sweep:\n  matrix:\n    bench.clients: {values(100)}\n    bench.pipeline: {values(100)}\n"
+                   f"{matrix}  exclude:\n{rules}")
+    found = errors(orchc("validate", write("sw.yaml", text), cwd=tmp_path))
+    assert found[0][:2] == (45 + 333, 7), found   # the 334th rule, on line 45 + 333
+    assert "the rules name 334 different sets of keys; checking 10000 points against them takes more than" in found[0][2]
+
+
+def test_excludes_match_values_of_any_shape_by_equality(orchc, write, tmp_path):
+    text = BASE + ("sweep:\n  matrix:\n    bench.tests: [[set], [get], [set, get]]\n    bench.clients: [1, 2]\n"
+                   "  exclude:\n    - {bench.tests: [get]}\n    - {bench.tests: [set, get], bench.clients: 2.0}\n")
+    manifest = compiled(orchc, write, tmp_path, text)
+    points = [(point["values"]["bench.tests"], point["values"]["bench.clients"]) for point in manifest["sweep"]["points"]]
+    assert points == [(["set"], 1), (["set"], 2), (["set", "get"], 1)]
