@@ -35,6 +35,10 @@ Nothing starts after `--duration` seconds (counted from the program's start, war
 requests still running then are cut, kept with error "cut at duration". SIGTERM and SIGINT cut the
 same way (error "stopped by SIGTERM", or "cut at REASON" when orchc wrote REASON into RESULTS_DIR/stopped
 before stopping the benchmark: its duration or time limit), then the program writes its metrics and exits.
+
+With LLM_BENCH_API_KEY in the environment, every request (the server's version and models too) carries
+`Authorization: Bearer KEY`, as vLLM's --api-key / VLLM_API_KEY and OpenAI's API expect. The key is read
+from the environment only, so that it never shows on a command line.
 """
 
 import argparse
@@ -58,6 +62,12 @@ WORDS = ("the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "
          "you", "were", "their", "one", "all", "we", "can", "her", "has", "there", "been", "if", "more", "when",
          "will", "would", "who", "so", "no", "time", "model", "data", "system", "node", "cluster", "memory")
 """Synthetic prompts are words drawn from this list (the same words for the same seed)."""
+
+
+def auth_headers():
+    """The Authorization header for the key in LLM_BENCH_API_KEY (none without it)."""
+    key = os.environ.get("LLM_BENCH_API_KEY", "")
+    return {"Authorization": "Bearer " + key} if key else {}
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -147,6 +157,7 @@ class Run:
         self.t0 = None
         self.errors = []
         self.out = None
+        self.headers = {**HEADERS, **auth_headers()}
 
     def remaining(self):
         return self.deadline - time.perf_counter()
@@ -248,7 +259,7 @@ def send(run, conn, index, prompt_index, prompt):
                 conn.connect()
             conn.sock.settimeout(max(0.001, min(run.deadline, request_deadline) - time.perf_counter()))
             try:
-                conn.request("POST", APIS[args.api], body=body, headers=HEADERS)
+                conn.request("POST", APIS[args.api], body=body, headers=run.headers)
                 response = conn.getresponse()
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
@@ -467,7 +478,7 @@ def get_json(args, path):
     conn = new_connection(args)
     try:
         conn.timeout = 30
-        conn.request("GET", path)
+        conn.request("GET", path, headers=auth_headers())
         response = conn.getresponse()
         body = response.read(65536)
         return json.loads(body.decode("utf-8")) if response.status == 200 else None
