@@ -38,7 +38,8 @@ before stopping the benchmark: its duration or time limit), then the program wri
 
 With LLM_BENCH_API_KEY in the environment, every request (the server's version and models too) carries
 `Authorization: Bearer KEY`, as vLLM's --api-key / VLLM_API_KEY and OpenAI's API expect. The key is read
-from the environment only, so that it never shows on a command line.
+from the environment only, so that it never shows on a command line. With `--tls-ca FILE` the connection is
+TLS (orchc's proxy in front of Ollama), the server's certificate checked against FILE.
 """
 
 import argparse
@@ -49,6 +50,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -350,6 +352,9 @@ def send(run, conn, index, prompt_index, prompt):
 # ---------------------------------------------------------------------------------------------- load
 
 def new_connection(args):
+    if args.tls_ca:
+        context = ssl.create_default_context(cafile=args.tls_ca)
+        return http.client.HTTPSConnection(args.host, args.port, timeout=args.request_timeout, context=context)
     return http.client.HTTPConnection(args.host, args.port, timeout=args.request_timeout)
 
 
@@ -601,6 +606,7 @@ def parser():
     r.add_argument("--config", help="a JSON object of options (see config_arguments); options given here win")
     r.add_argument("--host", required=True)
     r.add_argument("--port", type=int, required=True)
+    r.add_argument("--tls-ca", help="TLS, the server's certificate checked against this CA file")
     r.add_argument("--api", choices=sorted(APIS), required=True)
     r.add_argument("--model", help="the model named in every request (default: the first the server lists)")
     r.add_argument("--prompts-json", help="a JSON file holding a list of prompts, used in turn")
