@@ -15,6 +15,14 @@ queueing shows in their time to first token. Both APIs stream:
 - GET /api/version -> {"version": VERSION}; GET /version -> {"version": VERSION} (as vLLM answers);
   GET /v1/models and GET /api/tags (one model, "tiny"), GET /health. The model "missing" is answered 404.
 
+With an API key (VLLM_API_KEY in the environment, as `vllm serve` reads it, or `api_key=`), requests whose path
+starts with /v1, /v2, /inference or /cohere are refused with 401 {"error": "Unauthorized"} unless they carry
+`Authorization: Bearer KEY` (scheme in any case), as vLLM's AuthenticationMiddleware does
+(vllm/entrypoints/serve/utils/server_utils.py); /health, /version and the Ollama paths stay open.
+
+`llm_standin.py serve MODEL --host H --port P [vLLM engine arguments, ignored]` is the `vllm serve` shim: it
+lists MODEL (instead of "tiny") and refuses `--api-key` on its command line, where every user of a node sees it.
+
 `"max_tokens"` (OpenAI) and `"options": {"num_predict"}` (Ollama) cap TOKENS. Every request body is kept
 (`requests`), and so is each request's timing as the server saw it (`timings`: when it arrived, got its
 slot and wrote each token); with a log file, one JSON line each. Settable by arguments or by environment
@@ -28,8 +36,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import json
 import os
+import secrets
 import sys
 import threading
 import time
@@ -37,6 +47,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 VERSION = "0.0.0-llm-standin"
+GUARDED_PREFIX = ("/v1", "/v2", "/inference", "/cohere")
 
 
 class FifoSlots:
@@ -67,8 +78,11 @@ class FifoSlots:
 
 class Settings:
     def __init__(self, tokens: int = 5, first_token_delay: float = 0.05, inter_token_delay: float = 0.02,
-                 parallelism: int = 1, log: str | None = None, usage: bool = True) -> None:
+                 parallelism: int = 1, log: str | None = None, usage: bool = True, api_key: str | None = None,
+                 model: str = "tiny") -> None:
         self.tokens = tokens
+        self.model = model
+        self.key_hash = hashlib.sha256(api_key.encode()).digest() if api_key else None
         self.usage = usage
         self.first_token_delay = first_token_delay
         self.inter_token_delay = inter_token_delay
@@ -77,6 +91,16 @@ class Settings:
         self.requests: list[dict[str, Any]] = []
         self.timings: list[dict[str, Any]] = []
         self.lock = threading.Lock()
+
+    def authorized(self, path: str, authorization: str | None) -> bool:
+        """vLLM's check: only guarded paths need the key; the scheme is matched in any case, the token
+        by the digest of what follows the first space."""
+        if self.key_hash is None or not path.startswith(GUARDED_PREFIX):
+            return True
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return secrets.compare_digest(hashlib.sha256(token.encode()).digest(), self.key_hash)
 
     def record(self, entry: dict[str, Any]) -> None:
         """A request as it arrives ({"path", "body"}), and once its last token is written its timing
@@ -97,7 +121,7 @@ def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _send(self, status: int, value: Any) -> None:
-            data = json.dumps(value).encode() + b"\n"
+            data = json.dumps(value, separators=(",", ":")).encode()  # compact, as FastAPI answers
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -108,11 +132,19 @@ def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
             self.wfile.flush()
 
+        def _refused(self) -> bool:
+            if settings.authorized(self.path, self.headers.get("Authorization")):
+                return False
+            self._send(401, {"error": "Unauthorized"})
+            return True
+
         def do_GET(self) -> None:
+            if self._refused():
+                return
             if self.path in ("/api/version", "/version"):
                 self._send(200, {"version": VERSION})
             elif self.path == "/v1/models":
-                self._send(200, {"object": "list", "data": [{"id": "tiny", "object": "model", "owned_by": "standin"}]})
+                self._send(200, {"object": "list", "data": [{"id": settings.model, "object": "model", "owned_by": "standin"}]})
             elif self.path == "/api/tags":
                 self._send(200, {"models": [{"name": "tiny:latest", "model": "tiny:latest", "size": 1000}]})
             elif self.path == "/health":
@@ -122,6 +154,9 @@ def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
+            if self._refused():
+                self.rfile.read(length)
+                return
             try:
                 body = json.loads(self.rfile.read(length) or b"{}")
             except ValueError:
@@ -221,6 +256,10 @@ class Standin:
 
 def main(argv: list[str]) -> int:
     env = os.environ
+    serve = argv[:1] == ["serve"] and len(argv) >= 2
+    model = argv[1] if serve else "tiny"
+    if serve and any(word == "--api-key" or word.startswith("--api-key=") for word in argv):
+        sys.exit("llm stand-in: --api-key on the command line, where every user of the node can read it")
     p = argparse.ArgumentParser(description="a stand-in LLM server with known timing (tests only)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
@@ -230,9 +269,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--parallelism", type=int, default=int(env.get("STANDIN_PARALLELISM", "1")))
     p.add_argument("--log", default=env.get("STANDIN_LOG"))
     p.add_argument("--no-usage", action="store_true", help="never send the usage chunk (a server that gives no counts)")
-    args = p.parse_args(argv)
+    # as `vllm serve`: the engine's arguments (--tensor-parallel-size, --dtype, ...) mean nothing here
+    args = p.parse_known_args(argv[2:])[0] if serve else p.parse_args(argv)
     settings = Settings(args.tokens, args.first_token_delay, args.inter_token_delay, args.parallelism, args.log,
-                        usage=not args.no_usage)
+                        usage=not args.no_usage, api_key=env.get("VLLM_API_KEY") or None, model=model)
+    if args.log:
+        with open(args.log, "a") as out:
+            out.write(json.dumps({"argv": sys.argv}) + "\n")
     server = ThreadingHTTPServer((args.host, args.port), handler(settings))
     server.daemon_threads = True
     print(f"listening on {args.host}:{server.server_port}", flush=True)

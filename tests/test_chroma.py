@@ -150,12 +150,14 @@ def test_a_url_where_nothing_listens_times_out_saying_so(orchc, tmp_path):
 
 
 def test_the_chroma_type_checks_the_v2_heartbeat(orchc, tmp_path):
-    (tmp_path / "r.yaml").write_text("service:\n  name: chroma\n  ports: [8123]\n"
+    (tmp_path / "r.yaml").write_text("service:\n  name: chroma\n  ports: [8123]\n  internal_port: 8124\n"
                                      "client:\n  name: vectors\n  type: chroma_client\n")
     result = orchc("compile", "r.yaml", "--site", "local", "-o", "out", cwd=tmp_path)
     assert result.code == 0, result.err
     service = (tmp_path / "out" / "r" / "chroma.sbatch").read_text()
-    assert "orchc_wait_http http://127.0.0.1:8123/api/v2/heartbeat" in service
+    # Chroma itself behind the proxy (see test_proxy_auth.py), then through the proxy
+    assert "orchc_wait_http http://127.0.0.1:8124/api/v2/heartbeat" in service
+    assert "https://127.0.0.1:8123/api/v2/heartbeat" in service
     assert "/api/v1" not in service
     client = (tmp_path / "out" / "r" / "vectors.sbatch").read_text()
     assert "/api/v2/tenants/" in client and "/api/v1" not in client
@@ -177,7 +179,7 @@ def test_chroma_and_its_benchmark_client_complete_with_real_results(cluster, chr
     port = free_port()
     (tmp_path / "chroma.yaml").write_text(
         "site: local\n"
-        f"service:\n  name: chroma\n  ports: [{port}]\n  persist_directory: {tmp_path / 'data'}\n"
+        f"service:\n  name: chroma\n  ports: [{port}]\n  internal_port: {free_port()}\n  persist_directory: {tmp_path / 'data'}\n"
         "  resources: {time: '00:05:00'}\n"
         "client:\n  name: vectors\n  type: chroma_client\n  num_documents: 300\n  dimension: 16\n"
         "  batch_size: 50\n  num_queries: 40\n  query_batch_size: 2\n  n_results: 5\n  workers: 3\n"

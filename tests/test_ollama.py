@@ -33,7 +33,7 @@ def free_port() -> int:
 def ollama_job(orchc, write, tmp_path):
     def make(extra: str = "gpu_layers: 7") -> tuple[Path, Path, int]:
         port = free_port()
-        recipe = write("r.yaml", f"service:\n  name: llm\n  type: ollama\n  model: tiny\n  ports: [{port}]\n"
+        recipe = write("r.yaml", f"service:\n  name: llm\n  type: ollama\n  model: tiny\n  ports: [{port}]\n  internal_port: {free_port()}\n"
                                  f"  num_parallel: 3\n  health_timeout: 30\n  {extra}\n")
         result = orchc("compile", str(recipe), "--site", "local", "-o", "out", cwd=tmp_path)
         assert result.code == 0, result.err
@@ -76,7 +76,8 @@ def test_ollama_pulls_derives_warms_up_and_checks_the_gpu(ollama_job):
     assert posts[1] == ("/api/create", {"model": "tiny-orchc-ngl7", "from": "tiny", "parameters": {"num_gpu": 7}})
     path, body = posts[2]
     assert path == "/api/generate" and body["model"] == "tiny-orchc-ngl7" and body["keep_alive"] == "24h", posts
-    assert [r["path"] for r in seen if r["method"] == "GET"][-1] == "/api/ps"
+    # /api/ps, then the proxy's own check: /api/version through nginx with the key
+    assert [r["path"] for r in seen if r["method"] == "GET"][-2:] == ["/api/ps", "/api/version"]
     assert (run / ".orchc" / "models" / "ollama" / "manifests" / "tiny:latest").exists(), \
         "the model store is the site's ($HOME/.orchc/models on the local site)"
     recorded = json.loads((run / "results" / "llm" / "ollama.json").read_text())

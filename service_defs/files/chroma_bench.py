@@ -12,6 +12,10 @@ queries, sampled with a seeded generator, the ids Chroma returned go to recall.j
 their exact nearest neighbours by brute force over the embeddings that were added (with the collection's
 distance) and reports recall@k. server.json records the server's version.
 
+With CHROMA_BENCH_API_KEY in the environment every request carries `Authorization: Bearer KEY` (orchc's
+proxy in front of Chroma asks for it); with `--tls-ca FILE` the connection is TLS, the server's certificate
+checked against FILE. The key is read from the environment only, so that it never shows on a command line.
+
 Routes (API v2): GET /api/v2/version; GET/POST /api/v2/tenants[/T]; GET/POST /api/v2/tenants/T/databases[/D];
 DELETE and POST .../databases/D/collections[/NAME]; POST .../collections/ID/add and .../collections/ID/query.
 """
@@ -26,6 +30,7 @@ import math
 import operator
 import os
 import random
+import ssl
 import sys
 import threading
 import time
@@ -47,20 +52,26 @@ class ChromaError(Exception):
 class Client:
     """One keep-alive HTTP connection per thread to the server's /api/v2."""
 
-    def __init__(self, host: str, port: int, timeout: float = 300) -> None:
+    def __init__(self, host: str, port: int, timeout: float = 300, tls_ca: str | None = None) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.local = threading.local()
+        self.tls = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
+        key = os.environ.get("CHROMA_BENCH_API_KEY", "")
+        self.auth = {"Authorization": "Bearer " + key} if key else {}
 
     def _connection(self) -> http.client.HTTPConnection:
         connection = getattr(self.local, "connection", None)
         if connection is None:
-            connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            if self.tls is not None:
+                connection = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.tls)
+            else:
+                connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             self.local.connection = connection
         return connection
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
+        headers = {**self.auth, "Content-Type": "application/json"} if data is not None else dict(self.auth)
         for attempt in (1, 2):
             connection = self._connection()
             try:
@@ -159,7 +170,7 @@ def run_phase(workers: int, tasks: Iterable[Callable[[], None]], deadline: float
 
 
 def run(args: argparse.Namespace) -> None:
-    client = Client(args.host, args.port)
+    client = Client(args.host, args.port, tls_ca=args.tls_ca)
     deadline = time.monotonic() + args.duration
     os.makedirs(args.results, exist_ok=True)
     version = client.request("GET", "/version")
@@ -425,6 +436,7 @@ def main() -> None:
     parser.add_argument("results")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--tls-ca", help="TLS, the server's certificate checked against this CA file")
     parser.add_argument("--tenant", default="default_tenant")
     parser.add_argument("--database", default="default_database")
     parser.add_argument("--collection", default="orchc_bench")

@@ -35,6 +35,11 @@ Nothing starts after `--duration` seconds (counted from the program's start, war
 requests still running then are cut, kept with error "cut at duration". SIGTERM and SIGINT cut the
 same way (error "stopped by SIGTERM", or "cut at REASON" when orchc wrote REASON into RESULTS_DIR/stopped
 before stopping the benchmark: its duration or time limit), then the program writes its metrics and exits.
+
+With LLM_BENCH_API_KEY in the environment, every request (the server's version and models too) carries
+`Authorization: Bearer KEY`, as vLLM's --api-key / VLLM_API_KEY and OpenAI's API expect. The key is read
+from the environment only, so that it never shows on a command line. With `--tls-ca FILE` the connection is
+TLS (orchc's proxy in front of Ollama), the server's certificate checked against FILE.
 """
 
 import argparse
@@ -45,6 +50,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -58,6 +64,12 @@ WORDS = ("the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "
          "you", "were", "their", "one", "all", "we", "can", "her", "has", "there", "been", "if", "more", "when",
          "will", "would", "who", "so", "no", "time", "model", "data", "system", "node", "cluster", "memory")
 """Synthetic prompts are words drawn from this list (the same words for the same seed)."""
+
+
+def auth_headers():
+    """The Authorization header for the key in LLM_BENCH_API_KEY (none without it)."""
+    key = os.environ.get("LLM_BENCH_API_KEY", "")
+    return {"Authorization": "Bearer " + key} if key else {}
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -147,6 +159,7 @@ class Run:
         self.t0 = None
         self.errors = []
         self.out = None
+        self.headers = {**HEADERS, **auth_headers()}
 
     def remaining(self):
         return self.deadline - time.perf_counter()
@@ -248,7 +261,7 @@ def send(run, conn, index, prompt_index, prompt):
                 conn.connect()
             conn.sock.settimeout(max(0.001, min(run.deadline, request_deadline) - time.perf_counter()))
             try:
-                conn.request("POST", APIS[args.api], body=body, headers=HEADERS)
+                conn.request("POST", APIS[args.api], body=body, headers=run.headers)
                 response = conn.getresponse()
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
@@ -339,6 +352,9 @@ def send(run, conn, index, prompt_index, prompt):
 # ---------------------------------------------------------------------------------------------- load
 
 def new_connection(args):
+    if args.tls_ca:
+        context = ssl.create_default_context(cafile=args.tls_ca)
+        return http.client.HTTPSConnection(args.host, args.port, timeout=args.request_timeout, context=context)
     return http.client.HTTPConnection(args.host, args.port, timeout=args.request_timeout)
 
 
@@ -467,7 +483,7 @@ def get_json(args, path):
     conn = new_connection(args)
     try:
         conn.timeout = 30
-        conn.request("GET", path)
+        conn.request("GET", path, headers=auth_headers())
         response = conn.getresponse()
         body = response.read(65536)
         return json.loads(body.decode("utf-8")) if response.status == 200 else None
@@ -590,6 +606,7 @@ def parser():
     r.add_argument("--config", help="a JSON object of options (see config_arguments); options given here win")
     r.add_argument("--host", required=True)
     r.add_argument("--port", type=int, required=True)
+    r.add_argument("--tls-ca", help="TLS, the server's certificate checked against this CA file")
     r.add_argument("--api", choices=sorted(APIS), required=True)
     r.add_argument("--model", help="the model named in every request (default: the first the server lists)")
     r.add_argument("--prompts-json", help="a JSON file holding a list of prompts, used in turn")
