@@ -148,14 +148,7 @@ class _Scanner:
                 command = Command()
                 continue
             if char in "<>" and self.peek(1) == "(":
-                word = Word()
-                word.expands()
-                self.pos += 2
-                readers = self.code_readers
-                word.uses.extend(self.nested_list())
-                if char == ">" and self.code_readers > readers:
-                    self.taint_all = "a shell (or a program orchc cannot name) reads what is written to >(...)"
-                self.add_word(command, word)
+                self.add_word(command, self.process_substitution())
                 continue
             if char in "<>":
                 self.redirect(command)
@@ -261,13 +254,34 @@ class _Scanner:
             terminator = re.sub(r"['\"\\]", "", raw)
             self.pending.append((terminator, strip, quoted, command))
             return
+        start = self.pos
         while self.peek() and self.peek() in "<>&|":
             self.pos += 1
             if self.peek() == "-" and self.text[self.pos - 1] == "&":
                 self.pos += 1
+        reads = "<" in self.text[start:self.pos]
         self.skip_blanks()
-        if self.peek() and self.peek() not in _META:
-            command.redirects.append(self.word(command))
+        target = None
+        if self.peek() in ("<", ">") and self.peek(1) == "(":  # < <(command): a redirection from its output
+            target = self.process_substitution()
+        elif self.peek() and self.peek() not in _META:
+            target = self.word(command)
+        if target is not None:
+            command.redirects.append(target)
+            if reads:  # standard input: what the command's reader takes, like a here-document
+                command.heredoc_uses.extend(target.uses)
+
+    def process_substitution(self) -> Word:
+        """<(...) or >(...): a word naming a pipe; a shell reading what is written to >(...) is refused."""
+        writes = self.peek() == ">"
+        word = Word()
+        word.expands()
+        self.pos += 2
+        readers = self.code_readers
+        word.uses.extend(self.nested_list())
+        if writes and self.code_readers > readers:
+            self.taint_all = "a shell (or a program orchc cannot name) reads what is written to >(...)"
+        return word
 
     def skip_escape(self) -> None:
         """Step over a backslash and the character it escapes (a placeholder is left to be read)."""
