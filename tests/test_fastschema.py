@@ -328,7 +328,9 @@ def test_shipped_schemas_agree_with_jsonschema_on_mutated_real_values():
         samples = 500 if label in ("recipe", "site", "typedef") else 120 if label.startswith("job:") else 40
         differential(label, schema, mutated(base, rng, names, samples), disagreements)
     disagreements.check()
-    assert disagreements.valid > disagreements.compared // 10, "too few valid instances to tell anything"
+    # An absolute floor: each new field or job key (env:, api_key, ...) gives the mutations more ways to be invalid,
+    # so the share of valid instances moves (582 of 6,453 at the seed above); a few hundred still tell.
+    assert disagreements.valid >= 300, "too few valid instances to tell anything"
     assert disagreements.valid < disagreements.compared, "no invalid instance at all"
 
 
