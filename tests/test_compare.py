@@ -244,6 +244,14 @@ def test_a_threshold_matching_nothing_and_an_unknown_run_are_errors(tmp_path):
     assert done.stderr.startswith("orchc: error: runs/nope: not an orchc run")
 
 
+@pytest.mark.parametrize("written", ["runs/nope", "./nope", "elsewhere/nope"])
+def test_a_missing_run_given_as_a_path_is_named_as_written(tmp_path, written: str):
+    write_run(tmp_path / "runs" / "a", {"bench": results(BASE)})
+    done = orchc("compare", "a", written, cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.startswith(f"orchc: error: {written}: not an orchc run"), done.stderr
+    assert "runs/runs" not in done.stderr and "runs/elsewhere" not in done.stderr
+
+
 def test_a_terminal_gets_green_and_red(tmp_path):
     write_run(tmp_path / "a", {"bench": results(BASE)})
     write_run(tmp_path / "b", {"bench": results({**BASE, "set.latency_p99_ms": 3.0, "set.requests_per_s": 2000.0})})
