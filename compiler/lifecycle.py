@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 RESULT_HEADERS = ["job", "state", "metric", "value", "unit"]
 # One row per metric, with what is needed to concatenate the CSV of many runs.
 RESULT_CSV_HEADERS = ["run", "point", "repeat", "job", "slurm_id", "type", "state", "status", "metric", "value",
-                      "unit", "swept", "parameters"]
+                      "unit", "parameters"]
+"""`results --csv`; a sweep's keys are columns of their own, before `parameters`"""
 RESULTS_SCHEMA = "orchc-results/1"
 # A metric's unit is the end of its name (README "Results"); the longest ending wins.
 UNITS = (("_per_s", "1/s"), ("_ms", "ms"), ("_s", "s"), ("_count", "count"), ("_bytes", "bytes"),
@@ -308,11 +309,14 @@ def _result_rows(collected: dict[str, Any], job_states: dict[str, str]) -> list[
     return rows
 
 
-def _csv_rows(run: Run, run_dir: Path, collected: dict[str, Any], job_states: dict[str, str]) -> list[list[str]]:
+def _csv_table(run: Run, run_dir: Path, collected: dict[str, Any], job_states: dict[str, str]) -> list[list[str]]:
+    """The header and one row per job and metric, each swept key a column named by the key (pandas and
+    spreadsheets read a value per cell, not the JSON of them all)."""
     from .points import placements, read_manifest
 
     placed = placements(read_manifest(run_dir))
-    rows = []
+    keys = list(dict.fromkeys(key for at in placed.values() if at.point for key in at.values))
+    rows = [RESULT_CSV_HEADERS[:-1] + [_column_name(key) for key in keys] + RESULT_CSV_HEADERS[-1:]]
     for job in run.jobs:
         if job.name not in collected:
             continue
@@ -320,13 +324,19 @@ def _csv_rows(run: Run, run_dir: Path, collected: dict[str, Any], job_states: di
         shaped = data if isinstance(data, dict) else {}
         parameters = json.dumps(shaped.get("parameters"), sort_keys=True) if "parameters" in shaped else ""
         at = placed.get(job.name)
-        swept = json.dumps(dict(at.values), sort_keys=True) if at and at.point else ""
+        values = dict(at.values) if at and at.point else {}
+        swept = [cell(values[key]) if key in values else "" for key in keys]
         first = [run.run_dir.rstrip("/").rsplit("/", 1)[-1], (at.point or "") if at else "",
                  str(at.repeat or "") if at else "", job.name, job.slurm_id, job.type,
                  job_states.get(job.name, "?"), cell(shaped.get("status", ""))]
         metric_rows = _metric_rows(data) if data is not None else [("-", "no results", "")]
-        rows += [[*first, metric, cell(value), unit, swept, parameters] for metric, value, unit in metric_rows]
+        rows += [[*first, metric, cell(value), unit, *swept, parameters] for metric, value, unit in metric_rows]
     return rows
+
+
+def _column_name(key: str) -> str:
+    """A swept key as a column name; `swept:KEY` when the key is the name of a column of every row."""
+    return f"swept:{key}" if key in RESULT_CSV_HEADERS else key
 
 
 def _sweep_results(run_dir: Path, run: Run, manifest: dict[str, Any], sweep: Sweep, job_states: dict[str, str],
@@ -399,7 +409,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.csv:
         from .report import write_csv
 
-        write_csv([RESULT_CSV_HEADERS, *_csv_rows(run, run_dir, collected, job_states)])
+        write_csv(_csv_table(run, run_dir, collected, job_states))
         return 0
     print_table(f"results of {run_dir.name}", RESULT_HEADERS, _result_rows(collected, job_states))
     return 0

@@ -364,3 +364,20 @@ def test_the_recipe_schema_accepts_references_and_locates_bad_ones(tmp_path):
     assert "bad.yaml:9:3: error: invalid name 'nodot' in references" in done.stderr
     assert "bad.yaml:10:15: error: references.bench.x_ms: 'tolerance_percent' is a dependency of 'expect'" \
         in done.stderr
+
+
+def test_results_csv_has_one_column_per_swept_key(tmp_path):
+    """What spreadsheets and pandas want: `bench.clients` a column of its own, not {"bench.clients": 1} in one cell."""
+    sweep_run(tmp_path / "run", [("p01", 1, [BASE, BASE]), ("p02", 10, [BASE])])
+    done = orchc("results", "run", "--csv", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = rows_of(done)
+    assert list(rows[0])[-3:] == ["unit", "bench.clients", "parameters"] and "swept" not in rows[0]
+    assert {(row["job"], row["bench.clients"]) for row in rows} == \
+        {("bench-p01-r1", "1"), ("bench-p01-r2", "1"), ("bench-p02-r1", "10")}
+
+
+def test_results_csv_of_a_run_without_a_sweep_has_no_swept_columns(tmp_path):
+    write_run(tmp_path / "run", {"bench": results(BASE)})
+    done = orchc("results", "run", "--csv", cwd=tmp_path)
+    assert done.stdout.splitlines()[0] == "run,point,repeat,job,slurm_id,type,state,status,metric,value,unit,parameters"
