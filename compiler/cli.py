@@ -38,7 +38,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     compile_ = commands.add_parser("compile", help="compile recipes into sbatch scripts")
-    compile_.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE")
+    compile_.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE", help="recipe files (YAML)")
     compile_.add_argument("-o", "--output", type=Path, default=Path("build"), metavar="DIR",
                           help="output folder (default: build/); scripts go to DIR/<recipe>/")
     compile_.add_argument("--stdout", action="store_true", help="print the scripts instead of writing files")
@@ -46,20 +46,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     compile_.set_defaults(run=cmd_compile)
 
     validate = commands.add_parser("validate", help="run every check of compile, write nothing")
-    validate.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE")
+    validate.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE", help="recipe files (YAML)")
     _add_compile_options(validate)
     validate.set_defaults(run=cmd_validate)
 
     show = commands.add_parser("show", help="print the fully resolved jobs of a recipe as YAML")
-    show.add_argument("recipe", type=Path, metavar="RECIPE")
+    show.add_argument("recipe", type=Path, metavar="RECIPE", help="a recipe file (YAML)")
     show.add_argument("--origin", action="store_true", help="annotate each value with the file:line that set it")
     show.add_argument("--points", action="store_true", help="list a sweep's points (swept values) instead of the jobs")
     _add_compile_options(show)
     show.set_defaults(run=cmd_show)
 
     types = commands.add_parser("types", help="list the available types, or show one type's fields")
-    types.add_argument("name", nargs="?", metavar="NAME")
-    types.add_argument("--defs", action="append", type=Path, default=[], metavar="DIR")
+    types.add_argument("name", nargs="?", metavar="NAME", help="a type whose fields to show (default: list every type)")
+    types.add_argument("--defs", action="append", type=Path, default=[], metavar="DIR",
+                       help="a folder of type definitions, searched before the built-ins (repeatable)")
     types.set_defaults(run=cmd_types)
 
     if only not in _COMPILE_SIDE:

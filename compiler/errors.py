@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import reprlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .source import SourceLoc
@@ -19,6 +19,12 @@ class Problem:
     loc: SourceLoc
     message: str
     related: tuple[SourceLoc, ...] = ()
+    topic: str = field(default="", compare=False)
+    """what the problem is, without the context that names who met it ("unknown field 'x'" where the message says
+    "... in resources of client 'c'"): problems at one location with one topic are one mistake, reported once"""
+
+    def same_mistake(self) -> tuple[SourceLoc, str]:
+        return self.loc, self.topic or self.message
 
     def headline(self) -> str:
         return f"{self.loc}: error: {self.message}"
@@ -28,12 +34,21 @@ class OrchcError(Exception):
     """Invalid input. Carries every problem found; the CLI maps it to exit status 1."""
 
     def __init__(self, problems: Iterable[Problem]):
-        self.problems = sorted(set(problems))
+        self.problems = sorted(_once_each(problems))
         super().__init__("\n".join(p.headline() for p in self.problems))
 
     @classmethod
     def at(cls, loc: SourceLoc, message: str, related: Iterable[SourceLoc] = ()) -> OrchcError:
         return cls([Problem(loc, message, tuple(related))])
+
+
+def _once_each(problems: Iterable[Problem]) -> list[Problem]:
+    """The first problem of each mistake: a value of the recipe's top level is every job's and every sweep
+    point's, and is wrong once."""
+    first: dict[tuple[SourceLoc, str], Problem] = {}
+    for problem in problems:
+        first.setdefault(problem.same_mistake(), problem)
+    return list(first.values())
 
 
 class UsageError(Exception):
@@ -50,8 +65,8 @@ class Collector:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
 
-    def add(self, loc: SourceLoc, message: str, related: Iterable[SourceLoc] = ()) -> None:
-        self.problems.append(Problem(loc, message, tuple(related)))
+    def add(self, loc: SourceLoc, message: str, related: Iterable[SourceLoc] = (), topic: str = "") -> None:
+        self.problems.append(Problem(loc, message, tuple(related), topic))
 
     def absorb(self, error: OrchcError) -> None:
         self.problems.extend(error.problems)

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from .scheduler import JobState, Scheduler
 
 HEADERS = ["job", "role", "slurm id", "state", "service", "node", "start", "elapsed", "exit code", "reason"]
+KEPT = ("job", "state")
+"""the columns a narrow terminal never cuts"""
 _ENDPOINT_LIMIT = 4096
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
 
@@ -169,28 +171,47 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(shown, indent=2))
         return 0
     if not args.watch:
-        print_table(title, HEADERS, [table_row(row) for row in now.rows])
+        print_table(title, HEADERS, [table_row(row) for row in now.rows], keep=KEPT)
         if now.progress is not None:
             print(now.progress.line())
         return 0
     unknown = UnknownWatch(run.jobs, args.unknown_limit)
     if is_terminal(sys.stdout):
         return _watch_live(title, run_dir, run, scheduler, points, now, unknown, args.interval)
-    last: list[list[str]] | None = None
+    return _watch_log(run_dir, run, scheduler, points, now, unknown, args.interval)
+
+
+def _watch_log(run_dir: Path, run: Run, scheduler: Scheduler, points: Mapping[str, str] | None,
+               now: Snapshot, unknown: UnknownWatch, interval: float) -> int:
+    """--watch into a file or pipe: the header once, then at each change the rows that changed, each after the
+    time (UTC) it was seen, and the progress; a log grows by a line per change, not by a table per refresh."""
+    from .report import plain_lines
+
+    shown: dict[str, list[str]] = {}
+    header = True
     while True:
         rows = [table_row(row) for row in now.rows]
-        # Reprinted when something people wait on changes (state, readiness, reason), not for every second.
-        if last is None or [row[3:5] + row[9:] for row in rows] != [row[3:5] + row[9:] for row in last]:
-            print_table(title, HEADERS, rows)
+        # A row is printed again when something people wait on changes (state, readiness, reason), not elapsed.
+        changed = [row for row in rows if _watched(shown.get(row[0])) != _watched(row)]
+        if changed:
+            stamp = time.strftime("%H:%M:%S", time.gmtime())
+            lines = plain_lines(["time", *HEADERS], [[stamp, *row] for row in changed])
+            print("\n".join(lines if header else lines[1:]))
+            header = False
+            shown.update((row[0], row) for row in changed)
             if now.progress is not None:
                 print(now.progress.line())
             sys.stdout.flush()
-            last = rows
         if now.ended:
             return 0
         unknown.check(now.current)
-        time.sleep(args.interval)
+        time.sleep(interval)
         now = snapshot(run_dir, run, scheduler, points, pull=True)
+
+
+def _watched(row: list[str] | None) -> list[str] | None:
+    """What --watch reports a change of: state, readiness, reason."""
+    return None if row is None else row[3:5] + row[9:]
 
 
 def _watch_live(title: str, run_dir: Path, run: Run, scheduler: Scheduler, points: Mapping[str, str] | None,
@@ -207,7 +228,7 @@ def _watch_live(title: str, run_dir: Path, run: Run, scheduler: Scheduler, point
              bar.add_task("points done", total=now.progress.points)) if now.progress else ()
 
     def view(now: Snapshot) -> Any:
-        table = rich_table(title, HEADERS, [table_row(row) for row in now.rows])
+        table = rich_table(title, HEADERS, [table_row(row) for row in now.rows], KEPT)
         if not tasks or now.progress is None:
             return table
         bar.update(tasks[0], completed=now.progress.clients_ended)

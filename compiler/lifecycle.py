@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 RESULT_HEADERS = ["job", "state", "metric", "value", "unit"]
 # One row per metric, with what is needed to concatenate the CSV of many runs.
 RESULT_CSV_HEADERS = ["run", "point", "repeat", "job", "slurm_id", "type", "state", "status", "metric", "value",
-                      "unit", "swept", "parameters"]
+                      "unit", "parameters"]
+"""`results --csv`; a sweep's keys are columns of their own, before `parameters`"""
 RESULTS_SCHEMA = "orchc-results/1"
 # A metric's unit is the end of its name (README "Results"); the longest ending wins.
 UNITS = (("_per_s", "1/s"), ("_ms", "ms"), ("_s", "s"), ("_count", "count"), ("_bytes", "bytes"),
@@ -33,7 +34,7 @@ UNKNOWN_LIMIT = 120.0
 
 def add_commands(commands: Any, add_compile_options: Callable[[argparse.ArgumentParser], None]) -> None:
     submit = commands.add_parser("submit", help="compile a recipe into a new run folder and submit its jobs")
-    submit.add_argument("recipe", type=Path, metavar="RECIPE")
+    submit.add_argument("recipe", type=Path, metavar="RECIPE", help="a recipe file (YAML)")
     submit.add_argument("--run-dir", type=Path, metavar="DIR", help="default: runs/<recipe>-<UTC timestamp>/")
     where = submit.add_mutually_exclusive_group()
     where.add_argument("--remote", action="store_true",
@@ -43,23 +44,23 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     submit.set_defaults(run=cmd_submit)
 
     rerun = commands.add_parser("rerun", help="submit the jobs a run compiled again, byte for byte, as a new run")
-    rerun.add_argument("run_ref", metavar="RUN")
+    rerun.add_argument("run_ref", metavar="RUN", help="a run folder, or the name of one under runs/")
     rerun.add_argument("--run-dir", type=Path, metavar="DIR", help="default: runs/<recipe>-<UTC timestamp>/")
     rerun.set_defaults(run=cmd_rerun)
 
     from .logs import add_logs_arguments
 
     status = commands.add_parser("status", help="the state of each job of a run (default: the latest)")
-    status.add_argument("run_ref", nargs="?", metavar="RUN")
+    status.add_argument("run_ref", nargs="?", metavar="RUN", help="a run folder, or the name of one under runs/ (default: the latest)")
     status.add_argument("--watch", action="store_true", help="refresh until every job has ended")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print the jobs' states as JSON")
     status.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
     status.add_argument("--unknown-limit", type=float, default=UNKNOWN_LIMIT, help=argparse.SUPPRESS)
     status.set_defaults(run=_later("follow", "cmd_status"))
 
     cancel = commands.add_parser("cancel", help="cancel a run's jobs (all, or the ones named)")
-    cancel.add_argument("run_ref", nargs="?", metavar="RUN")
-    cancel.add_argument("jobs", nargs="*", metavar="JOB")
+    cancel.add_argument("run_ref", nargs="?", metavar="RUN", help="a run folder, or the name of one under runs/ (default: the latest)")
+    cancel.add_argument("jobs", nargs="*", metavar="JOB", help="the jobs to cancel by name (default: every job)")
     cancel.set_defaults(run=cmd_cancel)
 
     logs = commands.add_parser("logs", help="print the jobs' slurm-%%j.out and .err (-f: follow them)")
@@ -69,37 +70,38 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     listing = commands.add_parser("runs", help="list the runs under runs/, newest last")
     listing.add_argument("--root", type=Path, metavar="DIR", help="where the runs are (default: runs/)")
     listing.add_argument("--states", action="store_true", help="ask the scheduler how many jobs of each run ended")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print the list as JSON")
     listing.set_defaults(run=_later("follow", "cmd_runs"))
 
     results = commands.add_parser("results", help="the clients' collected results, beside each job's state")
-    results.add_argument("run_ref", nargs="?", metavar="RUN")
+    results.add_argument("run_ref", nargs="?", metavar="RUN", help="a run folder, or the name of one under runs/ (default: the latest)")
     form = results.add_mutually_exclusive_group()
-    form.add_argument("--json", action="store_true")
-    form.add_argument("--csv", action="store_true")
+    form.add_argument("--json", action="store_true", help="print every result, with the statistics over repeats, as JSON")
+    form.add_argument("--csv", action="store_true", help="print one CSV row per metric, for spreadsheets and pandas")
     results.add_argument("--check", action="store_true",
                          help="check the results against the recipe's references; exit 1 when one fails")
     results.set_defaults(run=cmd_results)
 
     compare = commands.add_parser("compare", help="two runs side by side: per point, client and metric, the change")
-    compare.add_argument("run_a", metavar="RUN_A")
-    compare.add_argument("run_b", metavar="RUN_B")
+    compare.add_argument("run_a", metavar="RUN_A", help="a run folder, or the name of one under runs/: the baseline")
+    compare.add_argument("run_b", metavar="RUN_B", help="a run folder, or the name of one under runs/: compared with RUN_A")
     compare.add_argument("--threshold", action="append", metavar="METRIC=PCT",
                          help="exit 1 when METRIC (a glob) gets worse by more than PCT %%; +PCT/-PCT: a rise/fall")
     compare_form = compare.add_mutually_exclusive_group()
-    compare_form.add_argument("--json", action="store_true")
-    compare_form.add_argument("--csv", action="store_true")
+    compare_form.add_argument("--json", action="store_true",
+                              help="print every row as JSON: n, mean, stdev, min and max of each side, change, verdict")
+    compare_form.add_argument("--csv", action="store_true", help="print one CSV row per point, client and metric")
     compare.set_defaults(run=_later("compare", "cmd_compare"))
 
     report = commands.add_parser("report", help="an HTML report of a run: summary, knees, plots (needs matplotlib)")
-    report.add_argument("run_ref", nargs="?", metavar="RUN")
+    report.add_argument("run_ref", nargs="?", metavar="RUN", help="a run folder, or the name of one under runs/ (default: the latest)")
     report.add_argument("-o", "--output", type=Path, metavar="FILE.html",
                         help="default: RUN/report.html; the plots as SVG and PNG in FILE/ beside it")
     report.set_defaults(run=_later("htmlreport", "cmd_report"))
 
     tunnel = commands.add_parser("tunnel", help="forward a local port to a service a job published (over SSH)")
-    tunnel.add_argument("run_ref", metavar="RUN")
-    tunnel.add_argument("job", metavar="JOB")
+    tunnel.add_argument("run_ref", metavar="RUN", help="a run folder, or the name of one under runs/")
+    tunnel.add_argument("job", metavar="JOB", help="the job (a service) whose port to forward")
     tunnel.add_argument("port", nargs="?", type=int, metavar="PORT",
                         help="which of the ports the job published (default: the first)")
     tunnel.add_argument("--local-port", type=int, default=0, metavar="N", help="the local port (default: a free one)")
@@ -307,11 +309,14 @@ def _result_rows(collected: dict[str, Any], job_states: dict[str, str]) -> list[
     return rows
 
 
-def _csv_rows(run: Run, run_dir: Path, collected: dict[str, Any], job_states: dict[str, str]) -> list[list[str]]:
+def _csv_table(run: Run, run_dir: Path, collected: dict[str, Any], job_states: dict[str, str]) -> list[list[str]]:
+    """The header and one row per job and metric, each swept key a column named by the key (pandas and
+    spreadsheets read a value per cell, not the JSON of them all)."""
     from .points import placements, read_manifest
 
     placed = placements(read_manifest(run_dir))
-    rows = []
+    keys = list(dict.fromkeys(key for at in placed.values() if at.point for key in at.values))
+    rows = [RESULT_CSV_HEADERS[:-1] + [_column_name(key) for key in keys] + RESULT_CSV_HEADERS[-1:]]
     for job in run.jobs:
         if job.name not in collected:
             continue
@@ -319,13 +324,19 @@ def _csv_rows(run: Run, run_dir: Path, collected: dict[str, Any], job_states: di
         shaped = data if isinstance(data, dict) else {}
         parameters = json.dumps(shaped.get("parameters"), sort_keys=True) if "parameters" in shaped else ""
         at = placed.get(job.name)
-        swept = json.dumps(dict(at.values), sort_keys=True) if at and at.point else ""
+        values = dict(at.values) if at and at.point else {}
+        swept = [cell(values[key]) if key in values else "" for key in keys]
         first = [run.run_dir.rstrip("/").rsplit("/", 1)[-1], (at.point or "") if at else "",
                  str(at.repeat or "") if at else "", job.name, job.slurm_id, job.type,
                  job_states.get(job.name, "?"), cell(shaped.get("status", ""))]
         metric_rows = _metric_rows(data) if data is not None else [("-", "no results", "")]
-        rows += [[*first, metric, cell(value), unit, swept, parameters] for metric, value, unit in metric_rows]
+        rows += [[*first, metric, cell(value), unit, *swept, parameters] for metric, value, unit in metric_rows]
     return rows
+
+
+def _column_name(key: str) -> str:
+    """A swept key as a column name; `swept:KEY` when the key is the name of a column of every row."""
+    return f"swept:{key}" if key in RESULT_CSV_HEADERS else key
 
 
 def _sweep_results(run_dir: Path, run: Run, manifest: dict[str, Any], sweep: Sweep, job_states: dict[str, str],
@@ -398,7 +409,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.csv:
         from .report import write_csv
 
-        write_csv([RESULT_CSV_HEADERS, *_csv_rows(run, run_dir, collected, job_states)])
+        write_csv(_csv_table(run, run_dir, collected, job_states))
         return 0
     print_table(f"results of {run_dir.name}", RESULT_HEADERS, _result_rows(collected, job_states))
     return 0

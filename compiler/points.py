@@ -136,13 +136,16 @@ def aggregate(values: Iterable[float]) -> Aggregate | None:
     numbers = list(values)
     if not numbers:
         return None
-    count = len(numbers)
+    count, low, high = len(numbers), min(numbers), max(numbers)
+    if low == high:  # identical repeats: the rounding of sum / n must not show as a spread of 1.7e-17
+        return Aggregate(count, low, 0.0 if count > 1 else None, low, high)
     try:
         mean = math.fsum(numbers) / count
     except OverflowError:  # the sum leaves the float range, the mean does not
         mean = math.fsum(x / count for x in numbers)
+    mean = min(max(mean, low), high)
     stdev = _stdev([x - mean for x in numbers]) if count > 1 else None
-    return Aggregate(count, mean, stdev, min(numbers), max(numbers))
+    return Aggregate(count, mean, stdev, low, high)
 
 
 def _stdev(deviations: list[float]) -> float:

@@ -10,7 +10,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, TextIO
 
 from .errors import OrchcError, Problem
@@ -206,29 +206,41 @@ def print_error(error: OrchcError, stream: TextIO | None = None) -> None:
         stream.write("\n".join(text) + "\n")
 
 
-def print_table(title: str, headers: list[str], rows: list[list[str]], stream: TextIO | None = None) -> None:
+def print_table(title: str, headers: list[str], rows: list[list[str]], stream: TextIO | None = None,
+                keep: Collection[str] = ()) -> None:
+    """A table: drawn by rich on a terminal (the columns named in `keep` never cut), else plain aligned text."""
     stream = stream or sys.stdout
     if is_terminal(stream):
         from rich.console import Console
 
-        Console(file=stream).print(rich_table(title, headers, rows))
+        Console(file=stream).print(rich_table(title, headers, rows, keep))
         return
+    stream.writelines(line + "\n" for line in plain_lines(headers, rows))
+
+
+def plain_lines(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """The header line and a line per row, aligned in columns, control characters shown escaped."""
     headers = [terminal_text(header) for header in headers]
     rows = [[terminal_text(cell) for cell in row] for row in rows]
     # A column is as wide as its widest cell up to a limit: one long name overflows its row instead of padding all.
     widths = [min(max(len(x) for x in column), _COLUMN_LIMIT) for column in zip(headers, *rows, strict=True)]
-    stream.writelines("  ".join([cell.ljust(width) for cell, width in zip(row, widths, strict=True)]).rstrip() + "\n"
-                      for row in [headers, *rows])
+    return ["  ".join([cell.ljust(width) for cell, width in zip(row, widths, strict=True)]).rstrip()
+            for row in [headers, *rows]]
 
 
-def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Any:
-    """A rich table of plain text: no cell is read as rich markup, control characters shown escaped."""
+def rich_table(title: str, headers: list[str], rows: list[list[str]], keep: Collection[str] = ()) -> Any:
+    """A rich table of plain text: no cell is read as rich markup, control characters shown escaped. A narrow
+    terminal cuts the other columns before those named in `keep` (a job's name and state: `RUNN…` says nothing)."""
     from rich.table import Table
     from rich.text import Text
 
     table = Table(title=Text(terminal_text(title)), title_justify="left")
-    for header in headers:
-        table.add_column(Text(terminal_text(header)))
+    for index, header in enumerate(headers):
+        if header in keep:
+            whole = max(len(terminal_text(text)) for text in [header, *(row[index] for row in rows)])
+            table.add_column(Text(terminal_text(header)), no_wrap=True, min_width=min(whole, _COLUMN_LIMIT))
+        else:
+            table.add_column(Text(terminal_text(header)))
     for row in rows:
         table.add_row(*(Text(terminal_text(cell)) for cell in row))
     return table

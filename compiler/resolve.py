@@ -249,7 +249,7 @@ def parse_settings(options: list[str]) -> list[Setting]:
         try:
             value = _setting_value(raw, f"{COMMAND_LINE} {index}")
         except OrchcError as error:
-            problems.problems += [Problem(loc, problem.message) for problem in error.problems]
+            problems.problems += [Problem(loc, problem.message, topic=problem.topic) for problem in error.problems]
             continue
         settings.append(Setting(path, value, loc, SourceLoc(COMMAND_LINE, index, 8 + len(key))))
     problems.raise_if_any()

@@ -134,14 +134,15 @@ def load_run(ref: str | None, root: Path = DEFAULT_ROOT, pull: bool = True) -> t
             raise ClusterError(f"no runs under {root}/; start one with `orchc submit RECIPE`")
         run_dir = runs[-1][2]
     else:
-        run_dir = Path(ref) if Path(ref).is_dir() else root / ref
+        run_dir = _run_folder(ref, root)
     path = run_dir / RUN_FILE
     try:
         text = read_in_run(run_dir, RUN_FILE, _RUN_LIMIT)
     except LinkInRunFolder as exc:
         raise ClusterError(str(exc)) from None
     except OSError as exc:
-        raise ClusterError(f"{run_dir}: not an orchc run ({path}: {exc.strerror or exc})") from None
+        named = ref if ref is not None and run_dir == Path(ref) else str(run_dir)
+        raise ClusterError(f"{named}: not an orchc run ({_joined(named, RUN_FILE)}: {exc.strerror or exc})") from None
     run = parse_run(text, str(path))
     if pull and run.remote is not None:
         try:
@@ -152,6 +153,19 @@ def load_run(ref: str | None, root: Path = DEFAULT_ROOT, pull: bool = True) -> t
             print(f"orchc: warning: showing the copy of {run_dir} from the last pull: {terminal_text(error, lines=True)}",
                   file=sys.stderr)
     return run_dir, run
+
+
+def _run_folder(ref: str, root: Path) -> Path:
+    """The folder `ref` names: itself when it is one or is written as a path (`runs/nope` is not `runs/runs/nope`),
+    else the run of that name under `root`."""
+    written = Path(ref)
+    if written.is_dir() or (not (root / ref).is_dir() and ("/" in ref or os.sep in ref)):
+        return written
+    return root / ref
+
+
+def _joined(folder: str, name: str) -> str:
+    return folder + name if folder.endswith(("/", os.sep)) else f"{folder}/{name}"
 
 
 # Never copied between the two sides: run.json is the local record; data/ holds services' data (large).

@@ -269,7 +269,8 @@ def resolve_sweep(sweep: Sweep, resolve: Callable[[Sequence[Setting], Collector]
                 seen[problem] += 1
                 continue
             seen[problem] = 0
-            problems.problems.append(replace(problem, message=f"{problem.message} (at {point.label(secret)})"))
+            problems.problems.append(replace(problem, message=f"{problem.message} (at {point.label(secret)})",
+                                                  topic=problem.topic or problem.message))
     if seen:
         return None
     return combine(resolved, sweep.repeat)

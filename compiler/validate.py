@@ -199,7 +199,8 @@ def _report(error: Any, root: Node, what: str, problems: Collector, secrets: fro
         for key in sorted(set(target.value) - set(known)):
             child = target.value[key]
             problems.add(child.key_loc or child.loc,
-                         f"unknown field {shorten(key)} in {container}{did_you_mean(key[:100], known)}")
+                         f"unknown field {shorten(key)} in {container}{did_you_mean(key[:100], known)}",
+                         topic=f"unknown field {shorten(key)}")
         return
     if error.validator in ("oneOf", "anyOf") and error.context:
         from jsonschema.exceptions import best_match

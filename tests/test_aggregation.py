@@ -121,3 +121,15 @@ def test_pairing_by_bisection_is_the_scan(seed: int):
     name = f"{rng.choice(groups)}{leaf(1)}"
     family = htmlreport.Family(name, (("p99", f"{name}_p99_ms"),))
     assert htmlreport.paired_throughput(family, names) == _paired_by_scanning(family, names)
+
+
+@pytest.mark.parametrize("value", [0.1, 0.7, 3.3, 12.34, 0.123456, 1e-300, 1.7e308])
+@pytest.mark.parametrize("count", [2, 3, 5, 7])
+def test_identical_repeats_have_no_spread_and_their_own_mean(value: float, count: int):
+    found = points.aggregate([value] * count)
+    assert found == points.Aggregate(count, value, 0.0, value, value)  # not 1.6996749443881478e-17 from rounding
+
+
+def test_the_mean_of_repeats_stays_within_them():
+    found = points.aggregate([0.1, 0.1, 0.1, 0.1000000000000001])
+    assert found is not None and found.min <= found.mean <= found.max and found.stdev is not None

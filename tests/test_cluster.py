@@ -194,7 +194,7 @@ def test_clients_reach_services_by_job_id_and_by_endpoint(cluster, needs_redis, 
         assert results["by_id"]["metrics"]["ping_inline.requests_per_s"] > 0
         assert results["by_endpoint"]["metrics"]["ping_inline.requests_per_s"] > 0
         csv = orchc("results", client_run, "--csv", cwd=tmp_path).stdout.splitlines()
-        assert csv[0] == "run,point,repeat,job,slurm_id,type,state,status,metric,value,unit,swept,parameters"
+        assert csv[0] == "run,point,repeat,job,slurm_id,type,state,status,metric,value,unit,parameters"
         assert any(line.startswith("clients,,,by_id,") and ",COMPLETED,complete,ping_inline.requests_per_s," in line
                    for line in csv), csv
         logs = orchc("logs", client_run, "by_id", cwd=tmp_path).stdout

@@ -244,6 +244,14 @@ def test_a_threshold_matching_nothing_and_an_unknown_run_are_errors(tmp_path):
     assert done.stderr.startswith("orchc: error: runs/nope: not an orchc run")
 
 
+@pytest.mark.parametrize("written", ["runs/nope", "./nope", "elsewhere/nope"])
+def test_a_missing_run_given_as_a_path_is_named_as_written(tmp_path, written: str):
+    write_run(tmp_path / "runs" / "a", {"bench": results(BASE)})
+    done = orchc("compare", "a", written, cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.startswith(f"orchc: error: {written}: not an orchc run"), done.stderr
+    assert "runs/runs" not in done.stderr and "runs/elsewhere" not in done.stderr
+
+
 def test_a_terminal_gets_green_and_red(tmp_path):
     write_run(tmp_path / "a", {"bench": results(BASE)})
     write_run(tmp_path / "b", {"bench": results({**BASE, "set.latency_p99_ms": 3.0, "set.requests_per_s": 2000.0})})
@@ -356,3 +364,20 @@ def test_the_recipe_schema_accepts_references_and_locates_bad_ones(tmp_path):
     assert "bad.yaml:9:3: error: invalid name 'nodot' in references" in done.stderr
     assert "bad.yaml:10:15: error: references.bench.x_ms: 'tolerance_percent' is a dependency of 'expect'" \
         in done.stderr
+
+
+def test_results_csv_has_one_column_per_swept_key(tmp_path):
+    """What spreadsheets and pandas want: `bench.clients` a column of its own, not {"bench.clients": 1} in one cell."""
+    sweep_run(tmp_path / "run", [("p01", 1, [BASE, BASE]), ("p02", 10, [BASE])])
+    done = orchc("results", "run", "--csv", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = rows_of(done)
+    assert list(rows[0])[-3:] == ["unit", "bench.clients", "parameters"] and "swept" not in rows[0]
+    assert {(row["job"], row["bench.clients"]) for row in rows} == \
+        {("bench-p01-r1", "1"), ("bench-p01-r2", "1"), ("bench-p02-r1", "10")}
+
+
+def test_results_csv_of_a_run_without_a_sweep_has_no_swept_columns(tmp_path):
+    write_run(tmp_path / "run", {"bench": results(BASE)})
+    done = orchc("results", "run", "--csv", cwd=tmp_path)
+    assert done.stdout.splitlines()[0] == "run,point,repeat,job,slurm_id,type,state,status,metric,value,unit,parameters"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import re
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +115,39 @@ def test_wrong_usage_exits_2(orchc, write, tmp_path):
         orchc("compile", cwd=tmp_path)
     assert exit_info.value.code == 2
     assert orchc("validate", recipe, "--set", "novalue", cwd=tmp_path).code == 2
+
+
+REDIS_SWEEP = (Path(__file__).parent.parent / "examples" / "redis_sweep.yaml").read_text(encoding="utf-8")
+REDIS = (Path(__file__).parent.parent / "examples" / "redis.yaml").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("recipe", [REDIS, REDIS_SWEEP], ids=["one point", "sweep"])
+@pytest.mark.parametrize("typo, said", [("cpus_per_tsk: 4", "unknown field 'cpus_per_tsk'"),
+                                        ("cpus_per_task: abc", 'expected integer, got string "abc"')])
+def test_a_mistake_at_one_spot_is_reported_once(orchc, write, recipe: str, typo: str, said: str):
+    """The recipe's resources are every job's and every point's: the mistake in them is still one mistake."""
+    assert "cpus_per_task: 4" in recipe
+    result = orchc("validate", write("r.yaml", recipe.replace("cpus_per_task: 4", typo)))
+    headlines = [line for line in result.err.splitlines() if ": error: " in line]
+    assert result.code == 1 and len(headlines) == 1 and said in headlines[0], result.err
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
+    found = [(parser.prog, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += _commands(child)
+    return found
+
+
+def test_every_option_and_argument_of_every_command_has_help():
+    """`orchc results --help` says what --json and --csv do; options hidden on purpose (SUPPRESS) are not listed."""
+    from compiler.cli import build_parser
+
+    commands = _commands(build_parser())
+    assert len(commands) >= 15
+    missing = [f"{prog} {'/'.join(action.option_strings) or action.metavar or action.dest}"
+               for prog, parser in commands for action in parser._actions
+               if not isinstance(action, argparse._SubParsersAction) and not action.help]
+    assert missing == []

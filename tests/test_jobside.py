@@ -154,3 +154,15 @@ def test_a_client_that_fails_before_finding_its_service_still_releases_it(orchc,
     assert done.returncode != 0
     assert "published no endpoint within 1 s" in done.stderr
     assert (run / "done" / "c.77").exists(), "the service would wait for this client until its time limit"
+
+
+def test_a_client_whose_service_left_the_queue_names_the_services_log_by_its_path(orchc, write, tmp_path):
+    run = compile_recipe(orchc, write, tmp_path, "service:\n  name: svc\n  type: jobside_probe\n"
+                         "client:\n  name: c\n  type: redis_client\n")
+    bin_dir = fake_squeue(tmp_path, "")
+    done = subprocess.run(["bash", "c.sbatch"], cwd=run, env=environment(run, bin_dir, ORCHC_TARGET_JOB_ID="77"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    said = next(line for line in done.stderr.splitlines() if "ended without publishing an endpoint" in line)
+    assert "error: the client stopped in target: service svc (job 77) ended" in said, said
+    assert said.endswith(f"; why is in its log, {run}/slurm-77.err"), said  # not "see its slurm-77.err in target"

@@ -194,3 +194,16 @@ def test_rich_markup_in_a_name_is_text(tmp_path: Path):
 ])
 def test_the_terminal_text_rule(text, shown):
     assert terminal_text(text) == shown
+
+
+def test_results_csv_neutralises_swept_keys_and_values(tmp_path: Path):
+    sweep = {"keys": ["=bench.x", "bench.y"], "repeat": 1,
+             "points": [{"point": "p01", "values": {"=bench.x": "=1+1", "bench.y": [1, "@x"]}}]}
+    write_run(tmp_path / "run", {"bench-p01-r1": results({"a_ms": 1.0})}, sweep, {"bench-p01-r1": ("p01", 1)})
+    done = run_orchc("results", "run", "--csv", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = csv_rows(done.stdout)
+    assert formula_cells(rows) == []
+    assert rows[0][-3:] == ["'=bench.x", "bench.y", "parameters"]
+    bench = next(row for row in rows if row[3] == "bench-p01-r1")
+    assert bench[-3:-1] == ["'=1+1", '[1, "@x"]']

@@ -251,8 +251,8 @@ def test_results_show_each_jobs_state_and_no_empty_row(slurm, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = [line.split(",") for line in done.stdout.splitlines()]
     assert rows[0] == ["run", "point", "repeat", "job", "slurm_id", "type", "state", "status", "metric", "value",
-                       "unit", "swept", "parameters"]
-    assert ["run", "", "", "bench", "8", "redis_client", "RUNNING", "", "tests.SET.rps", "10", "", "", ""] in rows
+                       "unit", "parameters"]
+    assert ["run", "", "", "bench", "8", "redis_client", "RUNNING", "", "tests.SET.rps", "10", "", ""] in rows
     late = [row for row in rows if row[3] == "late"]
     assert late and late[0][6] == "PENDING" and late[0][9] == "no results"
     table = orchc(slurm, "results", run, cwd=tmp_path).stdout
@@ -290,4 +290,4 @@ def test_results_of_the_documented_shape_show_units_status_and_parameters(slurm,
     assert by_metric["requests_ok_count"][9:11] == ["9", "count"] and by_metric["wall_time_s"][10] == "s"
     assert by_metric["recall_at_10_ratio"][10] == "ratio" and by_metric["status"][9] == "partial"
     assert all(row[:8] == ["run", "", "", "bench", "8", "redis_client", "COMPLETED", "partial"] for row in rows[1:])
-    assert all(json.loads(row[12]) == shaped["parameters"] for row in rows[1:])
+    assert all(json.loads(row[11]) == shaped["parameters"] for row in rows[1:])

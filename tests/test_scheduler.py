@@ -169,7 +169,7 @@ def test_results_beside_states_while_clients_run(fake, output, tmp_path, orchc):
     (folder / "results.json").write_text('{"tests": {"GET": {"rps": 5.5}}, "partial": true')   # mid-write
     result = orchc("results", tmp_path / "run", "--csv")
     rows = list(csv.reader(io.StringIO(result.out)))
-    assert ["run", "", "", "load", "1002", "redis_client", "PENDING", "", "-", "no results", "", "", ""] in rows
+    assert ["run", "", "", "load", "1002", "redis_client", "PENDING", "", "-", "no results", "", ""] in rows
     assert any(row[3:7] == ["bench", "1003", "redis_client", "RUNNING"] and row[8] == "error"
                and "still being written" in row[9] for row in rows)
     (folder / "results.json").write_text('{"tests": {"GET": {"rps": 5.5}}, "partial": true}')

@@ -360,3 +360,43 @@ def test_a_dependency_and_a_starting_service_on_the_cluster(cluster, tmp_path):
         assert "benchmark against" in logs_out
     finally:
         real_orchc("cancel", run, cwd=tmp_path, check=False)
+
+
+# --- --watch output -------------------------------------------------------------------------------
+
+def test_watch_without_a_terminal_prints_only_the_rows_that_changed(fake, tmp_path, orchc):
+    """A log of --watch (a CI job, `| tee`) grows by a line per change, not by the whole table per refresh."""
+    import re
+
+    run = submitted(tmp_path, fake, SWEEP)
+    finishing(fake, ["1001", "1002", "1003", "1004", "1000"])
+    result = orchc("status", run, "--watch", "--interval", "0")
+    assert result.code == 0, result.err
+    table = [line for line in result.out.splitlines() if not line.startswith("progress:")]
+    assert re.fullmatch(r"time +job +role +slurm id +state .*", table[0]), table[0]
+    stamped = table[1:]
+    assert all(re.match(r"\d\d:\d\d:\d\d  ", line) for line in stamped), stamped
+    jobs = [line.split()[1] for line in stamped]
+    # the first refresh shows every job; each later one only the job that ended
+    assert jobs == ["cache", "bench-p01-r1", "bench-p01-r2", "bench-p02-r1", "bench-p02-r2",
+                    "bench-p01-r1", "bench-p01-r2", "bench-p02-r1", "bench-p02-r2", "cache"], stamped
+    assert all("COMPLETED" in line for line in stamped[5:])
+
+
+def test_a_narrow_terminal_keeps_the_state_and_job_name_whole(fake, tmp_path, orchc, monkeypatch):
+    """At 80 columns other columns are cut first: `RUNNING`, not `RUNN…`."""
+    from compiler import report
+
+    run = submitted(tmp_path, fake, SWEEP)
+    for job_id in ("1000", "1001", "1002", "1003", "1004"):
+        fake.advance(job_id, "RUNNING", "node-042.cluster.example.org", start="2026-11-26T17:31:31Z",
+                     elapsed="0:12:34")
+    fake.advance("1004", "PENDING", "", reason="ReqNodeNotAvail, UnavailableNodes:node-042")
+    monkeypatch.setattr(report, "is_terminal", lambda stream: True)
+    monkeypatch.setenv("COLUMNS", "80")
+    result = orchc("status", run)
+    assert result.code == 0, result.err
+    assert max(len(line) for line in result.out.splitlines()) <= 80
+    for name in ("cache", "bench-p01-r1", "bench-p01-r2", "bench-p02-r1", "bench-p02-r2"):
+        assert f" {name} " in result.out, result.out
+    assert result.out.count(" RUNNING ") == 4 and " PENDING " in result.out, result.out
