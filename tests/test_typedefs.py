@@ -198,3 +198,19 @@ def test_raw_is_refused_with_a_located_error(orchc, write, tmp_path):
     ((loc, message),) = errors(result.err)
     assert result.code == 1 and result.out == "" and "Traceback" not in result.err
     assert loc.startswith("defs/memcached.yaml:") and "'| raw' is not available" in message
+
+
+def test_a_typo_in_a_field_definition_is_an_unknown_key_with_did_you_mean(orchc, write, tmp_path):
+    write("defs/memcached.yaml", MEMCACHED.replace("minimum: 16, default: 1024", "minimum: 16, defualt: 1024"))
+    result = orchc("validate", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", cwd=tmp_path)
+    assert result.code == 1
+    assert errors(result.err) == [("defs/memcached.yaml:6:43", "unknown key 'defualt' in field memory_mb of type 'memcached'; "
+                                   "did you mean 'default'?")]
+
+
+def test_a_field_definition_takes_json_schema_keywords_and_orchcs_own(orchc, write, tmp_path):
+    field = ("  tags: {type: array, title: Tags, items: {type: string}, minItems: 0, maxItems: 4, uniqueItems: true, "
+             "examples: [[a]], default: [], $comment: c, deprecated: false, multiline: false}\n")
+    write("defs/memcached.yaml", MEMCACHED.replace("fields:\n", "fields:\n" + field))
+    result = orchc("validate", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", cwd=tmp_path)
+    assert result.code == 0, result.err
