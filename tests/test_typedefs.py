@@ -97,7 +97,15 @@ def test_undefined_template_variable_names_the_type_file_and_line(orchc, write, 
     write("defs/memcached.yaml", MEMCACHED.replace("-m {{ memory_mb }}", "-m {{ memory }}"))
     result = orchc("compile", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", "-o", "out", cwd=tmp_path)
     assert result.code == 1
-    assert errors(result.err) == [("defs/memcached.yaml:10:12", "template error: 'memory' is undefined")]
+    assert errors(result.err) == [("defs/memcached.yaml:10:46", "template error: 'memory' is undefined; did you mean 'memory_mb'?")]
+
+
+def test_an_undefined_name_on_a_later_line_of_a_block_is_located_at_the_name_with_did_you_mean(orchc, write, tmp_path):
+    block = "    - |\n      echo ready\n      echo sit {{ job.name }} {{ sit.name }}\n"
+    write("defs/memcached.yaml", MEMCACHED + block)  # a second health_check item
+    result = orchc("compile", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", "-o", "out", cwd=tmp_path)
+    assert result.code == 1
+    assert errors(result.err) == [("defs/memcached.yaml:16:34", "template error: 'sit' is undefined; did you mean 'site'?")]
     assert not (tmp_path / "out").exists()
 
 
@@ -172,7 +180,7 @@ def test_path_inside_double_quotes_keeps_variables(orchc, write, tmp_path):
 def test_an_error_inside_a_block_template_points_at_its_line(orchc, write, tmp_path):
     write("defs/memcached.yaml", MEMCACHED + "  setup:\n    - |-\n      mkdir -p /tmp/x\n      echo {{ nosuch }}\n")
     result = orchc("validate", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", cwd=tmp_path)
-    assert errors(result.err) == [("defs/memcached.yaml:17:7", "template error: 'nosuch' is undefined")]
+    assert errors(result.err) == [("defs/memcached.yaml:17:15", "template error: 'nosuch' is undefined")]
     assert " > 17 |       echo {{ nosuch }}" in result.err
 
 
