@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, in_ci
 
 HEADLINE = re.compile(r"^(?P<loc>\S+:\d+:\d+): error: (?P<message>.+)$", re.M)
 
@@ -222,3 +224,32 @@ def test_a_field_definition_takes_json_schema_keywords_and_orchcs_own(orchc, wri
     write("defs/memcached.yaml", MEMCACHED.replace("fields:\n", "fields:\n" + field))
     result = orchc("validate", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", cwd=tmp_path)
     assert result.code == 0, result.err
+
+
+def _readme_type(name: str) -> str:
+    """The YAML block of the README's "Writing a type in YAML" that starts `# my_defs/NAME.yaml`."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    (block,) = re.findall(rf"```yaml\n(# my_defs/{name}\.yaml\n.*?)```", text, re.S)
+    return block
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_the_readmes_memcached_type_runs_memcached_as_any_user_root_too(orchc, write, tmp_path):
+    if shutil.which("memcached") is None:
+        pytest.fail("memcached missing; run tests/install-deps.sh") if in_ci() else pytest.skip("no memcached")
+    write("my_defs/memcached.yaml", _readme_type("memcached"))
+    recipe = write("r.yaml", f"site: local\nservice:\n  name: cache\n  type: memcached\n  ports: [{_free_port()}]\n"
+                   "  memory_mb: 64\n")
+    result = orchc("compile", recipe, "--defs", "my_defs", "--stdout", cwd=tmp_path)
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    (command,) = [found[1] for line in lines if (found := re.fullmatch(r"\s*(?:setsid )?(memcached .*?)\s*&", line))]
+    values = [line for line in lines if line.startswith("orchc_v")]
+    # still serving when stopped (exit 124): memcached refuses root without -u and exits at once
+    ran = subprocess.run(["timeout", "2", "bash", "-c", "\n".join([*values, command])], capture_output=True, text=True)
+    assert ran.returncode == 124, ran.stderr
