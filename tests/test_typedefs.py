@@ -253,3 +253,11 @@ def test_the_readmes_memcached_type_runs_memcached_as_any_user_root_too(orchc, w
     # still serving when stopped (exit 124): memcached refuses root without -u and exits at once
     ran = subprocess.run(["timeout", "2", "bash", "-c", "\n".join([*values, command])], capture_output=True, text=True)
     assert ran.returncode == 124, ran.stderr
+
+
+def test_the_readmes_field_typo_error_is_the_one_orchc_prints(orchc, write, tmp_path):
+    write("my_defs/memcached.yaml", _readme_type("memcached").replace("default: 1024", "defualt: 1024"))
+    result = orchc("validate", write("r.yaml", "site: local\nservice:\n  name: cache\n  type: memcached\n"), "--defs", "my_defs",
+                   cwd=tmp_path)
+    headline = result.err.splitlines()[0]
+    assert headline.startswith("my_defs/memcached.yaml:") and f"(`{headline}`)" in (ROOT / "README.md").read_text(encoding="utf-8")
