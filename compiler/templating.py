@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import OrchcError
+from .errors import OrchcError, did_you_mean
 from .load import source_text
 from .resources import templates_dir
 from .shell import Raw, SiteCode, excerpt_of, shell_word, text_value
@@ -475,7 +475,13 @@ def _render_now(node: Node, context: dict[str, Any], kind: str, source: str) -> 
 
         what = "template reaches for Python internals, which templates may not use" if isinstance(exc, SecurityError) \
             else "template error"
-        raise OrchcError.at(_line_in_template(node, _failing_line(exc)), f"{what}: {exc.message}") from None
+        loc = _line_in_template(node, _failing_line(exc))
+        undefined = _UNDEFINED_NAME.fullmatch(exc.message or "")
+        if undefined is None:
+            raise OrchcError.at(loc, f"{what}: {exc.message}") from None
+        name = undefined.group(1)
+        known = [key for key in context if not key.startswith("_")]
+        raise OrchcError.at(_at_name(loc, node, name), f"{what}: {exc.message}{did_you_mean(name, known)}") from None
     except (OverflowError, MemoryError, RecursionError, ValueError, TypeError, ArithmeticError) as exc:
         raise OrchcError.at(_line_in_template(node, _failing_line(exc)), f"template error: {exc}") from None
 
@@ -625,6 +631,23 @@ def _line_in_template(node: Node, line: int) -> SourceLoc:
         return node.loc
     content = lines[target - 1]
     return SourceLoc(node.loc.file, target, len(content) - len(content.lstrip()) + 1)
+
+
+_UNDEFINED_NAME = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)' is undefined")
+"""Jinja's message for a name the context does not have (not for a missing attribute or key)."""
+
+
+def _at_name(loc: SourceLoc, node: Node, name: str) -> SourceLoc:
+    """`loc` (a template line in its file) moved to the first use of `name` on that line from its first `{{` or
+    `{%` (so that the same word in the YAML key or in plain shell before it is passed over), when it is there."""
+    lines = _lines_of(loc.file)
+    if not 0 < loc.line <= len(lines):
+        return loc
+    line = lines[loc.line - 1]
+    start = loc.col - 1 if loc == node.loc else 0
+    start = min((index for index in (line.find("{{", start), line.find("{%", start)) if index >= 0), default=start)
+    found = re.compile(rf"(?<![\w.]){re.escape(name)}(?!\w)").search(line, start)
+    return SourceLoc(loc.file, loc.line, found.start() + 1) if found else loc
 
 
 _LINES: dict[str, tuple[str, list[str]]] = {}

@@ -30,10 +30,10 @@ def _inline(value: Any, document: dict[str, Any]) -> Any:
         return [_inline(item, document) for item in value]
     if not isinstance(value, dict):
         return value
-    inlined = {k: _inline(v, document) for k, v in value.items() if k != "$ref"}
     ref = value.get("$ref")
-    if ref is None:
-        return inlined
+    if not isinstance(ref, str):  # no reference here (a `$ref` that is not a string is a property name: {"$ref": {}})
+        return {k: _inline(v, document) for k, v in value.items()}
+    inlined = {k: _inline(v, document) for k, v in value.items() if k != "$ref"}
     target_file, _, pointer = ref.partition("#/$defs/")
     source = _schema(target_file.rsplit("/", 1)[-1].removesuffix(".schema.json")) if target_file else document
     target = source["$defs"][pointer] if target_file else _inline(source["$defs"][pointer], document)
@@ -195,12 +195,14 @@ def _report(error: Any, root: Node, what: str, problems: Collector, secrets: fro
         return
     if error.validator == "additionalProperties" and isinstance(target.value, dict):
         known = error.schema.get("properties", {}).keys()
-        container = f"{where} of {what}" if where else what
+        # a nested schema with a title (a type's field definition) names its members keys: "unknown field" would mislead
+        title = error.schema.get("title") if path else None
+        noun, container = ("key", f"{title} {path[-1]} of {what}") if title else ("field", f"{where} of {what}" if where else what)
         for key in sorted(set(target.value) - set(known)):
             child = target.value[key]
             problems.add(child.key_loc or child.loc,
-                         f"unknown field {shorten(key)} in {container}{did_you_mean(key[:100], known)}",
-                         topic=f"unknown field {shorten(key)}")
+                         f"unknown {noun} {shorten(key)} in {container}{did_you_mean(key[:100], known)}",
+                         topic=f"unknown {noun} {shorten(key)}")
         return
     if error.validator in ("oneOf", "anyOf") and error.context:
         from jsonschema.exceptions import best_match

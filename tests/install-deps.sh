@@ -7,11 +7,12 @@
 # makes redis' TLS certificates), python3-venv (the test venv), chromium
 # (tests/test_report.py opens the HTML report in it, headless), openssh-server, openssh-client and rsync (tests/test_remote.py
 # drives the test cluster through a real sshd on a loopback port, as the test user orchc-ssh created here), nginx
-# (the TLS and API-key proxy in front of chroma and ollama, tests/test_proxy_auth.py).
+# (the TLS and API-key proxy in front of chroma and ollama, tests/test_proxy_auth.py), memcached (the README's
+# type example runs for real, as root too, in tests/test_typedefs.py).
 # Idempotent; skips apt-get when everything is there.
 set -euo pipefail
 
-needed=(slurm-wlm munge redis-server redis-tools nginx prometheus prometheus-redis-exporter prometheus-mysqld-exporter prometheus-node-exporter mariadb-server mariadb-client sysbench curl procps openssl python3-venv chromium openssh-server openssh-client rsync)
+needed=(slurm-wlm munge redis-server redis-tools nginx prometheus prometheus-redis-exporter prometheus-mysqld-exporter prometheus-node-exporter mariadb-server mariadb-client sysbench curl procps openssl python3-venv chromium openssh-server openssh-client rsync memcached)
 # The SSH tests' login: a user with a home, a shell and no password ("*": no password works, yet the account is
 # not locked, which sshd without PAM would refuse even for a key). Its jobs run on the test cluster as itself.
 create_ssh_user() {

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, in_ci
 
 HEADLINE = re.compile(r"^(?P<loc>\S+:\d+:\d+): error: (?P<message>.+)$", re.M)
 
@@ -97,7 +99,15 @@ def test_undefined_template_variable_names_the_type_file_and_line(orchc, write, 
     write("defs/memcached.yaml", MEMCACHED.replace("-m {{ memory_mb }}", "-m {{ memory }}"))
     result = orchc("compile", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", "-o", "out", cwd=tmp_path)
     assert result.code == 1
-    assert errors(result.err) == [("defs/memcached.yaml:10:12", "template error: 'memory' is undefined")]
+    assert errors(result.err) == [("defs/memcached.yaml:10:46", "template error: 'memory' is undefined; did you mean 'memory_mb'?")]
+
+
+def test_an_undefined_name_on_a_later_line_of_a_block_is_located_at_the_name_with_did_you_mean(orchc, write, tmp_path):
+    block = "    - |\n      echo ready\n      echo sit {{ job.name }} {{ sit.name }}\n"
+    write("defs/memcached.yaml", MEMCACHED + block)  # a second health_check item
+    result = orchc("compile", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", "-o", "out", cwd=tmp_path)
+    assert result.code == 1
+    assert errors(result.err) == [("defs/memcached.yaml:16:34", "template error: 'sit' is undefined; did you mean 'site'?")]
     assert not (tmp_path / "out").exists()
 
 
@@ -172,7 +182,7 @@ def test_path_inside_double_quotes_keeps_variables(orchc, write, tmp_path):
 def test_an_error_inside_a_block_template_points_at_its_line(orchc, write, tmp_path):
     write("defs/memcached.yaml", MEMCACHED + "  setup:\n    - |-\n      mkdir -p /tmp/x\n      echo {{ nosuch }}\n")
     result = orchc("validate", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", cwd=tmp_path)
-    assert errors(result.err) == [("defs/memcached.yaml:17:7", "template error: 'nosuch' is undefined")]
+    assert errors(result.err) == [("defs/memcached.yaml:17:15", "template error: 'nosuch' is undefined")]
     assert " > 17 |       echo {{ nosuch }}" in result.err
 
 
@@ -198,3 +208,56 @@ def test_raw_is_refused_with_a_located_error(orchc, write, tmp_path):
     ((loc, message),) = errors(result.err)
     assert result.code == 1 and result.out == "" and "Traceback" not in result.err
     assert loc.startswith("defs/memcached.yaml:") and "'| raw' is not available" in message
+
+
+def test_a_typo_in_a_field_definition_is_an_unknown_key_with_did_you_mean(orchc, write, tmp_path):
+    write("defs/memcached.yaml", MEMCACHED.replace("minimum: 16, default: 1024", "minimum: 16, defualt: 1024"))
+    result = orchc("validate", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", cwd=tmp_path)
+    assert result.code == 1
+    assert errors(result.err) == [("defs/memcached.yaml:6:43", "unknown key 'defualt' in field memory_mb of type 'memcached'; "
+                                   "did you mean 'default'?")]
+
+
+def test_a_field_definition_takes_json_schema_keywords_and_orchcs_own(orchc, write, tmp_path):
+    field = ("  tags: {type: array, title: Tags, items: {type: string}, minItems: 0, maxItems: 4, uniqueItems: true, "
+             "examples: [[a]], default: [], $comment: c, deprecated: false, multiline: false}\n")
+    write("defs/memcached.yaml", MEMCACHED.replace("fields:\n", "fields:\n" + field))
+    result = orchc("validate", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", cwd=tmp_path)
+    assert result.code == 0, result.err
+
+
+def _readme_type(name: str) -> str:
+    """The YAML block of the README's "Writing a type in YAML" that starts `# my_defs/NAME.yaml`."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    (block,) = re.findall(rf"```yaml\n(# my_defs/{name}\.yaml\n.*?)```", text, re.S)
+    return block
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_the_readmes_memcached_type_runs_memcached_as_any_user_root_too(orchc, write, tmp_path):
+    if shutil.which("memcached") is None:
+        pytest.fail("memcached missing; run tests/install-deps.sh") if in_ci() else pytest.skip("no memcached")
+    write("my_defs/memcached.yaml", _readme_type("memcached"))
+    recipe = write("r.yaml", f"site: local\nservice:\n  name: cache\n  type: memcached\n  ports: [{_free_port()}]\n"
+                   "  memory_mb: 64\n")
+    result = orchc("compile", recipe, "--defs", "my_defs", "--stdout", cwd=tmp_path)
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    (command,) = [found[1] for line in lines if (found := re.fullmatch(r"\s*(?:setsid )?(memcached .*?)\s*&", line))]
+    values = [line for line in lines if line.startswith("orchc_v")]
+    # still serving when stopped (exit 124): memcached refuses root without -u and exits at once
+    ran = subprocess.run(["timeout", "2", "bash", "-c", "\n".join([*values, command])], capture_output=True, text=True)
+    assert ran.returncode == 124, ran.stderr
+
+
+def test_the_readmes_field_typo_error_is_the_one_orchc_prints(orchc, write, tmp_path):
+    write("my_defs/memcached.yaml", _readme_type("memcached").replace("default: 1024", "defualt: 1024"))
+    result = orchc("validate", write("r.yaml", "site: local\nservice:\n  name: cache\n  type: memcached\n"), "--defs", "my_defs",
+                   cwd=tmp_path)
+    headline = result.err.splitlines()[0]
+    assert headline.startswith("my_defs/memcached.yaml:") and f"(`{headline}`)" in (ROOT / "README.md").read_text(encoding="utf-8")
