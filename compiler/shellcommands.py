@@ -143,8 +143,8 @@ def _judge_words(command: Command, words: list[Word]) -> None:
             continue
         name = word.literal()
         if name is None:
-            _unknown(command, words[index + 1:], "the command's name is only known when the job runs "
-                     f"({_shown(word)}), so orchc cannot tell what reads the value")
+            _to_shell(command, words[index + 1:], "the command's name is only known when the job runs "
+                      f"({_shown(word)}), so orchc cannot tell what reads the value")
             return
         base = name.rsplit("/", 1)[-1]
         grammar = _WRAPPERS.get(base)
@@ -165,7 +165,7 @@ def _wrapper_length(command: Command, name: str, grammar: _Grammar, args: list[W
     offset = 0
     if grammar.subcommand:
         if not args or args[0].literal() != grammar.subcommand:
-            _unknown(command, args, f"'{name}' runs what orchc cannot name unless it is '{name} {grammar.subcommand}'")
+            _to_shell(command, args, f"'{name}' runs what orchc cannot name unless it is '{name} {grammar.subcommand}'")
             return None
         offset = 1
     found = _options_end(command, name, grammar, args[offset:])
@@ -196,8 +196,8 @@ def _options_end(command: Command, name: str, grammar: _Grammar, args: list[Word
                 _to_shell(command, args[index:], f"'{name} {prefix.split('=', 1)[0]}' hands it to a shell as code")
                 return None
             if taken is None or taken == 0:
-                _unknown(command, args[index:], f"orchc does not know the option {_shown(word)} of '{name}', so it "
-                         "cannot tell which word is the command it runs")
+                _to_shell(command, args[index:], f"orchc does not know the option {_shown(word)} of '{name}', so it "
+                          "cannot tell which word is the command it runs")
                 return None
             index += int(taken)
             continue
@@ -439,13 +439,9 @@ def _runs_code(args: list[Word]) -> bool:
 
 
 def _to_shell(command: Command, words: list[Word], why: str) -> None:
+    """Every value in `words`, and the command's standard input, may reach a shell as code (or cannot be followed)."""
     _mark(words, "shell_reach", why)
     command.reader = "code"
-
-
-def _unknown(command: Command, words: list[Word], why: str) -> None:
-    """What follows cannot be followed: every value in it, and the command's input, may be code."""
-    _to_shell(command, words, why)
 
 
 def _refuse(words: list[Word], why: str) -> None:

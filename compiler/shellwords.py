@@ -80,6 +80,3 @@ class Command:
     """the command is a compound one ({ ...; }, ( ... ), if, while, ...): orchc does not name what reads its input"""
     reader: str = "data"
     """what reads the command's standard input, once judged: data, or code (a shell or a program orchc cannot name)"""
-
-    def uses(self) -> list[Use]:
-        return [use for word in (*self.assignments, *self.words, *self.redirects) for use in word.uses]
