@@ -75,6 +75,8 @@ class _Grammar:
     """a first word the command must have (apptainer exec): anything else runs what orchc cannot name"""
     feeds_stdin: bool = False
     """standard input becomes the command's arguments (xargs)"""
+    numeric_flag: bool = False
+    """-N is an option of its own (nice -5)"""
 
 
 def _g(**kwargs: object) -> _Grammar:
@@ -99,7 +101,7 @@ _WRAPPERS: dict[str, _Grammar] = {
     "setsid": _g(short_flags="cfw", long_flags="ctty fork wait"),
     "env": _g(short_args="uC", short_flags="i0v", long_args="unset chdir", long_flags="ignore-environment null debug",
               code_short="S", code_long="split-string", assignments=True),
-    "nice": _g(short_args="n", long_args="adjustment"),
+    "nice": _g(short_args="n", long_args="adjustment", numeric_flag=True),
     "timeout": _g(short_args="ks", short_flags="v", long_args="kill-after signal", long_flags="preserve-status foreground verbose",
                   positionals=1),
     "stdbuf": _g(short_args="ioe", long_args="input output error"),
@@ -221,7 +223,7 @@ def _option_words(grammar: _Grammar, text: str, whole: bool) -> int | str | None
         if option in grammar.long_flags and whole and not has_value:
             return 1
         return None
-    if whole and grammar is _WRAPPERS["nice"] and re.fullmatch(r"-[0-9]+", text):
+    if whole and grammar.numeric_flag and re.fullmatch(r"-[0-9]+", text):
         return 1
     for position, letter in enumerate(text[1:], start=1):
         if letter in grammar.code_short:
