@@ -145,23 +145,26 @@ def test_a_killed_client_batch_shell_leaves_no_benchmark_running(orchc, write, t
             os.kill(int(pid), signal.SIGKILL)
 
 
-def test_a_client_that_fails_before_finding_its_service_still_releases_it(orchc, write, tmp_path):
+def run_client_of_job_77(orchc, write, tmp_path: Path, client_lines: str,
+                         squeue_answer: str) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """A redis client of service svc (SLURM job 77, as squeue answers), run under bash: (run folder, its run)."""
     run = compile_recipe(orchc, write, tmp_path, "service:\n  name: svc\n  type: jobside_probe\n"
-                         "client:\n  name: c\n  type: redis_client\n  target_timeout: 1\n")
-    bin_dir = fake_squeue(tmp_path, "RUNNING")
+                         "client:\n  name: c\n  type: redis_client\n" + client_lines)
+    bin_dir = fake_squeue(tmp_path, squeue_answer)
     done = subprocess.run(["bash", "c.sbatch"], cwd=run, env=environment(run, bin_dir, ORCHC_TARGET_JOB_ID="77"),
                           capture_output=True, text=True, timeout=60)
+    return run, done
+
+
+def test_a_client_that_fails_before_finding_its_service_still_releases_it(orchc, write, tmp_path):
+    run, done = run_client_of_job_77(orchc, write, tmp_path, "  target_timeout: 1\n", squeue_answer="RUNNING")
     assert done.returncode != 0
     assert "published no endpoint within 1 s" in done.stderr
     assert (run / "done" / "c.77").exists(), "the service would wait for this client until its time limit"
 
 
 def test_a_client_whose_service_left_the_queue_names_the_services_log_by_its_path(orchc, write, tmp_path):
-    run = compile_recipe(orchc, write, tmp_path, "service:\n  name: svc\n  type: jobside_probe\n"
-                         "client:\n  name: c\n  type: redis_client\n")
-    bin_dir = fake_squeue(tmp_path, "")
-    done = subprocess.run(["bash", "c.sbatch"], cwd=run, env=environment(run, bin_dir, ORCHC_TARGET_JOB_ID="77"),
-                          capture_output=True, text=True, timeout=60)
+    run, done = run_client_of_job_77(orchc, write, tmp_path, "", squeue_answer="")
     assert done.returncode != 0
     said = next(line for line in done.stderr.splitlines() if "ended without publishing an endpoint" in line)
     assert "error: the client stopped in target: service svc (job 77) ended" in said, said
