@@ -42,7 +42,7 @@ def write_run(folder: Path, clients: dict[str, dict[str, Any] | None], sweep: di
             for index, name in enumerate(names)]
     (folder / "run.json").write_text(json.dumps({
         "recipe": "r", "site": "local", "created": "2026-01-01T00:00:00Z", "run_dir": str(folder),
-        "state": "submitted", "error": None, "jobs": jobs}))
+        "state": "submitted", "outcome": "completed", "error": None, "jobs": jobs}))
     manifest: dict[str, Any] = {"recipe": "r", "jobs": [
         {"name": name, **({"point": placed[name][0], "repeat": placed[name][1]} if placed and name in placed else {})}
         for name in names]}

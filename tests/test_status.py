@@ -471,3 +471,83 @@ def test_watch_exits_0_when_the_run_completed(fake, tmp_path, orchc):
     result = orchc("status", run, "--watch", "--interval", "0")
     assert result.code == 0, result.err
     assert result.out.splitlines()[-1] == "run run: completed"
+
+
+# --- commands on an unfinished run say so first ---------------------------------------------------
+
+REFERENCED = RECIPE + "references:\n  bench.get.requests_per_s: {min: 100}\n  load.get.requests_per_s: {min: 100}\n"
+
+
+def wrote(run: Path, client: str, metrics: dict) -> None:
+    (run / "results" / client).mkdir(parents=True, exist_ok=True)
+    (run / "results" / client / "results.json").write_text(json.dumps(
+        {"schema": "orchc-results/1", "metrics": metrics, "status": "complete", "parameters": {}, "environment": {}}))
+
+
+def test_check_of_a_running_run_waits_instead_of_failing(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake, REFERENCED)
+    fake.advance("1000", "RUNNING")
+    fake.advance("1001", "COMPLETED")
+    fake.advance("1002", "RUNNING")
+    wrote(run, "load", {"get.requests_per_s": 500})
+    result = orchc("results", run, "--check")
+    assert result.code == 4, result.err
+    assert result.err.splitlines()[0] == "orchc: note: run run is running (1/3 jobs ended): results so far"
+    rows = {line.split()[0]: line.split()[-1] for line in result.out.splitlines()[1:]}
+    assert rows == {"bench.get.requests_per_s": "waiting", "load.get.requests_per_s": "pass"}
+    assert "FAIL" not in result.out and "failed" not in result.err
+    checks = json.loads(orchc("results", run, "--check", "--json").out)
+    assert (checks["state"], checks["failed"], checks["waiting"]) == ("running", 0, 1)
+    wrote(run, "load", {"get.requests_per_s": 50})            # a value written is final: its failure counts now
+    assert orchc("results", run, "--check").code == 1
+    wrote(run, "load", {"get.requests_per_s": 500})
+    wrote(run, "bench", {"get.requests_per_s": 500})
+    for job_id in ("1000", "1002"):
+        fake.advance(job_id, "COMPLETED")
+    done = orchc("results", run, "--check")
+    assert (done.code, done.err) == (0, "")
+
+
+def test_check_of_an_ended_run_fails_what_is_missing(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake, REFERENCED)
+    for job_id in ("1000", "1001", "1002"):
+        fake.advance(job_id, "COMPLETED")
+    fake.advance("1002", "FAILED")
+    wrote(run, "load", {"get.requests_per_s": 500})
+    result = orchc("results", run, "--check")
+    assert result.code == 1 and "1 of 2 reference check(s) failed" in result.err
+    assert "run run is" not in result.err
+
+
+def test_compare_with_a_running_run_says_so_and_exits_4(fake, tmp_path, orchc):
+    a = submitted(tmp_path, fake, name="a")
+    b = submitted(tmp_path, fake, name="b")
+    for job_id in ("1000", "1001", "1002", "1004"):
+        fake.advance(job_id, "COMPLETED")
+    fake.advance("1003", "RUNNING")
+    fake.advance("1005", "PENDING", "", reason="Dependency")
+    for run in (a, b):
+        wrote(run, "load", {"get.requests_per_s": 500})
+    wrote(a, "bench", {"get.requests_per_s": 500})
+    result = orchc("compare", a, b, "--threshold", "*requests_per_s=5")
+    assert result.code == 4, result.err
+    assert result.err.splitlines()[0] == "orchc: note: run B b is running (1/3 jobs ended): results so far"
+    assert "regression" not in result.err and "has no results" not in result.err
+    assert "only in A" in result.out
+    shown = json.loads(orchc("compare", a, b, "--json").out)
+    assert (shown["a_state"], shown["b_state"]) == ("completed", "running")
+    wrote(b, "load", {"get.requests_per_s": 100})        # a regression on what B has is one already
+    assert orchc("compare", a, b, "--threshold", "*requests_per_s=5").code == 1
+
+
+def test_results_of_a_running_run_say_so_first(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake, SWEEP)
+    fake.advance("1001", "COMPLETED")
+    fake.advance("1000", "RUNNING")
+    result = orchc("results", run)
+    assert result.code == 0, result.err
+    assert result.err.splitlines()[0] == "orchc: note: run run is running (1/5 jobs ended): results so far"
+    assert json.loads(orchc("results", run, "--json").out)["state"] == "running"
+    for job_id in ("1000", "1002", "1003", "1004"):
+        fake.advance(job_id, "COMPLETED")
+    assert orchc("results", run).err == ""

@@ -13,17 +13,19 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..core.errors import ClusterError
+from ..run.runs import EXIT_NOT_FINISHED, UNFINISHED_STATES
 from .metrics import direction, direction_name
 
 if TYPE_CHECKING:
     from ..run.runs import Run
+    from ..run.scheduler import JobState
     from .points import Aggregate, PointResult
 
 _THRESHOLD = re.compile(r"(?P<pattern>[^=\s]+)=(?P<sign>[+-]?)(?P<pct>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)%?")
@@ -98,12 +100,15 @@ def _sides(run_dir: Path, run: Run) -> dict[tuple[str, str], Side]:
     return found
 
 
-def _notes(label: str, sides: Iterable[Side]) -> list[str]:
-    """Clients without results or that did not complete: why a metric may be missing."""
+def _notes(label: str, sides: Iterable[Side], waiting: Collection[str] = ()) -> list[str]:
+    """Clients without results or that did not complete: why a metric may be missing (a job in `waiting`, not
+    ended yet, has none to note: the run's note said so)."""
     notes = []
     for side in sides:
         for row in side.rows:
             data = row.results if isinstance(row.results, dict) else None
+            if row.job in waiting:
+                continue
             if data is None:
                 notes.append(f"{label}: {row.job} has no results")
             elif data.get("status") not in (None, "complete"):
@@ -241,14 +246,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     thresholds = [parse_threshold(text) for text in args.threshold or []]
     dir_a, run_a = load_run(args.run_a)
     dir_b, run_b = load_run(args.run_b)
+    name_a, name_b = dir_a.resolve().name, dir_b.resolve().name
+    state_a, current_a = _state_noted(f"A {name_a}", dir_a, run_a)
+    state_b, current_b = _state_noted(f"B {name_b}", dir_b, run_b)
     sides_a, sides_b = _sides(dir_a, run_a), _sides(dir_b, run_b)
     rows = compare_rows(sides_a, sides_b)
-    failures = threshold_failures(rows, thresholds)
-    name_a, name_b = dir_a.resolve().name, dir_b.resolve().name
+    # what a run still going has not written yet is no change: thresholds judge what both runs have
+    judged = [row for row in rows if not ((row.a is None and state_a in UNFINISHED_STATES)
+                                          or (row.b is None and state_b in UNFINISHED_STATES))]
+    failures = threshold_failures(judged, thresholds) if judged or not rows else threshold_failures(rows, thresholds)
     if args.json:
         from ..core.terminal import json_text
 
-        print(json_text({"a": name_a, "b": name_b, "rows": [
+        print(json_text({"a": name_a, "b": name_b, "a_state": state_a, "b_state": state_b, "rows": [
             {"point": dict(row.values), "point_a": row.point_a, "point_b": row.point_b, "client": row.client,
              "metric": row.metric, "direction": direction_name(direction(row.metric)),
              "a": _json_aggregate(row.a), "b": _json_aggregate(row.b), "change_percent": _finite(row.change),
@@ -273,13 +283,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
         _print_comparison(f"{name_a} (A) -> {name_b} (B)", rows)
     from ..core.terminal import terminal_text
 
-    for note in [*_notes(f"A {name_a}", sides_a.values()), *_notes(f"B {name_b}", sides_b.values())]:
+    for note in [*_notes(f"A {name_a}", sides_a.values(), _not_ended(current_a)),
+                 *_notes(f"B {name_b}", sides_b.values(), _not_ended(current_b))]:
         print(f"orchc: note: {terminal_text(note)}", file=sys.stderr)
     for failure in failures:
         print(f"orchc: regression: {terminal_text(failure)}", file=sys.stderr)
     if failures:
         print(f"orchc: error: {len(failures)} change(s) beyond the thresholds", file=sys.stderr)
         return 1
+    if state_a in UNFINISHED_STATES or state_b in UNFINISHED_STATES:
+        print(f"orchc: note: compare again once both runs have ended (exit status {EXIT_NOT_FINISHED})", file=sys.stderr)
+        return EXIT_NOT_FINISHED
     return 0
 
 
@@ -381,15 +395,17 @@ def _split_reference(key: str, clients: Iterable[str]) -> tuple[str, str] | None
     return client, key[len(client) + 1:]
 
 
-def check_rows(references: list[Reference], results: list[PointResult]) -> list[tuple[list[str], bool]]:
-    """One row per reference and client result (every point and repeat): the cells and whether it passed."""
+def check_rows(references: list[Reference], results: list[PointResult],
+               waiting: Collection[str] = ()) -> list[tuple[list[str], bool | None]]:
+    """One row per reference and client result (every point and repeat): the cells and whether it passed; None
+    (`waiting`) where the value is missing because the job (named in `waiting`) has not ended yet."""
     from .points import base_name
 
     by_client: dict[str, list[PointResult]] = {}
     for row in results:
         by_client.setdefault(base_name(row), []).append(row)
     clients = list(by_client)
-    checked = []
+    checked: list[tuple[list[str], bool | None]] = []
     for reference in references:
         split = _split_reference(reference.key, clients)
         if split is None:
@@ -400,6 +416,9 @@ def check_rows(references: list[Reference], results: list[PointResult]) -> list[
         for row in by_client[client]:
             point = point_label(row.values)
             value = row.metrics().get(metric)
+            if value is None and row.job in waiting:
+                checked.append(([reference.key, point, row.job, "not yet", reference.allowed(), "waiting"], None))
+                continue
             if value is None:
                 why = "no results" if row.results is None else "missing"
                 checked.append(([reference.key, point, row.job, why, reference.allowed(), "FAIL"], False))
@@ -419,13 +438,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     run_dir, run = load_run(args.run_ref)
     references = read_references(read_manifest(run_dir), str(run_dir / "manifest.json"))
-    checked = check_rows(references, point_results(run_dir, run))
-    failed = sum(1 for _, passed in checked if not passed)
+    state, current = _state_noted(run_dir.name, run_dir, run)
+    checked = check_rows(references, point_results(run_dir, run), _not_ended(current))
+    failed = sum(1 for _, passed in checked if passed is False)
+    waiting = sum(1 for _, passed in checked if passed is None)
     if args.json:
         from ..core.terminal import json_text
 
-        print(json_text({"run": run_dir.resolve().name, "failed": failed, "checks": [
-            dict(zip(CHECK_HEADERS, cells, strict=True)) for cells, _ in checked]}, indent=2, sort_keys=True))
+        print(json_text({"run": run_dir.resolve().name, "state": state, "failed": failed, "waiting": waiting,
+                         "checks": [dict(zip(CHECK_HEADERS, cells, strict=True)) for cells, _ in checked]},
+                        indent=2, sort_keys=True))
     elif args.csv:
         from ..core.terminal import write_csv
 
@@ -440,7 +462,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             table.add_column(header)
         for cells, passed in checked:
             table.add_row(*(Text(terminal_text(cell)) for cell in cells[:-1]),
-                          Text(cells[-1], style="green" if passed else "red"))
+                          Text(cells[-1], style=_CHECK_STYLES[passed]))
         Console(file=sys.stdout).print(table)
     else:
         from ..core.terminal import print_table
@@ -449,4 +471,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     if failed:
         print(f"orchc: error: {failed} of {len(checked)} reference check(s) failed", file=sys.stderr)
         return 1
-    return 0
+    if waiting:
+        print(f"orchc: note: {waiting} of {len(checked)} reference check(s) wait for jobs still running; "
+              f"check again once the run has ended (exit status {EXIT_NOT_FINISHED})", file=sys.stderr)
+    return EXIT_NOT_FINISHED if state in UNFINISHED_STATES else 0
+
+
+_CHECK_STYLES = {True: "green", False: "red", None: "yellow"}
+
+
+def _state_noted(label: str, run_dir: Path, run: Run) -> tuple[str, dict[str, JobState] | None]:
+    """The run's state and its jobs' (known_state); for a run still pending or running, its note said first."""
+    from ..core.terminal import terminal_text
+    from ..run.runs import known_state, unfinished_note
+
+    state, current = known_state(run_dir, run)
+    note = unfinished_note(f"run {label}", state, current)
+    if note:
+        print(f"orchc: note: {terminal_text(note)}", file=sys.stderr, flush=True)
+    return state, current
+
+
+def _not_ended(current: Mapping[str, JobState] | None) -> set[str]:
+    """Jobs still queued or running (not one the scheduler forgot: UNKNOWN will write nothing more)."""
+    return {name for name, job in (current or {}).items() if not job.ended and job.state != "UNKNOWN"}

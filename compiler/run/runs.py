@@ -47,6 +47,10 @@ RUN_STATES = ("submitting", "submitted", "failed")
 FINAL_STATES = ("completed", "failed", "cancelled", "timeout")
 """the states of a run whose every job has ended (run.json records one as `outcome` once a command saw it)"""
 UNFINISHED_STATES = ("pending", "running")
+EXIT_NOT_COMPLETED = 3
+"""exit status of `status --watch` when every job ended but the run did not complete"""
+EXIT_NOT_FINISHED = 4
+"""exit status of `results --check` and `compare` when a run is still pending or running (and nothing failed)"""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _RUN_LIMIT = 4 << 20
 _RESULTS_LIMIT = 64 << 20
@@ -634,6 +638,15 @@ def known_state(run_dir: Path, run: Run) -> tuple[str, dict[str, JobState] | Non
         print(f"orchc: warning: state of {run_dir.name} unknown: {terminal_text(error, lines=True)}", file=sys.stderr)
         return "unknown", None
     return current_state(run_dir, run, current), current
+
+
+def unfinished_note(subject: str, state: str, current: Mapping[str, JobState] | None) -> str | None:
+    """What a command on a run still pending or running says first (`subject`: `run NAME`; None for a run
+    that ended)."""
+    if state not in UNFINISHED_STATES:
+        return None
+    ended = f" ({sum(job.ended for job in current.values())}/{len(current)} jobs ended)" if current else ""
+    return f"{subject} is {state}{ended}: results so far"
 
 
 @dataclass(frozen=True)

@@ -154,10 +154,6 @@ def snapshot(run_dir: Path, run: Run, scheduler: Scheduler, points: Mapping[str,
     return Snapshot(current, rows, progress(run, points, current) if points is not None else None)
 
 
-EXIT_NOT_COMPLETED = 3
-"""`status --watch`: every job ended, but the run is not `completed` (failed, cancelled, timeout, unknown)"""
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from ..core.terminal import is_terminal, print_table, terminal_text
     from .runs import current_state, load_run, scheduler_for
@@ -197,7 +193,7 @@ def _title(run_dir: Path, run: Run, state: str) -> str:
 def _ended(run_dir: Path, run: Run, now: Snapshot) -> int:
     """After --watch: the run's state on a line of its own; 0 when it completed, else EXIT_NOT_COMPLETED."""
     from ..core.terminal import terminal_text
-    from .runs import current_state
+    from .runs import EXIT_NOT_COMPLETED, current_state
 
     state = current_state(run_dir, run, now.current)
     print(terminal_text(f"run {run_dir.name}: {state}"))
