@@ -239,7 +239,8 @@ def test_a_threshold_matching_nothing_and_an_unknown_run_are_errors(tmp_path):
     write_run(tmp_path / "a", {"bench": results(BASE)})
     done = orchc("compare", "a", "a", "--threshold", "ttft_p99_ms=5", cwd=tmp_path)
     assert done.returncode == 1
-    assert done.stderr == "orchc: error: --threshold ttft_p99_ms=5: matches no metric of either run\n"
+    assert done.stderr == ("orchc: error: --threshold ttft_p99_ms=5: matches no metric of either run; "
+                           "did you mean 'set.latency_p99_ms'?\n")
     done = orchc("compare", "a", "nope", cwd=tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("orchc: error: runs/nope: not an orchc run")
@@ -315,7 +316,7 @@ def test_a_missing_metric_or_client_fails_a_reference(tmp_path):
     assert done.returncode == 1
     got = [(row["reference"], row["value"], row["allowed"], row["result"]) for row in rows_of(done)]
     assert got == [("bench.set.requests_per_s", "900 1/s", ">= 800, <= 1000", "pass"),
-                   ("bench.get.requests_per_s", "missing", ">= 1", "FAIL"),
+                   ("bench.get.requests_per_s", "missing; did you mean 'set.requests_per_s'?", ">= 1", "FAIL"),
                    ("load.set.requests_per_s", "no results", "<= 5", "FAIL"),
                    ("other.x_ms", "no client other in this run", "<= 5", "FAIL")]
 
@@ -382,3 +383,37 @@ def test_results_csv_of_a_run_without_a_sweep_has_no_swept_columns(tmp_path):
     write_run(tmp_path / "run", {"bench": results(BASE)})
     done = orchc("results", "run", "--csv", cwd=tmp_path)
     assert done.stdout.splitlines()[0] == "run,point,repeat,job,slurm_id,type,state,status,metric,value,unit,parameters"
+
+
+# --- metric names in thresholds and references match by suffix or glob -----------------------------
+
+def test_a_threshold_matches_the_last_parts_of_a_metric_name(tmp_path):
+    """The README's own `--threshold requests_per_s=5` on redis, whose metrics are `get.requests_per_s`, ..."""
+    write_run(tmp_path / "a", {"bench": results({**BASE, "get.requests_per_s": 1000.0})})
+    write_run(tmp_path / "b", {"bench": results({**BASE, "get.requests_per_s": 900.0})})
+    done = orchc("compare", "a", "b", "--threshold", "requests_per_s=5", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "bench.get.requests_per_s: 1000 -> 900 1/s (-10.0%)" in done.stderr
+    assert "bench.set.requests_per_s" not in done.stderr          # unchanged: within the threshold
+    # a suffix is whole parts: `per_s` is no part of `get.requests_per_s`, and `ok_count` no part of `requests_ok_count`
+    done = orchc("compare", "a", "b", "--threshold", "per_s=5", cwd=tmp_path)
+    assert done.returncode == 1 and "matches no metric of either run" in done.stderr
+
+
+def test_a_threshold_matching_nothing_lists_the_near_names(tmp_path):
+    write_run(tmp_path / "a", {"bench": results(BASE)})
+    done = orchc("compare", "a", "a", "--threshold", "latency_p95_ms=5", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr == ("orchc: error: --threshold latency_p95_ms=5: matches no metric of either run; "
+                           "did you mean 'set.latency_p99_ms'?\n")
+
+
+def test_a_reference_matches_the_last_parts_of_a_metric_name(tmp_path):
+    write_run(tmp_path / "run", {"bench": results({"get.requests_per_s": 900.0, "set.requests_per_s": 700.0})},
+              references={"bench.requests_per_s": {"min": 800}, "bench.latency_p99_ms": {"max": 1}})
+    done = orchc("results", "--check", "run", "--csv", cwd=tmp_path)
+    assert done.returncode == 1
+    got = [(row["reference"], row["value"], row["result"]) for row in rows_of(done)]
+    assert got == [("bench.requests_per_s (get.requests_per_s)", "900 1/s", "pass"),
+                   ("bench.requests_per_s (set.requests_per_s)", "700 1/s", "FAIL"),
+                   ("bench.latency_p99_ms", "missing", "FAIL")]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ..core.errors import ClusterError
 from ..run.runs import EXIT_NOT_FINISHED, UNFINISHED_STATES
-from .metrics import direction, direction_name
+from .metrics import direction, direction_name, metric_matches, near_metrics
 
 if TYPE_CHECKING:
     from ..run.runs import Run
@@ -46,7 +46,8 @@ class Threshold:
     """'+': a rise beyond percent fails; '-': a fall beyond percent fails; '': the metric's bad direction"""
 
     def matches(self, client: str, metric: str) -> bool:
-        return fnmatchcase(metric, self.pattern) or fnmatchcase(f"{client}.{metric}", self.pattern)
+        """The metric by its name or last parts (metric_matches), or CLIENT.METRIC by the glob."""
+        return metric_matches(metric, self.pattern) or fnmatchcase(f"{client}.{metric}", self.pattern)
 
     def bad_direction(self, metric: str) -> int:
         """+1 when a rise is bad, -1 when a fall is bad, 0 when this threshold does not apply to the metric."""
@@ -175,7 +176,8 @@ def threshold_failures(rows: list[Row], thresholds: list[Threshold]) -> list[str
     for threshold in thresholds:
         matched = [row for row in rows if threshold.matches(row.client, row.metric)]
         if not matched:
-            raise ClusterError(f"--threshold {threshold.text}: matches no metric of either run")
+            raise ClusterError(f"--threshold {threshold.text}: matches no metric of either run"
+                               + near_metrics(threshold.pattern, {row.metric for row in rows}))
         checked = [row for row in matched if threshold.bad_direction(row.metric)]
         if not checked:
             names = ", ".join(sorted({row.metric for row in matched})[:5])
@@ -412,20 +414,24 @@ def check_rows(references: list[Reference], results: list[PointResult],
             checked.append(([reference.key, "-", "-", f"no client {reference.key.split('.', 1)[0]} in this run",
                              reference.allowed(), "FAIL"], False))
             continue
-        client, metric = split
+        client, pattern = split
         for row in by_client[client]:
             point = point_label(row.values)
-            value = row.metrics().get(metric)
-            if value is None and row.job in waiting:
+            found = row.metrics()
+            matched = [pattern] if pattern in found else sorted(name for name in found if metric_matches(name, pattern))
+            if not matched and row.job in waiting:
                 checked.append(([reference.key, point, row.job, "not yet", reference.allowed(), "waiting"], None))
                 continue
-            if value is None:
-                why = "no results" if row.results is None else "missing"
+            if not matched:
+                why = "no results" if row.results is None else "missing" + near_metrics(pattern, found)
                 checked.append(([reference.key, point, row.job, why, reference.allowed(), "FAIL"], False))
                 continue
-            passed = reference.passes(value)
-            checked.append(([reference.key, point, row.job, f"{_number(value)}{_unit(metric)}", reference.allowed(),
-                             "pass" if passed else "FAIL"], passed))
+            for metric in matched:
+                value = found[metric]
+                passed = reference.passes(value)
+                named = reference.key if metric == pattern else f"{reference.key} ({metric})"
+                checked.append(([named, point, row.job, f"{_number(value)}{_unit(metric)}", reference.allowed(),
+                                 "pass" if passed else "FAIL"], passed))
     return checked
 
 
