@@ -31,9 +31,10 @@ def results(metrics: dict[str, Any], status: str = "complete") -> dict[str, Any]
 
 
 def write_run(folder: Path, clients: dict[str, dict[str, Any] | None], sweep: dict | None = None,
-              placed: dict[str, tuple[str, int]] | None = None, references: dict | None = None) -> Path:
+              placed: dict[str, tuple[str, int]] | None = None, references: dict | None = None,
+              headline: dict | None = None) -> Path:
     """A run folder: one redis service, the given clients (name -> results, None: no results.json yet);
-    `placed` gives a client's (point, repeat) in the manifest."""
+    `placed` gives a client's (point, repeat) in the manifest, `headline` the manifest's type -> headline."""
     folder.mkdir(parents=True)
     names = ["redis", *clients]
     jobs = [{"name": name, "type": "redis" if name == "redis" else "redis_client",
@@ -50,6 +51,8 @@ def write_run(folder: Path, clients: dict[str, dict[str, Any] | None], sweep: di
         manifest["sweep"] = sweep
     if references is not None:
         manifest["references"] = references
+    if headline is not None:
+        manifest["headline"] = headline
     (folder / "manifest.json").write_text(json.dumps(manifest))
     for name, data in clients.items():
         if data is not None:
@@ -417,3 +420,38 @@ def test_a_reference_matches_the_last_parts_of_a_metric_name(tmp_path):
     assert got == [("bench.requests_per_s (get.requests_per_s)", "900 1/s", "pass"),
                    ("bench.requests_per_s (set.requests_per_s)", "700 1/s", "FAIL"),
                    ("bench.latency_p99_ms", "missing", "FAIL")]
+
+
+# --- headline rows by default ---------------------------------------------------------------------------
+
+REDIS = {"get.requests_per_s": 1000.0, "get.latency_p50_ms": 1.0, "get.latency_p95_ms": 1.9, "get.latency_p99_ms": 2.0,
+         "get.latency_max_ms": 9.0, "get.latency_mean_ms": 1.1, "errors_count": 0}
+REDIS_HEADLINE = {"redis_client": ["requests_per_s", "latency_p50_ms", "latency_p99_ms"]}
+
+
+def shown_metrics(done: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line.split()[2] for line in done.stdout.splitlines()[1:] if line.strip()]
+
+
+def test_compare_shows_the_headline_metrics_of_each_type_by_default(tmp_path):
+    write_run(tmp_path / "a", {"bench": results(REDIS)}, headline=REDIS_HEADLINE)
+    write_run(tmp_path / "b", {"bench": results({**REDIS, "get.latency_max_ms": 20.0})}, headline=REDIS_HEADLINE)
+    done = orchc("compare", "a", "b", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert shown_metrics(done) == ["get.latency_p50_ms", "get.latency_p99_ms", "get.requests_per_s"]
+    assert "orchc: note: 4 more metrics not shown (not in the headline of their type): --all shows them" in done.stderr
+    assert shown_metrics(orchc("compare", "a", "b", "--all", cwd=tmp_path)) == sorted(REDIS)
+    # a metric a threshold names is shown, headline or not
+    done = orchc("compare", "a", "b", "--threshold", "latency_max_ms=10", cwd=tmp_path)
+    assert done.returncode == 1 and "get.latency_max_ms" in shown_metrics(done)
+    # JSON and CSV have every row; JSON says which are headline
+    rows = json.loads(orchc("compare", "a", "b", "--json", cwd=tmp_path).stdout)["rows"]
+    assert {row["metric"]: row["headline"] for row in rows} == {name: name in ("get.requests_per_s", "get.latency_p50_ms",
+                                                                               "get.latency_p99_ms") for name in REDIS}
+
+
+def test_a_type_without_a_headline_shows_throughputs_medians_and_tails(tmp_path):
+    write_run(tmp_path / "a", {"bench": results(REDIS)})
+    done = orchc("compare", "a", "a", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert shown_metrics(done) == ["get.latency_p50_ms", "get.latency_p99_ms", "get.requests_per_s"]

@@ -89,6 +89,8 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     compare_form.add_argument("--json", action="store_true",
                               help="print every row as JSON: n, mean, stdev, min and max of each side, change, verdict")
     compare_form.add_argument("--csv", action="store_true", help="print one CSV row per point, client and metric")
+    compare.add_argument("--all", action="store_true",
+                         help="show every metric (default: the headline metrics of each client's type, and thresholded ones)")
     compare.set_defaults(run=_compare)
 
     report = commands.add_parser("report", help="an HTML report of a run: summary, knees, plots (needs matplotlib)")

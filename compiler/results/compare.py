@@ -118,6 +118,46 @@ def _notes(label: str, sides: Iterable[Side], waiting: Collection[str] = ()) -> 
     return notes
 
 
+# --- headline rows --------------------------------------------------------------------------------
+
+def recorded_headlines(run_dir: Path) -> dict[str, list[str]]:
+    """Type -> its `headline:` patterns, as the run's manifest.json records them (anything malformed is left out)."""
+    from ..output.manifest import read_manifest
+
+    found = read_manifest(run_dir).get("headline")
+    if not isinstance(found, dict):
+        return {}
+    return {name: patterns for name, patterns in found.items()
+            if isinstance(patterns, list) and all(isinstance(pattern, str) for pattern in patterns)}
+
+
+def headline_rows(rows: list[Row], types: Mapping[str, str], headlines: Mapping[str, list[str]]) -> set[int]:
+    """The indices of the rows compare shows by default: per client, the metrics its type's `headline:` names
+    (metric_matches); for a type without one, the report's rule (report.headline: throughputs, per latency family
+    its median and highest percentile >= 90, recall)."""
+    from .report import headline
+
+    by_client: dict[str, set[str]] = {}
+    for row in rows:
+        by_client.setdefault(row.client, set()).add(row.metric)
+    chosen: dict[str, set[str]] = {}
+    for client, names in by_client.items():
+        patterns = headlines.get(types.get(client, ""))
+        chosen[client] = ({name for name in names if any(metric_matches(name, pattern) for pattern in patterns)}
+                          if patterns else set(headline(names)))
+    return {index for index, row in enumerate(rows) if row.metric in chosen[row.client]}
+
+
+def client_types(*sides: Mapping[tuple[str, str], Side]) -> dict[str, str]:
+    """Client -> its type, as run.json names it (the first run that has the client)."""
+    types: dict[str, str] = {}
+    for found in sides:
+        for (_, client), side in found.items():
+            if side.rows:
+                types.setdefault(client, side.rows[0].type)
+    return types
+
+
 # --- comparing ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -257,6 +297,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     judged = [row for row in rows if not ((row.a is None and state_a in UNFINISHED_STATES)
                                           or (row.b is None and state_b in UNFINISHED_STATES))]
     failures = threshold_failures(judged, thresholds) if judged or not rows else threshold_failures(rows, thresholds)
+    heads = headline_rows(rows, client_types(sides_a, sides_b), {**recorded_headlines(dir_b), **recorded_headlines(dir_a)})
     if args.json:
         from ..core.terminal import json_text
 
@@ -264,7 +305,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             {"point": dict(row.values), "point_a": row.point_a, "point_b": row.point_b, "client": row.client,
              "metric": row.metric, "direction": direction_name(direction(row.metric)),
              "a": _json_aggregate(row.a), "b": _json_aggregate(row.b), "change_percent": _finite(row.change),
-             "verdict": row.verdict} for row in rows],
+             "verdict": row.verdict, "headline": index in heads} for index, row in enumerate(rows)],
             "thresholds": [threshold.text for threshold in thresholds], "failures": failures}, indent=2,
             sort_keys=True))
     elif args.csv:
@@ -282,7 +323,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
                              "" if change is None else repr(change), row.verdict])
         write_csv(table)
     else:
-        _print_comparison(f"{name_a} (A) -> {name_b} (B)", rows)
+        # the headline rows, and every row a threshold names
+        shown = rows if args.all else [row for index, row in enumerate(rows) if index in heads
+                                       or any(threshold.matches(row.client, row.metric) for threshold in thresholds)]
+        _print_comparison(f"{name_a} (A) -> {name_b} (B)", shown)
+        if len(shown) < len(rows):
+            left = len({row.metric for row in rows} - {row.metric for row in shown})
+            print(f"orchc: note: {left} more metric{'s' if left != 1 else ''} not shown (not in the headline of "
+                  "their type): --all shows them", file=sys.stderr)
     from ..core.terminal import terminal_text
 
     for note in [*_notes(f"A {name_a}", sides_a.values(), _not_ended(current_a)),
