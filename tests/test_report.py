@@ -381,7 +381,8 @@ def test_the_header_says_the_run_state_and_an_unfinished_run_says_so_first(orchc
     fake.advance(service, "COMPLETED")
     fake.advance(client, "FAILED")
     done = orchc("report", run)
-    assert (done.code, done.err) == (0, "")
+    assert (done.code, done.err) == (0, "orchc: note: run run ended failed (bench FAILED): its results may be incomplete\n")
     page = (run / "report.html").read_text()
     assert "<tr><th>state</th><td>failed</td></tr>" in page and "results so far" not in page
+    assert "This run ended failed (bench FAILED): its results may be incomplete." in page
     assert runs.load_run(str(run))[1].outcome == "failed"

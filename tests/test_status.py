@@ -551,3 +551,17 @@ def test_results_of_a_running_run_say_so_first(fake, tmp_path, orchc):
     for job_id in ("1000", "1002", "1003", "1004"):
         fake.advance(job_id, "COMPLETED")
     assert orchc("results", run).err == ""
+
+
+def test_results_and_compare_of_a_run_that_ended_failed_say_so_first(fake, tmp_path, orchc):
+    a = submitted(tmp_path, fake, name="a")
+    for job_id in ("1000", "1001", "1002"):
+        fake.advance(job_id, "COMPLETED")
+    fake.advance("1002", "FAILED")
+    result = orchc("results", a)
+    assert result.code == 0, result.err
+    assert result.err.splitlines()[0] == "orchc: note: run a ended failed (bench FAILED): its results may be incomplete"
+    compared = orchc("compare", a, a)
+    assert compared.code == 0, compared.err
+    # results recorded the outcome: compare asks SLURM nothing, so it names no job
+    assert compared.err.splitlines()[0] == "orchc: note: run A a ended failed: its results may be incomplete"

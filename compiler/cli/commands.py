@@ -258,10 +258,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def _job_states(run_dir: Path, run: Run) -> tuple[dict[str, str], str]:
-    """Each job's state for `results`, and the run's (its note said first when the run has not ended);
+    """Each job's state for `results`, and the run's (its note said first when it has not completed);
     results stay readable when the scheduler does not answer (states `?`, the run's `unknown`)."""
     from ..core.terminal import terminal_text
-    from ..run.runs import current_state, scheduler_for, states, unfinished_note
+    from ..run.runs import current_state, scheduler_for, state_note, states
 
     try:
         current = states(run, scheduler_for(run))
@@ -269,7 +269,7 @@ def _job_states(run_dir: Path, run: Run) -> tuple[dict[str, str], str]:
         print(f"orchc: warning: job states unknown: {terminal_text(error, lines=True)}", file=sys.stderr)
         return {job.name: "?" for job in run.jobs}, "unknown"
     state = current_state(run_dir, run, current)
-    note = unfinished_note(f"run {run_dir.name}", state, current)
+    note = state_note(f"run {run_dir.name}", state, current)
     if note:
         print(f"orchc: note: {terminal_text(note)}", file=sys.stderr, flush=True)
     return {name: job.state for name, job in current.items()}, state

@@ -537,10 +537,10 @@ _CHECK_STYLES = {True: "green", False: "red", None: "yellow"}
 def _state_noted(label: str, run_dir: Path, run: Run) -> tuple[str, dict[str, JobState] | None]:
     """The run's state and its jobs' (known_state); for a run still pending or running, its note said first."""
     from ..core.terminal import terminal_text
-    from ..run.runs import known_state, unfinished_note
+    from ..run.runs import known_state, state_note
 
     state, current = known_state(run_dir, run)
-    note = unfinished_note(f"run {label}", state, current)
+    note = state_note(f"run {label}", state, current)
     if note:
         print(f"orchc: note: {terminal_text(note)}", file=sys.stderr, flush=True)
     return state, current

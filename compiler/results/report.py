@@ -756,9 +756,9 @@ class Report:
 
 
 def build(run_dir: Path, run: Run, folder_name: str, state: str | None = None,
-          unfinished: str | None = None) -> Report:
+          state_line: str | None = None) -> Report:
     """The report of a run; plot files are linked as `folder_name/<file>`. `state`: the run's (run_state; default
-    what run.json knows); `unfinished`: the note of a run still pending or running, said first."""
+    what run.json knows); `state_line`: what a run still going or that did not complete says first (state_note)."""
     matplotlib, Figure = _matplotlib()
     from .. import __version__
     from ..output.manifest import read_manifest, recorded_sweep
@@ -771,8 +771,8 @@ def build(run_dir: Path, run: Run, folder_name: str, state: str | None = None,
     traces, notes = gpu_traces(run_dir, run)
     name = run_dir.resolve().name
     parts = [f"<h1>orchc report: {html.escape(name)}</h1>"]
-    if unfinished:
-        parts.append(f'<p class="note"><b>{html.escape(unfinished)}.</b></p>')
+    if state_line:
+        parts.append(f'<p class="note"><b>{html.escape(state_line)}.</b></p>')
     facts = [("recipe", run.recipe), ("site", run.site), ("created", run.created),
              ("state", state or run.outcome or run.state),
              ("scheduler", run.scheduler), ("jobs", str(len(run.jobs))),
@@ -912,7 +912,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ..core.terminal import terminal_text
-    from ..run.runs import known_state, load_run, unfinished_note
+    from ..run.runs import known_state, load_run, state_note
 
     _matplotlib()  # before reading anything: the one thing to install is said first
     run_dir, run = load_run(args.run_ref)
@@ -920,10 +920,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if output.suffix.lower() not in (".html", ".htm"):
         raise ClusterError(f"{output}: the report is an HTML file; name it FILE.html")
     state, current = known_state(run_dir, run)
-    note = unfinished_note(f"run {run_dir.name}", state, current)
+    note = state_note(f"run {run_dir.name}", state, current)
     if note:
         print(f"orchc: note: {terminal_text(note)}", file=sys.stderr, flush=True)
-    report = build(run_dir, run, output.with_suffix("").name, state, unfinished_note("This run", state, current))
+    report = build(run_dir, run, output.with_suffix("").name, state, state_note("This run", state, current))
     folder = write_report(report, output)
     print(f"report: {output}  ({report.plots} plot{'s' if report.plots != 1 else ''}; SVG and PNG files in {folder}/)",
           file=sys.stdout)

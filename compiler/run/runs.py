@@ -640,13 +640,17 @@ def known_state(run_dir: Path, run: Run) -> tuple[str, dict[str, JobState] | Non
     return current_state(run_dir, run, current), current
 
 
-def unfinished_note(subject: str, state: str, current: Mapping[str, JobState] | None) -> str | None:
-    """What a command on a run still pending or running says first (`subject`: `run NAME`; None for a run
-    that ended)."""
-    if state not in UNFINISHED_STATES:
-        return None
-    ended = f" ({sum(job.ended for job in current.values())}/{len(current)} jobs ended)" if current else ""
-    return f"{subject} is {state}{ended}: results so far"
+def state_note(subject: str, state: str, current: Mapping[str, JobState] | None) -> str | None:
+    """What a command reading a run's results says first (`subject`: `run NAME`) when the run is still pending or
+    running, or ended without completing; None for a run that completed (or whose state is unknown)."""
+    if state in UNFINISHED_STATES:
+        ended = f" ({sum(job.ended for job in current.values())}/{len(current)} jobs ended)" if current else ""
+        return f"{subject} is {state}{ended}: results so far"
+    if state in FINAL_STATES and state != "completed":
+        jobs = [f"{name} {job.state}" for name, job in (current or {}).items() if job.state != "COMPLETED"]
+        named = f" ({', '.join(jobs[:3])}{', ...' if len(jobs) > 3 else ''})" if jobs else ""
+        return f"{subject} ended {state}{named}: its results may be incomplete"
+    return None
 
 
 @dataclass(frozen=True)
