@@ -565,3 +565,16 @@ def test_results_and_compare_of_a_run_that_ended_failed_say_so_first(fake, tmp_p
     assert compared.code == 0, compared.err
     # results recorded the outcome: compare asks SLURM nothing, so it names no job
     assert compared.err.splitlines()[0] == "orchc: note: run A a ended failed: its results may be incomplete"
+
+
+def test_compare_with_a_run_that_has_written_nothing_yet_exits_4(fake, tmp_path, orchc):
+    a = submitted(tmp_path, fake, name="a")
+    b = submitted(tmp_path, fake, name="b")
+    for job_id in ("1000", "1001", "1002"):
+        fake.advance(job_id, "COMPLETED")
+    for client in ("load", "bench"):
+        wrote(a, client, {"get.requests_per_s": 500})
+    result = orchc("compare", a, b, "--threshold", "requests_per_s=5")
+    assert result.code == 4, result.err
+    assert "missing in B" not in result.err and "regression" not in result.err
+    assert orchc("compare", a, b, "--threshold", "ttft_p99_ms=5").code == 1     # matches nothing: still an error

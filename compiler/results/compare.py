@@ -242,6 +242,18 @@ def threshold_failures(rows: list[Row], thresholds: list[Threshold]) -> list[str
     return failures
 
 
+def _judged_failures(rows: list[Row], judged: list[Row], thresholds: list[Threshold]) -> list[str]:
+    """threshold_failures over `judged` (the rows a run still going does not lack); a threshold that matches only
+    rows left out has nothing to judge yet, one that matches no row at all is still an error."""
+    failures = []
+    for threshold in thresholds:
+        if any(threshold.matches(row.client, row.metric) for row in judged):
+            failures += threshold_failures(judged, [threshold])
+        elif not any(threshold.matches(row.client, row.metric) for row in rows):
+            threshold_failures(rows, [threshold])       # raises: it matches no metric of either run
+    return failures
+
+
 def _unit(metric: str) -> str:
     from .metrics import unit_of
 
@@ -296,7 +308,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     # what a run still going has not written yet is no change: thresholds judge what both runs have
     judged = [row for row in rows if not ((row.a is None and state_a in UNFINISHED_STATES)
                                           or (row.b is None and state_b in UNFINISHED_STATES))]
-    failures = threshold_failures(judged, thresholds) if judged or not rows else threshold_failures(rows, thresholds)
+    failures = _judged_failures(rows, judged, thresholds)
     heads = headline_rows(rows, client_types(sides_a, sides_b), {**recorded_headlines(dir_b), **recorded_headlines(dir_a)})
     if args.json:
         from ..core.terminal import json_text
