@@ -421,6 +421,34 @@ def test_references_fail_at_any_point_or_repeat(tmp_path):
                       ("bench.set.latency_p99_ms", "bench-p02-r1", "2.3 ms")]
 
 
+def test_references_per_point_check_the_mean_with_its_interval(tmp_path):
+    """`per: point`: one check per point, the mean over its repeats with its 95% t interval; FAIL only when the whole
+    interval is outside the bounds, `inconclusive` (not a failure) when it crosses one."""
+    sweep_run(tmp_path / "run", [
+        ("p01", 10, [{"set.requests_per_s": v} for v in (900.0, 910.0, 890.0)]),   # 900 [875, 925]: pass
+        ("p02", 50, [{"set.requests_per_s": v} for v in (700.0, 900.0, 800.0)]),   # 800 [552, 1048]: inconclusive
+        ("p03", 100, [{"set.requests_per_s": v} for v in (600.0, 610.0, 590.0)]),  # 600 [575, 625]: FAIL
+        ("p04", 200, [{"other_ms": 1.0}])])                                         # missing: FAIL
+    references = {"bench.set.requests_per_s": {"min": 800, "per": "point"}}
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps({**manifest, "references": references}))
+    done = orchc("results", "--check", "run", "--json", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    checks = json.loads(done.stdout)["checks"]
+    assert [(check["point"], check["result"]) for check in checks] == [
+        ("bench.clients=10", "pass"), ("bench.clients=50", "inconclusive"), ("bench.clients=100", "FAIL"),
+        ("bench.clients=200", "FAIL")]
+    assert checks[0]["value"] == "900 1/s (n=3, 95% [875.159, 924.841])"  # 900 +- 4.303 * 10 / sqrt(3)
+    assert checks[0]["job"] == "bench-p01-r1, bench-p01-r2, bench-p01-r3" and checks[3]["value"] == "missing"
+    assert "orchc: note: 1 reference check(s) inconclusive" in done.stderr
+    assert done.stderr.endswith("orchc: error: 2 of 4 reference check(s) failed\n")
+    # the per-repeat form of the same bound fails every repeat below 800
+    references["bench.set.requests_per_s"]["per"] = "repeat"
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps({**manifest, "references": references}))
+    done = orchc("results", "--check", "run", "--json", cwd=tmp_path)
+    assert json.loads(done.stdout)["failed"] == 1 + 3 + 1
+
+
 def test_a_missing_metric_or_client_fails_a_reference(tmp_path):
     write_run(tmp_path / "run", {"bench": results({"set.requests_per_s": 900.0}), "load": None},
               references={"bench.set.requests_per_s": {"min": 800, "max": 1000}, "bench.get.requests_per_s": {"min": 1},
@@ -451,6 +479,8 @@ def test_client_names_with_dots_take_the_longest_fit(tmp_path):
     ({"bench.x_ms": {"maximum": 5}}, "references.bench.x_ms: expected {expect: N, tolerance_percent: P}"),
     ({"bench.x_ms": {}}, "references.bench.x_ms: expected {expect: N, tolerance_percent: P}"),
     ({"bench.x_ms": {"expect": 1, "tolerance_percent": -1}}, "references.bench.x_ms: tolerance_percent is negative"),
+    ({"bench.x_ms": {"per": "point"}}, "references.bench.x_ms: expected {expect: N, tolerance_percent: P}"),
+    ({"bench.x_ms": {"max": 1, "per": "mean"}}, "references.bench.x_ms: per is 'mean', expected repeat or point"),
 ])
 def test_malformed_references_are_errors(tmp_path, references, message):
     write_run(tmp_path / "run", {"bench": results({"x_ms": 1.0})}, references=references)
@@ -468,17 +498,18 @@ def test_check_of_an_unknown_run_is_an_error(tmp_path):
 def test_the_recipe_schema_accepts_references_and_locates_bad_ones(tmp_path):
     recipe = "site: local\nservice:\n  name: redis\nclient:\n  name: bench\n  type: redis_client\nreferences:\n"
     (tmp_path / "ok.yaml").write_text(recipe + "  bench.set.requests_per_s: {min: 800}\n"
-                                      "  bench.set.latency_p99_ms: {expect: 2, tolerance_percent: 10, max: 3}\n")
+                                      "  bench.set.latency_p99_ms: {expect: 2, tolerance_percent: 10, max: 3, per: point}\n")
     done = orchc("validate", "ok.yaml", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     (tmp_path / "bad.yaml").write_text(recipe + "  bench.set.requests_per_s: {min: fast}\n  nodot: {max: 1}\n"
-                                       "  bench.x_ms: {expect: 3}\n")
+                                       "  bench.x_ms: {expect: 3}\n  bench.y_ms: {max: 1, per: mean}\n")
     done = orchc("validate", "bad.yaml", cwd=tmp_path)
     assert done.returncode == 1
     assert "bad.yaml:8:35: error: references.bench.set.requests_per_s.min: expected number" in done.stderr
     assert "bad.yaml:9:3: error: invalid name 'nodot' in references" in done.stderr
     assert "bad.yaml:10:15: error: references.bench.x_ms: 'tolerance_percent' is a dependency of 'expect'" \
         in done.stderr
+    assert "bad.yaml:11:29: error: references.bench.y_ms.per: 'mean' is not one of 'repeat', 'point'" in done.stderr
 
 
 def test_results_csv_has_one_column_per_swept_key(tmp_path):

@@ -420,6 +420,8 @@ class Reference:
     tolerance_percent: float | None
     min: float | None
     max: float | None
+    per: str = "repeat"
+    """`repeat`: every repeat's value is checked; `point`: the mean over each point's repeats, with its interval"""
 
     def allowed(self) -> str:
         parts = []
@@ -433,14 +435,34 @@ class Reference:
             parts.append(f"<= {_number(self.max)}")
         return ", ".join(parts)
 
+    def bounds(self) -> tuple[float, float]:
+        """The allowed range, every condition given together."""
+        low, high = -math.inf, math.inf
+        if self.expect is not None and self.tolerance_percent is not None:
+            spread = abs(self.expect) * self.tolerance_percent / 100
+            low, high = self.expect - spread, self.expect + spread
+        if self.min is not None:
+            low = max(low, self.min)
+        if self.max is not None:
+            high = min(high, self.max)
+        return low, high
+
     def passes(self, value: float) -> bool:
-        if (self.expect is not None and self.tolerance_percent is not None
-                and abs(value - self.expect) > abs(self.expect) * self.tolerance_percent / 100):
-            return False
-        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+        low, high = self.bounds()
+        return low <= value <= high
+
+    def judge(self, low: float, high: float) -> str:
+        """An interval against the bounds: `pass` wholly within, `FAIL` wholly outside, else `inconclusive`."""
+        allowed_low, allowed_high = self.bounds()
+        if allowed_low <= low and high <= allowed_high:
+            return "pass"
+        if high < allowed_low or low > allowed_high:
+            return "FAIL"
+        return "inconclusive"
 
 
 _REFERENCE_FIELDS = ("expect", "tolerance_percent", "min", "max")
+_REFERENCE_FORMS = ("repeat", "point")
 
 
 def read_references(manifest: Mapping[str, Any], where: str) -> list[Reference]:
@@ -454,8 +476,11 @@ def read_references(manifest: Mapping[str, Any], where: str) -> list[Reference]:
     references = []
     for key, spec in found.items():
         label = f"{where}: references.{str(key)[:80]}"
-        if not isinstance(spec, dict) or not spec or set(spec) - set(_REFERENCE_FIELDS):
+        if not isinstance(spec, dict) or not set(spec) - {"per"} or set(spec) - {*_REFERENCE_FIELDS, "per"}:
             raise ClusterError(f"{label}: expected {{expect: N, tolerance_percent: P}} and/or {{min: N}} / {{max: N}}")
+        per = spec.get("per", "repeat")
+        if per not in _REFERENCE_FORMS:
+            raise ClusterError(f"{label}: per is {str(per)[:40]!r}, expected repeat or point")
         numbers: dict[str, float | None] = {}
         for name in _REFERENCE_FIELDS:
             value = spec.get(name)
@@ -468,7 +493,7 @@ def read_references(manifest: Mapping[str, Any], where: str) -> list[Reference]:
         if numbers["tolerance_percent"] is not None and numbers["tolerance_percent"] < 0:
             raise ClusterError(f"{label}: tolerance_percent is negative")
         references.append(Reference(str(key), numbers["expect"], numbers["tolerance_percent"], numbers["min"],
-                                    numbers["max"]))
+                                    numbers["max"], per))
     return references
 
 
@@ -497,6 +522,9 @@ def check_rows(references: list[Reference], results: list[PointResult]) -> list[
                              reference.allowed(), "FAIL"], False))
             continue
         client, metric = split
+        if reference.per == "point":
+            checked += _point_checks(reference, metric, by_client[client])
+            continue
         for row in by_client[client]:
             point = point_label(row.values)
             value = row.metrics().get(metric)
@@ -507,6 +535,40 @@ def check_rows(references: list[Reference], results: list[PointResult]) -> list[
             passed = reference.passes(value)
             checked.append(([reference.key, point, row.job, f"{_number(value)}{_unit(metric)}", reference.allowed(),
                              "pass" if passed else "FAIL"], passed))
+    return checked
+
+
+def mean_interval(values: list[float], confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float, float]:
+    """(mean, low, high): the mean and its t interval, mean +- t(1 - alpha/2, n - 1) s / sqrt(n); with one value the
+    value itself."""
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return mean, mean, mean
+    from .stats import t_quantile
+
+    deviation = math.sqrt(math.fsum((x - mean) ** 2 for x in values) / (len(values) - 1))
+    half = t_quantile(0.5 + confidence / 200, len(values) - 1) * deviation / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def _point_checks(reference: Reference, metric: str, rows: list[PointResult]) -> list[tuple[list[str], bool]]:
+    """`per: point`: one row per point, its mean over the repeats and 95% interval against the bounds; a FAIL only
+    when the interval lies wholly outside (`inconclusive` passes, and says so); a point without the metric fails."""
+    from .points import by_point
+
+    checked = []
+    for (_, _), repeats in by_point(rows).items():
+        point = point_label(repeats[0].values)
+        jobs = ", ".join(row.job for row in repeats) if len(repeats) <= 3 else f"{repeats[0].job} .. ({len(repeats)})"
+        values = [value for row in repeats if (value := row.metrics().get(metric)) is not None]
+        if not values:
+            checked.append(([reference.key, point, jobs, "missing", reference.allowed(), "FAIL"], False))
+            continue
+        mean, low, high = mean_interval(values)
+        shown = f"{_number(mean)}{_unit(metric)} (n={len(values)}"
+        shown += f", {DEFAULT_CONFIDENCE:g}% [{_number(low)}, {_number(high)}])" if len(values) > 1 else ")"
+        result = reference.judge(low, high)
+        checked.append(([reference.key, point, jobs, shown, reference.allowed(), result], result != "FAIL"))
     return checked
 
 
@@ -540,12 +602,16 @@ def cmd_check(args: argparse.Namespace) -> int:
             table.add_column(header)
         for cells, passed in checked:
             table.add_row(*(Text(terminal_text(cell)) for cell in cells[:-1]),
-                          Text(cells[-1], style="green" if passed else "red"))
+                          Text(cells[-1], style="yellow" if cells[-1] == "inconclusive" else "green" if passed else "red"))
         Console(file=sys.stdout).print(table)
     else:
         from ..core.terminal import print_table
 
         print_table(f"references of {run_dir.name}", CHECK_HEADERS, [cells for cells, _ in checked])
+    undecided = sum(1 for cells, _ in checked if cells[-1] == "inconclusive")
+    if undecided:
+        print(f"orchc: note: {undecided} reference check(s) inconclusive: a point's interval crosses a bound "
+              "(more repeats would decide)", file=sys.stderr)
     if failed:
         print(f"orchc: error: {failed} of {len(checked)} reference check(s) failed", file=sys.stderr)
         return 1
