@@ -350,8 +350,12 @@ def test_the_issues_noisy_throughput_is_inconclusive_with_the_repeats_that_would
     assert row["verdict"] == "inconclusive" and float(row["change_percent"]) < -30
     assert float(row["ci_low_percent"]) < -10 < float(row["ci_high_percent"])
     assert int(row["repeats_needed"]) > 3 and row["band_percent"] == "10.0"
-    table = orchc("compare", "a", "b", "--threshold", "*requests_per_s=10", cwd=tmp_path).stdout
-    assert f"inconclusive (n={row['repeats_needed']} would decide)" in table
+    done = orchc("compare", "a", "b", "--threshold", "*requests_per_s=10", cwd=tmp_path)
+    assert f"inconclusive (n={row['repeats_needed']} would decide)" in done.stdout
+    assert re.search(r"orchc: note: point bench.clients=1, bench.get.requests_per_s: 133343 -> 81802 1/s "
+                     r"\(-[0-9.]+%, 95% interval \[-[0-9.]+%, \+[0-9.]+%\]\) is beyond --threshold \*requests_per_s=10 but "
+                     f"its interval is not: inconclusive \\({row['repeats_needed']} repeats per run would decide at "
+                     r"this spread\)", done.stderr), done.stderr
 
 
 def test_one_repeat_beyond_a_threshold_is_inconclusive_and_said_so(tmp_path):

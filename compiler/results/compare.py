@@ -243,20 +243,29 @@ def threshold_failures(rows: list[Row], thresholds: list[Threshold]) -> list[str
 
 
 def undecided(rows: list[Row], thresholds: list[Threshold]) -> list[str]:
-    """A message per thresholded change whose value is beyond its threshold but that has one repeat on a side, so
-    no interval: not a failure (README "Comparing runs"), but worth saying."""
+    """A message per thresholded change whose value is beyond its threshold but whose interval is not wholly beyond
+    it (or that has one repeat on a side, so no interval): not a failure (README "Comparing runs"), but worth
+    saying, with the repeats that would decide."""
     found = []
     for threshold in thresholds:
         for row in rows:
             bad = threshold.bad_direction(row.metric) if threshold.matches(row.client, row.metric) else 0
-            if not bad or row.stats is None or row.stats.interval_percent is not None:
+            if not bad or row.stats is None or beyond(row.stats, bad, threshold.percent):
                 continue
             assert row.a is not None and row.b is not None
-            if beyond(change_of(row.series_a, row.series_b, point_estimates=True), bad, threshold.percent):
-                found.append(f"point {point_label(row.values)}, {row.client}.{row.metric}: {_number(row.a.mean)} -> "
-                             f"{_number(row.b.mean)}{_unit(row.metric)} ({_percent(row.change)}) is beyond "
-                             f"--threshold {threshold.text}, but with one repeat (n={row.a.n} -> n={row.b.n}) there is "
-                             "no interval: inconclusive (run repeats, or judge single values with --point-estimates)")
+            low_edge, high_edge = row.stats.edges(threshold.percent)
+            if not (row.stats.difference > high_edge if bad > 0 else row.stats.difference < low_edge):
+                continue  # the change itself is within the threshold
+            where = (f"point {point_label(row.values)}, {row.client}.{row.metric}: {_number(row.a.mean)} -> "
+                     f"{_number(row.b.mean)}{_unit(row.metric)} ({_described_change(row)}) is beyond --threshold "
+                     f"{threshold.text}")
+            if row.interval is None:
+                found.append(f"{where}, but with one repeat (n={row.a.n} -> n={row.b.n}) there is no interval: "
+                             "inconclusive (run repeats, or judge single values with --point-estimates)")
+                continue
+            needed = repeats_needed(row.stats, threshold.percent, row.judging.confidence)
+            found.append(f"{where} but its interval is not: inconclusive"
+                         + (f" ({needed} repeats per run would decide at this spread)" if needed else ""))
     return found
 
 
