@@ -123,3 +123,14 @@ def test_the_false_alarm_rate_of_an_interval_at_zero_band_is_the_stated_one():
         assert found.low is not None and found.high is not None
         misses += not found.low <= 0 <= found.high
     assert 0.03 < misses / trials < 0.07
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ([-1e308, -1e308], [-1e308, -1e308]), ([1e308, 1e308, -1e308], [1e308, -1e308]), ([1e308, -1e308], [0.0, 1.0]),
+    ([1e-300, 1e308], [1e308, 1e-300]), ([1e200, -1e200, 1e154], [1.0, 2.0]), ([0.0, 1e-320], [1e-320, 0.0]),
+    ([1e-320, 2e-320], [1e308, 1.5e308]),
+])
+def test_numbers_near_the_float_range_never_raise(a, b):
+    found = change(a, b)
+    verdict(found, -1, 10)
+    repeats_needed(found, 10)

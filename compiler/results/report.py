@@ -229,8 +229,9 @@ def knee_over_repeats(throughput: Sequence[Sequence[float]], latency: Sequence[S
     """`knee` on each point's repeats: where both points of a step have 2 or more repeats of both metrics, the rule
     must hold for the whole confidence interval of the step's change (stats.change: the throughput's interval below
     +gain, the latency's above +growth), so a step within the noise of the repeats is no knee; otherwise the means."""
-    measured = [i for i, (t, lat) in enumerate(zip(throughput, latency))
-                if t and lat and math.fsum(t) > 0 and math.fsum(lat) > 0]
+    from .stats import mean_of
+
+    measured = [i for i, (t, lat) in enumerate(zip(throughput, latency)) if t and lat and mean_of(t) > 0 and mean_of(lat) > 0]
     for i, j in itertools.pairwise(measured):
         if _past_the_knee(throughput[i], throughput[j], latency[i], latency[j], gain, growth, confidence):
             return i
@@ -239,12 +240,11 @@ def knee_over_repeats(throughput: Sequence[Sequence[float]], latency: Sequence[S
 
 def _past_the_knee(t_i: Sequence[float], t_j: Sequence[float], l_i: Sequence[float], l_j: Sequence[float],
                    gain: float, growth: float, confidence: float) -> bool:
-    from .stats import change
+    from .stats import change, mean_of
 
     if min(len(t_i), len(t_j), len(l_i), len(l_j)) < 2:
-        mean_t_i, mean_l_i = math.fsum(t_i) / len(t_i), math.fsum(l_i) / len(l_i)
-        return ((math.fsum(t_j) / len(t_j) - mean_t_i) / mean_t_i < gain
-                and (math.fsum(l_j) / len(l_j) - mean_l_i) / mean_l_i > growth)
+        mean_t_i, mean_l_i = mean_of(t_i), mean_of(l_i)
+        return (mean_of(t_j) - mean_t_i) / mean_t_i < gain and (mean_of(l_j) - mean_l_i) / mean_l_i > growth
     rate, delay = change(t_i, t_j, confidence).interval_percent, change(l_i, l_j, confidence).interval_percent
     assert rate is not None and delay is not None
     return rate[1] < gain * 100 and delay[0] > growth * 100

@@ -171,11 +171,23 @@ class Change:
         return -band / 100.0, band / 100.0
 
 
+def mean_of(values: Sequence[float]) -> float:
+    try:
+        return math.fsum(values) / len(values)
+    except OverflowError:  # the sum leaves the float range (1e308 + 1e308), the mean does not
+        return math.fsum(x / len(values) for x in values)
+
+
 def _mean_variance(values: Sequence[float]) -> tuple[float, float | None]:
-    mean = math.fsum(values) / len(values)
+    """The mean and sample variance (inf when the squares leave the float range, never an OverflowError)."""
+    mean = mean_of(values)
     if len(values) < 2:
         return mean, None
-    return mean, math.fsum((x - mean) ** 2 for x in values) / (len(values) - 1)
+    deviations = [x - mean for x in values]
+    try:
+        return mean, math.fsum(d * d for d in deviations) / (len(values) - 1)
+    except (OverflowError, ValueError):
+        return mean, math.inf
 
 
 def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float) -> tuple[float, float, float, float] | None:
@@ -191,7 +203,10 @@ def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float) ->
     difference = mean_b - mean_a
     if spread == 0.0 or not math.isfinite(spread):
         return (difference, difference, difference, math.inf) if spread == 0.0 else (difference, -math.inf, math.inf, 1.0)
-    df = (share_a + share_b) ** 2 / (share_a ** 2 / (len(a) - 1) + share_b ** 2 / (len(b) - 1))
+    total = share_a + share_b  # products, not **: a float ** that leaves the range raises, a product is inf
+    df = total * total / (share_a * share_a / (len(a) - 1) + share_b * share_b / (len(b) - 1))
+    if not df > 0 or not math.isfinite(df):  # inf / inf: the spread is beyond the float range
+        return difference, -math.inf, math.inf, 1.0
     half = t_quantile(0.5 + confidence / 200.0, df) * spread
     return difference, difference - half, difference + half, df
 
@@ -205,7 +220,7 @@ def change(a: Sequence[float], b: Sequence[float], confidence: float = DEFAULT_C
         xa, xb = [math.log(x) for x in a], [math.log(x) for x in b]
     else:
         method = "linear"
-        base = abs(math.fsum(a) / len(a))
+        base = abs(mean_of(a))
         zero_base = base == 0.0
         xa, xb = (list(a), list(b)) if zero_base else ([x / base for x in a], [x / base for x in b])
     found = welch_interval(xa, xb, confidence)
@@ -255,7 +270,7 @@ def repeats_needed(found: Change, band: float, confidence: float = DEFAULT_CONFI
     total = sum(known) * 2 / len(known)
     low_edge, high_edge = found.edges(band)
     margin = min(abs(found.difference - low_edge), abs(found.difference - high_edge))
-    if margin == 0.0 or not math.isfinite(margin):
+    if margin == 0.0 or not math.isfinite(margin) or not math.isfinite(total):
         return None
     if total == 0.0:
         return 2
@@ -264,10 +279,11 @@ def repeats_needed(found: Change, band: float, confidence: float = DEFAULT_CONFI
     def enough(n: int) -> bool:
         return t_quantile(level, 2 * n - 2) * math.sqrt(total / n) < margin
 
-    low = max(2, math.floor(total * (1.959963984540054 / margin) ** 2))  # the normal quantile's n is a lower bound
-    if low > MAX_REPEATS or not enough(MAX_REPEATS):
+    ratio = 1.959963984540054 / margin
+    rough = total * ratio * ratio  # the normal quantile's n is a lower bound
+    if rough > MAX_REPEATS or not enough(MAX_REPEATS):
         return None
-    high = MAX_REPEATS
+    low, high = max(2, math.floor(rough)), MAX_REPEATS
     while low < high:  # t(2n - 2) * sqrt(total / n) falls as n grows
         middle = (low + high) // 2
         low, high = (low, middle) if enough(middle) else (middle + 1, high)
