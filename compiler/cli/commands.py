@@ -84,7 +84,12 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     compare.add_argument("run_a", metavar="RUN_A", help="a run folder, or the name of one under runs/: the baseline")
     compare.add_argument("run_b", metavar="RUN_B", help="a run folder, or the name of one under runs/: compared with RUN_A")
     compare.add_argument("--threshold", action="append", metavar="METRIC=PCT",
-                         help="exit 1 when METRIC (a glob) gets worse by more than PCT %%; +PCT/-PCT: a rise/fall")
+                         help="exit 1 when METRIC (a glob) gets worse by more than PCT %% with the confidence of "
+                              "--confidence; +PCT/-PCT: a rise/fall")
+    compare.add_argument("--confidence", default="95", metavar="PCT",
+                         help="the confidence of the intervals, in %% (default 95)")
+    compare.add_argument("--point-estimates", action="store_true",
+                         help="judge a side with a single repeat by its value (default: inconclusive)")
     compare_form = compare.add_mutually_exclusive_group()
     compare_form.add_argument("--json", action="store_true",
                               help="print every row as JSON: n, mean, stdev, min and max of each side, change, verdict")

@@ -2,8 +2,9 @@
 (`orchc results --check`). Run side: both read results through points.point_results.
 
 Points of two runs are matched by their swept values (never by name: p03 of one sweep may be p01 of
-another); a run without a sweep is one point with no values. Repeats of a client at a point are averaged.
-Whether a change is better or worse is decided from the metric's name by `direction` (README "Comparing runs").
+another); a run without a sweep is one point with no values. Repeats of a client at a point are averaged, and
+the change between runs gets a confidence interval over them (stats.py). Whether a change is better or worse is
+decided from the metric's name by `direction` (README "Comparing runs").
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import sys
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..core.errors import ClusterError
 from ..run.runs import EXIT_NOT_FINISHED, UNFINISHED_STATES
 from .metrics import direction, direction_name, metric_matches, near_metrics
+from .stats import DEFAULT_BAND, DEFAULT_CONFIDENCE, Change, beyond, repeats_needed, verdict
+from .stats import change as change_of
 
 if TYPE_CHECKING:
     from ..run.runs import Run
@@ -30,7 +34,8 @@ if TYPE_CHECKING:
 
 _THRESHOLD = re.compile(r"(?P<pattern>[^=\s]+)=(?P<sign>[+-]?)(?P<pct>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)%?")
 COMPARE_CSV_HEADERS = ["run_a", "run_b", "point", "point_a", "point_b", "client", "metric", "unit", "direction",
-                       "a", "a_n", "b", "b_n", "change_percent", "verdict"]
+                       "a", "a_n", "b", "b_n", "change_percent", "ci_low_percent", "ci_high_percent", "verdict",
+                       "repeats_needed", "band_percent"]
 CHECK_HEADERS = ["reference", "point", "job", "value", "allowed", "result"]
 
 
@@ -80,6 +85,14 @@ class Side:
         from .points import aggregates
 
         return aggregates(self.rows)
+
+    def series(self) -> dict[str, tuple[float, ...]]:
+        """Metric -> its value in each repeat that has it."""
+        found: dict[str, list[float]] = {}
+        for row in self.rows:
+            for name, value in row.metrics().items():
+                found.setdefault(name, []).append(value)
+        return {name: tuple(values) for name, values in found.items()}
 
 
 def point_key(values: Mapping[str, Any]) -> str:
@@ -161,6 +174,20 @@ def client_types(*sides: Mapping[tuple[str, str], Side]) -> dict[str, str]:
 # --- comparing ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Judging:
+    """How changes are judged: the interval's confidence (%), whether a single repeat counts as a value, and the
+    thresholds (a metric's band of `no change` is the smallest threshold naming it, else DEFAULT_BAND)."""
+
+    confidence: float = DEFAULT_CONFIDENCE
+    point_estimates: bool = False
+    thresholds: tuple[Threshold, ...] = ()
+
+    def band(self, client: str, metric: str) -> float:
+        named = [t.percent for t in self.thresholds if t.matches(client, metric) and t.bad_direction(metric)]
+        return min(named, default=DEFAULT_BAND)
+
+
+@dataclass(frozen=True)
 class Row:
     values: Mapping[str, Any]
     point_a: str | None
@@ -169,33 +196,52 @@ class Row:
     metric: str
     a: Aggregate | None
     b: Aggregate | None
+    series_a: tuple[float, ...] = ()
+    series_b: tuple[float, ...] = ()
+    judging: Judging = Judging()
+
+    @cached_property
+    def stats(self) -> Change | None:
+        """B against A with its interval (stats.change); None when a side is missing."""
+        if self.a is None or self.b is None or not self.series_a or not self.series_b:
+            return None
+        return change_of(self.series_a, self.series_b, self.judging.confidence, self.judging.point_estimates)
 
     @property
     def change(self) -> float | None:
-        """B against A in % of |A| (+-inf when A is 0 and B is not); None when a side is missing."""
-        if self.a is None or self.b is None:
+        """B against A in % of A: the ratio of geometric means (of |A|'s mean for values not all positive; +-inf
+        when A is 0 and B is not); None when a side is missing."""
+        return None if self.stats is None else self.stats.change_percent
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """The confidence interval of the change in %; None with a single repeat on a side (even when judged by
+        --point-estimates: a value has no interval)."""
+        if self.stats is None or min(len(self.series_a), len(self.series_b)) < 2:
             return None
-        if self.a.mean == self.b.mean:
-            return 0.0
-        if self.a.mean == 0:
-            return math.copysign(math.inf, self.b.mean)
-        return (self.b.mean - self.a.mean) / abs(self.a.mean) * 100
+        return self.stats.interval_percent
+
+    @property
+    def band(self) -> float:
+        return self.judging.band(self.client, self.metric)
 
     @property
     def verdict(self) -> str:
-        change = self.change
         if self.b is None:
             return "only in A"
-        if self.a is None:
+        if self.a is None or self.stats is None:
             return "only in B"
-        assert change is not None
-        if change == 0:
-            return "same"
-        way = direction(self.metric) * (1 if change > 0 else -1)
-        return {1: "better", -1: "worse"}.get(way, "changed")
+        return verdict(self.stats, direction(self.metric), self.band)
+
+    @property
+    def repeats_needed(self) -> int | None:
+        """Repeats per run that would decide an inconclusive change at the observed spread (stats.repeats_needed)."""
+        if self.stats is None or self.verdict != "inconclusive":
+            return None
+        return repeats_needed(self.stats, self.band, self.judging.confidence)
 
 
-def compare_rows(a: dict[tuple[str, str], Side], b: dict[tuple[str, str], Side]) -> list[Row]:
+def compare_rows(a: dict[tuple[str, str], Side], b: dict[tuple[str, str], Side], judging: Judging = Judging()) -> list[Row]:
     """Every (point, client, metric) of either run: A's order, then what only B has."""
     rows = []
     for key in [*a, *(key for key in b if key not in a)]:
@@ -203,9 +249,11 @@ def compare_rows(a: dict[tuple[str, str], Side], b: dict[tuple[str, str], Side])
         some = side_a or side_b
         assert some is not None
         stats_a, stats_b = side_a.stats() if side_a else {}, side_b.stats() if side_b else {}
+        series_a, series_b = side_a.series() if side_a else {}, side_b.series() if side_b else {}
         for metric in sorted({*stats_a, *stats_b}):
             rows.append(Row(some.values, side_a.point if side_a else None, side_b.point if side_b else None, key[1],
-                            metric, stats_a.get(metric), stats_b.get(metric)))
+                            metric, stats_a.get(metric), stats_b.get(metric), series_a.get(metric, ()),
+                            series_b.get(metric, ()), judging))
     return rows
 
 
@@ -231,13 +279,12 @@ def threshold_failures(rows: list[Row], thresholds: list[Threshold]) -> list[str
             if row.b is None:
                 failures.append(f"{where}: {_number(row.a.mean)} in A, missing in B (--threshold {threshold.text})")
                 continue
-            change = row.change
-            assert change is not None
+            assert row.stats is not None
             bad = threshold.bad_direction(row.metric)
-            if change * bad > threshold.percent:
+            if beyond(row.stats, bad, threshold.percent):
                 way = "rise" if bad > 0 else "fall"
                 failures.append(f"{where}: {_number(row.a.mean)} -> {_number(row.b.mean)}{_unit(row.metric)} "
-                                f"({_percent(change)}), a {way} beyond the {threshold.percent:g}% allowed "
+                                f"({_described_change(row)}), a {way} beyond the {threshold.percent:g}% allowed "
                                 f"(--threshold {threshold.text})")
     return failures
 
@@ -252,6 +299,45 @@ def _judged_failures(rows: list[Row], judged: list[Row], thresholds: list[Thresh
         elif not any(threshold.matches(row.client, row.metric) for row in rows):
             threshold_failures(rows, [threshold])       # raises: it matches no metric of either run
     return failures
+
+
+def undecided(rows: list[Row], thresholds: list[Threshold]) -> list[str]:
+    """A message per thresholded change whose value is beyond its threshold but whose interval is not wholly beyond
+    it (or that has one repeat on a side, so no interval): not a failure (README "Comparing runs"), but worth
+    saying, with the repeats that would decide."""
+    found = []
+    for threshold in thresholds:
+        for row in rows:
+            bad = threshold.bad_direction(row.metric) if threshold.matches(row.client, row.metric) else 0
+            if not bad or row.stats is None or beyond(row.stats, bad, threshold.percent):
+                continue
+            assert row.a is not None and row.b is not None
+            low_edge, high_edge = row.stats.edges(threshold.percent)
+            if not (row.stats.difference > high_edge if bad > 0 else row.stats.difference < low_edge):
+                continue  # the change itself is within the threshold
+            where = (f"point {point_label(row.values)}, {row.client}.{row.metric}: {_number(row.a.mean)} -> "
+                     f"{_number(row.b.mean)}{_unit(row.metric)} ({_described_change(row)}) is beyond --threshold "
+                     f"{threshold.text}")
+            if row.interval is None:
+                found.append(f"{where}, but with one repeat (n={row.a.n} -> n={row.b.n}) there is no interval: "
+                             "inconclusive (run repeats, or judge single values with --point-estimates)")
+                continue
+            needed = repeats_needed(row.stats, threshold.percent, row.judging.confidence)
+            found.append(f"{where} but its interval is not: inconclusive"
+                         + (f" ({needed} repeats per run would decide at this spread)" if needed else ""))
+    return found
+
+
+def _described_change(row: Row) -> str:
+    """The change, and its interval when it is one (not a single value's point estimate)."""
+    interval = row.interval
+    if interval is None:
+        return _percent(row.change)
+    return f"{_percent(row.change)}, {row.judging.confidence:g}% interval {_interval(interval)}"
+
+
+def _interval(interval: tuple[float, float] | None) -> str:
+    return "-" if interval is None else f"[{_percent(interval[0])}, {_percent(interval[1])}]"
 
 
 def _unit(metric: str) -> str:
@@ -298,13 +384,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..run.runs import load_run
 
     thresholds = [parse_threshold(text) for text in args.threshold or []]
+    judging = Judging(parse_confidence(getattr(args, "confidence", None)), bool(getattr(args, "point_estimates", False)),
+                      tuple(thresholds))
     dir_a, run_a = load_run(args.run_a)
     dir_b, run_b = load_run(args.run_b)
     name_a, name_b = dir_a.resolve().name, dir_b.resolve().name
     state_a, current_a = _state_noted(f"A {name_a}", dir_a, run_a)
     state_b, current_b = _state_noted(f"B {name_b}", dir_b, run_b)
     sides_a, sides_b = _sides(dir_a, run_a), _sides(dir_b, run_b)
-    rows = compare_rows(sides_a, sides_b)
+    rows = compare_rows(sides_a, sides_b, judging)
     # what a run still going has not written yet is no change: thresholds judge what both runs have
     judged = [row for row in rows if not ((row.a is None and state_a in UNFINISHED_STATES)
                                           or (row.b is None and state_b in UNFINISHED_STATES))]
@@ -317,7 +405,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             {"point": dict(row.values), "point_a": row.point_a, "point_b": row.point_b, "client": row.client,
              "metric": row.metric, "direction": direction_name(direction(row.metric)),
              "a": _json_aggregate(row.a), "b": _json_aggregate(row.b), "change_percent": _finite(row.change),
-             "verdict": row.verdict, "headline": index in heads} for index, row in enumerate(rows)],
+             "ci_low_percent": _finite(row.interval[0]) if row.interval else None,
+             "ci_high_percent": _finite(row.interval[1]) if row.interval else None,
+             "verdict": row.verdict, "repeats_needed": row.repeats_needed, "band_percent": row.band,
+             "headline": index in heads} for index, row in enumerate(rows)],
+            "confidence_percent": judging.confidence, "point_estimates": judging.point_estimates,
             "thresholds": [threshold.text for threshold in thresholds], "failures": failures}, indent=2,
             sort_keys=True))
     elif args.csv:
@@ -326,13 +418,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         table: list[list[Any]] = [COMPARE_CSV_HEADERS]
         for row in rows:
-            change = _finite(row.change)
+            low, high = row.interval or (None, None)
+            needed = row.repeats_needed
             table.append([name_a, name_b, json.dumps(dict(row.values), sort_keys=True, default=str),
                              row.point_a or "", row.point_b or "", row.client, row.metric, unit_of(row.metric),
                              direction_name(direction(row.metric)),
                              "" if row.a is None else repr(row.a.mean), "" if row.a is None else row.a.n,
                              "" if row.b is None else repr(row.b.mean), "" if row.b is None else row.b.n,
-                             "" if change is None else repr(change), row.verdict])
+                             *("" if (number := _finite(value)) is None else repr(number) for value in (row.change, low, high)),
+                             row.verdict, "" if needed is None else needed, repr(row.band)])
         write_csv(table)
     else:
         # the headline rows, and every row a threshold names
@@ -346,7 +440,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..core.terminal import terminal_text
 
     for note in [*_notes(f"A {name_a}", sides_a.values(), _not_ended(current_a)),
-                 *_notes(f"B {name_b}", sides_b.values(), _not_ended(current_b))]:
+                 *_notes(f"B {name_b}", sides_b.values(), _not_ended(current_b)), *undecided(judged, thresholds)]:
         print(f"orchc: note: {terminal_text(note)}", file=sys.stderr)
     for failure in failures:
         print(f"orchc: regression: {terminal_text(failure)}", file=sys.stderr)
@@ -359,6 +453,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_confidence(text: str | None) -> float:
+    """--confidence: a percent strictly between 50 and 100 (95, 99.5, 90%)."""
+    if text is None:
+        return DEFAULT_CONFIDENCE
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]*)?)%?", text.strip())
+    if not match or not 50 < float(match[1]) < 100:
+        raise ClusterError(f"--confidence {text[:40]!r}: expected a percent between 50 and 100 (such as 95)")
+    return float(match[1])
+
+
+def _verdict_cell(row: Row) -> str:
+    needed = row.repeats_needed
+    return f"{row.verdict} (n={needed} would decide)" if needed is not None else row.verdict
+
+
 _STYLES = {"better": "green", "worse": "red", "only in A": "yellow", "only in B": "yellow"}
 
 
@@ -367,9 +476,10 @@ def _print_comparison(title: str, rows: list[Row], stream: TextIO | None = None)
     from .metrics import unit_of
 
     stream = stream or sys.stdout
-    headers = ["point", "client", "metric", "unit", "A", "B", "change", ""]
+    confidence = rows[0].judging.confidence if rows else DEFAULT_CONFIDENCE
+    headers = ["point", "client", "metric", "unit", "A", "B", "change", f"{confidence:g}% interval", "verdict"]
     cells = [[point_label(row.values), row.client, row.metric, unit_of(row.metric), _cell(row.a), _cell(row.b),
-              _percent(row.change), row.verdict] for row in rows]
+              _percent(row.change), _interval(row.interval), _verdict_cell(row)] for row in rows]
     if not is_terminal(stream):
         print_table(title, headers, cells, stream)
         return
@@ -379,11 +489,10 @@ def _print_comparison(title: str, rows: list[Row], stream: TextIO | None = None)
 
     table = Table(title=Text(terminal_text(title)), title_justify="left")
     for header in headers:
-        table.add_column(header, justify="right" if header in ("A", "B", "change") else "left")
+        table.add_column(header, justify="right" if header in ("A", "B", "change", headers[7]) else "left")
     for row, line in zip(rows, cells, strict=True):
         style = _STYLES.get(row.verdict, "")
-        table.add_row(*(Text(terminal_text(text)) for text in line[:6]), Text(line[6], style=style),
-                      Text(line[7], style=style))
+        table.add_row(*(Text(terminal_text(text)) for text in line[:6]), *(Text(text, style=style) for text in line[6:]))
     Console(file=stream).print(table)
 
 
@@ -396,6 +505,8 @@ class Reference:
     tolerance_percent: float | None
     min: float | None
     max: float | None
+    per: str = "repeat"
+    """`repeat`: every repeat's value is checked; `point`: the mean over each point's repeats, with its interval"""
 
     def allowed(self) -> str:
         parts = []
@@ -409,14 +520,34 @@ class Reference:
             parts.append(f"<= {_number(self.max)}")
         return ", ".join(parts)
 
+    def bounds(self) -> tuple[float, float]:
+        """The allowed range, every condition given together."""
+        low, high = -math.inf, math.inf
+        if self.expect is not None and self.tolerance_percent is not None:
+            spread = abs(self.expect) * self.tolerance_percent / 100
+            low, high = self.expect - spread, self.expect + spread
+        if self.min is not None:
+            low = max(low, self.min)
+        if self.max is not None:
+            high = min(high, self.max)
+        return low, high
+
     def passes(self, value: float) -> bool:
-        if (self.expect is not None and self.tolerance_percent is not None
-                and abs(value - self.expect) > abs(self.expect) * self.tolerance_percent / 100):
-            return False
-        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+        low, high = self.bounds()
+        return low <= value <= high
+
+    def judge(self, low: float, high: float) -> str:
+        """An interval against the bounds: `pass` wholly within, `FAIL` wholly outside, else `inconclusive`."""
+        allowed_low, allowed_high = self.bounds()
+        if allowed_low <= low and high <= allowed_high:
+            return "pass"
+        if high < allowed_low or low > allowed_high:
+            return "FAIL"
+        return "inconclusive"
 
 
 _REFERENCE_FIELDS = ("expect", "tolerance_percent", "min", "max")
+_REFERENCE_FORMS = ("repeat", "point")
 
 
 def read_references(manifest: Mapping[str, Any], where: str) -> list[Reference]:
@@ -430,8 +561,11 @@ def read_references(manifest: Mapping[str, Any], where: str) -> list[Reference]:
     references = []
     for key, spec in found.items():
         label = f"{where}: references.{str(key)[:80]}"
-        if not isinstance(spec, dict) or not spec or set(spec) - set(_REFERENCE_FIELDS):
+        if not isinstance(spec, dict) or not set(spec) - {"per"} or set(spec) - {*_REFERENCE_FIELDS, "per"}:
             raise ClusterError(f"{label}: expected {{expect: N, tolerance_percent: P}} and/or {{min: N}} / {{max: N}}")
+        per = spec.get("per", "repeat")
+        if per not in _REFERENCE_FORMS:
+            raise ClusterError(f"{label}: per is {str(per)[:40]!r}, expected repeat or point")
         numbers: dict[str, float | None] = {}
         for name in _REFERENCE_FIELDS:
             value = spec.get(name)
@@ -444,7 +578,7 @@ def read_references(manifest: Mapping[str, Any], where: str) -> list[Reference]:
         if numbers["tolerance_percent"] is not None and numbers["tolerance_percent"] < 0:
             raise ClusterError(f"{label}: tolerance_percent is negative")
         references.append(Reference(str(key), numbers["expect"], numbers["tolerance_percent"], numbers["min"],
-                                    numbers["max"]))
+                                    numbers["max"], per))
     return references
 
 
@@ -475,6 +609,9 @@ def check_rows(references: list[Reference], results: list[PointResult],
                              reference.allowed(), "FAIL"], False))
             continue
         client, pattern = split
+        if reference.per == "point":
+            checked += _point_checks(reference, pattern, by_client[client])
+            continue
         for row in by_client[client]:
             point = point_label(row.values)
             found = row.metrics()
@@ -492,6 +629,44 @@ def check_rows(references: list[Reference], results: list[PointResult],
                 named = reference.key if metric == pattern else f"{reference.key} ({metric})"
                 checked.append(([named, point, row.job, f"{_number(value)}{_unit(metric)}", reference.allowed(),
                                  "pass" if passed else "FAIL"], passed))
+    return checked
+
+
+def mean_interval(values: list[float], confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float, float]:
+    """(mean, low, high): the mean and its t interval, mean +- t(1 - alpha/2, n - 1) s / sqrt(n); with one value the
+    value itself."""
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return mean, mean, mean
+    from .stats import t_quantile
+
+    deviation = math.sqrt(math.fsum((x - mean) ** 2 for x in values) / (len(values) - 1))
+    half = t_quantile(0.5 + confidence / 200, len(values) - 1) * deviation / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def _point_checks(reference: Reference, pattern: str, rows: list[PointResult]) -> list[tuple[list[str], bool | None]]:
+    """`per: point`: one row per point and matching metric, its mean over the repeats and 95% interval against the
+    bounds; a FAIL only when the interval lies wholly outside (`inconclusive` passes, and says so); a point without
+    the metric fails."""
+    from .points import by_point
+
+    checked: list[tuple[list[str], bool | None]] = []
+    for (_, _), repeats in by_point(rows).items():
+        point = point_label(repeats[0].values)
+        jobs = ", ".join(row.job for row in repeats) if len(repeats) <= 3 else f"{repeats[0].job} .. ({len(repeats)})"
+        names = sorted({name for row in repeats for name in row.metrics() if metric_matches(name, pattern)})
+        if not names:
+            checked.append(([reference.key, point, jobs, "missing", reference.allowed(), "FAIL"], False))
+            continue
+        for metric in [pattern] if pattern in names else names:
+            values = [value for row in repeats if (value := row.metrics().get(metric)) is not None]
+            mean, low, high = mean_interval(values)
+            shown = f"{_number(mean)}{_unit(metric)} (n={len(values)}"
+            shown += f", {DEFAULT_CONFIDENCE:g}% [{_number(low)}, {_number(high)}])" if len(values) > 1 else ")"
+            result = reference.judge(low, high)
+            named = reference.key if metric == pattern else f"{reference.key} ({metric})"
+            checked.append(([named, point, jobs, shown, reference.allowed(), result], result != "FAIL"))
     return checked
 
 
@@ -528,12 +703,16 @@ def cmd_check(args: argparse.Namespace) -> int:
             table.add_column(header)
         for cells, passed in checked:
             table.add_row(*(Text(terminal_text(cell)) for cell in cells[:-1]),
-                          Text(cells[-1], style=_CHECK_STYLES[passed]))
+                          Text(cells[-1], style="yellow" if cells[-1] == "inconclusive" else _CHECK_STYLES[passed]))
         Console(file=sys.stdout).print(table)
     else:
         from ..core.terminal import print_table
 
         print_table(f"references of {run_dir.name}", CHECK_HEADERS, [cells for cells, _ in checked])
+    undecided = sum(1 for cells, _ in checked if cells[-1] == "inconclusive")
+    if undecided:
+        print(f"orchc: note: {undecided} reference check(s) inconclusive: a point's interval crosses a bound "
+              "(more repeats would decide)", file=sys.stderr)
     if failed:
         print(f"orchc: error: {failed} of {len(checked)} reference check(s) failed", file=sys.stderr)
         return 1

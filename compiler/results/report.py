@@ -43,6 +43,8 @@ KNEE_GAIN = 0.10
 """a step that adds less than this share of throughput ..."""
 KNEE_GROWTH = 0.50
 """... while the tail latency grows by more than this share is past the knee"""
+KNEE_CONFIDENCE = 95.0
+"""with repeats, both must hold for this confidence interval of the step's change"""
 REPORT_NAME = "report.html"
 MAX_PLOTS = 200
 """Plots drawn at most (matplotlib takes a good part of a second each); the report says how many it left out."""
@@ -217,14 +219,35 @@ def knee(throughput: Sequence[float | None], latency: Sequence[float | None],
     step (between consecutive measured points) that adds less than `gain` of throughput
     ((T[j] - T[i]) / T[i] < gain) while the latency grows by more than `growth` ((L[j] - L[i]) / L[i] > growth).
     None when no step does (still scaling, or flat), or a value is missing or not positive."""
-    measured = [i for i, (t, lat) in enumerate(zip(throughput, latency))
-                if t is not None and lat is not None and t > 0 and lat > 0]
+    return knee_over_repeats([[] if t is None else [t] for t in throughput], [[] if lat is None else [lat] for lat in latency],
+                             gain, growth)
+
+
+def knee_over_repeats(throughput: Sequence[Sequence[float]], latency: Sequence[Sequence[float]],
+                      gain: float = KNEE_GAIN, growth: float = KNEE_GROWTH,
+                      confidence: float = KNEE_CONFIDENCE) -> int | None:
+    """`knee` on each point's repeats: where both points of a step have 2 or more repeats of both metrics, the rule
+    must hold for the whole confidence interval of the step's change (stats.change: the throughput's interval below
+    +gain, the latency's above +growth), so a step within the noise of the repeats is no knee; otherwise the means."""
+    from .stats import mean_of
+
+    measured = [i for i, (t, lat) in enumerate(zip(throughput, latency)) if t and lat and mean_of(t) > 0 and mean_of(lat) > 0]
     for i, j in itertools.pairwise(measured):
-        t_i, t_j, l_i, l_j = throughput[i], throughput[j], latency[i], latency[j]
-        assert t_i is not None and t_j is not None and l_i is not None and l_j is not None
-        if (t_j - t_i) / t_i < gain and (l_j - l_i) / l_i > growth:
+        if _past_the_knee(throughput[i], throughput[j], latency[i], latency[j], gain, growth, confidence):
             return i
     return None
+
+
+def _past_the_knee(t_i: Sequence[float], t_j: Sequence[float], l_i: Sequence[float], l_j: Sequence[float],
+                   gain: float, growth: float, confidence: float) -> bool:
+    from .stats import change, mean_of
+
+    if min(len(t_i), len(t_j), len(l_i), len(l_j)) < 2:
+        mean_t_i, mean_l_i = mean_of(t_i), mean_of(l_i)
+        return (mean_of(t_j) - mean_t_i) / mean_t_i < gain and (mean_of(l_j) - mean_l_i) / mean_l_i > growth
+    rate, delay = change(t_i, t_j, confidence).interval_percent, change(l_i, l_j, confidence).interval_percent
+    assert rate is not None and delay is not None
+    return rate[1] < gain * 100 and delay[0] > growth * 100
 
 
 # --- the run as points -------------------------------------------------------------------------------------
@@ -239,6 +262,10 @@ class PointStats:
     def mean(self, metric: str) -> float | None:
         found = self.stats.get(metric)
         return found.mean if found else None
+
+    def series(self, metric: str) -> list[float]:
+        """The metric's value in each repeat that has it."""
+        return [value for row in self.rows if (value := row.metrics().get(metric)) is not None]
 
     def error(self, metric: str) -> float:
         found = self.stats.get(metric)
@@ -371,7 +398,16 @@ class Knee:
         return (f"at {self.curve.key}={shown(self.at.values.get(self.curve.key))} ({self.at.label}): "
                 f"{self.throughput} {number(t0)}, {self.latency} {number(l0)}; the next step "
                 f"({self.curve.key}={shown(self.after.values.get(self.curve.key))}, {self.after.label}) adds "
-                f"{(t1 / t0 - 1) * 100:+.1f}% throughput for {(l1 / l0 - 1) * 100:+.1f}% latency")
+                f"{self._step(self.throughput, t0, t1)} throughput for {self._step(self.latency, l0, l1)} latency")
+
+    def _step(self, metric: str, before: float, after: float) -> str:
+        """The change of the means, and with repeats its interval (stats.change, at KNEE_CONFIDENCE)."""
+        from .stats import change
+
+        text = f"{(after / before - 1) * 100:+.1f}%"
+        a, b = self.at.series(metric), self.after.series(metric)
+        interval = change(a, b, KNEE_CONFIDENCE).interval_percent if a and b else None
+        return text if interval is None else f"{text} [{interval[0]:+.1f}%, {interval[1]:+.1f}%]"
 
 
 def knees(client: Client, keys: Sequence[str]) -> list[Knee]:
@@ -396,7 +432,8 @@ def knees(client: Client, keys: Sequence[str]) -> list[Knee]:
         assert latency is not None
         for key in keys:
             for curve in lines[key]:
-                index = knee([p.mean(throughput) for p in curve.points], [p.mean(latency) for p in curve.points])
+                index = knee_over_repeats([p.series(throughput) for p in curve.points],
+                                          [p.series(latency) for p in curve.points])
                 if index is not None:
                     after = next(p for p in curve.points[index + 1:]
                                  if p.mean(throughput) is not None and p.mean(latency) is not None)
@@ -797,7 +834,9 @@ def build(run_dir: Path, run: Run, folder_name: str, state: str | None = None,
     parts.append("<h2>Saturation</h2>")
     parts.append(f'<p class="note">A knee is the last point of a curve (one client along one swept parameter, '
                  f"the others fixed) before the first step that adds less than {KNEE_GAIN:.0%} throughput while "
-                 f"the tail latency grows by more than {KNEE_GROWTH:.0%} (README \"Reports\").</p>")
+                 f"the tail latency grows by more than {KNEE_GROWTH:.0%}; with repeats, both for the whole "
+                 f"{KNEE_CONFIDENCE:g}% interval of the step's change, so a step within the noise is no knee "
+                 f"(README \"Reports\").</p>")
     listed = [(client, knee_) for client in clients for knee_ in found[client.name]]
     if listed:
         parts.append("<ul>" + "".join(f"<li><b>{html.escape(client.name)}</b>"
