@@ -442,12 +442,13 @@ def check_rows(references: list[Reference], results: list[PointResult]) -> list[
 
 def cmd_check(args: argparse.Namespace) -> int:
     """`orchc results --check [RUN]`: every reference against every point and repeat; 1 when any fails."""
-    from .points import point_results, read_manifest
+    from .manifest import MANIFEST, read_manifest
+    from .points import point_results
     from .report import is_terminal, terminal_text
     from .runs import load_run
 
     run_dir, run = load_run(args.run_ref)
-    references = read_references(read_manifest(run_dir), str(run_dir / "manifest.json"))
+    references = read_references(read_manifest(run_dir), str(run_dir / MANIFEST))
     checked = check_rows(references, point_results(run_dir, run))
     failed = sum(1 for _, passed in checked if not passed)
     if args.json:

@@ -90,7 +90,7 @@ class Progress:
 
 def point_of_client(run_dir: Path) -> dict[str, str] | None:
     """Client job -> its sweep point, from the run's manifest.json; None for a run without a sweep."""
-    from .points import read_manifest, recorded_sweep
+    from .manifest import read_manifest, recorded_sweep
 
     manifest = read_manifest(run_dir)
     if recorded_sweep(manifest) is None:

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import ClusterError
 
 if TYPE_CHECKING:
-    from .points import Aggregate, PointResult, Sweep
+    from .manifest import Sweep
+    from .points import Aggregate, PointResult
     from .runs import Run
 
 NEEDS_MATPLOTLIB = "orchc report needs matplotlib: pip install 'orchc[report]'"
@@ -758,7 +759,8 @@ def build(run_dir: Path, run: Run, folder_name: str) -> Report:
     """The report of a run; plot files are linked as `folder_name/<file>`."""
     matplotlib, Figure = _matplotlib()
     from . import __version__
-    from .points import point_results, read_manifest, recorded_sweep
+    from .manifest import read_manifest, recorded_sweep
+    from .points import point_results
 
     manifest = read_manifest(run_dir)
     sweep = recorded_sweep(manifest)

@@ -17,7 +17,7 @@ from .errors import ClusterError
 from .options import compile_options
 
 if TYPE_CHECKING:
-    from .points import Sweep
+    from .manifest import Sweep
     from .runs import Run
 
 RESULT_HEADERS = ["job", "state", "metric", "value", "unit"]
@@ -312,7 +312,8 @@ def _result_rows(collected: dict[str, Any], job_states: dict[str, str]) -> list[
 def _csv_table(run: Run, run_dir: Path, collected: dict[str, Any], job_states: dict[str, str]) -> list[list[str]]:
     """The header and one row per job and metric, each swept key a column named by the key (pandas and
     spreadsheets read a value per cell, not the JSON of them all)."""
-    from .points import placements, read_manifest
+    from .manifest import read_manifest
+    from .points import placements
 
     placed = placements(read_manifest(run_dir))
     keys = list(dict.fromkeys(key for at in placed.values() if at.point for key in at.values))
@@ -389,7 +390,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     run_dir, run = load_run(args.run_ref)
     if not args.csv:
-        from .points import read_manifest, recorded_sweep
+        from .manifest import read_manifest, recorded_sweep
 
         manifest = read_manifest(run_dir)
         sweep = recorded_sweep(manifest)

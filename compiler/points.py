@@ -7,7 +7,6 @@ values}]}, and each client job's `point` and `repeat`. A run without a sweep has
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -15,10 +14,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .errors import ClusterError
-from .runs import LinkInRunFolder, Run, read_in_run, results
-
-_MANIFEST_LIMIT = 16 << 20
+from .manifest import read_manifest, recorded_sweep
+from .runs import Run, results
 
 
 @dataclass(frozen=True)
@@ -58,36 +55,6 @@ def finite(value: Any) -> float | None:
     except OverflowError:
         return None
     return number if math.isfinite(number) else None
-
-
-@dataclass(frozen=True)
-class Sweep:
-    keys: tuple[str, ...]
-    repeat: int
-    points: tuple[tuple[str, Mapping[str, Any]], ...]
-
-
-def read_manifest(run_dir: Path) -> dict[str, Any]:
-    """The run's manifest.json ({} when it is missing or unreadable: results stay readable without it)."""
-    try:
-        data = json.loads(read_in_run(run_dir, "manifest.json", _MANIFEST_LIMIT))
-    except LinkInRunFolder as exc:
-        raise ClusterError(str(exc)) from None
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def recorded_sweep(manifest: Mapping[str, Any]) -> Sweep | None:
-    """The sweep a manifest records; None for a run of one configuration."""
-    sweep = manifest.get("sweep")
-    if not isinstance(sweep, dict):
-        return None
-    keys = tuple(key for key in sweep.get("keys", []) if isinstance(key, str))
-    points = tuple((str(point["point"]), dict(point.get("values") or {})) for point in sweep.get("points", [])
-                   if isinstance(point, dict) and isinstance(point.get("point"), str))
-    repeat = sweep.get("repeat")
-    return Sweep(keys, repeat if isinstance(repeat, int) and repeat > 0 else 1, points)
 
 
 @dataclass(frozen=True)

@@ -299,10 +299,10 @@ def test_the_quick_exit_of_the_compile_side_loses_no_output_and_keeps_the_exit_s
 
 
 def test_manifest_text_is_json_dumps_indented_with_sorted_keys():
-    """emit.manifest_text writes what json.dumps(indent=2, sort_keys=True) writes, without its encoder."""
+    """manifest.manifest_text writes what json.dumps(indent=2, sort_keys=True) writes, without its encoder."""
     import random
 
-    from compiler.emit import manifest_text
+    from compiler.manifest import manifest_text
     from compiler.source import FrozenDict, FrozenList
 
     rng = random.Random(3)

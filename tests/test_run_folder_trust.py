@@ -208,7 +208,7 @@ def test_report_notes_a_gpu_trace_that_is_a_symlink_and_reads_none_of_it(fake, t
 
 def tampered(run: Path) -> None:
     """What an attacker with write access to the run folder does: edit a script, recompute the manifest's digest."""
-    from compiler.emit import digest
+    from compiler.manifest import digest
 
     script = run / "bench.sbatch"
     text = script.read_text()

@@ -12,8 +12,8 @@ import pytest
 
 from compiler import runs
 from compiler.errors import ClusterError
+from compiler.manifest import read_plan
 from compiler.pipeline import Options, compile_all
-from compiler.plan import read_plan
 from compiler.scheduler import FakeScheduler, register_scheduler
 
 RECIPE = ("site: local\nservices:\n  - name: cache\n    type: redis\n  - name: db\n    type: redis\n    ports: [6380]\n"
