@@ -28,7 +28,7 @@ def test_a_10000_job_recipe_without_aliases_compiles(orchc, tmp_path: Path):
     recipe = tmp_path / "plain.yaml"
     recipe.write_text(plain_recipe(5_000))
     assert recipe.stat().st_size > 1_000_000
-    from compiler.load import load_file
+    from compiler.core.load import load_file
 
     def values(node) -> int:   # every scalar, key and collection: what the loader counted against 200,000
         inner = node.value

@@ -56,7 +56,7 @@ def test_a_manifest_orchc_did_not_write_is_an_error_and_nothing_is_overwritten(o
 
 
 def test_a_manifest_larger_than_orchc_writes_is_refused_without_reading_it(orchc, tmp_path: Path):
-    from compiler.manifest import MANIFEST_LIMIT
+    from compiler.output.manifest import MANIFEST_LIMIT
 
     folder = compiled_once(orchc, tmp_path)
     with open(folder / "manifest.json", "r+b") as handle:
@@ -76,7 +76,7 @@ def test_a_manifest_that_is_a_fifo_is_an_error_not_a_hang(orchc, tmp_path: Path)
 
 
 def test_orchc_refuses_to_write_a_manifest_it_could_not_read_back(orchc, tmp_path: Path, monkeypatch):
-    from compiler import manifest
+    from compiler.output import manifest
 
     (tmp_path / "huge_sweep.yaml").write_text(sweep(4, 10))
     monkeypatch.setattr(manifest, "MANIFEST_LIMIT", 20_000)   # the 41-job manifest is ~24 KB
@@ -90,7 +90,7 @@ def test_orchc_refuses_to_write_a_manifest_it_could_not_read_back(orchc, tmp_pat
 def test_the_results_of_a_sweep_whose_manifest_is_over_16_mib_keep_their_points(tmp_path: Path):
     """points.py read the manifest with a 16 MiB limit and took a larger one for none: a 100,000-job sweep's
     (36.7 MiB) lost its points. Now every reader is manifest.read_manifest."""
-    from compiler.manifest import read_manifest, recorded_sweep
+    from compiler.output.manifest import read_manifest, recorded_sweep
 
     points = [{"point": f"p{n:05d}", "values": {"bench.note": "x" * 2000}} for n in range(9000)]
     (tmp_path / "manifest.json").write_text(json.dumps({"generator": "orchc", "recipe": "r", "jobs": [],
