@@ -12,13 +12,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fakes import FakeScheduler
 from test_cluster import cluster, wait_for
 from test_cluster import orchc as real_orchc
 from test_scheduler import fake
 
 from compiler.output.pipeline import Options, compile_all
 from compiler.run import runs
-from compiler.run.scheduler import FakeScheduler
 
 __all__ = ["cluster", "fake"]   # fixtures, imported for the tests below
 

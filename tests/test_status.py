@@ -11,13 +11,14 @@ import threading
 import time
 from pathlib import Path
 
+from fakes import FakeScheduler
 from test_cluster import cluster, wait_for
 from test_cluster import orchc as real_orchc
 from test_scheduler import fake
 
 from compiler.output.pipeline import Options, compile_all
 from compiler.run import logs, runs, slurm
-from compiler.run.scheduler import FakeScheduler, JobState
+from compiler.run.scheduler import JobState
 
 __all__ = ["cluster", "fake"]   # fixtures, imported for the tests below
 
