@@ -74,12 +74,6 @@ def _one_allocation(recipe: Recipe) -> tuple[str, dict[str, Any]] | None:
     return one_allocation(recipe, ALLOCATION_SCRIPT)
 
 
-def write_outputs(outputs: list[Output], out_dir: Path) -> int:
-    """Write outputs compiled in memory under `out_dir/<recipe>/`; returns how many files they have."""
-    return _write_all(lambda staging: [_stage_files(output, out_dir, staging, number)
-                                       for number, output in enumerate(outputs)], out_dir)
-
-
 def write_recipes(recipes: list[Recipe], out_dir: Path) -> int:
     """Render and write every recipe under `out_dir/<recipe>/`, one script at a time: a script is rendered,
     hashed into its manifest's digest and staged, and then let go, so memory does not grow with the
@@ -317,20 +311,6 @@ class _InOrder:
 
     def text(self) -> str:
         return self._hasher.text()
-
-
-def _stage_files(output: Output, out_dir: Path, staging: int, number: int) -> _Staged:
-    names = sorted(output.files, key=lambda name: name == MANIFEST)   # the manifest last
-    existing = _existing_folder(out_dir, output.recipe.name)
-    waiting: dict[str, str] = {}
-    try:
-        previous = _previous_files(existing, out_dir, output.recipe.name)
-        for index, name in enumerate(names):
-            _stage(name, output.files[name].encode("utf-8"), existing, staging, f"{number}.{index}", waiting)
-    finally:
-        if existing is not None:
-            os.close(existing)
-    return _Staged(output.recipe.name, names, waiting, previous)
 
 
 def _existing_folder(out_dir: Path, name: str) -> int | None:
