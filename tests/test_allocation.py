@@ -97,14 +97,14 @@ def test_allocation_resources_override_the_computed_ones_and_packing_sums_memory
 def test_the_plan_and_submit_sh_submit_only_the_allocation(orchc, write, tmp_path):
     folder = compiled(orchc, write, tmp_path)
     manifest = json.loads((folder / "manifest.json").read_text())
-    plan = plan_from_manifest(manifest)
+    plan = plan_from_manifest(manifest, "manifest.json")
     assert plan.allocation == ALLOCATION_SCRIPT and [s.name for s in plan.steps] == ["redis", "bench-p01-r1",
                                                                                       "bench-p02-r1"]
     submit = (folder / "submit.sh").read_text()
     assert re.findall(r"\$\((sbatch[^)]*)\)", submit) == ["sbatch --parsable allocation.sbatch"]
     for bad in ({"mode": "one", "script": "../x.sbatch"}, {"mode": "two", "script": ALLOCATION_SCRIPT}, "one"):
         with pytest.raises(ClusterError, match="allocation"):
-            plan_from_manifest({**manifest, "allocation": bad})
+            plan_from_manifest({**manifest, "allocation": bad}, "manifest.json")
 
 
 def test_orchc_submit_submits_one_job_and_records_it_for_every_job(tmp_path):

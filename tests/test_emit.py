@@ -299,11 +299,11 @@ def test_the_quick_exit_of_the_compile_side_loses_no_output_and_keeps_the_exit_s
 
 
 def test_manifest_text_is_json_dumps_indented_with_sorted_keys():
-    """emit.manifest_text writes what json.dumps(indent=2, sort_keys=True) writes, without its encoder."""
+    """manifest.manifest_text writes what json.dumps(indent=2, sort_keys=True) writes, without its encoder."""
     import random
 
     from compiler.core.source import FrozenDict, FrozenList
-    from compiler.output.emit import manifest_text
+    from compiler.output.manifest import manifest_text
 
     rng = random.Random(3)
     texts = ["", "a", "é ü", "\x00\x1f\x7f", "\"quoted\" \\ back", "\u2028", "😀", "line\nbreak", "sha256:" + "?" * 64]
@@ -350,3 +350,19 @@ def test_scripts_are_made_in_the_order_the_digest_takes_them(tmp_path, monkeypat
     monkeypatch.setenv("ORCHC_WORKERS", "1")
     emit.write_recipes(resolve_all([tmp_path / "r.yaml"], Options()), tmp_path / "out")
     assert len(held) == 81 and max(held) <= 1   # submit.sh, made first, waits for the scripts named before it
+
+
+def test_an_output_folder_error_is_an_output_error_not_a_cluster_error(tmp_path):
+    """emit raised OutputError as a subclass of ClusterError ("SLURM is missing or refused a request"): an output
+    folder is not the cluster, and code that handles a cluster's refusal must not catch it."""
+    from compiler.core.errors import ClusterError, OutputError
+    from compiler.output.emit import write_recipes
+    from compiler.output.pipeline import Options, resolve_all
+
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "r").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OutputError, match="symbolic link") as raised:
+        write_recipes(resolve_all([tmp_path / "r.yaml"], Options()), tmp_path / "out")
+    assert not isinstance(raised.value, ClusterError)

@@ -413,11 +413,13 @@ def test_the_number_of_plots_is_bounded(orchc, tmp_path, monkeypatch):
 
 
 def test_the_header_says_the_run_state_and_an_unfinished_run_says_so_first(orchc, tmp_path, monkeypatch):
+    from fakes import FakeScheduler
+
     from compiler.run import runs
-    from compiler.run.scheduler import FakeScheduler, register_scheduler
+    from compiler.run.scheduler import BACKENDS
 
     fake = FakeScheduler()
-    register_scheduler("fake")(lambda: fake)
+    monkeypatch.setitem(BACKENDS, "fake", lambda: fake)
     service, client = fake.plant("redis_0123abcd"), fake.plant("bench_0123abcd")
     run = tmp_path / "run"
     (run / "results" / "bench").mkdir(parents=True)

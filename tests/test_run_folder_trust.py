@@ -12,13 +12,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fakes import FakeScheduler
 from test_cluster import cluster, wait_for
 from test_cluster import orchc as real_orchc
 from test_scheduler import fake
 
 from compiler.output.pipeline import Options, compile_all
 from compiler.run import runs
-from compiler.run.scheduler import FakeScheduler
 
 __all__ = ["cluster", "fake"]   # fixtures, imported for the tests below
 
@@ -208,7 +208,7 @@ def test_report_notes_a_gpu_trace_that_is_a_symlink_and_reads_none_of_it(fake, t
 
 def tampered(run: Path) -> None:
     """What an attacker with write access to the run folder does: edit a script, recompute the manifest's digest."""
-    from compiler.output.emit import digest
+    from compiler.output.manifest import digest
 
     script = run / "bench.sbatch"
     text = script.read_text()

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
+from fakes import FakeScheduler
 
 from compiler.core.errors import ClusterError
+from compiler.output.manifest import read_plan
 from compiler.output.pipeline import Options, compile_all
-from compiler.output.plan import read_plan
 from compiler.run import runs
-from compiler.run.scheduler import FakeScheduler, register_scheduler
+from compiler.run.scheduler import BACKENDS
 
 RECIPE = ("site: local\nservices:\n  - name: cache\n    type: redis\n  - name: db\n    type: redis\n    ports: [6380]\n"
           "clients:\n  - name: load\n    type: redis_client\n    target: db\n  - name: bench\n    type: redis_client\n"
@@ -23,10 +28,31 @@ RECIPE = ("site: local\nservices:\n  - name: cache\n    type: redis\n  - name: d
 
 @pytest.fixture
 def fake(monkeypatch) -> FakeScheduler:
+    """The test stand-in (tests/fakes.py), registered as "fake" for this test only: the package knows no fake."""
     scheduler = FakeScheduler()
-    register_scheduler("fake")(lambda: scheduler)
+    monkeypatch.setitem(BACKENDS, "fake", lambda: scheduler)
     monkeypatch.setenv(runs.SCHEDULER_VARIABLE, "fake")
     return scheduler
+
+
+def test_the_package_holds_no_test_stand_ins():
+    """FakeScheduler and FakeJob lived in compiler/scheduler.py; test code lives under tests/."""
+    found = [f"{path.relative_to(ROOT)}:{node.lineno} {node.name}" for path in sorted((ROOT / "compiler").rglob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.ClassDef) and node.name.startswith(("Fake", "Stub", "Mock"))]
+    assert found == []
+
+
+@pytest.mark.parametrize("value", ["fake", "fakes:FakeScheduler", "tests.fakes:FakeScheduler"])
+def test_orchc_scheduler_takes_only_the_name_of_a_backend_the_package_has(tmp_path, value):
+    """ORCHC_SCHEDULER is a name looked up among the registered backends (slurm), never a module to import."""
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    done = subprocess.run([sys.executable, "-m", "compiler", "submit", "r.yaml", "--run-dir", "run"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", runs.SCHEDULER_VARIABLE: value})
+    assert done.returncode == 1
+    assert done.stderr == f"orchc: error: unknown scheduler {value!r} (known: slurm)\n"
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.fixture

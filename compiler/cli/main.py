@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from .. import __version__
-from ..core.errors import ClusterError, OrchcError, UsageError
+from ..core.errors import ClusterError, OrchcError, OutputError, UsageError
 from .options import add_compile_options as _add_compile_options
 from .options import compile_options
 
@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print_error(error)
         return EXIT_INVALID
-    except ClusterError as error:  # may quote a run folder: its control characters are shown escaped
+    except (ClusterError, OutputError) as error:  # may quote a folder's files: control characters are shown escaped
         from ..core.terminal import terminal_text
 
         print(f"orchc: error: {terminal_text(error, lines=True)}", file=sys.stderr)

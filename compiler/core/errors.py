@@ -59,6 +59,11 @@ class ClusterError(Exception):
     """SLURM is missing or refused a request (exit status 1; there is no source to point at)."""
 
 
+class OutputError(Exception):
+    """An output folder orchc must not or cannot write, or a file in one it cannot read as its own (exit status 1,
+    one line naming the file)."""
+
+
 class Collector:
     """Accumulates problems across a stage and raises them all at the end."""
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -23,22 +21,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import ClusterError, Collector, OrchcError
+from ..core.errors import Collector, OrchcError, OutputError
 from ..core.files import write_atomic
-from ..recipe.resolve import Recipe, ResolvedJob
+from ..recipe.resolve import Recipe
 from ..script.render import render_job, render_recipe
-from .plan import ALLOCATION_SCRIPT, MANIFEST, plan_from_manifest, submit_script
+from .manifest import MANIFEST, SUBMIT, Digest, ManifestTooLarge, build_manifest, digest, manifest_bytes, orchc_manifest, script_name
+from .plan import ALLOCATION_SCRIPT, plan_from_manifest, submit_script
 from .workers import PARALLEL_FROM, Helper, Queue, workers
 
-SUBMIT = "submit.sh"
-GENERATOR = "orchc"
 LOCK = ".orchc.lock"
 STAGING = ".orchc-tmp"
-_MANIFEST_LIMIT = 1 << 20
-
-
-class OutputError(ClusterError):
-    """An output folder orchc must not or cannot write (reported like a ClusterError: exit status 1)."""
+_SCRIPT_LIMIT = 64 << 20   # a file a manifest lists that is larger is not one orchc wrote: nothing is removed
 
 
 @dataclass
@@ -50,22 +43,13 @@ class Output:
     manifest: dict[str, Any]
 
 
-def script_name(job: ResolvedJob) -> str:
-    return f"{job.name}.sbatch"
-
-
-def submission_order(recipe: Recipe) -> list[ResolvedJob]:
-    """Services first, then clients, each in recipe order: every client comes after its target."""
-    return [j for j in recipe.jobs if j.role == "service"] + [j for j in recipe.jobs if j.role == "client"]
-
-
 def build_output(recipe: Recipe, scripts: dict[str, str] | None = None) -> Output:
     """The files of one recipe: its scripts (job name -> text; rendered here unless given), submit.sh and manifest.json."""
     scripts = render_recipe(recipe) if scripts is None else scripts
     manifest, files = _manifest_and_plan_files(recipe)
     files.update({script_name(job): scripts[job.name] for job in recipe.jobs})
     manifest["digest"] = digest(files)
-    files[MANIFEST] = manifest_text(manifest)
+    files[MANIFEST] = manifest_bytes(manifest, recipe).decode("utf-8")
     return Output(recipe, files, manifest)
 
 
@@ -78,7 +62,7 @@ def _manifest_and_plan_files(recipe: Recipe) -> tuple[dict[str, Any], dict[str, 
     if allocation is not None:
         files[ALLOCATION_SCRIPT], manifest["allocation"] = allocation
         manifest["files"] = sorted([*manifest["files"], ALLOCATION_SCRIPT])
-    files[SUBMIT] = submit_script(plan_from_manifest(manifest))
+    files[SUBMIT] = submit_script(plan_from_manifest(manifest, MANIFEST))
     return manifest, files
 
 
@@ -88,109 +72,6 @@ def _one_allocation(recipe: Recipe) -> tuple[str, dict[str, Any]] | None:
     from ..script.allocation import one_allocation  # only `allocation:` needs it: the common compile starts sooner
 
     return one_allocation(recipe, ALLOCATION_SCRIPT)
-
-
-def manifest_text(manifest: dict[str, Any]) -> str:
-    """`json.dumps(manifest, indent=2, sort_keys=True)` and a newline: the same text, written without the
-    pure-Python encoder json uses whenever it indents (a 100,000-job sweep's manifest took it 1.6 s)."""
-    try:
-        return _indented(manifest, "\n") + "\n"
-    except _NotPlain:
-        return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-
-
-class _NotPlain(Exception):
-    """A value `_indented` leaves to json: a float, a key that is not a string, or a type JSON does not have."""
-
-
-_STRING: Callable[[str], str] = json.encoder.encode_basestring_ascii
-
-
-def _indented(value: Any, newline: str) -> str:
-    """The JSON text of `value` as json.dumps(indent=2, sort_keys=True) writes it, `newline` being a line
-    break and the indent of the line `value` starts on."""
-    if isinstance(value, str):
-        return _STRING(value)
-    if value is None or value is True or value is False:
-        return "null" if value is None else "true" if value else "false"
-    if isinstance(value, int):
-        return int.__repr__(value)
-    inner = newline + "  "
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        if not all(type(key) is str for key in value):
-            raise _NotPlain
-        return "{" + ",".join(f"{inner}{_STRING(key)}: {_indented(item, inner)}" for key, item in sorted(value.items())) \
-            + newline + "}"
-    if isinstance(value, (list, tuple)):
-        if not value:
-            return "[]"
-        return "[" + ",".join(inner + _indented(item, inner) for item in value) + newline + "]"
-    raise _NotPlain
-
-
-class Digest:
-    """What a manifest vouches for: the names and contents of the files it lists (but itself), fed in
-    the order of their names."""
-
-    def __init__(self) -> None:
-        self._hasher = hashlib.sha256()
-
-    def add(self, name: str, data: bytes) -> None:
-        self._hasher.update(f"{name}\0{len(data)}\0".encode())
-        self._hasher.update(data)
-
-    def text(self) -> str:
-        return f"sha256:{self._hasher.hexdigest()}"
-
-
-def digest(files: dict[str, str]) -> str:
-    hasher = Digest()
-    for name in sorted(files):
-        if name != MANIFEST:
-            hasher.add(name, files[name].encode("utf-8"))
-    return hasher.text()
-
-
-def build_manifest(recipe: Recipe) -> dict[str, Any]:
-    manifest: dict[str, Any] = {
-        "generator": GENERATOR,
-        "recipe": recipe.name,
-        "source": Path(recipe.file).name,
-        "site": recipe.site.name,
-        "runtime": recipe.site.runtime,
-        "files": sorted([*(script_name(job) for job in recipe.jobs), SUBMIT, MANIFEST]),
-        "jobs": [
-            {
-                "name": job.name,
-                "type": job.typedef.name,
-                "role": job.role,
-                "job_id": job.job_id,
-                "script": script_name(job),
-                "target": job.target,
-                "depends_on": [job.target] if job.target else [],
-                **({"after_end": list(recipe.waits_for[job.name])} if recipe.waits_for.get(job.name) else {}),
-                **({"point": job.point, "repeat": job.repeat} if job.point else {}),
-            }
-            for job in submission_order(recipe)
-        ],
-    }
-    if recipe.points:
-        manifest["sweep"] = {"keys": [key for key, _ in recipe.points[0][1]], "repeat": recipe.repeat,
-                             "points": [{"point": name, "values": dict(values)} for name, values in recipe.points]}
-    if recipe.references:
-        manifest["references"] = recipe.references
-    headlines = {job.typedef.name: list(job.typedef.headline) for job in recipe.jobs if job.typedef.headline}
-    if headlines:
-        manifest["headline"] = dict(sorted(headlines.items()))
-    return manifest
-
-
-def write_outputs(outputs: list[Output], out_dir: Path) -> int:
-    """Write outputs compiled in memory under `out_dir/<recipe>/`; returns how many files they have."""
-    return _write_all(lambda staging: [_stage_files(output, out_dir, staging, number)
-                                       for number, output in enumerate(outputs)], out_dir)
 
 
 def write_recipes(recipes: list[Recipe], out_dir: Path) -> int:
@@ -244,11 +125,13 @@ def _write_all(stage: Callable[[int], list[_Staged]], out_dir: Path) -> int:
 
 @dataclass
 class _Staged:
-    """One recipe's files: every name, and where in the staging folder each new or changed one waits."""
+    """One recipe's files: every name, where in the staging folder each new or changed one waits, and the files
+    the previous compile wrote (its manifest, read before anything is staged)."""
 
     recipe: str
     names: list[str]
     waiting: dict[str, str]
+    previous: set[str]
 
 
 def _stage_recipes(recipes: list[Recipe], out_dir: Path, staging: int) -> list[_Staged]:
@@ -287,9 +170,11 @@ def _stage_recipes(recipes: list[Recipe], out_dir: Path, staging: int) -> list[_
         if helper is not None and not helper.collect(from_helper, wait=True):
             raise _HelperFailed
         return [folder.staged() for folder in folders]
-    except (OrchcError, _HelperFailed):
+    except (OrchcError, _HelperFailed) as error:
         if helper is not None:
             helper.stop()
+        if isinstance(error, ManifestTooLarge):   # every script rendered
+            raise
         render_all(recipes)   # raises the errors of each recipe, in order, as one process finds them
         raise OutputError("a script failed to render in one process only; nothing was written") from None
     finally:
@@ -351,7 +236,9 @@ class _Folder:
         self.finished: _Staged | None = None
         self._fd: int | None = None
         self._opened = False
-        self.existing()   # an output folder orchc must not write through is an error here, before any render
+        # an output folder orchc must not write through, or a manifest there it did not write, is an error here,
+        # before any render
+        self.previous = _previous_files(self.existing(), out_dir, recipe.name)
         self.close()
 
     def existing(self) -> int | None:
@@ -387,9 +274,9 @@ class _Folder:
         self.hashed.put(name, data)
         if self.hashed.complete() and self.manifest is not None and self.finished is None:
             self.manifest["digest"] = self.hashed.text()
-            _stage(MANIFEST, manifest_text(self.manifest).encode("utf-8"), self.existing(), staging,
+            _stage(MANIFEST, manifest_bytes(self.manifest, self.recipe), self.existing(), staging,
                    f"{self.number}.m", self.waiting)
-            self.finished = _Staged(self.recipe.name, [*self.names, MANIFEST], self.waiting)
+            self.finished = _Staged(self.recipe.name, [*self.names, MANIFEST], self.waiting, self.previous)
             self.close()
 
     def staged(self) -> _Staged:
@@ -426,19 +313,6 @@ class _InOrder:
         return self._hasher.text()
 
 
-def _stage_files(output: Output, out_dir: Path, staging: int, number: int) -> _Staged:
-    names = sorted(output.files, key=lambda name: name == MANIFEST)   # the manifest last
-    existing = _existing_folder(out_dir, output.recipe.name)
-    waiting: dict[str, str] = {}
-    try:
-        for index, name in enumerate(names):
-            _stage(name, output.files[name].encode("utf-8"), existing, staging, f"{number}.{index}", waiting)
-    finally:
-        if existing is not None:
-            os.close(existing)
-    return _Staged(output.recipe.name, names, waiting)
-
-
 def _existing_folder(out_dir: Path, name: str) -> int | None:
     """The recipe's output folder as an open fd when it exists (to leave unchanged files alone), else None."""
     folder = out_dir / name
@@ -462,7 +336,7 @@ def _commit(staged: _Staged, out_dir: Path, staging: int) -> None:
     """Put a recipe's staged files in place, its manifest last, and remove the files only its old manifest listed."""
     fd = os.open(_recipe_folder(out_dir, staged.recipe), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        stale = _files_we_wrote(fd, staged.recipe) - set(staged.names)
+        stale = staged.previous - set(staged.names)
         for name in staged.names:   # the manifest is last
             temp = staged.waiting.get(name)
             if temp is not None:
@@ -558,28 +432,26 @@ def _is_regular(folder: int, name: str) -> bool:
         return False
 
 
-def _files_we_wrote(folder: int, recipe: str) -> set[str]:
-    """The files the manifest in `folder` lists, if orchc wrote it for `recipe` and they are still as written."""
-    raw = _read_regular(folder, MANIFEST, _MANIFEST_LIMIT)
-    try:
-        manifest = json.loads(raw or b"null")
-    except (ValueError, RecursionError):
-        return set()
-    if not isinstance(manifest, dict) or manifest.get("generator") != GENERATOR or manifest.get("recipe") != recipe:
+def _previous_files(existing: int | None, out_dir: Path, recipe: str) -> set[str]:
+    return set() if existing is None else _files_we_wrote(existing, out_dir / recipe, recipe)
+
+
+def _files_we_wrote(folder: int, shown: Path, recipe: str) -> set[str]:
+    """The files the manifest in `folder` (shown as `shown`) lists, if they are still as orchc wrote them; none
+    when there is no manifest. A manifest orchc did not write for `recipe` is an error (manifest.orchc_manifest)."""
+    manifest = orchc_manifest(folder, shown, recipe)
+    if manifest is None:
         return set()
     names = manifest.get("files")
     if not isinstance(names, list) or not all(isinstance(n, str) and _plain_name(n) for n in names):
         return set()
-    files = {}
-    for name in names:
-        data = _read_regular(folder, name, 64 << 20) if name != MANIFEST else b""
+    hasher = Digest()
+    for name in sorted(set(names) - {MANIFEST}):   # as digest() takes them, one file in memory at a time
+        data = _read_regular(folder, name, _SCRIPT_LIMIT)
         if data is None:
             return set()
-        try:
-            files[name] = data.decode("utf-8")
-        except UnicodeDecodeError:
-            return set()
-    return set(names) if digest(files) == manifest.get("digest") else set()
+        hasher.add(name, data)
+    return set(names) if hasher.text() == manifest.get("digest") else set()
 
 
 def _plain_name(name: str) -> bool:
@@ -593,6 +465,3 @@ def write_files(folder: Path, files: dict[str, str]) -> list[Path]:
         write_atomic(folder / name, text, executable=name.endswith((".sh", ".sbatch")))
         written.append(folder / name)
     return sorted(written)
-
-
-

@@ -8,7 +8,7 @@
 3. check (checks.py): every semantic check (targets, partitions, secrets, environment names,
    phases, containers, ports), located, before anything is rendered.
 4. render (render.py): each checked job -> the text of its script.
-5. emit (emit.py): the scripts, submit.sh and manifest.json; written by `write_recipes` (rendering one script at a time) or `write_outputs`.
+5. emit (emit.py): the scripts, submit.sh and manifest.json; written by `write_recipes` (rendering one script at a time).
 
 Every recipe is compiled in memory first; problems from all of them are
 reported together, and nothing is written unless all succeeded.
@@ -96,7 +96,7 @@ def _secret_fields(registry: Registry) -> frozenset[str]:
 
 
 def compile_all(paths: list[Path], options: Options) -> list[Output]:
-    """load -> resolve -> check -> render -> emit, in memory (`emit.write_outputs` writes); `orchc compile -o`
+    """load -> resolve -> check -> render -> emit, in memory (`compile --stdout`, `submit`); `orchc compile -o`
     streams through `emit.write_recipes` instead."""
     problems = Collector()
     outputs = []

@@ -1,13 +1,12 @@
 """The submission plan: which scripts to submit, in what order, each after which jobs.
 
-Built from the `manifest.json` the compile side writes, and used by both the
+Built from the `manifest.json` the compile side writes (manifest.py reads it), and used by both the
 generated `submit.sh` and `orchc submit`, so the two cannot disagree: both
 render each step through `sbatch_arguments` (here, so that compiling needs no SLURM code).
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 from collections.abc import Sequence
@@ -17,7 +16,6 @@ from typing import Any
 
 from ..core.errors import ClusterError
 
-MANIFEST = "manifest.json"
 TARGET_VARIABLE = "ORCHC_TARGET_JOB_ID"
 ALLOCATION_SCRIPT = "allocation.sbatch"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -61,7 +59,7 @@ class Plan:
     """allocation: one: the one script submitted (allocation.sbatch), which runs every step inside it"""
 
 
-def plan_from_manifest(manifest: Any, source: str = MANIFEST) -> Plan:
+def plan_from_manifest(manifest: Any, source: str) -> Plan:
     """The plan a manifest describes; anything unexpected is a ClusterError naming `source`."""
     def bad(why: str) -> ClusterError:
         return ClusterError(f"{source} is not a manifest orchc wrote: {why}")
@@ -96,15 +94,6 @@ def plan_from_manifest(manifest: Any, source: str = MANIFEST) -> Plan:
                                    or allocation.get("script") != ALLOCATION_SCRIPT):
         raise bad(f"its allocation is not {{mode: one, script: {ALLOCATION_SCRIPT}}}")
     return Plan(recipe, tuple(steps), ALLOCATION_SCRIPT if allocation is not None else None)
-
-
-def read_plan(folder: Path) -> Plan:
-    path = folder / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise ClusterError(f"cannot read {path}: {exc}") from None
-    return plan_from_manifest(manifest, str(path))
 
 
 def sbatch_arguments(script: str, after: Sequence[str], env: Sequence[tuple[str, str]],

@@ -673,12 +673,12 @@ def _point_checks(reference: Reference, pattern: str, rows: list[PointResult]) -
 def cmd_check(args: argparse.Namespace) -> int:
     """`orchc results --check [RUN]`: every reference against every point and repeat; 1 when any fails."""
     from ..core.terminal import is_terminal, terminal_text
-    from ..output.manifest import read_manifest
+    from ..output.manifest import MANIFEST, read_manifest
     from ..run.runs import load_run
     from .points import point_results
 
     run_dir, run = load_run(args.run_ref)
-    references = read_references(read_manifest(run_dir), str(run_dir / "manifest.json"))
+    references = read_references(read_manifest(run_dir), str(run_dir / MANIFEST))
     state, current = _state_noted(run_dir.name, run_dir, run)
     checked = check_rows(references, point_results(run_dir, run), _not_ended(current))
     failed = sum(1 for _, passed in checked if passed is False)

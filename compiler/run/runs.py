@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import ClusterError
 from ..core.files import LinkInRunFolder, read_in_run, write_atomic
 from ..output.emit import Output, write_files
-from ..output.plan import Submission, read_plan
+from ..output.manifest import MANIFEST, ManifestError, digest, parse_manifest, read_manifest, read_manifest_text, read_plan
+from ..output.plan import Submission
 from .backends import load_scheduler
 from .scheduler import ENDED, UNKNOWN, JobState, Scheduler, is_job_id
 
@@ -408,12 +409,12 @@ def rerun(source: Path, run_dir: Path, scheduler: Scheduler, command: tuple[str,
           remote: Connection | None = None, say: Callable[[str], None] | None = None) -> Run:
     """Submit the jobs a run compiled again, byte for byte, as a new run, once every file verifies against the
     HMAC run.json recorded at submit with this user's key (`vouched`); `say` is told what was checked."""
-    from ..output.emit import digest
-    from ..output.plan import MANIFEST
-
     old = parse_run(read_in_run(source, RUN_FILE, _RUN_LIMIT), str(source / RUN_FILE))
+    text = read_manifest_text(source)
+    if text is None:
+        raise ClusterError(f"{source}: not a compiled run: its {MANIFEST} is missing")
+    manifest = parse_manifest(text, source / MANIFEST)
     try:
-        manifest = json.loads(read_in_run(source, MANIFEST, _RUN_LIMIT * 64))
         names = [name for name in manifest["files"] if isinstance(name, str) and _NAME.fullmatch(name)]
         files = {name: read_in_run(source, name, _RUN_LIMIT * 64) for name in names if name != MANIFEST}
     except LinkInRunFolder as exc:
@@ -423,7 +424,7 @@ def rerun(source: Path, run_dir: Path, scheduler: Scheduler, command: tuple[str,
     if digest(files) != manifest.get("digest"):
         raise ClusterError(f"{source}: the scripts differ from what its manifest.json vouches for (edited after "
                            "compiling?); compile and submit the recipe again instead")
-    files[MANIFEST] = read_in_run(source, MANIFEST, _RUN_LIMIT * 64)
+    files[MANIFEST] = text
     try:
         files[RESOLVED_FILE] = read_in_run(source, RESOLVED_FILE, _RUN_LIMIT * 64)
     except FileNotFoundError:
@@ -774,9 +775,9 @@ def list_runs(root: Path = DEFAULT_ROOT) -> list[RunListing]:
 
 def _sweep_points(folder: Path) -> int | None:
     try:
-        manifest = json.loads(read_in_run(folder, "manifest.json", _RUN_LIMIT * 4))
-    except (OSError, ValueError, RecursionError):
+        manifest = read_manifest(folder)
+    except (OSError, ManifestError):   # a listing of every run: a damaged one says so when it is opened
         return None
-    sweep = manifest.get("sweep") if isinstance(manifest, dict) else None
+    sweep = manifest.get("sweep")
     points = sweep.get("points") if isinstance(sweep, dict) else None
     return len(points) if isinstance(points, list) else None
