@@ -343,7 +343,61 @@ def test_without_usage_the_chunks_are_counted_and_said_so(server, tmp_path):
     s = server(1, TOKENS, "--no-usage")
     m, records, _ = bench(tmp_path, s.port, "--num-requests", "2")
     assert {(r["tokens_source"], r["output_tokens"], r["input_tokens"]) for r in records} == {("chunks", TOKENS, None)}
-    assert m["output_tokens_count"] == 2 * TOKENS and m["input_tokens_count"] == 0
+    assert m["output_tokens_count"] == 2 * TOKENS
+    assert m["input_tokens_count"] is None and m["total_tokens_per_s"] is None     # unknown, not 0
+
+
+@pytest.mark.parametrize(("api", "extra", "source"), [
+    ("openai-completions", ("--empty-first", "--empty-last", "--no-usage"), "chunks"),
+    ("openai-chat", ("--empty-first", "--empty-last", "--no-usage"), "chunks"),
+    ("openai-chat", ("--empty-first", "--empty-last"), "server"),
+    ("ollama", ("--empty-first",), "server"),
+])
+def test_chunks_without_content_are_not_tokens(server, tmp_path, api, extra, source):
+    """A server that streams a chunk without content as soon as a request has its slot (the role chunk) and
+    one after the last token (finish_reason, as llama.cpp's server ends a stream): TTFT is still F, the first
+    chunk with text (not the empty chunk's ~0 ms), every token gap D (no ~0 ms gap before the empty last chunk),
+    TOKENS tokens a request (not TOKENS + 1 without usage), and without usage the input tokens are unknown."""
+    s = server(1, TOKENS, *extra)
+    m, records, _ = bench(tmp_path, s.port, "--num-requests", "3", api=api)
+    assert_timing(m, s, {"ttft": [F] * 3, "e2e_latency": [S] * 3})
+    assert all(len(r["chunk_times_s"]) == TOKENS and r["output_tokens"] == TOKENS for r in records)
+    assert {r["tokens_source"] for r in records} == {source}
+    assert m["itl_min_ms"] > D * 1000 / 2 and m["output_tokens_count"] == 3 * TOKENS
+    if source == "chunks":
+        assert {r["input_tokens"] for r in records} == {None} and m["input_tokens_count"] is None
+
+
+@pytest.mark.parametrize(("chunk", "token"), [
+    ({"choices": [{"index": 0, "text": "a", "finish_reason": None}]}, True),
+    ({"choices": [{"index": 0, "text": "", "finish_reason": None}]}, False),
+    ({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}, False),
+    ({"choices": [{"index": 0, "delta": {"content": "a"}}]}, True),
+    ({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}, False),
+    ({"choices": [{"index": 0, "delta": {"role": "assistant", "content": None}}]}, False),
+    ({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}, False),
+    ({"choices": [{"index": 0, "delta": {"content": None, "reasoning_content": "We"}}]}, True),   # DeepSeek, vLLM < 0.10
+    ({"choices": [{"index": 0, "delta": {"reasoning": "We"}}]}, True),                             # vLLM >= 0.10, OpenRouter
+    ({"choices": [{"index": 0, "delta": {"reasoning_content": ""}}]}, False),
+    ({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\""}}]}}]}, True),
+    ({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"name": "get"}}]}}]}, True),
+    ({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c1", "type": "function"}]}}]}, False),
+    ({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}}, False),
+    ({"choices": [{"index": 0, "delta": "oops"}]}, False),
+    ({"choices": "oops"}, False),
+])
+def test_a_token_is_a_chunk_with_content(chunk, token):
+    assert llm_bench.carries_token(chunk) is token
+
+
+@pytest.mark.parametrize(("line", "token"), [
+    ({"response": "a", "done": False}, True),
+    ({"response": "", "done": False}, False),
+    ({"response": "", "thinking": "hm", "done": False}, True),
+    ({"response": "", "done": True, "eval_count": 5}, False),
+])
+def test_an_ollama_token_is_a_line_with_content(line, token):
+    assert llm_bench.carries_ollama_token(line) is token
 
 
 def test_every_request_carries_the_fixed_generation_settings(server, tmp_path):

@@ -110,7 +110,8 @@ def metrics_of(records, run):
     if wall is None and records:
         # the run did not end by itself (killed): it lasted at least until its last request ended
         wall = max(r["send_s"] + (r.get("end_s") or 0.0) for r in records)
-    input_tokens = sum(r.get("input_tokens") or 0 for r in ok)
+    # one request whose server gave no prompt count makes the total unknown (null), never a 0 that looks measured
+    input_tokens = sum(r["input_tokens"] for r in ok) if all(isinstance(r.get("input_tokens"), int) for r in ok) else None
     output_tokens = sum(r.get("output_tokens") or 0 for r in ok)
     tpots = [(r["e2e_s"] - r["ttft_s"]) / (r["output_tokens"] - 1) for r in ok if (r.get("output_tokens") or 0) > 1]
     itls = []
@@ -127,7 +128,7 @@ def metrics_of(records, run):
         "output_tokens_count": output_tokens,
         "request_throughput_per_s": rate(len(ok), wall),
         "output_tokens_per_s": rate(output_tokens, wall),
-        "total_tokens_per_s": rate(input_tokens + output_tokens, wall),
+        "total_tokens_per_s": rate(input_tokens + output_tokens, wall) if input_tokens is not None else None,
     }
     metrics.update(distribution("ttft", [r["ttft_s"] for r in ok]))
     metrics.update(distribution("tpot", tpots))
@@ -189,6 +190,46 @@ class Run:
             if self.out is not None:
                 self.out.write(json.dumps(record, sort_keys=True) + "\n")
                 self.out.flush()
+
+
+def _text(value):
+    return isinstance(value, str) and value != ""
+
+
+def _tool_call_text(delta):
+    """Whether a chat delta's tool calls carry any of the function's name or arguments (an id and a type alone
+    are not generated text)."""
+    calls = delta.get("tool_calls")
+    if not isinstance(calls, list):
+        return False
+    functions = [call.get("function") for call in calls if isinstance(call, dict)]
+    return any(isinstance(f, dict) and (_text(f.get("name")) or _text(f.get("arguments"))) for f in functions)
+
+
+def carries_token(data):
+    """Whether an OpenAI streaming chunk carries generated text, so counts as a token chunk: a choice with a
+    non-empty `text` (completions), or whose `delta` has a non-empty `content`, `reasoning_content` or
+    `reasoning` (reasoning models), or a tool call's name or arguments. The role chunk (`"content": ""`), a
+    `finish_reason` chunk with an empty delta and the usage chunk (no choices) carry none. AIPerf's rule
+    (extract_chat_response_data in src/aiperf/endpoints/openai_chat.py, openai_completions.py)."""
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        if _text(choice.get("text")):
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and (any(_text(delta.get(k)) for k in ("content", "reasoning_content", "reasoning"))
+                                        or _tool_call_text(delta)):
+            return True
+    return False
+
+
+def carries_ollama_token(data):
+    """Whether an Ollama line carries generated text: a non-empty `response`, or `thinking` (thinking models)."""
+    return _text(data.get("response")) or _text(data.get("thinking"))
 
 
 def request_body(args, prompt):
@@ -295,7 +336,7 @@ def send(run, conn, index, prompt_index, prompt):
                 data = json.loads(line.decode("utf-8"))
                 if data.get("error"):
                     raise ValueError(f"server error: {str(data['error'])[:300]}")
-                if not data.get("done") or data.get("response"):
+                if carries_ollama_token(data):
                     chunks.append(now - sent)
                 if data.get("done"):
                     server = {k: data[k] for k in (*OLLAMA_TIMINGS, "prompt_eval_count", "eval_count") if k in data}
@@ -313,7 +354,7 @@ def send(run, conn, index, prompt_index, prompt):
                 data = json.loads(payload)
                 if data.get("error"):
                     raise ValueError(f"server error: {json.dumps(data['error'])[:300]}")
-                if data.get("choices"):
+                if carries_token(data):
                     chunks.append(now - sent)
                 if data.get("usage"):
                     usage = data["usage"]
