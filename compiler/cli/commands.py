@@ -141,8 +141,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from ..output.pipeline import compile_all
     from ..run.runs import new_run_dir, submit
     from ..run.ssh import site_target
+    from .notes import cost_notes
 
     (output,) = compile_all([args.recipe], compile_options(args))
+    cost = cost_notes(output.recipe)
+    if cost:
+        print(f"{output.recipe.file}: {cost}", file=sys.stderr)
     run_dir = args.run_dir or new_run_dir(output.recipe.name)
     target = None if args.local else site_target(output.recipe.site.name, output.recipe.site.file)
     if args.remote and target is None:
