@@ -428,14 +428,16 @@ def test_without_usage_the_chunks_are_counted_and_said_so(server, tmp_path):
 def test_chunks_without_content_are_not_tokens(server, tmp_path, api, extra, source):
     """A server that streams a chunk without content as soon as a request has its slot (the role chunk) and
     one after the last token (finish_reason, as llama.cpp's server ends a stream): TTFT is still F, the first
-    chunk with text (not the empty chunk's ~0 ms), every token gap D (no ~0 ms gap before the empty last chunk),
-    TOKENS tokens a request (not TOKENS + 1 without usage), and without usage the input tokens are unknown."""
+    chunk with text (not the empty chunk's ~0 ms), only the TOKENS chunks with text timed (so no ~0 ms ITL gap
+    before the empty last chunk: a minimum over gaps would not show it, since a loaded machine delivers two token
+    chunks together now and then), TOKENS tokens a request (not TOKENS + 1 without usage), and without usage the
+    input tokens are unknown."""
     s = server(1, TOKENS, *extra)
     m, records, _ = bench(tmp_path, s.port, "--num-requests", "3", api=api)
     assert_timing(m, s, {"ttft": [F] * 3, "e2e_latency": [S] * 3})
     assert all(len(r["chunk_times_s"]) == TOKENS and r["output_tokens"] == TOKENS for r in records)
     assert {r["tokens_source"] for r in records} == {source}
-    assert m["itl_min_ms"] > D * 1000 / 2 and m["output_tokens_count"] == 3 * TOKENS
+    assert m["output_tokens_count"] == 3 * TOKENS
     if source == "chunks":
         assert {r["input_tokens"] for r in records} == {None} and m["input_tokens_count"] is None
 
