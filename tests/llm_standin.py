@@ -45,6 +45,7 @@ import hashlib
 import json
 import os
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -123,6 +124,12 @@ class Settings:
 def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            # as uvicorn (vLLM's server) does: each chunk leaves when written, not held by Nagle's algorithm
+            # until the client acknowledges the last one (up to its 40 ms delayed ACK)
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def log_message(self, *args: Any) -> None:
             pass
