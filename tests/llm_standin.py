@@ -9,6 +9,11 @@ queueing shows in their time to first token. Both APIs stream:
   OpenAI send them (`data: {chunk}` lines, a blank line after each, `data: [DONE]` at the end); with
   "stream_options": {"include_usage": true} a last chunk with empty `choices` and `usage`
   (prompt_tokens = the prompt's words, completion_tokens = TOKENS); `--no-usage` leaves it out.
+  Two habits of real servers, off by default: `--empty-first` streams a chunk without content as soon as the
+  request has its slot (chat: `{"delta": {"role": "assistant", "content": ""}}`, as vLLM's first chunk; completions:
+  `"text": ""`; Ollama: `"response": ""`), and `--empty-last` a chunk without content after the last token
+  (`"finish_reason": "length"`, chat `"delta": {}`, as llama.cpp's server ends a stream). Neither is a token:
+  the log's token times are those of the TOKENS chunks with text only.
 - POST /api/generate with "stream" true (Ollama's default): NDJSON, one {"response": "tN ", "done": false}
   per token, then {"done": true, "prompt_eval_count", "eval_count", "load_duration", "prompt_eval_duration",
   "eval_duration", "total_duration"} (ns): load 0, prompt eval = FIRST_TOKEN_DELAY, eval = the rest.
@@ -40,6 +45,7 @@ import hashlib
 import json
 import os
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -79,8 +85,10 @@ class FifoSlots:
 class Settings:
     def __init__(self, tokens: int = 5, first_token_delay: float = 0.05, inter_token_delay: float = 0.02,
                  parallelism: int = 1, log: str | None = None, usage: bool = True, api_key: str | None = None,
-                 model: str = "tiny") -> None:
+                 model: str = "tiny", empty_first: bool = False, empty_last: bool = False) -> None:
         self.tokens = tokens
+        self.empty_first = empty_first
+        self.empty_last = empty_last
         self.model = model
         self.key_hash = hashlib.sha256(api_key.encode()).digest() if api_key else None
         self.usage = usage
@@ -116,6 +124,12 @@ class Settings:
 def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            # as uvicorn (vLLM's server) does: each chunk leaves when written, not held by Nagle's algorithm
+            # until the client acknowledges the last one (up to its 40 ms delayed ACK)
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -189,6 +203,8 @@ def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
                 self.wfile.flush()
                 started = time.perf_counter()
                 due = started + settings.first_token_delay
+                if settings.empty_first:
+                    self._chunk(self._empty(body, ollama, first=True))
                 for i in range(count):
                     pause = due - time.perf_counter()
                     if pause > 0:
@@ -197,6 +213,8 @@ def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
                     times.append(time.perf_counter())
                     due += settings.inter_token_delay
                 settings.record({"path": self.path, "timing": {"received": received, "slot": started, "tokens": times}})
+                if settings.empty_last and not ollama:
+                    self._chunk(self._empty(body, ollama, first=False))
                 self._chunk(self._final(body, prompt_tokens, count, ollama))
                 self._chunk(b"")
             except (BrokenPipeError, ConnectionResetError):
@@ -210,11 +228,21 @@ def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
             if ollama:
                 return json.dumps({"model": body["model"], "response": text, "done": False}).encode() + b"\n"
             if self.path == "/v1/chat/completions":
-                choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None}
-                kind = "chat.completion.chunk"
-            else:
-                choice = {"index": 0, "text": text, "finish_reason": None}
-                kind = "text_completion"
+                return self._event(body, {"index": 0, "delta": {"content": text}, "finish_reason": None})
+            return self._event(body, {"index": 0, "text": text, "finish_reason": None})
+
+        def _empty(self, body: dict[str, Any], ollama: bool, first: bool) -> bytes:
+            """A chunk that carries no token: the role chunk first, or the finish_reason chunk last."""
+            if ollama:
+                return json.dumps({"model": body["model"], "response": "", "done": False}).encode() + b"\n"
+            finish = None if first else "length"
+            if self.path == "/v1/chat/completions":
+                delta = {"role": "assistant", "content": ""} if first else {}
+                return self._event(body, {"index": 0, "delta": delta, "finish_reason": finish})
+            return self._event(body, {"index": 0, "text": "", "finish_reason": finish})
+
+        def _event(self, body: dict[str, Any], choice: dict[str, Any]) -> bytes:
+            kind = "chat.completion.chunk" if self.path == "/v1/chat/completions" else "text_completion"
             chunk = {"id": "standin", "object": kind, "model": body["model"], "choices": [choice], "usage": None}
             return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
@@ -269,10 +297,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--parallelism", type=int, default=int(env.get("STANDIN_PARALLELISM", "1")))
     p.add_argument("--log", default=env.get("STANDIN_LOG"))
     p.add_argument("--no-usage", action="store_true", help="never send the usage chunk (a server that gives no counts)")
+    p.add_argument("--empty-first", action="store_true", help="a chunk without content first (the role chunk)")
+    p.add_argument("--empty-last", action="store_true", help="a chunk without content after the last token (finish_reason)")
     # as `vllm serve`: the engine's arguments (--tensor-parallel-size, --dtype, ...) mean nothing here
     args = p.parse_known_args(argv[2:])[0] if serve else p.parse_args(argv)
     settings = Settings(args.tokens, args.first_token_delay, args.inter_token_delay, args.parallelism, args.log,
-                        usage=not args.no_usage, api_key=env.get("VLLM_API_KEY") or None, model=model)
+                        usage=not args.no_usage, api_key=env.get("VLLM_API_KEY") or None, model=model,
+                        empty_first=args.empty_first, empty_last=args.empty_last)
     if args.log:
         with open(args.log, "a") as out:
             out.write(json.dumps({"argv": sys.argv}) + "\n")

@@ -450,6 +450,11 @@ def test_llm_client_measures_an_openai_compatible_server_at_a_request_rate(clust
     first = min(r["send_s"] for r in records)
     assert m["request_throughput_per_s"] == pytest.approx(10 / (first + seen["span_s"]), rel=0.2)
     assert m["request_throughput_per_s"] == pytest.approx(10 / (first + 10 * 0.08), rel=0.2)
+    # the client's audit reaches results.json: with 2 in flight against one 80 ms slot, request 9 waits for request 7
+    # to end (~0.64 s), so the 10 requests due by 0.5 s go at < 15.6/s, under 95 % of 20/s: not kept up
+    assert m["requested_rate_per_s"] == 20 and m["scheduled_rate_per_s"] == pytest.approx(20)
+    assert m["achieved_rate_per_s"] < 15.7 and m["client_kept_up"] == 0
+    assert m["schedule_delay_max_ms"] > 100 and m["client_cpu_percent"] > 0
     assert results["parameters"]["request_rate"] == 20 and results["parameters"]["api"] == "openai-chat"
     assert results["environment"]["reported"]["model"] == "tiny"          # the first model the server lists
     bodies = [request["body"] for request in fake.requests]

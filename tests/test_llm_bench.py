@@ -192,6 +192,44 @@ def test_metrics_of_hand_made_records():
     assert llm_bench.metrics_of(records, {})["wall_time_s"] == pytest.approx(0.5)
 
 
+def test_metrics_of_the_clients_audit_of_itself():
+    """Schedule delay (actual - intended send), rates, latency from the intended send, CPU and the verdict, on
+    three requests worked out by hand: sent 1, 20 and 3 ms late, the last at 1.003 s for 1.0 s."""
+    records = [
+        {"ok": True, "intended_s": 0.0, "send_s": 0.001, "end_s": 0.5, "ttft_s": 0.1, "e2e_s": 0.4, "chunk_times_s": [0.1, 0.4],
+         "input_tokens": 1, "output_tokens": 2},
+        {"ok": True, "intended_s": 0.5, "send_s": 0.52, "end_s": 0.3, "ttft_s": 0.3, "e2e_s": 0.3, "chunk_times_s": [0.3],
+         "input_tokens": 1, "output_tokens": 1},
+        {"ok": False, "cut": False, "intended_s": 1.0, "send_s": 1.003, "end_s": 0.01, "chunk_times_s": [], "error": "HTTP 500"},
+    ]
+    run = {"wall_time_s": 2.0, "request_rate": 3.0, "client_cpu_s": 0.5}
+    m = llm_bench.metrics_of(records, run)
+    assert m["schedule_delay_median_ms"] == pytest.approx(3.0)               # of 1, 3, 20: every request sent
+    assert m["schedule_delay_p90_ms"] == pytest.approx(16.6)                 # rank 1.8: 3 + 0.8 * 17
+    assert m["schedule_delay_p99_ms"] == pytest.approx(19.66)
+    assert m["requested_rate_per_s"] == 3.0
+    assert m["scheduled_rate_per_s"] == pytest.approx(3.0)                   # 3 requests / 1.0 s
+    assert m["achieved_rate_per_s"] == pytest.approx(3 / 1.003)
+    assert m["e2e_from_schedule_mean_ms"] == pytest.approx((401 + 320) / 2)  # successful ones: delay + E2E
+    assert m["ttft_from_schedule_max_ms"] == pytest.approx(320.0)
+    assert m["e2e_latency_mean_ms"] == pytest.approx(350.0)                  # vLLM's definition unchanged
+    assert (m["client_cpu_s"], m["client_cpu_percent"]) == (0.5, pytest.approx(25.0))
+    assert m["client_kept_up"] == 1
+    # late at the median: not kept up
+    late = [{**r, "send_s": r["intended_s"] + 0.02} for r in records]
+    assert llm_bench.metrics_of(late, run)["client_kept_up"] == 0
+    # on time at the median, but the last one 0.2 s late: 3 / 1.2 s is 83 % of the schedule's rate
+    behind = [records[0], {**records[1], "send_s": 0.502}, {**records[2], "send_s": 1.2}]
+    assert llm_bench.metrics_of(behind, run)["schedule_delay_median_ms"] < 10
+    assert llm_bench.metrics_of(behind, run)["client_kept_up"] == 0
+    # closed loop: no requested rate, the verdict is the schedule delay's
+    closed = llm_bench.metrics_of(behind, {"wall_time_s": 2.0})
+    assert (closed["requested_rate_per_s"], closed["scheduled_rate_per_s"], closed["client_kept_up"]) == (None, None, 1)
+    # records of an older client (no intended send time), a killed run (no CPU): unknown, not a verdict
+    old = llm_bench.metrics_of([{k: v for k, v in r.items() if k != "intended_s"} for r in records], {})
+    assert (old["schedule_delay_median_ms"], old["client_kept_up"], old["client_cpu_percent"]) == (None, None, None)
+
+
 # ---------------------------------------------------------------------------------------------- closed loop
 
 def test_closed_loop_one_at_a_time(server, tmp_path):
@@ -207,6 +245,13 @@ def test_closed_loop_one_at_a_time(server, tmp_path):
     assert m["wall_time_s"] == pytest.approx(6 * S, rel=NOMINAL_RATE)
     assert {r["tokens_source"] for r in records} == {"server"}
     assert all(len(r["chunk_times_s"]) == TOKENS for r in records)
+    # the client's audit: each request meant to go when the one before ended (the first at the start), and did
+    records.sort(key=lambda r: r["send_s"])
+    assert records[0]["intended_s"] == 0.0
+    for before, after in itertools.pairwise(records):
+        assert before["send_s"] + before["end_s"] <= after["intended_s"] <= after["send_s"]
+    assert m["schedule_delay_median_ms"] < 10 and m["client_kept_up"] == 1 and m["requested_rate_per_s"] is None
+    assert 0 < m["client_cpu_percent"] < 100 * (os.cpu_count() or 1)
 
 
 def test_closed_loop_four_workers_against_one_slot_shows_the_queue_in_ttft(server, tmp_path):
@@ -266,6 +311,33 @@ def test_open_loop_max_concurrency_holds_arrivals_back(server, tmp_path):
         assert after["send_s"] >= before["send_s"] + before["end_s"] - 0.001
     assert_timing(m, s, {"ttft": [F] * 5, "e2e_latency": [S] * 5})
     assert m["request_throughput_per_s"] == pytest.approx(1 / S, rel=NOMINAL_RATE)
+
+
+def test_a_rate_the_client_cannot_send_is_not_kept_up(server, tmp_path):
+    """5 requests at 100/s (all due by 0.05 s) but at most 1 in flight, S = 0.13 s each: request k goes at about
+    k * S, so the median one is ~0.2 s late and 5 requests take ~0.5 s to send. The vLLM-compatible latencies
+    stay S (the slot wait is not in them); measured from the intended send time they hold the wait."""
+    s = server(parallelism=4)
+    m, records, _ = bench(tmp_path, s.port, "--num-requests", "5", "--request-rate", "100", "--max-concurrency", "1")
+    assert sorted(r["intended_s"] for r in records) == pytest.approx(llm_bench.arrival_times(5, 100.0, 0))
+    assert m["client_kept_up"] == 0
+    assert m["schedule_delay_median_ms"] > 150 and m["requested_rate_per_s"] == 100.0
+    assert m["achieved_rate_per_s"] < 20 and m["scheduled_rate_per_s"] == pytest.approx(100.0)
+    assert_timing(m, s, {"ttft": [F] * 5, "e2e_latency": [S] * 5})
+    assert m["e2e_from_schedule_mean_ms"] == pytest.approx(m["e2e_latency_mean_ms"] + m["schedule_delay_mean_ms"])
+    assert m["ttft_from_schedule_median_ms"] > m["ttft_median_ms"] + 150
+
+
+def test_an_easy_rate_is_kept_up(server, tmp_path):
+    """20 requests at 10/s against 16 slots: every one goes when the schedule says, within a few ms."""
+    s = server(parallelism=16)
+    m, records, _ = bench(tmp_path, s.port, "--num-requests", "20", "--request-rate", "10", "--seed", "3", api="openai-chat")
+    assert sorted(r["intended_s"] for r in records) == pytest.approx(llm_bench.arrival_times(20, 10.0, 3))
+    assert m["client_kept_up"] == 1, {k: v for k, v in m.items() if "schedule" in k or "rate" in k}
+    assert m["schedule_delay_median_ms"] < 10
+    assert m["achieved_rate_per_s"] == pytest.approx(10.0, rel=0.05)
+    assert near(m["e2e_from_schedule_median_ms"], m["e2e_latency_median_ms"], (10.0, 0.0))
+    assert m["client_cpu_s"] > 0 and 0 < m["client_cpu_percent"] < 100 * (os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------------------------------------- warm-up, cuts
@@ -343,7 +415,63 @@ def test_without_usage_the_chunks_are_counted_and_said_so(server, tmp_path):
     s = server(1, TOKENS, "--no-usage")
     m, records, _ = bench(tmp_path, s.port, "--num-requests", "2")
     assert {(r["tokens_source"], r["output_tokens"], r["input_tokens"]) for r in records} == {("chunks", TOKENS, None)}
-    assert m["output_tokens_count"] == 2 * TOKENS and m["input_tokens_count"] == 0
+    assert m["output_tokens_count"] == 2 * TOKENS
+    assert m["input_tokens_count"] is None and m["total_tokens_per_s"] is None     # unknown, not 0
+
+
+@pytest.mark.parametrize(("api", "extra", "source"), [
+    ("openai-completions", ("--empty-first", "--empty-last", "--no-usage"), "chunks"),
+    ("openai-chat", ("--empty-first", "--empty-last", "--no-usage"), "chunks"),
+    ("openai-chat", ("--empty-first", "--empty-last"), "server"),
+    ("ollama", ("--empty-first",), "server"),
+])
+def test_chunks_without_content_are_not_tokens(server, tmp_path, api, extra, source):
+    """A server that streams a chunk without content as soon as a request has its slot (the role chunk) and
+    one after the last token (finish_reason, as llama.cpp's server ends a stream): TTFT is still F, the first
+    chunk with text (not the empty chunk's ~0 ms), only the TOKENS chunks with text timed (so no ~0 ms ITL gap
+    before the empty last chunk: a minimum over gaps would not show it, since a loaded machine delivers two token
+    chunks together now and then), TOKENS tokens a request (not TOKENS + 1 without usage), and without usage the
+    input tokens are unknown."""
+    s = server(1, TOKENS, *extra)
+    m, records, _ = bench(tmp_path, s.port, "--num-requests", "3", api=api)
+    assert_timing(m, s, {"ttft": [F] * 3, "e2e_latency": [S] * 3})
+    assert all(len(r["chunk_times_s"]) == TOKENS and r["output_tokens"] == TOKENS for r in records)
+    assert {r["tokens_source"] for r in records} == {source}
+    assert m["output_tokens_count"] == 3 * TOKENS
+    if source == "chunks":
+        assert {r["input_tokens"] for r in records} == {None} and m["input_tokens_count"] is None
+
+
+@pytest.mark.parametrize(("chunk", "token"), [
+    ({"choices": [{"index": 0, "text": "a", "finish_reason": None}]}, True),
+    ({"choices": [{"index": 0, "text": "", "finish_reason": None}]}, False),
+    ({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}, False),
+    ({"choices": [{"index": 0, "delta": {"content": "a"}}]}, True),
+    ({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}, False),
+    ({"choices": [{"index": 0, "delta": {"role": "assistant", "content": None}}]}, False),
+    ({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}, False),
+    ({"choices": [{"index": 0, "delta": {"content": None, "reasoning_content": "We"}}]}, True),   # DeepSeek, vLLM < 0.10
+    ({"choices": [{"index": 0, "delta": {"reasoning": "We"}}]}, True),                             # vLLM >= 0.10, OpenRouter
+    ({"choices": [{"index": 0, "delta": {"reasoning_content": ""}}]}, False),
+    ({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\""}}]}}]}, True),
+    ({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"name": "get"}}]}}]}, True),
+    ({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c1", "type": "function"}]}}]}, False),
+    ({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}}, False),
+    ({"choices": [{"index": 0, "delta": "oops"}]}, False),
+    ({"choices": "oops"}, False),
+])
+def test_a_token_is_a_chunk_with_content(chunk, token):
+    assert llm_bench.carries_token(chunk) is token
+
+
+@pytest.mark.parametrize(("line", "token"), [
+    ({"response": "a", "done": False}, True),
+    ({"response": "", "done": False}, False),
+    ({"response": "", "thinking": "hm", "done": False}, True),
+    ({"response": "", "done": True, "eval_count": 5}, False),
+])
+def test_an_ollama_token_is_a_line_with_content(line, token):
+    assert llm_bench.carries_ollama_token(line) is token
 
 
 def test_every_request_carries_the_fixed_generation_settings(server, tmp_path):

@@ -13,8 +13,9 @@ generator, optional `--max-concurrency`), streaming every answer:
 
 - openai-completions: POST /v1/completions, openai-chat: POST /v1/chat/completions, both with
   "stream": true and "stream_options": {"include_usage": true}; the answer is server-sent events,
-  `data: {json}` lines and a final `data: [DONE]`; chunks whose `choices` is not empty carry tokens, the
-  last chunk carries `usage` (prompt_tokens, completion_tokens).
+  `data: {json}` lines and a final `data: [DONE]`; chunks with content carry tokens (carries_token: not the
+  role chunk, nor a finish_reason chunk with an empty delta), the last chunk carries `usage` (prompt_tokens,
+  completion_tokens); without it, token chunks are counted and the input tokens are unknown (null).
 - ollama: POST /api/generate with "stream": true; the answer is one JSON object per line, the last one
   with "done": true and the server's counts and timings (prompt_eval_count, eval_count, load_duration,
   prompt_eval_duration, eval_duration, total_duration; nanoseconds).
@@ -30,6 +31,11 @@ end of `run`) computes metrics.json from requests.jsonl and run.json with the de
   total tokens/s: their (input + output) tokens / wall time; wall time from the first measured send
   to the end of the last request;
 - percentiles as numpy.percentile (linear interpolation between closest ranks).
+
+and the client's audit of itself (audit_of): every request records when it was meant to be sent (its Poisson
+arrival; closed loop: when its worker's last answer ended) and when it was, so the results carry the schedule
+delay, the requested, scheduled and achieved rates, latencies from the intended send (no coordinated omission),
+the process's CPU time over the measured phase and client_kept_up (inference-perf's rule, KEPT_UP_*).
 
 Nothing starts after `--duration` seconds (counted from the program's start, warm-up included), and
 requests still running then are cut, kept with error "cut at duration". SIGTERM and SIGINT cut the
@@ -101,6 +107,39 @@ def rate(amount, seconds):
     return amount / seconds if seconds and seconds > 0 else None
 
 
+KEPT_UP_DELAY_MS = 10.0
+"""inference-perf's rule (docs/loadgen.md, Troubleshooting): the median schedule delay under 10 ms ..."""
+KEPT_UP_RATE_SHARE = 0.95
+"""... and the achieved rate "very close" to the requested one, here at least 95 % of the schedule's rate."""
+
+
+def audit_of(records, run):
+    """The client's audit of its own load: schedule delay (actual - intended send, every request sent), the
+    requested, scheduled and achieved send rates, latency from the intended send (successful requests), its CPU
+    over the measured phase, and client_kept_up: 1 when the median delay is under KEPT_UP_DELAY_MS and (open
+    loop) the achieved rate at least KEPT_UP_RATE_SHARE of the schedule's, 0 otherwise, null without delays."""
+    timed = [r for r in records if isinstance(r.get("intended_s"), (int, float)) and isinstance(r.get("send_s"), (int, float))]
+    delays = [r["send_s"] - r["intended_s"] for r in timed]
+    requested = run.get("request_rate")
+    last_intended = max((r["intended_s"] for r in timed), default=0.0)
+    scheduled = rate(len(timed), last_intended) if requested else None
+    achieved = rate(len(timed), max((r["send_s"] for r in timed), default=0.0))
+    cpu, wall = run.get("client_cpu_s"), run.get("wall_time_s")
+    audit = {"requested_rate_per_s": requested, "scheduled_rate_per_s": scheduled, "achieved_rate_per_s": achieved,
+             "client_cpu_s": cpu, "client_cpu_percent": 100.0 * cpu / wall if cpu is not None and wall else None}
+    audit.update(distribution("schedule_delay", delays))
+    ok = [(r["send_s"] - r["intended_s"], r) for r in timed if r.get("ok")]
+    audit.update(distribution("ttft_from_schedule", [delay + r["ttft_s"] for delay, r in ok]))
+    audit.update(distribution("e2e_from_schedule", [delay + r["e2e_s"] for delay, r in ok]))
+    median = audit["schedule_delay_median_ms"]
+    if median is None:
+        audit["client_kept_up"] = None
+    else:
+        behind = scheduled is not None and (achieved is None or achieved < KEPT_UP_RATE_SHARE * scheduled)
+        audit["client_kept_up"] = 0 if median >= KEPT_UP_DELAY_MS or behind else 1
+    return audit
+
+
 def metrics_of(records, run):
     """metrics.json from the measured requests (records) and run.json (run)."""
     ok = [r for r in records if r.get("ok")]
@@ -110,7 +149,8 @@ def metrics_of(records, run):
     if wall is None and records:
         # the run did not end by itself (killed): it lasted at least until its last request ended
         wall = max(r["send_s"] + (r.get("end_s") or 0.0) for r in records)
-    input_tokens = sum(r.get("input_tokens") or 0 for r in ok)
+    # one request whose server gave no prompt count makes the total unknown (null), never a 0 that looks measured
+    input_tokens = sum(r["input_tokens"] for r in ok) if all(isinstance(r.get("input_tokens"), int) for r in ok) else None
     output_tokens = sum(r.get("output_tokens") or 0 for r in ok)
     tpots = [(r["e2e_s"] - r["ttft_s"]) / (r["output_tokens"] - 1) for r in ok if (r.get("output_tokens") or 0) > 1]
     itls = []
@@ -127,12 +167,13 @@ def metrics_of(records, run):
         "output_tokens_count": output_tokens,
         "request_throughput_per_s": rate(len(ok), wall),
         "output_tokens_per_s": rate(output_tokens, wall),
-        "total_tokens_per_s": rate(input_tokens + output_tokens, wall),
+        "total_tokens_per_s": rate(input_tokens + output_tokens, wall) if input_tokens is not None else None,
     }
     metrics.update(distribution("ttft", [r["ttft_s"] for r in ok]))
     metrics.update(distribution("tpot", tpots))
     metrics.update(distribution("itl", itls))
     metrics.update(distribution("e2e_latency", [r["e2e_s"] for r in ok]))
+    metrics.update(audit_of(records, run))
     if run.get("api") == "ollama":
         for key in OLLAMA_TIMINGS:
             reported = [r["server"][key] for r in ok if isinstance((r.get("server") or {}).get(key), (int, float))]
@@ -191,6 +232,46 @@ class Run:
                 self.out.flush()
 
 
+def _text(value):
+    return isinstance(value, str) and value != ""
+
+
+def _tool_call_text(delta):
+    """Whether a chat delta's tool calls carry any of the function's name or arguments (an id and a type alone
+    are not generated text)."""
+    calls = delta.get("tool_calls")
+    if not isinstance(calls, list):
+        return False
+    functions = [call.get("function") for call in calls if isinstance(call, dict)]
+    return any(isinstance(f, dict) and (_text(f.get("name")) or _text(f.get("arguments"))) for f in functions)
+
+
+def carries_token(data):
+    """Whether an OpenAI streaming chunk carries generated text, so counts as a token chunk: a choice with a
+    non-empty `text` (completions), or whose `delta` has a non-empty `content`, `reasoning_content` or
+    `reasoning` (reasoning models), or a tool call's name or arguments. The role chunk (`"content": ""`), a
+    `finish_reason` chunk with an empty delta and the usage chunk (no choices) carry none. AIPerf's rule
+    (extract_chat_response_data in src/aiperf/endpoints/openai_chat.py, openai_completions.py)."""
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        if _text(choice.get("text")):
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and (any(_text(delta.get(k)) for k in ("content", "reasoning_content", "reasoning"))
+                                        or _tool_call_text(delta)):
+            return True
+    return False
+
+
+def carries_ollama_token(data):
+    """Whether an Ollama line carries generated text: a non-empty `response`, or `thinking` (thinking models)."""
+    return _text(data.get("response")) or _text(data.get("thinking"))
+
+
 def request_body(args, prompt):
     if args.api == "ollama":
         return {"model": args.model, "prompt": prompt, "stream": True,
@@ -238,10 +319,12 @@ def _finish(run, conn, response, request_deadline):
         conn.close()
 
 
-def send(run, conn, index, prompt_index, prompt):
-    """One streamed request; returns its record (times in seconds relative to its send time)."""
+def send(run, conn, index, prompt_index, prompt, intended=None):
+    """One streamed request, meant to be sent at `intended` (time.perf_counter()); returns its record (send_s and
+    intended_s since the first measured send was due, the other times in seconds relative to its send time)."""
     args = run.args
     record = {"index": index, "prompt_index": prompt_index, "http_status": None, "error": None, "ok": False,
+              "intended_s": intended - run.t0 if intended is not None and run.t0 is not None else None,
               "cut": False, "ttft_s": None, "e2e_s": None, "end_s": None, "chunk_times_s": [],
               "input_tokens": None, "output_tokens": None, "tokens_source": None}
     body = json.dumps(request_body(args, prompt)).encode("utf-8")
@@ -295,7 +378,7 @@ def send(run, conn, index, prompt_index, prompt):
                 data = json.loads(line.decode("utf-8"))
                 if data.get("error"):
                     raise ValueError(f"server error: {str(data['error'])[:300]}")
-                if not data.get("done") or data.get("response"):
+                if carries_ollama_token(data):
                     chunks.append(now - sent)
                 if data.get("done"):
                     server = {k: data[k] for k in (*OLLAMA_TIMINGS, "prompt_eval_count", "eval_count") if k in data}
@@ -313,7 +396,7 @@ def send(run, conn, index, prompt_index, prompt):
                 data = json.loads(payload)
                 if data.get("error"):
                     raise ValueError(f"server error: {json.dumps(data['error'])[:300]}")
-                if data.get("choices"):
+                if carries_token(data):
                     chunks.append(now - sent)
                 if data.get("usage"):
                     usage = data["usage"]
@@ -364,6 +447,7 @@ def closed_loop(run, prompts, count, workers, first_index, on_record):
 
     def worker():
         conn = new_connection(run.args)
+        intended = run.t0  # a worker's first request is due at the start, each next one when the last ended
         try:
             while True:
                 with run.lock:
@@ -372,7 +456,9 @@ def closed_loop(run, prompts, count, workers, first_index, on_record):
                         return
                     counter["next"] = i + 1
                 index = first_index + i
-                on_record(send(run, conn, index, index % len(prompts), prompts[index % len(prompts)]))
+                record = send(run, conn, index, index % len(prompts), prompts[index % len(prompts)], intended)
+                intended = time.perf_counter() if run.t0 is not None else None
+                on_record(record)
         finally:
             conn.close()
 
@@ -404,19 +490,19 @@ def open_loop(run, prompts, count, first_index, on_record):
     idle = []
     threads = []
 
-    def one(index):
+    def one(index, intended):
         with run.lock:
             conn = idle.pop() if idle else None
         conn = conn or new_connection(args)
         try:
-            on_record(send(run, conn, index, index % len(prompts), prompts[index % len(prompts)]))
+            on_record(send(run, conn, index, index % len(prompts), prompts[index % len(prompts)], intended))
         finally:
             with run.lock:
                 idle.append(conn)
             if slots is not None:
                 slots.release()
 
-    start = time.perf_counter()
+    start = run.t0 if run.t0 is not None else time.perf_counter()  # the schedule counts from the measured start
     for i, at in enumerate(arrival_times(count, args.request_rate, args.seed)):
         while not run.stopping():
             wait = start + at - time.perf_counter()
@@ -430,7 +516,7 @@ def open_loop(run, prompts, count, first_index, on_record):
             if acquired:
                 slots.release()
             break
-        thread = threading.Thread(target=one, args=(first_index + i,), daemon=True)
+        thread = threading.Thread(target=one, args=(first_index + i, start + at), daemon=True)
         thread.start()
         threads.append(thread)
         if len(threads) >= 1000:
@@ -528,7 +614,8 @@ def run_command(args):
     prompts = load_prompts(args)
     write_json(os.path.join(args.results, "environment.json"), environment(args))
     info = {"api": args.api, "model": args.model, "load": "open" if args.request_rate else "closed",
-            "num_requests": args.num_requests, "warmup_requests": args.warmup_requests}
+            "num_requests": args.num_requests, "warmup_requests": args.warmup_requests, "request_rate": args.request_rate,
+            "concurrent": None if args.request_rate else args.concurrent, "max_concurrency": args.max_concurrency}
     run_path = os.path.join(args.results, "run.json")
     write_json(run_path, info)
     open(os.path.join(args.results, "requests.jsonl"), "w").close()
@@ -543,6 +630,7 @@ def run_command(args):
 
     with open(os.path.join(args.results, "requests.jsonl"), "a") as out:
         run.out = out
+        cpu = time.process_time()  # all the process's threads
         run.t0 = time.perf_counter()
         if run.stopping():
             pass
@@ -551,6 +639,7 @@ def run_command(args):
         else:
             closed_loop(run, prompts, args.num_requests, args.concurrent, 0, run.write)
         info["wall_time_s"] = time.perf_counter() - run.t0
+        info["client_cpu_s"] = time.process_time() - cpu
         run.out = None
     info["stopped"] = run.stop_reason or ("cut at duration" if run.remaining() <= 0 else None)
     write_json(run_path, info)
