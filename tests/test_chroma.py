@@ -174,6 +174,7 @@ def chroma_program() -> str:
     return found
 
 
+@pytest.mark.cluster
 def test_chroma_and_its_benchmark_client_complete_with_real_results(cluster, chroma_program, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{Path(chroma_program).parent}{os.pathsep}{os.environ['PATH']}")
     port = free_port()

@@ -209,6 +209,7 @@ def query(port: int, promql: str) -> list[dict]:
     return body["data"]["result"]
 
 
+@pytest.mark.cluster
 def test_prometheus_scrapes_redis_through_its_exporter_found_by_file_sd(cluster, tmp_path):  # noqa: F811
     needs("redis-server", "redis-cli", "prometheus", "prometheus-redis-exporter")
     ports = {"redis": free_port(), "exporter": free_port(), "prometheus": free_port()}

@@ -312,6 +312,7 @@ def browse(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
+@pytest.mark.browser
 def test_report_in_headless_chromium(sweep_report, tmp_path):
     from PIL import Image
 

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from test_cluster import cluster, wait_for
 from test_cluster import orchc as real_orchc
 from test_scheduler import fake
@@ -326,6 +327,7 @@ phases:
 """
 
 
+@pytest.mark.cluster
 def test_a_dependency_and_a_starting_service_on_the_cluster(cluster, tmp_path):
     from test_cluster import free_port
 
