@@ -104,6 +104,7 @@ def test_other_http_errors_fail_at_once_and_quote_at_most_the_start_of_the_body(
     assert failed.count("x") < 250, f"the whole body was logged: {len(failed)} characters"
 
 
+@pytest.mark.slow
 def test_a_url_that_answers_late_is_waited_for(orchc, tmp_path):
     """Connection refused at first (nothing listens yet), then 503 while starting, then 200: healthy."""
     port = free_port()

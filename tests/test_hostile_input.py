@@ -404,6 +404,7 @@ def test_show_yaml_reads_back_to_the_same_values():
     assert YAML(typ="safe", pure=True).load(annotated + "\n") == back
 
 
+@pytest.mark.slow
 def test_loading_time_is_linear_in_the_size_of_the_file():
     from compiler.core.load import load_text
 

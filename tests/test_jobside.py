@@ -117,6 +117,7 @@ def test_a_killed_batch_shell_leaves_no_service_running(orchc, write, tmp_path):
             os.kill(int(pid), signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_a_service_stops_when_its_client_died_without_finishing(orchc, write, tmp_path):
     """The client left a `started` marker and then vanished from the queue (SIGKILL, node failure)."""
     run = compile_recipe(orchc, write, tmp_path, f"service:\n  name: svc\n  type: jobside_probe\n  nonce: {NONCE + 1}\n"

@@ -209,6 +209,7 @@ def test_closed_loop_one_at_a_time(server, tmp_path):
     assert all(len(r["chunk_times_s"]) == TOKENS for r in records)
 
 
+@pytest.mark.slow
 def test_closed_loop_four_workers_against_one_slot_shows_the_queue_in_ttft(server, tmp_path):
     """4 in flight, 1 served at a time: request k of the first four waits k * S; every later one waits for
     the three ahead of it, 3 * S. Throughput stays 1 / S, whatever the concurrency."""
@@ -221,6 +222,7 @@ def test_closed_loop_four_workers_against_one_slot_shows_the_queue_in_ttft(serve
     assert s.requests()[0]["path"] == "/v1/chat/completions"
 
 
+@pytest.mark.slow
 def test_closed_loop_four_workers_against_four_slots(server, tmp_path):
     """No queue: every TTFT is F, and four times the throughput of one slot."""
     s = server(parallelism=4)
@@ -239,6 +241,7 @@ def test_closed_loop_four_workers_against_four_slots(server, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- open loop
 
+@pytest.mark.slow
 def test_open_loop_poisson_arrivals_at_a_rate(server, tmp_path):
     """10 requests at 20/s with room for all: arrivals are Poisson (uneven gaps, the last at 10 / 20 s as
     vLLM scales them), the same for the same seed; nothing queues, so TTFT is F and E2E is S."""
@@ -256,6 +259,7 @@ def test_open_loop_poisson_arrivals_at_a_rate(server, tmp_path):
     assert any(abs(a - b) > 0.03 for a, b in zip(sends, sorted(r["send_s"] for r in other)))
 
 
+@pytest.mark.slow
 def test_open_loop_max_concurrency_holds_arrivals_back(server, tmp_path):
     """At 100/s with max_concurrency 1, each request waits for the one before to end."""
     s = server(parallelism=4)
@@ -270,6 +274,7 @@ def test_open_loop_max_concurrency_holds_arrivals_back(server, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- warm-up, cuts
 
+@pytest.mark.slow
 def test_warmup_requests_are_sent_first_and_not_counted(server, tmp_path):
     s = server(parallelism=1)
     m, records, _ = bench(tmp_path, s.port, "--num-requests", "3", "--warmup-requests", "2")

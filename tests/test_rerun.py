@@ -64,6 +64,7 @@ def test_every_job_records_its_slurm_job_nodes_and_times(orchc, write, tmp_path)
 
 
 @pytest.mark.cluster
+@pytest.mark.slow
 def test_rerun_on_the_cluster(cluster, needs_redis, tmp_path):  # noqa: F811
     port = free_port()
     (tmp_path / "redis.yaml").write_text(redis_recipe(port, "  requests: 2000\n  tests: [get]\n"))
