@@ -90,11 +90,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from ..output.emit import render_all
     from ..output.pipeline import resolve_all
+    from .notes import cost_notes
 
     recipes = resolve_all(args.recipes, compile_options(args))
     render_all(recipes)
     for recipe in recipes:
-        print(f"{recipe.file}: ok ({len(recipe.jobs)} job(s))")
+        cost = cost_notes(recipe)
+        print(f"{recipe.file}: ok ({len(recipe.jobs)} job(s))" + (f"; {cost}" if cost else ""))
     return EXIT_OK
 
 

@@ -186,6 +186,12 @@ def format_problem(problem: Problem) -> list[str]:
     return lines
 
 
+def print_warning(loc: SourceLoc, message: str, stream: TextIO | None = None) -> None:
+    """`FILE:LINE:COL: warning: MESSAGE` and the source excerpt: something worth knowing that is not an error."""
+    stream = stream or sys.stderr
+    stream.write("\n".join([_clip(f"{loc}: warning: {message}"), *excerpt(loc)]) + "\n")
+
+
 def print_error(error: OrchcError, stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     count = len(error.problems)

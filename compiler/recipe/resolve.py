@@ -62,6 +62,10 @@ class Site:
     requires: tuple[str, ...] = ()
     storage: Mapping[str, str] = field(default_factory=lambda: FrozenDict(DEFAULT_STORAGE))
     """images, apptainer_cache, apptainer_tmp, models, data: the site's, with a recipe's `storage:` over them"""
+    billing: str = "shared"
+    """whole_node (a job pays for its whole nodes while it runs) or shared"""
+    nodes: Mapping[str, Mapping[str, Any]] = field(default_factory=FrozenDict)
+    """partition -> what one of its nodes holds: cores, gpus, memory"""
 
     def with_storage(self, storage: Mapping[str, str]) -> Site:
         """The site as one recipe sees it: its `storage:` over the site's, key by key."""
@@ -277,6 +281,7 @@ def _load_site_file(path: Path) -> Site:
     problems = Collector()
     check(doc, validator("site"), f"site '{path.stem}'", problems)
     problems.raise_if_any()
+    _check_node_partitions(doc, problems)
     data = doc.plain()
     defaults = doc.get("defaults") or Node({}, doc.loc)
     storage = {**DEFAULT_STORAGE, **({"images": data["image_dir"]} if "image_dir" in data else {}),
@@ -294,7 +299,19 @@ def _load_site_file(path: Path) -> Site:
         qos=tuple(data.get("qos", ())),
         requires=tuple(data.get("requires", ())),
         storage=FrozenDict(storage),
+        billing=data.get("billing", "shared"),
+        nodes=FrozenDict({name: FrozenDict(shape) for name, shape in data.get("nodes", {}).items()}),
     )
+
+
+def _check_node_partitions(doc: Node, problems: Collector) -> None:
+    """Each partition under `nodes:` is one the site lists (a typo would silently shape no node)."""
+    nodes, listed = doc.get("nodes"), doc.plain().get("partitions", [])
+    for name, child in (nodes.value.items() if nodes is not None and isinstance(nodes.value, dict) else ()):
+        if name not in listed:
+            problems.add(child.key_loc or child.loc, f"nodes: '{name}' is not one of the site's partitions "
+                         f"({', '.join(listed) or 'none listed'}){did_you_mean(name, listed)}")
+    problems.raise_if_any()
 
 
 def _recipe_storage(doc: Node) -> dict[str, str]:

@@ -155,14 +155,14 @@ def _step(job: ResolvedJob, recipe: Recipe) -> StepPlan:
 def _time(recipe: Recipe, services: list[ResolvedJob], clients: list[ResolvedJob]) -> tuple[str, str] | None:
     """(the allocation's time limit, how it was found), or None when a job has no time (or no limit) to sum."""
     if not clients:
-        limits = [_seconds(str(job.resources.get("time") or "0")) for job in services]
+        limits = [seconds(str(job.resources.get("time") or "0")) for job in services]
         if not limits or 0 in limits:
             return None
         return _time_text(max(limits)), "the longest service time"
     start = max((int(job.fields.get("health_timeout") or 0) for job in services), default=0)
     ends: dict[str, int] = {}
     for job in clients:   # in submission order: a client waits only for clients listed before it
-        own = _seconds(str(job.resources.get("time") or "0"))
+        own = seconds(str(job.resources.get("time") or "0"))
         if own == 0:
             return None
         ends[job.name] = own + max((ends[name] for name in recipe.waits_for.get(job.name, ()) if name in ends),
@@ -171,13 +171,13 @@ def _time(recipe: Recipe, services: list[ResolvedJob], clients: list[ResolvedJob
         "the longest service start (health_timeout) plus the longest chain of client times"
 
 
-def _seconds(text: str) -> int:
+def seconds(text: str) -> int:
     """SLURM's time formats (minutes, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in seconds; 0 means no limit."""
     days, _, rest = text.rpartition("-")
     parts = [int(part) for part in rest.split(":")]
     if days:
-        hours, minutes, seconds = (parts + [0, 0])[:3]
-        return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+        hours, minutes, secs = (parts + [0, 0])[:3]
+        return ((int(days) * 24 + hours) * 60 + minutes) * 60 + secs
     if len(parts) == 3:
         return (parts[0] * 60 + parts[1]) * 60 + parts[2]
     return parts[0] * 60 + (parts[1] if len(parts) == 2 else 0)
@@ -244,5 +244,5 @@ def one_allocation(recipe: Recipe, script: str) -> tuple[str, dict[str, Any]] | 
     return render_allocation(recipe, node, allocation, script), manifest_entry(allocation, script)
 
 
-__all__ = ["Allocation", "StepPlan", "allocation_node", "one_allocation", "plan_allocation",
-           "render_allocation"]
+__all__ = ["Allocation", "StepPlan", "allocation_node", "one_allocation", "plan_allocation", "render_allocation",
+           "seconds"]
