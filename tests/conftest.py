@@ -27,6 +27,35 @@ def pytest_configure(config: pytest.Config) -> None:
                     "run it locally and review git diff golden/", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
+# Fixtures that need a real component, by the module that defines them, and the marker of that component (the
+# markers are registered in pyproject.toml). A test that uses one, directly or through another fixture, carries the
+# marker, so that `pytest -m "not cluster and not ssh"` leaves out every test that would fail or skip without them.
+NEEDS_MARKER = {
+    ("test_cluster", "cluster"): "cluster",
+    ("test_remote", "cluster_and_redis"): "cluster",
+    ("test_remote", "server"): "ssh",
+}
+
+
+def unmarked_needs(items: list[pytest.Item]) -> list[str]:
+    """Each test that uses a fixture of NEEDS_MARKER without its marker, said in one line."""
+    found = []
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)     # pytest's record of the fixtures a test uses (their closure)
+        for name, definitions in (info.name2fixturedefs.items() if info is not None else ()):
+            marker = NEEDS_MARKER.get((getattr(definitions[-1].func, "__module__", ""), name))
+            if marker and item.get_closest_marker(marker) is None:
+                found.append(f"{item.nodeid} uses the fixture {name} but is not marked {marker} "
+                             f"(add @pytest.mark.{marker}, or pytestmark = pytest.mark.{marker} for the module)")
+    return found
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = unmarked_needs(items)
+    if unmarked:
+        raise pytest.UsageError("\n".join(unmarked))
+
+
 @pytest.fixture(autouse=True)
 def _own_config_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test gets its own $XDG_CONFIG_HOME: submit makes the user's run key there (runs.run_key), never in

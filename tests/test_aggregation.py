@@ -55,6 +55,7 @@ def sweep_with(folder: Path, metrics: int, shift: float = 0.0) -> Path:
 
 @pytest.mark.parametrize("command", [("results", "a"), ("results", "a", "--json"), ("results", "--check", "a"),
                                      ("compare", "a", "b"), ("compare", "a", "b", "--csv"), ("report", "a")])
+@pytest.mark.slow
 def test_each_clients_metrics_are_read_a_few_times_whatever_their_number(orchc, counted, tmp_path, command):
     reads = []
     for metrics in (5, 300):

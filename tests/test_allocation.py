@@ -205,6 +205,7 @@ def jobs_in(folder: Path) -> list[str]:
     return [line.split("|")[0] for line in done.stdout.splitlines() if line.split("|")[-1] == str(folder)]
 
 
+@pytest.mark.cluster
 def test_a_service_and_a_client_ladder_run_in_one_allocation(cluster, needs_redis, tmp_path):  # noqa: F811
     port = free_port()
     (tmp_path / "ladder.yaml").write_text(cluster_ladder(port))
@@ -242,6 +243,7 @@ def test_a_service_and_a_client_ladder_run_in_one_allocation(cluster, needs_redi
     wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
 
 
+@pytest.mark.cluster
 def test_cancel_stops_every_step_of_the_allocation(cluster, needs_redis, tmp_path):  # noqa: F811
     port = free_port()
     (tmp_path / "ladder.yaml").write_text(cluster_ladder(port, requests=100_000_000))

@@ -104,6 +104,7 @@ def test_other_http_errors_fail_at_once_and_quote_at_most_the_start_of_the_body(
     assert failed.count("x") < 250, f"the whole body was logged: {len(failed)} characters"
 
 
+@pytest.mark.slow
 def test_a_url_that_answers_late_is_waited_for(orchc, tmp_path):
     """Connection refused at first (nothing listens yet), then 503 while starting, then 200: healthy."""
     port = free_port()
@@ -174,6 +175,7 @@ def chroma_program() -> str:
     return found
 
 
+@pytest.mark.cluster
 def test_chroma_and_its_benchmark_client_complete_with_real_results(cluster, chroma_program, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{Path(chroma_program).parent}{os.pathsep}{os.environ['PATH']}")
     port = free_port()

@@ -87,6 +87,7 @@ def redis_recipe(port: int, client: str = "", service: str = "") -> str:
                                                             if client else ""))
 
 
+@pytest.mark.cluster
 def test_redis_service_and_client_complete_with_real_results(cluster, needs_redis, tmp_path):
     port = free_port()
     (tmp_path / "redis.yaml").write_text(redis_recipe(port, "  requests: 20000\n  tests: [set, get]\n"))
@@ -123,6 +124,7 @@ def test_redis_service_and_client_complete_with_real_results(cluster, needs_redi
     assert not (run / "endpoints" / "redis").exists()
 
 
+@pytest.mark.cluster
 def test_redis_refuses_a_client_without_the_runs_certificate(cluster, needs_redis, tmp_path):
     port = free_port()
     (tmp_path / "redis.yaml").write_text(redis_recipe(port))
@@ -149,6 +151,7 @@ def test_redis_refuses_a_client_without_the_runs_certificate(cluster, needs_redi
     wait_for(lambda: not redis_processes(port), 30, "redis-server to be gone")
 
 
+@pytest.mark.cluster
 def test_a_client_duration_bounds_the_whole_run_and_keeps_what_finished(cluster, needs_redis, tmp_path):
     """The issue's case: duration 15 s and three tests; before, the client ran 46 s and ended FAILED (124)."""
     port = free_port()
@@ -172,6 +175,7 @@ def test_a_client_duration_bounds_the_whole_run_and_keeps_what_finished(cluster,
     wait_for(lambda: not (run / "endpoints" / "redis").exists(), 15, "the endpoint to be withdrawn")
 
 
+@pytest.mark.cluster
 def test_clients_reach_services_by_job_id_and_by_endpoint(cluster, needs_redis, tmp_path):
     port = free_port()
     # auth: none: these clients are of another run, so they hold no certificate of this one
@@ -204,6 +208,7 @@ def test_clients_reach_services_by_job_id_and_by_endpoint(cluster, needs_redis, 
     wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
 
 
+@pytest.mark.cluster
 def test_ollama_client_measures_a_generate_api(cluster, tmp_path):
     """ollama_client (llm_client with api: ollama) through `orchc submit`, against the known-timing stand-in
     (tests/llm_standin.py): 3 slots for 3 workers, so every request gets its first token after 30 ms and the
@@ -246,6 +251,7 @@ def test_ollama_client_measures_a_generate_api(cluster, tmp_path):
     assert not Path("/tmp/orchc-pwned").exists()
 
 
+@pytest.mark.cluster
 def test_a_client_fails_fast_when_its_service_dies(cluster, needs_redis, tmp_path):
     (tmp_path / "defs").mkdir()
     (tmp_path / "defs" / "broken.yaml").write_text(
@@ -262,6 +268,7 @@ def test_a_client_fails_fast_when_its_service_dies(cluster, needs_redis, tmp_pat
     assert "the service process exited before it became ready" in orchc("logs", run, "svc", cwd=tmp_path).stdout
 
 
+@pytest.mark.cluster
 def test_mysql_and_mysqlslap_with_a_secret_that_never_reaches_a_file(cluster, tmp_path):
     if shutil.which("mysqld") is None or shutil.which("mysqlslap") is None:
         pytest.fail("mysqld/mysqlslap missing; run tests/install-deps.sh") if in_ci() else pytest.skip("no mysqld")
@@ -284,6 +291,7 @@ def test_mysql_and_mysqlslap_with_a_secret_that_never_reaches_a_file(cluster, tm
             assert password not in path.read_text(errors="replace"), path
 
 
+@pytest.mark.cluster
 def test_two_runs_of_one_mysql_recipe_at_once_each_keep_their_own_data(cluster, tmp_path):
     """Stateful services get a data folder per run by default ($ORCHC_DATA): a second run of the same recipe
     started while the first runs does not fail on the first one's lock (InnoDB: Unable to lock ./ibdata1)."""
@@ -307,6 +315,7 @@ def test_two_runs_of_one_mysql_recipe_at_once_each_keep_their_own_data(cluster, 
         assert (run / "data" / "db" / "mysql" / "mysql").is_dir(), sorted(run.rglob("*"))[:20]
 
 
+@pytest.mark.cluster
 def test_cancel_stops_a_running_service(cluster, needs_redis, tmp_path):
     port = free_port()
     (tmp_path / "redis.yaml").write_text(redis_recipe(port))
@@ -321,6 +330,7 @@ def test_cancel_stops_a_running_service(cluster, needs_redis, tmp_path):
     wait_for(lambda: not (run / "endpoints" / "redis").exists(), 10, "the endpoint file to be removed")
 
 
+@pytest.mark.cluster
 def test_a_client_past_its_time_limit_keeps_its_partial_results(cluster, needs_redis, tmp_path):
     port = free_port()
     tests = "[set, get, incr, lpush, rpush, lpop, rpop, sadd, hset, spop, zadd, zpopmin, lrange_100, mset]"
@@ -341,6 +351,7 @@ def test_a_client_past_its_time_limit_keeps_its_partial_results(cluster, needs_r
     wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
 
 
+@pytest.mark.cluster
 def test_a_rejected_job_cancels_the_jobs_already_submitted(cluster, needs_redis, tmp_path):
     port = free_port()
     text = redis_recipe(port).replace("service:\n  name: redis", "services:\n- name: redis") + \
@@ -359,6 +370,7 @@ def test_a_rejected_job_cancels_the_jobs_already_submitted(cluster, needs_redis,
     wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
 
 
+@pytest.mark.cluster
 def test_a_comma_in_the_run_folder_path_reaches_no_sbatch_option(cluster, needs_redis, tmp_path):
     port = free_port()
     (tmp_path / "redis.yaml").write_text(redis_recipe(port, "  requests: 2000\n  tests: [ping_inline]\n"))
@@ -373,6 +385,7 @@ def test_a_comma_in_the_run_folder_path_reaches_no_sbatch_option(cluster, needs_
     wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
 
 
+@pytest.mark.cluster
 def test_prometheus_scrapes_a_service_of_the_same_run_by_its_job_name(cluster, needs_redis, tmp_path):
     if shutil.which("prometheus") is None:
         pytest.fail("prometheus is missing; run tests/install-deps.sh") if in_ci() else pytest.skip("no prometheus")
@@ -396,6 +409,7 @@ def test_prometheus_scrapes_a_service_of_the_same_run_by_its_job_name(cluster, n
     wait_for(lambda: {j["state"] for j in status(run).values()} == {"CANCELLED"}, 30, "both jobs cancelled")
 
 
+@pytest.mark.cluster
 def test_every_example_is_accepted_by_sbatch_test_only(cluster, tmp_path):
     subprocess.run([sys.executable, "-m", "compiler", "compile", *sorted(EXAMPLES.glob("*.yaml")), "-o", tmp_path],
                    check=True, cwd=ROOT, capture_output=True)
@@ -417,6 +431,7 @@ def test_no_slurm_is_a_clear_error(tmp_path):
                                    "(for the test cluster: bash tests/cluster/start.sh)")
 
 
+@pytest.mark.cluster
 def test_llm_client_measures_an_openai_compatible_server_at_a_request_rate(cluster, tmp_path):
     """llm_client on the OpenAI chat API, open loop: 10 requests at 20/s, at most 2 in flight, against one slot
     (tests/llm_standin.py, 40 ms to the first token, 10 ms between tokens, 5 tokens: 80 ms per request)."""
@@ -463,6 +478,7 @@ def test_llm_client_measures_an_openai_compatible_server_at_a_request_rate(clust
     assert all(len(b["messages"][0]["content"].split()) == 16 for b in bodies)
 
 
+@pytest.mark.cluster
 def test_llm_client_stopped_by_its_duration_keeps_the_requests_in_flight(cluster, tmp_path):
     """Requests that take 10 s each and a duration of 3 s: orchc stops the benchmark, the requests in flight
     are kept cut at duration with the tokens they got, and the job still completes with partial results."""

@@ -15,6 +15,7 @@ from conftest import in_ci
 from test_cluster import cluster, free_port, orchc, status, wait_for
 
 __all__ = ["cluster"]   # the fixture, imported for the tests below
+pytestmark = pytest.mark.cluster
 
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
 

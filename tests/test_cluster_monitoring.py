@@ -16,9 +16,12 @@ import sys
 from pathlib import Path
 
 import nvidia_smi_standin
+import pytest
 from conftest import ROOT
 from test_cluster import cluster, free_port, orchc, status, wait_for  # noqa: F401 (cluster is a fixture)
 from test_monitoring import ENDED, GPU_RECIPE, compile_gpu, needs, query, without_nvidia_smi
+
+pytestmark = pytest.mark.cluster
 
 
 def exporter_processes(program: str, port: int) -> list[str]:

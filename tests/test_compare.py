@@ -520,6 +520,7 @@ def test_the_recipe_schema_accepts_references_and_locates_bad_ones(tmp_path):
     assert "bad.yaml:11:29: error: references.bench.y_ms.per: 'mean' is not one of 'repeat', 'point'" in done.stderr
 
 
+@pytest.mark.slow
 def test_results_csv_has_one_column_per_swept_key(tmp_path):
     """What spreadsheets and pandas want: `bench.clients` a column of its own, not {"bench.clients": 1} in one cell."""
     sweep_run(tmp_path / "run", [("p01", 1, [BASE, BASE]), ("p02", 10, [BASE])])
@@ -531,6 +532,7 @@ def test_results_csv_has_one_column_per_swept_key(tmp_path):
         {("bench-p01-r1", "1"), ("bench-p01-r2", "1"), ("bench-p02-r1", "10")}
 
 
+@pytest.mark.slow
 def test_results_csv_of_a_run_without_a_sweep_has_no_swept_columns(tmp_path):
     write_run(tmp_path / "run", {"bench": results(BASE)})
     done = orchc("results", "run", "--csv", cwd=tmp_path)

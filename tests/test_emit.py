@@ -76,6 +76,7 @@ def test_a_hand_edited_output_is_not_cleaned_up(tmp_path):
     assert (folder / "bench.sbatch").read_text() == "# my own edits\n"
 
 
+@pytest.mark.slow
 def test_concurrent_compiles_leave_one_consistent_set(tmp_path):
     variants = []
     for index in range(6):
@@ -166,6 +167,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_two_rendering_processes_write_the_bytes_one_writes(tmp_path):
     from compiler.output.workers import PARALLEL_FROM
 
@@ -212,6 +214,7 @@ def _small_recipes(folder: Path, count: int, zero_in: tuple[int, ...] = ()) -> l
     return names
 
 
+@pytest.mark.slow
 def test_many_small_recipes_share_the_two_processes_with_the_bytes_and_errors_of_one(tmp_path):
     """The scripts of all recipes go into one queue: 100 recipes of 3 scripts are rendered by two processes,
     with the bytes one process writes, also when the output exists, and holding few folders open (a limit

@@ -488,6 +488,7 @@ def _random_keyword(rng: random.Random, depth: int) -> tuple[str, Any]:
     return rng.choice(choices)()
 
 
+@pytest.mark.slow
 def test_random_schemas_agree_with_jsonschema():
     rng = random.Random(7)
     disagreements = Disagreements()
@@ -589,6 +590,7 @@ def _mutate_schema(schema: Any, rng: random.Random) -> Any:
     return rng.choice([schema, {}, rng.choice(META_VALUES)])
 
 
+@pytest.mark.slow
 def test_surely_valid_schema_never_accepts_what_the_metaschema_refuses():
     rng = random.Random(11)
     candidates: list[Any] = [schema for _, schema in field_schemas()] + EDGE_SCHEMAS

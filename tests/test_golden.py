@@ -69,6 +69,7 @@ GOLDEN_SCRIPTS = sorted(p for folder in SITES.values() for p in [*folder.glob("*
 
 
 @pytest.mark.parametrize("script", GOLDEN_SCRIPTS, ids=[str(p.relative_to(GOLDEN)) for p in GOLDEN_SCRIPTS])
+@pytest.mark.slow
 def test_golden_script_passes_bash_and_shellcheck(script):
     subprocess.run(["bash", "-n", str(script)], check=True)
     checked = subprocess.run([shellcheck(), "-s", "bash", str(script)],

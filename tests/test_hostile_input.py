@@ -101,12 +101,29 @@ def run_measured(args: list[str], cwd: Path, timeout: float = 60) -> tuple[int, 
     return code, done.stderr.decode("utf-8", "replace"), cpu, peak
 
 
+# CPU is bounded in floors, not seconds: the floor is the CPU of `orchc validate` of a three-line recipe in a fresh
+# process (interpreter start, imports, one small file), measured on this machine by this module, so a slower or busier
+# machine moves the bound with it. Every heavy case takes under 8 floors; the unbounded work each guards against
+# (expanding an alias bomb, matching every point with every rule, reporting errors in quadratic time) takes hundreds,
+# or the 60 s the measure allows. Memory is bounded in megabytes: it does not depend on the machine's speed.
+CPU_FLOORS = 20
+
+
+@pytest.fixture(scope="module")
+def cpu_floor(tmp_path_factory: pytest.TempPathFactory) -> float:
+    folder = tmp_path_factory.mktemp("floor")
+    (folder / "r.yaml").write_text("account: p200981\n" + RECIPE)
+    measured = [run_measured(["validate", "r.yaml"], folder) for _ in range(3)]
+    assert all(code == 0 for code, *_ in measured), measured
+    return min(cpu for _, _, cpu, _ in measured)
+
+
 @pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c.get("heavy")))
-def test_heavy_hostile_file_is_refused_within_2s_and_200mb(tmp_path, name):
+def test_heavy_hostile_file_is_refused_within_20_floors_of_cpu_and_200mb(tmp_path, cpu_floor, name):
     case = CASES[name]
     code, err, cpu, peak_mb = run_measured(case_args(name, case, tmp_path), tmp_path)
     check_outcome(name, case, code, err)
-    assert cpu < 2.0, f"{cpu:.2f} s of CPU"
+    assert cpu < CPU_FLOORS * cpu_floor, f"{cpu:.2f} s of CPU, {cpu / cpu_floor:.1f} floors of {cpu_floor:.2f} s"
     assert peak_mb < 200, f"{peak_mb:.0f} MB"
 
 
@@ -134,12 +151,12 @@ def test_a_device_or_folder_is_refused(orchc, tmp_path, path, kind):
 
 # Error volume: linear in the number of problems, capped, short quotes, secrets never echoed.
 
-def test_twenty_thousand_errors_are_reported_in_linear_time_and_capped(tmp_path):
+def test_twenty_thousand_errors_are_reported_in_linear_time_and_capped(tmp_path, cpu_floor):
     lines = "".join(f"    - !bad{i} {i}\n" for i in range(20_000))
     (tmp_path / "r.yaml").write_text(RECIPE + "  x:\n" + lines)
     code, err, cpu, _ = run_measured(["validate", "r.yaml"], tmp_path)
     assert code == 1
-    assert cpu < 2.0, f"{cpu:.2f} s"
+    assert cpu < CPU_FLOORS * cpu_floor, f"{cpu:.2f} s of CPU, {cpu / cpu_floor:.1f} floors of {cpu_floor:.2f} s"
     assert len(HEADLINE.findall(err)) == 50
     assert "... and 19950 more errors" in err
     assert err.rstrip().endswith("20000 errors")
@@ -387,6 +404,7 @@ def test_show_yaml_reads_back_to_the_same_values():
     assert YAML(typ="safe", pure=True).load(annotated + "\n") == back
 
 
+@pytest.mark.slow
 def test_loading_time_is_linear_in_the_size_of_the_file():
     from compiler.core.load import load_text
 

@@ -64,6 +64,7 @@ def test_the_pure_python_parser_gives_the_same_values_and_positions(monkeypatch)
     assert str(pure.at(("service", "z")).key_loc) == "t.yaml:6:3"
 
 
+@pytest.mark.slow
 def test_the_pure_python_parser_refuses_deep_nesting_without_recursing(monkeypatch):
     import sys
 
@@ -77,6 +78,7 @@ def test_the_pure_python_parser_refuses_deep_nesting_without_recursing(monkeypat
     assert "nested deeper than 64 levels" in info.value.problems[0].message
 
 
+@pytest.mark.slow
 def test_the_tag_of_a_plain_scalar_is_the_yaml_1_2_resolvers_whatever_the_shortcut():
     """load.py answers `str` without asking ruamel's resolver for text whose first character no implicit
     resolver starts with: differential, over random text and the words YAML 1.1 and 1.2 give meaning to."""

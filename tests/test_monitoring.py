@@ -61,6 +61,7 @@ services:
 
 # --- compiled output -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_redis_exporter_sidecar_native_and_apptainer(tmp_path):
     recipe = STACK.format(redis=6379, data="/tmp/x", exporter=9121, prometheus=9090).replace("site: local\n", "account: p1\n")
     native = compile_one(tmp_path, recipe, "redis")
@@ -209,6 +210,7 @@ def query(port: int, promql: str) -> list[dict]:
     return body["data"]["result"]
 
 
+@pytest.mark.cluster
 def test_prometheus_scrapes_redis_through_its_exporter_found_by_file_sd(cluster, tmp_path):  # noqa: F811
     needs("redis-server", "redis-cli", "prometheus", "prometheus-redis-exporter")
     ports = {"redis": free_port(), "exporter": free_port(), "prometheus": free_port()}
@@ -283,6 +285,7 @@ def compile_gpu(tmp_path: Path, recipe: str = GPU_RECIPE, site: str = "local") -
 SAMPLER = "setsid nvidia-smi --query-gpu=" + ",".join(nvidia_smi_standin.FIELDS)
 
 
+@pytest.mark.slow
 def test_the_gpu_sampler_is_compiled_into_gpu_jobs_only(tmp_path):
     out = compile_gpu(tmp_path, GPU_RECIPE.replace("  target_endpoint:", "  gpu_sample_interval: 5\n  target_endpoint:"))
     service, client = (out / "svc.sbatch").read_text(), (out / "bench.sbatch").read_text()
@@ -313,6 +316,7 @@ def without_nvidia_smi(path: str) -> str:
     return os.pathsep.join(folder for folder in path.split(os.pathsep) if not (Path(folder) / "nvidia-smi").exists())
 
 
+@pytest.mark.slow
 def test_the_gpu_sampler_writes_nvidia_smi_rows_into_the_results_of_services_and_clients(tmp_path):
     out = compile_gpu(tmp_path)
     run = tmp_path / "run"
@@ -334,6 +338,7 @@ def test_the_gpu_sampler_writes_nvidia_smi_rows_into_the_results_of_services_and
         assert not left.strip(), left
 
 
+@pytest.mark.slow
 def test_a_gpu_job_on_a_node_without_nvidia_smi_logs_it_and_goes_on(tmp_path):
     out = compile_gpu(tmp_path)
     run = tmp_path / "run"

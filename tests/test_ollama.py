@@ -66,6 +66,7 @@ def requests(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "standin.log").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_ollama_pulls_derives_warms_up_and_checks_the_gpu(ollama_job):
     run, bin_dir, _ = ollama_job()
     code, err = run_service(run, bin_dir, STANDIN_SIZE_VRAM="4000")
@@ -86,6 +87,7 @@ def test_ollama_pulls_derives_warms_up_and_checks_the_gpu(ollama_job):
     assert recorded["size_vram"] == 4000 and recorded["num_parallel"] == 3
 
 
+@pytest.mark.slow
 def test_a_gpu_job_whose_model_is_not_on_the_gpu_fails_clearly(ollama_job):
     run, bin_dir, _ = ollama_job()
     code, err = run_service(run, bin_dir, STANDIN_SIZE_VRAM="0")
@@ -93,6 +95,7 @@ def test_a_gpu_job_whose_model_is_not_on_the_gpu_fails_clearly(ollama_job):
     assert "tiny-orchc-ngl7 is loaded but not on the GPU" in err, err
 
 
+@pytest.mark.slow
 def test_without_gpu_layers_the_users_model_is_served_as_it_is(ollama_job):
     run, bin_dir, _ = ollama_job("resources: {gres!: null, partition: cpu}")
     code, err = run_service(run, bin_dir)  # no GPU: size_vram 0 is fine

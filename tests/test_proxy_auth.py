@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, in_ci
 
+pytestmark = pytest.mark.slow   # every test starts real services (chroma or ollama stand-in, nginx) and waits for them
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -149,6 +149,8 @@ def cluster_and_redis() -> None:
 
 # --- end to end -------------------------------------------------------------------------------------
 
+@pytest.mark.cluster
+@pytest.mark.ssh
 def test_submit_status_logs_results_tunnel_cancel_over_ssh(server, laptop, cluster_and_redis, tmp_path, remote_dir):
     override(Path(laptop.env["XDG_CONFIG_HOME"]), server, remote_dir)
     port = sshd_helper.free_port()
@@ -237,6 +239,8 @@ def test_submit_status_logs_results_tunnel_cancel_over_ssh(server, laptop, clust
              "the withdrawn endpoint to be gone locally")
 
 
+@pytest.mark.cluster
+@pytest.mark.ssh
 def test_status_watch_reconnects_when_the_master_dies(server, laptop, cluster_and_redis, tmp_path, remote_dir):
     override(Path(laptop.env["XDG_CONFIG_HOME"]), server, remote_dir)
     port = sshd_helper.free_port()
@@ -270,6 +274,8 @@ def test_status_watch_reconnects_when_the_master_dies(server, laptop, cluster_an
     assert ssh_calls(err)["master"] >= 1, err           # a new master once the first was killed
 
 
+@pytest.mark.cluster
+@pytest.mark.ssh
 def test_status_watch_fails_clearly_when_the_login_node_goes_away(laptop, cluster_and_redis, tmp_path, remote_dir):
     problem = sshd_helper.problem()
     if problem:
@@ -300,6 +306,8 @@ def test_status_watch_fails_clearly_when_the_login_node_goes_away(laptop, cluste
     assert elapsed < 45, elapsed
 
 
+@pytest.mark.cluster
+@pytest.mark.ssh
 def test_a_refused_sbatch_rolls_back_over_ssh(server, laptop, cluster_and_redis, tmp_path, remote_dir):
     override(Path(laptop.env["XDG_CONFIG_HOME"]), server, remote_dir)
     (tmp_path / "redis.yaml").write_text(redis_recipe(sshd_helper.free_port()).replace(
@@ -328,12 +336,14 @@ def submit_error(laptop: Remote, tmp_path: Path, timeout: float = 60) -> tuple[s
     return done.stderr, elapsed
 
 
+@pytest.mark.ssh
 def test_a_port_where_nothing_listens_is_a_clear_error(server, laptop, tmp_path):
     override(Path(laptop.env["XDG_CONFIG_HOME"]), server, "x", port=sshd_helper.free_port())
     err, elapsed = submit_error(laptop, tmp_path)
     assert "refused the connection" in err and elapsed < 20, (err, elapsed)
 
 
+@pytest.mark.ssh
 def test_a_refused_key_is_a_clear_error(server, laptop, tmp_path):
     stranger = tmp_path / "stranger"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", stranger], check=True, capture_output=True)
@@ -342,12 +352,14 @@ def test_a_refused_key_is_a_clear_error(server, laptop, tmp_path):
     assert "refused the login" in err and elapsed < 20, (err, elapsed)
 
 
+@pytest.mark.ssh
 def test_a_changed_host_key_is_a_clear_error(server, laptop, tmp_path):
     override(Path(laptop.env["XDG_CONFIG_HOME"]), server, "x", known_hosts=sshd_helper.wrong_known_hosts(server))
     err, elapsed = submit_error(laptop, tmp_path)
     assert "host key" in err and "CHANGED" in err and elapsed < 20, (err, elapsed)
 
 
+@pytest.mark.ssh
 def test_an_unknown_host_key_is_a_clear_error(server, laptop, tmp_path):
     empty = tmp_path / "known_hosts_empty"
     empty.write_text("")
@@ -356,6 +368,7 @@ def test_an_unknown_host_key_is_a_clear_error(server, laptop, tmp_path):
     assert "host key" in err and "not known" in err and elapsed < 20, (err, elapsed)
 
 
+@pytest.mark.ssh
 def test_a_server_that_never_speaks_is_a_timeout(server, laptop, tmp_path):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -392,6 +405,7 @@ def test_a_server_that_never_speaks_is_a_timeout(server, laptop, tmp_path):
 HOSTILE = "it's \"q\" $(touch /tmp/orchc-PWNED-{n}) `touch /tmp/orchc-PWNED-{n}`; touch /tmp/orchc-PWNED-{n} & x"
 
 
+@pytest.mark.ssh
 def test_hostile_folders_names_and_words_stay_data(server, sockets, tmp_path, monkeypatch):
     for n in range(3):
         Path(f"/tmp/orchc-PWNED-{n}").unlink(missing_ok=True)

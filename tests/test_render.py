@@ -154,6 +154,7 @@ def test_recompiling_removes_scripts_of_jobs_that_are_gone(orchc, write, tmp_pat
     assert sorted(p.name for p in (tmp_path / "out" / "r").iterdir()) == ["a.sbatch", "manifest.json", "submit.sh"]
 
 
+@pytest.mark.slow
 def test_output_is_identical_across_processes_and_hash_seeds(tmp_path):
     outputs = []
     for seed in ("0", "12345"):
@@ -171,6 +172,7 @@ def test_validate_writes_nothing(orchc, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_every_example_for_the_local_site_passes_shellcheck(orchc, tmp_path):
     recipes = sorted(EXAMPLES.glob("*.yaml"))
     assert orchc("compile", *recipes, "--site", "local", "-o", tmp_path).code == 0

@@ -245,6 +245,7 @@ def tiny_run(folder: Path) -> Path:
     return write_sweep_run(folder, gpu_rows=0, pipelines=(1,), tests=("set",))
 
 
+@pytest.mark.slow
 def test_report_of_a_sweep(sweep_report):
     run, out = sweep_report
     page = (run / "report.html").read_text()
@@ -276,6 +277,7 @@ def test_report_of_a_sweep(sweep_report):
     assert "<script" not in page
 
 
+@pytest.mark.slow
 def test_same_run_same_bytes(sweep_report, tmp_path):
     """Another process (another hash seed), another output folder of the same name: the same bytes."""
     run, _ = sweep_report
@@ -315,6 +317,7 @@ def test_a_run_without_a_sweep(orchc, tmp_path):
     assert "No job of this run has GPU telemetry" in page
 
 
+@pytest.mark.slow
 def test_output_name_and_stale_plots(orchc, tmp_path):
     run = tiny_run(tmp_path / "run")
     assert orchc("report", run, "-o", tmp_path / "r.txt").err == (
@@ -331,6 +334,7 @@ def test_output_name_and_stale_plots(orchc, tmp_path):
         "03-bench-set.latency_p99_ms-vs-bench.clients.svg", "04-bench-set.latency-vs-set.requests_per_s.svg"]
 
 
+@pytest.mark.slow
 def test_hostile_names_are_text(orchc, tmp_path):
     run = tiny_run(tmp_path / "run")
     evil = '<img src=x onerror=alert(1)>$x$_per_s'
@@ -368,6 +372,8 @@ def browse(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_report_in_headless_chromium(sweep_report, tmp_path):
     from PIL import Image
 

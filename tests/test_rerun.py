@@ -63,6 +63,8 @@ def test_every_job_records_its_slurm_job_nodes_and_times(orchc, write, tmp_path)
     assert record["started"] <= record["ended"] and record["ended"].endswith("Z")
 
 
+@pytest.mark.cluster
+@pytest.mark.slow
 def test_rerun_on_the_cluster(cluster, needs_redis, tmp_path):  # noqa: F811
     port = free_port()
     (tmp_path / "redis.yaml").write_text(redis_recipe(port, "  requests: 2000\n  tests: [get]\n"))

@@ -17,6 +17,8 @@ import pytest
 from conftest import EXAMPLES, ROOT
 from ruamel.yaml import YAML
 
+pytestmark = pytest.mark.slow   # thousands of compiles: every node of every example, replaced in turn
+
 WRONG_SHAPES = [None, [], {"x": 1}]
 HEADLINE = re.compile(r"^\S+:\d+:\d+: error: ")
 

@@ -63,6 +63,7 @@ def slurm_state(job_id: str) -> str:
                           timeout=30).stdout.strip()
 
 
+@pytest.mark.cluster
 def test_cancel_leaves_an_unrelated_job_planted_in_run_json(cluster, tmp_path):
     other = sbatch(tmp_path)                                         # named "wrap": not a job orchc names
     try:
@@ -80,6 +81,7 @@ def test_cancel_leaves_an_unrelated_job_planted_in_run_json(cluster, tmp_path):
         subprocess.run(["scancel", other], timeout=30)
 
 
+@pytest.mark.cluster
 def test_cancel_leaves_another_users_job_even_with_the_runs_name(cluster, tmp_path):
     tmp_path.chmod(0o755)
     other = sbatch(tmp_path, "--uid=nobody", "--chdir=/tmp", "--output=/dev/null", "--job-name=bench_0123abcd")
@@ -95,6 +97,7 @@ def test_cancel_leaves_another_users_job_even_with_the_runs_name(cluster, tmp_pa
         subprocess.run(["scancel", other], timeout=30)
 
 
+@pytest.mark.cluster
 def test_cancel_still_cancels_the_runs_own_job_beside_a_planted_one(cluster, tmp_path):
     mine = sbatch(tmp_path, "--job-name=cache_89abcdef")
     other = sbatch(tmp_path)

@@ -369,6 +369,7 @@ def _describe(case: Case) -> str:
 
 
 @pytest.mark.parametrize("context,value", CASES, ids=[f"{c['name']}-{v.name}" for c, v in CASES])
+@pytest.mark.slow
 def test_value_in_context(boundary, context, value):
     case = boundary[(context["name"], value.name)]
     rule = refusal(context, value, case.concrete)
@@ -457,6 +458,7 @@ def _verdict(folder: Path, site: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("value", PARITY_VALUES, ids=[v.name for v in PARITY_VALUES])
+@pytest.mark.slow
 def test_every_site_profile_gives_the_same_verdict(tmp_path, value):
     """`{{ run }}` is `apptainer exec ... image.sif` under apptainer sites and nothing under `native`: the lexer
     judges the line with one placeholder for it, so `validate` answers the same for every site (a type refused

@@ -51,7 +51,11 @@ def test_a_site_shell_that_is_not_a_path_is_refused(orchc, write, tmp_path):
     write("site.yaml", "site: odd\nruntime: native\nshell: 'bash; rm -rf /'\n")
     recipe = write("r.yaml", "site: site.yaml\nservice:\n  name: redis\n")
     result = orchc("validate", recipe, cwd=tmp_path)
-    assert result.code == 1 and "shell" in result.err and "Traceback" not in result.err, result.err
+    assert result.code == 1 and "Traceback" not in result.err, result.err
+    # the headline, not the excerpt under it (which quotes the shell: line whatever the error is)
+    (file, line, col, message), = _errors(result.err)
+    assert (file, line, col) == ("site.yaml", 3, 8), result.err
+    assert message.startswith("shell: 'bash; rm -rf /' is not valid; expected the script's interpreter"), message
 
 
 # resources a site requires

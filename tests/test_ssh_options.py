@@ -65,6 +65,7 @@ def no_ssh_started(stderr: str) -> bool:
     return "orchc: ssh[" not in stderr
 
 
+@pytest.mark.ssh
 def test_the_provider_is_loaded_by_a_plain_ssh(server, provider):  # noqa: F811
     """The control: what OpenSSH does with PKCS11Provider (so the tests below can fail)."""
     library, sentinel = provider
@@ -81,6 +82,7 @@ def redis_recipe() -> str:
             "  resources: {time: '00:05:00'}\n")
 
 
+@pytest.mark.ssh
 def test_a_profile_beside_the_recipe_cannot_load_a_library(server, laptop, provider, tmp_path):  # noqa: F811
     library, sentinel = provider
     sentinel.unlink(missing_ok=True)
@@ -113,6 +115,7 @@ def planted_run(folder: Path, sshd: sshd_helper.Server, options: list[str], remo
     return folder
 
 
+@pytest.mark.ssh
 def test_a_run_json_cannot_load_a_library(server, laptop, provider, tmp_path):  # noqa: F811
     library, sentinel = provider
     override(Path(laptop.env["XDG_CONFIG_HOME"]), server, "orchc-runs")    # the user's own, vouched-for settings
@@ -128,6 +131,7 @@ def test_a_run_json_cannot_load_a_library(server, laptop, provider, tmp_path):  
         assert not sentinel.exists(), command
 
 
+@pytest.mark.ssh
 def test_a_run_json_keeps_what_the_user_vouched_for(server, laptop, tmp_path):  # noqa: F811
     """The known-hosts options of the user's override are accepted back from run.json; the same options
     without the override are refused."""
@@ -270,6 +274,7 @@ def test_the_users_override_may_name_known_hosts_files_and_a_key_anywhere(home, 
 
 # --- remote pulls copy no symlink; logs and results follow none -----------------------------------------------
 
+@pytest.mark.ssh
 def test_a_symlink_planted_on_the_cluster_is_not_pulled_nor_printed(server, laptop, tmp_path, remote_dir):  # noqa: F811
     secret = tmp_path / "laptop-only.txt"
     secret.write_text("LAPTOP SECRET\n")

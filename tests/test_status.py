@@ -36,6 +36,13 @@ def submitted(tmp_path: Path, fake: FakeScheduler, recipe: str = RECIPE, name: s
     return tmp_path / name
 
 
+
+def ticking_clock(monkeypatch) -> None:
+    """A fake clock for the time a run is created (stamped to the second): one second later at every run, so that
+    runs submitted within one real second are still told apart by age."""
+    stamps = (f"2026-12-01T10:00:{second:02d}Z" for second in range(60))
+    monkeypatch.setattr(runs, "_now", lambda: next(stamps))
+
 def rows(result) -> dict[str, dict]:
     assert result.code == 0, result.err
     return {row["job"]: row for row in json.loads(result.out)["jobs"]}
@@ -176,9 +183,9 @@ def test_a_run_without_a_sweep_has_no_progress(fake, tmp_path, orchc):
 
 # --- logs -----------------------------------------------------------------------------------------
 
-def test_logs_default_to_every_job_of_the_latest_run(fake, tmp_path, orchc):
-    older = submitted(tmp_path, fake, name="runs/old")
-    time.sleep(1.1)                                                    # created is to the second
+def test_logs_default_to_every_job_of_the_latest_run(fake, tmp_path, orchc, monkeypatch):
+    ticking_clock(monkeypatch)
+    older = submitted(tmp_path, fake, name="runs/old")                 # older, though "old" sorts after "new"
     run = submitted(tmp_path, fake, name="runs/new")
     (older / "slurm-1000.out").write_text("old run\n")
     (run / "slurm-1003.out").write_text("cache says hi\n")
@@ -254,10 +261,10 @@ def test_follow_splits_no_character_between_chunks(tmp_path, monkeypatch):
 
 # --- orchc runs -----------------------------------------------------------------------------------
 
-def test_runs_lists_every_run_newest_last_without_asking_the_scheduler(fake, tmp_path, orchc):
+def test_runs_lists_every_run_newest_last_without_asking_the_scheduler(fake, tmp_path, orchc, monkeypatch):
+    ticking_clock(monkeypatch)
     submitted(tmp_path, fake, SWEEP, name="runs/b-sweep")
-    time.sleep(1.1)
-    submitted(tmp_path, fake, name="runs/a-plain")
+    submitted(tmp_path, fake, name="runs/a-plain")                     # newer, though "a" sorts before "b"
     (tmp_path / "runs" / "c-broken").mkdir()
     (tmp_path / "runs" / "c-broken" / "run.json").write_text("{not json")
     (tmp_path / "runs" / "not-a-run").mkdir()
@@ -271,7 +278,7 @@ def test_runs_lists_every_run_newest_last_without_asking_the_scheduler(fake, tmp
     assert broken["state"] == "unreadable" and "damaged" in broken["error"]
     assert (sweep["recipe"], sweep["site"], sweep["state"], sweep["jobs"], sweep["points"]) == \
         ("r", "local", "submitted", 5, 2)
-    assert plain["points"] is None and plain["jobs_ended"] is None and plain["created"] >= sweep["created"]
+    assert plain["points"] is None and plain["jobs_ended"] is None and plain["created"] > sweep["created"]
     table = orchc("runs", cwd=tmp_path).out.splitlines()
     assert table[0].split() == ["run", "created", "recipe", "site", "state", "jobs", "points", "folder"]
     assert table[-1].startswith("a-plain")
@@ -321,6 +328,7 @@ phases:
 """
 
 
+@pytest.mark.cluster
 def test_a_dependency_and_a_starting_service_on_the_cluster(cluster, tmp_path):
     from test_cluster import free_port
 

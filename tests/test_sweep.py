@@ -179,6 +179,7 @@ def test_show_points_lists_the_points(orchc, write, tmp_path):
 
 # --- on the test cluster ---------------------------------------------------------------------------
 
+@pytest.mark.cluster
 def test_a_sweep_runs_as_a_ladder_against_one_service_on_the_cluster(cluster, needs_redis, tmp_path):  # noqa: F811
     port = free_port()
     (tmp_path / "sw.yaml").write_text(
