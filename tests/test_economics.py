@@ -4,8 +4,11 @@ and the GPUs a job leaves idle there (README "Sites", "Whole-node economics").""
 from __future__ import annotations
 
 import pytest
+from test_scheduler import fake
 
 from compiler.script.economics import gpus_of
+
+__all__ = ["fake"]   # the fixture, imported for the test below
 
 VLLM = """\
 account: p200981
@@ -80,3 +83,12 @@ def test_a_node_shape_for_a_partition_the_site_does_not_have_is_a_located_error(
                                          ("shard:2", 0), ("gpu:2,shard:1", 2), ("gpu:1,gpu:tesla:2", 3)])
 def test_gpus_of_a_gres(gres, count):
     assert gpus_of(gres) == count
+
+
+def test_submit_says_what_the_run_reserves_after_submitting(fake, orchc, write, tmp_path):
+    result = orchc("submit", write("r.yaml", vllm()), "--run-dir", str(tmp_path / "run"))
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[-2] == "the run reserves at most 2.25 node-hours on meluxina (whole nodes are billed: 2 SLURM job(s), " \
+        "each its nodes x its time limit)"
+    assert lines[0].startswith("submitted service vllm: SLURM job ")

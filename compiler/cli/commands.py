@@ -152,15 +152,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     (output,) = compile_all([args.recipe], compile_options(args))
     cost = cost_notes(output.recipe)
-    if cost:
-        print(f"{output.recipe.file}: {cost}", file=sys.stderr)
     run_dir = args.run_dir or new_run_dir(output.recipe.name)
     target = None if args.local else site_target(output.recipe.site.name, output.recipe.site.file)
     if args.remote and target is None:
         raise ClusterError(f"--remote: site {output.recipe.site.name} has no ssh: target (in {output.recipe.site.file}, "
                            "in ~/.config/orchc/sites/<site>.yaml or in ORCHC_SSH_HOST)")
     scheduler, connection = _where(target)
-    return _submitted(lambda: submit(output, run_dir, scheduler, _command_line(), connection), run_dir)
+    return _submitted(lambda: submit(output, run_dir, scheduler, _command_line(), connection), run_dir, cost)
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
@@ -195,8 +193,9 @@ def _command_line() -> tuple[str, ...]:
     return ("orchc", *sys.argv[1:])
 
 
-def _submitted(submitting: Callable[[], Run], run_dir: Path) -> int:
-    """Submit, then say what was submitted; a signal during submit exits 128 + its number."""
+def _submitted(submitting: Callable[[], Run], run_dir: Path, cost: str | None = None) -> int:
+    """Submit, then say what was submitted (and what it reserves, on a whole-node site); a signal during submit
+    exits 128 + its number."""
     from ..run.runs import Interrupted
 
     try:
@@ -208,6 +207,8 @@ def _submitted(submitting: Callable[[], Run], run_dir: Path) -> int:
         print(f"submitted {job.role} {job.name}: SLURM job {job.slurm_id}")
     if run.remote is not None:
         print(f"remote run folder: {run.remote.shown()}:{run.remote.remote_dir}")
+    if cost:
+        print(f"the run {cost}")
     print(f"run: {run_dir}  (follow it with: orchc status --watch {run_dir})")
     return 0
 
