@@ -164,7 +164,7 @@ def _many_jobs(order: list[int]) -> str:
 def test_render_caches_change_no_byte(orchc, tmp_path, monkeypatch):
     """Every cache of renders (templates met again) gives the bytes a compile
     without caches gives, in any order of the jobs."""
-    from compiler import templating
+    from compiler.boundary import templating
 
     outputs = []
     for caching, order in ((True, list(range(24))), (False, list(range(24))), (True, list(range(23, -1, -1))),
@@ -189,8 +189,8 @@ def test_job_digests_hash_the_canonical_json_of_the_whole_job(monkeypatch):
 
     from conftest import ROOT
 
-    from compiler import resolve
-    from compiler.pipeline import Options, resolve_all
+    from compiler.output.pipeline import Options, resolve_all
+    from compiler.recipe import resolve
 
     def canonical(recipe, site, data):
         return hashlib.sha256(json.dumps({"recipe": recipe, "site": site, "job": data}, sort_keys=True,
@@ -215,10 +215,10 @@ def test_values_of_a_shared_base_are_checked_again_until_they_passed_once():
     """resolve._validated remembers, in each base (site defaults, type, recipe top merged), the base's values
     that passed their checks in one job, and checks only the others in the next: a base value that fails is
     reported for every job, and a value a job gives in place of a base value that passed is still checked."""
-    from compiler import resolve
-    from compiler.errors import Collector
-    from compiler.source import Node, SourceLoc, from_plain
-    from compiler.typedefs import Registry
+    from compiler.core.errors import Collector
+    from compiler.core.source import Node, SourceLoc, from_plain
+    from compiler.recipe import resolve
+    from compiler.recipe.typedefs import Registry
 
     typedef = Registry([]).resolve("redis")
     at = SourceLoc("r.yaml", 3, 1)
@@ -249,8 +249,8 @@ def test_a_compile_lets_go_of_the_types_of_the_compiles_before_it():
 
     from conftest import ROOT
 
-    from compiler.pipeline import Options, resolve_all
-    from compiler.render import render_recipe
+    from compiler.output.pipeline import Options, resolve_all
+    from compiler.script.render import render_recipe
 
     recipes = resolve_all([ROOT / "examples" / "redis.yaml"], Options())
     render_recipe(recipes[0])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLES, ROOT, runtime_into, shellcheck
 
-from compiler.jobruntime import runtime_name
+from compiler.script.runtime import runtime_name
 
 HOSTILE = ["$(touch /tmp/orchc-pwned)", "a; rm -rf ~", "`id`", "x' ; touch /tmp/orchc-pwned; '", "a\nb"]
 

@@ -12,10 +12,10 @@ import random
 
 import pytest
 
-from compiler import templating
-from compiler.errors import OrchcError
-from compiler.shell import Raw
-from compiler.source import FrozenDict, Node, SourceLoc
+from compiler.boundary import templating
+from compiler.boundary.quote import Raw
+from compiler.core.errors import OrchcError
+from compiler.core.source import FrozenDict, Node, SourceLoc
 
 TEMPLATES = [
     "echo {{ a }}",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import runtime_into, shellcheck
 
-from compiler.jobruntime import runtime_name
+from compiler.script.runtime import runtime_name
 
 # A client that leaves a trace of each of its phases in the run folder, and needs no service.
 PROBE = """type: trace_probe
@@ -48,7 +48,7 @@ def test_the_runtime_is_one_file_named_by_its_sha256_listed_and_vouched_for_by_t
     assert f'"{sha}  -"' in script and "orchc_cleanup()" not in script       # the full sha256; no helper inlined
     manifest = json.loads((folder / "manifest.json").read_text())
     assert runtime.name in manifest["files"]
-    from compiler.emit import digest
+    from compiler.output.emit import digest
 
     files = {name: (folder / name).read_text() for name in manifest["files"] if name != "manifest.json"}
     assert digest(files) == manifest["digest"]
