@@ -31,9 +31,10 @@ def results(metrics: dict[str, Any], status: str = "complete") -> dict[str, Any]
 
 
 def write_run(folder: Path, clients: dict[str, dict[str, Any] | None], sweep: dict | None = None,
-              placed: dict[str, tuple[str, int]] | None = None, references: dict | None = None) -> Path:
+              placed: dict[str, tuple[str, int]] | None = None, references: dict | None = None,
+              headline: dict | None = None) -> Path:
     """A run folder: one redis service, the given clients (name -> results, None: no results.json yet);
-    `placed` gives a client's (point, repeat) in the manifest."""
+    `placed` gives a client's (point, repeat) in the manifest, `headline` the manifest's type -> headline."""
     folder.mkdir(parents=True)
     names = ["redis", *clients]
     jobs = [{"name": name, "type": "redis" if name == "redis" else "redis_client",
@@ -42,7 +43,7 @@ def write_run(folder: Path, clients: dict[str, dict[str, Any] | None], sweep: di
             for index, name in enumerate(names)]
     (folder / "run.json").write_text(json.dumps({
         "recipe": "r", "site": "local", "created": "2026-01-01T00:00:00Z", "run_dir": str(folder),
-        "state": "submitted", "error": None, "jobs": jobs}))
+        "state": "submitted", "outcome": "completed", "error": None, "jobs": jobs}))
     manifest: dict[str, Any] = {"recipe": "r", "jobs": [
         {"name": name, **({"point": placed[name][0], "repeat": placed[name][1]} if placed and name in placed else {})}
         for name in names]}
@@ -50,6 +51,8 @@ def write_run(folder: Path, clients: dict[str, dict[str, Any] | None], sweep: di
         manifest["sweep"] = sweep
     if references is not None:
         manifest["references"] = references
+    if headline is not None:
+        manifest["headline"] = headline
     (folder / "manifest.json").write_text(json.dumps(manifest))
     for name, data in clients.items():
         if data is not None:
@@ -239,7 +242,8 @@ def test_a_threshold_matching_nothing_and_an_unknown_run_are_errors(tmp_path):
     write_run(tmp_path / "a", {"bench": results(BASE)})
     done = orchc("compare", "a", "a", "--threshold", "ttft_p99_ms=5", cwd=tmp_path)
     assert done.returncode == 1
-    assert done.stderr == "orchc: error: --threshold ttft_p99_ms=5: matches no metric of either run\n"
+    assert done.stderr == ("orchc: error: --threshold ttft_p99_ms=5: matches no metric of either run; "
+                           "did you mean 'set.latency_p99_ms'?\n")
     done = orchc("compare", "a", "nope", cwd=tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("orchc: error: runs/nope: not an orchc run")
@@ -315,7 +319,7 @@ def test_a_missing_metric_or_client_fails_a_reference(tmp_path):
     assert done.returncode == 1
     got = [(row["reference"], row["value"], row["allowed"], row["result"]) for row in rows_of(done)]
     assert got == [("bench.set.requests_per_s", "900 1/s", ">= 800, <= 1000", "pass"),
-                   ("bench.get.requests_per_s", "missing", ">= 1", "FAIL"),
+                   ("bench.get.requests_per_s", "missing; did you mean 'set.requests_per_s'?", ">= 1", "FAIL"),
                    ("load.set.requests_per_s", "no results", "<= 5", "FAIL"),
                    ("other.x_ms", "no client other in this run", "<= 5", "FAIL")]
 
@@ -382,3 +386,72 @@ def test_results_csv_of_a_run_without_a_sweep_has_no_swept_columns(tmp_path):
     write_run(tmp_path / "run", {"bench": results(BASE)})
     done = orchc("results", "run", "--csv", cwd=tmp_path)
     assert done.stdout.splitlines()[0] == "run,point,repeat,job,slurm_id,type,state,status,metric,value,unit,parameters"
+
+
+# --- metric names in thresholds and references match by suffix or glob -----------------------------
+
+def test_a_threshold_matches_the_last_parts_of_a_metric_name(tmp_path):
+    """The README's own `--threshold requests_per_s=5` on redis, whose metrics are `get.requests_per_s`, ..."""
+    write_run(tmp_path / "a", {"bench": results({**BASE, "get.requests_per_s": 1000.0})})
+    write_run(tmp_path / "b", {"bench": results({**BASE, "get.requests_per_s": 900.0})})
+    done = orchc("compare", "a", "b", "--threshold", "requests_per_s=5", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "bench.get.requests_per_s: 1000 -> 900 1/s (-10.0%)" in done.stderr
+    assert "bench.set.requests_per_s" not in done.stderr          # unchanged: within the threshold
+    # a suffix is whole parts: `per_s` is no part of `get.requests_per_s`, and `ok_count` no part of `requests_ok_count`
+    done = orchc("compare", "a", "b", "--threshold", "per_s=5", cwd=tmp_path)
+    assert done.returncode == 1 and "matches no metric of either run" in done.stderr
+
+
+def test_a_threshold_matching_nothing_lists_the_near_names(tmp_path):
+    write_run(tmp_path / "a", {"bench": results(BASE)})
+    done = orchc("compare", "a", "a", "--threshold", "latency_p95_ms=5", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr == ("orchc: error: --threshold latency_p95_ms=5: matches no metric of either run; "
+                           "did you mean 'set.latency_p99_ms'?\n")
+
+
+def test_a_reference_matches_the_last_parts_of_a_metric_name(tmp_path):
+    write_run(tmp_path / "run", {"bench": results({"get.requests_per_s": 900.0, "set.requests_per_s": 700.0})},
+              references={"bench.requests_per_s": {"min": 800}, "bench.latency_p99_ms": {"max": 1}})
+    done = orchc("results", "--check", "run", "--csv", cwd=tmp_path)
+    assert done.returncode == 1
+    got = [(row["reference"], row["value"], row["result"]) for row in rows_of(done)]
+    assert got == [("bench.requests_per_s (get.requests_per_s)", "900 1/s", "pass"),
+                   ("bench.requests_per_s (set.requests_per_s)", "700 1/s", "FAIL"),
+                   ("bench.latency_p99_ms", "missing", "FAIL")]
+
+
+# --- headline rows by default ---------------------------------------------------------------------------
+
+REDIS = {"get.requests_per_s": 1000.0, "get.latency_p50_ms": 1.0, "get.latency_p95_ms": 1.9, "get.latency_p99_ms": 2.0,
+         "get.latency_max_ms": 9.0, "get.latency_mean_ms": 1.1, "errors_count": 0}
+REDIS_HEADLINE = {"redis_client": ["requests_per_s", "latency_p50_ms", "latency_p99_ms"]}
+
+
+def shown_metrics(done: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line.split()[2] for line in done.stdout.splitlines()[1:] if line.strip()]
+
+
+def test_compare_shows_the_headline_metrics_of_each_type_by_default(tmp_path):
+    write_run(tmp_path / "a", {"bench": results(REDIS)}, headline=REDIS_HEADLINE)
+    write_run(tmp_path / "b", {"bench": results({**REDIS, "get.latency_max_ms": 20.0})}, headline=REDIS_HEADLINE)
+    done = orchc("compare", "a", "b", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert shown_metrics(done) == ["get.latency_p50_ms", "get.latency_p99_ms", "get.requests_per_s"]
+    assert "orchc: note: 4 more metrics not shown (not in the headline of their type): --all shows them" in done.stderr
+    assert shown_metrics(orchc("compare", "a", "b", "--all", cwd=tmp_path)) == sorted(REDIS)
+    # a metric a threshold names is shown, headline or not
+    done = orchc("compare", "a", "b", "--threshold", "latency_max_ms=10", cwd=tmp_path)
+    assert done.returncode == 1 and "get.latency_max_ms" in shown_metrics(done)
+    # JSON and CSV have every row; JSON says which are headline
+    rows = json.loads(orchc("compare", "a", "b", "--json", cwd=tmp_path).stdout)["rows"]
+    assert {row["metric"]: row["headline"] for row in rows} == {name: name in ("get.requests_per_s", "get.latency_p50_ms",
+                                                                               "get.latency_p99_ms") for name in REDIS}
+
+
+def test_a_type_without_a_headline_shows_throughputs_medians_and_tails(tmp_path):
+    write_run(tmp_path / "a", {"bench": results(REDIS)})
+    done = orchc("compare", "a", "a", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert shown_metrics(done) == ["get.latency_p50_ms", "get.latency_p99_ms", "get.requests_per_s"]

@@ -81,7 +81,7 @@ def write_sweep_run(folder: Path, gpu_rows: int = 5, pipelines: tuple[int, ...] 
                 (folder / "results" / name / "results.json").write_text(json.dumps(data))
     (folder / "run.json").write_text(json.dumps(
         {"recipe": "redis-sweep", "site": "local", "created": "2026-01-01T00:00:00Z", "run_dir": str(folder),
-         "state": "submitted", "error": None, "jobs": jobs}))
+         "state": "submitted", "outcome": "completed", "error": None, "jobs": jobs}))
     (folder / "manifest.json").write_text(json.dumps(
         {"recipe": "redis-sweep", "jobs": manifest_jobs,
          "sweep": {"keys": ["bench.clients", "bench.pipeline"], "repeat": REPEATS, "points": points}}))
@@ -246,7 +246,8 @@ def test_a_run_without_a_sweep(orchc, tmp_path):
     run = tmp_path / "run"
     (run / "results" / "bench").mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({"recipe": "r", "site": "local", "created": "2026-01-01T00:00:00Z",
-                                              "run_dir": str(run), "state": "submitted", "error": None,
+                                              "run_dir": str(run), "state": "submitted", "outcome": "completed",
+                                              "error": None,
                                               "jobs": [job("redis", "7", "service", "redis"), job("bench", "8")]}))
     (run / "results" / "bench" / "results.json").write_text(json.dumps(results(
         {"set.requests_per_s": 1234.5, "set.latency_p99_ms": 0.5})))
@@ -354,3 +355,34 @@ def test_the_number_of_plots_is_bounded(orchc, tmp_path, monkeypatch):
         "01-bench-set.requests_per_s-vs-bench.clients.svg", "02-bench-set.latency_p50_ms-vs-bench.clients.svg"]
     page = (run / "report.html").read_text()
     assert "draws at most 2 plots: 2 more were left out" in page
+
+
+def test_the_header_says_the_run_state_and_an_unfinished_run_says_so_first(orchc, tmp_path, monkeypatch):
+    from compiler.run import runs
+    from compiler.run.scheduler import FakeScheduler, register_scheduler
+
+    fake = FakeScheduler()
+    register_scheduler("fake")(lambda: fake)
+    service, client = fake.plant("redis_0123abcd"), fake.plant("bench_0123abcd")
+    run = tmp_path / "run"
+    (run / "results" / "bench").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"recipe": "r", "site": "local", "created": "2026-01-01T00:00:00Z",
+                                              "run_dir": str(run), "state": "submitted", "error": None,
+                                              "scheduler": "fake", "jobs": [job("redis", service, "service", "redis"),
+                                                                            job("bench", client)]}))
+    (run / "results" / "bench" / "results.json").write_text(json.dumps(results({"set.requests_per_s": 1.0})))
+    fake.advance(service, "RUNNING")
+    done = orchc("report", run)
+    assert done.code == 0, done.err
+    assert done.err.splitlines()[0] == "orchc: note: run run is running (0/2 jobs ended): results so far"
+    page = (run / "report.html").read_text()
+    assert "<tr><th>state</th><td>running</td></tr>" in page
+    assert "This run is running (0/2 jobs ended): results so far" in page
+    fake.advance(service, "COMPLETED")
+    fake.advance(client, "FAILED")
+    done = orchc("report", run)
+    assert (done.code, done.err) == (0, "orchc: note: run run ended failed (bench FAILED): its results may be incomplete\n")
+    page = (run / "report.html").read_text()
+    assert "<tr><th>state</th><td>failed</td></tr>" in page and "results so far" not in page
+    assert "This run ended failed (bench FAILED): its results may be incomplete." in page
+    assert runs.load_run(str(run))[1].outcome == "failed"

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from test_cluster import cluster, wait_for
 from test_cluster import orchc as real_orchc
 from test_scheduler import fake
@@ -373,6 +374,7 @@ def test_watch_without_a_terminal_prints_only_the_rows_that_changed(fake, tmp_pa
     result = orchc("status", run, "--watch", "--interval", "0")
     assert result.code == 0, result.err
     table = [line for line in result.out.splitlines() if not line.startswith("progress:")]
+    assert table.pop() == "run run: completed"      # the run's state once every job ended
     assert re.fullmatch(r"time +job +role +slurm id +state .*", table[0]), table[0]
     stamped = table[1:]
     assert all(re.match(r"\d\d:\d\d:\d\d  ", line) for line in stamped), stamped
@@ -400,3 +402,179 @@ def test_a_narrow_terminal_keeps_the_state_and_job_name_whole(fake, tmp_path, or
     for name in ("cache", "bench-p01-r1", "bench-p01-r2", "bench-p02-r1", "bench-p02-r2"):
         assert f" {name} " in result.out, result.out
     assert result.out.count(" RUNNING ") == 4 and " PENDING " in result.out, result.out
+
+
+# --- one run state --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("recorded", "jobs", "expected"), [
+    ("submitted", ["PENDING", "PENDING"], "pending"),
+    ("submitted", ["RUNNING", "PENDING"], "running"),
+    ("submitted", ["COMPLETED", "PENDING"], "running"),          # one ended, one waits: the run has begun
+    ("submitted", ["COMPLETED", "FAILED", "RUNNING"], "running"),  # a failure is not final while a job runs
+    ("submitted", ["COMPLETED", "COMPLETED"], "completed"),
+    ("submitted", ["COMPLETED", "FAILED"], "failed"),
+    ("submitted", ["TIMEOUT", "FAILED", "CANCELLED"], "failed"),
+    ("submitted", ["COMPLETED", "TIMEOUT", "CANCELLED"], "timeout"),
+    ("submitted", ["COMPLETED", "CANCELLED"], "cancelled"),
+    ("submitted", ["COMPLETED", "UNKNOWN"], "unknown"),
+    ("submitted", ["COMPLETED", "FOREIGN"], "unknown"),
+    ("submitted", [], "completed"),
+    ("failed", [], "failed"),                                     # submit failed and rolled back
+    ("submitting", ["PENDING"], "pending"),
+])
+def test_one_run_state_from_the_jobs_states(recorded, jobs, expected):
+    assert runs.run_state(recorded, jobs) == expected
+
+
+def test_a_run_with_a_failed_job_is_failed_in_status_runs_and_json(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake, name="runs/one")
+    fake.advance("1000", "RUNNING")
+    assert json.loads(orchc("status", run, "--json").out)["state"] == "running"
+    assert orchc("status", run).out.splitlines()[0].startswith("run one: running")
+    fake.advance("1000", "COMPLETED")
+    fake.advance("1001", "FAILED")
+    fake.advance("1002", "COMPLETED")
+    assert json.loads(orchc("status", run, "--json").out)["state"] == "failed"
+    assert orchc("status", run).out.splitlines()[0].startswith("run one: failed")
+    listed = json.loads(orchc("runs", "--states", "--json", cwd=tmp_path).out)
+    assert [(row["run"], row["state"], row["jobs_ended"]) for row in listed] == [("one", "failed", 3)]
+    line = next(line for line in orchc("runs", "--states", cwd=tmp_path).out.splitlines() if line.startswith("one"))
+    assert "failed" in line and "3/3 ended" in line
+
+
+def test_a_run_seen_ended_keeps_its_state_without_asking_the_scheduler(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake, name="runs/one")
+    assert json.loads(orchc("runs", "--json", cwd=tmp_path).out)[0]["state"] == "submitted"   # never asked
+    for job_id in ("1000", "1001", "1002"):
+        fake.advance(job_id, "COMPLETED")
+    fake.advance("1002", "TIMEOUT")
+    assert json.loads(orchc("status", run, "--json").out)["state"] == "timeout"
+    fake.calls.clear()
+    assert json.loads(orchc("runs", "--json", cwd=tmp_path).out)[0]["state"] == "timeout"
+    assert fake.calls == []
+    assert runs.load_run(str(run))[1].outcome == "timeout"
+
+
+def test_watch_exits_3_when_the_run_did_not_complete(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake, SWEEP)
+    finishing(fake, ["1001", "1002", "1004", "1000"])
+    fake.advance("1003", "FAILED")       # ended before the watch starts
+    result = orchc("status", run, "--watch", "--interval", "0")
+    assert result.code == 3, result.err
+    assert result.out.splitlines()[-1] == "run run: failed"
+    assert "orchc: error: run run ended failed" in result.err
+
+
+def test_watch_exits_0_when_the_run_completed(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake)
+    finishing(fake, ["1001", "1002", "1000"])
+    result = orchc("status", run, "--watch", "--interval", "0")
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[-1] == "run run: completed"
+
+
+# --- commands on an unfinished run say so first ---------------------------------------------------
+
+REFERENCED = RECIPE + "references:\n  bench.get.requests_per_s: {min: 100}\n  load.get.requests_per_s: {min: 100}\n"
+
+
+def wrote(run: Path, client: str, metrics: dict) -> None:
+    (run / "results" / client).mkdir(parents=True, exist_ok=True)
+    (run / "results" / client / "results.json").write_text(json.dumps(
+        {"schema": "orchc-results/1", "metrics": metrics, "status": "complete", "parameters": {}, "environment": {}}))
+
+
+def test_check_of_a_running_run_waits_instead_of_failing(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake, REFERENCED)
+    fake.advance("1000", "RUNNING")
+    fake.advance("1001", "COMPLETED")
+    fake.advance("1002", "RUNNING")
+    wrote(run, "load", {"get.requests_per_s": 500})
+    result = orchc("results", run, "--check")
+    assert result.code == 4, result.err
+    assert result.err.splitlines()[0] == "orchc: note: run run is running (1/3 jobs ended): results so far"
+    rows = {line.split()[0]: line.split()[-1] for line in result.out.splitlines()[1:]}
+    assert rows == {"bench.get.requests_per_s": "waiting", "load.get.requests_per_s": "pass"}
+    assert "FAIL" not in result.out and "failed" not in result.err
+    checks = json.loads(orchc("results", run, "--check", "--json").out)
+    assert (checks["state"], checks["failed"], checks["waiting"]) == ("running", 0, 1)
+    wrote(run, "load", {"get.requests_per_s": 50})            # a value written is final: its failure counts now
+    assert orchc("results", run, "--check").code == 1
+    wrote(run, "load", {"get.requests_per_s": 500})
+    wrote(run, "bench", {"get.requests_per_s": 500})
+    for job_id in ("1000", "1002"):
+        fake.advance(job_id, "COMPLETED")
+    done = orchc("results", run, "--check")
+    assert (done.code, done.err) == (0, "")
+
+
+def test_check_of_an_ended_run_fails_what_is_missing(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake, REFERENCED)
+    for job_id in ("1000", "1001", "1002"):
+        fake.advance(job_id, "COMPLETED")
+    fake.advance("1002", "FAILED")
+    wrote(run, "load", {"get.requests_per_s": 500})
+    result = orchc("results", run, "--check")
+    assert result.code == 1 and "1 of 2 reference check(s) failed" in result.err
+    assert "run run is" not in result.err
+
+
+def test_compare_with_a_running_run_says_so_and_exits_4(fake, tmp_path, orchc):
+    a = submitted(tmp_path, fake, name="a")
+    b = submitted(tmp_path, fake, name="b")
+    for job_id in ("1000", "1001", "1002", "1004"):
+        fake.advance(job_id, "COMPLETED")
+    fake.advance("1003", "RUNNING")
+    fake.advance("1005", "PENDING", "", reason="Dependency")
+    for run in (a, b):
+        wrote(run, "load", {"get.requests_per_s": 500})
+    wrote(a, "bench", {"get.requests_per_s": 500})
+    result = orchc("compare", a, b, "--threshold", "*requests_per_s=5")
+    assert result.code == 4, result.err
+    assert result.err.splitlines()[0] == "orchc: note: run B b is running (1/3 jobs ended): results so far"
+    assert "regression" not in result.err and "has no results" not in result.err
+    assert "only in A" in result.out
+    shown = json.loads(orchc("compare", a, b, "--json").out)
+    assert (shown["a_state"], shown["b_state"]) == ("completed", "running")
+    wrote(b, "load", {"get.requests_per_s": 100})        # a regression on what B has is one already
+    assert orchc("compare", a, b, "--threshold", "*requests_per_s=5").code == 1
+
+
+def test_results_of_a_running_run_say_so_first(fake, tmp_path, orchc):
+    run = submitted(tmp_path, fake, SWEEP)
+    fake.advance("1001", "COMPLETED")
+    fake.advance("1000", "RUNNING")
+    result = orchc("results", run)
+    assert result.code == 0, result.err
+    assert result.err.splitlines()[0] == "orchc: note: run run is running (1/5 jobs ended): results so far"
+    assert json.loads(orchc("results", run, "--json").out)["state"] == "running"
+    for job_id in ("1000", "1002", "1003", "1004"):
+        fake.advance(job_id, "COMPLETED")
+    assert orchc("results", run).err == ""
+
+
+def test_results_and_compare_of_a_run_that_ended_failed_say_so_first(fake, tmp_path, orchc):
+    a = submitted(tmp_path, fake, name="a")
+    for job_id in ("1000", "1001", "1002"):
+        fake.advance(job_id, "COMPLETED")
+    fake.advance("1002", "FAILED")
+    result = orchc("results", a)
+    assert result.code == 0, result.err
+    assert result.err.splitlines()[0] == "orchc: note: run a ended failed (bench FAILED): its results may be incomplete"
+    compared = orchc("compare", a, a)
+    assert compared.code == 0, compared.err
+    # results recorded the outcome: compare asks SLURM nothing, so it names no job
+    assert compared.err.splitlines()[0] == "orchc: note: run A a ended failed: its results may be incomplete"
+
+
+def test_compare_with_a_run_that_has_written_nothing_yet_exits_4(fake, tmp_path, orchc):
+    a = submitted(tmp_path, fake, name="a")
+    b = submitted(tmp_path, fake, name="b")
+    for job_id in ("1000", "1001", "1002"):
+        fake.advance(job_id, "COMPLETED")
+    for client in ("load", "bench"):
+        wrote(a, client, {"get.requests_per_s": 500})
+    result = orchc("compare", a, b, "--threshold", "requests_per_s=5")
+    assert result.code == 4, result.err
+    assert "missing in B" not in result.err and "regression" not in result.err
+    assert orchc("compare", a, b, "--threshold", "ttft_p99_ms=5").code == 1     # matches nothing: still an error

@@ -261,3 +261,41 @@ def test_the_readmes_field_typo_error_is_the_one_orchc_prints(orchc, write, tmp_
                    cwd=tmp_path)
     headline = result.err.splitlines()[0]
     assert headline.startswith("my_defs/memcached.yaml:") and f"(`{headline}`)" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+# --- headline: the metrics compare shows by default ---------------------------------------------------
+
+@pytest.mark.parametrize(("name", "headline"), [
+    ("redis_client", ("requests_per_s", "latency_p50_ms", "latency_p99_ms")),
+    ("sysbench_client", ("transactions_per_s", "queries_per_s", "latency_mean_ms", "latency_p*_ms")),
+    ("llm_client", ("request_throughput_per_s", "output_tokens_per_s", "ttft_median_ms", "ttft_p99_ms",
+                    "tpot_median_ms", "tpot_p99_ms", "e2e_latency_median_ms", "e2e_latency_p99_ms")),
+    ("ollama_client", ("request_throughput_per_s", "output_tokens_per_s", "ttft_median_ms", "ttft_p99_ms",
+                       "tpot_median_ms", "tpot_p99_ms", "e2e_latency_median_ms", "e2e_latency_p99_ms")),  # inherited
+    ("chroma_client", ("adds_per_s", "queries_per_s", "*_latency_p50_ms", "*_latency_p99_ms", "recall_at_*_ratio")),
+    ("mysql_client", ("queries_per_s", "query_latency_mean_ms")),
+    ("redis", ()),
+])
+def test_each_builtin_client_type_declares_its_headline(name, headline):
+    from compiler.recipe.typedefs import Registry
+
+    assert Registry([]).resolve(name).headline == headline
+
+
+def test_the_manifest_records_the_headline_of_each_type_of_the_recipe(orchc, write, tmp_path):
+    write("defs/memcached_client.yaml", "type: memcached_client\nextends: client\ndescription: x.\n"
+          "headline: [gets_per_s, '*_p99_ms']\nphases:\n  benchmark:\n    - 'true'\n")
+    recipe = write("r.yaml", RECIPE.replace("memcached", "redis") + "clients:\n  - name: a\n    type: memcached_client\n"
+                   "    target: cache\n  - name: b\n    type: redis_client\n    target: cache\n" + ACCOUNT)
+    result = orchc("compile", recipe, "--defs", "defs", "-o", tmp_path / "out", cwd=tmp_path)
+    assert result.code == 0, result.err
+    manifest = json.loads((tmp_path / "out" / "r" / "manifest.json").read_text())
+    assert manifest["headline"] == {"memcached_client": ["gets_per_s", "*_p99_ms"],
+                                    "redis_client": ["requests_per_s", "latency_p50_ms", "latency_p99_ms"]}
+
+
+def test_a_headline_that_is_not_a_list_of_names_is_a_located_error(orchc, write, tmp_path):
+    write("defs/memcached.yaml", MEMCACHED + "headline: [gets_per_s, 3]\n")
+    result = orchc("validate", write("r.yaml", RECIPE + ACCOUNT), "--defs", "defs", cwd=tmp_path)
+    assert result.code == 1
+    assert [loc for loc, _ in errors(result.err)] == ["defs/memcached.yaml:14:24"], result.err

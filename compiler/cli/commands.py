@@ -89,6 +89,8 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     compare_form.add_argument("--json", action="store_true",
                               help="print every row as JSON: n, mean, stdev, min and max of each side, change, verdict")
     compare_form.add_argument("--csv", action="store_true", help="print one CSV row per point, client and metric")
+    compare.add_argument("--all", action="store_true",
+                         help="show every metric (default: the headline metrics of each client's type, and thresholded ones)")
     compare.set_defaults(run=_compare)
 
     report = commands.add_parser("report", help="an HTML report of a run: summary, knees, plots (needs matplotlib)")
@@ -259,17 +261,22 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 1 if done.refused else 0
 
 
-def _job_states(run: Run) -> dict[str, str]:
-    """Each job's state for `results`; results stay readable when the scheduler does not answer."""
-    from ..run.runs import scheduler_for, states
+def _job_states(run_dir: Path, run: Run) -> tuple[dict[str, str], str]:
+    """Each job's state for `results`, and the run's (its note said first when it has not completed);
+    results stay readable when the scheduler does not answer (states `?`, the run's `unknown`)."""
+    from ..core.terminal import terminal_text
+    from ..run.runs import current_state, scheduler_for, state_note, states
 
     try:
-        return {name: state.state for name, state in states(run, scheduler_for(run)).items()}
+        current = states(run, scheduler_for(run))
     except ClusterError as error:
-        from ..core.terminal import terminal_text
-
         print(f"orchc: warning: job states unknown: {terminal_text(error, lines=True)}", file=sys.stderr)
-        return {job.name: "?" for job in run.jobs}
+        return {job.name: "?" for job in run.jobs}, "unknown"
+    state = current_state(run_dir, run, current)
+    note = state_note(f"run {run_dir.name}", state, current)
+    if note:
+        print(f"orchc: note: {terminal_text(note)}", file=sys.stderr, flush=True)
+    return {name: job.state for name, job in current.items()}, state
 
 
 def cell(value: Any) -> str:
@@ -359,19 +366,20 @@ def _column_name(key: str) -> str:
     return f"swept:{key}" if key in RESULT_CSV_HEADERS else key
 
 
-def _sweep_results(run_dir: Path, run: Run, manifest: dict[str, Any], sweep: Sweep, job_states: dict[str, str],
-                   as_json: bool) -> int:
+def _sweep_results(run_dir: Path, run: Run, manifest: dict[str, Any], sweep: Sweep,
+                   known: tuple[dict[str, str], str], as_json: bool) -> int:
     """A sweep's results: one row per point, repeat and metric, then each point's aggregate over its repeats."""
     from ..core.terminal import json_text, print_table
     from ..results.points import aggregates, base_name, by_point, point_results
 
+    job_states, state = known
     rows = point_results(run_dir, run, manifest)
     aggregated = [{"point": point, "values": dict(repeats[0].values), "client": client, "metric": name,
                    "unit": unit_of(name), **vars(summary)}
                   for (point, client), repeats in by_point(rows).items()
                   for name, summary in aggregates(repeats).items()]
     if as_json:
-        print(json_text({"run": run_dir.name, "sweep": {"keys": list(sweep.keys), "repeat": sweep.repeat},
+        print(json_text({"run": run_dir.name, "state": state, "sweep": {"keys": list(sweep.keys), "repeat": sweep.repeat},
                           "rows": [{"point": row.point, "values": dict(row.values), "repeat": row.repeat,
                                     "client": base_name(row), "job": row.job, "slurm_id": row.slurm_id,
                                     "state": job_states.get(row.job, "?"), "results": row.results} for row in rows],
@@ -414,13 +422,13 @@ def cmd_results(args: argparse.Namespace) -> int:
         manifest = read_manifest(run_dir)
         sweep = recorded_sweep(manifest)
         if sweep is not None:
-            return _sweep_results(run_dir, run, manifest, sweep, _job_states(run), args.json)
+            return _sweep_results(run_dir, run, manifest, sweep, _job_states(run_dir, run), args.json)
     collected = results(run_dir, run)
     for job, used in images(run_dir, run).items():  # every job's images, services' too
         data = collected.get(job)
         collected[job] = {**(data if isinstance(data, dict) else {} if data is None else {"results": data}),
                           "images": used}
-    job_states = _job_states(run)
+    job_states, _ = _job_states(run_dir, run)
     if args.json:
         shown = {job: {**(data if isinstance(data, dict) else {} if data is None else {"results": data}),
                        "job_state": job_states.get(job, "?")} for job, data in collected.items()}

@@ -76,12 +76,15 @@ class Collector:
             raise OrchcError(self.problems)
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """A "; did you mean 'x'?" suffix when a close match exists, else ''."""
+def did_you_mean(word: str, choices: Iterable[str], n: int = 1) -> str:
+    """A "; did you mean 'x'?" suffix when a close match exists (up to `n` of them, closest first: "'x', 'y' or
+    'z'"), else ''."""
     import difflib
 
-    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    close = [f"'{choice}'" for choice in difflib.get_close_matches(word, sorted(set(choices)), n=n, cutoff=0.6)]
+    if not close:
+        return ""
+    return f"; did you mean {' or '.join([', '.join(close[:-1]), close[-1]] if len(close) > 1 else close)}?"
 
 
 QUOTE_LIMIT = 60

@@ -186,6 +186,9 @@ def build_manifest(recipe: Recipe) -> dict[str, Any]:
                              "points": [{"point": name, "values": dict(values)} for name, values in recipe.points]}
     if recipe.references:
         manifest["references"] = recipe.references
+    headlines = {job.typedef.name: list(job.typedef.headline) for job in recipe.jobs if job.typedef.headline}
+    if headlines:
+        manifest["headline"] = dict(sorted(headlines.items()))
     return manifest
 
 

@@ -58,6 +58,8 @@ class TypeDef:
     layer: Node = field(repr=False)
     """The job-level defaults the type contributes: field defaults and JOB_KEYS."""
     doc: Node = field(repr=False)
+    headline: tuple[str, ...] = ()
+    """the metrics compare shows by default (names or globs, results.metrics.metric_matches); () for the rule"""
 
     @cached_property
     def job_validator(self) -> Any:
@@ -365,6 +367,7 @@ def _typedef(name: str, merged: Node, fields_node: Node, chain: list[Node]) -> T
         secrets=frozenset(k for k, v in fields.items() if v.get("secret")),
         layer=layer,
         doc=merged,
+        headline=tuple(plain.get("headline", ())),
     )
 
 

@@ -13,17 +13,19 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..core.errors import ClusterError
-from .metrics import direction, direction_name
+from ..run.runs import EXIT_NOT_FINISHED, UNFINISHED_STATES
+from .metrics import direction, direction_name, metric_matches, near_metrics
 
 if TYPE_CHECKING:
     from ..run.runs import Run
+    from ..run.scheduler import JobState
     from .points import Aggregate, PointResult
 
 _THRESHOLD = re.compile(r"(?P<pattern>[^=\s]+)=(?P<sign>[+-]?)(?P<pct>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)%?")
@@ -44,7 +46,8 @@ class Threshold:
     """'+': a rise beyond percent fails; '-': a fall beyond percent fails; '': the metric's bad direction"""
 
     def matches(self, client: str, metric: str) -> bool:
-        return fnmatchcase(metric, self.pattern) or fnmatchcase(f"{client}.{metric}", self.pattern)
+        """The metric by its name or last parts (metric_matches), or CLIENT.METRIC by the glob."""
+        return metric_matches(metric, self.pattern) or fnmatchcase(f"{client}.{metric}", self.pattern)
 
     def bad_direction(self, metric: str) -> int:
         """+1 when a rise is bad, -1 when a fall is bad, 0 when this threshold does not apply to the metric."""
@@ -98,18 +101,61 @@ def _sides(run_dir: Path, run: Run) -> dict[tuple[str, str], Side]:
     return found
 
 
-def _notes(label: str, sides: Iterable[Side]) -> list[str]:
-    """Clients without results or that did not complete: why a metric may be missing."""
+def _notes(label: str, sides: Iterable[Side], waiting: Collection[str] = ()) -> list[str]:
+    """Clients without results or that did not complete: why a metric may be missing (a job in `waiting`, not
+    ended yet, has none to note: the run's note said so)."""
     notes = []
     for side in sides:
         for row in side.rows:
             data = row.results if isinstance(row.results, dict) else None
+            if row.job in waiting:
+                continue
             if data is None:
                 notes.append(f"{label}: {row.job} has no results")
             elif data.get("status") not in (None, "complete"):
                 why = f" ({data['stopped_by']})" if isinstance(data.get("stopped_by"), str) else ""
                 notes.append(f"{label}: {row.job} results are {str(data.get('status'))[:40]}{why}")
     return notes
+
+
+# --- headline rows --------------------------------------------------------------------------------
+
+def recorded_headlines(run_dir: Path) -> dict[str, list[str]]:
+    """Type -> its `headline:` patterns, as the run's manifest.json records them (anything malformed is left out)."""
+    from ..output.manifest import read_manifest
+
+    found = read_manifest(run_dir).get("headline")
+    if not isinstance(found, dict):
+        return {}
+    return {name: patterns for name, patterns in found.items()
+            if isinstance(patterns, list) and all(isinstance(pattern, str) for pattern in patterns)}
+
+
+def headline_rows(rows: list[Row], types: Mapping[str, str], headlines: Mapping[str, list[str]]) -> set[int]:
+    """The indices of the rows compare shows by default: per client, the metrics its type's `headline:` names
+    (metric_matches); for a type without one, the report's rule (report.headline: throughputs, per latency family
+    its median and highest percentile >= 90, recall)."""
+    from .report import headline
+
+    by_client: dict[str, set[str]] = {}
+    for row in rows:
+        by_client.setdefault(row.client, set()).add(row.metric)
+    chosen: dict[str, set[str]] = {}
+    for client, names in by_client.items():
+        patterns = headlines.get(types.get(client, ""))
+        chosen[client] = ({name for name in names if any(metric_matches(name, pattern) for pattern in patterns)}
+                          if patterns else set(headline(names)))
+    return {index for index, row in enumerate(rows) if row.metric in chosen[row.client]}
+
+
+def client_types(*sides: Mapping[tuple[str, str], Side]) -> dict[str, str]:
+    """Client -> its type, as run.json names it (the first run that has the client)."""
+    types: dict[str, str] = {}
+    for found in sides:
+        for (_, client), side in found.items():
+            if side.rows:
+                types.setdefault(client, side.rows[0].type)
+    return types
 
 
 # --- comparing ------------------------------------------------------------------------------------
@@ -170,7 +216,8 @@ def threshold_failures(rows: list[Row], thresholds: list[Threshold]) -> list[str
     for threshold in thresholds:
         matched = [row for row in rows if threshold.matches(row.client, row.metric)]
         if not matched:
-            raise ClusterError(f"--threshold {threshold.text}: matches no metric of either run")
+            raise ClusterError(f"--threshold {threshold.text}: matches no metric of either run"
+                               + near_metrics(threshold.pattern, {row.metric for row in rows}))
         checked = [row for row in matched if threshold.bad_direction(row.metric)]
         if not checked:
             names = ", ".join(sorted({row.metric for row in matched})[:5])
@@ -192,6 +239,18 @@ def threshold_failures(rows: list[Row], thresholds: list[Threshold]) -> list[str
                 failures.append(f"{where}: {_number(row.a.mean)} -> {_number(row.b.mean)}{_unit(row.metric)} "
                                 f"({_percent(change)}), a {way} beyond the {threshold.percent:g}% allowed "
                                 f"(--threshold {threshold.text})")
+    return failures
+
+
+def _judged_failures(rows: list[Row], judged: list[Row], thresholds: list[Threshold]) -> list[str]:
+    """threshold_failures over `judged` (the rows a run still going does not lack); a threshold that matches only
+    rows left out has nothing to judge yet, one that matches no row at all is still an error."""
+    failures = []
+    for threshold in thresholds:
+        if any(threshold.matches(row.client, row.metric) for row in judged):
+            failures += threshold_failures(judged, [threshold])
+        elif not any(threshold.matches(row.client, row.metric) for row in rows):
+            threshold_failures(rows, [threshold])       # raises: it matches no metric of either run
     return failures
 
 
@@ -241,18 +300,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     thresholds = [parse_threshold(text) for text in args.threshold or []]
     dir_a, run_a = load_run(args.run_a)
     dir_b, run_b = load_run(args.run_b)
+    name_a, name_b = dir_a.resolve().name, dir_b.resolve().name
+    state_a, current_a = _state_noted(f"A {name_a}", dir_a, run_a)
+    state_b, current_b = _state_noted(f"B {name_b}", dir_b, run_b)
     sides_a, sides_b = _sides(dir_a, run_a), _sides(dir_b, run_b)
     rows = compare_rows(sides_a, sides_b)
-    failures = threshold_failures(rows, thresholds)
-    name_a, name_b = dir_a.resolve().name, dir_b.resolve().name
+    # what a run still going has not written yet is no change: thresholds judge what both runs have
+    judged = [row for row in rows if not ((row.a is None and state_a in UNFINISHED_STATES)
+                                          or (row.b is None and state_b in UNFINISHED_STATES))]
+    failures = _judged_failures(rows, judged, thresholds)
+    heads = headline_rows(rows, client_types(sides_a, sides_b), {**recorded_headlines(dir_b), **recorded_headlines(dir_a)})
     if args.json:
         from ..core.terminal import json_text
 
-        print(json_text({"a": name_a, "b": name_b, "rows": [
+        print(json_text({"a": name_a, "b": name_b, "a_state": state_a, "b_state": state_b, "rows": [
             {"point": dict(row.values), "point_a": row.point_a, "point_b": row.point_b, "client": row.client,
              "metric": row.metric, "direction": direction_name(direction(row.metric)),
              "a": _json_aggregate(row.a), "b": _json_aggregate(row.b), "change_percent": _finite(row.change),
-             "verdict": row.verdict} for row in rows],
+             "verdict": row.verdict, "headline": index in heads} for index, row in enumerate(rows)],
             "thresholds": [threshold.text for threshold in thresholds], "failures": failures}, indent=2,
             sort_keys=True))
     elif args.csv:
@@ -270,16 +335,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
                              "" if change is None else repr(change), row.verdict])
         write_csv(table)
     else:
-        _print_comparison(f"{name_a} (A) -> {name_b} (B)", rows)
+        # the headline rows, and every row a threshold names
+        shown = rows if args.all else [row for index, row in enumerate(rows) if index in heads
+                                       or any(threshold.matches(row.client, row.metric) for threshold in thresholds)]
+        _print_comparison(f"{name_a} (A) -> {name_b} (B)", shown)
+        if len(shown) < len(rows):
+            left = len({row.metric for row in rows} - {row.metric for row in shown})
+            print(f"orchc: note: {left} more metric{'s' if left != 1 else ''} not shown (not in the headline of "
+                  "their type): --all shows them", file=sys.stderr)
     from ..core.terminal import terminal_text
 
-    for note in [*_notes(f"A {name_a}", sides_a.values()), *_notes(f"B {name_b}", sides_b.values())]:
+    for note in [*_notes(f"A {name_a}", sides_a.values(), _not_ended(current_a)),
+                 *_notes(f"B {name_b}", sides_b.values(), _not_ended(current_b))]:
         print(f"orchc: note: {terminal_text(note)}", file=sys.stderr)
     for failure in failures:
         print(f"orchc: regression: {terminal_text(failure)}", file=sys.stderr)
     if failures:
         print(f"orchc: error: {len(failures)} change(s) beyond the thresholds", file=sys.stderr)
         return 1
+    if state_a in UNFINISHED_STATES or state_b in UNFINISHED_STATES:
+        print(f"orchc: note: compare again once both runs have ended (exit status {EXIT_NOT_FINISHED})", file=sys.stderr)
+        return EXIT_NOT_FINISHED
     return 0
 
 
@@ -381,32 +457,41 @@ def _split_reference(key: str, clients: Iterable[str]) -> tuple[str, str] | None
     return client, key[len(client) + 1:]
 
 
-def check_rows(references: list[Reference], results: list[PointResult]) -> list[tuple[list[str], bool]]:
-    """One row per reference and client result (every point and repeat): the cells and whether it passed."""
+def check_rows(references: list[Reference], results: list[PointResult],
+               waiting: Collection[str] = ()) -> list[tuple[list[str], bool | None]]:
+    """One row per reference and client result (every point and repeat): the cells and whether it passed; None
+    (`waiting`) where the value is missing because the job (named in `waiting`) has not ended yet."""
     from .points import base_name
 
     by_client: dict[str, list[PointResult]] = {}
     for row in results:
         by_client.setdefault(base_name(row), []).append(row)
     clients = list(by_client)
-    checked = []
+    checked: list[tuple[list[str], bool | None]] = []
     for reference in references:
         split = _split_reference(reference.key, clients)
         if split is None:
             checked.append(([reference.key, "-", "-", f"no client {reference.key.split('.', 1)[0]} in this run",
                              reference.allowed(), "FAIL"], False))
             continue
-        client, metric = split
+        client, pattern = split
         for row in by_client[client]:
             point = point_label(row.values)
-            value = row.metrics().get(metric)
-            if value is None:
-                why = "no results" if row.results is None else "missing"
+            found = row.metrics()
+            matched = [pattern] if pattern in found else sorted(name for name in found if metric_matches(name, pattern))
+            if not matched and row.job in waiting:
+                checked.append(([reference.key, point, row.job, "not yet", reference.allowed(), "waiting"], None))
+                continue
+            if not matched:
+                why = "no results" if row.results is None else "missing" + near_metrics(pattern, found)
                 checked.append(([reference.key, point, row.job, why, reference.allowed(), "FAIL"], False))
                 continue
-            passed = reference.passes(value)
-            checked.append(([reference.key, point, row.job, f"{_number(value)}{_unit(metric)}", reference.allowed(),
-                             "pass" if passed else "FAIL"], passed))
+            for metric in matched:
+                value = found[metric]
+                passed = reference.passes(value)
+                named = reference.key if metric == pattern else f"{reference.key} ({metric})"
+                checked.append(([named, point, row.job, f"{_number(value)}{_unit(metric)}", reference.allowed(),
+                                 "pass" if passed else "FAIL"], passed))
     return checked
 
 
@@ -419,13 +504,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     run_dir, run = load_run(args.run_ref)
     references = read_references(read_manifest(run_dir), str(run_dir / "manifest.json"))
-    checked = check_rows(references, point_results(run_dir, run))
-    failed = sum(1 for _, passed in checked if not passed)
+    state, current = _state_noted(run_dir.name, run_dir, run)
+    checked = check_rows(references, point_results(run_dir, run), _not_ended(current))
+    failed = sum(1 for _, passed in checked if passed is False)
+    waiting = sum(1 for _, passed in checked if passed is None)
     if args.json:
         from ..core.terminal import json_text
 
-        print(json_text({"run": run_dir.resolve().name, "failed": failed, "checks": [
-            dict(zip(CHECK_HEADERS, cells, strict=True)) for cells, _ in checked]}, indent=2, sort_keys=True))
+        print(json_text({"run": run_dir.resolve().name, "state": state, "failed": failed, "waiting": waiting,
+                         "checks": [dict(zip(CHECK_HEADERS, cells, strict=True)) for cells, _ in checked]},
+                        indent=2, sort_keys=True))
     elif args.csv:
         from ..core.terminal import write_csv
 
@@ -440,7 +528,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             table.add_column(header)
         for cells, passed in checked:
             table.add_row(*(Text(terminal_text(cell)) for cell in cells[:-1]),
-                          Text(cells[-1], style="green" if passed else "red"))
+                          Text(cells[-1], style=_CHECK_STYLES[passed]))
         Console(file=sys.stdout).print(table)
     else:
         from ..core.terminal import print_table
@@ -449,4 +537,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     if failed:
         print(f"orchc: error: {failed} of {len(checked)} reference check(s) failed", file=sys.stderr)
         return 1
-    return 0
+    if waiting:
+        print(f"orchc: note: {waiting} of {len(checked)} reference check(s) wait for jobs still running; "
+              f"check again once the run has ended (exit status {EXIT_NOT_FINISHED})", file=sys.stderr)
+    return EXIT_NOT_FINISHED if state in UNFINISHED_STATES else 0
+
+
+_CHECK_STYLES = {True: "green", False: "red", None: "yellow"}
+
+
+def _state_noted(label: str, run_dir: Path, run: Run) -> tuple[str, dict[str, JobState] | None]:
+    """The run's state and its jobs' (known_state); for a run still pending or running, its note said first."""
+    from ..core.terminal import terminal_text
+    from ..run.runs import known_state, state_note
+
+    state, current = known_state(run_dir, run)
+    note = state_note(f"run {label}", state, current)
+    if note:
+        print(f"orchc: note: {terminal_text(note)}", file=sys.stderr, flush=True)
+    return state, current
+
+
+def _not_ended(current: Mapping[str, JobState] | None) -> set[str]:
+    """Jobs still queued or running (not one the scheduler forgot: UNKNOWN will write nothing more)."""
+    return {name for name, job in (current or {}).items() if not job.ended and job.state != "UNKNOWN"}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+
 HIGHER, NEUTRAL, LOWER = 1, 0, -1
 """directions: higher is better, no direction known, lower is better"""
 
@@ -9,6 +12,24 @@ HIGHER, NEUTRAL, LOWER = 1, 0, -1
 # A metric's unit is the end of its name (README "Results"); the longest ending wins.
 UNITS = (("_per_s", "1/s"), ("_ms", "ms"), ("_s", "s"), ("_count", "count"), ("_bytes", "bytes"),
          ("_ratio", "ratio"), ("_percent", "%"))
+
+
+def metric_matches(metric: str, pattern: str) -> bool:
+    """`pattern` (an fnmatch glob; `*` matches dots too) names `metric` whole, or its last dot-separated parts:
+    `requests_per_s` and `*_per_s` match `get.requests_per_s`; `per_s` does not (README "Comparing runs")."""
+    return fnmatchcase(metric, pattern) or fnmatchcase(metric, f"*.{pattern}")
+
+
+def near_metrics(pattern: str, metrics: Iterable[str]) -> str:
+    """"; did you mean 'a', 'b' or 'c'?" with the metric names closest to `pattern` (whole names, then last parts)."""
+    from ..core.errors import did_you_mean
+
+    names = sorted(set(metrics))
+    return did_you_mean(pattern, names, n=3) or did_you_mean(pattern, _last_parts(names), n=3)
+
+
+def _last_parts(names: Iterable[str]) -> set[str]:
+    return {name.split(".", index)[-1] for name in names for index in range(1, name.count(".") + 1)}
 
 
 def unit_of(metric: str) -> str:

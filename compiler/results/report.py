@@ -755,8 +755,10 @@ class Report:
     plots: int
 
 
-def build(run_dir: Path, run: Run, folder_name: str) -> Report:
-    """The report of a run; plot files are linked as `folder_name/<file>`."""
+def build(run_dir: Path, run: Run, folder_name: str, state: str | None = None,
+          state_line: str | None = None) -> Report:
+    """The report of a run; plot files are linked as `folder_name/<file>`. `state`: the run's (run_state; default
+    what run.json knows); `state_line`: what a run still going or that did not complete says first (state_note)."""
     matplotlib, Figure = _matplotlib()
     from .. import __version__
     from ..output.manifest import read_manifest, recorded_sweep
@@ -769,7 +771,10 @@ def build(run_dir: Path, run: Run, folder_name: str) -> Report:
     traces, notes = gpu_traces(run_dir, run)
     name = run_dir.resolve().name
     parts = [f"<h1>orchc report: {html.escape(name)}</h1>"]
-    facts = [("recipe", run.recipe), ("site", run.site), ("created", run.created), ("state", run.state),
+    if state_line:
+        parts.append(f'<p class="note"><b>{html.escape(state_line)}.</b></p>')
+    facts = [("recipe", run.recipe), ("site", run.site), ("created", run.created),
+             ("state", state or run.outcome or run.state),
              ("scheduler", run.scheduler), ("jobs", str(len(run.jobs))),
              ("sweep", ", ".join(keys) if sweep else "none (one configuration)")]
     if sweep:
@@ -906,14 +911,19 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..run.runs import load_run
+    from ..core.terminal import terminal_text
+    from ..run.runs import known_state, load_run, state_note
 
     _matplotlib()  # before reading anything: the one thing to install is said first
     run_dir, run = load_run(args.run_ref)
     output: Path = args.output or run_dir / REPORT_NAME
     if output.suffix.lower() not in (".html", ".htm"):
         raise ClusterError(f"{output}: the report is an HTML file; name it FILE.html")
-    report = build(run_dir, run, output.with_suffix("").name)
+    state, current = known_state(run_dir, run)
+    note = state_note(f"run {run_dir.name}", state, current)
+    if note:
+        print(f"orchc: note: {terminal_text(note)}", file=sys.stderr, flush=True)
+    report = build(run_dir, run, output.with_suffix("").name, state, state_note("This run", state, current))
     folder = write_report(report, output)
     print(f"report: {output}  ({report.plots} plot{'s' if report.plots != 1 else ''}; SVG and PNG files in {folder}/)",
           file=sys.stdout)

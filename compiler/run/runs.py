@@ -23,7 +23,7 @@ import signal
 import stat
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +34,7 @@ from ..core.files import LinkInRunFolder, read_in_run, write_atomic
 from ..output.emit import Output, write_files
 from ..output.plan import Submission, read_plan
 from .backends import load_scheduler
-from .scheduler import UNKNOWN, JobState, Scheduler, is_job_id
+from .scheduler import ENDED, UNKNOWN, JobState, Scheduler, is_job_id
 
 if TYPE_CHECKING:
     from .ssh import Connection, Target
@@ -43,6 +43,14 @@ RUN_FILE = "run.json"
 DEFAULT_ROOT = Path("runs")
 SCHEDULER_VARIABLE = "ORCHC_SCHEDULER"
 RUN_STATES = ("submitting", "submitted", "failed")
+"""what run.json records of submitting; what a run is now is `run_state`"""
+FINAL_STATES = ("completed", "failed", "cancelled", "timeout")
+"""the states of a run whose every job has ended (run.json records one as `outcome` once a command saw it)"""
+UNFINISHED_STATES = ("pending", "running")
+EXIT_NOT_COMPLETED = 3
+"""exit status of `status --watch` when every job ended but the run did not complete"""
+EXIT_NOT_FINISHED = 4
+"""exit status of `results --check` and `compare` when a run is still pending or running (and nothing failed)"""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _RUN_LIMIT = 4 << 20
 _RESULTS_LIMIT = 64 << 20
@@ -80,6 +88,8 @@ class Run:
     """a run submitted over SSH: how to reach the login node, and (as remote_dir) the run folder there"""
     scripts_hmac: str = ""
     """HMAC-SHA256, with this user's run key, of every file submit wrote (what rerun submits again)"""
+    outcome: str = ""
+    """the run's final state (FINAL_STATES) once a command saw every job end; '' before"""
 
     def job(self, name: str) -> RunJob:
         for job in self.jobs:
@@ -209,6 +219,9 @@ def parse_run(text: str, source: str) -> Run:
             raise damaged(f"{key} is not a name")
     if error is not None and not isinstance(error, str):
         raise damaged("error is not text")
+    outcome = data.get("outcome", "")
+    if outcome not in ("", *FINAL_STATES):
+        raise damaged(f"unknown outcome {str(outcome)[:40]!r}")
     jobs = tuple(_run_job(job, index, damaged) for index, job in enumerate(data["jobs"]))
     if len({job.name for job in jobs}) != len(jobs):
         raise damaged("two jobs have the same name")
@@ -218,7 +231,8 @@ def parse_run(text: str, source: str) -> Run:
     return Run(str(data.get("recipe", "")), _text(data.get("site")), _text(data.get("created")),
                _text(data.get("run_dir")), state, error, jobs, scheduler, _text(data.get("orchc_version")),
                tuple(command), _text(data.get("rerun_of")),
-               _remote_place(data.get("remote"), _text(data.get("site")), damaged), _text(data.get("scripts_hmac")))
+               _remote_place(data.get("remote"), _text(data.get("site")), damaged), _text(data.get("scripts_hmac")),
+               outcome)
 
 
 def _remote_place(value: Any, site: str, damaged: Callable[[str], ClusterError]) -> Target | None:
@@ -573,6 +587,70 @@ def states(run: Run, scheduler: Scheduler) -> dict[str, JobState]:
     """Every job's state from one poll of the scheduler (FOREIGN for a job that is not the run's)."""
     found = scheduler.poll(*(job.slurm_id for job in run.jobs)) if run.jobs else {}
     return {job.name: owned(run, job, found.get(job.slurm_id, UNKNOWN)) for job in run.jobs}
+
+
+_FAILURES = (("FAILED", "failed"), ("TIMEOUT", "timeout"), ("CANCELLED", "cancelled"))
+
+
+def run_state(recorded: str, job_states: Iterable[str]) -> str:
+    """The run's one state from run.json's `state` and its jobs' scheduler states (README "Running jobs").
+
+    A submit that failed is `failed`, one still submitting `pending`. While any job is queued or running the
+    run is `pending` (nothing has started) or `running`. Once every job has ended: `failed` if any job failed
+    (SLURM's NODE_FAIL, OUT_OF_MEMORY and BOOT_FAIL are FAILED here), else `timeout`, else `cancelled`, else
+    `unknown` when the scheduler no longer knows a job (or the id names another job), else `completed`."""
+    if recorded == "failed":
+        return "failed"
+    if recorded == "submitting":
+        return "pending"
+    found = list(job_states)
+    if any(state not in ENDED and state != "UNKNOWN" for state in found):
+        started = any(state not in ("PENDING", "UNKNOWN") for state in found)
+        return "running" if started else "pending"
+    for job_state, state in _FAILURES:
+        if job_state in found:
+            return state
+    return "completed" if all(state == "COMPLETED" for state in found) else "unknown"
+
+
+def current_state(run_dir: Path, run: Run, current: Mapping[str, JobState]) -> str:
+    """The run's state from one poll's answer; a final state is recorded in run.json (`outcome`), so that a later
+    `orchc runs` (or compare, or --check) knows it without asking the scheduler."""
+    state = run_state(run.state, (job.state for job in current.values()))
+    if state in FINAL_STATES and run.state == "submitted" and run.outcome != state:
+        try:
+            save_run(run_dir, replace(run, outcome=state))
+        except OSError:
+            pass            # a run folder of someone else's, or read-only: the state is still shown
+    return state
+
+
+def known_state(run_dir: Path, run: Run) -> tuple[str, dict[str, JobState] | None]:
+    """The run's state and its jobs' states: the recorded outcome of a run seen ended (no poll, job states None),
+    else from one poll; `unknown` with a warning when the scheduler does not answer."""
+    if run.outcome or run.state == "failed":
+        return run.outcome or "failed", None
+    try:
+        current = states(run, scheduler_for(run))
+    except ClusterError as error:
+        from ..core.terminal import terminal_text
+
+        print(f"orchc: warning: state of {run_dir.name} unknown: {terminal_text(error, lines=True)}", file=sys.stderr)
+        return "unknown", None
+    return current_state(run_dir, run, current), current
+
+
+def state_note(subject: str, state: str, current: Mapping[str, JobState] | None) -> str | None:
+    """What a command reading a run's results says first (`subject`: `run NAME`) when the run is still pending or
+    running, or ended without completing; None for a run that completed (or whose state is unknown)."""
+    if state in UNFINISHED_STATES:
+        ended = f" ({sum(job.ended for job in current.values())}/{len(current)} jobs ended)" if current else ""
+        return f"{subject} is {state}{ended}: results so far"
+    if state in FINAL_STATES and state != "completed":
+        jobs = [f"{name} {job.state}" for name, job in (current or {}).items() if job.state != "COMPLETED"]
+        named = f" ({', '.join(jobs[:3])}{', ...' if len(jobs) > 3 else ''})" if jobs else ""
+        return f"{subject} ended {state}{named}: its results may be incomplete"
+    return None
 
 
 @dataclass(frozen=True)

@@ -155,34 +155,57 @@ def snapshot(run_dir: Path, run: Run, scheduler: Scheduler, points: Mapping[str,
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ..core.terminal import is_terminal, print_table
-    from .runs import load_run, scheduler_for
+    from ..core.terminal import is_terminal, print_table, terminal_text
+    from .runs import current_state, load_run, scheduler_for
 
     run_dir, run = load_run(args.run_ref)
     scheduler = scheduler_for(run)
     points = point_of_client(run_dir)
     now = snapshot(run_dir, run, scheduler, points)
-    title = f"run {run_dir.name}" + (f" ({run.state}: {run.error})" if run.state == "failed" else "")
+    state = current_state(run_dir, run, now.current)
     if args.json:
-        shown: dict[str, Any] = {"run": str(run_dir), "state": run.state, "error": run.error, "jobs": now.rows}
+        shown: dict[str, Any] = {"run": str(run_dir), "state": state, "error": run.error, "jobs": now.rows}
         if now.progress is not None:
             shown["progress"] = {key: getattr(now.progress, key)
                                  for key in ("clients_ended", "clients", "points_done", "points")}
         print(json.dumps(shown, indent=2))
         return 0
     if not args.watch:
-        print_table(title, HEADERS, [table_row(row) for row in now.rows], keep=KEPT)
+        if not is_terminal(sys.stdout):        # a terminal shows it as the table's title
+            print(terminal_text(_title(run_dir, run, state)))
+        print_table(_title(run_dir, run, state), HEADERS, [table_row(row) for row in now.rows], keep=KEPT)
         if now.progress is not None:
             print(now.progress.line())
         return 0
     unknown = UnknownWatch(run.jobs, args.unknown_limit)
     if is_terminal(sys.stdout):
-        return _watch_live(title, run_dir, run, scheduler, points, now, unknown, args.interval)
-    return _watch_log(run_dir, run, scheduler, points, now, unknown, args.interval)
+        now = _watch_live(_title(run_dir, run, state), run_dir, run, scheduler, points, now, unknown, args.interval)
+    else:
+        now = _watch_log(run_dir, run, scheduler, points, now, unknown, args.interval)
+    return _ended(run_dir, run, now)
+
+
+def _title(run_dir: Path, run: Run, state: str) -> str:
+    """`run NAME: STATE`, with why a submit failed."""
+    return f"run {run_dir.name}: {state}" + (f" ({run.error})" if run.state == "failed" and run.error else "")
+
+
+def _ended(run_dir: Path, run: Run, now: Snapshot) -> int:
+    """After --watch: the run's state on a line of its own; 0 when it completed, else EXIT_NOT_COMPLETED."""
+    from ..core.terminal import terminal_text
+    from .runs import EXIT_NOT_COMPLETED, current_state
+
+    state = current_state(run_dir, run, now.current)
+    print(terminal_text(f"run {run_dir.name}: {state}"))
+    if state == "completed":
+        return 0
+    print(terminal_text(f"orchc: error: run {run_dir.name} ended {state} (not completed; see orchc status "
+                        f"{run_dir} and orchc logs)"), file=sys.stderr)
+    return EXIT_NOT_COMPLETED
 
 
 def _watch_log(run_dir: Path, run: Run, scheduler: Scheduler, points: Mapping[str, str] | None,
-               now: Snapshot, unknown: UnknownWatch, interval: float) -> int:
+               now: Snapshot, unknown: UnknownWatch, interval: float) -> Snapshot:
     """--watch into a file or pipe: the header once, then at each change the rows that changed, each after the
     time (UTC) it was seen, and the progress; a log grows by a line per change, not by a table per refresh."""
     from ..core.terminal import plain_lines
@@ -203,7 +226,7 @@ def _watch_log(run_dir: Path, run: Run, scheduler: Scheduler, points: Mapping[st
                 print(now.progress.line())
             sys.stdout.flush()
         if now.ended:
-            return 0
+            return now
         unknown.check(now.current)
         time.sleep(interval)
         now = snapshot(run_dir, run, scheduler, points, pull=True)
@@ -215,7 +238,7 @@ def _watched(row: list[str] | None) -> list[str] | None:
 
 
 def _watch_live(title: str, run_dir: Path, run: Run, scheduler: Scheduler, points: Mapping[str, str] | None,
-                now: Snapshot, unknown: UnknownWatch, interval: float) -> int:
+                now: Snapshot, unknown: UnknownWatch, interval: float) -> Snapshot:
     from rich.console import Group
     from rich.live import Live
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
@@ -241,7 +264,7 @@ def _watch_live(title: str, run_dir: Path, run: Run, scheduler: Scheduler, point
             time.sleep(interval)
             now = snapshot(run_dir, run, scheduler, points, pull=True)
             live.update(view(now))
-    return 0
+    return now
 
 
 # --- orchc runs -----------------------------------------------------------------------------------
@@ -255,7 +278,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     listed = list_runs(args.root or DEFAULT_ROOT)
     ended = _ended_counts(listed) if args.states else {}
-    rows = [_runs_row(entry, ended.get(entry.folder)) for entry in listed]
+    rows = [_runs_row(entry, *ended.get(entry.folder, (None, None))) for entry in listed]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -264,10 +287,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _runs_row(entry: RunListing, ended: int | None) -> dict[str, Any]:
+def _runs_row(entry: RunListing, ended: int | None, state: str | None) -> dict[str, Any]:
+    """`state`: the run's state from a poll (--states); else what run.json knows: its final state once a command
+    saw it end, `submitted` before, `failed` when the submit failed."""
     run = entry.run
+    known = state or (run.outcome or run.state if run else "unreadable")
     return {"run": entry.folder.name, "created": run.created if run else None, "recipe": run.recipe if run else None,
-            "site": run.site if run else None, "state": run.state if run else "unreadable",
+            "site": run.site if run else None, "state": known,
             "error": entry.error or (run.error if run else None), "jobs": len(run.jobs) if run else None,
             "jobs_ended": ended, "points": entry.points, "folder": str(entry.folder)}
 
@@ -282,21 +308,22 @@ def _runs_cell(row: Mapping[str, Any], key: str) -> str:
     return "" if row[key] is None else str(row[key])
 
 
-def _ended_counts(listed: Sequence[RunListing]) -> dict[Path, int]:
-    """How many jobs of each run have ended: one poll per scheduler (and login node, for runs made over SSH)
-    for the jobs of every run listed."""
+def _ended_counts(listed: Sequence[RunListing]) -> dict[Path, tuple[int, str]]:
+    """How many jobs of each run have ended, and the run's state: one poll per scheduler (and login node, for
+    runs made over SSH) for the jobs of every run listed."""
     from dataclasses import replace
 
-    from .runs import owned, scheduler_for
+    from .runs import current_state, owned, scheduler_for
 
     by_scheduler: dict[tuple[str, Any], list[tuple[Path, Run]]] = {}
     for entry in listed:
         if entry.run is not None and entry.run.jobs:
             where = None if entry.run.remote is None else replace(entry.run.remote, remote_dir="")
             by_scheduler.setdefault((entry.run.scheduler, where), []).append((entry.folder, entry.run))
-    counts: dict[Path, int] = {}
+    counts: dict[Path, tuple[int, str]] = {}
     for runs in by_scheduler.values():
         found = scheduler_for(runs[0][1]).poll(*dict.fromkeys(job.slurm_id for _, run in runs for job in run.jobs))
         for folder, run in runs:
-            counts[folder] = sum(owned(run, job, found[job.slurm_id]).ended for job in run.jobs)
+            current = {job.name: owned(run, job, found[job.slurm_id]) for job in run.jobs}
+            counts[folder] = (sum(state.ended for state in current.values()), current_state(folder, run, current))
     return counts
