@@ -118,12 +118,14 @@ def test_recompiling_self_contained_removes_the_runtime_the_last_compile_wrote(o
 
 def test_a_failing_runtime_helper_is_located_at_the_script_line_that_called_it(orchc, write, tmp_path):
     """Lines of the runtime file never pass for lines of the script: the error names the type file's line that
-    called the helper, whatever line of the runtime failed (its line numbers overlap the script's)."""
-    write("defs/probe.yaml", PROBE.replace("  benchmark:\n", "  benchmark:\n    - orchc_wait_tcp 127.0.0.1 9 0\n"))
+    called the helper, although the line of the runtime that failed lies inside the phase block's script lines
+    (a block of 600 lines spans the runtime's line numbers)."""
+    block = "".join("      :\n" for _ in range(600)) + "      orchc_wait_tcp 127.0.0.1 9 0\n"
+    write("defs/probe.yaml", PROBE.replace("  benchmark:\n", "  benchmark:\n    - |\n" + block))
     result = orchc("compile", write("r.yaml", RECIPE), "--defs", "defs", "-o", "out", cwd=tmp_path)
     assert result.code == 0, result.err
     runtime_into(tmp_path / "run", tmp_path / "out" / "r")
     done = run(tmp_path / "out" / "r" / "c.sbatch", tmp_path / "run")
     assert done.returncode != 0
-    assert "127.0.0.1:9 accepted no connection within 0 s in phase benchmark at defs/probe.yaml:7: " \
-           "orchc_wait_tcp 127.0.0.1 9 0" in done.stderr, done.stderr
+    assert "127.0.0.1:9 accepted no connection within 0 s in phase benchmark at defs/probe.yaml:608: " \
+           "orchc_wait_tcp 127.0.0.1 9 0\n" in done.stderr, done.stderr
