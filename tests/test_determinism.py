@@ -162,7 +162,7 @@ def _many_jobs(order: list[int]) -> str:
 
 
 def test_render_caches_change_no_byte(orchc, tmp_path, monkeypatch):
-    """Every cache of renders (templates met again, runtime helpers per key) gives the bytes a compile
+    """Every cache of renders (templates met again) gives the bytes a compile
     without caches gives, in any order of the jobs."""
     from compiler.boundary import templating
 

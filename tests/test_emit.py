@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+from compiler.script.runtime import runtime_name
+
 RECIPE = "site: local\nservice:\n  name: redis\nclient:\n  name: bench\n  type: redis_client\n"
 
 
@@ -62,7 +64,7 @@ def test_files_a_previous_compile_wrote_are_removed_and_unchanged_files_keep_the
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
     (tmp_path / "r.yaml").write_text(RECIPE.replace("  name: bench", "  name: bench2"))
     assert compile_(tmp_path).returncode == 0
-    assert sorted(p.name for p in folder.iterdir()) == ["bench2.sbatch", "manifest.json", "redis.sbatch", "submit.sh"]
+    assert sorted(p.name for p in folder.iterdir()) == ["bench2.sbatch", "manifest.json", runtime_name(), "redis.sbatch", "submit.sh"]
     assert not [p for p in (tmp_path / "build").iterdir() if p.is_dir() and p.name != "r"]   # no staging folder left
 
 
@@ -109,7 +111,7 @@ def test_a_killed_compile_leaves_no_temporary_files_among_the_outputs(tmp_path):
         proc.wait()
     assert compile_(tmp_path).returncode == 0
     folder = tmp_path / "build" / "r"
-    assert sorted(p.name for p in folder.iterdir()) == ["bench.sbatch", "manifest.json", "redis.sbatch", "submit.sh"]
+    assert sorted(p.name for p in folder.iterdir()) == ["bench.sbatch", "manifest.json", runtime_name(), "redis.sbatch", "submit.sh"]
     assert not [p for p in (tmp_path / "build").iterdir() if p.is_dir() and p.name != "r"]
 
 
@@ -134,7 +136,7 @@ def test_a_render_error_writes_nothing_of_any_recipe(tmp_path):
     (tmp_path / "b.yaml").write_text("site: local\nservices:\n" + jobs)
     assert compile_(tmp_path, "b.yaml", "-o", "out", "--defs", "defs", recipe="a.yaml").returncode == 0
     before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
-    assert len(before) == 2 * 7 + 1   # 5 scripts, submit.sh and manifest.json per recipe, and the lock
+    assert len(before) == 2 * 8 + 1   # 5 scripts, the runtime, submit.sh and manifest.json per recipe, and the lock
 
     (tmp_path / "a.yaml").write_text("site: local\nservices:\n" + jobs.replace("divisor: 2", "divisor: 7"))
     (tmp_path / "b.yaml").write_text("site: local\nservices:\n" + jobs.replace("divisor: 5", "divisor: 0"))
@@ -182,7 +184,7 @@ def test_two_rendering_processes_write_the_bytes_one_writes(tmp_path):
         assert done.returncode == 0, done.stderr
         trees.append(_tree(tmp_path / out))
     assert trees[0] == trees[1] == trees[2]
-    assert len(trees[0]) == PARALLEL_FROM + 44 + 3   # the scripts, submit.sh, manifest.json and the lock
+    assert len(trees[0]) == PARALLEL_FROM + 44 + 4   # the scripts, the runtime, submit.sh, manifest.json and the lock
 
 
 @pytest.mark.parametrize("zero_at", [3, 290], ids=["an early script", "a late script"])
@@ -238,7 +240,7 @@ def test_many_small_recipes_share_the_two_processes_with_the_bytes_and_errors_of
         done = compile_with(workers, out, *recipes)
         assert done.returncode == 0, done.stderr
         trees.append(_tree(tmp_path / out))
-    assert trees[0] == trees[1] == trees[2] and len(trees[0]) == 100 * 5 + 1
+    assert trees[0] == trees[1] == trees[2] and len(trees[0]) == 100 * 6 + 1
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "defs").mkdir()
@@ -352,7 +354,8 @@ def test_scripts_are_made_in_the_order_the_digest_takes_them(tmp_path, monkeypat
     monkeypatch.setattr(emit._InOrder, "put", counted)
     monkeypatch.setenv("ORCHC_WORKERS", "1")
     emit.write_recipes(resolve_all([tmp_path / "r.yaml"], Options()), tmp_path / "out")
-    assert len(held) == 81 and max(held) <= 1   # submit.sh, made first, waits for the scripts named before it
+    # the runtime and submit.sh, made first, wait for the scripts named before them
+    assert len(held) == 82 and max(held) <= 2
 
 
 def test_an_output_folder_error_is_an_output_error_not_a_cluster_error(tmp_path):

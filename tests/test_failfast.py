@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import runtime_into
 
 TIMEOUT = 20
 FAILING = {
@@ -60,7 +61,7 @@ def _pids(pattern: str) -> list[int]:
 def run_script(script: Path, tmp_path: Path, unique: str, extra_env: dict[str, str] | None = None) -> Ran:
     """Run a compiled script under bash; afterwards end (by pid) anything left running with our unique mark."""
     run_dir = tmp_path / "run"
-    run_dir.mkdir(exist_ok=True)
+    runtime_into(run_dir, script.parent)
     (tmp_path / "home").mkdir(exist_ok=True)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path / "home"), "ORCHC_RUN_DIR": str(run_dir),
            "LANG": "C.UTF-8", **(extra_env or {})}

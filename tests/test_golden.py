@@ -1,5 +1,6 @@
 """Golden files are the contract of the output: every example compiles to exactly golden/<recipe>/
-(site meluxina, the default) and golden/local/<recipe>/ (`--site local`, the native branches of types).
+(site meluxina, the default) and golden/local/<recipe>/ (`--site local`, the native branches of types),
+and the job runtime every output folder holds (orchc-runtime-<sha>.sh) to golden/orchc-runtime.sh, kept once.
 
 Rewrite them with `pytest tests/test_golden.py --update-golden` and review the change with `git diff golden/`
 (refused when CI is set, so CI can never pass by rewriting its own expectations).
@@ -8,6 +9,8 @@ Rewrite them with `pytest tests/test_golden.py --update-golden` and review the c
 from __future__ import annotations
 
 import difflib
+import hashlib
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,6 +24,9 @@ RECIPES = [(path, []) for path in sorted(EXAMPLES.glob("*.yaml"))] + [
 SITES = {"meluxina": GOLDEN, "local": GOLDEN / "local"}
 """Where the golden files of each site live: golden/<recipe>/ (meluxina) and golden/local/<recipe>/."""
 CASES = [(recipe, defs, site) for site in SITES for recipe, defs in RECIPES]
+RUNTIME = GOLDEN / "orchc-runtime.sh"
+"""The golden of the job runtime, which every output folder holds under its content-addressed name."""
+RUNTIME_NAME = re.compile(r"orchc-runtime-[0-9a-f]{12}\.sh")
 
 
 def _compile(orchc, recipe: Path, defs: list[Path], out: Path, site: str = "meluxina") -> Path:
@@ -39,17 +45,31 @@ def _files(folder: Path) -> dict[str, str]:
     return {p.name: p.read_text(encoding="utf-8") for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+def _runtime(files: dict[str, str]) -> str:
+    """Takes the runtime out of a compiled folder's files: its text, once its name is checked against it."""
+    (name,) = [name for name in files if RUNTIME_NAME.fullmatch(name)]
+    text = files.pop(name)
+    assert name == f"orchc-runtime-{hashlib.sha256(text.encode()).hexdigest()[:12]}.sh"
+    return text
+
+
 @pytest.mark.parametrize("recipe,defs,site", CASES, ids=[f"{c[2]}-{c[0].relative_to(EXAMPLES)}" for c in CASES])
 def test_example_matches_golden(orchc, tmp_path, update_golden, recipe, defs, site):
     produced = _compile(orchc, recipe, defs, tmp_path, site)
     golden = SITES[site] / produced.name
     shown = golden.relative_to(ROOT)
+    actual = _files(produced)
+    runtime = _runtime(actual)
     if update_golden:
         shutil.rmtree(golden, ignore_errors=True)
-        shutil.copytree(produced, golden)
+        golden.mkdir(parents=True)
+        for name in actual:
+            shutil.copy2(produced / name, golden / name)
+        RUNTIME.write_text(runtime, encoding="utf-8")
         return
     assert golden.is_dir(), f"no golden files for {recipe.name} at {shown}: run pytest --update-golden and review git diff"
-    expected, actual = _files(golden), _files(produced)
+    assert runtime == RUNTIME.read_text(encoding="utf-8"), f"the job runtime differs from {RUNTIME.relative_to(ROOT)}"
+    expected = _files(golden)
     assert sorted(actual) == sorted(expected), "a different set of files was produced"
     for name in expected:
         if actual[name] != expected[name]:
@@ -65,7 +85,7 @@ def test_every_golden_folder_has_an_example(orchc, tmp_path, site):
     assert names == folders - set(SITES)       # golden/local/ is not a recipe of meluxina
 
 
-GOLDEN_SCRIPTS = sorted(p for folder in SITES.values() for p in [*folder.glob("*/*.sbatch"), *folder.glob("*/submit.sh")])
+GOLDEN_SCRIPTS = [RUNTIME, *sorted(p for folder in SITES.values() for p in [*folder.glob("*/*.sbatch"), *folder.glob("*/submit.sh")])]
 
 
 @pytest.mark.parametrize("script", GOLDEN_SCRIPTS, ids=[str(p.relative_to(GOLDEN)) for p in GOLDEN_SCRIPTS])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nvidia_smi_standin
 import pytest
-from conftest import in_ci
+from conftest import in_ci, runtime_into
 from ruamel.yaml import YAML
 from test_cluster import cluster, free_port, orchc, status, wait_for  # noqa: F401 (cluster is a fixture)
 from test_configs import written_files
@@ -137,11 +137,12 @@ def test_prometheus_config_discovers_files_and_passes_promtool(tmp_path):
 def test_publish_metrics_writes_an_sd_file_and_removes_it_on_exit(tmp_path):
     """The runtime helper, run in a real service script: the file appears atomically and goes with the job."""
     script = compile_one(tmp_path, "site: local\nservice:\n  name: redis\n  enable_exporter: true\n", "redis")
-    helpers = script.split("# orchc runtime helpers", 1)[1].split("\nORCHC_JOB=", 1)[0]
-    program = ("set -o errexit -o pipefail -o errtrace\n" + helpers + "\nORCHC_JOB=redis; ORCHC_RUN_DIR=$1\n"
+    assert "\norchc_publish_metrics mon redis_exporter=9121" in script
+    (runtime,) = (tmp_path / "build" / "mon").glob("orchc-runtime-*.sh")
+    program = ('set -o errexit -o pipefail -o errtrace\nORCHC_ROLE=service\n. "$2"\nORCHC_JOB=redis; ORCHC_RUN_DIR=$1\n'
                "orchc_publish_metrics mon redis_exporter=9121 node_exporter=9100\n"
                'cp "$ORCHC_RUN_DIR"/monitoring/redis.json "$ORCHC_RUN_DIR"/seen.json\n')
-    subprocess.run(["bash", "-c", program, "x", tmp_path], check=True, timeout=30, capture_output=True)
+    subprocess.run(["bash", "-c", program, "x", tmp_path, runtime], check=True, timeout=30, capture_output=True)
     groups = json.loads((tmp_path / "seen.json").read_text())
     assert [g["labels"]["orchc_source"] for g in groups] == ["redis_exporter", "node_exporter"]
     assert all(g["labels"]["job"] == "redis" and g["labels"]["orchc_recipe"] == "mon" for g in groups)
@@ -287,27 +288,32 @@ SAMPLER = "setsid nvidia-smi --query-gpu=" + ",".join(nvidia_smi_standin.FIELDS)
 
 @pytest.mark.slow
 def test_the_gpu_sampler_is_compiled_into_gpu_jobs_only(tmp_path):
+    """GPU jobs call the runtime's sampler (orchc_gpu_sampler, which runs nvidia-smi); other jobs never do."""
     out = compile_gpu(tmp_path, GPU_RECIPE.replace("  target_endpoint:", "  gpu_sample_interval: 5\n  target_endpoint:"))
     service, client = (out / "svc.sbatch").read_text(), (out / "bench.sbatch").read_text()
+    (runtime,) = [p.read_text() for p in out.glob("orchc-runtime-*.sh")]
+    assert SAMPLER in runtime and "--format=csv,nounits -l \"$1\" >\"$2/gpu.csv\"" in runtime
     for script, interval in ((service, 1), (client, 5)):
-        assert SAMPLER in script and "--format=csv,nounits -l \"$1\" >\"$2/gpu.csv\"" in script
         assert f'\norchc_gpu_sampler {interval} "$ORCHC_RUN_DIR/results/' in script
     for gres in ("", "gres: \"gpu:0\"", "gres: \"tmpfs:10\""):
         out = compile_gpu(tmp_path, GPU_RECIPE.replace('gres: "gpu:2"', gres))
-        assert "nvidia-smi" not in (out / "svc.sbatch").read_text() + (out / "bench.sbatch").read_text(), gres
+        assert "orchc_gpu_sampler" not in (out / "svc.sbatch").read_text() + (out / "bench.sbatch").read_text(), gres
     for gres in ("gpu", "gpu:a100:1", "tmpfs:10,gpu:1"):
         out = compile_gpu(tmp_path, GPU_RECIPE.replace('gres: "gpu:2"', f'gres: "{gres}"'))
-        assert SAMPLER in (out / "svc.sbatch").read_text(), gres
+        assert "\norchc_gpu_sampler 1 " in (out / "svc.sbatch").read_text(), gres
     out = compile_gpu(tmp_path, GPU_RECIPE.replace("  type: gpu_", "  enable_gpu_sampler: false\n  type: gpu_"))
-    assert "nvidia-smi" not in (out / "svc.sbatch").read_text() + (out / "bench.sbatch").read_text()
+    assert "orchc_gpu_sampler" not in (out / "svc.sbatch").read_text() + (out / "bench.sbatch").read_text()
     # Under apptainer nvidia-smi stays a host program: started by the batch shell, not in a container.
     out = compile_gpu(tmp_path, "account: p1\n" + GPU_RECIPE.replace("site: local\n", "").replace(
         "  command: sleep 4", "  image: probe\n  source: docker://busybox:1.36\n  command: sleep 4"), site="meluxina")
-    (line,) = [line for line in (out / "svc.sbatch").read_text().splitlines() if "nvidia-smi --query-gpu" in line]
+    (line,) = [line for line in (out / "svc.sbatch").read_text().splitlines() if "orchc_gpu_sampler " in line]
+    assert line.startswith("orchc_gpu_sampler ") and "apptainer" not in line
+    (line,) = [line for line in runtime.splitlines() if "nvidia-smi --query-gpu" in line]
     assert line.strip().startswith(SAMPLER) and "apptainer" not in line
 
 
 def run_job(script: Path, run: Path, path: str) -> subprocess.CompletedProcess[str]:
+    runtime_into(run, script.parent)
     env = {**os.environ, "ORCHC_RUN_DIR": str(run), "HOME": str(run), "PATH": path}
     return subprocess.run(["bash", script.name], cwd=script.parent, env=env, capture_output=True, text=True, timeout=60)
 

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, ROOT, shellcheck
+from conftest import EXAMPLES, ROOT, runtime_into, shellcheck
+
+from compiler.script.runtime import runtime_name
 
 HOSTILE = ["$(touch /tmp/orchc-pwned)", "a; rm -rf ~", "`id`", "x' ; touch /tmp/orchc-pwned; '", "a\nb"]
 
@@ -151,7 +153,7 @@ def test_recompiling_removes_scripts_of_jobs_that_are_gone(orchc, write, tmp_pat
     assert orchc("compile", recipe, "-o", "out", cwd=tmp_path).code == 0
     write("r.yaml", "services:\n  - name: a\n    type: redis\naccount: p200981\n")
     assert orchc("compile", recipe, "-o", "out", cwd=tmp_path).code == 0
-    assert sorted(p.name for p in (tmp_path / "out" / "r").iterdir()) == ["a.sbatch", "manifest.json", "submit.sh"]
+    assert sorted(p.name for p in (tmp_path / "out" / "r").iterdir()) == ["a.sbatch", "manifest.json", runtime_name(), "submit.sh"]
 
 
 @pytest.mark.slow
@@ -223,7 +225,7 @@ def test_a_prompt_naming_a_job_of_the_recipe_is_not_rewritten(orchc, write, tmp_
 # --- the job template fails closed -------------------------------------------------------------------
 
 def _run(script: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    (cwd / "run").mkdir(exist_ok=True)
+    runtime_into(cwd / "run", script.parent)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), "ORCHC_RUN_DIR": str(cwd / "run")}
     return subprocess.run(["bash", str(script)], cwd=cwd, env=env, capture_output=True, text=True, timeout=30,
                           stdin=subprocess.DEVNULL)

@@ -7,6 +7,7 @@ import os
 import subprocess
 
 import pytest
+from conftest import runtime_into
 from test_cluster import cluster, free_port, needs_redis, redis_recipe, status, wait_for  # noqa: F401
 from test_cluster import orchc as cluster_orchc
 from test_scheduler import fake, output  # noqa: F401 (fixtures)
@@ -14,6 +15,7 @@ from test_scheduler import fake, output  # noqa: F401 (fixtures)
 from compiler import __version__
 from compiler.core.errors import ClusterError
 from compiler.run import runs
+from compiler.script.runtime import runtime_name
 
 
 def test_a_run_records_how_it_was_made(fake, output, tmp_path):  # noqa: F811
@@ -36,6 +38,15 @@ def test_rerun_submits_the_same_scripts_as_a_new_run(fake, output, tmp_path):  #
     for path in (tmp_path / "run").iterdir():
         if path.name != "run.json":
             assert (tmp_path / "again" / path.name).read_bytes() == path.read_bytes(), path.name
+    assert (tmp_path / "again" / runtime_name()).is_file()       # the job runtime the scripts source comes along
+
+
+def test_rerun_refuses_a_changed_job_runtime(fake, output, tmp_path):  # noqa: F811
+    runs.submit(output, tmp_path / "run", fake)
+    runtime = tmp_path / "run" / runtime_name()
+    runtime.write_text(runtime.read_text() + "echo edited\n")
+    with pytest.raises(ClusterError, match=r"differ from what its manifest\.json vouches for"):
+        runs.rerun(tmp_path / "run", tmp_path / "again", fake)
 
 
 def test_rerun_refuses_scripts_edited_after_compiling(fake, output, tmp_path):  # noqa: F811
@@ -52,7 +63,7 @@ def test_every_job_records_its_slurm_job_nodes_and_times(orchc, write, tmp_path)
     recipe = write("q.yaml", "client:\n  name: c\n  type: quick\n  target_endpoint: '127.0.0.1:9'\n")
     assert orchc("compile", recipe, "--defs", "defs", "--site", "local", "-o", "out", cwd=tmp_path).code == 0
     run = tmp_path / "run"
-    run.mkdir()
+    runtime_into(run, tmp_path / "out" / "q")
     env = {**os.environ, "ORCHC_RUN_DIR": str(run), "HOME": str(run), "SLURM_JOB_ID": "4242",
            "SLURM_JOB_NODELIST": "node[1-2]"}
     done = subprocess.run(["bash", str(tmp_path / "out" / "q" / "c.sbatch")], env=env, cwd=run, capture_output=True,

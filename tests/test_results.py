@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import runtime_into
 
 PROBE = """\
 type: results_probe
@@ -46,7 +47,7 @@ def run_probe(orchc, write, tmp_path: Path, fields: str = "", stop_with: signal.
     compiled = orchc("compile", recipe, "--defs", "defs", "--site", "local", "-o", "out", cwd=tmp_path)
     assert compiled.code == 0, compiled.err
     run = tmp_path / "run"
-    run.mkdir()
+    runtime_into(run, tmp_path / "out" / "r")
     env = {**os.environ, "ORCHC_RUN_DIR": str(run), "HOME": str(run)}
     started = time.monotonic()
     process = subprocess.Popen(["bash", str(tmp_path / "out" / "r" / "c.sbatch")], env=env, cwd=run,
@@ -116,7 +117,7 @@ def test_a_client_that_fails_before_its_benchmark_still_writes_results_json(orch
     recipe = write("e.yaml", "client:\n  name: c\n  type: early_probe\n  target_endpoint: '127.0.0.1:9'\n")
     assert orchc("compile", recipe, "--defs", "defs", "--site", "local", "-o", "out", cwd=tmp_path).code == 0
     run = tmp_path / "run"
-    run.mkdir()
+    runtime_into(run, tmp_path / "out" / "e")
     ran = subprocess.run(["bash", str(tmp_path / "out" / "e" / "c.sbatch")], capture_output=True, text=True,
                          env={**os.environ, "ORCHC_RUN_DIR": str(run), "HOME": str(run)}, cwd=run, timeout=60)
     assert ran.returncode == 1

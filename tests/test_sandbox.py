@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import runtime_into
 from test_hostile_input import CPU_FLOORS, cpu_floor, run_measured
 
 __all__ = ["cpu_floor"]   # a fixture, imported for the bombs below
@@ -105,7 +106,7 @@ def test_ordinary_templates_still_work_in_the_sandbox(orchc, write, tmp_path):
     write("r.yaml", "service:\n  name: f\n  type: fine\n")
     result = orchc("compile", "r.yaml", "--defs", "defs", "--site", "local", "-o", "out", cwd=tmp_path)
     assert result.code == 0, result.err
-    (tmp_path / "run").mkdir()
+    runtime_into(tmp_path / "run", tmp_path / "out" / "r")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ORCHC_RUN_DIR": str(tmp_path / "run")}
     ran = subprocess.run(["bash", str(tmp_path / "out" / "r" / "f.sbatch")], env=env, capture_output=True, text=True,
                          timeout=30, cwd=tmp_path)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, shellcheck
+from conftest import ROOT, runtime_into, shellcheck
 from ruamel.yaml import YAML
 
 from compiler.cli.main import main
@@ -260,6 +260,7 @@ def _run(case: Case) -> None:
     syntax = subprocess.run(["bash", "-n", str(case.script_path)], capture_output=True, text=True)
     if syntax.returncode != 0:
         case.syntax = syntax.stderr or f"bash -n exited {syntax.returncode}"
+    runtime_into(case.folder / "run", case.script_path.parent)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(case.folder / "home"),
            "ORCHC_RUN_DIR": str(case.folder / "run"), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
     process = subprocess.Popen(["bash", str(case.script_path)], cwd=case.folder, env=env, stdin=subprocess.DEVNULL,

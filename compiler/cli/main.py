@@ -42,6 +42,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     compile_.add_argument("-o", "--output", type=Path, default=Path("build"), metavar="DIR",
                           help="output folder (default: build/); scripts go to DIR/<recipe>/")
     compile_.add_argument("--stdout", action="store_true", help="print the scripts instead of writing files")
+    compile_.add_argument("--self-contained", action="store_true",
+                          help="put the job runtime into every script instead of one shared file (a script that must travel alone)")
     _add_compile_options(compile_)
     compile_.set_defaults(run=cmd_compile)
 
@@ -81,7 +83,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
                     sys.stdout.write(f"# ==> {output.recipe.name}/{name} <==\n{text}\n")
         return EXIT_OK
     recipes = resolve_all(args.recipes, compile_options(args))
-    written = write_recipes(recipes, args.output)
+    written = write_recipes(recipes, args.output, args.self_contained)
     jobs = sum(len(recipe.jobs) for recipe in recipes)
     print(f"compiled {len(recipes)} recipe(s), {jobs} job(s) into {args.output}/ ({written} files)")
     return EXIT_OK

@@ -26,4 +26,5 @@ def compile_options(args: argparse.Namespace) -> Options:
     from ..output.pipeline import Options
     from ..recipe.resolve import parse_settings
 
-    return Options(defs=args.defs, site=args.site, settings=parse_settings(args.settings))
+    return Options(defs=args.defs, site=args.site, settings=parse_settings(args.settings),
+                   self_contained=getattr(args, "self_contained", False))

@@ -25,6 +25,7 @@ from ..core.errors import Collector, OrchcError, OutputError
 from ..core.files import write_atomic
 from ..recipe.resolve import Recipe
 from ..script.render import render_job, render_recipe
+from ..script.runtime import runtime_name, runtime_text
 from .manifest import MANIFEST, SUBMIT, Digest, ManifestTooLarge, build_manifest, digest, manifest_bytes, orchc_manifest, script_name
 from .plan import ALLOCATION_SCRIPT, plan_from_manifest, submit_script
 from .workers import PARALLEL_FROM, Helper, Queue, workers
@@ -43,21 +44,25 @@ class Output:
     manifest: dict[str, Any]
 
 
-def build_output(recipe: Recipe, scripts: dict[str, str] | None = None) -> Output:
-    """The files of one recipe: its scripts (job name -> text; rendered here unless given), submit.sh and manifest.json."""
-    scripts = render_recipe(recipe) if scripts is None else scripts
-    manifest, files = _manifest_and_plan_files(recipe)
+def build_output(recipe: Recipe, scripts: dict[str, str] | None = None, self_contained: bool = False) -> Output:
+    """The files of one recipe: its scripts (job name -> text; rendered here unless given), the job runtime they
+    share (unless `self_contained`: each script holds it), submit.sh and manifest.json."""
+    scripts = render_recipe(recipe, self_contained) if scripts is None else scripts
+    manifest, files = _manifest_and_plan_files(recipe, self_contained)
     files.update({script_name(job): scripts[job.name] for job in recipe.jobs})
     manifest["digest"] = digest(files)
     files[MANIFEST] = manifest_bytes(manifest, recipe).decode("utf-8")
     return Output(recipe, files, manifest)
 
 
-def _manifest_and_plan_files(recipe: Recipe) -> tuple[dict[str, Any], dict[str, str]]:
-    """The manifest (without its digest) and the files made from it: submit.sh, and allocation.sbatch
-    for `allocation: one`."""
+def _manifest_and_plan_files(recipe: Recipe, self_contained: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+    """The manifest (without its digest) and the files made with it: submit.sh, allocation.sbatch for
+    `allocation: one`, and the job runtime the scripts source (none when each script holds it)."""
     manifest = build_manifest(recipe)
     files: dict[str, str] = {}
+    if not self_contained:
+        files[runtime_name()] = runtime_text()
+        manifest["files"] = sorted([*manifest["files"], runtime_name()])
     allocation = _one_allocation(recipe)   # allocation: one -> allocation.sbatch, submitted alone
     if allocation is not None:
         files[ALLOCATION_SCRIPT], manifest["allocation"] = allocation
@@ -74,24 +79,24 @@ def _one_allocation(recipe: Recipe) -> tuple[str, dict[str, Any]] | None:
     return one_allocation(recipe, ALLOCATION_SCRIPT)
 
 
-def write_recipes(recipes: list[Recipe], out_dir: Path) -> int:
+def write_recipes(recipes: list[Recipe], out_dir: Path, self_contained: bool = False) -> int:
     """Render and write every recipe under `out_dir/<recipe>/`, one script at a time: a script is rendered,
     hashed into its manifest's digest and staged, and then let go, so memory does not grow with the
     scripts' text (a 100,000-job sweep). Nothing is put in place until every recipe rendered: a render
     error leaves the output folder as it was. Returns how many files the recipes have."""
     workers()   # a wrong ORCHC_WORKERS is an error before anything is written, whatever the recipes' size
-    return _write_all(partial(_stage_recipes, recipes, out_dir), out_dir)
+    return _write_all(partial(_stage_recipes, recipes, out_dir, self_contained), out_dir)
 
 
-def render_all(recipes: list[Recipe]) -> None:
+def render_all(recipes: list[Recipe], self_contained: bool = False) -> None:
     """Everything `write_recipes` makes, made and let go (what `orchc validate` checks): the render errors
     of every recipe, each the one a compile gives, and nothing kept or written."""
     problems = Collector()
     for recipe in recipes:
         try:
-            _manifest_and_plan_files(recipe)
+            _manifest_and_plan_files(recipe, self_contained)
             for job in recipe.jobs:
-                render_job(job, recipe)
+                render_job(job, recipe, self_contained)
         except OrchcError as error:
             problems.absorb(error)
     problems.raise_if_any()
@@ -134,11 +139,11 @@ class _Staged:
     previous: set[str]
 
 
-def _stage_recipes(recipes: list[Recipe], out_dir: Path, staging: int) -> list[_Staged]:
+def _stage_recipes(recipes: list[Recipe], out_dir: Path, self_contained: bool, staging: int) -> list[_Staged]:
     """Render, hash and stage the files of every recipe. The scripts of all recipes are taken from one queue:
     by this process alone, or for PARALLEL_FROM scripts or more on 2 CPUs also by a forked helper (workers.py).
     A render error anywhere gives the errors a compile in one process gives, recipe by recipe."""
-    folders = [_Folder(recipe, out_dir, number) for number, recipe in enumerate(recipes)]
+    folders = [_Folder(recipe, out_dir, number, self_contained) for number, recipe in enumerate(recipes)]
     # in the order of names, the order each manifest's digest takes them in: few arrive before their turn
     work = [(folder, name) for folder in folders for name in sorted(folder.scripts)]
     queue = Queue.made(len(work)) if len(work) >= PARALLEL_FROM and workers() > 1 else None
@@ -164,7 +169,7 @@ def _stage_recipes(recipes: list[Recipe], out_dir: Path, staging: int) -> list[_
             if position in rendered:
                 continue
             folder, name = work[position]
-            folder.stage(name, render_job(folder.scripts[name], folder.recipe).encode("utf-8"), staging)
+            folder.stage(name, render_job(folder.scripts[name], folder.recipe, folder.self_contained).encode("utf-8"), staging)
             if helper is not None and not helper.collect(from_helper, wait=False):
                 raise _HelperFailed
         if helper is not None and not helper.collect(from_helper, wait=True):
@@ -175,7 +180,7 @@ def _stage_recipes(recipes: list[Recipe], out_dir: Path, staging: int) -> list[_
             helper.stop()
         if isinstance(error, ManifestTooLarge):   # every script rendered
             raise
-        render_all(recipes)   # raises the errors of each recipe, in order, as one process finds them
+        render_all(recipes, self_contained)   # raises the errors of each recipe, in order, as one process finds them
         raise OutputError("a script failed to render in one process only; nothing was written") from None
     finally:
         if helper is not None:
@@ -201,7 +206,7 @@ def _helper_work(work: list[tuple[_Folder, str]], staging: int) -> Callable[[int
         if last is not None and last is not folder:
             last.close()
         last = folder
-        data = render_job(folder.scripts[name], folder.recipe).encode("utf-8")
+        data = render_job(folder.scripts[name], folder.recipe, folder.self_contained).encode("utf-8")
         staged: dict[str, str] = {}
         _stage(name, data, folder.existing(), staging, f"h{position}", staged)
         return data, name in staged
@@ -217,7 +222,7 @@ def _first_of_each_type(work: list[tuple[_Folder, str]]) -> dict[int, str]:
     rendered = {}
     for position in first.values():
         folder, name = work[position]
-        rendered[position] = render_job(folder.scripts[name], folder.recipe)
+        rendered[position] = render_job(folder.scripts[name], folder.recipe, folder.self_contained)
     return rendered
 
 
@@ -226,8 +231,8 @@ class _Folder:
     files fed in the order of their names as they arrive from either process, and its output folder (open
     while its files are staged, to leave unchanged files alone)."""
 
-    def __init__(self, recipe: Recipe, out_dir: Path, number: int) -> None:
-        self.recipe, self.out_dir, self.number = recipe, out_dir, number
+    def __init__(self, recipe: Recipe, out_dir: Path, number: int, self_contained: bool) -> None:
+        self.recipe, self.out_dir, self.number, self.self_contained = recipe, out_dir, number, self_contained
         self.scripts = {script_name(job): job for job in recipe.jobs}
         self.names: list[str] = []
         self.hashed = _InOrder([])
@@ -254,7 +259,7 @@ class _Folder:
     def plan(self, staging: int) -> None:
         """Make the manifest (without its digest) and the plan files, and stage those: before any script of
         the recipe is staged (the digest is taken over all its files, in the order of their names)."""
-        self.manifest, files = _manifest_and_plan_files(self.recipe)
+        self.manifest, files = _manifest_and_plan_files(self.recipe, self.self_contained)
         self.names = sorted([*files, *self.scripts])
         self.hashed = _InOrder(self.names)
         for name, text in files.items():

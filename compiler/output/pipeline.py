@@ -34,6 +34,7 @@ class Options:
     defs: list[Path] = field(default_factory=list)
     site: str | None = None
     settings: list[Setting] = field(default_factory=list)
+    self_contained: bool = False   # each script holds the job runtime instead of sourcing the folder's (compile)
 
 
 def resolve_all(paths: list[Path], options: Options) -> list[Recipe]:
@@ -102,7 +103,7 @@ def compile_all(paths: list[Path], options: Options) -> list[Output]:
     outputs = []
     for recipe in resolve_all(paths, options):
         try:
-            outputs.append(build_output(recipe, render_recipe(recipe)))
+            outputs.append(build_output(recipe, render_recipe(recipe, options.self_contained), options.self_contained))
         except OrchcError as error:
             problems.absorb(error)
     problems.raise_if_any()

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..boundary import templating
 from ..boundary.quote import Raw, SiteCode, shell_word, text_value
 from ..boundary.templating import ShellValues, environment, host_placeholder, render_shell, render_text, template_line
 from ..core.errors import OrchcError
@@ -33,17 +32,19 @@ from ..recipe.checks import PHASES
 from ..recipe.resolve import Container, Recipe, ResolvedJob
 from ..recipe.typedefs import secret_variable, type_file_text
 from .directives import directives
+from .runtime import runtime_inlined, runtime_loader
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTROL_IN_VALUES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
-def render_recipe(recipe: Recipe) -> dict[str, str]:
+def render_recipe(recipe: Recipe, self_contained: bool = False) -> dict[str, str]:
     """Job name -> the text of its script."""
-    return {job.name: render_job(job, recipe) for job in recipe.jobs}
+    return {job.name: render_job(job, recipe, self_contained) for job in recipe.jobs}
 
 
-def render_job(job: ResolvedJob, recipe: Recipe) -> str:
+def render_job(job: ResolvedJob, recipe: Recipe, self_contained: bool = False) -> str:
+    """The job's script: it sources the output folder's runtime file (runtime.py), or holds it (`self_contained`)."""
     origins = recipe.origins[job.name]
     values = ShellValues()
     context = _context(job, recipe, origins)
@@ -65,9 +66,6 @@ def render_job(job: ResolvedJob, recipe: Recipe) -> str:
         "ports": job.fields.get("ports") or [],
         "keep_running": bool(job.fields.get("keep_running")),
     }
-    phase_lines = [line for lines in parts["phases"].values() for line in lines]
-    parts["fills_hosts"] = any("orchc_fill_hosts " in line for line in phase_lines)
-    parts["makes_credentials"] = any("orchc_tls_credentials " in line for line in phase_lines)
     parts["values"] = values.assignments
     for key in ("directives", "modules", "storage", "environment", "secrets", "images", "target", "values", "env"):
         parts[key] = _codes(parts[key], job, origins, multiline=key in ("values", "env"))
@@ -75,7 +73,8 @@ def render_job(job: ResolvedJob, recipe: Recipe) -> str:
     if job.role == "client":
         parts["parameters"] = _code(shlex.quote(parameters_json(job)), job, origins)
         parts["duration"] = int(job.fields["duration"])
-    parts["runtime"] = Raw((_runtime if templating.CACHING else _runtime.__wrapped__)(*_runtime_key(job, parts)))
+    parts["runtime"] = Raw(runtime_inlined() if self_contained else runtime_loader())
+    parts["gpu_sampler"] = _gpu_sampler_interval(job)
     template = environment("script").get_template("job.sbatch.j2")
     try:
         return str(template.render(job=job, recipe=recipe, site=recipe.site, **parts))
@@ -83,27 +82,15 @@ def render_job(job: ResolvedJob, recipe: Recipe) -> str:
         raise OrchcError.at(origins.loc(), f"{job.role} '{job.name}': {exc}") from None
 
 
-def _runtime_key(job: ResolvedJob, parts: Mapping[str, Any]) -> tuple[Any, ...]:
-    """Everything `runtime.sh.j2` may read of a job; the job's name only where the GPU sampler names it."""
-    gres = str(job.resources.get("gres") or "")
-    sampler = job.fields.get("enable_gpu_sampler")
-    named = bool(sampler) and "gpu" in gres
-    return (job.role, gres, sampler, job.fields.get("gpu_sample_interval"), job.name if named else None,
-            parts["makes_credentials"], parts["fills_hosts"], bool(parts["secrets"]), bool(parts["images"]))
-
-
-@lru_cache(maxsize=256)
-def _runtime(role: str, gres: str, sampler: Any, interval: Any, name: str | None, makes_credentials: bool,
-             fills_hosts: bool, secrets: bool, images: bool) -> str:
-    """The runtime helpers of a job script, rendered once per distinct key: the context holds the key and
-    nothing else, so (StrictUndefined) the template cannot read anything the cache is not keyed on."""
-    job: dict[str, Any] = {"role": role, "resources": {"gres": gres},
-                           "fields": {"enable_gpu_sampler": sampler, "gpu_sample_interval": interval}}
-    if name is not None:
-        job["name"] = name
-    template = environment("script").get_template("runtime.sh.j2")
-    return str(template.render(job=job, makes_credentials=makes_credentials, fills_hosts=fills_hosts,
-                               secrets=secrets, images=images))
+def _gpu_sampler_interval(job: ResolvedJob) -> Any:
+    """The GPU sampler's interval for a job with GPUs (resources.gres asks for gpu, count > 0: gpu, gpu:2,
+    gpu:a100:2) and enable_gpu_sampler (base_job.yaml, default true); None for any other job."""
+    count = 0
+    for gres in str(job.resources.get("gres") or "").split(","):
+        parts = gres.split(":")
+        if parts[0] == "gpu":
+            count += int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
+    return job.fields.get("gpu_sample_interval") if job.fields.get("enable_gpu_sampler") and count > 0 else None
 
 
 def parameters_json(job: ResolvedJob) -> str:

@@ -1,18 +1,28 @@
-# orchc runtime helpers
-ORCHC_RUN_DIR="${ORCHC_RUN_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}"
+# shellcheck shell=bash
+# orchc job runtime: the helpers and traps every job script of an output folder shares. A job script sets
+# ORCHC_RUN_DIR and ORCHC_ROLE (service or client), checks this file's sha256 and sources it; the script then
+# sets ORCHC_JOB, ORCHC_TYPE and ORCHC_RESULTS and calls the helpers its recipe needs. Written by orchc, plain
+# bash: what differs between jobs is in the job script, never here.
 ORCHC_PIDS=()
 ORCHC_WATCHERS=()
 ORCHC_ENDPOINT=""
 ORCHC_AT=()
 ORCHC_LEVEL=0
-{% if job.role == "client" %}
 ORCHC_COLLECT=""
-{% endif %}
 
 orchc_log() { printf '[orchc %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
-# orchc_where LINE...: " in phase P at FILE:LINE: COMMAND" for the first of the script lines given that
-# lies in the block the last ORCHC_AT line announced: the failing line itself, or the phase line that
+# orchc_script_lines: the lines of the job script (not of this runtime) in the calls that led here, innermost
+# first: the failing line itself (when the ERR trap's handler asks), then the lines that called the helpers.
+orchc_script_lines() {
+    local i script=${BASH_SOURCE[${#BASH_SOURCE[@]} - 1]}
+    for ((i = 1; i < ${#BASH_LINENO[@]}; i++)); do
+        [ "${BASH_SOURCE[i + 1]:-}" != "$script" ] || printf '%s\n' "${BASH_LINENO[i]}"
+    done
+}
+
+# orchc_where: " in phase P at FILE:LINE: COMMAND" for the first line of the job script in the calls that led
+# here that lies in the block the last ORCHC_AT line announced: the failing line itself, or the phase line that
 # called a failing helper. ORCHC_AT holds the phase, the type file and line, the script lines of the
 # block and whether its lines follow the type file's one for one (no Jinja statements in between).
 orchc_where() {
@@ -22,7 +32,7 @@ orchc_where() {
         printf ' in %s' "${ORCHC_AT[0]}"
         return 0
     fi
-    for line in "$@"; do
+    for line in $(orchc_script_lines); do
         if [ "$line" -ge "${ORCHC_AT[3]}" ] && [ "$line" -lt "$((ORCHC_AT[3] + ORCHC_AT[4]))" ]; then
             text=$(sed -n "${line}{p;q}" "$0" 2>/dev/null) || text=""
             if [ "${ORCHC_AT[5]}" = 1 ]; then
@@ -36,21 +46,20 @@ orchc_where() {
     done
     printf ' in phase %s at %s:%s' "${ORCHC_AT[0]}" "${ORCHC_AT[1]}" "${ORCHC_AT[2]}"
 }
-orchc_fail() { orchc_error "$*$(orchc_where "${BASH_LINENO[@]}")"; exit 1; }
-# orchc_error MESSAGE: log an error{% if job.role == "client" %}; the first one is kept for results.json{% endif %}.
+orchc_fail() { orchc_error "$*$(orchc_where)"; exit 1; }
+# orchc_error MESSAGE: log an error; a client keeps the first one for results.json.
 orchc_error() {
     orchc_log "error: $1"
-{% if job.role == "client" %}
-    if [ -n "${ORCHC_RESULTS:-}" ] && [ ! -e "$ORCHC_RESULTS/error" ] && mkdir -p "$ORCHC_RESULTS" 2>/dev/null; then
+    if [ "$ORCHC_ROLE" = client ] && [ -n "${ORCHC_RESULTS:-}" ] && [ ! -e "$ORCHC_RESULTS/error" ] &&
+        mkdir -p "$ORCHC_RESULTS" 2>/dev/null; then
         printf '%s\n' "$1" >"$ORCHC_RESULTS/error" 2>/dev/null || true
     fi
-{% endif %}
 }
 # Reported once, by the shell that ran the failing line (not again by every shell that waits for it).
 orchc_on_error() {
-    local status=$1 line=$2 command=$3
+    local status=$1 command=$3
     if [ "$BASH_SUBSHELL" = "$ORCHC_LEVEL" ]; then
-        orchc_error "command failed with exit status $status: $command$(orchc_where "$line" "${BASH_LINENO[@]}")"
+        orchc_error "command failed with exit status $status: $command$(orchc_where)"
     fi
 }
 trap 'orchc_on_error "$?" "$LINENO" "$BASH_COMMAND"' ERR
@@ -79,7 +88,18 @@ orchc_cleanup() {
         [ -z "$children" ] || kill -KILL $children 2>/dev/null
     done
     wait 2>/dev/null
-{% if job.role == "client" %}
+    if [ "$ORCHC_ROLE" = client ]; then
+        orchc_client_ends
+    fi
+    if [ -n "$ORCHC_ENDPOINT" ]; then
+        rm -f "$ORCHC_ENDPOINT"
+    fi
+    orchc_record_job "$status"
+    exit "$status"
+}
+# orchc_client_ends: what a client does as it ends (orchc_cleanup's status in and out): collect its results (its
+# results phase, then results.json) and tell its service it is done.
+orchc_client_ends() {
     ORCHC_STATUS=$status
     if [ -n "$ORCHC_COLLECT" ]; then
         # In a background job of its own, so that errexit holds inside the results phase.
@@ -97,19 +117,13 @@ orchc_cleanup() {
     # A client that failed before its results phase, or whose type writes no results.json, still says how it ended.
     [ -f "$ORCHC_RESULTS/results.json" ] || orchc_results ""
     orchc_mark_done
-{% endif %}
-    if [ -n "$ORCHC_ENDPOINT" ]; then
-        rm -f "$ORCHC_ENDPOINT"
-    fi
-    orchc_record_job "$status"
-    exit "$status"
 }
 orchc_stopped() {
     orchc_log "received SIG$1: stopping"
-{% if job.role == "client" %}
     # USR1 is the client's own --signal, sent ahead of its time limit: a planned stop.
-    if [ "$1" = USR1 ]; then orchc_mark_stopped time_limit; else orchc_mark_stopped "SIG$1"; fi
-{% endif %}
+    if [ "$ORCHC_ROLE" = client ]; then
+        if [ "$1" = USR1 ]; then orchc_mark_stopped time_limit; else orchc_mark_stopped "SIG$1"; fi
+    fi
     exit 143
 }
 # orchc_record_job [EXIT_STATUS]: jobs/<job>.json in the run folder (written atomically): the SLURM job that
@@ -162,7 +176,6 @@ orchc_kill_tree() {
     done
     kill "-$1" "$2" 2>/dev/null || true
 }
-{% if job.role == "client" %}
 # orchc_end_children PID: stop what PID started (the benchmark's background programs, when it ends).
 orchc_end_children() {
     local child
@@ -170,7 +183,6 @@ orchc_end_children() {
         orchc_kill_tree TERM "$child"
     done
 }
-{% endif %}
 orchc_any_alive() {
     local pid
     for pid in "${ORCHC_PIDS[@]}"; do
@@ -192,9 +204,7 @@ orchc_started() {
         set +o errexit
         while kill -0 "$$" 2>/dev/null; do sleep 2; done
         kill -TERM -- "-$1" 2>/dev/null || orchc_kill_tree TERM "$1"
-{% if job.role == "service" %}
-        orchc_withdraw_endpoint
-{% endif %}
+        [ "$ORCHC_ROLE" != service ] || orchc_withdraw_endpoint
         sleep 5
         kill -KILL -- "-$1" 2>/dev/null || orchc_kill_tree KILL "$1"
     ) >/dev/null 2>&1 </dev/null &
@@ -272,7 +282,8 @@ orchc_json_string() {
     printf '"%s"' "$text"
 }
 
-{% if job.role == "service" %}
+# --- services ---
+
 # orchc_publish_endpoint PORT...: tell clients where this service listens (written atomically).
 orchc_publish_endpoint() {
     mkdir -p "$ORCHC_RUN_DIR/endpoints"
@@ -327,7 +338,9 @@ orchc_serve_until_done() {
     done
     wait "$ORCHC_SERVICE_PID" || orchc_fail "the service exited with status $?"
 }
-{% else %}
+
+# --- clients ---
+
 # orchc_mark_started / orchc_mark_done: tell the target service this client has started / finished.
 orchc_mark_started() {
     if [ -n "${TARGET_JOB_ID:-}" ]; then
@@ -470,6 +483,7 @@ orchc_results() {
 # ALLOCATION.SERVICE, see orchc_self_id), only that job's endpoint counts, and the wait ends early if that
 # job has left the queue without publishing one (asked of squeue after 5 s, then ever more rarely, at most
 # every 60 s).
+# shellcheck disable=SC2034  # TARGET_*: the job script exports them
 orchc_wait_endpoint() {
     orchc_seconds "$2"
     local file="$ORCHC_RUN_DIR/endpoints/$1" deadline=$((SECONDS + 10#$2)) next_check=$((SECONDS + 5)) every=5
@@ -482,7 +496,7 @@ orchc_wait_endpoint() {
             queued=0
             orchc_in_queue "$ORCHC_TARGET_JOB_ID" || queued=$?
             if [ "$queued" = 1 ] && [ ! -f "$file" ]; then
-                orchc_error "the client stopped$(orchc_where "${BASH_LINENO[@]}"): service $1 (job $ORCHC_TARGET_JOB_ID) ended without publishing an endpoint; why is in its log, $ORCHC_RUN_DIR/slurm-$ORCHC_TARGET_JOB_ID.err"
+                orchc_error "the client stopped$(orchc_where): service $1 (job $ORCHC_TARGET_JOB_ID) ended without publishing an endpoint; why is in its log, $ORCHC_RUN_DIR/slurm-$ORCHC_TARGET_JOB_ID.err"
                 exit 1
             fi
         fi
@@ -515,8 +529,7 @@ orchc_job_host() {
     done
 }
 
-{% endif %}
-{% if makes_credentials %}
+# --- what some jobs need ---
 
 # orchc_tls_credentials DIR: a certificate authority of this job alone, and a server and a client
 # certificate it signed, in DIR (mode 0700, replaced if present): ca.crt, server.{crt,key}, client.{crt,key}.
@@ -546,8 +559,6 @@ orchc_tls_credentials() {
     ) >"$dir.log" 2>&1 || orchc_fail "openssl could not make the TLS certificates in $dir: $(tail -n 3 "$dir.log")"
     rm -f "$dir.log"
 }
-{% endif %}
-{% if fills_hosts %}
 
 # orchc_host_of JOB TIMEOUT: the host of another service of this run, once it has published its endpoint.
 orchc_host_of() {
@@ -574,8 +585,6 @@ orchc_fill_hosts() {
         sed -i "s|$placeholder|$host|g" "$file"
     done
 }
-{% endif %}
-{% if secrets %}
 
 # orchc_secret_file PATH: print the secret kept in PATH, creating a random one (mode 0600) if missing.
 # A secret that is not a regular file of this user with mode 0600, or is empty, stops the job.
@@ -594,8 +603,6 @@ orchc_secret_file() {
     [ -s "$1" ] || orchc_fail "secret file $1 is empty"
     cat "$1"
 }
-{% endif %}
-{% if images %}
 
 # orchc_image SIF SOURCE: make SIF the image built from SOURCE, once, and record it for the run.
 # Jobs build it themselves (a client and its service may start together, so they take turns): under
@@ -642,8 +649,6 @@ orchc_image() {
     printf '[%s]\n' "$ORCHC_IMAGES" >"$file.tmp.$$"
     mv -f "$file.tmp.$$" "$file"
 }
-{% endif %}
-{% if job.role == "service" %}
 
 # orchc_publish_metrics RECIPE SOURCE=PORT...: tell the run's Prometheus where this job serves metrics,
 # for its file-based service discovery: monitoring/<job>.json in the run folder, one target group per
@@ -686,19 +691,6 @@ orchc_withdraw_metrics() {
         rm -f "$file"
     fi
 }
-{% endif %}
-{## # --- gpu sampler (brief A) --- ##}
-{## A job with GPUs (resources.gres asks for gpu, count > 0: gpu, gpu:2, gpu:a100:2) and enable_gpu_sampler
-    (base_job.yaml, default true) samples its node's GPUs from its start to its end with nvidia-smi, a host
-    program (also under apptainer: it runs outside any container). ##}
-{% set orchc_gpu = namespace(count=0) %}
-{% for orchc_gres in (job.resources.get("gres") or "").split(",") %}
-{% set orchc_parts = orchc_gres.split(":") %}
-{% if orchc_parts[0] == "gpu" %}
-{% set orchc_gpu.count = orchc_gpu.count + (orchc_parts[-1] | int if orchc_parts | length > 1 and orchc_parts[-1].isdigit() else 1) %}
-{% endif %}
-{% endfor %}
-{% if job.fields.get("enable_gpu_sampler") and orchc_gpu.count > 0 %}
 
 # orchc_gpu_sampler INTERVAL FOLDER: sample this node's GPUs every INTERVAL s into FOLDER/gpu.csv (nvidia-smi's
 # CSV, header first: timestamp, index, name, uuid, utilisation of GPU and memory in %, memory used and total in
@@ -715,7 +707,3 @@ orchc_gpu_sampler() {
     orchc_started "$!"
     orchc_log "sampling the GPUs of $(hostname) every $1 s into $2/gpu.csv"
 }
-ORCHC_AT=(gpu_sampler)
-orchc_gpu_sampler {{ job.fields.get("gpu_sample_interval") }} "$ORCHC_RUN_DIR/results/{{ job.name }}"
-{% endif %}
-{## # --- end gpu sampler (brief A) --- ##}

@@ -1,0 +1,709 @@
+# shellcheck shell=bash
+# orchc job runtime: the helpers and traps every job script of an output folder shares. A job script sets
+# ORCHC_RUN_DIR and ORCHC_ROLE (service or client), checks this file's sha256 and sources it; the script then
+# sets ORCHC_JOB, ORCHC_TYPE and ORCHC_RESULTS and calls the helpers its recipe needs. Written by orchc, plain
+# bash: what differs between jobs is in the job script, never here.
+ORCHC_PIDS=()
+ORCHC_WATCHERS=()
+ORCHC_ENDPOINT=""
+ORCHC_AT=()
+ORCHC_LEVEL=0
+ORCHC_COLLECT=""
+
+orchc_log() { printf '[orchc %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+# orchc_script_lines: the lines of the job script (not of this runtime) in the calls that led here, innermost
+# first: the failing line itself (when the ERR trap's handler asks), then the lines that called the helpers.
+orchc_script_lines() {
+    local i script=${BASH_SOURCE[${#BASH_SOURCE[@]} - 1]}
+    for ((i = 1; i < ${#BASH_LINENO[@]}; i++)); do
+        [ "${BASH_SOURCE[i + 1]:-}" != "$script" ] || printf '%s\n' "${BASH_LINENO[i]}"
+    done
+}
+
+# orchc_where: " in phase P at FILE:LINE: COMMAND" for the first line of the job script in the calls that led
+# here that lies in the block the last ORCHC_AT line announced: the failing line itself, or the phase line that
+# called a failing helper. ORCHC_AT holds the phase, the type file and line, the script lines of the
+# block and whether its lines follow the type file's one for one (no Jinja statements in between).
+orchc_where() {
+    local line text
+    [ "${#ORCHC_AT[@]}" -ge 1 ] || return 0
+    if [ "${#ORCHC_AT[@]}" -lt 6 ]; then
+        printf ' in %s' "${ORCHC_AT[0]}"
+        return 0
+    fi
+    for line in $(orchc_script_lines); do
+        if [ "$line" -ge "${ORCHC_AT[3]}" ] && [ "$line" -lt "$((ORCHC_AT[3] + ORCHC_AT[4]))" ]; then
+            text=$(sed -n "${line}{p;q}" "$0" 2>/dev/null) || text=""
+            if [ "${ORCHC_AT[5]}" = 1 ]; then
+                printf ' in phase %s at %s:%s' "${ORCHC_AT[0]}" "${ORCHC_AT[1]}" "$((ORCHC_AT[2] + line - ORCHC_AT[3]))"
+            else
+                printf ' in phase %s at %s:%s (the block starting there)' "${ORCHC_AT[0]}" "${ORCHC_AT[1]}" "${ORCHC_AT[2]}"
+            fi
+            printf ': %s' "${text#"${text%%[![:space:]]*}"}"
+            return 0
+        fi
+    done
+    printf ' in phase %s at %s:%s' "${ORCHC_AT[0]}" "${ORCHC_AT[1]}" "${ORCHC_AT[2]}"
+}
+orchc_fail() { orchc_error "$*$(orchc_where)"; exit 1; }
+# orchc_error MESSAGE: log an error; a client keeps the first one for results.json.
+orchc_error() {
+    orchc_log "error: $1"
+    if [ "$ORCHC_ROLE" = client ] && [ -n "${ORCHC_RESULTS:-}" ] && [ ! -e "$ORCHC_RESULTS/error" ] &&
+        mkdir -p "$ORCHC_RESULTS" 2>/dev/null; then
+        printf '%s\n' "$1" >"$ORCHC_RESULTS/error" 2>/dev/null || true
+    fi
+}
+# Reported once, by the shell that ran the failing line (not again by every shell that waits for it).
+orchc_on_error() {
+    local status=$1 command=$3
+    if [ "$BASH_SUBSHELL" = "$ORCHC_LEVEL" ]; then
+        orchc_error "command failed with exit status $status: $command$(orchc_where)"
+    fi
+}
+trap 'orchc_on_error "$?" "$LINENO" "$BASH_COMMAND"' ERR
+
+# Runs on every exit, including scancel and the time limit (TERM, or the --signal
+# of a client): stop what this job started, collect results, withdraw the endpoint.
+orchc_cleanup() {
+    local status=$? pid tries=0 children
+    set +o errexit
+    trap - EXIT TERM INT USR1 ERR
+    for pid in "${ORCHC_PIDS[@]}"; do
+        kill -TERM -- "-$pid" 2>/dev/null || orchc_kill_tree TERM "$pid"
+    done
+    while [ "$tries" -lt 50 ] && orchc_any_alive; do
+        sleep 0.2
+        tries=$((tries + 1))
+    done
+    for pid in "${ORCHC_PIDS[@]}"; do
+        kill -KILL -- "-$pid" 2>/dev/null || orchc_kill_tree KILL "$pid"
+    done
+    # A watcher goes before its children (a sleep), so it cannot report their deaths.
+    for pid in "${ORCHC_WATCHERS[@]}"; do
+        children=$(pgrep -P "$pid" 2>/dev/null)
+        kill -KILL "$pid" 2>/dev/null
+        # shellcheck disable=SC2086  # a list of process ids
+        [ -z "$children" ] || kill -KILL $children 2>/dev/null
+    done
+    wait 2>/dev/null
+    if [ "$ORCHC_ROLE" = client ]; then
+        orchc_client_ends
+    fi
+    if [ -n "$ORCHC_ENDPOINT" ]; then
+        rm -f "$ORCHC_ENDPOINT"
+    fi
+    orchc_record_job "$status"
+    exit "$status"
+}
+# orchc_client_ends: what a client does as it ends (orchc_cleanup's status in and out): collect its results (its
+# results phase, then results.json) and tell its service it is done.
+orchc_client_ends() {
+    ORCHC_STATUS=$status
+    if [ -n "$ORCHC_COLLECT" ]; then
+        # In a background job of its own, so that errexit holds inside the results phase.
+        (set -o errexit; trap 'orchc_on_error "$?" "$LINENO" "$BASH_COMMAND"' ERR; "$ORCHC_COLLECT") &
+        if wait "$!"; then
+            # A benchmark stopped on purpose (its duration, the time-limit signal) that kept its
+            # results has done its job: it ends COMPLETED, and its results say partial.
+            case $(orchc_stopped_by) in duration | time_limit) status=0 ;; esac
+        else
+            status=1
+            ORCHC_STATUS=1
+            orchc_results ""
+        fi
+    fi
+    # A client that failed before its results phase, or whose type writes no results.json, still says how it ended.
+    [ -f "$ORCHC_RESULTS/results.json" ] || orchc_results ""
+    orchc_mark_done
+}
+orchc_stopped() {
+    orchc_log "received SIG$1: stopping"
+    # USR1 is the client's own --signal, sent ahead of its time limit: a planned stop.
+    if [ "$ORCHC_ROLE" = client ]; then
+        if [ "$1" = USR1 ]; then orchc_mark_stopped time_limit; else orchc_mark_stopped "SIG$1"; fi
+    fi
+    exit 143
+}
+# orchc_record_job [EXIT_STATUS]: jobs/<job>.json in the run folder (written atomically): the SLURM job that
+# ran this job, its nodes, when it started and, once it ends, when and with which exit status.
+orchc_record_job() {
+    local file="$ORCHC_RUN_DIR/jobs/$ORCHC_JOB.json" ended=null status=null
+    ORCHC_STARTED=${ORCHC_STARTED:-$(date -u +%Y-%m-%dT%H:%M:%SZ)}
+    if [ "$#" -gt 0 ]; then
+        ended="\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\""
+        status=$1
+    fi
+    mkdir -p "$ORCHC_RUN_DIR/jobs" 2>/dev/null || return 0
+    printf '{"job": %s, "slurm_job_id": %s, "nodes": %s, "started": "%s", "ended": %s, "exit_status": %s}\n' \
+        "$(orchc_json_string "$ORCHC_JOB")" "$(orchc_json_string "${SLURM_JOB_ID:-}")" \
+        "$(orchc_json_string "${SLURM_JOB_NODELIST:-$(hostname)}")" "$ORCHC_STARTED" "$ended" "$status" \
+        >"$file.tmp.$$" 2>/dev/null && mv -f "$file.tmp.$$" "$file" 2>/dev/null || true
+}
+# orchc_self_id: who this job is in the run's files (endpoints/, done/): its SLURM job id, or, when it runs as a
+# step of one allocation (allocation: one; allocation.sbatch exports ORCHC_ALLOCATION), ALLOCATION.JOB: the
+# allocation's job id and this job's name, which is also the step's name (srun --job-name).
+orchc_self_id() {
+    if [ -n "${ORCHC_ALLOCATION:-}" ] && [ "$ORCHC_ALLOCATION" = "${SLURM_JOB_ID:-}" ] && [ -n "${SLURM_STEP_ID:-}" ]; then
+        printf '%s.%s' "$ORCHC_ALLOCATION" "$ORCHC_JOB"
+    else
+        printf '%s' "${SLURM_JOB_ID:-0}"
+    fi
+}
+# orchc_in_queue ID: status 0 while the job ID (digits), or the step ALLOCATION.JOB, is in the queue; 1 once
+# it has left; 2 when squeue cannot tell (no squeue, or it failed).
+orchc_in_queue() {
+    local listed
+    command -v squeue >/dev/null 2>&1 || return 2
+    case $1 in
+        *.*)
+            listed=$(squeue -h -s -j "${1%%.*}" -o %j 2>/dev/null) || return 2
+            grep -qxF -- "${1#*.}" <<<"$listed" || return 1
+            ;;
+        *)
+            listed=$(squeue -h -j "$1" -o %T 2>/dev/null) || return 2
+            [ -n "$listed" ] || return 1
+            ;;
+    esac
+}
+# orchc_kill_tree SIGNAL PID: signal PID and every process under it, the deepest first (a process
+# whose parent has died is out of reach, so children go before their parents).
+orchc_kill_tree() {
+    local child
+    for child in $(pgrep -P "$2" 2>/dev/null || true); do
+        orchc_kill_tree "$1" "$child"
+    done
+    kill "-$1" "$2" 2>/dev/null || true
+}
+# orchc_end_children PID: stop what PID started (the benchmark's background programs, when it ends).
+orchc_end_children() {
+    local child
+    for child in $(pgrep -P "$1" || true); do
+        orchc_kill_tree TERM "$child"
+    done
+}
+orchc_any_alive() {
+    local pid
+    for pid in "${ORCHC_PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null && return 0
+    done
+    return 1
+}
+trap orchc_cleanup EXIT
+trap 'orchc_stopped TERM' TERM
+trap 'orchc_stopped INT' INT
+trap 'orchc_stopped USR1' USR1
+
+# orchc_started PID: remember a process (group) this job started, and watch it: if this batch shell
+# is killed outright (SIGKILL skips every trap), the watcher stops it and withdraws the endpoint.
+orchc_started() {
+    ORCHC_PIDS+=("$1")
+    (
+        trap - EXIT TERM INT USR1 ERR
+        set +o errexit
+        while kill -0 "$$" 2>/dev/null; do sleep 2; done
+        kill -TERM -- "-$1" 2>/dev/null || orchc_kill_tree TERM "$1"
+        [ "$ORCHC_ROLE" != service ] || orchc_withdraw_endpoint
+        sleep 5
+        kill -KILL -- "-$1" 2>/dev/null || orchc_kill_tree KILL "$1"
+    ) >/dev/null 2>&1 </dev/null &
+    ORCHC_WATCHERS+=("$!")
+    disown "$!"  # its end is no news: bash would report it as "Killed"
+}
+
+# orchc_backoff: sleep ORCHC_DELAY tenths of a second, then double it (at most 5 s), so that a long
+# wait polls the shared file system or slurmctld rarely.
+orchc_backoff() {
+    sleep "$((ORCHC_DELAY / 10)).$((ORCHC_DELAY % 10))"
+    ORCHC_DELAY=$((ORCHC_DELAY * 2 > 50 ? 50 : ORCHC_DELAY * 2))
+}
+
+orchc_service_alive() {
+    if [ -n "${ORCHC_SERVICE_PID:-}" ] && ! kill -0 "$ORCHC_SERVICE_PID" 2>/dev/null; then
+        orchc_fail "the service process exited before it became ready"
+    fi
+}
+
+# orchc_seconds VALUE: fail unless VALUE is a whole number of seconds. Each helper checks its TIMEOUT before
+# any arithmetic: bash evaluates a[$(cmd)] in $((...)), so a timeout is never used there unchecked.
+orchc_seconds() {
+    [[ $1 =~ ^[0-9]{1,9}$ ]] || orchc_fail "a timeout must be a whole number of seconds, not '${1:0:40}'"
+}
+
+# orchc_wait_tcp HOST PORT TIMEOUT: wait until HOST:PORT accepts connections.
+orchc_wait_tcp() {
+    orchc_seconds "$3"
+    local deadline=$((SECONDS + 10#$3)) ORCHC_DELAY=2
+    until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
+        orchc_service_alive
+        [ "$SECONDS" -lt "$deadline" ] || orchc_fail "$1:$2 accepted no connection within $3 s"
+        orchc_backoff
+    done
+}
+
+# orchc_wait_http URL TIMEOUT: wait until URL answers with a success status (2xx, 3xx). Only while
+# nothing answers (connection refused, reset, no reply within 10 s) or the answer is 503 Service
+# Unavailable (a service still starting, e.g. Prometheus' /-/ready) does it keep waiting; any other
+# HTTP error (404, 410, 500, ...) fails at once, naming the status and the start of the body.
+orchc_wait_http() {
+    orchc_seconds "$2"
+    local deadline=$((SECONDS + 10#$2)) ORCHC_DELAY=2 answer="" code="" body="" last="no answer"
+    command -v curl >/dev/null 2>&1 || orchc_fail "orchc_wait_http needs curl, which is not on PATH"
+    while :; do
+        # curl prints the body, a newline, then the status; it exits non-zero when nothing answered
+        # (7: connection refused, 28: no reply in time, 52/56: closed or reset), never on an HTTP status
+        if answer=$(curl -sS --max-time 10 -w '\n%{http_code}' "$1" 2>/dev/null); then
+            code=${answer##*$'\n'}
+            body=${answer%$'\n'*}
+            body=${body:0:200}
+            body=${body//[[:cntrl:]]/ }
+        else
+            code="curl exit status $?"
+        fi
+        case $code in
+            [23][0-9][0-9]) return 0 ;;
+            503) last="HTTP 503: $body" ;;
+            [45][0-9][0-9]) orchc_fail "$1 answered HTTP $code: $body" ;;
+            *) last="no answer, $code" ;;
+        esac
+        orchc_service_alive
+        [ "$SECONDS" -lt "$deadline" ] || orchc_fail "$1 did not answer within $2 s (last: $last)"
+        orchc_backoff
+    done
+}
+
+# orchc_json_string TEXT: TEXT as a JSON string (backslash and quote escaped, control characters dropped).
+orchc_json_string() {
+    local text=$1
+    text=${text//\\/\\\\}
+    text=${text//\"/\\\"}
+    text=${text//[$'\001'-$'\037']/}
+    printf '"%s"' "$text"
+}
+
+# --- services ---
+
+# orchc_publish_endpoint PORT...: tell clients where this service listens (written atomically).
+orchc_publish_endpoint() {
+    mkdir -p "$ORCHC_RUN_DIR/endpoints"
+    ORCHC_ENDPOINT="$ORCHC_RUN_DIR/endpoints/$ORCHC_JOB"
+    printf '%s %s %s\n' "$(orchc_self_id)" "$(hostname)" "$*" >"$ORCHC_ENDPOINT.tmp.$$"
+    mv -f "$ORCHC_ENDPOINT.tmp.$$" "$ORCHC_ENDPOINT"
+}
+
+# orchc_withdraw_endpoint: remove this job's endpoint file (not one a later job of the same name wrote).
+orchc_withdraw_endpoint() {
+    local file="$ORCHC_RUN_DIR/endpoints/$ORCHC_JOB" id=""
+    if [ -f "$file" ] && read -r id _ <"$file" && [ "$id" = "$(orchc_self_id)" ]; then
+        rm -f "$file"
+    fi
+}
+
+# orchc_client_gone CLIENT: whether CLIENT started against this service (it leaves
+# done/<client>.<service id>.started with its own id, see orchc_self_id) and has left the queue since.
+orchc_client_gone() {
+    local started id="" queued=0
+    started="$ORCHC_RUN_DIR/done/$1.$(orchc_self_id).started"
+    [ -f "$started" ] && read -r id _ <"$started" && [ -n "$id" ] && [ "$id" != 0 ] || return 1
+    orchc_in_queue "$id" || queued=$?
+    [ "$queued" = 1 ]
+}
+
+# orchc_serve_until_done CLIENT...: serve until every client of this recipe that targets
+# this job has finished (each leaves done/<client>.<service job id>), or the service exits.
+# A client that left the queue without finishing (killed, node failure) counts as finished
+# (asked of squeue every ORCHC_CLIENT_CHECK seconds, default 30).
+orchc_serve_until_done() {
+    local client pending ORCHC_DELAY=2 every=${ORCHC_CLIENT_CHECK:-30} next_check self
+    next_check=$((SECONDS + every))
+    self=$(orchc_self_id)
+    while kill -0 "$ORCHC_SERVICE_PID" 2>/dev/null; do
+        pending=0
+        for client in "$@"; do
+            [ -f "$ORCHC_RUN_DIR/done/$client.$self" ] && continue
+            if [ "$SECONDS" -ge "$next_check" ] && orchc_client_gone "$client"; then
+                orchc_log "client $client ended without finishing"
+                : >"$ORCHC_RUN_DIR/done/$client.$self"
+                continue
+            fi
+            pending=1
+        done
+        [ "$SECONDS" -lt "$next_check" ] || next_check=$((SECONDS + every))
+        if [ "$pending" -eq 0 ]; then
+            orchc_log "all clients finished; stopping"
+            return 0
+        fi
+        orchc_backoff
+    done
+    wait "$ORCHC_SERVICE_PID" || orchc_fail "the service exited with status $?"
+}
+
+# --- clients ---
+
+# orchc_mark_started / orchc_mark_done: tell the target service this client has started / finished.
+orchc_mark_started() {
+    if [ -n "${TARGET_JOB_ID:-}" ]; then
+        mkdir -p "$ORCHC_RUN_DIR/done"
+        printf '%s\n' "$(orchc_self_id)" >"$ORCHC_RUN_DIR/done/$ORCHC_JOB.$TARGET_JOB_ID.started"
+    fi
+}
+# A client that fails before it found its service's endpoint still releases it, through the job id
+# `orchc submit` gave it (ORCHC_TARGET_JOB_ID).
+orchc_mark_done() {
+    local service=${TARGET_JOB_ID:-${ORCHC_TARGET_JOB_ID:-}}
+    if [ -n "$service" ]; then
+        mkdir -p "$ORCHC_RUN_DIR/done"
+        : >"$ORCHC_RUN_DIR/done/$ORCHC_JOB.$service"
+    fi
+}
+
+# orchc_mark_stopped REASON: why the benchmark was stopped (duration, time_limit, SIGTERM, ...); the first reason stays.
+orchc_mark_stopped() {
+    mkdir -p "$ORCHC_RESULTS"
+    [ -e "$ORCHC_RESULTS/stopped" ] || printf '%s\n' "$1" >"$ORCHC_RESULTS/stopped"
+}
+orchc_stopped_by() {
+    local reason=""
+    [ -f "$ORCHC_RESULTS/stopped" ] && read -r reason <"$ORCHC_RESULTS/stopped"
+    printf '%s' "$reason"
+}
+
+# orchc_limit_duration PID SECONDS: stop the benchmark PID (and everything under it) once it has run
+# SECONDS, the client's duration. The processes are listed first and stopped from the top down, so the
+# benchmark's shell goes before it could report its programs' deaths as failures.
+orchc_limit_duration() {
+    (
+        trap - EXIT TERM INT USR1 ERR
+        set +o errexit
+        # the sleep holds no output of the job: killed with its watcher or not, it keeps no pipe open
+        sleep "$2" >/dev/null 2>&1
+        kill -0 "$1" 2>/dev/null || exit 0
+        orchc_mark_stopped duration
+        orchc_log "duration of $2 s reached: stopping the benchmark"
+        for pid in $(orchc_tree "$1"); do kill -TERM "$pid" 2>/dev/null; done
+    ) </dev/null &
+    ORCHC_WATCHERS+=("$!")
+}
+# orchc_tree PID: PID and the processes under it, parents before children.
+orchc_tree() {
+    local child
+    printf '%s\n' "$1"
+    for child in $(pgrep -P "$1" 2>/dev/null || true); do
+        orchc_tree "$child"
+    done
+}
+
+# orchc_flat_json FILE KIND: FILE's JSON object on one line, if it is flat (no nesting) and its values are of
+# KIND (numbers: numbers and null; scalars: also strings and booleans); nothing and status 1 otherwise.
+orchc_flat_json() {
+    [ -f "$1" ] && [ "$(wc -c <"$1")" -le 1048576 ] || return 1
+    LC_ALL=C awk -v kind="$2" '
+        { text = text $0 " " }
+        function take(pattern) {
+            if (!match(text, "^[ \t\r]*" pattern)) return 0
+            token = substr(text, RSTART, RLENGTH); sub(/^[ \t\r]*/, "", token)
+            text = substr(text, RSTART + RLENGTH)
+            return 1
+        }
+        END {
+            string = "\"([^\"\\\\[:cntrl:]]|\\\\[\"\\\\/bfnrt]|\\\\u[0-9A-Fa-f]{4})*\""
+            number = "-?(0|[1-9][0-9]*)([.][0-9]+)?([eE][+-]?[0-9]+)?"
+            value = kind == "numbers" ? "(" number "|null)" : "(" number "|null|true|false|" string ")"
+            if (!take("[{]")) exit 1
+            out = "{"
+            if (!take("[}]")) {
+                do {
+                    if (!take(string)) exit 1
+                    key = token
+                    if (!take(":") || !take(value)) exit 1
+                    out = out (out == "{" ? "" : ", ") key ": " token
+                } while (take(","))
+                if (!take("[}]")) exit 1
+            }
+            if (text !~ /^[ \t\r]*$/) exit 1
+            print out "}"
+        }' "$1"
+}
+
+# orchc_results TOOL: write results.json, the one shape every client's results take: the metrics its
+# results phase left in metrics.json (flat: name -> number, the unit at the end of the name), facts from
+# environment.json, how the benchmark ended, the job's parameters, its images, and the raw files beside.
+orchc_results() {
+    local tool=null metrics="{}" environment="{}" status=complete stopped error=null raw="" name images=null
+    [ -z "$1" ] || tool=$(orchc_json_string "$1")
+    mkdir -p "$ORCHC_RESULTS"
+    stopped=$(orchc_stopped_by)
+    if [ -f "$ORCHC_RESULTS/metrics.json" ]; then
+        metrics=$(orchc_flat_json "$ORCHC_RESULTS/metrics.json" numbers) ||
+            { metrics="{}"; orchc_error "metrics.json is not a flat JSON object of numbers"; ORCHC_STATUS=1; }
+    fi
+    if [ -f "$ORCHC_RESULTS/environment.json" ]; then
+        environment=$(orchc_flat_json "$ORCHC_RESULTS/environment.json" scalars) ||
+            { environment="{}"; orchc_error "environment.json is not a flat JSON object"; ORCHC_STATUS=1; }
+    fi
+    if [ -n "$stopped" ]; then
+        status=partial
+    elif [ "${ORCHC_STATUS:-0}" -ne 0 ]; then
+        status=failed
+    fi
+    if [ "$status" != complete ] && [ -f "$ORCHC_RESULTS/error" ]; then
+        error=$(orchc_json_string "$(head -c 2000 "$ORCHC_RESULTS/error")")
+    fi
+    for name in "$ORCHC_RESULTS"/*; do
+        name=${name##*/}
+        case $name in
+            '*' | results.json | metrics.json | environment.json | stopped | error | *.tmp) ;;
+            *) raw+="${raw:+, }$(orchc_json_string "$name")" ;;
+        esac
+    done
+    if [ -f "$ORCHC_RUN_DIR/images/$ORCHC_JOB.json" ]; then
+        images=$(head -c 65536 "$ORCHC_RUN_DIR/images/$ORCHC_JOB.json")
+    fi
+    {
+        printf '{"schema": "orchc-results/1", "tool": %s, "job": %s, "type": %s, ' \
+            "$tool" "$(orchc_json_string "$ORCHC_JOB")" "$(orchc_json_string "$ORCHC_TYPE")"
+        printf '"run": %s, "slurm_job_id": %s, ' \
+            "$(orchc_json_string "${ORCHC_RUN_DIR##*/}")" "$(orchc_json_string "${SLURM_JOB_ID:-}")"
+        printf '"status": "%s", "partial": %s, "stopped_by": %s, "error": %s,\n' "$status" \
+            "$([ "$status" = partial ] && echo true || echo false)" \
+            "$([ -n "$stopped" ] && orchc_json_string "$stopped" || echo null)" "$error"
+        printf ' "metrics": %s,\n' "$metrics"
+        printf ' "parameters": %s,\n' "$ORCHC_PARAMETERS"
+        printf ' "environment": {"node": %s, "images": %s, "reported": %s},\n' \
+            "$(orchc_json_string "$(hostname)")" "$images" "$environment"
+        printf ' "raw": [%s]}\n' "$raw"
+    } >"$ORCHC_RESULTS/results.json.tmp"
+    mv -f "$ORCHC_RESULTS/results.json.tmp" "$ORCHC_RESULTS/results.json"
+    [ "$status" != failed ]
+}
+
+# orchc_wait_endpoint SERVICE TIMEOUT: wait for SERVICE's endpoint; sets TARGET_HOST and TARGET_PORT.
+# With ORCHC_TARGET_JOB_ID set (orchc submit sets it to the service's job id; allocation.sbatch to
+# ALLOCATION.SERVICE, see orchc_self_id), only that job's endpoint counts, and the wait ends early if that
+# job has left the queue without publishing one (asked of squeue after 5 s, then ever more rarely, at most
+# every 60 s).
+# shellcheck disable=SC2034  # TARGET_*: the job script exports them
+orchc_wait_endpoint() {
+    orchc_seconds "$2"
+    local file="$ORCHC_RUN_DIR/endpoints/$1" deadline=$((SECONDS + 10#$2)) next_check=$((SECONDS + 5)) every=5
+    local jobid host port queued ORCHC_DELAY=2
+    orchc_log "waiting for service $1 to publish its endpoint in $file"
+    while :; do
+        if [ -n "${ORCHC_TARGET_JOB_ID:-}" ] && [ "$SECONDS" -ge "$next_check" ]; then
+            every=$((every * 2 > 60 ? 60 : every * 2))
+            next_check=$((SECONDS + every))
+            queued=0
+            orchc_in_queue "$ORCHC_TARGET_JOB_ID" || queued=$?
+            if [ "$queued" = 1 ] && [ ! -f "$file" ]; then
+                orchc_error "the client stopped$(orchc_where): service $1 (job $ORCHC_TARGET_JOB_ID) ended without publishing an endpoint; why is in its log, $ORCHC_RUN_DIR/slurm-$ORCHC_TARGET_JOB_ID.err"
+                exit 1
+            fi
+        fi
+        if [ -f "$file" ] && read -r jobid host port _ <"$file" &&
+            { [ -z "${ORCHC_TARGET_JOB_ID:-}" ] || [ "$jobid" = "$ORCHC_TARGET_JOB_ID" ]; }; then
+            TARGET_HOST=$host
+            TARGET_PORT=$port
+            TARGET_JOB_ID=$jobid
+            # where the service left the credentials its clients need, if it needs any (orchc_tls_credentials)
+            TARGET_CREDENTIALS="$ORCHC_RUN_DIR/credentials/$1"
+            return 0
+        fi
+        [ "$SECONDS" -lt "$deadline" ] || orchc_fail "service $1 published no endpoint within $2 s (is it running? squeue --me)"
+        orchc_backoff
+    done
+}
+
+# orchc_job_host JOBID TIMEOUT: the first node of a running job.
+orchc_job_host() {
+    orchc_seconds "$2"
+    local deadline=$((SECONDS + 10#$2)) nodes ORCHC_DELAY=20
+    while :; do
+        nodes=$(squeue -h -j "$1" -t RUNNING -o %N 2>/dev/null) || nodes=""
+        if [ -n "$nodes" ]; then
+            scontrol show hostnames "$nodes" | head -n 1
+            return 0
+        fi
+        [ "$SECONDS" -lt "$deadline" ] || orchc_fail "job $1 is not running (squeue -j $1)"
+        orchc_backoff
+    done
+}
+
+# --- what some jobs need ---
+
+# orchc_tls_credentials DIR: a certificate authority of this job alone, and a server and a client
+# certificate it signed, in DIR (mode 0700, replaced if present): ca.crt, server.{crt,key}, client.{crt,key}.
+# The service requires the client certificate (mutual TLS), so only holders of DIR reach it: its clients
+# in this run find DIR as $TARGET_CREDENTIALS. The CA's key is deleted once both are signed.
+orchc_tls_credentials() {
+    local dir=$1 host
+    host=$(hostname)
+    rm -rf "$dir"
+    { mkdir -p "$dir" && chmod 0700 "$dir"; } || orchc_fail "cannot create $dir"
+    command -v openssl >/dev/null 2>&1 || orchc_fail "openssl is not on PATH: it makes the service's TLS certificates"
+    (
+        umask 077
+        cd "$dir"
+        orchc_tls_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1.key"; }
+        orchc_tls_key ca
+        openssl req -x509 -new -key ca.key -days 30 -subj "/CN=orchc $ORCHC_JOB ${SLURM_JOB_ID:-0}" -out ca.crt
+        for who in server client; do
+            orchc_tls_key "$who"
+            openssl req -new -key "$who.key" -subj "/CN=$host" -out "$who.csr"
+            printf 'subjectAltName = DNS:%s, DNS:localhost, IP:127.0.0.1\nextendedKeyUsage = %sAuth\n' \
+                "$host" "$who" >"$who.ext"
+            openssl x509 -req -in "$who.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
+                -extfile "$who.ext" -out "$who.crt"
+        done
+        rm -f ca.key ca.srl ./*.csr ./*.ext
+    ) >"$dir.log" 2>&1 || orchc_fail "openssl could not make the TLS certificates in $dir: $(tail -n 3 "$dir.log")"
+    rm -f "$dir.log"
+}
+
+# orchc_host_of JOB TIMEOUT: the host of another service of this run, once it has published its endpoint.
+orchc_host_of() {
+    orchc_seconds "$2"
+    local file="$ORCHC_RUN_DIR/endpoints/$1" deadline=$((SECONDS + 10#$2)) host ORCHC_DELAY=2
+    while ! { [ -f "$file" ] && read -r _ host _ <"$file"; }; do
+        [ "$SECONDS" -lt "$deadline" ] || orchc_fail "service $1 published no endpoint within $2 s"
+        orchc_backoff
+    done
+    printf '%s\n' "$host"
+}
+
+# orchc_fill_hosts FILE PLACEHOLDER=JOB...: put the hosts of other services of this run into a generated file.
+orchc_fill_hosts() {
+    local file=$1 pair placeholder job host
+    shift
+    for pair in "$@"; do
+        placeholder=${pair%=*}
+        job=${pair##*=}
+        orchc_log "waiting for the host of $job"
+        host=$(orchc_host_of "$job" 3600)
+        placeholder=${placeholder//./\\.}
+        host=${host//[\\|&]/}
+        sed -i "s|$placeholder|$host|g" "$file"
+    done
+}
+
+# orchc_secret_file PATH: print the secret kept in PATH, creating a random one (mode 0600) if missing.
+# A secret that is not a regular file of this user with mode 0600, or is empty, stops the job.
+orchc_secret_file() {
+    if [ ! -e "$1" ] && [ ! -L "$1" ]; then
+        local temp="$1.tmp.$$"
+        mkdir -p "$(dirname "$1")"
+        (umask 077 && head -c 32 /dev/urandom | base64 | tr -d '/+=\n' >"$temp") || orchc_fail "cannot create $1"
+        # ln fails if another job created the file meanwhile: both then use the first one.
+        ln "$temp" "$1" 2>/dev/null || true
+        rm -f "$temp"
+    fi
+    [ -f "$1" ] && [ ! -L "$1" ] || orchc_fail "secret file $1 is not a regular file"
+    [ -O "$1" ] || orchc_fail "secret file $1 does not belong to $(id -un)"
+    [ "$(stat -c %a "$1")" = 600 ] || orchc_fail "secret file $1 must have mode 0600 (chmod 600 $1)"
+    [ -s "$1" ] || orchc_fail "secret file $1 is empty"
+    cat "$1"
+}
+
+# orchc_image SIF SOURCE: make SIF the image built from SOURCE, once, and record it for the run.
+# Jobs build it themselves (a client and its service may start together, so they take turns): under
+# an flock on SIF.lock, re-checked once the lock is held, into SIF.tmp.<host>.<pid> beside it, renamed
+# into place only when whole. A temp file left by a killed build is never used and is removed by the
+# next build. SIF.source names what SIF was built from (a different source is rebuilt); SIF.sha256 is
+# its digest, computed once. The job's images are listed in $ORCHC_RUN_DIR/images/$ORCHC_JOB.json.
+orchc_image() {
+    local sif=$1 source=$2 name tmp lock digest file
+    name=${sif##*/}
+    name=${name%.sif}
+    if ! { [ -f "$sif" ] && [ -f "$sif.sha256" ] && [ "$(cat "$sif.source" 2>/dev/null)" = "$source" ]; }; then
+        mkdir -p "$(dirname "$sif")"
+        exec {lock}>>"$sif.lock" || orchc_fail "cannot open the lock file $sif.lock"
+        if ! flock -n "$lock"; then
+            orchc_log "waiting for another job's build of $sif"
+            flock "$lock" || orchc_fail "cannot lock $sif.lock"
+        fi
+        if ! { [ -f "$sif" ] && [ "$(cat "$sif.source" 2>/dev/null)" = "$source" ]; }; then
+            rm -f "$sif".tmp.*
+            tmp=$sif.tmp.$(hostname -s 2>/dev/null || echo host).$$
+            orchc_log "building $sif from $source"
+            if ! apptainer build "$tmp" "$source"; then
+                rm -f "$tmp"
+                orchc_fail "cannot build $sif from $source"
+            fi
+            printf '%s\n' "$source" >"$tmp.source"
+            rm -f "$sif.sha256"
+            mv -f "$tmp" "$sif"
+            mv -f "$tmp.source" "$sif.source"
+        fi
+        if [ ! -f "$sif.sha256" ]; then
+            digest=$(sha256sum "$sif")
+            printf '%s  %s\n' "${digest%% *}" "$name.sif" >"$sif.tmp.sha256.$$"
+            mv -f "$sif.tmp.sha256.$$" "$sif.sha256"
+        fi
+        exec {lock}>&-
+    fi
+    read -r digest _ <"$sif.sha256"
+    ORCHC_IMAGES+="${ORCHC_IMAGES:+, }{\"image\": $(orchc_json_string "$name"), \"source\": $(orchc_json_string "$source"),"
+    ORCHC_IMAGES+=" \"path\": $(orchc_json_string "$sif"), \"sha256\": $(orchc_json_string "$digest")}"
+    mkdir -p "$ORCHC_RUN_DIR/images"
+    file="$ORCHC_RUN_DIR/images/$ORCHC_JOB.json"
+    printf '[%s]\n' "$ORCHC_IMAGES" >"$file.tmp.$$"
+    mv -f "$file.tmp.$$" "$file"
+}
+
+# orchc_publish_metrics RECIPE SOURCE=PORT...: tell the run's Prometheus where this job serves metrics,
+# for its file-based service discovery: monitoring/<job>.json in the run folder, one target group per
+# port (labels job, orchc_recipe, orchc_source, orchc_slurm_job), written atomically. A holder process,
+# stopped like everything the job started (and by its watcher if the batch shell is killed outright),
+# removes the file when the job ends. Without SOURCE=PORT pairs nothing is written.
+orchc_publish_metrics() {
+    local recipe pair groups="" host file
+    recipe=$(orchc_json_string "$1")
+    shift
+    [ "$#" -gt 0 ] || return 0
+    host=$(hostname)
+    for pair in "$@"; do
+        groups+="${groups:+, }{\"targets\": [\"$host:${pair##*=}\"], \"labels\": {\"job\": $(orchc_json_string "$ORCHC_JOB"),"
+        groups+=" \"orchc_recipe\": $recipe, \"orchc_source\": $(orchc_json_string "${pair%%=*}"),"
+        groups+=" \"orchc_slurm_job\": \"${SLURM_JOB_ID:-0}\"}}"
+    done
+    mkdir -p "$ORCHC_RUN_DIR/monitoring"
+    file="$ORCHC_RUN_DIR/monitoring/$ORCHC_JOB.json"
+    printf '[%s]\n' "$groups" >"$file.tmp.$$"
+    mv -f "$file.tmp.$$" "$file"
+    orchc_log "metrics of $ORCHC_JOB published in $file"
+    (
+        trap - EXIT INT USR1 ERR
+        set +o errexit
+        trap 'orchc_withdraw_metrics; exit 0' TERM
+        while kill -0 "$$" 2>/dev/null; do
+            sleep 2 &
+            wait "$!"
+        done
+        orchc_withdraw_metrics
+    ) >/dev/null 2>&1 </dev/null &
+    orchc_started "$!"
+}
+
+# orchc_withdraw_metrics: remove this job's discovery file (not one a later job of the same name wrote).
+orchc_withdraw_metrics() {
+    local file="$ORCHC_RUN_DIR/monitoring/$ORCHC_JOB.json"
+    if [ -f "$file" ] && grep -qF "\"orchc_slurm_job\": \"${SLURM_JOB_ID:-0}\"" "$file"; then
+        rm -f "$file"
+    fi
+}
+
+# orchc_gpu_sampler INTERVAL FOLDER: sample this node's GPUs every INTERVAL s into FOLDER/gpu.csv (nvidia-smi's
+# CSV, header first: timestamp, index, name, uuid, utilisation of GPU and memory in %, memory used and total in
+# MiB, power in W, temperature in C; one row per GPU and sample) until the job ends. Without nvidia-smi on the
+# node it says so and the job goes on.
+orchc_gpu_sampler() {
+    if ! command -v nvidia-smi >/dev/null 2>&1; then
+        orchc_log "no nvidia-smi on $(hostname): GPU sampling skipped"
+        return 0
+    fi
+    mkdir -p "$2"
+    setsid nvidia-smi --query-gpu=timestamp,index,name,uuid,utilization.gpu,utilization.memory,memory.used,memory.total,power.draw,temperature.gpu \
+        --format=csv,nounits -l "$1" >"$2/gpu.csv" </dev/null &
+    orchc_started "$!"
+    orchc_log "sampling the GPUs of $(hostname) every $1 s into $2/gpu.csv"
+}
