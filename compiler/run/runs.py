@@ -95,7 +95,7 @@ class Run:
         else:
             data["remote"] = {"host": self.remote.host, "port": self.remote.port, "user": self.remote.user,
                               "identity_file": self.remote.identity_file, "options": list(self.remote.options),
-                              "run_dir": self.remote.remote_dir}
+                              "run_dir": self.remote.remote_dir, "setup": self.remote.setup}
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
@@ -228,23 +228,24 @@ def _remote_place(value: Any, site: str, damaged: Callable[[str], ClusterError])
 
     if value is None:
         return None
-    keys = {"host", "port", "user", "identity_file", "options", "run_dir"}
+    keys = {"host", "port", "user", "identity_file", "options", "run_dir", "setup"}
     if not isinstance(value, dict) or not set(value) <= keys or not {"host", "run_dir"} <= set(value):
-        raise damaged("remote is not {host, port, user, identity_file, options, run_dir}")
+        raise damaged("remote is not {host, port, user, identity_file, options, run_dir, setup}")
     host, port, user, identity, options, folder = (value.get(key) for key in
                                                    ("host", "port", "user", "identity_file", "options", "run_dir"))
     if not isinstance(host, str) or not isinstance(folder, str) or not folder.startswith("/"):
         raise damaged("remote needs a host and an absolute run_dir")
     if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
         raise damaged("remote port is not a number")
-    if any(item is not None and not isinstance(item, str) for item in (user, identity)):
-        raise damaged("remote user and identity_file are text")
+    setup = value.get("setup") or ""
+    if any(item is not None and not isinstance(item, str) for item in (user, identity, setup)):
+        raise damaged("remote user, identity_file and setup are text")
     if options is None:
         options = []
     if not isinstance(options, list) or not all(isinstance(option, str) for option in options):
         raise damaged("remote options are not a list of Key=Value")
     try:
-        return check_target(Target(host, port, user, identity, folder, tuple(options), site))
+        return check_target(Target(host, port, user, identity, folder, tuple(options), site, setup))
     except ClusterError as error:
         raise damaged(f"remote: {error}") from None
 

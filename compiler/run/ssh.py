@@ -13,7 +13,7 @@ is bounded by a timeout, and every failure is a ClusterError that says what went
 
 Where the target comes from (lowest first): the site profile's `ssh:` block, the user's
 `$XDG_CONFIG_HOME/orchc/sites/<site>.yaml` (its `ssh:` block, key by key), then
-ORCHC_SSH_HOST, ORCHC_SSH_PORT, ORCHC_SSH_USER, ORCHC_SSH_IDENTITY_FILE, ORCHC_SSH_REMOTE_DIR.
+ORCHC_SSH_HOST, ORCHC_SSH_PORT, ORCHC_SSH_USER, ORCHC_SSH_IDENTITY_FILE, ORCHC_SSH_REMOTE_DIR, ORCHC_SSH_SETUP.
 ORCHC_SSH_DEBUG=1 prints every ssh and rsync call to stderr (round trips are counted in CALLS).
 """
 
@@ -46,7 +46,7 @@ TRANSFER_TIMEOUT = 300.0
 NOT_PULLED_KINDS = ("--no-links", "--no-devices", "--no-specials")
 DEBUG_VARIABLE = "ORCHC_SSH_DEBUG"
 ENV_KEYS = {"host": "ORCHC_SSH_HOST", "port": "ORCHC_SSH_PORT", "user": "ORCHC_SSH_USER",
-            "identity_file": "ORCHC_SSH_IDENTITY_FILE", "remote_dir": "ORCHC_SSH_REMOTE_DIR"}
+            "identity_file": "ORCHC_SSH_IDENTITY_FILE", "remote_dir": "ORCHC_SSH_REMOTE_DIR", "setup": "ORCHC_SSH_SETUP"}
 _SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")   # a site name (common.schema.json): no slash
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:%-]{0,252}")
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
@@ -54,6 +54,9 @@ _OPTION = re.compile(r"([A-Za-z][A-Za-z0-9]{0,40})=([^\x00-\x1f\x7f]{0,400})")
 # A remote folder: printable, no glob character (rsync expands those on the remote side), no leading '-'.
 _REMOTE_PATH = re.compile(r"[^\x00-\x1f\x7f*?\[\]\\-][^\x00-\x1f\x7f*?\[\]\\]{0,1000}")
 _LOCAL_PATH = re.compile(r"[^\x00-\x1f\x7f]{1,1000}")
+_SETUP = re.compile(r"[^\x00-\x1f\x7f]{0,2000}")   # one line of printable text (site.schema.json's ssh.setup)
+SETUP_FAILED = "orchc: ssh.setup failed, exit status"
+"""what the remote side prints (on stderr) when the site's setup fails: the command did not run"""
 
 # --- which ssh options may come from a file: an allow-list, each value checked -------------------------
 #
@@ -208,6 +211,8 @@ class Target:
     options: tuple[str, ...] = ()
     site: str = field(default="", compare=False)
     """the site whose user override (~/.config/orchc/sites/<site>.yaml) may vouch for more than the allow-list"""
+    setup: str = ""
+    """shell text run before each remote command (the site's ssh.setup, e.g. `module load slurm`)"""
 
     def shown(self) -> str:
         return f"{self.user + '@' if self.user else ''}{self.host}{':' + str(self.port) if self.port else ''}"
@@ -225,6 +230,8 @@ def check_target(target: Target) -> Target:
         raise ClusterError(f"ssh user {target.user[:60]!r} is not a user name")
     if target.identity_file is not None and not _LOCAL_PATH.fullmatch(target.identity_file):
         raise ClusterError("ssh identity_file is not a path")
+    if not isinstance(target.setup, str) or not _SETUP.fullmatch(target.setup):
+        raise ClusterError("ssh setup is not one line of printable text (at most 2000 characters)")
     if not _REMOTE_PATH.fullmatch(target.remote_dir):
         raise ClusterError(f"remote folder {target.remote_dir[:60]!r} must be printable, must not start with '-' "
                            "and holds no * ? [ ] or backslash")
@@ -267,7 +274,7 @@ def site_target(site_name: str, site_file: str | None) -> Target | None:
     try:
         return check_target(Target(merged["host"], merged.get("port"), merged.get("user"), merged.get("identity_file"),
                                    _home_relative(merged.get("remote_dir", DEFAULT_REMOTE_DIR)),
-                                   tuple(merged.get("options", ())), site_name))
+                                   tuple(merged.get("options", ())), site_name, merged.get("setup", "")))
     except ClusterError as error:
         raise ClusterError(f"site {site_name}: {error}") from None
 
@@ -425,15 +432,24 @@ def _run(words: Sequence[str], timeout: float, what: str, stdin: str | None = No
     return Answer(process.returncode, out, err)
 
 
-def remote_command(words: Sequence[str], cwd: str | None = None, env: Mapping[str, str] | None = None) -> str:
-    """One shell command line for the remote side: every word quoted; `cd` first, variables through `env`."""
-    parts = []
+def remote_command(words: Sequence[str], cwd: str | None = None, env: Mapping[str, str] | None = None,
+                   setup: str = "") -> str:
+    """One shell command line for the remote side: every word quoted; the setup, then `cd`, variables through
+    `env`."""
+    parts = [setup_prefix(setup)] if setup else []
     if cwd is not None:
         parts.append(f"cd -- {shlex.quote(cwd)} &&")
     if env:
         parts.append("env " + " ".join(shlex.quote(f"{key}={value}") for key, value in env.items()))
     parts.append(" ".join(shlex.quote(word) for word in words))
     return " ".join(parts)
+
+
+def setup_prefix(setup: str) -> str:
+    """The site's setup, run first in the remote shell itself (so that what it exports stays), as one quoted word
+    of a fixed frame: nothing in it can reach into the command after it. What it prints goes to stderr (stdout
+    carries job ids, folders and rsync's protocol); when it fails, the command does not run."""
+    return f"{{ eval {shlex.quote(setup)}; }} >&2 || {{ echo \"{SETUP_FAILED} $?\" >&2; exit 125; }};"
 
 
 def connect_timeout() -> int:
@@ -532,13 +548,14 @@ class Connection:
         """Run a command on the login node; its exit status and output. An ssh failure is a ClusterError.
         `retry`: the command may run twice (a question, not sbatch); it is run again once over a new connection
         when the connection dropped."""
-        command = remote_command(words, cwd, env)
+        command = remote_command(words, cwd, env, self.target.setup)
         for attempt in (1, 2):
             self.connect()
             ssh = [*self._ssh(), command]
             _debug("run", ssh)
             answer = _run(ssh, self.timeout if timeout is None else timeout,
                           f"{shlex.join(words)[:80]} on {self.target.shown()}")
+            self._check_setup(answer.err)
             if answer.code != 255:
                 return answer
             dropped = self.master_pid is not None and not _alive(self.master_pid)
@@ -548,18 +565,30 @@ class Connection:
             raise ClusterError(f"{words[0]} on {self.target.shown()}: {classify(answer.err, self.target)}")
         raise AssertionError("unreachable")
 
+    def _check_setup(self, err: str) -> None:
+        """A ClusterError when the remote side says the site's setup failed (then nothing else ran)."""
+        if SETUP_FAILED not in err:
+            return
+        before, _, after = err.partition(SETUP_FAILED)
+        status = after.split()[0] if after.split() else "?"
+        raise ClusterError(f"ssh.setup {self.target.setup[:200]!r} failed on {self.target.shown()} (exit status "
+                           f"{status}): {_last_line(before) or 'no message'}")
+
     def _rsync(self, kind: str, source: str, destination: str, extra: Sequence[str], timeout: float) -> None:
         """rsync over the master; copies are idempotent, so one that lost its connection is made again once
         over a new one."""
+        # rsync's remote end may be on PATH only after the setup, as SLURM's commands are
+        setup = ["--rsync-path", f"{setup_prefix(self.target.setup)} rsync"] if self.target.setup else []
         for attempt in (1, 2):
             self.connect()
             shell = shlex.join(["ssh", *self.ssh_options()])
             words = ["rsync", "-a", "--no-owner", "--no-group", "--protect-args", "--timeout",
-                     str(int(max(timeout, 10))), "-e", shell, *extra, "--", source, destination]
+                     str(int(max(timeout, 10))), "-e", shell, *setup, *extra, "--", source, destination]
             _debug(kind, words)
             answer = _run(words, timeout, f"rsync ({kind}) with {self.target.shown()}")
             if answer.code == 0:
                 return
+            self._check_setup(answer.err)
             # 255: ssh failed; 10, 12, 30, 35: rsync's socket, protocol stream and timeout errors
             dropped = answer.code < 0 or answer.code in (255, 10, 12, 30, 35) or _is_dropped(answer.err) \
                 or (self.master_pid is not None and not _alive(self.master_pid))
@@ -660,6 +689,10 @@ def runner_for(conn: Connection) -> Any:
     def run(command: Sequence[str], timeout: float, cwd: Path | None = None,
             env: Mapping[str, str] | None = None, idempotent: bool = True) -> SlurmAnswer:
         answer = conn.run(command, timeout, None if cwd is None else str(cwd), env, retry=idempotent)
+        if answer.code == 127 and command[0] in ("sbatch", "squeue", "scancel"):   # sacct may be missing: asked politely
+            raise ClusterError(f"{command[0]} not found on PATH on {conn.target.shown()}: {NOT_ON_PATH_HINT}")
+        if answer.code != 0:    # SLURM's message, and where it came from
+            return SlurmAnswer(answer.code, answer.out, f"{answer.err.strip()} (on {conn.target.shown()})")
         return SlurmAnswer(answer.code, answer.out, answer.err)
     return run
 
@@ -678,7 +711,7 @@ def prepare(conn: Connection, name: str) -> str:
     if answer.code == 3:
         raise ClusterError(f"cannot make the remote folder {where}: {_last_line(answer.err)}")
     if answer.code == 4:
-        raise ClusterError(f"sbatch not found on PATH on {conn.target.shown()}: is SLURM there (a login node)?")
+        raise ClusterError(f"sbatch not found on PATH on {conn.target.shown()}: {NOT_ON_PATH_HINT}")
     if answer.code == 5:
         raise ClusterError(f"the remote run folder {where}/{name} already exists; choose another --run-dir")
     if answer.code != 0:
@@ -687,6 +720,10 @@ def prepare(conn: Connection, name: str) -> str:
     if not folder.startswith("/") or not _REMOTE_PATH.fullmatch(folder):
         raise ClusterError(f"{conn.target.shown()} answered {folder[:80]!r} for the remote folder")
     return f"{folder.rstrip('/')}/{name}"
+
+
+NOT_ON_PATH_HINT = ("is SLURM there (a login node)? If it needs a step first (`module load slurm`), give it as "
+                    "ssh.setup in the site profile or your ~/.config/orchc/sites/<site>.yaml")
 
 
 def wait_until_interrupted() -> int:

@@ -1,0 +1,132 @@
+"""orchc over SSH to login nodes of other shapes (compiler/run/ssh.py), each a real sshd on a loopback port
+(tests/ssh/sshd.py) in front of the real test cluster: SLURM on PATH only after a `module load`-like step
+(the site's `ssh.setup`), a remote shell that prints on start-up, a login node that goes away for a while.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, in_ci
+from ssh import sshd as sshd_helper
+from test_remote import cluster_and_redis, jobs_of, laptop, override, redis_recipe, remote_dir, server, sockets
+
+from compiler.core.errors import ClusterError, OrchcError
+from compiler.run import ssh as remote_module
+from compiler.run.ssh import Connection, Target, site_target
+
+__all__ = ["cluster_and_redis", "laptop", "remote_dir", "server", "sockets"]     # fixtures, used by name
+
+BARE_TOOLS = ("sh", "env", "mkdir", "rsync", "id", "cat", "printf")
+SLURM_TOOLS = ("sbatch", "squeue", "scancel", "sacct")
+
+
+def own_server(extra_config: str) -> sshd_helper.Server:
+    problem = sshd_helper.problem()
+    if problem:
+        pytest.fail(f"CI=true but {problem}") if in_ci() else pytest.skip(problem)
+    return sshd_helper.make_server(extra_config)
+
+
+@pytest.fixture
+def login_node(cluster_and_redis: None) -> Iterator[tuple[Path, sshd_helper.Server]]:
+    """A login node stand-in whose PATH has no SLURM: `. FOLDER/modules/slurm` puts sbatch & co on it."""
+    folder = Path(tempfile.mkdtemp(prefix="orchc-login-"))
+    os.chmod(folder, 0o755)
+    bare, slurm = folder / "bin", folder / "slurm" / "bin"
+    for where, tools in ((bare, BARE_TOOLS), (slurm, SLURM_TOOLS)):
+        where.mkdir(parents=True)
+        for tool in tools:
+            (where / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    (folder / "modules").mkdir()
+    (folder / "modules" / "slurm").write_text(f"PATH={slurm}:/usr/local/bin:/usr/bin:/bin; export PATH\n")
+    for path in (folder / "slurm", folder / "modules", folder / "modules" / "slurm"):
+        os.chmod(path, 0o755)
+    server = own_server(f"SetEnv PATH={bare}\n")
+    yield folder, server
+    server.stop()
+    shutil.rmtree(server.folder, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def profile_with(tmp_path: Path, ssh_block: str) -> Path:
+    """A copy of sites/local.yaml with an ssh: block."""
+    path = tmp_path / "site.yaml"
+    path.write_text((ROOT / "sites" / "local.yaml").read_text() + ssh_block)
+    return path
+
+
+def test_ssh_setup_puts_sbatch_on_path_for_every_command(login_node, laptop, tmp_path, remote_dir):
+    folder, server = login_node
+    override(Path(laptop.env["XDG_CONFIG_HOME"]), server, remote_dir)
+    (tmp_path / "r.yaml").write_text(redis_recipe(sshd_helper.free_port(), client=False))
+    shown = f"{sshd_helper.USER}@127.0.0.1:{server.port}"
+
+    refused = laptop("submit", "r.yaml", "--run-dir", "run", check=False)
+    assert refused.returncode == 1, refused.stdout
+    assert f"sbatch not found on PATH on {shown}" in refused.stderr and "ssh.setup" in refused.stderr, refused.stderr
+
+    setup = f". {folder}/modules/slurm"
+    profile_with(tmp_path, f"ssh:\n  setup: {setup}   # what `module load slurm` does there\n")
+    laptop("submit", "r.yaml", "--site", "site.yaml", "--run-dir", "run")
+    run_json = tmp_path / "run" / "run.json"
+    record = json.loads(run_json.read_text())
+    assert record["remote"]["setup"] == setup
+    jobs = jobs_of(laptop, "run")            # squeue, after the setup
+    assert jobs["redis"]["state"] not in ("?", "UNKNOWN"), jobs
+
+    # the same run without its setup: status and cancel say which command is missing where
+    record["remote"]["setup"] = ""
+    run_json.write_text(json.dumps(record))
+    for command in ("status", "cancel"):
+        done = laptop(command, "run", check=False)
+        assert done.returncode == 1, done.stdout
+        assert f"squeue not found on PATH on {shown}" in done.stderr, (command, done.stderr)
+    # a setup that fails is named as the cause, with the host
+    record["remote"]["setup"] = "module load slurm"
+    run_json.write_text(json.dumps(record))
+    done = laptop("status", "run", check=False)
+    assert done.returncode == 1 and f"ssh.setup 'module load slurm' failed on {shown}" in done.stderr, done.stderr
+    assert "module" in done.stderr and "not found" in done.stderr, done.stderr
+    record["remote"]["setup"] = setup
+    run_json.write_text(json.dumps(record))
+    assert "cancelled SLURM job(s)" in laptop("cancel", "run").stdout
+
+
+def test_ssh_setup_output_does_not_reach_what_orchc_reads(server, sockets, tmp_path, monkeypatch):
+    """What the setup prints goes to stderr: sbatch's job id, prepare's folder and rsync's stream stay clean."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    override(tmp_path / "config", server, "unused")
+    target = Target("127.0.0.1", server.port, sshd_helper.USER, str(server.client_key), "unused",
+                    tuple(server.options()), "local", "echo loading slurm; echo done")
+    conn = Connection(target, 30)
+    answer = conn.run(["printf", "%s", "1234"])
+    assert answer.out == "1234" and "loading slurm" in answer.err, answer
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "f").write_text("x\n")
+    folder = f"/home/{sshd_helper.USER}/orchc-setup-{os.getpid()}"
+    try:
+        conn.push(tmp_path / "local", folder)
+        assert Path(folder, "f").read_text() == "x\n"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_ssh_setup_is_one_line_of_printable_text(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for variable in remote_module.ENV_KEYS.values():
+        monkeypatch.delenv(variable, raising=False)
+    profile = profile_with(tmp_path, 'ssh:\n  host: h\n  setup: "module load slurm\\nrm -rf ~"\n')
+    line = len(profile.read_text().splitlines())
+    with pytest.raises(OrchcError, match=rf"site\.yaml:{line}:10: error: .*setup"):
+        site_target("local", str(profile))
+    profile = profile_with(tmp_path, "ssh:\n  host: h\n  setup: module load slurm/23.02   # site's module\n")
+    assert site_target("local", str(profile)).setup == "module load slurm/23.02"
+    with pytest.raises(ClusterError, match="setup"):
+        remote_module.check_target(Target("h", setup="a\x1bb"))
