@@ -217,6 +217,10 @@ class Target:
     def shown(self) -> str:
         return f"{self.user + '@' if self.user else ''}{self.host}{':' + str(self.port) if self.port else ''}"
 
+    def ssh_command(self) -> str:
+        """The plain `ssh` command that reaches the target (ssh takes the port as -p, never as host:port)."""
+        return f"ssh {'-p ' + str(self.port) + ' ' if self.port else ''}{self.user + '@' if self.user else ''}{self.host}"
+
 
 def check_target(target: Target) -> Target:
     """`target` when every field is well-formed and every option on the allow-list (or vouched for by the user's
@@ -386,7 +390,7 @@ def classify(stderr: str, target: Target) -> str:
     if "host key verification failed" in lowered or "no matching host key" in lowered \
             or "host key is not known" in lowered:
         return (f"the host key of {where} is not known or does not match ~/.ssh/known_hosts; "
-                f"connect once with `ssh {where}` to check and accept it")
+                f"connect once with `{target.ssh_command()}` to check and accept it")
     if "permission denied" in lowered or "too many authentication failures" in lowered:
         return (f"{where} refused the login (no accepted key; orchc never asks for a password: load the key into "
                 "ssh-agent or set identity_file)")
