@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, in_ci
 from ssh import sshd as sshd_helper
+from test_cluster import wait_for
 from test_remote import cluster_and_redis, jobs_of, laptop, override, redis_recipe, remote_dir, server, sockets
 
 from compiler.core.errors import ClusterError, OrchcError
@@ -130,3 +132,22 @@ def test_ssh_setup_is_one_line_of_printable_text(tmp_path, monkeypatch):
     assert site_target("local", str(profile)).setup == "module load slurm/23.02"
     with pytest.raises(ClusterError, match="setup"):
         remote_module.check_target(Target("h", setup="a\x1bb"))
+
+
+def test_a_missing_remote_run_folder_is_reported_as_missing(server, laptop, cluster_and_redis, tmp_path, remote_dir):
+    override(Path(laptop.env["XDG_CONFIG_HOME"]), server, remote_dir)
+    (tmp_path / "r.yaml").write_text(redis_recipe(sshd_helper.free_port(), client=False))
+    laptop("submit", "r.yaml", "--run-dir", "run")
+    laptop("cancel", "run")
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    ids = ",".join(job["slurm_id"] for job in record["jobs"])
+    # a job writes into its folder as it ends: the purge comes after
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", ids], capture_output=True, text=True,
+                                        timeout=30).stdout.strip(), 60, "the cancelled job to be gone")
+    folder = record["remote"]["run_dir"]
+    shutil.rmtree(folder)                         # a purge on the login node
+    for command in (("status", "run"), ("logs", "run"), ("results", "run")):
+        done = laptop(*command, check=False)
+        said = done.stderr.lower()
+        assert "no such file or directory" in said and folder.lower() in said, (command, done.stderr)
+        assert "broken pipe" not in said and "was closed" not in said, (command, done.stderr)

@@ -578,9 +578,10 @@ class Connection:
         raise ClusterError(f"ssh.setup {self.target.setup[:200]!r} failed on {self.target.shown()} (exit status "
                            f"{status}): {_last_line(before) or 'no message'}")
 
-    def _rsync(self, kind: str, source: str, destination: str, extra: Sequence[str], timeout: float) -> None:
+    def _rsync(self, kind: str, source: str, destination: str, extra: Sequence[str], timeout: float,
+               remote: str) -> None:
         """rsync over the master; copies are idempotent, so one that lost its connection is made again once
-        over a new one."""
+        over a new one. `remote`: the folder on the login node, named when it is missing."""
         # rsync's remote end may be on PATH only after the setup, as SLURM's commands are
         setup = ["--rsync-path", f"{setup_prefix(self.target.setup)} rsync"] if self.target.setup else []
         for attempt in (1, 2):
@@ -593,6 +594,10 @@ class Connection:
             if answer.code == 0:
                 return
             self._check_setup(answer.err)
+            missing = _missing_folder(answer.err)
+            if missing:   # rsync's side that found no folder stops, and the other one then reports a broken pipe
+                raise ClusterError(f"rsync ({kind}) with {self.target.shown()}: the remote folder {remote} is missing "
+                                   f"(purged there, or never copied): {missing}")
             # 255: ssh failed; 10, 12, 30, 35: rsync's socket, protocol stream and timeout errors
             dropped = answer.code < 0 or answer.code in (255, 10, 12, 30, 35) or _is_dropped(answer.err) \
                 or (self.master_pid is not None and not _alive(self.master_pid))
@@ -610,7 +615,7 @@ class Connection:
     def push(self, local: Path, remote: str, exclude: Sequence[str] = ()) -> None:
         """Copy the local folder's content into the remote folder (incremental)."""
         self._rsync("push", f"{local}/", self._remote(f"{remote}/"),
-                    [f"--exclude=/{name}" for name in exclude], TRANSFER_TIMEOUT)
+                    [f"--exclude=/{name}" for name in exclude], TRANSFER_TIMEOUT, remote)
 
     def pull(self, remote: str, local: Path, exclude: Sequence[str] = (), mirrored: Sequence[str] = ()) -> None:
         """Copy what changed in the remote folder into the local one (regular files and folders only: no symlink,
@@ -621,7 +626,7 @@ class Connection:
         # only files and folders come over: a symlink made on the cluster side would have orchc read (and print)
         # a file of this machine outside the run folder; a device or FIFO is no run's output either
         self._rsync("pull", self._remote(f"{remote}/"), f"{local}/", ["--delete", *NOT_PULLED_KINDS, *filters],
-                    TRANSFER_TIMEOUT)
+                    TRANSFER_TIMEOUT, remote)
 
     def forward(self, local_port: int, host: str, port: int) -> str:
         """Listen on 127.0.0.1:local_port here, forwarded through the master to host:port; returns the spec."""
@@ -664,6 +669,15 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _missing_folder(err: str) -> str:
+    """rsync's line saying a remote folder does not exist (change_dir, mkdir of the destination), '' when none."""
+    for line in err.splitlines():
+        if line.startswith("rsync:") and "No such file or directory" in line and \
+                any(word in line for word in ("change_dir", "mkdir", "link_stat")):
+            return line.strip()[:300]
+    return ""
 
 
 def _is_dropped(err: str) -> bool:
