@@ -151,3 +151,19 @@ def test_a_missing_remote_run_folder_is_reported_as_missing(server, laptop, clus
         said = done.stderr.lower()
         assert "no such file or directory" in said and folder.lower() in said, (command, done.stderr)
         assert "broken pipe" not in said and "was closed" not in said, (command, done.stderr)
+
+
+def test_a_remote_shell_that_prints_gets_rsyncs_hint(laptop, cluster_and_redis, tmp_path, remote_dir):
+    """A login shell that prints on start-up (an `echo` in the remote .bashrc; here sshd's ForceCommand does it
+    for this server alone) breaks rsync's protocol: the error passes on rsync's own hint."""
+    noisy = own_server('ForceCommand echo "Welcome to the login node"; eval "$SSH_ORIGINAL_COMMAND"\n')
+    try:
+        override(Path(laptop.env["XDG_CONFIG_HOME"]), noisy, remote_dir)
+        (tmp_path / "r.yaml").write_text(redis_recipe(sshd_helper.free_port(), client=False))
+        done = laptop("submit", "r.yaml", "--run-dir", "run", check=False)
+    finally:
+        noisy.stop()
+        shutil.rmtree(noisy.folder, ignore_errors=True)
+    assert done.returncode == 1, done.stdout
+    assert "protocol" in done.stderr and "is your shell clean?" in done.stderr, done.stderr
+    assert "prints" in done.stderr and ".bashrc" in done.stderr, done.stderr

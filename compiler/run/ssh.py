@@ -598,6 +598,11 @@ class Connection:
             if missing:   # rsync's side that found no folder stops, and the other one then reports a broken pipe
                 raise ClusterError(f"rsync ({kind}) with {self.target.shown()}: the remote folder {remote} is missing "
                                    f"(purged there, or never copied): {missing}")
+            if answer.code == 2 and "is your shell clean" in answer.err:
+                raise ClusterError(f"rsync ({kind}) with {self.target.shown()}: protocol incompatibility (rsync asks: "
+                                   f"is your shell clean?): the login shell there prints something when it starts "
+                                   f"(an echo in ~/.bashrc, ~/.profile, ...); make it print only when interactive "
+                                   f"(`[[ $- == *i* ]] && echo ...`); `{self.target.ssh_command()} true | wc -c` must say 0")
             # 255: ssh failed; 10, 12, 30, 35: rsync's socket, protocol stream and timeout errors
             dropped = answer.code < 0 or answer.code in (255, 10, 12, 30, 35) or _is_dropped(answer.err) \
                 or (self.master_pid is not None and not _alive(self.master_pid))
