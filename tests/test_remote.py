@@ -280,6 +280,7 @@ def test_status_watch_fails_clearly_when_the_login_node_goes_away(laptop, cluste
         (tmp_path / "redis.yaml").write_text(redis_recipe(sshd_helper.free_port(), client=False))
         laptop("submit", "redis.yaml", "--run-dir", "run")
         record = json.loads((tmp_path / "run" / "run.json").read_text())
+        laptop.env["ORCHC_SSH_GRACE"] = "6"          # (default 120 s: test_remote_setup.py has it come back)
         watch = laptop.popen("status", "run", "--watch", "--interval", "0.5")
         time.sleep(3)
         own.stop()
@@ -297,7 +298,8 @@ def test_status_watch_fails_clearly_when_the_login_node_goes_away(laptop, cluste
     assert watch.returncode == 1, (out, err)
     assert "orchc: error:" in err and "Traceback" not in err
     assert re.search(r"refused the connection|closed|did not answer|unreachable", err), err
-    assert elapsed < 45, elapsed
+    assert "trying again for up to 6 s" in err and "after 6 s of trying" in err, err
+    assert 6 <= elapsed < 45, elapsed
 
 
 def test_a_refused_sbatch_rolls_back_over_ssh(server, laptop, cluster_and_redis, tmp_path, remote_dir):

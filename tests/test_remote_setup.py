@@ -9,7 +9,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,3 +169,44 @@ def test_a_remote_shell_that_prints_gets_rsyncs_hint(laptop, cluster_and_redis, 
     assert done.returncode == 1, done.stdout
     assert "protocol" in done.stderr and "is your shell clean?" in done.stderr, done.stderr
     assert "prints" in done.stderr and ".bashrc" in done.stderr, done.stderr
+
+
+def test_watch_and_follow_wait_for_a_login_node_that_comes_back(laptop, cluster_and_redis, tmp_path, remote_dir):
+    """sshd stops for a while mid-`status --watch` and mid-`logs -f`: both say they are trying again, go on when
+    it is back, and end as usual when the job does."""
+    own = own_server("")
+    ids: list[str] = []
+    processes: list[subprocess.Popen[str]] = []
+    logs = [(tmp_path / f"{name}.out", tmp_path / f"{name}.err") for name in ("watch", "follow")]
+    try:
+        override(Path(laptop.env["XDG_CONFIG_HOME"]), own, remote_dir)
+        (tmp_path / "r.yaml").write_text(redis_recipe(sshd_helper.free_port(), client=False))
+        laptop("submit", "r.yaml", "--run-dir", "run")
+        ids = [job["slurm_id"] for job in json.loads((tmp_path / "run" / "run.json").read_text())["jobs"]]
+        for args, (out, err) in zip((("status", "run", "--watch", "--interval", "0.5"), ("logs", "run", "redis", "-f")),
+                                    logs):
+            processes.append(subprocess.Popen([sys.executable, "-m", "compiler", *args], cwd=tmp_path, env=laptop.env,
+                                              stdout=out.open("w"), stderr=err.open("w"), text=True))
+        time.sleep(3)
+        own.stop()
+        wait_for(lambda: all("trying again" in err.read_text() for _, err in logs), 60, "both to say they wait")
+        time.sleep(5)
+        assert all(process.poll() is None for process in processes), [err.read_text()[-2000:] for _, err in logs]
+        own.start()
+        wait_for(lambda: all("answers again" in err.read_text() for _, err in logs), 90, "both to go on")
+        laptop("cancel", "run")
+        for process in processes:
+            process.wait(timeout=120)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        own.stop()
+        if ids:
+            subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
+        shutil.rmtree(own.folder, ignore_errors=True)
+    for process, (out, err) in zip(processes, logs):
+        said = err.read_text()
+        assert process.returncode == 0, (out.read_text(), said)
+        assert "trying again for up to 120 s" in said and "Traceback" not in said, said
+    assert "CANCELLED" in logs[0][0].read_text()

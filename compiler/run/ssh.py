@@ -379,6 +379,63 @@ def socket_dir() -> Path:
     return folder
 
 
+class Unreachable(ClusterError):
+    """The login node did not answer, or the connection to it ended: it may well be back in a moment."""
+
+
+GRACE_SECONDS = 120.0
+GRACE_VARIABLE = "ORCHC_SSH_GRACE"
+_UNREACHABLE_WORDS = ("connection refused", "timed out", "timeout", "no route to host", "network is unreachable",
+                      "connection closed", "connection reset", "broken pipe", "kex_exchange_identification",
+                      "could not resolve hostname", "name or service not known")
+
+
+def failure(what: str, stderr: str, target: Target) -> ClusterError:
+    """The error of an ssh failure (exit 255): Unreachable when trying again later may work."""
+    lowered = stderr.lower()
+    said = f"{what}: {classify(stderr, target)}"
+    if not stderr.strip() or (any(word in lowered for word in _UNREACHABLE_WORDS)
+                              and "permission denied" not in lowered and "host key" not in lowered):
+        return Unreachable(said)
+    return ClusterError(said)
+
+
+def grace_seconds() -> float:
+    """How long `status --watch` and `logs -f` keep trying a login node that does not answer."""
+    text = os.environ.get(GRACE_VARIABLE, "")
+    if not text:
+        return GRACE_SECONDS
+    if not text.isdigit() or int(text) > 86400:
+        raise ClusterError(f"{GRACE_VARIABLE}={text[:20]!r} is not a whole number of seconds (0-86400)")
+    return float(text)
+
+
+def patiently(call: Callable[[], Any], grace: float | None = None,
+              say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> Any:
+    """call(), tried again with growing pauses (1, 2, 4, 8, 15 s) while it raises Unreachable, for up to `grace`
+    seconds (default: grace_seconds()); the last error once that has passed. Says so when it starts waiting,
+    and when the login node is back."""
+    grace = grace_seconds() if grace is None else grace
+    deadline: float | None = None
+    pause = 1.0
+    while True:
+        try:
+            result = call()
+        except Unreachable as error:
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + grace
+                say(f"orchc: {error}; trying again for up to {grace:g} s ({GRACE_VARIABLE})")
+            if now >= deadline:
+                raise Unreachable(f"{error} (still, after {grace:g} s of trying)") from None
+            time.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, 15.0)
+            continue
+        if deadline is not None:
+            say("orchc: the login node answers again; going on")
+        return result
+
+
 def classify(stderr: str, target: Target) -> str:
     """What an ssh failure (exit 255) means, in words a user can act on."""
     text = stderr.strip()
@@ -522,8 +579,8 @@ class Connection:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-                raise ClusterError(f"cannot connect to {self.target.shown()}: no answer within "
-                                   f"{self.connect_timeout + 20} s") from None
+                raise Unreachable(f"cannot connect to {self.target.shown()}: no answer within "
+                                  f"{self.connect_timeout + 20} s") from None
             except BaseException:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
@@ -531,7 +588,7 @@ class Connection:
             log.seek(0)
             err = log.read()
         if code != 0:
-            raise ClusterError(f"cannot connect to {self.target.shown()}: {classify(err, self.target)}")
+            raise failure(f"cannot connect to {self.target.shown()}", err, self.target)
         self.master_pid = self._check()
         if self.master_pid is None:
             raise ClusterError(f"cannot connect to {self.target.shown()}: the ssh master started but does not answer "
@@ -566,7 +623,7 @@ class Connection:
             if retry and attempt == 1 and (dropped or _is_dropped(answer.err)):
                 self.master_pid = None
                 continue
-            raise ClusterError(f"{words[0]} on {self.target.shown()}: {classify(answer.err, self.target)}")
+            raise failure(f"{words[0]} on {self.target.shown()}", answer.err, self.target)
         raise AssertionError("unreachable")
 
     def _check_setup(self, err: str) -> None:
@@ -610,7 +667,7 @@ class Connection:
                 self.master_pid = None
                 continue
             if dropped:
-                raise ClusterError(f"rsync ({kind}) with {self.target.shown()}: {classify(answer.err, self.target)}")
+                raise failure(f"rsync ({kind}) with {self.target.shown()}", answer.err, self.target)
             raise ClusterError(f"rsync ({kind}) with {self.target.shown()} failed (exit status {answer.code}): "
                                f"{_last_line(answer.err) or 'no message'}")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ClusterError
+from .ssh import patiently  # a login node that went away for a moment: --watch waits for it
 
 if TYPE_CHECKING:
     from .runs import Run, RunJob, RunListing
@@ -206,7 +207,7 @@ def _watch_log(run_dir: Path, run: Run, scheduler: Scheduler, points: Mapping[st
             return 0
         unknown.check(now.current)
         time.sleep(interval)
-        now = snapshot(run_dir, run, scheduler, points, pull=True)
+        now = patiently(lambda: snapshot(run_dir, run, scheduler, points, pull=True))
 
 
 def _watched(row: list[str] | None) -> list[str] | None:
@@ -239,7 +240,7 @@ def _watch_live(title: str, run_dir: Path, run: Run, scheduler: Scheduler, point
         while not now.ended:
             unknown.check(now.current)
             time.sleep(interval)
-            now = snapshot(run_dir, run, scheduler, points, pull=True)
+            now = patiently(lambda: snapshot(run_dir, run, scheduler, points, pull=True))
             live.update(view(now))
     return 0
 
