@@ -348,6 +348,7 @@ def test_a_changed_host_key_is_a_clear_error(server, laptop, tmp_path):
     override(Path(laptop.env["XDG_CONFIG_HOME"]), server, "x", known_hosts=sshd_helper.wrong_known_hosts(server))
     err, elapsed = submit_error(laptop, tmp_path)
     assert "host key" in err and "CHANGED" in err and elapsed < 20, (err, elapsed)
+    assert str(sshd_helper.wrong_known_hosts(server)) in err and "~/.ssh/known_hosts" not in err, err
 
 
 def test_an_unknown_host_key_is_a_clear_error(server, laptop, tmp_path):
@@ -358,6 +359,7 @@ def test_an_unknown_host_key_is_a_clear_error(server, laptop, tmp_path):
     assert "host key" in err and "not known" in err and elapsed < 20, (err, elapsed)
     # the command it suggests works as written (ssh takes no host:port)
     assert f"`ssh -p {server.port} {sshd_helper.USER}@127.0.0.1`" in err, err
+    assert str(empty) in err and "~/.ssh/known_hosts" not in err, err     # the file in use is named
 
 
 def test_a_server_that_never_speaks_is_a_timeout(server, laptop, tmp_path):

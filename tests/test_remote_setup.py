@@ -210,3 +210,12 @@ def test_watch_and_follow_wait_for_a_login_node_that_comes_back(laptop, cluster_
         assert process.returncode == 0, (out.read_text(), said)
         assert "trying again for up to 120 s" in said and "Traceback" not in said, said
     assert "CANCELLED" in logs[0][0].read_text()
+
+
+def test_a_missing_key_file_is_reported_as_missing(server, laptop, tmp_path):
+    override(Path(laptop.env["XDG_CONFIG_HOME"]), server, "x", key=tmp_path / "no-such-key")
+    (tmp_path / "r.yaml").write_text(redis_recipe(sshd_helper.free_port(), client=False))
+    done = laptop("submit", "r.yaml", "--run-dir", "run", check=False)
+    assert done.returncode == 1 and done.stderr.count("orchc: error:") == 1, done.stderr
+    assert f"{tmp_path / 'no-such-key'}" in done.stderr and "does not exist" in done.stderr, done.stderr
+    assert "refused the login" not in done.stderr, done.stderr

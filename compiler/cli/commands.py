@@ -140,14 +140,14 @@ def _report(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from ..output.pipeline import compile_all
     from ..run.runs import new_run_dir, submit
-    from ..run.ssh import site_target
+    from ..run.ssh import config_dir, site_target
 
     (output,) = compile_all([args.recipe], compile_options(args))
     run_dir = args.run_dir or new_run_dir(output.recipe.name)
     target = None if args.local else site_target(output.recipe.site.name, output.recipe.site.file)
     if args.remote and target is None:
         raise ClusterError(f"--remote: site {output.recipe.site.name} has no ssh: target (in {output.recipe.site.file}, "
-                           "in ~/.config/orchc/sites/<site>.yaml or in ORCHC_SSH_HOST)")
+                           f"in {config_dir()}/<site>.yaml or in ORCHC_SSH_HOST)")
     scheduler, connection = _where(target)
     return _submitted(lambda: submit(output, run_dir, scheduler, _command_line(), connection), run_dir)
 

@@ -319,7 +319,7 @@ def _ssh_block(path: Path, what: str, allow_other_keys: bool, allowed: Mapping[s
                 else None
             if why is not None and why.endswith("is not allowed"):
                 why += f" in a {what}: only {allowed_names(allowed)} may come from one" + (
-                    " (known-hosts files: in your own ~/.config/orchc/sites/<site>.yaml; anything else: in "
+                    f" (known-hosts files: in your own {config_dir()}/<site>.yaml; anything else: in "
                     "~/.ssh/config for the host)" if allowed is ALLOWED_OPTIONS else " (anything else: in ~/.ssh/config)")
             if why is not None:
                 problems.add(item.loc, why)
@@ -327,7 +327,7 @@ def _ssh_block(path: Path, what: str, allow_other_keys: bool, allowed: Mapping[s
         if allowed is ALLOWED_OPTIONS and identity is not None and isinstance(identity.value, str):
             why = identity_problem(identity.value)
             if why is not None:
-                problems.add(identity.loc, f"{why} (a key elsewhere: in your own ~/.config/orchc/sites/<site>.yaml)")
+                problems.add(identity.loc, f"{why} (a key elsewhere: in your own {config_dir()}/<site>.yaml)")
     problems.raise_if_any()
     data = doc.plain().get("ssh") if isinstance(doc.plain(), dict) else None
     return dict(data) if isinstance(data, dict) else {}
@@ -441,12 +441,14 @@ def classify(stderr: str, target: Target) -> str:
     text = stderr.strip()
     where = target.shown()
     lowered = text.lower()
+    known_hosts = next((option.partition("=")[2] for option in target.options
+                        if option.lower().startswith("userknownhostsfile=")), "~/.ssh/known_hosts")
     if "remote host identification has changed" in lowered or ("host key for" in lowered and "has changed" in lowered):
         return (f"the host key of {where} has CHANGED (possible man-in-the-middle, or the host was reinstalled); "
-                "check it, then fix ~/.ssh/known_hosts (ssh-keygen -R HOST)")
+                f"check it, then fix {known_hosts} (ssh-keygen -f {known_hosts} -R HOST)")
     if "host key verification failed" in lowered or "no matching host key" in lowered \
             or "host key is not known" in lowered:
-        return (f"the host key of {where} is not known or does not match ~/.ssh/known_hosts; "
+        return (f"the host key of {where} is not known or does not match {known_hosts}; "
                 f"connect once with `{target.ssh_command()}` to check and accept it")
     if "permission denied" in lowered or "too many authentication failures" in lowered:
         return (f"{where} refused the login (no accepted key; orchc never asks for a password: load the key into "
@@ -561,6 +563,7 @@ class Connection:
         self.master_pid = self._check()
         if self.master_pid is not None:
             return
+        self._check_key()
         try:
             os.unlink(self.socket)   # a socket left by a master that died
         except OSError:
@@ -593,6 +596,13 @@ class Connection:
         if self.master_pid is None:
             raise ClusterError(f"cannot connect to {self.target.shown()}: the ssh master started but does not answer "
                                f"on {self.socket}")
+
+    def _check_key(self) -> None:
+        """A ClusterError when the identity file named is not there (ssh would only say that the login was refused)."""
+        named = self.target.identity_file
+        if named is not None and not os.path.isfile(os.path.expanduser(named)):
+            raise ClusterError(f"cannot connect to {self.target.shown()}: the key file {os.path.expanduser(named)} "
+                               f"(identity_file) does not exist")
 
     def _check(self) -> int | None:
         """The pid of the master serving the socket, None when there is none (a local question, no network)."""
@@ -770,7 +780,7 @@ def runner_for(conn: Connection) -> Any:
             env: Mapping[str, str] | None = None, idempotent: bool = True) -> SlurmAnswer:
         answer = conn.run(command, timeout, None if cwd is None else str(cwd), env, retry=idempotent)
         if answer.code == 127 and command[0] in ("sbatch", "squeue", "scancel"):   # sacct may be missing: asked politely
-            raise ClusterError(f"{command[0]} not found on PATH on {conn.target.shown()}: {NOT_ON_PATH_HINT}")
+            raise ClusterError(f"{command[0]} not found on PATH on {conn.target.shown()}: {not_on_path_hint()}")
         if answer.code != 0:    # SLURM's message, and where it came from
             return SlurmAnswer(answer.code, answer.out, f"{answer.err.strip()} (on {conn.target.shown()})")
         return SlurmAnswer(answer.code, answer.out, answer.err)
@@ -791,7 +801,7 @@ def prepare(conn: Connection, name: str) -> str:
     if answer.code == 3:
         raise ClusterError(f"cannot make the remote folder {where}: {_last_line(answer.err)}")
     if answer.code == 4:
-        raise ClusterError(f"sbatch not found on PATH on {conn.target.shown()}: {NOT_ON_PATH_HINT}")
+        raise ClusterError(f"sbatch not found on PATH on {conn.target.shown()}: {not_on_path_hint()}")
     if answer.code == 5:
         raise ClusterError(f"the remote run folder {where}/{name} already exists; choose another --run-dir")
     if answer.code != 0:
@@ -802,8 +812,9 @@ def prepare(conn: Connection, name: str) -> str:
     return f"{folder.rstrip('/')}/{name}"
 
 
-NOT_ON_PATH_HINT = ("is SLURM there (a login node)? If it needs a step first (`module load slurm`), give it as "
-                    "ssh.setup in the site profile or your ~/.config/orchc/sites/<site>.yaml")
+def not_on_path_hint() -> str:
+    return ("is SLURM there (a login node)? If it needs a step first (`module load slurm`), give it as ssh.setup in "
+            f"the site profile or your {config_dir()}/<site>.yaml")
 
 
 def wait_until_interrupted() -> int:
