@@ -146,6 +146,8 @@ def test_a_missing_remote_run_folder_is_reported_as_missing(server, laptop, clus
     # a job writes into its folder as it ends: the purge comes after
     wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", ids], capture_output=True, text=True,
                                         timeout=30).stdout.strip(), 60, "the cancelled job to be gone")
+    again = laptop("cancel", "run").stdout         # a run whose jobs have all ended: nothing is cancelled
+    assert "cancelled" not in again and "nothing to cancel" in again, again
     folder = record["remote"]["run_dir"]
     shutil.rmtree(folder)                         # a purge on the login node
     for command in (("status", "run"), ("logs", "run"), ("results", "run")):
@@ -219,3 +221,23 @@ def test_a_missing_key_file_is_reported_as_missing(server, laptop, tmp_path):
     assert done.returncode == 1 and done.stderr.count("orchc: error:") == 1, done.stderr
     assert f"{tmp_path / 'no-such-key'}" in done.stderr and "does not exist" in done.stderr, done.stderr
     assert "refused the login" not in done.stderr, done.stderr
+
+
+def test_status_says_the_cause_once(laptop, cluster_and_redis, tmp_path, remote_dir):
+    own = own_server("")
+    ids: list[str] = []
+    try:
+        override(Path(laptop.env["XDG_CONFIG_HOME"]), own, remote_dir)
+        (tmp_path / "r.yaml").write_text(redis_recipe(sshd_helper.free_port(), client=False))
+        laptop("submit", "r.yaml", "--run-dir", "run")
+        ids = [job["slurm_id"] for job in json.loads((tmp_path / "run" / "run.json").read_text())["jobs"]]
+        own.stop()
+        done = laptop("status", "run", check=False)
+    finally:
+        own.stop()
+        if ids:
+            subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
+        shutil.rmtree(own.folder, ignore_errors=True)
+    assert done.returncode == 1, done.stdout
+    said = [line for line in done.stderr.splitlines() if not line.startswith("orchc: ssh[")]
+    assert len(said) == 1 and said[0].startswith("orchc: error:") and "refused the connection" in said[0], said

@@ -246,7 +246,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     done = cancel(run, args.jobs, scheduler_for(run))
     from ..core.terminal import terminal_text
 
-    print(terminal_text(f"cancelled SLURM job(s) {', '.join(done.ids) or '(none queued or running)'} of {run_dir}"))
+    print(terminal_text(f"cancelled SLURM job(s) {', '.join(done.ids)} of {run_dir}" if done.ids
+                        else f"nothing to cancel: no job of {run_dir} is queued or running"))
     for job in done.unknown:
         print(terminal_text(f"orchc: note: {job}: SLURM knows no job of yours by this id (it ended long ago, or is "
                             "another user's); left alone"), file=sys.stderr)

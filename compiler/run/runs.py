@@ -145,15 +145,27 @@ def load_run(ref: str | None, root: Path = DEFAULT_ROOT, pull: bool = True) -> t
         named = ref if ref is not None and run_dir == Path(ref) else str(run_dir)
         raise ClusterError(f"{named}: not an orchc run ({_joined(named, RUN_FILE)}: {exc.strerror or exc})") from None
     run = parse_run(text, str(path))
-    if pull and run.remote is not None:
-        try:
-            pull_run(run_dir, run)
-        except ClusterError as error:
-            from ..core.terminal import terminal_text  # the error may quote the login node's answer
-
-            print(f"orchc: warning: showing the copy of {run_dir} from the last pull: {terminal_text(error, lines=True)}",
-                  file=sys.stderr)
+    if pull:
+        refresh_copy(run_dir, run)
     return run_dir, run
+
+
+def refresh_copy(run_dir: Path, run: Run, unreachable_is_error: bool = False) -> None:
+    """pull_run; when that fails, a warning (the last copy is read). `unreachable_is_error`: a login node that does
+    not answer is the error (for a command whose next question would fail with the same cause: said once)."""
+    if run.remote is None:
+        return
+    from .ssh import Unreachable
+
+    try:
+        pull_run(run_dir, run)
+    except ClusterError as error:
+        if unreachable_is_error and isinstance(error, Unreachable):
+            raise
+        from ..core.terminal import terminal_text  # the error may quote the login node's answer
+
+        print(f"orchc: warning: showing the copy of {run_dir} from the last pull: {terminal_text(error, lines=True)}",
+              file=sys.stderr)
 
 
 def _run_folder(ref: str, root: Path) -> Path:

@@ -157,9 +157,10 @@ def snapshot(run_dir: Path, run: Run, scheduler: Scheduler, points: Mapping[str,
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ..core.terminal import is_terminal, print_table
-    from .runs import load_run, scheduler_for
+    from .runs import load_run, refresh_copy, scheduler_for
 
-    run_dir, run = load_run(args.run_ref)
+    run_dir, run = load_run(args.run_ref, pull=False)
+    refresh_copy(run_dir, run, unreachable_is_error=True)    # (squeue would fail next, with the same cause)
     scheduler = scheduler_for(run)
     points = point_of_client(run_dir)
     now = snapshot(run_dir, run, scheduler, points)
