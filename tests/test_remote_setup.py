@@ -241,3 +241,26 @@ def test_status_says_the_cause_once(laptop, cluster_and_redis, tmp_path, remote_
     assert done.returncode == 1, done.stdout
     said = [line for line in done.stderr.splitlines() if not line.startswith("orchc: ssh[")]
     assert len(said) == 1 and said[0].startswith("orchc: error:") and "refused the connection" in said[0], said
+
+
+def test_disconnect_closes_the_master(server, laptop, monkeypatch):
+    config = Path(laptop.env["XDG_CONFIG_HOME"])
+    override(config, server, "unused")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    target = site_target("local", str(ROOT / "sites" / "local.yaml"))
+    assert target is not None
+    conn = Connection(target, 30)
+    conn.connect()
+    master = conn.master_pid
+    assert master is not None and remote_module._alive(master)
+    done = laptop("disconnect", "local")
+    assert f"closed the ssh connection to {target.shown()}" in done.stdout, done.stdout
+    wait_for(lambda: not remote_module._alive(master), 10, "the master to exit")
+    assert "no open ssh connection" in laptop("disconnect", "local").stdout
+    conn.master_pid = None
+    conn.connect()                                      # every connection of orchc's, without a site
+    master = conn.master_pid
+    assert "closed 1 ssh connection(s)" in laptop("disconnect").stdout
+    wait_for(lambda: not remote_module._alive(master), 10, "the master to exit")
+    refused = laptop("disconnect", "nosuchsite", check=False)
+    assert refused.returncode == 1 and "unknown site 'nosuchsite'" in refused.stderr, refused.stderr

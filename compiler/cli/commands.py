@@ -105,6 +105,11 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     tunnel.add_argument("--local-port", type=int, default=0, metavar="N", help="the local port (default: a free one)")
     tunnel.set_defaults(run=cmd_tunnel)
 
+    disconnect = commands.add_parser("disconnect", help="close the shared ssh connection to a site's login node "
+                                                        "(default: every one orchc keeps open)")
+    disconnect.add_argument("site", nargs="?", metavar="SITE", help="a site name or profile file")
+    disconnect.set_defaults(run=cmd_disconnect)
+
 
 # Each command's module is imported only when it runs, so that every other command starts fast.
 def _status(args: argparse.Namespace) -> int:
@@ -237,6 +242,26 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
         conn.cancel_forward(spec)
     print(f"tunnel closed ({__import__('signal').Signals(signum).name})", file=sys.stderr)
     return 128 + signum
+
+
+def cmd_disconnect(args: argparse.Namespace) -> int:
+    """`ssh -O exit` for the master of a site's target, or of every target (they otherwise persist 60 s)."""
+    from ..run.ssh import close_all, connection, site_target
+
+    if args.site is None:
+        closed = close_all()
+        print(f"closed {closed} ssh connection(s)" if closed else "no open ssh connection")
+        return 0
+    from ..core.source import SourceLoc
+    from ..recipe.resolve import load_site
+
+    site = load_site(args.site, Path.cwd(), SourceLoc("SITE"))
+    target = site_target(site.name, site.file)
+    if target is None:
+        raise ClusterError(f"site {site.name} has no ssh: target (in {site.file}, your override, or ORCHC_SSH_HOST)")
+    print(f"closed the ssh connection to {target.shown()}" if connection(target).close()
+          else f"no open ssh connection to {target.shown()}")
+    return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

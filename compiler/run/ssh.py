@@ -717,13 +717,22 @@ class Connection:
         _debug("cancel", words)
         _run(words, 10, "ssh -O cancel")
 
-    def close(self) -> None:
-        """Stop the master (normally it persists a minute for the next command)."""
-        if os.path.exists(self.socket):
-            words = self._ssh("-O", "exit")
-            _debug("exit", words)
-            _run(words, 10, "ssh -O exit")
+    def close(self) -> bool:
+        """Stop the master (normally it persists a minute for the next command); whether one was there."""
         self.master_pid = None
+        return os.path.exists(self.socket) and _exit_master(self.socket)
+
+
+def _exit_master(socket: str) -> bool:
+    """Ask the master on `socket` to exit (`ssh -O exit`; local, no network); whether one did."""
+    words = ["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "orchc-master"]
+    _debug("exit", words)
+    return _run(words, 10, "ssh -O exit").code == 0
+
+
+def close_all() -> int:
+    """Stop every master of this user's orchc connections (the sockets in socket_dir()); how many there were."""
+    return sum(_exit_master(str(path)) for path in sorted(socket_dir().iterdir()) if stat.S_ISSOCK(path.lstat().st_mode))
 
 
 def _as_checked(option: str) -> str:
