@@ -235,13 +235,34 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
     conn = connection(run.remote)
     spec = conn.forward(local_port, node, port)
     try:
-        print(f"forwarding 127.0.0.1:{local_port} -> {shown}:{port} through {run.remote.shown()}")
-        print(f"local URL: http://127.0.0.1:{local_port}/   (Ctrl-C closes the tunnel)", flush=True)
+        print(f"forwarding 127.0.0.1:{local_port} -> {shown}:{port} through {run.remote.shown()} "
+              "(Ctrl-C closes the tunnel)")
+        print(f"connect with: {client_command(run_dir, job.name, job.type, local_port, port == ports[0])}", flush=True)
         signum = wait_until_interrupted()
     finally:
         conn.cancel_forward(spec)
     print(f"tunnel closed ({__import__('signal').Signals(signum).name})", file=sys.stderr)
     return 128 + signum
+
+
+def client_command(run_dir: Path, job: str, kind: str, local_port: int, main_port: bool) -> str:
+    """How to reach a service through a tunnel on 127.0.0.1:local_port: its own client with the run's credentials
+    (credentials/<job>/ca.crt: the service speaks TLS), else the URL (https when TLS)."""
+    import shlex
+
+    credentials = run_dir / "credentials" / job
+    tls = (credentials / "ca.crt").is_file()
+    if main_port and kind == "redis":
+        certificates = ["--tls", "--cacert", str(credentials / "ca.crt"), "--cert", str(credentials / "client.crt"),
+                        "--key", str(credentials / "client.key")] if tls else []
+        return shlex.join(["redis-cli", "-h", "127.0.0.1", "-p", str(local_port), *certificates])
+    if main_port and kind == "mysql":
+        return shlex.join(["mysql", "-h", "127.0.0.1", "-P", str(local_port), "-u", "root", "-p"])
+    if main_port and tls:   # the certificate names localhost and 127.0.0.1; the proxy wants the service's api_key
+        return shlex.join(["curl", "--cacert", str(credentials / "ca.crt"), f"https://localhost:{local_port}/"]) + \
+            ' -H "Authorization: Bearer $KEY"   (KEY: the api_key secret of the service, ' \
+            f"by default ~/.orchc/secrets/{kind}_api_key on the cluster)"
+    return f"http://127.0.0.1:{local_port}/"
 
 
 def cmd_disconnect(args: argparse.Namespace) -> int:
