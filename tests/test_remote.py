@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -204,16 +205,16 @@ def test_submit_status_logs_results_tunnel_cancel_over_ssh(server, laptop, clust
     tunnel = laptop.popen("tunnel", "run", "redis", "--local-port", str(local := sshd_helper.free_port()))
     try:
         line = ""
-        deadline = time.monotonic() + 30
-        while "local URL" not in line and time.monotonic() < deadline:
+        for _ in range(2):              # what it forwards, then how to connect (then it waits for Ctrl-C)
             line = tunnel.stdout.readline() if tunnel.stdout else ""
-            if not line and tunnel.poll() is not None:
+            if not line or line.startswith("connect with: "):
                 break
-        assert f"http://127.0.0.1:{local}/" in line, (line, tunnel.stderr.read() if tunnel.stderr else "")
+        assert line.startswith("connect with: redis-cli "), (line, tunnel.stderr.read() if tunnel.stderr else "")
+        assert "http" not in line and "--tls --cacert run/credentials/redis/ca.crt" in line, line
         credentials = tmp_path / "run" / "credentials" / "redis"
-        ping = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(local), "--tls", "--cacert",
-                               credentials / "ca.crt", "--cert", credentials / "client.crt", "--key",
-                               credentials / "client.key", "ping"], capture_output=True, text=True, timeout=20)
+        # the command as printed: redis over TLS with the run's client certificate, through the tunnel
+        ping = subprocess.run([*shlex.split(line.removeprefix("connect with: ")), "ping"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=20)
         assert ping.stdout.strip() == "PONG", ping
         # the service's private key stays on the cluster; the client's comes over for the tunnel
         assert (credentials / "client.key").is_file() and not (credentials / "server.key").exists()
@@ -286,6 +287,7 @@ def test_status_watch_fails_clearly_when_the_login_node_goes_away(laptop, cluste
         (tmp_path / "redis.yaml").write_text(redis_recipe(sshd_helper.free_port(), client=False))
         laptop("submit", "redis.yaml", "--run-dir", "run")
         record = json.loads((tmp_path / "run" / "run.json").read_text())
+        laptop.env["ORCHC_SSH_GRACE"] = "6"          # (default 120 s: test_remote_setup.py has it come back)
         watch = laptop.popen("status", "run", "--watch", "--interval", "0.5")
         time.sleep(3)
         own.stop()
@@ -303,7 +305,8 @@ def test_status_watch_fails_clearly_when_the_login_node_goes_away(laptop, cluste
     assert watch.returncode == 1, (out, err)
     assert "orchc: error:" in err and "Traceback" not in err
     assert re.search(r"refused the connection|closed|did not answer|unreachable", err), err
-    assert elapsed < 45, elapsed
+    assert "trying again for up to 6 s" in err and "after 6 s of trying" in err, err
+    assert 6 <= elapsed < 45, elapsed
 
 
 @pytest.mark.cluster
@@ -357,6 +360,7 @@ def test_a_changed_host_key_is_a_clear_error(server, laptop, tmp_path):
     override(Path(laptop.env["XDG_CONFIG_HOME"]), server, "x", known_hosts=sshd_helper.wrong_known_hosts(server))
     err, elapsed = submit_error(laptop, tmp_path)
     assert "host key" in err and "CHANGED" in err and elapsed < 20, (err, elapsed)
+    assert str(sshd_helper.wrong_known_hosts(server)) in err and "~/.ssh/known_hosts" not in err, err
 
 
 @pytest.mark.ssh
@@ -366,6 +370,9 @@ def test_an_unknown_host_key_is_a_clear_error(server, laptop, tmp_path):
     override(Path(laptop.env["XDG_CONFIG_HOME"]), server, "x", known_hosts=empty)
     err, elapsed = submit_error(laptop, tmp_path)
     assert "host key" in err and "not known" in err and elapsed < 20, (err, elapsed)
+    # the command it suggests works as written (ssh takes no host:port)
+    assert f"`ssh -p {server.port} {sshd_helper.USER}@127.0.0.1`" in err, err
+    assert str(empty) in err and "~/.ssh/known_hosts" not in err, err     # the file in use is named
 
 
 @pytest.mark.ssh

@@ -112,6 +112,11 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     tunnel.add_argument("--local-port", type=int, default=0, metavar="N", help="the local port (default: a free one)")
     tunnel.set_defaults(run=cmd_tunnel)
 
+    disconnect = commands.add_parser("disconnect", help="close the shared ssh connection to a site's login node "
+                                                        "(default: every one orchc keeps open)")
+    disconnect.add_argument("site", nargs="?", metavar="SITE", help="a site name or profile file")
+    disconnect.set_defaults(run=cmd_disconnect)
+
 
 # Each command's module is imported only when it runs, so that every other command starts fast.
 def _status(args: argparse.Namespace) -> int:
@@ -147,7 +152,7 @@ def _report(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from ..output.pipeline import compile_all
     from ..run.runs import new_run_dir, submit
-    from ..run.ssh import site_target
+    from ..run.ssh import config_dir, site_target
     from .notes import cost_notes
 
     (output,) = compile_all([args.recipe], compile_options(args))
@@ -156,7 +161,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     target = None if args.local else site_target(output.recipe.site.name, output.recipe.site.file)
     if args.remote and target is None:
         raise ClusterError(f"--remote: site {output.recipe.site.name} has no ssh: target (in {output.recipe.site.file}, "
-                           "in ~/.config/orchc/sites/<site>.yaml or in ORCHC_SSH_HOST)")
+                           f"in {config_dir()}/<site>.yaml or in ORCHC_SSH_HOST)")
     scheduler, connection = _where(target)
     return _submitted(lambda: submit(output, run_dir, scheduler, _command_line(), connection), run_dir, cost)
 
@@ -242,13 +247,54 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
     conn = connection(run.remote)
     spec = conn.forward(local_port, node, port)
     try:
-        print(f"forwarding 127.0.0.1:{local_port} -> {shown}:{port} through {run.remote.shown()}")
-        print(f"local URL: http://127.0.0.1:{local_port}/   (Ctrl-C closes the tunnel)", flush=True)
+        print(f"forwarding 127.0.0.1:{local_port} -> {shown}:{port} through {run.remote.shown()} "
+              "(Ctrl-C closes the tunnel)")
+        print(f"connect with: {client_command(run_dir, job.name, job.type, local_port, port == ports[0])}", flush=True)
         signum = wait_until_interrupted()
     finally:
         conn.cancel_forward(spec)
     print(f"tunnel closed ({__import__('signal').Signals(signum).name})", file=sys.stderr)
     return 128 + signum
+
+
+def client_command(run_dir: Path, job: str, kind: str, local_port: int, main_port: bool) -> str:
+    """How to reach a service through a tunnel on 127.0.0.1:local_port: its own client with the run's credentials
+    (credentials/<job>/ca.crt: the service speaks TLS), else the URL (https when TLS)."""
+    import shlex
+
+    credentials = run_dir / "credentials" / job
+    tls = (credentials / "ca.crt").is_file()
+    if main_port and kind == "redis":
+        certificates = ["--tls", "--cacert", str(credentials / "ca.crt"), "--cert", str(credentials / "client.crt"),
+                        "--key", str(credentials / "client.key")] if tls else []
+        return shlex.join(["redis-cli", "-h", "127.0.0.1", "-p", str(local_port), *certificates])
+    if main_port and kind == "mysql":
+        return shlex.join(["mysql", "-h", "127.0.0.1", "-P", str(local_port), "-u", "root", "-p"])
+    if main_port and tls:   # the certificate names localhost and 127.0.0.1; the proxy wants the service's api_key
+        return shlex.join(["curl", "--cacert", str(credentials / "ca.crt"), f"https://localhost:{local_port}/"]) + \
+            ' -H "Authorization: Bearer $KEY"   (KEY: the api_key secret of the service, ' \
+            f"by default ~/.orchc/secrets/{kind}_api_key on the cluster)"
+    return f"http://127.0.0.1:{local_port}/"
+
+
+def cmd_disconnect(args: argparse.Namespace) -> int:
+    """`ssh -O exit` for the master of a site's target, or of every target (they otherwise persist 60 s)."""
+    from ..run.ssh import close_all, connection, site_target
+
+    if args.site is None:
+        closed = close_all()
+        print(f"closed {closed} ssh connection(s)" if closed else "no open ssh connection")
+        return 0
+    from ..core.source import SourceLoc
+    from ..recipe.resolve import load_site
+
+    site = load_site(args.site, Path.cwd(), SourceLoc("SITE"))
+    target = site_target(site.name, site.file)
+    if target is None:
+        raise ClusterError(f"site {site.name} has no ssh: target (in {site.file}, your override, or ORCHC_SSH_HOST)")
+    print(f"closed the ssh connection to {target.shown()}" if connection(target).close()
+          else f"no open ssh connection to {target.shown()}")
+    return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -258,7 +304,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     done = cancel(run, args.jobs, scheduler_for(run))
     from ..core.terminal import terminal_text
 
-    print(terminal_text(f"cancelled SLURM job(s) {', '.join(done.ids) or '(none queued or running)'} of {run_dir}"))
+    print(terminal_text(f"cancelled SLURM job(s) {', '.join(done.ids)} of {run_dir}" if done.ids
+                        else f"nothing to cancel: no job of {run_dir} is queued or running"))
     for job in done.unknown:
         print(terminal_text(f"orchc: note: {job}: SLURM knows no job of yours by this id (it ended long ago, or is "
                             "another user's); left alone"), file=sys.stderr)

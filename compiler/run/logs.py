@@ -109,8 +109,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 print("(not written yet)")
         return 0
     from .runs import pull_run, scheduler_for
+    from .ssh import patiently
 
-    refresh = (lambda: pull_run(run_dir, run)) if run.remote is not None else None
+    refresh = (lambda: patiently(lambda: pull_run(run_dir, run))) if run.remote is not None else None
     follow(tails, jobs, scheduler_for(run), sys.stdout, args.check_every, args.unknown_limit, refresh, run)
     return 0
 
@@ -132,6 +133,7 @@ def follow(tails: Sequence[Tail], jobs: Sequence[RunJob], scheduler: Scheduler, 
     `refresh` (a run made over SSH: copy what changed remotely) runs before reading, at most once a second.
     With `run`, a job id that names a job that is not the run's counts as ended (runs.owned)."""
     from .runs import owned
+    from .ssh import patiently
     from .status import UnknownWatch
 
     unknown = UnknownWatch(jobs, unknown_limit)
@@ -156,7 +158,7 @@ def follow(tails: Sequence[Tail], jobs: Sequence[RunJob], scheduler: Scheduler, 
         if ending and not grew:
             return
         if not ending and time.monotonic() >= check_at:
-            found = scheduler.poll(*(job.slurm_id for job in jobs))
+            found = patiently(lambda: scheduler.poll(*(job.slurm_id for job in jobs)))
             current = {job.name: owned(run, job, found[job.slurm_id]) if run else found[job.slurm_id] for job in jobs}
             unknown.check(current)
             ending = all(state.ended for state in current.values())

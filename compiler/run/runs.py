@@ -106,7 +106,9 @@ class Run:
         else:
             data["remote"] = {"host": self.remote.host, "port": self.remote.port, "user": self.remote.user,
                               "identity_file": self.remote.identity_file, "options": list(self.remote.options),
-                              "run_dir": self.remote.remote_dir}
+                              "run_dir": self.remote.remote_dir, "setup": self.remote.setup}
+            if self.remote.setup:   # a command run on the login node: only this user's own runs may carry one
+                data["remote"]["setup_hmac"] = setup_hmac(run_key(create=True), self.remote.setup)
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
@@ -156,15 +158,27 @@ def load_run(ref: str | None, root: Path = DEFAULT_ROOT, pull: bool = True) -> t
         named = ref if ref is not None and run_dir == Path(ref) else str(run_dir)
         raise ClusterError(f"{named}: not an orchc run ({_joined(named, RUN_FILE)}: {exc.strerror or exc})") from None
     run = parse_run(text, str(path))
-    if pull and run.remote is not None:
-        try:
-            pull_run(run_dir, run)
-        except ClusterError as error:
-            from ..core.terminal import terminal_text  # the error may quote the login node's answer
-
-            print(f"orchc: warning: showing the copy of {run_dir} from the last pull: {terminal_text(error, lines=True)}",
-                  file=sys.stderr)
+    if pull:
+        refresh_copy(run_dir, run)
     return run_dir, run
+
+
+def refresh_copy(run_dir: Path, run: Run, unreachable_is_error: bool = False) -> None:
+    """pull_run; when that fails, a warning (the last copy is read). `unreachable_is_error`: a login node that does
+    not answer is the error (for a command whose next question would fail with the same cause: said once)."""
+    if run.remote is None:
+        return
+    from .ssh import Unreachable
+
+    try:
+        pull_run(run_dir, run)
+    except ClusterError as error:
+        if unreachable_is_error and isinstance(error, Unreachable):
+            raise
+        from ..core.terminal import terminal_text  # the error may quote the login node's answer
+
+        print(f"orchc: warning: showing the copy of {run_dir} from the last pull: {terminal_text(error, lines=True)}",
+              file=sys.stderr)
 
 
 def _run_folder(ref: str, root: Path) -> Path:
@@ -243,23 +257,27 @@ def _remote_place(value: Any, site: str, damaged: Callable[[str], ClusterError])
 
     if value is None:
         return None
-    keys = {"host", "port", "user", "identity_file", "options", "run_dir"}
+    keys = {"host", "port", "user", "identity_file", "options", "run_dir", "setup", "setup_hmac"}
     if not isinstance(value, dict) or not set(value) <= keys or not {"host", "run_dir"} <= set(value):
-        raise damaged("remote is not {host, port, user, identity_file, options, run_dir}")
+        raise damaged("remote is not {host, port, user, identity_file, options, run_dir, setup, setup_hmac}")
     host, port, user, identity, options, folder = (value.get(key) for key in
                                                    ("host", "port", "user", "identity_file", "options", "run_dir"))
     if not isinstance(host, str) or not isinstance(folder, str) or not folder.startswith("/"):
         raise damaged("remote needs a host and an absolute run_dir")
     if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
         raise damaged("remote port is not a number")
-    if any(item is not None and not isinstance(item, str) for item in (user, identity)):
-        raise damaged("remote user and identity_file are text")
+    setup = value.get("setup") or ""
+    if any(item is not None and not isinstance(item, str) for item in (user, identity, setup)):
+        raise damaged("remote user, identity_file and setup are text")
+    if setup and not _setup_vouched(setup, value.get("setup_hmac")):
+        raise damaged("remote setup is not vouched for by your run key: a run folder made by another user or "
+                      "machine runs no ssh.setup of its own on your login node (submit it again from here)")
     if options is None:
         options = []
     if not isinstance(options, list) or not all(isinstance(option, str) for option in options):
         raise damaged("remote options are not a list of Key=Value")
     try:
-        return check_target(Target(host, port, user, identity, folder, tuple(options), site))
+        return check_target(Target(host, port, user, identity, folder, tuple(options), site, setup))
     except ClusterError as error:
         raise damaged(f"remote: {error}") from None
 
@@ -353,6 +371,19 @@ def run_key(create: bool) -> bytes:
     if not re.fullmatch(rb"[0-9a-f]{64}", text):
         raise ClusterError(f"the run key {path} is damaged (not 64 hex digits); delete it to make a new one")
     return bytes.fromhex(text.decode("ascii"))
+
+
+def setup_hmac(key: bytes, setup: str) -> str:
+    """HMAC-SHA256 of a run's ssh.setup: run.json carries it, so a setup runs only from this user's own runs."""
+    return scripts_hmac(key, {"ssh.setup": setup})
+
+
+def _setup_vouched(setup: str, mac: Any) -> bool:
+    try:
+        key = run_key(create=False)
+    except ClusterError:
+        return False
+    return isinstance(mac, str) and hmac.compare_digest(mac, setup_hmac(key, setup))
 
 
 def scripts_hmac(key: bytes, files: dict[str, str]) -> str:

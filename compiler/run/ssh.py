@@ -13,7 +13,7 @@ is bounded by a timeout, and every failure is a ClusterError that says what went
 
 Where the target comes from (lowest first): the site profile's `ssh:` block, the user's
 `$XDG_CONFIG_HOME/orchc/sites/<site>.yaml` (its `ssh:` block, key by key), then
-ORCHC_SSH_HOST, ORCHC_SSH_PORT, ORCHC_SSH_USER, ORCHC_SSH_IDENTITY_FILE, ORCHC_SSH_REMOTE_DIR.
+ORCHC_SSH_HOST, ORCHC_SSH_PORT, ORCHC_SSH_USER, ORCHC_SSH_IDENTITY_FILE, ORCHC_SSH_REMOTE_DIR, ORCHC_SSH_SETUP.
 ORCHC_SSH_DEBUG=1 prints every ssh and rsync call to stderr (round trips are counted in CALLS).
 """
 
@@ -46,7 +46,7 @@ TRANSFER_TIMEOUT = 300.0
 NOT_PULLED_KINDS = ("--no-links", "--no-devices", "--no-specials")
 DEBUG_VARIABLE = "ORCHC_SSH_DEBUG"
 ENV_KEYS = {"host": "ORCHC_SSH_HOST", "port": "ORCHC_SSH_PORT", "user": "ORCHC_SSH_USER",
-            "identity_file": "ORCHC_SSH_IDENTITY_FILE", "remote_dir": "ORCHC_SSH_REMOTE_DIR"}
+            "identity_file": "ORCHC_SSH_IDENTITY_FILE", "remote_dir": "ORCHC_SSH_REMOTE_DIR", "setup": "ORCHC_SSH_SETUP"}
 _SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")   # a site name (common.schema.json): no slash
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:%-]{0,252}")
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
@@ -54,6 +54,9 @@ _OPTION = re.compile(r"([A-Za-z][A-Za-z0-9]{0,40})=([^\x00-\x1f\x7f]{0,400})")
 # A remote folder: printable, no glob character (rsync expands those on the remote side), no leading '-'.
 _REMOTE_PATH = re.compile(r"[^\x00-\x1f\x7f*?\[\]\\-][^\x00-\x1f\x7f*?\[\]\\]{0,1000}")
 _LOCAL_PATH = re.compile(r"[^\x00-\x1f\x7f]{1,1000}")
+_SETUP = re.compile(r"[^\x00-\x1f\x7f]{0,2000}")   # one line of printable text (site.schema.json's ssh.setup)
+SETUP_FAILED = "orchc: ssh.setup failed, exit status"
+"""what the remote side prints (on stderr) when the site's setup fails: the command did not run"""
 
 # --- which ssh options may come from a file: an allow-list, each value checked -------------------------
 #
@@ -208,9 +211,15 @@ class Target:
     options: tuple[str, ...] = ()
     site: str = field(default="", compare=False)
     """the site whose user override (~/.config/orchc/sites/<site>.yaml) may vouch for more than the allow-list"""
+    setup: str = ""
+    """shell text run before each remote command (the site's ssh.setup, e.g. `module load slurm`)"""
 
     def shown(self) -> str:
         return f"{self.user + '@' if self.user else ''}{self.host}{':' + str(self.port) if self.port else ''}"
+
+    def ssh_command(self) -> str:
+        """The plain `ssh` command that reaches the target (ssh takes the port as -p, never as host:port)."""
+        return f"ssh {'-p ' + str(self.port) + ' ' if self.port else ''}{self.user + '@' if self.user else ''}{self.host}"
 
 
 def check_target(target: Target) -> Target:
@@ -225,6 +234,8 @@ def check_target(target: Target) -> Target:
         raise ClusterError(f"ssh user {target.user[:60]!r} is not a user name")
     if target.identity_file is not None and not _LOCAL_PATH.fullmatch(target.identity_file):
         raise ClusterError("ssh identity_file is not a path")
+    if not isinstance(target.setup, str) or not _SETUP.fullmatch(target.setup):
+        raise ClusterError("ssh setup is not one line of printable text (at most 2000 characters)")
     if not _REMOTE_PATH.fullmatch(target.remote_dir):
         raise ClusterError(f"remote folder {target.remote_dir[:60]!r} must be printable, must not start with '-' "
                            "and holds no * ? [ ] or backslash")
@@ -267,7 +278,7 @@ def site_target(site_name: str, site_file: str | None) -> Target | None:
     try:
         return check_target(Target(merged["host"], merged.get("port"), merged.get("user"), merged.get("identity_file"),
                                    _home_relative(merged.get("remote_dir", DEFAULT_REMOTE_DIR)),
-                                   tuple(merged.get("options", ())), site_name))
+                                   tuple(merged.get("options", ())), site_name, merged.get("setup", "")))
     except ClusterError as error:
         raise ClusterError(f"site {site_name}: {error}") from None
 
@@ -308,7 +319,7 @@ def _ssh_block(path: Path, what: str, allow_other_keys: bool, allowed: Mapping[s
                 else None
             if why is not None and why.endswith("is not allowed"):
                 why += f" in a {what}: only {allowed_names(allowed)} may come from one" + (
-                    " (known-hosts files: in your own ~/.config/orchc/sites/<site>.yaml; anything else: in "
+                    f" (known-hosts files: in your own {config_dir()}/<site>.yaml; anything else: in "
                     "~/.ssh/config for the host)" if allowed is ALLOWED_OPTIONS else " (anything else: in ~/.ssh/config)")
             if why is not None:
                 problems.add(item.loc, why)
@@ -316,7 +327,7 @@ def _ssh_block(path: Path, what: str, allow_other_keys: bool, allowed: Mapping[s
         if allowed is ALLOWED_OPTIONS and identity is not None and isinstance(identity.value, str):
             why = identity_problem(identity.value)
             if why is not None:
-                problems.add(identity.loc, f"{why} (a key elsewhere: in your own ~/.config/orchc/sites/<site>.yaml)")
+                problems.add(identity.loc, f"{why} (a key elsewhere: in your own {config_dir()}/<site>.yaml)")
     problems.raise_if_any()
     data = doc.plain().get("ssh") if isinstance(doc.plain(), dict) else None
     return dict(data) if isinstance(data, dict) else {}
@@ -368,18 +379,77 @@ def socket_dir() -> Path:
     return folder
 
 
+class Unreachable(ClusterError):
+    """The login node did not answer, or the connection to it ended: it may well be back in a moment."""
+
+
+GRACE_SECONDS = 120.0
+GRACE_VARIABLE = "ORCHC_SSH_GRACE"
+_UNREACHABLE_WORDS = ("connection refused", "timed out", "timeout", "no route to host", "network is unreachable",
+                      "connection closed", "connection reset", "broken pipe", "kex_exchange_identification",
+                      "could not resolve hostname", "name or service not known")
+
+
+def failure(what: str, stderr: str, target: Target) -> ClusterError:
+    """The error of an ssh failure (exit 255): Unreachable when trying again later may work."""
+    lowered = stderr.lower()
+    said = f"{what}: {classify(stderr, target)}"
+    if not stderr.strip() or (any(word in lowered for word in _UNREACHABLE_WORDS)
+                              and "permission denied" not in lowered and "host key" not in lowered):
+        return Unreachable(said)
+    return ClusterError(said)
+
+
+def grace_seconds() -> float:
+    """How long `status --watch` and `logs -f` keep trying a login node that does not answer."""
+    text = os.environ.get(GRACE_VARIABLE, "")
+    if not text:
+        return GRACE_SECONDS
+    if not text.isdigit() or int(text) > 86400:
+        raise ClusterError(f"{GRACE_VARIABLE}={text[:20]!r} is not a whole number of seconds (0-86400)")
+    return float(text)
+
+
+def patiently(call: Callable[[], Any], grace: float | None = None,
+              say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> Any:
+    """call(), tried again with growing pauses (1, 2, 4, 8, 15 s) while it raises Unreachable, for up to `grace`
+    seconds (default: grace_seconds()); the last error once that has passed. Says so when it starts waiting,
+    and when the login node is back."""
+    grace = grace_seconds() if grace is None else grace
+    deadline: float | None = None
+    pause = 1.0
+    while True:
+        try:
+            result = call()
+        except Unreachable as error:
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + grace
+                say(f"orchc: {error}; trying again for up to {grace:g} s ({GRACE_VARIABLE})")
+            if now >= deadline:
+                raise Unreachable(f"{error} (still, after {grace:g} s of trying)") from None
+            time.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, 15.0)
+            continue
+        if deadline is not None:
+            say("orchc: the login node answers again; going on")
+        return result
+
+
 def classify(stderr: str, target: Target) -> str:
     """What an ssh failure (exit 255) means, in words a user can act on."""
     text = stderr.strip()
     where = target.shown()
     lowered = text.lower()
+    known_hosts = next((option.partition("=")[2] for option in target.options
+                        if option.lower().startswith("userknownhostsfile=")), "~/.ssh/known_hosts")
     if "remote host identification has changed" in lowered or ("host key for" in lowered and "has changed" in lowered):
         return (f"the host key of {where} has CHANGED (possible man-in-the-middle, or the host was reinstalled); "
-                "check it, then fix ~/.ssh/known_hosts (ssh-keygen -R HOST)")
+                f"check it, then fix {known_hosts} (ssh-keygen -f {known_hosts} -R HOST)")
     if "host key verification failed" in lowered or "no matching host key" in lowered \
             or "host key is not known" in lowered:
-        return (f"the host key of {where} is not known or does not match ~/.ssh/known_hosts; "
-                f"connect once with `ssh {where}` to check and accept it")
+        return (f"the host key of {where} is not known or does not match {known_hosts}; "
+                f"connect once with `{target.ssh_command()}` to check and accept it")
     if "permission denied" in lowered or "too many authentication failures" in lowered:
         return (f"{where} refused the login (no accepted key; orchc never asks for a password: load the key into "
                 "ssh-agent or set identity_file)")
@@ -425,15 +495,24 @@ def _run(words: Sequence[str], timeout: float, what: str, stdin: str | None = No
     return Answer(process.returncode, out, err)
 
 
-def remote_command(words: Sequence[str], cwd: str | None = None, env: Mapping[str, str] | None = None) -> str:
-    """One shell command line for the remote side: every word quoted; `cd` first, variables through `env`."""
-    parts = []
+def remote_command(words: Sequence[str], cwd: str | None = None, env: Mapping[str, str] | None = None,
+                   setup: str = "") -> str:
+    """One shell command line for the remote side: every word quoted; the setup, then `cd`, variables through
+    `env`."""
+    parts = [setup_prefix(setup)] if setup else []
     if cwd is not None:
         parts.append(f"cd -- {shlex.quote(cwd)} &&")
     if env:
         parts.append("env " + " ".join(shlex.quote(f"{key}={value}") for key, value in env.items()))
     parts.append(" ".join(shlex.quote(word) for word in words))
     return " ".join(parts)
+
+
+def setup_prefix(setup: str) -> str:
+    """The site's setup, run first in the remote shell itself (so that what it exports stays), as one quoted word
+    of a fixed frame: nothing in it can reach into the command after it. What it prints goes to stderr (stdout
+    carries job ids, folders and rsync's protocol); when it fails, the command does not run."""
+    return f"{{ eval {shlex.quote(setup)}; }} >&2 || {{ echo \"{SETUP_FAILED} $?\" >&2; exit 125; }};"
 
 
 def connect_timeout() -> int:
@@ -484,6 +563,7 @@ class Connection:
         self.master_pid = self._check()
         if self.master_pid is not None:
             return
+        self._check_key()
         try:
             os.unlink(self.socket)   # a socket left by a master that died
         except OSError:
@@ -502,8 +582,8 @@ class Connection:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-                raise ClusterError(f"cannot connect to {self.target.shown()}: no answer within "
-                                   f"{self.connect_timeout + 20} s") from None
+                raise Unreachable(f"cannot connect to {self.target.shown()}: no answer within "
+                                  f"{self.connect_timeout + 20} s") from None
             except BaseException:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
@@ -511,11 +591,18 @@ class Connection:
             log.seek(0)
             err = log.read()
         if code != 0:
-            raise ClusterError(f"cannot connect to {self.target.shown()}: {classify(err, self.target)}")
+            raise failure(f"cannot connect to {self.target.shown()}", err, self.target)
         self.master_pid = self._check()
         if self.master_pid is None:
             raise ClusterError(f"cannot connect to {self.target.shown()}: the ssh master started but does not answer "
                                f"on {self.socket}")
+
+    def _check_key(self) -> None:
+        """A ClusterError when the identity file named is not there (ssh would only say that the login was refused)."""
+        named = self.target.identity_file
+        if named is not None and not os.path.isfile(os.path.expanduser(named)):
+            raise ClusterError(f"cannot connect to {self.target.shown()}: the key file {os.path.expanduser(named)} "
+                               f"(identity_file) does not exist")
 
     def _check(self) -> int | None:
         """The pid of the master serving the socket, None when there is none (a local question, no network)."""
@@ -532,34 +619,57 @@ class Connection:
         """Run a command on the login node; its exit status and output. An ssh failure is a ClusterError.
         `retry`: the command may run twice (a question, not sbatch); it is run again once over a new connection
         when the connection dropped."""
-        command = remote_command(words, cwd, env)
+        command = remote_command(words, cwd, env, self.target.setup)
         for attempt in (1, 2):
             self.connect()
             ssh = [*self._ssh(), command]
             _debug("run", ssh)
             answer = _run(ssh, self.timeout if timeout is None else timeout,
                           f"{shlex.join(words)[:80]} on {self.target.shown()}")
+            self._check_setup(answer.err)
             if answer.code != 255:
                 return answer
             dropped = self.master_pid is not None and not _alive(self.master_pid)
             if retry and attempt == 1 and (dropped or _is_dropped(answer.err)):
                 self.master_pid = None
                 continue
-            raise ClusterError(f"{words[0]} on {self.target.shown()}: {classify(answer.err, self.target)}")
+            raise failure(f"{words[0]} on {self.target.shown()}", answer.err, self.target)
         raise AssertionError("unreachable")
 
-    def _rsync(self, kind: str, source: str, destination: str, extra: Sequence[str], timeout: float) -> None:
+    def _check_setup(self, err: str) -> None:
+        """A ClusterError when the remote side says the site's setup failed (then nothing else ran)."""
+        if SETUP_FAILED not in err:
+            return
+        before, _, after = err.partition(SETUP_FAILED)
+        status = after.split()[0] if after.split() else "?"
+        raise ClusterError(f"ssh.setup {self.target.setup[:200]!r} failed on {self.target.shown()} (exit status "
+                           f"{status}): {_last_line(before) or 'no message'}")
+
+    def _rsync(self, kind: str, source: str, destination: str, extra: Sequence[str], timeout: float,
+               remote: str) -> None:
         """rsync over the master; copies are idempotent, so one that lost its connection is made again once
-        over a new one."""
+        over a new one. `remote`: the folder on the login node, named when it is missing."""
+        # rsync's remote end may be on PATH only after the setup, as SLURM's commands are
+        setup = ["--rsync-path", f"{setup_prefix(self.target.setup)} rsync"] if self.target.setup else []
         for attempt in (1, 2):
             self.connect()
             shell = shlex.join(["ssh", *self.ssh_options()])
             words = ["rsync", "-a", "--no-owner", "--no-group", "--protect-args", "--timeout",
-                     str(int(max(timeout, 10))), "-e", shell, *extra, "--", source, destination]
+                     str(int(max(timeout, 10))), "-e", shell, *setup, *extra, "--", source, destination]
             _debug(kind, words)
             answer = _run(words, timeout, f"rsync ({kind}) with {self.target.shown()}")
             if answer.code == 0:
                 return
+            self._check_setup(answer.err)
+            missing = _missing_folder(answer.err)
+            if missing:   # rsync's side that found no folder stops, and the other one then reports a broken pipe
+                raise ClusterError(f"rsync ({kind}) with {self.target.shown()}: the remote folder {remote} is missing "
+                                   f"(purged there, or never copied): {missing}")
+            if answer.code == 2 and "is your shell clean" in answer.err:
+                raise ClusterError(f"rsync ({kind}) with {self.target.shown()}: protocol incompatibility (rsync asks: "
+                                   f"is your shell clean?): the login shell there prints something when it starts "
+                                   f"(an echo in ~/.bashrc, ~/.profile, ...); make it print only when interactive "
+                                   f"(`[[ $- == *i* ]] && echo ...`); `{self.target.ssh_command()} true | wc -c` must say 0")
             # 255: ssh failed; 10, 12, 30, 35: rsync's socket, protocol stream and timeout errors
             dropped = answer.code < 0 or answer.code in (255, 10, 12, 30, 35) or _is_dropped(answer.err) \
                 or (self.master_pid is not None and not _alive(self.master_pid))
@@ -567,7 +677,7 @@ class Connection:
                 self.master_pid = None
                 continue
             if dropped:
-                raise ClusterError(f"rsync ({kind}) with {self.target.shown()}: {classify(answer.err, self.target)}")
+                raise failure(f"rsync ({kind}) with {self.target.shown()}", answer.err, self.target)
             raise ClusterError(f"rsync ({kind}) with {self.target.shown()} failed (exit status {answer.code}): "
                                f"{_last_line(answer.err) or 'no message'}")
 
@@ -577,7 +687,7 @@ class Connection:
     def push(self, local: Path, remote: str, exclude: Sequence[str] = ()) -> None:
         """Copy the local folder's content into the remote folder (incremental)."""
         self._rsync("push", f"{local}/", self._remote(f"{remote}/"),
-                    [f"--exclude=/{name}" for name in exclude], TRANSFER_TIMEOUT)
+                    [f"--exclude=/{name}" for name in exclude], TRANSFER_TIMEOUT, remote)
 
     def pull(self, remote: str, local: Path, exclude: Sequence[str] = (), mirrored: Sequence[str] = ()) -> None:
         """Copy what changed in the remote folder into the local one (regular files and folders only: no symlink,
@@ -588,7 +698,7 @@ class Connection:
         # only files and folders come over: a symlink made on the cluster side would have orchc read (and print)
         # a file of this machine outside the run folder; a device or FIFO is no run's output either
         self._rsync("pull", self._remote(f"{remote}/"), f"{local}/", ["--delete", *NOT_PULLED_KINDS, *filters],
-                    TRANSFER_TIMEOUT)
+                    TRANSFER_TIMEOUT, remote)
 
     def forward(self, local_port: int, host: str, port: int) -> str:
         """Listen on 127.0.0.1:local_port here, forwarded through the master to host:port; returns the spec."""
@@ -607,13 +717,22 @@ class Connection:
         _debug("cancel", words)
         _run(words, 10, "ssh -O cancel")
 
-    def close(self) -> None:
-        """Stop the master (normally it persists a minute for the next command)."""
-        if os.path.exists(self.socket):
-            words = self._ssh("-O", "exit")
-            _debug("exit", words)
-            _run(words, 10, "ssh -O exit")
+    def close(self) -> bool:
+        """Stop the master (normally it persists a minute for the next command); whether one was there."""
         self.master_pid = None
+        return os.path.exists(self.socket) and _exit_master(self.socket)
+
+
+def _exit_master(socket: str) -> bool:
+    """Ask the master on `socket` to exit (`ssh -O exit`; local, no network); whether one did."""
+    words = ["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "orchc-master"]
+    _debug("exit", words)
+    return _run(words, 10, "ssh -O exit").code == 0
+
+
+def close_all() -> int:
+    """Stop every master of this user's orchc connections (the sockets in socket_dir()); how many there were."""
+    return sum(_exit_master(str(path)) for path in sorted(socket_dir().iterdir()) if stat.S_ISSOCK(path.lstat().st_mode))
 
 
 def _as_checked(option: str) -> str:
@@ -631,6 +750,15 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _missing_folder(err: str) -> str:
+    """rsync's line saying a remote folder does not exist (change_dir, mkdir of the destination), '' when none."""
+    for line in err.splitlines():
+        if line.startswith("rsync:") and "No such file or directory" in line and \
+                any(word in line for word in ("change_dir", "mkdir", "link_stat")):
+            return line.strip()[:300]
+    return ""
 
 
 def _is_dropped(err: str) -> bool:
@@ -660,6 +788,10 @@ def runner_for(conn: Connection) -> Any:
     def run(command: Sequence[str], timeout: float, cwd: Path | None = None,
             env: Mapping[str, str] | None = None, idempotent: bool = True) -> SlurmAnswer:
         answer = conn.run(command, timeout, None if cwd is None else str(cwd), env, retry=idempotent)
+        if answer.code == 127 and command[0] in ("sbatch", "squeue", "scancel"):   # sacct may be missing: asked politely
+            raise ClusterError(f"{command[0]} not found on PATH on {conn.target.shown()}: {not_on_path_hint()}")
+        if answer.code != 0:    # SLURM's message, and where it came from
+            return SlurmAnswer(answer.code, answer.out, f"{answer.err.strip()} (on {conn.target.shown()})")
         return SlurmAnswer(answer.code, answer.out, answer.err)
     return run
 
@@ -678,7 +810,7 @@ def prepare(conn: Connection, name: str) -> str:
     if answer.code == 3:
         raise ClusterError(f"cannot make the remote folder {where}: {_last_line(answer.err)}")
     if answer.code == 4:
-        raise ClusterError(f"sbatch not found on PATH on {conn.target.shown()}: is SLURM there (a login node)?")
+        raise ClusterError(f"sbatch not found on PATH on {conn.target.shown()}: {not_on_path_hint()}")
     if answer.code == 5:
         raise ClusterError(f"the remote run folder {where}/{name} already exists; choose another --run-dir")
     if answer.code != 0:
@@ -687,6 +819,11 @@ def prepare(conn: Connection, name: str) -> str:
     if not folder.startswith("/") or not _REMOTE_PATH.fullmatch(folder):
         raise ClusterError(f"{conn.target.shown()} answered {folder[:80]!r} for the remote folder")
     return f"{folder.rstrip('/')}/{name}"
+
+
+def not_on_path_hint() -> str:
+    return ("is SLURM there (a login node)? If it needs a step first (`module load slurm`), give it as ssh.setup in "
+            f"the site profile or your {config_dir()}/<site>.yaml")
 
 
 def wait_until_interrupted() -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ClusterError
+from .ssh import patiently  # a login node that went away for a moment: --watch waits for it
 
 if TYPE_CHECKING:
     from .runs import Run, RunJob, RunListing
@@ -156,9 +157,10 @@ def snapshot(run_dir: Path, run: Run, scheduler: Scheduler, points: Mapping[str,
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ..core.terminal import is_terminal, print_table, terminal_text
-    from .runs import current_state, load_run, scheduler_for
+    from .runs import current_state, load_run, refresh_copy, scheduler_for
 
-    run_dir, run = load_run(args.run_ref)
+    run_dir, run = load_run(args.run_ref, pull=False)
+    refresh_copy(run_dir, run, unreachable_is_error=True)    # (squeue would fail next, with the same cause)
     scheduler = scheduler_for(run)
     points = point_of_client(run_dir)
     now = snapshot(run_dir, run, scheduler, points)
@@ -229,7 +231,7 @@ def _watch_log(run_dir: Path, run: Run, scheduler: Scheduler, points: Mapping[st
             return now
         unknown.check(now.current)
         time.sleep(interval)
-        now = snapshot(run_dir, run, scheduler, points, pull=True)
+        now = patiently(lambda: snapshot(run_dir, run, scheduler, points, pull=True))
 
 
 def _watched(row: list[str] | None) -> list[str] | None:
@@ -262,7 +264,7 @@ def _watch_live(title: str, run_dir: Path, run: Run, scheduler: Scheduler, point
         while not now.ended:
             unknown.check(now.current)
             time.sleep(interval)
-            now = snapshot(run_dir, run, scheduler, points, pull=True)
+            now = patiently(lambda: snapshot(run_dir, run, scheduler, points, pull=True))
             live.update(view(now))
     return now
 

@@ -108,7 +108,9 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def make_server() -> Server:
+def make_server(extra_config: str = "") -> Server:
+    """A started server; `extra_config`: more sshd_config lines (a login node of another shape: SetEnv PATH=...,
+    ForceCommand ...)."""
     user = ensure_user()
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)      # sshd's privilege separation folder
     folder = Path(tempfile.mkdtemp(prefix="orchc-sshd-"))
@@ -125,7 +127,7 @@ def make_server() -> Server:
         "UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
         f"AuthorizedKeysFile {authorized}\nStrictModes no\nAllowUsers {user.pw_name}\nPermitRootLogin no\n"
         "AllowTcpForwarding yes\nX11Forwarding no\nPrintMotd no\nLogLevel VERBOSE\nMaxStartups 50\n"
-        "MaxSessions 50\n")
+        "MaxSessions 50\n" + extra_config)
     host_key = (folder / "host_key.pub").read_text().split()
     known = folder / "known_hosts"
     known.write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
