@@ -157,6 +157,13 @@ def _comment(text: str) -> str:
 
 
 def cmd_types(args: argparse.Namespace) -> int:
+    from .load import new_sources, reading_into
+
+    with reading_into(new_sources()):   # the type files' texts, for its errors' excerpts
+        return _list_types(args)
+
+
+def _list_types(args: argparse.Namespace) -> int:
     from .report import print_table
     from .typedefs import Registry
 

@@ -42,21 +42,22 @@ def resolve_all(paths: list[Path], options: Options) -> list[Recipe]:
 
     One compile session for all of them (session.py): each recipe holds it, so rendering and writing them
     shares its caches; it goes when they go."""
-    registry = Registry(options.defs)
     session = CompileSession()
-    problems = Collector()
-    recipes: list[Recipe] = []
-    for path in paths:
-        found = Collector()
-        try:
-            recipe = _resolved(path, registry, session, options, found)
-            if recipe is not None:
-                recipes.append(recipe)
-        except OrchcError as error:
-            found.absorb(error)
-        problems.problems += found.problems
-    problems.raise_if_any()
-    _check_unique_names(recipes)
+    with session.active():
+        registry = Registry(options.defs)
+        problems = Collector()
+        recipes: list[Recipe] = []
+        for path in paths:
+            found = Collector()
+            try:
+                recipe = _resolved(path, registry, session, options, found)
+                if recipe is not None:
+                    recipes.append(recipe)
+            except OrchcError as error:
+                found.absorb(error)
+            problems.problems += found.problems
+        problems.raise_if_any()
+        _check_unique_names(recipes)
     return recipes
 
 

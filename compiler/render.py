@@ -43,6 +43,12 @@ def render_recipe(recipe: Recipe) -> dict[str, str]:
 
 
 def render_job(job: ResolvedJob, recipe: Recipe) -> str:
+    """The text of the job's script, rendered in the recipe's compile session (its caches, the texts it loaded)."""
+    with recipe.session.active():
+        return _script_of(job, recipe)
+
+
+def _script_of(job: ResolvedJob, recipe: Recipe) -> str:
     origins = recipe.origins[job.name]
     values = ShellValues()
     context = _context(job, recipe, origins)

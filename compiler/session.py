@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Hashable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
+
+from .load import new_sources, reading_into
 
 T = TypeVar("T")
 
@@ -27,7 +30,7 @@ class CompileSession:
     object while the entry lives; the entries live only as long as the session.
     """
 
-    __slots__ = ("_tables", "caching", "reads", "renders", "scans", "seen", "templates")
+    __slots__ = ("_tables", "caching", "reads", "renders", "scans", "seen", "sources", "templates")
 
     def __init__(self, caching: bool | None = None) -> None:
         self.caching = not os.environ.get("ORCHC_NO_CACHE") if caching is None else caching
@@ -42,7 +45,13 @@ class CompileSession:
         """(kind, source) -> the compiled Jinja template"""
         self.scans: dict[str, Any] = {}
         """a rendered shell text -> its placeholders as the shell lexer reads them (shellscan.scan)"""
+        self.sources = new_sources()
+        """the text of every file the compile loaded, for error excerpts and template lines"""
         self._tables: dict[str, dict[Any, Any]] = {}
+
+    def active(self) -> AbstractContextManager[None]:
+        """Within it, the files loaded are the session's, and an OrchcError that leaves it carries their texts."""
+        return reading_into(self.sources)
 
     def table(self, name: str) -> dict[Any, Any]:
         """The session's table `name` (created empty the first time), for a module that manages its entries."""

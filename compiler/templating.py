@@ -25,7 +25,7 @@ from typing import Any
 
 from . import __version__
 from .errors import OrchcError, did_you_mean
-from .load import source_text
+from .load import current_sources
 from .resources import templates_dir
 from .session import CompileSession
 from .shell import Raw, SiteCode, excerpt_of, shell_word, text_value
@@ -128,7 +128,7 @@ def _script_lines(lines: Any) -> Raw:
     return Raw("\n".join(_script_value(line) for line in lines))
 
 
-@cache
+@cache   # three environments, process-wide: orchc's own; Jinja's cache in each keeps at most 400 templates
 def environment(kind: str) -> Any:
     from jinja2 import ChoiceLoader, Environment, FileSystemLoader, FunctionLoader, StrictUndefined, pass_context
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -665,18 +665,9 @@ def _at_name(loc: SourceLoc, node: Node, name: str) -> SourceLoc:
     return SourceLoc(loc.file, loc.line, found.start() + 1) if found else loc
 
 
-_LINES: dict[str, tuple[str, list[str]]] = {}
-
-
 def _lines_of(file: str) -> list[str]:
     """The lines of a loaded file, split once per text (every job of a type asks for the same file's)."""
-    text = source_text(file)
-    if not text:
-        return []
-    known = _LINES.get(file)
-    if known is None or known[0] is not text:
-        known = _LINES[file] = (text, text.splitlines())
-    return known[1]
+    return current_sources().lines(file) or []
 
 
 def template_line(node: Node, line: int) -> SourceLoc:
@@ -732,6 +723,7 @@ class _Budget:
 
 
 _BUDGET: _Budget = _Budget()
+"""The render under way's (reset by each): a counter, not a cache."""
 
 
 def _counted_iter(context: Any, iterable: Any) -> Iterator[Any]:

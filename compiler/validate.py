@@ -17,6 +17,8 @@ from .resources import schemas_dir
 from .source import Node, format_path
 
 
+# The shipped schemas (recipe, site, type) and their validators: process-wide, as few as the files in schemas/,
+# and the same whatever is compiled. The validators of types are each TypeDef's own (a compile session's).
 @cache
 def _schema(kind: str) -> dict[str, Any]:
     """A shipped schema with its `$ref`s inlined: validating then needs no reference lookups."""
@@ -121,7 +123,7 @@ _ASCII_CLASSES = {"d": ("[0-9]", "0-9"), "D": ("[^0-9]", None), "w": ("[A-Za-z0-
                   "W": ("[^A-Za-z0-9_]", None)}
 
 
-@cache
+@lru_cache(maxsize=512)   # bounded, as `re` bounds its own cache of patterns: a pure function of the pattern
 def ecma_regex(pattern: str) -> re.Pattern[str]:
     """A JSON Schema pattern (ECMA 262 syntax) as a Python regex with the same meaning for orchc's uses:
     `$` matches only at the very end (Python's also matches before a final newline), and `\\d`, `\\w`
