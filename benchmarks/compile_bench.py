@@ -69,8 +69,8 @@ def main() -> int:
 def stage_times(recipes: list[Path], out: Path) -> list[tuple[str, float]]:
     """Where the time of a large compile goes: resolve+validate, render, write."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from compiler.emit import build_output, write_outputs
-    from compiler.pipeline import Options, resolve_all
+    from compiler.output.emit import build_output, write_outputs
+    from compiler.output.pipeline import Options, resolve_all
 
     marks = [time.perf_counter()]
     resolved = resolve_all(recipes, Options())

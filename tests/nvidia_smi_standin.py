@@ -4,7 +4,7 @@ Tests put it first on PATH as `nvidia-smi` (see `install`). Given exactly
 
     nvidia-smi --query-gpu=FIELDS --format=csv,nounits -l SECONDS
 
-(FIELDS as the sampler of compiler/templates/runtime.sh.j2 asks), it prints the CSV header, then every
+(FIELDS as the sampler of compiler/script/templates/runtime.sh.j2 asks), it prints the CSV header, then every
 SECONDS one row per GPU (`ORCHC_STANDIN_GPUS`, default 2) whose values follow from the sample number and
 the GPU index (`row`), flushed at once, until it is stopped. Any other command line is refused (exit 2),
 so a test fails when the sampler's flags change. Column names follow nvidia-smi's CSV header (units in

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from test_compare import results, sweep_run
 
-import compiler.htmlreport as htmlreport
-import compiler.points as points
+import compiler.results.points as points
+import compiler.results.report as htmlreport
 
 
 class Counted(dict):

@@ -1,4 +1,4 @@
-"""allocation: one (compiler/allocation.py): a recipe's jobs as srun steps of one SLURM allocation.
+"""allocation: one (compiler/script/allocation.py): a recipe's jobs as srun steps of one SLURM allocation.
 
 Compile side: the outer script, its resources, the manifest and the plan, submit.sh, located errors,
 shellcheck. On the test cluster: a redis service and a two-client ladder in one allocation, and cancel.
@@ -19,8 +19,8 @@ from test_cluster import orchc as cluster_orchc
 from test_runs import FakeSlurm
 from test_runs import orchc as fake_orchc
 
-from compiler.errors import ClusterError
-from compiler.plan import ALLOCATION_SCRIPT, plan_from_manifest
+from compiler.core.errors import ClusterError
+from compiler.output.plan import ALLOCATION_SCRIPT, plan_from_manifest
 
 LADDER = """\
 name: ladder

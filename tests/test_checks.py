@@ -1,4 +1,4 @@
-"""The checks stage (compiler/checks.py): every semantic check, located, before anything is rendered;
+"""The checks stage (compiler/recipe/checks.py): every semantic check, located, before anything is rendered;
 and the resolved job it reads: one frozen model, which `orchc show` prints."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def test_environment_names_hpc_users_set_are_allowed(orchc, write, tmp_path, nam
 
 
 def test_environment_check_knows_every_name_the_brief_lists():
-    from compiler.checks import refused_environment_name
+    from compiler.recipe.checks import refused_environment_name
 
     for name in REFUSED:
         assert refused_environment_name(name), name
@@ -115,7 +115,7 @@ def test_render_raises_no_semantic_error():
     """render.py only renders: the checks live in checks.py (template and shell-boundary errors stay in templating)."""
     from pathlib import Path
 
-    source = (Path(__file__).resolve().parent.parent / "compiler" / "render.py").read_text()
+    source = (Path(__file__).resolve().parent.parent / "compiler" / "script" / "render.py").read_text()
     assert "needs a `source`" not in source and "no `command`" not in source and "no container" not in source
     assert "65535" not in source
 
@@ -123,7 +123,7 @@ def test_render_raises_no_semantic_error():
 # the resolved job
 
 def _recipe(tmp_path, text: str):
-    from compiler.pipeline import Options, resolve_all
+    from compiler.output.pipeline import Options, resolve_all
 
     path = tmp_path / "r.yaml"
     path.write_text(text)
@@ -161,7 +161,7 @@ def test_origins_locate_values_and_give_positioned_templates(tmp_path):
 
 
 def test_show_prints_the_resolved_job(orchc, write, tmp_path, monkeypatch):
-    from compiler import cli
+    from compiler.cli import main as cli
 
     recipe = write("r.yaml", "service:\n  name: redis\nclient:\n  name: c\n  type: redis_client\naccount: p200981\n")
     result = orchc("show", recipe, cwd=tmp_path)
@@ -169,7 +169,7 @@ def test_show_prints_the_resolved_job(orchc, write, tmp_path, monkeypatch):
     assert "target: redis" in result.out
 
     # what show prints comes from the resolved job: change the job, and show follows
-    import compiler.pipeline as pipeline
+    import compiler.output.pipeline as pipeline
 
     real = pipeline.resolve_all
 

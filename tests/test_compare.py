@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from conftest import ROOT
 
-from compiler.compare import HIGHER, LOWER, NEUTRAL, _print_comparison, compare_rows, direction
+from compiler.results.compare import _print_comparison, compare_rows
+from compiler.results.metrics import HIGHER, LOWER, NEUTRAL, direction
 
 
 def orchc(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -255,8 +256,8 @@ def test_a_missing_run_given_as_a_path_is_named_as_written(tmp_path, written: st
 def test_a_terminal_gets_green_and_red(tmp_path):
     write_run(tmp_path / "a", {"bench": results(BASE)})
     write_run(tmp_path / "b", {"bench": results({**BASE, "set.latency_p99_ms": 3.0, "set.requests_per_s": 2000.0})})
-    from compiler.compare import _sides
-    from compiler.runs import load_run
+    from compiler.results.compare import _sides
+    from compiler.run.runs import load_run
 
     rows = compare_rows(_sides(*load_run(str(tmp_path / "a"))), _sides(*load_run(str(tmp_path / "b"))))
 

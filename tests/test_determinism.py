@@ -188,8 +188,8 @@ def test_job_digests_hash_the_canonical_json_of_the_whole_job(monkeypatch):
 
     from conftest import ROOT
 
-    from compiler import resolve
-    from compiler.pipeline import Options, resolve_all
+    from compiler.output.pipeline import Options, resolve_all
+    from compiler.recipe import resolve
 
     def canonical(recipe, site, data):
         return hashlib.sha256(json.dumps({"recipe": recipe, "site": site, "job": data}, sort_keys=True,
@@ -214,10 +214,10 @@ def test_values_of_a_shared_base_are_checked_again_until_they_passed_once():
     """resolve._validated remembers, in each base (site defaults, type, recipe top merged), the base's values
     that passed their checks in one job, and checks only the others in the next: a base value that fails is
     reported for every job, and a value a job gives in place of a base value that passed is still checked."""
-    from compiler import resolve
-    from compiler.errors import Collector
-    from compiler.source import Node, SourceLoc, from_plain
-    from compiler.typedefs import Registry
+    from compiler.core.errors import Collector
+    from compiler.core.source import Node, SourceLoc, from_plain
+    from compiler.recipe import resolve
+    from compiler.recipe.typedefs import Registry
 
     typedef = Registry([]).resolve("redis")
     at = SourceLoc("r.yaml", 3, 1)
@@ -248,8 +248,8 @@ def test_a_compile_lets_go_of_the_types_of_the_compiles_before_it():
 
     from conftest import ROOT
 
-    from compiler.pipeline import Options, resolve_all
-    from compiler.render import render_recipe
+    from compiler.output.pipeline import Options, resolve_all
+    from compiler.script.render import render_recipe
 
     recipes = resolve_all([ROOT / "examples" / "redis.yaml"], Options())
     render_recipe(recipes[0])

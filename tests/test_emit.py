@@ -167,7 +167,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 
 def test_two_rendering_processes_write_the_bytes_one_writes(tmp_path):
-    from compiler.workers import PARALLEL_FROM
+    from compiler.output.workers import PARALLEL_FROM
 
     (tmp_path / "defs").mkdir()
     (tmp_path / "defs" / "divider.yaml").write_text(DIVIDING_TYPE)
@@ -302,8 +302,8 @@ def test_manifest_text_is_json_dumps_indented_with_sorted_keys():
     """emit.manifest_text writes what json.dumps(indent=2, sort_keys=True) writes, without its encoder."""
     import random
 
-    from compiler.emit import manifest_text
-    from compiler.source import FrozenDict, FrozenList
+    from compiler.core.source import FrozenDict, FrozenList
+    from compiler.output.emit import manifest_text
 
     rng = random.Random(3)
     texts = ["", "a", "é ü", "\x00\x1f\x7f", "\"quoted\" \\ back", "\u2028", "😀", "line\nbreak", "sha256:" + "?" * 64]
@@ -333,8 +333,8 @@ def test_manifest_text_is_json_dumps_indented_with_sorted_keys():
 def test_scripts_are_made_in_the_order_the_digest_takes_them(tmp_path, monkeypatch):
     """Each manifest's digest takes the files in the order of their names; scripts made in another order
     (the recipe's: services before clients) would wait in memory for their turn, most of a big recipe's text."""
-    from compiler import emit
-    from compiler.pipeline import Options, resolve_all
+    from compiler.output import emit
+    from compiler.output.pipeline import Options, resolve_all
 
     services = "".join(f"  - {{name: s{i:03d}, type: redis, maxmemory: {i + 1}mb}}\n" for i in range(40))
     clients = "".join(f"  - {{name: a{i:03d}, type: redis_client, target: s{i:03d}}}\n" for i in range(40))

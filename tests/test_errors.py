@@ -143,7 +143,7 @@ def _commands(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.Argum
 
 def test_every_option_and_argument_of_every_command_has_help():
     """`orchc results --help` says what --json and --csv do; options hidden on purpose (SUPPRESS) are not listed."""
-    from compiler.cli import build_parser
+    from compiler.cli.main import build_parser
 
     commands = _commands(build_parser())
     assert len(commands) >= 15

@@ -1,4 +1,4 @@
-"""compiler/fastschema.py against jsonschema itself: the fast predicate must give jsonschema's answer on
+"""compiler/core/fastschema.py against jsonschema itself: the fast predicate must give jsonschema's answer on
 every instance (never "valid" where jsonschema finds an error), and surely_valid_schema must never call a
 schema valid that the Draft 2020-12 metaschema refuses.
 
@@ -25,13 +25,14 @@ from typing import Any
 import pytest
 from conftest import EXAMPLES, ROOT
 
-from compiler import fastschema, validate
-from compiler.errors import Collector
-from compiler.fastschema import compile_predicate, surely_valid_schema
-from compiler.load import load_file
-from compiler.resolve import resolve_recipe
-from compiler.source import FrozenDict, FrozenList, freeze
-from compiler.typedefs import ORCHC_KEYWORDS, Registry
+from compiler.core import fastschema
+from compiler.core import schema as validate
+from compiler.core.errors import Collector
+from compiler.core.fastschema import compile_predicate, surely_valid_schema
+from compiler.core.load import load_file
+from compiler.core.source import FrozenDict, FrozenList, freeze
+from compiler.recipe.resolve import resolve_recipe
+from compiler.recipe.typedefs import ORCHC_KEYWORDS, Registry
 
 KINDS = ("common", "recipe", "site", "typedef")
 CUSTOM_DEFS = EXAMPLES / "custom" / "defs"
@@ -527,7 +528,7 @@ def test_an_invalid_pattern_is_compiled_and_fails_where_jsonschema_compiles_it()
 
 
 def test_fastschema_imports_no_jsonschema():
-    code = ("import sys, compiler.fastschema as f; p = f.compile_predicate({'type': 'object', 'patternProperties': "
+    code = ("import sys, compiler.core.fastschema as f; p = f.compile_predicate({'type': 'object', 'patternProperties': "
             "{'^a$': {'pattern': '\\\\d'}}, 'additionalProperties': False}); assert p({'a': '1'}) and not p({'b': 1}); "
             "assert f.surely_valid_schema({'type': 'integer'}); "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('jsonschema', 'referencing')); "

@@ -216,7 +216,7 @@ def test_a_type_field_default_with_a_newline_is_located(orchc, write, tmp_path):
 
 
 def test_patterns_match_the_whole_string():
-    from compiler.validate import ecma_regex
+    from compiler.core.fastschema import ecma_regex
 
     assert ecma_regex("^[a-z]+$").search("cpu")
     assert not ecma_regex("^[a-z]+$").search("cpu\n")
@@ -368,8 +368,8 @@ NUMBERS = [0, -1, 10**30, 1.5, -0.0, 1e20, 1e-7, math.inf, -math.inf, True, Fals
 
 
 def test_show_yaml_reads_back_to_the_same_values():
-    from compiler.report import yaml_lines
-    from compiler.source import SourceLoc, from_plain
+    from compiler.core.source import SourceLoc, from_plain
+    from compiler.core.terminal import yaml_lines
 
     values: dict[str, Any] = {f"k{i}": value for i, value in enumerate(TRICKY + NUMBERS)}
     values["list"] = TRICKY
@@ -388,7 +388,7 @@ def test_show_yaml_reads_back_to_the_same_values():
 
 
 def test_loading_time_is_linear_in_the_size_of_the_file():
-    from compiler.load import load_text
+    from compiler.core.load import load_text
 
     def seconds(lines: int) -> float:
         text = "service:\n  name: redis\n  x:\n" + "".join(f"    - {{a: {i}, b: 'v{i}', c: [1, 2]}}\n" for i in range(lines))

@@ -181,7 +181,7 @@ def test_built_in_types_pin_their_image_tags():
 
 
 def test_results_show_the_images_of_every_job(orchc, tmp_path):
-    from compiler.runs import images
+    from compiler.run.runs import images
 
     (tmp_path / "images").mkdir()
     entry = {"image": "probe", "source": "docker://x/probe:1.0", "path": "/c/probe.sif", "sha256": "ab" * 32}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from compiler.errors import OrchcError
-from compiler.load import load_text
+from compiler.core.errors import OrchcError
+from compiler.core.load import load_text
 
 
 def test_values_are_typed_as_yaml_1_2_says():
@@ -44,7 +44,7 @@ def test_malformed_documents_are_located(text, where, message):
 def test_the_pure_python_parser_gives_the_same_values_and_positions(monkeypatch):
     import sys
 
-    from compiler import load
+    from compiler.core import load
 
     text = "service:\n  name: redis\n  ports: [1, 2]\n  on: yes\n  x: &a {y: 0x1F}\n  z: *a\n"
     native = load_text(text, "t.yaml")
@@ -67,7 +67,7 @@ def test_the_pure_python_parser_gives_the_same_values_and_positions(monkeypatch)
 def test_the_pure_python_parser_refuses_deep_nesting_without_recursing(monkeypatch):
     import sys
 
-    from compiler import load
+    from compiler.core import load
 
     monkeypatch.setitem(sys.modules, "ruamel.yaml.cyaml", None)
     monkeypatch.setattr(load, "_event_source", load._event_source.__wrapped__)
@@ -86,7 +86,7 @@ def test_the_tag_of_a_plain_scalar_is_the_yaml_1_2_resolvers_whatever_the_shortc
     from ruamel.yaml.nodes import ScalarNode
     from ruamel.yaml.resolver import VersionedResolver
 
-    from compiler.load import _resolver
+    from compiler.core.load import _resolver
 
     class Resolver(VersionedResolver):
         @property

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from compiler.errors import Collector, OrchcError
-from compiler.load import load_text
-from compiler.merge import merge_layers
+from compiler.core.errors import Collector, OrchcError
+from compiler.core.load import load_text
+from compiler.recipe.merge import merge_layers
 
 
 def merged(*texts: str):

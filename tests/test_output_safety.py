@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 from test_compare import results, write_run
 
-from compiler.report import csv_cell, terminal_text
+from compiler.core.terminal import csv_cell, terminal_text
 
 MYSQL = """\
 name: sq
@@ -171,7 +171,7 @@ def test_terminal_output_shows_control_characters_escaped(orchc, tmp_path: Path,
     monkeypatch.setattr(sys, "stdout", screen)
     monkeypatch.setenv("COLUMNS", "400")
     monkeypatch.setenv("TERM", "xterm-256color")
-    from compiler.cli import main
+    from compiler.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     main(list(command))
@@ -180,7 +180,7 @@ def test_terminal_output_shows_control_characters_escaped(orchc, tmp_path: Path,
 
 
 def test_rich_markup_in_a_name_is_text(tmp_path: Path):
-    from compiler.report import print_table
+    from compiler.core.terminal import print_table
 
     screen = Terminal()
     print_table("t[bold]x", ["h"], [["[link=file:///etc/passwd]click[/link]"], [f"a{OSC52}"]], screen)

@@ -1,4 +1,4 @@
-"""orchc over SSH (compiler/remote.py), against a real OpenSSH server on a loopback port (tests/ssh/sshd.py)
+"""orchc over SSH (compiler/run/ssh.py), against a real OpenSSH server on a loopback port (tests/ssh/sshd.py)
 and the real one-node test cluster behind it.
 
 The server logs in the test user orchc-ssh with a generated key, host-key checking on. Without sshd, ssh,
@@ -25,10 +25,10 @@ from conftest import ROOT, in_ci
 from ssh import sshd as sshd_helper
 from test_cluster import wait_for
 
-from compiler import remote as remote_module
-from compiler.errors import ClusterError, OrchcError
-from compiler.remote import Connection, Target, prepare, remote_command, site_target
-from compiler.runs import parse_run
+from compiler.core.errors import ClusterError, OrchcError
+from compiler.run import ssh as remote_module
+from compiler.run.runs import parse_run
+from compiler.run.ssh import Connection, Target, prepare, remote_command, site_target
 
 HOME = Path("/home") / sshd_helper.USER
 

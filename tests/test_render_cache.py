@@ -12,11 +12,11 @@ import random
 
 import pytest
 
-from compiler import templating
-from compiler.errors import OrchcError
-from compiler.session import CompileSession
-from compiler.shell import Raw
-from compiler.source import FrozenDict, Node, SourceLoc
+from compiler.boundary import templating
+from compiler.boundary.quote import Raw
+from compiler.core.errors import OrchcError
+from compiler.core.session import CompileSession
+from compiler.core.source import FrozenDict, Node, SourceLoc
 
 TEMPLATES = [
     "echo {{ a }}",

@@ -1,4 +1,4 @@
-"""orchc report: the HTML report of a run (compiler/htmlreport.py).
+"""orchc report: the HTML report of a run (compiler/results/report.py).
 
 Runs are built by hand (run.json, manifest.json with the sweep, results/<client>/results.json), with known
 figures, so every number the report shows can be checked against the data. The report is opened in a real
@@ -23,7 +23,7 @@ import nvidia_smi_standin
 import pytest
 from conftest import ROOT, in_ci
 
-from compiler.htmlreport import families, headline, knee, number, paired_throughput, parse_gpu_csv, primary_throughput
+from compiler.results.report import families, headline, knee, number, paired_throughput, parse_gpu_csv, primary_throughput
 
 try:
     import matplotlib  # noqa: F401  (the report's one optional dependency; part of .[test])
@@ -179,7 +179,7 @@ def test_gpu_csv_as_nvidia_smi_writes_it():
 @pytest.fixture(scope="module")
 def sweep_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The report of write_sweep_run's run (made once: 13 plots take seconds), and what orchc printed."""
-    from compiler.cli import main
+    from compiler.cli.main import main
 
     run = write_sweep_run(tmp_path_factory.mktemp("sweep") / "run")
     printed = io.StringIO()
@@ -345,7 +345,7 @@ def test_report_in_headless_chromium(sweep_report, tmp_path):
 def test_the_number_of_plots_is_bounded(orchc, tmp_path, monkeypatch):
     """Thousands of headline metrics (20,000 metrics in 5,000 groups: 15,000 headline plots) would take matplotlib
     hours; the report draws the first MAX_PLOTS and says how many it left out."""
-    import compiler.htmlreport as htmlreport
+    import compiler.results.report as htmlreport
 
     monkeypatch.setattr(htmlreport, "MAX_PLOTS", 2)
     run = tiny_run(tmp_path / "run")

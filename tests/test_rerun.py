@@ -11,8 +11,9 @@ from test_cluster import cluster, free_port, needs_redis, redis_recipe, status, 
 from test_cluster import orchc as cluster_orchc
 from test_scheduler import fake, output  # noqa: F401 (fixtures)
 
-from compiler import __version__, runs
-from compiler.errors import ClusterError
+from compiler import __version__
+from compiler.core.errors import ClusterError
+from compiler.run import runs
 
 
 def test_a_run_records_how_it_was_made(fake, output, tmp_path):  # noqa: F811

@@ -16,9 +16,9 @@ from test_cluster import cluster, wait_for
 from test_cluster import orchc as real_orchc
 from test_scheduler import fake
 
-from compiler import runs
-from compiler.pipeline import Options, compile_all
-from compiler.scheduler import FakeScheduler
+from compiler.output.pipeline import Options, compile_all
+from compiler.run import runs
+from compiler.run.scheduler import FakeScheduler
 
 __all__ = ["cluster", "fake"]   # fixtures, imported for the tests below
 
@@ -194,7 +194,7 @@ def test_the_run_folder_itself_may_be_reached_through_a_link(fake, tmp_path, orc
 
 
 def test_report_notes_a_gpu_trace_that_is_a_symlink_and_reads_none_of_it(fake, tmp_path):
-    from compiler.htmlreport import gpu_traces
+    from compiler.results.report import gpu_traces
 
     run, secret = planted(tmp_path, fake)
     secret.write_text("timestamp,gpu,utilization_gpu_percent\n2026-12-06T05:00:00Z,0,99\n")
@@ -208,7 +208,7 @@ def test_report_notes_a_gpu_trace_that_is_a_symlink_and_reads_none_of_it(fake, t
 
 def tampered(run: Path) -> None:
     """What an attacker with write access to the run folder does: edit a script, recompute the manifest's digest."""
-    from compiler.emit import digest
+    from compiler.output.emit import digest
 
     script = run / "bench.sbatch"
     text = script.read_text()

@@ -1,4 +1,4 @@
-"""The run side (compiler/runs.py and the run commands) against the in-process fake scheduler: no SLURM needed."""
+"""The run side (compiler/run/runs.py and the run commands) against the in-process fake scheduler: no SLURM needed."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from compiler import runs
-from compiler.errors import ClusterError
-from compiler.pipeline import Options, compile_all
-from compiler.plan import read_plan
-from compiler.scheduler import FakeScheduler, register_scheduler
+from compiler.core.errors import ClusterError
+from compiler.output.pipeline import Options, compile_all
+from compiler.output.plan import read_plan
+from compiler.run import runs
+from compiler.run.scheduler import FakeScheduler, register_scheduler
 
 RECIPE = ("site: local\nservices:\n  - name: cache\n    type: redis\n  - name: db\n    type: redis\n    ports: [6380]\n"
           "clients:\n  - name: load\n    type: redis_client\n    target: db\n  - name: bench\n    type: redis_client\n"

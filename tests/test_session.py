@@ -7,12 +7,12 @@ import gc
 import sys
 from pathlib import Path
 
-from compiler.errors import OrchcError
-from compiler.load import current_sources
-from compiler.pipeline import Options, compile_all, resolve_all
-from compiler.render import render_recipe
-from compiler.report import print_error
-from compiler.session import CompileSession
+from compiler.core.errors import OrchcError
+from compiler.core.load import current_sources
+from compiler.core.session import CompileSession
+from compiler.core.terminal import print_error
+from compiler.output.pipeline import Options, compile_all, resolve_all
+from compiler.script.render import render_recipe
 
 SERVICES = [("redis", "redis_client", "maxmemory: {n}mb", "clients: {c}"),
             ("mysql", "mysql_client", "database: db{n}", "concurrency: {c}"),

@@ -30,7 +30,7 @@ import pytest
 from conftest import ROOT, shellcheck
 from ruamel.yaml import YAML
 
-from compiler.cli import main
+from compiler.cli.main import main
 
 CORPUS = ROOT / "tests" / "shell_corpus"
 SAFE_WORD = re.compile(r"[A-Za-z0-9_./:@%+,-]+")

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from compiler import slurm
-from compiler.errors import ClusterError
-from compiler.scheduler import JobState, Submission
+from compiler.core.errors import ClusterError
+from compiler.output.plan import Submission
+from compiler.run import slurm
+from compiler.run.scheduler import JobState
 
 ME = __import__("pwd").getpwuid(__import__("os").geteuid()).pw_name
 

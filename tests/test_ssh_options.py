@@ -1,4 +1,4 @@
-"""ssh options by allow-list (compiler/remote.py), and remote pulls that copy no symlink.
+"""ssh options by allow-list (compiler/run/ssh.py), and remote pulls that copy no symlink.
 
 A site profile (which may come beside a recipe) and a run folder's run.json (which may come from anywhere) may
 give ssh only options orchc knows to be harmless, each with a checked value; the user's own override file
@@ -23,10 +23,10 @@ from conftest import ROOT, in_ci
 from ssh import sshd as sshd_helper
 from test_remote import HOME, Remote, override, remote_dir, server, sockets  # noqa: F401 (fixtures)
 
-from compiler import remote as remote_module
-from compiler.errors import ClusterError, OrchcError
-from compiler.remote import Connection, Target, site_target
-from compiler.runs import parse_run
+from compiler.core.errors import ClusterError, OrchcError
+from compiler.run import ssh as remote_module
+from compiler.run.runs import parse_run
+from compiler.run.ssh import Connection, Target, site_target
 
 PROVIDER_SOURCE = r"""
 #include <stdio.h>

@@ -15,9 +15,9 @@ from test_cluster import cluster, wait_for
 from test_cluster import orchc as real_orchc
 from test_scheduler import fake
 
-from compiler import logs, runs, slurm
-from compiler.pipeline import Options, compile_all
-from compiler.scheduler import FakeScheduler, JobState
+from compiler.output.pipeline import Options, compile_all
+from compiler.run import logs, runs, slurm
+from compiler.run.scheduler import FakeScheduler, JobState
 
 __all__ = ["cluster", "fake"]   # fixtures, imported for the tests below
 
@@ -155,7 +155,7 @@ def test_watch_of_a_sweep_counts_clients_and_points_done(fake, tmp_path, orchc):
 
 
 def test_watch_in_a_terminal_draws_a_progress_bar(fake, tmp_path, orchc, monkeypatch):
-    from compiler import report
+    from compiler.core import terminal as report
 
     run = submitted(tmp_path, fake, SWEEP)
     finishing(fake, ["1001", "1002", "1003", "1004", "1000"])
@@ -385,7 +385,7 @@ def test_watch_without_a_terminal_prints_only_the_rows_that_changed(fake, tmp_pa
 
 def test_a_narrow_terminal_keeps_the_state_and_job_name_whole(fake, tmp_path, orchc, monkeypatch):
     """At 80 columns other columns are cut first: `RUNNING`, not `RUNN…`."""
-    from compiler import report
+    from compiler.core import terminal as report
 
     run = submitted(tmp_path, fake, SWEEP)
     for job_id in ("1000", "1001", "1002", "1003", "1004"):

@@ -1,4 +1,4 @@
-"""Sweeps (compiler/sweep.py) and the order of clients: points, shared services, ladders, located errors."""
+"""Sweeps (compiler/recipe/sweep.py) and the order of clients: points, shared services, ladders, located errors."""
 
 from __future__ import annotations
 

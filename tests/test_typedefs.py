@@ -139,7 +139,7 @@ def test_types_name_shows_resolved_fields_with_defaults(orchc):
 
 
 def test_every_builtin_type_is_valid(orchc):
-    from compiler.typedefs import Registry
+    from compiler.recipe.typedefs import Registry
 
     registry = Registry([])
     for name in registry.names():

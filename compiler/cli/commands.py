@@ -1,0 +1,435 @@
+"""The run commands of the CLI: submit, status, cancel, logs, results.
+
+They reach the cluster only through a Scheduler (compiler/run/scheduler.py): the one a
+run.json names, or for `submit` the one ORCHC_SCHEDULER names (default: slurm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..core.errors import ClusterError
+from ..results.metrics import unit_of
+from .options import compile_options
+
+if TYPE_CHECKING:
+    from ..output.manifest import Sweep
+    from ..run.runs import Run
+
+RESULT_HEADERS = ["job", "state", "metric", "value", "unit"]
+# One row per metric, with what is needed to concatenate the CSV of many runs.
+RESULT_CSV_HEADERS = ["run", "point", "repeat", "job", "slurm_id", "type", "state", "status", "metric", "value",
+                      "unit", "parameters"]
+"""`results --csv`; a sweep's keys are columns of their own, before `parameters`"""
+RESULTS_SCHEMA = "orchc-results/1"
+UNKNOWN_LIMIT = 120.0
+
+
+def add_commands(commands: Any, add_compile_options: Callable[[argparse.ArgumentParser], None]) -> None:
+    submit = commands.add_parser("submit", help="compile a recipe into a new run folder and submit its jobs")
+    submit.add_argument("recipe", type=Path, metavar="RECIPE", help="a recipe file (YAML)")
+    submit.add_argument("--run-dir", type=Path, metavar="DIR", help="default: runs/<recipe>-<UTC timestamp>/")
+    where = submit.add_mutually_exclusive_group()
+    where.add_argument("--remote", action="store_true",
+                       help="submit over SSH to the site's ssh: target (the default when the site has one)")
+    where.add_argument("--local", action="store_true", help="submit here even when the site has an ssh: target")
+    add_compile_options(submit)
+    submit.set_defaults(run=cmd_submit)
+
+    rerun = commands.add_parser("rerun", help="submit the jobs a run compiled again, byte for byte, as a new run")
+    rerun.add_argument("run_ref", metavar="RUN", help="a run folder, or the name of one under runs/")
+    rerun.add_argument("--run-dir", type=Path, metavar="DIR", help="default: runs/<recipe>-<UTC timestamp>/")
+    rerun.set_defaults(run=cmd_rerun)
+
+    from ..run.logs import add_logs_arguments
+
+    status = commands.add_parser("status", help="the state of each job of a run (default: the latest)")
+    status.add_argument("run_ref", nargs="?", metavar="RUN", help="a run folder, or the name of one under runs/ (default: the latest)")
+    status.add_argument("--watch", action="store_true", help="refresh until every job has ended")
+    status.add_argument("--json", action="store_true", help="print the jobs' states as JSON")
+    status.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
+    status.add_argument("--unknown-limit", type=float, default=UNKNOWN_LIMIT, help=argparse.SUPPRESS)
+    status.set_defaults(run=_status)
+
+    cancel = commands.add_parser("cancel", help="cancel a run's jobs (all, or the ones named)")
+    cancel.add_argument("run_ref", nargs="?", metavar="RUN", help="a run folder, or the name of one under runs/ (default: the latest)")
+    cancel.add_argument("jobs", nargs="*", metavar="JOB", help="the jobs to cancel by name (default: every job)")
+    cancel.set_defaults(run=cmd_cancel)
+
+    logs = commands.add_parser("logs", help="print the jobs' slurm-%%j.out and .err (-f: follow them)")
+    add_logs_arguments(logs)
+    logs.set_defaults(run=_logs)
+
+    listing = commands.add_parser("runs", help="list the runs under runs/, newest last")
+    listing.add_argument("--root", type=Path, metavar="DIR", help="where the runs are (default: runs/)")
+    listing.add_argument("--states", action="store_true", help="ask the scheduler how many jobs of each run ended")
+    listing.add_argument("--json", action="store_true", help="print the list as JSON")
+    listing.set_defaults(run=_runs)
+
+    results = commands.add_parser("results", help="the clients' collected results, beside each job's state")
+    results.add_argument("run_ref", nargs="?", metavar="RUN", help="a run folder, or the name of one under runs/ (default: the latest)")
+    form = results.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print every result, with the statistics over repeats, as JSON")
+    form.add_argument("--csv", action="store_true", help="print one CSV row per metric, for spreadsheets and pandas")
+    results.add_argument("--check", action="store_true",
+                         help="check the results against the recipe's references; exit 1 when one fails")
+    results.set_defaults(run=cmd_results)
+
+    compare = commands.add_parser("compare", help="two runs side by side: per point, client and metric, the change")
+    compare.add_argument("run_a", metavar="RUN_A", help="a run folder, or the name of one under runs/: the baseline")
+    compare.add_argument("run_b", metavar="RUN_B", help="a run folder, or the name of one under runs/: compared with RUN_A")
+    compare.add_argument("--threshold", action="append", metavar="METRIC=PCT",
+                         help="exit 1 when METRIC (a glob) gets worse by more than PCT %%; +PCT/-PCT: a rise/fall")
+    compare_form = compare.add_mutually_exclusive_group()
+    compare_form.add_argument("--json", action="store_true",
+                              help="print every row as JSON: n, mean, stdev, min and max of each side, change, verdict")
+    compare_form.add_argument("--csv", action="store_true", help="print one CSV row per point, client and metric")
+    compare.set_defaults(run=_compare)
+
+    report = commands.add_parser("report", help="an HTML report of a run: summary, knees, plots (needs matplotlib)")
+    report.add_argument("run_ref", nargs="?", metavar="RUN", help="a run folder, or the name of one under runs/ (default: the latest)")
+    report.add_argument("-o", "--output", type=Path, metavar="FILE.html",
+                        help="default: RUN/report.html; the plots as SVG and PNG in FILE/ beside it")
+    report.set_defaults(run=_report)
+
+    tunnel = commands.add_parser("tunnel", help="forward a local port to a service a job published (over SSH)")
+    tunnel.add_argument("run_ref", metavar="RUN", help="a run folder, or the name of one under runs/")
+    tunnel.add_argument("job", metavar="JOB", help="the job (a service) whose port to forward")
+    tunnel.add_argument("port", nargs="?", type=int, metavar="PORT",
+                        help="which of the ports the job published (default: the first)")
+    tunnel.add_argument("--local-port", type=int, default=0, metavar="N", help="the local port (default: a free one)")
+    tunnel.set_defaults(run=cmd_tunnel)
+
+
+# Each command's module is imported only when it runs, so that every other command starts fast.
+def _status(args: argparse.Namespace) -> int:
+    from ..run.status import cmd_status
+
+    return cmd_status(args)
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from ..run.status import cmd_runs
+
+    return cmd_runs(args)
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from ..run.logs import cmd_logs
+
+    return cmd_logs(args)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ..results.compare import cmd_compare
+
+    return cmd_compare(args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ..results.report import cmd_report
+
+    return cmd_report(args)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from ..output.pipeline import compile_all
+    from ..run.runs import new_run_dir, submit
+    from ..run.ssh import site_target
+    from .notes import cost_notes
+
+    (output,) = compile_all([args.recipe], compile_options(args))
+    cost = cost_notes(output.recipe)
+    if cost:
+        print(f"{output.recipe.file}: {cost}", file=sys.stderr)
+    run_dir = args.run_dir or new_run_dir(output.recipe.name)
+    target = None if args.local else site_target(output.recipe.site.name, output.recipe.site.file)
+    if args.remote and target is None:
+        raise ClusterError(f"--remote: site {output.recipe.site.name} has no ssh: target (in {output.recipe.site.file}, "
+                           "in ~/.config/orchc/sites/<site>.yaml or in ORCHC_SSH_HOST)")
+    scheduler, connection = _where(target)
+    return _submitted(lambda: submit(output, run_dir, scheduler, _command_line(), connection), run_dir)
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    import posixpath
+    from dataclasses import replace
+
+    from ..run.runs import load_run, new_run_dir, rerun
+
+    source, old = load_run(args.run_ref)
+    run_dir = args.run_dir or new_run_dir(old.recipe)
+    # a run made over SSH is made again beside it, on the same login node
+    target = None if old.remote is None else replace(old.remote, remote_dir=posixpath.dirname(old.remote.remote_dir))
+    scheduler, connection = _where(target)
+    return _submitted(lambda: rerun(source, run_dir, scheduler, _command_line(), connection, print), run_dir)
+
+
+def _where(target: Any) -> tuple[Any, Any]:
+    """The scheduler to submit to (and the SSH connection it runs over, None when here)."""
+    from ..run.runs import default_scheduler
+
+    if target is None:
+        return default_scheduler(), None
+    import os
+
+    from ..run.runs import SCHEDULER_VARIABLE, remote_scheduler
+    from ..run.ssh import connection
+
+    return remote_scheduler(target, os.environ.get(SCHEDULER_VARIABLE) or "slurm"), connection(target)
+
+
+def _command_line() -> tuple[str, ...]:
+    return ("orchc", *sys.argv[1:])
+
+
+def _submitted(submitting: Callable[[], Run], run_dir: Path) -> int:
+    """Submit, then say what was submitted; a signal during submit exits 128 + its number."""
+    from ..run.runs import Interrupted
+
+    try:
+        run = submitting()
+    except Interrupted as stopped:
+        print(f"orchc: error: {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
+    for job in run.jobs:
+        print(f"submitted {job.role} {job.name}: SLURM job {job.slurm_id}")
+    if run.remote is not None:
+        print(f"remote run folder: {run.remote.shown()}:{run.remote.remote_dir}")
+    print(f"run: {run_dir}  (follow it with: orchc status --watch {run_dir})")
+    return 0
+
+
+def cmd_tunnel(args: argparse.Namespace) -> int:
+    """A local port forwarded through the login node to the node and port a job published; here, the endpoint."""
+    from ..run.runs import load_run
+    from ..run.status import published_endpoint
+
+    run_dir, run = load_run(args.run_ref)
+    job = run.job(args.job)
+    node, ports = published_endpoint(run_dir, job)
+    if args.port is not None and args.port not in ports:
+        raise ClusterError(f"job {job.name} published port(s) {', '.join(map(str, ports))}, not {args.port}")
+    port = ports[0] if args.port is None else args.port
+    from ..core.terminal import terminal_text
+
+    shown = terminal_text(node)  # as the job published it (a file in the run folder)
+    if run.remote is None:
+        print(f"{job.name} listens on {shown}:{port} (reachable from here: no tunnel needed)")
+        return 0
+    import socket
+
+    from ..run.ssh import connection, wait_until_interrupted
+
+    local_port = args.local_port
+    if local_port == 0:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            local_port = probe.getsockname()[1]
+    conn = connection(run.remote)
+    spec = conn.forward(local_port, node, port)
+    try:
+        print(f"forwarding 127.0.0.1:{local_port} -> {shown}:{port} through {run.remote.shown()}")
+        print(f"local URL: http://127.0.0.1:{local_port}/   (Ctrl-C closes the tunnel)", flush=True)
+        signum = wait_until_interrupted()
+    finally:
+        conn.cancel_forward(spec)
+    print(f"tunnel closed ({__import__('signal').Signals(signum).name})", file=sys.stderr)
+    return 128 + signum
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from ..run.runs import cancel, load_run, scheduler_for
+
+    run_dir, run = load_run(args.run_ref, pull=False)
+    done = cancel(run, args.jobs, scheduler_for(run))
+    from ..core.terminal import terminal_text
+
+    print(terminal_text(f"cancelled SLURM job(s) {', '.join(done.ids) or '(none queued or running)'} of {run_dir}"))
+    for job in done.unknown:
+        print(terminal_text(f"orchc: note: {job}: SLURM knows no job of yours by this id (it ended long ago, or is "
+                            "another user's); left alone"), file=sys.stderr)
+    for why in done.refused:
+        print(terminal_text(f"orchc: error: {why}"), file=sys.stderr)
+    return 1 if done.refused else 0
+
+
+def _job_states(run: Run) -> dict[str, str]:
+    """Each job's state for `results`; results stay readable when the scheduler does not answer."""
+    from ..run.runs import scheduler_for, states
+
+    try:
+        return {name: state.state for name, state in states(run, scheduler_for(run)).items()}
+    except ClusterError as error:
+        from ..core.terminal import terminal_text
+
+        print(f"orchc: warning: job states unknown: {terminal_text(error, lines=True)}", file=sys.stderr)
+        return {job.name: "?" for job in run.jobs}
+
+
+def cell(value: Any) -> str:
+    """A result value as text, the way JSON writes it (true, false, null, 1.5), strings as they are."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+
+PATH_LIMIT = 1000
+"""Characters of a nested key path shown (`a.b.c`); longer paths end in an ellipsis."""
+
+
+def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested results -> (dotted key path, value) rows, in order. Iterative, so any depth the JSON reader allowed
+    is fine; a path is clipped at PATH_LIMIT characters, so that deep long keys cannot make every row huge."""
+    rows: list[tuple[str, Any]] = []
+    stack: list[tuple[str, Any]] = [(prefix, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, dict) and item:
+            stack.extend((_joined(path, str(key)), child) for key, child in reversed(item.items()))
+        else:
+            rows.append((path.rstrip("."), item))
+    return rows
+
+
+def _joined(path: str, key: str) -> str:
+    if len(path) > PATH_LIMIT:
+        return path
+    joined = f"{path}{key}."
+    return joined if len(joined) <= PATH_LIMIT else joined[:PATH_LIMIT] + "…"
+
+
+def _metric_rows(data: Any) -> list[tuple[str, Any, str]]:
+    """(metric, value, unit) rows of one client's results: the metrics of the documented shape, then how the
+    run ended; results of another shape (a type that writes its own results.json) row by row, without units."""
+    if not (isinstance(data, dict) and data.get("schema") == RESULTS_SCHEMA and isinstance(data.get("metrics"), dict)):
+        return [(metric or "-", value, "") for metric, value in flatten(data)]
+    rows = [(name, value, unit_of(name)) for name, value in sorted(data["metrics"].items())]
+    rows.append(("status", data.get("status"), ""))
+    rows += [(key, data[key], "") for key in ("stopped_by", "error") if data.get(key) is not None]
+    rows += [(metric, value, "") for metric, value in flatten(data.get("images"), "images.") if data.get("images")]
+    return rows
+
+
+def _result_rows(collected: dict[str, Any], job_states: dict[str, str]) -> list[list[str]]:
+    from ..run.scheduler import ENDED
+
+    rows = []
+    for job, data in collected.items():
+        state = job_states.get(job, "?")
+        if data is None:
+            rows.append([job, state, "-", "no results" if state in ENDED else "no results yet", ""])
+            continue
+        rows += [[job, state, metric, cell(value), unit] for metric, value, unit in _metric_rows(data)]
+    return rows
+
+
+def _csv_table(run: Run, run_dir: Path, collected: dict[str, Any], job_states: dict[str, str]) -> list[list[str]]:
+    """The header and one row per job and metric, each swept key a column named by the key (pandas and
+    spreadsheets read a value per cell, not the JSON of them all)."""
+    from ..output.manifest import read_manifest
+    from ..results.points import placements
+
+    placed = placements(read_manifest(run_dir))
+    keys = list(dict.fromkeys(key for at in placed.values() if at.point for key in at.values))
+    rows = [RESULT_CSV_HEADERS[:-1] + [_column_name(key) for key in keys] + RESULT_CSV_HEADERS[-1:]]
+    for job in run.jobs:
+        if job.name not in collected:
+            continue
+        data = collected[job.name]
+        shaped = data if isinstance(data, dict) else {}
+        parameters = json.dumps(shaped.get("parameters"), sort_keys=True) if "parameters" in shaped else ""
+        at = placed.get(job.name)
+        values = dict(at.values) if at and at.point else {}
+        swept = [cell(values[key]) if key in values else "" for key in keys]
+        first = [run.run_dir.rstrip("/").rsplit("/", 1)[-1], (at.point or "") if at else "",
+                 str(at.repeat or "") if at else "", job.name, job.slurm_id, job.type,
+                 job_states.get(job.name, "?"), cell(shaped.get("status", ""))]
+        metric_rows = _metric_rows(data) if data is not None else [("-", "no results", "")]
+        rows += [[*first, metric, cell(value), unit, *swept, parameters] for metric, value, unit in metric_rows]
+    return rows
+
+
+def _column_name(key: str) -> str:
+    """A swept key as a column name; `swept:KEY` when the key is the name of a column of every row."""
+    return f"swept:{key}" if key in RESULT_CSV_HEADERS else key
+
+
+def _sweep_results(run_dir: Path, run: Run, manifest: dict[str, Any], sweep: Sweep, job_states: dict[str, str],
+                   as_json: bool) -> int:
+    """A sweep's results: one row per point, repeat and metric, then each point's aggregate over its repeats."""
+    from ..core.terminal import json_text, print_table
+    from ..results.points import aggregates, base_name, by_point, point_results
+
+    rows = point_results(run_dir, run, manifest)
+    aggregated = [{"point": point, "values": dict(repeats[0].values), "client": client, "metric": name,
+                   "unit": unit_of(name), **vars(summary)}
+                  for (point, client), repeats in by_point(rows).items()
+                  for name, summary in aggregates(repeats).items()]
+    if as_json:
+        print(json_text({"run": run_dir.name, "sweep": {"keys": list(sweep.keys), "repeat": sweep.repeat},
+                          "rows": [{"point": row.point, "values": dict(row.values), "repeat": row.repeat,
+                                    "client": base_name(row), "job": row.job, "slurm_id": row.slurm_id,
+                                    "state": job_states.get(row.job, "?"), "results": row.results} for row in rows],
+                          "aggregates": aggregated}, indent=2, sort_keys=True))
+        return 0
+    keys = list(sweep.keys)
+    table = []
+    for row in rows:
+        first = [row.point or "-", *(cell(row.values.get(key, "")) for key in keys), str(row.repeat or ""),
+                 base_name(row), job_states.get(row.job, "?")]
+        metric_rows = _metric_rows(row.results) if row.results is not None else [("-", "no results", "")]
+        table += [[*first, metric, cell(value), unit] for metric, value, unit in metric_rows]
+    print_table(f"results of {run_dir.name}: {len(sweep.points)} points x {sweep.repeat} repeats",
+                ["point", *keys, "repeat", "client", "state", "metric", "value", "unit"], table)
+    summary_rows = [[str(a["point"]), *(cell(a["values"].get(key, "")) for key in keys), str(a["client"]),
+                     str(a["metric"]), str(a["n"]), _number(a["mean"]), _number(a["stdev"]), _number(a["min"]),
+                     _number(a["max"]), str(a["unit"])] for a in aggregated]
+    print()
+    print_table("over the repeats of each point", ["point", *keys, "client", "metric", "n", "mean", "stdev", "min",
+                                                   "max", "unit"], summary_rows)
+    return 0
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    if args.check:
+        from ..results.compare import cmd_check
+
+        return cmd_check(args)
+    from ..core.terminal import json_text, print_table
+    from ..run.runs import images, load_run, results
+
+    run_dir, run = load_run(args.run_ref)
+    if not args.csv:
+        from ..output.manifest import read_manifest, recorded_sweep
+
+        manifest = read_manifest(run_dir)
+        sweep = recorded_sweep(manifest)
+        if sweep is not None:
+            return _sweep_results(run_dir, run, manifest, sweep, _job_states(run), args.json)
+    collected = results(run_dir, run)
+    for job, used in images(run_dir, run).items():  # every job's images, services' too
+        data = collected.get(job)
+        collected[job] = {**(data if isinstance(data, dict) else {} if data is None else {"results": data}),
+                          "images": used}
+    job_states = _job_states(run)
+    if args.json:
+        shown = {job: {**(data if isinstance(data, dict) else {} if data is None else {"results": data}),
+                       "job_state": job_states.get(job, "?")} for job, data in collected.items()}
+        print(json_text(shown, indent=2, sort_keys=True))
+        return 0
+    if args.csv:
+        from ..core.terminal import write_csv
+
+        write_csv(_csv_table(run, run_dir, collected, job_states))
+        return 0
+    print_table(f"results of {run_dir.name}", RESULT_HEADERS, _result_rows(collected, job_states))
+    return 0

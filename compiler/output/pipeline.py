@@ -1,0 +1,127 @@
+"""The stages in order, for many recipes:
+
+    load -> resolve -> check -> render -> emit
+
+1. load (load.py): YAML files -> positioned Nodes, with hostile input refused.
+2. resolve (resolve.py): each job the merge of its layers, checked against its schema and frozen
+   into a ResolvedJob; where each value came from is kept apart, in the recipe's `origins`.
+3. check (checks.py): every semantic check (targets, partitions, secrets, environment names,
+   phases, containers, ports), located, before anything is rendered.
+4. render (render.py): each checked job -> the text of its script.
+5. emit (emit.py): the scripts, submit.sh and manifest.json; written by `write_recipes` (rendering one script at a time) or `write_outputs`.
+
+Every recipe is compiled in memory first; problems from all of them are
+reported together, and nothing is written unless all succeeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.errors import Collector, OrchcError
+from ..core.session import CompileSession
+from ..core.source import SourceLoc
+from ..recipe.checks import check_recipe
+from ..recipe.resolve import Recipe, Setting, load_recipe, resolve_recipe
+from ..recipe.typedefs import Registry
+from ..script.render import render_recipe
+from .emit import Output, build_output
+
+
+@dataclass
+class Options:
+    defs: list[Path] = field(default_factory=list)
+    site: str | None = None
+    settings: list[Setting] = field(default_factory=list)
+
+
+def resolve_all(paths: list[Path], options: Options) -> list[Recipe]:
+    """load -> resolve -> check: the recipes, every job resolved and checked (what `show` prints).
+
+    One compile session for all of them (session.py): each recipe holds it, so rendering and writing them
+    shares its caches; it goes when they go."""
+    session = CompileSession()
+    with session.active():
+        registry = Registry(options.defs)
+        problems = Collector()
+        recipes: list[Recipe] = []
+        for path in paths:
+            found = Collector()
+            try:
+                recipe = _resolved(path, registry, session, options, found)
+                if recipe is not None:
+                    recipes.append(recipe)
+            except OrchcError as error:
+                found.absorb(error)
+            problems.problems += found.problems
+        problems.raise_if_any()
+        _check_unique_names(recipes)
+    return recipes
+
+
+def _resolved(path: Path, registry: Registry, session: CompileSession, options: Options,
+              problems: Collector) -> Recipe | None:
+    """One recipe resolved and checked; a sweep's points each, then combined (sweep.py)."""
+    doc = load_recipe(path, problems)
+    settings = [setting for setting in options.settings if setting.path[0] != "sweep"]
+    sweep = None
+    if doc.get("sweep") is not None or len(settings) < len(options.settings):
+        from ..recipe.sweep import resolve_sweep, secret_key, sweep_of  # only a sweep needs them: other compiles start sooner
+
+        sweep = sweep_of(doc, options.settings, problems)
+    if sweep is None:
+        recipe = resolve_recipe(path, registry, options.site, settings, problems, doc, session)
+        check_recipe(recipe, problems)
+        return recipe
+
+    def resolve_point(point: Sequence[Setting], found: Collector) -> Recipe:
+        recipe = resolve_recipe(path, registry, options.site, [*settings, *point], found, doc, session)
+        found.raise_if_any()
+        return recipe
+
+    secrets: list[frozenset[str]] = []
+
+    def secret(key: str) -> bool:  # the types are all read only when a point has an error to name
+        if not secrets:
+            secrets.append(_secret_fields(registry))
+        return secret_key(key, secrets[0])
+
+    return resolve_sweep(sweep, resolve_point, check_recipe, problems, secret)
+
+
+def _secret_fields(registry: Registry) -> frozenset[str]:
+    """The names of the secret fields of every type (a type that does not load has none to hide)."""
+    found: set[str] = set()
+    for name in registry.names():
+        try:
+            found |= registry.resolve(name).secrets
+        except OrchcError:
+            continue
+    return frozenset(found)
+
+
+def compile_all(paths: list[Path], options: Options) -> list[Output]:
+    """load -> resolve -> check -> render -> emit, in memory (`emit.write_outputs` writes); `orchc compile -o`
+    streams through `emit.write_recipes` instead."""
+    problems = Collector()
+    outputs = []
+    for recipe in resolve_all(paths, options):
+        try:
+            outputs.append(build_output(recipe, render_recipe(recipe)))
+        except OrchcError as error:
+            problems.absorb(error)
+    problems.raise_if_any()
+    return outputs
+
+
+def _check_unique_names(recipes: list[Recipe]) -> None:
+    first: dict[str, Recipe] = {}
+    problems = Collector()
+    for recipe in recipes:
+        if recipe.name in first:
+            problems.add(SourceLoc(recipe.file), f"recipe name '{recipe.name}' is also the name of "
+                         f"{first[recipe.name].file}; both would compile into the same folder")
+        first.setdefault(recipe.name, recipe)
+    problems.raise_if_any()

@@ -1,0 +1,1 @@
+"""A recipe -> its resolved jobs: types, sites, merge rules, sweeps, semantic checks."""

@@ -1,0 +1,920 @@
+"""`orchc report RUN [-o FILE.html]`: one self-contained HTML report of a run (run side).
+
+The report reads the run through points.point_results: a summary table per client (swept values, headline
+metrics as mean ± sample stdev over the repeats, status), the saturation point (knee) of each curve where one
+is detected, plots (each headline metric against each swept parameter, latency percentiles against
+throughput, error bars from the repeats) and the GPU telemetry of each job that has a `gpu.csv`. Plots are
+drawn with matplotlib (an optional extra: `pip install 'orchc[report]'`) as inline SVG, so the HTML needs no
+network and no JavaScript; each plot is also written as SVG and PNG into the folder beside the HTML, for
+slides. Same run folder, same bytes: no clock, no random ids (`svg.hashsalt`), no dates in the files.
+
+Module-level imports stay standard-library only: the CLI imports this module for every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import csv
+import html
+import io
+import itertools
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..core.errors import ClusterError
+
+if TYPE_CHECKING:
+    from ..output.manifest import Sweep
+    from ..run.runs import Run
+    from .points import Aggregate, PointResult
+
+NEEDS_MATPLOTLIB = "orchc report needs matplotlib: pip install 'orchc[report]'"
+KNEE_GAIN = 0.10
+"""a step that adds less than this share of throughput ..."""
+KNEE_GROWTH = 0.50
+"""... while the tail latency grows by more than this share is past the knee"""
+REPORT_NAME = "report.html"
+MAX_PLOTS = 200
+"""Plots drawn at most (matplotlib takes a good part of a second each); the report says how many it left out."""
+GPU_CSV_LIMIT = 64 << 20
+_PLOT_FILE = re.compile(r"\d{2,}-[A-Za-z0-9._-]+\.(?:svg|png)")
+_STAT = re.compile(r"(?P<family>.+?)_(?P<stat>p\d+(?:[._]\d+)?|median|mean|min|max)_ms")
+_GPU_FIELDS = (("utilization.gpu", "GPU utilisation", "%"), ("utilization.memory", "memory utilisation", "%"),
+               ("memory.used", "memory used", "MiB"), ("power.draw", "power draw", "W"),
+               ("temperature.gpu", "temperature", "°C"))
+_RC = {
+    "svg.fonttype": "none",        # text stays text: searchable, smaller, selectable in the browser
+    "text.parse_math": False,      # a $ in a metric or job name is a dollar sign, never mathtext
+    "font.size": 9.0,
+    "axes.titlesize": 10.0,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "figure.figsize": (7.0, 4.2),
+    "legend.fontsize": 8.0,
+    "savefig.dpi": 150.0,
+}
+
+
+# --- which metrics, which direction ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Family:
+    """The statistics of one latency (`set.latency_p99_ms` belongs to family `set.latency` of group `set`)."""
+
+    name: str
+    stats: tuple[tuple[str, str], ...]
+    """(statistic, metric): p50, p99, median, mean, min, max"""
+
+    @property
+    def group(self) -> str:
+        return self.name.rsplit(".", 1)[0] if "." in self.name else ""
+
+    def percentiles(self) -> list[tuple[float, str]]:
+        """(percentile, metric), lowest first; a median is the 50th."""
+        found = [(50.0 if stat == "median" else float(stat[1:].replace("_", ".")), metric)
+                 for stat, metric in self.stats if stat == "median" or stat.startswith("p")]
+        return sorted(found)
+
+    def metric(self, stat: str) -> str | None:
+        return next((metric for name, metric in self.stats if name == stat), None)
+
+    @property
+    def median(self) -> str | None:
+        return next((metric for p, metric in self.percentiles() if p == 50.0), None)
+
+    @property
+    def tail(self) -> str | None:
+        """The highest percentile of 90 or more (p99 usually)."""
+        high = [metric for p, metric in self.percentiles() if p >= 90.0]
+        return high[-1] if high else None
+
+    def headline(self) -> list[str]:
+        """Median and tail; the mean when the family has neither."""
+        chosen = [metric for metric in (self.median, self.tail) if metric]
+        mean = self.metric("mean")
+        return chosen or ([mean] if mean else [])
+
+    @property
+    def knee_metric(self) -> str | None:
+        """The latency the knee rule watches: the tail, else the mean, else the median."""
+        return self.tail or self.metric("mean") or self.median
+
+    def curve_metrics(self) -> list[str]:
+        """What the latency-vs-throughput plot draws: every percentile, else the mean."""
+        chosen = [metric for _, metric in self.percentiles()]
+        mean = self.metric("mean")
+        return chosen or ([mean] if mean else [])
+
+
+def families(names: Iterable[str]) -> dict[str, Family]:
+    """Latency families of these metric names (`_ms` metrics ending in a statistic), by family name."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for name in sorted(set(names)):
+        match = _STAT.fullmatch(name)
+        if match:
+            found.setdefault(match["family"], []).append((match["stat"], name))
+    return {family: Family(family, tuple(stats)) for family, stats in found.items()}
+
+
+def group_of(metric: str) -> str:
+    """The dotted prefix of a metric (`set` for `set.requests_per_s`; "" without one)."""
+    return metric.rsplit(".", 1)[0] if "." in metric else ""
+
+
+def is_quality(metric: str) -> bool:
+    return "recall" in metric.rsplit(".", 1)[-1].lower()
+
+
+def headline(names: Iterable[str]) -> list[str]:
+    """The headline metrics among `names` (README "Reports"): every throughput (`_per_s`), per latency family
+    its median (`_p50_ms`/`_median_ms`) and highest percentile >= 90 (`_p99_ms`; its `_mean_ms` when it has no
+    percentile), and recall; ordered by group, then throughput, latency, quality."""
+    names = set(names)
+    chosen: list[tuple[str, int, str]] = [(group_of(name), 0, name) for name in names if name.endswith("_per_s")]
+    for family in families(names).values():
+        chosen += [(family.group, 1, metric) for metric in family.headline()]
+    chosen += [(group_of(name), 2, name) for name in names if is_quality(name) and not name.endswith("_count")]
+    return [name for _, _, name in sorted(set(chosen))]
+
+
+def primary_throughput(candidates: Iterable[str]) -> str | None:
+    """The throughput a group is measured by: requests, else transactions, else queries, else the first by name."""
+    ordered = sorted(candidates)
+    for word in ("request", "transaction", "quer"):
+        for name in ordered:
+            if word in name.rsplit(".", 1)[-1]:
+                return name
+    return ordered[0] if ordered else None
+
+
+def _shared(a: str, b: str) -> int:
+    """The length of the start two texts share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+@dataclass(frozen=True)
+class Throughputs:
+    """A client's throughputs (`_per_s`) by group, each group's sorted once: pairing a latency looks at its own
+    group only, by bisection, so pairing every family of a client stays linear in its metrics."""
+
+    names: dict[str, list[str]]
+    """group -> its throughputs, sorted (one group's names differ only in their leaf, so by leaf too)"""
+    leaves: dict[str, list[str]]
+    primary: dict[str, str | None]
+
+    @classmethod
+    def of(cls, names: Iterable[str]) -> Throughputs:
+        grouped: dict[str, list[str]] = {}
+        for name in names:
+            if name.endswith("_per_s"):
+                grouped.setdefault(group_of(name), []).append(name)
+        ordered = {group: sorted(set(members)) for group, members in grouped.items()}
+        return cls(ordered, {group: [name.rsplit(".", 1)[-1] for name in members] for group, members in ordered.items()},
+                   {group: primary_throughput(members) for group, members in ordered.items()})
+
+    def paired(self, family: Family) -> str | None:
+        """The throughput whose leaf shares the longest start (3 characters or more) with the family's leaf, the
+        first by name among equals; else the group's primary. The longest start shared with any name of a sorted
+        list is shared with a neighbour of the place the leaf would take in it."""
+        names, leaves = self.names.get(family.group, []), self.leaves.get(family.group, [])
+        leaf = family.name.rsplit(".", 1)[-1]
+        at = bisect.bisect_left(leaves, leaf)
+        longest = max((_shared(leaf, leaves[i]) for i in (at - 1, at) if 0 <= i < len(leaves)), default=0)
+        if longest >= 3:
+            return names[bisect.bisect_left(leaves, leaf[:longest])]
+        return self.primary.get(family.group)
+
+
+def paired_throughput(family: Family, candidates: Iterable[str]) -> str | None:
+    """The throughput a latency family is plotted against: in the family's group, the one whose name shares the
+    longest start (3 characters or more) with the family's (`query_latency` -> `queries_per_s`), else the
+    group's primary throughput."""
+    return Throughputs.of(candidates).paired(family)
+
+
+def latency_pairs(client: Client) -> list[tuple[Family, str]]:
+    """Each latency family of a client (by name) with the throughput it is plotted against, when it has one."""
+    rates = Throughputs.of(client.metrics())
+    return [(family, throughput) for family in families(client.metrics()).values()
+            if (throughput := rates.paired(family)) is not None]
+
+
+def knee(throughput: Sequence[float | None], latency: Sequence[float | None],
+         gain: float = KNEE_GAIN, growth: float = KNEE_GROWTH) -> int | None:
+    """The saturation point of a curve ordered by rising load: the index i of the last point before the first
+    step (between consecutive measured points) that adds less than `gain` of throughput
+    ((T[j] - T[i]) / T[i] < gain) while the latency grows by more than `growth` ((L[j] - L[i]) / L[i] > growth).
+    None when no step does (still scaling, or flat), or a value is missing or not positive."""
+    measured = [i for i, (t, lat) in enumerate(zip(throughput, latency))
+                if t is not None and lat is not None and t > 0 and lat > 0]
+    for i, j in itertools.pairwise(measured):
+        t_i, t_j, l_i, l_j = throughput[i], throughput[j], latency[i], latency[j]
+        assert t_i is not None and t_j is not None and l_i is not None and l_j is not None
+        if (t_j - t_i) / t_i < gain and (l_j - l_i) / l_i > growth:
+            return i
+    return None
+
+
+# --- the run as points -------------------------------------------------------------------------------------
+
+@dataclass
+class PointStats:
+    point: str | None
+    values: Mapping[str, Any]
+    rows: list[PointResult]
+    stats: dict[str, Aggregate]
+
+    def mean(self, metric: str) -> float | None:
+        found = self.stats.get(metric)
+        return found.mean if found else None
+
+    def error(self, metric: str) -> float:
+        found = self.stats.get(metric)
+        return found.stdev if found and found.stdev is not None else 0.0
+
+    @property
+    def label(self) -> str:
+        return self.point or "-"
+
+    def status(self) -> str:
+        counts: dict[str, int] = {}
+        for row in self.rows:
+            data = row.results
+            if data is None:
+                state = "no results"
+            elif isinstance(data, dict) and isinstance(data.get("status"), str):
+                state = data["status"] + (f" ({data['stopped_by']})" if isinstance(data.get("stopped_by"), str) else "")
+            elif isinstance(data, dict) and "error" in data:
+                state = "unreadable"
+            else:
+                state = "no status"
+            counts[state] = counts.get(state, 0) + 1
+        return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+
+
+@dataclass
+class Client:
+    name: str
+    type: str
+    points: list[PointStats] = field(default_factory=list)
+
+    def metrics(self) -> list[str]:
+        return sorted({metric for point in self.points for metric in point.stats})
+
+
+def clients_of(rows: list[PointResult], sweep: Sweep | None) -> list[Client]:
+    """The run's clients (by their name in the recipe), each with its points in the sweep's order."""
+    from .points import aggregates, by_point
+
+    order = {name: index for index, (name, _) in enumerate(sweep.points)} if sweep else {}
+    found: dict[str, Client] = {}
+    for (point, name), repeats in by_point(rows).items():
+        client = found.setdefault(name, Client(name, repeats[0].type))
+        client.points.append(PointStats(point, repeats[0].values, sorted(repeats, key=lambda r: (r.repeat or 0, r.job)),
+                                        aggregates(repeats)))
+    for client in found.values():
+        client.points.sort(key=lambda p: (p.point is not None, order.get(p.point or "", len(order)), p.point or ""))
+    return list(found.values())
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def shown(value: Any) -> str:
+    """A swept value as text: strings as they are, anything else the way JSON writes it."""
+    return value if isinstance(value, str) else _key(value)
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _as_float(value: Any) -> float:
+    return float(value) if _numeric(value) else math.nan
+
+
+def _tied(points: Sequence[PointStats], a: str, b: str) -> bool:
+    """Whether keys a and b vary together over these points (a zip: each value of one goes with one of the other)."""
+    forward: dict[str, set[str]] = {}
+    backward: dict[str, set[str]] = {}
+    for point in points:
+        x, y = _key(point.values.get(a)), _key(point.values.get(b))
+        forward.setdefault(x, set()).add(y)
+        backward.setdefault(y, set()).add(x)
+    return all(len(v) == 1 for v in forward.values()) and all(len(v) == 1 for v in backward.values())
+
+
+@dataclass(frozen=True)
+class Curve:
+    """The points of one client along swept key `key`, the other swept keys fixed at `fixed`."""
+
+    key: str
+    fixed: tuple[tuple[str, Any], ...]
+    points: tuple[PointStats, ...]
+    numeric: bool
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{key}={shown(value)}" for key, value in self.fixed) or "all points"
+
+    def x(self, point: PointStats, order: Sequence[str]) -> float:
+        value = point.values.get(self.key)
+        return _as_float(value) if self.numeric else float(order.index(_key(value)))
+
+
+def curves(points: Sequence[PointStats], key: str, keys: Sequence[str]) -> tuple[list[Curve], list[str]]:
+    """The curves along `key` (one per combination of the other swept keys that do not vary with it), and the
+    x order of `key`'s values (as JSON): numeric order when every value is a number, else the sweep's order."""
+    others = [other for other in keys if other != key and not _tied(points, key, other)]
+    values = [point.values.get(key) for point in points]
+    numeric = all(_numeric(value) for value in values)
+    order = list(dict.fromkeys(_key(value) for value in (sorted(values, key=_as_float) if numeric else values)))
+    position = {value: index for index, value in enumerate(order)}
+    lines: dict[str, list[PointStats]] = {}
+    fixed: dict[str, tuple[tuple[str, Any], ...]] = {}
+    for point in points:
+        combination = tuple((other, point.values.get(other)) for other in others)
+        lines.setdefault(_key(combination), []).append(point)
+        fixed[_key(combination)] = combination
+    found = [Curve(key, fixed[name], tuple(sorted(line, key=lambda p: position[_key(p.values.get(key))])), numeric)
+             for name, line in lines.items()]
+    return found, order
+
+
+@dataclass(frozen=True)
+class Knee:
+    client: str
+    group: str
+    throughput: str
+    latency: str
+    curve: Curve
+    at: PointStats
+    after: PointStats
+
+    def describe(self) -> str:
+        t0, t1 = self.at.mean(self.throughput), self.after.mean(self.throughput)
+        l0, l1 = self.at.mean(self.latency), self.after.mean(self.latency)
+        assert t0 and t1 is not None and l0 and l1 is not None
+        return (f"at {self.curve.key}={shown(self.at.values.get(self.curve.key))} ({self.at.label}): "
+                f"{self.throughput} {number(t0)}, {self.latency} {number(l0)}; the next step "
+                f"({self.curve.key}={shown(self.after.values.get(self.curve.key))}, {self.after.label}) adds "
+                f"{(t1 / t0 - 1) * 100:+.1f}% throughput for {(l1 / l0 - 1) * 100:+.1f}% latency")
+
+
+def knees(client: Client, keys: Sequence[str]) -> list[Knee]:
+    """Every knee of a client: per group of metrics with a throughput and a latency, along every swept key. A
+    group's knee is watched on its primary throughput and, among the latency families paired with it, one named
+    ...latency... first, else the first by name."""
+    rates = Throughputs.of(client.metrics())
+    paired: dict[str, list[Family]] = {}
+    for family, rate in latency_pairs(client):
+        if family.knee_metric:
+            paired.setdefault(rate, []).append(family)
+    lines = {key: curves(client.points, key, keys)[0] for key in keys}
+    found = []
+    for group in sorted(rates.names):
+        primary = rates.primary[group]
+        candidates = paired.get(primary or "", [])
+        if primary is None or not candidates:
+            continue
+        throughput = primary
+        family = min(candidates, key=lambda f: ("latency" not in f.name.rsplit(".", 1)[-1], f.name))
+        latency = family.knee_metric
+        assert latency is not None
+        for key in keys:
+            for curve in lines[key]:
+                index = knee([p.mean(throughput) for p in curve.points], [p.mean(latency) for p in curve.points])
+                if index is not None:
+                    after = next(p for p in curve.points[index + 1:]
+                                 if p.mean(throughput) is not None and p.mean(latency) is not None)
+                    found.append(Knee(client.name, group, throughput, latency, curve, curve.points[index], after))
+    return found
+
+
+# --- GPU telemetry -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GpuTrace:
+    job: str
+    series: dict[str, dict[str, list[tuple[float, float]]]]
+    """GPU label -> field (utilization.gpu, ...) -> (seconds since the first sample, value)"""
+    samples: int
+    skipped: int
+
+
+def parse_gpu_csv(job: str, text: str) -> GpuTrace:
+    """nvidia-smi --query-gpu=timestamp,index,name,uuid,... --format=csv,nounits rows (the GPU sampler's
+    gpu.csv); a header names the columns (units in brackets dropped); rows that do not parse (a half-written last
+    line, [N/A] values) are skipped, values that are not numbers left out."""
+    header: list[str] | None = None
+    rows: list[tuple[datetime, str, dict[str, float]]] = []
+    skipped = 0
+    for row in csv.reader(io.StringIO(text), skipinitialspace=True):
+        cells = [cell.strip() for cell in row]
+        if not any(cells):
+            continue
+        if cells[0] == "timestamp":
+            header = [cell.split(" [", 1)[0].strip() for cell in cells]
+            continue
+        if header is None or len(cells) != len(header):
+            skipped += 1
+            continue
+        record = dict(zip(header, cells))
+        try:
+            stamp = datetime.strptime(record.get("timestamp", ""), "%Y/%m/%d %H:%M:%S.%f")
+        except ValueError:
+            skipped += 1
+            continue
+        values = {}
+        for name, _, _ in _GPU_FIELDS:
+            try:
+                number_ = float(record.get(name, ""))
+            except ValueError:
+                continue
+            if math.isfinite(number_):
+                values[name] = number_
+        label = f"GPU {record.get('index', '?')}"
+        rows.append((stamp, label, values))
+    series: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    if rows:
+        start = min(stamp for stamp, _, _ in rows)
+        for stamp, label, values in rows:
+            for name, value in values.items():
+                series.setdefault(label, {}).setdefault(name, []).append(((stamp - start).total_seconds(), value))
+    return GpuTrace(job, {label: series[label] for label in sorted(series)}, len(rows), skipped)
+
+
+def gpu_traces(run_dir: Path, run: Run) -> tuple[list[GpuTrace], list[str]]:
+    """The GPU telemetry of every job that has results/<job>/gpu.csv, and notes on the files that cannot be read."""
+    from ..core.files import read_in_run
+
+    traces, notes = [], []
+    for job in run.jobs:
+        try:
+            text = read_in_run(run_dir, f"results/{job.name}/gpu.csv", GPU_CSV_LIMIT)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            notes.append(f"results/{job.name}/gpu.csv: {exc.strerror or exc}")
+            continue
+        trace = parse_gpu_csv(job.name, text)
+        if trace.samples:
+            traces.append(trace)
+        else:
+            notes.append(f"results/{job.name}/gpu.csv: no samples")
+    return traces, notes
+
+
+# --- plots -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plot:
+    slug: str
+    title: str
+    caption: str
+    figure: Any
+
+
+def _matplotlib() -> Any:
+    try:
+        import matplotlib
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ClusterError(NEEDS_MATPLOTLIB) from None
+    return matplotlib, Figure
+
+
+def slug(*parts: str) -> str:
+    text = "-".join(re.sub(r"[^A-Za-z0-9._]+", "_", part).strip("_.") for part in parts if part)
+    return text[:80] or "plot"
+
+
+def _axis_label(metric: str) -> str:
+    from .metrics import unit_of
+
+    unit = unit_of(metric)
+    return f"{metric} [{unit}]" if unit else metric
+
+
+def _set_x(ax: Any, curve_set: Sequence[Curve], order: Sequence[str]) -> None:
+    if curve_set and curve_set[0].numeric:
+        xs = [float(json.loads(value)) for value in order]
+        if min(xs) > 0 and max(xs) / min(xs) >= 50:
+            ax.set_xscale("log")
+        if len(xs) <= 12:
+            ax.set_xticks(xs, [tick(x) for x in xs])
+            ax.minorticks_off()
+    else:
+        ax.set_xticks(range(len(order)), [shown(json.loads(value)) for value in order])
+
+
+def metric_plottable(client: Client, metric: str, key: str, keys: Sequence[str]) -> bool:
+    """Whether `metric` was measured at two values of `key` or more (a plot needs two)."""
+    measured = {_key(p.values.get(key)) for p in client.points if p.mean(metric) is not None}
+    return len(measured) >= 2
+
+
+def latency_points(client: Client, family: Family, throughput: str) -> list[PointStats]:
+    """The points where the throughput and a latency of the family were measured (a plot needs two)."""
+    metrics = family.curve_metrics()
+    return [p for p in client.points if p.mean(throughput) is not None and any(p.mean(m) is not None for m in metrics)]
+
+
+def metric_plot(Figure: Any, client: Client, metric: str, key: str, keys: Sequence[str],
+                marked: list[Knee]) -> Plot | None:
+    """`metric` of one client against swept key `key`, one line per combination of the other keys."""
+    if not metric_plottable(client, metric, key, keys):
+        return None
+    curve_set, order = curves(client.points, key, keys)
+    figure = Figure()
+    ax = figure.subplots()
+    repeats = max(len(p.rows) for p in client.points)
+    for curve in curve_set:
+        kept = [p for p in curve.points if p.mean(metric) is not None]
+        if not kept:
+            continue
+        ax.errorbar([curve.x(p, order) for p in kept], [p.mean(metric) for p in kept],
+                    yerr=[p.error(metric) for p in kept], marker="o", markersize=4, capsize=3, label=curve.label)
+    for found in marked:
+        if found.curve.key == key and metric in (found.throughput, found.latency):
+            ax.plot([found.curve.x(found.at, order)], [found.at.mean(metric)], marker="o", markersize=14,
+                    markerfacecolor="none", markeredgecolor="crimson", markeredgewidth=2, linestyle="none")
+            ax.annotate("knee", (found.curve.x(found.at, order), found.at.mean(metric)), textcoords="offset points",
+                        xytext=(8, 8), color="crimson")
+    _set_x(ax, curve_set, order)
+    _thousands(ax.yaxis, [p.mean(metric) for p in client.points])
+    ax.set_xlabel(key)
+    ax.set_ylabel(_axis_label(metric))
+    title = f"{client.name}: {metric} vs {key}"
+    ax.set_title(title)
+    if len(curve_set) > 1:
+        ax.legend(loc="best")
+    figure.set_layout_engine("constrained")
+    caption = (f"Mean over the repeats of each point; error bars ±1 sample standard deviation "
+               f"(up to {repeats} repeat{'s' if repeats != 1 else ''}).")
+    return Plot(slug(client.name, metric, "vs", key), title, caption, figure)
+
+
+def load_key(points: Sequence[PointStats], keys: Sequence[str]) -> str | None:
+    """The swept key latency-throughput curves follow: the first whose values are all numbers."""
+    return next((key for key in keys if all(_numeric(p.values.get(key)) for p in points)), None)
+
+
+def latency_plot(Figure: Any, client: Client, family: Family, throughput: str, keys: Sequence[str],
+                 marked: list[Knee]) -> Plot | None:
+    """Every percentile of a latency family against its throughput: one line per percentile (colour) and per
+    combination of the other swept values (line style), following the load key upward."""
+    metrics = family.curve_metrics()
+    points = latency_points(client, family, throughput)
+    if len(points) < 2:
+        return None
+    load = load_key(points, keys)
+    if load is not None:
+        curve_set = curves(points, load, keys)[0]
+    else:
+        curve_set = [Curve("", (), tuple(sorted(points, key=lambda p: (p.mean(throughput), p.label))), False)]
+    figure = Figure()
+    ax = figure.subplots()
+    styles, markers = ("-", "--", ":", "-."), ("o", "s", "^", "D", "v")
+    for index, curve in enumerate(curve_set):
+        for colour, metric in enumerate(metrics):
+            kept = [p for p in curve.points if p.mean(metric) is not None and p.mean(throughput) is not None]
+            if not kept:
+                continue
+            stat = "mean" if metric == family.metric("mean") else metric.rsplit("_", 2)[-2]
+            ax.errorbar([p.mean(throughput) for p in kept], [p.mean(metric) for p in kept],
+                        xerr=[p.error(throughput) for p in kept], yerr=[p.error(metric) for p in kept],
+                        color=f"C{colour % 10}", linestyle=styles[index % len(styles)],
+                        marker=markers[index % len(markers)], markersize=4, capsize=3,
+                        label=stat if len(curve_set) == 1 else f"{stat}, {curve.label}")
+    top = family.knee_metric or metrics[-1]
+    if len(points) <= 24:
+        for p in points:
+            if p.mean(top) is not None:
+                ax.annotate(p.label, (p.mean(throughput), p.mean(top)), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7, color="dimgray")
+    for found in marked:
+        if found.latency in metrics and found.throughput == throughput:
+            ax.plot([found.at.mean(throughput)], [found.at.mean(found.latency)], marker="o", markersize=14,
+                    markerfacecolor="none", markeredgecolor="crimson", markeredgewidth=2, linestyle="none")
+    _thousands(ax.xaxis, [p.mean(throughput) for p in points])
+    ax.set_xlabel(_axis_label(throughput))
+    ax.set_ylabel(f"{family.name} [ms]")
+    title = f"{client.name}: {family.name} percentiles vs {throughput}"
+    ax.set_title(title)
+    ax.legend(loc="best")
+    figure.set_layout_engine("constrained")
+    follow = (f"each line follows {load} upward with the other swept values fixed" if load
+              else "points in order of throughput")
+    caption = (f"Colour: the percentile; {follow}; points named beside the highest percentile; error bars ±1 "
+               "sample standard deviation over the repeats in both directions; a red ring marks a knee.")
+    return Plot(slug(client.name, family.name, "vs", throughput), title, caption, figure)
+
+
+def _thousands(axis: Any, values: Iterable[float | None]) -> None:
+    """Tick labels with thousands separators (700,000, not 700000 or 7e5) when the values reach 10,000."""
+    from matplotlib.ticker import StrMethodFormatter
+
+    if max((abs(v) for v in values if v is not None), default=0.0) >= 10000:
+        axis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+
+
+def gpu_plot(Figure: Any, trace: GpuTrace) -> Plot:
+    figure = Figure(figsize=(7.0, 7.0))
+    axes = figure.subplots(4, 1, sharex=True)
+    panels = ((("utilization.gpu", "-"), ("utilization.memory", "--")), (("memory.used", "-"),),
+              (("power.draw", "-"),), (("temperature.gpu", "-"),))
+    ylabels = ("utilisation [%]", "memory used [MiB]", "power draw [W]", "temperature [°C]")
+    for ax, panel, ylabel in zip(axes, panels, ylabels):
+        drawn = False
+        for index, (label, fields) in enumerate(trace.series.items()):
+            for name, style in panel:
+                points = fields.get(name, [])
+                if points:
+                    ax.plot([t for t, _ in points], [v for _, v in points], linestyle=style, color=f"C{index % 10}",
+                            label=label if style == "-" else f"{label} memory")
+                    drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, "not reported", transform=ax.transAxes, ha="center", va="center", color="gray")
+        ax.set_ylabel(ylabel)
+    axes[0].legend(loc="best", ncols=2)
+    axes[-1].set_xlabel("seconds since the first sample")
+    title = f"GPU telemetry of {trace.job}"
+    axes[0].set_title(title)
+    figure.set_layout_engine("constrained")
+    caption = (f"results/{trace.job}/gpu.csv from the GPU sampler (nvidia-smi), one colour per GPU (dashed: memory "
+               f"utilisation): {trace.samples} row(s)"
+               + (f", {trace.skipped} unreadable row(s) skipped" if trace.skipped else "") + ".")
+    return Plot(slug("gpu", trace.job), title, caption, figure)
+
+
+def render(matplotlib: Any, plot: Plot) -> tuple[str, bytes, bytes]:
+    """(inline SVG element, SVG file, PNG file) of a plot: deterministic (ids salted with the plot's name)."""
+    svg, png = io.StringIO(), io.BytesIO()
+    with matplotlib.rc_context({"svg.hashsalt": f"orchc-{plot.slug}"}):
+        plot.figure.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
+    plot.figure.savefig(png, format="png", metadata={"Software": None})
+    text = svg.getvalue()
+    inline = re.sub(r"<metadata>.*?</metadata>\s*", "", text[text.index("<svg"):], count=1, flags=re.S)
+    return inline, text.encode("utf-8"), png.getvalue()
+
+
+# --- the HTML ----------------------------------------------------------------------------------------------
+
+def number(value: float | None) -> str:
+    """A figure for people: thousands separated, 2 decimals from 1 up, 3 significant digits below."""
+    if value is None:
+        return "-"
+    size = abs(value)
+    if size >= 1000:
+        return f"{value:,.0f}"
+    if size >= 100:
+        return f"{value:.1f}"
+    if size >= 1:
+        return f"{value:.2f}"
+    return "0" if size == 0 else f"{value:.3g}"
+
+
+def tick(value: float) -> str:
+    """A swept value on an axis: whole numbers without decimals."""
+    return f"{int(value):,}" if value == int(value) else f"{value:g}"
+
+
+def _cell(stats: Aggregate | None, best: bool = False) -> str:
+    if stats is None:
+        return "<td>-</td>"
+    text = number(stats.mean) + (f" ± {number(stats.stdev)}" if stats.stdev is not None else "")
+    tip = f"n={stats.n}, min {number(stats.min)}, max {number(stats.max)}"
+    return f'<td class="num{" best" if best else ""}" title="{html.escape(tip)}">{html.escape(text)}</td>'
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:2em auto;max-width:1200px;
+color:#222;padding:0 1em}
+h1{font-size:1.5em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+h3{font-size:1.05em}table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em}
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.best{font-weight:bold;background:#eef7ee}td.status{white-space:nowrap}.wide{overflow-x:auto}
+figure{margin:1em 0 2em;break-inside:avoid}figure svg{max-width:100%;height:auto}
+figcaption{font-size:.85em;color:#555}.note{color:#555;font-size:.9em}code{font-size:.95em}
+"""
+
+
+def _summary(client: Client, keys: Sequence[str], heads: list[str]) -> str:
+    from .metrics import direction
+
+    best: dict[str, float] = {}
+    if len(client.points) > 1:
+        for metric in heads:
+            sign = direction(metric)
+            means = [mean for p in client.points if (mean := p.mean(metric)) is not None]
+            if sign and means:
+                best[metric] = max(means) if sign > 0 else min(means)
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in ["point", *keys, "repeats", "status"])
+    head += "".join(f"<th>{html.escape(metric)}</th>" for metric in heads)
+    body = []
+    for point in client.points:
+        cells = [f"<td>{html.escape(point.label)}</td>"]
+        cells += [f"<td>{html.escape(shown(point.values.get(key)))}</td>" for key in keys]
+        cells += [f'<td class="num">{len(point.rows)}</td>', f'<td class="status">{html.escape(point.status())}</td>']
+        cells += [_cell(point.stats.get(metric), metric in best and point.mean(metric) == best[metric])
+                  for metric in heads]
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _all_metrics(client: Client) -> str:
+    names = client.metrics()
+    head = "".join(f"<th>{html.escape(point.label)}</th>" for point in client.points)
+    body = "".join(f"<tr><th>{html.escape(metric)}</th>{''.join(_cell(p.stats.get(metric)) for p in client.points)}</tr>"
+                   for metric in names)
+    return (f"<details><summary>every metric of {html.escape(client.name)} ({len(names)})</summary>"
+            f'<div class="wide"><table><thead><tr><th>metric</th>{head}</tr></thead><tbody>{body}</tbody></table>'
+            "</div></details>")
+
+
+@dataclass
+class Report:
+    html: str
+    files: dict[str, bytes]
+    """file name in the plot folder -> bytes"""
+    plots: int
+
+
+def build(run_dir: Path, run: Run, folder_name: str) -> Report:
+    """The report of a run; plot files are linked as `folder_name/<file>`."""
+    matplotlib, Figure = _matplotlib()
+    from .. import __version__
+    from ..output.manifest import read_manifest, recorded_sweep
+    from .points import point_results
+
+    manifest = read_manifest(run_dir)
+    sweep = recorded_sweep(manifest)
+    keys = list(sweep.keys) if sweep else []
+    clients = clients_of(point_results(run_dir, run), sweep)
+    traces, notes = gpu_traces(run_dir, run)
+    name = run_dir.resolve().name
+    parts = [f"<h1>orchc report: {html.escape(name)}</h1>"]
+    facts = [("recipe", run.recipe), ("site", run.site), ("created", run.created), ("state", run.state),
+             ("scheduler", run.scheduler), ("jobs", str(len(run.jobs))),
+             ("sweep", ", ".join(keys) if sweep else "none (one configuration)")]
+    if sweep:
+        facts += [("points", str(len(sweep.points))), ("repeats per point", str(sweep.repeat))]
+    if run.error:
+        facts.append(("error", run.error))
+    parts.append("<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
+                 + "</table>")
+    parts.append("<h2>Summary</h2>")
+    if not clients:
+        parts.append('<p class="note">This run has no clients, so no results.</p>')
+    heads = {client.name: headline(client.metrics()) for client in clients}
+    for client in clients:
+        parts.append(f"<h3>{html.escape(client.name)} <small>({html.escape(client.type)})</small></h3>")
+        parts.append(_summary(client, keys, heads[client.name]))
+        parts.append(_all_metrics(client))
+    parts.append('<p class="note">Cells: mean ± sample standard deviation over the repeats of a point (hover: n, '
+                 "min, max); bold: the best point of a metric where its name says which way is better.</p>")
+    found = {client.name: knees(client, keys) for client in clients}
+    parts.append("<h2>Saturation</h2>")
+    parts.append(f'<p class="note">A knee is the last point of a curve (one client along one swept parameter, '
+                 f"the others fixed) before the first step that adds less than {KNEE_GAIN:.0%} throughput while "
+                 f"the tail latency grows by more than {KNEE_GROWTH:.0%} (README \"Reports\").</p>")
+    listed = [(client, knee_) for client in clients for knee_ in found[client.name]]
+    if listed:
+        parts.append("<ul>" + "".join(f"<li><b>{html.escape(client.name)}</b>"
+                                      + (f" ({html.escape(k.curve.label)})" if k.curve.fixed else "")
+                                      + f": {html.escape(k.describe())}</li>" for client, k in listed) + "</ul>")
+    elif not keys:
+        parts.append('<p class="note">No sweep: nothing to saturate along.</p>')
+    else:
+        parts.append('<p class="note">No knee detected.</p>')
+
+    wanted = planned_plots(clients, keys, heads, found, traces)
+    plots: dict[str, list[Plot]] = {}
+    with matplotlib.rc_context(_RC):
+        for section, draw in wanted[:MAX_PLOTS]:
+            if (plot := draw(Figure)) is not None:
+                plots.setdefault(section, []).append(plot)
+        files: dict[str, bytes] = {}
+        index = 0
+        for section, members in plots.items():
+            parts.append(f"<h2>{html.escape(section)}</h2>")
+            for plot in members:
+                index += 1
+                stem = f"{index:02d}-{plot.slug}"
+                inline, svg, png = render(matplotlib, plot)
+                files[f"{stem}.svg"], files[f"{stem}.png"] = svg, png
+                links = " ".join(f'<a href="{html.escape(folder_name)}/{stem}.{ext}">{ext.upper()}</a>'
+                                 for ext in ("svg", "png"))
+                parts.append(f'<figure id="plot-{index:02d}"><h3>{html.escape(plot.title)}</h3>{inline}'
+                             f"<figcaption>{html.escape(plot.caption)} Files: {links}</figcaption></figure>")
+    if len(wanted) > MAX_PLOTS:
+        parts.append(f'<p class="note">This report draws at most {MAX_PLOTS} plots: {len(wanted) - MAX_PLOTS} more '
+                     "were left out (clients in order, headline metrics first, then latencies, then telemetry).</p>")
+    if not traces:
+        parts.append("<h2>Telemetry</h2><p class=\"note\">No job of this run has GPU telemetry "
+                     "(results/&lt;job&gt;/gpu.csv).</p>")
+    for note in notes:
+        parts.append(f'<p class="note">{html.escape(note)}</p>')
+    parts.append(f'<p class="note">Made by orchc {html.escape(__version__)} with matplotlib '
+                 f"{html.escape(matplotlib.__version__)}; plots also in {html.escape(folder_name)}/ as SVG and PNG.</p>")
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>orchc report: {html.escape(name)}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(parts) + "\n</body></html>\n")
+    return Report(page, files, index)
+
+
+def planned_plots(clients: list[Client], keys: Sequence[str], heads: Mapping[str, list[str]],
+                  found: Mapping[str, list[Knee]], traces: list[GpuTrace]) -> list[tuple[str, Callable[[Any], Plot | None]]]:
+    """(section, drawing) of every plot the report has data for, in order: per client each headline metric
+    against each swept key, then each latency family against its throughput; then the GPU telemetry. Checking
+    that a plot has its two points is cheap; drawing it is not, so only the first MAX_PLOTS are drawn."""
+    wanted: list[tuple[str, Callable[[Any], Plot | None]]] = []
+    for client in clients:
+        section, knees_ = f"Plots: {client.name}", found[client.name]
+        wanted += [(section, partial(_metric_drawing, client, metric, key, keys, knees_)) for metric in heads[client.name]
+                   for key in keys if metric_plottable(client, metric, key, keys)]
+        wanted += [(section, partial(_latency_drawing, client, family, throughput, keys, knees_))
+                   for family, throughput in latency_pairs(client) if len(latency_points(client, family, throughput)) >= 2]
+    wanted += [("Telemetry", partial(_gpu_drawing, trace)) for trace in traces]
+    return wanted
+
+
+def _metric_drawing(client: Client, metric: str, key: str, keys: Sequence[str], knees_: list[Knee],
+                    Figure: Any) -> Plot | None:
+    return metric_plot(Figure, client, metric, key, keys, knees_)
+
+
+def _latency_drawing(client: Client, family: Family, throughput: str, keys: Sequence[str], knees_: list[Knee],
+                     Figure: Any) -> Plot | None:
+    return latency_plot(Figure, client, family, throughput, keys, knees_)
+
+
+def _gpu_drawing(trace: GpuTrace, Figure: Any) -> Plot | None:
+    return gpu_plot(Figure, trace)
+
+
+def write_report(report: Report, output: Path) -> Path:
+    """Write the HTML and its plot folder (`output` without .html); old plot files there that this report
+    did not write are removed. Returns the folder."""
+    folder = output.with_suffix("")
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise ClusterError(f"{folder} is not a folder orchc can write plots into")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(exist_ok=True)
+        for name, data in report.files.items():
+            _write_bytes(folder / name, data)
+        for old in sorted(folder.iterdir()):
+            if _PLOT_FILE.fullmatch(old.name) and old.name not in report.files and not old.is_dir():
+                old.unlink()
+        _write_bytes(output, report.html.encode("utf-8"))
+    except OSError as exc:
+        raise ClusterError(f"cannot write the report: {exc.filename or output}: {exc.strerror or exc}") from None
+    return folder
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temp.unlink(missing_ok=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            temp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..run.runs import load_run
+
+    _matplotlib()  # before reading anything: the one thing to install is said first
+    run_dir, run = load_run(args.run_ref)
+    output: Path = args.output or run_dir / REPORT_NAME
+    if output.suffix.lower() not in (".html", ".htm"):
+        raise ClusterError(f"{output}: the report is an HTML file; name it FILE.html")
+    report = build(run_dir, run, output.with_suffix("").name)
+    folder = write_report(report, output)
+    print(f"report: {output}  ({report.plots} plot{'s' if report.plots != 1 else ''}; SVG and PNG files in {folder}/)",
+          file=sys.stdout)
+    return 0

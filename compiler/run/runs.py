@@ -1,0 +1,704 @@
+"""Runs: a compiled recipe submitted to a scheduler, recorded in `<run dir>/run.json`.
+
+Lifecycle of a job: Created (compiled into the run dir) -> Submitted -> PENDING ->
+RUNNING -> COMPLETED / FAILED / CANCELLED / TIMEOUT. The run dir is where the
+jobs run (they are submitted from it, so SLURM_SUBMIT_DIR names it): their
+logs, the services' endpoint files and the clients' results all land there.
+
+Submitting is transactional: run.json is rewritten (atomically, synced) after
+every submitted job; on any failure, exception or signal everything submitted
+is cancelled and run.json says `failed` and why. Everything read back from a run
+folder (run.json, results, markers) is checked first: it may be damaged or hostile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import signal
+import stat
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..core.errors import ClusterError
+from ..core.files import LinkInRunFolder, read_in_run, write_atomic
+from ..output.emit import Output, write_files
+from ..output.plan import Submission, read_plan
+from .backends import load_scheduler
+from .scheduler import UNKNOWN, JobState, Scheduler, is_job_id
+
+if TYPE_CHECKING:
+    from .ssh import Connection, Target
+
+RUN_FILE = "run.json"
+DEFAULT_ROOT = Path("runs")
+SCHEDULER_VARIABLE = "ORCHC_SCHEDULER"
+RUN_STATES = ("submitting", "submitted", "failed")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_RUN_LIMIT = 4 << 20
+_RESULTS_LIMIT = 64 << 20
+_MARKER_LIMIT = 4096
+_ORCHC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}_[0-9a-f]{8}")
+
+
+@dataclass(frozen=True)
+class RunJob:
+    name: str
+    type: str
+    role: str
+    target: str | None
+    script: str
+    slurm_id: str
+    submitted: str
+
+
+@dataclass(frozen=True)
+class Run:
+    recipe: str
+    site: str
+    created: str
+    run_dir: str
+    state: str
+    error: str | None
+    jobs: tuple[RunJob, ...]
+    scheduler: str = "slurm"
+    orchc_version: str = ""
+    command: tuple[str, ...] = ()
+    """the orchc command line that made the run"""
+    rerun_of: str = ""
+    """the run folder whose compiled jobs this run submitted again (orchc rerun)"""
+    remote: Target | None = None
+    """a run submitted over SSH: how to reach the login node, and (as remote_dir) the run folder there"""
+    scripts_hmac: str = ""
+    """HMAC-SHA256, with this user's run key, of every file submit wrote (what rerun submits again)"""
+
+    def job(self, name: str) -> RunJob:
+        for job in self.jobs:
+            if job.name == name:
+                return job
+        raise ClusterError(f"no job {name} in this run (it has: {', '.join(j.name for j in self.jobs) or 'no jobs'})")
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["jobs"] = [asdict(job) for job in self.jobs]
+        if self.remote is None:
+            del data["remote"]
+        else:
+            data["remote"] = {"host": self.remote.host, "port": self.remote.port, "user": self.remote.user,
+                              "identity_file": self.remote.identity_file, "options": list(self.remote.options),
+                              "run_dir": self.remote.remote_dir}
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+class Interrupted(BaseException):
+    """A signal stopped `submit` (after rolling back); exit status 128 + signum."""
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        self.signum = signum
+        super().__init__(message or f"interrupted by {signal.Signals(signum).name}")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_run_dir(recipe: str, root: Path = DEFAULT_ROOT) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    candidate, index = root / f"{recipe}-{stamp}", 1
+    while candidate.exists():
+        index += 1
+        candidate = root / f"{recipe}-{stamp}-{index}"
+    return candidate
+
+
+def save_run(run_dir: Path, run: Run) -> None:
+    write_atomic(run_dir / RUN_FILE, run.to_json(), durable=True)
+
+
+# --- reading a run back ---------------------------------------------------------------------------
+
+def load_run(ref: str | None, root: Path = DEFAULT_ROOT, pull: bool = True) -> tuple[Path, Run]:
+    """A run by folder (or name under runs/); the latest run when `ref` is None. A run submitted over SSH gets
+    what changed in its remote folder first (`pull`); when that fails, a warning, and the last copy is read."""
+    if ref is None:
+        runs = sorted((_created(path), path.parent.name, path.parent) for path in root.glob(f"*/{RUN_FILE}"))
+        if not runs:
+            raise ClusterError(f"no runs under {root}/; start one with `orchc submit RECIPE`")
+        run_dir = runs[-1][2]
+    else:
+        run_dir = _run_folder(ref, root)
+    path = run_dir / RUN_FILE
+    try:
+        text = read_in_run(run_dir, RUN_FILE, _RUN_LIMIT)
+    except LinkInRunFolder as exc:
+        raise ClusterError(str(exc)) from None
+    except OSError as exc:
+        named = ref if ref is not None and run_dir == Path(ref) else str(run_dir)
+        raise ClusterError(f"{named}: not an orchc run ({_joined(named, RUN_FILE)}: {exc.strerror or exc})") from None
+    run = parse_run(text, str(path))
+    if pull and run.remote is not None:
+        try:
+            pull_run(run_dir, run)
+        except ClusterError as error:
+            from ..core.terminal import terminal_text  # the error may quote the login node's answer
+
+            print(f"orchc: warning: showing the copy of {run_dir} from the last pull: {terminal_text(error, lines=True)}",
+                  file=sys.stderr)
+    return run_dir, run
+
+
+def _run_folder(ref: str, root: Path) -> Path:
+    """The folder `ref` names: itself when it is one or is written as a path (`runs/nope` is not `runs/runs/nope`),
+    else the run of that name under `root`."""
+    written = Path(ref)
+    if written.is_dir() or (not (root / ref).is_dir() and ("/" in ref or os.sep in ref)):
+        return written
+    return root / ref
+
+
+def _joined(folder: str, name: str) -> str:
+    return folder + name if folder.endswith(("/", os.sep)) else f"{folder}/{name}"
+
+
+# Never copied between the two sides: run.json is the local record; data/ holds services' data (large).
+_NOT_SYNCED = (RUN_FILE, "data")
+# Stays on the cluster: a TLS service's private key (the client's certificate and key come over, for `tunnel`).
+_NOT_PULLED = (*_NOT_SYNCED, "credentials/*/server.key")
+_MIRRORED = ("endpoints",)
+
+
+def pull_run(run_dir: Path, run: Run) -> None:
+    """Copy what changed in the run's remote folder into `run_dir` (rsync: incremental, one round trip)."""
+    from .ssh import connection
+
+    if run.remote is None:
+        return
+    connection(run.remote).pull(run.remote.remote_dir, run_dir, exclude=_NOT_PULLED, mirrored=_MIRRORED)
+
+
+
+def parse_run(text: str, source: str) -> Run:
+    """run.json's text as a Run; anything unexpected is a ClusterError saying what is wrong."""
+    def damaged(why: str) -> ClusterError:
+        return ClusterError(f"{source} is damaged: {why}")
+
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise damaged("it is nested too deeply") from None
+    except ValueError as exc:
+        raise damaged(f"not JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
+        raise damaged("it does not list the run's jobs")
+    state = data.get("state", "submitted")
+    if state not in RUN_STATES:
+        raise damaged(f"unknown state {str(state)[:40]!r}")
+    scheduler = data.get("scheduler", "slurm")
+    error = data.get("error")
+    for key, value in (("recipe", data.get("recipe", "")), ("scheduler", scheduler)):
+        if not isinstance(value, str) or (value and not _NAME.fullmatch(value)):
+            raise damaged(f"{key} is not a name")
+    if error is not None and not isinstance(error, str):
+        raise damaged("error is not text")
+    jobs = tuple(_run_job(job, index, damaged) for index, job in enumerate(data["jobs"]))
+    if len({job.name for job in jobs}) != len(jobs):
+        raise damaged("two jobs have the same name")
+    command = data.get("command", [])
+    if not isinstance(command, list) or not all(isinstance(word, str) for word in command):
+        raise damaged("command is not a list of words")
+    return Run(str(data.get("recipe", "")), _text(data.get("site")), _text(data.get("created")),
+               _text(data.get("run_dir")), state, error, jobs, scheduler, _text(data.get("orchc_version")),
+               tuple(command), _text(data.get("rerun_of")),
+               _remote_place(data.get("remote"), _text(data.get("site")), damaged), _text(data.get("scripts_hmac")))
+
+
+def _remote_place(value: Any, site: str, damaged: Callable[[str], ClusterError]) -> Target | None:
+    """run.json's `remote` (a run submitted over SSH), checked as strictly as a site's ssh: block: options
+    on the allow-list, or vouched for by the user's own settings for `site`."""
+    from .ssh import Target, check_target
+
+    if value is None:
+        return None
+    keys = {"host", "port", "user", "identity_file", "options", "run_dir"}
+    if not isinstance(value, dict) or not set(value) <= keys or not {"host", "run_dir"} <= set(value):
+        raise damaged("remote is not {host, port, user, identity_file, options, run_dir}")
+    host, port, user, identity, options, folder = (value.get(key) for key in
+                                                   ("host", "port", "user", "identity_file", "options", "run_dir"))
+    if not isinstance(host, str) or not isinstance(folder, str) or not folder.startswith("/"):
+        raise damaged("remote needs a host and an absolute run_dir")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
+        raise damaged("remote port is not a number")
+    if any(item is not None and not isinstance(item, str) for item in (user, identity)):
+        raise damaged("remote user and identity_file are text")
+    if options is None:
+        options = []
+    if not isinstance(options, list) or not all(isinstance(option, str) for option in options):
+        raise damaged("remote options are not a list of Key=Value")
+    try:
+        return check_target(Target(host, port, user, identity, folder, tuple(options), site))
+    except ClusterError as error:
+        raise damaged(f"remote: {error}") from None
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _run_job(job: Any, index: int, damaged: Callable[[str], ClusterError]) -> RunJob:
+    if not isinstance(job, dict):
+        raise damaged(f"job {index + 1} is not a mapping")
+    name, role, slurm_id, target = job.get("name"), job.get("role"), job.get("slurm_id"), job.get("target")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise damaged(f"job {index + 1} has no valid name")
+    if role not in ("service", "client"):
+        raise damaged(f"job {name}: role must be service or client")
+    if not isinstance(slurm_id, str) or not is_job_id(slurm_id):
+        raise damaged(f"job {name}: slurm_id {str(slurm_id)[:40]!r} is not a job id (digits only)")
+    if target is not None and (not isinstance(target, str) or not _NAME.fullmatch(target)):
+        raise damaged(f"job {name}: target is not a job name")
+    return RunJob(name, _text(job.get("type")), role, target, _text(job.get("script")), slurm_id,
+                  _text(job.get("submitted")))
+
+
+def _created(path: Path) -> str:
+    try:
+        data = json.loads(read_in_run(path.parent, RUN_FILE, _RUN_LIMIT))
+        return str(data.get("created", "")) if isinstance(data, dict) else ""
+    except (OSError, ValueError, RecursionError):
+        return ""
+
+
+def scheduler_for(run: Run) -> Scheduler:
+    if run.remote is not None:
+        return remote_scheduler(run.remote, run.scheduler)
+    return load_scheduler(run.scheduler)
+
+
+def remote_scheduler(target: Target, name: str = "slurm") -> Scheduler:
+    """The SLURM backend running its commands on the login node over the one connection to `target`."""
+    from .slurm import SlurmScheduler
+    from .ssh import connection, runner_for
+
+    if name != "slurm":
+        raise ClusterError(f"scheduler {name!r} cannot run over SSH (only slurm does)")
+    return SlurmScheduler(runner=runner_for(connection(target)))
+
+
+def default_scheduler() -> Scheduler:
+    return load_scheduler(os.environ.get(SCHEDULER_VARIABLE) or "slurm")
+
+
+# --- the run key: what lets rerun tell the scripts this user submitted from anyone else's ------------
+
+RUN_KEY = "run-key"
+_HMAC_PREFIX = "hmac-sha256:"
+
+
+def run_key_path() -> Path:
+    """$XDG_CONFIG_HOME/orchc/run-key (default ~/.config/orchc/run-key)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "orchc" / RUN_KEY
+
+
+def run_key(create: bool) -> bytes:
+    """This user's run key: 32 random bytes (as 64 hex digits) in a file of mode 0600 made on first use (`create`:
+    at submit); a missing key when not creating, or a key file another user could read or write, is an error."""
+    path = run_key_path()
+    if create and not os.path.lexists(path):
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            pass                                   # another orchc made it first: read theirs
+        else:
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(secrets.token_hex(32) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ClusterError(f"no key at {path}: runs are vouched for by a key orchc makes there at submit") from None
+    except OSError as exc:
+        raise ClusterError(f"cannot read the run key {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        text = handle.read(200).strip()
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise ClusterError(f"the run key {path} must be a file of yours that only you can read (chmod 600)")
+    if not re.fullmatch(rb"[0-9a-f]{64}", text):
+        raise ClusterError(f"the run key {path} is damaged (not 64 hex digits); delete it to make a new one")
+    return bytes.fromhex(text.decode("ascii"))
+
+
+def scripts_hmac(key: bytes, files: dict[str, str]) -> str:
+    """HMAC-SHA256 of every file (name, length and bytes, in the order of their names)."""
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for name in sorted(files):
+        data = files[name].encode("utf-8")
+        mac.update(f"{name}\0{len(data)}\0".encode())
+        mac.update(data)
+    return _HMAC_PREFIX + mac.hexdigest()
+
+
+def vouched(source: Path, old: Run, files: dict[str, str]) -> str:
+    """What rerun checked, once `files` (read from `source`) verify against the HMAC run.json recorded at
+    submit; a ClusterError saying what was checked when they do not."""
+    listed = ", ".join(sorted(files))
+    what = f"the HMAC-SHA256 of {len(files)} files of {source} ({listed}) with your run key {run_key_path()}"
+    again = "compile and submit the recipe again instead"
+    if not old.scripts_hmac.startswith(_HMAC_PREFIX):
+        raise ClusterError(f"{source}: its run.json records no HMAC of its scripts (made by an older orchc, or not "
+                           f"by orchc): nothing vouches that you compiled them; {again}")
+    try:
+        key = run_key(create=False)
+    except ClusterError as error:
+        raise ClusterError(f"{source}: cannot check {what}: {error}; {again}") from None
+    if not hmac.compare_digest(scripts_hmac(key, files), old.scripts_hmac):
+        raise ClusterError(f"{source}: rerun checked {what} against the one its run.json recorded at submit: it does "
+                           f"not verify (a file was changed after submit, or the run was made with another user's or "
+                           f"machine's key); {again}")
+    return f"checked: {what}: verified against the HMAC recorded when you submitted them"
+
+
+# --- submitting -----------------------------------------------------------------------------------
+
+RESOLVED_FILE = "resolved.json"
+
+
+def submit(output: Output, run_dir: Path, scheduler: Scheduler, command: tuple[str, ...] = (),
+           remote: Connection | None = None) -> Run:
+    """Write the compiled recipe (and every job as resolved, in resolved.json) into `run_dir` and submit its
+    jobs in the manifest's order.
+
+    Raises ClusterError (or Interrupted for a signal) after cancelling whatever was submitted.
+    """
+    resolved = {"recipe": output.recipe.name, "site": output.recipe.site.name,
+                "points": [{"point": name, "values": dict(values)} for name, values in output.recipe.points],
+                "jobs": {job.name: job.values() for job in output.recipe.jobs}}
+    files = {**output.files, RESOLVED_FILE: json.dumps(resolved, indent=2, sort_keys=True, default=str) + "\n"}
+    return submit_files(files, output.recipe.site.name, run_dir, scheduler, Run("", "", "", "", "", None, (),
+                                                                                  command=command), remote)
+
+
+def rerun(source: Path, run_dir: Path, scheduler: Scheduler, command: tuple[str, ...] = (),
+          remote: Connection | None = None, say: Callable[[str], None] | None = None) -> Run:
+    """Submit the jobs a run compiled again, byte for byte, as a new run, once every file verifies against the
+    HMAC run.json recorded at submit with this user's key (`vouched`); `say` is told what was checked."""
+    from ..output.emit import digest
+    from ..output.plan import MANIFEST
+
+    old = parse_run(read_in_run(source, RUN_FILE, _RUN_LIMIT), str(source / RUN_FILE))
+    try:
+        manifest = json.loads(read_in_run(source, MANIFEST, _RUN_LIMIT * 64))
+        names = [name for name in manifest["files"] if isinstance(name, str) and _NAME.fullmatch(name)]
+        files = {name: read_in_run(source, name, _RUN_LIMIT * 64) for name in names if name != MANIFEST}
+    except LinkInRunFolder as exc:
+        raise ClusterError(str(exc)) from None
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise ClusterError(f"cannot read the compiled jobs of {source}: {exc}") from None
+    if digest(files) != manifest.get("digest"):
+        raise ClusterError(f"{source}: the scripts differ from what its manifest.json vouches for (edited after "
+                           "compiling?); compile and submit the recipe again instead")
+    files[MANIFEST] = read_in_run(source, MANIFEST, _RUN_LIMIT * 64)
+    try:
+        files[RESOLVED_FILE] = read_in_run(source, RESOLVED_FILE, _RUN_LIMIT * 64)
+    except FileNotFoundError:
+        pass
+    checked = vouched(source, old, files)
+    if say is not None:
+        say(checked)
+    template = Run("", "", "", "", "", None, (), command=command, rerun_of=str(source.resolve()))
+    return submit_files(files, old.site, run_dir, scheduler, template, remote)
+
+
+def submit_files(files: dict[str, str], site: str, run_dir: Path, scheduler: Scheduler, template: Run,
+                 remote: Connection | None = None) -> Run:
+    """Write `files` into a new `run_dir` and submit the jobs its manifest.json plans; `template` gives what
+    run.json records of how the run was made (command, rerun_of).
+
+    With `remote` (a connection to a login node; `scheduler` runs its commands over it), the folder is copied to
+    <remote_dir>/<run name> there first (run.json stays local) and the jobs are submitted from that copy."""
+    from .. import __version__
+
+    scheduler.ready()
+    vouch = scripts_hmac(run_key(create=True), files)
+    place: Target | None = None
+    if remote is not None:
+        from .ssh import prepare
+
+        place = replace(remote.target, remote_dir=prepare(remote, run_dir.name))
+    try:
+        run_dir.mkdir(parents=True)
+    except FileExistsError:
+        raise ClusterError(f"run folder {run_dir} already exists; choose another --run-dir") from None
+    except OSError as exc:
+        raise ClusterError(f"cannot create run folder {run_dir}: {exc.strerror or exc}") from None
+    try:
+        write_files(run_dir, files)
+        plan = read_plan(run_dir)
+        folder = run_dir.resolve()
+        run = replace(template, recipe=plan.recipe, site=site, created=_now(), run_dir=str(folder),
+                      state="submitting", scheduler=scheduler.name, orchc_version=__version__, remote=place,
+                      scripts_hmac=vouch)
+        save_run(run_dir, run)
+        if place is not None:
+            folder = Path(place.remote_dir)       # where sbatch runs: the remote copy
+    except OSError as exc:
+        raise ClusterError(f"cannot write run folder {run_dir}: {exc.strerror or exc}; nothing was submitted") from None
+    ids: dict[str, str] = {}
+    with _SignalGuard() as guard:
+        try:
+            if remote is not None and place is not None:
+                guard.checkpoint()
+                remote.push(run_dir, place.remote_dir, exclude=_NOT_SYNCED)
+            if plan.allocation:   # allocation: one: one job, every recipe job a step of it (allocation.py)
+                guard.checkpoint()
+                ids[plan.allocation] = scheduler.submit(Submission(folder / plan.allocation, folder))
+                run = replace(run, jobs=tuple(RunJob(step.name, step.type, step.role, step.target, step.script,
+                                                     ids[plan.allocation], _now()) for step in plan.steps))
+                save_run(run_dir, run)
+            for step in () if plan.allocation else plan.steps:
+                guard.checkpoint()
+                ids[step.name] = scheduler.submit(step.submission(ids, folder))
+                run = replace(run, jobs=(*run.jobs, RunJob(step.name, step.type, step.role, step.target,
+                                                           step.script, ids[step.name], _now())))
+                save_run(run_dir, run)
+            guard.checkpoint()
+            run = replace(run, state="submitted")
+            save_run(run_dir, run)
+            guard.checkpoint()
+        except BaseException as exc:  # every way out rolls back
+            failure = _roll_back(run_dir, run, ids, exc, scheduler)
+            if failure is None:
+                raise
+            raise failure from None
+    return run
+
+
+def _roll_back(run_dir: Path, run: Run, ids: dict[str, str], exc: BaseException,
+               scheduler: Scheduler) -> BaseException | None:
+    """Cancel what was submitted and record the failure; the error to raise (None: re-raise `exc`)."""
+    reason = _reason(exc)
+    listed = ", ".join(f"{name} {job_id}" for name, job_id in ids.items())
+    notes = []
+    if ids:
+        try:
+            scheduler.cancel(*ids.values())
+            notes.append(f"cancelled the jobs already submitted ({listed})")
+        except ClusterError as error:
+            notes.append(f"could not cancel the jobs already submitted ({listed}): {error}; "
+                         f"cancel them by hand: scancel {' '.join(ids.values())}")
+    failed = replace(run, state="failed", error="; ".join([reason, *notes]))
+    try:
+        save_run(run_dir, failed)
+        notes.append(f"run recorded in {run_dir}")
+    except OSError as error:
+        notes.append(f"could not record the failure in {run_dir / RUN_FILE} ({error.strerror or error})"
+                     + (f"; it submitted SLURM job(s) {' '.join(ids.values())}" if ids else ""))
+    message = "; ".join([reason, *notes])
+    if isinstance(exc, Interrupted):
+        return Interrupted(exc.signum, message)
+    if isinstance(exc, KeyboardInterrupt):
+        return Interrupted(signal.SIGINT, message)
+    if isinstance(exc, (ClusterError, OSError)):
+        return ClusterError(message)
+    print(f"orchc: error: submit failed unexpectedly; {'; '.join(notes)}", file=sys.stderr)
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, Interrupted):
+        return f"submit interrupted by {signal.Signals(exc.signum).name}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "submit interrupted by SIGINT"
+    if isinstance(exc, OSError):
+        return f"cannot save {exc.filename or RUN_FILE}: {exc.strerror or exc}"
+    return str(exc) or type(exc).__name__
+
+
+class _SignalGuard:
+    """SIGINT, SIGTERM and SIGHUP during submit are noted, and acted on only at `checkpoint()`: never
+    between a submit and the recording of its id, never in the middle of a rollback."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _note(self, signum: int, frame: object) -> None:
+        if self.pending is None:
+            print(f"orchc: {signal.Signals(signum).name}: stopping once the scheduler answers, "
+                  "then cancelling what was submitted", file=sys.stderr)
+        self.pending = signum
+
+    def checkpoint(self) -> None:
+        if self.pending is not None:
+            raise Interrupted(self.pending)
+
+
+# --- following a run ------------------------------------------------------------------------------
+
+def owned(run: Run, job: RunJob, state: JobState) -> JobState:
+    """`state` when the scheduler's job (this user's: the backend answers for no other) has a name orchc gives
+    `job`: <job>_<8 hex digits>, or <recipe>_<8 hex digits> for a run inside one allocation; else FOREIGN,
+    saying why. run.json is data: its ids are never trusted to name the run's jobs."""
+    named_by_orchc = _ORCHC_NAME.fullmatch(state.name) is not None
+    if state.state == "UNKNOWN" or (named_by_orchc and state.name.rpartition("_")[0] in (job.name, run.recipe)):
+        return state
+    return JobState("FOREIGN", reason=f"named {state.name[:64]!r}, not {job.name}_<8 hex digits>")
+
+
+def states(run: Run, scheduler: Scheduler) -> dict[str, JobState]:
+    """Every job's state from one poll of the scheduler (FOREIGN for a job that is not the run's)."""
+    found = scheduler.poll(*(job.slurm_id for job in run.jobs)) if run.jobs else {}
+    return {job.name: owned(run, job, found.get(job.slurm_id, UNKNOWN)) for job in run.jobs}
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    ids: list[str]
+    """the SLURM jobs cancelled (one id for every job run inside one allocation)"""
+    refused: list[str]
+    """why each id that names a job that is not the run's was left alone"""
+    unknown: list[str]
+    """ids SLURM knows no job of this user's by (ended long ago, or another user's): left alone"""
+
+
+def cancel(run: Run, names: list[str], scheduler: Scheduler) -> Cancelled:
+    """Cancel the run's jobs (those named, or all) that are still queued or running, after one poll that checks
+    each id names a job of this user's that is the run's (`owned`); any other id is left alone and said so."""
+    chosen = [run.job(name) for name in names] if names else list(run.jobs)
+    by_id: dict[str, RunJob] = {}
+    for job in chosen:                         # one id for every job run inside one allocation: its first job
+        by_id.setdefault(job.slurm_id, job)
+    found = scheduler.poll(*by_id) if by_id else {}
+    ids, refused, unknown = [], [], []
+    for job_id, job in by_id.items():
+        state = owned(run, job, found.get(job_id, UNKNOWN))
+        if state.state == "FOREIGN":
+            refused.append(f"SLURM job {job_id} (job {job.name}) is not this run's: it is {state.reason}; left alone")
+        elif state.state == "UNKNOWN":
+            unknown.append(f"SLURM job {job_id} (job {job.name})")
+        elif not state.ended:
+            ids.append(job_id)
+    if ids:
+        scheduler.cancel(*ids)
+    return Cancelled(ids, refused, unknown)
+
+
+def results(run_dir: Path, run: Run) -> dict[str, Any]:
+    """Each client's results.json (partial or complete), by client name; None when there is none yet."""
+    collected: dict[str, Any] = {}
+    for job in run.jobs:
+        if job.role == "client":
+            collected[job.name] = _client_results(run_dir, f"results/{job.name}")
+    return collected
+
+
+def images(run_dir: Path, run: Run) -> dict[str, Any]:
+    """The container images each job recorded (`images/<job>.json`: image, source, path, sha256), by job."""
+    found: dict[str, Any] = {}
+    for job in run.jobs:
+        try:
+            found[job.name] = json.loads(read_in_run(run_dir, f"images/{job.name}.json", _MARKER_LIMIT * 16))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, RecursionError) as exc:
+            found[job.name] = {"error": f"unreadable images/{job.name}.json: {exc}"}
+    return found
+
+
+def _client_results(run_dir: Path, folder: str) -> Any:
+    try:
+        data: Any = json.loads(read_in_run(run_dir, f"{folder}/results.json", _RESULTS_LIMIT))
+    except FileNotFoundError:
+        data = None
+    except OSError as exc:
+        data = {"error": f"unreadable results.json: {exc.strerror or exc}"}
+    except RecursionError:
+        data = {"error": "unreadable results.json: nested too deeply"}
+    except ValueError as exc:
+        data = {"error": f"unreadable results.json (still being written?): {exc}"}
+    stopped = _marker(run_dir, f"{folder}/stopped")
+    if stopped is not None:
+        data = {**(data if isinstance(data, dict) else {"results": data} if data is not None else {}),
+                "stopped_by": stopped}
+    return data
+
+
+def _marker(run_dir: Path, relative: str) -> str | None:
+    """A marker file's one word (None when there is none); anything else is shown, not trusted."""
+    try:
+        text = read_in_run(run_dir, relative, _MARKER_LIMIT).strip()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "(unreadable marker)" if os.path.lexists(run_dir / relative) else None
+    return text if re.fullmatch(r"[A-Za-z0-9_.:-]{1,40}", text) else "(unreadable marker)"
+
+
+def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested results -> (dotted metric, value) rows."""
+    if isinstance(value, dict) and value:
+        return [row for key, child in value.items() for row in flatten(child, f"{prefix}{key}.")]
+    return [(prefix.rstrip("."), value)]
+
+
+# --- listing runs (orchc runs) ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunListing:
+    folder: Path
+    run: Run | None
+    """None when run.json cannot be read; `error` says why"""
+    error: str | None
+    points: int | None
+    """the number of sweep points (manifest.json); None for a run of one configuration"""
+
+
+def list_runs(root: Path = DEFAULT_ROOT) -> list[RunListing]:
+    """Every folder under `root` with a run.json, newest last (by created, then name). Reads each run.json
+    (size-limited, checked like load_run) and the sweep of its manifest.json; asks no scheduler."""
+    listed = []
+    for path in sorted(root.glob(f"*/{RUN_FILE}")):
+        folder = path.parent
+        try:
+            run: Run | None = parse_run(read_in_run(folder, RUN_FILE, _RUN_LIMIT), str(path))
+            error = None
+        except OSError as exc:
+            run, error = None, f"unreadable {RUN_FILE}: {exc.strerror or exc}"
+        except ClusterError as exc:
+            run, error = None, str(exc)
+        listed.append(RunListing(folder, run, error, _sweep_points(folder)))
+    return sorted(listed, key=lambda entry: (entry.run.created if entry.run else "", entry.folder.name))
+
+
+def _sweep_points(folder: Path) -> int | None:
+    try:
+        manifest = json.loads(read_in_run(folder, "manifest.json", _RUN_LIMIT * 4))
+    except (OSError, ValueError, RecursionError):
+        return None
+    sweep = manifest.get("sweep") if isinstance(manifest, dict) else None
+    points = sweep.get("points") if isinstance(sweep, dict) else None
+    return len(points) if isinstance(points, list) else None

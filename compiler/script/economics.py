@@ -1,0 +1,97 @@
+"""What a recipe reserves on a cluster that bills whole nodes: node-hours at most, and GPUs a job leaves idle.
+
+A site profile says how it bills (`billing: whole_node` or `shared`) and what a node of each partition holds
+(`nodes: {gpu: {cores: 64, gpus: 4, memory: 512G}}`). On a whole-node site every job pays for its nodes for as
+long as it runs, whatever it uses of them: `orchc validate` and `submit` print the most a recipe can cost (each
+job's time limit times its nodes: services stop when their clients end, so a run usually costs less) and warn
+where a job asks for a small share of a node's GPUs (README "Sites", "Whole-node economics").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.source import SourceLoc
+from ..recipe.resolve import Recipe, ResolvedJob
+from .allocation import allocation_node, plan_allocation, seconds
+
+WHOLE_NODE = "whole_node"
+IDLE_SHARE = 0.5
+"""a job on a whole-node site is warned about when it asks for less than this share of a node's GPUs"""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """One SLURM job of a recipe as billed: its nodes for its time limit."""
+
+    job: str
+    partition: str
+    nodes: int
+    seconds: int
+    """the time limit; 0 when the job has none (then the partition's limit applies, which orchc does not know)"""
+
+    @property
+    def node_hours(self) -> float:
+        return self.nodes * self.seconds / 3600
+
+
+def reservations(recipe: Recipe) -> list[Reservation]:
+    """The SLURM jobs the recipe submits: one per job, or the one allocation under `allocation: one`."""
+    node = allocation_node(recipe)
+    if node is not None:
+        resources = plan_allocation(recipe, node).resources
+        return [Reservation("allocation", str(resources.get("partition") or ""), int(resources.get("nodes") or 1),
+                            seconds(str(resources.get("time") or "0")))]
+    return [Reservation(job.name, str(job.resources.get("partition") or ""), int(job.resources.get("nodes") or 1),
+                        seconds(str(job.resources.get("time") or "0"))) for job in recipe.jobs]
+
+
+def gpus_of(gres: str) -> int:
+    """The GPUs per node a --gres asks for: `gpu` is 1, `gpu:4` and `gpu:a100:4` are 4, `gpu:a100` is 1."""
+    count = 0
+    for item in gres.split(","):
+        parts = item.split(":")
+        if parts[0] == "gpu":
+            count += int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
+    return count
+
+
+def cost_line(recipe: Recipe) -> str | None:
+    """One line on what the recipe reserves, on a whole-node site; None elsewhere (a shared node bills a share)."""
+    if recipe.site.billing != WHOLE_NODE:
+        return None
+    jobs = reservations(recipe)
+    unlimited = [job.job for job in jobs if job.seconds == 0]
+    hours = sum(job.node_hours for job in jobs)
+    text = (f"reserves at most {hours:,.2f} node-hours on {recipe.site.name} (whole nodes are billed: "
+            f"{len(jobs)} SLURM job(s), each its nodes x its time limit)")
+    if unlimited:
+        text += f"; without a time limit, so not counted: {', '.join(unlimited[:5])}{' ...' if len(unlimited) > 5 else ''}"
+    return text
+
+
+def idle_gpu_warnings(recipe: Recipe) -> list[tuple[SourceLoc, str]]:
+    """(where, why) for each job that asks for under IDLE_SHARE of its node's GPUs on a whole-node site."""
+    site = recipe.site
+    if site.billing != WHOLE_NODE or allocation_node(recipe) is not None:
+        return []
+    warnings = []
+    for job in recipe.jobs:
+        shape = site.nodes.get(str(job.resources.get("partition") or ""))
+        wanted = gpus_of(str(job.resources.get("gres") or ""))
+        if shape is None or not wanted or not shape.get("gpus") or wanted >= IDLE_SHARE * shape["gpus"]:
+            continue
+        warnings.append((_gres_loc(recipe, job), _idle_message(job, wanted, shape["gpus"], site.name)))
+    return warnings
+
+
+def _idle_message(job: ResolvedJob, wanted: int, per_node: int, site: str) -> str:
+    partition = job.resources.get("partition")
+    hint = "one service instance per GPU, " if job.role == "service" else ""
+    return (f"{job.role} '{job.name}' asks for {wanted} of the {per_node} GPUs of a {partition} node on {site}, "
+            f"which bills the whole node: {per_node - wanted} GPU(s) stay idle but are paid for; consider "
+            f"{hint}allocation: one (the recipe's jobs share one allocation), or packing more jobs onto the node")
+
+
+def _gres_loc(recipe: Recipe, job: ResolvedJob) -> SourceLoc:
+    return recipe.origins[job.name].loc(("resources", "gres"))

@@ -1,0 +1,372 @@
+"""Stage 4, render: a checked, resolved job -> the text of its sbatch script.
+
+The job template (`templates/job.sbatch.j2`) lays out the script; this module
+prepares its parts: directives, environment, secrets, images, the container
+commands, the phases, and how a client finds its target. It reads the typed
+ResolvedJob, and the recipe's `origins` only for the positioned template strings.
+
+Render only renders: every semantic check ran in the checks stage (compiler/recipe/checks.py).
+What can still fail here are rendering errors: a template that does not render or
+places a value where the shell would read it as code (templating.py, located at the
+type file's line), and the fail-closed guards on the lines orchc builds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..boundary.quote import Raw, SiteCode, shell_word, text_value
+from ..boundary.templating import ShellValues, environment, host_placeholder, render_shell, render_text, template_line
+from ..core.errors import OrchcError
+from ..core.paths import builtin_types_dir
+from ..core.session import CompileSession
+from ..core.source import Node, Origins
+from ..recipe.checks import PHASES
+from ..recipe.resolve import Container, Recipe, ResolvedJob
+from ..recipe.typedefs import secret_variable, type_file_text
+from .directives import directives
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL_IN_VALUES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def render_recipe(recipe: Recipe) -> dict[str, str]:
+    """Job name -> the text of its script."""
+    return {job.name: render_job(job, recipe) for job in recipe.jobs}
+
+
+def render_job(job: ResolvedJob, recipe: Recipe) -> str:
+    """The text of the job's script, rendered in the recipe's compile session (its caches, the texts it loaded)."""
+    with recipe.session.active():
+        return _script_of(job, recipe)
+
+
+def _script_of(job: ResolvedJob, recipe: Recipe) -> str:
+    origins = recipe.origins[job.name]
+    values = ShellValues()
+    context = _context(job, recipe, origins)
+    parts: dict[str, Any] = {
+        "directives": directives(job.name, job.job_id, job.resources),
+        "shell": recipe.site.shell,
+        "module_purge": recipe.site.module_purge,
+        "modules": recipe.site.modules,
+        "storage": _storage_lines(recipe),
+        "environment": [f"export {k}={shlex.quote(text_value(v))}" for k, v in sorted(job.environment.items())],
+        "env": _env_lines(job, origins, context, recipe.session),
+        "secrets": [_secret_line(name, job.fields[name]) for name in sorted(job.typedef.secrets) if name in job.fields],
+        "images": _image_lines(job, recipe),
+        "sidecars": _sidecar_lines(job, recipe, origins, context, values),
+        "service_command": _service_command(job, recipe, origins, context, values),
+        "phases": {phase: _phase_lines(job, origins, phase, context, values, recipe.session) for phase in PHASES[job.role]},
+        "target": _target_lines(job) if job.role == "client" else [],
+        "clients": recipe.clients_of.get(job.name, []),
+        "ports": job.fields.get("ports") or [],
+        "keep_running": bool(job.fields.get("keep_running")),
+    }
+    phase_lines = [line for lines in parts["phases"].values() for line in lines]
+    parts["fills_hosts"] = any("orchc_fill_hosts " in line for line in phase_lines)
+    parts["makes_credentials"] = any("orchc_tls_credentials " in line for line in phase_lines)
+    parts["values"] = values.assignments
+    for key in ("directives", "modules", "storage", "environment", "secrets", "images", "target", "values", "env"):
+        parts[key] = _codes(parts[key], job, origins, multiline=key in ("values", "env"))
+    parts["shell"], parts["module_purge"] = (_code(parts[key], job, origins) for key in ("shell", "module_purge"))
+    if job.role == "client":
+        parts["parameters"] = _code(shlex.quote(parameters_json(job)), job, origins)
+        parts["duration"] = int(job.fields["duration"])
+    runtime_key, session = _runtime_key(job, parts), recipe.session
+    parts["runtime"] = Raw(session.once("runtime", runtime_key, lambda: _runtime(*runtime_key)) if session.caching
+                           else _runtime(*runtime_key))
+    template = environment("script").get_template("job.sbatch.j2")
+    try:
+        return str(template.render(job=job, recipe=recipe, site=recipe.site, **parts))
+    except ValueError as exc:
+        raise OrchcError.at(origins.loc(), f"{job.role} '{job.name}': {exc}") from None
+
+
+def _runtime_key(job: ResolvedJob, parts: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Everything `runtime.sh.j2` may read of a job; the job's name only where the GPU sampler names it."""
+    gres = str(job.resources.get("gres") or "")
+    sampler = job.fields.get("enable_gpu_sampler")
+    named = bool(sampler) and "gpu" in gres
+    return (job.role, gres, sampler, job.fields.get("gpu_sample_interval"), job.name if named else None,
+            parts["makes_credentials"], parts["fills_hosts"], bool(parts["secrets"]), bool(parts["images"]))
+
+
+def _runtime(role: str, gres: str, sampler: Any, interval: Any, name: str | None, makes_credentials: bool,
+             fills_hosts: bool, secrets: bool, images: bool) -> str:
+    """The runtime helpers of a job script, rendered once per distinct key in a compile session: the context holds
+    the key and nothing else, so (StrictUndefined) the template cannot read anything the cache is not keyed on."""
+    job: dict[str, Any] = {"role": role, "resources": {"gres": gres},
+                           "fields": {"enable_gpu_sampler": sampler, "gpu_sample_interval": interval}}
+    if name is not None:
+        job["name"] = name
+    template = environment("script").get_template("runtime.sh.j2")
+    return str(template.render(job=job, makes_credentials=makes_credentials, fills_hosts=fills_hosts,
+                               secrets=secrets, images=images))
+
+
+def parameters_json(job: ResolvedJob) -> str:
+    """The job's fields as one line of JSON for its results.json; secrets (references to them) left out."""
+    shown = {name: value for name, value in job.fields.items() if name not in job.typedef.secrets}
+    return json.dumps(shown, sort_keys=True, ensure_ascii=True)
+
+
+def _codes(lines: list[str], job: ResolvedJob, origins: Origins, multiline: bool = False) -> list[Raw]:
+    """`_code` of each line: one search over all of them (a space joins them, not a control character)."""
+    if (_CONTROL_IN_VALUES if multiline else _CONTROL).search(" ".join(lines)) is None:
+        return [Raw(line) for line in lines]
+    return [_code(line, job, origins, multiline) for line in lines]
+
+
+def _code(line: str, job: ResolvedJob, origins: Origins, multiline: bool = False) -> Raw:
+    """A line orchc built for the job template: one line, no control characters, whatever the input.
+
+    Value assignments may hold newlines and tabs: they are inside single quotes there.
+    """
+    if (_CONTROL_IN_VALUES if multiline else _CONTROL).search(line):
+        raise OrchcError.at(origins.loc(), f"{job.role} '{job.name}': a value with a control character would reach "
+                            f"the script: {line[:60]!r}")
+    return Raw(line)
+
+
+def _context(job: ResolvedJob, recipe: Recipe, origins: Origins) -> dict[str, Any]:
+    context: dict[str, Any] = {name: None for name in job.typedef.fields}
+    context.update(job.values())
+    digest = job.digest[8:24]  # not the part shown as the job id
+    context.update(
+        job={"name": job.name, "id": job.job_id, "type": job.typedef.name, "role": job.role, "hosts_token": digest},
+        recipe=recipe.name,
+        jobs=recipe.job_names,
+        site={"name": recipe.site.name, "runtime": recipe.site.runtime},
+        storage=_storage_context(recipe),
+    )
+    container = job.container
+    assignments, words = _exec_parts(container, recipe, origins, context) if container else ([], [])
+    context["run"] = SiteCode(" ".join([*assignments, *words]))
+    context["_run_parts"] = (assignments, words)  # reused to start the service's own container
+    return context
+
+
+_JOB_STORAGE = {"data": "$ORCHC_DATA", "models": "$ORCHC_MODELS"}
+"""What the job's storage block sets (see _storage_lines): templates read these, `| path` expands them."""
+_APPTAINER_STORAGE = (("apptainer_cache", "APPTAINER_CACHEDIR"), ("apptainer_tmp", "APPTAINER_TMPDIR"))
+
+
+def _storage_context(recipe: Recipe) -> dict[str, str]:
+    """`storage` in templates: the job's data folder of this run, the model store, and the site's other places."""
+    return {**recipe.site.storage, **_JOB_STORAGE}
+
+
+def _storage_lines(recipe: Recipe) -> list[str]:
+    """Where the job keeps what it writes (the site's `storage:`, with the recipe's over it), created up front.
+
+    $ORCHC_RUN names the run (its folder's name and a checksum of its path, so two runs never share a folder
+    on the site's storage); every job gets its own data folder of the run, $ORCHC_DATA.
+    """
+    site = recipe.site
+    key = (site.runtime, site.name, tuple(sorted(site.storage.items())))
+    return list(recipe.session.once("storage", key, lambda: _storage_block(*key)))
+
+
+def _storage_block(runtime: str, site_name: str, places: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    storage = dict(places)
+    lines = ['ORCHC_RUN="${ORCHC_RUN_DIR##*/}-$(printf \'%s\' "$ORCHC_RUN_DIR" | cksum | cut -d \' \' -f 1)"',
+             f'ORCHC_DATA={shell_word(storage["data"])}/"$ORCHC_JOB"',
+             f"ORCHC_MODELS={shell_word(storage['models'])}",
+             "export ORCHC_RUN ORCHC_DATA ORCHC_MODELS"]
+    folders = ['"$ORCHC_DATA"', '"$ORCHC_MODELS"']
+    if runtime == "apptainer":
+        for key, variable in _APPTAINER_STORAGE:
+            if storage.get(key):
+                lines.append(f"export {variable}={shell_word(storage[key])}")
+                folders.append(f'"${variable}"')
+    lines.append(f"mkdir -p {' '.join(folders)} || orchc_fail \"cannot create the job's storage folders: see storage: "
+                 f"in site profile {shlex.quote(site_name)} or in the recipe\"")
+    return tuple(lines)
+
+
+_BOUND = ("$ORCHC_RUN_DIR", "$ORCHC_DATA", "$ORCHC_MODELS")
+"""Bound into every container under apptainer: the run folder, the job's data folder, the model store."""
+
+
+def _automatic_binds(container: Container, context: dict[str, Any], given: list[str]) -> list[str]:
+    """The host paths a job uses, bound into its container: the run folder, the job's data folder and model
+    store, and every `*_dir`/`*_directory` field of the job that lies outside them (a data_dir a recipe set)."""
+    paths = list(_BOUND)
+    for name, value in sorted(context.items()):
+        if name.endswith(("_dir", "_directory")) and isinstance(value, str) and value \
+                and not any(value == root or value.startswith(root + "/") for root in _BOUND):
+            paths.append(value)
+    words = [shell_word(path) for path in paths]
+    taken = {bind.split(":", 1)[0] for bind in given}
+    return sorted(set(words) - taken, key=words.index)
+
+
+def _image_path(image: str, recipe: Recipe) -> str:
+    return shell_word(f"{recipe.site.image_dir}/{image}.sif")
+
+
+def _image_lines(job: ResolvedJob, recipe: Recipe) -> list[str]:
+    if recipe.site.runtime != "apptainer":
+        return []
+    started = [*([job.container] if job.container else []), *(sidecar.container for sidecar in job.active_sidecars())]
+    lines = [f"orchc_image {_image_path(c.image, recipe)} {shlex.quote(c.source or '')}" for c in started if c.image]
+    return sorted(set(lines), key=lines.index)
+
+
+def _exec_parts(container: Container, recipe: Recipe, origins: Origins,
+                context: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(environment assignments, command words) that run a program in `container`."""
+    path = container.path
+    env = [(k, shell_word(render_text(origins.template((*path, "env", k)), context, recipe.session)[0])) for k in sorted(container.env)]
+    if recipe.site.runtime != "apptainer" or not container.image:
+        return [f"{k}={v}" for k, v in env], []
+    # Values that expand variables (secrets among them) travel in apptainer's environment,
+    # not on its command line, where `ps` would show them to everyone on the node.
+    assignments = [f"APPTAINERENV_{k}={v}" for k, v in env if "$" in v]
+    words = ["apptainer", "exec"]
+    if container.gpu:
+        words.append("--nv")
+    given = [shell_word(render_text(origins.template((*path, "binds", index)), context, recipe.session)[0])
+             for index, _ in enumerate(container.binds)]
+    for bind in [*_automatic_binds(container, context, given), *given]:
+        words += ["--bind", bind]
+    words += [f"--env {k}={v}" for k, v in env if "$" not in v]
+    words.append(_image_path(container.image, recipe))
+    return assignments, words
+
+
+def _start_line(container: Container, recipe: Recipe, origins: Origins, context: dict[str, Any],
+                values: ShellValues, parts: tuple[list[str], list[str]] | None = None) -> str:
+    """The command that starts a container in the background, in a process group of its own."""
+    assignments, words = parts or _exec_parts(container, recipe, origins, context)
+    command_node = origins.template((*container.path, "command"))
+    command = render_shell(command_node, context, values, recipe.session)
+    line = " ".join([*assignments, "setsid", *words, command, "&"])
+    return Raw(f"{_where('start', command_node, line, recipe.session)}\n{line}")
+
+
+def _sidecar_lines(job: ResolvedJob, recipe: Recipe, origins: Origins, context: dict[str, Any],
+                   values: ShellValues) -> list[str]:
+    if job.role != "service":
+        return []
+    return [_start_line(sidecar.container, recipe, origins, context, values) for sidecar in job.active_sidecars()]
+
+
+def _service_command(job: ResolvedJob, recipe: Recipe, origins: Origins, context: dict[str, Any],
+                     values: ShellValues) -> str:
+    if job.role != "service" or job.container is None:
+        return ""
+    return _start_line(job.container, recipe, origins, context, values, context["_run_parts"])
+
+
+def _where(phase: str, node: Node, block: str, session: CompileSession) -> Raw:
+    """The line that tells the job's error trap which phase and type line the next lines came from.
+
+    It also records the script lines of the block, so the trap can find the failing line or the
+    phase line that called a failing helper, and whether the block's lines follow the type file's
+    one for one (not when Jinja statements removed or repeated lines).
+    """
+    where, exact = session.of_object("where", node, lambda: _where_of(node))
+    return Raw(f"ORCHC_AT=({phase} {where} {block.count(chr(10)) + 1} {exact})")
+
+
+def _where_of(node: Node) -> tuple[str, int]:
+    """Where a template's node stands as _where writes it, and whether its lines map one for one."""
+    loc = template_line(node, 1)
+    exact = isinstance(node.value, str) and "{%" not in node.value
+    return f"{shlex.quote(_type_file(loc.file))} {loc.line} $((LINENO + 1))", int(exact)
+
+
+def _type_file(file: str) -> str:
+    """A type file as scripts name it: built-in types by their place in orchc, so output does not depend on where it is installed."""
+    builtin = builtin_types_dir()
+    path = Path(file)
+    if path.is_absolute() or not file.startswith("service_defs/"):
+        absolute = path if path.is_absolute() else Path(os.path.abspath(file))
+        if absolute.parent == builtin:
+            return f"service_defs/{absolute.name}"
+    return file
+
+
+def _phase_lines(job: ResolvedJob, origins: Origins, phase: str, context: dict[str, Any],
+                 values: ShellValues, session: CompileSession) -> list[str]:
+    lines: list[str] = []
+    items = origins.template(("phases", phase))
+    if not isinstance(items.value, list) or phase not in job.phases:
+        return lines
+    for item in items.value:
+        if isinstance(item.value, dict):
+            block = "\n".join(_file_block(item, context, session))
+        else:
+            block = render_shell(item, context, values, session).strip()
+        if block:
+            lines.append(Raw(f"{_where(phase, item, block, session)}\n{block}"))
+    return lines
+
+
+def _file_block(item: Node, context: dict[str, Any], session: CompileSession) -> list[str]:
+    """A file written by a quoted here-document, so the shell never interprets its content: `content:`
+    (a template) or `source:` (a file the type ships, verbatim)."""
+    path = render_text(item.at(("file",)), context, session)[0]
+    source = item.get("source")
+    if source is not None:
+        # A program the type ships (files/NAME beside the type file): its bytes verbatim, never a template;
+        # the here-document adds the final newline (one is added when the file has none).
+        content, hosts = type_file_text(source).removesuffix("\n"), list[str]()
+    else:
+        content, hosts = render_text(item.at(("content",)), context, session)
+        content = content.rstrip("\n")
+    delimiter = "ORCHC_EOF"
+    while delimiter in content.splitlines():
+        delimiter += "_"
+    lines = [f"mkdir -p \"$(dirname {shell_word(path)})\"", f"cat > {shell_word(path)} <<'{delimiter}'", content, delimiter]
+    if hosts:
+        token = context["job"]["hosts_token"]
+        pairs = " ".join(shlex.quote(f"{host_placeholder(token, host)}={host}") for host in hosts)
+        lines.append(f"orchc_fill_hosts {shell_word(path)} {pairs}")
+    mode = item.value.get("mode")
+    if mode is not None:
+        lines.append(f"chmod {shlex.quote(str(mode.value))} {shell_word(path)}")
+    return lines
+
+
+def _env_lines(job: ResolvedJob, origins: Origins, context: dict[str, Any], session: CompileSession) -> list[str]:
+    """The type's `env:`: each template rendered as text and exported single-quoted, so the job's programs read
+    the values as data (the way to hand a value to `sh -c '... "$PEER" ...'`, awk or python)."""
+    return [f"export {name}={shlex.quote(render_text(origins.template(('env', name)), context, session)[0])}"
+            for name in sorted(job.env)]
+
+
+def _secret_line(name: str, ref: Mapping[str, str]) -> str:
+    variable = secret_variable(name)
+    if "env" in ref:
+        return f'{variable}="${{{ref["env"]}:?orchc: environment variable {ref["env"]} (secret {name}) is not set}}"'
+    return f"{variable}=$(orchc_secret_file {shell_word(ref['file'])})"
+
+
+def _target_lines(job: ResolvedJob) -> list[str]:
+    data = job.fields
+    timeout = int(data.get("target_timeout", 600))
+    if data.get("target"):
+        return [f"orchc_wait_endpoint {shlex.quote(data['target'])} {timeout}"]
+    port = data.get("target_port")
+    if data.get("target_service_id"):
+        return [f"TARGET_HOST=$(orchc_job_host {shlex.quote(str(data['target_service_id']))} {timeout})",
+                f"TARGET_PORT={shlex.quote(str(port or ''))}", "TARGET_CREDENTIALS=''"]
+    host, endpoint_port = split_endpoint(str(data["target_endpoint"]))
+    return [f"TARGET_HOST={shlex.quote(host)}", f"TARGET_PORT={shlex.quote(str(endpoint_port or port or ''))}",
+            "TARGET_CREDENTIALS=''"]
+
+
+def split_endpoint(endpoint: str) -> tuple[str, int | None]:
+    """`host:port` or a URL -> (host, port or None)."""
+    parts = urlsplit(endpoint if "://" in endpoint else f"tcp://{endpoint}")
+    return parts.hostname or "", parts.port
