@@ -470,47 +470,57 @@ def _top_of(doc: Node, session: CompileSession) -> Node:
     return session.of_object("top", doc, lambda: _top_layer(doc))
 
 
-class _Base:
-    """The site's defaults, a type's layer and the recipe's top level merged (`node`), and the keys whose values
-    in it passed their checks in one job of the type (`passed`; None until a job passed).
+class _Shared:
+    """The values the bases of a compile session share, read-only: each value's frozen form made once per value
+    (a type's values are the same objects in every recipe's base), and its canonical JSON for the job digest
+    once per frozen value; each held with the object whose id keys it, so the id stays its own."""
 
-    Its values are the same objects for every job of the type in the recipe: being read-only, their frozen form
-    is made once (`frozen`), and every job that shares one hashes the same text (`members`, see _job_digest)."""
+    __slots__ = ("canonical", "frozen", "keys")
 
-    __slots__ = ("frozen", "keys", "members", "node", "passed")
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.passed: frozenset[str] | None = None
-        self.frozen: dict[str, Any] = {}
-        self.members: dict[str, str] = {}
+    def __init__(self) -> None:
+        self.frozen: dict[int, tuple[Node, Any]] = {}
+        self.canonical: dict[int, tuple[Any, list[str]]] = {}
         self.keys: dict[str, str] = {}
 
-    def frozen_value(self, key: str) -> Any:
-        """The read-only form of the base's value of `key`, the same object each time."""
-        if key in self.frozen:
-            return self.frozen[key]
-        value = self.frozen[key] = to_frozen(self.node.value[key])
-        return value
+    def frozen_of(self, node: Node) -> Any:
+        hit = self.frozen.get(id(node))
+        if hit is None:
+            hit = self.frozen[id(node)] = (node, to_frozen(node))
+            self.canonical[id(hit[1])] = (hit[1], [])
+        return hit[1]
 
-    def member(self, key: str, value: Any) -> str | None:
-        """`"key":` and the canonical JSON of `value` when it is the base's frozen value of `key`, else None."""
-        if self.frozen.get(key, _NOT_SHARED) is not value:
+    def canonical_of(self, value: Any) -> str | None:
+        """The canonical JSON of `value` when it is a shared frozen value, else None."""
+        known = self.canonical.get(id(value))
+        if known is None or known[0] is not value:
             return None
-        known = self.members.get(key)
-        if known is None:
-            known = self.members[key] = f"{self.key_text(key)}:{_ENCODE(value)}"
-        return known
+        if not known[1]:
+            known[1].append(_ENCODE(value))
+        return known[1][0]
 
     def key_text(self, key: str) -> str:
-        """A field name as JSON (the jobs of a base use the same few)."""
+        """A field name as JSON (the jobs use the same few)."""
         known = self.keys.get(key)
         if known is None:
             known = self.keys[key] = _ENCODE_STRING(key)
         return known
 
 
-_NOT_SHARED = object()
+class _Base:
+    """The site's defaults, a type's layer and the recipe's top level merged (`node`), and the keys whose values
+    in it passed their checks in one job of the type (`passed`; None until a job passed). Its values are the
+    same objects for every job of the type in the recipe: their frozen forms are `shared`'s."""
+
+    __slots__ = ("node", "passed", "shared")
+
+    def __init__(self, node: Node, shared: _Shared | None = None) -> None:
+        self.node = node
+        self.passed: frozenset[str] | None = None
+        self.shared = _Shared() if shared is None else shared
+
+    def frozen_value(self, key: str) -> Any:
+        """The read-only form of the base's value of `key`, the same object each time."""
+        return self.shared.frozen_of(self.node.value[key])
 
 
 def _type_base(site: Site, typedef: TypeDef, top: Node, problems: Collector, session: CompileSession) -> _Base:
@@ -524,7 +534,8 @@ def _type_base(site: Site, typedef: TypeDef, top: Node, problems: Collector, ses
     if known is not None:
         return known[3]
     found = Collector()
-    base = _Base(merge_layers([site.defaults, typedef.layer, _secrets_replace(top, typedef)], found))
+    base = _Base(merge_layers([site.defaults, typedef.layer, _secrets_replace(top, typedef)], found),
+                 session.once("shared", None, _Shared))
     if found.problems:
         problems.problems += found.problems
     else:
@@ -545,7 +556,7 @@ class _Draft:
 
 def _frozen_job(draft: _Draft, recipe: str, site: str) -> ResolvedJob:
     data = draft.data
-    digest = _job_digest(recipe, site, data, draft.base)
+    digest = _job_digest(recipe, site, data, draft.base.shared)
     container = _container(data.get("container"), ("container",))
     sidecars = data.get("sidecars")
     return ResolvedJob(
@@ -707,7 +718,7 @@ def _default_targets(drafts: list[_Draft]) -> None:
             draft.data["target"] = services[0]
 
 
-def _job_digest(recipe: str, site: str, data: dict[str, Any], base: _Base) -> str:
+def _job_digest(recipe: str, site: str, data: dict[str, Any], shared: _Shared) -> str:
     """A hash of the resolved job: the same input always yields the same digest. The text hashed is
     `json.dumps({"recipe": recipe, "site": site, "job": data}, sort_keys=True, separators=(",", ":"))`,
     built from the canonical JSON of each value, that of values shared with the type's base written once."""
@@ -720,11 +731,7 @@ def _job_digest(recipe: str, site: str, data: dict[str, Any], base: _Base) -> st
         elif kind is int:
             text = int.__repr__(value)
         else:
-            shared = base.member(key, value)
-            if shared is not None:
-                members.append(shared)
-                continue
-            text = _ENCODE(value)
-        members.append(f"{base.key_text(key)}:{text}")
+            text = shared.canonical_of(value) or _ENCODE(value)
+        members.append(f"{shared.key_text(key)}:{text}")
     canonical = f'{{"job":{{{",".join(members)}}},"recipe":{_ENCODE(recipe)},"site":{_ENCODE(site)}}}'
     return hashlib.sha256(canonical.encode()).hexdigest()
