@@ -164,14 +164,13 @@ def _many_jobs(order: list[int]) -> str:
 def test_render_caches_change_no_byte(orchc, tmp_path, monkeypatch):
     """Every cache of renders (templates met again) gives the bytes a compile
     without caches gives, in any order of the jobs."""
-    from compiler.boundary import templating
-
     outputs = []
     for caching, order in ((True, list(range(24))), (False, list(range(24))), (True, list(range(23, -1, -1))),
                            (False, [5, 17, 2, 11, 0, 23, 8, 14, 20, 1, 9, 3, 22, 6, 15, 12, 19, 4, 10, 16, 7, 13, 21, 18])):
-        monkeypatch.setattr(templating, "CACHING", caching)
-        templating._RENDERS.clear()
-        templating._SEEN.clear()
+        if caching:
+            monkeypatch.delenv("ORCHC_NO_CACHE", raising=False)
+        else:
+            monkeypatch.setenv("ORCHC_NO_CACHE", "1")
         folder = tmp_path / f"{caching}-{order[0]}"
         folder.mkdir()
         (folder / "many.yaml").write_text(_many_jobs(order))
@@ -199,8 +198,8 @@ def test_job_digests_hash_the_canonical_json_of_the_whole_job(monkeypatch):
     compared = []
     built = resolve._job_digest
 
-    def both(recipe, site, data):
-        compared.append((built(recipe, site, data), canonical(recipe, site, data)))
+    def both(recipe, site, data, base):
+        compared.append((built(recipe, site, data, base), canonical(recipe, site, data)))
         return compared[-1][0]
 
     monkeypatch.setattr(resolve, "_job_digest", both)

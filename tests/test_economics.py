@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from test_scheduler import fake
 
-from compiler.script.economics import gpus_of
+from compiler.script.directives import gpus_of
 
 __all__ = ["fake"]   # the fixture, imported for the test below
 

@@ -95,7 +95,7 @@ def test_the_tag_of_a_plain_scalar_is_the_yaml_1_2_resolvers_whatever_the_shortc
         def processing_version(self):
             return (1, 2)
 
-    reference, tag_of = Resolver(), _resolver()
+    reference, tag_of = Resolver(), _resolver()()
     words = ["yes", "no", "on", "off", "null", "Null", "~", "true", "False", ".inf", "-.Inf", ".nan", "0x1F", "0o17",
              "1e3", "<<", "=", "2001-12-14", "1_000", "+1", "", "!x", "&a", "*b"]
     rng = random.Random(1)

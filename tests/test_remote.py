@@ -52,11 +52,11 @@ def sockets(monkeypatch: pytest.MonkeyPatch):
     """A short private XDG_RUNTIME_DIR for the control sockets (a socket path is limited to 108 bytes)."""
     folder = Path(tempfile.mkdtemp(prefix="orchc-rt-"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
-    remote_module._CONNECTIONS.clear()
+    remote_module.forget_connections()
     yield folder
     for socket_path in (folder / "orchc-ssh").glob("*"):
         subprocess.run(["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", "x"], capture_output=True, timeout=10)
-    remote_module._CONNECTIONS.clear()
+    remote_module.forget_connections()
     shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -15,6 +15,7 @@ import pytest
 from compiler.boundary import templating
 from compiler.boundary.quote import Raw
 from compiler.core.errors import OrchcError
+from compiler.core.session import CompileSession
 from compiler.core.source import FrozenDict, Node, SourceLoc
 
 TEMPLATES = [
@@ -64,10 +65,10 @@ def _contexts(count: int) -> list[dict]:
     return contexts
 
 
-def _rendered(node: Node, context: dict) -> tuple:
+def _rendered(node: Node, context: dict, session: CompileSession) -> tuple:
     values = templating.ShellValues()
     try:
-        return "ok", templating.render_shell(node, context, values), tuple(values.assignments)
+        return "ok", templating.render_shell(node, context, values, session), tuple(values.assignments)
     except OrchcError as error:
         return "error", str(error)
 
@@ -80,10 +81,8 @@ def test_a_template_renders_the_same_with_and_without_the_cache(number, monkeypa
     contexts = _contexts(150)
     results = {}
     for caching in (True, False):
-        monkeypatch.setattr(templating, "CACHING", caching)
-        for cache in (templating._RENDERS, templating._SEEN, templating._NAMES):
-            cache.clear()
-        results[caching] = [_rendered(node, context) for context in contexts]
+        session = CompileSession(caching=caching)
+        results[caching] = [_rendered(node, context, session) for context in contexts]
     assert results[True] == results[False]
     if "missing" not in source:
         assert any(result[0] == "ok" for result in results[True])
@@ -103,11 +102,10 @@ def test_values_only_printed_or_tested_are_left_out_of_the_key():
         return real(*args)
 
     node = Node("echo {{ job.name }}{% if maxmemory %} --maxmemory {{ maxmemory }}{% endif %}", SourceLoc("t.yaml"))
-    for cache in (templating._RENDERS, templating._SEEN, templating._NAMES):
-        cache.clear()
+    session = CompileSession()
     try:
         templating._render_now = counted
-        texts = [_rendered(node, {"job": {"name": f"r{i}"}, "maxmemory": f"{i}mb" if i % 3 else None})
+        texts = [_rendered(node, {"job": {"name": f"r{i}"}, "maxmemory": f"{i}mb" if i % 3 else None}, session)
                  for i in range(30)]
     finally:
         templating._render_now = real

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from functools import lru_cache
 from typing import Any
 
 _VARIABLE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
@@ -34,11 +33,10 @@ class SiteCode(Raw):
     placeholder in its place, so a type gets the same verdict under every site profile."""
 
 
-@lru_cache(maxsize=8192)  # a pure function of its text, asked again for every job of a recipe
 def shell_word(text: str) -> str:
     """One shell word for `text`: `$VAR`/`${VAR}` still expand (quoted), everything else is literal."""
-    if not text:
-        return "''"
+    if "$" not in text:   # most words (no memo: one would grow with the values of every compile of a process)
+        return shlex.quote(text)
     out, last = [], 0
     for match in _VARIABLE.finditer(text):
         if match.start() > last:
@@ -48,7 +46,6 @@ def shell_word(text: str) -> str:
     if last < len(text):
         out.append(shlex.quote(text[last:]))
     return "".join(out)
-
 
 
 def text_value(value: Any) -> str:

@@ -13,7 +13,6 @@ to its end (an unterminated quote, `$(`, here-document) is an error, never a gue
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
 from .commands import judge
 from .words import MARK, RUN_MARK, Command, Use, Word
@@ -38,7 +37,6 @@ class ScanError(Exception):
         self.offset = offset
 
 
-@lru_cache(maxsize=8192)
 def scan(text: str) -> tuple[Use, ...]:
     """Every placeholder of `text`, in order of appearance."""
     scanner = _Scanner(text)

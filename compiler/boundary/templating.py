@@ -19,14 +19,15 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..core.errors import OrchcError, did_you_mean
-from ..core.load import source_text
+from ..core.load import current_sources
 from ..core.paths import templates_dir
+from ..core.session import CompileSession
 from ..core.source import FrozenDict, Node, SourceLoc
 from .commands import IDIOM
 from .quote import Raw, SiteCode, excerpt_of, shell_word, text_value
@@ -36,8 +37,10 @@ SAFE_WORD = re.compile(r"[A-Za-z0-9_./:@%+-]+")
 """Text that means the same, unquoted, in every shell context: written as it is."""
 
 _SOURCES: dict[str, str] = {}
+"""The source of a template while the environment compiles it (see _compiled): empty between compiles."""
 _SINK: list[Any] = []
 _HOSTS: list[str] = []
+"""What the render under way collected (the values of its placeholders, the hosts it filled in): emptied after each."""
 _MAX_REPEAT = 1 << 20
 _CODE_FORMAT = 4
 """Bumped whenever the environments change how templates compile, so no stale cached code is used."""
@@ -125,7 +128,7 @@ def _script_lines(lines: Any) -> Raw:
     return Raw("\n".join(_script_value(line) for line in lines))
 
 
-@cache
+@cache   # three environments, process-wide: orchc's own; Jinja's cache in each keeps at most 400 templates
 def environment(kind: str) -> Any:
     from jinja2 import ChoiceLoader, Environment, FileSystemLoader, FunctionLoader, StrictUndefined, pass_context
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -257,15 +260,21 @@ def _hosts_filter(context: Any, value: Any) -> Any:
     return text.replace(host, host_placeholder(context["job"]["hosts_token"], host), 1)
 
 
-@lru_cache(maxsize=4096)
-def _compiled(kind: str, source: str) -> Any:
-    env = environment(kind)
-    name = f"{kind}-{hashlib.sha1(source.encode()).hexdigest()}"
-    _SOURCES[name] = source
-    return env.get_template(name)
+def _compiled(kind: str, source: str, session: CompileSession) -> Any:
+    """The template compiled once per session; the environment's own cache (400 templates, its default) and its
+    on-disk bytecode cache keep it across sessions. Its source is with the loader only while it compiles."""
+    known = session.templates.get((kind, source))
+    if known is None:
+        name = f"{kind}-{hashlib.sha1(source.encode()).hexdigest()}"
+        _SOURCES[name] = source
+        try:
+            known = session.templates[(kind, source)] = environment(kind).get_template(name)
+        finally:
+            del _SOURCES[name]
+    return known
 
 
-def _render(node: Node, context: dict[str, Any], kind: str) -> tuple[str, tuple[Any, ...]]:
+def _render(node: Node, context: dict[str, Any], kind: str, session: CompileSession) -> tuple[str, tuple[Any, ...]]:
     """(text, what the render collected: the values of placeholders, or the hosts filled in).
 
     A render depends only on the values of the names its template reads (plus the job and
@@ -280,25 +289,28 @@ def _render(node: Node, context: dict[str, Any], kind: str) -> tuple[str, tuple[
         return (source[:-1] if source.endswith("\n") else source), ()
     key: tuple[Any, ...] | None = None
     slotted: list[Any] = []
-    if CACHING and (kind, source) in _SEEN:
-        reads = _names_read(node, kind, source)
+    if session.caching and (kind, source) in session.seen:
+        reads = _names_read(node, kind, source, session)
         key = (kind, source, *_key_parts(reads, context, slotted))
-        found = _RENDERS.get(key)
+        found = session.renders.get(key)
         if found is not None:
             return _filled(found, slotted)
-    elif CACHING:
+    elif session.caching:
         # A template met once (the common case of a small compile) is rendered without finding the names
         # it reads: parsing it for them costs more than the render. The second time, it is worth a key.
-        _SEEN.add((kind, source))
+        session.seen.add((kind, source))
     sink = _SINK if kind == "shell" else _HOSTS
     sink.clear()
     if slotted:
         context = _with_slots(context, reads, slotted)
-    found = (_render_now(node, context, kind, source), tuple(sink))
+    try:
+        found = (_render_now(node, context, kind, source, session), tuple(sink))
+    finally:
+        sink.clear()
     if key is not None:
-        if len(_RENDERS) > 20000:
-            _RENDERS.clear()
-        _RENDERS[key] = found
+        if len(session.renders) > 20000:
+            session.renders.clear()
+        session.renders[key] = found
     return _filled(found, slotted) if slotted else found
 
 
@@ -370,11 +382,6 @@ def _filled(found: tuple[str, tuple[Any, ...]], slotted: list[Any]) -> tuple[str
     return found[0], tuple(slotted[item.number][2] if type(item) is _Slot else item for item in found[1])
 
 
-CACHING = not os.environ.get("ORCHC_NO_CACHE")
-"""ORCHC_NO_CACHE=1 turns off every cache of renders too: tests compare the bytes with and without them."""
-_RENDERS: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
-_SEEN: set[tuple[str, str]] = set()
-_NAMES: dict[tuple[str, str], _Reads] = {}
 _MISSING = object()
 
 
@@ -396,14 +403,14 @@ def _part(value: Any, attributes: tuple[str, ...] | None) -> Any:
     return [value.get(attribute, _MISSING) for attribute in attributes]
 
 
-def _names_read(node: Node, kind: str, source: str) -> _Reads:
-    known = _NAMES.get((kind, source))
+def _names_read(node: Node, kind: str, source: str, session: CompileSession) -> _Reads:
+    known: _Reads | None = session.reads.get((kind, source))
     if known is not None:   # every render of a template met before: no import statement on this path
         return known
     from jinja2 import TemplateSyntaxError
 
     try:
-        known = _NAMES[(kind, source)] = _names_in(kind, source)
+        known = session.reads[(kind, source)] = _names_in(kind, source)
         return known
     except TemplateSyntaxError as exc:
         raise OrchcError.at(_line_in_template(node, exc.lineno), f"template syntax error: {exc.message}") from None
@@ -461,11 +468,11 @@ def _use_of(item: Any, parents: dict[int, Any]) -> str | None:
     return None
 
 
-def _render_now(node: Node, context: dict[str, Any], kind: str, source: str) -> str:
+def _render_now(node: Node, context: dict[str, Any], kind: str, source: str, session: CompileSession) -> str:
     from jinja2 import TemplateError, TemplateSyntaxError
 
     try:
-        template = _compiled(kind, source)
+        template = _compiled(kind, source, session)
         _BUDGET.reset()
         return str(template.render(context))
     except TemplateSyntaxError as exc:
@@ -486,26 +493,34 @@ def _render_now(node: Node, context: dict[str, Any], kind: str, source: str) -> 
         raise OrchcError.at(_line_in_template(node, _failing_line(exc)), f"template error: {exc}") from None
 
 
-def render_text(node: Node, context: dict[str, Any]) -> tuple[str, list[str]]:
+def render_text(node: Node, context: dict[str, Any], session: CompileSession) -> tuple[str, list[str]]:
     """A template for file content: (text, the jobs whose hosts the `hosts` filter put in)."""
-    text, hosts = _render(node, context, "text")
+    text, hosts = _render(node, context, "text", session)
     return text, sorted(set(hosts))
 
 
-def render_shell(node: Node, context: dict[str, Any], values: ShellValues) -> str:
+def render_shell(node: Node, context: dict[str, Any], values: ShellValues, session: CompileSession) -> str:
     """A type's shell template with every value written for its place, or a located error."""
-    text, collected = _render(node, context, "shell")
+    text, collected = _render(node, context, "shell", session)
     found = list(collected)
     if found:
         _check_printed(node, found)
     if found or ">(" in text or "coproc" in text:  # (a shell fed by a later line is refused with or without values)
         try:
-            uses = scan(text)
+            uses = _scanned(text, session)
         except ScanError as error:
             raise OrchcError.at(_line_in_template(node, text.count("\n", 0, error.offset) + 1),
                                 f"cannot follow this shell line: {error}") from None
         text = values.substitute(node, text, uses, found)
     return text.replace(RUN_MARK, str(context.get("run", ""))) if RUN_MARK in text else text
+
+
+def _scanned(text: str, session: CompileSession) -> tuple[Use, ...]:
+    """`scan(text)`, once per text in a session (every job of a type asks for the same lines)."""
+    known: tuple[Use, ...] | None = session.scans.get(text)
+    if known is None:
+        known = session.scans[text] = scan(text)
+    return known
 
 
 @dataclass
@@ -650,18 +665,9 @@ def _at_name(loc: SourceLoc, node: Node, name: str) -> SourceLoc:
     return SourceLoc(loc.file, loc.line, found.start() + 1) if found else loc
 
 
-_LINES: dict[str, tuple[str, list[str]]] = {}
-
-
 def _lines_of(file: str) -> list[str]:
     """The lines of a loaded file, split once per text (every job of a type asks for the same file's)."""
-    text = source_text(file)
-    if not text:
-        return []
-    known = _LINES.get(file)
-    if known is None or known[0] is not text:
-        known = _LINES[file] = (text, text.splitlines())
-    return known[1]
+    return current_sources().lines(file) or []
 
 
 def template_line(node: Node, line: int) -> SourceLoc:
@@ -717,6 +723,7 @@ class _Budget:
 
 
 _BUDGET: _Budget = _Budget()
+"""The render under way's (reset by each): a counter, not a cache."""
 
 
 def _counted_iter(context: Any, iterable: Any) -> Iterator[Any]:

@@ -285,10 +285,11 @@ def cmd_disconnect(args: argparse.Namespace) -> int:
         closed = close_all()
         print(f"closed {closed} ssh connection(s)" if closed else "no open ssh connection")
         return 0
+    from ..core.session import CompileSession
     from ..core.source import SourceLoc
     from ..recipe.resolve import load_site
 
-    site = load_site(args.site, Path.cwd(), SourceLoc("SITE"))
+    site = load_site(args.site, Path.cwd(), SourceLoc("SITE"), CompileSession())
     target = site_target(site.name, site.file)
     if target is None:
         raise ClusterError(f"site {site.name} has no ssh: target (in {site.file}, your override, or ORCHC_SSH_HOST)")

@@ -161,6 +161,13 @@ def _comment(text: str) -> str:
 
 
 def cmd_types(args: argparse.Namespace) -> int:
+    from ..core.load import new_sources, reading_into
+
+    with reading_into(new_sources()):   # the type files' texts, for its errors' excerpts
+        return _list_types(args)
+
+
+def _list_types(args: argparse.Namespace) -> int:
     from ..core.terminal import print_table
     from ..recipe.typedefs import Registry
 

@@ -14,5 +14,5 @@ def cost_notes(recipe: Recipe, stream: TextIO | None = None) -> str | None:
     from ..script.economics import cost_line, idle_gpu_warnings
 
     for loc, message in idle_gpu_warnings(recipe):
-        print_warning(loc, message, stream or sys.stderr)
+        print_warning(loc, message, stream or sys.stderr, recipe.session.sources)
     return cost_line(recipe)

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .source import SourceLoc
+from .source import SourceLoc, Sources
 
 
 @dataclass(frozen=True, order=True)
@@ -35,6 +35,8 @@ class OrchcError(Exception):
 
     def __init__(self, problems: Iterable[Problem]):
         self.problems = sorted(_once_each(problems))
+        self.sources: Sources | None = None
+        """the texts of the compile session it left (load.reading_into), for its excerpts"""
         super().__init__("\n".join(p.headline() for p in self.problems))
 
     @classmethod
@@ -69,16 +71,21 @@ class Collector:
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        self.sources: Sources | None = None
+        """the texts an absorbed error carried (it left a compile session), passed on to the error raised"""
 
     def add(self, loc: SourceLoc, message: str, related: Iterable[SourceLoc] = (), topic: str = "") -> None:
         self.problems.append(Problem(loc, message, tuple(related), topic))
 
     def absorb(self, error: OrchcError) -> None:
         self.problems.extend(error.problems)
+        self.sources = error.sources or self.sources
 
     def raise_if_any(self) -> None:
         if self.problems:
-            raise OrchcError(self.problems)
+            error = OrchcError(self.problems)
+            error.sources = self.sources
+            raise error
 
 
 def did_you_mean(word: str, choices: Iterable[str], n: int = 1) -> str:

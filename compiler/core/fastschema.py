@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from functools import cache
+from functools import lru_cache
 from itertools import islice
 from typing import Any
 
@@ -657,7 +657,7 @@ _ASCII_CLASSES = {"d": ("[0-9]", "0-9"), "D": ("[^0-9]", None), "w": ("[A-Za-z0-
                   "W": ("[^A-Za-z0-9_]", None)}
 
 
-@cache
+@lru_cache(maxsize=512)   # bounded, as `re` bounds its own cache of patterns: a pure function of the pattern
 def ecma_regex(pattern: str) -> re.Pattern[str]:
     """A JSON Schema pattern (ECMA 262 syntax) as a Python regex with the same meaning for orchc's uses:
     `$` matches only at the very end (Python's also matches before a final newline), and `\\d`, `\\w`

@@ -12,13 +12,15 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from .errors import Collector, OrchcError, shorten
-from .source import Node, SourceLoc
+from .source import Node, SourceLoc, Sources
 
 MAX_BYTES = 8 * 1024 * 1024
 """The largest file orchc reads; real recipes and types are a few kilobytes."""
@@ -34,8 +36,11 @@ MAX_TEXT = 32 * 1024 * 1024
 """The most characters of text (scalars and keys, each alias counted at its full size) in one document: four times the
 largest file, so aliases cannot blow a small file up to gigabytes of text (real recipes have a few kilobytes)."""
 
-_TEXTS: dict[str, str] = {}
-_CONCEALED: dict[str, dict[int, int]] = {}
+_PROCESS_SOURCES = Sources(limit=1024)
+"""The texts loaded outside a compile session (`--set` options, commands that compile nothing): few files,
+and a bound all the same for a process that loads file after file without a session."""
+_SOURCES: ContextVar[Sources] = ContextVar("orchc_sources", default=_PROCESS_SOURCES)
+"""Where the texts loaded now go: the compile session's while it reads (reading_into), else the process's."""
 
 # Characters refused in the text of a file: C0 controls but tab and line ends, DEL, C1 controls,
 # a CR not followed by LF, line and paragraph separators (line breaks for some readers, not for editors),
@@ -47,28 +52,43 @@ _CHARACTER_NAMES = {"\x00": "NUL", "\x1b": "ESC", "\x7f": "DEL", "\x85": "NEL", 
                     "\u2029": "PARAGRAPH SEPARATOR", "\r": "CR", "\x0b": "VT", "\x0c": "FF"}
 
 
+def new_sources() -> Sources:
+    """The texts of a compile session: its own, and those loaded outside it (the command line's) as well."""
+    return Sources(parent=_PROCESS_SOURCES)
+
+
+@contextmanager
+def reading_into(sources: Sources) -> Iterator[None]:
+    """Within it, the texts loaded go to `sources` (a compile session's), and an OrchcError that leaves it
+    carries them: its excerpts are printed after the session has gone."""
+    token = _SOURCES.set(sources)
+    try:
+        yield
+    except OrchcError as error:
+        if error.sources is None:
+            error.sources = sources
+        raise
+    finally:
+        _SOURCES.reset(token)
+
+
+def current_sources() -> Sources:
+    """The texts loaded in the compile session under way, else in this process (for error excerpts)."""
+    return _SOURCES.get()
+
+
 def source_text(file: str) -> str | None:
-    """The text of a file loaded in this process (for error excerpts)."""
-    return _TEXTS.get(file)
+    """The text of a loaded file (for error excerpts)."""
+    return _SOURCES.get().text(file)
 
 
 def remember_text(file: str, text: str) -> None:
-    _TEXTS[file] = text
-    _CONCEALED.pop(file, None)
+    _SOURCES.get().remember(file, text)
 
 
 def conceal(loc: SourceLoc, lines: int = 1) -> None:
     """Never show the text from `loc` to the end of its line (and `lines - 1` more lines) in an excerpt."""
-    spans = _CONCEALED.setdefault(loc.file, {})
-    spans[loc.line] = min(loc.col, spans.get(loc.line, loc.col))
-    for extra in range(loc.line + 1, loc.line + lines):
-        spans[extra] = 1
-
-
-def concealed_from(file: str, line: int) -> int | None:
-    """The column from which line `line` of `file` is hidden in excerpts, or None."""
-    spans = _CONCEALED.get(file)
-    return spans.get(line) if spans else None
+    _SOURCES.get().conceal(loc, lines)
 
 
 def character_name(char: str) -> str:
@@ -211,8 +231,9 @@ def _event_source() -> Callable[[str], tuple[Callable[[], Any], Callable[[], Non
 
 
 @lru_cache(maxsize=1)
-def _resolver() -> Callable[[str], str]:
-    """A plain scalar's text -> its tag under YAML 1.2 (`on` and `yes` are strings), memoised."""
+def _resolver() -> Callable[[], Callable[[str], str]]:
+    """A maker of `text -> tag`: a plain scalar's text -> its tag under YAML 1.2 (`on` and `yes` are strings),
+    memoised for one document (each document gets its own memo: nothing of one document outlives it)."""
     from ruamel.yaml.nodes import ScalarNode
     from ruamel.yaml.resolver import VersionedResolver
 
@@ -223,26 +244,28 @@ def _resolver() -> Callable[[str], str]:
 
     resolver = Resolver()
     resolve = resolver.resolve
-    cache: dict[str, str] = {}
     # The resolver picks its candidate patterns by the text's first character: text that starts with any
     # other character (most names and words) is a string without asking it.
     special = frozenset(key for key in resolver.versioned_resolver if key)
     plain, integer = f"{_CORE}str", f"{_CORE}int"
     decimal = re.compile(r"[0-9]+").fullmatch   # an integer under YAML 1.2's core schema, whatever its zeros
 
-    def tag_of(text: str) -> str:
-        if text and text[0] not in special:
-            return plain
-        if decimal(text):
-            return integer
-        tag = cache.get(text)
-        if tag is None:
-            tag = str(resolve(ScalarNode, text, (True, False)))
-            if len(cache) < 50_000:
-                cache[text] = tag
-        return tag
+    def maker() -> Callable[[str], str]:
+        cache: dict[str, str] = {}
 
-    return tag_of
+        def tag_of(text: str) -> str:
+            if text and text[0] not in special:
+                return plain
+            if decimal(text):
+                return integer
+            tag = cache.get(text)
+            if tag is None:
+                tag = cache[text] = str(resolve(ScalarNode, text, (True, False)))
+            return tag
+
+        return tag_of
+
+    return maker
 
 
 def _one_line(message: str) -> str:
@@ -297,7 +320,7 @@ class _Builder:
         self.open_anchors: set[str] = set()
         self.stack: list[_Frame] = []
         self.root: Node | None = None
-        self.tag_of = _resolver()
+        self.tag_of = _resolver()()
 
     def build(self, next_event: Callable[[], Any]) -> Node | None:
         from ruamel.yaml import events as ev

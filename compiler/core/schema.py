@@ -18,6 +18,8 @@ from .paths import schemas_dir
 from .source import Node, format_path
 
 
+# The shipped schemas (recipe, site, type) and their validators: process-wide, as few as the files in schemas/,
+# and the same whatever is compiled. The validators of types are each TypeDef's own (a compile session's).
 @cache
 def _schema(kind: str) -> dict[str, Any]:
     """A shipped schema with its `$ref`s inlined: validating then needs no reference lookups."""

@@ -176,3 +176,60 @@ def format_path(path: tuple[PathItem, ...]) -> str:
     for item in path:
         out += f"[{item}]" if isinstance(item, int) else (f".{item}" if out else str(item))
     return out
+
+
+class Sources:
+    """The text of each file loaded, for error excerpts and template lines; what excerpts hide of it (secrets);
+    its lines, split once per text. A compile session has its own (`load.reading_into`); texts read outside one
+    (the command line's `--set` options, commands that are not compiles) are the process's, which `parent` names."""
+
+    __slots__ = ("_concealed", "_lines", "_texts", "limit", "parent")
+
+    def __init__(self, parent: Sources | None = None, limit: int | None = None) -> None:
+        self.parent = parent
+        self.limit = limit
+        """the most files kept (the oldest go first); None: all of them"""
+        self._texts: dict[str, str] = {}
+        self._concealed: dict[str, dict[int, int]] = {}
+        self._lines: dict[tuple[str, Any], tuple[str, list[str]]] = {}
+
+    def remember(self, file: str, text: str) -> None:
+        self._texts.pop(file, None)
+        self._texts[file] = text
+        self._concealed.pop(file, None)
+        if self.limit is not None and len(self._texts) > self.limit:
+            oldest = next(iter(self._texts))
+            del self._texts[oldest]
+            self._concealed.pop(oldest, None)
+            self._lines = {key: value for key, value in self._lines.items() if key[0] != oldest}
+
+    def text(self, file: str) -> str | None:
+        found = self._texts.get(file)
+        if found is None and self.parent is not None:
+            return self.parent.text(file)
+        return found
+
+    def lines(self, file: str, split: Any = str.splitlines) -> list[str] | None:
+        """The text of `file` split by `split` (once per text), or None when it was not loaded."""
+        text = self.text(file)
+        if text is None:
+            return None
+        known = self._lines.get((file, split))
+        if known is None or known[0] is not text:
+            known = self._lines[(file, split)] = (text, split(text))
+        return known[1]
+
+    def conceal(self, loc: SourceLoc, lines: int = 1) -> None:
+        """Never show the text from `loc` to the end of its line (and `lines - 1` more lines) in an excerpt."""
+        spans = self._concealed.setdefault(loc.file, {})
+        spans[loc.line] = min(loc.col, spans.get(loc.line, loc.col))
+        for extra in range(loc.line + 1, loc.line + lines):
+            spans[extra] = 1
+
+    def concealed_from(self, file: str, line: int) -> int | None:
+        """The column from which line `line` of `file` is hidden in excerpts, or None."""
+        spans = self._concealed.get(file)
+        found = spans.get(line) if spans else None
+        if found is None and self.parent is not None:
+            return self.parent.concealed_from(file, line)
+        return found

@@ -14,8 +14,8 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any, TextIO
 
 from .errors import OrchcError, Problem
-from .load import concealed_from, source_text
-from .source import Node, SourceLoc
+from .load import current_sources
+from .source import Node, SourceLoc, Sources
 
 # Plain only when no YAML reader can take it for anything but this string: no indicator first,
 # no digit or sign first (numbers, dates, 1.1's sexagesimals), no word YAML 1.1 or 1.2 types.
@@ -112,21 +112,13 @@ MAX_SHOWN = 50
 _MESSAGE_LIMIT = 500
 _LINE_WINDOW = 100
 _UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_LINES: dict[str, tuple[str, list[str]]] = {}
-
-
-def _source_lines(file: str) -> list[str] | None:
-    """The lines of a loaded file, split once per text (so reporting many errors stays linear)."""
-    text = source_text(file)
-    if text is None:
-        return None
-    cached = _LINES.get(file)
-    if cached is None or cached[0] is not text:
-        cached = (text, [line.removesuffix("\r") for line in text.split("\n")])
-        if cached[1][-1] == "" and len(cached[1]) > 1:
-            cached[1].pop()
-        _LINES[file] = cached
-    return cached[1]
+def _excerpt_lines(text: str) -> list[str]:
+    """A file's lines as excerpts show them (split once per text by Sources.lines, so reporting many errors stays
+    linear)."""
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines[-1] == "" and len(lines) > 1:
+        lines.pop()
+    return lines
 
 
 def _visible(text: str) -> str:
@@ -134,8 +126,8 @@ def _visible(text: str) -> str:
     return _UNPRINTABLE.sub(lambda m: chr(0x2400 + ord(m.group())) if m.group() < " " else "\ufffd", text)
 
 
-def _display_line(file: str, number: int, line: str) -> str:
-    hidden = concealed_from(file, number)
+def _display_line(sources: Sources, file: str, number: int, line: str) -> str:
+    hidden = sources.concealed_from(file, number)
     if hidden is not None and hidden <= len(line):
         line = line[:hidden - 1] + "******"
     return line
@@ -148,9 +140,9 @@ def _caret_pad(prefix: str) -> str:
     return "".join("\t" if c == "\t" else "  " if unicodedata.east_asian_width(c) in "WF" else " " for c in prefix)
 
 
-def excerpt(loc: SourceLoc, context: int = 1) -> list[str]:
+def excerpt(loc: SourceLoc, sources: Sources, context: int = 1) -> list[str]:
     """The lines around `loc` with a caret under its column (long lines cut to a window around it)."""
-    lines = _source_lines(loc.file)
+    lines = sources.lines(loc.file, _excerpt_lines)
     if lines is None:
         return []
     lines = lines or [""]
@@ -164,7 +156,7 @@ def excerpt(loc: SourceLoc, context: int = 1) -> list[str]:
     out = []
     for number in range(first, last + 1):
         marker = ">" if number == loc.line else " "
-        line = _display_line(loc.file, number, lines[number - 1])
+        line = _display_line(sources, loc.file, number, lines[number - 1])
         shown = line[start:start + _LINE_WINDOW]
         shown = ("..." if start else "") + shown + ("..." if len(line) > start + _LINE_WINDOW else "")
         out.append(f" {marker} {number:>{width}} | {_visible(shown)}".rstrip())
@@ -180,22 +172,24 @@ def _clip(message: str) -> str:
     return _visible(message.replace("\n", " "))
 
 
-def format_problem(problem: Problem) -> list[str]:
-    lines = [_clip(problem.headline()), *excerpt(problem.loc)]
+def format_problem(problem: Problem, sources: Sources) -> list[str]:
+    lines = [_clip(problem.headline()), *excerpt(problem.loc, sources)]
     lines += [f"{_visible(str(loc))}: note: see here" for loc in problem.related if loc != problem.loc]
     return lines
 
 
-def print_warning(loc: SourceLoc, message: str, stream: TextIO | None = None) -> None:
-    """`FILE:LINE:COL: warning: MESSAGE` and the source excerpt: something worth knowing that is not an error."""
+def print_warning(loc: SourceLoc, message: str, stream: TextIO | None = None, sources: Sources | None = None) -> None:
+    """`FILE:LINE:COL: warning: MESSAGE` and the source excerpt: something worth knowing that is not an error.
+    `sources`: the texts of the compile session that found it (a recipe's `session.sources`)."""
     stream = stream or sys.stderr
-    stream.write("\n".join([_clip(f"{loc}: warning: {message}"), *excerpt(loc)]) + "\n")
+    stream.write("\n".join([_clip(f"{loc}: warning: {message}"), *excerpt(loc, sources or current_sources())]) + "\n")
 
 
 def print_error(error: OrchcError, stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     count = len(error.problems)
-    text = [line for problem in error.problems[:MAX_SHOWN] for line in format_problem(problem)]
+    sources = error.sources or current_sources()   # the texts of the compile session the error left, if any
+    text = [line for problem in error.problems[:MAX_SHOWN] for line in format_problem(problem, sources)]
     if count > MAX_SHOWN:
         text.append(f"... and {count - MAX_SHOWN} more errors")
     if count > 1:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import Collector, OrchcError
+from ..core.session import CompileSession
 from ..core.source import SourceLoc
 from ..recipe.checks import check_recipe
 from ..recipe.resolve import Recipe, Setting, load_recipe, resolve_recipe
@@ -38,25 +39,31 @@ class Options:
 
 
 def resolve_all(paths: list[Path], options: Options) -> list[Recipe]:
-    """load -> resolve -> check: the recipes, every job resolved and checked (what `show` prints)."""
-    registry = Registry(options.defs)
-    problems = Collector()
-    recipes: list[Recipe] = []
-    for path in paths:
-        found = Collector()
-        try:
-            recipe = _resolved(path, registry, options, found)
-            if recipe is not None:
-                recipes.append(recipe)
-        except OrchcError as error:
-            found.absorb(error)
-        problems.problems += found.problems
-    problems.raise_if_any()
-    _check_unique_names(recipes)
+    """load -> resolve -> check: the recipes, every job resolved and checked (what `show` prints).
+
+    One compile session for all of them (session.py): each recipe holds it, so rendering and writing them
+    shares its caches; it goes when they go."""
+    session = CompileSession()
+    with session.active():
+        registry = Registry(options.defs)
+        problems = Collector()
+        recipes: list[Recipe] = []
+        for path in paths:
+            found = Collector()
+            try:
+                recipe = _resolved(path, registry, session, options, found)
+                if recipe is not None:
+                    recipes.append(recipe)
+            except OrchcError as error:
+                found.absorb(error)
+            problems.problems += found.problems
+        problems.raise_if_any()
+        _check_unique_names(recipes)
     return recipes
 
 
-def _resolved(path: Path, registry: Registry, options: Options, problems: Collector) -> Recipe | None:
+def _resolved(path: Path, registry: Registry, session: CompileSession, options: Options,
+              problems: Collector) -> Recipe | None:
     """One recipe resolved and checked; a sweep's points each, then combined (sweep.py)."""
     doc = load_recipe(path, problems)
     settings = [setting for setting in options.settings if setting.path[0] != "sweep"]
@@ -66,12 +73,12 @@ def _resolved(path: Path, registry: Registry, options: Options, problems: Collec
 
         sweep = sweep_of(doc, options.settings, problems)
     if sweep is None:
-        recipe = resolve_recipe(path, registry, options.site, settings, problems, doc)
+        recipe = resolve_recipe(path, registry, options.site, settings, problems, doc, session)
         check_recipe(recipe, problems)
         return recipe
 
     def resolve_point(point: Sequence[Setting], found: Collector) -> Recipe:
-        recipe = resolve_recipe(path, registry, options.site, [*settings, *point], found, doc)
+        recipe = resolve_recipe(path, registry, options.site, [*settings, *point], found, doc, session)
         found.raise_if_any()
         return recipe
 

@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cache, cached_property
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from ..core.errors import Collector, OrchcError, Problem, did_you_mean, shorten
 from ..core.load import conceal, display_path, load_file, load_value, remember_text, split_key
 from ..core.paths import sites_dir
 from ..core.schema import check, check_characters, validator
+from ..core.session import CompileSession
 from ..core.source import FrozenDict, Node, Origins, SourceLoc, from_plain, to_frozen, walk_leaves
 from .merge import merge, merge_layers
 from .typedefs import JOB_KEYS, Registry, TypeDef
@@ -188,6 +189,8 @@ class Recipe:
     repeat: int = 1
     allocation: Node | None = field(repr=False, default=None)
     """the recipe's `allocation:` entry as written (compiler/script/allocation.py reads it)"""
+    session: CompileSession = field(repr=False, compare=False, default_factory=CompileSession)
+    """the compile session the recipe was resolved in: rendering and writing it share its caches"""
 
     def job(self, name: str) -> ResolvedJob:
         return self._by_name[name]
@@ -271,11 +274,12 @@ def _setting_value(raw: str, name: str) -> Any:
     return None if node is None else node.plain()
 
 
-def load_site(ref: str, base: Path, used_at: SourceLoc) -> Site:
-    return _load_site_file(Path(os.path.abspath(_site_path(ref, base, used_at))))
+def load_site(ref: str, base: Path, used_at: SourceLoc, session: CompileSession) -> Site:
+    """The site profile `ref`, read once per compile session (each compile reads the file as it is then)."""
+    path = Path(os.path.abspath(_site_path(ref, base, used_at)))
+    return session.once("site", path, lambda: _load_site_file(path))
 
 
-@cache
 def _load_site_file(path: Path) -> Site:
     doc = load_file(path, "site profile")
     problems = Collector()
@@ -343,9 +347,11 @@ def load_recipe(path: Path, problems: Collector) -> Node:
 
 def resolve_recipe(path: Path, registry: Registry, site_ref: str | None = None,
                    settings: Sequence[Setting] = (), problems: Collector | None = None,
-                   doc: Node | None = None) -> Recipe:
+                   doc: Node | None = None, session: CompileSession | None = None) -> Recipe:
     """The recipe's jobs, resolved and frozen. Problems go to `problems` (raised here when None is given);
-    the checks stage adds its own before anything is rendered. `doc`: the recipe already loaded."""
+    the checks stage adds its own before anything is rendered. `doc`: the recipe already loaded. `session`: the
+    compile's (`pipeline.resolve_all`), else one of the recipe's own."""
+    session = CompileSession() if session is None else session
     own = problems is None
     problems = Collector() if problems is None else problems
     if doc is None:
@@ -357,20 +363,20 @@ def resolve_recipe(path: Path, registry: Registry, site_ref: str | None = None,
     site_node = doc.get("site")
     try:
         site = load_site(site_ref or _string(site_node) or DEFAULT_SITE, path.parent,
-                         site_node.loc if site_node and not site_ref else SourceLoc(COMMAND_LINE))
+                         site_node.loc if site_node and not site_ref else SourceLoc(COMMAND_LINE), session)
     except OrchcError as error:
         problems.absorb(error)
         problems.raise_if_any()
     storage = _recipe_storage(doc)
     if storage:
         site = site.with_storage(storage)
-    drafts = _resolve_jobs(doc, registry, site, settings, problems)
+    drafts = _resolve_jobs(doc, registry, site, settings, problems, session)
     _default_targets(drafts)
     recipe = Recipe(name=name, file=doc.loc.file, site=site,
                     jobs=tuple(_frozen_job(draft, name, site.name) for draft in drafts),
                     origins={draft.name: Origins(draft.node) for draft in drafts},
                     removed_secrets={draft.name: draft.removed_secrets for draft in drafts},
-                    references=_references(doc), allocation=doc.get("allocation"))
+                    references=_references(doc), allocation=doc.get("allocation"), session=session)
     if own:
         problems.raise_if_any()
     return recipe
@@ -416,8 +422,8 @@ def _top_layer(doc: Node) -> Node:
 
 
 def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[Setting],
-                  problems: Collector) -> list[_Draft]:
-    top = _top_of(doc)
+                  problems: Collector, session: CompileSession) -> list[_Draft]:
+    top = _top_of(doc, session)
     seen: dict[str, Node] = {}
     jobs = []
     entries = _entries(doc)
@@ -446,7 +452,7 @@ def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[
         overrides = [top, entry, identity, *_setting_layers(settings, name, names, typedef)]
         what = f"{role} '{name}'"
         removed = _secret_removals(overrides, typedef, what, problems)
-        base = _type_base(site, typedef, top, problems)
+        base = _type_base(site, typedef, top, problems, session)
         node = base.node
         for layer in overrides[1:]:
             if layer is identity and entry.value.get("name") is name_node and entry.value.get("type") is type_node \
@@ -455,68 +461,102 @@ def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[
             node = merge(node, _secrets_replace(layer, typedef), problems)
         node = Node(node.value, entry.loc, node.key_loc)
         data = _validated(node, typedef, base, what, problems, removed)
-        jobs.append(_Draft(name, typedef, node, data, frozenset(removed)))
+        jobs.append(_Draft(name, typedef, node, data, frozenset(removed), base))
     return jobs
 
 
-def _top_of(doc: Node) -> Node:
+def _top_of(doc: Node, session: CompileSession) -> Node:
     """The recipe's top level as a layer: the same object for every point of a sweep (which shares `doc`)."""
-    known = _TOPS.get(id(doc))
-    if known is None or known[0] is not doc:
-        if len(_TOPS) > 4096:
-            _TOPS.clear()
-        known = _TOPS[id(doc)] = (doc, _top_layer(doc))
-    return known[1]
+    return session.of_object("top", doc, lambda: _top_layer(doc))
+
+
+class _Shared:
+    """The values the bases of a compile session share, read-only: each value's frozen form made once per value
+    (a type's values are the same objects in every recipe's base), and its canonical JSON for the job digest
+    once per frozen value; each held with the object whose id keys it, so the id stays its own."""
+
+    __slots__ = ("canonical", "frozen", "keys")
+
+    def __init__(self) -> None:
+        self.frozen: dict[int, tuple[Node, Any]] = {}
+        self.canonical: dict[int, tuple[Any, list[str]]] = {}
+        self.keys: dict[str, str] = {}
+
+    def frozen_of(self, node: Node) -> Any:
+        hit = self.frozen.get(id(node))
+        if hit is None:
+            hit = self.frozen[id(node)] = (node, to_frozen(node))
+            self.canonical[id(hit[1])] = (hit[1], [])
+        return hit[1]
+
+    def canonical_of(self, value: Any) -> str | None:
+        """The canonical JSON of `value` when it is a shared frozen value, else None."""
+        known = self.canonical.get(id(value))
+        if known is None or known[0] is not value:
+            return None
+        if not known[1]:
+            known[1].append(_ENCODE(value))
+        return known[1][0]
+
+    def key_text(self, key: str) -> str:
+        """A field name as JSON (the jobs use the same few)."""
+        known = self.keys.get(key)
+        if known is None:
+            known = self.keys[key] = _ENCODE_STRING(key)
+        return known
 
 
 class _Base:
     """The site's defaults, a type's layer and the recipe's top level merged (`node`), and the keys whose values
-    in it passed their checks in one job of the type (`passed`; None until a job passed)."""
+    in it passed their checks in one job of the type (`passed`; None until a job passed). Its values are the
+    same objects for every job of the type in the recipe: their frozen forms are `shared`'s."""
 
-    __slots__ = ("node", "passed")
+    __slots__ = ("node", "passed", "shared")
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, shared: _Shared | None = None) -> None:
         self.node = node
         self.passed: frozenset[str] | None = None
+        self.shared = _Shared() if shared is None else shared
+
+    def frozen_value(self, key: str) -> Any:
+        """The read-only form of the base's value of `key`, the same object each time."""
+        return self.shared.frozen_of(self.node.value[key])
 
 
-def _type_base(site: Site, typedef: TypeDef, top: Node, problems: Collector) -> _Base:
+def _type_base(site: Site, typedef: TypeDef, top: Node, problems: Collector, session: CompileSession) -> _Base:
     """The base of the type's jobs: the same for every job of the type in a recipe (and every point of a sweep),
-    so merged once; merging never mutates a node, and the key's nodes are held so their ids stay theirs (a type's
-    layer is its own: the same layer is the same type). A merge with problems is not kept: each job reports
-    them as it would alone."""
+    so merged once in a session; merging never mutates a node, and the key's nodes are held so their ids stay
+    theirs (a type's layer is its own: the same layer is the same type). A merge with problems is not kept: each
+    job reports them as it would alone."""
+    bases = session.table("bases")
     key = (id(site.defaults), id(typedef.layer), id(top))
-    known = _BASES.get(key)
-    if known is not None and known[0] is site.defaults and known[1] is typedef.layer and known[2] is top:
+    known = bases.get(key)
+    if known is not None:
         return known[3]
     found = Collector()
-    base = _Base(merge_layers([site.defaults, typedef.layer, _secrets_replace(top, typedef)], found))
+    base = _Base(merge_layers([site.defaults, typedef.layer, _secrets_replace(top, typedef)], found),
+                 session.once("shared", None, _Shared))
     if found.problems:
         problems.problems += found.problems
     else:
-        if len(_BASES) > 4096:
-            _BASES.clear()
-        _BASES[key] = (site.defaults, typedef.layer, top, base)
+        bases[key] = (site.defaults, typedef.layer, top, base)
     return base
-
-
-_TOPS: dict[int, tuple[Node, Node]] = {}
-_BASES: dict[tuple[int, int, int], tuple[Node, Node, Node, _Base]] = {}
 
 
 class _Draft:
     """A job while it is being resolved; frozen into a ResolvedJob once its defaults are decided."""
 
-    __slots__ = ("data", "name", "node", "removed_secrets", "typedef")
+    __slots__ = ("base", "data", "name", "node", "removed_secrets", "typedef")
 
     def __init__(self, name: str, typedef: TypeDef, node: Node, data: dict[str, Any],
-                 removed_secrets: frozenset[str]) -> None:
+                 removed_secrets: frozenset[str], base: _Base) -> None:
         self.name, self.typedef, self.node, self.data, self.removed_secrets = name, typedef, node, data, removed_secrets
+        self.base = base
 
 
 def _frozen_job(draft: _Draft, recipe: str, site: str) -> ResolvedJob:
     data = draft.data
-    digest = _job_digest(recipe, site, data)
+    digest = _job_digest(recipe, site, data, draft.base.shared)
     container = _container(data.get("container"), ("container",))
     sidecars = data.get("sidecars")
     return ResolvedJob(
@@ -642,7 +682,7 @@ def _validated(node: Node, typedef: TypeDef, base: _Base, what: str, problems: C
     given = []
     for k, v in node.value.items():
         if common.get(k) is v:
-            data[k] = _shared_frozen(v)
+            data[k] = base.frozen_value(k)
             if inherited.get(k) is not v:
                 given.append(k)
         else:
@@ -664,25 +704,6 @@ def _validated(node: Node, typedef: TypeDef, base: _Base, what: str, problems: C
     return data
 
 
-_SHARED: dict[int, tuple[Node, Any]] = {}
-"""id of a value shared by jobs (a base's: site defaults, type, recipe top) -> (that value, its frozen form);
-holding the value keeps its id from being reused."""
-
-
-def _shared_frozen(node: Node) -> Any:
-    hit = _SHARED.get(id(node))
-    if hit is None or hit[0] is not node:
-        if len(_SHARED) > 100_000:   # a process that compiles recipe after recipe (the tests) lets go of old ones
-            _SHARED.clear()
-            _CANONICAL.clear()
-        hit = _SHARED[id(node)] = (node, to_frozen(node))
-        _CANONICAL[id(hit[1])] = (hit[1], None)
-    return hit[1]
-
-
-_CANONICAL: dict[int, tuple[Any, str | None]] = {}
-"""id of a shared frozen value -> (that value, its canonical JSON once asked for): every job that shares it
-hashes the same text."""
 _ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 _ENCODE_STRING: Callable[[str], str] = json.encoder.encode_basestring_ascii
 """What _ENCODE writes for a str (its ensure_ascii default), without the encoder's dispatch."""
@@ -697,10 +718,10 @@ def _default_targets(drafts: list[_Draft]) -> None:
             draft.data["target"] = services[0]
 
 
-def _job_digest(recipe: str, site: str, data: dict[str, Any]) -> str:
+def _job_digest(recipe: str, site: str, data: dict[str, Any], shared: _Shared) -> str:
     """A hash of the resolved job: the same input always yields the same digest. The text hashed is
     `json.dumps({"recipe": recipe, "site": site, "job": data}, sort_keys=True, separators=(",", ":"))`,
-    built from the canonical JSON of each value, that of values shared with the type written once."""
+    built from the canonical JSON of each value, that of values shared with the type's base written once."""
     members = []
     for key in sorted(data):
         value = data[key]
@@ -710,26 +731,7 @@ def _job_digest(recipe: str, site: str, data: dict[str, Any]) -> str:
         elif kind is int:
             text = int.__repr__(value)
         else:
-            known = _CANONICAL.get(id(value))
-            if known is None or known[0] is not value:
-                text = _ENCODE(value)
-            else:
-                text = known[1] if known[1] is not None else _canonical_of_shared(value)
-        prefix = _KEY_TEXTS.get(key)
-        if prefix is None:
-            prefix = f"{_ENCODE_STRING(key)}:"
-            if len(_KEY_TEXTS) < 4096:
-                _KEY_TEXTS[key] = prefix
-        members.append(prefix + text)
+            text = shared.canonical_of(value) or _ENCODE(value)
+        members.append(f"{shared.key_text(key)}:{text}")
     canonical = f'{{"job":{{{",".join(members)}}},"recipe":{_ENCODE(recipe)},"site":{_ENCODE(site)}}}'
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-_KEY_TEXTS: dict[str, str] = {}
-"""A field name -> its JSON text and the colon after it (the types' fields are few; a bound for the rest)."""
-
-
-def _canonical_of_shared(value: Any) -> str:
-    text = _ENCODE(value)
-    _CANONICAL[id(value)] = (value, text)
-    return text

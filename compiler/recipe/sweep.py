@@ -317,7 +317,7 @@ def combine(resolved: list[tuple[Point, Recipe]], repeat: int) -> Recipe:
     return Recipe(name=first.name, file=first.file, site=first.site, jobs=tuple(jobs.values()), origins=origins,
                   removed_secrets=removed, references=first.references,
                   points=tuple((point.name, point.values) for point, _ in resolved), repeat=repeat,
-                  allocation=first.allocation)
+                  allocation=first.allocation, session=first.session)
 
 
 def _renamed(job: ResolvedJob, name: str, changes: dict[str, Any], point: str | None = None,

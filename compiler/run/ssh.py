@@ -769,6 +769,12 @@ def _is_dropped(err: str) -> bool:
 
 
 _CONNECTIONS: dict[Target, Connection] = {}
+"""The run side's connection of this process to each login node it reached (one per site and user)."""
+
+
+def forget_connections() -> None:
+    """Open new connections from here on (the masters of the old ones stop by themselves, a minute later)."""
+    _CONNECTIONS.clear()
 
 
 def connection(target: Target, timeout: float | None = None) -> Connection:

@@ -31,3 +31,13 @@ def directives(job_name: str, job_id: str, resources: Mapping[str, Any]) -> list
     lines += ["--output=slurm-%j.out", "--error=slurm-%j.err"]
     lines += list(resources.get("extra", ()))
     return lines
+
+
+def gpus_of(gres: str) -> int:
+    """The GPUs per node a --gres asks for: `gpu` is 1, `gpu:4` and `gpu:a100:4` are 4, `gpu:a100` is 1."""
+    count = 0
+    for item in gres.split(","):
+        parts = item.split(":")
+        if parts[0] == "gpu":
+            count += int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
+    return count

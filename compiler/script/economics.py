@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ..core.source import SourceLoc
 from ..recipe.resolve import Recipe, ResolvedJob
 from .allocation import allocation_node, plan_allocation, seconds
+from .directives import gpus_of
 
 WHOLE_NODE = "whole_node"
 IDLE_SHARE = 0.5
@@ -45,15 +46,6 @@ def reservations(recipe: Recipe) -> list[Reservation]:
     return [Reservation(job.name, str(job.resources.get("partition") or ""), int(job.resources.get("nodes") or 1),
                         seconds(str(job.resources.get("time") or "0"))) for job in recipe.jobs]
 
-
-def gpus_of(gres: str) -> int:
-    """The GPUs per node a --gres asks for: `gpu` is 1, `gpu:4` and `gpu:a100:4` are 4, `gpu:a100` is 1."""
-    count = 0
-    for item in gres.split(","):
-        parts = item.split(":")
-        if parts[0] == "gpu":
-            count += int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
-    return count
 
 
 def cost_line(recipe: Recipe) -> str | None:

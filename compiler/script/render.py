@@ -18,7 +18,6 @@ import os
 import re
 import shlex
 from collections.abc import Mapping
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,11 +26,12 @@ from ..boundary.quote import Raw, SiteCode, shell_word, text_value
 from ..boundary.templating import ShellValues, environment, host_placeholder, render_shell, render_text, template_line
 from ..core.errors import OrchcError
 from ..core.paths import builtin_types_dir
+from ..core.session import CompileSession
 from ..core.source import Node, Origins
 from ..recipe.checks import PHASES
 from ..recipe.resolve import Container, Recipe, ResolvedJob
 from ..recipe.typedefs import secret_variable, type_file_text
-from .directives import directives
+from .directives import directives, gpus_of
 from .runtime import runtime_inlined, runtime_loader
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -44,7 +44,13 @@ def render_recipe(recipe: Recipe, self_contained: bool = False) -> dict[str, str
 
 
 def render_job(job: ResolvedJob, recipe: Recipe, self_contained: bool = False) -> str:
-    """The job's script: it sources the output folder's runtime file (runtime.py), or holds it (`self_contained`)."""
+    """The job's script, rendered in the recipe's compile session (its caches, the texts it loaded): it sources
+    the output folder's runtime file (runtime.py), or holds it (`self_contained`)."""
+    with recipe.session.active():
+        return _script_of(job, recipe, self_contained)
+
+
+def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
     origins = recipe.origins[job.name]
     values = ShellValues()
     context = _context(job, recipe, origins)
@@ -55,12 +61,12 @@ def render_job(job: ResolvedJob, recipe: Recipe, self_contained: bool = False) -
         "modules": recipe.site.modules,
         "storage": _storage_lines(recipe),
         "environment": [f"export {k}={shlex.quote(text_value(v))}" for k, v in sorted(job.environment.items())],
-        "env": _env_lines(job, origins, context),
+        "env": _env_lines(job, origins, context, recipe.session),
         "secrets": [_secret_line(name, job.fields[name]) for name in sorted(job.typedef.secrets) if name in job.fields],
         "images": _image_lines(job, recipe),
         "sidecars": _sidecar_lines(job, recipe, origins, context, values),
         "service_command": _service_command(job, recipe, origins, context, values),
-        "phases": {phase: _phase_lines(job, origins, phase, context, values) for phase in PHASES[job.role]},
+        "phases": {phase: _phase_lines(job, origins, phase, context, values, recipe.session) for phase in PHASES[job.role]},
         "target": _target_lines(job) if job.role == "client" else [],
         "clients": recipe.clients_of.get(job.name, []),
         "ports": job.fields.get("ports") or [],
@@ -85,12 +91,8 @@ def render_job(job: ResolvedJob, recipe: Recipe, self_contained: bool = False) -
 def _gpu_sampler_interval(job: ResolvedJob) -> Any:
     """The GPU sampler's interval for a job with GPUs (resources.gres asks for gpu, count > 0: gpu, gpu:2,
     gpu:a100:2) and enable_gpu_sampler (base_job.yaml, default true); None for any other job."""
-    count = 0
-    for gres in str(job.resources.get("gres") or "").split(","):
-        parts = gres.split(":")
-        if parts[0] == "gpu":
-            count += int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
-    return job.fields.get("gpu_sample_interval") if job.fields.get("enable_gpu_sampler") and count > 0 else None
+    wanted = gpus_of(str(job.resources.get("gres") or ""))
+    return job.fields.get("gpu_sample_interval") if job.fields.get("enable_gpu_sampler") and wanted > 0 else None
 
 
 def parameters_json(job: ResolvedJob) -> str:
@@ -152,10 +154,10 @@ def _storage_lines(recipe: Recipe) -> list[str]:
     on the site's storage); every job gets its own data folder of the run, $ORCHC_DATA.
     """
     site = recipe.site
-    return list(_storage_block(site.runtime, site.name, tuple(sorted(site.storage.items()))))
+    key = (site.runtime, site.name, tuple(sorted(site.storage.items())))
+    return list(recipe.session.once("storage", key, lambda: _storage_block(*key)))
 
 
-@lru_cache(maxsize=64)
 def _storage_block(runtime: str, site_name: str, places: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
     storage = dict(places)
     lines = ['ORCHC_RUN="${ORCHC_RUN_DIR##*/}-$(printf \'%s\' "$ORCHC_RUN_DIR" | cksum | cut -d \' \' -f 1)"',
@@ -206,7 +208,7 @@ def _exec_parts(container: Container, recipe: Recipe, origins: Origins,
                 context: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(environment assignments, command words) that run a program in `container`."""
     path = container.path
-    env = [(k, shell_word(render_text(origins.template((*path, "env", k)), context)[0])) for k in sorted(container.env)]
+    env = [(k, shell_word(render_text(origins.template((*path, "env", k)), context, recipe.session)[0])) for k in sorted(container.env)]
     if recipe.site.runtime != "apptainer" or not container.image:
         return [f"{k}={v}" for k, v in env], []
     # Values that expand variables (secrets among them) travel in apptainer's environment,
@@ -215,7 +217,7 @@ def _exec_parts(container: Container, recipe: Recipe, origins: Origins,
     words = ["apptainer", "exec"]
     if container.gpu:
         words.append("--nv")
-    given = [shell_word(render_text(origins.template((*path, "binds", index)), context)[0])
+    given = [shell_word(render_text(origins.template((*path, "binds", index)), context, recipe.session)[0])
              for index, _ in enumerate(container.binds)]
     for bind in [*_automatic_binds(container, context, given), *given]:
         words += ["--bind", bind]
@@ -229,9 +231,9 @@ def _start_line(container: Container, recipe: Recipe, origins: Origins, context:
     """The command that starts a container in the background, in a process group of its own."""
     assignments, words = parts or _exec_parts(container, recipe, origins, context)
     command_node = origins.template((*container.path, "command"))
-    command = render_shell(command_node, context, values)
+    command = render_shell(command_node, context, values, recipe.session)
     line = " ".join([*assignments, "setsid", *words, command, "&"])
-    return Raw(f"{_where('start', command_node, line)}\n{line}")
+    return Raw(f"{_where('start', command_node, line, recipe.session)}\n{line}")
 
 
 def _sidecar_lines(job: ResolvedJob, recipe: Recipe, origins: Origins, context: dict[str, Any],
@@ -248,27 +250,24 @@ def _service_command(job: ResolvedJob, recipe: Recipe, origins: Origins, context
     return _start_line(job.container, recipe, origins, context, values, context["_run_parts"])
 
 
-def _where(phase: str, node: Node, block: str) -> Raw:
+def _where(phase: str, node: Node, block: str, session: CompileSession) -> Raw:
     """The line that tells the job's error trap which phase and type line the next lines came from.
 
     It also records the script lines of the block, so the trap can find the failing line or the
     phase line that called a failing helper, and whether the block's lines follow the type file's
     one for one (not when Jinja statements removed or repeated lines).
     """
-    known = _WHERE.get(id(node))
-    if known is None or known[0] is not node:
-        loc = template_line(node, 1)
-        exact = isinstance(node.value, str) and "{%" not in node.value
-        known = _WHERE[id(node)] = (node, f"{shlex.quote(_type_file(loc.file))} {loc.line} $((LINENO + 1))", int(exact))
-    return Raw(f"ORCHC_AT=({phase} {known[1]} {block.count(chr(10)) + 1} {known[2]})")
+    where, exact = session.of_object("where", node, lambda: _where_of(node))
+    return Raw(f"ORCHC_AT=({phase} {where} {block.count(chr(10)) + 1} {exact})")
 
 
-_WHERE: dict[int, tuple[Node, str, int]] = {}
-"""id of a template's node -> (that node, where it stands as _where writes it, whether its lines map one for one);
-holding the node keeps its id from being reused."""
+def _where_of(node: Node) -> tuple[str, int]:
+    """Where a template's node stands as _where writes it, and whether its lines map one for one."""
+    loc = template_line(node, 1)
+    exact = isinstance(node.value, str) and "{%" not in node.value
+    return f"{shlex.quote(_type_file(loc.file))} {loc.line} $((LINENO + 1))", int(exact)
 
 
-@lru_cache(maxsize=1024)
 def _type_file(file: str) -> str:
     """A type file as scripts name it: built-in types by their place in orchc, so output does not depend on where it is installed."""
     builtin = builtin_types_dir()
@@ -281,32 +280,32 @@ def _type_file(file: str) -> str:
 
 
 def _phase_lines(job: ResolvedJob, origins: Origins, phase: str, context: dict[str, Any],
-                 values: ShellValues) -> list[str]:
+                 values: ShellValues, session: CompileSession) -> list[str]:
     lines: list[str] = []
     items = origins.template(("phases", phase))
     if not isinstance(items.value, list) or phase not in job.phases:
         return lines
     for item in items.value:
         if isinstance(item.value, dict):
-            block = "\n".join(_file_block(item, context))
+            block = "\n".join(_file_block(item, context, session))
         else:
-            block = render_shell(item, context, values).strip()
+            block = render_shell(item, context, values, session).strip()
         if block:
-            lines.append(Raw(f"{_where(phase, item, block)}\n{block}"))
+            lines.append(Raw(f"{_where(phase, item, block, session)}\n{block}"))
     return lines
 
 
-def _file_block(item: Node, context: dict[str, Any]) -> list[str]:
+def _file_block(item: Node, context: dict[str, Any], session: CompileSession) -> list[str]:
     """A file written by a quoted here-document, so the shell never interprets its content: `content:`
     (a template) or `source:` (a file the type ships, verbatim)."""
-    path = render_text(item.at(("file",)), context)[0]
+    path = render_text(item.at(("file",)), context, session)[0]
     source = item.get("source")
     if source is not None:
         # A program the type ships (files/NAME beside the type file): its bytes verbatim, never a template;
         # the here-document adds the final newline (one is added when the file has none).
         content, hosts = type_file_text(source).removesuffix("\n"), list[str]()
     else:
-        content, hosts = render_text(item.at(("content",)), context)
+        content, hosts = render_text(item.at(("content",)), context, session)
         content = content.rstrip("\n")
     delimiter = "ORCHC_EOF"
     while delimiter in content.splitlines():
@@ -322,10 +321,10 @@ def _file_block(item: Node, context: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _env_lines(job: ResolvedJob, origins: Origins, context: dict[str, Any]) -> list[str]:
+def _env_lines(job: ResolvedJob, origins: Origins, context: dict[str, Any], session: CompileSession) -> list[str]:
     """The type's `env:`: each template rendered as text and exported single-quoted, so the job's programs read
     the values as data (the way to hand a value to `sh -c '... "$PEER" ...'`, awk or python)."""
-    return [f"export {name}={shlex.quote(render_text(origins.template(('env', name)), context)[0])}"
+    return [f"export {name}={shlex.quote(render_text(origins.template(('env', name)), context, session)[0])}"
             for name in sorted(job.env)]
 
 
