@@ -768,12 +768,6 @@ def _marker(run_dir: Path, relative: str) -> str | None:
     return text if re.fullmatch(r"[A-Za-z0-9_.:-]{1,40}", text) else "(unreadable marker)"
 
 
-def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested results -> (dotted metric, value) rows."""
-    if isinstance(value, dict) and value:
-        return [row for key, child in value.items() for row in flatten(child, f"{prefix}{key}.")]
-    return [(prefix.rstrip("."), value)]
-
 
 # --- listing runs (orchc runs) ----------------------------------------------------------------------
 
