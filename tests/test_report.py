@@ -449,3 +449,107 @@ def test_the_header_says_the_run_state_and_an_unfinished_run_says_so_first(orchc
     assert "<tr><th>state</th><td>failed</td></tr>" in page and "results so far" not in page
     assert "This run ended failed (bench FAILED): its results may be incomplete." in page
     assert runs.load_run(str(run))[1].outcome == "failed"
+
+
+# --- plots that can be read (issue 19) ---------------------------------------------------------------------
+
+def metrics_client(points: list[dict[str, list[float]]]) -> Client:
+    """One client along bench.clients = 1, 2, ...: each point's repeats of each metric (all lists of a point
+    as long as each other)."""
+    from compiler.results.points import PointResult, aggregates
+
+    made = []
+    for index, figures in enumerate(points, 1):
+        repeats = len(next(iter(figures.values())))
+        rows = [PointResult(f"p{index:02d}", {"bench.clients": index}, repeat, f"bench-p{index:02d}-r{repeat}",
+                            "redis_client", str(repeat), results({name: values[repeat - 1] for name, values in figures.items()}))
+                for repeat in range(1, repeats + 1)]
+        made.append(PointStats(f"p{index:02d}", {"bench.clients": index}, rows, aggregates(rows)))
+    return Client("bench", "redis_client", made)
+
+
+def spread(mean: float, sd: float) -> list[float]:
+    """Three repeats of this mean and sample standard deviation."""
+    return [mean - sd, mean, mean + sd]
+
+
+# the issue's run: latency 0.03-130 ms on one plot; the first point's throughput 133k ±60k
+WIDE = metrics_client([
+    {"set.requests_per_s": spread(133_000, 60_000), "set.latency_p50_ms": spread(0.03, 0.001), "set.latency_p99_ms": spread(0.05, 0.01)},
+    {"set.requests_per_s": spread(150_000, 2_000), "set.latency_p50_ms": spread(0.2, 0.01), "set.latency_p99_ms": spread(0.9, 0.05)},
+    {"set.requests_per_s": spread(160_000, 2_000), "set.latency_p50_ms": spread(2.0, 0.1), "set.latency_p99_ms": spread(9.0, 0.5)},
+    {"set.requests_per_s": spread(165_000, 3_000), "set.latency_p50_ms": spread(20.0, 1.0), "set.latency_p99_ms": spread(130.0, 5.0)},
+])
+
+
+def drawn(plot):
+    """The one axes of a drawn plot, its layout done."""
+    plot.figure.draw_without_rendering()
+    (ax,) = plot.figure.axes
+    return ax
+
+
+def test_values_spanning_more_than_a_decade_get_a_log_axis():
+    from matplotlib.figure import Figure
+
+    from compiler.results.report import latency_plot, metric_plot
+
+    family = families(WIDE.metrics())["set.latency"]
+    ax = drawn(latency_plot(Figure, WIDE, family, "set.requests_per_s", ["bench.clients"], []))
+    assert (ax.get_yscale(), ax.get_xscale()) == ("log", "linear")  # throughput spans 1.24x
+    assert drawn(metric_plot(Figure, WIDE, "set.latency_p99_ms", "bench.clients", ["bench.clients"], [])).get_yscale() == "log"
+    assert drawn(metric_plot(Figure, WIDE, "set.requests_per_s", "bench.clients", ["bench.clients"], [])).get_yscale() == "linear"
+
+
+def test_horizontal_error_bars_stay_small_beside_the_axis():
+    """Throughput's spread over the repeats (x) drawn in full crossed the whole plot (133k ±60k on an axis of 33k)."""
+    from matplotlib.figure import Figure
+
+    from compiler.results.report import X_ERROR_SHARE, latency_plot
+
+    family = families(WIDE.metrics())["set.latency"]
+    ax = drawn(latency_plot(Figure, WIDE, family, "set.requests_per_s", ["bench.clients"], []))
+    left, right = ax.get_xlim()
+    widths = [abs(x1 - x0) for container in ax.containers if container.has_xerr
+              for (x0, _), (x1, _) in container.lines[2][0].get_segments()]
+    assert widths and max(widths) <= X_ERROR_SHARE * (right - left)
+    assert sum(width > 0 for width in widths) == 2 * 3  # the 3 points of small spread keep theirs, for both percentiles
+
+
+def label_boxes(svg: str, names: set[str]) -> list[tuple[str, float, float, float, float]]:
+    """(text, left, top, right, bottom) of every SVG text element whose text is one of `names`: matplotlib with
+    svg.fonttype none writes text as <text style="font-size: Npx; ...; text-anchor: A" x= y=> at its baseline; a
+    DejaVu Sans character is at most 0.64 em wide here (digits and p: 0.636), ascent 0.76 em, descent 0.24 em."""
+    boxes = []
+    for match in re.finditer(r'<text style="font-size: ([0-9.]+)px;[^"]*?(?:text-anchor: (\w+))?" x="([-0-9.]+)" '
+                             r'y="([-0-9.]+)"[^>]*>([^<]*)</text>', svg):
+        size, anchor, x, y, text = float(match[1]), match[2] or "start", float(match[3]), float(match[4]), match[5]
+        if text not in names:
+            continue
+        width = 0.64 * size * len(text)
+        left = x - {"start": 0.0, "middle": width / 2, "end": width}[anchor]
+        boxes.append((text, left, y - 0.76 * size, left + width, y + 0.24 * size))
+    return boxes
+
+
+def overlapping(boxes: list[tuple[str, float, float, float, float]]) -> list[tuple[str, str]]:
+    return [(a[0], b[0]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+            if a[1] < b[3] and b[1] < a[3] and a[2] < b[4] and b[2] < a[4]]
+
+
+def test_point_labels_do_not_overlap():
+    """20 points in a crowd (a parameter that changes little): their names were written over each other."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from compiler.results.report import _RC, latency_plot, render
+
+    crowd = metrics_client([{"set.requests_per_s": [10_000 + 100 * i + 3_000 * (i == 19)],
+                             "set.latency_p99_ms": [1.0 + 0.01 * i + 0.5 * (i == 19)]} for i in range(20)])
+    family = families(crowd.metrics())["set.latency"]
+    names = {point.label for point in crowd.points}
+    with matplotlib.rc_context(_RC):
+        svg = render(matplotlib, latency_plot(Figure, crowd, family, "set.requests_per_s", ["bench.clients"], []))[0]
+    boxes = label_boxes(svg, names)
+    assert overlapping(boxes) == []
+    assert {"p01", "p20"} <= {box[0] for box in boxes}  # the ends of the crowd and the one apart keep theirs

@@ -49,6 +49,14 @@ REPORT_NAME = "report.html"
 MAX_PLOTS = 200
 """Plots drawn at most (matplotlib takes a good part of a second each); the report says how many it left out."""
 GPU_CSV_LIMIT = 64 << 20
+LOG_SPAN = 10.0
+"""An axis whose values are all positive and span more than this factor (a decade) is logarithmic."""
+X_ERROR_SHARE = 0.20
+"""A horizontal error bar is drawn only where it spans at most this share of the x axis (of its decades on a log
+axis): throughput's spread over the repeats, drawn in full, crossed the plot; the summary table has every spread."""
+LABEL_OFFSETS = ((4, 4), (4, -11), (-4, 4), (-4, -11))
+"""Where a point's name may go, in points from the point (negative x: the name ends there), in order of preference."""
+MAX_LABELS = 200
 _PLOT_FILE = re.compile(r"\d{2,}-[A-Za-z0-9._-]+\.(?:svg|png)")
 _STAT = re.compile(r"(?P<family>.+?)_(?P<stat>p\d+(?:[._]\d+)?|median|mean|min|max)_ms")
 _GPU_FIELDS = (("utilization.gpu", "GPU utilisation", "%"), ("utilization.memory", "memory utilisation", "%"),
@@ -546,11 +554,38 @@ def _axis_label(metric: str) -> str:
     return f"{metric} [{unit}]" if unit else metric
 
 
+def spans_decades(values: Iterable[float | None]) -> bool:
+    """Whether these values (None left out) are all positive and span more than LOG_SPAN: a log axis shows them."""
+    found = [value for value in values if value is not None and math.isfinite(value)]
+    return bool(found) and min(found) > 0 and max(found) / min(found) > LOG_SPAN
+
+
+def log_tick(value: float, _position: Any = None) -> str:
+    """A tick of a log axis as plain text (0.02, 5, 10,000): matplotlib's 10^n is mathtext, which this report keeps off."""
+    return f"{value:,.0f}" if value >= 1 else f"{value:.3g}"
+
+
+def _log_scale(ax: Any, which: str, values: Iterable[float | None]) -> bool:
+    """Make axis `which` ("x" or "y") logarithmic when `values` span decades, ticks as plain numbers (minor ticks at
+    2 and 5 named while the values span 3 decades or less). Whether it did."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    found = [value for value in values if value is not None]
+    if not spans_decades(found):
+        return False
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_formatter(FuncFormatter(log_tick))
+    axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    few = math.log10(max(found) / min(found)) <= 3
+    axis.set_minor_formatter(FuncFormatter(log_tick) if few else NullFormatter())
+    return True
+
+
 def _set_x(ax: Any, curve_set: Sequence[Curve], order: Sequence[str]) -> None:
     if curve_set and curve_set[0].numeric:
         xs = [float(json.loads(value)) for value in order]
-        if min(xs) > 0 and max(xs) / min(xs) >= 50:
-            ax.set_xscale("log")
+        _log_scale(ax, "x", xs)
         if len(xs) <= 12:
             ax.set_xticks(xs, [tick(x) for x in xs])
             ax.minorticks_off()
@@ -592,7 +627,8 @@ def metric_plot(Figure: Any, client: Client, metric: str, key: str, keys: Sequen
             ax.annotate("knee", (found.curve.x(found.at, order), found.at.mean(metric)), textcoords="offset points",
                         xytext=(8, 8), color="crimson")
     _set_x(ax, curve_set, order)
-    _thousands(ax.yaxis, [p.mean(metric) for p in client.points])
+    if not _log_scale(ax, "y", [p.mean(metric) for p in client.points]):
+        _thousands(ax.yaxis, [p.mean(metric) for p in client.points])
     ax.set_xlabel(key)
     ax.set_ylabel(_axis_label(metric))
     title = f"{client.name}: {metric} vs {key}"
@@ -625,6 +661,12 @@ def latency_plot(Figure: Any, client: Client, family: Family, throughput: str, k
         curve_set = [Curve("", (), tuple(sorted(points, key=lambda p: (p.mean(throughput), p.label))), False)]
     figure = Figure()
     ax = figure.subplots()
+    rates = [p.mean(throughput) for p in points]
+    log_x = _log_scale(ax, "x", rates)
+    _log_scale(ax, "y", [p.mean(metric) for p in points for metric in metrics])
+    if not log_x:
+        _thousands(ax.xaxis, rates)
+    x_error = partial(shown_error, span=_span([rate for rate in rates if rate is not None], log_x), log=log_x)
     styles, markers = ("-", "--", ":", "-."), ("o", "s", "^", "D", "v")
     for index, curve in enumerate(curve_set):
         for colour, metric in enumerate(metrics):
@@ -633,32 +675,73 @@ def latency_plot(Figure: Any, client: Client, family: Family, throughput: str, k
                 continue
             stat = "mean" if metric == family.metric("mean") else metric.rsplit("_", 2)[-2]
             ax.errorbar([p.mean(throughput) for p in kept], [p.mean(metric) for p in kept],
-                        xerr=[p.error(throughput) for p in kept], yerr=[p.error(metric) for p in kept],
+                        xerr=[x_error(p.mean(throughput), p.error(throughput)) for p in kept],
+                        yerr=[p.error(metric) for p in kept],
                         color=f"C{colour % 10}", linestyle=styles[index % len(styles)],
                         marker=markers[index % len(markers)], markersize=4, capsize=3,
                         label=stat if len(curve_set) == 1 else f"{stat}, {curve.label}")
-    top = family.knee_metric or metrics[-1]
-    if len(points) <= 24:
-        for p in points:
-            if p.mean(top) is not None:
-                ax.annotate(p.label, (p.mean(throughput), p.mean(top)), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7, color="dimgray")
     for found in marked:
         if found.latency in metrics and found.throughput == throughput:
             ax.plot([found.at.mean(throughput)], [found.at.mean(found.latency)], marker="o", markersize=14,
                     markerfacecolor="none", markeredgecolor="crimson", markeredgewidth=2, linestyle="none")
-    _thousands(ax.xaxis, [p.mean(throughput) for p in points])
     ax.set_xlabel(_axis_label(throughput))
     ax.set_ylabel(f"{family.name} [ms]")
     title = f"{client.name}: {family.name} percentiles vs {throughput}"
     ax.set_title(title)
     ax.legend(loc="best")
     figure.set_layout_engine("constrained")
+    top = family.knee_metric or metrics[-1]
+    unnamed = name_points(figure, ax, [(p.label, rate, value) for p in points
+                                       if (rate := p.mean(throughput)) is not None and (value := p.mean(top)) is not None])
     follow = (f"each line follows {load} upward with the other swept values fixed" if load
               else "points in order of throughput")
-    caption = (f"Colour: the percentile; {follow}; points named beside the highest percentile; error bars ±1 "
-               "sample standard deviation over the repeats in both directions; a red ring marks a knee.")
+    caption = (f"Colour: the percentile; {follow}; points named beside the highest percentile where the name fits"
+               + (f" ({unnamed} not named: see the table)" if unnamed else "")
+               + "; error bars ±1 sample standard deviation over the repeats, horizontal ones only where narrower "
+               f"than {X_ERROR_SHARE:.0%} of the axis; a red ring marks a knee.")
     return Plot(slug(client.name, family.name, "vs", throughput), title, caption, figure)
+
+
+def _span(values: Sequence[float], log: bool) -> float:
+    """The width the values take on their axis: in decades on a log axis."""
+    if not values:
+        return 0.0
+    return math.log10(max(values) / min(values)) if log else max(values) - min(values)
+
+
+def shown_error(mean: float | None, error: float, span: float, log: bool) -> float:
+    """The horizontal error bar drawn for a point: its ±error where the bar spans at most X_ERROR_SHARE of the axis
+    (`span`, in decades when `log`), else none (0)."""
+    if mean is None or error <= 0:
+        return 0.0
+    if log:
+        wide = mean - error <= 0 or math.log10((mean + error) / (mean - error)) > X_ERROR_SHARE * span
+    else:
+        wide = 2 * error > X_ERROR_SHARE * span
+    return 0.0 if wide else error
+
+
+def name_points(figure: Any, ax: Any, named: Sequence[tuple[str, float, float]]) -> int:
+    """Write each name beside its point (data coordinates) at the first of LABEL_OFFSETS where it stays inside the
+    axes and overlaps no name written before it, after the figure's layout is done (the names take no part in it);
+    a name that fits nowhere is left out. How many were left out."""
+    figure.draw_without_rendering()
+    frame = ax.get_window_extent()
+    placed: list[Any] = []
+    left_out = 0
+    for text, x, y in named[:MAX_LABELS]:
+        for dx, dy in LABEL_OFFSETS:
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7, color="dimgray",
+                                ha="left" if dx >= 0 else "right", annotation_clip=False)
+            label.set_in_layout(False)
+            box = label.get_window_extent().padded(1.0)
+            if frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1) and not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                break
+            label.remove()
+        else:
+            left_out += 1
+    return left_out + max(0, len(named) - MAX_LABELS)
 
 
 def _thousands(axis: Any, values: Iterable[float | None]) -> None:
