@@ -265,7 +265,7 @@ def test_report_of_a_sweep(sweep_report):
     assert '<td class="status">2 complete, 1 failed</td>' in page and page.count('<td class="status">3 complete</td>') == 7
     assert f"<td>{number(statistics.mean([SET[(10, 1)][0] * f for f in NOISE[:2]]))} ± " not in page  # n=2, not 3
     # the knee of each group (get, set): pipeline 1 after 50 clients (p02); pipeline 16 none
-    items = re.findall(r"<li>.*?</li>", page)
+    items = re.findall(r"<li>.*?</li>", page[page.index('<h2 id="saturation">'):])
     assert len(items) == 2 and all("bench.pipeline=1" in item and "at bench.clients=50 (p02)" in item and
                                    "+6.7% [" in item and "throughput for +108.3% [" in item for item in items)
     # with the intervals of the step (set's repeats are 1% apart, get's all the same)
@@ -402,6 +402,47 @@ def test_report_in_headless_chromium(sweep_report, tmp_path):
     # the plots were drawn: matplotlib's first colours (C0 blue, C1 orange) are on screen
     colours = {colour for _, colour in counts}
     assert {(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)} <= colours
+
+    # the layout, measured by the browser in a copy of the page with a script that writes what it measured
+    measured = layout(tmp_path, run / "report.html", 1280)
+    summary = measured["tables"][1]  # the first is the run's facts
+    assert summary["width"] <= summary["shown"] <= measured["page"], measured["tables"]  # wraps: no column hidden
+    assert all(table["right"] <= measured["page"] or (table["scrolls"] == "auto" and table["shown"] <= measured["page"])
+               for table in measured["tables"]), measured["tables"]  # else it scrolls in a box as wide as the page
+    names = [tuple(label) for label in measured["labels"]]
+    assert len(names) >= 8
+    for figure in {name[0] for name in names}:
+        assert overlapping([(text, *box) for where, text, *box in names if where == figure]) == [], figure
+
+
+MEASURE = """<script>
+window.addEventListener("load", () => {
+  const tables = [...document.querySelectorAll("table")].map(table => {
+    const box = table.parentElement.classList.contains("wide") ? table.parentElement : table;
+    return {right: table.getBoundingClientRect().right, width: table.scrollWidth, shown: box.clientWidth,
+            scrolls: getComputedStyle(box).overflowX};
+  });
+  const labels = [...document.querySelectorAll("figure svg text")].filter(text => /^p[0-9]+$/.test(text.textContent))
+    .map(text => { const r = text.getBoundingClientRect(); return [text.closest("figure").id, text.textContent, r.left, r.top, r.right, r.bottom]; });
+  const out = document.createElement("pre");
+  out.id = "measured";
+  out.textContent = JSON.stringify({page: document.documentElement.clientWidth, tables, labels});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def layout(tmp_path: Path, report: Path, width: int) -> dict:
+    """What chromium measures in the report at this window width: the page's width, each table (its right edge,
+    its width, the width of the box it shows in, whether that box scrolls) and each point name's box in each
+    figure. The script goes into a copy: the report itself has none."""
+    copy = tmp_path / "measured.html"
+    copy.write_text(report.read_text().replace("</body>", MEASURE + "</body>"))
+    done = browse(tmp_path, f"--window-size={width},2000", "--dump-dom", copy.as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r'<pre id="measured">(.*?)</pre>', done.stdout, re.S)
+    assert found, done.stdout[-2000:]
+    return json.loads(found[1].replace("&quot;", '"').replace("&amp;", "&"))
 
 
 def test_the_number_of_plots_is_bounded(orchc, tmp_path, monkeypatch):
@@ -553,3 +594,32 @@ def test_point_labels_do_not_overlap():
     boxes = label_boxes(svg, names)
     assert overlapping(boxes) == []
     assert {"p01", "p20"} <= {box[0] for box in boxes}  # the ends of the crowd and the one apart keep theirs
+
+
+def test_contents_first_then_the_headline_figure(orchc, tmp_path):
+    """14 plots on an 8,000 px page with no contents: a table of contents at the top whose every link leads to
+    a section or plot of the page, then the headline figure (the primary throughput against the load) before the
+    tables."""
+    run = tiny_run(tmp_path / "run")
+    assert orchc("report", run).code == 0
+    page = (run / "report.html").read_text()
+    nav = re.search(r'<nav class="contents">(.*?)</nav>', page, re.S)
+    assert nav and page.index("<nav") < page.index("<h2")
+    targets = re.findall(r'href="#([^"]+)"', nav[1])
+    ids = re.findall(r'\sid="([^"]+)"', page)
+    assert targets and all(ids.count(target) == 1 for target in targets)  # (matplotlib's own ids repeat per SVG)
+    assert {"headline", "summary", "saturation", "plot-01", "plot-04"} <= set(targets)
+    sections = re.findall(r'<h2 id="([^"]+)">', page)
+    assert sections[:3] == ["headline", "summary", "saturation"]
+    first = re.search(r'<figure id="(plot-\d+)"><h3>([^<]*)</h3>', page)
+    assert first and first.groups() == ("plot-01", "bench: set.requests_per_s vs bench.clients")
+    assert page.index(first[0]) < page.index('<h2 id="summary">')
+    assert page.count("<figure") == 4  # the headline figure is not drawn twice
+
+
+def test_summary_headers_can_wrap(orchc, tmp_path):
+    """Metric names are one long word each (set.latency_p99_ms): a header wraps at their dots and underscores."""
+    run = tiny_run(tmp_path / "run")
+    assert orchc("report", run).code == 0
+    page = (run / "report.html").read_text()
+    assert "<th>set.<wbr>latency_<wbr>p99_<wbr>ms</th>" in page and "<th>bench.<wbr>clients</th>" in page

@@ -828,7 +828,13 @@ h1{font-size:1.5em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-bott
 h3{font-size:1.05em}table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-td.best{font-weight:bold;background:#eef7ee}td.status{white-space:nowrap}.wide{overflow-x:auto}
+td.best{font-weight:bold;background:#eef7ee}td.status{white-space:nowrap}
+.wide{overflow-x:auto;max-width:100%;background:linear-gradient(to right,#fff 30%,#fff0),
+linear-gradient(to left,#fff 30%,#fff0) 100% 0,radial-gradient(farthest-side at 0 50%,#0003,#0000),
+radial-gradient(farthest-side at 100% 50%,#0003,#0000) 100% 0;background-repeat:no-repeat;
+background-size:40px 100%,40px 100%,14px 100%,14px 100%;background-attachment:local,local,scroll,scroll}
+nav.contents{font-size:.9em;background:#f7f7f7;border:1px solid #ddd;padding:.4em 1em;margin:1em 0}
+nav.contents ol{margin:.3em 0;padding-left:1.5em}nav.contents .plots{font-size:.9em;color:#555}
 figure{margin:1em 0 2em;break-inside:avoid}figure svg{max-width:100%;height:auto}
 figcaption{font-size:.85em;color:#555}.note{color:#555;font-size:.9em}code{font-size:.95em}
 """
@@ -844,8 +850,7 @@ def _summary(client: Client, keys: Sequence[str], heads: list[str]) -> str:
             means = [mean for p in client.points if (mean := p.mean(metric)) is not None]
             if sign and means:
                 best[metric] = max(means) if sign > 0 else min(means)
-    head = "".join(f"<th>{html.escape(name)}</th>" for name in ["point", *keys, "repeats", "status"])
-    head += "".join(f"<th>{html.escape(metric)}</th>" for metric in heads)
+    head = "".join(f"<th>{wrappable(name)}</th>" for name in ["point", *keys, "repeats", "status", *heads])
     body = []
     for point in client.points:
         cells = [f"<td>{html.escape(point.label)}</td>"]
@@ -855,6 +860,11 @@ def _summary(client: Client, keys: Sequence[str], heads: list[str]) -> str:
                   for metric in heads]
         body.append(f"<tr>{''.join(cells)}</tr>")
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def wrappable(name: str) -> str:
+    """A name as HTML that may wrap after its dots and underscores (a metric name is one long word)."""
+    return re.sub(r"([._])", r"\1<wbr>", html.escape(name))
 
 
 def _all_metrics(client: Client) -> str:
@@ -878,21 +888,74 @@ class Report:
 def build(run_dir: Path, run: Run, folder_name: str, state: str | None = None,
           state_line: str | None = None) -> Report:
     """The report of a run; plot files are linked as `folder_name/<file>`. `state`: the run's (run_state; default
-    what run.json knows); `state_line`: what a run still going or that did not complete says first (state_note)."""
+    what run.json knows); `state_line`: what a run still going or that did not complete says first (state_note).
+    The page: the run's facts, contents, the headline figure, the summary tables, the knees, the other plots by
+    client, the telemetry."""
     matplotlib, Figure = _matplotlib()
     from .. import __version__
     from ..output.manifest import read_manifest, recorded_sweep
     from .points import point_results
 
-    manifest = read_manifest(run_dir)
-    sweep = recorded_sweep(manifest)
+    sweep = recorded_sweep(read_manifest(run_dir))
     keys = list(sweep.keys) if sweep else []
     clients = clients_of(point_results(run_dir, run), sweep)
     traces, notes = gpu_traces(run_dir, run)
     name = run_dir.resolve().name
+    heads = {client.name: headline(client.metrics()) for client in clients}
+    found = {client.name: knees(client, keys) for client in clients}
+    wanted = planned_plots(clients, keys, heads, found, traces)
+    with matplotlib.rc_context(_RC):
+        drawn = draw_sections(matplotlib, Figure, wanted[:MAX_PLOTS], folder_name)
+    sections = [Section("summary", "Summary", _summary_section(clients, keys, heads)),
+                Section("saturation", "Saturation", _saturation_section(clients, keys, found))]
+    headline_ = [section for section in drawn if section.id == "headline"]
+    body = headline_ + sections + [section for section in drawn if section.id != "headline"]
+    tail = []
+    if len(wanted) > MAX_PLOTS:
+        tail.append(f'<p class="note">This report draws at most {MAX_PLOTS} plots: {len(wanted) - MAX_PLOTS} more '
+                    "were left out (clients in order, headline metrics first, then latencies, then telemetry).</p>")
+    if not traces:
+        body.append(Section("telemetry", "Telemetry", '<p class="note">No job of this run has GPU telemetry '
+                            "(results/&lt;job&gt;/gpu.csv).</p>"))
+    tail += [f'<p class="note">{html.escape(note)}</p>' for note in notes]
+    tail.append(f'<p class="note">Made by orchc {html.escape(__version__)} with matplotlib '
+                f"{html.escape(matplotlib.__version__)}; plots also in {html.escape(folder_name)}/ as SVG and PNG.</p>")
     parts = [f"<h1>orchc report: {html.escape(name)}</h1>"]
     if state_line:
         parts.append(f'<p class="note"><b>{html.escape(state_line)}.</b></p>')
+    parts += [_facts(run, state, keys, sweep), contents(body)]
+    parts += [f'<h2 id="{section.id}">{html.escape(section.title)}</h2>{section.html}' for section in body]
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>orchc report: {html.escape(name)}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(parts + tail) + "\n</body></html>\n")
+    files = {file: data for section in drawn for file, data in section.files.items()}
+    return Report(page, files, sum(len(section.plots) for section in drawn))
+
+
+@dataclass
+class Section:
+    """One part of the page under its own heading (`id` its anchor), with the plots it shows (anchor, title) and
+    their files."""
+
+    id: str
+    title: str
+    html: str
+    plots: list[tuple[str, str]] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+def contents(sections: Sequence[Section]) -> str:
+    """The table of contents: a link to each section, and under it to each of its plots."""
+    items = []
+    for section in sections:
+        links = " · ".join(f'<a href="#{anchor}">{html.escape(title)}</a>' for anchor, title in section.plots)
+        items.append(f'<li><a href="#{section.id}">{html.escape(section.title)}</a>'
+                     + (f' <span class="plots">({len(section.plots)}): {links}</span>' if section.plots else "") + "</li>")
+    return f'<nav class="contents"><b>Contents</b><ol>{"".join(items)}</ol></nav>'
+
+
+def _facts(run: Run, state: str | None, keys: Sequence[str], sweep: Sweep | None) -> str:
     facts = [("recipe", run.recipe), ("site", run.site), ("created", run.created),
              ("state", state or run.outcome or run.state),
              ("scheduler", run.scheduler), ("jobs", str(len(run.jobs))),
@@ -901,25 +964,26 @@ def build(run_dir: Path, run: Run, folder_name: str, state: str | None = None,
         facts += [("points", str(len(sweep.points))), ("repeats per point", str(sweep.repeat))]
     if run.error:
         facts.append(("error", run.error))
-    parts.append("<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
-                 + "</table>")
-    parts.append("<h2>Summary</h2>")
-    if not clients:
-        parts.append('<p class="note">This run has no clients, so no results.</p>')
-    heads = {client.name: headline(client.metrics()) for client in clients}
+    return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts) + "</table>"
+
+
+def _summary_section(clients: Sequence[Client], keys: Sequence[str], heads: Mapping[str, list[str]]) -> str:
+    parts = [] if clients else ['<p class="note">This run has no clients, so no results.</p>']
     for client in clients:
         parts.append(f"<h3>{html.escape(client.name)} <small>({html.escape(client.type)})</small></h3>")
         parts.append(_summary(client, keys, heads[client.name]))
         parts.append(_all_metrics(client))
     parts.append('<p class="note">Cells: mean ± sample standard deviation over the repeats of a point (hover: n, '
                  "min, max); bold: the best point of a metric where its name says which way is better.</p>")
-    found = {client.name: knees(client, keys) for client in clients}
-    parts.append("<h2>Saturation</h2>")
-    parts.append(f'<p class="note">A knee is the last point of a curve (one client along one swept parameter, '
-                 f"the others fixed) before the first step that adds less than {KNEE_GAIN:.0%} throughput while "
-                 f"the tail latency grows by more than {KNEE_GROWTH:.0%}; with repeats, both for the whole "
-                 f"{KNEE_CONFIDENCE:g}% interval of the step's change, so a step within the noise is no knee "
-                 f"(README \"Reports\").</p>")
+    return "".join(parts)
+
+
+def _saturation_section(clients: Sequence[Client], keys: Sequence[str], found: Mapping[str, list[Knee]]) -> str:
+    parts = [f'<p class="note">A knee is the last point of a curve (one client along one swept parameter, '
+             f"the others fixed) before the first step that adds less than {KNEE_GAIN:.0%} throughput while "
+             f"the tail latency grows by more than {KNEE_GROWTH:.0%}; with repeats, both for the whole "
+             f"{KNEE_CONFIDENCE:g}% interval of the step's change, so a step within the noise is no knee "
+             f"(README \"Reports\").</p>"]
     listed = [(client, knee_) for client in clients for knee_ in found[client.name]]
     if listed:
         parts.append("<ul>" + "".join(f"<li><b>{html.escape(client.name)}</b>"
@@ -929,53 +993,77 @@ def build(run_dir: Path, run: Run, folder_name: str, state: str | None = None,
         parts.append('<p class="note">No sweep: nothing to saturate along.</p>')
     else:
         parts.append('<p class="note">No knee detected.</p>')
+    return "".join(parts)
 
-    wanted = planned_plots(clients, keys, heads, found, traces)
-    plots: dict[str, list[Plot]] = {}
-    with matplotlib.rc_context(_RC):
-        for section, draw in wanted[:MAX_PLOTS]:
-            if (plot := draw(Figure)) is not None:
-                plots.setdefault(section, []).append(plot)
-        files: dict[str, bytes] = {}
-        index = 0
-        for section, members in plots.items():
-            parts.append(f"<h2>{html.escape(section)}</h2>")
-            for plot in members:
-                index += 1
-                stem = f"{index:02d}-{plot.slug}"
-                inline, svg, png = render(matplotlib, plot)
-                files[f"{stem}.svg"], files[f"{stem}.png"] = svg, png
-                links = " ".join(f'<a href="{html.escape(folder_name)}/{stem}.{ext}">{ext.upper()}</a>'
-                                 for ext in ("svg", "png"))
-                parts.append(f'<figure id="plot-{index:02d}"><h3>{html.escape(plot.title)}</h3>{inline}'
-                             f"<figcaption>{html.escape(plot.caption)} Files: {links}</figcaption></figure>")
-    if len(wanted) > MAX_PLOTS:
-        parts.append(f'<p class="note">This report draws at most {MAX_PLOTS} plots: {len(wanted) - MAX_PLOTS} more '
-                     "were left out (clients in order, headline metrics first, then latencies, then telemetry).</p>")
-    if not traces:
-        parts.append("<h2>Telemetry</h2><p class=\"note\">No job of this run has GPU telemetry "
-                     "(results/&lt;job&gt;/gpu.csv).</p>")
-    for note in notes:
-        parts.append(f'<p class="note">{html.escape(note)}</p>')
-    parts.append(f'<p class="note">Made by orchc {html.escape(__version__)} with matplotlib '
-                 f"{html.escape(matplotlib.__version__)}; plots also in {html.escape(folder_name)}/ as SVG and PNG.</p>")
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>orchc report: {html.escape(name)}</title><style>{_CSS}</style></head><body>\n"
-            + "\n".join(parts) + "\n</body></html>\n")
-    return Report(page, files, index)
+
+def draw_sections(matplotlib: Any, Figure: Any, wanted: Sequence[tuple[str, Callable[[Any], Plot | None]]],
+                  folder_name: str) -> list[Section]:
+    """Draw the planned plots, numbered in order (NN-slug files, plot-NN anchors), into sections by title."""
+    sections: dict[str, Section] = {}
+    index = 0
+    for title, draw in wanted:
+        plot = draw(Figure)
+        if plot is None:
+            continue
+        index += 1
+        stem, anchor = f"{index:02d}-{plot.slug}", f"plot-{index:02d}"
+        inline, svg, png = render(matplotlib, plot)
+        section = sections.setdefault(title, Section(section_id(title), title, ""))
+        section.files[f"{stem}.svg"], section.files[f"{stem}.png"] = svg, png
+        section.plots.append((anchor, plot.title))
+        links = " ".join(f'<a href="{html.escape(folder_name)}/{stem}.{ext}">{ext.upper()}</a>' for ext in ("svg", "png"))
+        section.html += (f'<figure id="{anchor}"><h3>{html.escape(plot.title)}</h3>{inline}'
+                         f"<figcaption>{html.escape(plot.caption)} Files: {links}</figcaption></figure>")
+    return list(sections.values())
+
+
+HEADLINE_SECTION = "Headline"
+
+
+def section_id(title: str) -> str:
+    """The anchor of a section of plots: `headline`, `telemetry`, `plots-<client>` (unique: client names are)."""
+    if title in (HEADLINE_SECTION, "Telemetry"):
+        return title.lower()
+    return "plots-" + html.escape(slug(title.removeprefix("Plots: ")), quote=True) + f"-{_fnv(title)}"
+
+
+def _fnv(text: str) -> str:
+    """A short stable hash (FNV-1a, 32 bits): two client names that slug alike still get two anchors."""
+    value = 0x811C9DC5
+    for byte in text.encode("utf-8"):
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return f"{value:08x}"
+
+
+def headline_plot(clients: Sequence[Client], keys: Sequence[str]) -> tuple[Client, str, str] | None:
+    """The figure a reader looks at first: the first client's (that has one) primary throughput against the load
+    (the first numeric swept key it was measured along, else the first such key)."""
+    for client in clients:
+        metric = primary_throughput([name for name in client.metrics() if name.endswith("_per_s")])
+        if metric is None:
+            continue
+        along = [key for key in keys if metric_plottable(client, metric, key, keys)]
+        numeric = [key for key in along if all(_numeric(p.values.get(key)) for p in client.points)]
+        if along:
+            return client, metric, (numeric or along)[0]
+    return None
 
 
 def planned_plots(clients: list[Client], keys: Sequence[str], heads: Mapping[str, list[str]],
                   found: Mapping[str, list[Knee]], traces: list[GpuTrace]) -> list[tuple[str, Callable[[Any], Plot | None]]]:
-    """(section, drawing) of every plot the report has data for, in order: per client each headline metric
-    against each swept key, then each latency family against its throughput; then the GPU telemetry. Checking
-    that a plot has its two points is cheap; drawing it is not, so only the first MAX_PLOTS are drawn."""
+    """(section, drawing) of every plot the report has data for, in order: the headline figure (headline_plot);
+    per client each headline metric against each swept key, then each latency family against its throughput; then
+    the GPU telemetry. Checking that a plot has its two points is cheap; drawing it is not, so only the first
+    MAX_PLOTS are drawn."""
     wanted: list[tuple[str, Callable[[Any], Plot | None]]] = []
+    first = headline_plot(clients, keys)
+    if first:
+        client, metric, key = first
+        wanted.append((HEADLINE_SECTION, partial(_metric_drawing, client, metric, key, keys, found[client.name])))
     for client in clients:
         section, knees_ = f"Plots: {client.name}", found[client.name]
         wanted += [(section, partial(_metric_drawing, client, metric, key, keys, knees_)) for metric in heads[client.name]
-                   for key in keys if metric_plottable(client, metric, key, keys)]
+                   for key in keys if metric_plottable(client, metric, key, keys) and (client, metric, key) != first]
         wanted += [(section, partial(_latency_drawing, client, family, throughput, keys, knees_))
                    for family, throughput in latency_pairs(client) if len(latency_points(client, family, throughput)) >= 2]
     wanted += [("Telemetry", partial(_gpu_drawing, trace)) for trace in traces]
