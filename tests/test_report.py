@@ -623,3 +623,52 @@ def test_summary_headers_can_wrap(orchc, tmp_path):
     assert orchc("report", run).code == 0
     page = (run / "report.html").read_text()
     assert "<th>set.<wbr>latency_<wbr>p99_<wbr>ms</th>" in page and "<th>bench.<wbr>clients</th>" in page
+
+
+def halved(run: Path) -> Path:
+    """The same sweep at half the throughput and twice the latency (another run to overlay)."""
+    for path in sorted((run / "results").glob("*/results.json")):
+        data = json.loads(path.read_text())
+        data["metrics"] = {name: value * (0.5 if name.endswith("_per_s") else 2.0 if name.endswith("_ms") else 1.0)
+                           for name, value in data.get("metrics", {}).items()}
+        path.write_text(json.dumps(data))
+    return run
+
+
+def test_runs_of_the_same_sweep_overlaid(orchc, tmp_path):
+    """`orchc report A B` draws both runs in one plot per metric, one colour each; the same runs give the same bytes."""
+    first, second = tiny_run(tmp_path / "before"), halved(tiny_run(tmp_path / "after"))
+    out = tmp_path / "both.html"
+    done = orchc("report", first, second, "-o", out)
+    assert done.code == 0, done.err
+    assert done.out.startswith(f"report: {out}  (4 plots;")
+    page = out.read_text()
+    assert "<title>orchc report: before, after</title>" in page
+    figures = re.findall(r'<figure id="plot-\d+"><h3>([^<]*)</h3>(.*?)</figure>', page, re.S)
+    assert [title for title, _ in figures] == [
+        "bench: set.requests_per_s vs bench.clients", "bench: set.latency_p50_ms vs bench.clients",
+        "bench: set.latency_p99_ms vs bench.clients", "bench: set.latency p99 vs set.requests_per_s"]
+    for _, svg in figures:
+        assert "#1f77b4" in svg and "#ff7f0e" in svg, svg[:200]  # C0 for the first run, C1 for the second
+        assert re.search(r"<text[^>]*>before</text>", svg) and re.search(r"<text[^>]*>after</text>", svg)
+    # each run's summary, its figures (throughput 45,000 in one, 22,500 in the other)
+    assert '<h3 id="summary-1">before: bench <small>(redis_client)</small></h3>' in page
+    assert '<h3 id="summary-2">after: bench <small>(redis_client)</small></h3>' in page
+    assert "45,000 ± 450" in page and "22,500 ± 225" in page
+    again = tmp_path / "again.html"
+    assert orchc("report", first, second, "-o", again).code == 0
+    assert again.read_bytes() == page.encode().replace(b"both/", b"again/")
+    assert [p.read_bytes() for p in sorted((tmp_path / "again").iterdir())] == [
+        p.read_bytes() for p in sorted((tmp_path / "both").iterdir())]
+
+
+def test_runs_of_different_sweeps_are_not_overlaid(orchc, tmp_path):
+    first, second = tiny_run(tmp_path / "a"), tiny_run(tmp_path / "b")
+    manifest = json.loads((second / "manifest.json").read_text())
+    manifest["sweep"]["keys"] = ["bench.clients"]
+    (second / "manifest.json").write_text(json.dumps(manifest))
+    done = orchc("report", first, second, "-o", tmp_path / "x.html")
+    assert (done.code, done.err) == (1, "orchc: error: runs a and b sweep different parameters (bench.clients, bench.pipeline; "
+                                        "bench.clients): an overlay needs the same sweep\n")
+    assert orchc("report", first, second).err == (
+        "orchc: error: a report of several runs needs -o FILE.html (it belongs to none of them)\n")

@@ -1,4 +1,4 @@
-"""`orchc report RUN [-o FILE.html]`: one self-contained HTML report of a run (run side).
+"""`orchc report RUN [-o FILE.html]`: one self-contained HTML report of a run (run side; the command is overlay.cmd_report).
 
 The report reads the run through points.point_results: a summary table per client (swept values, headline
 metrics as mean ± sample stdev over the repeats, status), the saturation point (knee) of each curve where one
@@ -13,7 +13,6 @@ Module-level imports stay standard-library only: the CLI imports this module for
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import csv
 import html
@@ -23,7 +22,6 @@ import json
 import math
 import os
 import re
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -1118,23 +1116,3 @@ def _write_bytes(path: Path, data: bytes) -> None:
         except OSError:
             pass
         raise
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from ..core.terminal import terminal_text
-    from ..run.runs import known_state, load_run, state_note
-
-    _matplotlib()  # before reading anything: the one thing to install is said first
-    run_dir, run = load_run(args.run_ref)
-    output: Path = args.output or run_dir / REPORT_NAME
-    if output.suffix.lower() not in (".html", ".htm"):
-        raise ClusterError(f"{output}: the report is an HTML file; name it FILE.html")
-    state, current = known_state(run_dir, run)
-    note = state_note(f"run {run_dir.name}", state, current)
-    if note:
-        print(f"orchc: note: {terminal_text(note)}", file=sys.stderr, flush=True)
-    report = build(run_dir, run, output.with_suffix("").name, state, state_note("This run", state, current))
-    folder = write_report(report, output)
-    print(f"report: {output}  ({report.plots} plot{'s' if report.plots != 1 else ''}; SVG and PNG files in {folder}/)",
-          file=sys.stdout)
-    return 0
