@@ -672,3 +672,9 @@ def test_runs_of_different_sweeps_are_not_overlaid(orchc, tmp_path):
                                         "bench.clients): an overlay needs the same sweep\n")
     assert orchc("report", first, second).err == (
         "orchc: error: a report of several runs needs -o FILE.html (it belongs to none of them)\n")
+
+
+def test_runs_of_the_same_name_get_numbered_labels():
+    from compiler.results.overlay import labels
+
+    assert labels(["run", "other", "run", "run"]) == ["run", "other", "run #2", "run #3"]
