@@ -615,13 +615,7 @@ def test_contents_first_then_the_headline_figure(orchc, tmp_path):
     assert first and first.groups() == ("plot-01", "bench: set.requests_per_s vs bench.clients")
     assert page.index(first[0]) < page.index('<h2 id="summary">')
     assert page.count("<figure") == 4  # the headline figure is not drawn twice
-
-
-def test_summary_headers_can_wrap(orchc, tmp_path):
-    """Metric names are one long word each (set.latency_p99_ms): a header wraps at their dots and underscores."""
-    run = tiny_run(tmp_path / "run")
-    assert orchc("report", run).code == 0
-    page = (run / "report.html").read_text()
+    # metric names are one long word each (set.latency_p99_ms): a header wraps at their dots and underscores
     assert "<th>set.<wbr>latency_<wbr>p99_<wbr>ms</th>" in page and "<th>bench.<wbr>clients</th>" in page
 
 
@@ -635,6 +629,7 @@ def halved(run: Path) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_runs_of_the_same_sweep_overlaid(orchc, tmp_path):
     """`orchc report A B` draws both runs in one plot per metric, one colour each; the same runs give the same bytes."""
     first, second = tiny_run(tmp_path / "before"), halved(tiny_run(tmp_path / "after"))
@@ -662,6 +657,7 @@ def test_runs_of_the_same_sweep_overlaid(orchc, tmp_path):
         p.read_bytes() for p in sorted((tmp_path / "both").iterdir())]
 
 
+@pytest.mark.slow
 def test_runs_of_different_sweeps_are_not_overlaid(orchc, tmp_path):
     first, second = tiny_run(tmp_path / "a"), tiny_run(tmp_path / "b")
     manifest = json.loads((second / "manifest.json").read_text())
