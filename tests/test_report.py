@@ -657,7 +657,6 @@ def test_runs_of_the_same_sweep_overlaid(orchc, tmp_path):
         p.read_bytes() for p in sorted((tmp_path / "both").iterdir())]
 
 
-@pytest.mark.slow
 def test_runs_of_different_sweeps_are_not_overlaid(orchc, tmp_path):
     first, second = tiny_run(tmp_path / "a"), tiny_run(tmp_path / "b")
     manifest = json.loads((second / "manifest.json").read_text())
