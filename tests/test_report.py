@@ -265,7 +265,7 @@ def test_report_of_a_sweep(sweep_report):
     assert '<td class="status">2 complete, 1 failed</td>' in page and page.count('<td class="status">3 complete</td>') == 7
     assert f"<td>{number(statistics.mean([SET[(10, 1)][0] * f for f in NOISE[:2]]))} ± " not in page  # n=2, not 3
     # the knee of each group (get, set): pipeline 1 after 50 clients (p02); pipeline 16 none
-    items = re.findall(r"<li>.*?</li>", page)
+    items = re.findall(r"<li>.*?</li>", page[page.index('<h2 id="saturation">'):])
     assert len(items) == 2 and all("bench.pipeline=1" in item and "at bench.clients=50 (p02)" in item and
                                    "+6.7% [" in item and "throughput for +108.3% [" in item for item in items)
     # with the intervals of the step (set's repeats are 1% apart, get's all the same)
@@ -403,6 +403,47 @@ def test_report_in_headless_chromium(sweep_report, tmp_path):
     colours = {colour for _, colour in counts}
     assert {(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)} <= colours
 
+    # the layout, measured by the browser in a copy of the page with a script that writes what it measured
+    measured = layout(tmp_path, run / "report.html", 1280)
+    summary = measured["tables"][1]  # the first is the run's facts
+    assert summary["width"] <= summary["shown"] <= measured["page"], measured["tables"]  # wraps: no column hidden
+    assert all(table["right"] <= measured["page"] or (table["scrolls"] == "auto" and table["shown"] <= measured["page"])
+               for table in measured["tables"]), measured["tables"]  # else it scrolls in a box as wide as the page
+    names = [tuple(label) for label in measured["labels"]]
+    assert len(names) >= 8
+    for figure in {name[0] for name in names}:
+        assert overlapping([(text, *box) for where, text, *box in names if where == figure]) == [], figure
+
+
+MEASURE = """<script>
+window.addEventListener("load", () => {
+  const tables = [...document.querySelectorAll("table")].map(table => {
+    const box = table.parentElement.classList.contains("wide") ? table.parentElement : table;
+    return {right: table.getBoundingClientRect().right, width: table.scrollWidth, shown: box.clientWidth,
+            scrolls: getComputedStyle(box).overflowX};
+  });
+  const labels = [...document.querySelectorAll("figure svg text")].filter(text => /^p[0-9]+$/.test(text.textContent))
+    .map(text => { const r = text.getBoundingClientRect(); return [text.closest("figure").id, text.textContent, r.left, r.top, r.right, r.bottom]; });
+  const out = document.createElement("pre");
+  out.id = "measured";
+  out.textContent = JSON.stringify({page: document.documentElement.clientWidth, tables, labels});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def layout(tmp_path: Path, report: Path, width: int) -> dict:
+    """What chromium measures in the report at this window width: the page's width, each table (its right edge,
+    its width, the width of the box it shows in, whether that box scrolls) and each point name's box in each
+    figure. The script goes into a copy: the report itself has none."""
+    copy = tmp_path / "measured.html"
+    copy.write_text(report.read_text().replace("</body>", MEASURE + "</body>"))
+    done = browse(tmp_path, f"--window-size={width},2000", "--dump-dom", copy.as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r'<pre id="measured">(.*?)</pre>', done.stdout, re.S)
+    assert found, done.stdout[-2000:]
+    return json.loads(found[1].replace("&quot;", '"').replace("&amp;", "&"))
+
 
 def test_the_number_of_plots_is_bounded(orchc, tmp_path, monkeypatch):
     """Thousands of headline metrics (20,000 metrics in 5,000 groups: 15,000 headline plots) would take matplotlib
@@ -449,3 +490,186 @@ def test_the_header_says_the_run_state_and_an_unfinished_run_says_so_first(orchc
     assert "<tr><th>state</th><td>failed</td></tr>" in page and "results so far" not in page
     assert "This run ended failed (bench FAILED): its results may be incomplete." in page
     assert runs.load_run(str(run))[1].outcome == "failed"
+
+
+# --- plots that can be read (issue 19) ---------------------------------------------------------------------
+
+def metrics_client(points: list[dict[str, list[float]]]) -> Client:
+    """One client along bench.clients = 1, 2, ...: each point's repeats of each metric (all lists of a point
+    as long as each other)."""
+    from compiler.results.points import PointResult, aggregates
+
+    made = []
+    for index, figures in enumerate(points, 1):
+        repeats = len(next(iter(figures.values())))
+        rows = [PointResult(f"p{index:02d}", {"bench.clients": index}, repeat, f"bench-p{index:02d}-r{repeat}",
+                            "redis_client", str(repeat), results({name: values[repeat - 1] for name, values in figures.items()}))
+                for repeat in range(1, repeats + 1)]
+        made.append(PointStats(f"p{index:02d}", {"bench.clients": index}, rows, aggregates(rows)))
+    return Client("bench", "redis_client", made)
+
+
+def spread(mean: float, sd: float) -> list[float]:
+    """Three repeats of this mean and sample standard deviation."""
+    return [mean - sd, mean, mean + sd]
+
+
+# the issue's run: latency 0.03-130 ms on one plot; the first point's throughput 133k ±60k
+WIDE = metrics_client([
+    {"set.requests_per_s": spread(133_000, 60_000), "set.latency_p50_ms": spread(0.03, 0.001), "set.latency_p99_ms": spread(0.05, 0.01)},
+    {"set.requests_per_s": spread(150_000, 2_000), "set.latency_p50_ms": spread(0.2, 0.01), "set.latency_p99_ms": spread(0.9, 0.05)},
+    {"set.requests_per_s": spread(160_000, 2_000), "set.latency_p50_ms": spread(2.0, 0.1), "set.latency_p99_ms": spread(9.0, 0.5)},
+    {"set.requests_per_s": spread(165_000, 3_000), "set.latency_p50_ms": spread(20.0, 1.0), "set.latency_p99_ms": spread(130.0, 5.0)},
+])
+
+
+def drawn(plot):
+    """The one axes of a drawn plot, its layout done."""
+    plot.figure.draw_without_rendering()
+    (ax,) = plot.figure.axes
+    return ax
+
+
+def test_values_spanning_more_than_a_decade_get_a_log_axis():
+    from matplotlib.figure import Figure
+
+    from compiler.results.report import latency_plot, metric_plot
+
+    family = families(WIDE.metrics())["set.latency"]
+    ax = drawn(latency_plot(Figure, WIDE, family, "set.requests_per_s", ["bench.clients"], []))
+    assert (ax.get_yscale(), ax.get_xscale()) == ("log", "linear")  # throughput spans 1.24x
+    assert drawn(metric_plot(Figure, WIDE, "set.latency_p99_ms", "bench.clients", ["bench.clients"], [])).get_yscale() == "log"
+    assert drawn(metric_plot(Figure, WIDE, "set.requests_per_s", "bench.clients", ["bench.clients"], [])).get_yscale() == "linear"
+
+
+def test_horizontal_error_bars_stay_small_beside_the_axis():
+    """Throughput's spread over the repeats (x) drawn in full crossed the whole plot (133k ±60k on an axis of 33k)."""
+    from matplotlib.figure import Figure
+
+    from compiler.results.report import X_ERROR_SHARE, latency_plot
+
+    family = families(WIDE.metrics())["set.latency"]
+    ax = drawn(latency_plot(Figure, WIDE, family, "set.requests_per_s", ["bench.clients"], []))
+    left, right = ax.get_xlim()
+    widths = [abs(x1 - x0) for container in ax.containers if container.has_xerr
+              for (x0, _), (x1, _) in container.lines[2][0].get_segments()]
+    assert widths and max(widths) <= X_ERROR_SHARE * (right - left)
+    assert sum(width > 0 for width in widths) == 2 * 3  # the 3 points of small spread keep theirs, for both percentiles
+
+
+def label_boxes(svg: str, names: set[str]) -> list[tuple[str, float, float, float, float]]:
+    """(text, left, top, right, bottom) of every SVG text element whose text is one of `names`: matplotlib with
+    svg.fonttype none writes text as <text style="font-size: Npx; ...; text-anchor: A" x= y=> at its baseline; a
+    DejaVu Sans character is at most 0.64 em wide here (digits and p: 0.636), ascent 0.76 em, descent 0.24 em."""
+    boxes = []
+    for match in re.finditer(r'<text style="font-size: ([0-9.]+)px;[^"]*?(?:text-anchor: (\w+))?" x="([-0-9.]+)" '
+                             r'y="([-0-9.]+)"[^>]*>([^<]*)</text>', svg):
+        size, anchor, x, y, text = float(match[1]), match[2] or "start", float(match[3]), float(match[4]), match[5]
+        if text not in names:
+            continue
+        width = 0.64 * size * len(text)
+        left = x - {"start": 0.0, "middle": width / 2, "end": width}[anchor]
+        boxes.append((text, left, y - 0.76 * size, left + width, y + 0.24 * size))
+    return boxes
+
+
+def overlapping(boxes: list[tuple[str, float, float, float, float]]) -> list[tuple[str, str]]:
+    return [(a[0], b[0]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+            if a[1] < b[3] and b[1] < a[3] and a[2] < b[4] and b[2] < a[4]]
+
+
+def test_point_labels_do_not_overlap():
+    """20 points in a crowd (a parameter that changes little): their names were written over each other."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from compiler.results.report import _RC, latency_plot, render
+
+    crowd = metrics_client([{"set.requests_per_s": [10_000 + 100 * i + 3_000 * (i == 19)],
+                             "set.latency_p99_ms": [1.0 + 0.01 * i + 0.5 * (i == 19)]} for i in range(20)])
+    family = families(crowd.metrics())["set.latency"]
+    names = {point.label for point in crowd.points}
+    with matplotlib.rc_context(_RC):
+        svg = render(matplotlib, latency_plot(Figure, crowd, family, "set.requests_per_s", ["bench.clients"], []))[0]
+    boxes = label_boxes(svg, names)
+    assert overlapping(boxes) == []
+    assert {"p01", "p20"} <= {box[0] for box in boxes}  # the ends of the crowd and the one apart keep theirs
+
+
+def test_contents_first_then_the_headline_figure(orchc, tmp_path):
+    """14 plots on an 8,000 px page with no contents: a table of contents at the top whose every link leads to
+    a section or plot of the page, then the headline figure (the primary throughput against the load) before the
+    tables."""
+    run = tiny_run(tmp_path / "run")
+    assert orchc("report", run).code == 0
+    page = (run / "report.html").read_text()
+    nav = re.search(r'<nav class="contents">(.*?)</nav>', page, re.S)
+    assert nav and page.index("<nav") < page.index("<h2")
+    targets = re.findall(r'href="#([^"]+)"', nav[1])
+    ids = re.findall(r'\sid="([^"]+)"', page)
+    assert targets and all(ids.count(target) == 1 for target in targets)  # (matplotlib's own ids repeat per SVG)
+    assert {"headline", "summary", "saturation", "plot-01", "plot-04"} <= set(targets)
+    sections = re.findall(r'<h2 id="([^"]+)">', page)
+    assert sections[:3] == ["headline", "summary", "saturation"]
+    first = re.search(r'<figure id="(plot-\d+)"><h3>([^<]*)</h3>', page)
+    assert first and first.groups() == ("plot-01", "bench: set.requests_per_s vs bench.clients")
+    assert page.index(first[0]) < page.index('<h2 id="summary">')
+    assert page.count("<figure") == 4  # the headline figure is not drawn twice
+    # metric names are one long word each (set.latency_p99_ms): a header wraps at their dots and underscores
+    assert "<th>set.<wbr>latency_<wbr>p99_<wbr>ms</th>" in page and "<th>bench.<wbr>clients</th>" in page
+
+
+def halved(run: Path) -> Path:
+    """The same sweep at half the throughput and twice the latency (another run to overlay)."""
+    for path in sorted((run / "results").glob("*/results.json")):
+        data = json.loads(path.read_text())
+        data["metrics"] = {name: value * (0.5 if name.endswith("_per_s") else 2.0 if name.endswith("_ms") else 1.0)
+                           for name, value in data.get("metrics", {}).items()}
+        path.write_text(json.dumps(data))
+    return run
+
+
+@pytest.mark.slow
+def test_runs_of_the_same_sweep_overlaid(orchc, tmp_path):
+    """`orchc report A B` draws both runs in one plot per metric, one colour each; the same runs give the same bytes."""
+    first, second = tiny_run(tmp_path / "before"), halved(tiny_run(tmp_path / "after"))
+    out = tmp_path / "both.html"
+    done = orchc("report", first, second, "-o", out)
+    assert done.code == 0, done.err
+    assert done.out.startswith(f"report: {out}  (4 plots;")
+    page = out.read_text()
+    assert "<title>orchc report: before, after</title>" in page
+    figures = re.findall(r'<figure id="plot-\d+"><h3>([^<]*)</h3>(.*?)</figure>', page, re.S)
+    assert [title for title, _ in figures] == [
+        "bench: set.requests_per_s vs bench.clients", "bench: set.latency_p50_ms vs bench.clients",
+        "bench: set.latency_p99_ms vs bench.clients", "bench: set.latency p99 vs set.requests_per_s"]
+    for _, svg in figures:
+        assert "#1f77b4" in svg and "#ff7f0e" in svg, svg[:200]  # C0 for the first run, C1 for the second
+        assert re.search(r"<text[^>]*>before</text>", svg) and re.search(r"<text[^>]*>after</text>", svg)
+    # each run's summary, its figures (throughput 45,000 in one, 22,500 in the other)
+    assert '<h3 id="summary-1">before: bench <small>(redis_client)</small></h3>' in page
+    assert '<h3 id="summary-2">after: bench <small>(redis_client)</small></h3>' in page
+    assert "45,000 ± 450" in page and "22,500 ± 225" in page
+    again = tmp_path / "again.html"
+    assert orchc("report", first, second, "-o", again).code == 0
+    assert again.read_bytes() == page.encode().replace(b"both/", b"again/")
+    assert [p.read_bytes() for p in sorted((tmp_path / "again").iterdir())] == [
+        p.read_bytes() for p in sorted((tmp_path / "both").iterdir())]
+
+
+def test_runs_of_different_sweeps_are_not_overlaid(orchc, tmp_path):
+    first, second = tiny_run(tmp_path / "a"), tiny_run(tmp_path / "b")
+    manifest = json.loads((second / "manifest.json").read_text())
+    manifest["sweep"]["keys"] = ["bench.clients"]
+    (second / "manifest.json").write_text(json.dumps(manifest))
+    done = orchc("report", first, second, "-o", tmp_path / "x.html")
+    assert (done.code, done.err) == (1, "orchc: error: runs a and b sweep different parameters (bench.clients, bench.pipeline; "
+                                        "bench.clients): an overlay needs the same sweep\n")
+    assert orchc("report", first, second).err == (
+        "orchc: error: a report of several runs needs -o FILE.html (it belongs to none of them)\n")
+
+
+def test_runs_of_the_same_name_get_numbered_labels():
+    from compiler.results.overlay import labels
+
+    assert labels(["run", "other", "run", "run"]) == ["run", "other", "run #2", "run #3"]

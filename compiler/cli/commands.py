@@ -98,10 +98,11 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
                          help="show every metric (default: the headline metrics of each client's type, and thresholded ones)")
     compare.set_defaults(run=_compare)
 
-    report = commands.add_parser("report", help="an HTML report of a run: summary, knees, plots (needs matplotlib)")
-    report.add_argument("run_ref", nargs="?", metavar="RUN", help="a run folder, or the name of one under runs/ (default: the latest)")
+    report = commands.add_parser("report", help="an HTML report of a run, or of several runs of one sweep overlaid (needs matplotlib)")
+    report.add_argument("run_ref", nargs="*", metavar="RUN",
+                        help="a run folder, or the name of one under runs/ (default: the latest); several: overlaid, one colour each")
     report.add_argument("-o", "--output", type=Path, metavar="FILE.html",
-                        help="default: RUN/report.html; the plots as SVG and PNG in FILE/ beside it")
+                        help="default: RUN/report.html (needed for several runs); the plots as SVG and PNG in FILE/ beside it")
     report.set_defaults(run=_report)
 
     tunnel = commands.add_parser("tunnel", help="forward a local port to a service a job published (over SSH)")
@@ -144,7 +145,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ..results.report import cmd_report
+    from ..results.overlay import cmd_report
 
     return cmd_report(args)
 

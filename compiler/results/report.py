@@ -1,4 +1,4 @@
-"""`orchc report RUN [-o FILE.html]`: one self-contained HTML report of a run (run side).
+"""`orchc report RUN [-o FILE.html]`: one self-contained HTML report of a run (run side; the command is overlay.cmd_report).
 
 The report reads the run through points.point_results: a summary table per client (swept values, headline
 metrics as mean ± sample stdev over the repeats, status), the saturation point (knee) of each curve where one
@@ -13,7 +13,6 @@ Module-level imports stay standard-library only: the CLI imports this module for
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import csv
 import html
@@ -23,7 +22,6 @@ import json
 import math
 import os
 import re
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -49,6 +47,14 @@ REPORT_NAME = "report.html"
 MAX_PLOTS = 200
 """Plots drawn at most (matplotlib takes a good part of a second each); the report says how many it left out."""
 GPU_CSV_LIMIT = 64 << 20
+LOG_SPAN = 10.0
+"""An axis whose values are all positive and span more than this factor (a decade) is logarithmic."""
+X_ERROR_SHARE = 0.20
+"""A horizontal error bar is drawn only where it spans at most this share of the x axis (of its decades on a log
+axis): throughput's spread over the repeats, drawn in full, crossed the plot; the summary table has every spread."""
+LABEL_OFFSETS = ((4, 4), (4, -11), (-4, 4), (-4, -11))
+"""Where a point's name may go, in points from the point (negative x: the name ends there), in order of preference."""
+MAX_LABELS = 200
 _PLOT_FILE = re.compile(r"\d{2,}-[A-Za-z0-9._-]+\.(?:svg|png)")
 _STAT = re.compile(r"(?P<family>.+?)_(?P<stat>p\d+(?:[._]\d+)?|median|mean|min|max)_ms")
 _GPU_FIELDS = (("utilization.gpu", "GPU utilisation", "%"), ("utilization.memory", "memory utilisation", "%"),
@@ -546,11 +552,38 @@ def _axis_label(metric: str) -> str:
     return f"{metric} [{unit}]" if unit else metric
 
 
+def spans_decades(values: Iterable[float | None]) -> bool:
+    """Whether these values (None left out) are all positive and span more than LOG_SPAN: a log axis shows them."""
+    found = [value for value in values if value is not None and math.isfinite(value)]
+    return bool(found) and min(found) > 0 and max(found) / min(found) > LOG_SPAN
+
+
+def log_tick(value: float, _position: Any = None) -> str:
+    """A tick of a log axis as plain text (0.02, 5, 10,000): matplotlib's 10^n is mathtext, which this report keeps off."""
+    return f"{value:,.0f}" if value >= 1 else f"{value:.3g}"
+
+
+def _log_scale(ax: Any, which: str, values: Iterable[float | None]) -> bool:
+    """Make axis `which` ("x" or "y") logarithmic when `values` span decades, ticks as plain numbers (minor ticks at
+    2 and 5 named while the values span 3 decades or less). Whether it did."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    found = [value for value in values if value is not None]
+    if not spans_decades(found):
+        return False
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_formatter(FuncFormatter(log_tick))
+    axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    few = math.log10(max(found) / min(found)) <= 3
+    axis.set_minor_formatter(FuncFormatter(log_tick) if few else NullFormatter())
+    return True
+
+
 def _set_x(ax: Any, curve_set: Sequence[Curve], order: Sequence[str]) -> None:
     if curve_set and curve_set[0].numeric:
         xs = [float(json.loads(value)) for value in order]
-        if min(xs) > 0 and max(xs) / min(xs) >= 50:
-            ax.set_xscale("log")
+        _log_scale(ax, "x", xs)
         if len(xs) <= 12:
             ax.set_xticks(xs, [tick(x) for x in xs])
             ax.minorticks_off()
@@ -592,7 +625,8 @@ def metric_plot(Figure: Any, client: Client, metric: str, key: str, keys: Sequen
             ax.annotate("knee", (found.curve.x(found.at, order), found.at.mean(metric)), textcoords="offset points",
                         xytext=(8, 8), color="crimson")
     _set_x(ax, curve_set, order)
-    _thousands(ax.yaxis, [p.mean(metric) for p in client.points])
+    if not _log_scale(ax, "y", [p.mean(metric) for p in client.points]):
+        _thousands(ax.yaxis, [p.mean(metric) for p in client.points])
     ax.set_xlabel(key)
     ax.set_ylabel(_axis_label(metric))
     title = f"{client.name}: {metric} vs {key}"
@@ -625,6 +659,12 @@ def latency_plot(Figure: Any, client: Client, family: Family, throughput: str, k
         curve_set = [Curve("", (), tuple(sorted(points, key=lambda p: (p.mean(throughput), p.label))), False)]
     figure = Figure()
     ax = figure.subplots()
+    rates = [p.mean(throughput) for p in points]
+    log_x = _log_scale(ax, "x", rates)
+    _log_scale(ax, "y", [p.mean(metric) for p in points for metric in metrics])
+    if not log_x:
+        _thousands(ax.xaxis, rates)
+    x_error = partial(shown_error, span=_span([rate for rate in rates if rate is not None], log_x), log=log_x)
     styles, markers = ("-", "--", ":", "-."), ("o", "s", "^", "D", "v")
     for index, curve in enumerate(curve_set):
         for colour, metric in enumerate(metrics):
@@ -633,32 +673,73 @@ def latency_plot(Figure: Any, client: Client, family: Family, throughput: str, k
                 continue
             stat = "mean" if metric == family.metric("mean") else metric.rsplit("_", 2)[-2]
             ax.errorbar([p.mean(throughput) for p in kept], [p.mean(metric) for p in kept],
-                        xerr=[p.error(throughput) for p in kept], yerr=[p.error(metric) for p in kept],
+                        xerr=[x_error(p.mean(throughput), p.error(throughput)) for p in kept],
+                        yerr=[p.error(metric) for p in kept],
                         color=f"C{colour % 10}", linestyle=styles[index % len(styles)],
                         marker=markers[index % len(markers)], markersize=4, capsize=3,
                         label=stat if len(curve_set) == 1 else f"{stat}, {curve.label}")
-    top = family.knee_metric or metrics[-1]
-    if len(points) <= 24:
-        for p in points:
-            if p.mean(top) is not None:
-                ax.annotate(p.label, (p.mean(throughput), p.mean(top)), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7, color="dimgray")
     for found in marked:
         if found.latency in metrics and found.throughput == throughput:
             ax.plot([found.at.mean(throughput)], [found.at.mean(found.latency)], marker="o", markersize=14,
                     markerfacecolor="none", markeredgecolor="crimson", markeredgewidth=2, linestyle="none")
-    _thousands(ax.xaxis, [p.mean(throughput) for p in points])
     ax.set_xlabel(_axis_label(throughput))
     ax.set_ylabel(f"{family.name} [ms]")
     title = f"{client.name}: {family.name} percentiles vs {throughput}"
     ax.set_title(title)
     ax.legend(loc="best")
     figure.set_layout_engine("constrained")
+    top = family.knee_metric or metrics[-1]
+    unnamed = name_points(figure, ax, [(p.label, rate, value) for p in points
+                                       if (rate := p.mean(throughput)) is not None and (value := p.mean(top)) is not None])
     follow = (f"each line follows {load} upward with the other swept values fixed" if load
               else "points in order of throughput")
-    caption = (f"Colour: the percentile; {follow}; points named beside the highest percentile; error bars ±1 "
-               "sample standard deviation over the repeats in both directions; a red ring marks a knee.")
+    caption = (f"Colour: the percentile; {follow}; points named beside the highest percentile where the name fits"
+               + (f" ({unnamed} not named: see the table)" if unnamed else "")
+               + "; error bars ±1 sample standard deviation over the repeats, horizontal ones only where narrower "
+               f"than {X_ERROR_SHARE:.0%} of the axis; a red ring marks a knee.")
     return Plot(slug(client.name, family.name, "vs", throughput), title, caption, figure)
+
+
+def _span(values: Sequence[float], log: bool) -> float:
+    """The width the values take on their axis: in decades on a log axis."""
+    if not values:
+        return 0.0
+    return math.log10(max(values) / min(values)) if log else max(values) - min(values)
+
+
+def shown_error(mean: float | None, error: float, span: float, log: bool) -> float:
+    """The horizontal error bar drawn for a point: its ±error where the bar spans at most X_ERROR_SHARE of the axis
+    (`span`, in decades when `log`), else none (0)."""
+    if mean is None or error <= 0:
+        return 0.0
+    if log:
+        wide = mean - error <= 0 or math.log10((mean + error) / (mean - error)) > X_ERROR_SHARE * span
+    else:
+        wide = 2 * error > X_ERROR_SHARE * span
+    return 0.0 if wide else error
+
+
+def name_points(figure: Any, ax: Any, named: Sequence[tuple[str, float, float]]) -> int:
+    """Write each name beside its point (data coordinates) at the first of LABEL_OFFSETS where it stays inside the
+    axes and overlaps no name written before it, after the figure's layout is done (the names take no part in it);
+    a name that fits nowhere is left out. How many were left out."""
+    figure.draw_without_rendering()
+    frame = ax.get_window_extent()
+    placed: list[Any] = []
+    left_out = 0
+    for text, x, y in named[:MAX_LABELS]:
+        for dx, dy in LABEL_OFFSETS:
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7, color="dimgray",
+                                ha="left" if dx >= 0 else "right", annotation_clip=False)
+            label.set_in_layout(False)
+            box = label.get_window_extent().padded(1.0)
+            if frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1) and not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                break
+            label.remove()
+        else:
+            left_out += 1
+    return left_out + max(0, len(named) - MAX_LABELS)
 
 
 def _thousands(axis: Any, values: Iterable[float | None]) -> None:
@@ -745,7 +826,13 @@ h1{font-size:1.5em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-bott
 h3{font-size:1.05em}table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-td.best{font-weight:bold;background:#eef7ee}td.status{white-space:nowrap}.wide{overflow-x:auto}
+td.best{font-weight:bold;background:#eef7ee}td.status{white-space:nowrap}
+.wide{overflow-x:auto;max-width:100%;background:linear-gradient(to right,#fff 30%,#fff0),
+linear-gradient(to left,#fff 30%,#fff0) 100% 0,radial-gradient(farthest-side at 0 50%,#0003,#0000),
+radial-gradient(farthest-side at 100% 50%,#0003,#0000) 100% 0;background-repeat:no-repeat;
+background-size:40px 100%,40px 100%,14px 100%,14px 100%;background-attachment:local,local,scroll,scroll}
+nav.contents{font-size:.9em;background:#f7f7f7;border:1px solid #ddd;padding:.4em 1em;margin:1em 0}
+nav.contents ol{margin:.3em 0;padding-left:1.5em}nav.contents .plots{font-size:.9em;color:#555}
 figure{margin:1em 0 2em;break-inside:avoid}figure svg{max-width:100%;height:auto}
 figcaption{font-size:.85em;color:#555}.note{color:#555;font-size:.9em}code{font-size:.95em}
 """
@@ -761,8 +848,7 @@ def _summary(client: Client, keys: Sequence[str], heads: list[str]) -> str:
             means = [mean for p in client.points if (mean := p.mean(metric)) is not None]
             if sign and means:
                 best[metric] = max(means) if sign > 0 else min(means)
-    head = "".join(f"<th>{html.escape(name)}</th>" for name in ["point", *keys, "repeats", "status"])
-    head += "".join(f"<th>{html.escape(metric)}</th>" for metric in heads)
+    head = "".join(f"<th>{wrappable(name)}</th>" for name in ["point", *keys, "repeats", "status", *heads])
     body = []
     for point in client.points:
         cells = [f"<td>{html.escape(point.label)}</td>"]
@@ -772,6 +858,11 @@ def _summary(client: Client, keys: Sequence[str], heads: list[str]) -> str:
                   for metric in heads]
         body.append(f"<tr>{''.join(cells)}</tr>")
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def wrappable(name: str) -> str:
+    """A name as HTML that may wrap after its dots and underscores (a metric name is one long word)."""
+    return re.sub(r"([._])", r"\1<wbr>", html.escape(name))
 
 
 def _all_metrics(client: Client) -> str:
@@ -795,21 +886,74 @@ class Report:
 def build(run_dir: Path, run: Run, folder_name: str, state: str | None = None,
           state_line: str | None = None) -> Report:
     """The report of a run; plot files are linked as `folder_name/<file>`. `state`: the run's (run_state; default
-    what run.json knows); `state_line`: what a run still going or that did not complete says first (state_note)."""
+    what run.json knows); `state_line`: what a run still going or that did not complete says first (state_note).
+    The page: the run's facts, contents, the headline figure, the summary tables, the knees, the other plots by
+    client, the telemetry."""
     matplotlib, Figure = _matplotlib()
     from .. import __version__
     from ..output.manifest import read_manifest, recorded_sweep
     from .points import point_results
 
-    manifest = read_manifest(run_dir)
-    sweep = recorded_sweep(manifest)
+    sweep = recorded_sweep(read_manifest(run_dir))
     keys = list(sweep.keys) if sweep else []
     clients = clients_of(point_results(run_dir, run), sweep)
     traces, notes = gpu_traces(run_dir, run)
     name = run_dir.resolve().name
+    heads = {client.name: headline(client.metrics()) for client in clients}
+    found = {client.name: knees(client, keys) for client in clients}
+    wanted = planned_plots(clients, keys, heads, found, traces)
+    with matplotlib.rc_context(_RC):
+        drawn = draw_sections(matplotlib, Figure, wanted[:MAX_PLOTS], folder_name)
+    sections = [Section("summary", "Summary", _summary_section(clients, keys, heads)),
+                Section("saturation", "Saturation", _saturation_section(clients, keys, found))]
+    headline_ = [section for section in drawn if section.id == "headline"]
+    body = headline_ + sections + [section for section in drawn if section.id != "headline"]
+    tail = []
+    if len(wanted) > MAX_PLOTS:
+        tail.append(f'<p class="note">This report draws at most {MAX_PLOTS} plots: {len(wanted) - MAX_PLOTS} more '
+                    "were left out (clients in order, headline metrics first, then latencies, then telemetry).</p>")
+    if not traces:
+        body.append(Section("telemetry", "Telemetry", '<p class="note">No job of this run has GPU telemetry '
+                            "(results/&lt;job&gt;/gpu.csv).</p>"))
+    tail += [f'<p class="note">{html.escape(note)}</p>' for note in notes]
+    tail.append(f'<p class="note">Made by orchc {html.escape(__version__)} with matplotlib '
+                f"{html.escape(matplotlib.__version__)}; plots also in {html.escape(folder_name)}/ as SVG and PNG.</p>")
     parts = [f"<h1>orchc report: {html.escape(name)}</h1>"]
     if state_line:
         parts.append(f'<p class="note"><b>{html.escape(state_line)}.</b></p>')
+    parts += [_facts(run, state, keys, sweep), contents(body)]
+    parts += [f'<h2 id="{section.id}">{html.escape(section.title)}</h2>{section.html}' for section in body]
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>orchc report: {html.escape(name)}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(parts + tail) + "\n</body></html>\n")
+    files = {file: data for section in drawn for file, data in section.files.items()}
+    return Report(page, files, sum(len(section.plots) for section in drawn))
+
+
+@dataclass
+class Section:
+    """One part of the page under its own heading (`id` its anchor), with the plots it shows (anchor, title) and
+    their files."""
+
+    id: str
+    title: str
+    html: str
+    plots: list[tuple[str, str]] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+def contents(sections: Sequence[Section]) -> str:
+    """The table of contents: a link to each section, and under it to each of its plots."""
+    items = []
+    for section in sections:
+        links = " · ".join(f'<a href="#{anchor}">{html.escape(title)}</a>' for anchor, title in section.plots)
+        items.append(f'<li><a href="#{section.id}">{html.escape(section.title)}</a>'
+                     + (f' <span class="plots">({len(section.plots)}): {links}</span>' if section.plots else "") + "</li>")
+    return f'<nav class="contents"><b>Contents</b><ol>{"".join(items)}</ol></nav>'
+
+
+def _facts(run: Run, state: str | None, keys: Sequence[str], sweep: Sweep | None) -> str:
     facts = [("recipe", run.recipe), ("site", run.site), ("created", run.created),
              ("state", state or run.outcome or run.state),
              ("scheduler", run.scheduler), ("jobs", str(len(run.jobs))),
@@ -818,25 +962,26 @@ def build(run_dir: Path, run: Run, folder_name: str, state: str | None = None,
         facts += [("points", str(len(sweep.points))), ("repeats per point", str(sweep.repeat))]
     if run.error:
         facts.append(("error", run.error))
-    parts.append("<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
-                 + "</table>")
-    parts.append("<h2>Summary</h2>")
-    if not clients:
-        parts.append('<p class="note">This run has no clients, so no results.</p>')
-    heads = {client.name: headline(client.metrics()) for client in clients}
+    return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts) + "</table>"
+
+
+def _summary_section(clients: Sequence[Client], keys: Sequence[str], heads: Mapping[str, list[str]]) -> str:
+    parts = [] if clients else ['<p class="note">This run has no clients, so no results.</p>']
     for client in clients:
         parts.append(f"<h3>{html.escape(client.name)} <small>({html.escape(client.type)})</small></h3>")
         parts.append(_summary(client, keys, heads[client.name]))
         parts.append(_all_metrics(client))
     parts.append('<p class="note">Cells: mean ± sample standard deviation over the repeats of a point (hover: n, '
                  "min, max); bold: the best point of a metric where its name says which way is better.</p>")
-    found = {client.name: knees(client, keys) for client in clients}
-    parts.append("<h2>Saturation</h2>")
-    parts.append(f'<p class="note">A knee is the last point of a curve (one client along one swept parameter, '
-                 f"the others fixed) before the first step that adds less than {KNEE_GAIN:.0%} throughput while "
-                 f"the tail latency grows by more than {KNEE_GROWTH:.0%}; with repeats, both for the whole "
-                 f"{KNEE_CONFIDENCE:g}% interval of the step's change, so a step within the noise is no knee "
-                 f"(README \"Reports\").</p>")
+    return "".join(parts)
+
+
+def _saturation_section(clients: Sequence[Client], keys: Sequence[str], found: Mapping[str, list[Knee]]) -> str:
+    parts = [f'<p class="note">A knee is the last point of a curve (one client along one swept parameter, '
+             f"the others fixed) before the first step that adds less than {KNEE_GAIN:.0%} throughput while "
+             f"the tail latency grows by more than {KNEE_GROWTH:.0%}; with repeats, both for the whole "
+             f"{KNEE_CONFIDENCE:g}% interval of the step's change, so a step within the noise is no knee "
+             f"(README \"Reports\").</p>"]
     listed = [(client, knee_) for client in clients for knee_ in found[client.name]]
     if listed:
         parts.append("<ul>" + "".join(f"<li><b>{html.escape(client.name)}</b>"
@@ -846,53 +991,77 @@ def build(run_dir: Path, run: Run, folder_name: str, state: str | None = None,
         parts.append('<p class="note">No sweep: nothing to saturate along.</p>')
     else:
         parts.append('<p class="note">No knee detected.</p>')
+    return "".join(parts)
 
-    wanted = planned_plots(clients, keys, heads, found, traces)
-    plots: dict[str, list[Plot]] = {}
-    with matplotlib.rc_context(_RC):
-        for section, draw in wanted[:MAX_PLOTS]:
-            if (plot := draw(Figure)) is not None:
-                plots.setdefault(section, []).append(plot)
-        files: dict[str, bytes] = {}
-        index = 0
-        for section, members in plots.items():
-            parts.append(f"<h2>{html.escape(section)}</h2>")
-            for plot in members:
-                index += 1
-                stem = f"{index:02d}-{plot.slug}"
-                inline, svg, png = render(matplotlib, plot)
-                files[f"{stem}.svg"], files[f"{stem}.png"] = svg, png
-                links = " ".join(f'<a href="{html.escape(folder_name)}/{stem}.{ext}">{ext.upper()}</a>'
-                                 for ext in ("svg", "png"))
-                parts.append(f'<figure id="plot-{index:02d}"><h3>{html.escape(plot.title)}</h3>{inline}'
-                             f"<figcaption>{html.escape(plot.caption)} Files: {links}</figcaption></figure>")
-    if len(wanted) > MAX_PLOTS:
-        parts.append(f'<p class="note">This report draws at most {MAX_PLOTS} plots: {len(wanted) - MAX_PLOTS} more '
-                     "were left out (clients in order, headline metrics first, then latencies, then telemetry).</p>")
-    if not traces:
-        parts.append("<h2>Telemetry</h2><p class=\"note\">No job of this run has GPU telemetry "
-                     "(results/&lt;job&gt;/gpu.csv).</p>")
-    for note in notes:
-        parts.append(f'<p class="note">{html.escape(note)}</p>')
-    parts.append(f'<p class="note">Made by orchc {html.escape(__version__)} with matplotlib '
-                 f"{html.escape(matplotlib.__version__)}; plots also in {html.escape(folder_name)}/ as SVG and PNG.</p>")
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>orchc report: {html.escape(name)}</title><style>{_CSS}</style></head><body>\n"
-            + "\n".join(parts) + "\n</body></html>\n")
-    return Report(page, files, index)
+
+def draw_sections(matplotlib: Any, Figure: Any, wanted: Sequence[tuple[str, Callable[[Any], Plot | None]]],
+                  folder_name: str) -> list[Section]:
+    """Draw the planned plots, numbered in order (NN-slug files, plot-NN anchors), into sections by title."""
+    sections: dict[str, Section] = {}
+    index = 0
+    for title, draw in wanted:
+        plot = draw(Figure)
+        if plot is None:
+            continue
+        index += 1
+        stem, anchor = f"{index:02d}-{plot.slug}", f"plot-{index:02d}"
+        inline, svg, png = render(matplotlib, plot)
+        section = sections.setdefault(title, Section(section_id(title), title, ""))
+        section.files[f"{stem}.svg"], section.files[f"{stem}.png"] = svg, png
+        section.plots.append((anchor, plot.title))
+        links = " ".join(f'<a href="{html.escape(folder_name)}/{stem}.{ext}">{ext.upper()}</a>' for ext in ("svg", "png"))
+        section.html += (f'<figure id="{anchor}"><h3>{html.escape(plot.title)}</h3>{inline}'
+                         f"<figcaption>{html.escape(plot.caption)} Files: {links}</figcaption></figure>")
+    return list(sections.values())
+
+
+HEADLINE_SECTION = "Headline"
+
+
+def section_id(title: str) -> str:
+    """The anchor of a section of plots: `headline`, `telemetry`, `plots-<client>` (unique: client names are)."""
+    if title in (HEADLINE_SECTION, "Telemetry"):
+        return title.lower()
+    return "plots-" + html.escape(slug(title.removeprefix("Plots: ")), quote=True) + f"-{_fnv(title)}"
+
+
+def _fnv(text: str) -> str:
+    """A short stable hash (FNV-1a, 32 bits): two client names that slug alike still get two anchors."""
+    value = 0x811C9DC5
+    for byte in text.encode("utf-8"):
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return f"{value:08x}"
+
+
+def headline_plot(clients: Sequence[Client], keys: Sequence[str]) -> tuple[Client, str, str] | None:
+    """The figure a reader looks at first: the first client's (that has one) primary throughput against the load
+    (the first numeric swept key it was measured along, else the first such key)."""
+    for client in clients:
+        metric = primary_throughput([name for name in client.metrics() if name.endswith("_per_s")])
+        if metric is None:
+            continue
+        along = [key for key in keys if metric_plottable(client, metric, key, keys)]
+        numeric = [key for key in along if all(_numeric(p.values.get(key)) for p in client.points)]
+        if along:
+            return client, metric, (numeric or along)[0]
+    return None
 
 
 def planned_plots(clients: list[Client], keys: Sequence[str], heads: Mapping[str, list[str]],
                   found: Mapping[str, list[Knee]], traces: list[GpuTrace]) -> list[tuple[str, Callable[[Any], Plot | None]]]:
-    """(section, drawing) of every plot the report has data for, in order: per client each headline metric
-    against each swept key, then each latency family against its throughput; then the GPU telemetry. Checking
-    that a plot has its two points is cheap; drawing it is not, so only the first MAX_PLOTS are drawn."""
+    """(section, drawing) of every plot the report has data for, in order: the headline figure (headline_plot);
+    per client each headline metric against each swept key, then each latency family against its throughput; then
+    the GPU telemetry. Checking that a plot has its two points is cheap; drawing it is not, so only the first
+    MAX_PLOTS are drawn."""
     wanted: list[tuple[str, Callable[[Any], Plot | None]]] = []
+    first = headline_plot(clients, keys)
+    if first:
+        client, metric, key = first
+        wanted.append((HEADLINE_SECTION, partial(_metric_drawing, client, metric, key, keys, found[client.name])))
     for client in clients:
         section, knees_ = f"Plots: {client.name}", found[client.name]
         wanted += [(section, partial(_metric_drawing, client, metric, key, keys, knees_)) for metric in heads[client.name]
-                   for key in keys if metric_plottable(client, metric, key, keys)]
+                   for key in keys if metric_plottable(client, metric, key, keys) and (client, metric, key) != first]
         wanted += [(section, partial(_latency_drawing, client, family, throughput, keys, knees_))
                    for family, throughput in latency_pairs(client) if len(latency_points(client, family, throughput)) >= 2]
     wanted += [("Telemetry", partial(_gpu_drawing, trace)) for trace in traces]
@@ -947,23 +1116,3 @@ def _write_bytes(path: Path, data: bytes) -> None:
         except OSError:
             pass
         raise
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from ..core.terminal import terminal_text
-    from ..run.runs import known_state, load_run, state_note
-
-    _matplotlib()  # before reading anything: the one thing to install is said first
-    run_dir, run = load_run(args.run_ref)
-    output: Path = args.output or run_dir / REPORT_NAME
-    if output.suffix.lower() not in (".html", ".htm"):
-        raise ClusterError(f"{output}: the report is an HTML file; name it FILE.html")
-    state, current = known_state(run_dir, run)
-    note = state_note(f"run {run_dir.name}", state, current)
-    if note:
-        print(f"orchc: note: {terminal_text(note)}", file=sys.stderr, flush=True)
-    report = build(run_dir, run, output.with_suffix("").name, state, state_note("This run", state, current))
-    folder = write_report(report, output)
-    print(f"report: {output}  ({report.plots} plot{'s' if report.plots != 1 else ''}; SVG and PNG files in {folder}/)",
-          file=sys.stdout)
-    return 0
