@@ -118,10 +118,11 @@ def shellcheck() -> str:
 
 
 def runtime_into(run_dir: Path, folder: Path) -> None:
-    """Copy the job runtime of the compiled `folder` into `run_dir`, the run folder its scripts then run in (as
-    `orchc submit` writes every file of the output folder into the run folder the jobs run in)."""
+    """Copy the job runtime and the programs types ship (orchc-file-*) of the compiled `folder` into `run_dir`, the
+    run folder its scripts then run in (as `orchc submit` writes every file of the output folder into the run
+    folder the jobs run in)."""
     import shutil
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    for runtime in folder.glob("orchc-runtime-*.sh"):
-        shutil.copy2(runtime, run_dir / runtime.name)
+    for shared in [*folder.glob("orchc-runtime-*.sh"), *folder.glob("orchc-file-*")]:
+        shutil.copy2(shared, run_dir / shared.name)

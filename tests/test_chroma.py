@@ -161,7 +161,9 @@ def test_the_chroma_type_checks_the_v2_heartbeat(orchc, tmp_path):
     assert "https://127.0.0.1:8123/api/v2/heartbeat" in service
     assert "/api/v1" not in service
     client = (tmp_path / "out" / "r" / "vectors.sbatch").read_text()
-    assert "/api/v2/tenants/" in client and "/api/v1" not in client
+    (program,) = (tmp_path / "out" / "r").glob("orchc-file-*-chroma_bench.py")   # the benchmark, shipped beside it
+    assert f"orchc_shipped_file {program.name} " in client
+    assert "/api/v2/tenants/" in program.read_text() and "/api/v1" not in program.read_text() + client
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Golden files are the contract of the output: every example compiles to exactly golden/<recipe>/
 (site meluxina, the default) and golden/local/<recipe>/ (`--site local`, the native branches of types),
-and the job runtime every output folder holds (orchc-runtime-<sha>.sh) to golden/orchc-runtime.sh, kept once.
+and the job runtime every output folder holds (orchc-runtime-<sha>.sh) to golden/orchc-runtime.sh, kept once. The
+programs types ship (orchc-file-<sha>-<name>) are not kept again: each must be the file of its type's files/ folder.
 
 Rewrite them with `pytest tests/test_golden.py --update-golden` and review the change with `git diff golden/`
 (refused when CI is set, so CI can never pass by rewriting its own expectations).
@@ -27,6 +28,9 @@ CASES = [(recipe, defs, site) for site in SITES for recipe, defs in RECIPES]
 RUNTIME = GOLDEN / "orchc-runtime.sh"
 """The golden of the job runtime, which every output folder holds under its content-addressed name."""
 RUNTIME_NAME = re.compile(r"orchc-runtime-[0-9a-f]{12}\.sh")
+SHIPPED_NAME = re.compile(r"orchc-file-(?P<sha>[0-9a-f]{12})-(?P<name>.+)")
+SHIPPED_FROM = (ROOT / "service_defs" / "files", EXAMPLES / "custom" / "defs" / "files")
+"""The files/ folders of the types the examples use: the goldens of the programs those types ship."""
 
 
 def _compile(orchc, recipe: Path, defs: list[Path], out: Path, site: str = "meluxina") -> Path:
@@ -53,6 +57,17 @@ def _runtime(files: dict[str, str]) -> str:
     return text
 
 
+def _take_shipped(files: dict[str, str]) -> None:
+    """Takes the programs types ship out of a compiled folder's files, once each is checked: named by its sha256,
+    and the bytes of the file of that name in a type's files/ folder (with a final newline)."""
+    for name in [name for name in files if SHIPPED_NAME.fullmatch(name)]:
+        text = files.pop(name)
+        found = SHIPPED_NAME.fullmatch(name)
+        assert found is not None and found["sha"] == hashlib.sha256(text.encode()).hexdigest()[:12], name
+        sources = [folder / found["name"] for folder in SHIPPED_FROM if (folder / found["name"]).is_file()]
+        assert [source.read_text(encoding="utf-8").removesuffix("\n") + "\n" for source in sources] == [text], name
+
+
 @pytest.mark.parametrize("recipe,defs,site", CASES, ids=[f"{c[2]}-{c[0].relative_to(EXAMPLES)}" for c in CASES])
 def test_example_matches_golden(orchc, tmp_path, update_golden, recipe, defs, site):
     produced = _compile(orchc, recipe, defs, tmp_path, site)
@@ -60,6 +75,7 @@ def test_example_matches_golden(orchc, tmp_path, update_golden, recipe, defs, si
     shown = golden.relative_to(ROOT)
     actual = _files(produced)
     runtime = _runtime(actual)
+    _take_shipped(actual)
     if update_golden:
         shutil.rmtree(golden, ignore_errors=True)
         golden.mkdir(parents=True)

@@ -41,7 +41,8 @@ def compile_tool(orchc, write, tmp_path, source: str = "prog.py", program: str |
         else:
             target.write_text(program)
     recipe = write("r.yaml", "client:\n  name: t\n  type: tool\n" + ACCOUNT)
-    return orchc("compile", recipe, "--defs", "defs", "--site", "local", "--stdout", cwd=tmp_path)
+    # --self-contained: the script holds the file in a here-document (else the output folder does, test_shipped_files.py)
+    return orchc("compile", recipe, "--defs", "defs", "--site", "local", "--stdout", "--self-contained", cwd=tmp_path)
 
 
 def test_a_source_file_is_written_verbatim_and_runs(orchc, write, tmp_path):
@@ -68,7 +69,7 @@ def test_a_file_without_final_newline_gets_one(orchc, write, tmp_path):
 def test_the_builtin_types_folder_ships_its_files(orchc, write, tmp_path):
     """A built-in type's files/ folder is found wherever orchc runs from (the llm_client type uses it)."""
     recipe = write("r.yaml", "client:\n  name: bench\n  type: llm_client\n  target_endpoint: localhost:8000\n" + ACCOUNT)
-    result = orchc("compile", recipe, "--site", "local", "--stdout", cwd=tmp_path)
+    result = orchc("compile", recipe, "--site", "local", "--stdout", "--self-contained", cwd=tmp_path)
     assert result.code == 0, result.err
     program = (ROOT / "service_defs" / "files" / "llm_bench.py").read_text()
     assert program.rstrip("\n") + "\nORCHC_EOF" in result.out
@@ -147,6 +148,6 @@ def test_the_file_is_found_beside_the_type_that_declares_the_item_not_the_child(
     compile_tool(orchc, write, tmp_path)
     write("child/child.yaml", "type: child\nextends: tool\n")
     result = orchc("compile", write("r2.yaml", "client:\n  name: t\n  type: child\n" + ACCOUNT), "--defs", "defs",
-                   "--defs", "child", "--site", "local", "--stdout", cwd=tmp_path)
+                   "--defs", "child", "--site", "local", "--stdout", "--self-contained", cwd=tmp_path)
     assert result.code == 0, result.err
     assert "print('ORCHC_EOF')" in result.out

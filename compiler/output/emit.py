@@ -26,6 +26,7 @@ from ..core.files import write_atomic
 from ..recipe.resolve import Recipe
 from ..script.render import render_job, render_recipe
 from ..script.runtime import runtime_name, runtime_text
+from ..script.shipped import shipped_files
 from .manifest import MANIFEST, SUBMIT, Digest, ManifestTooLarge, build_manifest, digest, manifest_bytes, orchc_manifest, script_name
 from .plan import ALLOCATION_SCRIPT, plan_from_manifest, submit_script
 from .workers import PARALLEL_FROM, Helper, Queue, workers
@@ -57,12 +58,14 @@ def build_output(recipe: Recipe, scripts: dict[str, str] | None = None, self_con
 
 def _manifest_and_plan_files(recipe: Recipe, self_contained: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
     """The manifest (without its digest) and the files made with it: submit.sh, allocation.sbatch for
-    `allocation: one`, and the job runtime the scripts source (none when each script holds it)."""
+    `allocation: one`, the job runtime the scripts source and the programs their types ship (none of those
+    two when each script holds them)."""
     manifest = build_manifest(recipe)
     files: dict[str, str] = {}
     if not self_contained:
         files[runtime_name()] = runtime_text()
-        manifest["files"] = sorted([*manifest["files"], runtime_name()])
+        files.update(shipped_files(recipe))
+        manifest["files"] = sorted([*manifest["files"], *files])
     allocation = _one_allocation(recipe)   # allocation: one -> allocation.sbatch, submitted alone
     if allocation is not None:
         files[ALLOCATION_SCRIPT], manifest["allocation"] = allocation

@@ -30,9 +30,10 @@ from ..core.session import CompileSession
 from ..core.source import Node, Origins
 from ..recipe.checks import PHASES
 from ..recipe.resolve import Container, Recipe, ResolvedJob
-from ..recipe.typedefs import secret_variable, type_file_text
+from ..recipe.typedefs import secret_variable
 from .directives import directives, gpus_of
 from .runtime import runtime_inlined, runtime_loader
+from .shipped import file_items, shipped_file
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTROL_IN_VALUES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -66,7 +67,7 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
         "images": _image_lines(job, recipe),
         "sidecars": _sidecar_lines(job, recipe, origins, context, values),
         "service_command": _service_command(job, recipe, origins, context, values),
-        "phases": {phase: _phase_lines(job, origins, phase, context, values, recipe.session) for phase in PHASES[job.role]},
+        "phases": {phase: _phase_lines(job, recipe, phase, context, values, self_contained) for phase in PHASES[job.role]},
         "target": _target_lines(job) if job.role == "client" else [],
         "clients": recipe.clients_of.get(job.name, []),
         "ports": job.fields.get("ports") or [],
@@ -279,15 +280,13 @@ def _type_file(file: str) -> str:
     return file
 
 
-def _phase_lines(job: ResolvedJob, origins: Origins, phase: str, context: dict[str, Any],
-                 values: ShellValues, session: CompileSession) -> list[str]:
+def _phase_lines(job: ResolvedJob, recipe: Recipe, phase: str, context: dict[str, Any],
+                 values: ShellValues, self_contained: bool) -> list[str]:
     lines: list[str] = []
-    items = origins.template(("phases", phase))
-    if not isinstance(items.value, list) or phase not in job.phases:
-        return lines
-    for item in items.value:
+    session = recipe.session
+    for item in file_items(job, recipe, phase):
         if isinstance(item.value, dict):
-            block = "\n".join(_file_block(item, context, session))
+            block = "\n".join(_file_block(item, context, session, self_contained))
         else:
             block = render_shell(item, context, values, session).strip()
         if block:
@@ -295,15 +294,19 @@ def _phase_lines(job: ResolvedJob, origins: Origins, phase: str, context: dict[s
     return lines
 
 
-def _file_block(item: Node, context: dict[str, Any], session: CompileSession) -> list[str]:
+def _file_block(item: Node, context: dict[str, Any], session: CompileSession, self_contained: bool) -> list[str]:
     """A file written by a quoted here-document, so the shell never interprets its content: `content:`
-    (a template) or `source:` (a file the type ships, verbatim)."""
+    (a template) or `source:` (a file the type ships, verbatim). A shipped file is copied from the output
+    folder's copy once its sha256 is checked (shipped.py), unless the script must hold it (`self_contained`)."""
     path = render_text(item.at(("file",)), context, session)[0]
     source = item.get("source")
+    if source is not None and not self_contained:
+        shipped = shipped_file(source, session)
+        return [f"orchc_shipped_file {shlex.quote(shipped.name)} {shipped.sha256} {shell_word(path)}", *_mode_lines(item, path)]
     if source is not None:
         # A program the type ships (files/NAME beside the type file): its bytes verbatim, never a template;
         # the here-document adds the final newline (one is added when the file has none).
-        content, hosts = type_file_text(source).removesuffix("\n"), list[str]()
+        content, hosts = shipped_file(source, session).text.removesuffix("\n"), list[str]()
     else:
         content, hosts = render_text(item.at(("content",)), context, session)
         content = content.rstrip("\n")
@@ -315,10 +318,12 @@ def _file_block(item: Node, context: dict[str, Any], session: CompileSession) ->
         token = context["job"]["hosts_token"]
         pairs = " ".join(shlex.quote(f"{host_placeholder(token, host)}={host}") for host in hosts)
         lines.append(f"orchc_fill_hosts {shell_word(path)} {pairs}")
+    return lines + _mode_lines(item, path)
+
+
+def _mode_lines(item: Node, path: str) -> list[str]:
     mode = item.value.get("mode")
-    if mode is not None:
-        lines.append(f"chmod {shlex.quote(str(mode.value))} {shell_word(path)}")
-    return lines
+    return [] if mode is None else [f"chmod {shlex.quote(str(mode.value))} {shell_word(path)}"]
 
 
 def _env_lines(job: ResolvedJob, origins: Origins, context: dict[str, Any], session: CompileSession) -> list[str]:

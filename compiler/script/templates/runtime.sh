@@ -571,6 +571,19 @@ orchc_host_of() {
     printf '%s\n' "$host"
 }
 
+# orchc_shipped_file NAME SHA256 PATH: put at PATH the program a type ships, NAME in the run folder (written
+# there with the job scripts), once the copy made beside PATH has SHA256: a missing or changed file stops the job.
+orchc_shipped_file() {
+    local temp
+    mkdir -p "$(dirname "$3")"
+    temp="$3.orchc-tmp.$$"
+    if ! cat -- "$ORCHC_RUN_DIR/$1" >"$temp" 2>/dev/null || [ "$(sha256sum <"$temp")" != "$2  -" ]; then
+        rm -f -- "$temp"
+        orchc_fail "the file $ORCHC_RUN_DIR/$1 is missing or changed (its sha256 must be $2): compile the recipe again into the run folder"
+    fi
+    mv -f -- "$temp" "$3"
+}
+
 # orchc_fill_hosts FILE PLACEHOLDER=JOB...: put the hosts of other services of this run into a generated file.
 orchc_fill_hosts() {
     local file=$1 pair placeholder job host
