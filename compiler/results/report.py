@@ -751,7 +751,11 @@ figcaption{font-size:.85em;color:#555}.note{color:#555;font-size:.9em}code{font-
 """
 
 
-def _summary(client: Client, keys: Sequence[str], heads: list[str]) -> str:
+SLO_MARK = ' <span title="the highest load point that meets the SLO">&#9733; SLO</span>'
+"""beside the point of the summary table that slo.SloCurve.best names"""
+
+
+def _summary(client: Client, keys: Sequence[str], heads: list[str], marked: Iterable[str | None] = ()) -> str:
     from .metrics import direction
 
     best: dict[str, float] = {}
@@ -761,11 +765,12 @@ def _summary(client: Client, keys: Sequence[str], heads: list[str]) -> str:
             means = [mean for p in client.points if (mean := p.mean(metric)) is not None]
             if sign and means:
                 best[metric] = max(means) if sign > 0 else min(means)
+    chosen = set(marked)
     head = "".join(f"<th>{html.escape(name)}</th>" for name in ["point", *keys, "repeats", "status"])
     head += "".join(f"<th>{html.escape(metric)}</th>" for metric in heads)
     body = []
     for point in client.points:
-        cells = [f"<td>{html.escape(point.label)}</td>"]
+        cells = [f"<td>{html.escape(point.label)}{SLO_MARK if point.point in chosen else ''}</td>"]
         cells += [f"<td>{html.escape(shown(point.values.get(key)))}</td>" for key in keys]
         cells += [f'<td class="num">{len(point.rows)}</td>', f'<td class="status">{html.escape(point.status())}</td>']
         cells += [_cell(point.stats.get(metric), metric in best and point.mean(metric) == best[metric])
@@ -800,11 +805,14 @@ def build(run_dir: Path, run: Run, folder_name: str, state: str | None = None,
     from .. import __version__
     from ..output.manifest import read_manifest, recorded_sweep
     from .points import point_results
+    from .slo import slo_curves
 
     manifest = read_manifest(run_dir)
     sweep = recorded_sweep(manifest)
     keys = list(sweep.keys) if sweep else []
-    clients = clients_of(point_results(run_dir, run), sweep)
+    rows = point_results(run_dir, run)
+    clients = clients_of(rows, sweep)
+    slo = slo_curves(rows, keys)
     traces, notes = gpu_traces(run_dir, run)
     name = run_dir.resolve().name
     parts = [f"<h1>orchc report: {html.escape(name)}</h1>"]
@@ -826,10 +834,11 @@ def build(run_dir: Path, run: Run, folder_name: str, state: str | None = None,
     heads = {client.name: headline(client.metrics()) for client in clients}
     for client in clients:
         parts.append(f"<h3>{html.escape(client.name)} <small>({html.escape(client.type)})</small></h3>")
-        parts.append(_summary(client, keys, heads[client.name]))
+        parts.append(_summary(client, keys, heads[client.name], [c.best.point for c in slo if c.client == client.name and c.best]))
         parts.append(_all_metrics(client))
     parts.append('<p class="note">Cells: mean ± sample standard deviation over the repeats of a point (hover: n, '
                  "min, max); bold: the best point of a metric where its name says which way is better.</p>")
+    parts += [f'<p class="note">{html.escape(curve.describe())} (&#9733; in its table).</p>' for curve in slo]
     found = {client.name: knees(client, keys) for client in clients}
     parts.append("<h2>Saturation</h2>")
     parts.append(f'<p class="note">A knee is the last point of a curve (one client along one swept parameter, '
