@@ -70,3 +70,13 @@ def test_the_report_says_which_point_meets_the_slo_and_marks_it(tmp_path: Path):
     assert page.count("SLO (bench): highest point meeting it p02 bench.clients=20, goodput 20 requests/s") == 1
     rows = re.findall(r"<tr><td>(p\d\d)(.*?)</td>", page)
     assert [point for point, marker in rows if marker] == ["p02"]
+
+
+def test_hostile_figures_and_loads_are_text_not_a_traceback(tmp_path: Path):
+    """A ratio above 1, an infinite goodput (dropped: not a finite number), a load beyond the float range."""
+    sweep_run(tmp_path / "a", [("p01", 10 ** 400, [slo_metrics(12.0, 1e308), slo_metrics(1.0, 1e308)]),
+                               ("p02", 1, [slo_metrics(0.5, 1.0), None])])
+    done = orchc("results", "a", cwd=tmp_path)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    line = slo_lines(done)[0]
+    assert line.startswith("SLO (bench): highest point meeting it p01 bench.clients=1000") and "min 1.000 of 12.000, 1.000" in line

@@ -88,8 +88,13 @@ def _number(value: float) -> str:
 
 
 def _ratios(point: SloPoint) -> str:
+    """Each repeat's slo_met_ratio (`-`: a repeat without one), after the lowest when there are several."""
     shown = ["-" if r is None else f"{r:.3f}" for r in point.ratios]
-    return shown[0] if len(shown) == 1 else "min " + min(shown) + " of " + ", ".join(shown)
+    if len(shown) == 1:
+        return shown[0]
+    known = [r for r in point.ratios if r is not None]
+    lowest = "-" if len(known) < len(shown) else f"{min(known):.3f}"
+    return f"min {lowest} of {', '.join(shown)}"
 
 
 def _numeric(value: Any) -> bool:
@@ -106,6 +111,7 @@ def slo_curves(rows: Iterable[PointResult], keys: Sequence[str]) -> list[SloCurv
     for client, points in grouped.items():
         if not any(RATIO in row.metrics() for _, _, repeats in points for row in repeats):
             continue
+        # ints and floats compare exactly, so an int beyond the float range sorts too
         key = next((k for k in keys if all(_numeric(values.get(k)) for _, values, _ in points)), None)
         if key is None:
             continue
@@ -118,6 +124,6 @@ def slo_curves(rows: Iterable[PointResult], keys: Sequence[str]) -> list[SloCurv
             lines.setdefault(name, []).append(SloPoint(
                 point, values[key], tuple(row.metrics().get(RATIO) for row in repeats),
                 tuple(g for row in repeats if (g := row.metrics().get(GOODPUT)) is not None)))
-        found += [SloCurve(client, key, fixed[name], tuple(sorted(line, key=lambda p: float(p.value))))
+        found += [SloCurve(client, key, fixed[name], tuple(sorted(line, key=lambda p: p.value)))
                   for name, line in lines.items()]
     return found
