@@ -258,6 +258,8 @@ def test_slo_goodput_and_the_p99_check_on_hand_made_records():
     assert m["slo_met_ratio"] == pytest.approx(1 / 3) and m["slo_p99_met"] == 0    # p99 TTFT 300 > 299
     m = llm_bench.metrics_of(records[:3], {**run, "slo": {"tpot_p99_ms": 151}})
     assert (m["slo_met_ratio"], m["slo_p99_met"]) == (1.0, 1)
+    one_token = llm_bench.metrics_of(records[1:2], {**run, "slo": {"tpot_p99_ms": 10}})  # no TPOT: 0, as per request
+    assert (one_token["slo_met_ratio"], one_token["slo_p99_met"]) == (1.0, 1)
     # a cut request already past a bound missed it: no token after 400 ms against a TTFT bound of 300 ms
     late = {**records[4], "end_s": 0.4}
     m = llm_bench.metrics_of([*records[:3], late], {**run, "slo": {"ttft_p99_ms": 300}})

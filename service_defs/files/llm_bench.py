@@ -181,7 +181,9 @@ def slo_metrics(records, metrics, slo, wall):
     verdicts = [(met_slo(r, slo), r) for r in records]
     good = [r for verdict, r in verdicts if verdict]
     judged = sum(1 for verdict, _ in verdicts if verdict is not None)
-    p99 = [metrics.get(key) for key in slo]
+    # requests of one token have no TPOT; as in the per-request rule, theirs counts as 0
+    p99 = [0.0 if key == "tpot_p99_ms" and metrics.get(key) is None and metrics["requests_ok_count"] else metrics.get(key)
+           for key in slo]
     within = all(value is not None and value <= slo[key] for key, value in zip(slo, p99))
     return {"goodput_requests_per_s": rate(len(good), wall) if records else None,
             "goodput_tokens_per_s": rate(sum(r.get("output_tokens") or 0 for r in good), wall) if records else None,
