@@ -21,6 +21,7 @@ delays (20-50 ms) keep the file at about 20 s.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
 import os
@@ -228,6 +229,121 @@ def test_metrics_of_the_clients_audit_of_itself():
     # records of an older client (no intended send time), a killed run (no CPU): unknown, not a verdict
     old = llm_bench.metrics_of([{k: v for k, v in r.items() if k != "intended_s"} for r in records], {})
     assert (old["schedule_delay_median_ms"], old["client_kept_up"], old["client_cpu_percent"]) == (None, None, None)
+
+
+def test_slo_goodput_and_the_p99_check_on_hand_made_records():
+    """vLLM's per-request rule (each figure <= its bound, TPOT 0 for one token) and MLPerf's p99 check, worked out by
+    hand: TTFT 100, 300, 300 ms; TPOT 150, 0, 50 ms; a failed and a cut request."""
+    records = [
+        {"ok": True, "send_s": 0.0, "end_s": 0.5, "ttft_s": 0.1, "e2e_s": 0.4, "chunk_times_s": [0.1, 0.2, 0.4],
+         "input_tokens": 10, "output_tokens": 3},
+        {"ok": True, "send_s": 0.2, "end_s": 0.3, "ttft_s": 0.3, "e2e_s": 0.3, "chunk_times_s": [0.3],
+         "input_tokens": 5, "output_tokens": 1},
+        {"ok": True, "send_s": 0.3, "end_s": 0.4, "ttft_s": 0.3, "e2e_s": 0.4, "chunk_times_s": [0.3, 0.35, 0.4],
+         "input_tokens": 5, "output_tokens": 3},
+        {"ok": False, "cut": False, "send_s": 0.3, "end_s": 0.01, "chunk_times_s": [], "error": "HTTP 500"},
+        {"ok": False, "cut": True, "send_s": 1.5, "end_s": 0.05, "chunk_times_s": [], "error": "cut at duration"},
+    ]
+    run = {"wall_time_s": 2.0}
+    assert "goodput_requests_per_s" not in llm_bench.metrics_of(records, run)      # no SLO, no SLO metrics
+    m = llm_bench.metrics_of(records, {**run, "slo": {"ttft_p99_ms": 300}})
+    # all three successes are within 300 ms (the bound is inclusive); the failure misses; the cut one (50 ms in,
+    # no token yet, under the bound) is not judged
+    assert m["goodput_requests_per_s"] == pytest.approx(1.5) and m["goodput_tokens_per_s"] == pytest.approx(3.5)
+    assert m["slo_met_ratio"] == pytest.approx(3 / 4) and m["slo_p99_met"] == 0      # a failed request: MLPerf fails
+    m = llm_bench.metrics_of(records[:3], {**run, "slo": {"ttft_p99_ms": 300, "tpot_p99_ms": 100}})
+    assert m["goodput_requests_per_s"] == pytest.approx(1.0)                      # TPOT 150 ms misses; 1 token: TPOT 0
+    assert m["slo_met_ratio"] == pytest.approx(2 / 3) and m["slo_p99_met"] == 0    # tpot_p99_ms 149 > 100
+    m = llm_bench.metrics_of(records[:3], {**run, "slo": {"ttft_p99_ms": 299, "e2e_latency_p99_ms": 1000}})
+    assert m["slo_met_ratio"] == pytest.approx(1 / 3) and m["slo_p99_met"] == 0    # p99 TTFT 300 > 299
+    m = llm_bench.metrics_of(records[:3], {**run, "slo": {"tpot_p99_ms": 151}})
+    assert (m["slo_met_ratio"], m["slo_p99_met"]) == (1.0, 1)
+    one_token = llm_bench.metrics_of(records[1:2], {**run, "slo": {"tpot_p99_ms": 10}})  # no TPOT: 0, as per request
+    assert (one_token["slo_met_ratio"], one_token["slo_p99_met"]) == (1.0, 1)
+    # a cut request already past a bound missed it: no token after 400 ms against a TTFT bound of 300 ms
+    late = {**records[4], "end_s": 0.4}
+    m = llm_bench.metrics_of([*records[:3], late], {**run, "slo": {"ttft_p99_ms": 300}})
+    assert m["slo_met_ratio"] == pytest.approx(3 / 4)
+    nothing = llm_bench.metrics_of([], {**run, "slo": {"ttft_p99_ms": 300}})
+    assert [nothing[k] for k in ("goodput_requests_per_s", "slo_met_ratio", "slo_p99_met")] == [None, None, None]
+
+
+@pytest.mark.parametrize("text", ['{"ttft_ms": 5}', '{"ttft_p99_ms": 0}', '{"ttft_p99_ms": true}', "{}", "[1]", "x"])
+def test_a_bad_slo_argument_is_refused(text):
+    with pytest.raises(SystemExit):
+        llm_bench.parser().parse_args(["run", "r", "--host", "h", "--port", "1", "--api", "ollama", "--slo", text])
+
+
+def expected_ttfts(count: int, rate: float, seed: int, slots: int, first: float, service: float) -> list[float]:
+    """What each request's TTFT should be at the stand-in: its seeded Poisson arrival (llm_bench.arrival_times) waits
+    for the first of `slots` FIFO slots to free, then `first` to its first token; a slot is busy `service` seconds."""
+    free = [0.0] * slots
+    found = []
+    for arrival in llm_bench.arrival_times(count, rate, seed):
+        start = max(arrival, heapq.heappop(free))
+        heapq.heappush(free, start + service)
+        found.append(start - arrival + first)
+    return found
+
+
+def slo_sweep_run(folder: Path, points: list[tuple[float, dict]], slo: dict) -> Path:
+    """A run folder of a sweep over bench.request_rate, one repeat per point, with these llm_bench metrics."""
+    jobs, manifest_jobs, sweep_points = [], [], []
+    for number, (value, metrics) in enumerate(points, 1):
+        point, name = f"p{number:02d}", f"bench-p{number:02d}-r1"
+        jobs.append({"name": name, "type": "llm_client", "role": "client", "target": None, "script": f"{name}.sbatch",
+                     "slurm_id": str(100 + number), "submitted": "2026-01-01T00:00:00Z"})
+        manifest_jobs.append({"name": name, "point": point, "repeat": 1})
+        sweep_points.append({"point": point, "values": {"bench.request_rate": value}})
+        (folder / "results" / name).mkdir(parents=True)
+        (folder / "results" / name / "results.json").write_text(json.dumps(
+            {"schema": "orchc-results/1", "status": "complete", "metrics": metrics, "parameters": {"slo": slo}}))
+    (folder / "run.json").write_text(json.dumps({"recipe": "r", "site": "local", "created": "2026-01-01T00:00:00Z",
+                                                 "run_dir": str(folder), "state": "submitted", "outcome": "completed",
+                                                 "error": None, "jobs": jobs}))
+    (folder / "manifest.json").write_text(json.dumps({"recipe": "r", "jobs": manifest_jobs, "sweep": {
+        "keys": ["bench.request_rate"], "repeat": 1, "points": sweep_points}}))
+    return folder
+
+
+def test_a_sweep_of_rates_meets_the_slo_up_to_the_servers_capacity(tmp_path, orchc):
+    """2 slots of 70 ms (first token at 40 ms, 3 more 10 ms apart): capacity 28.6 requests/s. 16 requests at 8/s
+    and 16/s, whose seeded arrivals never wait more than 13 ms for a slot, meet a TTFT bound of 120 ms; at 60/s they
+    queue, and only the requests the queue simulation (expected_ttfts) puts under the bound meet it. So goodput
+    is the throughput up to 16/s, less at 60/s, and `orchc results` names 16/s as the highest point meeting the SLO.
+    A request within 40 ms of the bound may land on either side (jitter of a loaded machine)."""
+    first, gap, tokens, slots, bound = 0.04, 0.01, 4, 2, 120.0
+    service = first + (tokens - 1) * gap
+    s = Server("--tokens", str(tokens), "--first-token-delay", str(first), "--inter-token-delay", str(gap),
+               "--parallelism", str(slots))
+    try:
+        measured = []
+        for rate in (8.0, 16.0, 60.0):
+            m, records, _ = bench(tmp_path, s.port, "--num-requests", "16", "--request-rate", str(rate),
+                                  "--slo", json.dumps({"ttft_p99_ms": bound}), results=f"r{rate:g}")
+            expected = [t * 1000 for t in expected_ttfts(16, rate, 0, slots, first, service)]
+            surely = sum(1 for t in expected if t < bound - 40)
+            maybe = sum(1 for t in expected if abs(t - bound) <= 40)
+            assert surely <= m["slo_met_ratio"] * 16 <= surely + maybe, (rate, sorted(expected), m["slo_met_ratio"])
+            good = [r for r in records if r["ok"] and r["ttft_s"] * 1000 <= bound]
+            assert m["goodput_requests_per_s"] == pytest.approx(len(good) / m["wall_time_s"])
+            assert m["goodput_tokens_per_s"] == pytest.approx(sum(r["output_tokens"] for r in good) / m["wall_time_s"])
+            measured.append((rate, m))
+    finally:
+        s.close()
+    low, middle, high = (m for _, m in measured)
+    for m in (low, middle):
+        assert (m["slo_met_ratio"], m["slo_p99_met"]) == (1.0, 1)
+        assert m["goodput_requests_per_s"] == m["request_throughput_per_s"]
+    assert high["slo_met_ratio"] < 0.5 and high["slo_p99_met"] == 0 and high["ttft_p99_ms"] > bound
+    assert high["goodput_requests_per_s"] < 0.5 * high["request_throughput_per_s"]
+    run = slo_sweep_run(tmp_path / "run", measured, {"ttft_p99_ms": bound})
+    done = orchc("results", run)
+    assert done.code == 0, done.err
+    line = next(line for line in done.out.splitlines() if line.startswith("SLO "))
+    assert line.startswith(f"SLO (bench): highest point meeting it p02 bench.request_rate=16.0, goodput "
+                           f"{middle['goodput_requests_per_s']:.4g} requests/s (n=1), slo_met_ratio 1.000; "
+                           f"p03 bench.request_rate=60.0 misses it ({high['slo_met_ratio']:.3f})"), line
 
 
 # ---------------------------------------------------------------------------------------------- closed loop

@@ -134,3 +134,12 @@ def test_numbers_near_the_float_range_never_raise(a, b):
     found = change(a, b)
     verdict(found, -1, 10)
     repeats_needed(found, 10)
+
+
+def test_the_interval_of_a_mean_is_students_t():
+    """3 repeats 9, 10, 11: mean 10, s = 1, t(0.975, 2) = 4.302653: 10 +- 4.302653 / sqrt(3)."""
+    from compiler.results.stats import mean_interval
+
+    mean, low, high = mean_interval([9.0, 10.0, 11.0])
+    assert mean == 10.0 and high - mean == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-6) and mean - low == pytest.approx(high - mean)
+    assert mean_interval([5.0]) is None and mean_interval([2.0, 2.0]) == (2.0, 2.0, 2.0)

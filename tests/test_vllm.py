@@ -109,10 +109,10 @@ def test_the_api_refuses_a_request_without_the_key_and_serves_one_with_it(vllm_s
     assert request(port, "/health")[0] == 200   # open in vLLM too: the readiness probe needs no key
 
 
-def client_recipe(write, port: int) -> Path:
+def client_recipe(write, port: int, extra: str = "") -> Path:
     return write("bench.yaml", f"client:\n  name: bench\n  type: llm_client\n  model: tiny\n"
                                f"  target_endpoint: '127.0.0.1:{port}'\n  num_requests: 3\n  concurrent: 1\n"
-                               "  warmup_requests: 0\n  duration: 30\n")
+                               "  warmup_requests: 0\n  duration: 30\n" + extra)
 
 
 def run_client(run: Path, home: Path) -> subprocess.CompletedProcess[str]:
@@ -123,11 +123,16 @@ def run_client(run: Path, home: Path) -> subprocess.CompletedProcess[str]:
 
 def test_llm_client_with_the_key_succeeds(orchc, write, tmp_path, vllm_service):
     service_run, port, key, _ = vllm_service
-    run = compile_to(orchc, client_recipe(write, port), "client", tmp_path)
+    # with an SLO (one no request can miss, one every request misses): it reaches the benchmark and the results
+    run = compile_to(orchc, client_recipe(write, port, "  slo: {ttft_p99_ms: 60000, e2e_latency_p99_ms: 0.001}\n"),
+                     "client", tmp_path)
     done = run_client(run, home=service_run)   # the same $HOME: the same secret file
     assert done.returncode == 0, done.stderr
     metrics = json.loads((run / "results" / "bench" / "metrics.json").read_text())
     assert metrics["requests_ok_count"] == 3 and metrics["requests_failed_count"] == 0
+    results = json.loads((run / "results" / "bench" / "results.json").read_text())
+    assert results["parameters"]["slo"] == {"ttft_p99_ms": 60000, "e2e_latency_p99_ms": 0.001}
+    assert [results["metrics"][k] for k in ("goodput_requests_per_s", "slo_met_ratio", "slo_p99_met")] == [0, 0, 0]
     assert key not in (run / "bench.sbatch").read_text() and key not in done.stderr
 
 
@@ -139,3 +144,14 @@ def test_llm_client_without_the_key_is_refused(orchc, write, tmp_path, vllm_serv
     done = run_client(run, home=stranger)
     assert done.returncode != 0
     assert "HTTP 401" in (run / "results" / "bench" / "error").read_text()
+
+
+@pytest.mark.parametrize(("slo", "column", "message"), [
+    ("{ttft_ms: 2000}", 9, "unknown field 'ttft_ms' in slo of client 'bench'; did you mean 'ttft_p99_ms'?"),
+    ("{tpot_p99_ms: 0}", 22, "slo.tpot_p99_ms: 0 is less than or equal to the minimum of 0"),
+    ("{}", 8, "slo: {} should be non-empty"),
+])
+def test_a_bad_slo_is_a_located_error(orchc, write, tmp_path, slo, column, message):
+    recipe = client_recipe(write, 8000, f"  slo: {slo}\n")
+    done = orchc("validate", str(recipe), "--site", "local", cwd=tmp_path)
+    assert done.code == 1 and done.err.startswith(f"bench.yaml:10:{column}: error: {message}\n"), done.err

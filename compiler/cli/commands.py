@@ -426,9 +426,11 @@ def _sweep_results(run_dir: Path, run: Run, manifest: dict[str, Any], sweep: Swe
     """A sweep's results: one row per point, repeat and metric, then each point's aggregate over its repeats."""
     from ..core.terminal import json_text, print_table
     from ..results.points import aggregates, base_name, by_point, point_results
+    from ..results.slo import slo_curves
 
     job_states, state = known
     rows = point_results(run_dir, run, manifest)
+    slo = slo_curves(rows, list(sweep.keys))
     aggregated = [{"point": point, "values": dict(repeats[0].values), "client": client, "metric": name,
                    "unit": unit_of(name), **vars(summary)}
                   for (point, client), repeats in by_point(rows).items()
@@ -438,7 +440,7 @@ def _sweep_results(run_dir: Path, run: Run, manifest: dict[str, Any], sweep: Swe
                           "rows": [{"point": row.point, "values": dict(row.values), "repeat": row.repeat,
                                     "client": base_name(row), "job": row.job, "slurm_id": row.slurm_id,
                                     "state": job_states.get(row.job, "?"), "results": row.results} for row in rows],
-                          "aggregates": aggregated}, indent=2, sort_keys=True))
+                          "aggregates": aggregated, "slo": [curve.as_json() for curve in slo]}, indent=2, sort_keys=True))
         return 0
     keys = list(sweep.keys)
     table = []
@@ -455,6 +457,8 @@ def _sweep_results(run_dir: Path, run: Run, manifest: dict[str, Any], sweep: Swe
     print()
     print_table("over the repeats of each point", ["point", *keys, "client", "metric", "n", "mean", "stdev", "min",
                                                    "max", "unit"], summary_rows)
+    for curve in slo:
+        print(curve.describe())
     return 0
 
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ..output.manifest import Sweep
     from ..run.runs import Run
     from .points import Aggregate, PointResult
+    from .slo import SloCurve
 
 NEEDS_MATPLOTLIB = "orchc report needs matplotlib: pip install 'orchc[report]'"
 KNEE_GAIN = 0.10
@@ -838,7 +839,11 @@ figcaption{font-size:.85em;color:#555}.note{color:#555;font-size:.9em}code{font-
 """
 
 
-def _summary(client: Client, keys: Sequence[str], heads: list[str]) -> str:
+SLO_MARK = ' <span title="the highest load point that meets the SLO">&#9733; SLO</span>'
+"""beside the point of the summary table that slo.SloCurve.best names"""
+
+
+def _summary(client: Client, keys: Sequence[str], heads: list[str], marked: Iterable[str | None] = ()) -> str:
     from .metrics import direction
 
     best: dict[str, float] = {}
@@ -848,10 +853,11 @@ def _summary(client: Client, keys: Sequence[str], heads: list[str]) -> str:
             means = [mean for p in client.points if (mean := p.mean(metric)) is not None]
             if sign and means:
                 best[metric] = max(means) if sign > 0 else min(means)
+    chosen = set(marked)
     head = "".join(f"<th>{wrappable(name)}</th>" for name in ["point", *keys, "repeats", "status", *heads])
     body = []
     for point in client.points:
-        cells = [f"<td>{html.escape(point.label)}</td>"]
+        cells = [f"<td>{html.escape(point.label)}{SLO_MARK if point.point in chosen else ''}</td>"]
         cells += [f"<td>{html.escape(shown(point.values.get(key)))}</td>" for key in keys]
         cells += [f'<td class="num">{len(point.rows)}</td>', f'<td class="status">{html.escape(point.status())}</td>']
         cells += [_cell(point.stats.get(metric), metric in best and point.mean(metric) == best[metric])
@@ -893,10 +899,13 @@ def build(run_dir: Path, run: Run, folder_name: str, state: str | None = None,
     from .. import __version__
     from ..output.manifest import read_manifest, recorded_sweep
     from .points import point_results
+    from .slo import slo_curves
 
     sweep = recorded_sweep(read_manifest(run_dir))
     keys = list(sweep.keys) if sweep else []
-    clients = clients_of(point_results(run_dir, run), sweep)
+    rows = point_results(run_dir, run)
+    clients = clients_of(rows, sweep)
+    slo = slo_curves(rows, keys)
     traces, notes = gpu_traces(run_dir, run)
     name = run_dir.resolve().name
     heads = {client.name: headline(client.metrics()) for client in clients}
@@ -904,7 +913,7 @@ def build(run_dir: Path, run: Run, folder_name: str, state: str | None = None,
     wanted = planned_plots(clients, keys, heads, found, traces)
     with matplotlib.rc_context(_RC):
         drawn = draw_sections(matplotlib, Figure, wanted[:MAX_PLOTS], folder_name)
-    sections = [Section("summary", "Summary", _summary_section(clients, keys, heads)),
+    sections = [Section("summary", "Summary", _summary_section(clients, keys, heads, slo)),
                 Section("saturation", "Saturation", _saturation_section(clients, keys, found))]
     headline_ = [section for section in drawn if section.id == "headline"]
     body = headline_ + sections + [section for section in drawn if section.id != "headline"]
@@ -965,14 +974,17 @@ def _facts(run: Run, state: str | None, keys: Sequence[str], sweep: Sweep | None
     return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts) + "</table>"
 
 
-def _summary_section(clients: Sequence[Client], keys: Sequence[str], heads: Mapping[str, list[str]]) -> str:
+def _summary_section(clients: Sequence[Client], keys: Sequence[str], heads: Mapping[str, list[str]],
+                     slo: Sequence[SloCurve] = ()) -> str:
     parts = [] if clients else ['<p class="note">This run has no clients, so no results.</p>']
     for client in clients:
         parts.append(f"<h3>{html.escape(client.name)} <small>({html.escape(client.type)})</small></h3>")
-        parts.append(_summary(client, keys, heads[client.name]))
+        best = [curve.best.point for curve in slo if curve.client == client.name and curve.best]
+        parts.append(_summary(client, keys, heads[client.name], best))
         parts.append(_all_metrics(client))
     parts.append('<p class="note">Cells: mean ± sample standard deviation over the repeats of a point (hover: n, '
                  "min, max); bold: the best point of a metric where its name says which way is better.</p>")
+    parts += [f'<p class="note">{html.escape(curve.describe())} (&#9733; in its table).</p>' for curve in slo]
     return "".join(parts)
 
 

@@ -288,3 +288,14 @@ def repeats_needed(found: Change, band: float, confidence: float = DEFAULT_CONFI
         middle = (low + high) // 2
         low, high = (low, middle) if enough(middle) else (middle + 1, high)
     return low
+
+
+def mean_interval(values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float, float] | None:
+    """(mean, low, high): Student's t interval of the mean of repeats at `confidence` percent (two-sided),
+    mean +- t(1 - alpha/2, n - 1) s / sqrt(n); None for fewer than 2 values."""
+    if len(values) < 2:
+        return None
+    mean, variance = _mean_variance(values)
+    assert variance is not None
+    half = t_quantile(0.5 + confidence / 200.0, len(values) - 1) * math.sqrt(variance / len(values))
+    return mean, mean - half, mean + half

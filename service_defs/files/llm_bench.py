@@ -37,6 +37,10 @@ arrival; closed loop: when its worker's last answer ended) and when it was, so t
 delay, the requested, scheduled and achieved rates, latencies from the intended send (no coordinated omission),
 the process's CPU time over the measured phase and client_kept_up (inference-perf's rule, KEPT_UP_*).
 
+With `--slo` (bounds in ms on TTFT, TPOT, E2E), also goodput as vLLM's --goodput counts it (requests that met every
+bound, per second; their output tokens per second), the share of requests that met it, and whether the p99s meet
+the bounds as MLPerf's Server scenario requires (slo_metrics).
+
 Nothing starts after `--duration` seconds (counted from the program's start, warm-up included), and
 requests still running then are cut, kept with error "cut at duration". SIGTERM and SIGINT cut the
 same way (error "stopped by SIGTERM", or "cut at REASON" when orchc wrote REASON into RESULTS_DIR/stopped
@@ -140,6 +144,53 @@ def audit_of(records, run):
     return audit
 
 
+SLO_KEYS = ("ttft_p99_ms", "tpot_p99_ms", "e2e_latency_p99_ms")
+"""The SLO keys a run may declare (--slo, run.json "slo"; milliseconds, each the name of the metric it bounds): each
+bounds a request's own TTFT, TPOT or E2E latency (vLLM's --goodput ttft/tpot/e2el) and the run's p99 of it (MLPerf's
+Server constraints)."""
+
+
+def request_figures_ms(record):
+    """A successful request's TTFT, TPOT (0 with one output token, as vLLM counts it for goodput) and E2E, in ms."""
+    tokens = record.get("output_tokens") or 0
+    tpot = (record["e2e_s"] - record["ttft_s"]) / (tokens - 1) if tokens > 1 else 0.0
+    return {"ttft_p99_ms": record["ttft_s"] * 1000.0, "tpot_p99_ms": tpot * 1000.0, "e2e_latency_p99_ms": record["e2e_s"] * 1000.0}
+
+
+def met_slo(record, slo):
+    """Whether a request met every bound of the SLO (vLLM's goodput rule: each figure <= its bound): True or False;
+    a failed request did not; a request cut in flight did not when it had already passed a bound (no token after
+    the TTFT bound, or running past the E2E bound), and is not judged (None) otherwise."""
+    if record.get("ok"):
+        figures = request_figures_ms(record)
+        return all(figures[key] <= bound for key, bound in slo.items())
+    if not record.get("cut"):
+        return False
+    elapsed = (record.get("end_s") or 0.0) * 1000.0
+    ttft = record.get("ttft_s")
+    late_first = "ttft_p99_ms" in slo and (ttft * 1000.0 if ttft is not None else elapsed) > slo["ttft_p99_ms"]
+    late_end = "e2e_latency_p99_ms" in slo and elapsed > slo["e2e_latency_p99_ms"]
+    return False if late_first or late_end else None
+
+
+def slo_metrics(records, metrics, slo, wall):
+    """goodput_requests_per_s and goodput_tokens_per_s (the requests that met every bound, and their output tokens,
+    per second of wall time: vLLM's request_goodput), slo_met_ratio (of the requests judged by met_slo) and
+    slo_p99_met: 1 when the p99 of each bounded figure is within its bound and no request failed (MLPerf's Server
+    constraints), 0 otherwise, null without requests."""
+    verdicts = [(met_slo(r, slo), r) for r in records]
+    good = [r for verdict, r in verdicts if verdict]
+    judged = sum(1 for verdict, _ in verdicts if verdict is not None)
+    # requests of one token have no TPOT; as in the per-request rule, theirs counts as 0
+    p99 = [0.0 if key == "tpot_p99_ms" and metrics.get(key) is None and metrics["requests_ok_count"] else metrics.get(key)
+           for key in slo]
+    within = all(value is not None and value <= slo[key] for key, value in zip(slo, p99))
+    return {"goodput_requests_per_s": rate(len(good), wall) if records else None,
+            "goodput_tokens_per_s": rate(sum(r.get("output_tokens") or 0 for r in good), wall) if records else None,
+            "slo_met_ratio": len(good) / judged if judged else None,
+            "slo_p99_met": (1 if within and not metrics["requests_failed_count"] else 0) if records else None}
+
+
 def metrics_of(records, run):
     """metrics.json from the measured requests (records) and run.json (run)."""
     ok = [r for r in records if r.get("ok")]
@@ -174,6 +225,8 @@ def metrics_of(records, run):
     metrics.update(distribution("itl", itls))
     metrics.update(distribution("e2e_latency", [r["e2e_s"] for r in ok]))
     metrics.update(audit_of(records, run))
+    if run.get("slo"):
+        metrics.update(slo_metrics(records, metrics, run["slo"], wall))
     if run.get("api") == "ollama":
         for key in OLLAMA_TIMINGS:
             reported = [r["server"][key] for r in ok if isinstance((r.get("server") or {}).get(key), (int, float))]
@@ -615,7 +668,8 @@ def run_command(args):
     write_json(os.path.join(args.results, "environment.json"), environment(args))
     info = {"api": args.api, "model": args.model, "load": "open" if args.request_rate else "closed",
             "num_requests": args.num_requests, "warmup_requests": args.warmup_requests, "request_rate": args.request_rate,
-            "concurrent": None if args.request_rate else args.concurrent, "max_concurrency": args.max_concurrency}
+            "concurrent": None if args.request_rate else args.concurrent, "max_concurrency": args.max_concurrency,
+            "slo": args.slo}
     run_path = os.path.join(args.results, "run.json")
     write_json(run_path, info)
     open(os.path.join(args.results, "requests.jsonl"), "w").close()
@@ -687,6 +741,22 @@ def positive(kind):
     return parse
 
 
+def slo_argument(text):
+    """--slo: a JSON object of SLO_KEYS to positive numbers (milliseconds)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a JSON object") from None
+    if not isinstance(value, dict) or not value:
+        raise argparse.ArgumentTypeError("not a non-empty JSON object")
+    for key, bound in value.items():
+        if key not in SLO_KEYS:
+            raise argparse.ArgumentTypeError(f"{key}: not one of {', '.join(SLO_KEYS)}")
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not bound > 0 or bound == float("inf"):
+            raise argparse.ArgumentTypeError(f"{key}: not a positive number of milliseconds")
+    return value
+
+
 def parser():
     p = argparse.ArgumentParser(prog="llm_bench.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -712,6 +782,7 @@ def parser():
     r.add_argument("--ignore-eos", action="store_true", help="ask vLLM to generate max_tokens tokens every time")
     r.add_argument("--duration", type=positive(float), default=3600.0)
     r.add_argument("--request-timeout", type=positive(float), default=600.0)
+    r.add_argument("--slo", type=slo_argument, help='bounds in ms, a JSON object: {"ttft_p99_ms": 2000, "tpot_p99_ms": 100}')
     s = sub.add_parser("summarize", help="write metrics.json from requests.jsonl and run.json")
     s.add_argument("results")
     return p
@@ -730,7 +801,7 @@ def config_arguments(path):
             continue
         words.append("--" + key.replace("_", "-"))
         if value is not True:
-            words.append(str(value))
+            words.append(json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value))
     return words
 
 
