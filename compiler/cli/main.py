@@ -124,8 +124,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _show_points(recipe: Recipe) -> int:
-    from ..core.terminal import print_table
-    from .commands import cell
+    from ..core.terminal import cell, print_table
 
     if not recipe.points:
         print(f"recipe {recipe.name} has no sweep: one configuration")

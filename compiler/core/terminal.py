@@ -312,3 +312,8 @@ def yaml_lines(node: Node, annotate: Callable[[Node], str] | None = None, indent
         else:
             out.append(f"{head} {yaml_scalar(child.value)}{note(child)}")
     return out
+
+
+def cell(value: Any) -> str:
+    """A result value as text, the way JSON writes it (true, false, null, 1.5), strings as they are."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
