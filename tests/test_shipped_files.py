@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import runtime_into
+from test_runtime import run
 from test_scheduler import fake  # noqa: F401 (fixture)
 
 from compiler.core.errors import ClusterError
@@ -58,13 +59,6 @@ def compile_probe(orchc, tmp_path: Path, *options: str, program: str = PROGRAM) 
     result = orchc("compile", recipe, "--defs", "defs", "-o", "out", *options, cwd=tmp_path)
     assert result.code == 0, result.err
     return tmp_path / "out" / "r"
-
-
-def run(script: Path, run_dir: Path) -> subprocess.CompletedProcess[str]:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    env = {"PATH": os.environ["PATH"], "HOME": str(run_dir), "ORCHC_RUN_DIR": str(run_dir)}
-    return subprocess.run(["bash", str(script)], cwd=run_dir, env=env, capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
 
 
 def test_a_shipped_file_is_written_once_named_by_its_sha256_listed_and_vouched_for(orchc, tmp_path):
