@@ -70,6 +70,7 @@ orchc_cleanup() {
     local status=$? pid tries=0 children
     set +o errexit
     trap - EXIT TERM INT USR1 ERR
+    orchc_observer_stop
     for pid in "${ORCHC_PIDS[@]}"; do
         kill -TERM -- "-$pid" 2>/dev/null || orchc_kill_tree TERM "$pid"
     done
@@ -394,6 +395,72 @@ orchc_tree() {
     done
 }
 
+# --- orchc's own CPU during the benchmark (the observer's cost) ---
+
+# orchc_cpu_ticks: "PID TICKS" for this job's own processes: the batch shell (its own time only: its children's
+# includes the benchmark once it is reaped) and every process under it outside the benchmark's tree (watchers
+# with the sleeps they reaped, sidecars, samplers). TICKS is user + system time, children's included, in clock ticks.
+orchc_cpu_ticks() {
+    local pid stat fields
+    for pid in $(orchc_tree "$$"); do
+        # a process that ended since orchc_tree listed it is skipped
+        read -r stat 2>/dev/null <"/proc/$pid/stat" || continue
+        # the fields after the command name, which may hold spaces and parentheses: state is the first
+        read -ra fields <<<"${stat##*) }"
+        if [ "$pid" = "$$" ]; then
+            printf '%s %s\n' "$pid" "$((fields[11] + fields[12]))"
+        elif ! orchc_in_benchmark "$pid"; then
+            printf '%s %s\n' "$pid" "$((fields[11] + fields[12] + fields[13] + fields[14]))"
+        fi
+    done
+}
+# orchc_in_benchmark PID: whether PID is the benchmark (ORCHC_BENCH_PID) or runs under it.
+orchc_in_benchmark() {
+    local pid=$1 stat fields
+    while [ -n "$pid" ] && [ "$pid" -gt 1 ] && [ "$pid" != "$$" ]; do
+        [ "$pid" != "${ORCHC_BENCH_PID:-}" ] || return 0
+        read -r stat 2>/dev/null <"/proc/$pid/stat" || return 1
+        read -ra fields <<<"${stat##*) }"
+        pid=${fields[1]}
+    done
+    return 1
+}
+orchc_uptime() { local up _; read -r up _ </proc/uptime && printf '%s' "${up/./}"; }
+
+# orchc_observer_start / orchc_observer_stop: the benchmark window, and what orchc's own processes used of the CPU
+# in it (orchc_cpu_ticks at both ends, per process; a process that ended in it counts in the helper that reaped
+# it). orchc_results adds orchc_cpu_s, orchc_window_s and orchc_cpu_percent (of one core) to the metrics.
+orchc_observer_start() {
+    [ -r /proc/uptime ] || return 0
+    ORCHC_OBSERVED_FROM=$(orchc_uptime)
+    ORCHC_OBSERVED_TICKS=$(orchc_cpu_ticks)
+}
+orchc_observer_stop() {
+    [ -n "${ORCHC_OBSERVED_FROM:-}" ] && [ -z "${ORCHC_OBSERVED:-}" ] || return 0
+    local until pid ticks before total=0 hz
+    until=$(orchc_uptime)
+    while read -r pid ticks; do
+        before=$(awk -v pid="$pid" '$1 == pid { print $2 }' <<<"$ORCHC_OBSERVED_TICKS")
+        total=$((total + ticks - ${before:-0}))
+    done < <(orchc_cpu_ticks)
+    hz=$(getconf CLK_TCK 2>/dev/null) || hz=100
+    ORCHC_OBSERVED=$(awk -v ticks="$total" -v hz="$hz" -v from="$ORCHC_OBSERVED_FROM" -v until="$until" 'BEGIN {
+        window = (until - from) / 100; cpu = ticks / hz
+        printf "\"orchc_cpu_s\": %.3f, \"orchc_window_s\": %.2f, \"orchc_cpu_percent\": %s", cpu, window,
+            (window > 0 ? sprintf("%.3f", 100 * cpu / window) : "null") }')
+}
+
+# orchc_parameter NAME VALUE: a parameter the job learns as it runs (e.g. the transport it measured over), added to
+# the parameters of its results.json (NAME, a word; VALUE, a string).
+orchc_parameter() {
+    local file="$ORCHC_RESULTS/parameters.json" known="{}"
+    mkdir -p "$ORCHC_RESULTS"
+    [ ! -f "$file" ] || known=$(orchc_flat_json "$file" scalars) || known="{}"
+    [ "$known" = "{}" ] && known="{" || known="${known%\}}, "
+    printf '%s%s: %s}\n' "$known" "$(orchc_json_string "$1")" "$(orchc_json_string "$2")" >"$file.tmp"
+    mv -f "$file.tmp" "$file"
+}
+
 # orchc_flat_json FILE KIND: FILE's JSON object on one line, if it is flat (no nesting) and its values are of
 # KIND (numbers: numbers and null; scalars: also strings and booleans); nothing and status 1 otherwise.
 orchc_flat_json() {
@@ -430,13 +497,21 @@ orchc_flat_json() {
 # results phase left in metrics.json (flat: name -> number, the unit at the end of the name), facts from
 # environment.json, how the benchmark ended, the job's parameters, its images, and the raw files beside.
 orchc_results() {
-    local tool=null metrics="{}" environment="{}" status=complete stopped error=null raw="" name images=null
+    local tool=null metrics="{}" environment="{}" status=complete stopped error=null raw="" name images=null parameters learnt
     [ -z "$1" ] || tool=$(orchc_json_string "$1")
     mkdir -p "$ORCHC_RESULTS"
     stopped=$(orchc_stopped_by)
     if [ -f "$ORCHC_RESULTS/metrics.json" ]; then
         metrics=$(orchc_flat_json "$ORCHC_RESULTS/metrics.json" numbers) ||
             { metrics="{}"; orchc_error "metrics.json is not a flat JSON object of numbers"; ORCHC_STATUS=1; }
+    fi
+    if [ -n "${ORCHC_OBSERVED:-}" ]; then
+        [ "$metrics" = "{}" ] && metrics="{$ORCHC_OBSERVED}" || metrics="${metrics%\}}, $ORCHC_OBSERVED}"
+    fi
+    parameters=$ORCHC_PARAMETERS
+    if [ -f "$ORCHC_RESULTS/parameters.json" ] && learnt=$(orchc_flat_json "$ORCHC_RESULTS/parameters.json" scalars) &&
+        [ "$learnt" != "{}" ]; then
+        [ "$parameters" = "{}" ] && parameters=$learnt || parameters="${parameters%\}}, ${learnt#\{}"
     fi
     if [ -f "$ORCHC_RESULTS/environment.json" ]; then
         environment=$(orchc_flat_json "$ORCHC_RESULTS/environment.json" scalars) ||
@@ -453,7 +528,7 @@ orchc_results() {
     for name in "$ORCHC_RESULTS"/*; do
         name=${name##*/}
         case $name in
-            '*' | results.json | metrics.json | environment.json | stopped | error | *.tmp) ;;
+            '*' | results.json | metrics.json | environment.json | parameters.json | stopped | error | *.tmp) ;;
             *) raw+="${raw:+, }$(orchc_json_string "$name")" ;;
         esac
     done
@@ -469,7 +544,7 @@ orchc_results() {
             "$([ "$status" = partial ] && echo true || echo false)" \
             "$([ -n "$stopped" ] && orchc_json_string "$stopped" || echo null)" "$error"
         printf ' "metrics": %s,\n' "$metrics"
-        printf ' "parameters": %s,\n' "$ORCHC_PARAMETERS"
+        printf ' "parameters": %s,\n' "$parameters"
         printf ' "environment": {"node": %s, "images": %s, "reported": %s},\n' \
             "$(orchc_json_string "$(hostname)")" "$images" "$environment"
         printf ' "raw": [%s]}\n' "$raw"
