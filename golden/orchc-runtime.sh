@@ -403,7 +403,8 @@ orchc_tree() {
 orchc_cpu_ticks() {
     local pid stat fields
     for pid in $(orchc_tree "$$"); do
-        # a process that ended since orchc_tree listed it is skipped
+        # not the shell that measures (a $(...) of the batch shell), nor a process that ended since orchc_tree listed it
+        [ "$pid" != "$BASHPID" ] || continue
         read -r stat 2>/dev/null <"/proc/$pid/stat" || continue
         # the fields after the command name, which may hold spaces and parentheses: state is the first
         read -ra fields <<<"${stat##*) }"
