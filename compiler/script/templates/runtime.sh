@@ -81,6 +81,7 @@ orchc_cleanup() {
     for pid in "${ORCHC_PIDS[@]}"; do
         kill -KILL -- "-$pid" 2>/dev/null || orchc_kill_tree KILL "$pid"
     done
+    [ -z "${ORCHC_WATCHER:-}" ] || ORCHC_WATCHERS+=("$ORCHC_WATCHER")
     # A watcher goes before its children (a sleep), so it cannot report their deaths.
     for pid in "${ORCHC_WATCHERS[@]}"; do
         children=$(pgrep -P "$pid" 2>/dev/null)
@@ -196,20 +197,52 @@ trap 'orchc_stopped TERM' TERM
 trap 'orchc_stopped INT' INT
 trap 'orchc_stopped USR1' USR1
 
-# orchc_started PID: remember a process (group) this job started, and watch it: if this batch shell
-# is killed outright (SIGKILL skips every trap), the watcher stops it and withdraws the endpoint.
+# orchc_nap SECONDS: sleep without starting a process: a read with a timeout on a private FIFO that nobody writes to
+# (opened read-write, so it never reaches its end). A wake costs a system call, not a fork and an exec of sleep; a
+# trapped signal ends the nap at once. Without a FIFO (no mkfifo, no writable TMPDIR) it is sleep.
+orchc_nap() {
+    if [ -z "${ORCHC_NAP_FD:-}" ]; then
+        local dir
+        if dir=$(mktemp -d "${TMPDIR:-/tmp}/orchc-nap.XXXXXX" 2>/dev/null) && mkfifo "$dir/fifo" 2>/dev/null; then
+            exec {ORCHC_NAP_FD}<>"$dir/fifo"
+        else
+            ORCHC_NAP_FD=none
+        fi
+        [ -z "$dir" ] || rm -rf "$dir"
+    fi
+    if [ "$ORCHC_NAP_FD" = none ]; then
+        sleep "$1"
+    else
+        read -rt "$1" -u "$ORCHC_NAP_FD" _ || true
+    fi
+}
+
+# orchc_started PID: remember a process (group) this job started, and have the job's watcher watch it too: if this
+# batch shell is killed outright (SIGKILL skips every trap), the watcher stops them and withdraws the endpoint.
 orchc_started() {
     ORCHC_PIDS+=("$1")
+    orchc_watch
+}
+# orchc_watch: (re)start the job's one watcher, over every process in ORCHC_PIDS. It looks whether the batch shell
+# is alive every ORCHC_WATCH_EVERY seconds (default 5), napping in between (orchc_nap: no process per look), so
+# beside a benchmark it costs next to nothing; a job has one, however many processes it started.
+orchc_watch() {
+    [ -z "${ORCHC_WATCHER:-}" ] || kill -KILL "$ORCHC_WATCHER" 2>/dev/null || true
+    orchc_nap 0  # the FIFO is opened here, in the batch shell, once for every watcher
     (
         trap - EXIT TERM INT USR1 ERR
         set +o errexit
-        while kill -0 "$$" 2>/dev/null; do sleep 2; done
-        kill -TERM -- "-$1" 2>/dev/null || orchc_kill_tree TERM "$1"
+        while kill -0 "$$" 2>/dev/null; do orchc_nap "${ORCHC_WATCH_EVERY:-5}"; done
+        for pid in "${ORCHC_PIDS[@]}"; do
+            kill -TERM -- "-$pid" 2>/dev/null || orchc_kill_tree TERM "$pid"
+        done
         [ "$ORCHC_ROLE" != service ] || orchc_withdraw_endpoint
         sleep 5
-        kill -KILL -- "-$1" 2>/dev/null || orchc_kill_tree KILL "$1"
+        for pid in "${ORCHC_PIDS[@]}"; do
+            kill -KILL -- "-$pid" 2>/dev/null || orchc_kill_tree KILL "$pid"
+        done
     ) >/dev/null 2>&1 </dev/null &
-    ORCHC_WATCHERS+=("$!")
+    ORCHC_WATCHER=$!
     disown "$!"  # its end is no news: bash would report it as "Killed"
 }
 
@@ -301,11 +334,11 @@ orchc_withdraw_endpoint() {
     fi
 }
 
-# orchc_client_gone CLIENT: whether CLIENT started against this service (it leaves
+# orchc_client_gone CLIENT [SELF]: whether CLIENT started against this service (it leaves
 # done/<client>.<service id>.started with its own id, see orchc_self_id) and has left the queue since.
 orchc_client_gone() {
     local started id="" queued=0
-    started="$ORCHC_RUN_DIR/done/$1.$(orchc_self_id).started"
+    started="$ORCHC_RUN_DIR/done/$1.${2:-$(orchc_self_id)}.started"
     [ -f "$started" ] && read -r id _ <"$started" && [ -n "$id" ] && [ "$id" != 0 ] || return 1
     orchc_in_queue "$id" || queued=$?
     [ "$queued" = 1 ]
@@ -314,16 +347,18 @@ orchc_client_gone() {
 # orchc_serve_until_done CLIENT...: serve until every client of this recipe that targets
 # this job has finished (each leaves done/<client>.<service job id>), or the service exits.
 # A client that left the queue without finishing (killed, node failure) counts as finished
-# (asked of squeue every ORCHC_CLIENT_CHECK seconds, default 30).
+# (asked of squeue every ORCHC_CLIENT_CHECK seconds, default 30). While clients run it looks at done/ ever more
+# rarely, from 0.2 s up to every ORCHC_SERVE_EVERY seconds (default 10), napping in between (orchc_nap: no
+# process per look), so that it stays out of the way of the load its clients put on this node.
 orchc_serve_until_done() {
-    local client pending ORCHC_DELAY=2 every=${ORCHC_CLIENT_CHECK:-30} next_check self
+    local client pending delay=2 every=${ORCHC_CLIENT_CHECK:-30} most=${ORCHC_SERVE_EVERY:-10} next_check self
     next_check=$((SECONDS + every))
     self=$(orchc_self_id)
     while kill -0 "$ORCHC_SERVICE_PID" 2>/dev/null; do
         pending=0
         for client in "$@"; do
             [ -f "$ORCHC_RUN_DIR/done/$client.$self" ] && continue
-            if [ "$SECONDS" -ge "$next_check" ] && orchc_client_gone "$client"; then
+            if [ "$SECONDS" -ge "$next_check" ] && orchc_client_gone "$client" "$self"; then
                 orchc_log "client $client ended without finishing"
                 : >"$ORCHC_RUN_DIR/done/$client.$self"
                 continue
@@ -335,7 +370,8 @@ orchc_serve_until_done() {
             orchc_log "all clients finished; stopping"
             return 0
         fi
-        orchc_backoff
+        orchc_nap "$((delay / 10)).$((delay % 10))"
+        delay=$((delay * 2 > most * 10 ? most * 10 : delay * 2))
     done
     wait "$ORCHC_SERVICE_PID" || orchc_fail "the service exited with status $?"
 }
@@ -751,10 +787,8 @@ orchc_publish_metrics() {
         trap - EXIT INT USR1 ERR
         set +o errexit
         trap 'orchc_withdraw_metrics; exit 0' TERM
-        while kill -0 "$$" 2>/dev/null; do
-            sleep 2 &
-            wait "$!"
-        done
+        # stopped by the job's end (its TERM trap), or else by the job's watcher; it looks itself only once a minute
+        while kill -0 "$$" 2>/dev/null; do orchc_nap 60; done
         orchc_withdraw_metrics
     ) >/dev/null 2>&1 </dev/null &
     orchc_started "$!"
