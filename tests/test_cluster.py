@@ -115,6 +115,7 @@ def test_redis_service_and_client_complete_with_real_results(cluster, needs_redi
     assert 0 <= metrics["get.latency_min_ms"] <= metrics["get.latency_p50_ms"] <= metrics["get.latency_p99_ms"] \
         <= metrics["get.latency_max_ms"]
     assert results["parameters"]["requests"] == 20000 and results["parameters"]["keyspace"] == 100000
+    assert results["parameters"]["transport"] == "tls"  # what the figures were measured over: redis's default
     assert sorted(results["raw"]) == ["redis-benchmark-get.csv", "redis-benchmark-set.csv"]
     table = orchc("results", run, cwd=tmp_path).stdout
     assert "set.requests_per_s" in table
@@ -262,6 +263,7 @@ def test_clients_reach_services_by_job_id_and_by_endpoint(cluster, needs_redis, 
         results = json.loads(orchc("results", client_run, "--json", cwd=tmp_path).stdout)
         assert results["by_id"]["metrics"]["ping_inline.requests_per_s"] > 0
         assert results["by_endpoint"]["metrics"]["ping_inline.requests_per_s"] > 0
+        assert results["by_id"]["parameters"]["transport"] == "plain"  # auth: none: plain TCP, as published figures
         csv = orchc("results", client_run, "--csv", cwd=tmp_path).stdout.splitlines()
         assert csv[0] == "run,point,repeat,job,slurm_id,type,state,status,metric,value,unit,parameters"
         assert any(line.startswith("clients,,,by_id,") and ",COMPLETED,complete,ping_inline.requests_per_s," in line

@@ -29,6 +29,7 @@ phases:
   health_check: []
   benchmark:
     - echo started >"$ORCHC_RESULTS/log.txt"
+    - orchc_parameter transport "{{ note }}"
     - sleep {{ sleep }}
     - "[ {{ fail }} -eq 0 ]"
   results:
@@ -88,6 +89,7 @@ def test_a_complete_run_has_the_documented_shape(orchc, write, tmp_path):
     assert data["environment"]["node"] and data["environment"]["images"] is None
     assert data["parameters"]["note"] == "it's $HOME `id`"           # as written: never expanded
     assert data["parameters"]["duration"] == 60 and data["parameters"]["sleep"] == 0
+    assert data["parameters"]["transport"] == "it's $HOME `id`"      # learnt as the job ran (orchc_parameter)
     assert data["raw"] == ["log.txt"]
 
 
