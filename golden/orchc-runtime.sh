@@ -70,6 +70,7 @@ orchc_cleanup() {
     local status=$? pid tries=0 children
     set +o errexit
     trap - EXIT TERM INT USR1 ERR
+    orchc_observer_stop
     for pid in "${ORCHC_PIDS[@]}"; do
         kill -TERM -- "-$pid" 2>/dev/null || orchc_kill_tree TERM "$pid"
     done
@@ -80,6 +81,7 @@ orchc_cleanup() {
     for pid in "${ORCHC_PIDS[@]}"; do
         kill -KILL -- "-$pid" 2>/dev/null || orchc_kill_tree KILL "$pid"
     done
+    [ -z "${ORCHC_WATCHER:-}" ] || ORCHC_WATCHERS+=("$ORCHC_WATCHER")
     # A watcher goes before its children (a sleep), so it cannot report their deaths.
     for pid in "${ORCHC_WATCHERS[@]}"; do
         children=$(pgrep -P "$pid" 2>/dev/null)
@@ -195,20 +197,52 @@ trap 'orchc_stopped TERM' TERM
 trap 'orchc_stopped INT' INT
 trap 'orchc_stopped USR1' USR1
 
-# orchc_started PID: remember a process (group) this job started, and watch it: if this batch shell
-# is killed outright (SIGKILL skips every trap), the watcher stops it and withdraws the endpoint.
+# orchc_nap SECONDS: sleep without starting a process: a read with a timeout on a private FIFO that nobody writes to
+# (opened read-write, so it never reaches its end). A wake costs a system call, not a fork and an exec of sleep; a
+# trapped signal ends the nap at once. Without a FIFO (no mkfifo, no writable TMPDIR) it is sleep.
+orchc_nap() {
+    if [ -z "${ORCHC_NAP_FD:-}" ]; then
+        local dir
+        if dir=$(mktemp -d "${TMPDIR:-/tmp}/orchc-nap.XXXXXX" 2>/dev/null) && mkfifo "$dir/fifo" 2>/dev/null; then
+            exec {ORCHC_NAP_FD}<>"$dir/fifo"
+        else
+            ORCHC_NAP_FD=none
+        fi
+        [ -z "$dir" ] || rm -rf "$dir"
+    fi
+    if [ "$ORCHC_NAP_FD" = none ]; then
+        sleep "$1"
+    else
+        read -rt "$1" -u "$ORCHC_NAP_FD" _ || true
+    fi
+}
+
+# orchc_started PID: remember a process (group) this job started, and have the job's watcher watch it too: if this
+# batch shell is killed outright (SIGKILL skips every trap), the watcher stops them and withdraws the endpoint.
 orchc_started() {
     ORCHC_PIDS+=("$1")
+    orchc_watch
+}
+# orchc_watch: (re)start the job's one watcher, over every process in ORCHC_PIDS. It looks whether the batch shell
+# is alive every ORCHC_WATCH_EVERY seconds (default 5), napping in between (orchc_nap: no process per look), so
+# beside a benchmark it costs next to nothing; a job has one, however many processes it started.
+orchc_watch() {
+    [ -z "${ORCHC_WATCHER:-}" ] || kill -KILL "$ORCHC_WATCHER" 2>/dev/null || true
+    orchc_nap 0  # the FIFO is opened here, in the batch shell, once for every watcher
     (
         trap - EXIT TERM INT USR1 ERR
         set +o errexit
-        while kill -0 "$$" 2>/dev/null; do sleep 2; done
-        kill -TERM -- "-$1" 2>/dev/null || orchc_kill_tree TERM "$1"
+        while kill -0 "$$" 2>/dev/null; do orchc_nap "${ORCHC_WATCH_EVERY:-5}"; done
+        for pid in "${ORCHC_PIDS[@]}"; do
+            kill -TERM -- "-$pid" 2>/dev/null || orchc_kill_tree TERM "$pid"
+        done
         [ "$ORCHC_ROLE" != service ] || orchc_withdraw_endpoint
         sleep 5
-        kill -KILL -- "-$1" 2>/dev/null || orchc_kill_tree KILL "$1"
+        for pid in "${ORCHC_PIDS[@]}"; do
+            kill -KILL -- "-$pid" 2>/dev/null || orchc_kill_tree KILL "$pid"
+        done
     ) >/dev/null 2>&1 </dev/null &
-    ORCHC_WATCHERS+=("$!")
+    ORCHC_WATCHER=$!
     disown "$!"  # its end is no news: bash would report it as "Killed"
 }
 
@@ -300,11 +334,11 @@ orchc_withdraw_endpoint() {
     fi
 }
 
-# orchc_client_gone CLIENT: whether CLIENT started against this service (it leaves
+# orchc_client_gone CLIENT [SELF]: whether CLIENT started against this service (it leaves
 # done/<client>.<service id>.started with its own id, see orchc_self_id) and has left the queue since.
 orchc_client_gone() {
     local started id="" queued=0
-    started="$ORCHC_RUN_DIR/done/$1.$(orchc_self_id).started"
+    started="$ORCHC_RUN_DIR/done/$1.${2:-$(orchc_self_id)}.started"
     [ -f "$started" ] && read -r id _ <"$started" && [ -n "$id" ] && [ "$id" != 0 ] || return 1
     orchc_in_queue "$id" || queued=$?
     [ "$queued" = 1 ]
@@ -313,16 +347,18 @@ orchc_client_gone() {
 # orchc_serve_until_done CLIENT...: serve until every client of this recipe that targets
 # this job has finished (each leaves done/<client>.<service job id>), or the service exits.
 # A client that left the queue without finishing (killed, node failure) counts as finished
-# (asked of squeue every ORCHC_CLIENT_CHECK seconds, default 30).
+# (asked of squeue every ORCHC_CLIENT_CHECK seconds, default 30). While clients run it looks at done/ ever more
+# rarely, from 0.2 s up to every ORCHC_SERVE_EVERY seconds (default 10), napping in between (orchc_nap: no
+# process per look), so that it stays out of the way of the load its clients put on this node.
 orchc_serve_until_done() {
-    local client pending ORCHC_DELAY=2 every=${ORCHC_CLIENT_CHECK:-30} next_check self
+    local client pending delay=2 every=${ORCHC_CLIENT_CHECK:-30} most=${ORCHC_SERVE_EVERY:-10} next_check self
     next_check=$((SECONDS + every))
     self=$(orchc_self_id)
     while kill -0 "$ORCHC_SERVICE_PID" 2>/dev/null; do
         pending=0
         for client in "$@"; do
             [ -f "$ORCHC_RUN_DIR/done/$client.$self" ] && continue
-            if [ "$SECONDS" -ge "$next_check" ] && orchc_client_gone "$client"; then
+            if [ "$SECONDS" -ge "$next_check" ] && orchc_client_gone "$client" "$self"; then
                 orchc_log "client $client ended without finishing"
                 : >"$ORCHC_RUN_DIR/done/$client.$self"
                 continue
@@ -334,7 +370,8 @@ orchc_serve_until_done() {
             orchc_log "all clients finished; stopping"
             return 0
         fi
-        orchc_backoff
+        orchc_nap "$((delay / 10)).$((delay % 10))"
+        delay=$((delay * 2 > most * 10 ? most * 10 : delay * 2))
     done
     wait "$ORCHC_SERVICE_PID" || orchc_fail "the service exited with status $?"
 }
@@ -394,6 +431,73 @@ orchc_tree() {
     done
 }
 
+# --- orchc's own CPU during the benchmark (the observer's cost) ---
+
+# orchc_cpu_ticks: "PID TICKS" for this job's own processes: the batch shell (its own time only: its children's
+# includes the benchmark once it is reaped) and every process under it outside the benchmark's tree (watchers
+# with the sleeps they reaped, sidecars, samplers). TICKS is user + system time, children's included, in clock ticks.
+orchc_cpu_ticks() {
+    local pid stat fields
+    for pid in $(orchc_tree "$$"); do
+        # not the shell that measures (a $(...) of the batch shell), nor a process that ended since orchc_tree listed it
+        [ "$pid" != "$BASHPID" ] || continue
+        read -r stat 2>/dev/null <"/proc/$pid/stat" || continue
+        # the fields after the command name, which may hold spaces and parentheses: state is the first
+        read -ra fields <<<"${stat##*) }"
+        if [ "$pid" = "$$" ]; then
+            printf '%s %s\n' "$pid" "$((fields[11] + fields[12]))"
+        elif ! orchc_in_benchmark "$pid"; then
+            printf '%s %s\n' "$pid" "$((fields[11] + fields[12] + fields[13] + fields[14]))"
+        fi
+    done
+}
+# orchc_in_benchmark PID: whether PID is the benchmark (ORCHC_BENCH_PID) or runs under it.
+orchc_in_benchmark() {
+    local pid=$1 stat fields
+    while [ -n "$pid" ] && [ "$pid" -gt 1 ] && [ "$pid" != "$$" ]; do
+        [ "$pid" != "${ORCHC_BENCH_PID:-}" ] || return 0
+        read -r stat 2>/dev/null <"/proc/$pid/stat" || return 1
+        read -ra fields <<<"${stat##*) }"
+        pid=${fields[1]}
+    done
+    return 1
+}
+orchc_uptime() { local up _; read -r up _ </proc/uptime && printf '%s' "${up/./}"; }
+
+# orchc_observer_start / orchc_observer_stop: the benchmark window, and what orchc's own processes used of the CPU
+# in it (orchc_cpu_ticks at both ends, per process; a process that ended in it counts in the helper that reaped
+# it). orchc_results adds orchc_cpu_s, orchc_window_s and orchc_cpu_percent (of one core) to the metrics.
+orchc_observer_start() {
+    [ -r /proc/uptime ] || return 0
+    ORCHC_OBSERVED_FROM=$(orchc_uptime)
+    ORCHC_OBSERVED_TICKS=$(orchc_cpu_ticks)
+}
+orchc_observer_stop() {
+    [ -n "${ORCHC_OBSERVED_FROM:-}" ] && [ -z "${ORCHC_OBSERVED:-}" ] || return 0
+    local until pid ticks before total=0 hz
+    until=$(orchc_uptime)
+    while read -r pid ticks; do
+        before=$(awk -v pid="$pid" '$1 == pid { print $2 }' <<<"$ORCHC_OBSERVED_TICKS")
+        total=$((total + ticks - ${before:-0}))
+    done < <(orchc_cpu_ticks)
+    hz=$(getconf CLK_TCK 2>/dev/null) || hz=100
+    ORCHC_OBSERVED=$(awk -v ticks="$total" -v hz="$hz" -v from="$ORCHC_OBSERVED_FROM" -v until="$until" 'BEGIN {
+        window = (until - from) / 100; cpu = ticks / hz
+        printf "\"orchc_cpu_s\": %.3f, \"orchc_window_s\": %.2f, \"orchc_cpu_percent\": %s", cpu, window,
+            (window > 0 ? sprintf("%.3f", 100 * cpu / window) : "null") }')
+}
+
+# orchc_parameter NAME VALUE: a parameter the job learns as it runs (e.g. the transport it measured over), added to
+# the parameters of its results.json (NAME, a word; VALUE, a string).
+orchc_parameter() {
+    local file="$ORCHC_RESULTS/parameters.json" known="{}"
+    mkdir -p "$ORCHC_RESULTS"
+    [ ! -f "$file" ] || known=$(orchc_flat_json "$file" scalars) || known="{}"
+    [ "$known" = "{}" ] && known="{" || known="${known%\}}, "
+    printf '%s%s: %s}\n' "$known" "$(orchc_json_string "$1")" "$(orchc_json_string "$2")" >"$file.tmp"
+    mv -f "$file.tmp" "$file"
+}
+
 # orchc_flat_json FILE KIND: FILE's JSON object on one line, if it is flat (no nesting) and its values are of
 # KIND (numbers: numbers and null; scalars: also strings and booleans); nothing and status 1 otherwise.
 orchc_flat_json() {
@@ -430,13 +534,21 @@ orchc_flat_json() {
 # results phase left in metrics.json (flat: name -> number, the unit at the end of the name), facts from
 # environment.json, how the benchmark ended, the job's parameters, its images, and the raw files beside.
 orchc_results() {
-    local tool=null metrics="{}" environment="{}" status=complete stopped error=null raw="" name images=null
+    local tool=null metrics="{}" environment="{}" status=complete stopped error=null raw="" name images=null parameters learnt
     [ -z "$1" ] || tool=$(orchc_json_string "$1")
     mkdir -p "$ORCHC_RESULTS"
     stopped=$(orchc_stopped_by)
     if [ -f "$ORCHC_RESULTS/metrics.json" ]; then
         metrics=$(orchc_flat_json "$ORCHC_RESULTS/metrics.json" numbers) ||
             { metrics="{}"; orchc_error "metrics.json is not a flat JSON object of numbers"; ORCHC_STATUS=1; }
+    fi
+    if [ -n "${ORCHC_OBSERVED:-}" ]; then
+        [ "$metrics" = "{}" ] && metrics="{$ORCHC_OBSERVED}" || metrics="${metrics%\}}, $ORCHC_OBSERVED}"
+    fi
+    parameters=$ORCHC_PARAMETERS
+    if [ -f "$ORCHC_RESULTS/parameters.json" ] && learnt=$(orchc_flat_json "$ORCHC_RESULTS/parameters.json" scalars) &&
+        [ "$learnt" != "{}" ]; then
+        [ "$parameters" = "{}" ] && parameters=$learnt || parameters="${parameters%\}}, ${learnt#\{}"
     fi
     if [ -f "$ORCHC_RESULTS/environment.json" ]; then
         environment=$(orchc_flat_json "$ORCHC_RESULTS/environment.json" scalars) ||
@@ -453,7 +565,7 @@ orchc_results() {
     for name in "$ORCHC_RESULTS"/*; do
         name=${name##*/}
         case $name in
-            '*' | results.json | metrics.json | environment.json | stopped | error | *.tmp) ;;
+            '*' | results.json | metrics.json | environment.json | parameters.json | stopped | error | *.tmp) ;;
             *) raw+="${raw:+, }$(orchc_json_string "$name")" ;;
         esac
     done
@@ -469,7 +581,7 @@ orchc_results() {
             "$([ "$status" = partial ] && echo true || echo false)" \
             "$([ -n "$stopped" ] && orchc_json_string "$stopped" || echo null)" "$error"
         printf ' "metrics": %s,\n' "$metrics"
-        printf ' "parameters": %s,\n' "$ORCHC_PARAMETERS"
+        printf ' "parameters": %s,\n' "$parameters"
         printf ' "environment": {"node": %s, "images": %s, "reported": %s},\n' \
             "$(orchc_json_string "$(hostname)")" "$images" "$environment"
         printf ' "raw": [%s]}\n' "$raw"
@@ -688,10 +800,8 @@ orchc_publish_metrics() {
         trap - EXIT INT USR1 ERR
         set +o errexit
         trap 'orchc_withdraw_metrics; exit 0' TERM
-        while kill -0 "$$" 2>/dev/null; do
-            sleep 2 &
-            wait "$!"
-        done
+        # stopped by the job's end (its TERM trap), or else by the job's watcher; it looks itself only once a minute
+        while kill -0 "$$" 2>/dev/null; do orchc_nap 60; done
         orchc_withdraw_metrics
     ) >/dev/null 2>&1 </dev/null &
     orchc_started "$!"

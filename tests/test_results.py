@@ -29,6 +29,7 @@ phases:
   health_check: []
   benchmark:
     - echo started >"$ORCHC_RESULTS/log.txt"
+    - orchc_parameter transport "{{ note }}"
     - sleep {{ sleep }}
     - "[ {{ fail }} -eq 0 ]"
   results:
@@ -37,6 +38,14 @@ phases:
       printf '{"server_version": "1.2.3", "gpus": 0}\\n' >"$ORCHC_RESULTS/environment.json"
     - orchc_results probe-tool
 """
+
+
+ORCHC_OWN = {"orchc_cpu_s", "orchc_window_s", "orchc_cpu_percent"}
+
+
+def theirs(metrics: dict) -> dict:
+    """The metrics the type's results phase wrote: without orchc's own (its CPU during the benchmark window)."""
+    return {name: value for name, value in metrics.items() if name not in ORCHC_OWN}
 
 
 def run_probe(orchc, write, tmp_path: Path, fields: str = "", stop_with: signal.Signals | None = None,
@@ -72,11 +81,15 @@ def test_a_complete_run_has_the_documented_shape(orchc, write, tmp_path):
     assert data["schema"] == "orchc-results/1" and data["tool"] == "probe-tool"
     assert (data["job"], data["type"], data["run"]) == ("c", "results_probe", "run")
     assert (data["status"], data["partial"], data["stopped_by"], data["error"]) == ("complete", False, None, None)
-    assert data["metrics"] == {"done_count": 7, "latency_p50_ms": 1.5, "missing_ms": None}
+    assert theirs(data["metrics"]) == {"done_count": 7, "latency_p50_ms": 1.5, "missing_ms": None}
+    # orchc's own CPU in the benchmark window, added to every client's metrics
+    assert set(data["metrics"]) - set(theirs(data["metrics"])) == ORCHC_OWN
+    assert 0 <= data["metrics"]["orchc_cpu_s"] <= data["metrics"]["orchc_window_s"] < 10, data["metrics"]
     assert data["environment"]["reported"] == {"server_version": "1.2.3", "gpus": 0}
     assert data["environment"]["node"] and data["environment"]["images"] is None
     assert data["parameters"]["note"] == "it's $HOME `id`"           # as written: never expanded
     assert data["parameters"]["duration"] == 60 and data["parameters"]["sleep"] == 0
+    assert data["parameters"]["transport"] == "it's $HOME `id`"      # learnt as the job ran (orchc_parameter)
     assert data["raw"] == ["log.txt"]
 
 
@@ -133,7 +146,7 @@ def test_a_client_that_fails_before_its_benchmark_still_writes_results_json(orch
 def test_metrics_that_are_not_a_flat_object_of_numbers_fail_the_job(orchc, write, tmp_path, metrics):
     ran, data, _ = run_probe(orchc, write, tmp_path, f"  metrics: {json.dumps(metrics)}\n")
     assert ran.returncode == 1
-    assert data["status"] == "failed" and data["metrics"] == {}
+    assert data["status"] == "failed" and theirs(data["metrics"]) == {}
     assert "metrics.json is not a flat JSON object of numbers" in data["error"]
 
 
@@ -141,4 +154,4 @@ def test_metrics_that_are_not_a_flat_object_of_numbers_fail_the_job(orchc, write
 def test_flat_objects_of_numbers_are_kept_exactly(orchc, write, tmp_path, metrics):
     ran, data, _ = run_probe(orchc, write, tmp_path, f"  metrics: {json.dumps(metrics)}\n")
     assert ran.returncode == 0, ran.stderr
-    assert data["metrics"] == json.loads(metrics)
+    assert theirs(data["metrics"]) == json.loads(metrics)
