@@ -1,4 +1,5 @@
-"""The run commands of the CLI: submit, status, cancel, logs, results.
+"""The run commands of the CLI: their arguments, and submit, rerun, tunnel, disconnect and cancel; status, runs and
+logs (run/), results, compare and report (results/) are imported only when they run.
 
 They reach the cluster only through a Scheduler (compiler/run/scheduler.py): the one a
 run.json names, or for `submit` the one ORCHC_SCHEDULER names (default: slurm).
