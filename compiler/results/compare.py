@@ -103,12 +103,12 @@ def point_label(values: Mapping[str, Any]) -> str:
     return " ".join(f"{key}={json.dumps(value, default=str)}" for key, value in values.items()) or "-"
 
 
-def _sides(run_dir: Path, run: Run) -> dict[tuple[str, str], Side]:
-    """(point key, client) -> Side, in the manifest's order."""
+def _sides(run_dir: Path, run: Run, manifest: Mapping[str, Any] | None = None) -> dict[tuple[str, str], Side]:
+    """(point key, client) -> Side, in the manifest's order (`manifest`: the run's, when the caller read it)."""
     from .points import base_name, point_results
 
     found: dict[tuple[str, str], Side] = {}
-    for row in point_results(run_dir, run):
+    for row in point_results(run_dir, run, manifest):
         side = found.setdefault((point_key(row.values), base_name(row)), Side(row.point, row.values))
         side.rows.append(row)
     return found
@@ -133,11 +133,9 @@ def _notes(label: str, sides: Iterable[Side], waiting: Collection[str] = ()) -> 
 
 # --- headline rows --------------------------------------------------------------------------------
 
-def recorded_headlines(run_dir: Path) -> dict[str, list[str]]:
-    """Type -> its `headline:` patterns, as the run's manifest.json records them (anything malformed is left out)."""
-    from ..output.manifest import read_manifest
-
-    found = read_manifest(run_dir).get("headline")
+def recorded_headlines(manifest: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Type -> its `headline:` patterns, as a run's manifest.json records them (anything malformed is left out)."""
+    found = manifest.get("headline")
     if not isinstance(found, dict):
         return {}
     return {name: patterns for name, patterns in found.items()
@@ -381,6 +379,7 @@ def _finite(value: float | None) -> float | None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from ..output.manifest import read_manifest
     from ..run.runs import load_run
 
     thresholds = [parse_threshold(text) for text in args.threshold or []]
@@ -391,13 +390,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     name_a, name_b = dir_a.resolve().name, dir_b.resolve().name
     state_a, current_a = _state_noted(f"A {name_a}", dir_a, run_a)
     state_b, current_b = _state_noted(f"B {name_b}", dir_b, run_b)
-    sides_a, sides_b = _sides(dir_a, run_a), _sides(dir_b, run_b)
+    # each run's manifest read once: for its points and for its types' headlines
+    manifest_a, manifest_b = read_manifest(dir_a), read_manifest(dir_b)
+    sides_a, sides_b = _sides(dir_a, run_a, manifest_a), _sides(dir_b, run_b, manifest_b)
     rows = compare_rows(sides_a, sides_b, judging)
     # what a run still going has not written yet is no change: thresholds judge what both runs have
     judged = [row for row in rows if not ((row.a is None and state_a in UNFINISHED_STATES)
                                           or (row.b is None and state_b in UNFINISHED_STATES))]
     failures = _judged_failures(rows, judged, thresholds)
-    heads = headline_rows(rows, client_types(sides_a, sides_b), {**recorded_headlines(dir_b), **recorded_headlines(dir_a)})
+    heads = headline_rows(rows, client_types(sides_a, sides_b), {**recorded_headlines(manifest_b), **recorded_headlines(manifest_a)})
     if args.json:
         from ..core.terminal import json_text
 
@@ -678,9 +679,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .points import point_results
 
     run_dir, run = load_run(args.run_ref)
-    references = read_references(read_manifest(run_dir), str(run_dir / MANIFEST))
+    manifest = read_manifest(run_dir)
+    references = read_references(manifest, str(run_dir / MANIFEST))
     state, current = _state_noted(run_dir.name, run_dir, run)
-    checked = check_rows(references, point_results(run_dir, run), _not_ended(current))
+    checked = check_rows(references, point_results(run_dir, run, manifest), _not_ended(current))
     failed = sum(1 for _, passed in checked if passed is False)
     waiting = sum(1 for _, passed in checked if passed is None)
     if args.json:

@@ -66,8 +66,9 @@ def load(run_dirs: Sequence[tuple[Path, Run, str]]) -> list[Overlaid]:
 
     found = []
     for label, (run_dir, run, state) in zip(labels([run_dir.resolve().name for run_dir, _, _ in run_dirs]), run_dirs):
-        sweep = recorded_sweep(read_manifest(run_dir))
-        found.append(Overlaid(label, run, state, sweep, single.clients_of(point_results(run_dir, run), sweep)))
+        manifest = read_manifest(run_dir)
+        sweep = recorded_sweep(manifest)
+        found.append(Overlaid(label, run, state, sweep, single.clients_of(point_results(run_dir, run, manifest), sweep)))
     return found
 
 

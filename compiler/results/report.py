@@ -901,9 +901,10 @@ def build(run_dir: Path, run: Run, folder_name: str, state: str | None = None,
     from .points import point_results
     from .slo import slo_curves
 
-    sweep = recorded_sweep(read_manifest(run_dir))
+    manifest = read_manifest(run_dir)   # read once: for the sweep and for the points
+    sweep = recorded_sweep(manifest)
     keys = list(sweep.keys) if sweep else []
-    rows = point_results(run_dir, run)
+    rows = point_results(run_dir, run, manifest)
     clients = clients_of(rows, sweep)
     slo = slo_curves(rows, keys)
     traces, notes = gpu_traces(run_dir, run)
