@@ -116,7 +116,8 @@ def test_redis_service_and_client_complete_with_real_results(cluster, needs_redi
         <= metrics["get.latency_max_ms"]
     assert results["parameters"]["requests"] == 20000 and results["parameters"]["keyspace"] == 100000
     assert results["parameters"]["transport"] == "tls"  # what the figures were measured over: redis's default
-    assert sorted(results["raw"]) == ["redis-benchmark-get.csv", "redis-benchmark-set.csv"]
+    assert sorted(results["raw"]) == ["redis-benchmark-get.txt", "redis-benchmark-set.txt"]
+    assert "cut_test" not in results["parameters"]
     table = orchc("results", run, cwd=tmp_path).stdout
     assert "set.requests_per_s" in table
     # The server took only clients with this run's certificate (auth: tls, the default): a plain
@@ -171,7 +172,7 @@ def test_orchc_beside_a_redis_benchmark_uses_under_a_twentieth_of_a_percent_of_a
     (tmp_path / "redis.yaml").write_text(redis_recipe(port, "  requests: 100000000\n  tests: [get]\n  duration: 60\n"))
     run = tmp_path / "run"
     orchc("submit", "redis.yaml", "--run-dir", run, cwd=tmp_path)
-    wait_for(lambda: (run / "results" / "bench" / "redis-benchmark-get.csv.part").exists(), 120, "the benchmark to start")
+    wait_for(lambda: (run / "results" / "bench" / "redis-benchmark-get.txt.part").exists(), 120, "the benchmark to start")
     service_job = json.loads((run / "jobs" / "redis.json").read_text())["slurm_job_id"]
     service_before, started = job_cpu_ticks(service_job, "redis-server"), time.monotonic()
     wait_for(lambda: (run / "results" / "bench" / "results.json").exists(), 120, "the client's results", interval=0.1)
@@ -230,7 +231,13 @@ def test_a_client_duration_bounds_the_whole_run_and_keeps_what_finished(cluster,
     assert status(run)["bench"]["state"] == "COMPLETED"
     results = json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["bench"]
     assert (results["status"], results["partial"], results["stopped_by"]) == ("partial", True, "duration")
-    assert "redis-benchmark-ping_inline.csv.part" in results["raw"]         # cut short, kept raw
+    assert "redis-benchmark-ping_inline.txt.part" in results["raw"]         # cut short, kept raw
+    # What the cut test measured until it was stopped (before: nothing at all): its overall rate and mean
+    # latency from redis-benchmark's last progress line; no percentiles, which it prints only at a test's end.
+    metrics, parameters = results["metrics"], results["parameters"]
+    assert parameters["cut_test"] == "ping_inline"
+    assert metrics["ping_inline.requests_per_s"] > 0 and metrics["ping_inline.latency_mean_ms"] > 0, metrics
+    assert "ping_inline.latency_p99_ms" not in metrics and not any(name.startswith("set.") for name in metrics)
     log = (run / f"slurm-{status(run)['bench']['slurm id']}.err").read_text()
     started = re.search(r"\[orchc (\d\d):(\d\d):(\d\d)\] benchmark against", log)
     stopped = re.search(r"\[orchc (\d\d):(\d\d):(\d\d)\] duration of 15 s reached", log)
