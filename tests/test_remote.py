@@ -94,6 +94,46 @@ class Remote:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+_LOGIN_NODE_INSTALL: list[Path] = []
+
+
+def login_node_install() -> Path:
+    """orchc as installed on the login node, for its user: this checkout's `compiler` and the packages it imports,
+    copied where that user can read them (the test's own Python and venv may live in root's home)."""
+    if _LOGIN_NODE_INSTALL:
+        return _LOGIN_NODE_INSTALL[0]
+    folder = Path(tempfile.mkdtemp(prefix="orchc-login-node-"))
+    listed = subprocess.run([sys.executable, "-c", "import sys, compiler.cli.main, compiler.cli.commands, "
+                             "compiler.run.status, compiler.run.runs\nfor m in list(sys.modules.values()): "
+                             "print(getattr(m, '__file__', None) or '')"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    tops = set()
+    for place in {p for p in sys.path if p.endswith("-packages")}:
+        tops |= {Path(place) / Path(name).relative_to(place).parts[0] for name in listed if name.startswith(place + "/")}
+    shutil.copytree(ROOT / "compiler", folder / "compiler", ignore=shutil.ignore_patterns("__pycache__"))
+    for top in tops:
+        (shutil.copytree(top, folder / top.name, ignore=shutil.ignore_patterns("__pycache__")) if top.is_dir()
+         else shutil.copy2(top, folder / top.name))
+    for name in ("schemas", "service_defs", "sites"):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, folder / name)
+    subprocess.run(["chmod", "-R", "a+rX", folder], check=True)
+    _LOGIN_NODE_INSTALL.append(folder)
+    return folder
+
+
+def login_node_orchc(*args: str) -> subprocess.CompletedProcess[str]:
+    """orchc run on the login node by its user (the ssh test user, on this machine), from its home, with the
+    system's Python of this one's version (root's Python may be out of that user's reach)."""
+    python = shutil.which(f"python{sys.version_info[0]}.{sys.version_info[1]}", path="/usr/local/bin:/usr/bin:/bin")
+    assert python, f"no python{sys.version_info[0]}.{sys.version_info[1]} for the login node's user in /usr/bin"
+    env = {"PATH": os.environ["PATH"], "HOME": str(HOME), "PYTHONPATH": str(login_node_install()), "LANG": "C.UTF-8"}
+    done = subprocess.run(["runuser", "-u", sshd_helper.USER, "--", python, "-m", "compiler", *args],
+                          cwd=HOME, env=env, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
 def ssh_calls(stderr: str) -> dict[str, int]:
     """ORCHC_SSH_DEBUG's lines, counted by kind."""
     counts: dict[str, int] = {}
@@ -159,14 +199,18 @@ def test_submit_status_logs_results_tunnel_cancel_over_ssh(server, laptop, clust
 
     submitted = laptop("submit", "redis.yaml", "--run-dir", "run")
     assert "SLURM job" in submitted.stdout and "remote run folder" in submitted.stdout, submitted.stdout
-    # round trips of submit: one master, one prepare, one rsync, one sbatch per job
-    assert ssh_calls(submitted.stderr) == {"master": 1, "check": 1, "run": 3, "push": 1}, submitted.stderr
+    # round trips of submit: one master, one prepare, one rsync, one sbatch per job, one for the login node's run.json
+    assert ssh_calls(submitted.stderr) == {"master": 1, "check": 1, "run": 4, "push": 1}, submitted.stderr
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     remote_run = HOME / remote_dir / "run"
     assert record["remote"]["run_dir"] == str(remote_run) and record["remote"]["port"] == server.port
     assert record["remote"]["user"] == sshd_helper.USER
     assert (remote_run / "redis.sbatch").read_bytes() == (tmp_path / "run" / "redis.sbatch").read_bytes()
-    assert not (remote_run / "run.json").exists()       # the record stays local
+    # the login node gets a run.json of its own: the same jobs, found there without ssh, and where they came from
+    there = json.loads((remote_run / "run.json").read_text())
+    assert "remote" not in there and there["submitted_from"] == socket.gethostname(), there
+    assert there["run_dir"] == str(remote_run) and there["jobs"] == record["jobs"] and there["state"] == "submitted"
+    assert (remote_run / "run.json").stat().st_mode & 0o077 == 0
     # the compiled output is what `orchc compile` writes: the ssh settings are the run side's only
     laptop("compile", "redis.yaml", "-o", "compiled")
     for name in ("redis.sbatch", "bench.sbatch", "manifest.json", "submit.sh"):
@@ -178,11 +222,20 @@ def test_submit_status_logs_results_tunnel_cancel_over_ssh(server, laptop, clust
 
     jobs = wait_for(bench_done, 120, "the client to end over ssh")
     assert jobs["bench"]["state"] == "COMPLETED", laptop("logs", "run", "bench").stdout
+    # on the login node, as its user, orchc follows the run submitted from the laptop (before: "not an orchc run")
+    on_login_node = login_node_orchc("status", str(remote_run), "--json")
+    assert on_login_node.returncode == 0, on_login_node.stderr
+    assert {job["job"]: job["state"] for job in json.loads(on_login_node.stdout)["jobs"]}["bench"] == "COMPLETED"
+    listed_there = login_node_orchc("runs", "--root", str(HOME / remote_dir))
+    assert listed_there.returncode == 0 and f"from {socket.gethostname()}" in listed_there.stdout, listed_there
     assert jobs["redis"]["state"] == "RUNNING" and jobs["redis"]["service"] == "ready", jobs
 
     runs = laptop("runs", "--root", ".", "--states", "--json")
     listed = {row["run"]: row for row in json.loads(runs.stdout)}
     assert listed["run"]["jobs_ended"] == 1, listed
+    assert listed["run"]["remote"] == f"{sshd_helper.USER}@127.0.0.1:{server.port}", listed
+    assert listed["run"]["remote_folder"] == str(remote_run) and listed["run"]["submitted_from"] is None
+    assert f"ssh {sshd_helper.USER}@127.0.0.1:{server.port}" in laptop("runs", "--root", ".").stdout
     assert ssh_calls(runs.stderr) == {"check": 1, "run": 1}, runs.stderr    # squeue on the login node
 
     status = laptop("status", "run")

@@ -280,8 +280,9 @@ def test_runs_lists_every_run_newest_last_without_asking_the_scheduler(fake, tmp
         ("r", "local", "submitted", 5, 2)
     assert plain["points"] is None and plain["jobs_ended"] is None and plain["created"] > sweep["created"]
     table = orchc("runs", cwd=tmp_path).out.splitlines()
-    assert table[0].split() == ["run", "created", "recipe", "site", "state", "jobs", "points", "folder"]
-    assert table[-1].startswith("a-plain")
+    assert table[0].split() == ["run", "created", "recipe", "site", "where", "state", "jobs", "points", "folder"]
+    assert table[-1].startswith("a-plain") and " local " in table[-1]
+    assert (plain["remote"], plain["remote_folder"], plain["submitted_from"]) == (None, None, None)
 
 
 def test_runs_states_polls_once_for_all_runs(fake, tmp_path, orchc):

@@ -91,6 +91,8 @@ class Run:
     """HMAC-SHA256, with this user's run key, of every file submit wrote (what rerun submits again)"""
     outcome: str = ""
     """the run's final state (FINAL_STATES) once a command saw every job end; '' before"""
+    submitted_from: str = ""
+    """in the login node's copy of a run submitted over SSH: the host name of the machine that submitted it"""
 
     def job(self, name: str) -> RunJob:
         for job in self.jobs:
@@ -101,6 +103,8 @@ class Run:
     def to_json(self) -> str:
         data = asdict(self)
         data["jobs"] = [asdict(job) for job in self.jobs]
+        if not self.submitted_from:
+            del data["submitted_from"]
         if self.remote is None:
             del data["remote"]
         else:
@@ -247,7 +251,7 @@ def parse_run(text: str, source: str) -> Run:
                _text(data.get("run_dir")), state, error, jobs, scheduler, _text(data.get("orchc_version")),
                tuple(command), _text(data.get("rerun_of")),
                _remote_place(data.get("remote"), _text(data.get("site")), damaged), _text(data.get("scripts_hmac")),
-               outcome)
+               outcome, _text(data.get("submitted_from")))
 
 
 def _remote_place(value: Any, site: str, damaged: Callable[[str], ClusterError]) -> Target | None:
@@ -473,7 +477,8 @@ def submit_files(files: dict[str, str], site: str, run_dir: Path, scheduler: Sch
     run.json records of how the run was made (command, rerun_of).
 
     With `remote` (a connection to a login node; `scheduler` runs its commands over it), the folder is copied to
-    <remote_dir>/<run name> there first (run.json stays local) and the jobs are submitted from that copy."""
+    <remote_dir>/<run name> there first and the jobs are submitted from that copy; run.json is the local record,
+    and the login node gets a copy of its own once the jobs are submitted (`login_node_record`)."""
     from .. import __version__
 
     scheduler.ready()
@@ -528,7 +533,32 @@ def submit_files(files: dict[str, str], site: str, run_dir: Path, scheduler: Sch
             if failure is None:
                 raise
             raise failure from None
+    if remote is not None and place is not None:
+        _record_on_login_node(remote, place.remote_dir, run)
     return run
+
+
+def login_node_record(run: Run, remote_dir: str) -> Run:
+    """The run.json a run submitted over SSH gets in its folder on the login node: the same jobs, found there
+    without SSH (no `remote`), and where it came from; `orchc status`, `logs`, `results` work on it there."""
+    import socket
+
+    return replace(run, run_dir=remote_dir, remote=None, submitted_from=socket.gethostname())
+
+
+def _record_on_login_node(remote: Connection, remote_dir: str, run: Run) -> None:
+    """Write `login_node_record` into the remote run folder (atomically there); a failure is a warning: the jobs
+    are submitted and the local record has them."""
+    script = 'umask 077; cat >"$1/.run.json.tmp" && mv -f -- "$1/.run.json.tmp" "$1/run.json"'
+    try:
+        answer = remote.run(["sh", "-c", script, "orchc-record", remote_dir],
+                            stdin=login_node_record(run, remote_dir).to_json())
+        problem = "" if answer.code == 0 else (answer.err.strip().splitlines() or [f"exit status {answer.code}"])[-1]
+    except ClusterError as error:
+        problem = str(error)
+    if problem:
+        print(f"orchc: warning: the run is submitted, but its run.json could not be copied to {remote_dir} on "
+              f"{remote.target.shown()} ({problem[:200]}): orchc there will not know the run", file=sys.stderr)
 
 
 def _roll_back(run_dir: Path, run: Run, ids: dict[str, str], exc: BaseException,

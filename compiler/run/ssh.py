@@ -615,7 +615,7 @@ class Connection:
         return int(found.group(1)) if answer.code == 0 and found else None
 
     def run(self, words: Sequence[str], timeout: float | None = None, cwd: str | None = None,
-            env: Mapping[str, str] | None = None, retry: bool = False) -> Answer:
+            env: Mapping[str, str] | None = None, retry: bool = False, stdin: str | None = None) -> Answer:
         """Run a command on the login node; its exit status and output. An ssh failure is a ClusterError.
         `retry`: the command may run twice (a question, not sbatch); it is run again once over a new connection
         when the connection dropped."""
@@ -625,7 +625,7 @@ class Connection:
             ssh = [*self._ssh(), command]
             _debug("run", ssh)
             answer = _run(ssh, self.timeout if timeout is None else timeout,
-                          f"{shlex.join(words)[:80]} on {self.target.shown()}")
+                          f"{shlex.join(words)[:80]} on {self.target.shown()}", stdin)
             self._check_setup(answer.err)
             if answer.code != 255:
                 return answer

@@ -271,7 +271,7 @@ def _watch_live(title: str, run_dir: Path, run: Run, scheduler: Scheduler, point
 
 # --- orchc runs -----------------------------------------------------------------------------------
 
-RUNS_HEADERS = ["run", "created", "recipe", "site", "state", "jobs", "points", "folder"]
+RUNS_HEADERS = ["run", "created", "recipe", "site", "where", "state", "jobs", "points", "folder"]
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -297,10 +297,16 @@ def _runs_row(entry: RunListing, ended: int | None, state: str | None) -> dict[s
     return {"run": entry.folder.name, "created": run.created if run else None, "recipe": run.recipe if run else None,
             "site": run.site if run else None, "state": known,
             "error": entry.error or (run.error if run else None), "jobs": len(run.jobs) if run else None,
-            "jobs_ended": ended, "points": entry.points, "folder": str(entry.folder)}
+            "jobs_ended": ended, "points": entry.points, "folder": str(entry.folder),
+            "remote": run.remote.shown() if run and run.remote else None,
+            "remote_folder": run.remote.remote_dir if run and run.remote else None,
+            "submitted_from": run.submitted_from or None if run else None}
 
 
 def _runs_cell(row: Mapping[str, Any], key: str) -> str:
+    if key == "where":   # where the jobs run, seen from here: this machine's SLURM, a login node, or submitted elsewhere
+        return f"ssh {row['remote']}" if row["remote"] else f"from {row['submitted_from']}" if row["submitted_from"] \
+            else "local"
     if key == "jobs":
         if row["jobs"] is None:
             return ""
