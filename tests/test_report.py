@@ -615,6 +615,12 @@ def test_contents_first_then_the_headline_figure(orchc, tmp_path):
     assert first and first.groups() == ("plot-01", "bench: set.requests_per_s vs bench.clients")
     assert page.index(first[0]) < page.index('<h2 id="summary">')
     assert page.count("<figure") == 4  # the headline figure is not drawn twice
+    # each plot is named once on the page, by its figure's heading (its drawing had the same title above it);
+    # the SVG file, which stands alone, keeps its title
+    figure = page[page.index(first[0]):page.index("</figure>", page.index(first[0]))]
+    assert figure.count("bench: set.requests_per_s vs bench.clients") == 1, figure[:2000]
+    svg = next((run / "report").glob("01-*.svg")).read_text()
+    assert "bench: set.requests_per_s vs bench.clients" in svg
     # metric names are one long word each (set.latency_p99_ms): a header wraps at their dots and underscores
     assert "<th>set.<wbr>latency_<wbr>p99_<wbr>ms</th>" in page and "<th>bench.<wbr>clients</th>" in page
 

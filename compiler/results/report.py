@@ -781,14 +781,21 @@ def gpu_plot(Figure: Any, trace: GpuTrace) -> Plot:
 
 
 def render(matplotlib: Any, plot: Plot) -> tuple[str, bytes, bytes]:
-    """(inline SVG element, SVG file, PNG file) of a plot: deterministic (ids salted with the plot's name)."""
-    svg, png = io.StringIO(), io.BytesIO()
+    """(inline SVG element, SVG file, PNG file) of a plot: deterministic (ids salted with the plot's name). The files
+    stand alone and keep the plot's title; on the page the figure's heading names it, so the drawing goes without."""
+    svg, bare, png = io.StringIO(), io.StringIO(), io.BytesIO()
+    titled = [axes for axes in plot.figure.axes if axes.get_title() == plot.title]
     with matplotlib.rc_context({"svg.hashsalt": f"orchc-{plot.slug}"}):
         plot.figure.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
+        for axes in titled:
+            axes.set_title("")
+        plot.figure.savefig(bare, format="svg", metadata={"Date": None, "Creator": None})
+        for axes in titled:
+            axes.set_title(plot.title)
     plot.figure.savefig(png, format="png", metadata={"Software": None})
-    text = svg.getvalue()
+    text = bare.getvalue()
     inline = re.sub(r"<metadata>.*?</metadata>\s*", "", text[text.index("<svg"):], count=1, flags=re.S)
-    return inline, text.encode("utf-8"), png.getvalue()
+    return inline, svg.getvalue().encode("utf-8"), png.getvalue()
 
 
 # --- the HTML ----------------------------------------------------------------------------------------------
