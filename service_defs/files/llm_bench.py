@@ -521,9 +521,12 @@ def closed_loop(run, prompts, count, workers, first_index, on_record):
     join_all(run, threads)
 
 
-def arrival_times(count, request_rate, seed):
+def arrival_times(count, request_rate, seed, constant=False):
     """Poisson arrivals: exponential gaps of mean 1 / rate from random.Random(seed), scaled as vLLM does
-    (vllm/benchmarks/serve.py, get_request) so that the last arrival is at count / rate."""
+    (vllm/benchmarks/serve.py, get_request) so that the last arrival is at count / rate; `constant`: every
+    1 / rate seconds (vLLM's burstiness -> infinity)."""
+    if constant:
+        return [(i + 1) / request_rate for i in range(count)]
     rng = random.Random(seed)
     times, t = [], 0.0
     for _ in range(count):
@@ -556,7 +559,7 @@ def open_loop(run, prompts, count, first_index, on_record):
                 slots.release()
 
     start = run.t0 if run.t0 is not None else time.perf_counter()  # the schedule counts from the measured start
-    for i, at in enumerate(arrival_times(count, args.request_rate, args.seed)):
+    for i, at in enumerate(arrival_times(count, args.request_rate, args.seed, args.arrivals == "constant")):
         while not run.stopping():
             wait = start + at - time.perf_counter()
             if wait <= 0:
@@ -669,7 +672,7 @@ def run_command(args):
     info = {"api": args.api, "model": args.model, "load": "open" if args.request_rate else "closed",
             "num_requests": args.num_requests, "warmup_requests": args.warmup_requests, "request_rate": args.request_rate,
             "concurrent": None if args.request_rate else args.concurrent, "max_concurrency": args.max_concurrency,
-            "slo": args.slo}
+            "slo": args.slo, "arrivals": args.arrivals, "search": args.search}
     run_path = os.path.join(args.results, "run.json")
     write_json(run_path, info)
     open(os.path.join(args.results, "requests.jsonl"), "w").close()
@@ -688,6 +691,18 @@ def run_command(args):
         run.t0 = time.perf_counter()
         if run.stopping():
             pass
+        elif args.search:
+            import llm_search  # beside this file: the capacity search (README "Capacity under an SLO")
+
+            run.out = None
+            out.close()
+            code = llm_search.search_command(args, run, prompts)
+            info["wall_time_s"] = time.perf_counter() - run.t0
+            info["client_cpu_s"] = time.process_time() - cpu
+            info["stopped"] = run.stop_reason
+            write_json(run_path, info)
+            llm_search.summarize_search(args.results)
+            return code
         elif args.request_rate:
             open_loop(run, prompts, args.num_requests, 0, run.write)
         else:
@@ -718,6 +733,10 @@ def summarize(results):
         return None
     with open(os.path.join(results, "run.json")) as handle:
         run = json.load(handle)
+    if run.get("search"):
+        import llm_search
+
+        return llm_search.summarize_search(results)
     records = []
     path = os.path.join(results, "requests.jsonl")
     if os.path.exists(path):
@@ -757,6 +776,20 @@ def slo_argument(text):
     return value
 
 
+def search_argument(text):
+    """--search: a JSON object, checked by llm_search.search_settings."""
+    import llm_search
+
+    try:
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+        llm_search.search_settings(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def parser():
     p = argparse.ArgumentParser(prog="llm_bench.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -782,6 +815,10 @@ def parser():
     r.add_argument("--ignore-eos", action="store_true", help="ask vLLM to generate max_tokens tokens every time")
     r.add_argument("--duration", type=positive(float), default=3600.0)
     r.add_argument("--request-timeout", type=positive(float), default=600.0)
+    r.add_argument("--arrivals", choices=("poisson", "constant"), default="poisson",
+                   help="open loop: Poisson arrivals (seeded) or one every 1 / rate seconds")
+    r.add_argument("--search", type=search_argument,
+                   help="a JSON object: search the highest request rate within an SLO (llm_search.py)")
     r.add_argument("--slo", type=slo_argument, help='bounds in ms, a JSON object: {"ttft_p99_ms": 2000, "tpot_p99_ms": 100}')
     s = sub.add_parser("summarize", help="write metrics.json from requests.jsonl and run.json")
     s.add_argument("results")
