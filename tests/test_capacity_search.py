@@ -13,13 +13,12 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from test_llm_bench import BENCH, Server
 
 sys.path.insert(0, str(BENCH.parent))
-import llm_search  # noqa: E402
+import llm_search
 
 
 def test_clopper_pearson_bounds_against_closed_forms():
