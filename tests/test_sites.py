@@ -112,7 +112,7 @@ def test_meluxina_partitions(orchc, write, tmp_path, partition):
     assert orchc("validate", recipe, cwd=tmp_path).code == 0
 
 
-@pytest.mark.parametrize("qos", ["default", "short", "dev", "test", "urgent"])
+@pytest.mark.parametrize("qos", ["default", "short", "long", "dev", "test", "urgent"])
 def test_meluxina_qos_names_are_accepted(orchc, write, tmp_path, qos):
     recipe = write("r.yaml", f"{ACCOUNT}resources: {{qos: {qos}}}\nservice:\n  name: redis\n")
     assert orchc("validate", recipe, cwd=tmp_path).code == 0
@@ -125,6 +125,31 @@ def test_an_unknown_qos_is_refused_where_it_is_written(orchc, write, tmp_path):
     errors = _errors(result.err)
     assert errors and errors[0][:3] == ("r.yaml", 2, 18) and "qos" in errors[0][3] and "default" in errors[0][3], \
         result.err
+
+
+@pytest.mark.parametrize(("partition", "qos", "reservation"), [("gpu", "dev", "gpudev"), ("cpu", "dev", "cpudev"),
+                                                                ("gpu", "default", None), ("fpga", "dev", None)])
+def test_meluxina_dev_names_its_reservation_per_partition(orchc, write, tmp_path, partition, qos, reservation):
+    text = _script(orchc, write, tmp_path, f"{ACCOUNT}resources: {{partition: {partition}, qos: {qos}}}\n"
+                   "service:\n  name: redis\n", "redis")
+    lines = [line for line in text.splitlines() if line.startswith("#SBATCH ")]
+    after_qos = lines[lines.index(f"#SBATCH --qos={qos}") + 1]
+    assert (after_qos == f"#SBATCH --reservation={reservation}") if reservation else "--reservation" not in text, lines
+
+
+def test_a_reservation_the_recipe_names_itself_is_not_added_twice(orchc, write, tmp_path):
+    text = _script(orchc, write, tmp_path, f"{ACCOUNT}resources: {{partition: gpu, qos: dev, extra: [--reservation=mine]}}\n"
+                   "service:\n  name: redis\n", "redis")
+    assert [line for line in text.splitlines() if "--reservation" in line] == ["#SBATCH --reservation=mine"]
+
+
+def test_a_qos_entry_of_a_site_is_checked_by_the_schema(orchc, write, tmp_path):
+    write("site.yaml", "site: odd\nruntime: native\nqos:\n  - normal\n  - {name: dev, reservation: gpudev}\n")
+    recipe = write("r.yaml", "site: site.yaml\nservice:\n  name: redis\n")
+    result = orchc("validate", recipe, cwd=tmp_path)
+    assert result.code == 1 and "Traceback" not in result.err, result.err
+    (file, line, _col, _message), = _errors(result.err)
+    assert (file, line) == ("site.yaml", 5), result.err
 
 
 # storage

@@ -67,6 +67,14 @@ class Site:
     """whole_node (a job pays for its whole nodes while it runs) or shared"""
     nodes: Mapping[str, Mapping[str, Any]] = field(default_factory=FrozenDict)
     """partition -> what one of its nodes holds: cores, gpus, memory"""
+    reservations: Mapping[str, Mapping[str, str]] = field(default_factory=FrozenDict)
+    """QoS -> partition -> the reservation a job of that QoS on that partition names (MeluXina: dev on gpu, gpudev)"""
+
+    def reservation_for(self, resources: Mapping[str, Any]) -> str | None:
+        """The reservation the site adds for a job's QoS and partition; None when none applies or the job names one."""
+        if any(str(option).startswith("--reservation") for option in resources.get("extra") or ()):
+            return None
+        return self.reservations.get(str(resources.get("qos")), {}).get(str(resources.get("partition")))
 
     def with_storage(self, storage: Mapping[str, str]) -> Site:
         """The site as one recipe sees it: its `storage:` over the site's, key by key."""
@@ -300,11 +308,13 @@ def _load_site_file(path: Path) -> Site:
         defaults=defaults,
         shell=data.get("shell", "/bin/bash"),
         module_purge=data.get("module_purge", "module purge"),
-        qos=tuple(data.get("qos", ())),
+        qos=tuple(entry if isinstance(entry, str) else entry["name"] for entry in data.get("qos", ())),
         requires=tuple(data.get("requires", ())),
         storage=FrozenDict(storage),
         billing=data.get("billing", "shared"),
         nodes=FrozenDict({name: FrozenDict(shape) for name, shape in data.get("nodes", {}).items()}),
+        reservations=FrozenDict({entry["name"]: FrozenDict(entry["reservations"]) for entry in data.get("qos", ())
+                                 if isinstance(entry, dict) and entry.get("reservations")}),
     )
 
 

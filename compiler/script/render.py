@@ -56,7 +56,7 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
     values = ShellValues()
     context = _context(job, recipe, origins)
     parts: dict[str, Any] = {
-        "directives": directives(job.name, job.job_id, job.resources),
+        "directives": directives(job.name, job.job_id, job.resources, recipe.site.reservation_for(job.resources)),
         "shell": recipe.site.shell,
         "module_purge": recipe.site.module_purge,
         "modules": recipe.site.modules,
