@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 from test_cluster import cluster  # noqa: F401  (the fixture, used by name below)
+from test_remote import server, sockets  # noqa: F401  (fixtures: a real sshd, private control sockets)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("cluster")]
 
@@ -166,3 +167,32 @@ def test_the_gpu_job_reports_the_gpus_and_driver_a_job_sees(tmp_path):
     assert "  ok        GPU job on 'gpu': 1 nvidia GPU(s), driver 580.65.06\n" in done.stdout
     done = check(tmp_path, profile, "--local", "--gpu-job", path="/nonexistent")
     assert differences(done.stdout) == ["GPU job on 'gpu': neither nvidia-smi nor rocm-smi in the job"], done.stdout
+
+
+@pytest.mark.ssh
+def test_over_ssh_the_login_node_is_checked_not_this_machine(server, sockets, tmp_path):  # noqa: F811
+    """The site's ssh: target (the user's override, as tests/test_remote.py writes it) runs the probe as the test
+    user on the real sshd: its home is checked, and the same partitions are found through it."""
+    import json
+
+    from ssh import sshd as sshd_helper
+
+    config = tmp_path / "config"
+    (config / "orchc" / "sites").mkdir(parents=True)
+    (config / "orchc" / "sites" / "testcluster.yaml").write_text(
+        f"ssh:\n  host: 127.0.0.1\n  port: {server.port}\n  user: {sshd_helper.USER}\n  identity_file: {server.client_key}\n"
+        f"  remote_dir: {json.dumps('orchc-runs')}\n  options:\n    - StrictHostKeyChecking=yes\n"
+        f"    - UserKnownHostsFile={server.known_hosts}\n    - GlobalKnownHostsFile=/dev/null\n")
+    profile = MATCHING.replace("STORE/models", "$HOME/orchc-check/${USER}/models") + "qos: [normal]\n"
+    site = tmp_path / "site.yaml"
+    site.write_text(profile)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CONFIG_HOME": str(config)}
+    done = subprocess.run([sys.executable, "-m", "compiler", "site", "check", str(site)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"against {sshd_helper.USER}@127.0.0.1:{server.port}:" in done.stdout
+    home = Path("/home") / sshd_helper.USER
+    assert f"  ok        storage.models: {home}/orchc-check/{sshd_helper.USER}/models is writable (not there yet: jobs create " \
+           f"it in {home})\n" in done.stdout, done.stdout
+    assert "  ok        partitions cpu, gpu\n" in done.stdout
+    assert not (home / "orchc-check").exists()
