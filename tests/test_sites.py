@@ -4,6 +4,7 @@ containers, with a per-run data directory for stateful services."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -222,3 +223,51 @@ def test_every_example_carries_an_account_and_compiles_for_meluxina(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "#SBATCH --account=p200981" in (tmp_path / "ollama" / "ollama.sbatch").read_text()
+
+
+# singularity: the apptainer CLI under its older name (LUMI, Leonardo), and AMD GPUs
+
+SINGULARITY_PROBE = """\
+type: gpu_probe
+extends: service
+fields:
+  ports: {default: [9]}
+container:
+  image: probe
+  source: docker://example.org/probe:1.0
+  gpu: true
+  env: {WHERE: "$ORCHC_DATA"}
+  command: "true"
+phases:
+  health_check: []
+"""
+
+
+def test_a_singularity_site_builds_and_runs_its_images_with_singularity(orchc, write, tmp_path):
+    from test_images import FAKE_APPTAINER
+
+    write("defs/probe.yaml", SINGULARITY_PROBE)
+    write("site.yaml", f"site: amdsite\nruntime: singularity\ngpu_vendor: amd\nimage_dir: {tmp_path}/containers\n"
+                       f"storage: {{apptainer_cache: {tmp_path}/cache}}\n"
+                       "defaults:\n  resources: {nodes: 1, ntasks: 1, time: '00:10:00'}\n")
+    recipe = write("r.yaml", "service:\n  name: one\n  type: gpu_probe\n")
+    result = orchc("compile", str(recipe), "--defs", "defs", "--site", "site.yaml", "-o", "out", cwd=tmp_path)
+    assert result.code == 0, result.err
+    run = tmp_path / "out" / "r"
+    text = (run / "one.sbatch").read_text()
+    assert "\ncommand -v singularity >/dev/null || orchc_fail \"singularity not found after loading" in text
+    assert f"\nexport SINGULARITY_CACHEDIR={tmp_path}/cache\n" in text and "\nORCHC_CONTAINER_CLI=singularity\n" in text
+    assert "SINGULARITYENV_WHERE=\"$ORCHC_DATA\" setsid singularity exec --rocm " in text, text
+    assert "apptainer exec" not in text and "APPTAINER" not in text and "command -v apptainer" not in text
+    # the job, with a stand-in `singularity` (tests/test_images.py's fake apptainer under this name) and no apptainer
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "singularity").write_text(FAKE_APPTAINER)
+    (bin_dir / "singularity").chmod(0o755)
+    env = {**os.environ, "ORCHC_RUN_DIR": str(run), "HOME": str(run), "PATH": f"{bin_dir}:/usr/bin:/bin",
+           "FAKE_APPTAINER_LOG": str(run / "singularity.log")}
+    done = subprocess.run(["bash", "one.sbatch"], cwd=run, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    log = (run / "singularity.log").read_text().splitlines()
+    assert log[0] == f"build docker://example.org/probe:1.0 {tmp_path}/containers/probe.sif.tmp." + log[0].rsplit(".tmp.", 1)[1]
+    assert f"exec {tmp_path}/containers/probe.sif" in log

@@ -67,8 +67,15 @@ class Site:
     """whole_node (a job pays for its whole nodes while it runs) or shared"""
     nodes: Mapping[str, Mapping[str, Any]] = field(default_factory=FrozenDict)
     """partition -> what one of its nodes holds: cores, gpus, memory"""
+    gpu_vendor: str = "nvidia"
+    """nvidia or amd: a GPU container gets --nv or --rocm"""
     reservations: Mapping[str, Mapping[str, str]] = field(default_factory=FrozenDict)
     """QoS -> partition -> the reservation a job of that QoS on that partition names (MeluXina: dev on gpu, gpudev)"""
+
+    @property
+    def containers(self) -> bool:
+        """Whether jobs run their containers' images (apptainer or singularity: the same CLI, `runtime` names it)."""
+        return self.runtime != "native"
 
     def reservation_for(self, resources: Mapping[str, Any]) -> str | None:
         """The reservation the site adds for a job's QoS and partition; None when none applies or the job names one."""
@@ -312,6 +319,7 @@ def _load_site_file(path: Path) -> Site:
         requires=tuple(data.get("requires", ())),
         storage=FrozenDict(storage),
         billing=data.get("billing", "shared"),
+        gpu_vendor=data.get("gpu_vendor", "nvidia"),
         nodes=FrozenDict({name: FrozenDict(shape) for name, shape in data.get("nodes", {}).items()}),
         reservations=FrozenDict({entry["name"]: FrozenDict(entry["reservations"]) for entry in data.get("qos", ())
                                  if isinstance(entry, dict) and entry.get("reservations")}),

@@ -140,7 +140,8 @@ def _context(job: ResolvedJob, recipe: Recipe, origins: Origins) -> dict[str, An
 
 _JOB_STORAGE = {"data": "$ORCHC_DATA", "models": "$ORCHC_MODELS"}
 """What the job's storage block sets (see _storage_lines): templates read these, `| path` expands them."""
-_APPTAINER_STORAGE = (("apptainer_cache", "APPTAINER_CACHEDIR"), ("apptainer_tmp", "APPTAINER_TMPDIR"))
+_APPTAINER_STORAGE = (("apptainer_cache", "CACHEDIR"), ("apptainer_tmp", "TMPDIR"))
+"""storage key -> the variable's name after APPTAINER_ (or SINGULARITY_, which singularity reads)"""
 
 
 def _storage_context(recipe: Recipe) -> dict[str, str]:
@@ -166,8 +167,11 @@ def _storage_block(runtime: str, site_name: str, places: tuple[tuple[str, str], 
              f"ORCHC_MODELS={shell_word(storage['models'])}",
              "export ORCHC_RUN ORCHC_DATA ORCHC_MODELS"]
     folders = ['"$ORCHC_DATA"', '"$ORCHC_MODELS"']
-    if runtime == "apptainer":
-        for key, variable in _APPTAINER_STORAGE:
+    if runtime != "native":
+        if runtime != "apptainer":   # the runtime's orchc_image builds with it
+            lines.append(f"ORCHC_CONTAINER_CLI={runtime}")
+        for key, suffix in _APPTAINER_STORAGE:
+            variable = f"{runtime.upper()}_{suffix}"
             if storage.get(key):
                 lines.append(f"export {variable}={shell_word(storage[key])}")
                 folders.append(f'"${variable}"')
@@ -198,7 +202,7 @@ def _image_path(image: str, recipe: Recipe) -> str:
 
 
 def _image_lines(job: ResolvedJob, recipe: Recipe) -> list[str]:
-    if recipe.site.runtime != "apptainer":
+    if not recipe.site.containers:
         return []
     started = [*([job.container] if job.container else []), *(sidecar.container for sidecar in job.active_sidecars())]
     lines = [f"orchc_image {_image_path(c.image, recipe)} {shlex.quote(c.source or '')}" for c in started if c.image]
@@ -210,14 +214,15 @@ def _exec_parts(container: Container, recipe: Recipe, origins: Origins,
     """(environment assignments, command words) that run a program in `container`."""
     path = container.path
     env = [(k, shell_word(render_text(origins.template((*path, "env", k)), context, recipe.session)[0])) for k in sorted(container.env)]
-    if recipe.site.runtime != "apptainer" or not container.image:
+    if not recipe.site.containers or not container.image:
         return [f"{k}={v}" for k, v in env], []
     # Values that expand variables (secrets among them) travel in apptainer's environment,
     # not on its command line, where `ps` would show them to everyone on the node.
-    assignments = [f"APPTAINERENV_{k}={v}" for k, v in env if "$" in v]
-    words = ["apptainer", "exec"]
+    runtime = recipe.site.runtime
+    assignments = [f"{runtime.upper()}ENV_{k}={v}" for k, v in env if "$" in v]
+    words = [runtime, "exec"]
     if container.gpu:
-        words.append("--nv")
+        words.append("--rocm" if recipe.site.gpu_vendor == "amd" else "--nv")
     given = [shell_word(render_text(origins.template((*path, "binds", index)), context, recipe.session)[0])
              for index, _ in enumerate(container.binds)]
     for bind in [*_automatic_binds(container, context, given), *given]:
