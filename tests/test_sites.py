@@ -271,3 +271,41 @@ def test_a_singularity_site_builds_and_runs_its_images_with_singularity(orchc, w
     log = (run / "singularity.log").read_text().splitlines()
     assert log[0] == f"build docker://example.org/probe:1.0 {tmp_path}/containers/probe.sif.tmp." + log[0].rsplit(".tmp.", 1)[1]
     assert f"exec {tmp_path}/containers/probe.sif" in log
+
+
+# the EuroHPC profiles (README, Sites: each one's sources)
+
+EUROHPC = ["lumi-g", "leonardo-booster", "karolina", "vega", "juwels-booster"]
+
+
+@pytest.mark.parametrize("site", EUROHPC)
+def test_each_eurohpc_profile_compiles_a_service_with_its_defaults(orchc, write, tmp_path, site):
+    text = _script(orchc, write, tmp_path, ACCOUNT + "service:\n  name: redis\n", "redis", "--site", site)
+    assert text.startswith("#!/bin/bash -l\n")
+    assert "\n#SBATCH --partition=" in text and "\n#SBATCH --account=p200981\n" in text
+
+
+@pytest.mark.parametrize("site", ["lumi-g", "leonardo-booster", "karolina", "juwels-booster"])
+def test_eurohpc_profiles_that_need_an_account_say_so(orchc, write, tmp_path, site):
+    result = orchc("validate", write("r.yaml", "service:\n  name: redis\n"), "--site", site, cwd=tmp_path)
+    assert result.code == 1 and "account" in result.err, result.err
+
+
+def test_lumi_g_warns_about_one_gcd_of_a_whole_standard_g_node_but_not_of_small_g(orchc, write, tmp_path):
+    recipe = ACCOUNT + "service:\n  name: redis\n  resources: {partition: standard-g, gres: 'gpu:1'}\n"
+    result = orchc("validate", write("r.yaml", recipe), "--site", "lumi-g", cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert "asks for 1 of the 8 GPUs of a standard-g node on lumi-g, which bills the whole node: 7 GPU(s)" in result.err
+    result = orchc("validate", write("r.yaml", recipe.replace("standard-g", "small-g")), "--site", "lumi-g", cwd=tmp_path)
+    assert result.code == 0 and "warning" not in result.err, result.err
+
+
+def test_lumi_g_runs_gpu_containers_with_singularity_and_rocm(orchc, write, tmp_path):
+    write("defs/probe.yaml", SINGULARITY_PROBE)
+    recipe = write("r.yaml", ACCOUNT + "service:\n  name: one\n  type: gpu_probe\n")
+    result = orchc("compile", str(recipe), "--defs", "defs", "--site", "lumi-g", "-o", "out", cwd=tmp_path)
+    assert result.code == 0, result.err
+    text = (tmp_path / "out" / "r" / "one.sbatch").read_text()
+    assert "\nmodule load LUMI/24.03\nmodule load partition/G\n" in text
+    assert " singularity exec --rocm " in text and "--nv" not in text
+    assert "\nexport SINGULARITY_CACHEDIR=/scratch/\"${SLURM_JOB_ACCOUNT}\"/\"${USER}\"/orchc/singularity/cache\n" in text, text
