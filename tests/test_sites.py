@@ -155,13 +155,16 @@ def test_a_qos_entry_of_a_site_is_checked_by_the_schema(orchc, write, tmp_path):
 
 # storage
 
-def test_meluxina_keeps_images_caches_and_data_on_project_scratch(orchc, write, tmp_path):
+def test_meluxina_keeps_images_and_models_on_project_storage_caches_and_data_on_scratch(orchc, write, tmp_path):
+    """Tier1 scratch is fast but small and temporary (issue 20): what runs share and reuse lives in project storage."""
     text = _script(orchc, write, tmp_path, ACCOUNT + "service:\n  name: db\n  type: mysql\n", "db")
     scratch = '/project/scratch/"${SLURM_JOB_ACCOUNT}"/"${USER}"/orchc/'
+    home = '/project/home/"${SLURM_JOB_ACCOUNT}"/"${USER}"/orchc/'
     assert f"\nexport APPTAINER_CACHEDIR={scratch}apptainer/cache\n" in text
     assert f"\nexport APPTAINER_TMPDIR={scratch}apptainer/tmp\n" in text
     assert f'\nORCHC_DATA={scratch}runs/"${{ORCHC_RUN}}"/"$ORCHC_JOB"\n' in text
-    assert f"\norchc_image {scratch}images/mysql.sif " in text
+    assert f"\norchc_image {home}images/mysql.sif " in text
+    assert f"\nORCHC_MODELS={home}models\n" in text
     assert ".orchc/mysql" not in text and '"$HOME"/containers' not in text
     # the job's data folder, per run, is where mysql keeps its data; it is bound into the container
     assert re.search(r'^orchc_v\d+="\$ORCHC_DATA"/mysql$', text, re.M), text
