@@ -312,3 +312,31 @@ def test_lumi_g_runs_gpu_containers_with_singularity_and_rocm(orchc, write, tmp_
     assert "\nmodule load LUMI/24.03\nmodule load partition/G\n" in text
     assert " singularity exec --rocm " in text and "--nv" not in text
     assert "\nexport SINGULARITY_CACHEDIR=/scratch/\"${SLURM_JOB_ACCOUNT}\"/\"${USER}\"/orchc/singularity/cache\n" in text, text
+
+
+# per-user job limits of a site (limits: max_submit, max_running)
+
+LIMITED = ("site: limited\nruntime: native\nlimits: {max_submit: 4, max_running: 2}\n"
+           "defaults:\n  resources: {nodes: 1, ntasks: 1, time: '00:10:00'}\n")
+SWEEP = ("service:\n  name: redis\nclient:\n  name: bench\n  type: redis_client\n  target: redis\n"
+         "sweep:\n  matrix:\n    bench.clients: [1, 2, 4]\n  repeat: 2\n")
+
+
+def test_a_sweep_with_more_jobs_than_the_site_lets_a_user_submit_is_refused_with_advice(orchc, write, tmp_path):
+    write("limited.yaml", LIMITED)
+    result = orchc("validate", write("r.yaml", SWEEP), "--site", "limited.yaml", cwd=tmp_path)
+    assert result.code == 1 and "Traceback" not in result.err, result.err
+    (file, line, col, message), = _errors(result.err)
+    assert (file, line, col) == ("r.yaml", 7, 1), result.err
+    assert message == ("recipe 'r' submits 7 SLURM jobs, more than the 4 site 'limited' lets a user submit "
+                       "(limits.max_submit in limited.yaml): sbatch would refuse the rest; run it as one allocation "
+                       "(allocation: one), or with fewer points or repeats"), message
+
+
+def test_one_allocation_is_one_job_within_the_limit_and_more_jobs_than_may_run_is_said(orchc, write, tmp_path):
+    write("limited.yaml", LIMITED)
+    result = orchc("validate", write("r.yaml", SWEEP + "allocation: one\n"), "--site", "limited.yaml", cwd=tmp_path)
+    assert result.code == 0, result.err
+    result = orchc("validate", write("r.yaml", SWEEP.replace("[1, 2, 4]", "[1]")), "--site", "limited.yaml", cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert "3 SLURM jobs, at most 2 of them running at once on limited (limits.max_running)" in result.out, result.out

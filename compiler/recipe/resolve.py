@@ -67,6 +67,8 @@ class Site:
     """whole_node (a job pays for its whole nodes while it runs) or shared"""
     nodes: Mapping[str, Mapping[str, Any]] = field(default_factory=FrozenDict)
     """partition -> what one of its nodes holds: cores, gpus, memory"""
+    limits: Mapping[str, int] = field(default_factory=FrozenDict)
+    """max_submit, max_running: the site's per-user job limits"""
     gpu_vendor: str = "nvidia"
     """nvidia or amd: a GPU container gets --nv or --rocm"""
     reservations: Mapping[str, Mapping[str, str]] = field(default_factory=FrozenDict)
@@ -320,6 +322,7 @@ def _load_site_file(path: Path) -> Site:
         storage=FrozenDict(storage),
         billing=data.get("billing", "shared"),
         gpu_vendor=data.get("gpu_vendor", "nvidia"),
+        limits=FrozenDict(data.get("limits", {})),
         nodes=FrozenDict({name: FrozenDict(shape) for name, shape in data.get("nodes", {}).items()}),
         reservations=FrozenDict({entry["name"]: FrozenDict(entry["reservations"]) for entry in data.get("qos", ())
                                  if isinstance(entry, dict) and entry.get("reservations")}),

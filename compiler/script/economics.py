@@ -69,6 +69,16 @@ def cost_line(recipe: Recipe) -> str | None:
     return text
 
 
+def running_limit_line(recipe: Recipe) -> str | None:
+    """What the site's limits.max_running means for the recipe: None when all its jobs may run at once."""
+    limit = recipe.site.limits.get("max_running")
+    jobs = len(reservations(recipe))
+    if limit is None or jobs <= limit:
+        return None
+    return (f"{jobs} SLURM jobs, at most {limit} of them running at once on {recipe.site.name} (limits.max_running): "
+            "the others wait in the queue")
+
+
 def idle_gpu_warnings(recipe: Recipe) -> list[tuple[SourceLoc, str]]:
     """(where, why) for each job that asks for under IDLE_SHARE of its node's GPUs on a whole-node site."""
     site = recipe.site
