@@ -110,6 +110,11 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     disconnect.add_argument("site", nargs="?", metavar="SITE", help="a site name or profile file")
     disconnect.set_defaults(run=cmd_disconnect)
 
+    clean = commands.add_parser("clean", help="remove a run's service data from the site's storage (shown first; --yes removes)")
+    clean.add_argument("run_ref", metavar="RUN", help="a run folder, or the name of one under runs/")
+    clean.add_argument("--yes", action="store_true", help="remove what would be removed (default: only show it)")
+    clean.set_defaults(run=_clean)
+
     site = commands.add_parser("site", help="site profiles: `orchc site check [SITE]` checks one against its machine")
     site_commands = site.add_subparsers(dest="site_command", metavar="SUBCOMMAND", required=True)
     check = site_commands.add_parser("check", help="on a login node (here, or over the site's ssh: target), compare the "
@@ -148,6 +153,12 @@ def _logs(args: argparse.Namespace) -> int:
     from ..run.logs import cmd_logs
 
     return cmd_logs(args)
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from ..run.clean import cmd_clean
+
+    return cmd_clean(args)
 
 
 def _site_check(args: argparse.Namespace) -> int:

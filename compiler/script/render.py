@@ -160,9 +160,13 @@ def _storage_lines(recipe: Recipe) -> list[str]:
     return list(recipe.session.once("storage", key, lambda: _storage_block(*key)))
 
 
+RUN_NAME_LINE = 'ORCHC_RUN="${ORCHC_RUN_DIR##*/}-$(printf \'%s\' "$ORCHC_RUN_DIR" | cksum | cut -d \' \' -f 1)"'
+"""the job's line that names its run on the site's storage (orchc clean finds a run's data folders with it)"""
+
+
 def _storage_block(runtime: str, site_name: str, places: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
     storage = dict(places)
-    lines = ['ORCHC_RUN="${ORCHC_RUN_DIR##*/}-$(printf \'%s\' "$ORCHC_RUN_DIR" | cksum | cut -d \' \' -f 1)"',
+    lines = [RUN_NAME_LINE,
              f'ORCHC_DATA={shell_word(storage["data"])}/"$ORCHC_JOB"',
              f"ORCHC_MODELS={shell_word(storage['models'])}",
              "export ORCHC_RUN ORCHC_DATA ORCHC_MODELS"]
