@@ -340,3 +340,14 @@ def test_one_allocation_is_one_job_within_the_limit_and_more_jobs_than_may_run_i
     result = orchc("validate", write("r.yaml", SWEEP.replace("[1, 2, 4]", "[1]")), "--site", "limited.yaml", cwd=tmp_path)
     assert result.code == 0, result.err
     assert "3 SLURM jobs, at most 2 of them running at once on limited (limits.max_running)" in result.out, result.out
+
+
+def test_a_reservation_for_a_partition_the_site_does_not_have_is_a_located_error(orchc, write, tmp_path):
+    write("site.yaml", "site: odd\nruntime: native\npartitions: [cpu, gpu]\nqos:\n  - normal\n"
+                       "  - {name: dev, reservations: {gpus: gpudev}}\n")
+    recipe = write("r.yaml", "site: site.yaml\nservice:\n  name: redis\n")
+    result = orchc("validate", recipe, cwd=tmp_path)
+    assert result.code == 1 and "Traceback" not in result.err, result.err
+    (file, line, col, message), = _errors(result.err)
+    assert (file, line, col) == ("site.yaml", 6, 32), result.err
+    assert message == "qos dev: reservations: 'gpus' is not one of the site's partitions (cpu, gpu); did you mean 'gpu'?", message

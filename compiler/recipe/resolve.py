@@ -330,12 +330,20 @@ def _load_site_file(path: Path) -> Site:
 
 
 def _check_node_partitions(doc: Node, problems: Collector) -> None:
-    """Each partition under `nodes:` is one the site lists (a typo would silently shape no node)."""
+    """Each partition under `nodes:`, and each a QoS entry names a reservation for, is one the site lists (a typo
+    would silently shape no node, or add no reservation)."""
     nodes, listed = doc.get("nodes"), doc.plain().get("partitions", [])
     for name, child in (nodes.value.items() if nodes is not None and isinstance(nodes.value, dict) else ()):
         if name not in listed:
             problems.add(child.key_loc or child.loc, f"nodes: '{name}' is not one of the site's partitions "
                          f"({', '.join(listed) or 'none listed'}){did_you_mean(name, listed)}")
+    qos = doc.get("qos")
+    for entry in (qos.value if qos is not None and isinstance(qos.value, list) else ()):
+        reservations = entry.get("reservations") if isinstance(entry.value, dict) else None
+        for name, child in (reservations.value.items() if reservations is not None else ()):
+            if listed and name not in listed:
+                problems.add(child.key_loc or child.loc, f"qos {entry.plain()['name']}: reservations: '{name}' is not one "
+                             f"of the site's partitions ({', '.join(listed)}){did_you_mean(name, listed)}")
     problems.raise_if_any()
 
 
