@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from test_remote import cluster_and_redis, laptop, remote_dir, server, sockets  # noqa: F401 (fixtures)
 from test_scheduler import fake  # noqa: F401 (fixture)
 
 from compiler.core.errors import ClusterError
@@ -104,3 +105,37 @@ def test_the_command_line_dry_run_and_confirmation(ended, tmp_path):
     done = subprocess.run([sys.executable, "-m", "compiler", "clean", str(ended), "--yes"], capture_output=True,
                           text=True, env=env, timeout=60)
     assert done.returncode == 0 and done.stdout.count("removed ") == 2, done.stdout + done.stderr
+
+
+@pytest.mark.cluster
+@pytest.mark.ssh
+def test_clean_over_ssh_removes_the_data_on_the_login_nodes_side(server, laptop, cluster_and_redis, tmp_path, remote_dir):  # noqa: F811
+    """A run submitted over SSH (the real sshd and test cluster of tests/test_remote.py) on the local site, whose
+    service data is in the remote run folder: clean finds and removes it there, not here."""
+    import json
+
+    from ssh import sshd as sshd_helper
+    from test_cluster import wait_for
+    from test_remote import HOME, override
+
+    override(Path(laptop.env["XDG_CONFIG_HOME"]), server, remote_dir)
+    port = sshd_helper.free_port()
+    (tmp_path / "redis.yaml").write_text(
+        f"site: local\nservice:\n  name: redis\n  ports: [{port}]\n  resources: {{time: '00:05:00'}}\n"
+        "client:\n  name: bench\n  type: redis_client\n  requests: 200\n  tests: [set]\n")
+    laptop("submit", "redis.yaml", "--run-dir", "run")
+
+    def ended() -> bool:
+        jobs = json.loads(laptop("status", "run", "--json").stdout)["jobs"]
+        return all(job["state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for job in jobs)
+
+    wait_for(ended, 180, "the run to end over ssh")
+    laptop("status", "run")                      # records the outcome
+    remote_data = HOME / remote_dir / "run" / "data"
+    assert sorted(p.name for p in remote_data.iterdir()) == ["bench", "redis"]
+    shown = laptop("clean", "run")
+    assert f"would remove {remote_data / 'bench'}: " in shown.stdout and f"would remove {remote_data / 'redis'}: " \
+        in shown.stdout, shown.stdout
+    done = laptop("clean", "run", "--yes")
+    assert done.stdout.count("removed ") == 2, done.stdout
+    assert not remote_data.exists() and (HOME / remote_dir / "run" / "redis.sbatch").exists()
