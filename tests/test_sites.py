@@ -351,3 +351,12 @@ def test_a_reservation_for_a_partition_the_site_does_not_have_is_a_located_error
     (file, line, col, message), = _errors(result.err)
     assert (file, line, col) == ("site.yaml", 6, 32), result.err
     assert message == "qos dev: reservations: 'gpus' is not one of the site's partitions (cpu, gpu); did you mean 'gpu'?", message
+
+
+def test_one_allocation_of_qos_dev_on_gpu_names_its_reservation_too(orchc, write, tmp_path):
+    recipe = write("r.yaml", f"{ACCOUNT}allocation: {{mode: one, resources: {{partition: gpu, qos: dev}}}}\n"
+                   "service:\n  name: redis\n")
+    result = orchc("compile", recipe, "-o", tmp_path / "out", cwd=tmp_path)
+    assert result.code == 0, result.err
+    lines = (tmp_path / "out" / "r" / "allocation.sbatch").read_text().splitlines()
+    assert lines[lines.index("#SBATCH --qos=dev") + 1] == "#SBATCH --reservation=gpudev", lines[:12]
