@@ -92,3 +92,22 @@ def test_submit_says_what_the_run_reserves_after_submitting(fake, orchc, write, 
     assert lines[-2] == "the run reserves at most 2.25 node-hours on meluxina (whole nodes are billed: 2 SLURM job(s), " \
         "each its nodes x its time limit)"
     assert lines[0].startswith("submitted service vllm: SLURM job ")
+
+
+MIXED = ("site: mixed\nruntime: native\npartitions: [standard-g, small-g]\nbilling: whole_node\n"
+         "nodes:\n  standard-g: {cores: 56, gpus: 8}\n  small-g: {cores: 56, gpus: 8, billing: shared}\n")
+
+
+def test_a_partition_billed_by_its_share_is_not_warned_about_nor_counted(orchc, write):
+    """LUMI-G: standard-g allocates whole nodes, small-g bills the GCDs a job asks for (a partition's own billing)."""
+    site = write("mixed.yaml", MIXED)
+    whole = vllm(site=str(site)).replace("account: p200981\n", "").replace("partition: gpu", "partition: standard-g") \
+        .replace("partition: cpu", "partition: small-g")
+    result = orchc("validate", write("r.yaml", whole))
+    assert result.code == 0, result.err
+    assert "asks for 1 of the 8 GPUs of a standard-g node on mixed" in result.err
+    assert "reserves at most 1.50 node-hours on mixed (whole nodes are billed: 1 SLURM job(s)" in result.out, result.out
+    shared = whole.replace("partition: standard-g", "partition: small-g")
+    result = orchc("validate", write("r.yaml", shared))
+    assert result.code == 0 and "warning" not in result.err, result.err
+    assert "node-hours" not in result.out, result.out

@@ -4,6 +4,7 @@ containers, with a per-run data directory for stateful services."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -112,7 +113,7 @@ def test_meluxina_partitions(orchc, write, tmp_path, partition):
     assert orchc("validate", recipe, cwd=tmp_path).code == 0
 
 
-@pytest.mark.parametrize("qos", ["default", "short", "dev", "test", "urgent"])
+@pytest.mark.parametrize("qos", ["default", "short", "long", "dev", "test", "urgent"])
 def test_meluxina_qos_names_are_accepted(orchc, write, tmp_path, qos):
     recipe = write("r.yaml", f"{ACCOUNT}resources: {{qos: {qos}}}\nservice:\n  name: redis\n")
     assert orchc("validate", recipe, cwd=tmp_path).code == 0
@@ -127,15 +128,43 @@ def test_an_unknown_qos_is_refused_where_it_is_written(orchc, write, tmp_path):
         result.err
 
 
+@pytest.mark.parametrize(("partition", "qos", "reservation"), [("gpu", "dev", "gpudev"), ("cpu", "dev", "cpudev"),
+                                                                ("gpu", "default", None), ("fpga", "dev", None)])
+def test_meluxina_dev_names_its_reservation_per_partition(orchc, write, tmp_path, partition, qos, reservation):
+    text = _script(orchc, write, tmp_path, f"{ACCOUNT}resources: {{partition: {partition}, qos: {qos}}}\n"
+                   "service:\n  name: redis\n", "redis")
+    lines = [line for line in text.splitlines() if line.startswith("#SBATCH ")]
+    after_qos = lines[lines.index(f"#SBATCH --qos={qos}") + 1]
+    assert (after_qos == f"#SBATCH --reservation={reservation}") if reservation else "--reservation" not in text, lines
+
+
+def test_a_reservation_the_recipe_names_itself_is_not_added_twice(orchc, write, tmp_path):
+    text = _script(orchc, write, tmp_path, f"{ACCOUNT}resources: {{partition: gpu, qos: dev, extra: [--reservation=mine]}}\n"
+                   "service:\n  name: redis\n", "redis")
+    assert [line for line in text.splitlines() if "--reservation" in line] == ["#SBATCH --reservation=mine"]
+
+
+def test_a_qos_entry_of_a_site_is_checked_by_the_schema(orchc, write, tmp_path):
+    write("site.yaml", "site: odd\nruntime: native\nqos:\n  - normal\n  - {name: dev, reservation: gpudev}\n")
+    recipe = write("r.yaml", "site: site.yaml\nservice:\n  name: redis\n")
+    result = orchc("validate", recipe, cwd=tmp_path)
+    assert result.code == 1 and "Traceback" not in result.err, result.err
+    (file, line, _col, _message), = _errors(result.err)
+    assert (file, line) == ("site.yaml", 5), result.err
+
+
 # storage
 
-def test_meluxina_keeps_images_caches_and_data_on_project_scratch(orchc, write, tmp_path):
+def test_meluxina_keeps_images_and_models_on_project_storage_caches_and_data_on_scratch(orchc, write, tmp_path):
+    """Tier1 scratch is fast but small and temporary (issue 20): what runs share and reuse lives in project storage."""
     text = _script(orchc, write, tmp_path, ACCOUNT + "service:\n  name: db\n  type: mysql\n", "db")
     scratch = '/project/scratch/"${SLURM_JOB_ACCOUNT}"/"${USER}"/orchc/'
+    home = '/project/home/"${SLURM_JOB_ACCOUNT}"/"${USER}"/orchc/'
     assert f"\nexport APPTAINER_CACHEDIR={scratch}apptainer/cache\n" in text
     assert f"\nexport APPTAINER_TMPDIR={scratch}apptainer/tmp\n" in text
     assert f'\nORCHC_DATA={scratch}runs/"${{ORCHC_RUN}}"/"$ORCHC_JOB"\n' in text
-    assert f"\norchc_image {scratch}images/mysql.sif " in text
+    assert f"\norchc_image {home}images/mysql.sif " in text
+    assert f"\nORCHC_MODELS={home}models\n" in text
     assert ".orchc/mysql" not in text and '"$HOME"/containers' not in text
     # the job's data folder, per run, is where mysql keeps its data; it is bound into the container
     assert re.search(r'^orchc_v\d+="\$ORCHC_DATA"/mysql$', text, re.M), text
@@ -197,3 +226,137 @@ def test_every_example_carries_an_account_and_compiles_for_meluxina(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "#SBATCH --account=p200981" in (tmp_path / "ollama" / "ollama.sbatch").read_text()
+
+
+# singularity: the apptainer CLI under its older name (LUMI, Leonardo), and AMD GPUs
+
+SINGULARITY_PROBE = """\
+type: gpu_probe
+extends: service
+fields:
+  ports: {default: [9]}
+container:
+  image: probe
+  source: docker://example.org/probe:1.0
+  gpu: true
+  env: {WHERE: "$ORCHC_DATA"}
+  command: "true"
+phases:
+  health_check: []
+"""
+
+
+def test_a_singularity_site_builds_and_runs_its_images_with_singularity(orchc, write, tmp_path):
+    from test_images import FAKE_APPTAINER
+
+    write("defs/probe.yaml", SINGULARITY_PROBE)
+    write("site.yaml", f"site: amdsite\nruntime: singularity\ngpu_vendor: amd\nimage_dir: {tmp_path}/containers\n"
+                       f"storage: {{apptainer_cache: {tmp_path}/cache}}\n"
+                       "defaults:\n  resources: {nodes: 1, ntasks: 1, time: '00:10:00'}\n")
+    recipe = write("r.yaml", "service:\n  name: one\n  type: gpu_probe\n")
+    result = orchc("compile", str(recipe), "--defs", "defs", "--site", "site.yaml", "-o", "out", cwd=tmp_path)
+    assert result.code == 0, result.err
+    run = tmp_path / "out" / "r"
+    text = (run / "one.sbatch").read_text()
+    assert "\ncommand -v singularity >/dev/null || orchc_fail \"singularity not found after loading" in text
+    assert f"\nexport SINGULARITY_CACHEDIR={tmp_path}/cache\n" in text and "\nORCHC_CONTAINER_CLI=singularity\n" in text
+    assert "SINGULARITYENV_WHERE=\"$ORCHC_DATA\" setsid singularity exec --rocm " in text, text
+    assert "apptainer exec" not in text and "APPTAINER" not in text and "command -v apptainer" not in text
+    # the job, with a stand-in `singularity` (tests/test_images.py's fake apptainer under this name) and no apptainer
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "singularity").write_text(FAKE_APPTAINER)
+    (bin_dir / "singularity").chmod(0o755)
+    env = {**os.environ, "ORCHC_RUN_DIR": str(run), "HOME": str(run), "PATH": f"{bin_dir}:/usr/bin:/bin",
+           "FAKE_APPTAINER_LOG": str(run / "singularity.log")}
+    done = subprocess.run(["bash", "one.sbatch"], cwd=run, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    log = (run / "singularity.log").read_text().splitlines()
+    assert log[0] == f"build docker://example.org/probe:1.0 {tmp_path}/containers/probe.sif.tmp." + log[0].rsplit(".tmp.", 1)[1]
+    assert f"exec {tmp_path}/containers/probe.sif" in log
+
+
+# the EuroHPC profiles (README, Sites: each one's sources)
+
+EUROHPC = ["lumi-g", "leonardo-booster", "karolina", "vega", "juwels-booster"]
+
+
+@pytest.mark.parametrize("site", EUROHPC)
+def test_each_eurohpc_profile_compiles_a_service_with_its_defaults(orchc, write, tmp_path, site):
+    text = _script(orchc, write, tmp_path, ACCOUNT + "service:\n  name: redis\n", "redis", "--site", site)
+    assert text.startswith("#!/bin/bash -l\n")
+    assert "\n#SBATCH --partition=" in text and "\n#SBATCH --account=p200981\n" in text
+
+
+@pytest.mark.parametrize("site", ["lumi-g", "leonardo-booster", "karolina", "juwels-booster"])
+def test_eurohpc_profiles_that_need_an_account_say_so(orchc, write, tmp_path, site):
+    result = orchc("validate", write("r.yaml", "service:\n  name: redis\n"), "--site", site, cwd=tmp_path)
+    assert result.code == 1 and "account" in result.err, result.err
+
+
+def test_lumi_g_warns_about_one_gcd_of_a_whole_standard_g_node_but_not_of_small_g(orchc, write, tmp_path):
+    recipe = ACCOUNT + "service:\n  name: redis\n  resources: {partition: standard-g, gres: 'gpu:1'}\n"
+    result = orchc("validate", write("r.yaml", recipe), "--site", "lumi-g", cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert "asks for 1 of the 8 GPUs of a standard-g node on lumi-g, which bills the whole node: 7 GPU(s)" in result.err
+    result = orchc("validate", write("r.yaml", recipe.replace("standard-g", "small-g")), "--site", "lumi-g", cwd=tmp_path)
+    assert result.code == 0 and "warning" not in result.err, result.err
+
+
+def test_lumi_g_runs_gpu_containers_with_singularity_and_rocm(orchc, write, tmp_path):
+    write("defs/probe.yaml", SINGULARITY_PROBE)
+    recipe = write("r.yaml", ACCOUNT + "service:\n  name: one\n  type: gpu_probe\n")
+    result = orchc("compile", str(recipe), "--defs", "defs", "--site", "lumi-g", "-o", "out", cwd=tmp_path)
+    assert result.code == 0, result.err
+    text = (tmp_path / "out" / "r" / "one.sbatch").read_text()
+    assert "\nmodule load LUMI/24.03\nmodule load partition/G\n" in text
+    assert " singularity exec --rocm " in text and "--nv" not in text
+    assert "\nexport SINGULARITY_CACHEDIR=/scratch/\"${SLURM_JOB_ACCOUNT}\"/\"${USER}\"/orchc/singularity/cache\n" in text, text
+
+
+# per-user job limits of a site (limits: max_submit, max_running)
+
+LIMITED = ("site: limited\nruntime: native\nlimits: {max_submit: 4, max_running: 2}\n"
+           "defaults:\n  resources: {nodes: 1, ntasks: 1, time: '00:10:00'}\n")
+SWEEP = ("service:\n  name: redis\nclient:\n  name: bench\n  type: redis_client\n  target: redis\n"
+         "sweep:\n  matrix:\n    bench.clients: [1, 2, 4]\n  repeat: 2\n")
+
+
+def test_a_sweep_with_more_jobs_than_the_site_lets_a_user_submit_is_refused_with_advice(orchc, write, tmp_path):
+    write("limited.yaml", LIMITED)
+    result = orchc("validate", write("r.yaml", SWEEP), "--site", "limited.yaml", cwd=tmp_path)
+    assert result.code == 1 and "Traceback" not in result.err, result.err
+    (file, line, col, message), = _errors(result.err)
+    assert (file, line, col) == ("r.yaml", 7, 1), result.err
+    assert message == ("recipe 'r' submits 7 SLURM jobs, more than the 4 site 'limited' lets a user submit "
+                       "(limits.max_submit in limited.yaml): sbatch would refuse the rest; run it as one allocation "
+                       "(allocation: one), or with fewer points or repeats"), message
+
+
+def test_one_allocation_is_one_job_within_the_limit_and_more_jobs_than_may_run_is_said(orchc, write, tmp_path):
+    write("limited.yaml", LIMITED)
+    result = orchc("validate", write("r.yaml", SWEEP + "allocation: one\n"), "--site", "limited.yaml", cwd=tmp_path)
+    assert result.code == 0, result.err
+    result = orchc("validate", write("r.yaml", SWEEP.replace("[1, 2, 4]", "[1]")), "--site", "limited.yaml", cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert "3 SLURM jobs, at most 2 of them running at once on limited (limits.max_running)" in result.out, result.out
+
+
+def test_a_reservation_for_a_partition_the_site_does_not_have_is_a_located_error(orchc, write, tmp_path):
+    write("site.yaml", "site: odd\nruntime: native\npartitions: [cpu, gpu]\nqos:\n  - normal\n"
+                       "  - {name: dev, reservations: {gpus: gpudev}}\n")
+    recipe = write("r.yaml", "site: site.yaml\nservice:\n  name: redis\n")
+    result = orchc("validate", recipe, cwd=tmp_path)
+    assert result.code == 1 and "Traceback" not in result.err, result.err
+    (file, line, col, message), = _errors(result.err)
+    assert (file, line, col) == ("site.yaml", 6, 32), result.err
+    assert message == "qos dev: reservations: 'gpus' is not one of the site's partitions (cpu, gpu); did you mean 'gpu'?", message
+
+
+def test_one_allocation_of_qos_dev_on_gpu_names_its_reservation_too(orchc, write, tmp_path):
+    recipe = write("r.yaml", f"{ACCOUNT}allocation: {{mode: one, resources: {{partition: gpu, qos: dev}}}}\n"
+                   "service:\n  name: redis\n")
+    result = orchc("compile", recipe, "-o", tmp_path / "out", cwd=tmp_path)
+    assert result.code == 0, result.err
+    lines = (tmp_path / "out" / "r" / "allocation.sbatch").read_text().splitlines()
+    assert lines[lines.index("#SBATCH --qos=dev") + 1] == "#SBATCH --reservation=gpudev", lines[:12]

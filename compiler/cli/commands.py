@@ -110,6 +110,25 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     disconnect.add_argument("site", nargs="?", metavar="SITE", help="a site name or profile file")
     disconnect.set_defaults(run=cmd_disconnect)
 
+    clean = commands.add_parser("clean", help="remove a run's service data from the site's storage (shown first; --yes removes)")
+    clean.add_argument("run_ref", metavar="RUN", help="a run folder, or the name of one under runs/")
+    clean.add_argument("--yes", action="store_true", help="remove what would be removed (default: only show it)")
+    clean.set_defaults(run=_clean)
+
+    site = commands.add_parser("site", help="site profiles: `orchc site check [SITE]` checks one against its machine")
+    site_commands = site.add_subparsers(dest="site_command", metavar="SUBCOMMAND", required=True)
+    check = site_commands.add_parser("check", help="on a login node (here, or over the site's ssh: target), compare the "
+                                                   "profile with the machine: partitions, node shapes, QoS, reservations, "
+                                                   "modules, container runtime, storage; exit 1 when something differs")
+    check.add_argument("site", nargs="?", default=None, metavar="SITE", help="a site name or profile file (default: meluxina)")
+    check.add_argument("--account", metavar="ACCOUNT", help="the account whose storage places to check (${SLURM_JOB_ACCOUNT})")
+    check.add_argument("--gpu-job", action="store_true",
+                       help="also submit a short job on each GPU partition of `nodes:` (costs a job): the GPUs and driver it sees")
+    check_where = check.add_mutually_exclusive_group()
+    check_where.add_argument("--remote", action="store_true", help="check over SSH (the default when the site has an ssh: target)")
+    check_where.add_argument("--local", action="store_true", help="check this machine even when the site has an ssh: target")
+    check.set_defaults(run=_site_check)
+
 
 # Each command's module is imported only when it runs, so that every other command starts fast.
 def _results(args: argparse.Namespace) -> int:
@@ -134,6 +153,18 @@ def _logs(args: argparse.Namespace) -> int:
     from ..run.logs import cmd_logs
 
     return cmd_logs(args)
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from ..run.clean import cmd_clean
+
+    return cmd_clean(args)
+
+
+def _site_check(args: argparse.Namespace) -> int:
+    from ..run.sitecheck import cmd_site_check
+
+    return cmd_site_check(args)
 
 
 def _compare(args: argparse.Namespace) -> int:

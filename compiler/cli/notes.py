@@ -10,9 +10,11 @@ from ..recipe.resolve import Recipe
 
 
 def cost_notes(recipe: Recipe, stream: TextIO | None = None) -> str | None:
-    """Print the idle-GPU warnings of `recipe` (stderr); return its node-hour line, None on a shared site."""
-    from ..script.economics import cost_line, idle_gpu_warnings
+    """Print the idle-GPU warnings of `recipe` (stderr); return its node-hour line (on whole nodes) and what the
+    site's limit of running jobs means for it, None when there is neither."""
+    from ..script.economics import cost_line, idle_gpu_warnings, running_limit_line
 
     for loc, message in idle_gpu_warnings(recipe):
         print_warning(loc, message, stream or sys.stderr, recipe.session.sources)
-    return cost_line(recipe)
+    notes = [note for note in (cost_line(recipe), running_limit_line(recipe)) if note]
+    return "; ".join(notes) or None

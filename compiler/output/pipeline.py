@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..core.errors import Collector, OrchcError
 from ..core.session import CompileSession
-from ..core.source import SourceLoc
+from ..core.source import Node, SourceLoc
 from ..recipe.checks import check_recipe
 from ..recipe.resolve import Recipe, Setting, load_recipe, resolve_recipe
 from ..recipe.typedefs import Registry
@@ -75,6 +75,7 @@ def _resolved(path: Path, registry: Registry, session: CompileSession, options: 
     if sweep is None:
         recipe = resolve_recipe(path, registry, options.site, settings, problems, doc, session)
         check_recipe(recipe, problems)
+        _check_job_limit(recipe, doc, problems)
         return recipe
 
     def resolve_point(point: Sequence[Setting], found: Collector) -> Recipe:
@@ -89,7 +90,27 @@ def _resolved(path: Path, registry: Registry, session: CompileSession, options: 
             secrets.append(_secret_fields(registry))
         return secret_key(key, secrets[0])
 
-    return resolve_sweep(sweep, resolve_point, check_recipe, problems, secret)
+    swept = resolve_sweep(sweep, resolve_point, check_recipe, problems, secret)
+    if swept is not None:
+        _check_job_limit(swept, doc, problems)
+    return swept
+
+
+def _check_job_limit(recipe: Recipe, doc: Node, problems: Collector) -> None:
+    """A recipe that submits more SLURM jobs than the site lets a user submit is refused (located at its `sweep:`,
+    else at its 1:1): sbatch would refuse the rest half-way through submit.sh."""
+    limit = recipe.site.limits.get("max_submit")
+    if limit is None:
+        return
+    from ..script.economics import reservations
+
+    jobs = len(reservations(recipe))
+    if jobs > limit:
+        sweep = doc.get("sweep")
+        at = (sweep.key_loc or sweep.loc) if sweep is not None else SourceLoc(recipe.file)
+        problems.add(at, f"recipe '{recipe.name}' submits {jobs} SLURM jobs, more than the {limit} site "
+                     f"'{recipe.site.name}' lets a user submit (limits.max_submit in {recipe.site.file}): sbatch "
+                     "would refuse the rest; run it as one allocation (allocation: one), or with fewer points or repeats")
 
 
 def _secret_fields(registry: Registry) -> frozenset[str]:

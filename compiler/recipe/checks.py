@@ -215,7 +215,7 @@ def _check_containers(job: ResolvedJob, origins: Origins, runtime: str, what: st
         for container in [*sidecars, *([job.container] if job.container else [])]:
             if not container.command:
                 problems.add(origins.loc(container.path), f"{what}: the container has no `command` to start")
-    if runtime == "apptainer":
+    if runtime != "native":
         started: list[Container] = [*([job.container] if job.container else []), *sidecars]
         for container in started:
             if container.image and not container.source:

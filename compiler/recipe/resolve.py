@@ -67,6 +67,23 @@ class Site:
     """whole_node (a job pays for its whole nodes while it runs) or shared"""
     nodes: Mapping[str, Mapping[str, Any]] = field(default_factory=FrozenDict)
     """partition -> what one of its nodes holds: cores, gpus, memory"""
+    limits: Mapping[str, int] = field(default_factory=FrozenDict)
+    """max_submit, max_running: the site's per-user job limits"""
+    gpu_vendor: str = "nvidia"
+    """nvidia or amd: a GPU container gets --nv or --rocm"""
+    reservations: Mapping[str, Mapping[str, str]] = field(default_factory=FrozenDict)
+    """QoS -> partition -> the reservation a job of that QoS on that partition names (MeluXina: dev on gpu, gpudev)"""
+
+    @property
+    def containers(self) -> bool:
+        """Whether jobs run their containers' images (apptainer or singularity: the same CLI, `runtime` names it)."""
+        return self.runtime != "native"
+
+    def reservation_for(self, resources: Mapping[str, Any]) -> str | None:
+        """The reservation the site adds for a job's QoS and partition; None when none applies or the job names one."""
+        if any(str(option).startswith("--reservation") for option in resources.get("extra") or ()):
+            return None
+        return self.reservations.get(str(resources.get("qos")), {}).get(str(resources.get("partition")))
 
     def with_storage(self, storage: Mapping[str, str]) -> Site:
         """The site as one recipe sees it: its `storage:` over the site's, key by key."""
@@ -300,21 +317,33 @@ def _load_site_file(path: Path) -> Site:
         defaults=defaults,
         shell=data.get("shell", "/bin/bash"),
         module_purge=data.get("module_purge", "module purge"),
-        qos=tuple(data.get("qos", ())),
+        qos=tuple(entry if isinstance(entry, str) else entry["name"] for entry in data.get("qos", ())),
         requires=tuple(data.get("requires", ())),
         storage=FrozenDict(storage),
         billing=data.get("billing", "shared"),
+        gpu_vendor=data.get("gpu_vendor", "nvidia"),
+        limits=FrozenDict(data.get("limits", {})),
         nodes=FrozenDict({name: FrozenDict(shape) for name, shape in data.get("nodes", {}).items()}),
+        reservations=FrozenDict({entry["name"]: FrozenDict(entry["reservations"]) for entry in data.get("qos", ())
+                                 if isinstance(entry, dict) and entry.get("reservations")}),
     )
 
 
 def _check_node_partitions(doc: Node, problems: Collector) -> None:
-    """Each partition under `nodes:` is one the site lists (a typo would silently shape no node)."""
+    """Each partition under `nodes:`, and each a QoS entry names a reservation for, is one the site lists (a typo
+    would silently shape no node, or add no reservation)."""
     nodes, listed = doc.get("nodes"), doc.plain().get("partitions", [])
     for name, child in (nodes.value.items() if nodes is not None and isinstance(nodes.value, dict) else ()):
         if name not in listed:
             problems.add(child.key_loc or child.loc, f"nodes: '{name}' is not one of the site's partitions "
                          f"({', '.join(listed) or 'none listed'}){did_you_mean(name, listed)}")
+    qos = doc.get("qos")
+    for entry in (qos.value if qos is not None and isinstance(qos.value, list) else ()):
+        reservations = entry.get("reservations") if isinstance(entry.value, dict) else None
+        for name, child in (reservations.value.items() if reservations is not None else ()):
+            if listed and name not in listed:
+                problems.add(child.key_loc or child.loc, f"qos {entry.plain()['name']}: reservations: '{name}' is not one "
+                             f"of the site's partitions ({', '.join(listed)}){did_you_mean(name, listed)}")
     problems.raise_if_any()
 
 

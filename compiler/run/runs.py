@@ -444,6 +444,16 @@ def rerun(source: Path, run_dir: Path, scheduler: Scheduler, command: tuple[str,
           remote: Connection | None = None, say: Callable[[str], None] | None = None) -> Run:
     """Submit the jobs a run compiled again, byte for byte, as a new run, once every file verifies against the
     HMAC run.json recorded at submit with this user's key (`vouched`); `say` is told what was checked."""
+    old, files, checked = vouched_files(source)
+    if say is not None:
+        say(checked)
+    template = Run("", "", "", "", "", None, (), command=command, rerun_of=str(source.resolve()))
+    return submit_files(files, old.site, run_dir, scheduler, template, remote)
+
+
+def vouched_files(source: Path) -> tuple[Run, dict[str, str], str]:
+    """The run of `source`, every file its submit wrote, and what was checked: each file verifies against its
+    manifest and against the HMAC run.json recorded at submit with this user's key; else a ClusterError."""
     old = parse_run(read_in_run(source, RUN_FILE, _RUN_LIMIT), str(source / RUN_FILE))
     text = read_manifest_text(source)
     if text is None:
@@ -464,11 +474,7 @@ def rerun(source: Path, run_dir: Path, scheduler: Scheduler, command: tuple[str,
         files[RESOLVED_FILE] = read_in_run(source, RESOLVED_FILE, _RUN_LIMIT * 64)
     except FileNotFoundError:
         pass
-    checked = vouched(source, old, files)
-    if say is not None:
-        say(checked)
-    template = Run("", "", "", "", "", None, (), command=command, rerun_of=str(source.resolve()))
-    return submit_files(files, old.site, run_dir, scheduler, template, remote)
+    return old, files, vouched(source, old, files)
 
 
 def submit_files(files: dict[str, str], site: str, run_dir: Path, scheduler: Scheduler, template: Run,

@@ -208,7 +208,8 @@ def allocation_name(recipe: Recipe) -> str:
 
 def render_allocation(recipe: Recipe, node: Node, allocation: Allocation, script: str) -> str:
     """The text of the allocation script, named `script` in the output folder."""
-    lines = directives(recipe.name, allocation_name(recipe), allocation.resources)
+    lines = directives(recipe.name, allocation_name(recipe), allocation.resources,
+                       recipe.site.reservation_for(allocation.resources))
     for line in [*lines, recipe.site.shell]:
         if _CONTROL.search(line):
             raise OrchcError.at(node.loc, f"a value with a control character would reach {script}: {line[:60]!r}")

@@ -24,10 +24,15 @@ RESOURCE_DIRECTIVES: tuple[tuple[str, str], ...] = (
 """resources key -> sbatch option, in the order they appear in a script (README's table)."""
 
 
-def directives(job_name: str, job_id: str, resources: Mapping[str, Any]) -> list[str]:
-    """The option part of each `#SBATCH` line."""
+def directives(job_name: str, job_id: str, resources: Mapping[str, Any], reservation: str | None = None) -> list[str]:
+    """The option part of each `#SBATCH` line; `reservation`: the one the site adds for the job's QoS and partition
+    (right after --qos)."""
     lines = [f"--job-name={job_name}_{job_id}"]
-    lines += [f"{option}={resources[key]}" for key, option in RESOURCE_DIRECTIVES if resources.get(key) is not None]
+    for key, option in RESOURCE_DIRECTIVES:
+        if resources.get(key) is not None:
+            lines.append(f"{option}={resources[key]}")
+        if key == "qos" and reservation is not None:
+            lines.append(f"--reservation={reservation}")
     lines += ["--output=slurm-%j.out", "--error=slurm-%j.err"]
     lines += list(resources.get("extra", ()))
     return lines

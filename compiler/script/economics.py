@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.source import SourceLoc
-from ..recipe.resolve import Recipe, ResolvedJob
+from ..recipe.resolve import Recipe, ResolvedJob, Site
 from .allocation import allocation_node, plan_allocation, seconds
 from .directives import gpus_of
 
@@ -48,11 +48,18 @@ def reservations(recipe: Recipe) -> list[Reservation]:
 
 
 
+def billing_of(site: Site, partition: str) -> str:
+    """How `partition` bills: its own `billing` under `nodes:`, else the site's."""
+    shape = site.nodes.get(partition)
+    return str(shape.get("billing", site.billing)) if shape is not None else site.billing
+
+
 def cost_line(recipe: Recipe) -> str | None:
-    """One line on what the recipe reserves, on a whole-node site; None elsewhere (a shared node bills a share)."""
-    if recipe.site.billing != WHOLE_NODE:
+    """One line on what the recipe reserves on whole-node partitions; None when it reserves none (a shared node
+    bills a share)."""
+    jobs = [job for job in reservations(recipe) if billing_of(recipe.site, job.partition) == WHOLE_NODE]
+    if not jobs:
         return None
-    jobs = reservations(recipe)
     unlimited = [job.job for job in jobs if job.seconds == 0]
     hours = sum(job.node_hours for job in jobs)
     text = (f"reserves at most {hours:,.2f} node-hours on {recipe.site.name} (whole nodes are billed: "
@@ -62,16 +69,28 @@ def cost_line(recipe: Recipe) -> str | None:
     return text
 
 
+def running_limit_line(recipe: Recipe) -> str | None:
+    """What the site's limits.max_running means for the recipe: None when all its jobs may run at once."""
+    limit = recipe.site.limits.get("max_running")
+    jobs = len(reservations(recipe))
+    if limit is None or jobs <= limit:
+        return None
+    return (f"{jobs} SLURM jobs, at most {limit} of them running at once on {recipe.site.name} (limits.max_running): "
+            "the others wait in the queue")
+
+
 def idle_gpu_warnings(recipe: Recipe) -> list[tuple[SourceLoc, str]]:
     """(where, why) for each job that asks for under IDLE_SHARE of its node's GPUs on a whole-node site."""
     site = recipe.site
-    if site.billing != WHOLE_NODE or allocation_node(recipe) is not None:
+    if allocation_node(recipe) is not None:
         return []
     warnings = []
     for job in recipe.jobs:
-        shape = site.nodes.get(str(job.resources.get("partition") or ""))
+        partition = str(job.resources.get("partition") or "")
+        shape = site.nodes.get(partition)
         wanted = gpus_of(str(job.resources.get("gres") or ""))
-        if shape is None or not wanted or not shape.get("gpus") or wanted >= IDLE_SHARE * shape["gpus"]:
+        if shape is None or billing_of(site, partition) != WHOLE_NODE or not wanted or not shape.get("gpus") \
+                or wanted >= IDLE_SHARE * shape["gpus"]:
             continue
         warnings.append((_gres_loc(recipe, job), _idle_message(job, wanted, shape["gpus"], site.name)))
     return warnings

@@ -56,7 +56,7 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
     values = ShellValues()
     context = _context(job, recipe, origins)
     parts: dict[str, Any] = {
-        "directives": directives(job.name, job.job_id, job.resources),
+        "directives": directives(job.name, job.job_id, job.resources, recipe.site.reservation_for(job.resources)),
         "shell": recipe.site.shell,
         "module_purge": recipe.site.module_purge,
         "modules": recipe.site.modules,
@@ -140,7 +140,8 @@ def _context(job: ResolvedJob, recipe: Recipe, origins: Origins) -> dict[str, An
 
 _JOB_STORAGE = {"data": "$ORCHC_DATA", "models": "$ORCHC_MODELS"}
 """What the job's storage block sets (see _storage_lines): templates read these, `| path` expands them."""
-_APPTAINER_STORAGE = (("apptainer_cache", "APPTAINER_CACHEDIR"), ("apptainer_tmp", "APPTAINER_TMPDIR"))
+_APPTAINER_STORAGE = (("apptainer_cache", "CACHEDIR"), ("apptainer_tmp", "TMPDIR"))
+"""storage key -> the variable's name after APPTAINER_ (or SINGULARITY_, which singularity reads)"""
 
 
 def _storage_context(recipe: Recipe) -> dict[str, str]:
@@ -159,15 +160,22 @@ def _storage_lines(recipe: Recipe) -> list[str]:
     return list(recipe.session.once("storage", key, lambda: _storage_block(*key)))
 
 
+RUN_NAME_LINE = 'ORCHC_RUN="${ORCHC_RUN_DIR##*/}-$(printf \'%s\' "$ORCHC_RUN_DIR" | cksum | cut -d \' \' -f 1)"'
+"""the job's line that names its run on the site's storage (orchc clean finds a run's data folders with it)"""
+
+
 def _storage_block(runtime: str, site_name: str, places: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
     storage = dict(places)
-    lines = ['ORCHC_RUN="${ORCHC_RUN_DIR##*/}-$(printf \'%s\' "$ORCHC_RUN_DIR" | cksum | cut -d \' \' -f 1)"',
+    lines = [RUN_NAME_LINE,
              f'ORCHC_DATA={shell_word(storage["data"])}/"$ORCHC_JOB"',
              f"ORCHC_MODELS={shell_word(storage['models'])}",
              "export ORCHC_RUN ORCHC_DATA ORCHC_MODELS"]
     folders = ['"$ORCHC_DATA"', '"$ORCHC_MODELS"']
-    if runtime == "apptainer":
-        for key, variable in _APPTAINER_STORAGE:
+    if runtime != "native":
+        if runtime != "apptainer":   # the runtime's orchc_image builds with it
+            lines.append(f"ORCHC_CONTAINER_CLI={runtime}")
+        for key, suffix in _APPTAINER_STORAGE:
+            variable = f"{runtime.upper()}_{suffix}"
             if storage.get(key):
                 lines.append(f"export {variable}={shell_word(storage[key])}")
                 folders.append(f'"${variable}"')
@@ -198,7 +206,7 @@ def _image_path(image: str, recipe: Recipe) -> str:
 
 
 def _image_lines(job: ResolvedJob, recipe: Recipe) -> list[str]:
-    if recipe.site.runtime != "apptainer":
+    if not recipe.site.containers:
         return []
     started = [*([job.container] if job.container else []), *(sidecar.container for sidecar in job.active_sidecars())]
     lines = [f"orchc_image {_image_path(c.image, recipe)} {shlex.quote(c.source or '')}" for c in started if c.image]
@@ -210,14 +218,15 @@ def _exec_parts(container: Container, recipe: Recipe, origins: Origins,
     """(environment assignments, command words) that run a program in `container`."""
     path = container.path
     env = [(k, shell_word(render_text(origins.template((*path, "env", k)), context, recipe.session)[0])) for k in sorted(container.env)]
-    if recipe.site.runtime != "apptainer" or not container.image:
+    if not recipe.site.containers or not container.image:
         return [f"{k}={v}" for k, v in env], []
     # Values that expand variables (secrets among them) travel in apptainer's environment,
     # not on its command line, where `ps` would show them to everyone on the node.
-    assignments = [f"APPTAINERENV_{k}={v}" for k, v in env if "$" in v]
-    words = ["apptainer", "exec"]
+    runtime = recipe.site.runtime
+    assignments = [f"{runtime.upper()}ENV_{k}={v}" for k, v in env if "$" in v]
+    words = [runtime, "exec"]
     if container.gpu:
-        words.append("--nv")
+        words.append("--rocm" if recipe.site.gpu_vendor == "amd" else "--nv")
     given = [shell_word(render_text(origins.template((*path, "binds", index)), context, recipe.session)[0])
              for index, _ in enumerate(container.binds)]
     for bind in [*_automatic_binds(container, context, given), *given]:

@@ -750,7 +750,7 @@ orchc_image() {
             rm -f "$sif".tmp.*
             tmp=$sif.tmp.$(hostname -s 2>/dev/null || echo host).$$
             orchc_log "building $sif from $source"
-            if ! apptainer build "$tmp" "$source"; then
+            if ! "${ORCHC_CONTAINER_CLI:-apptainer}" build "$tmp" "$source"; then
                 rm -f "$tmp"
                 orchc_fail "cannot build $sif from $source"
             fi
