@@ -353,3 +353,48 @@ def test_a_gpu_job_on_a_node_without_nvidia_smi_logs_it_and_goes_on(tmp_path):
         assert done.returncode == 0, done.stderr
         assert re.search(r"\] no nvidia-smi on \S+: GPU sampling skipped\n", done.stderr), done.stderr
         assert not (run / "results" / job / "gpu.csv").exists()
+
+
+# --- every service and sidecar registers (issue 20, item 4) -------------------------------------------------------
+
+@pytest.mark.parametrize("service, published", [
+    ("vllm", "vllm=8000 cadvisor=8080 node_exporter=9100"),
+    ("ollama", "cadvisor=8080 node_exporter=9100"),
+    ("chroma", "cadvisor=8080 node_exporter=9100"),
+    ("memcached_like", "memcached_like=9150 cadvisor=8080 node_exporter=9100"),
+])
+def test_every_service_publishes_its_metrics_sources_without_a_line_in_its_type(tmp_path, service, published):
+    """The shared machinery publishes what a type declares (metrics_ports, exporter sidecars, node_exporter,
+    cAdvisor): vllm, ollama and chroma never wrote the line, and a user type gets it without writing it."""
+    defs = tmp_path / "defs"
+    defs.mkdir()
+    (defs / "memcached_like.yaml").write_text(
+        "type: memcached_like\nextends: service\nfields:\n  ports: {default: [11211]}\n  metrics_ports: {default: [9150]}\n"
+        "container:\n  command: memcached -p {{ ports[0] }}\n")
+    (tmp_path / "mon.yaml").write_text(f"site: local\nservice:\n  name: svc\n  type: {service}\n"
+                                       "  enable_node_exporter: true\n  enable_cadvisor: true\n")
+    orchc("compile", "mon.yaml", "--defs", defs, "-o", tmp_path / "build", cwd=tmp_path)
+    script = (tmp_path / "build" / "mon" / "svc.sbatch").read_text()
+    lines = [line for line in script.splitlines() if line.startswith("orchc_publish_metrics")]
+    assert lines == [f"orchc_publish_metrics mon {published}"]
+    # after the health check (the service answers), before its endpoint is published
+    assert script.find("\n# health check\n") < script.index(lines[0]) < script.index("orchc_publish_endpoint")
+
+
+def test_no_type_file_repeats_the_publishing_line():
+    for path in (Path(__file__).parent.parent / "service_defs").glob("*.yaml"):
+        assert not re.search(r"^\s*- orchc_publish_metrics", path.read_text(), re.M), path
+
+
+def test_a_sidecar_whose_metrics_port_is_not_an_integer_field_is_refused_where_it_is_declared(tmp_path):
+    defs = tmp_path / "defs"
+    defs.mkdir()
+    (defs / "thing.yaml").write_text(
+        "type: thing\nextends: service\nfields:\n  ports: {default: [1234]}\n  enable_exp: {type: boolean, default: true}\n"
+        "container:\n  command: thing\nsidecars:\n  exp:\n    when: enable_exp\n    metrics: {source: thing_exporter, port: exp_port}\n"
+        "    container:\n      command: exp\n")
+    (tmp_path / "t.yaml").write_text("site: local\nservice:\n  name: svc\n  type: thing\n")
+    failed = orchc("compile", "t.yaml", "--defs", defs, "-o", tmp_path / "build", cwd=tmp_path, check=False)
+    assert failed.returncode == 1
+    assert "defs/thing.yaml:11:45: error:" in failed.stderr and "'exp_port', which is not an integer field" in failed.stderr, failed.stderr
+    assert "Traceback" not in failed.stderr

@@ -72,8 +72,10 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
         "clients": recipe.clients_of.get(job.name, []),
         "ports": job.fields.get("ports") or [],
         "keep_running": bool(job.fields.get("keep_running")),
+        "publish_metrics": _publish_metrics_line(job, recipe),
     }
     parts["values"] = values.assignments
+    parts["publish_metrics"] = _code(parts["publish_metrics"], job, origins)
     for key in ("directives", "modules", "storage", "environment", "secrets", "images", "target", "values", "env"):
         parts[key] = _codes(parts[key], job, origins, multiline=key in ("values", "env"))
     parts["shell"], parts["module_purge"] = (_code(parts[key], job, origins) for key in ("shell", "module_purge"))
@@ -94,6 +96,23 @@ def _gpu_sampler_interval(job: ResolvedJob) -> Any:
     gpu:a100:2) and enable_gpu_sampler (base_job.yaml, default true); None for any other job."""
     wanted = gpus_of(str(job.resources.get("gres") or ""))
     return job.fields.get("gpu_sample_interval") if job.fields.get("enable_gpu_sampler") and wanted > 0 else None
+
+
+def metrics_sources(job: ResolvedJob) -> list[tuple[str, int]]:
+    """(source label, port) of each place the job serves Prometheus metrics: the service's own `metrics_ports`
+    (labelled with its type), then each switched-on sidecar that declares `metrics:` (exporters, node_exporter, cAdvisor)."""
+    own = [(job.typedef.name, int(port)) for port in job.fields.get("metrics_ports") or []] if job.role == "service" else []
+    sidecars = [(s.metrics[0], int(job.fields[s.metrics[1]])) for s in job.active_sidecars()
+                if s.metrics is not None and job.fields.get(s.metrics[1]) is not None]
+    return own + sidecars
+
+
+def _publish_metrics_line(job: ResolvedJob, recipe: Recipe) -> str:
+    """The runtime call that registers the job's metrics sources with the run's Prometheus ('' when it has none)."""
+    sources = metrics_sources(job)
+    if not sources:
+        return ""
+    return " ".join(["orchc_publish_metrics", shlex.quote(recipe.name), *(f"{source}={port}" for source, port in sources)])
 
 
 def parameters_json(job: ResolvedJob) -> str:
