@@ -26,11 +26,17 @@ HEADER = ("timestamp, index, name, uuid, utilization.gpu [%], utilization.memory
 NAME = "Stand-in GPU 40GB"
 
 
+def power(sample: int, index: int) -> str:
+    """GPU `index`'s power draw in sample `sample`, in W: ORCHC_STANDIN_POWER when set (a constant), else made up."""
+    constant = os.environ.get("ORCHC_STANDIN_POWER")
+    return f"{float(constant):.2f}" if constant else f"{50 + sample + index / 10:.2f}"
+
+
 def row(sample: int, index: int) -> list[str]:
     """The values after the timestamp of GPU `index` in sample `sample` (0, 1, ...)."""
     return [str(index), NAME, f"GPU-5a4d0000-0000-4000-8000-{index:012x}",
             str((sample * 7 + index * 3) % 101), str((sample * 5 + index) % 101),
-            str(1000 + sample * 10 + index), "40960", f"{50 + sample + index / 10:.2f}", str(30 + index)]
+            str(1000 + sample * 10 + index), "40960", power(sample, index), str(30 + index)]
 
 
 def main(argv: list[str]) -> int:
