@@ -7,7 +7,8 @@ Tests put it first on PATH as `nvidia-smi` (see `install`). Given exactly
 (FIELDS as the sampler of compiler/script/templates/runtime.sh asks), it prints the CSV header, then every
 SECONDS one row per GPU (`ORCHC_STANDIN_GPUS`, default 2) whose values follow from the sample number and
 the GPU index (`row`), flushed at once, until it is stopped. Any other command line is refused (exit 2),
-so a test fails when the sampler's flags change. Column names follow nvidia-smi's CSV header (units in
+so a test fails when the sampler's flags change. Given the GPU exporter's query (EXPORTER_FIELDS,
+`--format=csv,noheader,nounits`, no loop) it prints one row per GPU, the values of sample 0, and exits. Column names follow nvidia-smi's CSV header (units in
 brackets; `nounits` drops them from the values only); the values are made up.
 """
 
@@ -39,7 +40,22 @@ def row(sample: int, index: int) -> list[str]:
             str(1000 + sample * 10 + index), "40960", power(sample, index), str(30 + index)]
 
 
+EXPORTER_FIELDS = ("index", "uuid", "name", "utilization.gpu", "utilization.memory", "memory.used", "memory.total",
+                   "power.draw", "temperature.gpu")
+"""what service_defs/files/gpu_exporter.py asks, once per scrape, with --format=csv,noheader,nounits"""
+
+
+def exporter_row(index: int) -> list[str]:
+    """The exporter's query's answer for GPU `index`: the values of sample 0 (`row`), in its order."""
+    values = dict(zip(FIELDS[1:], row(0, index)))
+    return [values[field] for field in EXPORTER_FIELDS]
+
+
 def main(argv: list[str]) -> int:
+    if argv == [f"--query-gpu={','.join(EXPORTER_FIELDS)}", "--format=csv,noheader,nounits"]:
+        for index in range(int(os.environ.get("ORCHC_STANDIN_GPUS", "2"))):
+            print(", ".join(exporter_row(index)))
+        return 0
     expected = [f"--query-gpu={','.join(FIELDS)}", "--format=csv,nounits", "-l"]
     if argv[:3] != expected or len(argv) != 4 or not argv[3].isdigit() or int(argv[3]) < 1:
         print(f"nvidia-smi stand-in: unexpected command line {argv!r}; expected {expected + ['SECONDS']!r}",

@@ -358,8 +358,8 @@ def test_a_gpu_job_on_a_node_without_nvidia_smi_logs_it_and_goes_on(tmp_path):
 # --- every service and sidecar registers (issue 20, item 4) -------------------------------------------------------
 
 @pytest.mark.parametrize("service, published", [
-    ("vllm", "vllm=8000 cadvisor=8080 node_exporter=9100"),
-    ("ollama", "cadvisor=8080 node_exporter=9100"),
+    ("vllm", "vllm=8000 cadvisor=8080 node_exporter=9100 gpu_exporter=9835"),    # gres gpu:1 by default
+    ("ollama", "cadvisor=8080 node_exporter=9100 gpu_exporter=9835"),
     ("chroma", "cadvisor=8080 node_exporter=9100"),
     ("memcached_like", "memcached_like=9150 cadvisor=8080 node_exporter=9100"),
 ])
@@ -398,3 +398,73 @@ def test_a_sidecar_whose_metrics_port_is_not_an_integer_field_is_refused_where_i
     assert failed.returncode == 1
     assert "defs/thing.yaml:11:45: error:" in failed.stderr and "'exp_port', which is not an integer field" in failed.stderr, failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+# --- the GPU exporter (issue 20, item 4) ---------------------------------------------------------------------------
+
+GPU_SERVICE_RECIPE = "site: local\nservice:\n  name: svc\n  type: memcached_like\n  resources: {partition: gpu, gres: \"gpu:1\"}\n"
+
+
+def compile_memcached_like(tmp_path: Path, recipe: str, *options: str) -> str:
+    defs = tmp_path / "defs"
+    defs.mkdir(exist_ok=True)
+    (defs / "memcached_like.yaml").write_text(
+        "type: memcached_like\nextends: service\nfields:\n  ports: {default: [11211]}\ncontainer:\n  command: sleep 600\n")
+    (tmp_path / "gpu.yaml").write_text(recipe)
+    orchc("compile", "gpu.yaml", "--defs", defs, "-o", tmp_path / "build", *options, cwd=tmp_path)
+    return (tmp_path / "build" / "gpu" / "svc.sbatch").read_text()
+
+
+def test_a_service_with_gpus_runs_and_publishes_a_gpu_exporter(tmp_path):
+    script = compile_memcached_like(tmp_path, GPU_SERVICE_RECIPE)
+    (shipped,) = (tmp_path / "build" / "gpu").glob("orchc-file-*-gpu_exporter.py")
+    assert shipped.read_text() == (Path(__file__).parent.parent / "service_defs" / "files" / "gpu_exporter.py").read_text()
+    assert f"\norchc_shipped_file {shipped.name} " in script
+    assert '\norchc_gpu_exporter nvidia-smi 9835 "$ORCHC_RUN_DIR"/config/svc/gpu_exporter.py\n' in script
+    assert "\norchc_publish_metrics gpu gpu_exporter=9835\n" in script
+    contained = compile_memcached_like(tmp_path, GPU_SERVICE_RECIPE, "--self-contained")
+    assert "\norchc_shipped_file " not in contained and "\ndef exposition(rows):" in contained
+    dcgm = compile_memcached_like(tmp_path, GPU_SERVICE_RECIPE + "  gpu_exporter: dcgm\n  gpu_exporter_port: 9400\n")
+    assert "\norchc_gpu_exporter dcgm 9400\n" in dcgm and "\norchc_publish_metrics gpu dcgm_exporter=9400\n" in dcgm
+    assert "gpu_exporter.py" not in dcgm
+    for recipe in (GPU_SERVICE_RECIPE + "  gpu_exporter: none\n", GPU_SERVICE_RECIPE.replace('gres: "gpu:1"', 'gres: "gpu:0"')):
+        script = compile_memcached_like(tmp_path, recipe)
+        assert "orchc_gpu_exporter" not in script and "orchc_publish_metrics" not in script, recipe
+
+
+def test_the_gpu_exporter_serves_what_nvidia_smi_answers(tmp_path):
+    """service_defs/files/gpu_exporter.py against the stand-in nvidia-smi (2 GPUs, known values); without nvidia-smi
+    it still answers, with orchc_gpu_nvidia_smi_up 0."""
+    import socket as socket_module
+    import sys
+    import time
+
+    bin_dir = nvidia_smi_standin.install(tmp_path / "bin")
+    program = Path(__file__).parent.parent / "service_defs" / "files" / "gpu_exporter.py"
+    for path, gpus in ((f"{bin_dir}{os.pathsep}{without_nvidia_smi(os.environ['PATH'])}", 2), (without_nvidia_smi(os.environ["PATH"]), 0)):
+        port = free_port()
+        exporter = subprocess.Popen([sys.executable, str(program), "--port", str(port), "--address", "127.0.0.1"],
+                                    env={**os.environ, "PATH": path, "ORCHC_STANDIN_GPUS": "2"})
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    socket_module.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+                text = answer.read().decode()
+        finally:
+            exporter.kill()
+            exporter.wait()
+        samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if not line.startswith("#")}
+        assert samples.pop("orchc_gpu_nvidia_smi_up") == (1 if gpus else 0)
+        assert len(samples) == 6 * gpus, text
+        for index in range(gpus):
+            values = dict(zip(nvidia_smi_standin.FIELDS[1:], nvidia_smi_standin.row(0, index)))
+            labels = f'{{gpu="{index}",uuid="{values["uuid"]}",name="{nvidia_smi_standin.NAME}"}}'
+            assert samples[f"orchc_gpu_power_watts{labels}"] == float(values["power.draw"])
+            assert samples[f"orchc_gpu_memory_used_bytes{labels}"] == float(values["memory.used"]) * 1024 * 1024
+            assert samples[f"orchc_gpu_utilization_ratio{labels}"] == pytest.approx(float(values["utilization.gpu"]) / 100)
+            assert samples[f"orchc_gpu_temperature_celsius{labels}"] == float(values["temperature.gpu"])

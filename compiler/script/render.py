@@ -33,7 +33,7 @@ from ..recipe.resolve import Container, Recipe, ResolvedJob
 from ..recipe.typedefs import secret_variable
 from .directives import directives, gpus_of
 from .runtime import runtime_inlined, runtime_loader
-from .shipped import file_items, shipped_file
+from .shipped import GPU_EXPORTER, builtin_shipped, file_items, gpu_exporter_of, shipped_file
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTROL_IN_VALUES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -84,6 +84,7 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
         parts["duration"] = int(job.fields["duration"])
     parts["runtime"] = Raw(runtime_inlined() if self_contained else runtime_loader())
     parts["gpu_sampler"] = _gpu_sampler_interval(job)
+    parts["gpu_exporter"] = _gpu_exporter_lines(job, recipe, self_contained)
     template = environment("script").get_template("job.sbatch.j2")
     try:
         return str(template.render(job=job, recipe=recipe, site=recipe.site, **parts))
@@ -100,11 +101,14 @@ def _gpu_sampler_interval(job: ResolvedJob) -> Any:
 
 def metrics_sources(job: ResolvedJob) -> list[tuple[str, int]]:
     """(source label, port) of each place the job serves Prometheus metrics: the service's own `metrics_ports`
-    (labelled with its type), then each switched-on sidecar that declares `metrics:` (exporters, node_exporter, cAdvisor)."""
+    (labelled with its type), then each switched-on sidecar that declares `metrics:` (exporters, node_exporter, cAdvisor),
+    then the GPU exporter of a service with GPUs."""
     own = [(job.typedef.name, int(port)) for port in job.fields.get("metrics_ports") or []] if job.role == "service" else []
     sidecars = [(s.metrics[0], int(job.fields[s.metrics[1]])) for s in job.active_sidecars()
                 if s.metrics is not None and job.fields.get(s.metrics[1]) is not None]
-    return own + sidecars
+    kind = gpu_exporter_of(job)
+    gpus = [("dcgm_exporter" if kind == "dcgm" else "gpu_exporter", int(job.fields["gpu_exporter_port"]))] if kind else []
+    return own + sidecars + gpus
 
 
 def _publish_metrics_line(job: ResolvedJob, recipe: Recipe) -> str:
@@ -113,6 +117,27 @@ def _publish_metrics_line(job: ResolvedJob, recipe: Recipe) -> str:
     if not sources:
         return ""
     return " ".join(["orchc_publish_metrics", shlex.quote(recipe.name), *(f"{source}={port}" for source, port in sources)])
+
+
+def _gpu_exporter_lines(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> list[Raw]:
+    """The lines that start the job's GPU exporter (orchc_gpu_exporter), with orchc's own exporter put in place first."""
+    kind = gpu_exporter_of(job)
+    if kind is None:
+        return []
+    port = int(job.fields["gpu_exporter_port"])
+    if kind == "dcgm":
+        return [Raw(f"orchc_gpu_exporter dcgm {port}")]
+    shipped = builtin_shipped(GPU_EXPORTER, recipe.session)
+    path = f'"$ORCHC_RUN_DIR"/config/{job.name}/{GPU_EXPORTER}'
+    if self_contained:
+        delimiter = "ORCHC_EOF"
+        while delimiter in shipped.text.splitlines():
+            delimiter += "_"
+        put = [f"mkdir -p \"$ORCHC_RUN_DIR\"/config/{job.name}", f"cat > {path} <<'{delimiter}'",
+               shipped.text.removesuffix("\n"), delimiter]
+    else:
+        put = [f"orchc_shipped_file {shlex.quote(shipped.name)} {shipped.sha256} {path}"]
+    return [Raw(line) for line in [*put, f"orchc_gpu_exporter nvidia-smi {port} {path}"]]
 
 
 def parameters_json(job: ResolvedJob) -> str:
