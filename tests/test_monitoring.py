@@ -468,3 +468,45 @@ def test_the_gpu_exporter_serves_what_nvidia_smi_answers(tmp_path):
             assert samples[f"orchc_gpu_memory_used_bytes{labels}"] == float(values["memory.used"]) * 1024 * 1024
             assert samples[f"orchc_gpu_utilization_ratio{labels}"] == pytest.approx(float(values["utilization.gpu"]) / 100)
             assert samples[f"orchc_gpu_temperature_celsius{labels}"] == float(values["temperature.gpu"])
+
+
+def test_the_process_exporter_reports_the_service_process_tree_read_from_proc(tmp_path):
+    """A service whose program holds 64 MiB in a child process, run by its generated script: the exporter, started
+    with the service's pid, reports the tree's resident memory (at least those 64 MiB), its processes and CPU time."""
+    import signal
+    import time
+
+    port = free_port()
+    defs = tmp_path / "defs"
+    defs.mkdir()
+    (defs / "holder.yaml").write_text(
+        "type: holder\nextends: service\nfields:\n  ports: {default: [1]}\ncontainer:\n"
+        "  command: sh -c 'python3 -c \"import time; x = bytearray(64 << 20); time.sleep(600)\"; :'\n")
+    (tmp_path / "p.yaml").write_text(f"site: local\nservice:\n  name: svc\n  type: holder\n  enable_process_exporter: true\n"
+                                     f"  process_exporter_port: {port}\n")
+    orchc("compile", "p.yaml", "--defs", defs, "-o", tmp_path / "out", cwd=tmp_path)
+    run = tmp_path / "out" / "p"
+    script = (run / "svc.sbatch").read_text()
+    assert f'\norchc_process_exporter {port} "$ORCHC_RUN_DIR"/config/svc/process_exporter.py "$ORCHC_SERVICE_PID"\n' in script
+    assert f"\norchc_publish_metrics p process={port}\n" in script
+    job = subprocess.Popen(["bash", "svc.sbatch"], cwd=run, env={**os.environ, "ORCHC_RUN_DIR": str(run), "HOME": str(run)},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline, samples = time.monotonic() + 30, {}
+        while time.monotonic() < deadline and samples.get("orchc_process_resident_memory_bytes", 0) < 64 << 20:
+            time.sleep(0.3)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+                    text = answer.read().decode()
+            except OSError:
+                continue
+            samples = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if not line.startswith("#")}
+        assert job.poll() is None, job.communicate(timeout=10)[1]
+        assert samples["orchc_process_resident_memory_bytes"] >= 64 << 20, samples
+        assert samples["orchc_process_resident_memory_bytes"] < 512 << 20, samples     # the tree only, not the node
+        assert samples["orchc_process_count"] == 2 and samples["orchc_process_root_up"] == 1     # sh and python3
+        assert samples["orchc_process_cpu_seconds_total"] >= 0
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGTERM)
+        job.communicate(timeout=30)

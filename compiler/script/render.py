@@ -33,7 +33,7 @@ from ..recipe.resolve import Container, Recipe, ResolvedJob
 from ..recipe.typedefs import secret_variable
 from .directives import directives, gpus_of
 from .runtime import runtime_inlined, runtime_loader
-from .shipped import GPU_EXPORTER, builtin_shipped, file_items, gpu_exporter_of, shipped_file
+from .shipped import GPU_EXPORTER, PROCESS_EXPORTER, builtin_shipped, file_items, gpu_exporter_of, runs_process_exporter, shipped_file
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTROL_IN_VALUES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -85,6 +85,7 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
     parts["runtime"] = Raw(runtime_inlined() if self_contained else runtime_loader())
     parts["gpu_sampler"] = _gpu_sampler_interval(job)
     parts["gpu_exporter"] = _gpu_exporter_lines(job, recipe, self_contained)
+    parts["process_exporter"] = _process_exporter_lines(job, recipe, self_contained)
     template = environment("script").get_template("job.sbatch.j2")
     try:
         return str(template.render(job=job, recipe=recipe, site=recipe.site, **parts))
@@ -108,7 +109,8 @@ def metrics_sources(job: ResolvedJob) -> list[tuple[str, int]]:
                 if s.metrics is not None and job.fields.get(s.metrics[1]) is not None]
     kind = gpu_exporter_of(job)
     gpus = [("dcgm_exporter" if kind == "dcgm" else "gpu_exporter", int(job.fields["gpu_exporter_port"]))] if kind else []
-    return own + sidecars + gpus
+    processes = [("process", int(job.fields["process_exporter_port"]))] if runs_process_exporter(job) else []
+    return own + sidecars + processes + gpus
 
 
 def _publish_metrics_line(job: ResolvedJob, recipe: Recipe) -> str:
@@ -127,17 +129,31 @@ def _gpu_exporter_lines(job: ResolvedJob, recipe: Recipe, self_contained: bool) 
     port = int(job.fields["gpu_exporter_port"])
     if kind == "dcgm":
         return [Raw(f"orchc_gpu_exporter dcgm {port}")]
-    shipped = builtin_shipped(GPU_EXPORTER, recipe.session)
-    path = f'"$ORCHC_RUN_DIR"/config/{job.name}/{GPU_EXPORTER}'
-    if self_contained:
-        delimiter = "ORCHC_EOF"
-        while delimiter in shipped.text.splitlines():
-            delimiter += "_"
-        put = [f"mkdir -p \"$ORCHC_RUN_DIR\"/config/{job.name}", f"cat > {path} <<'{delimiter}'",
-               shipped.text.removesuffix("\n"), delimiter]
-    else:
-        put = [f"orchc_shipped_file {shlex.quote(shipped.name)} {shipped.sha256} {path}"]
+    path, put = _builtin_program(GPU_EXPORTER, job, recipe, self_contained)
     return [Raw(line) for line in [*put, f"orchc_gpu_exporter nvidia-smi {port} {path}"]]
+
+
+def _process_exporter_lines(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> list[Raw]:
+    """The lines that start the exporter of the service's process tree (orchc_process_exporter), once the service runs."""
+    if not runs_process_exporter(job):
+        return []
+    path, put = _builtin_program(PROCESS_EXPORTER, job, recipe, self_contained)
+    line = f'orchc_process_exporter {int(job.fields["process_exporter_port"])} {path} "$ORCHC_SERVICE_PID"'
+    return [Raw(line) for line in [*put, line]]
+
+
+def _builtin_program(name: str, job: ResolvedJob, recipe: Recipe, self_contained: bool) -> tuple[str, list[str]]:
+    """Where the job puts a program orchc ships by itself, and the lines that put it there: from the output folder's
+    copy (checked), or from a here-document of the script (`self_contained`)."""
+    shipped = builtin_shipped(name, recipe.session)
+    path = f'"$ORCHC_RUN_DIR"/config/{job.name}/{name}'
+    if not self_contained:
+        return path, [f"orchc_shipped_file {shlex.quote(shipped.name)} {shipped.sha256} {path}"]
+    delimiter = "ORCHC_EOF"
+    while delimiter in shipped.text.splitlines():
+        delimiter += "_"
+    return path, [f"mkdir -p \"$ORCHC_RUN_DIR\"/config/{job.name}", f"cat > {path} <<'{delimiter}'",
+                  shipped.text.removesuffix("\n"), delimiter]
 
 
 def parameters_json(job: ResolvedJob) -> str:

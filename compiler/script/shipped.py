@@ -51,6 +51,8 @@ def _shipped(source: Node) -> ShippedFile:
 
 GPU_EXPORTER = "gpu_exporter.py"
 """The program orchc itself ships to services with GPUs (files/ of the built-in types): README "Monitoring"."""
+PROCESS_EXPORTER = "process_exporter.py"
+"""The program orchc ships to services with enable_process_exporter."""
 
 
 def gpu_exporter_of(job: ResolvedJob) -> str | None:
@@ -58,6 +60,10 @@ def gpu_exporter_of(job: ResolvedJob) -> str | None:
     kind = job.fields.get("gpu_exporter")
     wanted = job.role == "service" and kind in ("nvidia-smi", "dcgm") and gpus_of(str(job.resources.get("gres") or "")) > 0
     return str(kind) if wanted else None
+
+
+def runs_process_exporter(job: ResolvedJob) -> bool:
+    return job.role == "service" and bool(job.fields.get("enable_process_exporter")) and job.container is not None
 
 
 def builtin_shipped(name: str, session: CompileSession) -> ShippedFile:
@@ -82,7 +88,8 @@ def shipped_files(recipe: Recipe) -> dict[str, str]:
                 if source is not None:
                     shipped = shipped_file(source, recipe.session)
                     found[shipped.name] = shipped.text
-        if gpu_exporter_of(job) == "nvidia-smi":
-            shipped = builtin_shipped(GPU_EXPORTER, recipe.session)
-            found[shipped.name] = shipped.text
+        for name, used in ((GPU_EXPORTER, gpu_exporter_of(job) == "nvidia-smi"), (PROCESS_EXPORTER, runs_process_exporter(job))):
+            if used:
+                shipped = builtin_shipped(name, recipe.session)
+                found[shipped.name] = shipped.text
     return found
