@@ -160,7 +160,8 @@ def test_grafana_datasource_has_a_fixed_uid_and_dashboards_are_grafana_json(tmp_
     doc = YAML(typ="safe").load(sources)
     assert doc["datasources"][0]["uid"] == "orchc-prometheus"
     dashboards = {path.rsplit("/", 1)[1]: json.loads(text) for path, text in files.items() if path.endswith(".json")}
-    assert set(dashboards) == {"orchc-redis.json", "orchc-mysql.json", "orchc-node.json"}
+    assert set(dashboards) == {"orchc-redis.json", "orchc-mysql.json", "orchc-node.json", "orchc-vllm.json", "orchc-ollama.json",
+                               "orchc-gpu.json"}
     uids = set()
     for name, board in dashboards.items():
         # Grafana's dashboard JSON model: title, uid, schemaVersion, panels with gridPos, datasource and targets
@@ -510,3 +511,40 @@ def test_the_process_exporter_reports_the_service_process_tree_read_from_proc(tm
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGTERM)
         job.communicate(timeout=30)
+
+
+VLLM_METRICS = {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc", "vllm:prompt_tokens_total",
+                "vllm:generation_tokens_total", *(f"vllm:{name}_seconds_{part}" for name in ("e2e_request_latency", "time_to_first_token",
+                                                                                          "inter_token_latency")
+                                                  for part in ("bucket", "sum", "count"))}
+"""vLLM's metrics the dashboards may use: the names vLLM's documentation lists (docs.vllm.ai, "Production Metrics") and
+its own example dashboard queries (examples/observability/prometheus_grafana/grafana.json of vllm-project/vllm)."""
+PROMQL_WORDS = {"sum", "max", "min", "avg", "by", "rate", "histogram_quantile", "without", "on", "ignoring", "count"}
+
+
+def exported_names(text: str) -> set[str]:
+    return {line.split("{")[0].split()[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_the_llm_and_gpu_dashboards_use_only_metrics_that_exist(tmp_path):
+    """Every metric the vLLM, Ollama and GPU dashboards query is served: by vLLM (VLLM_METRICS), by orchc's GPU exporter
+    (its answer to the stand-in nvidia-smi's rows) or process exporter (its answer for this process), or is Prometheus' up."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "service_defs" / "files"))
+    import gpu_exporter
+    import process_exporter
+
+    rows = [dict(zip(gpu_exporter.QUERY, nvidia_smi_standin.exporter_row(0)))]
+    served = VLLM_METRICS | exported_names(gpu_exporter.exposition(rows)) | exported_names(process_exporter.exposition(os.getpid())) | {"up"}
+    script = compile_one(tmp_path, "site: local\nservice:\n  name: grafana\n", "grafana")
+    boards = {path.rsplit("/", 1)[1]: json.loads(text) for path, text in written_files(script).items()
+              if path.endswith(("orchc-vllm.json", "orchc-ollama.json", "orchc-gpu.json"))}
+    assert len(boards) == 3
+    for name, board in boards.items():
+        used = set()
+        for panel in board["panels"]:
+            for target in panel["targets"]:
+                expr = re.sub(r"\{[^}]*\}|\[[^]]*\]|by \([^)]*\)", " ", target["expr"])
+                used |= {word for word in re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr) if word not in PROMQL_WORDS}
+        assert used and used <= served, (name, used - served)
