@@ -103,7 +103,7 @@ def _gpu_sampler_interval(job: ResolvedJob) -> Any:
 def metrics_sources(job: ResolvedJob) -> list[tuple[str, int]]:
     """(source label, port) of each place the job serves Prometheus metrics: the service's own `metrics_ports`
     (labelled with its type), then each switched-on sidecar that declares `metrics:` (exporters, node_exporter, cAdvisor),
-    then the GPU exporter of a service with GPUs."""
+    then the process exporter and the GPU exporter of a service that runs them."""
     own = [(job.typedef.name, int(port)) for port in job.fields.get("metrics_ports") or []] if job.role == "service" else []
     sidecars = [(s.metrics[0], int(job.fields[s.metrics[1]])) for s in job.active_sidecars()
                 if s.metrics is not None and job.fields.get(s.metrics[1]) is not None]
