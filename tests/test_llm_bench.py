@@ -713,3 +713,20 @@ def test_energy_per_token_from_the_gpu_samples_of_a_stand_in_of_known_power(serv
     assert m["gpu_power_mean_w"] == pytest.approx(400)
     assert m["gpu_energy_j"] == pytest.approx(400 * m["wall_time_s"], rel=1e-6)
     assert m["energy_per_token_j"] == pytest.approx(400 * m["wall_time_s"] / tokens, rel=1e-6)
+
+
+def test_engine_sample_reads_vllms_text_format():
+    """Two engines' label sets are summed, the KV cache's use is the highest; the name before vLLM's rename is read too;
+    a server without these gauges gives None, not 0."""
+    text = ("# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            "# TYPE vllm:num_requests_running gauge\n"
+            'vllm:num_requests_running{engine="0",model_name="m"} 3.0\n'
+            'vllm:num_requests_running{engine="1",model_name="m"} 2.0\n'
+            'vllm:num_requests_waiting{engine="0",model_name="m"} 7.0 1700000000000\n'
+            'vllm:gpu_cache_usage_perc{engine="0",model_name="a}b"} 0.25\n'
+            'vllm:gpu_cache_usage_perc{engine="1",model_name="m"} 0.5\n'
+            "process_cpu_seconds_total 12.5\n")
+    assert llm_bench.engine_sample(text) == {"running": 5.0, "waiting": 7.0, "kv_cache_usage": 0.5}
+    assert llm_bench.engine_sample("process_cpu_seconds_total 1\n") == {"running": None, "waiting": None, "kv_cache_usage": None}
+    assert llm_bench.engine_of([]) == {"engine_samples_count": 0, **{f"engine_{k}_{s}_{u}": None for k, u in
+                                       (("running", "count"), ("waiting", "count"), ("kv_cache_usage", "ratio")) for s in ("mean", "max")}}

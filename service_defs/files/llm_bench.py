@@ -289,16 +289,20 @@ def gpu_rows(path, start, end):
     power.draw [W], ...`) stamped from start to end (seconds since the epoch; the stamps are the node's local time)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
-            lines = handle.read().splitlines()
+            return _gpu_rows(handle, start, end)
     except OSError:
         return []
-    header = [name.strip() for name in (lines[0] if lines else "").split(",")]
+
+
+def _gpu_rows(lines, start, end):
+    """gpu_rows of an open file, read a line at a time (a long run's file is large)."""
+    header = [name.strip() for name in next(lines, "").split(",")]
     if "index" not in header or not any(name.startswith("power.draw") for name in header):
         return []
     at_index = header.index("index")
     at_power = next(i for i, name in enumerate(header) if name.startswith("power.draw"))
     rows = []
-    for line in lines[1:]:
+    for line in lines:
         cells = [cell.strip() for cell in line.split(",")]
         if len(cells) != len(header):
             continue
