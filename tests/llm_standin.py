@@ -18,6 +18,8 @@ queueing shows in their time to first token. Both APIs stream:
   per token, then {"done": true, "prompt_eval_count", "eval_count", "load_duration", "prompt_eval_duration",
   "eval_duration", "total_duration"} (ns): load 0, prompt eval = FIRST_TOKEN_DELAY, eval = the rest.
 - GET /api/version -> {"version": VERSION}; GET /version -> {"version": VERSION} (as vLLM answers);
+  GET /metrics -> Prometheus text with vLLM's scheduler gauges at that instant (metrics_text: requests holding a
+  slot, requests waiting for one, the share of slots held as the KV cache's use) and the tokens written so far;
   GET /v1/models and GET /api/tags (one model, "tiny"), GET /health. The model "missing" is answered 404.
 
 With an API key (VLLM_API_KEY in the environment, as `vllm serve` reads it, or `api_key=`), requests whose path
@@ -110,6 +112,26 @@ class Settings:
             return False
         return secrets.compare_digest(hashlib.sha256(token.encode()).digest(), self.key_hash)
 
+    def metrics_text(self) -> str:
+        """GET /metrics, Prometheus' text format, vLLM's names for its scheduler's state at this instant
+        (vllm/v1/metrics/loggers.py): requests holding a slot, requests queued for one, and the KV cache's use
+        (the held slots' share of all slots, 0 to 1), and the tokens written so far."""
+        with self.slots.lock:
+            running, waiting = self.slots.used, len(self.slots.waiting)
+        with self.lock:
+            tokens = sum(len(t["timing"]["tokens"]) for t in self.timings)
+        labels = f'{{engine="0",model_name="{self.model}"}}'
+        return "".join([
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n",
+            "# TYPE vllm:num_requests_running gauge\n", f"vllm:num_requests_running{labels} {float(running)}\n",
+            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n",
+            "# TYPE vllm:num_requests_waiting gauge\n", f"vllm:num_requests_waiting{labels} {float(waiting)}\n",
+            "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n",
+            "# TYPE vllm:kv_cache_usage_perc gauge\n", f"vllm:kv_cache_usage_perc{labels} {running / self.slots.size}\n",
+            "# HELP vllm:generation_tokens_total Number of generation tokens processed.\n",
+            "# TYPE vllm:generation_tokens_total counter\n", f"vllm:generation_tokens_total{labels} {float(tokens)}\n",
+        ])
+
     def record(self, entry: dict[str, Any]) -> None:
         """A request as it arrives ({"path", "body"}), and once its last token is written its timing
         ({"path", "timing": {"received", "slot", "tokens"}}: time.perf_counter() values, which on Linux are
@@ -163,6 +185,13 @@ def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
                 self._send(200, {"models": [{"name": "tiny:latest", "model": "tiny:latest", "size": 1000}]})
             elif self.path == "/health":
                 self._send(200, {})
+            elif self.path == "/metrics":
+                data = settings.metrics_text().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
             else:
                 self._send(404, {"error": "not found"})
 

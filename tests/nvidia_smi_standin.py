@@ -7,7 +7,8 @@ Tests put it first on PATH as `nvidia-smi` (see `install`). Given exactly
 (FIELDS as the sampler of compiler/script/templates/runtime.sh asks), it prints the CSV header, then every
 SECONDS one row per GPU (`ORCHC_STANDIN_GPUS`, default 2) whose values follow from the sample number and
 the GPU index (`row`), flushed at once, until it is stopped. Any other command line is refused (exit 2),
-so a test fails when the sampler's flags change. Column names follow nvidia-smi's CSV header (units in
+so a test fails when the sampler's flags change. Given the GPU exporter's query (EXPORTER_FIELDS,
+`--format=csv,noheader,nounits`, no loop) it prints one row per GPU, the values of sample 0, and exits. Column names follow nvidia-smi's CSV header (units in
 brackets; `nounits` drops them from the values only); the values are made up.
 """
 
@@ -26,14 +27,35 @@ HEADER = ("timestamp, index, name, uuid, utilization.gpu [%], utilization.memory
 NAME = "Stand-in GPU 40GB"
 
 
+def power(sample: int, index: int) -> str:
+    """GPU `index`'s power draw in sample `sample`, in W: ORCHC_STANDIN_POWER when set (a constant), else made up."""
+    constant = os.environ.get("ORCHC_STANDIN_POWER")
+    return f"{float(constant):.2f}" if constant else f"{50 + sample + index / 10:.2f}"
+
+
 def row(sample: int, index: int) -> list[str]:
     """The values after the timestamp of GPU `index` in sample `sample` (0, 1, ...)."""
     return [str(index), NAME, f"GPU-5a4d0000-0000-4000-8000-{index:012x}",
             str((sample * 7 + index * 3) % 101), str((sample * 5 + index) % 101),
-            str(1000 + sample * 10 + index), "40960", f"{50 + sample + index / 10:.2f}", str(30 + index)]
+            str(1000 + sample * 10 + index), "40960", power(sample, index), str(30 + index)]
+
+
+EXPORTER_FIELDS = ("index", "uuid", "name", "utilization.gpu", "utilization.memory", "memory.used", "memory.total",
+                   "power.draw", "temperature.gpu")
+"""what service_defs/files/gpu_exporter.py asks, once per scrape, with --format=csv,noheader,nounits"""
+
+
+def exporter_row(index: int) -> list[str]:
+    """The exporter's query's answer for GPU `index`: the values of sample 0 (`row`), in its order."""
+    values = dict(zip(FIELDS[1:], row(0, index)))
+    return [values[field] for field in EXPORTER_FIELDS]
 
 
 def main(argv: list[str]) -> int:
+    if argv == [f"--query-gpu={','.join(EXPORTER_FIELDS)}", "--format=csv,noheader,nounits"]:
+        for index in range(int(os.environ.get("ORCHC_STANDIN_GPUS", "2"))):
+            print(", ".join(exporter_row(index)))
+        return 0
     expected = [f"--query-gpu={','.join(FIELDS)}", "--format=csv,nounits", "-l"]
     if argv[:3] != expected or len(argv) != 4 or not argv[3].isdigit() or int(argv[3]) < 1:
         print(f"nvidia-smi stand-in: unexpected command line {argv!r}; expected {expected + ['SECONDS']!r}",

@@ -18,6 +18,7 @@ from pathlib import Path
 import nvidia_smi_standin
 import pytest
 from conftest import ROOT
+from ruamel.yaml import YAML
 from test_cluster import cluster, free_port, orchc, status, wait_for  # noqa: F401 (cluster is a fixture)
 from test_monitoring import ENDED, GPU_RECIPE, compile_gpu, needs, query, without_nvidia_smi
 
@@ -126,3 +127,128 @@ def test_the_gpu_sampler_runs_under_slurm_on_the_gpu_partition(cluster, tmp_path
         assert len(lines) >= 4, lines   # 4 s of work, one GPU sampled every second
         for number, line in enumerate(lines[1:]):
             assert line.split(", ")[1:] == nvidia_smi_standin.row(number, 0), (job, number, line)
+
+
+def targets(port: int) -> list[dict]:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5) as answer:
+            return list(json.load(answer)["data"]["activeTargets"])
+    except OSError:
+        return []
+
+
+def test_prometheus_scrapes_every_service_and_sidecar_and_the_llm_client_reports_engine_metrics_and_energy(cluster, tmp_path):  # noqa: F811
+    """vLLM (tests/llm_standin.py as `vllm serve`, serving vLLM's /metrics) on the gpu partition with node_exporter and
+    the GPU exporter (the stand-in nvidia-smi: one GPU drawing 250 W), the recipe's prometheus, and an llm_client:
+    Prometheus' targets API lists every service and sidecar, all up; the client's results hold the engine's figures
+    and J per output token = 250 W x the measured phase's wall time / the tokens the stand-in wrote."""
+    needs("prometheus", "prometheus-node-exporter", "python3")
+    ports = {name: free_port() for name in ("llm", "node", "gpu", "prometheus")}
+    key = tmp_path / "key"
+    key.write_text("k" * 32 + "\n")
+    key.chmod(0o600)
+    (tmp_path / "llm.yaml").write_text(
+        f"site: local\nresources: {{time: '00:05:00'}}\nservices:\n"
+        f"  - name: llm\n    type: vllm\n    model: tiny\n    ports: [{ports['llm']}]\n    metrics_ports: [{ports['llm']}]\n"
+        f"    api_key: {{file: {key}}}\n    keep_running: true\n    health_timeout: 60\n"
+        f"    enable_node_exporter: true\n    node_exporter_port: {ports['node']}\n    gpu_exporter_port: {ports['gpu']}\n"
+        f"    resources: {{partition: gpu, gres: 'gpu:1'}}\n"
+        f"  - name: prometheus\n    ports: [{ports['prometheus']}]\n    scrape_interval: 1s\n"
+        f"clients:\n  - name: bench\n    type: llm_client\n    target: llm\n    model: tiny\n    api_key: {{file: {key}}}\n"
+        f"    num_requests: 12\n    concurrent: 4\n    warmup_requests: 0\n    engine_metrics_interval: 0.2\n")
+    shim = tmp_path / "bin"
+    nvidia_smi_standin.install(shim)
+    (shim / "vllm").write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'llm_standin.py'} \"$@\"\n")
+    (shim / "vllm").chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{shim}{os.pathsep}{without_nvidia_smi(os.environ['PATH'])}",
+           "ORCHC_STANDIN_GPUS": "1", "ORCHC_STANDIN_POWER": "250", "STANDIN_TOKENS": "20", "STANDIN_PARALLELISM": "1",
+           "STANDIN_FIRST_TOKEN_DELAY": "0.05", "STANDIN_INTER_TOKEN_DELAY": "0.02", "STANDIN_LOG": str(tmp_path / "standin.jsonl")}
+    run = tmp_path / "run"
+    submitted = subprocess.run([sys.executable, "-m", "compiler", "submit", "llm.yaml", "--run-dir", run],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    try:
+        wait_for(lambda: status(run)["bench"]["state"] in ENDED, 180, "the client to end")
+        assert status(run)["bench"]["state"] == "COMPLETED", orchc("logs", run, "bench", cwd=tmp_path, check=False).stdout
+        # prometheus scrapes itself by its static configuration (no orchc_source); the rest it found through the run's files
+        expected = {("llm", "vllm"), ("llm", "node_exporter"), ("llm", "gpu_exporter"), ("prometheus", "")}
+        seen: list[list[dict]] = [[]]
+
+        def all_up() -> bool:
+            seen[0] = targets(ports["prometheus"])
+            return {(t["labels"]["job"], t["labels"].get("orchc_source", "")) for t in seen[0]} == expected \
+                and all(t["health"] == "up" for t in seen[0])
+        try:
+            wait_for(all_up, 90, "Prometheus to scrape every service and sidecar")
+        except BaseException:
+            raise AssertionError([(t["labels"], t["health"], t.get("lastError")) for t in seen[0]]) from None
+        assert len(seen[0]) == 4, seen[0]
+        running = wait_for(lambda: query(ports["prometheus"], "vllm:num_requests_running"), 30, "vLLM's metrics in Prometheus")
+        assert running[0]["metric"]["job"] == "llm"
+        power = wait_for(lambda: query(ports["prometheus"], "orchc_gpu_power_watts"), 30, "the GPU exporter's power in Prometheus")
+        assert [float(sample["value"][1]) for sample in power] == [250.0]
+    finally:
+        stop(run, tmp_path)
+    m = json.loads(orchc("results", run, "--json", cwd=tmp_path).stdout)["bench"]["metrics"]
+    assert (m["engine_running_max_count"], m["engine_waiting_max_count"], m["engine_kv_cache_usage_max_ratio"]) == (1, 3, 1.0)
+    assert m["engine_samples_count"] >= 10
+    tokens = sum(len(json.loads(line)["timing"]["tokens"]) for line in (tmp_path / "standin.jsonl").read_text().splitlines()
+                 if "timing" in line)
+    assert m["output_tokens_count"] == tokens == 12 * 20
+    assert m["gpu_power_mean_w"] == 250.0
+    assert m["energy_per_token_j"] == pytest.approx(250 * m["wall_time_s"] / tokens, rel=1e-6)
+
+
+def test_the_monitoring_example_without_grafana_has_every_service_and_sidecar_up_in_prometheus(cluster, tmp_path):  # noqa: F811
+    """examples/monitoring_stack.yaml as far as this machine can run it (no Grafana here): Ollama (tests/ollama_standin.py
+    behind orchc's nginx proxy) on the gpu partition with node_exporter, the process exporter and the GPU exporter (the
+    stand-in nvidia-smi), the recipe's prometheus, and the ollama_client loading Ollama. Every one is `up` in Prometheus'
+    targets API, found by file-based discovery alone."""
+    needs("prometheus", "prometheus-node-exporter", "python3", "nginx")
+    example = YAML(typ="safe").load((ROOT / "examples" / "monitoring_stack.yaml").read_text())
+    (ollama,) = [s for s in example["services"] if s["name"] == "ollama"]
+    assert ollama["enable_node_exporter"] and ollama["enable_process_exporter"] and "gpu" in ollama["resources"]["gres"]
+    ports = {name: free_port() for name in ("ollama", "internal", "node", "process", "gpu", "prometheus")}
+    key = tmp_path / "key"
+    key.write_text("k" * 32 + "\n")
+    key.chmod(0o600)
+    (tmp_path / "mon.yaml").write_text(
+        f"site: local\nresources: {{time: '00:05:00'}}\nservices:\n"
+        f"  - name: ollama\n    model: tiny\n    ports: [{ports['ollama']}]\n    internal_port: {ports['internal']}\n"
+        f"    api_key: {{file: {key}}}\n    keep_running: true\n    health_timeout: 60\n"
+        f"    enable_node_exporter: true\n    node_exporter_port: {ports['node']}\n"
+        f"    enable_process_exporter: true\n    process_exporter_port: {ports['process']}\n    gpu_exporter_port: {ports['gpu']}\n"
+        f"    resources: {{partition: gpu, gres: 'gpu:1'}}\n"
+        f"  - name: prometheus\n    ports: [{ports['prometheus']}]\n    scrape_interval: 1s\n"
+        f"clients:\n  - name: load\n    type: ollama_client\n    target: ollama\n    model: tiny\n    api_key: {{file: {key}}}\n"
+        f"    num_requests: 4\n    concurrent: 2\n")
+    shim = tmp_path / "bin"
+    nvidia_smi_standin.install(shim)
+    (shim / "ollama").write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'ollama_standin.py'} \"$@\"\n")
+    (shim / "ollama").chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{shim}{os.pathsep}{without_nvidia_smi(os.environ['PATH'])}",
+           "ORCHC_STANDIN_GPUS": "1", "STANDIN_SIZE_VRAM": "1000"}
+    run = tmp_path / "run"
+    submitted = subprocess.run([sys.executable, "-m", "compiler", "submit", "mon.yaml", "--run-dir", run],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    expected = {("ollama", "node_exporter"), ("ollama", "process"), ("ollama", "gpu_exporter"), ("prometheus", "")}
+    seen: list[list[dict]] = [[]]
+
+    def all_up() -> bool:
+        seen[0] = targets(ports["prometheus"])
+        return {(t["labels"]["job"], t["labels"].get("orchc_source", "")) for t in seen[0]} == expected \
+            and all(t["health"] == "up" for t in seen[0])
+    try:
+        wait_for(lambda: status(run)["load"]["state"] in ENDED, 180, "the client to end")
+        assert status(run)["load"]["state"] == "COMPLETED", orchc("logs", run, "load", cwd=tmp_path, check=False).stdout
+        try:
+            wait_for(all_up, 90, "Prometheus to scrape every service and sidecar")
+        except BaseException:
+            raise AssertionError([(t["labels"], t["health"], t.get("lastError")) for t in seen[0]]) from None
+        memory = wait_for(lambda: query(ports["prometheus"], "orchc_process_resident_memory_bytes"), 30, "the process tree's memory")
+        assert memory[0]["metric"]["job"] == "ollama" and float(memory[0]["value"][1]) > 0
+    finally:
+        stop(run, tmp_path)

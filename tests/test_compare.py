@@ -95,9 +95,21 @@ def rows_of(done: subprocess.CompletedProcess[str]) -> list[dict[str, str]]:
     ("requests_failed_count", LOWER), ("requests_cut_count", LOWER), ("errors_per_s", LOWER),
     ("cache_miss_ratio", LOWER), ("reconnects_count", LOWER),
     ("queries_count", NEUTRAL), ("redis_memory_used_bytes", NEUTRAL), ("cpu_percent", NEUTRAL), ("status", NEUTRAL),
+    # the LLM client's engine and energy figures (issue 20): a full KV cache or a long queue is neither good nor bad
+    # in itself; less energy for the same work is better
+    ("engine_kv_cache_usage_max_ratio", NEUTRAL), ("engine_waiting_max_count", NEUTRAL), ("gpu_power_mean_w", NEUTRAL),
+    ("energy_per_token_j", LOWER), ("gpu_energy_j", LOWER),
 ])
 def test_direction_from_the_metric_name(metric, expected):
     assert direction(metric) == expected
+
+
+@pytest.mark.parametrize(("metric", "unit"), [("energy_per_token_j", "J"), ("gpu_power_mean_w", "W"),
+                                              ("engine_kv_cache_usage_max_ratio", "ratio"), ("ttft_p99_ms", "ms")])
+def test_unit_from_the_metric_name(metric, unit):
+    from compiler.results.metrics import unit_of
+
+    assert unit_of(metric) == unit
 
 
 # --- compare --------------------------------------------------------------------------------------

@@ -666,3 +666,67 @@ def test_nothing_listening_is_a_failed_run_not_a_hang(tmp_path):
     m, records, done = bench(tmp_path, port, "--num-requests", "2", check=False)
     assert done.returncode == 1 and m["requests_failed_count"] == 2
     assert all("ConnectionRefusedError" in r["error"] for r in records)
+
+
+# ---------------------------------------------------------------------------------------------- engine metrics, J/token
+
+def test_engine_metrics_of_a_queue_are_sampled_from_the_servers_own_metrics(server, tmp_path):
+    """4 in flight against one slot (each request 0.43 s): while the queue is full the server's /metrics says
+    1 running, 3 waiting, its KV cache (the share of slots held) full; the client samples it every 0.1 s."""
+    s = server(1, 20)
+    m, _, _ = bench(tmp_path, s.port, "--num-requests", "8", "--concurrent", "4", "--engine-metrics-interval", "0.1")
+    assert m["engine_samples_count"] >= 10, m
+    assert (m["engine_running_max_count"], m["engine_waiting_max_count"]) == (1, 3)
+    assert m["engine_kv_cache_usage_max_ratio"] == 1.0
+    # 8 requests, 4 of them queued behind the slot for most of the time, the last 3 with fewer behind them
+    assert 1.2 < m["engine_waiting_mean_count"] < 3 and 0.8 < m["engine_running_mean_count"] <= 1
+    samples = [json.loads(line) for line in (tmp_path / "res" / "engine.jsonl").read_text().splitlines()]
+    assert len(samples) == m["engine_samples_count"] and all(set(x) == {"t_s", "running", "waiting", "kv_cache_usage"} for x in samples)
+
+
+def test_against_ollama_no_engine_metrics_and_without_gpu_samples_no_energy(server, tmp_path):
+    """Ollama serves no /metrics: nothing is sampled, the figures are null (not 0), and so is the energy without a gpu.csv."""
+    s = server(1)
+    m, _, _ = bench(tmp_path, s.port, "--num-requests", "2", "--engine-metrics-interval", "0.1", api="ollama")
+    assert m["engine_samples_count"] == 0 and m["engine_waiting_max_count"] is None and m["energy_per_token_j"] is None
+
+
+def test_energy_per_token_from_the_gpu_samples_of_a_stand_in_of_known_power(server, tmp_path):
+    """Two stand-in GPUs drawing 200 W each, sampled every second into gpu.csv as the job's sampler does: the energy
+    over the measured phase is 400 W times its wall time, per output token the stand-in server wrote."""
+    import nvidia_smi_standin
+
+    s = server(1, 20)
+    csv = tmp_path / "gpu.csv"
+    env = {**os.environ, "ORCHC_STANDIN_GPUS": "2", "ORCHC_STANDIN_POWER": "200"}
+    with csv.open("w") as out:
+        sampler = subprocess.Popen([sys.executable, nvidia_smi_standin.__file__, f"--query-gpu={','.join(nvidia_smi_standin.FIELDS)}",
+                                    "--format=csv,nounits", "-l", "1"], stdout=out, env=env)
+    try:
+        m, _, _ = bench(tmp_path, s.port, "--num-requests", "8", "--concurrent", "2", "--gpu-csv", str(csv))
+    finally:
+        sampler.kill()
+        sampler.wait()
+    tokens = sum(len(t["timing"]["tokens"]) for t in s.timings())
+    assert m["output_tokens_count"] == tokens == 8 * 20
+    assert m["gpu_samples_count"] >= 2 * 2, m          # 2 GPUs, at least 2 s of samples
+    assert m["gpu_power_mean_w"] == pytest.approx(400)
+    assert m["gpu_energy_j"] == pytest.approx(400 * m["wall_time_s"], rel=1e-6)
+    assert m["energy_per_token_j"] == pytest.approx(400 * m["wall_time_s"] / tokens, rel=1e-6)
+
+
+def test_engine_sample_reads_vllms_text_format():
+    """Two engines' label sets are summed, the KV cache's use is the highest; the name before vLLM's rename is read too;
+    a server without these gauges gives None, not 0."""
+    text = ("# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            "# TYPE vllm:num_requests_running gauge\n"
+            'vllm:num_requests_running{engine="0",model_name="m"} 3.0\n'
+            'vllm:num_requests_running{engine="1",model_name="m"} 2.0\n'
+            'vllm:num_requests_waiting{engine="0",model_name="m"} 7.0 1700000000000\n'
+            'vllm:gpu_cache_usage_perc{engine="0",model_name="a}b"} 0.25\n'
+            'vllm:gpu_cache_usage_perc{engine="1",model_name="m"} 0.5\n'
+            "process_cpu_seconds_total 12.5\n")
+    assert llm_bench.engine_sample(text) == {"running": 5.0, "waiting": 7.0, "kv_cache_usage": 0.5}
+    assert llm_bench.engine_sample("process_cpu_seconds_total 1\n") == {"running": None, "waiting": None, "kv_cache_usage": None}
+    assert llm_bench.engine_of([]) == {"engine_samples_count": 0, **{f"engine_{k}_{s}_{u}": None for k, u in
+                                       (("running", "count"), ("waiting", "count"), ("kv_cache_usage", "ratio")) for s in ("mean", "max")}}

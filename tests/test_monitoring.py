@@ -160,7 +160,8 @@ def test_grafana_datasource_has_a_fixed_uid_and_dashboards_are_grafana_json(tmp_
     doc = YAML(typ="safe").load(sources)
     assert doc["datasources"][0]["uid"] == "orchc-prometheus"
     dashboards = {path.rsplit("/", 1)[1]: json.loads(text) for path, text in files.items() if path.endswith(".json")}
-    assert set(dashboards) == {"orchc-redis.json", "orchc-mysql.json", "orchc-node.json"}
+    assert set(dashboards) == {"orchc-redis.json", "orchc-mysql.json", "orchc-node.json", "orchc-vllm.json", "orchc-ollama.json",
+                               "orchc-gpu.json"}
     uids = set()
     for name, board in dashboards.items():
         # Grafana's dashboard JSON model: title, uid, schemaVersion, panels with gridPos, datasource and targets
@@ -353,3 +354,197 @@ def test_a_gpu_job_on_a_node_without_nvidia_smi_logs_it_and_goes_on(tmp_path):
         assert done.returncode == 0, done.stderr
         assert re.search(r"\] no nvidia-smi on \S+: GPU sampling skipped\n", done.stderr), done.stderr
         assert not (run / "results" / job / "gpu.csv").exists()
+
+
+# --- every service and sidecar registers (issue 20, item 4) -------------------------------------------------------
+
+@pytest.mark.parametrize("service, published", [
+    ("vllm", "vllm=8000 cadvisor=8080 node_exporter=9100 gpu_exporter=9835"),    # gres gpu:1 by default
+    ("ollama", "cadvisor=8080 node_exporter=9100 gpu_exporter=9835"),
+    ("chroma", "cadvisor=8080 node_exporter=9100"),
+    ("memcached_like", "memcached_like=9150 cadvisor=8080 node_exporter=9100"),
+])
+def test_every_service_publishes_its_metrics_sources_without_a_line_in_its_type(tmp_path, service, published):
+    """The shared machinery publishes what a type declares (metrics_ports, exporter sidecars, node_exporter,
+    cAdvisor): vllm, ollama and chroma never wrote the line, and a user type gets it without writing it."""
+    defs = tmp_path / "defs"
+    defs.mkdir()
+    (defs / "memcached_like.yaml").write_text(
+        "type: memcached_like\nextends: service\nfields:\n  ports: {default: [11211]}\n  metrics_ports: {default: [9150]}\n"
+        "container:\n  command: memcached -p {{ ports[0] }}\n")
+    (tmp_path / "mon.yaml").write_text(f"site: local\nservice:\n  name: svc\n  type: {service}\n"
+                                       "  enable_node_exporter: true\n  enable_cadvisor: true\n")
+    orchc("compile", "mon.yaml", "--defs", defs, "-o", tmp_path / "build", cwd=tmp_path)
+    script = (tmp_path / "build" / "mon" / "svc.sbatch").read_text()
+    lines = [line for line in script.splitlines() if line.startswith("orchc_publish_metrics")]
+    assert lines == [f"orchc_publish_metrics mon {published}"]
+    # after the health check (the service answers), before its endpoint is published
+    assert script.find("\n# health check\n") < script.index(lines[0]) < script.index("orchc_publish_endpoint")
+
+
+def test_no_type_file_repeats_the_publishing_line():
+    for path in (Path(__file__).parent.parent / "service_defs").glob("*.yaml"):
+        assert not re.search(r"^\s*- orchc_publish_metrics", path.read_text(), re.M), path
+
+
+def test_a_sidecar_whose_metrics_port_is_not_an_integer_field_is_refused_where_it_is_declared(tmp_path):
+    defs = tmp_path / "defs"
+    defs.mkdir()
+    (defs / "thing.yaml").write_text(
+        "type: thing\nextends: service\nfields:\n  ports: {default: [1234]}\n  enable_exp: {type: boolean, default: true}\n"
+        "container:\n  command: thing\nsidecars:\n  exp:\n    when: enable_exp\n    metrics: {source: thing_exporter, port: exp_port}\n"
+        "    container:\n      command: exp\n")
+    (tmp_path / "t.yaml").write_text("site: local\nservice:\n  name: svc\n  type: thing\n")
+    failed = orchc("compile", "t.yaml", "--defs", defs, "-o", tmp_path / "build", cwd=tmp_path, check=False)
+    assert failed.returncode == 1
+    assert "defs/thing.yaml:11:45: error:" in failed.stderr and "'exp_port', which is not an integer field" in failed.stderr, failed.stderr
+    assert "Traceback" not in failed.stderr
+
+
+# --- the GPU exporter (issue 20, item 4) ---------------------------------------------------------------------------
+
+GPU_SERVICE_RECIPE = "site: local\nservice:\n  name: svc\n  type: memcached_like\n  resources: {partition: gpu, gres: \"gpu:1\"}\n"
+
+
+def compile_memcached_like(tmp_path: Path, recipe: str, *options: str) -> str:
+    defs = tmp_path / "defs"
+    defs.mkdir(exist_ok=True)
+    (defs / "memcached_like.yaml").write_text(
+        "type: memcached_like\nextends: service\nfields:\n  ports: {default: [11211]}\ncontainer:\n  command: sleep 600\n")
+    (tmp_path / "gpu.yaml").write_text(recipe)
+    orchc("compile", "gpu.yaml", "--defs", defs, "-o", tmp_path / "build", *options, cwd=tmp_path)
+    return (tmp_path / "build" / "gpu" / "svc.sbatch").read_text()
+
+
+def test_a_service_with_gpus_runs_and_publishes_a_gpu_exporter(tmp_path):
+    script = compile_memcached_like(tmp_path, GPU_SERVICE_RECIPE)
+    (shipped,) = (tmp_path / "build" / "gpu").glob("orchc-file-*-gpu_exporter.py")
+    assert shipped.read_text() == (Path(__file__).parent.parent / "service_defs" / "files" / "gpu_exporter.py").read_text()
+    assert f"\norchc_shipped_file {shipped.name} " in script
+    assert '\norchc_gpu_exporter nvidia-smi 9835 "$ORCHC_RUN_DIR"/config/svc/gpu_exporter.py\n' in script
+    assert "\norchc_publish_metrics gpu gpu_exporter=9835\n" in script
+    contained = compile_memcached_like(tmp_path, GPU_SERVICE_RECIPE, "--self-contained")
+    assert "\norchc_shipped_file " not in contained and "\ndef exposition(rows):" in contained
+    dcgm = compile_memcached_like(tmp_path, GPU_SERVICE_RECIPE + "  gpu_exporter: dcgm\n  gpu_exporter_port: 9400\n")
+    assert "\norchc_gpu_exporter dcgm 9400\n" in dcgm and "\norchc_publish_metrics gpu dcgm_exporter=9400\n" in dcgm
+    assert "gpu_exporter.py" not in dcgm
+    for recipe in (GPU_SERVICE_RECIPE + "  gpu_exporter: none\n", GPU_SERVICE_RECIPE.replace('gres: "gpu:1"', 'gres: "gpu:0"')):
+        script = compile_memcached_like(tmp_path, recipe)
+        assert "orchc_gpu_exporter" not in script and "orchc_publish_metrics" not in script, recipe
+
+
+def test_the_gpu_exporter_serves_what_nvidia_smi_answers(tmp_path):
+    """service_defs/files/gpu_exporter.py against the stand-in nvidia-smi (2 GPUs, known values); without nvidia-smi
+    it still answers, with orchc_gpu_nvidia_smi_up 0."""
+    import socket as socket_module
+    import sys
+    import time
+
+    bin_dir = nvidia_smi_standin.install(tmp_path / "bin")
+    program = Path(__file__).parent.parent / "service_defs" / "files" / "gpu_exporter.py"
+    for path, gpus in ((f"{bin_dir}{os.pathsep}{without_nvidia_smi(os.environ['PATH'])}", 2), (without_nvidia_smi(os.environ["PATH"]), 0)):
+        port = free_port()
+        exporter = subprocess.Popen([sys.executable, str(program), "--port", str(port), "--address", "127.0.0.1"],
+                                    env={**os.environ, "PATH": path, "ORCHC_STANDIN_GPUS": "2"})
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    socket_module.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+                text = answer.read().decode()
+        finally:
+            exporter.kill()
+            exporter.wait()
+        samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if not line.startswith("#")}
+        assert samples.pop("orchc_gpu_nvidia_smi_up") == (1 if gpus else 0)
+        assert len(samples) == 6 * gpus, text
+        for index in range(gpus):
+            values = dict(zip(nvidia_smi_standin.FIELDS[1:], nvidia_smi_standin.row(0, index)))
+            labels = f'{{gpu="{index}",uuid="{values["uuid"]}",name="{nvidia_smi_standin.NAME}"}}'
+            assert samples[f"orchc_gpu_power_watts{labels}"] == float(values["power.draw"])
+            assert samples[f"orchc_gpu_memory_used_bytes{labels}"] == float(values["memory.used"]) * 1024 * 1024
+            assert samples[f"orchc_gpu_utilization_ratio{labels}"] == pytest.approx(float(values["utilization.gpu"]) / 100)
+            assert samples[f"orchc_gpu_temperature_celsius{labels}"] == float(values["temperature.gpu"])
+
+
+def test_the_process_exporter_reports_the_service_process_tree_read_from_proc(tmp_path):
+    """A service whose program holds 64 MiB in a child process, run by its generated script: the exporter, started
+    with the service's pid, reports the tree's resident memory (at least those 64 MiB), its processes and CPU time."""
+    import signal
+    import time
+
+    port = free_port()
+    defs = tmp_path / "defs"
+    defs.mkdir()
+    (defs / "holder.yaml").write_text(
+        "type: holder\nextends: service\nfields:\n  ports: {default: [1]}\ncontainer:\n"
+        "  command: sh -c 'python3 -c \"import time; x = bytearray(64 << 20); time.sleep(600)\"; :'\n")
+    (tmp_path / "p.yaml").write_text(f"site: local\nservice:\n  name: svc\n  type: holder\n  enable_process_exporter: true\n"
+                                     f"  process_exporter_port: {port}\n")
+    orchc("compile", "p.yaml", "--defs", defs, "-o", tmp_path / "out", cwd=tmp_path)
+    run = tmp_path / "out" / "p"
+    script = (run / "svc.sbatch").read_text()
+    assert f'\norchc_process_exporter {port} "$ORCHC_RUN_DIR"/config/svc/process_exporter.py "$ORCHC_SERVICE_PID"\n' in script
+    assert f"\norchc_publish_metrics p process={port}\n" in script
+    job = subprocess.Popen(["bash", "svc.sbatch"], cwd=run, env={**os.environ, "ORCHC_RUN_DIR": str(run), "HOME": str(run)},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline, samples = time.monotonic() + 30, {}
+        while time.monotonic() < deadline and samples.get("orchc_process_resident_memory_bytes", 0) < 64 << 20:
+            time.sleep(0.3)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+                    text = answer.read().decode()
+            except OSError:
+                continue
+            samples = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if not line.startswith("#")}
+        assert job.poll() is None, job.communicate(timeout=10)[1]
+        assert samples["orchc_process_resident_memory_bytes"] >= 64 << 20, samples
+        assert samples["orchc_process_resident_memory_bytes"] < 512 << 20, samples     # the tree only, not the node
+        assert samples["orchc_process_count"] == 2 and samples["orchc_process_root_up"] == 1     # sh and python3
+        assert samples["orchc_process_cpu_seconds_total"] >= 0
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGTERM)
+        job.communicate(timeout=30)
+
+
+VLLM_METRICS = {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc", "vllm:prompt_tokens_total",
+                "vllm:generation_tokens_total", *(f"vllm:{name}_seconds_{part}" for name in ("e2e_request_latency", "time_to_first_token",
+                                                                                          "inter_token_latency")
+                                                  for part in ("bucket", "sum", "count"))}
+"""vLLM's metrics the dashboards may use: the names vLLM's documentation lists (docs.vllm.ai, "Production Metrics") and
+its own example dashboard queries (examples/observability/prometheus_grafana/grafana.json of vllm-project/vllm)."""
+PROMQL_WORDS = {"sum", "max", "min", "avg", "by", "rate", "histogram_quantile", "without", "on", "ignoring", "count"}
+
+
+def exported_names(text: str) -> set[str]:
+    return {line.split("{")[0].split()[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_the_llm_and_gpu_dashboards_use_only_metrics_that_exist(tmp_path):
+    """Every metric the vLLM, Ollama and GPU dashboards query is served: by vLLM (VLLM_METRICS), by orchc's GPU exporter
+    (its answer to the stand-in nvidia-smi's rows) or process exporter (its answer for this process), or is Prometheus' up."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "service_defs" / "files"))
+    import gpu_exporter
+    import process_exporter
+
+    rows = [dict(zip(gpu_exporter.QUERY, nvidia_smi_standin.exporter_row(0)))]
+    served = VLLM_METRICS | exported_names(gpu_exporter.exposition(rows)) | exported_names(process_exporter.exposition(os.getpid())) | {"up"}
+    script = compile_one(tmp_path, "site: local\nservice:\n  name: grafana\n", "grafana")
+    boards = {path.rsplit("/", 1)[1]: json.loads(text) for path, text in written_files(script).items()
+              if path.endswith(("orchc-vllm.json", "orchc-ollama.json", "orchc-gpu.json"))}
+    assert len(boards) == 3
+    for name, board in boards.items():
+        used = set()
+        for panel in board["panels"]:
+            for target in panel["targets"]:
+                expr = re.sub(r"\{[^}]*\}|\[[^]]*\]|by \([^)]*\)", " ", target["expr"])
+                used |= {word for word in re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr) if word not in PROMQL_WORDS}
+        assert used and used <= served, (name, used - served)

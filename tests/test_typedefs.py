@@ -268,10 +268,10 @@ def test_the_readmes_field_typo_error_is_the_one_orchc_prints(orchc, write, tmp_
 @pytest.mark.parametrize(("name", "headline"), [
     ("redis_client", ("requests_per_s", "latency_p50_ms", "latency_p99_ms")),
     ("sysbench_client", ("transactions_per_s", "queries_per_s", "latency_mean_ms", "latency_p*_ms")),
-    ("llm_client", ("request_throughput_per_s", "output_tokens_per_s", "ttft_median_ms", "ttft_p99_ms",
+    ("llm_client", ("capacity_requests_per_s", "request_throughput_per_s", "output_tokens_per_s", "ttft_median_ms", "ttft_p99_ms",
                     "tpot_median_ms", "tpot_p99_ms", "e2e_latency_median_ms", "e2e_latency_p99_ms",
                     "goodput_requests_per_s", "slo_met_ratio")),
-    ("ollama_client", ("request_throughput_per_s", "output_tokens_per_s", "ttft_median_ms", "ttft_p99_ms",
+    ("ollama_client", ("capacity_requests_per_s", "request_throughput_per_s", "output_tokens_per_s", "ttft_median_ms", "ttft_p99_ms",
                        "tpot_median_ms", "tpot_p99_ms", "e2e_latency_median_ms", "e2e_latency_p99_ms",
                        "goodput_requests_per_s", "slo_met_ratio")),  # inherited
     ("chroma_client", ("adds_per_s", "queries_per_s", "*_latency_p50_ms", "*_latency_p99_ms", "recall_at_*_ratio")),

@@ -130,6 +130,8 @@ class Sidecar:
     when: str | None
     """the boolean field that switches it on; None: always on"""
     container: Container
+    metrics: tuple[str, str] | None = None
+    """(source label, the integer field holding its port) when it serves Prometheus metrics"""
 
 
 @dataclass(frozen=True)
@@ -596,7 +598,7 @@ def _frozen_job(draft: _Draft, recipe: str, site: str) -> ResolvedJob:
         env=_mapping(data.get("env")),
         container=container,
         sidecars=tuple(Sidecar(name, spec.get("when"), _container(spec.get("container"), ("sidecars", name, "container"))
-                                or Container(("sidecars", name, "container"), FrozenDict()))
+                                or Container(("sidecars", name, "container"), FrozenDict()), _sidecar_metrics(spec))
                        for name, spec in (sidecars.items() if isinstance(sidecars, dict) else ())
                        if isinstance(spec, dict)),
         phases=_mapping(data.get("phases")),
@@ -604,6 +606,11 @@ def _frozen_job(draft: _Draft, recipe: str, site: str) -> ResolvedJob:
         job_id=digest[:8],
         digest=digest,
     )
+
+
+def _sidecar_metrics(spec: Mapping[str, Any]) -> tuple[str, str] | None:
+    metrics = spec.get("metrics")
+    return (str(metrics["source"]), str(metrics["port"])) if isinstance(metrics, Mapping) else None
 
 
 _NOT_FIELDS = frozenset(("name", "type", *JOB_KEYS))

@@ -268,6 +268,11 @@ class Registry:
             if when is not None and (switch is None or switch.plain().get("type") != "boolean"):
                 problems.add(when.loc, f"sidecar '{sidecar}' of type '{name}' is switched by '{when.value}', "
                              f"which is not a boolean field of the type{did_you_mean(str(when.value), fields_node.value)}")
+            port = node.at(("metrics", "port")) if node.get("metrics") is not None else None
+            field_schema = fields_node.value.get(port.value) if port is not None else None
+            if port is not None and (field_schema is None or field_schema.plain().get("type") != "integer"):
+                problems.add(port.loc, f"sidecar '{sidecar}' of type '{name}' serves metrics on the port in '{port.value}', "
+                             f"which is not an integer field of the type{did_you_mean(str(port.value), fields_node.value)}")
         problems.raise_if_any()
         typedef = _typedef(name, merged, fields_node, chain)
         check(typedef.layer, typedef.job_validator, f"type '{name}'", problems, secrets=typedef.secrets)

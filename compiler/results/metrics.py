@@ -11,7 +11,7 @@ HIGHER, NEUTRAL, LOWER = 1, 0, -1
 
 # A metric's unit is the end of its name (README "Results"); the longest ending wins.
 UNITS = (("_per_s", "1/s"), ("_ms", "ms"), ("_s", "s"), ("_count", "count"), ("_bytes", "bytes"),
-         ("_ratio", "ratio"), ("_percent", "%"))
+         ("_ratio", "ratio"), ("_percent", "%"), ("_j", "J"), ("_w", "W"))
 
 
 def metric_matches(metric: str, pattern: str) -> bool:
@@ -39,6 +39,10 @@ def unit_of(metric: str) -> str:
 _BAD_WORDS = ("error", "fail", "timeout", "reconnect", "drop", "reject", "miss", "retry", "retries", "cut", "lost")
 
 
+_STATE_WORDS = ("usage", "utilization", "running", "waiting")
+"""how full something is (a KV cache, a queue): neither good nor bad in itself"""
+
+
 _GOOD_WORDS = ("ok", "success", "successful", "succeeded", "completed", "passed", "hit", "hits", "recall",
                "precision", "accuracy")
 
@@ -49,7 +53,8 @@ def direction(metric: str) -> int:
     Errors, failures, timeouts, reconnects, drops, misses, cuts (as a count, rate, ratio or percent) are
     lower-is-better; otherwise rates (`_per_s`) and `_ratio`s (recall) are higher-is-better, times (`_ms`,
     `_s`) lower-is-better, and `_count`/`_percent` higher-is-better only for good outcomes (`requests_ok_count`,
-    `success_percent`). Everything else (`_bytes`, `queries_count`, `cpu_percent`, no unit) has no direction.
+    `success_percent`). Energy (`_j`) is lower-is-better. Everything else (`_bytes`, `queries_count`,
+    `cpu_percent`, how full a cache or queue is, `engine_kv_cache_usage_max_ratio`, power `_w`, no unit) has no direction.
     """
     leaf = metric.rsplit(".", 1)[-1].lower()
     words = leaf.split("_")
@@ -57,8 +62,12 @@ def direction(metric: str) -> int:
     counted = rate or leaf.endswith(("_count", "_ratio", "_percent"))
     if counted and any(word.startswith(bad) for word in words[:-1] for bad in _BAD_WORDS):
         return LOWER
+    if any(word in _STATE_WORDS for word in words[:-1]):
+        return NEUTRAL
     if rate or leaf.endswith("_ratio"):
         return HIGHER
+    if leaf.endswith("_j"):
+        return LOWER
     if leaf.endswith(("_ms", "_s")):
         return LOWER
     if counted and any(word in _GOOD_WORDS for word in words[:-1]):

@@ -33,7 +33,7 @@ from ..recipe.resolve import Container, Recipe, ResolvedJob
 from ..recipe.typedefs import secret_variable
 from .directives import directives, gpus_of
 from .runtime import runtime_inlined, runtime_loader
-from .shipped import file_items, shipped_file
+from .shipped import GPU_EXPORTER, PROCESS_EXPORTER, builtin_shipped, file_items, gpu_exporter_of, runs_process_exporter, shipped_file
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTROL_IN_VALUES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -72,8 +72,10 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
         "clients": recipe.clients_of.get(job.name, []),
         "ports": job.fields.get("ports") or [],
         "keep_running": bool(job.fields.get("keep_running")),
+        "publish_metrics": _publish_metrics_line(job, recipe),
     }
     parts["values"] = values.assignments
+    parts["publish_metrics"] = _code(parts["publish_metrics"], job, origins)
     for key in ("directives", "modules", "storage", "environment", "secrets", "images", "target", "values", "env"):
         parts[key] = _codes(parts[key], job, origins, multiline=key in ("values", "env"))
     parts["shell"], parts["module_purge"] = (_code(parts[key], job, origins) for key in ("shell", "module_purge"))
@@ -82,6 +84,8 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
         parts["duration"] = int(job.fields["duration"])
     parts["runtime"] = Raw(runtime_inlined() if self_contained else runtime_loader())
     parts["gpu_sampler"] = _gpu_sampler_interval(job)
+    parts["gpu_exporter"] = _gpu_exporter_lines(job, recipe, self_contained)
+    parts["process_exporter"] = _process_exporter_lines(job, recipe, self_contained)
     template = environment("script").get_template("job.sbatch.j2")
     try:
         return str(template.render(job=job, recipe=recipe, site=recipe.site, **parts))
@@ -94,6 +98,62 @@ def _gpu_sampler_interval(job: ResolvedJob) -> Any:
     gpu:a100:2) and enable_gpu_sampler (base_job.yaml, default true); None for any other job."""
     wanted = gpus_of(str(job.resources.get("gres") or ""))
     return job.fields.get("gpu_sample_interval") if job.fields.get("enable_gpu_sampler") and wanted > 0 else None
+
+
+def metrics_sources(job: ResolvedJob) -> list[tuple[str, int]]:
+    """(source label, port) of each place the job serves Prometheus metrics: the service's own `metrics_ports`
+    (labelled with its type), then each switched-on sidecar that declares `metrics:` (exporters, node_exporter, cAdvisor),
+    then the process exporter and the GPU exporter of a service that runs them."""
+    own = [(job.typedef.name, int(port)) for port in job.fields.get("metrics_ports") or []] if job.role == "service" else []
+    sidecars = [(s.metrics[0], int(job.fields[s.metrics[1]])) for s in job.active_sidecars()
+                if s.metrics is not None and job.fields.get(s.metrics[1]) is not None]
+    kind = gpu_exporter_of(job)
+    gpus = [("dcgm_exporter" if kind == "dcgm" else "gpu_exporter", int(job.fields["gpu_exporter_port"]))] if kind else []
+    processes = [("process", int(job.fields["process_exporter_port"]))] if runs_process_exporter(job) else []
+    return own + sidecars + processes + gpus
+
+
+def _publish_metrics_line(job: ResolvedJob, recipe: Recipe) -> str:
+    """The runtime call that registers the job's metrics sources with the run's Prometheus ('' when it has none)."""
+    sources = metrics_sources(job)
+    if not sources:
+        return ""
+    return " ".join(["orchc_publish_metrics", shlex.quote(recipe.name), *(f"{source}={port}" for source, port in sources)])
+
+
+def _gpu_exporter_lines(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> list[Raw]:
+    """The lines that start the job's GPU exporter (orchc_gpu_exporter), with orchc's own exporter put in place first."""
+    kind = gpu_exporter_of(job)
+    if kind is None:
+        return []
+    port = int(job.fields["gpu_exporter_port"])
+    if kind == "dcgm":
+        return [Raw(f"orchc_gpu_exporter dcgm {port}")]
+    path, put = _builtin_program(GPU_EXPORTER, job, recipe, self_contained)
+    return [Raw(line) for line in [*put, f"orchc_gpu_exporter nvidia-smi {port} {path}"]]
+
+
+def _process_exporter_lines(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> list[Raw]:
+    """The lines that start the exporter of the service's process tree (orchc_process_exporter), once the service runs."""
+    if not runs_process_exporter(job):
+        return []
+    path, put = _builtin_program(PROCESS_EXPORTER, job, recipe, self_contained)
+    line = f'orchc_process_exporter {int(job.fields["process_exporter_port"])} {path} "$ORCHC_SERVICE_PID"'
+    return [Raw(line) for line in [*put, line]]
+
+
+def _builtin_program(name: str, job: ResolvedJob, recipe: Recipe, self_contained: bool) -> tuple[str, list[str]]:
+    """Where the job puts a program orchc ships by itself, and the lines that put it there: from the output folder's
+    copy (checked), or from a here-document of the script (`self_contained`)."""
+    shipped = builtin_shipped(name, recipe.session)
+    path = f'"$ORCHC_RUN_DIR"/config/{job.name}/{name}'
+    if not self_contained:
+        return path, [f"orchc_shipped_file {shlex.quote(shipped.name)} {shipped.sha256} {path}"]
+    delimiter = "ORCHC_EOF"
+    while delimiter in shipped.text.splitlines():
+        delimiter += "_"
+    return path, [f"mkdir -p \"$ORCHC_RUN_DIR\"/config/{job.name}", f"cat > {path} <<'{delimiter}'",
+                  shipped.text.removesuffix("\n"), delimiter]
 
 
 def parameters_json(job: ResolvedJob) -> str:

@@ -13,11 +13,13 @@ import hashlib
 import os
 from dataclasses import dataclass
 
+from ..core.paths import builtin_types_dir
 from ..core.session import CompileSession
-from ..core.source import Node
+from ..core.source import Node, SourceLoc
 from ..recipe.checks import PHASES
 from ..recipe.resolve import Recipe, ResolvedJob
 from ..recipe.typedefs import type_file_text
+from .directives import gpus_of
 from .runtime import NAME_DIGITS
 
 NAME_LIMIT = 63
@@ -47,6 +49,28 @@ def _shipped(source: Node) -> ShippedFile:
     return ShippedFile(prefix + str(source.value)[: NAME_LIMIT - len(prefix)], sha, text)
 
 
+GPU_EXPORTER = "gpu_exporter.py"
+"""The program orchc itself ships to services with GPUs (files/ of the built-in types): README "Monitoring"."""
+PROCESS_EXPORTER = "process_exporter.py"
+"""The program orchc ships to services with enable_process_exporter."""
+
+
+def gpu_exporter_of(job: ResolvedJob) -> str | None:
+    """The GPU exporter a job runs: its `gpu_exporter` (service.yaml) on a service whose resources.gres asks for GPUs."""
+    kind = job.fields.get("gpu_exporter")
+    wanted = job.role == "service" and kind in ("nvidia-smi", "dcgm") and gpus_of(str(job.resources.get("gres") or "")) > 0
+    return str(kind) if wanted else None
+
+
+def runs_process_exporter(job: ResolvedJob) -> bool:
+    return job.role == "service" and bool(job.fields.get("enable_process_exporter")) and job.container is not None
+
+
+def builtin_shipped(name: str, session: CompileSession) -> ShippedFile:
+    """A program of the built-in types' files/ folder that orchc ships by itself (not named by a phase item)."""
+    return shipped_file(Node(name, SourceLoc(str(builtin_types_dir() / "service.yaml"))), session)
+
+
 def file_items(job: ResolvedJob, recipe: Recipe, phase: str) -> list[Node]:
     """The items of one of the job's phases as the type file wrote them (a shell line, or a `{file: ...}` block);
     none for a phase the job does not run."""
@@ -64,4 +88,8 @@ def shipped_files(recipe: Recipe) -> dict[str, str]:
                 if source is not None:
                     shipped = shipped_file(source, recipe.session)
                     found[shipped.name] = shipped.text
+        for name, used in ((GPU_EXPORTER, gpu_exporter_of(job) == "nvidia-smi"), (PROCESS_EXPORTER, runs_process_exporter(job))):
+            if used:
+                shipped = builtin_shipped(name, recipe.session)
+                found[shipped.name] = shipped.text
     return found

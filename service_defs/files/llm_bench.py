@@ -37,6 +37,17 @@ arrival; closed loop: when its worker's last answer ended) and when it was, so t
 delay, the requested, scheduled and achieved rates, latencies from the intended send (no coordinated omission),
 the process's CPU time over the measured phase and client_kept_up (inference-perf's rule, KEPT_UP_*).
 
+Engine metrics (engine_of): every `--engine-metrics-interval` seconds of the measured phase (not against Ollama, which
+serves no /metrics) the program reads the server's own GET /metrics (Prometheus text; vLLM's names, as
+vllm/v1/metrics/loggers.py writes them: vllm:num_requests_running, vllm:num_requests_waiting,
+vllm:kv_cache_usage_perc, or vllm:gpu_cache_usage_perc before vLLM renamed it, vllm-project/vllm#18354) into
+RESULTS_DIR/engine.jsonl; the metrics give their mean and maximum (waiting is the engine's queue depth).
+
+Energy (energy_of): with `--gpu-csv FILE` (the GPU sampler's nvidia-smi CSV of the server's job), the GPUs' energy
+over the measured phase is the mean power.draw of the rows stamped inside it, summed over the GPUs, times its wall
+time; per output token it is J/token. Exact while the power is constant between samples; otherwise its error is
+that of a mean of wall_time / interval samples (README "LLM serving metrics").
+
 With `--slo` (bounds in ms on TTFT, TPOT, E2E), also goodput as vLLM's --goodput counts it (requests that met every
 bound, per second; their output tokens per second), the share of requests that met it, and whether the p99s meet
 the bounds as MLPerf's Server scenario requires (slo_metrics).
@@ -191,8 +202,8 @@ def slo_metrics(records, metrics, slo, wall):
             "slo_p99_met": (1 if within and not metrics["requests_failed_count"] else 0) if records else None}
 
 
-def metrics_of(records, run):
-    """metrics.json from the measured requests (records) and run.json (run)."""
+def metrics_of(records, run, engine=()):
+    """metrics.json from the measured requests (records), run.json (run) and the engine's samples."""
     ok = [r for r in records if r.get("ok")]
     cut = [r for r in records if not r.get("ok") and r.get("cut")]
     failed = [r for r in records if not r.get("ok") and not r.get("cut")]
@@ -227,11 +238,130 @@ def metrics_of(records, run):
     metrics.update(audit_of(records, run))
     if run.get("slo"):
         metrics.update(slo_metrics(records, metrics, run["slo"], wall))
+    metrics.update(engine_of(engine))
+    metrics.update(energy_of(run, output_tokens))
     if run.get("api") == "ollama":
         for key in OLLAMA_TIMINGS:
             reported = [r["server"][key] for r in ok if isinstance((r.get("server") or {}).get(key), (int, float))]
             metrics[key + "_mean_ms"] = sum(reported) / len(reported) / 1e6 if reported else None
     return metrics
+
+
+ENGINE_GAUGES = {"running": ("vllm:num_requests_running",), "waiting": ("vllm:num_requests_waiting",),
+                 "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")}
+"""What an engine sample holds, from the first of the names the server's /metrics has (vLLM renamed the KV cache's)."""
+
+
+def engine_sample(text):
+    """{running, waiting, kv_cache_usage} from Prometheus text: requests summed over the label sets (one per engine
+    and model), the highest KV-cache use; None for a gauge the text does not have."""
+    seen = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, rest = line.partition("{") if "{" in line.split(" ", 1)[0] else line.partition(" ")
+        try:
+            value = float(rest.rsplit("}", 1)[-1].split()[0])
+        except (IndexError, ValueError):
+            continue
+        if math.isfinite(value):
+            seen.setdefault(name.strip(), []).append(value)
+    sample = {}
+    for key, names in ENGINE_GAUGES.items():
+        values = next((seen[name] for name in names if name in seen), None)
+        sample[key] = None if values is None else (max(values) if key == "kv_cache_usage" else sum(values))
+    return sample
+
+
+def engine_of(samples):
+    """The engine's figures over the measured phase: mean and maximum of each gauge (null when never sampled)."""
+    metrics = {"engine_samples_count": len(samples)}
+    for key, unit in (("running", "count"), ("waiting", "count"), ("kv_cache_usage", "ratio")):
+        values = [s[key] for s in samples if isinstance(s.get(key), (int, float))]
+        metrics[f"engine_{key}_mean_{unit}"] = sum(values) / len(values) if values else None
+        top = max(values) if values else None
+        metrics[f"engine_{key}_max_{unit}"] = int(top) if unit == "count" and top is not None else top
+    return metrics
+
+
+def gpu_rows(path, start, end):
+    """(GPU index, power W) of the rows of an nvidia-smi CSV (the GPU sampler's: a header, `timestamp, index, ...,
+    power.draw [W], ...`) stamped from start to end (seconds since the epoch; the stamps are the node's local time)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return _gpu_rows(handle, start, end)
+    except OSError:
+        return []
+
+
+def _gpu_rows(lines, start, end):
+    """gpu_rows of an open file, read a line at a time (a long run's file is large)."""
+    header = [name.strip() for name in next(lines, "").split(",")]
+    if "index" not in header or not any(name.startswith("power.draw") for name in header):
+        return []
+    at_index = header.index("index")
+    at_power = next(i for i, name in enumerate(header) if name.startswith("power.draw"))
+    rows = []
+    for line in lines:
+        cells = [cell.strip() for cell in line.split(",")]
+        if len(cells) != len(header):
+            continue
+        try:
+            stamp, _, fraction = cells[0].partition(".")
+            when = time.mktime(time.strptime(stamp, "%Y/%m/%d %H:%M:%S")) + float("0." + (fraction or "0"))
+            watts = float(cells[at_power])
+        except ValueError:
+            continue   # [N/A], a row cut short
+        if start <= when <= end and math.isfinite(watts):
+            rows.append((cells[at_index], watts))
+    return rows
+
+
+def energy_of(run, output_tokens):
+    """GPU energy over the measured phase (J), the mean power summed over the GPUs (W), and J per output token."""
+    rows = gpu_rows(run["gpu_csv"], run["t0_epoch"], run["t1_epoch"]) if run.get("gpu_csv") and run.get("t1_epoch") else []
+    by_gpu = {}
+    for index, watts in rows:
+        by_gpu.setdefault(index, []).append(watts)
+    power = sum(sum(w) / len(w) for w in by_gpu.values()) if by_gpu else None
+    energy = power * run["wall_time_s"] if power is not None and run.get("wall_time_s") else None
+    return {"gpu_samples_count": len(rows), "gpu_power_mean_w": power, "gpu_energy_j": energy,
+            "energy_per_token_j": energy / output_tokens if energy is not None and output_tokens else None}
+
+
+class EngineSampler(threading.Thread):
+    """Reads the server's GET /metrics every `interval` seconds until stopped; gives up at a 404 (no metrics there)."""
+
+    def __init__(self, args, interval):
+        super().__init__(daemon=True)
+        self.args, self.interval = args, interval
+        self.samples = []
+        self.done = threading.Event()
+        self.t0 = time.perf_counter()
+
+    def run(self):
+        while not self.done.is_set():
+            began = time.perf_counter()
+            conn = new_connection(self.args)
+            try:
+                conn.timeout = max(self.interval, 5.0)
+                conn.request("GET", "/metrics", headers=auth_headers())
+                response = conn.getresponse()
+                body = response.read(4 << 20).decode("utf-8", "replace")
+                if response.status == 404:
+                    return
+                if response.status == 200:
+                    self.samples.append({"t_s": round(began - self.t0, 6), **engine_sample(body)})
+            except (OSError, http.client.HTTPException):
+                pass
+            finally:
+                conn.close()
+            self.done.wait(max(0.0, self.interval - (time.perf_counter() - began)))
+
+    def stop(self):
+        self.done.set()
+        self.join(timeout=max(self.interval, 5.0) + 5)
+        return list(self.samples)
 
 
 # ---------------------------------------------------------------------------------------------- requests
@@ -685,9 +815,13 @@ def run_command(args):
     info["warmup_failed"] = [r["error"] for r in warmups if not r["ok"]][:5]
     write_json(run_path, info)
 
+    sampler = EngineSampler(args, args.engine_metrics_interval) if args.engine_metrics_interval and args.api != "ollama" else None
     with open(os.path.join(args.results, "requests.jsonl"), "a") as out:
         run.out = out
         cpu = time.process_time()  # all the process's threads
+        if sampler is not None:
+            sampler.start()
+        info["t0_epoch"] = time.time()
         run.t0 = time.perf_counter()
         if run.stopping():
             pass
@@ -701,6 +835,9 @@ def run_command(args):
             info["client_cpu_s"] = time.process_time() - cpu
             info["stopped"] = run.stop_reason
             write_json(run_path, info)
+            samples = sampler.stop() if sampler is not None else []   # the engine over the whole search (engine.jsonl)
+            with open(os.path.join(args.results, "engine.jsonl"), "w") as engine:
+                engine.writelines(json.dumps(sample, sort_keys=True) + "\n" for sample in samples)
             llm_search.summarize_search(args.results)
             return code
         elif args.request_rate:
@@ -708,8 +845,13 @@ def run_command(args):
         else:
             closed_loop(run, prompts, args.num_requests, args.concurrent, 0, run.write)
         info["wall_time_s"] = time.perf_counter() - run.t0
+        info["t1_epoch"] = info["t0_epoch"] + info["wall_time_s"]
         info["client_cpu_s"] = time.process_time() - cpu
         run.out = None
+    samples = sampler.stop() if sampler is not None else []
+    info["gpu_csv"] = os.path.abspath(args.gpu_csv) if args.gpu_csv else None
+    with open(os.path.join(args.results, "engine.jsonl"), "w") as out:
+        out.writelines(json.dumps(sample, sort_keys=True) + "\n" for sample in samples)
     info["stopped"] = run.stop_reason or ("cut at duration" if run.remaining() <= 0 else None)
     write_json(run_path, info)
     metrics = summarize(args.results)
@@ -746,7 +888,16 @@ def summarize(results):
                     records.append(json.loads(line))
                 except ValueError:
                     pass
-    metrics = metrics_of(records, run)
+    engine = []
+    path = os.path.join(results, "engine.jsonl")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    engine.append(json.loads(line))
+                except ValueError:
+                    pass
+    metrics = metrics_of(records, run, engine)
     write_json(os.path.join(results, "metrics.json"), metrics)
     return metrics
 
@@ -819,6 +970,9 @@ def parser():
                    help="open loop: Poisson arrivals (seeded) or one every 1 / rate seconds")
     r.add_argument("--search", type=search_argument,
                    help="a JSON object: search the highest request rate within an SLO (llm_search.py)")
+    r.add_argument("--engine-metrics-interval", type=float, default=1.0,
+                   help="seconds between two reads of the server's /metrics (0: none); not against Ollama")
+    r.add_argument("--gpu-csv", help="the GPU sampler's nvidia-smi CSV of the server's GPUs: energy and J/token")
     r.add_argument("--slo", type=slo_argument, help='bounds in ms, a JSON object: {"ttft_p99_ms": 2000, "tpot_p99_ms": 100}')
     s = sub.add_parser("summarize", help="write metrics.json from requests.jsonl and run.json")
     s.add_argument("results")

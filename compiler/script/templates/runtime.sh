@@ -815,6 +815,30 @@ orchc_withdraw_metrics() {
     fi
 }
 
+# orchc_gpu_exporter KIND PORT [PROGRAM]: serve this node's GPU metrics to Prometheus on PORT until the job ends,
+# on the host (nvidia-smi and DCGM are host programs): KIND nvidia-smi runs orchc's PROGRAM (gpu_exporter.py) with
+# python3, dcgm runs NVIDIA's dcgm-exporter. Without the program the node lacks, it says so and the job goes on.
+orchc_gpu_exporter() {
+    if [ "$1" = dcgm ]; then
+        command -v dcgm-exporter >/dev/null 2>&1 || { orchc_log "no dcgm-exporter on $(hostname): no GPU exporter"; return 0; }
+        setsid dcgm-exporter --address ":$2" </dev/null >/dev/null 2>&1 &
+    else
+        command -v python3 >/dev/null 2>&1 || { orchc_log "no python3 on $(hostname): no GPU exporter"; return 0; }
+        setsid python3 "$3" --port "$2" </dev/null >/dev/null 2>&1 &
+    fi
+    orchc_started "$!"
+    orchc_log "GPU metrics of $(hostname) served by the $1 exporter on port $2"
+}
+
+# orchc_process_exporter PORT PROGRAM PID: serve the CPU time and memory of PID's process tree, read from /proc, on
+# PORT until the job ends (orchc's process_exporter.py, unprivileged: what cAdvisor cannot see under Apptainer).
+orchc_process_exporter() {
+    command -v python3 >/dev/null 2>&1 || { orchc_log "no python3 on $(hostname): no process exporter"; return 0; }
+    setsid python3 "$2" --pid "$3" --port "$1" </dev/null >/dev/null 2>&1 &
+    orchc_started "$!"
+    orchc_log "the process tree of $ORCHC_TYPE (pid $3) exported on port $1"
+}
+
 # orchc_gpu_sampler INTERVAL FOLDER: sample this node's GPUs every INTERVAL s into FOLDER/gpu.csv (nvidia-smi's
 # CSV, header first: timestamp, index, name, uuid, utilisation of GPU and memory in %, memory used and total in
 # MiB, power in W, temperature in C; one row per GPU and sample) until the job ends. Without nvidia-smi on the
