@@ -129,11 +129,11 @@ def test_an_unknown_qos_is_refused_where_it_is_written(orchc, write, tmp_path):
 
 # storage
 
-def test_meluxina_keeps_images_caches_and_data_on_project_scratch(orchc, write, tmp_path):
+def test_meluxina_keeps_images_and_data_on_project_scratch(orchc, write, tmp_path):
+    """Apptainer's cache and temp folder are not there: `orchc prepare` keeps them on the login node's own disk."""
     text = _script(orchc, write, tmp_path, ACCOUNT + "service:\n  name: db\n  type: mysql\n", "db")
     scratch = '/project/scratch/"${SLURM_JOB_ACCOUNT}"/"${USER}"/orchc/'
-    assert f"\nexport APPTAINER_CACHEDIR={scratch}apptainer/cache\n" in text
-    assert f"\nexport APPTAINER_TMPDIR={scratch}apptainer/tmp\n" in text
+    assert "APPTAINER_CACHEDIR" not in text and "APPTAINER_TMPDIR" not in text
     assert f'\nORCHC_DATA={scratch}runs/"${{ORCHC_RUN}}"/"$ORCHC_JOB"\n' in text
     assert f"\norchc_image {scratch}images/mysql.sif " in text
     assert ".orchc/mysql" not in text and '"$HOME"/containers' not in text
@@ -160,7 +160,7 @@ def test_a_recipe_places_storage_and_an_explicit_data_dir_is_bound(orchc, write,
     start = next(line for line in text.splitlines() if "setsid apptainer exec" in line)
     assert "--bind /project/home/p200981/shared-db " in start, start
     # the site's defaults for what the recipe does not place
-    assert "\nexport APPTAINER_CACHEDIR=/project/scratch/" in text
+    assert "\nORCHC_MODELS=/project/scratch/" in text
 
 
 def test_a_recipe_storage_key_is_checked(orchc, write, tmp_path):

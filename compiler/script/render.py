@@ -62,6 +62,7 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
         "modules": recipe.site.modules,
         "storage": _storage_lines(recipe),
         "environment": [f"export {k}={shlex.quote(text_value(v))}" for k, v in sorted(job.environment.items())],
+        "container_env": _container_env_lines(job, recipe),
         "env": _env_lines(job, origins, context, recipe.session),
         "secrets": [_secret_line(name, job.fields[name]) for name in sorted(job.typedef.secrets) if name in job.fields],
         "images": _image_lines(job, recipe),
@@ -74,7 +75,7 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
         "keep_running": bool(job.fields.get("keep_running")),
     }
     parts["values"] = values.assignments
-    for key in ("directives", "modules", "storage", "environment", "secrets", "images", "target", "values", "env"):
+    for key in ("directives", "modules", "storage", "environment", "container_env", "secrets", "images", "target", "values", "env"):
         parts[key] = _codes(parts[key], job, origins, multiline=key in ("values", "env"))
     parts["shell"], parts["module_purge"] = (_code(parts[key], job, origins) for key in ("shell", "module_purge"))
     if job.role == "client":
@@ -193,6 +194,20 @@ def _automatic_binds(container: Container, context: dict[str, Any], given: list[
     return sorted(set(words) - taken, key=words.index)
 
 
+PASSED_INTO_CONTAINERS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL",
+                          "HF_TOKEN", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+"""What reaches every container from the job's environment under apptainer (`--cleanenv` keeps the rest out): the
+GPUs SLURM gave the job, a Hugging Face token for gated models, the site's web proxy; the job's `environment:` too."""
+
+
+def _container_env_lines(job: ResolvedJob, recipe: Recipe) -> list[str]:
+    """Under apptainer: the line that passes the explicit list into the job's containers (as APPTAINERENV_ variables,
+    so no value is on a command line), each only when set."""
+    if recipe.site.runtime != "apptainer" or not (job.container or job.active_sidecars()):
+        return []
+    return [" ".join(["orchc_pass_into_containers", *PASSED_INTO_CONTAINERS, *sorted(job.environment)])]
+
+
 def _image_path(image: str, recipe: Recipe) -> str:
     return shell_word(f"{recipe.site.image_dir}/{image}.sif")
 
@@ -215,7 +230,7 @@ def _exec_parts(container: Container, recipe: Recipe, origins: Origins,
     # Values that expand variables (secrets among them) travel in apptainer's environment,
     # not on its command line, where `ps` would show them to everyone on the node.
     assignments = [f"APPTAINERENV_{k}={v}" for k, v in env if "$" in v]
-    words = ["apptainer", "exec"]
+    words = ["apptainer", "exec", "--cleanenv"]
     if container.gpu:
         words.append("--nv")
     given = [shell_word(render_text(origins.template((*path, "binds", index)), context, recipe.session)[0])
