@@ -806,6 +806,20 @@ orchc_withdraw_metrics() {
     fi
 }
 
+# orchc_need_driver MINIMUM WHAT: stop unless this node's NVIDIA driver is MINIMUM or newer (WHAT needs it: an
+# image's CUDA release), before a server starts and fails with a CUDA error deep in its log.
+orchc_need_driver() {
+    local driver host
+    host=$(hostname -s 2>/dev/null || hostname)
+    command -v nvidia-smi >/dev/null 2>&1 || orchc_fail "$2 needs an NVIDIA driver $1 or newer; $host has no nvidia-smi (no NVIDIA driver)"
+    driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1) || driver=""
+    [ -n "$driver" ] || orchc_fail "cannot read the NVIDIA driver version on $host (nvidia-smi --query-gpu=driver_version)"
+    if [ "$(printf '%s\n%s\n' "$1" "$driver" | sort -V | head -n 1)" != "$1" ]; then
+        orchc_fail "$2 needs an NVIDIA driver $1 or newer; $host has $driver: use a node with a newer driver or an image built for an older CUDA"
+    fi
+    orchc_log "NVIDIA driver $driver on $host ($2 needs $1 or newer)"
+}
+
 # orchc_gpu_sampler INTERVAL FOLDER: sample this node's GPUs every INTERVAL s into FOLDER/gpu.csv (nvidia-smi's
 # CSV, header first: timestamp, index, name, uuid, utilisation of GPU and memory in %, memory used and total in
 # MiB, power in W, temperature in C; one row per GPU and sample) until the job ends. Without nvidia-smi on the

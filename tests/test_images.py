@@ -13,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import nvidia_smi_standin
 import pytest
 from ruamel.yaml import YAML
 from test_scheduler import fake  # noqa: F401  (a fixture)
@@ -268,15 +270,23 @@ def image_sources(tree: object, where: str = "") -> list[tuple[str, str]]:
 
 
 def test_built_in_types_pin_their_image_tags():
-    """Every image source of service_defs/ names a tag, and never `latest`."""
+    """Every image source of service_defs/ names a whole release (major.minor.patch, not a series such as mysql:8.0,
+    which moves) or a digest, and never `latest`."""
     found = []
     for path in sorted((ROOT / "service_defs").glob("*.yaml")):
         for where, source in image_sources(YAML(typ="safe").load(path.read_text(encoding="utf-8"))):
             found.append(source)
             reference = source.split("://", 1)[-1]
             _, _, tag = reference.rpartition("/")[2].partition(":")
-            assert "@sha256:" in reference or (tag and tag != "latest"), f"{path.name}: {where[1:]}: {source} is not pinned"
+            assert "@sha256:" in reference or re.match(r"v?[0-9]+\.[0-9]+\.[0-9]+", tag), f"{path.name}: {where[1:]}: {source} is not pinned"
     assert len(found) >= 10, found           # the containers and sidecars of the built-in types (18 today)
+
+
+def test_mysql_is_the_lts_release():
+    """MySQL 8.0 reached its end of life in April 2026; 8.4 is an LTS series (supported to 2032)."""
+    for name in ("mysql.yaml", "mysql_client.yaml"):
+        tree = YAML(typ="safe").load((ROOT / "service_defs" / name).read_text(encoding="utf-8"))
+        assert tree["container"]["source"].startswith("docker://mysql:8.4."), name
 
 
 def test_results_show_the_images_of_every_job(orchc, tmp_path):
@@ -375,3 +385,27 @@ def test_submit_prepares_what_is_missing_first_and_says_so(setup, fake, orchc, m
     failed = orchc("submit", "r.yaml", "--defs", "defs", "--site", "site.yaml", "--run-dir", "run4", cwd=tmp_path)
     assert failed.code == 1 and failed.err.startswith("orchc: error: orchc prepare of recipe r failed: cannot build "), failed.err
     assert not (tmp_path / "run4").exists(), "nothing is submitted when prepare fails"
+
+
+@pytest.mark.parametrize("driver, fails", [("570.133.20", True), ("575.51.03", False), ("580.82.07", False)])
+def test_a_vllm_job_checks_the_nodes_driver_against_its_images_cuda(orchc, write, tmp_path, driver, fails):
+    """vLLM's image is a CUDA 12.9 build (-cu129): it needs driver 575.51.03 or newer (NVIDIA's CUDA 12.9 release
+    notes, table 3). nvidia-smi is tests/nvidia_smi_standin.py, a stand-in that says the driver it is told."""
+    write("site.yaml", SITE.format(tmp=tmp_path))
+    result = orchc("compile", ROOT / "examples" / "vllm.yaml", "--site", "site.yaml", "-o", "out", cwd=tmp_path)
+    assert result.code == 0, result.err
+    script = (tmp_path / "out" / "vllm" / "vllm.sbatch").read_text()
+    check = 'orchc_need_driver 575.51.03 "vLLM\'s image vllm/vllm-openai:v0.20.2-cu129 (CUDA 12.9)"'
+    assert check in script and script.index(check) < script.index("setsid apptainer exec"), script
+    (runtime,) = (tmp_path / "out" / "vllm").glob("orchc-runtime-*.sh")
+    probe = write("probe.sh", f"ORCHC_JOB=vllm\nsource {runtime}\n{check}\n")
+    path = f"{nvidia_smi_standin.install(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}"
+    done = subprocess.run(["bash", str(probe)], env={**os.environ, "PATH": path, "ORCHC_STANDIN_DRIVER": driver,
+                                                     "ORCHC_RUN_DIR": str(tmp_path)},
+                          capture_output=True, text=True, timeout=60)
+    if fails:
+        assert done.returncode == 1
+        assert f"vLLM's image vllm/vllm-openai:v0.20.2-cu129 (CUDA 12.9) needs an NVIDIA driver 575.51.03 or newer; " \
+               f"{os.uname().nodename.split('.')[0]} has {driver}" in done.stderr, done.stderr
+    else:
+        assert done.returncode == 0, done.stderr

@@ -135,7 +135,7 @@ def test_meluxina_keeps_images_and_data_on_project_scratch(orchc, write, tmp_pat
     scratch = '/project/scratch/"${SLURM_JOB_ACCOUNT}"/"${USER}"/orchc/'
     assert "APPTAINER_CACHEDIR" not in text and "APPTAINER_TMPDIR" not in text
     assert f'\nORCHC_DATA={scratch}runs/"${{ORCHC_RUN}}"/"$ORCHC_JOB"\n' in text
-    assert f"\norchc_image {scratch}images/mysql.sif " in text
+    assert f"\norchc_image {scratch}images/mysql-8.4.11.sif " in text
     assert ".orchc/mysql" not in text and '"$HOME"/containers' not in text
     # the job's data folder, per run, is where mysql keeps its data; it is bound into the container
     assert re.search(r'^orchc_v\d+="\$ORCHC_DATA"/mysql$', text, re.M), text
@@ -154,7 +154,7 @@ def test_a_recipe_places_storage_and_an_explicit_data_dir_is_bound(orchc, write,
     recipe = (ACCOUNT + "storage:\n  images: /project/home/p200981/sif\n  data: /project/home/p200981/runs\n"
               "service:\n  name: db\n  type: mysql\n  data_dir: /project/home/p200981/shared-db\n")
     text = _script(orchc, write, tmp_path, recipe, "db")
-    assert "orchc_image /project/home/p200981/sif/mysql.sif" in text
+    assert "orchc_image /project/home/p200981/sif/mysql-8.4.11.sif" in text
     assert re.search(r"^ORCHC_DATA=/project/home/p200981/runs/\"\$ORCHC_JOB\"$", text, re.M), text
     assert "--datadir=/project/home/p200981/shared-db" in text
     start = next(line for line in text.splitlines() if "setsid apptainer exec" in line)
