@@ -32,10 +32,19 @@ FAKE_APPTAINER = r"""#!/bin/bash
 # exec [OPTIONS] IMAGE.sif COMMAND...: refuses an unknown option and an image without its last chunk.
 case $1 in
 build)
-    target=$2 source=$3
+    # build [--fakeroot] TARGET SOURCE; a SOURCE without scheme:// is a definition file, which needs root or --fakeroot
+    shift
+    fakeroot=0
+    [ "${1-}" != --fakeroot ] || { fakeroot=1; shift; }
+    [ "$#" = 2 ] || { echo "FATAL: build takes [--fakeroot] TARGET SOURCE" >&2; exit 255; }
+    target=$1 source=$2
     echo "build $source $target" >>"$FAKE_APPTAINER_LOG"
     echo "build-env cache=$APPTAINER_CACHEDIR tmp=$APPTAINER_TMPDIR user=${APPTAINER_DOCKER_USERNAME-} password=${APPTAINER_DOCKER_PASSWORD-}" >>"$FAKE_APPTAINER_LOG"
-    [ "$#" = 3 ] || { echo "FATAL: build takes TARGET SOURCE" >&2; exit 255; }
+    if [[ $source != *://* ]]; then
+        grep -q '^Bootstrap: ' "$source" || { echo "FATAL: $source is not a definition file" >&2; exit 255; }
+        [ "$(id -u)" = 0 ] || [ "$fakeroot" = 1 ] || { echo "FATAL: building from a definition file needs root or --fakeroot" >&2; exit 255; }
+        cp "$source" "$FAKE_APPTAINER_LOG.def"
+    fi
     [ ! -e "$target" ] || { echo "FATAL: $target already exists" >&2; exit 255; }
     for i in 1 2 3 4 5; do
         printf 'chunk %s of %s\n' "$i" "$source" >>"$target"
@@ -409,3 +418,76 @@ def test_a_vllm_job_checks_the_nodes_driver_against_its_images_cuda(orchc, write
                f"{os.uname().nodename.split('.')[0]} has {driver}" in done.stderr, done.stderr
     else:
         assert done.returncode == 0, done.stderr
+
+
+DEF_PROBE = """\
+type: def_probe
+extends: service
+fields:
+  ports: {default: [9]}
+container:
+  image: def-probe
+  source: def:probe.def
+  command: "true"
+phases:
+  health_check: []
+"""
+
+
+def test_an_image_from_a_definition_file_the_type_ships_is_built_by_prepare_and_rebuilt_when_the_file_changes(
+        orchc, write, tmp_path):
+    write("defs/probe.yaml", DEF_PROBE)
+    definition = write("defs/files/probe.def", "Bootstrap: docker\nFrom: debian:12.15-slim\n\n%post\n    apt-get install -y sysbench\n")
+    write("site.yaml", SITE.format(tmp=tmp_path))
+    recipe = write("r.yaml", "services:\n  - {name: one, type: def_probe}\n")
+
+    def compiled() -> str:
+        result = orchc("compile", str(recipe), "--defs", "defs", "--site", "site.yaml", "-o", "out", cwd=tmp_path)
+        assert result.code == 0, result.err
+        return "def:probe.def@sha256:" + hashlib.sha256(definition.read_bytes()).hexdigest()
+
+    source = compiled()
+    run = tmp_path / "out" / "r"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apptainer").write_text(FAKE_APPTAINER)
+    (bin_dir / "apptainer").chmod(0o755)
+    image = tmp_path / "containers" / "def-probe.sif"
+    assert f"\norchc_image {image} {source}\n" in (run / "one.sbatch").read_text()
+    out, _ = finished(start_prepare(run, bin_dir))
+    assert f"building {image} from {source} (missing)" in out, out
+    assert (run / "apptainer.log.def").read_text() == definition.read_text()      # the text the type ships, whole
+    assert (tmp_path / "containers" / "def-probe.sif.source").read_text() == source + "\n"
+    finished(start(run, bin_dir, "one"))
+    definition.write_text(definition.read_text() + "    apt-get install -y mariadb-client\n")
+    changed = compiled()
+    _, err = finished(start(run, bin_dir, "one"), 1)
+    assert f"image {image} was built from {source}, not {changed}" in err, err
+    finished(start_prepare(run, bin_dir))
+    assert len(builds(run)) == 2 and (tmp_path / "containers" / "def-probe.sif.source").read_text() == changed + "\n"
+    finished(start(run, bin_dir, "one"))
+
+
+def test_prepare_builds_the_sysbench_client_image_from_the_definition_file_it_ships(orchc, write, tmp_path):
+    """sysbench_client needs no sysbench on the node under apptainer: its image is built from
+    service_defs/files/sysbench-client.def (Debian 12, sysbench and the MariaDB client)."""
+    write("site.yaml", SITE.format(tmp=tmp_path))
+    result = orchc("compile", ROOT / "examples" / "sysbench.yaml", "--site", "site.yaml", "-o", "out", cwd=tmp_path)
+    assert result.code == 0, result.err
+    run = tmp_path / "out" / "sysbench"
+    script = (run / "oltp.sbatch").read_text()
+    assert "command -v sysbench" not in script and "sysbench-client-debian12.sif timeout \"$limit\" sysbench " in script
+    shipped = (ROOT / "service_defs" / "files" / "sysbench-client.def").read_text()
+    assert "From: debian:12.15-slim" in shipped and "sysbench mariadb-client" in shipped
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apptainer").write_text(FAKE_APPTAINER)
+    (bin_dir / "apptainer").chmod(0o755)
+    prepare = subprocess.run([sys.executable, "-m", "compiler", "prepare", str(ROOT / "examples" / "sysbench.yaml"),
+                              "--site", "site.yaml"], cwd=tmp_path, env={**environment(run, bin_dir), "PYTHONPATH": str(ROOT)},
+                             capture_output=True, text=True, timeout=120)
+    assert prepare.returncode == 0, prepare.stderr
+    sha = hashlib.sha256(shipped.encode()).hexdigest()
+    assert f"building {tmp_path}/containers/sysbench-client-debian12.sif from def:sysbench-client.def@sha256:{sha}" in prepare.stdout
+    assert f"building {tmp_path}/containers/mysql-8.4.11.sif from docker://mysql:8.4.11" in prepare.stdout
+    assert (run / "apptainer.log.def").read_text() == shipped

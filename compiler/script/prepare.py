@@ -7,20 +7,48 @@ node, with Apptainer's cache and temp folder on the parallel file system, is wha
 
 from __future__ import annotations
 
+import hashlib
 import shlex
+from dataclasses import dataclass
 
 from ..boundary.quote import shell_word
 from ..core.paths import templates_dir
-from ..recipe.resolve import Recipe, ResolvedJob
+from ..core.source import Node, Origins
+from ..recipe.resolve import Container, Recipe, ResolvedJob
+from ..recipe.typedefs import type_file_text
 
 REGISTRY_CREDENTIALS = "$HOME/.orchc/secrets/registry"
 """user name and password of the container registry, two lines, mode 0600 (README "Container images")"""
 
 
-def image_sources(job: ResolvedJob) -> list[tuple[str, str]]:
-    """(image name, source) of each container the job starts: its own and its sidecars' that are switched on."""
+DEFINITION = "def:"
+"""a container `source:` naming an Apptainer definition file the type ships (files/NAME beside the type file)"""
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    image: str
+    source: str
+    """what the image is recorded as built from: the type's source, or for a definition file
+    def:NAME@sha256:<its sha256>, so that a changed file means a new build"""
+    definition: str | None = None
+    """the definition file's text, for def: sources"""
+
+
+def image_sources(job: ResolvedJob, origins: Origins) -> list[ImageSource]:
+    """The images of the containers the job starts: its own and its sidecars' that are switched on."""
     started = [*([job.container] if job.container else []), *(sidecar.container for sidecar in job.active_sidecars())]
-    return [(c.image, c.source or "") for c in started if c.image]
+    return [_image_source(c, origins) for c in started if c.image]
+
+
+def _image_source(container: Container, origins: Origins) -> ImageSource:
+    source = container.source or ""
+    if not source.startswith(DEFINITION):
+        return ImageSource(str(container.image), source)
+    node = origins.template((*container.path, "source"))
+    text = type_file_text(Node(source.removeprefix(DEFINITION), node.loc))
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return ImageSource(str(container.image), f"{source}@sha256:{digest}", text)
 
 
 def prepare_script(recipe: Recipe) -> str | None:
@@ -37,15 +65,25 @@ def prepare_script(recipe: Recipe) -> str | None:
     seen: set[tuple[str, str, str]] = set()
     for job in recipe.jobs:
         account = str(job.resources.get("account") or "")
-        for image, source in image_sources(job):
-            if (account, image, source) in seen:
+        for found in image_sources(job, recipe.origins[job.name]):
+            if (account, found.image, found.source) in seen:
                 continue
-            seen.add((account, image, source))
+            seen.add((account, found.image, found.source))
             # the store's path may name the job's account, which SLURM gives a job and a login node does not have
             lines.append(f"SLURM_JOB_ACCOUNT={shlex.quote(account)}")
-            lines.append(f"orchc_prepare_image {shell_word(f'{recipe.site.image_dir}/{image}.sif')} {shlex.quote(source)}")
+            lines += _prepare_lines(f"{recipe.site.image_dir}/{found.image}.sif", found)
     lines.append(f'orchc_say "{len(seen)} image(s) of recipe {recipe.name} ready"')
     return "\n".join(lines) + "\n"
+
+
+def _prepare_lines(sif: str, found: ImageSource) -> list[str]:
+    """The lines that prepare one image; a definition file is written beside Apptainer's temp folder first."""
+    call = f"orchc_prepare_image {shell_word(sif)} {shlex.quote(found.source)}"
+    if found.definition is None:
+        return [call]
+    end = f"ORCHC_DEFINITION_{found.source[-16:]}"
+    return ['orchc_definition="$APPTAINER_TMPDIR/orchc-$$.def"', f"cat >\"$orchc_definition\" <<'{end}'",
+            found.definition.removesuffix("\n"), end, f'{call} "$orchc_definition"', 'rm -f -- "$orchc_definition"']
 
 
 def _module_lines(recipe: Recipe) -> list[str]:

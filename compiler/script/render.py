@@ -32,6 +32,7 @@ from ..recipe.checks import PHASES
 from ..recipe.resolve import Container, Recipe, ResolvedJob
 from ..recipe.typedefs import secret_variable
 from .directives import directives, gpus_of
+from .prepare import image_sources
 from .runtime import runtime_inlined, runtime_loader
 from .shipped import file_items, shipped_file
 
@@ -65,7 +66,7 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
         "container_env": _container_env_lines(job, recipe),
         "env": _env_lines(job, origins, context, recipe.session),
         "secrets": [_secret_line(name, job.fields[name]) for name in sorted(job.typedef.secrets) if name in job.fields],
-        "images": _image_lines(job, recipe),
+        "images": _image_lines(job, recipe, origins),
         "sidecars": _sidecar_lines(job, recipe, origins, context, values),
         "service_command": _service_command(job, recipe, origins, context, values),
         "phases": {phase: _phase_lines(job, recipe, phase, context, values, self_contained) for phase in PHASES[job.role]},
@@ -212,11 +213,10 @@ def _image_path(image: str, recipe: Recipe) -> str:
     return shell_word(f"{recipe.site.image_dir}/{image}.sif")
 
 
-def _image_lines(job: ResolvedJob, recipe: Recipe) -> list[str]:
+def _image_lines(job: ResolvedJob, recipe: Recipe, origins: Origins) -> list[str]:
     if recipe.site.runtime != "apptainer":
         return []
-    started = [*([job.container] if job.container else []), *(sidecar.container for sidecar in job.active_sidecars())]
-    lines = [f"orchc_image {_image_path(c.image, recipe)} {shlex.quote(c.source or '')}" for c in started if c.image]
+    lines = [f"orchc_image {_image_path(found.image, recipe)} {shlex.quote(found.source)}" for found in image_sources(job, origins)]
     return sorted(set(lines), key=lines.index)
 
 

@@ -32,7 +32,8 @@ orchc_prepared() {
     [ -f "$1" ] && [ -f "$1.sha256" ] && [ "$(cat "$1.source" 2>/dev/null)" = "$2" ]
 }
 
-# orchc_prepare_image SIF SOURCE: make SIF the image built from SOURCE, once. Under an flock on SIF.lock (another
+# orchc_prepare_image SIF SOURCE [DEFINITION]: make SIF the image built from SOURCE (from the definition file
+# DEFINITION when given: SOURCE is then def:NAME@sha256:<its sha256>), once. Under an flock on SIF.lock (another
 # prepare of the same store waits), re-checked once the lock is held, built into SIF.tmp.<host>.<pid> beside it
 # and renamed into place only when whole. Stale temp files of this host are removed (the lock is held, so none
 # is a build in progress here); another host's are left alone: with Lustre mounted `localflock` the lock does
@@ -40,7 +41,7 @@ orchc_prepared() {
 # from; a SIF with a matching SIF.source (pulled by hand, say) is kept, and one without SIF.source is refused,
 # never overwritten. SIF.sha256 is its digest, which each job checks at start.
 orchc_prepare_image() {
-    local sif=$1 source=$2 lock host tmp digest
+    local sif=$1 source=$2 input=${3:-$2} lock host tmp digest fakeroot=()
     if orchc_prepared "$sif" "$source"; then
         orchc_say "$sif: present (from $source)"
         return 0
@@ -59,7 +60,9 @@ orchc_prepare_image() {
         rm -f -- "$sif.tmp.$host".*
         tmp=$sif.tmp.$host.$$
         orchc_say "building $sif from $source (missing$([ -f "$sif" ] && echo ", or built from $(cat "$sif.source")"))"
-        if ! apptainer build "$tmp" "$source" </dev/null; then
+        # a definition file's %post runs as root in the image: unprivileged, that is Apptainer's --fakeroot
+        [ "$input" = "$source" ] || [ "$(id -u)" = 0 ] || fakeroot=(--fakeroot)
+        if ! apptainer build "${fakeroot[@]}" "$tmp" "$input" </dev/null; then
             rm -f -- "$tmp"
             orchc_fail "cannot build $sif from $source"
         fi
