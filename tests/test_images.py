@@ -23,12 +23,13 @@ from pathlib import Path
 import nvidia_smi_standin
 import pytest
 from ruamel.yaml import YAML
+from test_cluster import cluster, needs_redis  # noqa: F401  (fixtures)
 from test_scheduler import fake  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 FAKE_APPTAINER = r"""#!/bin/bash
-# build TARGET SOURCE: five chunks, 0.3 s apart; FAKE_APPTAINER_FAIL_AFTER=N fails after chunk N.
+# build TARGET SOURCE: five chunks, 0.3 s apart (FAKE_APPTAINER_CHUNK_SECONDS); FAKE_APPTAINER_FAIL_AFTER=N fails after chunk N.
 # exec [OPTIONS] IMAGE.sif COMMAND...: refuses an unknown option and an image without its last chunk.
 case $1 in
 build)
@@ -48,7 +49,7 @@ build)
     [ ! -e "$target" ] || { echo "FATAL: $target already exists" >&2; exit 255; }
     for i in 1 2 3 4 5; do
         printf 'chunk %s of %s\n' "$i" "$source" >>"$target"
-        sleep 0.3
+        sleep "${FAKE_APPTAINER_CHUNK_SECONDS:-0.3}"
         if [ "${FAKE_APPTAINER_FAIL_AFTER:-0}" = "$i" ]; then echo "FATAL: network error" >&2; exit 1; fi
     done
     ;;
@@ -491,3 +492,41 @@ def test_prepare_builds_the_sysbench_client_image_from_the_definition_file_it_sh
     assert f"building {tmp_path}/containers/sysbench-client-debian12.sif from def:sysbench-client.def@sha256:{sha}" in prepare.stdout
     assert f"building {tmp_path}/containers/mysql-8.4.11.sif from docker://mysql:8.4.11" in prepare.stdout
     assert (run / "apptainer.log.def").read_text() == shipped
+
+
+@pytest.mark.cluster
+def test_a_first_run_with_an_empty_store_prepares_once_and_no_client_times_out(cluster, needs_redis, monkeypatch,  # noqa: F811
+                                                                              tmp_path):
+    """On the test cluster, under a stand-in apptainer whose builds take 25 s, longer than the client's
+    target_timeout (15 s here, 600 s by default): submit prepares first, on this (login) node, so the jobs start
+    with their images ready, and the client finds redis in time. Before orchc prepare, the service built its image
+    in the job while the client's clock ran."""
+    from test_cluster import free_port, status, wait_for
+    from test_cluster import orchc as cluster_orchc
+
+    port = free_port()
+    (tmp_path / "site.yaml").write_text(SITE.format(tmp=tmp_path))
+    (tmp_path / "redis.yaml").write_text(
+        f"service:\n  name: redis\n  ports: [{port}]\n  data_dir: {tmp_path}/redis-data\n  resources: {{time: '00:05:00'}}\n"
+        "client:\n  name: bench\n  type: redis_client\n  requests: 2000\n  tests: [set, get]\n  target_timeout: 15\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apptainer").write_text(FAKE_APPTAINER)
+    (bin_dir / "apptainer").chmod(0o755)
+    run = tmp_path / "run"
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_APPTAINER_LOG": str(tmp_path / "apptainer.log"),
+           "FAKE_APPTAINER_CHUNK_SECONDS": "5"}
+    for name, value in env.items():   # the cluster's orchc passes its environment on, and sbatch passes it to the jobs
+        monkeypatch.setenv(name, value)
+    submitted = cluster_orchc("submit", "redis.yaml", "--site", "site.yaml", "--run-dir", run, cwd=tmp_path)
+    lines = submitted.stdout.splitlines()
+    assert lines[0] == f"orchc prepare: building {tmp_path}/containers/redis-7.2.16.sif from docker://redis:7.2.16 (missing)"
+    assert any(line.startswith("submitted client bench") for line in lines), lines
+    wait_for(lambda: all(job["state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for job in status(run).values()),
+             180, "both jobs to end", interval=0.5)
+    states = {name: job["state"] for name, job in status(run).items()}
+    assert states == {"redis": "COMPLETED", "bench": "COMPLETED"}, (states, [p.read_text() for p in run.glob("slurm-*.err")])
+    log = (tmp_path / "apptainer.log").read_text()
+    assert log.count("build ") == 1 and log.count("exec ") >= 3, log    # built once, before; run by both jobs
+    recorded = json.loads((run / "images" / "bench.json").read_text())
+    assert recorded[0]["source"] == "docker://redis:7.2.16"
