@@ -8,11 +8,13 @@ node, with Apptainer's cache and temp folder on the parallel file system, is wha
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
 from dataclasses import dataclass
 
 from ..boundary.quote import shell_word
 from ..core.paths import templates_dir
+from ..core.session import CompileSession
 from ..core.source import Node, Origins
 from ..recipe.resolve import Container, Recipe, ResolvedJob
 from ..recipe.typedefs import type_file_text
@@ -35,20 +37,26 @@ class ImageSource:
     """the definition file's text, for def: sources"""
 
 
-def image_sources(job: ResolvedJob, origins: Origins) -> list[ImageSource]:
+def image_sources(job: ResolvedJob, origins: Origins, session: CompileSession) -> list[ImageSource]:
     """The images of the containers the job starts: its own and its sidecars' that are switched on."""
     started = [*([job.container] if job.container else []), *(sidecar.container for sidecar in job.active_sidecars())]
-    return [_image_source(c, origins) for c in started if c.image]
+    return [_image_source(c, origins, session) for c in started if c.image]
 
 
-def _image_source(container: Container, origins: Origins) -> ImageSource:
+def _image_source(container: Container, origins: Origins, session: CompileSession) -> ImageSource:
     source = container.source or ""
     if not source.startswith(DEFINITION):
         return ImageSource(str(container.image), source)
-    node = origins.template((*container.path, "source"))
-    text = type_file_text(Node(source.removeprefix(DEFINITION), node.loc))
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    node = Node(source.removeprefix(DEFINITION), origins.template((*container.path, "source")).loc)
+    # read and hashed once per compile, not once per job of a sweep
+    text, digest = session.once("definition", (os.path.dirname(os.path.abspath(node.loc.file)), node.value),
+                                lambda: _definition(node))
     return ImageSource(str(container.image), f"{source}@sha256:{digest}", text)
+
+
+def _definition(node: Node) -> tuple[str, str]:
+    text = type_file_text(node)
+    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def prepare_script(recipe: Recipe) -> str | None:
@@ -65,7 +73,7 @@ def prepare_script(recipe: Recipe) -> str | None:
     seen: set[tuple[str, str, str]] = set()
     for job in recipe.jobs:
         account = str(job.resources.get("account") or "")
-        for found in image_sources(job, recipe.origins[job.name]):
+        for found in image_sources(job, recipe.origins[job.name], recipe.session):
             if (account, found.image, found.source) in seen:
                 continue
             seen.add((account, found.image, found.source))

@@ -216,7 +216,8 @@ def _image_path(image: str, recipe: Recipe) -> str:
 def _image_lines(job: ResolvedJob, recipe: Recipe, origins: Origins) -> list[str]:
     if recipe.site.runtime != "apptainer":
         return []
-    lines = [f"orchc_image {_image_path(found.image, recipe)} {shlex.quote(found.source)}" for found in image_sources(job, origins)]
+    lines = [f"orchc_image {_image_path(found.image, recipe)} {shlex.quote(found.source)}"
+             for found in image_sources(job, origins, recipe.session)]
     return sorted(set(lines), key=lines.index)
 
 
