@@ -325,6 +325,8 @@ type: env_probe
 extends: service
 fields:
   ports: {default: [9]}
+env:
+  PROBE_DATA: some data
 container:
   image: probe
   source: docker://example.org/probe:1.0
@@ -363,6 +365,16 @@ def test_the_submitting_environment_does_not_reach_containers(orchc, write, tmp_
     assert not {"PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX"} & set(seen), seen
     assert seen["PROBE_PLAIN"] == "plain" and seen["PROBE_SECRET"] == "key-value"
     assert seen["MY_SETTING"] == "on" and seen["HF_TOKEN"] == "hf-token" and seen["CUDA_VISIBLE_DEVICES"] == "2,3"
+    # the type's env: and orchc's own variables of the job (Grafana's provisioning file names ${ORCHC_RUN_DIR})
+    assert seen["PROBE_DATA"] == "some data" and seen["ORCHC_RUN_DIR"] == str(run) and seen["ORCHC_JOB"] == "one"
+
+
+def test_grafanas_admin_password_reaches_its_container_in_the_environment(orchc, write, tmp_path):
+    write("site.yaml", SITE.format(tmp=tmp_path))
+    result = orchc("compile", ROOT / "examples" / "grafana.yaml", "--site", "site.yaml", "--stdout", cwd=tmp_path)
+    assert result.code == 0, result.err
+    (start,) = [line for line in result.out.splitlines() if "grafana server" in line and "apptainer exec" in line]
+    assert 'APPTAINERENV_GF_SECURITY_ADMIN_PASSWORD="$ADMIN_PASSWORD" ' in start and "--cleanenv" in start, start
 
 
 def test_a_build_leaves_the_temp_files_of_other_hosts_alone(setup, tmp_path):

@@ -198,7 +198,9 @@ def _automatic_binds(container: Container, context: dict[str, Any], given: list[
 PASSED_INTO_CONTAINERS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL",
                           "HF_TOKEN", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 """What reaches every container from the job's environment under apptainer (`--cleanenv` keeps the rest out): the
-GPUs SLURM gave the job, a Hugging Face token for gated models, the site's web proxy; the job's `environment:` too."""
+GPUs SLURM gave the job, a Hugging Face token for gated models, the site's web proxy; orchc's own variables of the
+job (Grafana's provisioning names ${ORCHC_RUN_DIR}); the job's `environment:` and the type's `env:` too."""
+_ORCHC_VARIABLES = ("ORCHC_RUN_DIR", "ORCHC_JOB", "ORCHC_TYPE", "ORCHC_RESULTS", "ORCHC_RUN", "ORCHC_DATA", "ORCHC_MODELS")
 
 
 def _container_env_lines(job: ResolvedJob, recipe: Recipe) -> list[str]:
@@ -206,7 +208,8 @@ def _container_env_lines(job: ResolvedJob, recipe: Recipe) -> list[str]:
     so no value is on a command line), each only when set."""
     if recipe.site.runtime != "apptainer" or not (job.container or job.active_sidecars()):
         return []
-    return [" ".join(["orchc_pass_into_containers", *PASSED_INTO_CONTAINERS, *sorted(job.environment)])]
+    names = [*PASSED_INTO_CONTAINERS, *_ORCHC_VARIABLES, *sorted(job.environment), *sorted(job.env)]
+    return [" ".join(["orchc_pass_into_containers", *dict.fromkeys(names)])]
 
 
 def _image_path(image: str, recipe: Recipe) -> str:
