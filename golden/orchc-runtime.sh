@@ -729,46 +729,37 @@ orchc_secret_file() {
     cat "$1"
 }
 
-# orchc_image SIF SOURCE: make SIF the image built from SOURCE, once, and record it for the run.
-# Jobs build it themselves (a client and its service may start together, so they take turns): under
-# an flock on SIF.lock, re-checked once the lock is held, into SIF.tmp.<host>.<pid> beside it, renamed
-# into place only when whole. A temp file left by a killed build is never used and is removed by the
-# next build. SIF.source names what SIF was built from (a different source is rebuilt); SIF.sha256 is
-# its digest, computed once. The job's images are listed in $ORCHC_RUN_DIR/images/$ORCHC_JOB.json.
+# orchc_pass_into_containers NAME...: pass each NAME that is set into this job's containers, which run with
+# --cleanenv: as APPTAINERENV_NAME (SINGULARITYENV_NAME; the runtime sets NAME in the container from it), so no value is on a command line.
+orchc_pass_into_containers() {
+    local name cli=${ORCHC_CONTAINER_CLI:-apptainer}
+    for name in "$@"; do
+        if [ -n "${!name+set}" ]; then
+            export "${cli^^}ENV_$name=${!name}"
+        fi
+    done
+}
+
+# orchc_image SIF SOURCE: check that SIF is the image `orchc prepare` built from SOURCE, and record it for the run.
+# Jobs never build: that happens once on the login node (orchc prepare, which orchc submit runs first), not on a
+# billed node with Apptainer's cache on the parallel file system. A missing image, one built from another source,
+# or one whose sha256 is not the one recorded in SIF.sha256 when it was prepared stops the job, saying which.
+# The job's images are listed in $ORCHC_RUN_DIR/images/$ORCHC_JOB.json (with the manifest digest of a source
+# pinned as docker://...@sha256:...).
 orchc_image() {
-    local sif=$1 source=$2 name tmp lock digest file
+    local sif=$1 source=$2 name built recorded digest file manifest=""
     name=${sif##*/}
     name=${name%.sif}
-    if ! { [ -f "$sif" ] && [ -f "$sif.sha256" ] && [ "$(cat "$sif.source" 2>/dev/null)" = "$source" ]; }; then
-        mkdir -p "$(dirname "$sif")"
-        exec {lock}>>"$sif.lock" || orchc_fail "cannot open the lock file $sif.lock"
-        if ! flock -n "$lock"; then
-            orchc_log "waiting for another job's build of $sif"
-            flock "$lock" || orchc_fail "cannot lock $sif.lock"
-        fi
-        if ! { [ -f "$sif" ] && [ "$(cat "$sif.source" 2>/dev/null)" = "$source" ]; }; then
-            rm -f "$sif".tmp.*
-            tmp=$sif.tmp.$(hostname -s 2>/dev/null || echo host).$$
-            orchc_log "building $sif from $source"
-            if ! "${ORCHC_CONTAINER_CLI:-apptainer}" build "$tmp" "$source"; then
-                rm -f "$tmp"
-                orchc_fail "cannot build $sif from $source"
-            fi
-            printf '%s\n' "$source" >"$tmp.source"
-            rm -f "$sif.sha256"
-            mv -f "$tmp" "$sif"
-            mv -f "$tmp.source" "$sif.source"
-        fi
-        if [ ! -f "$sif.sha256" ]; then
-            digest=$(sha256sum "$sif")
-            printf '%s  %s\n' "${digest%% *}" "$name.sif" >"$sif.tmp.sha256.$$"
-            mv -f "$sif.tmp.sha256.$$" "$sif.sha256"
-        fi
-        exec {lock}>&-
-    fi
-    read -r digest _ <"$sif.sha256"
+    [ -f "$sif" ] || orchc_fail "image $sif is missing: run orchc prepare RECIPE on the login node (orchc submit runs it first)"
+    built=$(cat "$sif.source" 2>/dev/null) || built="an unknown source (no $sif.source)"
+    [ "$built" = "$source" ] || orchc_fail "image $sif was built from $built, not $source: run orchc prepare RECIPE on the login node"
+    read -r recorded _ 2>/dev/null <"$sif.sha256" || orchc_fail "image $sif has no recorded digest ($sif.sha256): run orchc prepare RECIPE on the login node"
+    digest=$(sha256sum <"$sif")
+    digest=${digest%% *}
+    [ "$digest" = "$recorded" ] || orchc_fail "image $sif is not the one prepared: its sha256 is $digest, $sif.sha256 records $recorded (changed since): run orchc prepare RECIPE again"
+    [[ $source != *@sha256:* ]] || manifest=", \"manifest_digest\": $(orchc_json_string "sha256:${source##*@sha256:}")"
     ORCHC_IMAGES+="${ORCHC_IMAGES:+, }{\"image\": $(orchc_json_string "$name"), \"source\": $(orchc_json_string "$source"),"
-    ORCHC_IMAGES+=" \"path\": $(orchc_json_string "$sif"), \"sha256\": $(orchc_json_string "$digest")}"
+    ORCHC_IMAGES+=" \"path\": $(orchc_json_string "$sif"), \"sha256\": $(orchc_json_string "$digest")$manifest}"
     mkdir -p "$ORCHC_RUN_DIR/images"
     file="$ORCHC_RUN_DIR/images/$ORCHC_JOB.json"
     printf '[%s]\n' "$ORCHC_IMAGES" >"$file.tmp.$$"
@@ -837,6 +828,20 @@ orchc_process_exporter() {
     setsid python3 "$2" --pid "$3" --port "$1" </dev/null >/dev/null 2>&1 &
     orchc_started "$!"
     orchc_log "the process tree of $ORCHC_TYPE (pid $3) exported on port $1"
+}
+
+# orchc_need_driver MINIMUM WHAT: stop unless this node's NVIDIA driver is MINIMUM or newer (WHAT needs it: an
+# image's CUDA release), before a server starts and fails with a CUDA error deep in its log.
+orchc_need_driver() {
+    local driver host
+    host=$(hostname -s 2>/dev/null || hostname)
+    command -v nvidia-smi >/dev/null 2>&1 || orchc_fail "$2 needs an NVIDIA driver $1 or newer; $host has no nvidia-smi (no NVIDIA driver)"
+    driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1) || driver=""
+    [ -n "$driver" ] || orchc_fail "cannot read the NVIDIA driver version on $host (nvidia-smi --query-gpu=driver_version)"
+    if [ "$(printf '%s\n%s\n' "$1" "$driver" | sort -V | head -n 1)" != "$1" ]; then
+        orchc_fail "$2 needs an NVIDIA driver $1 or newer; $host has $driver: use a node with a newer driver or an image built for an older CUDA"
+    fi
+    orchc_log "NVIDIA driver $driver on $host ($2 needs $1 or newer)"
 }
 
 # orchc_gpu_sampler INTERVAL FOLDER: sample this node's GPUs every INTERVAL s into FOLDER/gpu.csv (nvidia-smi's

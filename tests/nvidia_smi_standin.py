@@ -6,9 +6,14 @@ Tests put it first on PATH as `nvidia-smi` (see `install`). Given exactly
 
 (FIELDS as the sampler of compiler/script/templates/runtime.sh asks), it prints the CSV header, then every
 SECONDS one row per GPU (`ORCHC_STANDIN_GPUS`, default 2) whose values follow from the sample number and
-the GPU index (`row`), flushed at once, until it is stopped. Any other command line is refused (exit 2),
-so a test fails when the sampler's flags change. Given the GPU exporter's query (EXPORTER_FIELDS,
-`--format=csv,noheader,nounits`, no loop) it prints one row per GPU, the values of sample 0, and exits. Column names follow nvidia-smi's CSV header (units in
+the GPU index (`row`), flushed at once, until it is stopped. Given the GPU exporter's query (EXPORTER_FIELDS,
+`--format=csv,noheader,nounits`, no loop) it prints one row per GPU, the values of sample 0, and exits. Given exactly
+
+    nvidia-smi --query-gpu=driver_version --format=csv,noheader
+
+it prints the driver version (`ORCHC_STANDIN_DRIVER`, default 575.57.08) once per GPU, as the driver check of
+runtime.sh asks. Any other command line is refused (exit 2),
+so a test fails when the sampler's flags change. Column names follow nvidia-smi's CSV header (units in
 brackets; `nounits` drops them from the values only); the values are made up.
 """
 
@@ -52,8 +57,12 @@ def exporter_row(index: int) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    gpus = int(os.environ.get("ORCHC_STANDIN_GPUS", "2"))
+    if argv == ["--query-gpu=driver_version", "--format=csv,noheader"]:
+        print("\n".join([os.environ.get("ORCHC_STANDIN_DRIVER", "575.57.08")] * gpus))
+        return 0
     if argv == [f"--query-gpu={','.join(EXPORTER_FIELDS)}", "--format=csv,noheader,nounits"]:
-        for index in range(int(os.environ.get("ORCHC_STANDIN_GPUS", "2"))):
+        for index in range(gpus):
             print(", ".join(exporter_row(index)))
         return 0
     expected = [f"--query-gpu={','.join(FIELDS)}", "--format=csv,nounits", "-l"]
@@ -62,7 +71,6 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     interval = int(argv[3])
-    gpus = int(os.environ.get("ORCHC_STANDIN_GPUS", "2"))
     print(HEADER, flush=True)
     sample = 0
     while True:

@@ -141,7 +141,7 @@ def test_the_resolved_job_is_immutable(tmp_path):
                    lambda: recipe.job("redis").fields["ports"].append(1)):
         with pytest.raises(TypeError):
             mutate()
-    assert recipe.job("redis").container is not None and recipe.job("redis").container.image == "redis"
+    assert recipe.job("redis").container is not None and recipe.job("redis").container.image == "redis-7.2.16"
 
 
 def test_origins_locate_values_and_give_positioned_templates(tmp_path):

@@ -86,7 +86,7 @@ def test_gpus_of_a_gres(gres, count):
 
 
 def test_submit_says_what_the_run_reserves_after_submitting(fake, orchc, write, tmp_path):
-    result = orchc("submit", write("r.yaml", vllm()), "--run-dir", str(tmp_path / "run"))
+    result = orchc("submit", write("r.yaml", vllm()), "--run-dir", str(tmp_path / "run"), "--no-prepare")  # no Apptainer here
     assert result.code == 0, result.err
     lines = result.out.splitlines()
     assert lines[-2] == "the run reserves at most 2.25 node-hours on meluxina (whole nodes are billed: 2 SLURM job(s), " \

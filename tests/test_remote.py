@@ -604,3 +604,41 @@ def test_an_ssh_failure_without_a_message_is_called_a_closed_connection():
     assert "me@login.example:8022" in said and "closed" in said and "no message" not in said
     assert "refused the connection" in remote_module.classify("ssh: connect to host x port 22: Connection refused",
                                                               Target("x"))
+
+
+# --- prepare ----------------------------------------------------------------------------------------
+
+@pytest.mark.ssh
+def test_prepare_builds_the_images_on_the_login_node_over_ssh(server, laptop, tmp_path, remote_dir):
+    """orchc prepare with a site that has an ssh: target builds on the login node, as the user there, into the store
+    the site names (expanded there). Apptainer cannot run here: tests/test_images.py's stand-in does, on the remote
+    PATH through ssh.setup."""
+    from test_images import FAKE_APPTAINER, PROBE
+
+    folder = HOME / remote_dir
+    (folder / "bin").mkdir(parents=True)
+    (folder / "bin" / "apptainer").write_text(FAKE_APPTAINER)
+    (folder / "bin" / "apptainer").chmod(0o755)
+    shutil.chown(folder, sshd_helper.USER, sshd_helper.USER)
+    config = Path(laptop.env["XDG_CONFIG_HOME"])
+    override(config, server, remote_dir).rename(config / "orchc" / "sites" / "fake.yaml")
+    quoted = shlex.quote(str(folder))
+    with (config / "orchc" / "sites" / "fake.yaml").open("a") as file:
+        file.write(f"  setup: {json.dumps(f'export PATH={quoted}/bin:$PATH FAKE_APPTAINER_LOG={quoted}/apptainer.log')}\n")
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs" / "probe.yaml").write_text(PROBE)
+    (tmp_path / "site.yaml").write_text("site: fake\nruntime: apptainer\nimage_dir: $HOME/" + remote_dir.replace(" ", "_")
+                                        + "-containers\ndefaults:\n  resources: {nodes: 1, ntasks: 1, time: '00:10:00'}\n")
+    (tmp_path / "r.yaml").write_text("services:\n  - {name: one, type: image_probe}\n")
+    store = HOME / (remote_dir.replace(" ", "_") + "-containers")
+    try:
+        done = laptop("prepare", "r.yaml", "--defs", "defs", "--site", "site.yaml")
+        assert f"orchc prepare: building {store}/probe.sif from docker://example.org/probe:1.0 (missing)" in done.stdout, done
+        assert (store / "probe.sif").owner() == sshd_helper.USER and (store / "probe.sif.sha256").exists()
+        again = laptop("prepare", "r.yaml", "--defs", "defs", "--site", "site.yaml")
+        assert f"orchc prepare: {store}/probe.sif: present" in again.stdout
+        assert (folder / "apptainer.log").read_text().count("build ") == 1
+        local = laptop("prepare", "r.yaml", "--defs", "defs", "--site", "site.yaml", "--local", check=False)
+        assert local.returncode == 1 and "apptainer not found" in local.stderr, local.stderr   # not on this PATH
+    finally:
+        shutil.rmtree(store, ignore_errors=True)

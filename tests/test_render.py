@@ -38,7 +38,7 @@ def test_design_example_header(orchc):
     assert result.out.startswith("# ==> ollama/ollama.sbatch <==\n#!/bin/bash -l\n")
     assert "module --force purge\nmodule load env/release/2024.1\nmodule load Apptainer/1.3.6-GCCcore-13.3.0\n" in result.out
     (start,) = [line for line in result.out.splitlines() if line.endswith(" ollama serve &")]
-    assert start.startswith("APPTAINERENV_OLLAMA_MODELS=") and "setsid apptainer exec --nv " in start
+    assert start.startswith("APPTAINERENV_OLLAMA_MODELS=") and "setsid apptainer exec --cleanenv --nv " in start
     # behind its TLS proxy (auth_proxy, the default), Ollama itself listens on loopback only
     assert "--env OLLAMA_HOST=127.0.0.1:11435 " in start and "/orchc/images/ollama-0.13.5.sif ollama serve &" in start
     assert result.out.index("cadvisor.sif /usr/bin/cadvisor") < result.out.index(" ollama serve &")

@@ -155,15 +155,15 @@ def test_a_qos_entry_of_a_site_is_checked_by_the_schema(orchc, write, tmp_path):
 
 # storage
 
-def test_meluxina_keeps_images_and_models_on_project_storage_caches_and_data_on_scratch(orchc, write, tmp_path):
-    """Tier1 scratch is fast but small and temporary (issue 20): what runs share and reuse lives in project storage."""
+def test_meluxina_keeps_images_and_models_on_project_storage_and_data_on_scratch(orchc, write, tmp_path):
+    """Tier1 scratch is fast but small and temporary (issue 20): what runs share and reuse lives in project storage;
+    Apptainer's cache and temp folder are not there: `orchc prepare` keeps them on the login node's own disk."""
     text = _script(orchc, write, tmp_path, ACCOUNT + "service:\n  name: db\n  type: mysql\n", "db")
     scratch = '/project/scratch/"${SLURM_JOB_ACCOUNT}"/"${USER}"/orchc/'
     home = '/project/home/"${SLURM_JOB_ACCOUNT}"/"${USER}"/orchc/'
-    assert f"\nexport APPTAINER_CACHEDIR={scratch}apptainer/cache\n" in text
-    assert f"\nexport APPTAINER_TMPDIR={scratch}apptainer/tmp\n" in text
+    assert "APPTAINER_CACHEDIR" not in text and "APPTAINER_TMPDIR" not in text
     assert f'\nORCHC_DATA={scratch}runs/"${{ORCHC_RUN}}"/"$ORCHC_JOB"\n' in text
-    assert f"\norchc_image {home}images/mysql.sif " in text
+    assert f"\norchc_image {home}images/mysql-8.4.11.sif " in text
     assert f"\nORCHC_MODELS={home}models\n" in text
     assert ".orchc/mysql" not in text and '"$HOME"/containers' not in text
     # the job's data folder, per run, is where mysql keeps its data; it is bound into the container
@@ -183,13 +183,13 @@ def test_a_recipe_places_storage_and_an_explicit_data_dir_is_bound(orchc, write,
     recipe = (ACCOUNT + "storage:\n  images: /project/home/p200981/sif\n  data: /project/home/p200981/runs\n"
               "service:\n  name: db\n  type: mysql\n  data_dir: /project/home/p200981/shared-db\n")
     text = _script(orchc, write, tmp_path, recipe, "db")
-    assert "orchc_image /project/home/p200981/sif/mysql.sif" in text
+    assert "orchc_image /project/home/p200981/sif/mysql-8.4.11.sif" in text
     assert re.search(r"^ORCHC_DATA=/project/home/p200981/runs/\"\$ORCHC_JOB\"$", text, re.M), text
     assert "--datadir=/project/home/p200981/shared-db" in text
     start = next(line for line in text.splitlines() if "setsid apptainer exec" in line)
     assert "--bind /project/home/p200981/shared-db " in start, start
     # the site's defaults for what the recipe does not place
-    assert "\nexport APPTAINER_CACHEDIR=/project/scratch/" in text
+    assert "\nORCHC_MODELS=/project/scratch/" in text
 
 
 def test_a_recipe_storage_key_is_checked(orchc, write, tmp_path):

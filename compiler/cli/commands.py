@@ -30,8 +30,18 @@ def add_commands(commands: Any, add_compile_options: Callable[[argparse.Argument
     where.add_argument("--remote", action="store_true",
                        help="submit over SSH to the site's ssh: target (the default when the site has one)")
     where.add_argument("--local", action="store_true", help="submit here even when the site has an ssh: target")
+    submit.add_argument("--no-prepare", action="store_true",
+                        help="do not run `orchc prepare` first (the images are prepared; a job still checks its own)")
     add_compile_options(submit)
     submit.set_defaults(run=cmd_submit)
+
+    prepare = commands.add_parser("prepare", help="build every image a recipe's jobs need into the site's store, on the login node")
+    prepare.add_argument("recipe", type=Path, metavar="RECIPE", help="a recipe file (YAML)")
+    where = prepare.add_mutually_exclusive_group()
+    where.add_argument("--remote", action="store_true", help="over SSH on the site's ssh: target (the default when the site has one)")
+    where.add_argument("--local", action="store_true", help="here even when the site has an ssh: target")
+    add_compile_options(prepare)
+    prepare.set_defaults(run=cmd_prepare)
 
     rerun = commands.add_parser("rerun", help="submit the jobs a run compiled again, byte for byte, as a new run")
     rerun.add_argument("run_ref", metavar="RUN", help="a run folder, or the name of one under runs/")
@@ -193,7 +203,26 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise ClusterError(f"--remote: site {output.recipe.site.name} has no ssh: target (in {output.recipe.site.file}, "
                            f"in {config_dir()}/<site>.yaml or in ORCHC_SSH_HOST)")
     scheduler, connection = _where(target)
+    if not args.no_prepare:
+        from ..run.prepare import prepare
+
+        prepare(output.recipe, connection)
     return _submitted(lambda: submit(output, run_dir, scheduler, _command_line(), connection), run_dir, cost)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from ..output.pipeline import resolve_all
+    from ..run.prepare import prepare
+    from ..run.ssh import config_dir, connection, site_target
+
+    (recipe,) = resolve_all([args.recipe], compile_options(args))
+    target = None if args.local else site_target(recipe.site.name, recipe.site.file)
+    if args.remote and target is None:
+        raise ClusterError(f"--remote: site {recipe.site.name} has no ssh: target (in {recipe.site.file}, "
+                           f"in {config_dir()}/<site>.yaml or in ORCHC_SSH_HOST)")
+    if not prepare(recipe, None if target is None else connection(target)):
+        print(f"{recipe.file}: site {recipe.site.name} runs no containers (runtime {recipe.site.runtime}): nothing to prepare")
+    return 0
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:

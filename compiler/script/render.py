@@ -32,6 +32,7 @@ from ..recipe.checks import PHASES
 from ..recipe.resolve import Container, Recipe, ResolvedJob
 from ..recipe.typedefs import secret_variable
 from .directives import directives, gpus_of
+from .prepare import image_sources
 from .runtime import runtime_inlined, runtime_loader
 from .shipped import GPU_EXPORTER, PROCESS_EXPORTER, builtin_shipped, file_items, gpu_exporter_of, runs_process_exporter, shipped_file
 
@@ -62,9 +63,10 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
         "modules": recipe.site.modules,
         "storage": _storage_lines(recipe),
         "environment": [f"export {k}={shlex.quote(text_value(v))}" for k, v in sorted(job.environment.items())],
+        "container_env": _container_env_lines(job, recipe),
         "env": _env_lines(job, origins, context, recipe.session),
         "secrets": [_secret_line(name, job.fields[name]) for name in sorted(job.typedef.secrets) if name in job.fields],
-        "images": _image_lines(job, recipe),
+        "images": _image_lines(job, recipe, origins),
         "sidecars": _sidecar_lines(job, recipe, origins, context, values),
         "service_command": _service_command(job, recipe, origins, context, values),
         "phases": {phase: _phase_lines(job, recipe, phase, context, values, self_contained) for phase in PHASES[job.role]},
@@ -76,7 +78,7 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
     }
     parts["values"] = values.assignments
     parts["publish_metrics"] = _code(parts["publish_metrics"], job, origins)
-    for key in ("directives", "modules", "storage", "environment", "secrets", "images", "target", "values", "env"):
+    for key in ("directives", "modules", "storage", "environment", "container_env", "secrets", "images", "target", "values", "env"):
         parts[key] = _codes(parts[key], job, origins, multiline=key in ("values", "env"))
     parts["shell"], parts["module_purge"] = (_code(parts[key], job, origins) for key in ("shell", "module_purge"))
     if job.role == "client":
@@ -261,15 +263,32 @@ def _automatic_binds(container: Container, context: dict[str, Any], given: list[
     return sorted(set(words) - taken, key=words.index)
 
 
+PASSED_INTO_CONTAINERS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL",
+                          "HF_TOKEN", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+"""What reaches every container from the job's environment under apptainer (`--cleanenv` keeps the rest out): the
+GPUs SLURM gave the job, a Hugging Face token for gated models, the site's web proxy; orchc's own variables of the
+job (Grafana's provisioning names ${ORCHC_RUN_DIR}); the job's `environment:` and the type's `env:` too."""
+_ORCHC_VARIABLES = ("ORCHC_RUN_DIR", "ORCHC_JOB", "ORCHC_TYPE", "ORCHC_RESULTS", "ORCHC_RUN", "ORCHC_DATA", "ORCHC_MODELS")
+
+
+def _container_env_lines(job: ResolvedJob, recipe: Recipe) -> list[str]:
+    """Under apptainer: the line that passes the explicit list into the job's containers (as APPTAINERENV_ variables,
+    so no value is on a command line), each only when set."""
+    if recipe.site.runtime != "apptainer" or not (job.container or job.active_sidecars()):
+        return []
+    names = [*PASSED_INTO_CONTAINERS, *_ORCHC_VARIABLES, *sorted(job.environment), *sorted(job.env)]
+    return [" ".join(["orchc_pass_into_containers", *dict.fromkeys(names)])]
+
+
 def _image_path(image: str, recipe: Recipe) -> str:
     return shell_word(f"{recipe.site.image_dir}/{image}.sif")
 
 
-def _image_lines(job: ResolvedJob, recipe: Recipe) -> list[str]:
+def _image_lines(job: ResolvedJob, recipe: Recipe, origins: Origins) -> list[str]:
     if not recipe.site.containers:
         return []
-    started = [*([job.container] if job.container else []), *(sidecar.container for sidecar in job.active_sidecars())]
-    lines = [f"orchc_image {_image_path(c.image, recipe)} {shlex.quote(c.source or '')}" for c in started if c.image]
+    lines = [f"orchc_image {_image_path(found.image, recipe)} {shlex.quote(found.source)}"
+             for found in image_sources(job, origins, recipe.session)]
     return sorted(set(lines), key=lines.index)
 
 
@@ -284,7 +303,7 @@ def _exec_parts(container: Container, recipe: Recipe, origins: Origins,
     # not on its command line, where `ps` would show them to everyone on the node.
     runtime = recipe.site.runtime
     assignments = [f"{runtime.upper()}ENV_{k}={v}" for k, v in env if "$" in v]
-    words = [runtime, "exec"]
+    words = [runtime, "exec", "--cleanenv"]
     if container.gpu:
         words.append("--rocm" if recipe.site.gpu_vendor == "amd" else "--nv")
     given = [shell_word(render_text(origins.template((*path, "binds", index)), context, recipe.session)[0])
