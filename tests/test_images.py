@@ -61,7 +61,7 @@ exec)
     clean=0 given=()
     while [ "$#" -gt 0 ]; do
         case $1 in
-        --nv) shift ;;
+        --nv | --rocm) shift ;;
         --cleanenv) clean=1; shift ;;
         --bind) [ "$#" -ge 2 ] || { echo "FATAL: --bind needs a value" >&2; exit 255; }; shift 2 ;;
         --env) [[ ${2-} == [A-Za-z_]*=* ]] || { echo "FATAL: --env needs NAME=VALUE" >&2; exit 255; }; given+=("$2"); shift 2 ;;
@@ -74,10 +74,12 @@ exec)
     shift
     grep -q '^chunk 5 ' "$image" || { echo "FATAL: $image is not a whole image" >&2; exit 3; }
     echo "exec $image" >>"$FAKE_APPTAINER_LOG"
+    # the variables it passes in: APPTAINERENV_NAME, or SINGULARITYENV_NAME under its other name
+    prefix=$(basename "$0" | tr '[:lower:]' '[:upper:]')ENV_
     passed=()
     while IFS= read -r name; do
-        passed+=("${name#APPTAINERENV_}=$(printenv "$name")")
-    done < <(compgen -e | grep '^APPTAINERENV_' || true)
+        passed+=("${name#"$prefix"}=$(printenv "$name")")
+    done < <(compgen -e | grep "^$prefix" || true)
     if [ "$clean" = 1 ]; then
         exec env -i PATH="$PATH" HOME="$HOME" "${passed[@]}" "${given[@]}" "$@"
     fi

@@ -309,8 +309,10 @@ def test_the_gpu_sampler_is_compiled_into_gpu_jobs_only(tmp_path):
         "  command: sleep 4", "  image: probe\n  source: docker://busybox:1.36\n  command: sleep 4"), site="meluxina")
     (line,) = [line for line in (out / "svc.sbatch").read_text().splitlines() if "orchc_gpu_sampler " in line]
     assert line.startswith("orchc_gpu_sampler ") and "apptainer" not in line
-    (line,) = [line for line in runtime.splitlines() if "nvidia-smi --query-gpu" in line]
+    (line,) = [line for line in runtime.splitlines() if "nvidia-smi --query-gpu" in line and SAMPLER in line]
     assert line.strip().startswith(SAMPLER) and "apptainer" not in line
+    # the runtime's other nvidia-smi call, the driver check of orchc_need_driver, is a host program too
+    assert all("apptainer" not in line for line in runtime.splitlines() if "nvidia-smi --query-gpu" in line)
 
 
 def run_job(script: Path, run: Path, path: str) -> subprocess.CompletedProcess[str]:

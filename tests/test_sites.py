@@ -189,7 +189,7 @@ def test_a_recipe_places_storage_and_an_explicit_data_dir_is_bound(orchc, write,
     start = next(line for line in text.splitlines() if "setsid apptainer exec" in line)
     assert "--bind /project/home/p200981/shared-db " in start, start
     # the site's defaults for what the recipe does not place
-    assert "\nORCHC_MODELS=/project/scratch/" in text
+    assert "\nORCHC_MODELS=/project/home/" in text
 
 
 def test_a_recipe_storage_key_is_checked(orchc, write, tmp_path):
@@ -260,7 +260,7 @@ def test_a_singularity_site_builds_and_runs_its_images_with_singularity(orchc, w
     text = (run / "one.sbatch").read_text()
     assert "\ncommand -v singularity >/dev/null || orchc_fail \"singularity not found after loading" in text
     assert f"\nexport SINGULARITY_CACHEDIR={tmp_path}/cache\n" in text and "\nORCHC_CONTAINER_CLI=singularity\n" in text
-    assert "SINGULARITYENV_WHERE=\"$ORCHC_DATA\" setsid singularity exec --rocm " in text, text
+    assert "SINGULARITYENV_WHERE=\"$ORCHC_DATA\" setsid singularity exec --cleanenv --rocm " in text, text
     assert "apptainer exec" not in text and "APPTAINER" not in text and "command -v apptainer" not in text
     # the job, with a stand-in `singularity` (tests/test_images.py's fake apptainer under this name) and no apptainer
     bin_dir = tmp_path / "bin"
@@ -269,10 +269,15 @@ def test_a_singularity_site_builds_and_runs_its_images_with_singularity(orchc, w
     (bin_dir / "singularity").chmod(0o755)
     env = {**os.environ, "ORCHC_RUN_DIR": str(run), "HOME": str(run), "PATH": f"{bin_dir}:/usr/bin:/bin",
            "FAKE_APPTAINER_LOG": str(run / "singularity.log")}
+    # the image is built on the login node by orchc prepare, with singularity; the job only checks it
+    prepared = subprocess.run([sys.executable, "-m", "compiler", "prepare", str(recipe), "--defs", "defs", "--site",
+                               "site.yaml"], cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                              text=True, timeout=120)
+    assert prepared.returncode == 0, prepared.stderr
     done = subprocess.run(["bash", "one.sbatch"], cwd=run, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     log = (run / "singularity.log").read_text().splitlines()
-    assert log[0] == f"build docker://example.org/probe:1.0 {tmp_path}/containers/probe.sif.tmp." + log[0].rsplit(".tmp.", 1)[1]
+    assert log[0].startswith(f"build docker://example.org/probe:1.0 {tmp_path}/containers/probe.sif.tmp."), log
     assert f"exec {tmp_path}/containers/probe.sif" in log
 
 
@@ -310,8 +315,9 @@ def test_lumi_g_runs_gpu_containers_with_singularity_and_rocm(orchc, write, tmp_
     assert result.code == 0, result.err
     text = (tmp_path / "out" / "r" / "one.sbatch").read_text()
     assert "\nmodule load LUMI/24.03\nmodule load partition/G\n" in text
-    assert " singularity exec --rocm " in text and "--nv" not in text
-    assert "\nexport SINGULARITY_CACHEDIR=/scratch/\"${SLURM_JOB_ACCOUNT}\"/\"${USER}\"/orchc/singularity/cache\n" in text, text
+    assert " singularity exec --cleanenv --rocm " in text and "--nv" not in text
+    # Singularity's cache and temp folder stay off Lustre: orchc prepare keeps them on the login node's own disk
+    assert "SINGULARITY_CACHEDIR" not in text and "APPTAINER" not in text, text
 
 
 # per-user job limits of a site (limits: max_submit, max_running)
