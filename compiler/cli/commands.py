@@ -203,6 +203,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise ClusterError(f"--remote: site {output.recipe.site.name} has no ssh: target (in {output.recipe.site.file}, "
                            f"in {config_dir()}/<site>.yaml or in ORCHC_SSH_HOST)")
     scheduler, connection = _where(target)
+    scheduler.ready()    # no SLURM here is said before the images are prepared for it
     if not args.no_prepare:
         from ..run.prepare import prepare
 
