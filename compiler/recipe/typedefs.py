@@ -60,6 +60,8 @@ class TypeDef:
     doc: Node = field(repr=False)
     headline: tuple[str, ...] = ()
     """the metrics compare shows by default (names or globs, results.metrics.metric_matches); () for the rule"""
+    multi_node: Node | None = field(default=None, repr=False)
+    """how the type spans nodes (schemas/typedef.schema.json multi_node), None for a type that runs on one node"""
 
     @cached_property
     def job_validator(self) -> Any:
@@ -268,6 +270,9 @@ class Registry:
             if when is not None and (switch is None or switch.plain().get("type") != "boolean"):
                 problems.add(when.loc, f"sidecar '{sidecar}' of type '{name}' is switched by '{when.value}', "
                              f"which is not a boolean field of the type{did_you_mean(str(when.value), fields_node.value)}")
+        multi_node = merged.get("multi_node")
+        if multi_node is not None and merged.plain()["role"] != "service":
+            problems.add(multi_node.loc, f"multi_node of type '{name}': only a service type spans nodes (a client runs on one node)")
         problems.raise_if_any()
         typedef = _typedef(name, merged, fields_node, chain)
         check(typedef.layer, typedef.job_validator, f"type '{name}'", problems, secrets=typedef.secrets)
@@ -368,6 +373,7 @@ def _typedef(name: str, merged: Node, fields_node: Node, chain: list[Node]) -> T
         layer=layer,
         doc=merged,
         headline=tuple(plain.get("headline", ())),
+        multi_node=merged.get("multi_node"),
     )
 
 

@@ -1,0 +1,74 @@
+"""Jobs across nodes (issue 21): a type says whether and how it spans nodes (`multi_node:`); `nodes > 1` on a type
+that does not is a located error; vLLM runs one rank per node under srun (checked here as compiled, and for real on
+the multi-node test cluster in tests/test_cluster_multinode.py)."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import ROOT
+
+HEADLINE = re.compile(r"^(?P<loc>\S+:\d+:\d+): error: (?P<message>.+)$", re.M)
+
+
+def errors(err: str) -> list[tuple[str, str]]:
+    return [(m["loc"], m["message"]) for m in HEADLINE.finditer(err)]
+
+
+def test_two_nodes_on_a_type_that_runs_on_one_is_refused_at_the_recipes_nodes(orchc, write, tmp_path):
+    recipe = write("r.yaml", "site: local\nservice:\n  name: cache\n  type: redis\n  resources: {nodes: 2}\n"
+                             "client:\n  name: bench\n  type: redis_client\n  resources:\n    nodes: 3\n")
+    done = orchc("validate", recipe, cwd=tmp_path)
+    assert done.code == 1 and "Traceback" not in done.err
+    assert errors(done.err) == [
+        ("r.yaml:5:22", "resources.nodes: service 'cache' asks for 2 nodes, but type 'redis' runs on one node (it "
+                        "declares no multi_node:): the other nodes would be billed and idle; give nodes: 1, or use a "
+                        "type that declares multi_node (README \"Across nodes\")"),
+        ("r.yaml:10:12", "resources.nodes: client 'bench' asks for 3 nodes, but type 'redis_client' runs on one node (it "
+                         "declares no multi_node:): the other nodes would be billed and idle; give nodes: 1, or use a "
+                         "type that declares multi_node (README \"Across nodes\")"),
+    ]
+
+
+def test_one_node_stays_allowed_on_every_type(orchc, write, tmp_path):
+    recipe = write("r.yaml", "site: local\nservice:\n  name: cache\n  type: redis\n  resources: {nodes: 1}\n")
+    assert orchc("validate", recipe, cwd=tmp_path).code == 0
+
+
+MEMCACHED = """\
+type: memcached
+extends: service
+fields:
+  ports: {default: [11211]}
+container:
+  command: memcached -p {{ ports[0] }}
+phases:
+  health_check:
+    - orchc_wait_tcp 127.0.0.1 {{ ports[0] }} {{ health_timeout }}
+"""
+
+
+def test_a_misspelt_multi_node_key_is_located_with_a_suggestion(orchc, write, tmp_path):
+    write("defs/memcached.yaml", MEMCACHED + "multi_node:\n  launcher: srun\n  rank: per_node\n  command: memcached\n")
+    recipe = write("r.yaml", "site: local\nservice:\n  name: cache\n  type: memcached\n")
+    done = orchc("validate", recipe, "--defs", "defs", cwd=tmp_path)
+    assert done.code == 1
+    assert ("defs/memcached.yaml:12:3", "unknown field 'rank' in multi_node of type 'memcached'; did you mean 'ranks'?") \
+        in errors(done.err), done.err
+
+
+def test_multi_node_is_for_services(orchc, write, tmp_path):
+    write("defs/probe.yaml", "type: probe\nextends: client\nmulti_node: {launcher: srun, ranks: per_node, command: x}\n"
+                             "phases:\n  benchmark: [echo]\n")
+    recipe = write("r.yaml", "site: local\nclient:\n  name: p\n  type: probe\n  target_endpoint: '127.0.0.1:1'\n")
+    done = orchc("validate", recipe, "--defs", "defs", cwd=tmp_path)
+    assert done.code == 1
+    assert errors(done.err) == [("defs/probe.yaml:3:13", "multi_node of type 'probe': only a service type spans nodes "
+                                                         "(a client runs on one node)")], done.err
+
+
+def test_the_type_schema_documents_multi_node():
+    import json
+    schema = json.loads((ROOT / "schemas" / "typedef.schema.json").read_text())
+    assert set(schema["properties"]["multi_node"]["properties"]) >= {"launcher", "ranks", "command", "worker_args"}
+
