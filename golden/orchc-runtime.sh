@@ -626,14 +626,19 @@ orchc_wait_endpoint() {
     done
 }
 
-# orchc_job_host JOBID TIMEOUT: the first node of a running job.
+# orchc_job_host JOBID TIMEOUT: the address of the first node of a running job: its NodeAddr, where SLURM
+# itself reaches it (the node's name when the site sets no NodeAddr; a name that need not resolve when it does,
+# as on the test cluster, whose nodes n1..n4 are all 127.0.0.1).
 orchc_job_host() {
     orchc_seconds "$2"
-    local deadline=$((SECONDS + 10#$2)) nodes ORCHC_DELAY=20
+    local deadline=$((SECONDS + 10#$2)) nodes node addr ORCHC_DELAY=20
     while :; do
         nodes=$(squeue -h -j "$1" -t RUNNING -o %N 2>/dev/null) || nodes=""
         if [ -n "$nodes" ]; then
-            scontrol show hostnames "$nodes" | head -n 1
+            node=$(scontrol show hostnames "$nodes" | head -n 1)
+            addr=$(scontrol show node -o "$node" 2>/dev/null | grep -o ' NodeAddr=[^ ]*') || addr=""
+            addr=${addr#*=}
+            printf '%s\n' "${addr:-$node}"
             return 0
         fi
         [ "$SECONDS" -lt "$deadline" ] || orchc_fail "job $1 is not running (squeue -j $1)"
