@@ -72,3 +72,37 @@ def test_the_type_schema_documents_multi_node():
     schema = json.loads((ROOT / "schemas" / "typedef.schema.json").read_text())
     assert set(schema["properties"]["multi_node"]["properties"]) >= {"launcher", "ranks", "command", "worker_args"}
 
+
+
+def vllm_recipe(nodes: int, extra: str = "") -> str:
+    return (f"site: local\n{extra}service:\n  name: llm\n  type: vllm\n  model: tiny\n"
+            f"  resources: {{nodes: {nodes}, gres: 'gpu:2'}}\n")
+
+
+def test_a_multi_node_service_cannot_share_one_allocation(orchc, write, tmp_path):
+    # under allocation: one each job is one task on one node (compiler/script/allocation.py)
+    recipe = write("r.yaml", vllm_recipe(2, "allocation: one\n"))
+    done = orchc("compile", recipe, "-o", tmp_path / "out", cwd=tmp_path)
+    assert done.code == 1
+    assert done.err.startswith("r.yaml:2:13: error: service 'llm' asks for 2 nodes: under allocation: one"), done.err
+
+
+def test_vllm_on_two_nodes_compiles_into_one_srun_rank_per_node(orchc, write, tmp_path):
+    done = orchc("compile", write("r.yaml", vllm_recipe(2)), "-o", tmp_path / "out", cwd=tmp_path)
+    assert done.code == 0, done.err
+    script = (tmp_path / "out" / "r" / "llm.sbatch").read_text()
+    assert "#SBATCH --nodes=2\n#SBATCH --ntasks=2\n" in script
+    (rank,) = [line.strip() for line in script.splitlines() if line.strip().startswith("HF_HOME=")]
+    assert (" vllm serve tiny --host 0.0.0.0 --port 8000 --tensor-parallel-size 2 --pipeline-parallel-size 2 "
+            "--distributed-executor-backend mp --nnodes \"$ORCHC_NNODES\" --node-rank \"$ORCHC_NODE_RANK\" "
+            "--master-addr \"$ORCHC_MASTER_ADDR\" --master-port 29500 ") in rank
+    assert rank.endswith(" $ORCHC_RANK_ARGS")
+    assert "orchc_ranks_start 2 --headless API_KEY &\nORCHC_SERVICE_PID=$!\n" in script
+
+
+def test_vllm_on_one_node_keeps_its_one_command(orchc, write, tmp_path):
+    done = orchc("compile", write("r.yaml", vllm_recipe(1)), "-o", tmp_path / "out", cwd=tmp_path)
+    assert done.code == 0, done.err
+    script = (tmp_path / "out" / "r" / "llm.sbatch").read_text()
+    assert "srun" not in script and "orchc_ranks_start" not in script and "--nnodes" not in script
+    assert "setsid  vllm serve tiny --host 0.0.0.0 --port 8000 --tensor-parallel-size 2 " in script
