@@ -6,6 +6,7 @@ plain python image, with nothing installed.
 
     llm_bench.py run RESULTS_DIR [--config FILE] --host H --port P --api API [--model M] [options]
     llm_bench.py summarize RESULTS_DIR
+    llm_bench.py merge RESULTS_DIR TASK_RESULTS_DIR...
 
 `run` sends the warm-up requests (not counted), then the measured ones, closed loop (`--concurrent`
 workers, `--num-requests` in all) or open loop (`--request-rate`, Poisson arrivals from a seeded
@@ -686,6 +687,7 @@ def run_command(args):
         run.out = out
         cpu = time.process_time()  # all the process's threads
         run.t0 = time.perf_counter()
+        info["started_epoch_s"] = time.time()   # where merge puts this run's requests beside other tasks'
         if run.stopping():
             pass
         elif args.request_rate:
@@ -730,6 +732,81 @@ def summarize(results):
     metrics = metrics_of(records, run)
     write_json(os.path.join(results, "metrics.json"), metrics)
     return metrics
+
+
+OUTLIER_METRICS = ("request_throughput_per_s", "ttft_median_ms", "e2e_latency_median_ms")
+OUTLIER_FACTOR = 2.0
+"""merge flags a task whose figure of OUTLIER_METRICS is more than OUTLIER_FACTOR times above or below the median of
+that figure over all the tasks."""
+
+
+def read_task(folder):
+    """(run.json, the requests of requests.jsonl) of one task's results folder; None without run.json."""
+    if not os.path.exists(os.path.join(folder, "run.json")):
+        return None
+    with open(os.path.join(folder, "run.json")) as handle:
+        run = json.load(handle)
+    records = []
+    path = os.path.join(folder, "requests.jsonl")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    pass
+    return run, records
+
+
+def merge(results, folders):
+    """metrics.json in `results` for the load of many tasks (one `run` each, in `folders`, started together): every
+    figure from the pooled requests (percentiles of the pooled samples, never averaged percentiles), each task's
+    requests placed on one clock by its started_epoch_s, throughput over the common window (from the first task's
+    start to the last one's end). tasks.json holds each task's own metrics and the outliers (OUTLIER_METRICS)."""
+    tasks = [(index, loaded) for index, loaded in ((i, read_task(f)) for i, f in enumerate(folders)) if loaded]
+    if not tasks:
+        print("llm_bench: no task started: no metrics", file=sys.stderr)
+        return None
+    starts = [run.get("started_epoch_s") for _, (run, _) in tasks]
+    first = min((s for s in starts if isinstance(s, (int, float))), default=0.0)
+    pooled, end = [], 0.0
+    for _, (run, records) in tasks:
+        shift = run["started_epoch_s"] - first if isinstance(run.get("started_epoch_s"), (int, float)) else 0.0
+        for record in records:
+            moved = dict(record)
+            for key in ("send_s", "intended_s"):
+                if isinstance(moved.get(key), (int, float)):
+                    moved[key] += shift
+            pooled.append(moved)
+        own = metrics_of(records, run)["wall_time_s"] or 0.0
+        end = max(end, shift + own)
+    runs = [run for _, (run, _) in tasks]
+    rates = [run.get("request_rate") for run in runs]
+    merged_run = {**runs[0], "wall_time_s": end, "started_epoch_s": first,
+                  "client_cpu_s": sum(run.get("client_cpu_s") or 0.0 for run in runs),
+                  "warmup_requests_done": sum(run.get("warmup_requests_done") or 0 for run in runs),
+                  "num_requests": sum(run.get("num_requests") or 0 for run in runs),
+                  "request_rate": sum(rates) if all(isinstance(r, (int, float)) for r in rates) else None}
+    metrics = metrics_of(pooled, merged_run)
+    metrics["tasks_count"] = len(tasks)
+    per_task = [{"task": index, "metrics": metrics_of(records, run)} for index, (run, records) in tasks]
+    write_json(os.path.join(results, "run.json"), {**merged_run, "tasks": len(tasks)})
+    write_json(os.path.join(results, "metrics.json"), metrics)
+    write_json(os.path.join(results, "tasks.json"), {"tasks": per_task, "outliers": outliers_of(per_task)})
+    return metrics
+
+
+def outliers_of(per_task):
+    """The tasks whose figures differ markedly from the others' (OUTLIER_METRICS, OUTLIER_FACTOR)."""
+    found = []
+    for name in OUTLIER_METRICS:
+        values = [(task["task"], task["metrics"].get(name)) for task in per_task]
+        known = [value for _, value in values if isinstance(value, (int, float))]
+        middle = percentile(known, 50) if len(known) > 1 else None
+        for index, value in values:
+            if middle and isinstance(value, (int, float)) and (value > OUTLIER_FACTOR * middle or value * OUTLIER_FACTOR < middle):
+                found.append({"task": index, "metric": name, "value": value, "tasks_median": middle})
+    return found
 
 
 def positive(kind):
@@ -785,6 +862,9 @@ def parser():
     r.add_argument("--slo", type=slo_argument, help='bounds in ms, a JSON object: {"ttft_p99_ms": 2000, "tpot_p99_ms": 100}')
     s = sub.add_parser("summarize", help="write metrics.json from requests.jsonl and run.json")
     s.add_argument("results")
+    m = sub.add_parser("merge", help="write metrics.json and tasks.json of many tasks' runs, from their pooled requests")
+    m.add_argument("results")
+    m.add_argument("tasks", nargs="+", help="the results folders of the tasks")
     return p
 
 
@@ -831,6 +911,8 @@ def main(argv):
     if args.command == "summarize":
         summarize(args.results)
         return 0
+    if args.command == "merge":
+        return 0 if merge(args.results, args.tasks) else 1
     if not (args.prompts_json or args.prompts_file or args.input_length):
         raise SystemExit("llm_bench: give --prompts-json, --prompts-file or --input-length")
     if not args.model:
