@@ -294,6 +294,14 @@ orchc_rank_run() {
     printf '%s %s\n' "$status" "$node" >"$ORCHC_RANKS/$ORCHC_NODE_RANK.exit"
     return "$status"
 }
+# orchc_tasks_run TASKS COMMAND...: COMMAND once in each of TASKS srun tasks, one per node of the job (a client
+# type's multi_node: its load generators; each finds SLURM_PROCID of SLURM_STEP_NUM_TASKS and takes its share).
+# Variables assigned before the call (the key) reach the tasks in their environment.
+orchc_tasks_run() {
+    local tasks=$1
+    shift
+    srun --nodes="$tasks" --ntasks="$tasks" --ntasks-per-node=1 --label "$@"
+}
 # orchc_rank_failure: ": rank R on node NODE exited with status S" for the rank of this job that ended first with
 # a failure (the others were then stopped by srun), or nothing.
 orchc_rank_failure() {

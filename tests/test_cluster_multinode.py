@@ -3,8 +3,8 @@
 tests/cluster/start.sh brings up four nodes (n1..n4) with four fake GPUs each. The vllm type with nodes: 2 and
 gpu:2 runs one rank per node; `vllm` is tests/vllm_ranks_standin.py, which checks each rank's arguments against
 its SLURM task (node rank, nodes, master address and port, GPUs), makes the ranks join rank 0 at the master
-port, and serves only once all have joined. A client then drives it; killing one rank stops the service with a
-message naming the rank's node. Like tests/test_cluster.py these skip without a cluster and fail under CI=true,
+port, and serves only once all have joined. A 2-node client (one load generator per node, results merged) then
+drives it; killing one rank stops the service with a message naming the rank's node. Like tests/test_cluster.py these skip without a cluster and fail under CI=true,
 and also without two nodes of the gpu partition with two GPUs each.
 """
 
@@ -89,7 +89,7 @@ def ranks_seen(tmp_path: Path) -> dict[int, dict]:
 def test_vllm_on_two_nodes_serves_once_every_rank_joined_and_a_client_drives_it(cluster, tmp_path):
     env = environment(tmp_path, STANDIN_JOIN_DELAY="4")
     client = ("client:\n  name: bench\n  type: llm_client\n  model: tiny\n  num_requests: 20\n  concurrent: 2\n"
-              "  warmup_requests: 0\n  resources: {time: '00:03:00'}\n")
+              "  warmup_requests: 0\n  resources: {nodes: 2, time: '00:03:00'}\n")
     run = submit(tmp_path, recipe(free_port(), free_port(), client), env)
     wait_for(lambda: status(run)["bench"]["state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 150,
              "the client to end")
@@ -109,7 +109,12 @@ def test_vllm_on_two_nodes_serves_once_every_rank_joined_and_a_client_drives_it(
     assert seen[0]["serving_at"] > seen[1]["joined_at"]
     results = json.loads(subprocess.run([sys.executable, "-m", "compiler", "results", str(run), "--json"],
                                         cwd=tmp_path, env=env, capture_output=True, text=True).stdout)
-    assert results["bench"]["metrics"]["requests_ok_count"] == 20
+    # the client's two load generators, one per node, each with half the requests; merged from the pooled requests
+    assert results["bench"]["metrics"]["requests_ok_count"] == 20 and results["bench"]["metrics"]["tasks_count"] == 2
+    tasks = json.loads((run / "results" / "bench" / "tasks.json").read_text())["tasks"]
+    assert [task["metrics"]["requests_ok_count"] for task in tasks] == [10, 10]
+    assert len({task["node"] for task in tasks}) == 2
+    assert sorted(path.name for path in (run / "results" / "bench" / "barrier").iterdir()) == ["0", "1"]
     wait_for(lambda: status(run)["llm"]["state"] not in ("RUNNING", "PENDING"), 60, "the service to stop")
     assert status(run)["llm"]["state"] == "COMPLETED"
 

@@ -723,3 +723,36 @@ def test_merging_tasks_that_agree_flags_none():
         tasks = [str(write_task(root / "tasks" / str(i), 1000.0, 2.0, [0.1 + 0.01 * i] * 5)) for i in range(3)]
         llm_bench.merge(str(root), tasks)
         assert json.loads((root / "tasks.json").read_text())["outliers"] == []
+
+
+def test_tasks_of_one_srun_step_each_take_their_share_start_together_and_merge(server, tmp_path):
+    """`run --tasks-from-slurm` as each task of `srun --ntasks=2` runs it (SLURM_PROCID, SLURM_STEP_NUM_TASKS): task 0
+    takes 3 of 5 requests and task 1 the other 2, each in RESULTS/tasks/<task>; the later task is waited for at the
+    barrier (RESULTS/barrier), so both start measuring together; `summarize` then merges the two."""
+    s = server(parallelism=4)
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(["one two three"]))
+    results = tmp_path / "res"
+
+    def task(rank: int) -> subprocess.Popen[str]:
+        env = {**os.environ, "SLURM_PROCID": str(rank), "SLURM_STEP_NUM_TASKS": "2", "SLURMD_NODENAME": f"n{rank + 1}"}
+        return subprocess.Popen([sys.executable, str(BENCH), "run", str(results), "--host", "127.0.0.1", "--port",
+                                 str(s.port), "--api", "openai-completions", "--model", "tiny", "--prompts-json",
+                                 str(prompts), "--num-requests", "5", "--concurrent", "2", "--tasks-from-slurm"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = task(0)
+    time.sleep(2)
+    second = task(1)
+    for process in (first, second):
+        assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
+    runs = [json.loads((results / "tasks" / str(rank) / "run.json").read_text()) for rank in (0, 1)]
+    assert [run["num_requests"] for run in runs] == [3, 2] and [run["concurrent"] for run in runs] == [1, 1]
+    assert [run["node"] for run in runs] == ["n1", "n2"]
+    assert abs(runs[0]["started_epoch_s"] - runs[1]["started_epoch_s"]) < 1.0    # not 2 s apart: the barrier
+    assert sorted(path.name for path in (results / "barrier").iterdir()) == ["0", "1"]
+    subprocess.run([sys.executable, str(BENCH), "summarize", str(results)], check=True, timeout=60)
+    merged = json.loads((results / "metrics.json").read_text())
+    assert merged["requests_ok_count"] == 5 and merged["tasks_count"] == 2
+    tasks = json.loads((results / "tasks.json").read_text())["tasks"]
+    assert [t["metrics"]["requests_ok_count"] for t in tasks] == [3, 2] and [t["node"] for t in tasks] == ["n1", "n2"]

@@ -57,14 +57,18 @@ def test_a_misspelt_multi_node_key_is_located_with_a_suggestion(orchc, write, tm
         in errors(done.err), done.err
 
 
-def test_multi_node_is_for_services(orchc, write, tmp_path):
+def test_a_service_across_nodes_needs_the_command_of_its_ranks_and_a_client_gives_none(orchc, write, tmp_path):
+    write("defs/memcached.yaml", MEMCACHED + "multi_node: {launcher: srun, ranks: per_node}\n")
     write("defs/probe.yaml", "type: probe\nextends: client\nmulti_node: {launcher: srun, ranks: per_node, command: x}\n"
                              "phases:\n  benchmark: [echo]\n")
-    recipe = write("r.yaml", "site: local\nclient:\n  name: p\n  type: probe\n  target_endpoint: '127.0.0.1:1'\n")
+    recipe = write("r.yaml", "site: local\nservice:\n  name: cache\n  type: memcached\nclient:\n  name: p\n  type: probe\n")
     done = orchc("validate", recipe, "--defs", "defs", cwd=tmp_path)
     assert done.code == 1
-    assert errors(done.err) == [("defs/probe.yaml:3:13", "multi_node of type 'probe': only a service type spans nodes "
-                                                         "(a client runs on one node)")], done.err
+    assert errors(done.err) == [
+        ("defs/memcached.yaml:10:13", "multi_node of type 'memcached' needs `command:`, what each rank of the service runs"),
+        ("defs/probe.yaml:3:56", "multi_node.command of type 'probe': only a service's ranks run a command; a client's "
+                                 "benchmark phase runs its tasks (orchc_tasks_run, README \"Across nodes\")"),
+    ], done.err
 
 
 def test_the_type_schema_documents_multi_node():

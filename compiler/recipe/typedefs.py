@@ -270,14 +270,27 @@ class Registry:
             if when is not None and (switch is None or switch.plain().get("type") != "boolean"):
                 problems.add(when.loc, f"sidecar '{sidecar}' of type '{name}' is switched by '{when.value}', "
                              f"which is not a boolean field of the type{did_you_mean(str(when.value), fields_node.value)}")
-        multi_node = merged.get("multi_node")
-        if multi_node is not None and merged.plain()["role"] != "service":
-            problems.add(multi_node.loc, f"multi_node of type '{name}': only a service type spans nodes (a client runs on one node)")
+        _check_multi_node(name, merged, problems)
         problems.raise_if_any()
         typedef = _typedef(name, merged, fields_node, chain)
         check(typedef.layer, typedef.job_validator, f"type '{name}'", problems, secrets=typedef.secrets)
         problems.raise_if_any()
         return typedef
+
+
+def _check_multi_node(name: str, merged: Node, problems: Collector) -> None:
+    """A service's multi_node gives the command of its ranks; a client's gives none (its benchmark phase runs
+    under orchc_tasks_run), nor the other keys only ranks of a service use."""
+    multi_node = merged.get("multi_node")
+    if multi_node is None:
+        return
+    role = merged.plain()["role"]
+    given = [key for key in ("command", "worker_args", "publishes") if key in multi_node.value]
+    if role == "service" and "command" not in given:
+        problems.add(multi_node.loc, f"multi_node of type '{name}' needs `command:`, what each rank of the service runs")
+    elif role != "service" and given:
+        problems.add(multi_node.value[given[0]].loc, f"multi_node.{given[0]} of type '{name}': only a service's ranks "
+                     "run a command; a client's benchmark phase runs its tasks (orchc_tasks_run, README \"Across nodes\")")
 
 
 def _check_templates(merged: Node, problems: Collector) -> None:

@@ -660,7 +660,40 @@ def signal_reason(results, signum):
     return "cut at " + why if why else "stopped by " + signal.Signals(signum).name
 
 
+def take_share(args, task, tasks):
+    """This task's share when `tasks` generators run the load together: the requests, warm-up requests and
+    concurrency split as evenly as whole numbers allow (the first tasks take one more), the rate divided, its own
+    seed; its results in RESULTS/tasks/TASK. Returns the folder of the barrier, RESULTS/barrier."""
+    def part(total):
+        return total // tasks + (1 if task < total % tasks else 0)
+    args.num_requests = part(args.num_requests)
+    args.warmup_requests = part(args.warmup_requests)
+    args.concurrent = max(1, part(args.concurrent))
+    if args.max_concurrency:
+        args.max_concurrency = max(1, part(args.max_concurrency))
+    if args.request_rate:
+        args.request_rate = args.request_rate / tasks
+    args.seed += task
+    barrier = os.path.join(args.results, "barrier")
+    args.results = os.path.join(args.results, "tasks", str(task))
+    return barrier
+
+
+def wait_at_barrier(run, folder, task, tasks):
+    """Leave this task's mark in `folder` and wait until all `tasks` have (or the run must stop): the tasks start
+    measuring together however late srun started each."""
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, str(task)), "w").close()
+    while len(os.listdir(folder)) < tasks and not run.stopping():
+        time.sleep(0.05)
+
+
 def run_command(args):
+    barrier, task, tasks = None, 0, 1
+    if args.tasks_from_slurm:
+        task = int(os.environ.get("SLURM_PROCID") or 0)
+        tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or 1)
+        barrier = take_share(args, task, tasks)
     os.makedirs(args.results, exist_ok=True)
     run = Run(args)
     for number in (signal.SIGTERM, signal.SIGINT):
@@ -671,6 +704,8 @@ def run_command(args):
             "num_requests": args.num_requests, "warmup_requests": args.warmup_requests, "request_rate": args.request_rate,
             "concurrent": None if args.request_rate else args.concurrent, "max_concurrency": args.max_concurrency,
             "slo": args.slo}
+    if barrier:
+        info.update(task=task, tasks=tasks, node=os.environ.get("SLURMD_NODENAME") or socket.gethostname())
     run_path = os.path.join(args.results, "run.json")
     write_json(run_path, info)
     open(os.path.join(args.results, "requests.jsonl"), "w").close()
@@ -683,6 +718,8 @@ def run_command(args):
     info["warmup_failed"] = [r["error"] for r in warmups if not r["ok"]][:5]
     write_json(run_path, info)
 
+    if barrier:
+        wait_at_barrier(run, barrier, task, tasks)
     with open(os.path.join(args.results, "requests.jsonl"), "a") as out:
         run.out = out
         cpu = time.process_time()  # all the process's threads
@@ -714,7 +751,14 @@ def run_command(args):
 
 def summarize(results):
     """metrics.json from requests.jsonl and run.json (a line cut short by a kill is skipped). Without
-    run.json the benchmark never started: nothing is written."""
+    run.json the benchmark never started: nothing is written. The results of many tasks (RESULTS/tasks/TASK, see
+    take_share) are summarized each, then merged."""
+    folder = os.path.join(results, "tasks")
+    if os.path.isdir(folder):
+        tasks = sorted((name for name in os.listdir(folder) if name.isdigit()), key=int)
+        for name in tasks:
+            summarize(os.path.join(folder, name))
+        return merge(results, [os.path.join(folder, name) for name in tasks])
     if not os.path.exists(os.path.join(results, "run.json")):
         print("llm_bench: no run.json in " + results + ": the benchmark did not start, no metrics", file=sys.stderr)
         return None
@@ -789,7 +833,8 @@ def merge(results, folders):
                   "request_rate": sum(rates) if all(isinstance(r, (int, float)) for r in rates) else None}
     metrics = metrics_of(pooled, merged_run)
     metrics["tasks_count"] = len(tasks)
-    per_task = [{"task": index, "metrics": metrics_of(records, run)} for index, (run, records) in tasks]
+    per_task = [{"task": run.get("task", index), "node": run.get("node"), "metrics": metrics_of(records, run)}
+                for index, (run, records) in tasks]
     write_json(os.path.join(results, "run.json"), {**merged_run, "tasks": len(tasks)})
     write_json(os.path.join(results, "metrics.json"), metrics)
     write_json(os.path.join(results, "tasks.json"), {"tasks": per_task, "outliers": outliers_of(per_task)})
@@ -859,6 +904,8 @@ def parser():
     r.add_argument("--ignore-eos", action="store_true", help="ask vLLM to generate max_tokens tokens every time")
     r.add_argument("--duration", type=positive(float), default=3600.0)
     r.add_argument("--request-timeout", type=positive(float), default=600.0)
+    r.add_argument("--tasks-from-slurm", action="store_true",
+                   help="one of the tasks of an srun step (SLURM_PROCID of SLURM_STEP_NUM_TASKS): take this task's share")
     r.add_argument("--slo", type=slo_argument, help='bounds in ms, a JSON object: {"ttft_p99_ms": 2000, "tpot_p99_ms": 100}')
     s = sub.add_parser("summarize", help="write metrics.json from requests.jsonl and run.json")
     s.add_argument("results")
