@@ -132,3 +132,18 @@ def test_killing_one_rank_stops_the_service_with_a_message_naming_its_node(clust
     assert not (run / "endpoints" / "llm").exists()
     err = "".join(path.read_text() for path in run.glob("slurm-*.err"))
     assert f"rank 1 on node {node} exited with status 137" in err, err
+
+
+def test_a_rank_whose_arguments_break_the_contract_fails_the_service_before_it_is_ready(cluster, tmp_path):
+    """tensor_parallel_size 3 on nodes that give each rank 2 GPUs: the stand-in refuses it on every rank (so it
+    checks), srun stops the step, and the service fails before publishing an endpoint, naming a rank's node."""
+    env = environment(tmp_path)
+    run = submit(tmp_path, recipe(free_port(), free_port()).replace("  model: tiny\n", "  model: tiny\n  tensor_parallel_size: 3\n"),
+                 env)
+    wait_for(lambda: status(run)["llm"]["state"] in ("FAILED", "COMPLETED", "CANCELLED"), 90, "the service to fail")
+    assert status(run)["llm"]["state"] == "FAILED" and not (run / "endpoints" / "llm").exists()
+    seen = ranks_seen(tmp_path)
+    assert seen and all(rank["problems"] == ["--tensor-parallel-size 3 but CUDA_VISIBLE_DEVICES=0,1"] for rank in seen.values())
+    err = "".join(path.read_text() for path in run.glob("slurm-*.err"))
+    assert "error: the service process exited before it became ready: rank " in err, err
+    assert any(f"on node {rank['env']['SLURMD_NODENAME']} exited with status 2" in err for rank in seen.values()), err
