@@ -756,3 +756,23 @@ def test_tasks_of_one_srun_step_each_take_their_share_start_together_and_merge(s
     assert merged["requests_ok_count"] == 5 and merged["tasks_count"] == 2
     tasks = json.loads((results / "tasks.json").read_text())["tasks"]
     assert [t["metrics"]["requests_ok_count"] for t in tasks] == [3, 2] and [t["node"] for t in tasks] == ["n1", "n2"]
+
+
+def test_a_task_stopped_by_orchc_reads_why_in_the_clients_results_folder(server, tmp_path):
+    """orchc writes RESULTS/stopped (not RESULTS/tasks/<task>/stopped) before it stops the tasks' srun: each task's
+    requests in flight are "cut at duration", as one generator's are."""
+    s = server(parallelism=1, tokens=100)
+    (tmp_path / "prompts.json").write_text(json.dumps(["x"]))
+    env = {**os.environ, "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"}
+    process = subprocess.Popen([sys.executable, str(BENCH), "run", str(tmp_path / "res"), "--host", "127.0.0.1",
+                                "--port", str(s.port), "--api", "openai-completions", "--model", "tiny",
+                                "--prompts-json", str(tmp_path / "prompts.json"), "--num-requests", "3",
+                                "--tasks-from-slurm"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not s.requests() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (tmp_path / "res" / "stopped").write_text("duration\n")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=5) == 0, process.stderr.read() if process.stderr else ""
+    (record,) = [json.loads(line) for line in (tmp_path / "res" / "tasks" / "0" / "requests.jsonl").read_text().splitlines()]
+    assert record["error"] == "cut at duration" and record["cut"]

@@ -689,7 +689,7 @@ def wait_at_barrier(run, folder, task, tasks):
 
 
 def run_command(args):
-    barrier, task, tasks = None, 0, 1
+    barrier, task, tasks, where_stopped = None, 0, 1, args.results   # orchc writes `stopped` in the client's folder
     if args.tasks_from_slurm:
         task = int(os.environ.get("SLURM_PROCID") or 0)
         tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or 1)
@@ -697,7 +697,7 @@ def run_command(args):
     os.makedirs(args.results, exist_ok=True)
     run = Run(args)
     for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, lambda signum, _frame: run.stop(signal_reason(args.results, signum)))
+        signal.signal(number, lambda signum, _frame: run.stop(signal_reason(where_stopped, signum)))
     prompts = load_prompts(args)
     write_json(os.path.join(args.results, "environment.json"), environment(args))
     info = {"api": args.api, "model": args.model, "load": "open" if args.request_rate else "closed",
