@@ -295,12 +295,37 @@ orchc_rank_run() {
     return "$status"
 }
 # orchc_tasks_run TASKS COMMAND...: COMMAND once in each of TASKS srun tasks, one per node of the job (a client
-# type's multi_node: its load generators; each finds SLURM_PROCID of SLURM_STEP_NUM_TASKS and takes its share).
-# Variables assigned before the call (the key) reach the tasks in their environment.
+# type's multi_node: its load generators; each finds SLURM_PROCID of SLURM_STEP_NUM_TASKS and takes its share);
+# its status is srun's. Variables assigned before the call (the key) reach the tasks in their environment.
+# srun answers a SIGTERM by killing its tasks outright, and orchc stops a benchmark by sending SIGTERM to each
+# process under it (orchc_limit_duration, orchc_cleanup): so srun runs outside that tree (a child of a subshell
+# that is gone), and a TERM or INT here reaches the tasks as SIGUSR1, which srun forwards, to stop as they would.
 orchc_tasks_run() {
-    local tasks=$1
+    local tasks=$1 dir status
     shift
-    srun --nodes="$tasks" --ntasks="$tasks" --ntasks-per-node=1 --label "$@"
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/orchc-tasks.XXXXXX") || orchc_fail "cannot create a temporary folder"
+    (
+        (
+            trap - EXIT ERR
+            set +o errexit
+            srun --nodes="$tasks" --ntasks="$tasks" --ntasks-per-node=1 --label "$@" </dev/null &
+            echo "$!" >"$dir/srun.pid"
+            wait "$!"
+            echo "$?" >"$dir/status"
+        ) &
+    )
+    trap 'orchc_tasks_stop "$dir"' TERM INT
+    while [ ! -s "$dir/status" ]; do sleep 0.2; done
+    trap - TERM INT
+    read -r status <"$dir/status"
+    rm -rf "$dir"
+    return "$status"
+}
+# orchc_tasks_stop DIR: ask the tasks of orchc_tasks_run's srun (its pid in DIR) to stop.
+orchc_tasks_stop() {
+    local pid=""
+    while [ -z "$pid" ]; do read -r pid 2>/dev/null <"$1/srun.pid" || sleep 0.1; done
+    kill -USR1 "$pid" 2>/dev/null || true
 }
 # orchc_rank_failure: ": rank R on node NODE exited with status S" for the rank of this job that ended first with
 # a failure (the others were then stopped by srun), or nothing.

@@ -147,3 +147,32 @@ def test_a_rank_whose_arguments_break_the_contract_fails_the_service_before_it_i
     err = "".join(path.read_text() for path in run.glob("slurm-*.err"))
     assert "error: the service process exited before it became ready: rank " in err, err
     assert any(f"on node {rank['env']['SLURMD_NODENAME']} exited with status 2" in err for rank in seen.values()), err
+
+
+def test_load_from_two_nodes_stopped_by_its_duration_keeps_each_tasks_requests_in_flight(cluster, tmp_path):
+    """Requests of 10 s and a duration of 3 s, two load generators: orchc stops the tasks' srun, each task cuts its
+    request in flight "at duration", and the client completes with the merged, partial results."""
+    from llm_standin import Standin
+
+    fake = Standin(tokens=1000, first_token_delay=0.02, inter_token_delay=0.01, parallelism=2)
+    try:
+        (tmp_path / "llm.yaml").write_text(
+            "site: local\nclient:\n  name: bench\n  type: llm_client\n  model: tiny\n"
+            f"  target_endpoint: 127.0.0.1:{fake.port}\n  num_requests: 10\n  concurrent: 2\n  duration: 3\n"
+            "  warmup_requests: 0\n  max_tokens: 1000\n  resources: {nodes: 2, time: '00:02:00'}\n")
+        run = tmp_path / "run"
+        env = environment(tmp_path)
+        done = subprocess.run([sys.executable, "-m", "compiler", "submit", "llm.yaml", "--run-dir", str(run)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: status(run)["bench"]["state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 90,
+                 "the client to end")
+    finally:
+        fake.close()
+    assert status(run)["bench"]["state"] == "COMPLETED", "".join(p.read_text() for p in run.glob("slurm-*.err"))
+    for task in (0, 1):
+        (record,) = [json.loads(line) for line in
+                     (run / "results" / "bench" / "tasks" / str(task) / "requests.jsonl").read_text().splitlines()]
+        assert record["error"] == "cut at duration" and record["cut"]
+    metrics = json.loads((run / "results" / "bench" / "metrics.json").read_text())
+    assert (metrics["requests_cut_count"], metrics["tasks_count"]) == (2, 2)

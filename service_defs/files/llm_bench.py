@@ -43,7 +43,7 @@ bound, per second; their output tokens per second), the share of requests that m
 the bounds as MLPerf's Server scenario requires (slo_metrics).
 
 Nothing starts after `--duration` seconds (counted from the program's start, warm-up included), and
-requests still running then are cut, kept with error "cut at duration". SIGTERM and SIGINT cut the
+requests still running then are cut, kept with error "cut at duration". SIGTERM, SIGINT and SIGUSR1 cut the
 same way (error "stopped by SIGTERM", or "cut at REASON" when orchc wrote REASON into RESULTS_DIR/stopped
 before stopping the benchmark: its duration or time limit), then the program writes its metrics and exits.
 
@@ -696,7 +696,8 @@ def run_command(args):
         barrier = take_share(args, task, tasks)
     os.makedirs(args.results, exist_ok=True)
     run = Run(args)
-    for number in (signal.SIGTERM, signal.SIGINT):
+    # SIGUSR1 too: orchc's orchc_tasks_run stops the tasks of an srun with it (srun answers a SIGTERM by killing them)
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(number, lambda signum, _frame: run.stop(signal_reason(where_stopped, signum)))
     prompts = load_prompts(args)
     write_json(os.path.join(args.results, "environment.json"), environment(args))
