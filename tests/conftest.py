@@ -32,6 +32,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # marker, so that `pytest -m "not cluster and not ssh"` leaves out every test that would fail or skip without them.
 NEEDS_MARKER = {
     ("test_cluster", "cluster"): "cluster",
+    ("test_cluster_multinode", "cluster"): "cluster",
     ("test_remote", "cluster_and_redis"): "cluster",
     ("test_remote", "server"): "ssh",
 }

@@ -160,8 +160,6 @@ def test_the_allocation_script_passes_shellcheck(orchc, write, tmp_path):
     ("resources: {{time: '00:05:00', cpus_per_task: 2, mem: 2G}}",
      "resources: {{time: '00:05:00', partition: gpu}}\n  ", "different partition values (cpu, gpu)"),
     ("resources: {{time: '00:05:00', cpus_per_task: 2, mem: 2G}}",
-     "resources: {{time: '00:05:00', nodes: 2}}\n  ", "asks for 2 nodes"),
-    ("resources: {{time: '00:05:00', cpus_per_task: 2, mem: 2G}}",
      "resources: {{time: '00:05:00', gres: 'gpu:1,tmp:1'}}\n  ", "cannot be an srun option"),
 ])
 def test_what_one_allocation_cannot_hold_is_a_located_error(orchc, write, tmp_path, change, line, message):

@@ -730,3 +730,113 @@ def test_engine_sample_reads_vllms_text_format():
     assert llm_bench.engine_sample("process_cpu_seconds_total 1\n") == {"running": None, "waiting": None, "kv_cache_usage": None}
     assert llm_bench.engine_of([]) == {"engine_samples_count": 0, **{f"engine_{k}_{s}_{u}": None for k, u in
                                        (("running", "count"), ("waiting", "count"), ("kv_cache_usage", "ratio")) for s in ("mean", "max")}}
+
+
+def write_task(folder: Path, started: float, wall: float, ttfts: list[float], **run: object) -> Path:
+    """A task's results folder as `llm_bench.py run` leaves it: run.json and requests.jsonl, one request per TTFT."""
+    folder.mkdir(parents=True)
+    info = {"api": "openai-completions", "load": "closed", "wall_time_s": wall, "started_epoch_s": started,
+            "client_cpu_s": 0.5, "warmup_requests_done": 1, **run}
+    (folder / "run.json").write_text(json.dumps(info))
+    records = [{"ok": True, "send_s": 0.1 * i, "intended_s": 0.1 * i, "end_s": ttft + 0.1, "ttft_s": ttft,
+                "e2e_s": ttft + 0.1, "chunk_times_s": [ttft, ttft + 0.1], "input_tokens": 4, "output_tokens": 2}
+               for i, ttft in enumerate(ttfts)]
+    (folder / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def test_merged_percentiles_are_those_of_the_pooled_samples_never_the_mean_of_the_tasks():
+    """Three load generators (issue 21, item 5): two fast ones (5 requests each, TTFT 10 ms) and a slow one (2
+    requests, TTFT 1 s). The merged p50 and p90 are the percentiles of the 12 pooled TTFTs (10 ms and 901 ms); the
+    mean of the tasks' own p90s would be 340 ms."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        tasks = [str(write_task(root / "tasks" / "0", 1000.0, 2.0, [0.01] * 5)),
+                 str(write_task(root / "tasks" / "1", 1000.2, 2.0, [0.01] * 5)),
+                 str(write_task(root / "tasks" / "2", 1000.5, 3.0, [1.0, 1.0]))]
+        merged = llm_bench.merge(str(root), tasks)
+        pooled = [0.01] * 10 + [1.0, 1.0]
+        for label, p in (("median", 50), ("p90", 90), ("p99", 99)):
+            assert merged[f"ttft_{label}_ms"] == pytest.approx(1000 * llm_bench.percentile(pooled, p))
+        # p90 at rank 9.9 of the 12 sorted: 10 ms + 0.9 x (1000 - 10) ms
+        assert merged["ttft_median_ms"] == pytest.approx(10.0) and merged["ttft_p90_ms"] == pytest.approx(901.0)
+        mean_of_tasks = statistics.mean(1000 * llm_bench.percentile(t, 90) for t in ([0.01] * 5, [0.01] * 5, [1.0] * 2))
+        assert mean_of_tasks == pytest.approx(340.0) and merged["ttft_p90_ms"] != pytest.approx(mean_of_tasks)
+        assert merged["ttft_mean_ms"] == pytest.approx(1000 * sum(pooled) / 12)
+        # throughput: all successful requests over the common window, first start (1000.0) to last end (1003.5)
+        assert merged["requests_ok_count"] == 12 and merged["wall_time_s"] == pytest.approx(3.5)
+        assert merged["request_throughput_per_s"] == pytest.approx(12 / 3.5)
+        assert merged["tasks_count"] == 3 and merged["warmup_requests_count"] == 3
+        assert merged["client_cpu_s"] == pytest.approx(1.5)
+        assert json.loads((root / "metrics.json").read_text()) == json.loads(json.dumps(merged))
+        breakdown = json.loads((root / "tasks.json").read_text())
+        assert [task["task"] for task in breakdown["tasks"]] == [0, 1, 2]
+        assert breakdown["tasks"][2]["metrics"]["ttft_median_ms"] == pytest.approx(1000.0)
+        # the slow task is 100 times the tasks' median TTFT (10 ms), 10 times their E2E, a quarter of their rate
+        assert {(o["task"], o["metric"]) for o in breakdown["outliers"]} == {
+            (2, "ttft_median_ms"), (2, "e2e_latency_median_ms"), (2, "request_throughput_per_s")}
+        (ttft,) = [o for o in breakdown["outliers"] if o["metric"] == "ttft_median_ms"]
+        assert (ttft["value"], ttft["tasks_median"]) == (pytest.approx(1000.0), pytest.approx(10.0))
+
+
+def test_merging_tasks_that_agree_flags_none():
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        tasks = [str(write_task(root / "tasks" / str(i), 1000.0, 2.0, [0.1 + 0.01 * i] * 5)) for i in range(3)]
+        llm_bench.merge(str(root), tasks)
+        assert json.loads((root / "tasks.json").read_text())["outliers"] == []
+
+
+def test_tasks_of_one_srun_step_each_take_their_share_start_together_and_merge(server, tmp_path):
+    """`run --tasks-from-slurm` as each task of `srun --ntasks=2` runs it (SLURM_PROCID, SLURM_STEP_NUM_TASKS): task 0
+    takes 3 of 5 requests and task 1 the other 2, each in RESULTS/tasks/<task>; the later task is waited for at the
+    barrier (RESULTS/barrier), so both start measuring together; `summarize` then merges the two."""
+    s = server(parallelism=4)
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(["one two three"]))
+    results = tmp_path / "res"
+
+    def task(rank: int) -> subprocess.Popen[str]:
+        env = {**os.environ, "SLURM_PROCID": str(rank), "SLURM_STEP_NUM_TASKS": "2", "SLURMD_NODENAME": f"n{rank + 1}"}
+        return subprocess.Popen([sys.executable, str(BENCH), "run", str(results), "--host", "127.0.0.1", "--port",
+                                 str(s.port), "--api", "openai-completions", "--model", "tiny", "--prompts-json",
+                                 str(prompts), "--num-requests", "5", "--concurrent", "2", "--tasks-from-slurm"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = task(0)
+    time.sleep(2)
+    second = task(1)
+    for process in (first, second):
+        assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
+    runs = [json.loads((results / "tasks" / str(rank) / "run.json").read_text()) for rank in (0, 1)]
+    assert [run["num_requests"] for run in runs] == [3, 2] and [run["concurrent"] for run in runs] == [1, 1]
+    assert [run["node"] for run in runs] == ["n1", "n2"]
+    assert abs(runs[0]["started_epoch_s"] - runs[1]["started_epoch_s"]) < 1.0    # not 2 s apart: the barrier
+    assert sorted(path.name for path in (results / "barrier").iterdir()) == ["0", "1"]
+    subprocess.run([sys.executable, str(BENCH), "summarize", str(results)], check=True, timeout=60)
+    merged = json.loads((results / "metrics.json").read_text())
+    assert merged["requests_ok_count"] == 5 and merged["tasks_count"] == 2
+    tasks = json.loads((results / "tasks.json").read_text())["tasks"]
+    assert [t["metrics"]["requests_ok_count"] for t in tasks] == [3, 2] and [t["node"] for t in tasks] == ["n1", "n2"]
+
+
+def test_a_task_stopped_by_orchc_reads_why_in_the_clients_results_folder(server, tmp_path):
+    """orchc writes RESULTS/stopped (not RESULTS/tasks/<task>/stopped) before it stops the tasks' srun: each task's
+    requests in flight are "cut at duration", as one generator's are."""
+    s = server(parallelism=1, tokens=100)
+    (tmp_path / "prompts.json").write_text(json.dumps(["x"]))
+    env = {**os.environ, "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"}
+    process = subprocess.Popen([sys.executable, str(BENCH), "run", str(tmp_path / "res"), "--host", "127.0.0.1",
+                                "--port", str(s.port), "--api", "openai-completions", "--model", "tiny",
+                                "--prompts-json", str(tmp_path / "prompts.json"), "--num-requests", "3",
+                                "--tasks-from-slurm"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not s.requests() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (tmp_path / "res" / "stopped").write_text("duration\n")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=5) == 0, process.stderr.read() if process.stderr else ""
+    (record,) = [json.loads(line) for line in (tmp_path / "res" / "tasks" / "0" / "requests.jsonl").read_text().splitlines()]
+    assert record["error"] == "cut at duration" and record["cut"]

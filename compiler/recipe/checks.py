@@ -8,6 +8,8 @@ schema cannot say, each problem located at the file:line that set the value (the
 - `resources.partition` is one of the site's partitions and `resources.qos` one of its QoS names, when the
   site lists them; every resource the site `requires` (MeluXina: `account`) is given: once at the recipe's
   1:1 when no job gives it, else at each job's entry that lacks it;
+- `resources.nodes` above 1 only on a type that declares `multi_node:` (how it spans nodes); on any other
+  type the extra nodes would be billed and idle;
 - secrets are given as `{env: VAR}` or `{file: PATH}`: never a literal, never missing;
 - `environment` names nothing that changes how the job's shell or loader behaves (REFUSED_ENVIRONMENT)
   and none of the job's secret variables (it would export the secret to every program the job runs);
@@ -72,6 +74,7 @@ def check_recipe(recipe: Recipe, problems: Collector) -> None:
             earlier[job.name] = None
         _check_environment(job, origins, what, problems)
         _check_extra_directives(job, origins, what, problems)
+        _check_nodes(job, origins, what, problems)
         _check_phases(job, origins, what, problems)
     if problems.problems:
         return
@@ -115,6 +118,15 @@ def _check_extra_directives(job: ResolvedJob, origins: Origins, what: str, probl
         why = _REFUSED_EXTRA.get(option)
         if why is not None:
             problems.add(origins.loc(("resources", "extra", index)), f"resources.extra of {what}: --{option} {why}")
+
+
+def _check_nodes(job: ResolvedJob, origins: Origins, what: str, problems: Collector) -> None:
+    """More than one node only for a type that says how it spans them: else the other nodes are billed and idle."""
+    nodes = job.resources.get("nodes")
+    if isinstance(nodes, int) and nodes > 1 and job.typedef.multi_node is None:
+        problems.add(origins.loc(("resources", "nodes")), f"resources.nodes: {what} asks for {nodes} nodes, but type "
+                     f"'{job.typedef.name}' runs on one node (it declares no multi_node:): the other nodes would be billed "
+                     "and idle; give nodes: 1, or use a type that declares multi_node (README \"Across nodes\")")
 
 
 def _check_site_lists(job: ResolvedJob, origins: Origins, recipe: Recipe, problems: Collector) -> None:

@@ -60,6 +60,8 @@ class TypeDef:
     doc: Node = field(repr=False)
     headline: tuple[str, ...] = ()
     """the metrics compare shows by default (names or globs, results.metrics.metric_matches); () for the rule"""
+    multi_node: Node | None = field(default=None, repr=False)
+    """how the type spans nodes (schemas/typedef.schema.json multi_node), None for a type that runs on one node"""
 
     @cached_property
     def job_validator(self) -> Any:
@@ -273,11 +275,27 @@ class Registry:
             if port is not None and (field_schema is None or field_schema.plain().get("type") != "integer"):
                 problems.add(port.loc, f"sidecar '{sidecar}' of type '{name}' serves metrics on the port in '{port.value}', "
                              f"which is not an integer field of the type{did_you_mean(str(port.value), fields_node.value)}")
+        _check_multi_node(name, merged, problems)
         problems.raise_if_any()
         typedef = _typedef(name, merged, fields_node, chain)
         check(typedef.layer, typedef.job_validator, f"type '{name}'", problems, secrets=typedef.secrets)
         problems.raise_if_any()
         return typedef
+
+
+def _check_multi_node(name: str, merged: Node, problems: Collector) -> None:
+    """A service's multi_node gives the command of its ranks; a client's gives none (its benchmark phase runs
+    under orchc_tasks_run), nor the other keys only ranks of a service use."""
+    multi_node = merged.get("multi_node")
+    if multi_node is None:
+        return
+    role = merged.plain()["role"]
+    given = [key for key in ("command", "worker_args", "publishes") if key in multi_node.value]
+    if role == "service" and "command" not in given:
+        problems.add(multi_node.loc, f"multi_node of type '{name}' needs `command:`, what each rank of the service runs")
+    elif role != "service" and given:
+        problems.add(multi_node.value[given[0]].loc, f"multi_node.{given[0]} of type '{name}': only a service's ranks "
+                     "run a command; a client's benchmark phase runs its tasks (orchc_tasks_run, README \"Across nodes\")")
 
 
 def _check_templates(merged: Node, problems: Collector) -> None:
@@ -373,6 +391,7 @@ def _typedef(name: str, merged: Node, fields_node: Node, chain: list[Node]) -> T
         layer=layer,
         doc=merged,
         headline=tuple(plain.get("headline", ())),
+        multi_node=merged.get("multi_node"),
     )
 
 

@@ -57,7 +57,7 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
     values = ShellValues()
     context = _context(job, recipe, origins)
     parts: dict[str, Any] = {
-        "directives": directives(job.name, job.job_id, job.resources, recipe.site.reservation_for(job.resources)),
+        "directives": directives(job.name, job.job_id, _resources_of(job), recipe.site.reservation_for(job.resources)),
         "shell": recipe.site.shell,
         "module_purge": recipe.site.module_purge,
         "modules": recipe.site.modules,
@@ -336,7 +336,42 @@ def _service_command(job: ResolvedJob, recipe: Recipe, origins: Origins, context
                      values: ShellValues) -> str:
     if job.role != "service" or job.container is None:
         return ""
+    if nodes_spanned(job) > 1:
+        return _ranks_start(job, recipe, context, values)
     return _start_line(job.container, recipe, origins, context, values, context["_run_parts"])
+
+
+def nodes_spanned(job: ResolvedJob) -> int:
+    """The nodes a job runs ranks on: its resources.nodes when its type declares multi_node, else 1 (the check
+    stage refused nodes above 1 on any other type)."""
+    return int(job.resources.get("nodes") or 1) if job.typedef.multi_node is not None else 1
+
+
+def _resources_of(job: ResolvedJob) -> Mapping[str, Any]:
+    """The job's resources as its #SBATCH lines ask for them: a job across nodes runs one task per node."""
+    nodes = nodes_spanned(job)
+    return {**job.resources, "ntasks": nodes} if nodes > 1 else job.resources
+
+
+def _ranks_start(job: ResolvedJob, recipe: Recipe, context: dict[str, Any], values: ShellValues) -> str:
+    """The lines that start a service across nodes: its multi_node command as the function every rank runs
+    (in the service's container), then runtime.sh's orchc_ranks_start in the background (README "Across nodes")."""
+    multi_node = job.typedef.multi_node
+    assert multi_node is not None
+    command_node = multi_node.get("command")
+    assert command_node is not None
+    assignments, words = context["_run_parts"]
+    command = render_shell(command_node, context, values, recipe.session)
+    body = " ".join([*assignments, *words, command, "$ORCHC_RANK_ARGS"])
+    function = ("orchc_rank() {\n    # shellcheck disable=SC2086  # ORCHC_RANK_ARGS: the type's worker_args, split on purpose\n"
+                f"    {body}\n}}")
+    worker_args = " ".join(str(word) for word in multi_node.plain().get("worker_args", ()))
+    secrets = [secret_variable(name) for name in sorted(job.typedef.secrets) if name in job.fields]
+    start = " ".join(["orchc_ranks_start", str(nodes_spanned(job)), shlex.quote(worker_args), *secrets, "&"])
+    return Raw("\n".join([
+        "orchc_ranks_folder",
+        str(_where("start", command_node, function, recipe.session)),
+        function, start]))
 
 
 def _where(phase: str, node: Node, block: str, session: CompileSession) -> Raw:

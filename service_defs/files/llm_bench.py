@@ -6,6 +6,7 @@ plain python image, with nothing installed.
 
     llm_bench.py run RESULTS_DIR [--config FILE] --host H --port P --api API [--model M] [options]
     llm_bench.py summarize RESULTS_DIR
+    llm_bench.py merge RESULTS_DIR TASK_RESULTS_DIR...
 
 `run` sends the warm-up requests (not counted), then the measured ones, closed loop (`--concurrent`
 workers, `--num-requests` in all) or open loop (`--request-rate`, Poisson arrivals from a seeded
@@ -53,7 +54,7 @@ bound, per second; their output tokens per second), the share of requests that m
 the bounds as MLPerf's Server scenario requires (slo_metrics).
 
 Nothing starts after `--duration` seconds (counted from the program's start, warm-up included), and
-requests still running then are cut, kept with error "cut at duration". SIGTERM and SIGINT cut the
+requests still running then are cut, kept with error "cut at duration". SIGTERM, SIGINT and SIGUSR1 cut the
 same way (error "stopped by SIGTERM", or "cut at REASON" when orchc wrote REASON into RESULTS_DIR/stopped
 before stopping the benchmark: its duration or time limit), then the program writes its metrics and exits.
 
@@ -792,17 +793,53 @@ def signal_reason(results, signum):
     return "cut at " + why if why else "stopped by " + signal.Signals(signum).name
 
 
+def take_share(args, task, tasks):
+    """This task's share when `tasks` generators run the load together: the requests, warm-up requests and
+    concurrency split as evenly as whole numbers allow (the first tasks take one more), the rate divided, its own
+    seed; its results in RESULTS/tasks/TASK. Returns the folder of the barrier, RESULTS/barrier."""
+    def part(total):
+        return total // tasks + (1 if task < total % tasks else 0)
+    args.num_requests = part(args.num_requests)
+    args.warmup_requests = part(args.warmup_requests)
+    args.concurrent = max(1, part(args.concurrent))
+    if args.max_concurrency:
+        args.max_concurrency = max(1, part(args.max_concurrency))
+    if args.request_rate:
+        args.request_rate = args.request_rate / tasks
+    args.seed += task
+    barrier = os.path.join(args.results, "barrier")
+    args.results = os.path.join(args.results, "tasks", str(task))
+    return barrier
+
+
+def wait_at_barrier(run, folder, task, tasks):
+    """Leave this task's mark in `folder` and wait until all `tasks` have (or the run must stop): the tasks start
+    measuring together however late srun started each."""
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, str(task)), "w").close()
+    while len(os.listdir(folder)) < tasks and not run.stopping():
+        time.sleep(0.05)
+
+
 def run_command(args):
+    barrier, task, tasks, where_stopped = None, 0, 1, args.results   # orchc writes `stopped` in the client's folder
+    if args.tasks_from_slurm:
+        task = int(os.environ.get("SLURM_PROCID") or 0)
+        tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or 1)
+        barrier = take_share(args, task, tasks)
     os.makedirs(args.results, exist_ok=True)
     run = Run(args)
-    for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, lambda signum, _frame: run.stop(signal_reason(args.results, signum)))
+    # SIGUSR1 too: orchc's orchc_tasks_run stops the tasks of an srun with it (srun answers a SIGTERM by killing them)
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(number, lambda signum, _frame: run.stop(signal_reason(where_stopped, signum)))
     prompts = load_prompts(args)
     write_json(os.path.join(args.results, "environment.json"), environment(args))
     info = {"api": args.api, "model": args.model, "load": "open" if args.request_rate else "closed",
             "num_requests": args.num_requests, "warmup_requests": args.warmup_requests, "request_rate": args.request_rate,
             "concurrent": None if args.request_rate else args.concurrent, "max_concurrency": args.max_concurrency,
             "slo": args.slo, "arrivals": args.arrivals, "search": args.search}
+    if barrier:
+        info.update(task=task, tasks=tasks, node=os.environ.get("SLURMD_NODENAME") or socket.gethostname())
     run_path = os.path.join(args.results, "run.json")
     write_json(run_path, info)
     open(os.path.join(args.results, "requests.jsonl"), "w").close()
@@ -815,6 +852,8 @@ def run_command(args):
     info["warmup_failed"] = [r["error"] for r in warmups if not r["ok"]][:5]
     write_json(run_path, info)
 
+    if barrier:
+        wait_at_barrier(run, barrier, task, tasks)
     sampler = EngineSampler(args, args.engine_metrics_interval) if args.engine_metrics_interval and args.api != "ollama" else None
     with open(os.path.join(args.results, "requests.jsonl"), "a") as out:
         run.out = out
@@ -823,6 +862,7 @@ def run_command(args):
             sampler.start()
         info["t0_epoch"] = time.time()
         run.t0 = time.perf_counter()
+        info["started_epoch_s"] = time.time()   # where merge puts this run's requests beside other tasks'
         if run.stopping():
             pass
         elif args.search:
@@ -869,7 +909,14 @@ def run_command(args):
 
 def summarize(results):
     """metrics.json from requests.jsonl and run.json (a line cut short by a kill is skipped). Without
-    run.json the benchmark never started: nothing is written."""
+    run.json the benchmark never started: nothing is written. The results of many tasks (RESULTS/tasks/TASK, see
+    take_share) are summarized each, then merged."""
+    folder = os.path.join(results, "tasks")
+    if os.path.isdir(folder):
+        tasks = sorted((name for name in os.listdir(folder) if name.isdigit()), key=int)
+        for name in tasks:
+            summarize(os.path.join(folder, name))
+        return merge(results, [os.path.join(folder, name) for name in tasks])
     if not os.path.exists(os.path.join(results, "run.json")):
         print("llm_bench: no run.json in " + results + ": the benchmark did not start, no metrics", file=sys.stderr)
         return None
@@ -900,6 +947,82 @@ def summarize(results):
     metrics = metrics_of(records, run, engine)
     write_json(os.path.join(results, "metrics.json"), metrics)
     return metrics
+
+
+OUTLIER_METRICS = ("request_throughput_per_s", "ttft_median_ms", "e2e_latency_median_ms")
+OUTLIER_FACTOR = 2.0
+"""merge flags a task whose figure of OUTLIER_METRICS is more than OUTLIER_FACTOR times above or below the median of
+that figure over all the tasks."""
+
+
+def read_task(folder):
+    """(run.json, the requests of requests.jsonl) of one task's results folder; None without run.json."""
+    if not os.path.exists(os.path.join(folder, "run.json")):
+        return None
+    with open(os.path.join(folder, "run.json")) as handle:
+        run = json.load(handle)
+    records = []
+    path = os.path.join(folder, "requests.jsonl")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    pass
+    return run, records
+
+
+def merge(results, folders):
+    """metrics.json in `results` for the load of many tasks (one `run` each, in `folders`, started together): every
+    figure from the pooled requests (percentiles of the pooled samples, never averaged percentiles), each task's
+    requests placed on one clock by its started_epoch_s, throughput over the common window (from the first task's
+    start to the last one's end). tasks.json holds each task's own metrics and the outliers (OUTLIER_METRICS)."""
+    tasks = [(index, loaded) for index, loaded in ((i, read_task(f)) for i, f in enumerate(folders)) if loaded]
+    if not tasks:
+        print("llm_bench: no task started: no metrics", file=sys.stderr)
+        return None
+    starts = [run.get("started_epoch_s") for _, (run, _) in tasks]
+    first = min((s for s in starts if isinstance(s, (int, float))), default=0.0)
+    pooled, end = [], 0.0
+    for _, (run, records) in tasks:
+        shift = run["started_epoch_s"] - first if isinstance(run.get("started_epoch_s"), (int, float)) else 0.0
+        for record in records:
+            moved = dict(record)
+            for key in ("send_s", "intended_s"):
+                if isinstance(moved.get(key), (int, float)):
+                    moved[key] += shift
+            pooled.append(moved)
+        own = metrics_of(records, run)["wall_time_s"] or 0.0
+        end = max(end, shift + own)
+    runs = [run for _, (run, _) in tasks]
+    rates = [run.get("request_rate") for run in runs]
+    merged_run = {**runs[0], "wall_time_s": end, "started_epoch_s": first,
+                  "client_cpu_s": sum(run.get("client_cpu_s") or 0.0 for run in runs),
+                  "warmup_requests_done": sum(run.get("warmup_requests_done") or 0 for run in runs),
+                  "num_requests": sum(run.get("num_requests") or 0 for run in runs),
+                  "request_rate": sum(rates) if all(isinstance(r, (int, float)) for r in rates) else None}
+    metrics = metrics_of(pooled, merged_run)
+    metrics["tasks_count"] = len(tasks)
+    per_task = [{"task": run.get("task", index), "node": run.get("node"), "metrics": metrics_of(records, run)}
+                for index, (run, records) in tasks]
+    write_json(os.path.join(results, "run.json"), {**merged_run, "tasks": len(tasks)})
+    write_json(os.path.join(results, "metrics.json"), metrics)
+    write_json(os.path.join(results, "tasks.json"), {"tasks": per_task, "outliers": outliers_of(per_task)})
+    return metrics
+
+
+def outliers_of(per_task):
+    """The tasks whose figures differ markedly from the others' (OUTLIER_METRICS, OUTLIER_FACTOR)."""
+    found = []
+    for name in OUTLIER_METRICS:
+        values = [(task["task"], task["metrics"].get(name)) for task in per_task]
+        known = [value for _, value in values if isinstance(value, (int, float))]
+        middle = percentile(known, 50) if len(known) > 1 else None
+        for index, value in values:
+            if middle and isinstance(value, (int, float)) and (value > OUTLIER_FACTOR * middle or value * OUTLIER_FACTOR < middle):
+                found.append({"task": index, "metric": name, "value": value, "tasks_median": middle})
+    return found
 
 
 def positive(kind):
@@ -973,9 +1096,14 @@ def parser():
     r.add_argument("--engine-metrics-interval", type=float, default=1.0,
                    help="seconds between two reads of the server's /metrics (0: none); not against Ollama")
     r.add_argument("--gpu-csv", help="the GPU sampler's nvidia-smi CSV of the server's GPUs: energy and J/token")
+    r.add_argument("--tasks-from-slurm", action="store_true",
+                   help="one of the tasks of an srun step (SLURM_PROCID of SLURM_STEP_NUM_TASKS): take this task's share")
     r.add_argument("--slo", type=slo_argument, help='bounds in ms, a JSON object: {"ttft_p99_ms": 2000, "tpot_p99_ms": 100}')
     s = sub.add_parser("summarize", help="write metrics.json from requests.jsonl and run.json")
     s.add_argument("results")
+    m = sub.add_parser("merge", help="write metrics.json and tasks.json of many tasks' runs, from their pooled requests")
+    m.add_argument("results")
+    m.add_argument("tasks", nargs="+", help="the results folders of the tasks")
     return p
 
 
@@ -1022,6 +1150,10 @@ def main(argv):
     if args.command == "summarize":
         summarize(args.results)
         return 0
+    if args.command == "merge":
+        return 0 if merge(args.results, args.tasks) else 1
+    if args.search and args.tasks_from_slurm:
+        raise SystemExit("llm_bench: a capacity search (--search) runs on one node: give the client one node")
     if not (args.prompts_json or args.prompts_file or args.input_length):
         raise SystemExit("llm_bench: give --prompts-json, --prompts-file or --input-length")
     if not args.model:

@@ -255,8 +255,89 @@ orchc_backoff() {
 
 orchc_service_alive() {
     if [ -n "${ORCHC_SERVICE_PID:-}" ] && ! kill -0 "$ORCHC_SERVICE_PID" 2>/dev/null; then
-        orchc_fail "the service process exited before it became ready"
+        orchc_fail "the service process exited before it became ready$(orchc_rank_failure)"
     fi
+}
+
+# orchc_ranks_folder: where the ranks of this job say how they ended (ORCHC_RANKS, created empty).
+orchc_ranks_folder() {
+    ORCHC_RANKS="$ORCHC_RUN_DIR/ranks/$ORCHC_JOB.${SLURM_JOB_ID:-0}"
+    rm -rf "$ORCHC_RANKS"
+    mkdir -p "$ORCHC_RANKS" || orchc_fail "cannot create $ORCHC_RANKS"
+}
+# orchc_ranks_start NODES WORKER_ARGS [VARIABLE...]: run the function orchc_rank once on each of the job's NODES
+# nodes, one srun task per node (a type's multi_node: command; README "Across nodes"); meant to run in the
+# background (`&`), where it becomes srun in a session of its own. Each rank finds $ORCHC_NODE_RANK (0 on this,
+# the job's first node), $ORCHC_NNODES and $ORCHC_MASTER_ADDR (this host); every rank but 0 gets WORKER_ARGS
+# after its command. The job's quoted values (orchc_v*) and the VARIABLEs (its secrets) are exported for the
+# ranks' shells. One rank failing ends them all (--kill-on-bad-exit); each rank leaves "STATUS NODE" in
+# $ORCHC_RANKS/RANK.exit as it ends, which orchc_rank_failure reads.
+orchc_ranks_start() {
+    local name
+    ORCHC_NNODES=$1 ORCHC_WORKER_ARGS=$2
+    ORCHC_MASTER_ADDR=$(hostname)
+    for name in $(compgen -v orchc_v) "${@:3}"; do export "${name?}"; done
+    export ORCHC_NNODES ORCHC_WORKER_ARGS ORCHC_MASTER_ADDR ORCHC_RANKS
+    export -f orchc_rank orchc_rank_run
+    exec setsid srun --nodes="$1" --ntasks="$1" --ntasks-per-node=1 --kill-on-bad-exit=1 --label bash -c orchc_rank_run
+}
+# orchc_rank_run: one rank (a task of orchc_ranks_start's srun): orchc_rank with the rank's environment.
+orchc_rank_run() {
+    local status=0 node=${SLURMD_NODENAME:-$(hostname)}
+    ORCHC_NODE_RANK=${SLURM_NODEID:?orchc_rank_run runs as a task of srun}
+    export ORCHC_NODE_RANK
+    ORCHC_RANK_ARGS=""
+    [ "$ORCHC_NODE_RANK" = 0 ] || ORCHC_RANK_ARGS=$ORCHC_WORKER_ARGS
+    export ORCHC_RANK_ARGS   # read by orchc_rank, the job script's function
+    echo "[orchc] rank $ORCHC_NODE_RANK of $ORCHC_NNODES starts on node $node" >&2
+    orchc_rank || status=$?
+    printf '%s %s\n' "$status" "$node" >"$ORCHC_RANKS/$ORCHC_NODE_RANK.exit"
+    return "$status"
+}
+# orchc_tasks_run TASKS COMMAND...: COMMAND once in each of TASKS srun tasks, one per node of the job (a client
+# type's multi_node: its load generators; each finds SLURM_PROCID of SLURM_STEP_NUM_TASKS and takes its share);
+# its status is srun's. Variables assigned before the call (the key) reach the tasks in their environment.
+# srun answers a SIGTERM by killing its tasks outright, and orchc stops a benchmark by sending SIGTERM to each
+# process under it (orchc_limit_duration, orchc_cleanup): so srun runs outside that tree (a child of a subshell
+# that is gone), and a TERM or INT here reaches the tasks as SIGUSR1, which srun forwards, to stop as they would.
+orchc_tasks_run() {
+    local tasks=$1 dir status
+    shift
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/orchc-tasks.XXXXXX") || orchc_fail "cannot create a temporary folder"
+    (
+        (
+            trap - EXIT ERR
+            set +o errexit
+            srun --nodes="$tasks" --ntasks="$tasks" --ntasks-per-node=1 --label "$@" </dev/null &
+            echo "$!" >"$dir/srun.pid"
+            wait "$!"
+            echo "$?" >"$dir/status"
+        ) &
+    )
+    trap 'orchc_tasks_stop "$dir"' TERM INT
+    while [ ! -s "$dir/status" ]; do sleep 0.2; done
+    trap - TERM INT
+    read -r status <"$dir/status"
+    rm -rf "$dir"
+    return "$status"
+}
+# orchc_tasks_stop DIR: ask the tasks of orchc_tasks_run's srun (its pid in DIR) to stop.
+orchc_tasks_stop() {
+    local pid=""
+    while [ -z "$pid" ]; do read -r pid 2>/dev/null <"$1/srun.pid" || sleep 0.1; done
+    kill -USR1 "$pid" 2>/dev/null || true
+}
+# orchc_rank_failure: ": rank R on node NODE exited with status S" for the rank of this job that ended first with
+# a failure (the others were then stopped by srun), or nothing.
+orchc_rank_failure() {
+    local file status node
+    [ -n "${ORCHC_RANKS:-}" ] && [ -d "$ORCHC_RANKS" ] || return 0
+    # shellcheck disable=SC2012  # oldest first; the names are RANK.exit, digits
+    while read -r file; do
+        read -r status node <"$ORCHC_RANKS/$file" 2>/dev/null && [ "$status" != 0 ] || continue
+        printf ': rank %s on node %s exited with status %s' "${file%.exit}" "$node" "$status"
+        return 0
+    done < <(ls -1tr "$ORCHC_RANKS" 2>/dev/null)
 }
 
 # orchc_seconds VALUE: fail unless VALUE is a whole number of seconds. Each helper checks its TIMEOUT before
@@ -373,7 +454,7 @@ orchc_serve_until_done() {
         orchc_nap "$((delay / 10)).$((delay % 10))"
         delay=$((delay * 2 > most * 10 ? most * 10 : delay * 2))
     done
-    wait "$ORCHC_SERVICE_PID" || orchc_fail "the service exited with status $?"
+    wait "$ORCHC_SERVICE_PID" || orchc_fail "the service exited with status $?$(orchc_rank_failure)"
 }
 
 # --- clients ---
@@ -626,14 +707,19 @@ orchc_wait_endpoint() {
     done
 }
 
-# orchc_job_host JOBID TIMEOUT: the first node of a running job.
+# orchc_job_host JOBID TIMEOUT: the address of the first node of a running job: its NodeAddr, where SLURM
+# itself reaches it (the node's name when the site sets no NodeAddr; a name that need not resolve when it does,
+# as on the test cluster, whose nodes n1..n4 are all 127.0.0.1).
 orchc_job_host() {
     orchc_seconds "$2"
-    local deadline=$((SECONDS + 10#$2)) nodes ORCHC_DELAY=20
+    local deadline=$((SECONDS + 10#$2)) nodes node addr ORCHC_DELAY=20
     while :; do
         nodes=$(squeue -h -j "$1" -t RUNNING -o %N 2>/dev/null) || nodes=""
         if [ -n "$nodes" ]; then
-            scontrol show hostnames "$nodes" | head -n 1
+            node=$(scontrol show hostnames "$nodes" | head -n 1)
+            addr=$(scontrol show node -o "$node" 2>/dev/null | grep -o ' NodeAddr=[^ ]*') || addr=""
+            addr=${addr#*=}
+            printf '%s\n' "${addr:-$node}"
             return 0
         fi
         [ "$SECONDS" -lt "$deadline" ] || orchc_fail "job $1 is not running (squeue -j $1)"
