@@ -96,6 +96,8 @@ orchc_cleanup() {
     if [ -n "$ORCHC_ENDPOINT" ]; then
         rm -f "$ORCHC_ENDPOINT"
     fi
+    # its clients, still waiting, stop at once
+    [ "$ORCHC_ROLE" != service ] || orchc_phase ended "$status"
     orchc_record_job "$status"
     exit "$status"
 }
@@ -169,6 +171,29 @@ orchc_in_queue() {
             ;;
     esac
 }
+# orchc_queue_state ID: the SLURM state of the job ID (digits) as squeue gives it (PENDING, RUNNING, ...), or RUNNING for a
+# step ALLOCATION.JOB that squeue lists; nothing once it has left the queue; status 2 when squeue cannot tell.
+orchc_queue_state() {
+    local listed
+    command -v squeue >/dev/null 2>&1 || return 2
+    case $1 in
+        *.*)
+            listed=$(squeue -h -s -j "${1%%.*}" -o %j 2>/dev/null) || return 2
+            if grep -qxF -- "${1#*.}" <<<"$listed"; then printf RUNNING; fi
+            ;;
+        *)
+            listed=$(squeue -h -j "$1" -o %T 2>/dev/null) || return 2
+            printf '%s' "${listed%%$'\n'*}"
+            ;;
+    esac
+}
+# orchc_ended_state STATE: whether a job in STATE (orchc_queue_state's answer; nothing: gone from the queue) has ended.
+orchc_ended_state() {
+    case $1 in
+        "" | BOOT_FAIL | CANCELLED | COMPLETED | DEADLINE | FAILED | NODE_FAIL | OUT_OF_MEMORY | PREEMPTED | TIMEOUT) return 0 ;;
+    esac
+    return 1
+}
 # orchc_kill_tree SIGNAL PID: signal PID and every process under it, the deepest first (a process
 # whose parent has died is out of reach, so children go before their parents).
 orchc_kill_tree() {
@@ -236,7 +261,7 @@ orchc_watch() {
         for pid in "${ORCHC_PIDS[@]}"; do
             kill -TERM -- "-$pid" 2>/dev/null || orchc_kill_tree TERM "$pid"
         done
-        [ "$ORCHC_ROLE" != service ] || orchc_withdraw_endpoint
+        [ "$ORCHC_ROLE" != service ] || { orchc_withdraw_endpoint; orchc_phase ended 137; }
         sleep 5
         for pid in "${ORCHC_PIDS[@]}"; do
             kill -KILL -- "-$pid" 2>/dev/null || orchc_kill_tree KILL "$pid"
@@ -268,12 +293,25 @@ orchc_seconds() {
 # orchc_wait_tcp HOST PORT TIMEOUT: wait until HOST:PORT accepts connections.
 orchc_wait_tcp() {
     orchc_seconds "$3"
-    local deadline=$((SECONDS + 10#$3)) ORCHC_DELAY=2
+    orchc_wait_log_checked
+    local start=$SECONDS deadline=$((SECONDS + 10#$3)) next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30})) ORCHC_DELAY=2
     until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
         orchc_service_alive
         [ "$SECONDS" -lt "$deadline" ] || orchc_fail "$1:$2 accepted no connection within $3 s"
+        orchc_still_waiting "for $1:$2 to accept connections" "$start" "$3"
         orchc_backoff
     done
+}
+
+# orchc_wait_log_checked: ORCHC_WAIT_LOG (how often a wait says what it waits for, default 30 s) is a number before a wait
+# uses it in arithmetic, where bash would run a $(...) inside it; anything else is 30.
+orchc_wait_log_checked() { [[ ${ORCHC_WAIT_LOG:-30} =~ ^[1-9][0-9]{0,5}$ ]] || ORCHC_WAIT_LOG=30; }
+# orchc_still_waiting WHAT START TIMEOUT [MORE]: every ORCHC_WAIT_LOG seconds (default 30; the caller's next_log), say what a wait
+# that began at START (in $SECONDS) waits for, so that a long wait is never silent.
+orchc_still_waiting() {
+    [ "$SECONDS" -ge "$next_log" ] || return 0
+    next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30}))
+    orchc_log "still waiting $1: $((SECONDS - $2)) of $3 s${4:+ ($4)}"
 }
 
 # orchc_wait_http URL TIMEOUT: wait until URL answers with a success status (2xx, 3xx). Only while
@@ -282,7 +320,9 @@ orchc_wait_tcp() {
 # HTTP error (404, 410, 500, ...) fails at once, naming the status and the start of the body.
 orchc_wait_http() {
     orchc_seconds "$2"
-    local deadline=$((SECONDS + 10#$2)) ORCHC_DELAY=2 answer="" code="" body="" last="no answer"
+    orchc_wait_log_checked
+    local start=$SECONDS deadline=$((SECONDS + 10#$2)) next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30})) ORCHC_DELAY=2
+    local answer="" code="" body="" last="no answer"
     command -v curl >/dev/null 2>&1 || orchc_fail "orchc_wait_http needs curl, which is not on PATH"
     while :; do
         # curl prints the body, a newline, then the status; it exits non-zero when nothing answered
@@ -303,6 +343,7 @@ orchc_wait_http() {
         esac
         orchc_service_alive
         [ "$SECONDS" -lt "$deadline" ] || orchc_fail "$1 did not answer within $2 s (last: $last)"
+        orchc_still_waiting "for $1 to answer" "$start" "$2" "last: $last"
         orchc_backoff
     done
 }
@@ -324,6 +365,15 @@ orchc_publish_endpoint() {
     ORCHC_ENDPOINT="$ORCHC_RUN_DIR/endpoints/$ORCHC_JOB"
     printf '%s %s %s\n' "$(orchc_self_id)" "$(hostname)" "$*" >"$ORCHC_ENDPOINT.tmp.$$"
     mv -f "$ORCHC_ENDPOINT.tmp.$$" "$ORCHC_ENDPOINT"
+}
+
+# orchc_phase PHASE [NUMBER]: phases/<job> in the run folder (written atomically), "ID PHASE EPOCH NUMBER": how far this
+# service got, for its clients' wait (orchc_wait_endpoint) and orchc status: preparing (setup, images, downloads),
+# starting (its readiness phase; NUMBER: its health_timeout), ended (NUMBER: its exit status). Ready is its endpoint.
+orchc_phase() {
+    local file="$ORCHC_RUN_DIR/phases/$ORCHC_JOB"
+    mkdir -p "$ORCHC_RUN_DIR/phases" 2>/dev/null || return 0
+    { printf '%s %s %s %s\n' "$(orchc_self_id)" "$1" "$(date +%s)" "${2:-0}" >"$file.tmp.$$" && mv -f "$file.tmp.$$" "$file"; } 2>/dev/null || true
 }
 
 # orchc_withdraw_endpoint: remove this job's endpoint file (not one a later job of the same name wrote).
@@ -590,25 +640,30 @@ orchc_results() {
     [ "$status" != failed ]
 }
 
-# orchc_wait_endpoint SERVICE TIMEOUT: wait for SERVICE's endpoint; sets TARGET_HOST and TARGET_PORT.
-# With ORCHC_TARGET_JOB_ID set (orchc submit sets it to the service's job id; allocation.sbatch to
-# ALLOCATION.SERVICE, see orchc_self_id), only that job's endpoint counts, and the wait ends early if that
-# job has left the queue without publishing one (asked of squeue after 5 s, then ever more rarely, at most
-# every 60 s).
+# orchc_wait_endpoint SERVICE TIMEOUT: wait for SERVICE's endpoint; sets TARGET_HOST and TARGET_PORT. The wait follows
+# what the service is doing (its phases/<job>, orchc_phase, and with ORCHC_TARGET_JOB_ID its SLURM state): while it is
+# queued or preparing (setup, images, downloads: as long as that takes), TIMEOUT does not run; it runs from the moment the
+# service starts its readiness phase, and is then at least the service's own health_timeout, so a client never gives up
+# on a service that has not. A service that ended stops the wait at once, naming it. Without a phase file or a SLURM
+# state saying otherwise (a service of an older runtime, a run by hand) TIMEOUT runs from the start, as it always did.
+# With ORCHC_TARGET_JOB_ID set (orchc submit sets it to the service's job id; allocation.sbatch to ALLOCATION.SERVICE,
+# see orchc_self_id), only that job's files count; squeue is asked after 5 s, then ever more rarely, at most every 60 s.
+# Every ORCHC_WAIT_LOG seconds (default 30) it logs what it waits for and the service's state.
 # shellcheck disable=SC2034  # TARGET_*: the job script exports them
 orchc_wait_endpoint() {
     orchc_seconds "$2"
-    local file="$ORCHC_RUN_DIR/endpoints/$1" deadline=$((SECONDS + 10#$2)) next_check=$((SECONDS + 5)) every=5
-    local jobid host port queued ORCHC_DELAY=2
-    orchc_log "waiting for service $1 to publish its endpoint in $file"
+    orchc_wait_log_checked
+    local file="$ORCHC_RUN_DIR/endpoints/$1" next_check=$((SECONDS + 5)) every=5 jobid host port
+    local budget=$((10#$2)) used=0 last=$SECONDS counting=1 phase="" health="" state="" phase_id="" said="" ORCHC_DELAY=2
+    local next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30})) service="service $1${ORCHC_TARGET_JOB_ID:+ (job $ORCHC_TARGET_JOB_ID)}"
+    orchc_log "waiting for $service to publish its endpoint in $file"
     while :; do
         if [ -n "${ORCHC_TARGET_JOB_ID:-}" ] && [ "$SECONDS" -ge "$next_check" ]; then
             every=$((every * 2 > 60 ? 60 : every * 2))
             next_check=$((SECONDS + every))
-            queued=0
-            orchc_in_queue "$ORCHC_TARGET_JOB_ID" || queued=$?
-            if [ "$queued" = 1 ] && [ ! -f "$file" ]; then
-                orchc_error "the client stopped$(orchc_where): service $1 (job $ORCHC_TARGET_JOB_ID) ended without publishing an endpoint; why is in its log, $ORCHC_RUN_DIR/slurm-$ORCHC_TARGET_JOB_ID.err"
+            state=$(orchc_queue_state "$ORCHC_TARGET_JOB_ID") || state="unknown"
+            if orchc_ended_state "$state" && [ ! -f "$file" ]; then
+                orchc_error "the client stopped$(orchc_where): $service ended${state:+ ($state)} without publishing an endpoint; why is in its log, $ORCHC_RUN_DIR/slurm-${ORCHC_TARGET_JOB_ID%%.*}.err"
                 exit 1
             fi
         fi
@@ -621,22 +676,65 @@ orchc_wait_endpoint() {
             TARGET_CREDENTIALS="$ORCHC_RUN_DIR/credentials/$1"
             return 0
         fi
-        [ "$SECONDS" -lt "$deadline" ] || orchc_fail "service $1 published no endpoint within $2 s (is it running? squeue --me)"
+        orchc_target_phase "$1"
+        case $phase in
+            ended)
+                orchc_error "the client stopped$(orchc_where): $service ended (exit status $health) before it was ready; why is in its log, $ORCHC_RUN_DIR/slurm-${phase_id%%.*}.err"
+                exit 1
+                ;;
+            starting) [ "$said" = starting ] || {
+                budget=$((health > budget ? health : budget))
+                orchc_log "$service is starting (its health check may take $health s): waiting at most $((budget - used)) s more"
+                said=starting; } ;;
+        esac
+        [ "$counting" = 0 ] || used=$((used + SECONDS - last))
+        last=$SECONDS
+        # the budget runs unless the service is known to be queued or preparing
+        counting=1
+        [ "$state" != PENDING ] && [ "$phase" != preparing ] || counting=0
+        [ "$used" -lt "$budget" ] || orchc_fail "$service published no endpoint within $budget s${phase:+ of starting} (state: ${phase:-${state:-unknown}}; is it running? squeue --me)"
+        if [ "$SECONDS" -ge "$next_log" ]; then
+            next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30}))
+            orchc_log "still waiting for $service: ${phase:-no phase yet}, SLURM state ${state:-not asked}; $used of $budget s of its budget used"
+        fi
         orchc_backoff
     done
 }
 
-# orchc_job_host JOBID TIMEOUT: the first node of a running job.
+# orchc_target_phase SERVICE: set phase and health (the caller's locals) from SERVICE's phases/<job> (orchc_phase), when it is
+# the target job's (ORCHC_TARGET_JOB_ID, if set); phase empty otherwise.
+orchc_target_phase() {
+    local what="" _at="" number=""
+    phase="" phase_id=""
+    [ -f "$ORCHC_RUN_DIR/phases/$1" ] && read -r phase_id what _at number <"$ORCHC_RUN_DIR/phases/$1" || return 0
+    [ -z "${ORCHC_TARGET_JOB_ID:-}" ] || [ "$phase_id" = "$ORCHC_TARGET_JOB_ID" ] || return 0
+    [[ $number =~ ^[0-9]{1,9}$ ]] || number=0
+    case $what in preparing | starting | ended) phase=$what health=$((10#$number)) ;; esac
+}
+
+# orchc_job_host JOBID TIMEOUT: set TARGET_HOST to the first node of the job JOBID once it runs. While the job is queued
+# (PENDING) TIMEOUT does not run; a job that has ended, or is not in the queue, stops the wait at once.
+# shellcheck disable=SC2034  # TARGET_HOST: the job script exports it
 orchc_job_host() {
     orchc_seconds "$2"
-    local deadline=$((SECONDS + 10#$2)) nodes ORCHC_DELAY=20
+    orchc_wait_log_checked
+    local used=0 last=$SECONDS answer state nodes next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30})) ORCHC_DELAY=20
     while :; do
-        nodes=$(squeue -h -j "$1" -t RUNNING -o %N 2>/dev/null) || nodes=""
-        if [ -n "$nodes" ]; then
-            scontrol show hostnames "$nodes" | head -n 1
+        answer=$(squeue -h -j "$1" -o '%T %N' 2>/dev/null) || answer="unknown"
+        state="" nodes=""
+        read -r state nodes <<<"$answer" || true
+        if [ "$state" = RUNNING ] && [ -n "$nodes" ]; then
+            TARGET_HOST=$(scontrol show hostnames "$nodes" | head -n 1)
             return 0
         fi
-        [ "$SECONDS" -lt "$deadline" ] || orchc_fail "job $1 is not running (squeue -j $1)"
+        ! orchc_ended_state "$state" || orchc_fail "job $1 is not running: ${state:-it is not in the queue} (squeue -j $1)"
+        [ "$state" = PENDING ] || used=$((used + SECONDS - last))
+        last=$SECONDS
+        [ "$used" -lt "$((10#$2))" ] || orchc_fail "job $1 is not running (squeue -j $1 says ${state:-nothing})"
+        if [ "$SECONDS" -ge "$next_log" ]; then
+            next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30}))
+            orchc_log "still waiting for job $1 to run: $state; $used of $2 s of the budget used (queued time does not count)"
+        fi
         orchc_backoff
     done
 }

@@ -72,6 +72,7 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
         "clients": recipe.clients_of.get(job.name, []),
         "ports": job.fields.get("ports") or [],
         "keep_running": bool(job.fields.get("keep_running")),
+        "health_timeout": int(job.fields.get("health_timeout") or 0),
     }
     parts["values"] = values.assignments
     for key in ("directives", "modules", "storage", "environment", "secrets", "images", "target", "values", "env"):
@@ -347,7 +348,7 @@ def _target_lines(job: ResolvedJob) -> list[str]:
         return [f"orchc_wait_endpoint {shlex.quote(data['target'])} {timeout}"]
     port = data.get("target_port")
     if data.get("target_service_id"):
-        return [f"TARGET_HOST=$(orchc_job_host {shlex.quote(str(data['target_service_id']))} {timeout})",
+        return [f"orchc_job_host {shlex.quote(str(data['target_service_id']))} {timeout}",
                 f"TARGET_PORT={shlex.quote(str(port or ''))}", "TARGET_CREDENTIALS=''"]
     host, endpoint_port = split_endpoint(str(data["target_endpoint"]))
     return [f"TARGET_HOST={shlex.quote(host)}", f"TARGET_PORT={shlex.quote(str(endpoint_port or port or ''))}",
