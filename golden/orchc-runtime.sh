@@ -770,12 +770,18 @@ orchc_tls_credentials() {
     rm -f "$dir.log"
 }
 
-# orchc_host_of JOB TIMEOUT: the host of another service of this run, once it has published its endpoint.
+# orchc_host_of JOB TIMEOUT: the host of another service of this run, once it has published its endpoint. It says what it
+# waits for every ORCHC_WAIT_LOG seconds (default 30), and stops at once when JOB has ended (its phases/<job>).
 orchc_host_of() {
     orchc_seconds "$2"
-    local file="$ORCHC_RUN_DIR/endpoints/$1" deadline=$((SECONDS + 10#$2)) host ORCHC_DELAY=2
+    orchc_wait_log_checked
+    local file="$ORCHC_RUN_DIR/endpoints/$1" start=$SECONDS deadline=$((SECONDS + 10#$2)) next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30}))
+    local host phase="" health="" phase_id="" ORCHC_DELAY=2
     while ! { [ -f "$file" ] && read -r _ host _ <"$file"; }; do
         [ "$SECONDS" -lt "$deadline" ] || orchc_fail "service $1 published no endpoint within $2 s"
+        ORCHC_TARGET_JOB_ID="" orchc_target_phase "$1"
+        [ "$phase" != ended ] || orchc_fail "service $1 ended (exit status $health) without publishing an endpoint"
+        orchc_still_waiting "for the host of service $1" "$start" "$2" "${phase:-no phase yet}"
         orchc_backoff
     done
     printf '%s\n' "$host"
@@ -794,19 +800,69 @@ orchc_shipped_file() {
     mv -f -- "$temp" "$3"
 }
 
-# orchc_fill_hosts FILE PLACEHOLDER=JOB...: put the hosts of other services of this run into a generated file.
+# orchc_fill_hosts FILE PLACEHOLDER=JOB...: put the hosts of other services of this run into a generated file, waiting
+# for each (orchc_host_of).
 orchc_fill_hosts() {
-    local file=$1 pair placeholder job host
+    local file=$1 pair host
     shift
     for pair in "$@"; do
-        placeholder=${pair%=*}
-        job=${pair##*=}
-        orchc_log "waiting for the host of $job"
-        host=$(orchc_host_of "$job" 3600)
-        placeholder=${placeholder//./\\.}
-        host=${host//[\\|&]/}
-        sed -i "s|$placeholder|$host|g" "$file"
+        orchc_log "waiting for the host of ${pair##*=}"
+        host=$(orchc_host_of "${pair##*=}" 3600)
+        orchc_put_host "$file" "${pair%=*}" "$host"
     done
+}
+# orchc_put_host FILE PLACEHOLDER HOST: HOST in place of PLACEHOLDER in FILE.
+orchc_put_host() {
+    local placeholder=${2//./\\.} host=${3//[\\|&]/}
+    sed -i "s|$placeholder|$host|g" "$1"
+}
+
+# orchc_fill_hosts_later FILE PLACEHOLDER=JOB...: FILE.orchc-pending (a file item with hosts: later) becomes FILE, renamed
+# into place whole, once the hosts of the jobs it names are in; the job does not wait for them. Hosts published already
+# go in at once; for the others a background filler (stopped with the job) looks at their endpoints, at most every 5 s,
+# and says every ORCHC_WAIT_LOG seconds (default 30) which it still waits for. A program that watches FILE (Prometheus'
+# file discovery) picks the targets up as they appear.
+orchc_fill_hosts_later() {
+    local file=$1
+    shift
+    if orchc_put_hosts_known "$file" "$@"; then
+        return 0
+    fi
+    orchc_log "$file appears once the endpoints of $(orchc_jobs_of "$@") are published; $ORCHC_JOB goes on"
+    (
+        trap - EXIT TERM INT USR1 ERR
+        set +o errexit
+        orchc_wait_log_checked
+        local start=$SECONDS next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30})) ORCHC_DELAY=2
+        until orchc_put_hosts_known "$file" "$@"; do
+            orchc_still_waiting "for the endpoints of $(orchc_jobs_of "$@") (for $file)" "$start" "the job's time limit"
+            orchc_backoff
+        done
+        orchc_log "$file written: every host in it is known"
+    ) </dev/null &
+    orchc_started "$!"
+}
+# orchc_put_hosts_known FILE PLACEHOLDER=JOB...: when every JOB has published its endpoint, write FILE.orchc-pending with their
+# hosts put in as FILE (atomically); status 1, and FILE untouched, while one has not.
+orchc_put_hosts_known() {
+    local file=$1 pair host temp
+    shift
+    for pair in "$@"; do
+        [ -f "$ORCHC_RUN_DIR/endpoints/${pair##*=}" ] && read -r _ host _ <"$ORCHC_RUN_DIR/endpoints/${pair##*=}" && [ -n "$host" ] || return 1
+    done
+    temp="$file.tmp.$BASHPID"
+    cp -- "$file.orchc-pending" "$temp" || return 1
+    for pair in "$@"; do
+        read -r _ host _ <"$ORCHC_RUN_DIR/endpoints/${pair##*=}"
+        orchc_put_host "$temp" "${pair%=*}" "$host"
+    done
+    mv -f -- "$temp" "$file"
+}
+# orchc_jobs_of PLACEHOLDER=JOB...: the jobs, comma-separated.
+orchc_jobs_of() {
+    local pair out=""
+    for pair in "$@"; do out+="${out:+, }${pair##*=}"; done
+    printf '%s' "$out"
 }
 
 # orchc_secret_file PATH: print the secret kept in PATH, creating a random one (mode 0600) if missing.

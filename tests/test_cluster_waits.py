@@ -8,10 +8,14 @@ Like tests/test_cluster.py, these skip without a cluster and fail under CI=true.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import in_ci
 from test_cluster import cluster, free_port, needs_redis, orchc, status, wait_for
 
 __all__ = ["cluster", "needs_redis"]   # the fixtures, imported for the tests below
@@ -55,9 +59,8 @@ def client_log(run: Path) -> str:
 
 def test_a_client_outwaits_a_service_that_prepares_longer_than_its_target_timeout(cluster, needs_redis, tmp_path):
     """The defect: `published no endpoint within 600 s` while the service was still preparing. Here it prepares for
-    25 s and the client's budget is 5 s (ORCHC_WAIT_LOG: the client says what it waits for every 10 s)."""
-    recipe = slow_recipe(tmp_path, 25, "  target_timeout: 5\n  requests: 2000\n  tests: [set]\n"
-                                       "  environment: {ORCHC_WAIT_LOG: '10'}\n")
+    35 s and the client's budget is 5 s (and it says what it waits for after 30 s)."""
+    recipe = slow_recipe(tmp_path, 35, "  target_timeout: 5\n  requests: 2000\n  tests: [set]\n")
     run = tmp_path / "run"
     orchc("submit", recipe, "--defs", "defs", "--run-dir", run, cwd=tmp_path)
     jobs = wait_for(lambda: (lambda s: s if all(j["state"] in ENDED for j in s.values()) else None)(status(run)),
@@ -87,3 +90,38 @@ def test_a_client_stops_at_once_when_its_preparing_service_is_cancelled(cluster,
     said = client_log(run)
     assert f"service svc (job {svc_id}) ended" in said and "before it was ready" in said, said
     assert took < 20, f"the client took {took:.0f} s to stop"
+
+
+def test_prometheus_starts_at_once_and_picks_up_a_target_of_the_recipe_as_it_appears(cluster, needs_redis, tmp_path):
+    """The defect: Prometheus waited (up to 3,600 s) in orchc_fill_hosts for the host of every job its monitoring_targets
+    name before it started at all. Here redis prepares for 30 s: Prometheus is ready before it, and scrapes it after."""
+    if shutil.which("prometheus") is None:
+        pytest.fail("prometheus is missing; run tests/install-deps.sh") if in_ci() else pytest.skip("no prometheus")
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs" / "slow_redis.yaml").write_text(SLOW_REDIS)
+    redis_port, prometheus_port = free_port(), free_port()
+    (tmp_path / "stack.yaml").write_text(
+        f"site: local\nservices:\n  - name: svc\n    type: slow_redis\n    auth: none\n    ports: [{redis_port}]\n"
+        f"    prepare_seconds: 30\n    data_dir: {tmp_path}/data\n    keep_running: true\n"
+        f"  - name: prometheus\n    ports: [{prometheus_port}]\n    monitoring_targets: ['svc:{redis_port}']\n"
+        f"    scrape_interval: 2s\n    storage_dir: {tmp_path}/tsdb\n")
+    run = tmp_path / "run"
+    orchc("submit", "stack.yaml", "--defs", "defs", "--run-dir", run, cwd=tmp_path)
+    try:
+        wait_for(lambda: (run / "endpoints" / "prometheus").exists(), 25, "prometheus to become ready before svc")
+        assert not (run / "endpoints" / "svc").exists(), "svc was ready first: the test proves nothing"
+        wait_for(lambda: (run / "endpoints" / "svc").exists(), 60, "svc to become ready")
+        host = (run / "endpoints" / "svc").read_text().split()[1]
+
+        def scraped() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{prometheus_port}/api/v1/targets", timeout=5) as answer:
+                targets = json.load(answer)["data"]["activeTargets"]
+            return any(t["labels"].get("job") == "orchc" and t["scrapeUrl"].startswith(f"http://{host}:{redis_port}/")
+                       for t in targets)
+
+        wait_for(scraped, 30, "prometheus to scrape svc", interval=1)
+        checked = subprocess.run(["promtool", "check", "config", str(run / "config" / "prometheus" / "prometheus.yml")],
+                                 capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    finally:
+        orchc("cancel", run, cwd=tmp_path)

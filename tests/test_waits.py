@@ -116,3 +116,50 @@ def test_a_pending_service_job_does_not_use_the_budget_of_a_client_that_names_it
     assert done.returncode == 0, done.stderr
     assert (run / "found").read_text() == f"localhost {port}\n"
     assert "still waiting for job 77 to run: PENDING" in done.stderr
+
+
+# A service whose config names another job of the recipe (as Grafana's data source names prometheus): `hosts` says how.
+NAMER = """\
+type: namer
+extends: service
+fields:
+  ports: {{default: [9]}}
+  peer: {{type: string, default: "other:9"}}
+container:
+  command: sleep 0
+phases:
+  setup:
+    - file: "$ORCHC_RUN_DIR/config/{{{{ job.name }}}}/peer.json"
+{hosts}      content: |
+        {{{{ [peer] | hosts | json }}}}
+  health_check: []
+"""
+
+
+def run_namer(orchc, write, tmp_path: Path, hosts: str) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    write("defs/namer.yaml", NAMER.format(hosts=hosts))
+    run = compile_recipe(orchc, write, tmp_path, "services:\n  - name: n\n    type: namer\n"
+                         "  - name: other\n    type: jobside_probe\n")
+    (run / "phases").mkdir()
+    (run / "phases" / "other").write_text("5 ended 1700000000 1\n")
+    done = subprocess.run(["bash", "n.sbatch"], cwd=run, env=environment(run, **fake_clock(tmp_path)),
+                          capture_output=True, text=True, timeout=60)
+    return run, done
+
+
+def test_a_file_that_waits_for_the_host_of_a_job_that_ended_stops_the_job_at_once(orchc, write, tmp_path):
+    _, done = run_namer(orchc, write, tmp_path, "")
+    assert done.returncode != 0
+    assert "service other ended (exit status 1) without publishing an endpoint" in done.stderr, done.stderr
+
+
+def test_a_file_with_hosts_later_appears_whole_once_the_host_is_known_and_the_job_goes_on(orchc, write, tmp_path):
+    run, done = run_namer(orchc, write, tmp_path, "      hosts: later\n")
+    assert "n is ready" in done.stderr, done.stderr        # it did not wait for `other`
+    assert not (run / "config" / "n" / "peer.json").exists()
+    assert "peer.json appears once the endpoints of other are published; n goes on" in done.stderr
+    # published before the job starts: the file is written at once, whole
+    (run / "endpoints" / "other").write_text("5 node7 9\n")
+    again = subprocess.run(["bash", "n.sbatch"], cwd=run, env=environment(run), capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert (run / "config" / "n" / "peer.json").read_text() == '["node7:9"]\n'

@@ -314,12 +314,19 @@ def _file_block(item: Node, context: dict[str, Any], session: CompileSession, se
     delimiter = "ORCHC_EOF"
     while delimiter in content.splitlines():
         delimiter += "_"
-    lines = [f"mkdir -p \"$(dirname {shell_word(path)})\"", f"cat > {shell_word(path)} <<'{delimiter}'", content, delimiter]
+    # with hosts: later the content waits beside the file (orchc_fill_hosts_later), which appears once the hosts are in
+    later = bool(hosts) and item.value.get("hosts") is not None and item.value["hosts"].value == "later"
+    written = path + PENDING_SUFFIX if later else path
+    lines = [f"mkdir -p \"$(dirname {shell_word(path)})\"", f"cat > {shell_word(written)} <<'{delimiter}'", content, delimiter]
     if hosts:
         token = context["job"]["hosts_token"]
         pairs = " ".join(shlex.quote(f"{host_placeholder(token, host)}={host}") for host in hosts)
-        lines.append(f"orchc_fill_hosts {shell_word(path)} {pairs}")
-    return lines + _mode_lines(item, path)
+        lines.append(f"orchc_fill_hosts{'_later' if later else ''} {shell_word(path)} {pairs}")
+    return lines + _mode_lines(item, written)
+
+
+PENDING_SUFFIX = ".orchc-pending"
+"""where a file with `hosts: later` waits for its hosts (runtime.sh, orchc_fill_hosts_later)"""
 
 
 def _mode_lines(item: Node, path: str) -> list[str]:
