@@ -385,10 +385,12 @@ orchc_withdraw_endpoint() {
 }
 
 # orchc_client_gone CLIENT [SELF]: whether CLIENT started against this service (it leaves
-# done/<client>.<service id>.started with its own id, see orchc_self_id) and has left the queue since.
+# done/<client>.<service id>.started with its own id, see orchc_self_id; with SELF "ended", done/<client>.running,
+# orchc_mark_running) and has left the queue since.
 orchc_client_gone() {
     local started id="" queued=0
     started="$ORCHC_RUN_DIR/done/$1.${2:-$(orchc_self_id)}.started"
+    [ "${2:-}" != ended ] || started="$ORCHC_RUN_DIR/done/$1.running"
     [ -f "$started" ] && read -r id _ <"$started" && [ -n "$id" ] && [ "$id" != 0 ] || return 1
     orchc_in_queue "$id" || queued=$?
     [ "$queued" = 1 ]
@@ -401,9 +403,20 @@ orchc_client_gone() {
 # rarely, from 0.2 s up to every ORCHC_SERVE_EVERY seconds (default 10), napping in between (orchc_nap: no
 # process per look), so that it stays out of the way of the load its clients put on this node.
 orchc_serve_until_done() {
-    local client pending delay=2 every=${ORCHC_CLIENT_CHECK:-30} most=${ORCHC_SERVE_EVERY:-10} next_check self
+    orchc_serve_until_marked "$(orchc_self_id)" "$@"
+}
+# orchc_serve_until_recipe_done CLIENT...: the same for a job no client targets (the recipe's prometheus and grafana, a
+# service nobody benchmarks): serve until every client of the recipe has ended (each leaves done/<client>.ended, and
+# done/<client>.running with its own id as it starts), so that it does not hold its node to its time limit.
+orchc_serve_until_recipe_done() {
+    orchc_serve_until_marked ended "$@"
+}
+# orchc_serve_until_marked KEY CLIENT...: serve until each CLIENT has left done/<client>.KEY, or has left the queue since it
+# started (orchc_client_gone).
+orchc_serve_until_marked() {
+    local client pending delay=2 every=${ORCHC_CLIENT_CHECK:-30} most=${ORCHC_SERVE_EVERY:-10} next_check self=$1
+    shift
     next_check=$((SECONDS + every))
-    self=$(orchc_self_id)
     while kill -0 "$ORCHC_SERVICE_PID" 2>/dev/null; do
         pending=0
         for client in "$@"; do
@@ -439,10 +452,17 @@ orchc_mark_started() {
 # `orchc submit` gave it (ORCHC_TARGET_JOB_ID).
 orchc_mark_done() {
     local service=${TARGET_JOB_ID:-${ORCHC_TARGET_JOB_ID:-}}
+    mkdir -p "$ORCHC_RUN_DIR/done"
     if [ -n "$service" ]; then
-        mkdir -p "$ORCHC_RUN_DIR/done"
         : >"$ORCHC_RUN_DIR/done/$ORCHC_JOB.$service"
     fi
+    # for the jobs no client targets (orchc_serve_until_recipe_done)
+    : >"$ORCHC_RUN_DIR/done/$ORCHC_JOB.ended"
+}
+# orchc_mark_running: tell the jobs no client targets that this client runs (and by which id, if it vanishes).
+orchc_mark_running() {
+    mkdir -p "$ORCHC_RUN_DIR/done"
+    printf '%s\n' "$(orchc_self_id)" >"$ORCHC_RUN_DIR/done/$ORCHC_JOB.running"
 }
 
 # orchc_mark_stopped REASON: why the benchmark was stopped (duration, time_limit, SIGTERM, ...); the first reason stays.

@@ -125,3 +125,25 @@ def test_prometheus_starts_at_once_and_picks_up_a_target_of_the_recipe_as_it_app
         assert checked.returncode == 0, checked.stdout + checked.stderr
     finally:
         orchc("cancel", run, cwd=tmp_path)
+
+
+def test_the_monitoring_stack_and_an_untargeted_service_stop_when_the_recipes_last_client_ends(cluster, needs_redis, tmp_path):
+    """The defect: Prometheus (and a service no client targets) held its node to its time limit and ended TIMEOUT."""
+    if shutil.which("prometheus") is None:
+        pytest.fail("prometheus is missing; run tests/install-deps.sh") if in_ci() else pytest.skip("no prometheus")
+    redis_port, spare_port, prometheus_port = free_port(), free_port(), free_port()
+    (tmp_path / "stack.yaml").write_text(
+        f"site: local\nresources: {{time: '00:10:00'}}\nservices:\n"
+        f"  - name: redis\n    auth: none\n    ports: [{redis_port}]\n    data_dir: {tmp_path}/data\n"
+        f"  - name: spare\n    type: redis\n    auth: none\n    ports: [{spare_port}]\n    data_dir: {tmp_path}/spare\n"
+        f"  - name: prometheus\n    ports: [{prometheus_port}]\n    storage_dir: {tmp_path}/tsdb\n"
+        f"client:\n  name: bench\n  type: redis_client\n  target: redis\n  requests: 2000\n  tests: [set]\n")
+    run = tmp_path / "run"
+    orchc("submit", "stack.yaml", "--run-dir", run, cwd=tmp_path)
+    try:
+        jobs = wait_for(lambda: (lambda s: s if all(j["state"] in ENDED for j in s.values()) else None)(status(run)),
+                        120, "every job to end", interval=1)
+    finally:
+        orchc("cancel", run, cwd=tmp_path, check=False)
+    assert {name: job["state"] for name, job in jobs.items()} == {
+        "redis": "COMPLETED", "spare": "COMPLETED", "prometheus": "COMPLETED", "bench": "COMPLETED"}, logs(run)

@@ -70,6 +70,7 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
         "phases": {phase: _phase_lines(job, recipe, phase, context, values, self_contained) for phase in PHASES[job.role]},
         "target": _target_lines(job) if job.role == "client" else [],
         "clients": recipe.clients_of.get(job.name, []),
+        "recipe_clients": sorted(other.name for other in recipe.jobs if other.role == "client"),
         "ports": job.fields.get("ports") or [],
         "keep_running": bool(job.fields.get("keep_running")),
         "health_timeout": int(job.fields.get("health_timeout") or 0),
