@@ -376,6 +376,18 @@ orchc_phase() {
     { printf '%s %s %s %s\n' "$(orchc_self_id)" "$1" "$(date +%s)" "${2:-0}" >"$file.tmp.$$" && mv -f "$file.tmp.$$" "$file"; } 2>/dev/null || true
 }
 
+# orchc_ports_free PORT...: fail, saying so, when another program already listens on one of this service's ports on this
+# node (another run of the same recipe, say), before the service starts: otherwise the service cannot bind it, and its
+# health check may even reach the other program and fail on something else (a TLS "unknown ca").
+orchc_ports_free() {
+    local port
+    for port in "$@"; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            orchc_fail "port $port on $(hostname) is already in use by another program (another run of this recipe on the same node?): give the service other ports: in the recipe"
+        fi
+    done
+}
+
 # orchc_withdraw_endpoint: remove this job's endpoint file (not one a later job of the same name wrote).
 orchc_withdraw_endpoint() {
     local file="$ORCHC_RUN_DIR/endpoints/$ORCHC_JOB" id=""
@@ -683,7 +695,7 @@ orchc_wait_endpoint() {
             next_check=$((SECONDS + every))
             state=$(orchc_queue_state "$ORCHC_TARGET_JOB_ID") || state="unknown"
             if orchc_ended_state "$state" && [ ! -f "$file" ]; then
-                orchc_error "the client stopped$(orchc_where): $service ended${state:+ ($state)} without publishing an endpoint; why is in its log, $ORCHC_RUN_DIR/slurm-${ORCHC_TARGET_JOB_ID%%.*}.err"
+                orchc_error "the client stopped$(orchc_where): $service ended without publishing an endpoint${state:+ (SLURM state $state)}; why is in its log, $ORCHC_RUN_DIR/slurm-${ORCHC_TARGET_JOB_ID%%.*}.err"
                 exit 1
             fi
         fi
@@ -699,7 +711,7 @@ orchc_wait_endpoint() {
         orchc_target_phase "$1"
         case $phase in
             ended)
-                orchc_error "the client stopped$(orchc_where): $service ended (exit status $health) before it was ready; why is in its log, $ORCHC_RUN_DIR/slurm-${phase_id%%.*}.err"
+                orchc_error "the client stopped$(orchc_where): $service ended without publishing an endpoint (exit status $health); why is in its log, $ORCHC_RUN_DIR/slurm-${phase_id%%.*}.err"
                 exit 1
                 ;;
             starting) [ "$said" = starting ] || {

@@ -5,10 +5,13 @@ Every wait says what it waits for every 30 s. (On the cluster: tests/test_cluste
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+from conftest import in_ci
 from test_jobside import compile_recipe, environment, fake_clock, fake_squeue
 
 # A client that records the endpoint it found, and needs no tool.
@@ -67,7 +70,7 @@ def test_a_client_stops_at_once_when_its_service_ended_before_it_was_ready(orchc
     run, done = run_client(orchc, write, tmp_path, "", "echo RUNNING\n", "77 ended 1700000000 143")
     assert done.returncode != 0
     said = next(line for line in done.stderr.splitlines() if "error:" in line)
-    assert ("error: the client stopped in target: service svc (job 77) ended (exit status 143) before it was ready; "
+    assert ("error: the client stopped in target: service svc (job 77) ended without publishing an endpoint (exit status 143); "
             f"why is in its log, {run}/slurm-77.err") in said, said
     assert "still waiting" not in done.stderr        # at once: before the first 30 s
 
@@ -79,7 +82,7 @@ def test_a_phase_file_of_another_job_of_the_same_name_does_not_count(orchc, writ
 
 def test_a_cancelled_service_stops_the_wait_naming_its_state(orchc, write, tmp_path):
     _, done = run_client(orchc, write, tmp_path, "", "echo CANCELLED\n")
-    assert "service svc (job 77) ended (CANCELLED) without publishing an endpoint" in done.stderr, done.stderr
+    assert "service svc (job 77) ended without publishing an endpoint (SLURM state CANCELLED)" in done.stderr, done.stderr
 
 
 def test_a_wait_on_a_down_target_endpoint_says_what_it_waits_for_every_30_s(orchc, write, tmp_path):
@@ -163,3 +166,23 @@ def test_a_file_with_hosts_later_appears_whole_once_the_host_is_known_and_the_jo
     again = subprocess.run(["bash", "n.sbatch"], cwd=run, env=environment(run), capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
     assert (run / "config" / "n" / "peer.json").read_text() == '["node7:9"]\n'
+
+
+def test_a_port_already_in_use_is_reported_as_such_before_the_service_starts(orchc, write, tmp_path):
+    """The defect: a second run of a recipe on one node failed with a TLS error ("unknown ca": its health check reached the
+    first run's redis) while "Address already in use" sat only in the job's log."""
+    if shutil.which("redis-server") is None:
+        message = "redis-server is missing; run tests/install-deps.sh"
+        pytest.fail(f"CI=true but {message}") if in_ci() else pytest.skip(message)
+    with socket.socket() as other:
+        other.bind(("0.0.0.0", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        run = compile_recipe(orchc, write, tmp_path, f"service:\n  name: redis\n  ports: [{port}]\n"
+                             f"  data_dir: {tmp_path}/data\n  health_timeout: 10\n")
+        done = subprocess.run(["bash", "redis.sbatch"], cwd=run, env=environment(run), capture_output=True, text=True,
+                              timeout=60)
+    assert done.returncode != 0
+    said = next(line for line in done.stderr.splitlines() if "error:" in line)
+    assert f"port {port} on {socket.gethostname()} is already in use by another program" in said, done.stderr
+    assert "starting redis" not in done.stderr
