@@ -96,6 +96,8 @@ orchc_cleanup() {
     if [ -n "$ORCHC_ENDPOINT" ]; then
         rm -f "$ORCHC_ENDPOINT"
     fi
+    # its clients, still waiting, stop at once
+    [ "$ORCHC_ROLE" != service ] || orchc_phase ended "$status"
     orchc_record_job "$status"
     exit "$status"
 }
@@ -169,6 +171,29 @@ orchc_in_queue() {
             ;;
     esac
 }
+# orchc_queue_state ID: the SLURM state of the job ID (digits) as squeue gives it (PENDING, RUNNING, ...), or RUNNING for a
+# step ALLOCATION.JOB that squeue lists; nothing once it has left the queue; status 2 when squeue cannot tell.
+orchc_queue_state() {
+    local listed
+    command -v squeue >/dev/null 2>&1 || return 2
+    case $1 in
+        *.*)
+            listed=$(squeue -h -s -j "${1%%.*}" -o %j 2>/dev/null) || return 2
+            if grep -qxF -- "${1#*.}" <<<"$listed"; then printf RUNNING; fi
+            ;;
+        *)
+            listed=$(squeue -h -j "$1" -o %T 2>/dev/null) || return 2
+            printf '%s' "${listed%%$'\n'*}"
+            ;;
+    esac
+}
+# orchc_ended_state STATE: whether a job in STATE (orchc_queue_state's answer; nothing: gone from the queue) has ended.
+orchc_ended_state() {
+    case $1 in
+        "" | BOOT_FAIL | CANCELLED | COMPLETED | DEADLINE | FAILED | NODE_FAIL | OUT_OF_MEMORY | PREEMPTED | TIMEOUT) return 0 ;;
+    esac
+    return 1
+}
 # orchc_kill_tree SIGNAL PID: signal PID and every process under it, the deepest first (a process
 # whose parent has died is out of reach, so children go before their parents).
 orchc_kill_tree() {
@@ -236,7 +261,7 @@ orchc_watch() {
         for pid in "${ORCHC_PIDS[@]}"; do
             kill -TERM -- "-$pid" 2>/dev/null || orchc_kill_tree TERM "$pid"
         done
-        [ "$ORCHC_ROLE" != service ] || orchc_withdraw_endpoint
+        [ "$ORCHC_ROLE" != service ] || { orchc_withdraw_endpoint; orchc_phase ended 137; }
         sleep 5
         for pid in "${ORCHC_PIDS[@]}"; do
             kill -KILL -- "-$pid" 2>/dev/null || orchc_kill_tree KILL "$pid"
@@ -349,12 +374,25 @@ orchc_seconds() {
 # orchc_wait_tcp HOST PORT TIMEOUT: wait until HOST:PORT accepts connections.
 orchc_wait_tcp() {
     orchc_seconds "$3"
-    local deadline=$((SECONDS + 10#$3)) ORCHC_DELAY=2
+    orchc_wait_log_checked
+    local start=$SECONDS deadline=$((SECONDS + 10#$3)) next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30})) ORCHC_DELAY=2
     until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
         orchc_service_alive
         [ "$SECONDS" -lt "$deadline" ] || orchc_fail "$1:$2 accepted no connection within $3 s"
+        orchc_still_waiting "for $1:$2 to accept connections" "$start" "$3"
         orchc_backoff
     done
+}
+
+# orchc_wait_log_checked: ORCHC_WAIT_LOG (how often a wait says what it waits for, default 30 s) is a number before a wait
+# uses it in arithmetic, where bash would run a $(...) inside it; anything else is 30.
+orchc_wait_log_checked() { [[ ${ORCHC_WAIT_LOG:-30} =~ ^[1-9][0-9]{0,5}$ ]] || ORCHC_WAIT_LOG=30; }
+# orchc_still_waiting WHAT START TIMEOUT [MORE]: every ORCHC_WAIT_LOG seconds (default 30; the caller's next_log), say what a wait
+# that began at START (in $SECONDS) waits for, so that a long wait is never silent.
+orchc_still_waiting() {
+    [ "$SECONDS" -ge "$next_log" ] || return 0
+    next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30}))
+    orchc_log "still waiting $1: $((SECONDS - $2)) of $3 s${4:+ ($4)}"
 }
 
 # orchc_wait_http URL TIMEOUT: wait until URL answers with a success status (2xx, 3xx). Only while
@@ -363,7 +401,9 @@ orchc_wait_tcp() {
 # HTTP error (404, 410, 500, ...) fails at once, naming the status and the start of the body.
 orchc_wait_http() {
     orchc_seconds "$2"
-    local deadline=$((SECONDS + 10#$2)) ORCHC_DELAY=2 answer="" code="" body="" last="no answer"
+    orchc_wait_log_checked
+    local start=$SECONDS deadline=$((SECONDS + 10#$2)) next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30})) ORCHC_DELAY=2
+    local answer="" code="" body="" last="no answer"
     command -v curl >/dev/null 2>&1 || orchc_fail "orchc_wait_http needs curl, which is not on PATH"
     while :; do
         # curl prints the body, a newline, then the status; it exits non-zero when nothing answered
@@ -384,6 +424,7 @@ orchc_wait_http() {
         esac
         orchc_service_alive
         [ "$SECONDS" -lt "$deadline" ] || orchc_fail "$1 did not answer within $2 s (last: $last)"
+        orchc_still_waiting "for $1 to answer" "$start" "$2" "last: $last"
         orchc_backoff
     done
 }
@@ -407,6 +448,27 @@ orchc_publish_endpoint() {
     mv -f "$ORCHC_ENDPOINT.tmp.$$" "$ORCHC_ENDPOINT"
 }
 
+# orchc_phase PHASE [NUMBER]: phases/<job> in the run folder (written atomically), "ID PHASE EPOCH NUMBER": how far this
+# service got, for its clients' wait (orchc_wait_endpoint) and orchc status: preparing (setup, images, downloads),
+# starting (its readiness phase; NUMBER: its health_timeout), ended (NUMBER: its exit status). Ready is its endpoint.
+orchc_phase() {
+    local file="$ORCHC_RUN_DIR/phases/$ORCHC_JOB"
+    mkdir -p "$ORCHC_RUN_DIR/phases" 2>/dev/null || return 0
+    { printf '%s %s %s %s\n' "$(orchc_self_id)" "$1" "$(date +%s)" "${2:-0}" >"$file.tmp.$$" && mv -f "$file.tmp.$$" "$file"; } 2>/dev/null || true
+}
+
+# orchc_ports_free PORT...: fail, saying so, when another program already listens on one of this service's ports on this
+# node (another run of the same recipe, say), before the service starts: otherwise the service cannot bind it, and its
+# health check may even reach the other program and fail on something else (a TLS "unknown ca").
+orchc_ports_free() {
+    local port
+    for port in "$@"; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            orchc_fail "port $port on $(hostname) is already in use by another program (another run of this recipe on the same node?): give the service other ports: in the recipe"
+        fi
+    done
+}
+
 # orchc_withdraw_endpoint: remove this job's endpoint file (not one a later job of the same name wrote).
 orchc_withdraw_endpoint() {
     local file="$ORCHC_RUN_DIR/endpoints/$ORCHC_JOB" id=""
@@ -416,10 +478,12 @@ orchc_withdraw_endpoint() {
 }
 
 # orchc_client_gone CLIENT [SELF]: whether CLIENT started against this service (it leaves
-# done/<client>.<service id>.started with its own id, see orchc_self_id) and has left the queue since.
+# done/<client>.<service id>.started with its own id, see orchc_self_id; with SELF "ended", done/<client>.running,
+# orchc_mark_running) and has left the queue since.
 orchc_client_gone() {
     local started id="" queued=0
     started="$ORCHC_RUN_DIR/done/$1.${2:-$(orchc_self_id)}.started"
+    [ "${2:-}" != ended ] || started="$ORCHC_RUN_DIR/done/$1.running"
     [ -f "$started" ] && read -r id _ <"$started" && [ -n "$id" ] && [ "$id" != 0 ] || return 1
     orchc_in_queue "$id" || queued=$?
     [ "$queued" = 1 ]
@@ -432,9 +496,20 @@ orchc_client_gone() {
 # rarely, from 0.2 s up to every ORCHC_SERVE_EVERY seconds (default 10), napping in between (orchc_nap: no
 # process per look), so that it stays out of the way of the load its clients put on this node.
 orchc_serve_until_done() {
-    local client pending delay=2 every=${ORCHC_CLIENT_CHECK:-30} most=${ORCHC_SERVE_EVERY:-10} next_check self
+    orchc_serve_until_marked "$(orchc_self_id)" "$@"
+}
+# orchc_serve_until_recipe_done CLIENT...: the same for a job no client targets (the recipe's prometheus and grafana, a
+# service nobody benchmarks): serve until every client of the recipe has ended (each leaves done/<client>.ended, and
+# done/<client>.running with its own id as it starts), so that it does not hold its node to its time limit.
+orchc_serve_until_recipe_done() {
+    orchc_serve_until_marked ended "$@"
+}
+# orchc_serve_until_marked KEY CLIENT...: serve until each CLIENT has left done/<client>.KEY, or has left the queue since it
+# started (orchc_client_gone).
+orchc_serve_until_marked() {
+    local client pending delay=2 every=${ORCHC_CLIENT_CHECK:-30} most=${ORCHC_SERVE_EVERY:-10} next_check self=$1
+    shift
     next_check=$((SECONDS + every))
-    self=$(orchc_self_id)
     while kill -0 "$ORCHC_SERVICE_PID" 2>/dev/null; do
         pending=0
         for client in "$@"; do
@@ -470,10 +545,17 @@ orchc_mark_started() {
 # `orchc submit` gave it (ORCHC_TARGET_JOB_ID).
 orchc_mark_done() {
     local service=${TARGET_JOB_ID:-${ORCHC_TARGET_JOB_ID:-}}
+    mkdir -p "$ORCHC_RUN_DIR/done"
     if [ -n "$service" ]; then
-        mkdir -p "$ORCHC_RUN_DIR/done"
         : >"$ORCHC_RUN_DIR/done/$ORCHC_JOB.$service"
     fi
+    # for the jobs no client targets (orchc_serve_until_recipe_done)
+    : >"$ORCHC_RUN_DIR/done/$ORCHC_JOB.ended"
+}
+# orchc_mark_running: tell the jobs no client targets that this client runs (and by which id, if it vanishes).
+orchc_mark_running() {
+    mkdir -p "$ORCHC_RUN_DIR/done"
+    printf '%s\n' "$(orchc_self_id)" >"$ORCHC_RUN_DIR/done/$ORCHC_JOB.running"
 }
 
 # orchc_mark_stopped REASON: why the benchmark was stopped (duration, time_limit, SIGTERM, ...); the first reason stays.
@@ -671,25 +753,30 @@ orchc_results() {
     [ "$status" != failed ]
 }
 
-# orchc_wait_endpoint SERVICE TIMEOUT: wait for SERVICE's endpoint; sets TARGET_HOST and TARGET_PORT.
-# With ORCHC_TARGET_JOB_ID set (orchc submit sets it to the service's job id; allocation.sbatch to
-# ALLOCATION.SERVICE, see orchc_self_id), only that job's endpoint counts, and the wait ends early if that
-# job has left the queue without publishing one (asked of squeue after 5 s, then ever more rarely, at most
-# every 60 s).
+# orchc_wait_endpoint SERVICE TIMEOUT: wait for SERVICE's endpoint; sets TARGET_HOST and TARGET_PORT. The wait follows
+# what the service is doing (its phases/<job>, orchc_phase, and with ORCHC_TARGET_JOB_ID its SLURM state): while it is
+# queued or preparing (setup, images, downloads: as long as that takes), TIMEOUT does not run; it runs from the moment the
+# service starts its readiness phase, and is then at least the service's own health_timeout, so a client never gives up
+# on a service that has not. A service that ended stops the wait at once, naming it. Without a phase file or a SLURM
+# state saying otherwise (a service of an older runtime, a run by hand) TIMEOUT runs from the start, as it always did.
+# With ORCHC_TARGET_JOB_ID set (orchc submit sets it to the service's job id; allocation.sbatch to ALLOCATION.SERVICE,
+# see orchc_self_id), only that job's files count; squeue is asked after 5 s, then ever more rarely, at most every 60 s.
+# Every ORCHC_WAIT_LOG seconds (default 30) it logs what it waits for and the service's state.
 # shellcheck disable=SC2034  # TARGET_*: the job script exports them
 orchc_wait_endpoint() {
     orchc_seconds "$2"
-    local file="$ORCHC_RUN_DIR/endpoints/$1" deadline=$((SECONDS + 10#$2)) next_check=$((SECONDS + 5)) every=5
-    local jobid host port queued ORCHC_DELAY=2
-    orchc_log "waiting for service $1 to publish its endpoint in $file"
+    orchc_wait_log_checked
+    local file="$ORCHC_RUN_DIR/endpoints/$1" next_check=$((SECONDS + 5)) every=5 jobid host port
+    local budget=$((10#$2)) used=0 last=$SECONDS counting=1 phase="" health="" state="" phase_id="" said="" ORCHC_DELAY=2
+    local next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30})) service="service $1${ORCHC_TARGET_JOB_ID:+ (job $ORCHC_TARGET_JOB_ID)}"
+    orchc_log "waiting for $service to publish its endpoint in $file"
     while :; do
         if [ -n "${ORCHC_TARGET_JOB_ID:-}" ] && [ "$SECONDS" -ge "$next_check" ]; then
             every=$((every * 2 > 60 ? 60 : every * 2))
             next_check=$((SECONDS + every))
-            queued=0
-            orchc_in_queue "$ORCHC_TARGET_JOB_ID" || queued=$?
-            if [ "$queued" = 1 ] && [ ! -f "$file" ]; then
-                orchc_error "the client stopped$(orchc_where): service $1 (job $ORCHC_TARGET_JOB_ID) ended without publishing an endpoint; why is in its log, $ORCHC_RUN_DIR/slurm-$ORCHC_TARGET_JOB_ID.err"
+            state=$(orchc_queue_state "$ORCHC_TARGET_JOB_ID") || state="unknown"
+            if orchc_ended_state "$state" && [ ! -f "$file" ]; then
+                orchc_error "the client stopped$(orchc_where): $service ended without publishing an endpoint${state:+ (SLURM state $state)}; why is in its log, $ORCHC_RUN_DIR/slurm-${ORCHC_TARGET_JOB_ID%%.*}.err"
                 exit 1
             fi
         fi
@@ -702,27 +789,70 @@ orchc_wait_endpoint() {
             TARGET_CREDENTIALS="$ORCHC_RUN_DIR/credentials/$1"
             return 0
         fi
-        [ "$SECONDS" -lt "$deadline" ] || orchc_fail "service $1 published no endpoint within $2 s (is it running? squeue --me)"
+        orchc_target_phase "$1"
+        case $phase in
+            ended)
+                orchc_error "the client stopped$(orchc_where): $service ended without publishing an endpoint (exit status $health); why is in its log, $ORCHC_RUN_DIR/slurm-${phase_id%%.*}.err"
+                exit 1
+                ;;
+            starting) [ "$said" = starting ] || {
+                budget=$((health > budget ? health : budget))
+                orchc_log "$service is starting (its health check may take $health s): waiting at most $((budget - used)) s more"
+                said=starting; } ;;
+        esac
+        [ "$counting" = 0 ] || used=$((used + SECONDS - last))
+        last=$SECONDS
+        # the budget runs unless the service is known to be queued or preparing
+        counting=1
+        [ "$state" != PENDING ] && [ "$phase" != preparing ] || counting=0
+        [ "$used" -lt "$budget" ] || orchc_fail "$service published no endpoint within $budget s${phase:+ of starting} (state: ${phase:-${state:-unknown}}; is it running? squeue --me)"
+        if [ "$SECONDS" -ge "$next_log" ]; then
+            next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30}))
+            orchc_log "still waiting for $service: ${phase:-no phase yet}, SLURM state ${state:-not asked}; $used of $budget s of its budget used"
+        fi
         orchc_backoff
     done
 }
 
-# orchc_job_host JOBID TIMEOUT: the address of the first node of a running job: its NodeAddr, where SLURM
-# itself reaches it (the node's name when the site sets no NodeAddr; a name that need not resolve when it does,
-# as on the test cluster, whose nodes n1..n4 are all 127.0.0.1).
+# orchc_target_phase SERVICE: set phase and health (the caller's locals) from SERVICE's phases/<job> (orchc_phase), when it is
+# the target job's (ORCHC_TARGET_JOB_ID, if set); phase empty otherwise.
+orchc_target_phase() {
+    local what="" _at="" number=""
+    phase="" phase_id=""
+    [ -f "$ORCHC_RUN_DIR/phases/$1" ] && read -r phase_id what _at number <"$ORCHC_RUN_DIR/phases/$1" || return 0
+    [ -z "${ORCHC_TARGET_JOB_ID:-}" ] || [ "$phase_id" = "$ORCHC_TARGET_JOB_ID" ] || return 0
+    [[ $number =~ ^[0-9]{1,9}$ ]] || number=0
+    case $what in preparing | starting | ended) phase=$what health=$((10#$number)) ;; esac
+}
+
+# orchc_job_host JOBID TIMEOUT: set TARGET_HOST to the address of the first node of the job JOBID once it runs: its
+# NodeAddr, where SLURM itself reaches it (the node's name when the site sets no NodeAddr; a name that need not resolve
+# when it does, as on the test cluster, whose nodes n1..n4 are all 127.0.0.1). While the job is queued (PENDING)
+# TIMEOUT does not run; a job that has ended, or is not in the queue, stops the wait at once.
+# shellcheck disable=SC2034  # TARGET_HOST: the job script exports it
 orchc_job_host() {
     orchc_seconds "$2"
-    local deadline=$((SECONDS + 10#$2)) nodes node addr ORCHC_DELAY=20
+    orchc_wait_log_checked
+    local used=0 last=$SECONDS answer state nodes node addr next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30})) ORCHC_DELAY=20
     while :; do
-        nodes=$(squeue -h -j "$1" -t RUNNING -o %N 2>/dev/null) || nodes=""
-        if [ -n "$nodes" ]; then
+        answer=$(squeue -h -j "$1" -o '%T %N' 2>/dev/null) || answer="unknown"
+        state="" nodes=""
+        read -r state nodes <<<"$answer" || true
+        if [ "$state" = RUNNING ] && [ -n "$nodes" ]; then
             node=$(scontrol show hostnames "$nodes" | head -n 1)
             addr=$(scontrol show node -o "$node" 2>/dev/null | grep -o ' NodeAddr=[^ ]*') || addr=""
             addr=${addr#*=}
-            printf '%s\n' "${addr:-$node}"
+            TARGET_HOST=${addr:-$node}
             return 0
         fi
-        [ "$SECONDS" -lt "$deadline" ] || orchc_fail "job $1 is not running (squeue -j $1)"
+        ! orchc_ended_state "$state" || orchc_fail "job $1 is not running: ${state:-it is not in the queue} (squeue -j $1)"
+        [ "$state" = PENDING ] || used=$((used + SECONDS - last))
+        last=$SECONDS
+        [ "$used" -lt "$((10#$2))" ] || orchc_fail "job $1 is not running (squeue -j $1 says ${state:-nothing})"
+        if [ "$SECONDS" -ge "$next_log" ]; then
+            next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30}))
+            orchc_log "still waiting for job $1 to run: $state; $used of $2 s of the budget used (queued time does not count)"
+        fi
         orchc_backoff
     done
 }
@@ -758,12 +888,18 @@ orchc_tls_credentials() {
     rm -f "$dir.log"
 }
 
-# orchc_host_of JOB TIMEOUT: the host of another service of this run, once it has published its endpoint.
+# orchc_host_of JOB TIMEOUT: the host of another service of this run, once it has published its endpoint. It says what it
+# waits for every ORCHC_WAIT_LOG seconds (default 30), and stops at once when JOB has ended (its phases/<job>).
 orchc_host_of() {
     orchc_seconds "$2"
-    local file="$ORCHC_RUN_DIR/endpoints/$1" deadline=$((SECONDS + 10#$2)) host ORCHC_DELAY=2
+    orchc_wait_log_checked
+    local file="$ORCHC_RUN_DIR/endpoints/$1" start=$SECONDS deadline=$((SECONDS + 10#$2)) next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30}))
+    local host phase="" health="" phase_id="" ORCHC_DELAY=2
     while ! { [ -f "$file" ] && read -r _ host _ <"$file"; }; do
         [ "$SECONDS" -lt "$deadline" ] || orchc_fail "service $1 published no endpoint within $2 s"
+        ORCHC_TARGET_JOB_ID="" orchc_target_phase "$1"
+        [ "$phase" != ended ] || orchc_fail "service $1 ended (exit status $health) without publishing an endpoint"
+        orchc_still_waiting "for the host of service $1" "$start" "$2" "${phase:-no phase yet}"
         orchc_backoff
     done
     printf '%s\n' "$host"
@@ -782,19 +918,69 @@ orchc_shipped_file() {
     mv -f -- "$temp" "$3"
 }
 
-# orchc_fill_hosts FILE PLACEHOLDER=JOB...: put the hosts of other services of this run into a generated file.
+# orchc_fill_hosts FILE PLACEHOLDER=JOB...: put the hosts of other services of this run into a generated file, waiting
+# for each (orchc_host_of).
 orchc_fill_hosts() {
-    local file=$1 pair placeholder job host
+    local file=$1 pair host
     shift
     for pair in "$@"; do
-        placeholder=${pair%=*}
-        job=${pair##*=}
-        orchc_log "waiting for the host of $job"
-        host=$(orchc_host_of "$job" 3600)
-        placeholder=${placeholder//./\\.}
-        host=${host//[\\|&]/}
-        sed -i "s|$placeholder|$host|g" "$file"
+        orchc_log "waiting for the host of ${pair##*=}"
+        host=$(orchc_host_of "${pair##*=}" 3600)
+        orchc_put_host "$file" "${pair%=*}" "$host"
     done
+}
+# orchc_put_host FILE PLACEHOLDER HOST: HOST in place of PLACEHOLDER in FILE.
+orchc_put_host() {
+    local placeholder=${2//./\\.} host=${3//[\\|&]/}
+    sed -i "s|$placeholder|$host|g" "$1"
+}
+
+# orchc_fill_hosts_later FILE PLACEHOLDER=JOB...: FILE.orchc-pending (a file item with hosts: later) becomes FILE, renamed
+# into place whole, once the hosts of the jobs it names are in; the job does not wait for them. Hosts published already
+# go in at once; for the others a background filler (stopped with the job) looks at their endpoints, at most every 5 s,
+# and says every ORCHC_WAIT_LOG seconds (default 30) which it still waits for. A program that watches FILE (Prometheus'
+# file discovery) picks the targets up as they appear.
+orchc_fill_hosts_later() {
+    local file=$1
+    shift
+    if orchc_put_hosts_known "$file" "$@"; then
+        return 0
+    fi
+    orchc_log "$file appears once the endpoints of $(orchc_jobs_of "$@") are published; $ORCHC_JOB goes on"
+    (
+        trap - EXIT TERM INT USR1 ERR
+        set +o errexit
+        orchc_wait_log_checked
+        local start=$SECONDS next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30})) ORCHC_DELAY=2
+        until orchc_put_hosts_known "$file" "$@"; do
+            orchc_still_waiting "for the endpoints of $(orchc_jobs_of "$@") (for $file)" "$start" "the job's time limit"
+            orchc_backoff
+        done
+        orchc_log "$file written: every host in it is known"
+    ) </dev/null &
+    orchc_started "$!"
+}
+# orchc_put_hosts_known FILE PLACEHOLDER=JOB...: when every JOB has published its endpoint, write FILE.orchc-pending with their
+# hosts put in as FILE (atomically); status 1, and FILE untouched, while one has not.
+orchc_put_hosts_known() {
+    local file=$1 pair host temp
+    shift
+    for pair in "$@"; do
+        [ -f "$ORCHC_RUN_DIR/endpoints/${pair##*=}" ] && read -r _ host _ <"$ORCHC_RUN_DIR/endpoints/${pair##*=}" && [ -n "$host" ] || return 1
+    done
+    temp="$file.tmp.$BASHPID"
+    cp -- "$file.orchc-pending" "$temp" || return 1
+    for pair in "$@"; do
+        read -r _ host _ <"$ORCHC_RUN_DIR/endpoints/${pair##*=}"
+        orchc_put_host "$temp" "${pair%=*}" "$host"
+    done
+    mv -f -- "$temp" "$file"
+}
+# orchc_jobs_of PLACEHOLDER=JOB...: the jobs, comma-separated.
+orchc_jobs_of() {
+    local pair out=""
+    for pair in "$@"; do out+="${out:+, }${pair##*=}"; done
+    printf '%s' "$out"
 }
 
 # orchc_secret_file PATH: print the secret kept in PATH, creating a random one (mode 0600) if missing.

@@ -472,9 +472,11 @@ def test_prometheus_scrapes_a_service_of_the_same_run_by_its_job_name(cluster, n
     orchc("submit", "stack.yaml", "--run-dir", run, cwd=tmp_path)
     try:
         wait_for(lambda: (run / "endpoints" / "prometheus").exists(), 60, "prometheus to become ready")
-        config = (run / "config" / "prometheus" / "prometheus.yml").read_text()
+        # the listed targets are in a file of Prometheus' file discovery, once the hosts they name are known
+        targets = run / "config" / "prometheus" / "targets" / "orchc.json"
+        wait_for(targets.exists, 30, "the targets of prometheus to be written")
         host = (run / "endpoints" / "redis").read_text().split()[1]
-        assert f'"{host}:{redis_port}"' in config and "@ORCHC_HOST" not in config
+        assert f'"{host}:{redis_port}"' in targets.read_text() and "@ORCHC_HOST" not in targets.read_text()
         checked = subprocess.run(["promtool", "check", "config", str(run / "config" / "prometheus" / "prometheus.yml")],
                                  capture_output=True, text=True)
         assert checked.returncode == 0, checked.stdout

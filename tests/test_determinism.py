@@ -79,9 +79,9 @@ def test_placeholders_name_the_jobs_the_config_names(orchc, tmp_path):
     }
     for name, (in_config, waited) in wanted.items():
         text = scripts[f"{name}.sbatch"]
-        config = [line for line in text.splitlines() if "targets:" in line or "url:" in line]
+        config = [line for line in text.splitlines() if any(key in line for key in ("targets:", '"targets":', "url:"))]
         assert sorted({h for line in config for h in _hosts_in(line)}) == in_config, (name, config)
-        fills = [line for line in text.splitlines() if line.startswith("orchc_fill_hosts ")]
+        fills = [line for line in text.splitlines() if line.startswith(("orchc_fill_hosts ", "orchc_fill_hosts_later "))]
         named = {h for line in fills for h in (_hosts_in(line) or line.split()[2:])}
         assert sorted(named) == waited, (name, fills)
     assert "localhost:8080" in scripts["prom-b.sbatch"]

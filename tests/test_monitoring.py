@@ -108,7 +108,7 @@ def test_prometheus_config_discovers_files_and_passes_promtool(tmp_path):
     run_dir = tmp_path / "run dir with 'quotes\" and \\ and glob [?]"
     run_dir.mkdir()
     # The generated setup lines write the config, with the run folder's absolute path filled in at run time.
-    subprocess.run(["bash", "-c", 'set -e; ORCHC_RUN_DIR=$1; orchc_log() { :; }; orchc_record_job() { :; }; ' + setup_section(script), "x", run_dir],
+    subprocess.run(["bash", "-c", 'set -e; ORCHC_RUN_DIR=$1; orchc_log() { :; }; orchc_record_job() { :; }; orchc_phase() { :; }; orchc_ports_free() { :; }; ' + setup_section(script), "x", run_dir],
                    check=True, cwd=tmp_path)
     config_path = run_dir / "config" / "prometheus" / "prometheus.yml"
     config = YAML(typ="safe").load(config_path.read_text())
@@ -129,7 +129,7 @@ def test_prometheus_config_discovers_files_and_passes_promtool(tmp_path):
     # A '*' in the run folder's path cannot be expressed in file_sd_configs: a clear error, at once.
     starred = tmp_path / "run*"
     starred.mkdir()
-    failed = subprocess.run(["bash", "-c", 'set -e; ORCHC_RUN_DIR=$1; orchc_log() { :; }; orchc_record_job() { :; }; orchc_fail() { echo "$*" >&2; exit 1; }; '
+    failed = subprocess.run(["bash", "-c", 'set -e; ORCHC_RUN_DIR=$1; orchc_log() { :; }; orchc_record_job() { :; }; orchc_phase() { :; }; orchc_ports_free() { :; }; orchc_fail() { echo "$*" >&2; exit 1; }; '
                              + setup_section(script), "x", starred], capture_output=True, text=True, cwd=tmp_path)
     assert failed.returncode == 1 and "has a '*' in its path" in failed.stderr, failed.stderr
 

@@ -83,6 +83,19 @@ def test_a_service_is_starting_until_it_publishes_its_own_endpoint(fake, tmp_pat
     assert rows(orchc("status", run, "--json"))["cache"]["service"] is None
 
 
+def test_a_service_says_it_is_preparing_while_its_phase_file_says_so(fake, tmp_path, orchc):
+    """phases/<job> (orchc_phase): `preparing` while it builds its image or downloads its model, then `starting`."""
+    run = submitted(tmp_path, fake)
+    fake.advance("1000", "RUNNING")
+    (run / "phases").mkdir()
+    (run / "phases" / "cache").write_text("999 preparing 1700000000 0\n")   # left by another job of that name
+    assert rows(orchc("status", run, "--json"))["cache"]["service"] == "starting"
+    (run / "phases" / "cache").write_text("1000 preparing 1700000000 0\n")
+    assert rows(orchc("status", run, "--json"))["cache"]["service"] == "preparing"
+    (run / "phases" / "cache").write_text("1000 starting 1700000000 300\n")
+    assert rows(orchc("status", run, "--json"))["cache"]["service"] == "starting"
+
+
 def test_a_damaged_or_hostile_endpoint_is_not_ready(fake, tmp_path, orchc):
     run = submitted(tmp_path, fake)
     fake.advance("1000", "RUNNING")

@@ -223,6 +223,11 @@ class Recipe:
         return [job.name for job in self.jobs]
 
     @cached_property
+    def client_names(self) -> tuple[str, ...]:
+        """Every client of the recipe, sorted (the services no client targets stop when all of them ended)."""
+        return tuple(sorted(job.name for job in self.jobs if job.role == "client"))
+
+    @cached_property
     def clients_of(self) -> dict[str, list[str]]:
         """Service name -> the clients of the recipe that target it."""
         clients: dict[str, list[str]] = {}

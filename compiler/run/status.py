@@ -33,16 +33,26 @@ _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
 
 
 def readiness(run_dir: Path, name: str, slurm_id: str) -> str:
-    """`ready` when endpoints/<name> names this job's SLURM id (or allocation step) first (orchc_publish_endpoint), else `starting`.
+    """`ready` when endpoints/<name> names this job's SLURM id (or allocation step) first (orchc_publish_endpoint);
+    `preparing` while phases/<name> says so for this job (orchc_phase: setup, images, downloads); else `starting`.
     A file left by an earlier job of the same name, or a damaged one, does not count."""
+    # a job of its own, or a step ALLOCATION.JOB of a recipe run inside one allocation (allocation: one)
+    ours = (slurm_id, f"{slurm_id}.{name}")
+    endpoint = _first_words(run_dir, f"endpoints/{name}")
+    if endpoint and endpoint[0] in ours:
+        return "ready"
+    phase = _first_words(run_dir, f"phases/{name}")
+    return "preparing" if len(phase) > 1 and phase[0] in ours and phase[1] == "preparing" else "starting"
+
+
+def _first_words(run_dir: Path, name: str) -> list[str]:
+    """The words of a small file of the run folder; none when it is missing, unreadable or too large."""
     from ..core.files import read_in_run
 
     try:
-        words = read_in_run(run_dir, f"endpoints/{name}", _ENDPOINT_LIMIT).split()
+        return read_in_run(run_dir, name, _ENDPOINT_LIMIT).split()
     except OSError:
-        return "starting"
-    # a job of its own, or a step ALLOCATION.JOB of a recipe run inside one allocation (allocation: one)
-    return "ready" if words and words[0] in (slurm_id, f"{slurm_id}.{name}") else "starting"
+        return []
 
 
 def published_endpoint(run_dir: Path, job: RunJob) -> tuple[str, list[int]]:

@@ -72,9 +72,12 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
         "phases": {phase: _phase_lines(job, recipe, phase, context, values, self_contained) for phase in PHASES[job.role]},
         "target": _target_lines(job) if job.role == "client" else [],
         "clients": recipe.clients_of.get(job.name, []),
+        # only a service no client targets waits for them all (computed once per recipe, not once per job)
+        "recipe_clients": recipe.client_names if job.role == "service" and not recipe.clients_of.get(job.name) else (),
         "ports": job.fields.get("ports") or [],
         "keep_running": bool(job.fields.get("keep_running")),
         "publish_metrics": _publish_metrics_line(job, recipe),
+        "health_timeout": int(job.fields.get("health_timeout") or 0),
     }
     parts["values"] = values.assignments
     parts["publish_metrics"] = _code(parts["publish_metrics"], job, origins)
@@ -436,12 +439,19 @@ def _file_block(item: Node, context: dict[str, Any], session: CompileSession, se
     delimiter = "ORCHC_EOF"
     while delimiter in content.splitlines():
         delimiter += "_"
-    lines = [f"mkdir -p \"$(dirname {shell_word(path)})\"", f"cat > {shell_word(path)} <<'{delimiter}'", content, delimiter]
+    # with hosts: later the content waits beside the file (orchc_fill_hosts_later), which appears once the hosts are in
+    later = bool(hosts) and item.value.get("hosts") is not None and item.value["hosts"].value == "later"
+    written = path + PENDING_SUFFIX if later else path
+    lines = [f"mkdir -p \"$(dirname {shell_word(path)})\"", f"cat > {shell_word(written)} <<'{delimiter}'", content, delimiter]
     if hosts:
         token = context["job"]["hosts_token"]
         pairs = " ".join(shlex.quote(f"{host_placeholder(token, host)}={host}") for host in hosts)
-        lines.append(f"orchc_fill_hosts {shell_word(path)} {pairs}")
-    return lines + _mode_lines(item, path)
+        lines.append(f"orchc_fill_hosts{'_later' if later else ''} {shell_word(path)} {pairs}")
+    return lines + _mode_lines(item, written)
+
+
+PENDING_SUFFIX = ".orchc-pending"
+"""where a file with `hosts: later` waits for its hosts (runtime.sh, orchc_fill_hosts_later)"""
 
 
 def _mode_lines(item: Node, path: str) -> list[str]:
@@ -470,7 +480,7 @@ def _target_lines(job: ResolvedJob) -> list[str]:
         return [f"orchc_wait_endpoint {shlex.quote(data['target'])} {timeout}"]
     port = data.get("target_port")
     if data.get("target_service_id"):
-        return [f"TARGET_HOST=$(orchc_job_host {shlex.quote(str(data['target_service_id']))} {timeout})",
+        return [f"orchc_job_host {shlex.quote(str(data['target_service_id']))} {timeout}",
                 f"TARGET_PORT={shlex.quote(str(port or ''))}", "TARGET_CREDENTIALS=''"]
     host, endpoint_port = split_endpoint(str(data["target_endpoint"]))
     return [f"TARGET_HOST={shlex.quote(host)}", f"TARGET_PORT={shlex.quote(str(endpoint_port or port or ''))}",
