@@ -907,6 +907,19 @@ def run_command(args):
     return 0
 
 
+def read_jsonl(path):
+    """The JSON lines of a file, [] without it (a line cut short by a kill is skipped)."""
+    found = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    found.append(json.loads(line))
+                except ValueError:
+                    pass
+    return found
+
+
 def summarize(results):
     """metrics.json from requests.jsonl and run.json (a line cut short by a kill is skipped). Without
     run.json the benchmark never started: nothing is written. The results of many tasks (RESULTS/tasks/TASK, see
@@ -926,24 +939,8 @@ def summarize(results):
         import llm_search
 
         return llm_search.summarize_search(results)
-    records = []
-    path = os.path.join(results, "requests.jsonl")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    pass
-    engine = []
-    path = os.path.join(results, "engine.jsonl")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    engine.append(json.loads(line))
-                except ValueError:
-                    pass
+    records = read_jsonl(os.path.join(results, "requests.jsonl"))
+    engine = read_jsonl(os.path.join(results, "engine.jsonl"))
     metrics = metrics_of(records, run, engine)
     write_json(os.path.join(results, "metrics.json"), metrics)
     return metrics
@@ -961,16 +958,7 @@ def read_task(folder):
         return None
     with open(os.path.join(folder, "run.json")) as handle:
         run = json.load(handle)
-    records = []
-    path = os.path.join(folder, "requests.jsonl")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    pass
-    return run, records
+    return run, read_jsonl(os.path.join(folder, "requests.jsonl"))
 
 
 def merge(results, folders):
