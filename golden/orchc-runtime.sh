@@ -1015,7 +1015,8 @@ orchc_pass_into_containers() {
 # orchc_image SIF SOURCE: check that SIF is the image `orchc prepare` built from SOURCE, and record it for the run.
 # Jobs never build: that happens once on the login node (orchc prepare, which orchc submit runs first), not on a
 # billed node with Apptainer's cache on the parallel file system. A missing image, one built from another source,
-# or one whose sha256 is not the one recorded in SIF.sha256 when it was prepared stops the job, saying which.
+# or one whose sha256 is not the one recorded in SIF.sha256 when it was prepared stops the job, saying which. The
+# file is read (hashed) only when its size, modification time or inode differ from those prepare recorded in SIF.stat.
 # The job's images are listed in $ORCHC_RUN_DIR/images/$ORCHC_JOB.json (with the manifest digest of a source
 # pinned as docker://...@sha256:...).
 orchc_image() {
@@ -1026,8 +1027,12 @@ orchc_image() {
     built=$(cat "$sif.source" 2>/dev/null) || built="an unknown source (no $sif.source)"
     [ "$built" = "$source" ] || orchc_fail "image $sif was built from $built, not $source: run orchc prepare RECIPE on the login node"
     read -r recorded _ 2>/dev/null <"$sif.sha256" || orchc_fail "image $sif has no recorded digest ($sif.sha256): run orchc prepare RECIPE on the login node"
-    digest=$(sha256sum <"$sif")
-    digest=${digest%% *}
+    if [ -f "$sif.stat" ] && [ "$(stat -c '%s %Y %i' -- "$sif")" = "$(cat "$sif.stat")" ]; then
+        digest=$recorded    # the file prepare hashed, untouched since (size, modification time, inode)
+    else
+        digest=$(sha256sum <"$sif")
+        digest=${digest%% *}
+    fi
     [ "$digest" = "$recorded" ] || orchc_fail "image $sif is not the one prepared: its sha256 is $digest, $sif.sha256 records $recorded (changed since): run orchc prepare RECIPE again"
     [[ $source != *@sha256:* ]] || manifest=", \"manifest_digest\": $(orchc_json_string "sha256:${source##*@sha256:}")"
     ORCHC_IMAGES+="${ORCHC_IMAGES:+, }{\"image\": $(orchc_json_string "$name"), \"source\": $(orchc_json_string "$source"),"

@@ -41,7 +41,8 @@ orchc_prepared() {
 # is a build in progress here); another host's are left alone: with Lustre mounted `localflock` the lock does
 # not reach other nodes, and its file may be a build in progress there. SIF.source names what SIF was built
 # from; a SIF with a matching SIF.source (pulled by hand, say) is kept, and one without SIF.source is refused,
-# never overwritten. SIF.sha256 is its digest, which each job checks at start.
+# never overwritten. SIF.sha256 is its digest, which each job checks at start, and SIF.stat the file's size,
+# modification time and inode as hashed.
 orchc_prepare_image() {
     local sif=$1 source=$2 input=${3:-$2} lock host tmp digest fakeroot=()
     if orchc_prepared "$sif" "$source"; then
@@ -79,5 +80,8 @@ orchc_prepare_image() {
         mv -f -- "$sif.sha256.tmp.$$" "$sif.sha256"
         orchc_say "$sif: sha256 ${digest%% *} recorded"
     fi
+    # the file as hashed (size, modification time, inode): a job that finds it so trusts the recorded sha256
+    # instead of reading a 10 GB image again on a billed node (orchc_image)
+    stat -c '%s %Y %i' -- "$sif" >"$sif.stat.tmp.$$" && mv -f -- "$sif.stat.tmp.$$" "$sif.stat"
     exec {lock}>&-
 }
