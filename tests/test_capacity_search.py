@@ -20,6 +20,8 @@ from test_llm_bench import BENCH, Server
 sys.path.insert(0, str(BENCH.parent))
 import llm_search
 
+SEARCH = BENCH.parent / "llm_search.py"
+
 
 def test_clopper_pearson_bounds_against_closed_forms():
     # with no request over its bound, the upper bound solves (1 - p)^n = alpha; all over: the lower p^n = alpha
@@ -82,11 +84,22 @@ def test_the_search_brackets_a_threshold_within_the_precision_in_at_most_twelve_
     ({"slo": {}, "rate": {"min": 1, "max": 2}}, "no bound"),
 ])
 def test_a_search_it_cannot_run_is_refused_before_any_request(tmp_path, search, problem):
-    done = subprocess.run([sys.executable, str(BENCH), "run", str(tmp_path / "r"), "--host", "127.0.0.1", "--port", "9",
+    done = subprocess.run([sys.executable, str(SEARCH), "run", str(tmp_path / "r"), "--host", "127.0.0.1", "--port", "9",
                            "--api", "openai-completions", "--model", "m", "--input-length", "3",
                            "--search", json.dumps(search)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and problem in done.stderr, done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_llm_bench_leaves_a_search_to_llm_search(tmp_path):
+    """llm_bench.py never imports llm_search.py (no import cycle between the two shipped programs): given --search it
+    says which program runs one."""
+    done = subprocess.run([sys.executable, str(BENCH), "run", str(tmp_path / "r"), "--host", "127.0.0.1", "--port", "9",
+                           "--api", "openai-completions", "--model", "m", "--input-length", "3", "--search",
+                           json.dumps({"slo": {"ttft_p99_ms": 5}, "rate": {"min": 1, "max": 2}})],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "run it with llm_search.py" in done.stderr, done.stderr
+    assert "import llm_search" not in BENCH.read_text()
 
 
 @pytest.mark.slow
@@ -99,7 +112,7 @@ def test_the_search_finds_the_known_capacity_of_the_stand_in(tmp_path):
     try:
         search = {"slo": {"ttft_p90_ms": 120}, "rate": {"min": 4, "max": 32}, "arrivals": "constant",
                   "probe_requests": 40, "probe_s": 2, "warmup_s": 0.5}
-        done = subprocess.run([sys.executable, str(BENCH), "run", str(tmp_path / "r"), "--host", "127.0.0.1",
+        done = subprocess.run([sys.executable, str(SEARCH), "run", str(tmp_path / "r"), "--host", "127.0.0.1",
                                "--port", str(server.port), "--api", "openai-completions", "--model", "tiny",
                                "--input-length", "3", "--max-tokens", "5", "--warmup-requests", "2",
                                "--search", json.dumps(search)], capture_output=True, text=True, timeout=300)

@@ -155,3 +155,20 @@ def test_a_bad_slo_is_a_located_error(orchc, write, tmp_path, slo, column, messa
     recipe = client_recipe(write, 8000, f"  slo: {slo}\n")
     done = orchc("validate", str(recipe), "--site", "local", cwd=tmp_path)
     assert done.code == 1 and done.err.startswith(f"bench.yaml:10:{column}: error: {message}\n"), done.err
+
+
+def test_llm_client_with_a_search_runs_llm_search_and_reports_the_capacity(orchc, write, tmp_path, vllm_service):
+    """The type's search: the job runs llm_search.py with the same options (config, key, target) and its results
+    carry the capacity and search.json; a search whose lowest rate already meets the SLO only at 'max' here."""
+    service_run, port, _, _ = vllm_service
+    search = "  search: {slo: {ttft_p90_ms: 60000}, rate: {min: 2, max: 4}, probe_requests: 3, probe_s: 0.5, warmup_s: 0}\n"
+    run = compile_to(orchc, client_recipe(write, port, search), "client", tmp_path)
+    script = (run / "bench.sbatch").read_text()
+    assert "/llm_search.py run " in script and "/llm_search.py summarize " in script
+    done = run_client(run, home=service_run)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((run / "results" / "bench" / "results.json").read_text())
+    metrics = results["metrics"]
+    # p90 within 60 s: every probe passes (29 judged requests each at 95 %), so the capacity is at least max
+    assert (metrics["capacity_requests_per_s"], metrics["capacity_high_requests_per_s"]) == (4, None), metrics
+    assert metrics["search_probes_count"] == 2 and "search.json" in results["raw"]

@@ -821,7 +821,9 @@ def wait_at_barrier(run, folder, task, tasks):
         time.sleep(0.05)
 
 
-def run_command(args):
+def run_command(args, search=None):
+    """Send the warm-up, then the measured requests, then write metrics.json. `search`: the capacity search
+    (llm_search.py, which calls this with itself) measures instead of one open or closed loop."""
     barrier, task, tasks, where_stopped = None, 0, 1, args.results   # orchc writes `stopped` in the client's folder
     if args.tasks_from_slurm:
         task = int(os.environ.get("SLURM_PROCID") or 0)
@@ -865,12 +867,10 @@ def run_command(args):
         info["started_epoch_s"] = time.time()   # where merge puts this run's requests beside other tasks'
         if run.stopping():
             pass
-        elif args.search:
-            import llm_search  # beside this file: the capacity search (README "Capacity under an SLO")
-
+        elif search is not None:
             run.out = None
             out.close()
-            code = llm_search.search_command(args, run, prompts)
+            code = search.search_command(args, run, prompts)
             info["wall_time_s"] = time.perf_counter() - run.t0
             info["client_cpu_s"] = time.process_time() - cpu
             info["stopped"] = run.stop_reason
@@ -878,7 +878,7 @@ def run_command(args):
             samples = sampler.stop() if sampler is not None else []   # the engine over the whole search (engine.jsonl)
             with open(os.path.join(args.results, "engine.jsonl"), "w") as engine:
                 engine.writelines(json.dumps(sample, sort_keys=True) + "\n" for sample in samples)
-            llm_search.summarize_search(args.results)
+            search.summarize_search(args.results)
             return code
         elif args.request_rate:
             open_loop(run, prompts, args.num_requests, 0, run.write)
@@ -936,9 +936,8 @@ def summarize(results):
     with open(os.path.join(results, "run.json")) as handle:
         run = json.load(handle)
     if run.get("search"):
-        import llm_search
-
-        return llm_search.summarize_search(results)
+        print("llm_bench: " + results + " holds a capacity search: llm_search.py summarize writes its metrics", file=sys.stderr)
+        return None
     records = read_jsonl(os.path.join(results, "requests.jsonl"))
     engine = read_jsonl(os.path.join(results, "engine.jsonl"))
     metrics = metrics_of(records, run, engine)
@@ -1038,17 +1037,14 @@ def slo_argument(text):
     return value
 
 
-def search_argument(text):
-    """--search: a JSON object, checked by llm_search.search_settings."""
-    import llm_search
-
+def json_object(text):
+    """A JSON object given on the command line (--search, checked by llm_search.py, which runs it)."""
     try:
         value = json.loads(text)
-        if not isinstance(value, dict):
-            raise ValueError("not a JSON object")
-        llm_search.search_settings(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("not a JSON object")
     return value
 
 
@@ -1079,8 +1075,8 @@ def parser():
     r.add_argument("--request-timeout", type=positive(float), default=600.0)
     r.add_argument("--arrivals", choices=("poisson", "constant"), default="poisson",
                    help="open loop: Poisson arrivals (seeded) or one every 1 / rate seconds")
-    r.add_argument("--search", type=search_argument,
-                   help="a JSON object: search the highest request rate within an SLO (llm_search.py)")
+    r.add_argument("--search", type=json_object,
+                   help="a JSON object: search the highest request rate within an SLO (run by llm_search.py)")
     r.add_argument("--engine-metrics-interval", type=float, default=1.0,
                    help="seconds between two reads of the server's /metrics (0: none); not against Ollama")
     r.add_argument("--gpu-csv", help="the GPU sampler's nvidia-smi CSV of the server's GPUs: energy and J/token")
@@ -1128,25 +1124,33 @@ def first_model(args):
     return models[0][key]
 
 
-def main(argv):
+def arguments(argv):
+    """The command line parsed, the options of a --config file merged in (the command line's win)."""
     if len(argv) >= 3 and argv[0] == "run" and "--config" in argv:
         at = argv.index("--config")
         if at + 1 >= len(argv):
             raise SystemExit("llm_bench: --config needs a file")
         argv = argv[:2] + config_arguments(argv[at + 1]) + argv[2:at] + argv[at + 2:]
-    args = parser().parse_args(argv)
+    return parser().parse_args(argv)
+
+
+def main(argv, search=None):
+    """`search`: llm_search (the module), when llm_search.py runs this with --search."""
+    args = arguments(argv)
     if args.command == "summarize":
         summarize(args.results)
         return 0
     if args.command == "merge":
         return 0 if merge(args.results, args.tasks) else 1
+    if args.search and search is None:
+        raise SystemExit("llm_bench: --search is a capacity search: run it with llm_search.py (beside this file)")
     if args.search and args.tasks_from_slurm:
         raise SystemExit("llm_bench: a capacity search (--search) runs on one node: give the client one node")
     if not (args.prompts_json or args.prompts_file or args.input_length):
         raise SystemExit("llm_bench: give --prompts-json, --prompts-file or --input-length")
     if not args.model:
         args.model = first_model(args)
-    return run_command(args)
+    return run_command(args, search)
 
 
 if __name__ == "__main__":

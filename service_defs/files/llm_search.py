@@ -1,7 +1,12 @@
 """Capacity search for llm_bench.py: the highest open-loop request rate a server sustains within an SLO.
 
-Standard library only, beside llm_bench.py (`llm_bench.py run ... --search JSON`). The search, inside one client
-job against a running server:
+Standard library only, beside llm_bench.py, whose options it takes:
+
+    llm_search.py run RESULTS_DIR [llm_bench.py's run options] --search JSON
+    llm_search.py summarize RESULTS_DIR
+
+It runs llm_bench's run (the warm-up, the engine sampler, run.json) and measures with this search instead of one
+open or closed loop: llm_bench never imports this file. The search, inside one client job against a running server:
 
 1. probes `rate.min`, then twice the rate after each pass (at most `rate.max`) until one fails, then bisects on a
    log scale between the highest rate that passed (lo) and the lowest that failed (hi) until hi / lo <= 1 +
@@ -30,6 +35,7 @@ import json
 import math
 import os
 import re
+import sys
 import threading
 import time
 from argparse import Namespace
@@ -358,3 +364,23 @@ def summarize_search(results):
     metrics = capacity_metrics(search.get("probes") or [], bounds)
     bench.write_json(os.path.join(results, "metrics.json"), metrics)
     return metrics
+
+
+def main(argv):
+    """`run`: check the search first (a usage error, exit 2, before any request or file), then llm_bench's run with
+    this search; `summarize`: metrics.json from search.json."""
+    if argv[:1] == ["summarize"] and len(argv) == 2:
+        return 0 if summarize_search(argv[1]) is not None else 1
+    args = bench.arguments(argv)
+    if args.command != "run" or not args.search:
+        raise SystemExit("llm_search: usage: llm_search.py run RESULTS ... --search JSON | llm_search.py summarize RESULTS")
+    try:
+        search_settings(args.search)
+    except ValueError as exc:
+        print(f"llm_search: error: --search: {exc}", file=sys.stderr)
+        return 2
+    return bench.main(argv, sys.modules[__name__])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
