@@ -321,18 +321,26 @@ orchc_rank_run() {
 }
 # orchc_tasks_run TASKS COMMAND...: COMMAND once in each of TASKS srun tasks, one per node of the job (a client
 # type's multi_node: its load generators; each finds SLURM_PROCID of SLURM_STEP_NUM_TASKS and takes its share);
-# its status is srun's. Variables assigned before the call (the key) reach the tasks in their environment.
+# its status is srun's. Variables assigned before the call, or given as NAME=VALUE words first (the key), reach the
+# tasks in their environment.
 # srun answers a SIGTERM by killing its tasks outright, and orchc stops a benchmark by sending SIGTERM to each
 # process under it (orchc_limit_duration, orchc_cleanup): so srun runs outside that tree (a child of a subshell
 # that is gone), and a TERM or INT here reaches the tasks as SIGUSR1, which srun forwards, to stop as they would.
 orchc_tasks_run() {
-    local tasks=$1 dir status
+    local tasks=$1 dir status assigned=()
     shift
+    # NAME=VALUE words first (a job's `run` under its site: the key for the container): exported to srun's
+    # environment by the builtin, never on a command line
+    while [ "$#" -gt 0 ] && [[ $1 =~ ^[A-Za-z_][A-Za-z0-9_]*= ]]; do
+        assigned+=("$1")
+        shift
+    done
     dir=$(mktemp -d "${TMPDIR:-/tmp}/orchc-tasks.XXXXXX") || orchc_fail "cannot create a temporary folder"
     (
         (
             trap - EXIT ERR
             set +o errexit
+            [ "${#assigned[@]}" -eq 0 ] || export "${assigned[@]}"
             srun --nodes="$tasks" --ntasks="$tasks" --ntasks-per-node=1 --label "$@" </dev/null &
             echo "$!" >"$dir/srun.pid"
             wait "$!"
