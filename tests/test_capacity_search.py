@@ -104,9 +104,11 @@ def test_llm_bench_leaves_a_search_to_llm_search(tmp_path):
 
 @pytest.mark.slow
 def test_the_search_finds_the_known_capacity_of_the_stand_in(tmp_path):
+    """Nominally 2 slots of 0.15 s: 13.3 requests/s. The stand-in's own record of each request (when it got its slot,
+    when it wrote its last token) gives the service time it really kept on this machine, and so the capacity the
+    search must find within 5 %; the nominal figure within 10 % (a loaded machine makes the server itself late)."""
     slots, first, gap, tokens = 2, 0.05, 0.025, 5
-    service = first + (tokens - 1) * gap                 # 0.15 s per request
-    capacity = slots / service                           # 13.33 requests per second
+    nominal = slots / (first + (tokens - 1) * gap)       # 13.33 requests per second
     server = Server("--tokens", str(tokens), "--first-token-delay", str(first), "--inter-token-delay", str(gap),
                     "--parallelism", str(slots))
     try:
@@ -116,15 +118,20 @@ def test_the_search_finds_the_known_capacity_of_the_stand_in(tmp_path):
                                "--port", str(server.port), "--api", "openai-completions", "--model", "tiny",
                                "--input-length", "3", "--max-tokens", "5", "--warmup-requests", "2",
                                "--search", json.dumps(search)], capture_output=True, text=True, timeout=300)
+        held = sorted(t["timing"]["tokens"][-1] - t["timing"]["slot"] for t in server.timings()
+                      if not t["timing"].get("cut") and t["timing"].get("tokens"))
     finally:
         server.close()
     assert done.returncode == 0, done.stderr
+    capacity = slots / held[len(held) // 2]               # the slots over the median time a request held one
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     probes = json.loads((tmp_path / "r" / "search.json").read_text())["probes"]
     assert metrics["search_probes_count"] == len(probes) <= 12
     assert metrics["capacity_client_limited"] == 0
     found = metrics["capacity_requests_per_s"]
-    assert abs(found - capacity) / capacity <= 0.05, (found, [(p["rate_per_s"], p["verdict"]) for p in probes])
+    tried = [(p["rate_per_s"], p["verdict"]) for p in probes]
+    assert abs(found - capacity) / capacity <= 0.05, (found, capacity, tried)
+    assert abs(found - nominal) / nominal <= 0.10, (found, nominal, tried)
     assert metrics["capacity_low_requests_per_s"] == found < metrics["capacity_high_requests_per_s"]
     for probe in probes:
         measured = probe["bounds"]["ttft_p90_ms"]["measured_ms"]

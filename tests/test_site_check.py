@@ -22,14 +22,14 @@ from test_remote import server, sockets  # noqa: F401  (fixtures: a real sshd, p
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("cluster")]
 
-# the test cluster (tests/cluster/start.sh): partitions cpu and gpu on one node of 128 cores and one (fake) GPU
+# the test cluster (tests/cluster/start.sh): partitions cpu and gpu over four nodes of 128 cores and four (fake) GPUs
 MATCHING = """site: testcluster
 runtime: native
 partitions: [cpu, gpu]
 billing: whole_node
 nodes:
-  cpu: {cores: 128, gpus: 1}
-  gpu: {cores: 128, gpus: 1}
+  cpu: {cores: 128, gpus: 4}
+  gpu: {cores: 128, gpus: 4}
 storage:
   models: STORE/models
   data: $ORCHC_RUN_DIR/data
@@ -67,20 +67,20 @@ def test_a_profile_that_matches_the_test_cluster_reports_no_difference(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert differences(done.stdout) == [], done.stdout
     assert "  ok        partitions cpu, gpu\n" in done.stdout
-    assert "  ok        nodes.gpu: 128 cores, 1 GPU(s)\n" in done.stdout
+    assert "  ok        nodes.gpu: 128 cores, 4 GPU(s)\n" in done.stdout
     assert f"storage.models: {tmp_path}/store/models is writable (not there yet: jobs create it in {tmp_path})" in done.stdout
     assert done.stdout.rstrip().endswith("no difference found")
     assert not (tmp_path / "store").exists()   # the check creates no folder
 
 
 def test_a_missing_partition_and_a_wrong_node_shape_are_exactly_the_differences(tmp_path):
-    profile = MATCHING.replace("[cpu, gpu]", "[cpu, gpu, fpga]").replace("gpu: {cores: 128, gpus: 1}", "gpu: {cores: 64, gpus: 4}")
+    profile = MATCHING.replace("[cpu, gpu]", "[cpu, gpu, fpga]").replace("gpu: {cores: 128, gpus: 4}", "gpu: {cores: 64, gpus: 1}")
     done = check(tmp_path, profile, "--local")
     assert done.returncode == 1, done.stdout + done.stderr
     assert differences(done.stdout) == [
         "partition 'fpga': not on this machine (sinfo lists: cpu, gpu)",
         "nodes.gpu.cores: the profile says 64, sinfo says 128 (128:1:1 sockets:cores:threads)",
-        "nodes.gpu.gpus: the profile says 4, sinfo says 1 (gres gpu:1)",
+        "nodes.gpu.gpus: the profile says 1, sinfo says 4 (gres gpu:4)",
     ], done.stdout
     assert done.stdout.rstrip().endswith("3 difference(s)")
 
@@ -156,15 +156,15 @@ def test_a_storage_place_of_the_account_needs_account(tmp_path):
 
 
 def test_the_gpu_job_reports_the_gpus_and_driver_a_job_sees(tmp_path):
-    profile = MATCHING.replace("  cpu: {cores: 128, gpus: 1}\n", "  cpu: {cores: 128}\n").replace(
+    profile = MATCHING.replace("  cpu: {cores: 128, gpus: 4}\n", "  cpu: {cores: 128}\n").replace(
         "partitions: [cpu, gpu]", "partitions: [cpu, gpu]\ndefaults: {resources: {partition: cpu}}")
     profile = profile.replace("nodes:\n  cpu: {cores: 128}\n", "nodes:\n")
-    # stand-in nvidia-smi (the test node's GPU is a fake device): one GPU, driver 580.65.06
-    program(tmp_path / "bin", "nvidia-smi", 'case "$*" in -L) echo "GPU 0: Stand-in (UUID: GPU-0)";; '
+    # stand-in nvidia-smi (the test node's GPUs are fake devices): four GPUs, driver 580.65.06
+    program(tmp_path / "bin", "nvidia-smi", 'case "$*" in -L) for i in 0 1 2 3; do echo "GPU $i: Stand-in (UUID: GPU-$i)"; done;; '
             '"--query-gpu=driver_version --format=csv,noheader") echo 580.65.06;; *) exit 2;; esac\n')
     done = check(tmp_path, profile, "--local", "--gpu-job", path=str(tmp_path / "bin"))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "  ok        GPU job on 'gpu': 1 nvidia GPU(s), driver 580.65.06\n" in done.stdout
+    assert "  ok        GPU job on 'gpu': 4 nvidia GPU(s), driver 580.65.06\n" in done.stdout
     done = check(tmp_path, profile, "--local", "--gpu-job", path="/nonexistent")
     assert differences(done.stdout) == ["GPU job on 'gpu': neither nvidia-smi nor rocm-smi in the job"], done.stdout
 
