@@ -221,7 +221,8 @@ def test_the_monitoring_example_without_grafana_has_every_service_and_sidecar_up
         f"    enable_node_exporter: true\n    node_exporter_port: {ports['node']}\n"
         f"    enable_process_exporter: true\n    process_exporter_port: {ports['process']}\n    gpu_exporter_port: {ports['gpu']}\n"
         f"    resources: {{partition: gpu, gres: 'gpu:1'}}\n"
-        f"  - name: prometheus\n    ports: [{ports['prometheus']}]\n    scrape_interval: 1s\n"
+        # keep_running: a service no client targets stops with the recipe's last client; this test reads Prometheus after
+        f"  - name: prometheus\n    ports: [{ports['prometheus']}]\n    scrape_interval: 1s\n    keep_running: true\n"
         f"clients:\n  - name: load\n    type: ollama_client\n    target: ollama\n    model: tiny\n    api_key: {{file: {key}}}\n"
         f"    num_requests: 4\n    concurrent: 2\n")
     shim = tmp_path / "bin"

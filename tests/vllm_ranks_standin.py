@@ -115,8 +115,9 @@ def worker(args: argparse.Namespace) -> int:
                 print("vllm stand-in: rank 0 never answered", file=sys.stderr)
                 return 1
             time.sleep(0.2)
+    joined_at = time.time()    # before rank 0 can read the line: it serves after this, never before
     conn.sendall(f"rank {args.node_rank}\n".encode())
-    record(args, joined_at=time.time())
+    record(args, joined_at=joined_at)
     conn.settimeout(None)
     conn.recv(1)   # rank 0 never writes: this returns when it goes
     print("vllm stand-in: rank 0 left", file=sys.stderr, flush=True)
