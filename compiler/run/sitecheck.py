@@ -181,13 +181,7 @@ def compare_partitions(site: Site, facts: list[list[str]], report: Report) -> No
     for fields in _values(facts, "partition"):
         if len(fields) == 3:
             found.setdefault(fields[0].rstrip("*"), (fields[1], fields[2]))
-    names = ", ".join(sorted(found)) or "none"
-    for name in site.partitions:
-        if name not in found:
-            report.add("differs", f"partition '{name}': not on this machine (sinfo lists: {names})")
-    listed = [name for name in site.partitions if name in found]
-    if listed:
-        report.add("ok", f"partitions {', '.join(listed)}")
+    _names(report, site.partitions, set(found), ("partition", "partitions", "sinfo"))
     for name, shape in sorted(site.nodes.items()):
         if name in found:
             _compare_shape(name, shape, *found[name], report)
@@ -218,13 +212,7 @@ def compare_qos(site: Site, facts: list[list[str]], report: Report) -> None:
         why = unknown[0][0] if unknown[0] else ""
         report.add("unchecked", f"QoS {', '.join(site.qos)}: sacctmgr cannot list them here ({why.strip() or 'no answer'})")
         return
-    found = {fields[0] for fields in _values(facts, "qos") if fields}
-    for name in site.qos:
-        if name not in found:
-            report.add("differs", f"QoS '{name}': not on this machine (sacctmgr lists: {', '.join(sorted(found)) or 'none'})")
-    listed = [name for name in site.qos if name in found]
-    if listed:
-        report.add("ok", f"QoS {', '.join(listed)}")
+    _names(report, site.qos, {fields[0] for fields in _values(facts, "qos") if fields}, ("QoS", "QoS", "sacctmgr"))
 
 
 def compare_reservations(site: Site, facts: list[list[str]], report: Report) -> None:
@@ -335,3 +323,15 @@ def cmd_site_check(args: argparse.Namespace) -> int:
     differences = len(report.differences)
     print(f"{differences} difference(s)" if differences else "no difference found")
     return 1 if differences else 0
+
+
+def _names(report: Report, wanted: Sequence[str], found: set[str], words: tuple[str, str, str]) -> None:
+    """Each name the profile gives that the machine lacks is a difference; those it has are one ok line.
+    `words`: what one name is, what several are, and the command that listed them."""
+    one, several, lister = words
+    for name in wanted:
+        if name not in found:
+            report.add("differs", f"{one} '{name}': not on this machine ({lister} lists: {', '.join(sorted(found)) or 'none'})")
+    listed = [name for name in wanted if name in found]
+    if listed:
+        report.add("ok", f"{several} {', '.join(listed)}")
