@@ -130,8 +130,9 @@ def test_redis_service_and_client_complete_with_real_results(cluster, needs_redi
 # orchc's own job-side processes (batch shells, watchers, samplers, the service's wait for its clients: not redis) may
 # use at most this share of one core, client and service together, while a client benchmarks.
 # Measured here (2 cores, a 60 s window): 0.2 % (client 0.08, service 0.12) with the runtime of issue 18 (watchers
-# and the service's wait forking a sleep every 2-5 s), 0.00 % with naps that start no process.
-OVERHEAD_BOUND_PERCENT = 0.05
+# and the service's wait forking a sleep every 2-5 s), 0.00-0.05 % (0 to 3 clock ticks of 10 ms) with naps that start
+# no process. The bound sits between, clear of the ticks' granularity (0.05 % is 3 ticks: one CI run measured it).
+OVERHEAD_BOUND_PERCENT = 0.1
 
 
 def job_cpu_ticks(slurm_job_id: str, leave_out: str) -> dict[int, int]:
@@ -165,7 +166,7 @@ def job_cpu_ticks(slurm_job_id: str, leave_out: str) -> dict[int, int]:
 
 
 @pytest.mark.cluster
-def test_orchc_beside_a_redis_benchmark_uses_under_a_twentieth_of_a_percent_of_a_core(cluster, needs_redis, tmp_path):
+def test_orchc_beside_a_redis_benchmark_uses_under_a_tenth_of_a_percent_of_a_core(cluster, needs_redis, tmp_path):
     """The client's results say what its own processes used in the benchmark window (orchc_cpu_percent); the
     service's (same node here) are read from /proc over the same window."""
     port = free_port()
