@@ -133,16 +133,18 @@ orchc_stopped() {
 # orchc_record_job [EXIT_STATUS]: jobs/<job>.json in the run folder (written atomically): the SLURM job that
 # ran this job, its nodes, when it started and, once it ends, when and with which exit status.
 orchc_record_job() {
-    local file="$ORCHC_RUN_DIR/jobs/$ORCHC_JOB.json" ended=null status=null
+    local file="$ORCHC_RUN_DIR/jobs/$ORCHC_JOB.json" ended=null status=null nodes
     ORCHC_STARTED=${ORCHC_STARTED:-$(date -u +%Y-%m-%dT%H:%M:%SZ)}
     if [ "$#" -gt 0 ]; then
         ended="\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\""
         status=$1
     fi
     mkdir -p "$ORCHC_RUN_DIR/jobs" 2>/dev/null || return 0
+    # a step of one allocation runs on its step's nodes, not on all of the allocation's
+    nodes=${ORCHC_ALLOCATION:+${SLURM_STEP_NODELIST:-}}
     printf '{"job": %s, "slurm_job_id": %s, "nodes": %s, "started": "%s", "ended": %s, "exit_status": %s}\n' \
         "$(orchc_json_string "$ORCHC_JOB")" "$(orchc_json_string "${SLURM_JOB_ID:-}")" \
-        "$(orchc_json_string "${SLURM_JOB_NODELIST:-$(hostname)}")" "$ORCHC_STARTED" "$ended" "$status" \
+        "$(orchc_json_string "${nodes:-${SLURM_JOB_NODELIST:-$(hostname)}}")" "$ORCHC_STARTED" "$ended" "$status" \
         >"$file.tmp.$$" 2>/dev/null && mv -f "$file.tmp.$$" "$file" 2>/dev/null || true
 }
 # orchc_self_id: who this job is in the run's files (endpoints/, done/): its SLURM job id, or, when it runs as a

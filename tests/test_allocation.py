@@ -67,14 +67,16 @@ def test_one_allocation_asks_for_the_union_of_the_jobs_resources(orchc, write, t
                                     "--output=slurm-%j.out", "--error=slurm-%j.err"]
     assert re.fullmatch(r"--job-name=ladder_[0-9a-f]{8}", sbatch_lines(script)[0])
     # each job's own script as a step: the service in the background, the clients in the manifest's order
-    assert "orchc_step redis '' --nodes=1 --cpus-per-task=2 --mem=2G\n" in script
-    assert ('bench-p02-r1) orchc_step bench-p02-r1 "$SLURM_JOB_ID.redis" --nodes=1 --cpus-per-task=1 --mem=1G '
-            '--time=00:03:00 ;;') in script
+    # placement: spread (the default): the service on the allocation's first node, the clients on the next
+    assert "orchc_step redis '' --nodes=1 --relative=0 --cpus-per-task=2 --mem=2G\n" in script
+    assert ('bench-p02-r1) orchc_step bench-p02-r1 "$SLURM_JOB_ID.redis" --nodes=1 --relative=1 --cpus-per-task=1 '
+            '--mem=1G --time=00:03:00 ;;') in script
     assert "    [bench-p01-r1]=''\n    [bench-p02-r1]='bench-p01-r1'\n" in script
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["allocation"]["mode"] == "one" and manifest["allocation"]["script"] == ALLOCATION_SCRIPT
     assert manifest["allocation"]["resources"] == {"nodes": 2, "ntasks": 2, "cpus_per_task": 2, "mem": "2G",
                                                    "time": "00:08:00"}
+    assert manifest["allocation"]["placement"] == {"redis": 0, "bench-p01-r1": 1, "bench-p02-r1": 1}
     assert ALLOCATION_SCRIPT in manifest["files"]
     # the jobs' scripts are the ones allocation: separate writes, byte for byte
     separate = compiled(orchc, write, tmp_path, allocation="separate", sub="separate")
@@ -92,6 +94,27 @@ def test_allocation_resources_override_the_computed_ones_and_packing_sums_memory
     assert lines[1:6] == ["--nodes=1", "--ntasks=2", "--cpus-per-task=2", "--mem=3G", "--time=10"]
     how = json.loads((folder / "manifest.json").read_text())["allocation"]["how"]
     assert how["nodes"] == how["time"] == "allocation.resources"
+
+
+def test_placement_pack_puts_every_job_on_the_allocations_one_node(orchc, write, tmp_path):
+    text = LADDER.replace("allocation: {allocation}", "allocation: {{mode: one, placement: pack}}")
+    folder = compiled(orchc, write, tmp_path, text=text)
+    script = (folder / ALLOCATION_SCRIPT).read_text()
+    # co-located: one node, the memory of the jobs that run at once added up, every step on it
+    assert sbatch_lines(script)[1:6] == ["--nodes=1", "--ntasks=2", "--cpus-per-task=2", "--mem=3G", "--time=00:08:00"]
+    assert "orchc_step redis '' --nodes=1 --relative=0 " in script
+    assert 'orchc_step bench-p02-r1 "$SLURM_JOB_ID.redis" --nodes=1 --relative=0 ' in script
+    allocation = json.loads((folder / "manifest.json").read_text())["allocation"]
+    assert allocation["how"]["nodes"].startswith("placement: pack")
+    assert set(allocation["placement"].values()) == {0}
+
+
+def test_an_unknown_placement_is_a_located_error(orchc, write, tmp_path):
+    recipe = write("p/ladder.yaml", LADDER.replace("allocation: {allocation}", "allocation: {{mode: one, placement: packed}}")
+                   .format(port=16379))
+    done = orchc("compile", "ladder.yaml", "-o", "out", cwd=recipe.parent)
+    assert done.code == 1 and "ladder.yaml:3:" in done.err and "placement" in done.err, done.err
+    assert "Traceback" not in done.err
 
 
 def test_the_plan_and_submit_sh_submit_only_the_allocation(orchc, write, tmp_path):
@@ -152,7 +175,7 @@ def test_the_allocation_script_passes_shellcheck(orchc, write, tmp_path):
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # a client with no target in the recipe gets no target id and releases no service; it waits for no client
     script = (other / ALLOCATION_SCRIPT).read_text()
-    assert "far) orchc_step far '' --nodes=1 --cpus-per-task=1 --mem=0 --time=00:30:00 ;;" in script
+    assert "far) orchc_step far '' --nodes=1 --relative=1 --cpus-per-task=1 --mem=0 --time=00:30:00 ;;" in script
     assert "[far]=''" in script and "far) orchc_release" not in script and "near) orchc_release near redis" in script
 
 
@@ -239,6 +262,29 @@ def test_a_service_and_a_client_ladder_run_in_one_allocation(cluster, needs_redi
     assert "all clients finished; stopping" in (run / f"slurm-{allocation}.redis.err").read_text()
     assert not (run / "endpoints" / "redis").exists()
     wait_for(lambda: not redis_processes(port), 15, "redis-server to be gone")
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("placement", ["spread", "pack"])
+def test_placement_spreads_the_jobs_over_the_allocations_nodes_or_packs_them_on_one(cluster, needs_redis, tmp_path,  # noqa: F811
+                                                                                    placement):
+    text = (LADDER.replace("allocation: {allocation}", f"allocation: {{{{mode: one, placement: {placement}}}}}")
+            .replace(", mem: 2G", "").replace(", mem: 1G", "").format(port=free_port()))
+    (tmp_path / "ladder.yaml").write_text(text)
+    run = tmp_path / "run"
+    cluster_orchc("submit", "ladder.yaml", "--run-dir", run, cwd=tmp_path)
+    wait_for(lambda: all(job["state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+                         for job in status(run).values()), 180, "the allocation to end")
+    assert all(job["state"] == "COMPLETED" for job in status(run).values()), _logs(run)
+    # each job records the nodes of its own step (SLURM_STEP_NODELIST), not the allocation's
+    nodes = {name: json.loads((run / "jobs" / f"{name}.json").read_text())["nodes"]
+             for name in ("redis", "bench-p01-r1", "bench-p02-r1")}
+    assert all(re.fullmatch(r"n[1-4]", node) for node in nodes.values()), nodes
+    assert nodes["bench-p01-r1"] == nodes["bench-p02-r1"], nodes
+    if placement == "spread":
+        assert nodes["redis"] != nodes["bench-p01-r1"], nodes
+    else:
+        assert len(set(nodes.values())) == 1, nodes
 
 
 @pytest.mark.cluster

@@ -11,7 +11,8 @@ The allocation's resources, when `allocation.resources` does not set them:
 
 - the jobs that may run at once: every service, and the largest client (most CPUs, then memory);
   clients that are not ordered run together only as far as the allocation has room (srun waits);
-- nodes and ntasks: one per job of that set (a job's script is one task on one node);
+- nodes and ntasks: one per job of that set (a job's script is one task on one node); under
+  `placement: pack` one node (ntasks the same);
 - cpus_per_task: the most CPUs one job asks for (its ntasks x cpus_per_task); mem and gres: per node, the
   most one job asks for (memory: the sum over the set when `allocation.resources.nodes` packs them on fewer
   nodes);
@@ -19,6 +20,12 @@ The allocation's resources, when `allocation.resources` does not set them:
   client time limits one after another; without clients, the longest service time;
 - account, partition, qos: the value the jobs share (jobs that differ are an error: set it);
   extra: every job's extra options, each once.
+
+Placement (`allocation: {mode: one, placement: ...}`): `spread` (the default) puts each service on a
+node of its own (`srun --relative=K`, in the recipe's order) and the clients on the next node, so a
+client never measures a service that shares its node; `pack` puts every step on the allocation's first
+node (co-located: one node billed, client and service compete for it). With fewer nodes than that
+(`allocation.resources.nodes`), offsets wrap around.
 
 Everything written into the script is an integer, a plain word or a line orchc built (the job
 template's fail-closed filter applies, see templating.py); names are the manifest's job names.
@@ -28,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +47,7 @@ from ..recipe.resolve import Recipe, ResolvedJob
 from .directives import directives
 
 MODES = ("separate", "one")
+PLACEMENTS = ("spread", "pack")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MEM = re.compile(r"([1-9][0-9]*)([KMGT]?)")
 _MEM_UNITS = {"K": 1, "": 1024, "M": 1024, "G": 1024 ** 2, "T": 1024 ** 3}   # in KiB; no suffix means MiB
@@ -58,6 +66,7 @@ class StepPlan:
     time: str | None             # a client's own time limit (a step time limit); services run until done
     target: str | None           # a client's service in this recipe
     after_end: tuple[str, ...] = ()
+    relative: int = 0            # the step's first node within the allocation (srun --relative)
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ class Allocation:
     clients: tuple[StepPlan, ...]
     how: dict[str, str] = field(default_factory=dict)
     """resources key -> how its value was found (shown in the script's header and the manifest)"""
+    placement: str = "spread"
 
 
 def allocation_node(recipe: Recipe) -> Node | None:
@@ -107,8 +117,11 @@ def plan_allocation(recipe: Recipe, node: Node) -> Allocation:
         if values:
             resources[key] = values.pop()
             how[key] = "the jobs' own"
+    placement = _placement(node)
     resources["nodes"] = resources["ntasks"] = len(together)
     how["nodes"] = how["ntasks"] = "one per job that may run at once: " + ", ".join(job.name for job in together)
+    if placement == "pack":
+        resources["nodes"], how["nodes"] = 1, "placement: pack (every job on one node)"
     resources["cpus_per_task"] = max(steps[job.name].cpus for job in jobs)
     how["cpus_per_task"] = "the most CPUs one job asks for"
     nodes = int(override.get("nodes", resources["nodes"]))
@@ -138,9 +151,22 @@ def plan_allocation(recipe: Recipe, node: Node) -> Allocation:
     for key, value in override.items():
         resources[key] = value
         how[key] = "allocation.resources"
-    ordered = [job for job in jobs if job.role == "service"] + clients
-    return Allocation(resources, tuple(steps[job.name] for job in ordered if job.role == "service"),
-                      tuple(steps[job.name] for job in clients), how)
+    nodes = int(resources["nodes"])
+    offsets = {job.name: 0 if placement == "pack" else index % nodes for index, job in enumerate(services)}
+    offsets.update({job.name: 0 if placement == "pack" else len(services) % nodes for job in clients})
+    return Allocation(resources, tuple(replace(steps[job.name], relative=offsets[job.name]) for job in services),
+                      tuple(replace(steps[job.name], relative=offsets[job.name]) for job in clients), how, placement)
+
+
+def _placement(node: Node) -> str:
+    """The allocation's `placement`: spread (the default) or pack; anything else is an error located at it."""
+    entry = node.get("placement") if isinstance(node.value, dict) else None
+    if entry is None:
+        return "spread"
+    if entry.value not in PLACEMENTS:
+        raise OrchcError.at(entry.loc, f"placement must be one of {', '.join(PLACEMENTS)}: spread puts each service "
+                            "and the clients on nodes of their own, pack puts every job on one node")
+    return str(entry.value)
 
 
 def _step(job: ResolvedJob, recipe: Recipe) -> StepPlan:
@@ -222,7 +248,7 @@ def render_allocation(recipe: Recipe, node: Node, allocation: Allocation, script
     try:
         return str(template.render(recipe=recipe, shell=Raw(recipe.site.shell),
                                    directives=[Raw(line) for line in lines], services=allocation.services,
-                                   clients=allocation.clients, how=allocation.how,
+                                   clients=allocation.clients, how=allocation.how, placement=allocation.placement,
                                    source=Raw(_comment(Path(recipe.file).name)))) + "\n"
     except ValueError as exc:
         raise OrchcError.at(node.loc, f"{script}: {exc}") from None
@@ -233,7 +259,8 @@ def _comment(text: str) -> str:
 
 
 def manifest_entry(allocation: Allocation, script: str) -> dict[str, Any]:
-    return {"mode": "one", "script": script, "resources": dict(allocation.resources), "how": dict(allocation.how)}
+    return {"mode": "one", "script": script, "resources": dict(allocation.resources), "how": dict(allocation.how),
+            "placement": {step.name: step.relative for step in (*allocation.services, *allocation.clients)}}
 
 
 def one_allocation(recipe: Recipe, script: str) -> tuple[str, dict[str, Any]] | None:
