@@ -529,6 +529,93 @@ def test_prepare_builds_the_sysbench_client_image_from_the_definition_file_it_sh
     assert (run / "apptainer.log.def").read_text() == shipped
 
 
+FAKE_HF = r"""#!/bin/bash
+# hf download REPO: what Hugging Face's CLI does, as far as a test sees it: the model's folder in the hub cache under
+# $HF_HOME (models--ORG--NAME/snapshots/...), and a line in $HOME/hf.log (HOME reaches a --cleanenv container) with
+# its argv and what it found set.
+[ "$1" = download ] && [ "$#" = 2 ] || { echo "fake hf: want: download REPO" >&2; exit 2; }
+[ -n "${HF_HOME:-}" ] || { echo "fake hf: HF_HOME is not set" >&2; exit 2; }
+folder="$HF_HOME/hub/models--${2//\//--}/snapshots/0"
+mkdir -p "$folder" && echo '{}' >"$folder/config.json"
+echo "hf $* HF_HOME=$HF_HOME token=${HF_TOKEN:+set} offline=${HF_HUB_OFFLINE-}" >>"$HOME/hf.log"
+"""
+
+
+def test_prepare_downloads_the_vllm_model_into_the_model_store_on_the_login_node(orchc, write, tmp_path):
+    """The model's files are fetched by `orchc prepare` (the type's `prepare` phase, in the job's own image, on the
+    login node), not by the service on a billed GPU node; a gated model's HF_TOKEN reaches it in its environment."""
+    write("site.yaml", SITE.format(tmp=tmp_path) + f"storage:\n  models: {tmp_path}/models\n")
+    write("r.yaml", "service:\n  type: vllm\n  model: 'org/tiny-llama'\n")
+    result = orchc("compile", "r.yaml", "--site", "site.yaml", "-o", "out", cwd=tmp_path)
+    assert result.code == 0, result.err
+    run = tmp_path / "out" / "r"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("apptainer", FAKE_APPTAINER), ("hf", FAKE_HF)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "containers").mkdir()
+    image = tmp_path / "containers" / "vllm-openai-0.20.2-cu129.sif"
+    image.write_text(whole_image("docker://vllm/vllm-openai:v0.20.2-cu129"))
+    (tmp_path / "containers" / "vllm-openai-0.20.2-cu129.sif.source").write_text("docker://vllm/vllm-openai:v0.20.2-cu129\n")
+    prepare = subprocess.run([sys.executable, "-m", "compiler", "prepare", "r.yaml", "--site", "site.yaml"], cwd=tmp_path,
+                             env={**environment(run, bin_dir, HF_TOKEN="hf_secret_token_1234"), "PYTHONPATH": str(ROOT)},
+                             capture_output=True, text=True, timeout=120)
+    assert prepare.returncode == 0, prepare.stderr
+    log = (run / "hf.log").read_text()
+    assert f"hf download org/tiny-llama HF_HOME={tmp_path}/models/huggingface token=set offline=0" in log, log
+    assert "hf_secret_token_1234" not in log + prepare.stdout + prepare.stderr
+    assert (tmp_path / "models" / "huggingface" / "hub" / "models--org--tiny-llama" / "snapshots" / "0" / "config.json").exists()
+    assert "service vllm: model org/tiny-llama prepared" in prepare.stdout, prepare.stdout
+    # the service's own job no longer fetches it: vLLM finds it in HF_HOME, offline; here `vllm` is a stand-in that
+    # says what it was given and exits, which ends the job
+    (bin_dir / "vllm").write_text('#!/bin/bash\necho "vllm $* offline=$HF_HUB_OFFLINE" >>"$HOME/hf.log"\nexit 3\n')
+    (bin_dir / "vllm").chmod(0o755)
+    path = f"{nvidia_smi_standin.install(tmp_path / 'gpu')}{os.pathsep}{bin_dir}"
+    job = start(run, bin_dir, "vllm", ORCHC_STANDIN_DRIVER="575.51.03", PATH=f"{path}{os.pathsep}{os.environ['PATH']}")
+    _, err = finished(job, 1)
+    assert "not in the model store" not in err and "vllm serve org/tiny-llama" in (run / "hf.log").read_text(), err
+    assert "offline=1" in (run / "hf.log").read_text().splitlines()[-1]
+
+
+def test_a_vllm_job_whose_model_was_not_prepared_stops_in_setup_and_says_so(orchc, write, tmp_path):
+    write("site.yaml", SITE.format(tmp=tmp_path) + f"storage:\n  models: {tmp_path}/models\n")
+    write("r.yaml", "service:\n  type: vllm\n  model: 'org/tiny-llama'\n")
+    assert orchc("compile", "r.yaml", "--site", "site.yaml", "-o", "out", cwd=tmp_path).code == 0
+    run = tmp_path / "out" / "r"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apptainer").write_text(FAKE_APPTAINER)
+    (bin_dir / "apptainer").chmod(0o755)
+    path = f"{nvidia_smi_standin.install(tmp_path / 'gpu')}{os.pathsep}{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    _, err = finished(start(run, bin_dir, "vllm", ORCHC_STANDIN_DRIVER="575.51.03", PATH=path), 1)
+    assert ("model org/tiny-llama is not in the model store $ORCHC_MODELS/huggingface: orchc prepare (which orchc "
+            "submit runs first) downloads it on the login node") in err, err
+
+
+def test_a_failing_prepare_step_stops_prepare_and_names_the_job_and_the_type_line(orchc, write, tmp_path):
+    write("site.yaml", SITE.format(tmp=tmp_path) + f"storage:\n  models: {tmp_path}/models\n")
+    write("r.yaml", "service:\n  type: vllm\n  model: 'org/tiny-llama'\n")
+    assert orchc("compile", "r.yaml", "--site", "site.yaml", "-o", "out", cwd=tmp_path).code == 0
+    run = tmp_path / "out" / "r"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apptainer").write_text(FAKE_APPTAINER)
+    (bin_dir / "apptainer").chmod(0o755)
+    (bin_dir / "hf").write_text("#!/bin/bash\necho '401 Client Error: gated repo' >&2\nexit 1\n")
+    (bin_dir / "hf").chmod(0o755)
+    (tmp_path / "containers").mkdir()
+    (tmp_path / "containers" / "vllm-openai-0.20.2-cu129.sif").write_text(whole_image("docker://vllm/vllm-openai:v0.20.2-cu129"))
+    (tmp_path / "containers" / "vllm-openai-0.20.2-cu129.sif.source").write_text("docker://vllm/vllm-openai:v0.20.2-cu129\n")
+    prepare = subprocess.run([sys.executable, "-m", "compiler", "prepare", "r.yaml", "--site", "site.yaml"], cwd=tmp_path,
+                             env={**environment(run, bin_dir), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                             timeout=120)
+    assert prepare.returncode == 1 and "Traceback" not in prepare.stderr, prepare.stderr
+    assert re.search(r"error: orchc prepare of recipe r failed: service vllm: its prepare phase failed "
+                     r"\(service_defs/vllm\.yaml:\d+\)", prepare.stderr), prepare.stderr
+    assert "401 Client Error: gated repo" in prepare.stderr
+
+
 @pytest.mark.cluster
 def test_a_first_run_with_an_empty_store_prepares_once_and_no_client_times_out(cluster, needs_redis, monkeypatch,  # noqa: F811
                                                                               tmp_path):

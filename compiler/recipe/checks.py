@@ -39,6 +39,8 @@ from .typedefs import SHADOWED_VARIABLES, secret_variable
 
 PHASES = {"service": ("setup", "health_check"), "client": ("setup", "health_check", "benchmark", "results")}
 """The phases each role runs, in the order the script runs them."""
+PREPARE = "prepare"
+"""the phase `orchc prepare` runs on the login node, before any job (a type's model download), never in a job"""
 
 _SHELL_VARIABLES = ("IFS", "ENV", "SHELLOPTS", "PS4", "CDPATH", "GLOBIGNORE", "SLURM_*", "ORCHC_*")
 assert set(_SHELL_VARIABLES) <= set(SHADOWED_VARIABLES)
@@ -204,6 +206,12 @@ def _check_environment(job: ResolvedJob, origins: Origins, what: str, problems: 
 def _check_phases(job: ResolvedJob, origins: Origins, what: str, problems: Collector) -> None:
     allowed = PHASES[job.role]
     for phase, items in job.phases.items():
+        if phase == PREPARE:
+            for index, item in enumerate(items or ()):
+                if isinstance(item, dict):
+                    problems.add(origins.loc(("phases", phase, index)),
+                                 f"phases.{phase}: runs on the login node (orchc prepare): shell lines only, no files")
+            continue
         if phase not in allowed and items:
             problems.add(origins.key_loc(("phases", phase)), f"phases.{phase}: {what} runs only "
                          f"{' and '.join(allowed)}; a {phase} phase belongs to a client")

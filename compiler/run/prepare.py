@@ -50,11 +50,20 @@ def prepare(recipe: Recipe, connection: Connection | None = None, say: Callable[
             say(line)
         code, err = answer.code, answer.err
     if code != 0:
-        lines = [line for line in err.splitlines() if line.strip()]
-        errors = [line for line in lines if line.startswith("orchc prepare: error: ")]
-        last = (errors or lines or [f"exit status {code}"])[-1].removeprefix("orchc prepare: error: ")
-        raise ClusterError(f"orchc prepare of recipe {recipe.name} failed: {last}")
+        raise ClusterError(f"orchc prepare of recipe {recipe.name} failed: {_cause(err, code)}")
     return True
+
+
+def _cause(err: str, code: int) -> str:
+    """The script's last error line, with the last line the failing program wrote before it (apptainer's FATAL, a
+    download's HTTP error), which says why."""
+    lines = [line.strip() for line in err.splitlines() if line.strip()]
+    ours = [index for index, line in enumerate(lines) if line.startswith("orchc prepare: error: ")]
+    if not ours:
+        return lines[-1] if lines else f"exit status {code}"
+    said = lines[ours[-1]].removeprefix("orchc prepare: error: ")
+    before = [line for line in lines[:ours[-1]] if not line.startswith("orchc prepare: ")]
+    return f"{said}; its last words: {before[-1][:300]}" if before else said
 
 
 def _run_here(words: list[str], timeout: float, say: Callable[[str], None]) -> tuple[int, str]:

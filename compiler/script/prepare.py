@@ -1,62 +1,24 @@
 """The prepare script of a recipe: the bash text `orchc prepare` (and `orchc submit`, first) runs on a login node to
-build every image the recipe's jobs need into the site's image store (templates/prepare.sh holds its functions).
+build every image the recipe's jobs need into the site's image store (templates/prepare.sh holds its functions),
+then run each job's `prepare` phase (a type's own step, e.g. vLLM's model download into the model store).
 
-Jobs only check at start that their images were prepared (runtime.sh `orchc_image`): a build on a billed compute
-node, with Apptainer's cache and temp folder on the parallel file system, is what this avoids.
+Jobs only check at start that their images (and models) were prepared (runtime.sh `orchc_image`): a build or a
+download on a billed compute node, with Apptainer's cache and temp folder on the parallel file system, is what this
+avoids.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shlex
-from dataclasses import dataclass
 
 from ..boundary.quote import shell_word
 from ..core.paths import templates_dir
-from ..core.session import CompileSession
-from ..core.source import Node, Origins
-from ..recipe.resolve import Container, Recipe, ResolvedJob
-from ..recipe.typedefs import type_file_text
+from ..recipe.resolve import Recipe
+from .images import ImageSource, image_sources
+from .render import PASSED_INTO_CONTAINERS, prepare_phase
 
 REGISTRY_CREDENTIALS = "$HOME/.orchc/secrets/registry"
 """user name and password of the container registry, two lines, mode 0600 (README "Container images")"""
-
-
-DEFINITION = "def:"
-"""a container `source:` naming an Apptainer definition file the type ships (files/NAME beside the type file)"""
-
-
-@dataclass(frozen=True)
-class ImageSource:
-    image: str
-    source: str
-    """what the image is recorded as built from: the type's source, or for a definition file
-    def:NAME@sha256:<its sha256>, so that a changed file means a new build"""
-    definition: str | None = None
-    """the definition file's text, for def: sources"""
-
-
-def image_sources(job: ResolvedJob, origins: Origins, session: CompileSession) -> list[ImageSource]:
-    """The images of the containers the job starts: its own and its sidecars' that are switched on."""
-    started = [*([job.container] if job.container else []), *(sidecar.container for sidecar in job.active_sidecars())]
-    return [_image_source(c, origins, session) for c in started if c.image]
-
-
-def _image_source(container: Container, origins: Origins, session: CompileSession) -> ImageSource:
-    source = container.source or ""
-    if not source.startswith(DEFINITION):
-        return ImageSource(str(container.image), source)
-    node = Node(source.removeprefix(DEFINITION), origins.template((*container.path, "source")).loc)
-    # read and hashed once per compile, not once per job of a sweep
-    text, digest = session.once("definition", (os.path.dirname(os.path.abspath(node.loc.file)), node.value),
-                                lambda: _definition(node))
-    return ImageSource(str(container.image), f"{source}@sha256:{digest}", text)
-
-
-def _definition(node: Node) -> tuple[str, str]:
-    text = type_file_text(node)
-    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def prepare_script(recipe: Recipe) -> str | None:
@@ -83,7 +45,31 @@ def prepare_script(recipe: Recipe) -> str | None:
             lines.append(f"SLURM_JOB_ACCOUNT={shlex.quote(account)}")
             lines += _prepare_lines(f"{recipe.site.image_dir}/{found.image}.sif", found)
     lines.append(f'orchc_say "{len(seen)} image(s) of recipe {recipe.name} ready"')
+    lines += _phase_lines(recipe)
     return "\n".join(lines) + "\n"
+
+
+def _phase_lines(recipe: Recipe) -> list[str]:
+    """Each job's `prepare` phase, once per distinct text (a sweep's points that prepare the same model do it once),
+    in a subshell of its own with the job's storage variables and a throwaway run folder."""
+    lines: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for job in recipe.jobs:
+        phase = prepare_phase(job, recipe)
+        if phase is None:
+            continue
+        values, blocks, where = phase
+        account = str(job.resources.get("account") or "")
+        text = "\n".join([*values, *blocks])
+        if (account, text) in seen:
+            continue
+        seen.add((account, text))
+        lines += [f"SLURM_JOB_ACCOUNT={shlex.quote(account)}",
+                  f"orchc_phase_begin {shlex.quote(job.role)} {shlex.quote(job.name)} "
+                  f"{shell_word(recipe.site.storage.get('models') or '')} {' '.join(PASSED_INTO_CONTAINERS)}",
+                  "(", "set -o errexit", *values, *blocks, ") </dev/null &",
+                  f"orchc_phase_end $! {shlex.quote(job.role)} {shlex.quote(job.name)} {shlex.quote(where)}"]
+    return lines
 
 
 def _prepare_lines(sif: str, found: ImageSource) -> list[str]:

@@ -32,7 +32,7 @@ from ..recipe.checks import PHASES
 from ..recipe.resolve import Container, Recipe, ResolvedJob
 from ..recipe.typedefs import secret_variable
 from .directives import directives, gpus_of
-from .prepare import image_sources
+from .images import image_sources
 from .runtime import runtime_inlined, runtime_loader
 from .shipped import GPU_EXPORTER, PROCESS_EXPORTER, builtin_shipped, file_items, gpu_exporter_of, runs_process_exporter, shipped_file
 
@@ -418,6 +418,28 @@ def _phase_lines(job: ResolvedJob, recipe: Recipe, phase: str, context: dict[str
         if block:
             lines.append(Raw(f"{_where(phase, item, block, session)}\n{block}"))
     return lines
+
+
+PREPARE = "prepare"
+"""the phase a type runs on the login node, in `orchc prepare` (prepare.py), never in its job script"""
+
+
+def prepare_phase(job: ResolvedJob, recipe: Recipe) -> tuple[list[str], list[str], str] | None:
+    """The job's `prepare` phase for the prepare script: (the values it references, its blocks, the type file and
+    line it starts at), or None when the job's type has none. Rendered as the job's phases are, in its context."""
+    with recipe.session.active():
+        items = file_items(job, recipe, PREPARE)
+        if not items:
+            return None
+        origins = recipe.origins[job.name]
+        context = _context(job, recipe, origins)
+        values = ShellValues()
+        blocks = [block for block in (render_shell(item, context, values, recipe.session).strip() for item in items) if block]
+        if not blocks:
+            return None
+        loc = template_line(items[0], 1)
+        return (_codes(values.assignments, job, origins, multiline=True), blocks,
+                f"{_type_file(loc.file)}:{loc.line}")
 
 
 def _file_block(item: Node, context: dict[str, Any], session: CompileSession, self_contained: bool) -> list[str]:

@@ -85,3 +85,32 @@ orchc_prepare_image() {
     stat -c '%s %Y %i' -- "$sif" >"$sif.stat.tmp.$$" && mv -f -- "$sif.stat.tmp.$$" "$sif.stat"
     exec {lock}>&-
 }
+
+# orchc_phase_begin ROLE JOB MODELS NAME...: the environment of JOB's `prepare` phase, which runs next in a subshell:
+# the job's model store (created), a throwaway folder for the run folder and data folder its container binds, and
+# the variables NAME (HF_TOKEN, the web proxy) passed into its containers when set, in their environment.
+orchc_phase_begin() {
+    local name cli=${ORCHC_CONTAINER_CLI:-apptainer}
+    ORCHC_ROLE=$1 ORCHC_JOB=$2 ORCHC_MODELS=$3
+    ORCHC_RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/orchc-prepare-XXXXXX") || orchc_fail "cannot create a temporary folder"
+    ORCHC_DATA=$ORCHC_RUN_DIR ORCHC_RESULTS=$ORCHC_RUN_DIR
+    export ORCHC_ROLE ORCHC_JOB ORCHC_MODELS ORCHC_RUN_DIR ORCHC_DATA ORCHC_RESULTS
+    mkdir -p "$ORCHC_MODELS" || orchc_fail "$ORCHC_ROLE $ORCHC_JOB: cannot create the model store $ORCHC_MODELS"
+    for name in "${@:4}"; do
+        if [ -n "${!name+set}" ]; then
+            export "${cli^^}ENV_$name=${!name}"
+        fi
+    done
+    orchc_say "$ORCHC_ROLE $ORCHC_JOB: prepare"
+}
+# what a type's phase calls to say something, as in a job
+orchc_log() { orchc_say "$ORCHC_ROLE $ORCHC_JOB: $*"; }
+
+# orchc_phase_end PID ROLE JOB WHERE: wait for the phase's subshell PID (started in the background, so that its
+# errexit holds); its failure stops prepare, naming the job and the type file's line.
+orchc_phase_end() {
+    local status=0
+    wait "$1" || status=$?
+    rm -rf -- "$ORCHC_RUN_DIR"
+    [ "$status" = 0 ] || orchc_fail "$2 $3: its prepare phase failed ($4)"
+}
