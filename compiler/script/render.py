@@ -438,7 +438,7 @@ def prepare_phase(job: ResolvedJob, recipe: Recipe) -> tuple[list[str], list[str
         if not blocks:
             return None
         loc = template_line(items[0], 1)
-        return (_codes(values.assignments, job, origins, multiline=True), blocks,
+        return ([str(line) for line in _codes(values.assignments, job, origins, multiline=True)], blocks,
                 f"{_type_file(loc.file)}:{loc.line}")
 
 
