@@ -849,7 +849,8 @@ orchc_job_host() {
         state="" nodes=""
         read -r state nodes <<<"$answer" || true
         if [ "$state" = RUNNING ] && [ -n "$nodes" ]; then
-            node=$(scontrol show hostnames "$nodes" | head -n 1)
+            node=$(scontrol show hostnames "$nodes") || node=${nodes%%,*}
+            node=${node%%$'\n'*}   # the first; no `| head`, whose early close would fail the pipe
             addr=$(scontrol show node -o "$node" 2>/dev/null | grep -o ' NodeAddr=[^ ]*') || addr=""
             addr=${addr#*=}
             TARGET_HOST=${addr:-$node}
@@ -1123,7 +1124,10 @@ orchc_need_driver() {
     local driver host
     host=$(hostname -s 2>/dev/null || hostname)
     command -v nvidia-smi >/dev/null 2>&1 || orchc_fail "$2 needs an NVIDIA driver $1 or newer; $host has no nvidia-smi (no NVIDIA driver)"
-    driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1) || driver=""
+    # the whole answer, then its first line: `| head -n 1` may close the pipe before nvidia-smi has written its
+    # other GPUs' lines, and under pipefail the SIGPIPE it then gets would read as no driver
+    driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null) || driver=""
+    driver=${driver%%$'\n'*}
     [ -n "$driver" ] || orchc_fail "cannot read the NVIDIA driver version on $host (nvidia-smi --query-gpu=driver_version)"
     if [ "$(printf '%s\n%s\n' "$1" "$driver" | sort -V | head -n 1)" != "$1" ]; then
         orchc_fail "$2 needs an NVIDIA driver $1 or newer; $host has $driver: use a node with a newer driver or an image built for an older CUDA"
