@@ -62,7 +62,8 @@ def published_endpoint(run_dir: Path, job: RunJob) -> tuple[str, list[int]]:
     if readiness(run_dir, job.name, job.slurm_id) != "ready":
         raise ClusterError(f"job {job.name} has published no endpoint (yet): is it a service, and running? "
                            f"(see orchc status {run_dir})")
-    words = read_in_run(run_dir, f"endpoints/{job.name}", _ENDPOINT_LIMIT).split()
+    # the first line; a service with replicas adds a line per replica (orchc_publish_endpoint)
+    words = (read_in_run(run_dir, f"endpoints/{job.name}", _ENDPOINT_LIMIT).splitlines() or [""])[0].split()
     host = words[1] if len(words) > 1 else ""
     ports = [int(word) for word in words[2:] if word.isdigit() and 0 < int(word) < 65536]
     if not _HOST.fullmatch(host) or not ports:

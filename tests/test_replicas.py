@@ -1,0 +1,111 @@
+"""One engine per GPU (issue 21, item 4): `replicas: per_gpu` on a type that declares it (`replicas: [per_gpu]`) starts
+one instance per GPU of the job, each on its own device and port; on any other type it is a located error at the
+recipe's key. Compiled here; run for real on the 4-node test cluster in tests/test_cluster_replicas.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import ROOT
+from test_ollama import requests
+
+HEADLINE = re.compile(r"^(?P<loc>\S+:\d+:\d+): error: (?P<message>.+)$", re.M)
+
+
+def errors(err: str) -> list[tuple[str, str]]:
+    return [(m["loc"], m["message"]) for m in HEADLINE.finditer(err)]
+
+
+def test_replicas_on_a_type_that_runs_one_engine_is_refused_at_the_recipes_key(orchc, write, tmp_path):
+    recipe = write("r.yaml", "site: local\nservice:\n  name: cache\n  type: redis\n  replicas: per_gpu\n")
+    done = orchc("validate", recipe, cwd=tmp_path)
+    assert done.code == 1 and "Traceback" not in done.err
+    assert errors(done.err) == [
+        ("r.yaml:5:13", "replicas: service 'cache' asks for one engine per GPU, but type 'redis' runs one engine (it "
+                        "declares no replicas:); leave replicas out, or use a type that declares replicas: [per_gpu] "
+                        "(README \"One engine per GPU\")")]
+
+
+def test_an_unknown_replicas_value_is_located(orchc, write, tmp_path):
+    recipe = write("r.yaml", "site: local\nservice:\n  name: llm\n  type: ollama\n  auth_proxy: false\n  replicas: per_node\n")
+    done = orchc("validate", recipe, cwd=tmp_path)
+    assert done.code == 1 and [loc for loc, _ in errors(done.err)] == ["r.yaml:6:13"], done.err
+
+
+def test_ollama_per_gpu_starts_one_engine_per_gpu_and_publishes_them(orchc, write, tmp_path):
+    recipe = write("r.yaml", "site: local\nservice:\n  name: llm\n  type: ollama\n  auth_proxy: false\n  replicas: per_gpu\n"
+                             "  resources: {gres: 'gpu:4'}\n")
+    done = orchc("compile", recipe, "-o", "out", cwd=tmp_path)
+    assert done.code == 0, done.err
+    script = (tmp_path / "out" / "r" / "llm.sbatch").read_text()
+    assert "orchc_replicas_plan 11434\n" in script and "\norchc_replicas_start &\n" in script
+    assert 'OLLAMA_HOST=0.0.0.0:"$ORCHC_REPLICA_PORT"' in script
+    assert "orchc_replicas_each orchc_replica_health" in script
+
+
+
+def replica_job(orchc, write, tmp_path: Path) -> tuple[Path, Path, int]:
+    base = random.randrange(20000, 60000, 8)   # four consecutive ports
+    recipe = write("r.yaml", f"service:\n  name: llm\n  type: ollama\n  model: tiny\n  auth_proxy: false\n  replicas: per_gpu\n"
+                             f"  ports: [{base}]\n  health_timeout: 30\n  resources: {{gres: 'gpu:4'}}\n")
+    assert orchc("compile", str(recipe), "--site", "local", "-o", "out", cwd=tmp_path).code == 0
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "ollama"
+    shim.write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'ollama_standin.py'} \"$@\"\n")
+    shim.chmod(0o755)
+    return tmp_path / "out" / "r", bin_dir, base
+
+
+def run_service(run: Path, bin_dir: Path, **extra: str) -> tuple[int | None, str, str]:
+    """Start the service job; stop it once ready (its endpoint is published, and returned) or when it exits."""
+    env = {**os.environ, "ORCHC_RUN_DIR": str(run), "HOME": str(run), "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "STANDIN_LOG": str(run / "standin.log"), **extra}
+    job = subprocess.Popen(["bash", "llm.sbatch"], cwd=run, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    endpoint, deadline = run / "endpoints" / "llm", time.monotonic() + 90
+    while job.poll() is None and not endpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    published = endpoint.read_text() if endpoint.exists() else ""
+    code = job.poll()
+    if code is None:
+        os.killpg(job.pid, signal.SIGTERM)
+    _, err = job.communicate(timeout=30)
+    return code, err, published
+
+
+def test_four_gpus_four_ollamas_each_on_its_device_and_port_all_published(orchc, write, tmp_path):
+    run, bin_dir, base = replica_job(orchc, write, tmp_path)
+    code, err, published = run_service(run, bin_dir, CUDA_VISIBLE_DEVICES="0,1,2,3", STANDIN_SIZE_VRAM="1000",
+                                       STANDIN_SERVED=str(run / "served.log"))
+    assert code is None and published, err   # ready, then stopped by the test
+    served = [json.loads(line) for line in (run / "served.log").read_text().splitlines()]
+    assert sorted((s["host"], s["devices"]) for s in served) == [(f"0.0.0.0:{base + i}", str(i)) for i in range(4)]
+    lines = published.splitlines()
+    host = lines[0].split()[1]
+    assert lines[0].split()[2:] == [str(base)]   # what a client of one engine reads, unchanged
+    assert lines[1:] == [f"replica {i} {host} {base + i} {i}" for i in range(4)]
+    # every replica was health-checked and warmed up on its own port
+    assert sorted(entry["port"] for entry in requests(run) if entry["path"] == "/api/generate") == [base + i for i in range(4)]
+
+
+def test_a_replica_that_fails_stops_the_job_naming_it_and_its_gpu(orchc, write, tmp_path):
+    run, bin_dir, _ = replica_job(orchc, write, tmp_path)
+    code, err, _ = run_service(run, bin_dir, CUDA_VISIBLE_DEVICES="4,5,6,7", STANDIN_SIZE_VRAM="1000", STANDIN_FAIL_ON_DEVICES="6")
+    assert code == 1, err
+    assert "replica 2 on GPU 6 exited with status 3" in err, err
+
+
+def test_without_a_gpu_the_job_says_so(orchc, write, tmp_path):
+    run, bin_dir, _ = replica_job(orchc, write, tmp_path)
+    environment = {"CUDA_VISIBLE_DEVICES": "", "SLURM_JOB_GPUS": ""}
+    code, err, _ = run_service(run, bin_dir, **environment)
+    assert code == 1 and "replicas: per_gpu: the job got no GPU" in err, err
