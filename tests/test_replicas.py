@@ -109,3 +109,22 @@ def test_without_a_gpu_the_job_says_so(orchc, write, tmp_path):
     environment = {"CUDA_VISIBLE_DEVICES": "", "SLURM_JOB_GPUS": ""}
     code, err, _ = run_service(run, bin_dir, **environment)
     assert code == 1 and "replicas: per_gpu: the job got no GPU" in err, err
+
+
+def test_vllm_per_gpu_runs_one_engine_per_gpu_on_its_port_without_tensor_parallel(orchc, write, tmp_path):
+    recipe = write("r.yaml", "site: local\nservice:\n  name: llm\n  type: vllm\n  model: tiny\n  replicas: per_gpu\n"
+                             "  resources: {gres: 'gpu:4'}\n")
+    done = orchc("compile", recipe, "-o", "out", cwd=tmp_path)
+    assert done.code == 0, done.err
+    script = (tmp_path / "out" / "r" / "llm.sbatch").read_text()
+    function = script[script.index("orchc_replica() {"):script.index("orchc_replicas_start &")]
+    assert '--port "$ORCHC_REPLICA_PORT" --tensor-parallel-size 1 ' in function
+    assert 'orchc_wait_http http://127.0.0.1:"$ORCHC_REPLICA_PORT"/health' in script
+
+
+def test_replicas_across_nodes_is_refused(orchc, write, tmp_path):
+    recipe = write("r.yaml", "site: local\nservice:\n  name: llm\n  type: vllm\n  model: tiny\n  replicas: per_gpu\n"
+                             "  resources: {nodes: 2, gres: 'gpu:4'}\n")
+    done = orchc("validate", recipe, cwd=tmp_path)
+    assert done.code == 1 and errors(done.err)[0][0] == "r.yaml:6:13", done.err
+    assert "the replicas run on the job's one node" in errors(done.err)[0][1]

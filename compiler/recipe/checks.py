@@ -137,6 +137,10 @@ def _check_replicas(job: ResolvedJob, origins: Origins, what: str, problems: Col
         problems.add(origins.loc(("replicas",)), f"replicas: {what} asks for one engine per GPU, but type "
                      f"'{job.typedef.name}' runs one engine (it declares no replicas:); leave replicas out, or use a type "
                      "that declares replicas: [per_gpu] (README \"One engine per GPU\")")
+    nodes = job.resources.get("nodes")
+    if replicas == "per_gpu" and isinstance(nodes, int) and nodes > 1:
+        problems.add(origins.loc(("replicas",)), f"replicas: {what} asks for one engine per GPU and for {nodes} nodes: "
+                     "the replicas run on the job's one node; give nodes: 1, or leave replicas out to span the nodes")
 
 
 def _check_site_lists(job: ResolvedJob, origins: Origins, recipe: Recipe, problems: Collector) -> None:
