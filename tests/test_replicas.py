@@ -128,3 +128,19 @@ def test_replicas_across_nodes_is_refused(orchc, write, tmp_path):
     done = orchc("validate", recipe, cwd=tmp_path)
     assert done.code == 1 and errors(done.err)[0][0] == "r.yaml:6:13", done.err
     assert "the replicas run on the job's one node" in errors(done.err)[0][1]
+
+
+def test_tunnel_knows_every_replicas_port_and_takes_no_replica_number_or_gpu_for_one(tmp_path):
+    run = tmp_path / "run"
+    (run / "endpoints").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"recipe": "r", "state": "submitted", "jobs": [
+        {"name": "llm", "type": "ollama", "role": "service", "target": None, "script": "llm.sbatch",
+         "slurm_id": "41", "submitted": ""}]}))
+    (run / "endpoints" / "llm").write_text("41 n1 11434\n" + "".join(f"replica {i} n1 {11434 + i} {i + 4}\n" for i in range(4)))
+
+    def tunnel(port: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "compiler", "tunnel", str(run), "llm", str(port)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert tunnel(11436).stdout.startswith("llm listens on n1:11436")
+    refused = tunnel(5)
+    assert refused.returncode == 1 and "published port(s) 11434, 11435, 11436, 11437, not 5" in refused.stderr, refused
