@@ -58,6 +58,12 @@ requests still running then are cut, kept with error "cut at duration". SIGTERM,
 same way (error "stopped by SIGTERM", or "cut at REASON" when orchc wrote REASON into RESULTS_DIR/stopped
 before stopping the benchmark: its duration or time limit), then the program writes its metrics and exits.
 
+With `--replicas HOST:PORT,...` (the replicas of a service with one engine per GPU) each request goes to one
+replica, chosen by `--replica-policy`: round-robin (each in turn) or least-outstanding (the fewest requests in flight,
+ties in turn); its record names the replica. metrics.json stays the total of the pooled requests, with replicas_count,
+and replicas.json holds each replica's own metrics (over the run's whole wall time) and its outliers (outliers_of).
+The server's /metrics, its models and its version are read from --host and --port.
+
 With LLM_BENCH_API_KEY in the environment, every request (the server's version and models too) carries
 `Authorization: Bearer KEY`, as vLLM's --api-key / VLLM_API_KEY and OpenAI's API expect. The key is read
 from the environment only, so that it never shows on a command line. With `--tls-ca FILE` the connection is
@@ -1007,7 +1013,7 @@ def write_replicas(results, records, run):
         return {}
     per_replica = [{"replica": index, "address": address, "gpu": gpu,
                     "metrics": metrics_of([r for r in records if r.get("replica") == index], run)}
-                   for index, (address, gpu) in enumerate(zip(addresses, run.get("replica_gpus") or [None] * len(addresses)))]
+                   for index, (address, gpu) in enumerate(zip(addresses, [*(run.get("replica_gpus") or []), *[None] * len(addresses)]))]
     write_json(os.path.join(results, "replicas.json"), {"policy": run.get("replica_policy"), "replicas": per_replica,
                                                         "outliers": outliers_of(per_replica, "replica")})
     return {"replicas_count": len(addresses)}
