@@ -67,3 +67,14 @@ def test_a_bad_replica_address_is_refused(tmp_path: Path):
     done = subprocess.run([sys.executable, str(BENCH), "run", str(tmp_path / "x"), "--host", "h", "--port", "1", "--api",
                            "ollama", "--replicas", "127.0.0.1:80,nohostport"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "not HOST:PORT: 'nohostport'" in done.stderr
+
+
+def test_every_replica_is_kept_when_fewer_gpus_than_addresses_are_known(tmp_path: Path):
+    import llm_bench
+
+    records = [{"ok": True, "replica": i % 3, "send_s": 0.1 * i, "end_s": 0.1, "ttft_s": 0.05, "e2e_s": 0.1,
+                "chunk_times_s": [0.05, 0.1], "input_tokens": 1, "output_tokens": 2} for i in range(6)]
+    run = {"replicas": ["a:1", "b:2", "c:3"], "replica_gpus": ["0"], "wall_time_s": 1.0}
+    assert llm_bench.write_replicas(str(tmp_path), records, run) == {"replicas_count": 3}
+    shown = json.loads((tmp_path / "replicas.json").read_text())["replicas"]
+    assert [(r["address"], r["gpu"], r["metrics"]["requests_ok_count"]) for r in shown] == [("a:1", "0", 2), ("b:2", None, 2), ("c:3", None, 2)]
