@@ -168,7 +168,7 @@ def main(argv: list[str]) -> int:
         devices = os.environ.get("CUDA_VISIBLE_DEVICES")
         if os.environ.get("STANDIN_SERVED"):
             with open(os.environ["STANDIN_SERVED"], "a") as out:
-                out.write(json.dumps({"host": os.environ.get("OLLAMA_HOST"), "devices": devices}) + "\n")
+                out.write(json.dumps({"host": os.environ.get("OLLAMA_HOST"), "devices": devices, "pid": os.getpid()}) + "\n")
         if devices is not None and devices == os.environ.get("STANDIN_FAIL_ON_DEVICES"):
             return 3
         server = ThreadingHTTPServer(address(), Handler)

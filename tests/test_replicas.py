@@ -52,10 +52,10 @@ def test_ollama_per_gpu_starts_one_engine_per_gpu_and_publishes_them(orchc, writ
 
 
 
-def replica_job(orchc, write, tmp_path: Path) -> tuple[Path, Path, int]:
+def replica_job(orchc, write, tmp_path: Path, extra: str = "") -> tuple[Path, Path, int]:
     base = random.randrange(20000, 60000, 8)   # four consecutive ports
     recipe = write("r.yaml", f"service:\n  name: llm\n  type: ollama\n  model: tiny\n  auth_proxy: false\n  replicas: per_gpu\n"
-                             f"  ports: [{base}]\n  health_timeout: 30\n  resources: {{gres: 'gpu:4'}}\n")
+                             f"  ports: [{base}]\n  health_timeout: 30\n  resources: {{gres: 'gpu:4'}}\n{extra}")
     assert orchc("compile", str(recipe), "--site", "local", "-o", "out", cwd=tmp_path).code == 0
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -102,6 +102,29 @@ def test_a_replica_that_fails_stops_the_job_naming_it_and_its_gpu(orchc, write, 
     code, err, _ = run_service(run, bin_dir, CUDA_VISIBLE_DEVICES="4,5,6,7", STANDIN_SIZE_VRAM="1000", STANDIN_FAIL_ON_DEVICES="6")
     assert code == 1, err
     assert "replica 2 on GPU 6 exited with status 3" in err, err
+
+
+def test_a_replica_killed_after_the_job_was_ready_fails_it_naming_the_replica_and_its_gpu(orchc, write, tmp_path):
+    run, bin_dir, _ = replica_job(orchc, write, tmp_path, "  keep_running: true\n")
+    served = run / "served.log"
+    env = {**os.environ, "ORCHC_RUN_DIR": str(run), "HOME": str(run), "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "CUDA_VISIBLE_DEVICES": "0,1,2,3", "STANDIN_SIZE_VRAM": "1000", "STANDIN_SERVED": str(served)}
+    job = subprocess.Popen(["bash", "llm.sbatch"], cwd=run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while job.poll() is None and not (run / "endpoints" / "llm").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (run / "endpoints" / "llm").exists()
+        (victim,) = [json.loads(line)["pid"] for line in served.read_text().splitlines() if json.loads(line)["devices"] == "2"]
+        os.kill(victim, signal.SIGKILL)
+        _, err = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 1
+    assert "the service exited with status 137: replica 2 on GPU 2 exited with status 137" in err, err
+    assert not (run / "endpoints" / "llm").exists()
 
 
 def test_without_a_gpu_the_job_says_so(orchc, write, tmp_path):
