@@ -13,7 +13,9 @@ It is NOT Ollama. It answers the parts of Ollama's HTTP API the ollama type uses
   has eval_count and eval_duration (ns). The model is then "loaded". Unknown model: 404.
 - GET /api/ps -> the loaded models, compact JSON as Go writes it, size_vram = $STANDIN_SIZE_VRAM (default 0)
 
-Every request is appended to $STANDIN_LOG (one JSON line) when set.
+Every request is appended to $STANDIN_LOG (one JSON line) when set. `serve` appends its OLLAMA_HOST and
+CUDA_VISIBLE_DEVICES to $STANDIN_SERVED when set, and exits with status 3 at once when its CUDA_VISIBLE_DEVICES is
+$STANDIN_FAIL_ON_DEVICES (a replica that fails, tests/test_replicas.py).
 
 The same file is the `ollama` CLI shim: `serve` (listen on $OLLAMA_HOST), `pull MODEL`,
 `create NAME -f MODELFILE` (FROM and PARAMETER lines), talking to $OLLAMA_HOST like Ollama's CLI.
@@ -55,7 +57,8 @@ class Handler(BaseHTTPRequestHandler):
         log = os.environ.get("STANDIN_LOG")
         if log:
             with LOCK, open(log, "a") as out:
-                out.write(json.dumps({"method": self.command, "path": self.path, "body": body}) + "\n")
+                out.write(json.dumps({"method": self.command, "path": self.path, "body": body,
+                                      "port": self.server.server_address[1]}) + "\n")
 
     def _send(self, status: int, value: Any) -> None:
         data = compact(value) + b"\n"
@@ -162,6 +165,12 @@ def call(path: str, body: Any) -> None:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["serve"]:
+        devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if os.environ.get("STANDIN_SERVED"):
+            with open(os.environ["STANDIN_SERVED"], "a") as out:
+                out.write(json.dumps({"host": os.environ.get("OLLAMA_HOST"), "devices": devices, "pid": os.getpid()}) + "\n")
+        if devices is not None and devices == os.environ.get("STANDIN_FAIL_ON_DEVICES"):
+            return 3
         server = ThreadingHTTPServer(address(), Handler)
         server.daemon_threads = True
         server.serve_forever()

@@ -114,6 +114,15 @@ def test_vllm_on_two_nodes_serves_once_every_rank_joined_and_a_client_drives_it(
     tasks = json.loads((run / "results" / "bench" / "tasks.json").read_text())["tasks"]
     assert [task["metrics"]["requests_ok_count"] for task in tasks] == [10, 10]
     assert len({task["node"] for task in tasks}) == 2
+    # orchc results: the merged figures, then one row per task (its node and requests)
+    rows = results["bench"]["breakdown"]["tasks"]
+    assert [(row["task"], row["node"], row["requests_ok_count"]) for row in rows] == \
+        [(task["task"], task["node"], 10) for task in tasks]
+    shown = subprocess.run([sys.executable, "-m", "compiler", "results", str(run)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True).stdout
+    below = shown.partition("bench per task: 2 tasks")[2]
+    assert [line.split()[:3] for line in below.splitlines() if line.split()[:1] in (["0"], ["1"])] == \
+        [[str(task["task"]), task["node"], "10"] for task in tasks]
     assert sorted(path.name for path in (run / "results" / "bench" / "barrier").iterdir()) == ["0", "1"]
     wait_for(lambda: status(run)["llm"]["state"] not in ("RUNNING", "PENDING"), 60, "the service to stop")
     assert status(run)["llm"]["state"] == "COMPLETED"

@@ -77,6 +77,7 @@ def check_recipe(recipe: Recipe, problems: Collector) -> None:
         _check_environment(job, origins, what, problems)
         _check_extra_directives(job, origins, what, problems)
         _check_nodes(job, origins, what, problems)
+        _check_replicas(job, origins, what, problems)
         _check_phases(job, origins, what, problems)
     if problems.problems:
         return
@@ -129,6 +130,19 @@ def _check_nodes(job: ResolvedJob, origins: Origins, what: str, problems: Collec
         problems.add(origins.loc(("resources", "nodes")), f"resources.nodes: {what} asks for {nodes} nodes, but type "
                      f"'{job.typedef.name}' runs on one node (it declares no multi_node:): the other nodes would be billed "
                      "and idle; give nodes: 1, or use a type that declares multi_node (README \"Across nodes\")")
+
+
+def _check_replicas(job: ResolvedJob, origins: Origins, what: str, problems: Collector) -> None:
+    """One engine per GPU only on a type that says it can run so: else the recipe would get one engine, silently."""
+    replicas = job.fields.get("replicas")
+    if replicas == "per_gpu" and replicas not in job.typedef.replicas:  # another value: the field's schema said so
+        problems.add(origins.loc(("replicas",)), f"replicas: {what} asks for one engine per GPU, but type "
+                     f"'{job.typedef.name}' runs one engine (it declares no replicas:); leave replicas out, or use a type "
+                     "that declares replicas: [per_gpu] (README \"One engine per GPU\")")
+    nodes = job.resources.get("nodes")
+    if replicas == "per_gpu" and isinstance(nodes, int) and nodes > 1:
+        problems.add(origins.loc(("replicas",)), f"replicas: {what} asks for one engine per GPU and for {nodes} nodes: "
+                     "the replicas run on the job's one node; give nodes: 1, or leave replicas out to span the nodes")
 
 
 def _check_site_lists(job: ResolvedJob, origins: Origins, recipe: Recipe, problems: Collector) -> None:

@@ -62,6 +62,8 @@ class TypeDef:
     """the metrics compare shows by default (names or globs, results.metrics.metric_matches); () for the rule"""
     multi_node: Node | None = field(default=None, repr=False)
     """how the type spans nodes (schemas/typedef.schema.json multi_node), None for a type that runs on one node"""
+    replicas: tuple[str, ...] = ()
+    """the replicas a service of this type can run (schemas/typedef.schema.json replicas: per_gpu); () for one engine"""
 
     @cached_property
     def job_validator(self) -> Any:
@@ -392,6 +394,7 @@ def _typedef(name: str, merged: Node, fields_node: Node, chain: list[Node]) -> T
         doc=merged,
         headline=tuple(plain.get("headline", ())),
         multi_node=merged.get("multi_node"),
+        replicas=tuple(plain.get("replicas", ())),
     )
 
 

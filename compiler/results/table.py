@@ -198,15 +198,25 @@ def cmd_results(args: argparse.Namespace) -> int:
         collected[job] = {**(data if isinstance(data, dict) else {} if data is None else {"results": data}),
                           "images": used}
     job_states, _ = job_states_of(run_dir, run)
-    if args.json:
-        shown = {job: {**(data if isinstance(data, dict) else {} if data is None else {"results": data}),
-                       "job_state": job_states.get(job, "?")} for job, data in collected.items()}
-        print(json_text(shown, indent=2, sort_keys=True))
-        return 0
     if args.csv:
         from ..core.terminal import write_csv
 
         write_csv(_csv_table(run, run_dir, collected, job_states))
         return 0
+    from ..core.terminal import terminal_text
+    from .breakdown import breakdowns, heading_of, table_of
+
+    parts = {job: found for job in collected if (found := breakdowns(run_dir, job))}
+    if args.json:
+        shown = {job: {**(data if isinstance(data, dict) else {} if data is None else {"results": data}),
+                       "job_state": job_states.get(job, "?"), **({"breakdown": parts[job]} if job in parts else {})}
+                 for job, data in collected.items()}
+        print(json_text(shown, indent=2, sort_keys=True))
+        return 0
     print_table(f"results of {run_dir.name}", RESULT_HEADERS, _result_rows(collected, job_states))
+    for job, found in parts.items():
+        for kind, rows in found.items():
+            headers, table = table_of(kind, rows)
+            print(f"\n{terminal_text(heading_of(job, kind, rows))}")
+            print_table("", headers, table)
     return 0

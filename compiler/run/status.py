@@ -56,15 +56,19 @@ def _first_words(run_dir: Path, name: str) -> list[str]:
 
 
 def published_endpoint(run_dir: Path, job: RunJob) -> tuple[str, list[int]]:
-    """The node and ports a service published (endpoints/<job>: `ID HOST PORT...`, orchc_publish_endpoint)."""
+    """The node and ports a service published (endpoints/<job>: `ID HOST PORT...`, orchc_publish_endpoint), its replicas'
+    ports after its own."""
     from ..core.files import read_in_run
 
     if readiness(run_dir, job.name, job.slurm_id) != "ready":
         raise ClusterError(f"job {job.name} has published no endpoint (yet): is it a service, and running? "
                            f"(see orchc status {run_dir})")
-    words = read_in_run(run_dir, f"endpoints/{job.name}", _ENDPOINT_LIMIT).split()
+    # `ID HOST PORT...`, then a line `replica I HOST PORT GPU` per replica of a service with one engine per GPU
+    lines = read_in_run(run_dir, f"endpoints/{job.name}", _ENDPOINT_LIMIT).splitlines() or [""]
+    words = lines[0].split()
     host = words[1] if len(words) > 1 else ""
-    ports = [int(word) for word in words[2:] if word.isdigit() and 0 < int(word) < 65536]
+    replicas = [line.split()[3] for line in lines[1:] if len(line.split()) == 5 and line.split()[0] == "replica"]
+    ports = list(dict.fromkeys(int(word) for word in [*words[2:], *replicas] if word.isdigit() and 0 < int(word) < 65536))
     if not _HOST.fullmatch(host) or not ports:
         raise ClusterError(f"endpoints/{job.name} does not name a host and a port: {' '.join(words)[:80]!r}")
     return host, ports

@@ -78,6 +78,7 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
         "keep_running": bool(job.fields.get("keep_running")),
         "publish_metrics": _publish_metrics_line(job, recipe),
         "health_timeout": int(job.fields.get("health_timeout") or 0),
+        "replicas": job.fields.get("replicas") if job.role == "service" else None,
     }
     parts["values"] = values.assignments
     parts["publish_metrics"] = _code(parts["publish_metrics"], job, origins)
@@ -341,6 +342,8 @@ def _service_command(job: ResolvedJob, recipe: Recipe, origins: Origins, context
         return ""
     if nodes_spanned(job) > 1:
         return _ranks_start(job, recipe, context, values)
+    if job.fields.get("replicas") == "per_gpu":
+        return _replicas_start(job, recipe, origins, context, values)
     return _start_line(job.container, recipe, origins, context, values, context["_run_parts"])
 
 
@@ -375,6 +378,18 @@ def _ranks_start(job: ResolvedJob, recipe: Recipe, context: dict[str, Any], valu
         "orchc_ranks_folder",
         str(_where("start", command_node, function, recipe.session)),
         function, start]))
+
+
+def _replicas_start(job: ResolvedJob, recipe: Recipe, origins: Origins, context: dict[str, Any], values: ShellValues) -> str:
+    """The lines that start one engine per GPU: the container's command as the function each replica runs, then
+    runtime.sh's orchc_replicas_plan (the job's GPUs, ports from ports[0]) and orchc_replicas_start in the background."""
+    assert job.container is not None
+    assignments, words = context["_run_parts"]
+    command_node = origins.template((*job.container.path, "command"))
+    command = render_shell(command_node, context, values, recipe.session)
+    function = "orchc_replica() {\n    " + " ".join([*assignments, *words, command]) + "\n}"
+    return Raw("\n".join([f"orchc_replicas_plan {int(job.fields['ports'][0])}",
+                           str(_where("start", command_node, function, recipe.session)), function, "orchc_replicas_start &"]))
 
 
 def _where(phase: str, node: Node, block: str, session: CompileSession) -> Raw:

@@ -58,6 +58,12 @@ requests still running then are cut, kept with error "cut at duration". SIGTERM,
 same way (error "stopped by SIGTERM", or "cut at REASON" when orchc wrote REASON into RESULTS_DIR/stopped
 before stopping the benchmark: its duration or time limit), then the program writes its metrics and exits.
 
+With `--replicas HOST:PORT,...` (the replicas of a service with one engine per GPU) each request goes to one
+replica, chosen by `--replica-policy`: round-robin (each in turn) or least-outstanding (the fewest requests in flight,
+ties in turn); its record names the replica. metrics.json stays the total of the pooled requests, with replicas_count,
+and replicas.json holds each replica's own metrics (over the run's whole wall time) and its outliers (outliers_of).
+The server's /metrics, its models and its version are read from --host and --port.
+
 With LLM_BENCH_API_KEY in the environment, every request (the server's version and models too) carries
 `Authorization: Bearer KEY`, as vLLM's --api-key / VLLM_API_KEY and OpenAI's API expect. The key is read
 from the environment only, so that it never shows on a command line. With `--tls-ca FILE` the connection is
@@ -385,6 +391,7 @@ class Run:
         self.errors = []
         self.out = None
         self.headers = {**HEADERS, **auth_headers()}
+        self.replicas = Replicas(args.replicas, args.replica_policy) if args.replicas else None
 
     def remaining(self):
         return self.deadline - time.perf_counter()
@@ -414,6 +421,51 @@ class Run:
             if self.out is not None:
                 self.out.write(json.dumps(record, sort_keys=True) + "\n")
                 self.out.flush()
+
+
+class Replicas:
+    """The replicas of a service with one engine per GPU (--replicas), and which one the next request goes to:
+    round-robin (each in turn) or least-outstanding (the one with the fewest requests in flight; ties in turn)."""
+
+    def __init__(self, addresses, policy):
+        self.addresses = addresses
+        self.policy = policy
+        self.lock = threading.Lock()
+        self.turn = 0
+        self.outstanding = [0] * len(addresses)
+
+    def take(self):
+        """The replica the next request goes to, counted as outstanding until done(replica)."""
+        count = len(self.addresses)
+        with self.lock:
+            start = self.turn % count
+            self.turn += 1
+            if self.policy == "least-outstanding":
+                chosen = min(range(count), key=lambda k: (self.outstanding[k], (k - start) % count))
+            else:
+                chosen = start
+            self.outstanding[chosen] += 1
+            return chosen
+
+    def done(self, replica):
+        with self.lock:
+            self.outstanding[replica] -= 1
+
+
+def sent_to(run, connections, index, prompt_index, prompt, intended):
+    """send() to the replica run.replicas chooses (a keep-alive connection per replica in `connections`, the caller's),
+    the record naming it; without replicas, to --host and --port on connections[None]."""
+    replica = run.replicas.take() if run.replicas else None
+    conn = connections.get(replica) or new_connection(run.args, run.replicas.addresses[replica] if run.replicas else None)
+    connections[replica] = conn
+    try:
+        record = send(run, conn, index, prompt_index, prompt, intended)
+    finally:
+        if run.replicas:
+            run.replicas.done(replica)
+    if run.replicas:
+        record["replica"] = replica
+    return record
 
 
 def _text(value):
@@ -618,11 +670,13 @@ def send(run, conn, index, prompt_index, prompt, intended=None):
 
 # ---------------------------------------------------------------------------------------------- load
 
-def new_connection(args):
+def new_connection(args, address=None):
+    """A connection to `address` ((host, port), one of --replicas), else to --host and --port."""
+    host, port = address or (args.host, args.port)
     if args.tls_ca:
         context = ssl.create_default_context(cafile=args.tls_ca)
-        return http.client.HTTPSConnection(args.host, args.port, timeout=args.request_timeout, context=context)
-    return http.client.HTTPConnection(args.host, args.port, timeout=args.request_timeout)
+        return http.client.HTTPSConnection(host, port, timeout=args.request_timeout, context=context)
+    return http.client.HTTPConnection(host, port, timeout=args.request_timeout)
 
 
 def closed_loop(run, prompts, count, workers, first_index, on_record):
@@ -630,7 +684,7 @@ def closed_loop(run, prompts, count, workers, first_index, on_record):
     counter = {"next": 0}
 
     def worker():
-        conn = new_connection(run.args)
+        connections = {}
         intended = run.t0  # a worker's first request is due at the start, each next one when the last ended
         try:
             while True:
@@ -640,11 +694,12 @@ def closed_loop(run, prompts, count, workers, first_index, on_record):
                         return
                     counter["next"] = i + 1
                 index = first_index + i
-                record = send(run, conn, index, index % len(prompts), prompts[index % len(prompts)], intended)
+                record = sent_to(run, connections, index, index % len(prompts), prompts[index % len(prompts)], intended)
                 intended = time.perf_counter() if run.t0 is not None else None
                 on_record(record)
         finally:
-            conn.close()
+            for conn in connections.values():
+                conn.close()
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(workers, count))]
     for thread in threads:
@@ -679,13 +734,12 @@ def open_loop(run, prompts, count, first_index, on_record):
 
     def one(index, intended):
         with run.lock:
-            conn = idle.pop() if idle else None
-        conn = conn or new_connection(args)
+            connections = idle.pop() if idle else {}
         try:
-            on_record(send(run, conn, index, index % len(prompts), prompts[index % len(prompts)], intended))
+            on_record(sent_to(run, connections, index, index % len(prompts), prompts[index % len(prompts)], intended))
         finally:
             with run.lock:
-                idle.append(conn)
+                idle.append(connections)
             if slots is not None:
                 slots.release()
 
@@ -709,8 +763,9 @@ def open_loop(run, prompts, count, first_index, on_record):
         if len(threads) >= 1000:
             threads = [t for t in threads if t.is_alive()]
     join_all(run, threads)
-    for conn in idle:
-        conn.close()
+    for connections in idle:
+        for conn in connections.values():
+            conn.close()
 
 
 def join_all(run, threads):
@@ -840,6 +895,9 @@ def run_command(args, search=None):
             "num_requests": args.num_requests, "warmup_requests": args.warmup_requests, "request_rate": args.request_rate,
             "concurrent": None if args.request_rate else args.concurrent, "max_concurrency": args.max_concurrency,
             "slo": args.slo, "arrivals": args.arrivals, "search": args.search}
+    if args.replicas:
+        info.update(replicas=[f"{host}:{port}" for host, port in args.replicas], replica_policy=args.replica_policy,
+                    replica_gpus=args.replica_gpus)
     if barrier:
         info.update(task=task, tasks=tasks, node=os.environ.get("SLURMD_NODENAME") or socket.gethostname())
     run_path = os.path.join(args.results, "run.json")
@@ -941,8 +999,24 @@ def summarize(results):
     records = read_jsonl(os.path.join(results, "requests.jsonl"))
     engine = read_jsonl(os.path.join(results, "engine.jsonl"))
     metrics = metrics_of(records, run, engine)
+    metrics.update(write_replicas(results, records, run))
     write_json(os.path.join(results, "metrics.json"), metrics)
     return metrics
+
+
+def write_replicas(results, records, run):
+    """replicas.json, when the load went to the replicas of a service (run.json's `replicas`: their addresses): each
+    replica's own metrics (its requests over the run's whole wall time, so the replicas' throughputs add up to the
+    total) and the outliers (OUTLIER_METRICS); the total stays the pooled metrics. Returns replicas_count."""
+    addresses = run.get("replicas")
+    if not addresses:
+        return {}
+    per_replica = [{"replica": index, "address": address, "gpu": gpu,
+                    "metrics": metrics_of([r for r in records if r.get("replica") == index], run)}
+                   for index, (address, gpu) in enumerate(zip(addresses, [*(run.get("replica_gpus") or []), *[None] * len(addresses)]))]
+    write_json(os.path.join(results, "replicas.json"), {"policy": run.get("replica_policy"), "replicas": per_replica,
+                                                        "outliers": outliers_of(per_replica, "replica")})
+    return {"replicas_count": len(addresses)}
 
 
 OUTLIER_METRICS = ("request_throughput_per_s", "ttft_median_ms", "e2e_latency_median_ms")
@@ -990,6 +1064,7 @@ def merge(results, folders):
                   "num_requests": sum(run.get("num_requests") or 0 for run in runs),
                   "request_rate": sum(rates) if all(isinstance(r, (int, float)) for r in rates) else None}
     metrics = metrics_of(pooled, merged_run)
+    metrics.update(write_replicas(results, pooled, merged_run))
     metrics["tasks_count"] = len(tasks)
     per_task = [{"task": run.get("task", index), "node": run.get("node"), "metrics": metrics_of(records, run)}
                 for index, (run, records) in tasks]
@@ -999,16 +1074,27 @@ def merge(results, folders):
     return metrics
 
 
-def outliers_of(per_task):
-    """The tasks whose figures differ markedly from the others' (OUTLIER_METRICS, OUTLIER_FACTOR)."""
+def outliers_of(per_task, key="task"):
+    """The tasks (or replicas: key) whose figures differ markedly from the others' (OUTLIER_METRICS, OUTLIER_FACTOR)."""
     found = []
     for name in OUTLIER_METRICS:
-        values = [(task["task"], task["metrics"].get(name)) for task in per_task]
+        values = [(task[key], task["metrics"].get(name)) for task in per_task]
         known = [value for _, value in values if isinstance(value, (int, float))]
         middle = percentile(known, 50) if len(known) > 1 else None
         for index, value in values:
             if middle and isinstance(value, (int, float)) and (value > OUTLIER_FACTOR * middle or value * OUTLIER_FACTOR < middle):
-                found.append({"task": index, "metric": name, "value": value, "tasks_median": middle})
+                found.append({key: index, "metric": name, "value": value, "tasks_median": middle})
+    return found
+
+
+def addresses(text):
+    """HOST:PORT,HOST:PORT... -> [(host, port)]."""
+    found = []
+    for word in text.split(","):
+        host, _, port = word.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise argparse.ArgumentTypeError(f"not HOST:PORT: {word!r}")
+        found.append((host, int(port)))
     return found
 
 
@@ -1056,6 +1142,11 @@ def parser():
     r.add_argument("--config", help="a JSON object of options (see config_arguments); options given here win")
     r.add_argument("--host", required=True)
     r.add_argument("--port", type=int, required=True)
+    r.add_argument("--replicas", type=addresses,
+                   help="HOST:PORT,HOST:PORT...: the replicas of a service with one engine per GPU; each request goes to one")
+    r.add_argument("--replica-gpus", type=lambda text: text.split(","), help="GPU,GPU...: each replica's GPU, for the results")
+    r.add_argument("--replica-policy", choices=("round-robin", "least-outstanding"), default="round-robin",
+                   help="which replica a request goes to: each in turn, or the one with the fewest requests in flight")
     r.add_argument("--tls-ca", help="TLS, the server's certificate checked against this CA file")
     r.add_argument("--api", choices=sorted(APIS), required=True)
     r.add_argument("--model", help="the model named in every request (default: the first the server lists)")

@@ -321,6 +321,57 @@ orchc_rank_run() {
     printf '%s %s\n' "$status" "$node" >"$ORCHC_RANKS/$ORCHC_NODE_RANK.exit"
     return "$status"
 }
+# orchc_replicas_plan BASE_PORT: one engine per GPU (a recipe's replicas: per_gpu; README "One engine per GPU"): the
+# job's GPUs as SLURM gave them (CUDA_VISIBLE_DEVICES of the gres, else SLURM_JOB_GPUS) in ORCHC_REPLICA_GPUS, replica I
+# on GPU ORCHC_REPLICA_GPUS[I] and port BASE_PORT + I; fails when the job got no GPU.
+orchc_replicas_plan() {
+    local gpus=${CUDA_VISIBLE_DEVICES:-}
+    [ -n "$gpus" ] && [ "$gpus" != NoDevFiles ] || gpus=${SLURM_JOB_GPUS:-}
+    [ -n "$gpus" ] || orchc_fail "replicas: per_gpu: the job got no GPU (no CUDA_VISIBLE_DEVICES nor SLURM_JOB_GPUS): ask for one with gres: gpu:N"
+    IFS=, read -r -a ORCHC_REPLICA_GPUS <<<"$gpus"
+    ORCHC_REPLICA_BASE=$1
+    orchc_ranks_folder
+    orchc_log "one engine per GPU: ${#ORCHC_REPLICA_GPUS[@]} replicas on GPUs $gpus, ports $1 to $(($1 + ${#ORCHC_REPLICA_GPUS[@]} - 1))"
+}
+# orchc_replicas_start: run the function orchc_replica once per GPU of orchc_replicas_plan, each with
+# CUDA_VISIBLE_DEVICES its own GPU, ORCHC_REPLICA its number and ORCHC_REPLICA_PORT its port; meant to run in the
+# background (`&`, the service's process). Each leaves "STATUS GPU" in $ORCHC_RANKS/replica-I.exit as it ends
+# (orchc_rank_failure names it); the first to end stops the others and ends this with its status.
+orchc_replicas_start() {
+    local i status=0 pids=()
+    trap - EXIT ERR
+    set +o errexit
+    for i in "${!ORCHC_REPLICA_GPUS[@]}"; do
+        (
+            export CUDA_VISIBLE_DEVICES=${ORCHC_REPLICA_GPUS[i]} ORCHC_REPLICA=$i ORCHC_REPLICA_PORT=$((ORCHC_REPLICA_BASE + i))
+            echo "[orchc] replica $i starts on GPU $CUDA_VISIBLE_DEVICES, port $ORCHC_REPLICA_PORT" >&2
+            orchc_replica
+            status=$?
+            printf '%s %s\n' "$status" "${ORCHC_REPLICA_GPUS[i]}" >"$ORCHC_RANKS/replica-$i.exit"
+            exit "$status"
+        ) &
+        pids+=("$!")
+    done
+    wait -n
+    status=$?
+    for i in "${pids[@]}"; do orchc_kill_tree TERM "$i"; done
+    exit "$((status == 0 ? 1 : status))"   # an engine that ends by itself has failed its clients
+}
+# orchc_replicas_each COMMAND...: COMMAND once per replica (the type's health check), with ORCHC_REPLICA,
+# ORCHC_REPLICA_PORT and ORCHC_REPLICA_GPU set; the job is ready when it passed for every replica. COMMAND runs in a
+# subshell (errexit as in the job, not `||`'s), so that its failure is said with the replica that ended, when one did:
+# replica I on GPU G exited with status S (a failing replica stops the others, which fails the check under way).
+orchc_replicas_each() {
+    local i status
+    for i in "${!ORCHC_REPLICA_GPUS[@]}"; do
+        ORCHC_REPLICA=$i ORCHC_REPLICA_PORT=$((ORCHC_REPLICA_BASE + i)) ORCHC_REPLICA_GPU=${ORCHC_REPLICA_GPUS[i]}
+        orchc_log "replica $i (GPU $ORCHC_REPLICA_GPU, port $ORCHC_REPLICA_PORT): health check"
+        status=0
+        ("$@") &
+        wait "$!" || status=$?
+        [ "$status" = 0 ] || orchc_fail "replica $i (GPU $ORCHC_REPLICA_GPU, port $ORCHC_REPLICA_PORT) did not become ready (its health check ended with status $status)$(orchc_rank_failure)"
+    done
+}
 # orchc_tasks_run TASKS COMMAND...: COMMAND once in each of TASKS srun tasks, one per node of the job (a client
 # type's multi_node: its load generators; each finds SLURM_PROCID of SLURM_STEP_NUM_TASKS and takes its share);
 # its status is srun's. Variables assigned before the call, or given as NAME=VALUE words first (the key), reach the
@@ -367,10 +418,14 @@ orchc_tasks_stop() {
 orchc_rank_failure() {
     local file status node
     [ -n "${ORCHC_RANKS:-}" ] && [ -d "$ORCHC_RANKS" ] || return 0
-    # shellcheck disable=SC2012  # oldest first; the names are RANK.exit, digits
+    # shellcheck disable=SC2012  # oldest first; the names are RANK.exit, digits (replica-I.exit: orchc_replicas_start)
     while read -r file; do
         read -r status node <"$ORCHC_RANKS/$file" 2>/dev/null && [ "$status" != 0 ] || continue
-        printf ': rank %s on node %s exited with status %s' "${file%.exit}" "$node" "$status"
+        file=${file%.exit}
+        case $file in
+            replica-*) printf ': replica %s on GPU %s exited with status %s' "${file#replica-}" "$node" "$status" ;;
+            *) printf ': rank %s on node %s exited with status %s' "$file" "$node" "$status" ;;
+        esac
         return 0
     done < <(ls -1tr "$ORCHC_RANKS" 2>/dev/null)
 }
@@ -450,12 +505,33 @@ orchc_json_string() {
 
 # --- services ---
 
-# orchc_publish_endpoint PORT...: tell clients where this service listens (written atomically).
+# orchc_publish_endpoint PORT...: tell clients where this service listens (written atomically). The file's first line
+# is "ID HOST PORT...", all a client of one engine reads; a service with replicas (orchc_replicas_plan) adds a line
+# "replica I HOST PORT GPU" per replica (orchc_endpoint_replicas reads them).
 orchc_publish_endpoint() {
+    local i host
+    host=$(hostname)
     mkdir -p "$ORCHC_RUN_DIR/endpoints"
     ORCHC_ENDPOINT="$ORCHC_RUN_DIR/endpoints/$ORCHC_JOB"
-    printf '%s %s %s\n' "$(orchc_self_id)" "$(hostname)" "$*" >"$ORCHC_ENDPOINT.tmp.$$"
+    {
+        printf '%s %s %s\n' "$(orchc_self_id)" "$host" "$*"
+        for i in ${ORCHC_REPLICA_GPUS[@]+"${!ORCHC_REPLICA_GPUS[@]}"}; do
+            printf 'replica %s %s %s %s\n' "$i" "$host" "$((ORCHC_REPLICA_BASE + i))" "${ORCHC_REPLICA_GPUS[i]}"
+        done
+    } >"$ORCHC_ENDPOINT.tmp.$$"
     mv -f "$ORCHC_ENDPOINT.tmp.$$" "$ORCHC_ENDPOINT"
+}
+# orchc_endpoint_replicas FILE: TARGET_REPLICAS (HOST:PORT,...) and TARGET_REPLICA_GPUS (GPU,...) from the replica lines of an
+# endpoint file (orchc_publish_endpoint); both empty for a service of one engine.
+# shellcheck disable=SC2034  # TARGET_*: the job script exports them
+orchc_endpoint_replicas() {
+    local word i host port gpu
+    TARGET_REPLICAS="" TARGET_REPLICA_GPUS=""
+    while read -r word i host port gpu; do
+        [ "$word" = replica ] && [[ $port =~ ^[0-9]{1,5}$ ]] || continue
+        TARGET_REPLICAS+=${TARGET_REPLICAS:+,}$host:$port
+        TARGET_REPLICA_GPUS+=${TARGET_REPLICA_GPUS:+,}$gpu
+    done <"$1"
 }
 
 # orchc_phase PHASE [NUMBER]: phases/<job> in the run folder (written atomically), "ID PHASE EPOCH NUMBER": how far this
@@ -795,6 +871,7 @@ orchc_wait_endpoint() {
             TARGET_HOST=$host
             TARGET_PORT=$port
             TARGET_JOB_ID=$jobid
+            orchc_endpoint_replicas "$file"
             # where the service left the credentials its clients need, if it needs any (orchc_tls_credentials)
             TARGET_CREDENTIALS="$ORCHC_RUN_DIR/credentials/$1"
             return 0
