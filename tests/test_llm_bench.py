@@ -732,6 +732,46 @@ def test_engine_sample_reads_vllms_text_format():
                                        (("running", "count"), ("waiting", "count"), ("kv_cache_usage", "ratio")) for s in ("mean", "max")}}
 
 
+def test_engine_sample_reads_llama_cpps_text_format():
+    """llama-server's /metrics (tools/server/server-task.cpp, to_metrics: `llamacpp:` names, no labels, no KV-cache
+    ratio): the slots decoding are running, the requests deferred are waiting."""
+    text = ("# HELP llamacpp:requests_processing Number of requests processing\n"
+            "# TYPE llamacpp:requests_processing gauge\n"
+            "llamacpp:requests_processing 4\n"
+            "# TYPE llamacpp:requests_deferred gauge\n"
+            "llamacpp:requests_deferred 2\n"
+            "llamacpp:n_busy_slots_per_decode 3.5\n")
+    assert llm_bench.engine_sample(text) == {"running": 4.0, "waiting": 2.0, "kv_cache_usage": None}
+
+
+def test_llama_cpp_timings_give_the_servers_figures_and_the_clients_overhead():
+    """llama-server ends a stream with its own timings of the request (prompt_ms, predicted_per_token_ms): the results
+    give their means and the client's overhead over them, TTFT - prompt_ms and TPOT - predicted_per_token_ms, worked
+    out by hand on two requests (the second without timings, so not in these figures)."""
+    timed = {"ok": True, "send_s": 0.0, "end_s": 0.5, "ttft_s": 0.1, "e2e_s": 0.4, "chunk_times_s": [0.1, 0.2, 0.4],
+             "input_tokens": 10, "output_tokens": 3,
+             "server": {"prompt_n": 10, "prompt_ms": 80.0, "predicted_n": 3, "predicted_ms": 290.0, "predicted_per_token_ms": 140.0}}
+    untimed = {"ok": True, "send_s": 0.2, "end_s": 0.3, "ttft_s": 0.3, "e2e_s": 0.35, "chunk_times_s": [0.3, 0.35],
+               "input_tokens": 5, "output_tokens": 2}
+    m = llm_bench.metrics_of([timed, untimed], {"wall_time_s": 2.0})
+    assert m["server_timed_requests_count"] == 1
+    assert m["server_prompt_mean_ms"] == pytest.approx(80.0)
+    assert m["server_predicted_per_token_mean_ms"] == pytest.approx(140.0)
+    assert m["client_ttft_overhead_mean_ms"] == pytest.approx(20.0)           # 100 - 80
+    assert m["client_tpot_overhead_mean_ms"] == pytest.approx(10.0)           # (400 - 100) / 2 - 140
+    none = llm_bench.metrics_of([untimed], {"wall_time_s": 2.0})
+    assert none["server_timed_requests_count"] == 0 and none["client_ttft_overhead_mean_ms"] is None
+
+
+def test_a_llama_cpp_stream_keeps_its_timings(tmp_path):
+    """The last chunk of a llama-server stream carries `timings` beside `usage`: the request's record keeps them."""
+    record = llm_bench.timings_of({"choices": [], "usage": {"completion_tokens": 3},
+                                   "timings": {"prompt_n": 10, "prompt_ms": 80.5, "predicted_n": 3, "predicted_ms": 290.0,
+                                               "predicted_per_token_ms": 96.7, "cache_n": 0, "other": "x"}})
+    assert record == {"prompt_n": 10, "prompt_ms": 80.5, "predicted_n": 3, "predicted_ms": 290.0, "predicted_per_token_ms": 96.7}
+    assert llm_bench.timings_of({"choices": []}) == {}
+
+
 def write_task(folder: Path, started: float, wall: float, ttfts: list[float], **run: object) -> Path:
     """A task's results folder as `llm_bench.py run` leaves it: run.json and requests.jsonl, one request per TTFT."""
     folder.mkdir(parents=True)

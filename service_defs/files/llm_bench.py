@@ -87,6 +87,9 @@ APIS = {"openai-completions": "/v1/completions", "openai-chat": "/v1/chat/comple
 PERCENTILES = (("median", 50), ("p90", 90), ("p95", 95), ("p99", 99))
 HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream, application/x-ndjson"}
 OLLAMA_TIMINGS = ("load_duration", "prompt_eval_duration", "eval_duration", "total_duration")
+LLAMACPP_TIMINGS = ("prompt_n", "prompt_ms", "predicted_n", "predicted_ms", "predicted_per_token_ms")
+"""What llama-server's `timings` of a request (tools/server/server-common.cpp, server_slot_stats::to_json) says of it:
+the prompt's tokens and processing time, the generated tokens, their time and time per token (ms, its own clock)."""
 WORDS = ("the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on",
          "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "had", "they",
          "you", "were", "their", "one", "all", "we", "can", "her", "has", "there", "been", "if", "more", "when",
@@ -247,6 +250,7 @@ def metrics_of(records, run, engine=()):
         metrics.update(slo_metrics(records, metrics, run["slo"], wall))
     metrics.update(engine_of(engine))
     metrics.update(energy_of(run, output_tokens))
+    metrics.update(server_timings_of(ok))
     if run.get("api") == "ollama":
         for key in OLLAMA_TIMINGS:
             reported = [r["server"][key] for r in ok if isinstance((r.get("server") or {}).get(key), (int, float))]
@@ -254,9 +258,38 @@ def metrics_of(records, run, engine=()):
     return metrics
 
 
-ENGINE_GAUGES = {"running": ("vllm:num_requests_running",), "waiting": ("vllm:num_requests_waiting",),
+def server_timings_of(ok):
+    """The server's own timings of the requests that carry llama.cpp's (prompt_ms, predicted_per_token_ms), their
+    means, and the client's overhead over them: TTFT - prompt_ms (HTTP, streaming, the client's reading and the wait
+    for a slot) and TPOT - predicted_per_token_ms (a token's way from the engine to the client), means in ms."""
+    timed = [r for r in ok if isinstance((r.get("server") or {}).get("prompt_ms"), (int, float))
+             and isinstance(r["server"].get("predicted_per_token_ms"), (int, float))]
+    per_token = [r for r in timed if (r.get("output_tokens") or 0) > 1]
+
+    def mean(values):
+        return sum(values) / len(values) if values else None
+
+    return {"server_timed_requests_count": len(timed),
+            "server_prompt_mean_ms": mean([r["server"]["prompt_ms"] for r in timed]),
+            "server_predicted_per_token_mean_ms": mean([r["server"]["predicted_per_token_ms"] for r in per_token]),
+            "client_ttft_overhead_mean_ms": mean([r["ttft_s"] * 1000.0 - r["server"]["prompt_ms"] for r in timed]),
+            "client_tpot_overhead_mean_ms": mean([(r["e2e_s"] - r["ttft_s"]) * 1000.0 / (r["output_tokens"] - 1)
+                                                  - r["server"]["predicted_per_token_ms"] for r in per_token])}
+
+
+def timings_of(data):
+    """llama.cpp's timings of a request from a chunk that carries them (LLAMACPP_TIMINGS), {} from any other."""
+    timings = data.get("timings")
+    if not isinstance(timings, dict):
+        return {}
+    return {k: timings[k] for k in LLAMACPP_TIMINGS if isinstance(timings.get(k), (int, float))}
+
+
+ENGINE_GAUGES = {"running": ("vllm:num_requests_running", "llamacpp:requests_processing"),
+                 "waiting": ("vllm:num_requests_waiting", "llamacpp:requests_deferred"),
                  "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")}
-"""What an engine sample holds, from the first of the names the server's /metrics has (vLLM renamed the KV cache's)."""
+"""What an engine sample holds, from the first of the names the server's /metrics has (vLLM renamed the KV cache's;
+llama-server's, tools/server/server-task.cpp to_metrics, count its busy slots and deferred requests, no KV-cache ratio)."""
 
 
 def engine_sample(text):
@@ -636,6 +669,7 @@ def send(run, conn, index, prompt_index, prompt, intended=None):
                     chunks.append(now - sent)
                 if data.get("usage"):
                     usage = data["usage"]
+                server = timings_of(data) or server
         if record["end_s"] is None:
             record["end_s"] = time.perf_counter() - sent
         _finish(run, conn, response, request_deadline)
