@@ -67,6 +67,14 @@ def guidellm_distribution(entry: dict[str, Any]) -> dict[str, float | None]:
     return values
 
 
+def guidellm_ending(name: str) -> str:
+    if name.endswith("_ms"):
+        return "_ms"
+    if name.endswith("_per_second"):
+        return "_per_s"
+    return "_s" if name == "request_latency" else "_count"
+
+
 def guidellm_metrics(report: dict[str, Any]) -> dict[str, float | None]:
     """GuideLLM's report: its first benchmark's metrics -> guidellm.METRIC.STAT_UNIT, and orchc's names for TTFT,
     request and output-token throughput."""
@@ -74,9 +82,9 @@ def guidellm_metrics(report: dict[str, Any]) -> dict[str, float | None]:
     found = benchmarks[0].get("metrics") or {}
     metrics: dict[str, float | None] = {}
     for name, entry in found.items():
-        if not isinstance(entry, dict) or "successful" not in entry:
+        if not isinstance(entry, dict) or not isinstance(entry.get("successful"), dict):
             continue
-        ending = "_ms" if name.endswith("_ms") else "_per_s" if name.endswith("_per_second") else "_s" if name == "request_latency" else "_count"
+        ending = guidellm_ending(name)
         for stat, value in guidellm_distribution(entry).items():
             metrics[f"guidellm.{name}.{stat}{ending}"] = value
     for family, name in GUIDELLM_SHARED.items():
