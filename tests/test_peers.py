@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_cluster import cluster, free_port, status, wait_for  # noqa: F401 (cluster is a fixture)
+from test_cluster import orchc as cluster_orchc
+from test_monitoring import ENDED
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT / "tests" / "llm_standin.py"
@@ -228,3 +231,50 @@ def test_orchc_aiperf_and_guidellm_agree_on_the_shared_metrics(orchc, write, tmp
         for index in (1, 2, 4):
             assert close(float(cells[index]), row[index], tolerance_of(row[0])), \
                 f"README says {row[0]} = {cells[index]}, measured {row[index]:.2f}: rerun with ORCHC_UPDATE_CONFORMANCE=1\n{fresh}"
+
+
+@pytest.mark.cluster
+def test_aiperf_and_guidellm_clients_run_on_the_cluster_against_a_keyed_vllm_service(cluster, tmp_path):  # noqa: F811
+    """`orchc submit` on the test cluster: the vllm type (tests/llm_standin.py as `vllm serve`, which refuses /v1 without
+    its key, as vLLM) and aiperf_client and guidellm_client targeting it with the same key file. Both complete with every
+    request answered (so each sent the key), and the key is in no script, no command line the server saw, no result."""
+    key = "k" * 16 + "peer-key-" + "q" * 16
+    key_file = tmp_path / "key"
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    peers = "".join(f"  - name: {name}\n    type: {name}_client\n    target: llm\n    model: tiny\n    api_key: {{file: {key_file}}}\n"
+                    f"    num_requests: 20\n    concurrent: 2\n    input_tokens: 8\n    max_tokens: 8\n    duration: 240\n"
+                    for name in ("aiperf", "guidellm"))
+    (tmp_path / "peers.yaml").write_text(
+        f"site: local\nresources: {{time: '00:10:00'}}\nservices:\n  - name: llm\n    type: vllm\n    model: tiny\n"
+        f"    ports: [{free_port()}]\n    api_key: {{file: {key_file}}}\n    health_timeout: 60\n"
+        f"    resources: {{gres!: null, partition: cpu}}\nclients:\n{peers}")
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "vllm").write_text(f"#!/bin/sh\nexec {sys.executable} {STANDIN} \"$@\"\n")
+    (shim / "vllm").chmod(0o755)
+    log = tmp_path / "standin.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}", "STANDIN_TOKENS": "8",
+           "STANDIN_PARALLELISM": "2", "STANDIN_FIRST_TOKEN_DELAY": "0.02", "STANDIN_INTER_TOKEN_DELAY": "0.01",
+           "STANDIN_LOG": str(log)}
+    env.pop("VLLM_API_KEY", None)
+    run = tmp_path / "run"
+    submitted = subprocess.run([sys.executable, "-m", "compiler", "submit", "peers.yaml", "--run-dir", run],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    try:
+        wait_for(lambda: all(status(run)[name]["state"] in ENDED for name in ("aiperf", "guidellm")), 480, "both clients to end")
+    finally:
+        cluster_orchc("cancel", run, cwd=tmp_path, check=False)
+    for name in ("aiperf", "guidellm"):
+        assert status(run)[name]["state"] == "COMPLETED", cluster_orchc("logs", run, name, cwd=tmp_path, check=False).stdout
+    results = json.loads(cluster_orchc("results", run, "--json", cwd=tmp_path).stdout)
+    for name in ("aiperf", "guidellm"):
+        assert (results[name]["tool"], results[name]["status"]) == (name, "complete")
+        assert (results[name]["metrics"]["requests_ok_count"], results[name]["metrics"]["requests_failed_count"]) == (20, 0)
+        assert results[name]["environment"]["reported"] == {"tool": name, "tool_version": {"aiperf": "0.13.0", "guidellm": "0.8.1"}[name]}
+    assert results["aiperf"]["metrics"]["aiperf.output_sequence_length.avg_count"] == 8
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert not any(key in word for entry in lines if "argv" in entry for word in entry["argv"])
+    leaked = [path for path in run.rglob("*") if path.is_file() and key.encode() in path.read_bytes()]
+    assert not leaked, leaked
