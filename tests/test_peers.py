@@ -278,3 +278,31 @@ def test_aiperf_and_guidellm_clients_run_on_the_cluster_against_a_keyed_vllm_ser
     assert not any(key in word for entry in lines if "argv" in entry for word in entry["argv"])
     leaked = [path for path in run.rglob("*") if path.is_file() and key.encode() in path.read_bytes()]
     assert not leaked, leaked
+
+
+@pytest.mark.parametrize("peer", ["aiperf", "guidellm"])
+def test_a_peer_with_another_key_is_refused_and_says_where_its_log_is(orchc, write, tmp_path, peer):
+    """Against a server holding a key (the stand-in with VLLM_API_KEY, as vLLM), a peer client sent another key fails:
+    every request is refused with 401, the job ends with status 1 and names the tool's log."""
+    server = subprocess.Popen([sys.executable, str(STANDIN), "--port", "0", "--tokens", "4"], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "VLLM_API_KEY": "the-servers-key"})
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline().rsplit(":", 1)[1])
+        wrong = tmp_path / "wrong"
+        wrong.write_text("not-the-servers-key\n")
+        wrong.chmod(0o600)
+        path = write("peer.yaml", f"client:\n  name: {peer}\n  type: {peer}_client\n  target_endpoint: '127.0.0.1:{port}'\n"
+                                  f"  model: tiny\n  num_requests: 2\n  concurrent: 1\n  max_tokens: 4\n  api_key: {{file: {wrong}}}\n")
+        assert orchc("compile", str(path), "--site", "local", "-o", "out", cwd=tmp_path).code == 0
+        run = tmp_path / "out" / "peer"
+        job = subprocess.run(["bash", f"{peer}.sbatch"], cwd=run, env={**os.environ, "ORCHC_RUN_DIR": str(run), "HOME": str(tmp_path)},
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        server.kill()
+        server.wait()
+    assert job.returncode == 1
+    assert f"error: {peer}: none of its requests succeeded ({3 if peer == 'aiperf' else 2} failed); the first: " in job.stderr
+    assert ("HTTP 401 Unauthorized" if peer == "aiperf" else "Client error '401 Unauthorized'") in job.stderr
+    results = json.loads((run / "results" / peer / "results.json").read_text())
+    assert results["status"] == "failed"

@@ -108,6 +108,33 @@ def environment(tool: str, document: dict[str, Any]) -> dict[str, Any]:
 SUMMARIES = {"aiperf": os.path.join("aiperf", "profile_export_aiperf.json"), "guidellm": "guidellm.json"}
 
 
+def aiperf_first_error(results: str) -> tuple[int, str | None]:
+    """How many of AIPerf's per-request records (aiperf/profile_export.jsonl, warm-up included) hold an error, and the
+    first one's code, type and message."""
+    count, first = 0, None
+    try:
+        with open(os.path.join(results, "aiperf", "profile_export.jsonl")) as records:
+            for line in records:
+                error = json.loads(line).get("error") if line.strip() else None
+                if isinstance(error, dict):
+                    count += 1
+                    first = first or f"HTTP {error.get('code')} {error.get('type')}: {str(error.get('message'))[:300]}"
+    except (OSError, ValueError):
+        pass
+    return count, first
+
+
+def guidellm_first_error(report: dict[str, Any]) -> str | None:
+    """The last line of the first errored request's error (GuideLLM keeps its traceback)."""
+    errored = ((report.get("benchmarks") or [{}])[0].get("requests") or {}).get("errored") or []
+    error = ((errored[0] if errored else {}).get("info") or {}).get("error")
+    return str(error).strip().splitlines()[-1][:300] if error else None
+
+
+def no_success(tool: str, failed: float, first: str | None) -> str:
+    return f"error: {tool}: none of its requests succeeded ({failed:g} failed){'; the first: ' + first if first else ''}"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[1] not in SUMMARIES:
         print("usage: peer_results.py aiperf|guidellm RESULTS", file=sys.stderr)
@@ -120,7 +147,8 @@ def main(argv: list[str]) -> int:
         if not isinstance(document, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as error:
-        print(f"error: {tool} left no readable summary in {path}: {error}", file=sys.stderr)
+        failed, first = aiperf_first_error(results) if tool == "aiperf" else (0, None)
+        print(no_success(tool, failed, first) if failed else f"error: {tool} left no readable summary in {path}: {error}", file=sys.stderr)
         return 1
     metrics = aiperf_metrics(document) if tool == "aiperf" else guidellm_metrics(document)
     for name, content in (("metrics.json", metrics), ("environment.json", environment(tool, document))):
@@ -128,6 +156,11 @@ def main(argv: list[str]) -> int:
             json.dump(content, out, sort_keys=True)
             out.write("\n")
         os.replace(os.path.join(results, name + ".tmp"), os.path.join(results, name))
+    if not metrics["requests_ok_count"]:
+        # GuideLLM ends with status 0 when every request failed (a wrong key: all 401): that is no measurement
+        first = aiperf_first_error(results)[1] if tool == "aiperf" else guidellm_first_error(document)
+        print(no_success(tool, metrics["requests_failed_count"] or 0, first), file=sys.stderr)
+        return 1
     return 0
 
 
