@@ -305,4 +305,4 @@ def test_a_peer_with_another_key_is_refused_and_says_where_its_log_is(orchc, wri
     assert f"error: {peer}: none of its requests succeeded ({3 if peer == 'aiperf' else 2} failed); the first: " in job.stderr
     assert ("HTTP 401 Unauthorized" if peer == "aiperf" else "Client error '401 Unauthorized'") in job.stderr
     results = json.loads((run / "results" / peer / "results.json").read_text())
-    assert results["status"] == "failed"
+    assert results["status"] == "failed" and "401 Unauthorized" in results["error"]

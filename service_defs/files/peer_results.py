@@ -131,8 +131,15 @@ def guidellm_first_error(report: dict[str, Any]) -> str | None:
     return str(error).strip().splitlines()[-1][:300] if error else None
 
 
-def no_success(tool: str, failed: float, first: str | None) -> str:
-    return f"error: {tool}: none of its requests succeeded ({failed:g} failed){'; the first: ' + first if first else ''}"
+def no_success(results: str, tool: str, failed: float, first: str | None) -> str:
+    """The message, also left in RESULTS/error unless the job left one first (results.json's `error` is that file's)."""
+    message = f"{tool}: none of its requests succeeded ({failed:g} failed){'; the first: ' + first if first else ''}"
+    try:
+        with open(os.path.join(results, "error"), "x") as out:
+            out.write(message + "\n")
+    except OSError:
+        pass
+    return "error: " + message
 
 
 def main(argv: list[str]) -> int:
@@ -148,7 +155,8 @@ def main(argv: list[str]) -> int:
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as error:
         failed, first = aiperf_first_error(results) if tool == "aiperf" else (0, None)
-        print(no_success(tool, failed, first) if failed else f"error: {tool} left no readable summary in {path}: {error}", file=sys.stderr)
+        unread = f"error: {tool} left no readable summary in {path}: {error}"
+        print(no_success(results, tool, failed, first) if failed else unread, file=sys.stderr)
         return 1
     metrics = aiperf_metrics(document) if tool == "aiperf" else guidellm_metrics(document)
     for name, content in (("metrics.json", metrics), ("environment.json", environment(tool, document))):
@@ -159,7 +167,7 @@ def main(argv: list[str]) -> int:
     if not metrics["requests_ok_count"]:
         # GuideLLM ends with status 0 when every request failed (a wrong key: all 401): that is no measurement
         first = aiperf_first_error(results)[1] if tool == "aiperf" else guidellm_first_error(document)
-        print(no_success(tool, metrics["requests_failed_count"] or 0, first), file=sys.stderr)
+        print(no_success(results, tool, metrics["requests_failed_count"] or 0, first), file=sys.stderr)
         return 1
     return 0
 
