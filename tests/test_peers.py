@@ -306,3 +306,38 @@ def test_a_peer_with_another_key_is_refused_and_says_where_its_log_is(orchc, wri
     assert ("HTTP 401 Unauthorized" if peer == "aiperf" else "Client error '401 Unauthorized'") in job.stderr
     results = json.loads((run / "results" / peer / "results.json").read_text())
     assert results["status"] == "failed" and "401 Unauthorized" in results["error"]
+
+
+PARSER = ROOT / "service_defs" / "files" / "peer_results.py"
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (None, "No such file or directory"),
+    ("{\"time_to_first_token\": ", "Expecting value"),
+    ("[1, 2]", "not a JSON object"),
+])
+def test_a_summary_that_cannot_be_read_is_one_line_and_status_1(tmp_path, content, reason):
+    (tmp_path / "aiperf").mkdir()
+    if content is not None:
+        (tmp_path / "aiperf" / "profile_export_aiperf.json").write_text(content)
+    done = subprocess.run([sys.executable, str(PARSER), "aiperf", str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: aiperf left no readable summary in {tmp_path}/aiperf/profile_export_aiperf.json: ")
+    assert reason in done.stderr and done.stderr.count("\n") == 1
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_the_summaries_keep_the_tools_names_with_orchcs_units_and_give_orchcs_names_where_definitions_agree(tmp_path):
+    (tmp_path / "aiperf").mkdir()
+    (tmp_path / "aiperf" / "profile_export_aiperf.json").write_text(json.dumps({
+        "aiperf_version": "0.13.0", "time_to_first_token": {"unit": "ms", "avg": 51.5, "p50": 50.0, "p99": 70.0, "min": 49.0, "max": 71.0},
+        "request_throughput": {"unit": "requests/sec", "avg": 10.5}, "output_token_throughput": {"unit": "tokens/sec", "avg": 168.0},
+        "request_count": {"unit": "requests", "avg": 100.0}, "http_req_data_received": {"unit": "KB", "avg": 2.5}}))
+    assert subprocess.run([sys.executable, str(PARSER), "aiperf", str(tmp_path)], timeout=30).returncode == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["aiperf.time_to_first_token.p99_ms"] == 70.0 and metrics["aiperf.request_throughput.avg_per_s"] == 10.5
+    assert (metrics["ttft_mean_ms"], metrics["ttft_median_ms"], metrics["ttft_p99_ms"]) == (51.5, 50.0, 70.0)
+    assert (metrics["request_throughput_per_s"], metrics["output_tokens_per_s"], metrics["requests_ok_count"]) == (10.5, 168.0, 100)
+    assert metrics["ttft_p90_ms"] is None                      # not in the summary: null, never 0
+    assert not any(name.startswith("aiperf.http_req_data_received") for name in metrics)   # KB: no unit orchc names
+    assert json.loads((tmp_path / "environment.json").read_text()) == {"tool": "aiperf", "tool_version": "0.13.0"}
