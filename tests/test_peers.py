@@ -39,12 +39,9 @@ REQUESTS, INPUT_TOKENS = 100, 8
 TOLERANCE = (3.0, 0.10)
 """ms + share of the value, between two clients' figures (and the README's and the measured)"""
 TAIL_TOLERANCE = (40.0, 0.20)
-"""p99s: each client runs on its own, so a p99 of REQUESTS requests is one of its few slowest, where the client's own
-delays on the loaded 2-core machine show, not a definition: measured, AIPerf's TTFT p99 93 ms against orchc's 65 ms
-while the server's own record of AIPerf's run had every first token within a few ms of 50 ms; AIPerf's slow TTFTs were
-spread over its run (its 8 processes share the 2 cores). The row `TTFT p99 - server` gives each client's tail
-overhead; a definition error is not hidden by this bound: counting TTFT from another event moves the mean and median
-rows, and each client's median is also held to the server's record within TOLERANCE."""
+"""a client's TTFT mean and p99 above the server's record of its run (its own delays, see JUDGED_BY_SERVER), and the
+README's figures of those rows against the measured; a definition error is not hidden by it: counting TTFT from another
+event moves the median, which is held to TOLERANCE, and a client never reads a token before the server wrote it."""
 RATE_TOLERANCE = 0.15
 """throughputs: each client starts and ends its clock at a different event (see the README's definitions)"""
 
@@ -59,11 +56,12 @@ def orchc_tpot_with_first_token(m: dict[str, float]) -> float:
 # metric, orchc's name, AIPerf's figure, GuideLLM's figure, the definitions behind them
 ROWS: list[Row] = [
     ("TTFT mean (ms)", "ttft_mean_ms", lambda a: a["aiperf.time_to_first_token.avg_ms"],
-     lambda g: g["guidellm.time_to_first_token_ms.mean_ms"], "all three: first content chunk - request sent"),
+     lambda g: g["guidellm.time_to_first_token_ms.mean_ms"],
+     "all three: first content chunk - request sent; judged against the server's record of each client's own run (below)"),
     ("TTFT p50 (ms)", "ttft_median_ms", lambda a: a["aiperf.time_to_first_token.p50_ms"],
      lambda g: g["guidellm.time_to_first_token_ms.p50_ms"], "as above"),
     ("TTFT p99 (ms)", "ttft_p99_ms", lambda a: a["aiperf.time_to_first_token.p99_ms"],
-     lambda g: g["guidellm.time_to_first_token_ms.p99_ms"], "as above; percentiles interpolated (orchc, AIPerf) or nearest rank (GuideLLM)"),
+     lambda g: g["guidellm.time_to_first_token_ms.p99_ms"], "as TTFT mean; percentiles interpolated (orchc, AIPerf) or nearest rank (GuideLLM)"),
     ("ITL mean (ms)", "itl_mean_ms", lambda a: a["aiperf.inter_chunk_latency.avg_ms"],
      lambda g: g["guidellm.inter_token_latency_ms.mean_ms"],
      "orchc: gaps between token chunks, pooled; AIPerf: inter_chunk_latency, the same gaps; GuideLLM: inter_token_latency, "
@@ -80,6 +78,16 @@ ROWS: list[Row] = [
 
 EXPLAINED = {("TPOT mean (ms)", "guidellm"): orchc_tpot_with_first_token}
 """peer figures whose documented definition differs: the value orchc's figures give under that definition"""
+
+JUDGED_BY_SERVER = {"TTFT mean (ms)": "mean", "TTFT p50 (ms)": "median", "TTFT p99 (ms)": "p99"}
+"""TTFT statistics each client's figure is held to against the server's own record of that client's run: never below it
+(a client sends before the server receives and reads after it writes, so each request's TTFT is at least the server's,
+and so is every order statistic and the mean), and above it by at most the client's own delay: TOLERANCE for the
+median, TAIL_TOLERANCE for the mean and p99. The mean and p99 are not compared between clients: they carry each
+run's own delays, not a definition. Measured over four runs: AIPerf's TTFT mean 55-62 ms and p99 89-114 ms against
+orchc's 52 and 59-70 in its own run; against the server's record of each run, AIPerf's p99 was 12-28 ms above it,
+orchc's 1-5, GuideLLM's 1-12, and in AIPerf's runs the server's own p99 rose to 77 ms: AIPerf's processes (some eight)
+share the 2 cores with the server."""
 
 
 class StandIn:
@@ -137,7 +145,8 @@ def server_record(records: list[dict[str, Any]], warmup: int) -> dict[str, float
     """TTFT as the server wrote it (first token - request received, ms) over a client's measured requests."""
     measured = sorted(records, key=lambda timing: timing["received"])[warmup:]
     ttft = [(timing["tokens"][0] - timing["received"]) * 1000 for timing in measured]
-    return {"server.ttft_median_ms": percentile(ttft, 50), "server.ttft_p99_ms": percentile(ttft, 99)}
+    return {"server.ttft_mean_ms": statistics.fmean(ttft), "server.ttft_median_ms": percentile(ttft, 50),
+            "server.ttft_p99_ms": percentile(ttft, 99)}
 
 
 def run_clients(orchc: Any, write: Any, tmp_path: Path, server: StandIn) -> dict[str, dict[str, float]]:
@@ -165,7 +174,7 @@ def close(value: float | None, reference: float | None, tolerance: tuple[float, 
 def tolerance_of(name: str) -> tuple[float, float]:
     if name.endswith("/s"):
         return (0.0, RATE_TOLERANCE)
-    return TAIL_TOLERANCE if "p99" in name else TOLERANCE
+    return TAIL_TOLERANCE if "p99" in name or ("mean" in name and "TTFT" in name) else TOLERANCE
 
 
 def table(measured: dict[str, dict[str, float]]) -> tuple[list[list[Any]], list[str]]:
@@ -178,17 +187,23 @@ def table(measured: dict[str, dict[str, float]]) -> tuple[list[list[Any]], list[
             value = figure(measured[peer])
             expected = EXPLAINED[(name, peer)](measured["orchc"]) if (name, peer) in EXPLAINED else orchc_value
             row += [value, (value - orchc_value) / orchc_value if value is not None and orchc_value else None]
+            if name in JUDGED_BY_SERVER and name != "TTFT p50 (ms)":
+                continue
             if not close(value, expected, tolerance_of(name)):
                 failures.append(f"{name}: {peer} {value} against {expected} (orchc {orchc_value})")
         rows.append(row + [definition])
     for client in ("orchc", "aiperf", "guidellm"):
-        if not close(measured[client]["ttft_median_ms"], measured[client]["server.ttft_median_ms"], TOLERANCE):
-            failures.append(f"{client}'s TTFT median {measured[client]['ttft_median_ms']} is not the server's record of its run, "
-                            f"{measured[client]['server.ttft_median_ms']}")
-    tail = {client: measured[client]["ttft_p99_ms"] - measured[client]["server.ttft_p99_ms"] for client in ("orchc", "aiperf", "guidellm")}
-    rows.append(["TTFT p99 - server (ms)", tail["orchc"], tail["aiperf"], None, tail["guidellm"], None,
-                 "each client's TTFT p99 less the server's own record of the first token (written - request received) in "
-                 "that client's run: the client's own delay at the tail (not compared: it is each client's cost)"])
+        for name, stat in JUDGED_BY_SERVER.items():
+            value, record = measured[client][f"ttft_{stat}_ms"], measured[client][f"server.ttft_{stat}_ms"]
+            bound = TOLERANCE if stat == "median" else TAIL_TOLERANCE
+            if not record - 0.5 <= value <= record + bound[0] + bound[1] * record:
+                failures.append(f"{client}'s {name} {value:.2f} is not within [-0.5, {bound[0]} + {bound[1]:.0%}] of the server's "
+                                f"record of its run, {record:.2f}")
+    for stat in ("mean", "p99"):
+        delay = {client: measured[client][f"ttft_{stat}_ms"] - measured[client][f"server.ttft_{stat}_ms"] for client in ("orchc", "aiperf", "guidellm")}
+        rows.append([f"TTFT {stat} - server (ms)", delay["orchc"], delay["aiperf"], None, delay["guidellm"], None,
+                     f"each client's TTFT {stat} less the server's own record (first token written - request received) of that "
+                     "client's run: the client's own delay (each client's cost, not compared between them)"])
     return rows, failures
 
 
