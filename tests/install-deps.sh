@@ -57,6 +57,32 @@ install_llamacpp() {
     rm -rf "$src/tree" "$src/build"
     echo "install-deps: llama-server built in $((SECONDS - started)) s" >&2
 }
+# The industry's LLM benchmark clients that aiperf_client and guidellm_client run (tests/test_peers.py), pinned, each in
+# its own venv so that their dependencies fight neither orchc's nor each other's. GuideLLM needs PyTorch: its CPU build
+# (this machine's pip finds it in its find-links; elsewhere PyTorch's CPU index), not the 3 GB CUDA one from PyPI.
+# Measured here: aiperf 186 s, guidellm 153 s (2 cores, pip's cache cold), 1.2 and 1.5 GB.
+PEERS=/opt/orchc/peers
+install_peer() {   # NAME VERSION [EXTRA REQUIREMENT...]
+    local name=$1 version=$2 venv=$PEERS/$1
+    shift 2
+    [ "$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null)" != "$version" ] || return 0
+    if [ "$(id -u)" -ne 0 ] && [ ! -w "$PEERS" ]; then
+        echo "install-deps: not root, so not installing $name $version in $venv" >&2
+        return 0
+    fi
+    echo "install-deps: installing $name $version in $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "$name==$version" "$@" 2>&1 | grep -v '^WARNING: Location' >&2 || true
+    "$venv/bin/python" -c "import importlib.metadata as m; assert m.version('$name') == '$version'"
+}
+install_peers() {
+    local torch_index=()
+    compgen -G "${PIP_FIND_LINKS:-/opt/wheels}/torch-2.13.0+cpu-*.whl" >/dev/null || torch_index=(--extra-index-url https://download.pytorch.org/whl/cpu)
+    mkdir -p "$PEERS" 2>/dev/null || true
+    install_peer aiperf 0.13.0
+    install_peer guidellm 0.8.1 "torch==2.13.0+cpu" "${torch_index[@]}"
+}
+
 install_packages() {
     local missing=()
     for package in "${needed[@]}"; do
@@ -78,4 +104,8 @@ install_packages() {
 install_packages
 # The redis-server package starts no daemon here (no systemd); tests start their own.
 create_ssh_user
+# The peers' installs are mostly downloads and unpacking, the llama-server build is compiling: side by side.
+install_peers &
+peers=$!
 install_llamacpp
+wait "$peers"
