@@ -41,11 +41,12 @@ _IDENTITY = ("name", "type")
 """Keys that identify a job in the recipe; `--set` cannot change them."""
 
 
-STORAGE_KEYS = ("images", "apptainer_cache", "apptainer_tmp", "models", "data")
+STORAGE_KEYS = ("images", "apptainer_cache", "apptainer_tmp", "models", "data", "local")
 """What a site profile (and a recipe's `storage:`) places: see schemas/site.schema.json#/$defs/storage."""
 _STORAGE_PATH = re.compile(r"^[A-Za-z0-9_./${}-]+$")
-DEFAULT_STORAGE = {"images": "$HOME/containers", "models": "$HOME/.orchc/models", "data": "$ORCHC_RUN_DIR/data"}
-"""Where nothing else is known; the Apptainer cache and temp folders then stay Apptainer's own defaults."""
+DEFAULT_STORAGE = {"images": "$HOME/containers", "models": "$HOME/.orchc/models", "data": "$ORCHC_RUN_DIR/data", "local": "/tmp"}
+"""Where nothing else is known; the Apptainer cache and temp folders then stay Apptainer's own defaults; a node's own
+disk is its /tmp."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Site:
     qos: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
     storage: Mapping[str, str] = field(default_factory=lambda: FrozenDict(DEFAULT_STORAGE))
-    """images, apptainer_cache, apptainer_tmp, models, data: the site's, with a recipe's `storage:` over them"""
+    """images, apptainer_cache, apptainer_tmp, models, data, local: the site's, with a recipe's `storage:` over them"""
     billing: str = "shared"
     """whole_node (a job pays for its whole nodes while it runs) or shared"""
     nodes: Mapping[str, Mapping[str, Any]] = field(default_factory=FrozenDict)
