@@ -1009,6 +1009,32 @@ orchc_fill_hosts_later() {
     ) </dev/null &
     orchc_started "$!"
 }
+# orchc_grafana_reload_later PORT FILE: when FILE, Grafana's provisioned data sources, waits for the hosts of the jobs it
+# names (FILE.orchc-pending, orchc_fill_hosts_later), ask the Grafana on PORT to read its data sources again once FILE is
+# written (its admin API; the password, $ADMIN_PASSWORD, reaches curl through its config on stdin, never a command line).
+# In the background: the job goes on, and says every ORCHC_WAIT_LOG seconds (default 30) that it still waits.
+orchc_grafana_reload_later() {
+    [ -f "$2.orchc-pending" ] || return 0
+    (
+        trap - EXIT TERM INT USR1 ERR
+        set +o errexit
+        orchc_wait_log_checked
+        local start=$SECONDS next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30})) ORCHC_DELAY=2 password
+        until [ -f "$2" ]; do
+            orchc_still_waiting "for $2 (the hosts of Grafana's data sources)" "$start" "the job's time limit"
+            orchc_backoff
+        done
+        password=${ADMIN_PASSWORD//\\/\\\\}
+        password=${password//\"/\\\"}
+        if printf 'user = "admin:%s"\n' "$password" | curl -sS -f --max-time 30 -K - -X POST \
+            "http://127.0.0.1:$1/api/admin/provisioning/datasources/reload" >/dev/null; then
+            orchc_log "Grafana read its data sources again: $2"
+        else
+            orchc_log "Grafana did not read its data sources again (POST /api/admin/provisioning/datasources/reload failed)"
+        fi
+    ) </dev/null &
+    orchc_started "$!"
+}
 # orchc_put_hosts_known FILE PLACEHOLDER=JOB...: when every JOB has published its endpoint, write FILE.orchc-pending with their
 # hosts put in as FILE (atomically); status 1, and FILE untouched, while one has not.
 orchc_put_hosts_known() {
