@@ -11,13 +11,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import nvidia_smi_standin
 import pytest
-from conftest import in_ci, runtime_into
+from conftest import ROOT, in_ci, runtime_into
 from ruamel.yaml import YAML
 from test_cluster import cluster, free_port, orchc, status, wait_for  # noqa: F401 (cluster is a fixture)
 from test_configs import written_files
@@ -427,12 +428,33 @@ def test_a_service_with_gpus_runs_and_publishes_a_gpu_exporter(tmp_path):
     assert "\norchc_publish_metrics gpu gpu_exporter=9835\n" in script
     contained = compile_memcached_like(tmp_path, GPU_SERVICE_RECIPE, "--self-contained")
     assert "\norchc_shipped_file " not in contained and "\ndef exposition(rows):" in contained
-    dcgm = compile_memcached_like(tmp_path, GPU_SERVICE_RECIPE + "  gpu_exporter: dcgm\n  gpu_exporter_port: 9400\n")
+    dcgm = compile_memcached_like(tmp_path, dcgm_site(tmp_path, GPU_SERVICE_RECIPE) + "  gpu_exporter_port: 9400\n")
     assert "\norchc_gpu_exporter dcgm 9400\n" in dcgm and "\norchc_publish_metrics gpu dcgm_exporter=9400\n" in dcgm
     assert "gpu_exporter.py" not in dcgm
     for recipe in (GPU_SERVICE_RECIPE + "  gpu_exporter: none\n", GPU_SERVICE_RECIPE.replace('gres: "gpu:1"', 'gres: "gpu:0"')):
         script = compile_memcached_like(tmp_path, recipe)
         assert "orchc_gpu_exporter" not in script and "orchc_publish_metrics" not in script, recipe
+
+
+def dcgm_site(tmp_path: Path, recipe: str) -> str:
+    """`recipe` on a site like `local` whose profile says its nodes have NVIDIA's dcgm-exporter."""
+    local = (Path(__file__).parent.parent / "sites" / "local.yaml").read_text()
+    (tmp_path / "dgx.yaml").write_text(local.replace("site: local", "site: dgx") + "gpu_exporter: dcgm\n")
+    return recipe.replace("site: local", "site: dgx.yaml")
+
+
+def test_the_gpu_exporter_follows_the_site_and_dcgm_where_the_site_has_none_is_a_located_error(tmp_path):
+    assert "\norchc_gpu_exporter dcgm 9835\n" in compile_memcached_like(tmp_path, dcgm_site(tmp_path, GPU_SERVICE_RECIPE))
+    chosen = compile_memcached_like(tmp_path, dcgm_site(tmp_path, GPU_SERVICE_RECIPE) + "  gpu_exporter: nvidia-smi\n")
+    assert '\norchc_gpu_exporter nvidia-smi 9835 "$ORCHC_RUN_DIR"/config/svc/gpu_exporter.py\n' in chosen
+    (tmp_path / "defs").mkdir(exist_ok=True)
+    (tmp_path / "defs" / "memcached_like.yaml").write_text(
+        "type: memcached_like\nextends: service\nfields:\n  ports: {default: [11211]}\ncontainer:\n  command: sleep 600\n")
+    (tmp_path / "gpu.yaml").write_text(GPU_SERVICE_RECIPE + "  gpu_exporter: dcgm\n")
+    done = subprocess.run([sys.executable, "-m", "compiler", "validate", "gpu.yaml", "--defs", "defs"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert re.search(r"^gpu\.yaml:6:\d+: error: gpu_exporter: dcgm: site 'local' .*dcgm-exporter", done.stderr, re.M), done.stderr
 
 
 def test_the_gpu_exporter_serves_what_nvidia_smi_answers(tmp_path):

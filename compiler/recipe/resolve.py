@@ -72,6 +72,8 @@ class Site:
     """max_submit, max_running: the site's per-user job limits"""
     gpu_vendor: str = "nvidia"
     """nvidia or amd: a GPU container gets --nv or --rocm"""
+    gpu_exporter: str = "nvidia-smi"
+    """the GPU exporter of services whose `gpu_exporter` is `site` (their default): dcgm where the nodes have dcgm-exporter"""
     reservations: Mapping[str, Mapping[str, str]] = field(default_factory=FrozenDict)
     """QoS -> partition -> the reservation a job of that QoS on that partition names (MeluXina: dev on gpu, gpudev)"""
 
@@ -330,6 +332,7 @@ def _load_site_file(path: Path) -> Site:
         storage=FrozenDict(storage),
         billing=data.get("billing", "shared"),
         gpu_vendor=data.get("gpu_vendor", "nvidia"),
+        gpu_exporter=data.get("gpu_exporter", "nvidia-smi"),
         limits=FrozenDict(data.get("limits", {})),
         nodes=FrozenDict({name: FrozenDict(shape) for name, shape in data.get("nodes", {}).items()}),
         reservations=FrozenDict({entry["name"]: FrozenDict(entry["reservations"]) for entry in data.get("qos", ())
@@ -498,6 +501,8 @@ def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[
             node = merge(node, _secrets_replace(layer, typedef), problems)
         node = Node(node.value, entry.loc, node.key_loc)
         data = _validated(node, typedef, base, what, problems, removed)
+        if data.get("gpu_exporter") == "site":   # service.yaml's default: the site's exporter
+            data["gpu_exporter"] = site.gpu_exporter
         jobs.append(_Draft(name, typedef, node, data, frozenset(removed), base))
     return jobs
 
