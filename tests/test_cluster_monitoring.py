@@ -335,3 +335,41 @@ def test_grafana_starts_at_once_and_reads_its_prometheus_once_that_publishes_its
         assert YAML(typ="safe").load(post["datasources"])["datasources"][0]["url"] == f"http://{host}:{prom_port}"
     finally:
         stop(run, tmp_path)
+
+
+def test_prometheus_scrapes_the_llm_clients_live_metrics_while_it_runs(cluster, tmp_path):  # noqa: F811
+    """The client registers its live /metrics (metrics_port) with the run's Prometheus, which scrapes them while the
+    benchmark runs: what Grafana's LLM client dashboard reads (requests by outcome, TTFT histogram)."""
+    needs("prometheus", "python3")
+    ports = {name: free_port() for name in ("llm", "prometheus", "client")}
+    key = tmp_path / "key"
+    key.write_text("k" * 32 + "\n")
+    key.chmod(0o600)
+    (tmp_path / "llm.yaml").write_text(
+        f"site: local\nresources: {{time: '00:05:00'}}\nservices:\n"
+        f"  - name: llm\n    type: vllm\n    model: tiny\n    ports: [{ports['llm']}]\n    metrics_ports: [{ports['llm']}]\n"
+        f"    api_key: {{file: {key}}}\n    health_timeout: 60\n    gpu_exporter: none\n"
+        f"  - name: prometheus\n    ports: [{ports['prometheus']}]\n    scrape_interval: 1s\n"
+        f"clients:\n  - name: bench\n    type: llm_client\n    target: llm\n    model: tiny\n    api_key: {{file: {key}}}\n"
+        f"    num_requests: 60\n    concurrent: 2\n    warmup_requests: 0\n    metrics_port: {ports['client']}\n")
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "vllm").write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'llm_standin.py'} \"$@\"\n")
+    (shim / "vllm").chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}",
+           "STANDIN_TOKENS": "20", "STANDIN_FIRST_TOKEN_DELAY": "0.05", "STANDIN_INTER_TOKEN_DELAY": "0.02"}
+    run = tmp_path / "run"
+    submitted = subprocess.run([sys.executable, "-m", "compiler", "submit", "llm.yaml", "--run-dir", run],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    try:
+        ok = wait_for(lambda: query(ports["prometheus"], 'orchc_llm_requests_total{outcome="ok"} > 0'), 120,
+                      "the client's live request count in Prometheus")
+        assert ok[0]["metric"]["job"] == "bench" and ok[0]["metric"]["orchc_source"] == "llm_client", ok
+        ttft = wait_for(lambda: query(ports["prometheus"], 'orchc_llm_ttft_seconds_bucket{le="+Inf"} > 0'), 30, "TTFT")
+        assert 0 < float(ttft[0]["value"][1]) <= 60
+        wait_for(lambda: status(run)["bench"]["state"] in ENDED, 180, "the client to end")
+        assert status(run)["bench"]["state"] == "COMPLETED", orchc("logs", run, "bench", cwd=tmp_path, check=False).stdout
+    finally:
+        stop(run, tmp_path)
+    assert not (run / "monitoring" / "bench.json").exists()   # withdrawn when the client ended

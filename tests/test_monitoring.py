@@ -162,7 +162,7 @@ def test_grafana_datasource_has_a_fixed_uid_and_dashboards_are_grafana_json(tmp_
     assert doc["datasources"][0]["uid"] == "orchc-prometheus"
     dashboards = {path.rsplit("/", 1)[1]: json.loads(text) for path, text in files.items() if path.endswith(".json")}
     assert set(dashboards) == {"orchc-redis.json", "orchc-mysql.json", "orchc-node.json", "orchc-vllm.json", "orchc-ollama.json",
-                               "orchc-gpu.json"}
+                               "orchc-gpu.json", "orchc-llm-client.json"}
     uids = set()
     for name, board in dashboards.items():
         # Grafana's dashboard JSON model: title, uid, schemaVersion, panels with gridPos, datasource and targets
@@ -572,3 +572,52 @@ def test_the_llm_and_gpu_dashboards_use_only_metrics_that_exist(tmp_path):
                 expr = re.sub(r"\{[^}]*\}|\[[^]]*\]|by \([^)]*\)", " ", target["expr"])
                 used |= {word for word in re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr) if word not in PROMQL_WORDS}
         assert used and used <= served, (name, used - served)
+
+
+def llm_bench_module():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "service_defs" / "files"))
+    import llm_bench
+    return llm_bench
+
+
+LIVE_RECORDS = [
+    {"ok": True, "ttft_s": 0.2, "e2e_s": 1.2, "output_tokens": 11},     # TPOT (1.2 - 0.2) / 10 = 0.1 s
+    {"ok": True, "ttft_s": 3.0, "e2e_s": 3.0, "output_tokens": 1},      # one token: no TPOT
+    {"ok": False, "ttft_s": None, "e2e_s": 0.5, "output_tokens": None, "error": "HTTP 500"},
+]
+
+
+def test_the_llm_clients_live_metrics_count_what_it_measured():
+    """llm_bench's /metrics (--metrics-port): requests by outcome, output tokens, and TTFT, TPOT and E2E histograms of
+    the measured requests so far, in Prometheus' text format (cumulative buckets)."""
+    live = llm_bench_module().LiveMetrics()
+    for record in LIVE_RECORDS:
+        live.add(record)
+    lines = set(live.exposition().splitlines())
+    assert {'orchc_llm_requests_total{outcome="ok"} 2', 'orchc_llm_requests_total{outcome="failed"} 1',
+            "orchc_llm_output_tokens_total 12"} <= lines
+    assert {'orchc_llm_ttft_seconds_bucket{le="0.1"} 0', 'orchc_llm_ttft_seconds_bucket{le="0.25"} 1',
+            'orchc_llm_ttft_seconds_bucket{le="2.5"} 1', 'orchc_llm_ttft_seconds_bucket{le="5"} 2',
+            'orchc_llm_ttft_seconds_bucket{le="+Inf"} 2', "orchc_llm_ttft_seconds_count 2", "orchc_llm_ttft_seconds_sum 3.2"} <= lines
+    assert {'orchc_llm_tpot_seconds_bucket{le="0.05"} 0', 'orchc_llm_tpot_seconds_bucket{le="0.1"} 1',
+            "orchc_llm_tpot_seconds_count 1"} <= lines
+    assert {"orchc_llm_e2e_seconds_count 2", 'orchc_llm_e2e_seconds_bucket{le="1"} 0'} <= lines
+    assert "# TYPE orchc_llm_ttft_seconds histogram" in lines and "# TYPE orchc_llm_requests_total counter" in lines
+
+
+def test_the_llm_client_dashboard_uses_only_metrics_the_client_serves(tmp_path):
+    live = llm_bench_module().LiveMetrics()
+    for record in LIVE_RECORDS:
+        live.add(record)
+    served = exported_names(live.exposition()) | {"up"}
+    script = compile_one(tmp_path, "site: local\nservice:\n  name: grafana\n", "grafana")
+    (board,) = [json.loads(text) for path, text in written_files(script).items() if path.endswith("orchc-llm-client.json")]
+    used = set()
+    for panel in board["panels"]:
+        for target in panel["targets"]:
+            expr = re.sub(r"\{[^}]*\}|\[[^]]*\]|by \([^)]*\)", " ", target["expr"])
+            used |= {word for word in re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr) if word not in PROMQL_WORDS}
+    assert {"orchc_llm_ttft_seconds_bucket", "orchc_llm_tpot_seconds_bucket", "orchc_llm_output_tokens_total"} <= used
+    assert used <= served, used - served
