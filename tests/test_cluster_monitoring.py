@@ -157,7 +157,9 @@ def test_prometheus_scrapes_every_service_and_sidecar_and_the_llm_client_reports
         f"    resources: {{partition: gpu, gres: 'gpu:1'}}\n"
         f"  - name: prometheus\n    ports: [{ports['prometheus']}]\n    scrape_interval: 1s\n"
         f"clients:\n  - name: bench\n    type: llm_client\n    target: llm\n    model: tiny\n    api_key: {{file: {key}}}\n"
-        f"    num_requests: 12\n    concurrent: 4\n    warmup_requests: 0\n    engine_metrics_interval: 0.2\n")
+        f"    num_requests: 12\n    concurrent: 4\n    warmup_requests: 0\n    engine_metrics_interval: 0.2\n"
+        # the services' and sidecars' targets only: the client's own live metrics have a test of their own (below)
+        f"    metrics_port: 0\n")
     shim = tmp_path / "bin"
     nvidia_smi_standin.install(shim)
     (shim / "vllm").write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'llm_standin.py'} \"$@\"\n")
