@@ -368,13 +368,13 @@ def test_mysql_and_mysqlslap_with_a_secret_that_never_reaches_a_file(cluster, tm
 
 @pytest.mark.cluster
 def test_two_runs_of_one_mysql_recipe_at_once_each_keep_their_own_data(cluster, tmp_path):
-    """Stateful services get a data folder per run by default ($ORCHC_DATA): a second run of the same recipe
+    """Stateful services get a data folder per run ($ORCHC_DATA, mysql's `data: shared`): a second run of the same recipe
     started while the first runs does not fail on the first one's lock (InnoDB: Unable to lock ./ibdata1)."""
     if shutil.which("mysqld") is None or shutil.which("mysqlslap") is None:
         pytest.fail("mysqld/mysqlslap missing; run tests/install-deps.sh") if in_ci() else pytest.skip("no mysqld")
     secret = tmp_path / "secrets" / "root_password"
     (tmp_path / "db.yaml").write_text(
-        f"site: local\nservice:\n  name: db\n  type: mysql\n  root_password: {{file: {secret}}}\n"
+        f"site: local\nservice:\n  name: db\n  type: mysql\n  data: shared\n  root_password: {{file: {secret}}}\n"
         f"  resources: {{time: '00:05:00'}}\nclient:\n  name: slap\n  type: mysql_client\n"
         f"  root_password: {{file: {secret}}}\n  iterations: 2\n  number_of_queries: 200\n")
     runs = [tmp_path / "one", tmp_path / "two"]

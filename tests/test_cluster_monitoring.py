@@ -157,7 +157,9 @@ def test_prometheus_scrapes_every_service_and_sidecar_and_the_llm_client_reports
         f"    resources: {{partition: gpu, gres: 'gpu:1'}}\n"
         f"  - name: prometheus\n    ports: [{ports['prometheus']}]\n    scrape_interval: 1s\n"
         f"clients:\n  - name: bench\n    type: llm_client\n    target: llm\n    model: tiny\n    api_key: {{file: {key}}}\n"
-        f"    num_requests: 12\n    concurrent: 4\n    warmup_requests: 0\n    engine_metrics_interval: 0.2\n")
+        f"    num_requests: 12\n    concurrent: 4\n    warmup_requests: 0\n    engine_metrics_interval: 0.2\n"
+        # the services' and sidecars' targets only: the client's own live metrics have a test of their own (below)
+        f"    metrics_port: 0\n")
     shim = tmp_path / "bin"
     nvidia_smi_standin.install(shim)
     (shim / "vllm").write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'llm_standin.py'} \"$@\"\n")
@@ -253,3 +255,123 @@ def test_the_monitoring_example_without_grafana_has_every_service_and_sidecar_up
         assert memory[0]["metric"]["job"] == "ollama" and float(memory[0]["value"][1]) > 0
     finally:
         stop(run, tmp_path)
+
+
+GRAFANA_STANDIN = '''#!/usr/bin/env python3
+"""A stand-in for `grafana server` (Grafana itself is not installed here): answers /api/health, and on Grafana's
+admin API call POST /api/admin/provisioning/datasources/reload records whether the basic auth was admin and the
+password Grafana was given, and the provisioned data sources it would then read."""
+import base64, http.server, json, os, sys
+provisioning = os.environ["GF_PATHS_PROVISIONING"]
+record = os.environ["ORCHC_TEST_RECORD"]
+sources = os.path.join(provisioning, "datasources", "orchc.yaml")
+with open(record, "a") as out:
+    out.write(json.dumps({"event": "start", "datasources_present": os.path.exists(sources)}) + "\\n")
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/api/health" else 404); self.end_headers(); self.wfile.write(b"{}")
+    def do_POST(self):
+        expected = "Basic " + base64.b64encode(("admin:" + os.environ["GF_SECURITY_ADMIN_PASSWORD"]).encode()).decode()
+        text = open(sources).read() if os.path.exists(sources) else None
+        with open(record, "a") as out:
+            out.write(json.dumps({"event": "post", "path": self.path, "auth": self.headers.get("Authorization") == expected,
+                                  "datasources": text}) + "\\n")
+        self.send_response(200); self.end_headers(); self.wfile.write(b'{"message": "Datasources config reloaded"}')
+    def log_message(self, *args): pass
+http.server.HTTPServer(("0.0.0.0", int(os.environ["GF_SERVER_HTTP_PORT"])), Handler).serve_forever()
+'''
+
+LATE_TYPE = """type: late
+extends: service
+description: a stand-in Prometheus that publishes its endpoint only after `delay` seconds of setup
+fields:
+  ports: {default: [9090]}
+  delay: {type: integer, minimum: 0, maximum: 600, default: 20}
+container:
+  command: python3 -m http.server {{ ports[0] }} --bind 0.0.0.0
+phases:
+  setup:
+    - sleep {{ delay }}
+  health_check:
+    - orchc_wait_tcp 127.0.0.1 {{ ports[0] }} {{ health_timeout }}
+"""
+
+
+def test_grafana_starts_at_once_and_reads_its_prometheus_once_that_publishes_its_endpoint(cluster, tmp_path):  # noqa: F811
+    """Grafana no longer waits in its setup for the hosts of its data sources (up to an hour, holding its node idle):
+    it is ready while its Prometheus is still starting, and once that one has published its endpoint the data source
+    file is written with its host and Grafana is asked (admin API, the password never on a command line) to read it."""
+    needs("python3", "curl")
+    bin_dir, defs = tmp_path / "bin", tmp_path / "defs"
+    bin_dir.mkdir()
+    defs.mkdir()
+    (bin_dir / "grafana").write_text(GRAFANA_STANDIN)
+    (bin_dir / "grafana").chmod(0o755)
+    (defs / "late.yaml").write_text(LATE_TYPE)
+    secret, record, prom_port, grafana_port = tmp_path / "secret", tmp_path / "record.jsonl", free_port(), free_port()
+    secret.write_text("s3cr\"et\\pw")
+    secret.chmod(0o600)
+    (tmp_path / "r.yaml").write_text(
+        f"site: local\nservices:\n  - name: prom\n    type: late\n    ports: [{prom_port}]\n    delay: 20\n"
+        f"  - name: grafana\n    type: grafana\n    ports: [{grafana_port}]\n    metrics_ports: []\n"
+        f"    admin_password: {{file: {secret}}}\n"
+        f"    datasources: [{{name: P, type: prometheus, url: 'http://prom:{prom_port}'}}]\n")
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "ORCHC_TEST_RECORD": str(record)}
+    done = subprocess.run([sys.executable, "-m", "compiler", "submit", "r.yaml", "--defs", "defs", "--run-dir", str(run)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    try:
+        wait_for(lambda: status(run)["grafana"]["service"] == "ready", 60, "grafana to be ready")
+        assert status(run)["prom"]["service"] != "ready"     # Grafana did not wait for it
+        events = [json.loads(line) for line in record.read_text().splitlines()]
+        assert events[0] == {"event": "start", "datasources_present": False}, events
+
+        def reloaded():
+            posts = [json.loads(line) for line in record.read_text().splitlines() if '"post"' in line]
+            return posts or None
+        (post, *_) = wait_for(reloaded, 90, "grafana to be asked to read its data sources again")
+        _, host, _ = (run / "endpoints" / "prom").read_text().split(maxsplit=2)
+        assert post["path"] == "/api/admin/provisioning/datasources/reload" and post["auth"], post
+        assert YAML(typ="safe").load(post["datasources"])["datasources"][0]["url"] == f"http://{host}:{prom_port}"
+    finally:
+        stop(run, tmp_path)
+
+
+def test_prometheus_scrapes_the_llm_clients_live_metrics_while_it_runs(cluster, tmp_path):  # noqa: F811
+    """The client registers its live /metrics (metrics_port) with the run's Prometheus, which scrapes them while the
+    benchmark runs: what Grafana's LLM client dashboard reads (requests by outcome, TTFT histogram)."""
+    needs("prometheus", "python3")
+    ports = {name: free_port() for name in ("llm", "prometheus", "client")}
+    key = tmp_path / "key"
+    key.write_text("k" * 32 + "\n")
+    key.chmod(0o600)
+    (tmp_path / "llm.yaml").write_text(
+        f"site: local\nresources: {{time: '00:05:00'}}\nservices:\n"
+        f"  - name: llm\n    type: vllm\n    model: tiny\n    ports: [{ports['llm']}]\n    metrics_ports: [{ports['llm']}]\n"
+        f"    api_key: {{file: {key}}}\n    health_timeout: 60\n    gpu_exporter: none\n"
+        f"  - name: prometheus\n    ports: [{ports['prometheus']}]\n    scrape_interval: 1s\n"
+        f"clients:\n  - name: bench\n    type: llm_client\n    target: llm\n    model: tiny\n    api_key: {{file: {key}}}\n"
+        f"    num_requests: 60\n    concurrent: 2\n    warmup_requests: 0\n    metrics_port: {ports['client']}\n")
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "vllm").write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'llm_standin.py'} \"$@\"\n")
+    (shim / "vllm").chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}",
+           "STANDIN_TOKENS": "20", "STANDIN_FIRST_TOKEN_DELAY": "0.05", "STANDIN_INTER_TOKEN_DELAY": "0.02"}
+    run = tmp_path / "run"
+    submitted = subprocess.run([sys.executable, "-m", "compiler", "submit", "llm.yaml", "--run-dir", run],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    try:
+        ok = wait_for(lambda: query(ports["prometheus"], 'orchc_llm_requests_total{outcome="ok"} > 0'), 120,
+                      "the client's live request count in Prometheus")
+        assert ok[0]["metric"]["job"] == "bench" and ok[0]["metric"]["orchc_source"] == "llm_client", ok
+        ttft = wait_for(lambda: query(ports["prometheus"], 'orchc_llm_ttft_seconds_bucket{le="+Inf"} > 0'), 30, "TTFT")
+        assert 0 < float(ttft[0]["value"][1]) <= 60
+        wait_for(lambda: status(run)["bench"]["state"] in ENDED, 180, "the client to end")
+        assert status(run)["bench"]["state"] == "COMPLETED", orchc("logs", run, "bench", cwd=tmp_path, check=False).stdout
+    finally:
+        stop(run, tmp_path)
+    assert not (run / "monitoring" / "bench.json").exists()   # withdrawn when the client ended

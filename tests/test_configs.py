@@ -56,8 +56,8 @@ def test_grafana_dashboard_provider_format():
 
 
 def test_a_recipe_job_named_as_host_becomes_a_run_time_placeholder():
-    content = one_file("monitoring_stack/grafana.sbatch", "datasources/orchc.yaml")
+    content = one_file("monitoring_stack/grafana.sbatch", "datasources/orchc.yaml.orchc-pending")
     (token,) = re.findall(r'url: "http://@ORCHC_HOST_([0-9a-f]{16}):prometheus@:9090"', content)
     script = (GOLDEN / "monitoring_stack" / "grafana.sbatch").read_text()
-    assert ("orchc_fill_hosts \"$ORCHC_RUN_DIR\"/config/grafana/provisioning/datasources/orchc.yaml "
+    assert ("orchc_fill_hosts_later \"$ORCHC_RUN_DIR\"/config/grafana/provisioning/datasources/orchc.yaml "
             f"@ORCHC_HOST_{token}:prometheus@=prometheus") in script

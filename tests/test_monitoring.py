@@ -11,13 +11,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import nvidia_smi_standin
 import pytest
-from conftest import in_ci, runtime_into
+from conftest import ROOT, in_ci, runtime_into
 from ruamel.yaml import YAML
 from test_cluster import cluster, free_port, orchc, status, wait_for  # noqa: F401 (cluster is a fixture)
 from test_configs import written_files
@@ -161,7 +162,7 @@ def test_grafana_datasource_has_a_fixed_uid_and_dashboards_are_grafana_json(tmp_
     assert doc["datasources"][0]["uid"] == "orchc-prometheus"
     dashboards = {path.rsplit("/", 1)[1]: json.loads(text) for path, text in files.items() if path.endswith(".json")}
     assert set(dashboards) == {"orchc-redis.json", "orchc-mysql.json", "orchc-node.json", "orchc-vllm.json", "orchc-ollama.json",
-                               "orchc-gpu.json"}
+                               "orchc-gpu.json", "orchc-llm-client.json"}
     uids = set()
     for name, board in dashboards.items():
         # Grafana's dashboard JSON model: title, uid, schemaVersion, panels with gridPos, datasource and targets
@@ -427,12 +428,33 @@ def test_a_service_with_gpus_runs_and_publishes_a_gpu_exporter(tmp_path):
     assert "\norchc_publish_metrics gpu gpu_exporter=9835\n" in script
     contained = compile_memcached_like(tmp_path, GPU_SERVICE_RECIPE, "--self-contained")
     assert "\norchc_shipped_file " not in contained and "\ndef exposition(rows):" in contained
-    dcgm = compile_memcached_like(tmp_path, GPU_SERVICE_RECIPE + "  gpu_exporter: dcgm\n  gpu_exporter_port: 9400\n")
+    dcgm = compile_memcached_like(tmp_path, dcgm_site(tmp_path, GPU_SERVICE_RECIPE) + "  gpu_exporter_port: 9400\n")
     assert "\norchc_gpu_exporter dcgm 9400\n" in dcgm and "\norchc_publish_metrics gpu dcgm_exporter=9400\n" in dcgm
     assert "gpu_exporter.py" not in dcgm
     for recipe in (GPU_SERVICE_RECIPE + "  gpu_exporter: none\n", GPU_SERVICE_RECIPE.replace('gres: "gpu:1"', 'gres: "gpu:0"')):
         script = compile_memcached_like(tmp_path, recipe)
         assert "orchc_gpu_exporter" not in script and "orchc_publish_metrics" not in script, recipe
+
+
+def dcgm_site(tmp_path: Path, recipe: str) -> str:
+    """`recipe` on a site like `local` whose profile says its nodes have NVIDIA's dcgm-exporter."""
+    local = (Path(__file__).parent.parent / "sites" / "local.yaml").read_text()
+    (tmp_path / "dgx.yaml").write_text(local.replace("site: local", "site: dgx") + "gpu_exporter: dcgm\n")
+    return recipe.replace("site: local", "site: dgx.yaml")
+
+
+def test_the_gpu_exporter_follows_the_site_and_dcgm_where_the_site_has_none_is_a_located_error(tmp_path):
+    assert "\norchc_gpu_exporter dcgm 9835\n" in compile_memcached_like(tmp_path, dcgm_site(tmp_path, GPU_SERVICE_RECIPE))
+    chosen = compile_memcached_like(tmp_path, dcgm_site(tmp_path, GPU_SERVICE_RECIPE) + "  gpu_exporter: nvidia-smi\n")
+    assert '\norchc_gpu_exporter nvidia-smi 9835 "$ORCHC_RUN_DIR"/config/svc/gpu_exporter.py\n' in chosen
+    (tmp_path / "defs").mkdir(exist_ok=True)
+    (tmp_path / "defs" / "memcached_like.yaml").write_text(
+        "type: memcached_like\nextends: service\nfields:\n  ports: {default: [11211]}\ncontainer:\n  command: sleep 600\n")
+    (tmp_path / "gpu.yaml").write_text(GPU_SERVICE_RECIPE + "  gpu_exporter: dcgm\n")
+    done = subprocess.run([sys.executable, "-m", "compiler", "validate", "gpu.yaml", "--defs", "defs"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert re.search(r"^gpu\.yaml:6:\d+: error: gpu_exporter: dcgm: site 'local' .*dcgm-exporter", done.stderr, re.M), done.stderr
 
 
 def test_the_gpu_exporter_serves_what_nvidia_smi_answers(tmp_path):
@@ -550,3 +572,52 @@ def test_the_llm_and_gpu_dashboards_use_only_metrics_that_exist(tmp_path):
                 expr = re.sub(r"\{[^}]*\}|\[[^]]*\]|by \([^)]*\)", " ", target["expr"])
                 used |= {word for word in re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr) if word not in PROMQL_WORDS}
         assert used and used <= served, (name, used - served)
+
+
+def llm_bench_module():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "service_defs" / "files"))
+    import llm_bench
+    return llm_bench
+
+
+LIVE_RECORDS = [
+    {"ok": True, "ttft_s": 0.2, "e2e_s": 1.2, "output_tokens": 11},     # TPOT (1.2 - 0.2) / 10 = 0.1 s
+    {"ok": True, "ttft_s": 3.0, "e2e_s": 3.0, "output_tokens": 1},      # one token: no TPOT
+    {"ok": False, "ttft_s": None, "e2e_s": 0.5, "output_tokens": None, "error": "HTTP 500"},
+]
+
+
+def test_the_llm_clients_live_metrics_count_what_it_measured():
+    """llm_bench's /metrics (--metrics-port): requests by outcome, output tokens, and TTFT, TPOT and E2E histograms of
+    the measured requests so far, in Prometheus' text format (cumulative buckets)."""
+    live = llm_bench_module().LiveMetrics()
+    for record in LIVE_RECORDS:
+        live.add(record)
+    lines = set(live.exposition().splitlines())
+    assert {'orchc_llm_requests_total{outcome="ok"} 2', 'orchc_llm_requests_total{outcome="failed"} 1',
+            "orchc_llm_output_tokens_total 12"} <= lines
+    assert {'orchc_llm_ttft_seconds_bucket{le="0.1"} 0', 'orchc_llm_ttft_seconds_bucket{le="0.25"} 1',
+            'orchc_llm_ttft_seconds_bucket{le="2.5"} 1', 'orchc_llm_ttft_seconds_bucket{le="5"} 2',
+            'orchc_llm_ttft_seconds_bucket{le="+Inf"} 2', "orchc_llm_ttft_seconds_count 2", "orchc_llm_ttft_seconds_sum 3.2"} <= lines
+    assert {'orchc_llm_tpot_seconds_bucket{le="0.05"} 0', 'orchc_llm_tpot_seconds_bucket{le="0.1"} 1',
+            "orchc_llm_tpot_seconds_count 1"} <= lines
+    assert {"orchc_llm_e2e_seconds_count 2", 'orchc_llm_e2e_seconds_bucket{le="1"} 0'} <= lines
+    assert "# TYPE orchc_llm_ttft_seconds histogram" in lines and "# TYPE orchc_llm_requests_total counter" in lines
+
+
+def test_the_llm_client_dashboard_uses_only_metrics_the_client_serves(tmp_path):
+    live = llm_bench_module().LiveMetrics()
+    for record in LIVE_RECORDS:
+        live.add(record)
+    served = exported_names(live.exposition()) | {"up"}
+    script = compile_one(tmp_path, "site: local\nservice:\n  name: grafana\n", "grafana")
+    (board,) = [json.loads(text) for path, text in written_files(script).items() if path.endswith("orchc-llm-client.json")]
+    used = set()
+    for panel in board["panels"]:
+        for target in panel["targets"]:
+            expr = re.sub(r"\{[^}]*\}|\[[^]]*\]|by \([^)]*\)", " ", target["expr"])
+            used |= {word for word in re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr) if word not in PROMQL_WORDS}
+    assert {"orchc_llm_ttft_seconds_bucket", "orchc_llm_tpot_seconds_bucket", "orchc_llm_output_tokens_total"} <= used
+    assert used <= served, used - served

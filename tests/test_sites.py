@@ -166,10 +166,11 @@ def test_meluxina_keeps_images_and_models_on_project_storage_and_data_on_scratch
     assert f"\norchc_image {home}images/mysql-8.4.11.sif " in text
     assert f"\nORCHC_MODELS={home}models\n" in text
     assert ".orchc/mysql" not in text and '"$HOME"/containers' not in text
-    # the job's data folder, per run, is where mysql keeps its data; it is bound into the container
-    assert re.search(r'^orchc_v\d+="\$ORCHC_DATA"/mysql$', text, re.M), text
+    # mysql keeps its data on the node's own disk (not on scratch: Lustre), per run and job; bound into the container
+    assert re.search(r'^orchc_v\d+=/tmp/orchc-"\$ORCHC_RUN"-"\$ORCHC_JOB"$', text, re.M), text
     start = next(line for line in text.splitlines() if "setsid apptainer exec" in line)
     assert '--bind "$ORCHC_RUN_DIR"' in start and '--bind "$ORCHC_DATA"' in start, start
+    assert '--bind /tmp/orchc-"$ORCHC_RUN"-"$ORCHC_JOB" ' in start and '--datadir="$ORCHC_MYSQL_DIR"' in start, start
 
 
 def test_the_local_site_keeps_data_in_the_run_folder(orchc, write, tmp_path):
@@ -185,7 +186,8 @@ def test_a_recipe_places_storage_and_an_explicit_data_dir_is_bound(orchc, write,
     text = _script(orchc, write, tmp_path, recipe, "db")
     assert "orchc_image /project/home/p200981/sif/mysql-8.4.11.sif" in text
     assert re.search(r"^ORCHC_DATA=/project/home/p200981/runs/\"\$ORCHC_JOB\"$", text, re.M), text
-    assert "--datadir=/project/home/p200981/shared-db" in text
+    assert "\nORCHC_MYSQL_DIR=/project/home/p200981/shared-db\n" in text and '--datadir="$ORCHC_MYSQL_DIR"' in text
+    assert "orchc_remove_at_end" not in text   # data a recipe placed itself is never removed
     start = next(line for line in text.splitlines() if "setsid apptainer exec" in line)
     assert "--bind /project/home/p200981/shared-db " in start, start
     # the site's defaults for what the recipe does not place

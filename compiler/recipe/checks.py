@@ -60,6 +60,15 @@ def refused_environment_name(name: str) -> str | None:
     return next((pattern for pattern in REFUSED_ENVIRONMENT if fnmatchcase(name, pattern)), None)
 
 
+def _check_gpu_exporter(job: ResolvedJob, origins: Origins, recipe: Recipe, problems: Collector) -> None:
+    """dcgm only where the site's profile says its nodes have dcgm-exporter (else the job would start none)."""
+    site = recipe.site
+    if job.fields.get("gpu_exporter") == "dcgm" and site.gpu_exporter != "dcgm":
+        problems.add(origins.loc(("gpu_exporter",)), f"gpu_exporter: dcgm: site '{site.name}' does not say its nodes have "
+                     f"NVIDIA's dcgm-exporter (its profile has gpu_exporter: {site.gpu_exporter}); use site or "
+                     "nvidia-smi, or say gpu_exporter: dcgm in the site profile where they do")
+
+
 def check_recipe(recipe: Recipe, problems: Collector) -> None:
     """Add the recipe's problems to `problems`, which holds what resolve found in it."""
     services = {job.name: None for job in recipe.jobs if job.role == "service"}   # in recipe order, for hints
@@ -70,6 +79,7 @@ def check_recipe(recipe: Recipe, problems: Collector) -> None:
         what = f"{job.role} '{job.name}'"
         _check_secrets(job, origins, what, recipe.removed_secrets.get(job.name, frozenset()), problems)
         _check_site_lists(job, origins, recipe, problems)
+        _check_gpu_exporter(job, origins, recipe, problems)
         if job.role == "client":
             _check_target(job, origins, services, problems)
             _check_after(job, origins, earlier, problems)

@@ -41,11 +41,12 @@ _IDENTITY = ("name", "type")
 """Keys that identify a job in the recipe; `--set` cannot change them."""
 
 
-STORAGE_KEYS = ("images", "apptainer_cache", "apptainer_tmp", "models", "data")
+STORAGE_KEYS = ("images", "apptainer_cache", "apptainer_tmp", "models", "data", "local")
 """What a site profile (and a recipe's `storage:`) places: see schemas/site.schema.json#/$defs/storage."""
 _STORAGE_PATH = re.compile(r"^[A-Za-z0-9_./${}-]+$")
-DEFAULT_STORAGE = {"images": "$HOME/containers", "models": "$HOME/.orchc/models", "data": "$ORCHC_RUN_DIR/data"}
-"""Where nothing else is known; the Apptainer cache and temp folders then stay Apptainer's own defaults."""
+DEFAULT_STORAGE = {"images": "$HOME/containers", "models": "$HOME/.orchc/models", "data": "$ORCHC_RUN_DIR/data", "local": "/tmp"}
+"""Where nothing else is known; the Apptainer cache and temp folders then stay Apptainer's own defaults; a node's own
+disk is its /tmp."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Site:
     qos: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
     storage: Mapping[str, str] = field(default_factory=lambda: FrozenDict(DEFAULT_STORAGE))
-    """images, apptainer_cache, apptainer_tmp, models, data: the site's, with a recipe's `storage:` over them"""
+    """images, apptainer_cache, apptainer_tmp, models, data, local: the site's, with a recipe's `storage:` over them"""
     billing: str = "shared"
     """whole_node (a job pays for its whole nodes while it runs) or shared"""
     nodes: Mapping[str, Mapping[str, Any]] = field(default_factory=FrozenDict)
@@ -71,6 +72,8 @@ class Site:
     """max_submit, max_running: the site's per-user job limits"""
     gpu_vendor: str = "nvidia"
     """nvidia or amd: a GPU container gets --nv or --rocm"""
+    gpu_exporter: str = "nvidia-smi"
+    """the GPU exporter of services whose `gpu_exporter` is `site` (their default): dcgm where the nodes have dcgm-exporter"""
     reservations: Mapping[str, Mapping[str, str]] = field(default_factory=FrozenDict)
     """QoS -> partition -> the reservation a job of that QoS on that partition names (MeluXina: dev on gpu, gpudev)"""
 
@@ -329,6 +332,7 @@ def _load_site_file(path: Path) -> Site:
         storage=FrozenDict(storage),
         billing=data.get("billing", "shared"),
         gpu_vendor=data.get("gpu_vendor", "nvidia"),
+        gpu_exporter=data.get("gpu_exporter", "nvidia-smi"),
         limits=FrozenDict(data.get("limits", {})),
         nodes=FrozenDict({name: FrozenDict(shape) for name, shape in data.get("nodes", {}).items()}),
         reservations=FrozenDict({entry["name"]: FrozenDict(entry["reservations"]) for entry in data.get("qos", ())
@@ -497,6 +501,8 @@ def _resolve_jobs(doc: Node, registry: Registry, site: Site, settings: Sequence[
             node = merge(node, _secrets_replace(layer, typedef), problems)
         node = Node(node.value, entry.loc, node.key_loc)
         data = _validated(node, typedef, base, what, problems, removed)
+        if data.get("gpu_exporter") == "site":   # service.yaml's default: the site's exporter
+            data["gpu_exporter"] = site.gpu_exporter
         jobs.append(_Draft(name, typedef, node, data, frozenset(removed), base))
     return jobs
 

@@ -72,6 +72,7 @@ TLS (orchc's proxy in front of Ollama), the server's certificate checked against
 
 import argparse
 import http.client
+import http.server
 import json
 import math
 import os
@@ -406,6 +407,80 @@ class EngineSampler(threading.Thread):
 
 # ---------------------------------------------------------------------------------------------- requests
 
+LIVE_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
+"""upper bounds of the live histograms' buckets, in seconds (TTFT, TPOT and E2E share them)"""
+
+
+class LiveMetrics:
+    """The measured requests so far, for Prometheus (--metrics-port): orchc_llm_requests_total{outcome} (ok or failed),
+    orchc_llm_output_tokens_total, and histograms orchc_llm_ttft_seconds, orchc_llm_tpot_seconds (requests of more
+    than one token) and orchc_llm_e2e_seconds of the requests that succeeded. Warm-up requests do not count."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.outcomes = {"ok": 0, "failed": 0}
+        self.output_tokens = 0
+        self.histograms = {name: ([0] * len(LIVE_BUCKETS_S), [0.0, 0]) for name in ("ttft", "tpot", "e2e")}
+
+    def add(self, record):
+        with self.lock:
+            self.outcomes["ok" if record.get("ok") else "failed"] += 1
+            if not record.get("ok"):
+                return
+            tokens = record.get("output_tokens") or 0
+            self.output_tokens += tokens
+            figures = {"ttft": record.get("ttft_s"), "e2e": record.get("e2e_s"),
+                       "tpot": (record["e2e_s"] - record["ttft_s"]) / (tokens - 1) if tokens > 1 else None}
+            for name, value in figures.items():
+                if value is None:
+                    continue
+                buckets, total = self.histograms[name]
+                for i, bound in enumerate(LIVE_BUCKETS_S):
+                    if value <= bound:
+                        buckets[i] += 1
+                total[0] += value
+                total[1] += 1
+
+    def exposition(self):
+        with self.lock:
+            lines = ["# HELP orchc_llm_requests_total measured requests ended, by outcome",
+                     "# TYPE orchc_llm_requests_total counter"]
+            lines += [f'orchc_llm_requests_total{{outcome="{k}"}} {v}' for k, v in self.outcomes.items()]
+            lines += ["# HELP orchc_llm_output_tokens_total output tokens of the requests that succeeded",
+                      "# TYPE orchc_llm_output_tokens_total counter", f"orchc_llm_output_tokens_total {self.output_tokens}"]
+            for name, (buckets, (total, count)) in self.histograms.items():
+                metric = f"orchc_llm_{name}_seconds"
+                lines += [f"# HELP {metric} {name.upper()} of the requests that succeeded", f"# TYPE {metric} histogram"]
+                lines += [f'{metric}_bucket{{le="{bound:g}"}} {n}' for bound, n in zip(LIVE_BUCKETS_S, buckets)]
+                lines += [f'{metric}_bucket{{le="+Inf"}} {count}', f"{metric}_sum {round(total, 6):g}", f"{metric}_count {count}"]
+            return "\n".join(lines) + "\n"
+
+
+def serve_live(live, port):
+    """Serve `live` at /metrics on `port` (all interfaces) from a daemon thread; None, and a note, if the port is taken:
+    the benchmark goes on without."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = live.exposition().encode() if self.path == "/metrics" else b"not found\n"
+            self.send_response(200 if self.path == "/metrics" else 404)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    try:
+        server = http.server.ThreadingHTTPServer(("", port), Handler)
+    except OSError as error:
+        print(f"llm_bench: no live metrics on port {port}: {error}", file=sys.stderr)
+        return None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 class Stopped(Exception):
     """The run's deadline passed, or a signal asked it to stop, while a request was in flight."""
 
@@ -423,6 +498,7 @@ class Run:
         self.t0 = None
         self.errors = []
         self.out = None
+        self.live = None   # LiveMetrics of the measured requests, with --metrics-port
         self.headers = {**HEADERS, **auth_headers()}
         self.replicas = Replicas(args.replicas, args.replica_policy) if args.replicas else None
 
@@ -454,6 +530,8 @@ class Run:
             if self.out is not None:
                 self.out.write(json.dumps(record, sort_keys=True) + "\n")
                 self.out.flush()
+        if self.live is not None and self.out is not None:
+            self.live.add(record)
 
 
 class Replicas:
@@ -920,6 +998,9 @@ def run_command(args, search=None):
         barrier = take_share(args, task, tasks)
     os.makedirs(args.results, exist_ok=True)
     run = Run(args)
+    if args.metrics_port:
+        run.live = LiveMetrics()
+        serve_live(run.live, args.metrics_port)
     # SIGUSR1 too: orchc's orchc_tasks_run stops the tasks of an srun with it (srun answers a SIGTERM by killing them)
     for number in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(number, lambda signum, _frame: run.stop(signal_reason(where_stopped, signum)))
@@ -1204,6 +1285,8 @@ def parser():
                    help="a JSON object: search the highest request rate within an SLO (run by llm_search.py)")
     r.add_argument("--engine-metrics-interval", type=float, default=1.0,
                    help="seconds between two reads of the server's /metrics (0: none); not against Ollama")
+    r.add_argument("--metrics-port", type=int, default=0,
+                   help="serve live metrics of the measured requests to Prometheus at /metrics on this port (0: none)")
     r.add_argument("--gpu-csv", help="the GPU sampler's nvidia-smi CSV of the server's GPUs: energy and J/token")
     r.add_argument("--tasks-from-slurm", action="store_true",
                    help="one of the tasks of an srun step (SLURM_PROCID of SLURM_STEP_NUM_TASKS): take this task's share")

@@ -5,6 +5,7 @@
 # bash: what differs between jobs is in the job script, never here.
 ORCHC_PIDS=()
 ORCHC_WATCHERS=()
+ORCHC_REMOVE=()
 ORCHC_ENDPOINT=""
 ORCHC_AT=()
 ORCHC_LEVEL=0
@@ -67,7 +68,7 @@ trap 'orchc_on_error "$?" "$LINENO" "$BASH_COMMAND"' ERR
 # Runs on every exit, including scancel and the time limit (TERM, or the --signal
 # of a client): stop what this job started, collect results, withdraw the endpoint.
 orchc_cleanup() {
-    local status=$? pid tries=0 children
+    local status=$? pid tries=0 children dir
     set +o errexit
     trap - EXIT TERM INT USR1 ERR
     orchc_observer_stop
@@ -90,6 +91,8 @@ orchc_cleanup() {
         [ -z "$children" ] || kill -KILL $children 2>/dev/null
     done
     wait 2>/dev/null
+    # what the job kept on a node's own disk (orchc_remove_at_end), once nothing of the job writes there
+    for dir in "${ORCHC_REMOVE[@]}"; do rm -rf -- "$dir"; done
     if [ "$ORCHC_ROLE" = client ]; then
         orchc_client_ends
     fi
@@ -100,6 +103,11 @@ orchc_cleanup() {
     [ "$ORCHC_ROLE" != service ] || orchc_phase ended "$status"
     orchc_record_job "$status"
     exit "$status"
+}
+# orchc_remove_at_end DIR: create DIR (a folder of this job on the node's own disk) and remove it when the job ends.
+orchc_remove_at_end() {
+    mkdir -p -- "$1" || orchc_fail "cannot create $1 on $(hostname)'s own disk: see storage: local in the site profile or the recipe"
+    ORCHC_REMOVE+=("$1")
 }
 # orchc_client_ends: what a client does as it ends (orchc_cleanup's status in and out): collect its results (its
 # results phase, then results.json) and tell its service it is done.
@@ -747,6 +755,37 @@ orchc_parameter() {
     mv -f "$file.tmp" "$file"
 }
 
+# orchc_publish_facts NAME=VALUE...: facts of how this service runs (e.g. where its data lies), which its clients
+# record in their results (orchc_target_facts); written atomically, before the endpoint.
+orchc_publish_facts() {
+    local pair file="$ORCHC_RUN_DIR/facts/$ORCHC_JOB"
+    mkdir -p "$ORCHC_RUN_DIR/facts"
+    for pair in "$@"; do printf '%s %s\n' "${pair%%=*}" "${pair#*=}"; done >"$file.tmp.$$"
+    mv -f "$file.tmp.$$" "$file"
+}
+
+# orchc_target_facts: the facts the client's target published (TARGET_FACTS), each a parameter target_NAME.
+orchc_target_facts() {
+    local name value
+    [ -n "${TARGET_FACTS:-}" ] && [ -f "$TARGET_FACTS" ] || return 0
+    while read -r name value; do
+        if [[ $name =~ ^[a-z][a-z0-9_]{0,40}$ ]]; then orchc_parameter "target_$name" "$value"; fi
+    done <"$TARGET_FACTS"
+}
+
+# orchc_mysql_settings ROW: record in the results' parameters what a MySQL server runs with, from ROW, its answer
+# (tab-separated) to SELECT @@datadir, @@innodb_buffer_pool_size, @@innodb_flush_log_at_trx_commit, @@log_bin, @@sync_binlog.
+orchc_mysql_settings() {
+    local datadir="" pool="" flush="" binlog="" sync=""
+    IFS=$'\t' read -r datadir pool flush binlog sync <<<"$1" || true
+    [ -n "$pool" ] || { orchc_log "the server did not say its settings"; return 0; }
+    orchc_parameter server_datadir "$datadir"
+    orchc_parameter server_innodb_buffer_pool_size "$pool"
+    orchc_parameter server_innodb_flush_log_at_trx_commit "$flush"
+    orchc_parameter server_log_bin "$binlog"
+    orchc_parameter server_sync_binlog "$sync"
+}
+
 # orchc_flat_json FILE KIND: FILE's JSON object on one line, if it is flat (no nesting) and its values are of
 # KIND (numbers: numbers and null; scalars: also strings and booleans); nothing and status 1 otherwise.
 orchc_flat_json() {
@@ -874,6 +913,8 @@ orchc_wait_endpoint() {
             orchc_endpoint_replicas "$file"
             # where the service left the credentials its clients need, if it needs any (orchc_tls_credentials)
             TARGET_CREDENTIALS="$ORCHC_RUN_DIR/credentials/$1"
+            # what the service said about how it runs (orchc_publish_facts), for its clients' results
+            TARGET_FACTS="$ORCHC_RUN_DIR/facts/$1"
             return 0
         fi
         orchc_target_phase "$1"
@@ -1045,6 +1086,32 @@ orchc_fill_hosts_later() {
             orchc_backoff
         done
         orchc_log "$file written: every host in it is known"
+    ) </dev/null &
+    orchc_started "$!"
+}
+# orchc_grafana_reload_later PORT FILE: when FILE, Grafana's provisioned data sources, waits for the hosts of the jobs it
+# names (FILE.orchc-pending, orchc_fill_hosts_later), ask the Grafana on PORT to read its data sources again once FILE is
+# written (its admin API; the password, $ADMIN_PASSWORD, reaches curl through its config on stdin, never a command line).
+# In the background: the job goes on, and says every ORCHC_WAIT_LOG seconds (default 30) that it still waits.
+orchc_grafana_reload_later() {
+    [ -f "$2.orchc-pending" ] || return 0
+    (
+        trap - EXIT TERM INT USR1 ERR
+        set +o errexit
+        orchc_wait_log_checked
+        local start=$SECONDS next_log=$((SECONDS + ${ORCHC_WAIT_LOG:-30})) ORCHC_DELAY=2 password
+        until [ -f "$2" ]; do
+            orchc_still_waiting "for $2 (the hosts of Grafana's data sources)" "$start" "the job's time limit"
+            orchc_backoff
+        done
+        password=${ADMIN_PASSWORD//\\/\\\\}
+        password=${password//\"/\\\"}
+        if printf 'user = "admin:%s"\n' "$password" | curl -sS -f --max-time 30 -K - -X POST \
+            "http://127.0.0.1:$1/api/admin/provisioning/datasources/reload" >/dev/null; then
+            orchc_log "Grafana read its data sources again: $2"
+        else
+            orchc_log "Grafana did not read its data sources again (POST /api/admin/provisioning/datasources/reload failed)"
+        fi
     ) </dev/null &
     orchc_started "$!"
 }
