@@ -71,6 +71,11 @@ orchc_cleanup() {
     local status=$? pid tries=0 children dir
     set +o errexit
     trap - EXIT TERM INT USR1 ERR
+    # withdrawn first: no client starts against a service that is stopping (before, it went last, after every
+    # process had ended, which took over 10 s on a loaded node)
+    if [ -n "$ORCHC_ENDPOINT" ]; then
+        rm -f "$ORCHC_ENDPOINT"
+    fi
     orchc_observer_stop
     for pid in "${ORCHC_PIDS[@]}"; do
         kill -TERM -- "-$pid" 2>/dev/null || orchc_kill_tree TERM "$pid"
@@ -95,9 +100,6 @@ orchc_cleanup() {
     for dir in "${ORCHC_REMOVE[@]}"; do rm -rf -- "$dir"; done
     if [ "$ORCHC_ROLE" = client ]; then
         orchc_client_ends
-    fi
-    if [ -n "$ORCHC_ENDPOINT" ]; then
-        rm -f "$ORCHC_ENDPOINT"
     fi
     # its clients, still waiting, stop at once
     [ "$ORCHC_ROLE" != service ] || orchc_phase ended "$status"
