@@ -292,7 +292,7 @@ orchc_backoff() {
 
 orchc_service_alive() {
     if [ -n "${ORCHC_SERVICE_PID:-}" ] && ! kill -0 "$ORCHC_SERVICE_PID" 2>/dev/null; then
-        orchc_fail "the service process exited before it became ready$(orchc_rank_failure)"
+        orchc_fail "the service process exited before it became ready$(orchc_bind_failure)$(orchc_rank_failure)"
     fi
 }
 
@@ -331,17 +331,20 @@ orchc_rank_run() {
     printf '%s %s\n' "$status" "$node" >"$ORCHC_RANKS/$ORCHC_NODE_RANK.exit"
     return "$status"
 }
-# orchc_replicas_plan BASE_PORT: one engine per GPU (a recipe's replicas: per_gpu; README "One engine per GPU"): the
+# orchc_replicas_plan PORT: one engine per GPU (a recipe's replicas: per_gpu; README "One engine per GPU"): the
 # job's GPUs as SLURM gave them (CUDA_VISIBLE_DEVICES of the gres, else SLURM_JOB_GPUS) in ORCHC_REPLICA_GPUS, replica I
-# on GPU ORCHC_REPLICA_GPUS[I] and port BASE_PORT + I; fails when the job got no GPU.
+# on GPU ORCHC_REPLICA_GPUS[I] and port ORCHC_REPLICA_PORTS[I]: replica 0 on PORT (the service's own, ports[0]), the
+# others on free ports of the node (orchc_free_ports); fails when the job got no GPU.
 orchc_replicas_plan() {
-    local gpus=${CUDA_VISIBLE_DEVICES:-}
+    local gpus=${CUDA_VISIBLE_DEVICES:-} more=()
     [ -n "$gpus" ] && [ "$gpus" != NoDevFiles ] || gpus=${SLURM_JOB_GPUS:-}
     [ -n "$gpus" ] || orchc_fail "replicas: per_gpu: the job got no GPU (no CUDA_VISIBLE_DEVICES nor SLURM_JOB_GPUS): ask for one with gres: gpu:N"
     IFS=, read -r -a ORCHC_REPLICA_GPUS <<<"$gpus"
-    ORCHC_REPLICA_BASE=$1
+    [ "${#ORCHC_REPLICA_GPUS[@]}" -lt 2 ] || read -r -a more <<<"$(orchc_free_ports "$((${#ORCHC_REPLICA_GPUS[@]} - 1))")"
+    ORCHC_REPLICA_PORTS=("$1" "${more[@]}")
+    [ "${#ORCHC_REPLICA_PORTS[@]}" = "${#ORCHC_REPLICA_GPUS[@]}" ] || orchc_fail "replicas: per_gpu: no free port for each of ${#ORCHC_REPLICA_GPUS[@]} replicas on $(hostname)"
     orchc_ranks_folder
-    orchc_log "one engine per GPU: ${#ORCHC_REPLICA_GPUS[@]} replicas on GPUs $gpus, ports $1 to $(($1 + ${#ORCHC_REPLICA_GPUS[@]} - 1))"
+    orchc_log "one engine per GPU: ${#ORCHC_REPLICA_GPUS[@]} replicas on GPUs $gpus, ports ${ORCHC_REPLICA_PORTS[*]}"
 }
 # orchc_replicas_start: run the function orchc_replica once per GPU of orchc_replicas_plan, each with
 # CUDA_VISIBLE_DEVICES its own GPU, ORCHC_REPLICA its number and ORCHC_REPLICA_PORT its port; meant to run in the
@@ -353,7 +356,7 @@ orchc_replicas_start() {
     set +o errexit
     for i in "${!ORCHC_REPLICA_GPUS[@]}"; do
         (
-            export CUDA_VISIBLE_DEVICES=${ORCHC_REPLICA_GPUS[i]} ORCHC_REPLICA=$i ORCHC_REPLICA_PORT=$((ORCHC_REPLICA_BASE + i))
+            export CUDA_VISIBLE_DEVICES=${ORCHC_REPLICA_GPUS[i]} ORCHC_REPLICA=$i ORCHC_REPLICA_PORT=${ORCHC_REPLICA_PORTS[i]}
             echo "[orchc] replica $i starts on GPU $CUDA_VISIBLE_DEVICES, port $ORCHC_REPLICA_PORT" >&2
             orchc_replica
             status=$?
@@ -374,7 +377,7 @@ orchc_replicas_start() {
 orchc_replicas_each() {
     local i status
     for i in "${!ORCHC_REPLICA_GPUS[@]}"; do
-        ORCHC_REPLICA=$i ORCHC_REPLICA_PORT=$((ORCHC_REPLICA_BASE + i)) ORCHC_REPLICA_GPU=${ORCHC_REPLICA_GPUS[i]}
+        ORCHC_REPLICA=$i ORCHC_REPLICA_PORT=${ORCHC_REPLICA_PORTS[i]} ORCHC_REPLICA_GPU=${ORCHC_REPLICA_GPUS[i]}
         orchc_log "replica $i (GPU $ORCHC_REPLICA_GPU, port $ORCHC_REPLICA_PORT): health check"
         status=0
         ("$@") &
@@ -526,7 +529,7 @@ orchc_publish_endpoint() {
     {
         printf '%s %s %s\n' "$(orchc_self_id)" "$host" "$*"
         for i in ${ORCHC_REPLICA_GPUS[@]+"${!ORCHC_REPLICA_GPUS[@]}"}; do
-            printf 'replica %s %s %s %s\n' "$i" "$host" "$((ORCHC_REPLICA_BASE + i))" "${ORCHC_REPLICA_GPUS[i]}"
+            printf 'replica %s %s %s %s\n' "$i" "$host" "${ORCHC_REPLICA_PORTS[i]}" "${ORCHC_REPLICA_GPUS[i]}"
         done
     } >"$ORCHC_ENDPOINT.tmp.$$"
     mv -f "$ORCHC_ENDPOINT.tmp.$$" "$ORCHC_ENDPOINT"
@@ -560,7 +563,80 @@ orchc_ports_free() {
     local port
     for port in "$@"; do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            orchc_fail "port $port on $(hostname) is already in use by another program (another run of this recipe on the same node?): give the service other ports: in the recipe"
+            orchc_fail "port $port on $(hostname) is already in use (by another program or run): give the service other ports in the recipe, or auto"
+        fi
+    done
+}
+
+# orchc_ports NAME...: the job's ports, each in ORCHC_PORT_NAME (the script assigns a number or auto; exported: the
+# ranks' shells read them too), which its lines reference: auto becomes a free port of this node chosen now
+# (orchc_free_ports), a fixed port is checked free. ORCHC_PORTS lists them (NAME=PORT) for messages.
+orchc_ports() {
+    local name variable auto=() chosen=() index
+    for name in "$@"; do
+        variable=ORCHC_PORT_$name
+        if [ "${!variable}" = auto ]; then
+            auto+=("$name")
+        else
+            orchc_ports_free "${!variable}"
+            orchc_port_set "$name" "${!variable}"
+        fi
+    done
+    if [ "${#auto[@]}" -gt 0 ]; then
+        read -ra chosen <<<"$(orchc_free_ports "${#auto[@]}")"
+        [ "${#chosen[@]}" = "${#auto[@]}" ] || orchc_fail "could not choose ${#auto[@]} free ports on $(hostname)"
+        for index in "${!auto[@]}"; do
+            orchc_port_set "${auto[index]}" "${chosen[index]}"
+        done
+    fi
+    orchc_log "ports on $(hostname): ${ORCHC_PORTS:-}"
+}
+orchc_port_set() {
+    [[ $2 =~ ^[1-9][0-9]{0,4}$ ]] || orchc_fail "'${2:0:20}' is not a port"
+    printf -v "ORCHC_PORT_$1" %s "$2"
+    export "ORCHC_PORT_$1"
+    ORCHC_PORTS+="${ORCHC_PORTS:+ }$1=$2"
+}
+# orchc_free_ports COUNT: COUNT different ports no program of this node listens on, on one line: the kernel's choice for
+# sockets bound to port 0, all held until the last is chosen (python3); without python3, random ports from 20000-32767
+# (below Linux's ephemeral range) that accept no connection. Another program may still take one before the service
+# binds it: the service then dies with "Address already in use", which orchc_bind_failure says.
+orchc_free_ports() {
+    if command -v python3 >/dev/null 2>&1; then
+        python3 -c 'import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for sock in held:
+    sock.bind(("", 0))
+print(" ".join(str(sock.getsockname()[1]) for sock in held))' "$1"
+        return
+    fi
+    local ports=() port tries=0
+    while [ "${#ports[@]}" -lt "$1" ] && [ "$tries" -lt 1000 ]; do
+        port=$((20000 + RANDOM % 12768)) tries=$((tries + 1))
+        [[ " ${ports[*]} " != *" $port "* ]] && ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && ports+=("$port")
+    done
+    printf '%s\n' "${ports[*]}"
+}
+# orchc_fill_ports FILE PLACEHOLDER=NAME...: the port chosen for NAME (orchc_ports) in place of PLACEHOLDER in FILE (a file
+# the job wrote from its type's template; only orchc's placeholders carry the job's token).
+orchc_fill_ports() {
+    local file=$1 pair variable
+    shift
+    for pair in "$@"; do
+        variable=ORCHC_PORT_${pair##*=}
+        [[ ${!variable:-} =~ ^[0-9]+$ ]] || orchc_fail "no port was chosen for ${pair##*=}"
+        sed -i "s|${pair%=*}|${!variable}|g" "$file"
+    done
+}
+# orchc_bind_failure: when the job's log says "Address already in use" (a port taken between orchc_ports and the
+# service's start), that, plainly, for the message of a service that ended.
+orchc_bind_failure() {
+    local log
+    for log in "$ORCHC_RUN_DIR/slurm-${SLURM_JOB_ID:-0}.err" "$ORCHC_RUN_DIR/slurm-${SLURM_JOB_ID:-0}.out"; do
+        if [ -f "$log" ] && grep -q "Address already in use" "$log" 2>/dev/null; then
+            printf ': its log (%s) says "Address already in use": another program took one of its ports (%s) on %s after orchc checked them; submit it again' \
+                "${log##*/}" "${ORCHC_PORTS:-}" "$(hostname)"
+            return 0
         fi
     done
 }

@@ -100,7 +100,7 @@ def test_mysql_exporter_password_never_on_a_command_line(tmp_path):
         words_after_setsid = line.split("setsid", 1)[1]
         assert "ROOT_PASSWORD" not in words_after_setsid, line
         assert "ROOT_PASSWORD" in line.split("setsid", 1)[0], line
-        assert "orchc_publish_metrics mon mysqld_exporter=9104" in script
+        assert 'orchc_publish_metrics mon mysqld_exporter="$ORCHC_PORT_exporter_port"' in script
 
 
 def test_prometheus_config_discovers_files_and_passes_promtool(tmp_path):
@@ -109,7 +109,7 @@ def test_prometheus_config_discovers_files_and_passes_promtool(tmp_path):
     run_dir = tmp_path / "run dir with 'quotes\" and \\ and glob [?]"
     run_dir.mkdir()
     # The generated setup lines write the config, with the run folder's absolute path filled in at run time.
-    subprocess.run(["bash", "-c", 'set -e; ORCHC_RUN_DIR=$1; orchc_log() { :; }; orchc_record_job() { :; }; orchc_phase() { :; }; orchc_ports_free() { :; }; ' + setup_section(script), "x", run_dir],
+    subprocess.run(["bash", "-c", 'set -e; ORCHC_RUN_DIR=$1; orchc_log() { :; }; orchc_record_job() { :; }; orchc_phase() { :; }; orchc_ports_free() { :; }; orchc_ports() { :; }; ' + setup_section(script), "x", run_dir],
                    check=True, cwd=tmp_path)
     config_path = run_dir / "config" / "prometheus" / "prometheus.yml"
     config = YAML(typ="safe").load(config_path.read_text())
@@ -130,7 +130,7 @@ def test_prometheus_config_discovers_files_and_passes_promtool(tmp_path):
     # A '*' in the run folder's path cannot be expressed in file_sd_configs: a clear error, at once.
     starred = tmp_path / "run*"
     starred.mkdir()
-    failed = subprocess.run(["bash", "-c", 'set -e; ORCHC_RUN_DIR=$1; orchc_log() { :; }; orchc_record_job() { :; }; orchc_phase() { :; }; orchc_ports_free() { :; }; orchc_fail() { echo "$*" >&2; exit 1; }; '
+    failed = subprocess.run(["bash", "-c", 'set -e; ORCHC_RUN_DIR=$1; orchc_log() { :; }; orchc_record_job() { :; }; orchc_phase() { :; }; orchc_ports_free() { :; }; orchc_ports() { :; }; orchc_fail() { echo "$*" >&2; exit 1; }; '
                              + setup_section(script), "x", starred], capture_output=True, text=True, cwd=tmp_path)
     assert failed.returncode == 1 and "has a '*' in its path" in failed.stderr, failed.stderr
 
@@ -138,7 +138,7 @@ def test_prometheus_config_discovers_files_and_passes_promtool(tmp_path):
 def test_publish_metrics_writes_an_sd_file_and_removes_it_on_exit(tmp_path):
     """The runtime helper, run in a real service script: the file appears atomically and goes with the job."""
     script = compile_one(tmp_path, "site: local\nservice:\n  name: redis\n  enable_exporter: true\n", "redis")
-    assert "\norchc_publish_metrics mon redis_exporter=9121" in script
+    assert '\norchc_publish_metrics mon redis_exporter="$ORCHC_PORT_exporter_port"' in script
     (runtime,) = (tmp_path / "build" / "mon").glob("orchc-runtime-*.sh")
     program = ('set -o errexit -o pipefail -o errtrace\nORCHC_ROLE=service\n. "$2"\nORCHC_JOB=redis; ORCHC_RUN_DIR=$1\n'
                "orchc_publish_metrics mon redis_exporter=9121 node_exporter=9100\n"
@@ -362,10 +362,12 @@ def test_a_gpu_job_on_a_node_without_nvidia_smi_logs_it_and_goes_on(tmp_path):
 # --- every service and sidecar registers (issue 20, item 4) -------------------------------------------------------
 
 @pytest.mark.parametrize("service, published", [
-    ("vllm", "vllm=8000 cadvisor=8080 node_exporter=9100 gpu_exporter=9835"),    # gres gpu:1 by default
-    ("ollama", "cadvisor=8080 node_exporter=9100 gpu_exporter=9835"),
-    ("chroma", "cadvisor=8080 node_exporter=9100"),
-    ("memcached_like", "memcached_like=9150 cadvisor=8080 node_exporter=9100"),
+    # gres gpu:1 by default; every port auto (a reference to the one the job chose) but memcached_like's own
+    ("vllm", 'vllm="$ORCHC_PORT_ports_0" cadvisor="$ORCHC_PORT_cadvisor_port" node_exporter="$ORCHC_PORT_node_exporter_port" '
+             'gpu_exporter="$ORCHC_PORT_gpu_exporter_port"'),
+    ("ollama", 'cadvisor="$ORCHC_PORT_cadvisor_port" node_exporter="$ORCHC_PORT_node_exporter_port" gpu_exporter="$ORCHC_PORT_gpu_exporter_port"'),
+    ("chroma", 'cadvisor="$ORCHC_PORT_cadvisor_port" node_exporter="$ORCHC_PORT_node_exporter_port"'),
+    ("memcached_like", 'memcached_like=9150 cadvisor="$ORCHC_PORT_cadvisor_port" node_exporter="$ORCHC_PORT_node_exporter_port"'),
 ])
 def test_every_service_publishes_its_metrics_sources_without_a_line_in_its_type(tmp_path, service, published):
     """The shared machinery publishes what a type declares (metrics_ports, exporter sidecars, node_exporter,
@@ -400,7 +402,7 @@ def test_a_sidecar_whose_metrics_port_is_not_an_integer_field_is_refused_where_i
     (tmp_path / "t.yaml").write_text("site: local\nservice:\n  name: svc\n  type: thing\n")
     failed = orchc("compile", "t.yaml", "--defs", defs, "-o", tmp_path / "build", cwd=tmp_path, check=False)
     assert failed.returncode == 1
-    assert "defs/thing.yaml:11:45: error:" in failed.stderr and "'exp_port', which is not an integer field" in failed.stderr, failed.stderr
+    assert "defs/thing.yaml:11:45: error:" in failed.stderr and "'exp_port', which is not an integer (or auto) field" in failed.stderr, failed.stderr
     assert "Traceback" not in failed.stderr
 
 
@@ -424,8 +426,8 @@ def test_a_service_with_gpus_runs_and_publishes_a_gpu_exporter(tmp_path):
     (shipped,) = (tmp_path / "build" / "gpu").glob("orchc-file-*-gpu_exporter.py")
     assert shipped.read_text() == (Path(__file__).parent.parent / "service_defs" / "files" / "gpu_exporter.py").read_text()
     assert f"\norchc_shipped_file {shipped.name} " in script
-    assert '\norchc_gpu_exporter nvidia-smi 9835 "$ORCHC_RUN_DIR"/config/svc/gpu_exporter.py\n' in script
-    assert "\norchc_publish_metrics gpu gpu_exporter=9835\n" in script
+    assert '\norchc_gpu_exporter nvidia-smi "$ORCHC_PORT_gpu_exporter_port" "$ORCHC_RUN_DIR"/config/svc/gpu_exporter.py\n' in script
+    assert '\norchc_publish_metrics gpu gpu_exporter="$ORCHC_PORT_gpu_exporter_port"\n' in script
     contained = compile_memcached_like(tmp_path, GPU_SERVICE_RECIPE, "--self-contained")
     assert "\norchc_shipped_file " not in contained and "\ndef exposition(rows):" in contained
     dcgm = compile_memcached_like(tmp_path, dcgm_site(tmp_path, GPU_SERVICE_RECIPE) + "  gpu_exporter_port: 9400\n")

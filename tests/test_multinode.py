@@ -97,7 +97,7 @@ def test_vllm_on_two_nodes_compiles_into_one_srun_rank_per_node(orchc, write, tm
     script = (tmp_path / "out" / "r" / "llm.sbatch").read_text()
     assert "#SBATCH --nodes=2\n#SBATCH --ntasks=2\n" in script
     (rank,) = [line.strip() for line in script.splitlines() if line.strip().startswith("HF_HOME=")]
-    assert (" vllm serve tiny --host 0.0.0.0 --port 8000 --tensor-parallel-size 2 --pipeline-parallel-size 2 "
+    assert (" vllm serve tiny --host 0.0.0.0 --port \"${ORCHC_PORT_ports_0}\" --tensor-parallel-size 2 --pipeline-parallel-size 2 "
             "--distributed-executor-backend mp --nnodes \"$ORCHC_NNODES\" --node-rank \"$ORCHC_NODE_RANK\" "
             "--master-addr \"$ORCHC_MASTER_ADDR\" --master-port 29500 ") in rank
     assert rank.endswith(" $ORCHC_RANK_ARGS")
@@ -109,4 +109,4 @@ def test_vllm_on_one_node_keeps_its_one_command(orchc, write, tmp_path):
     assert done.code == 0, done.err
     script = (tmp_path / "out" / "r" / "llm.sbatch").read_text()
     assert "srun" not in script and "orchc_ranks_start" not in script and "--nnodes" not in script
-    assert "setsid  vllm serve tiny --host 0.0.0.0 --port 8000 --tensor-parallel-size 2 " in script
+    assert "setsid  vllm serve tiny --host 0.0.0.0 --port \"${ORCHC_PORT_ports_0}\" --tensor-parallel-size 2 " in script

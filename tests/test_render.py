@@ -38,9 +38,9 @@ def test_design_example_header(orchc):
     assert result.out.startswith("# ==> ollama/ollama.sbatch <==\n#!/bin/bash -l\n")
     assert "module --force purge\nmodule load env/release/2024.1\nmodule load Apptainer/1.3.6-GCCcore-13.3.0\n" in result.out
     (start,) = [line for line in result.out.splitlines() if line.endswith(" ollama serve &")]
-    assert start.startswith("APPTAINERENV_OLLAMA_MODELS=") and "setsid apptainer exec --cleanenv --nv " in start
-    # behind its TLS proxy (auth_proxy, the default), Ollama itself listens on loopback only
-    assert "--env OLLAMA_HOST=127.0.0.1:11435 " in start and "/orchc/images/ollama-0.13.5.sif ollama serve &" in start
+    assert start.startswith("APPTAINERENV_OLLAMA_HOST=") and "setsid apptainer exec --cleanenv --nv " in start
+    # behind its TLS proxy (auth_proxy, the default), Ollama itself listens on loopback only, on the port it chose
+    assert start.startswith('APPTAINERENV_OLLAMA_HOST=127.0.0.1:"${ORCHC_PORT_internal_port}" ') and "/orchc/images/ollama-0.13.5.sif ollama serve &" in start
     assert result.out.index("cadvisor.sif /usr/bin/cadvisor") < result.out.index(" ollama serve &")
     assert result.out.rstrip().splitlines()[-1].startswith('wait "$ORCHC_SERVICE_PID"')
 
@@ -56,7 +56,7 @@ def test_account_extra_and_unset_directives(orchc, write, tmp_path):
 def test_native_runtime_runs_the_command_directly(orchc, write, tmp_path):
     out = compile_stdout(orchc, write, tmp_path, "site: local\nservice:\n  name: redis\n")
     assert "module" not in out and "apptainer" not in out
-    assert "\nsetsid redis-server --bind 0.0.0.0 --protected-mode no" in out and "--tls-port 6379" in out
+    assert "\nsetsid redis-server --bind 0.0.0.0 --protected-mode no" in out and '--tls-port "${ORCHC_PORT_ports_0}"' in out
 
 
 def _heredoc_blocks(script: str) -> list[tuple[int, int, str]]:

@@ -46,14 +46,17 @@ def test_ollama_per_gpu_starts_one_engine_per_gpu_and_publishes_them(orchc, writ
     done = orchc("compile", recipe, "-o", "out", cwd=tmp_path)
     assert done.code == 0, done.err
     script = (tmp_path / "out" / "r" / "llm.sbatch").read_text()
-    assert "orchc_replicas_plan 11434\n" in script and "\norchc_replicas_start &\n" in script
+    # replica 0 on ports[0] as the ports block at the top chose or checked it (a recipe's auto compiled before this
+    # read it as an integer and failed), the others on free ports chosen as the job starts
+    assert 'orchc_replicas_plan "$ORCHC_PORT_ports_0"\n' in script and "\norchc_replicas_start &\n" in script
+    assert script.index("\nORCHC_PORT_ports_0=") < script.index("orchc_replicas_plan")
     assert 'OLLAMA_HOST=0.0.0.0:"$ORCHC_REPLICA_PORT"' in script
     assert "orchc_replicas_each orchc_replica_health" in script
 
 
 
 def replica_job(orchc, write, tmp_path: Path, extra: str = "") -> tuple[Path, Path, int]:
-    base = random.randrange(20000, 60000, 8)   # four consecutive ports
+    base = random.randrange(20000, 60000)   # replica 0; the others on free ports the job chooses
     recipe = write("r.yaml", f"service:\n  name: llm\n  type: ollama\n  model: tiny\n  auth_proxy: false\n  replicas: per_gpu\n"
                              f"  ports: [{base}]\n  health_timeout: 30\n  resources: {{gres: 'gpu:4'}}\n{extra}")
     assert orchc("compile", str(recipe), "--site", "local", "-o", "out", cwd=tmp_path).code == 0
@@ -88,13 +91,15 @@ def test_four_gpus_four_ollamas_each_on_its_device_and_port_all_published(orchc,
                                        STANDIN_SERVED=str(run / "served.log"))
     assert code is None and published, err   # ready, then stopped by the test
     served = [json.loads(line) for line in (run / "served.log").read_text().splitlines()]
-    assert sorted((s["host"], s["devices"]) for s in served) == [(f"0.0.0.0:{base + i}", str(i)) for i in range(4)]
+    port_of = {s["devices"]: int(s["host"].rsplit(":", 1)[1]) for s in served}
+    assert sorted(port_of) == ["0", "1", "2", "3"] and len(set(port_of.values())) == 4, served
+    assert port_of["0"] == base   # replica 0 on ports[0]; the others on free ports chosen as the job started
     lines = published.splitlines()
     host = lines[0].split()[1]
     assert lines[0].split()[2:] == [str(base)]   # what a client of one engine reads, unchanged
-    assert lines[1:] == [f"replica {i} {host} {base + i} {i}" for i in range(4)]
+    assert lines[1:] == [f"replica {i} {host} {port_of[str(i)]} {i}" for i in range(4)]
     # every replica was health-checked and warmed up on its own port
-    assert sorted(entry["port"] for entry in requests(run) if entry["path"] == "/api/generate") == [base + i for i in range(4)]
+    assert sorted(entry["port"] for entry in requests(run) if entry["path"] == "/api/generate") == sorted(port_of.values())
 
 
 def test_a_replica_that_fails_stops_the_job_naming_it_and_its_gpu(orchc, write, tmp_path):

@@ -43,7 +43,7 @@ def test_a_yaml_type_compiles_and_inherits_fields_defaults_and_phases(orchc, wri
     result = orchc("compile", recipe, "--defs", "defs", "--stdout", cwd=tmp_path)
     assert result.code == 0, result.err
     assert "memcached -p 11211 -m 64 &" in result.out
-    assert "/usr/bin/cadvisor -port 8080" in result.out            # inherited sidecar and default
+    assert '/usr/bin/cadvisor -port "${ORCHC_PORT_cadvisor_port}"' in result.out    # inherited sidecar and default (auto)
     assert "orchc_wait_tcp 127.0.0.1 11211 300" in result.out       # inherited health_timeout default
 
 
@@ -135,7 +135,7 @@ def test_types_name_shows_resolved_fields_with_defaults(orchc):
     assert "chain: base_job -> service -> ollama" in result.out
     assert re.search(r"^gpu_layers\s+integer\s+-\s+layers offloaded", result.out, re.M)
     assert re.search(r"^num_parallel\s+integer\s+4\s", result.out, re.M)
-    assert re.search(r"^cadvisor_port\s+integer\s+8080", result.out, re.M)
+    assert re.search(r"^cadvisor_port\s+integer \| auto\s+\"auto\"", result.out, re.M)
 
 
 def test_every_builtin_type_is_valid(orchc):

@@ -184,5 +184,5 @@ def test_a_port_already_in_use_is_reported_as_such_before_the_service_starts(orc
                               timeout=60)
     assert done.returncode != 0
     said = next(line for line in done.stderr.splitlines() if "error:" in line)
-    assert f"port {port} on {socket.gethostname()} is already in use by another program" in said, done.stderr
+    assert f"error: port {port} on {socket.gethostname()} is already in use (by another program or run)" in said, done.stderr
     assert "starting redis" not in done.stderr

@@ -51,6 +51,36 @@ class PathValue(str):
     """A value whose `$VAR`s expand when the job runs (the `| path` filter)."""
 
 
+AUTO_PORT = "auto"
+"""A port field's value that has the job choose a free port as it starts (runtime.sh, orchc_ports)."""
+
+
+def port_variable(name: str) -> str:
+    """The shell variable of the job that holds the port chosen for port field `name` (ports_0 for ports[0])."""
+    return f"ORCHC_PORT_{name}"
+
+
+def port_placeholder(token: str, name: str) -> str:
+    return f"@ORCHC_PORT_{token}:{name}@"
+
+
+PORT_PLACEHOLDER = re.compile(r"@ORCHC_PORT_([0-9a-f]+):([a-z][a-z0-9_]*)@")
+
+
+class PortRef(str):
+    """A port the job chooses as it starts (`auto`), made by orchc only, never from a value's text: in a shell line it
+    is written as a reference to the job's variable ("${ORCHC_PORT_ports_0}"); in text (a file, an env: value) it is a
+    placeholder carrying the job's token (like the hosts'), which the job fills in (orchc_fill_ports), so no value can
+    forge one."""
+
+    variable: str
+
+    def __new__(cls, token: str, name: str) -> PortRef:
+        ref = super().__new__(cls, port_placeholder(token, name))
+        ref.variable = port_variable(name)
+        return ref
+
+
 def _bytecode_cache(kind: str) -> Any:
     """Jinja's on-disk cache of compiled templates (like .pyc files): start-up stays fast.
 
@@ -529,6 +559,8 @@ class ShellValues:
 
     names: dict[tuple[str, bool], str] = field(default_factory=dict)
     assignments: list[str] = field(default_factory=list)
+    port_token: str = ""
+    """the job's token, which its port placeholders carry (PortRef): one inside other text is a chosen port joined into it"""
 
     def reference(self, text: str, expand: bool) -> str:
         key = (text, expand)
@@ -570,6 +602,11 @@ class ShellValues:
             raise _Refused(f"the value {excerpt_of(text)!r} cannot stand here: {use.refusals[0]}")
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, PortRef):
+            return _port_reference(use, value)
+        if self.port_token and any(match.group(1) == self.port_token for match in PORT_PLACEHOLDER.finditer(text)):
+            raise _Refused(f"the value {excerpt_of(text)!r} joins a port the job chooses (auto) into other text, which a "
+                           "shell line cannot hold; write the port on its own ({{ port }}), or give the field a fixed port")
         expand = isinstance(value, PathValue)
         if "\x00" in text:
             raise _Refused(f"the value {excerpt_of(text)!r} contains a NUL character")
@@ -605,6 +642,18 @@ class ShellValues:
 
 class _Refused(Exception):
     pass
+
+
+def _port_reference(use: Use, value: PortRef) -> str:
+    """A chosen port (auto) where `use` says it stands: a reference to the job's variable, which orchc_ports sets."""
+    if use.refusals or use.shell_reach or use.plain_only or use.quoting in ("literal", "ansi"):
+        reason = (use.refusals or use.shell_reach or use.plain_only or
+                  ["inside a quoted here-document or $'...', which never expands it"])[0]
+        raise _Refused(f"a port the job chooses (auto) cannot stand here: {reason}; give the field a fixed port")
+    name = value.variable
+    if use.integer_only:   # arithmetic: the variable holds digits only (orchc_ports)
+        return f"${{{name}}}"
+    return {"bare": f'"${{{name}}}"', "dq": f"${{{name}}}", "sq": f"'\"${{{name}}}\"'", "comment": f"${{{name}}}"}[use.quoting]
 
 
 def _single_quoted(text: str) -> str:

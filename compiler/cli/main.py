@@ -194,6 +194,8 @@ def _type_label(schema: dict) -> str:
         return "secret"
     if "enum" in schema:
         return " | ".join(str(v) for v in schema["enum"])
+    if "anyOf" in schema:   # a port: integer | auto
+        return " | ".join(_type_label(choice) if "const" not in choice else str(choice["const"]) for choice in schema["anyOf"])
     kind = schema.get("type", "any")
     return " | ".join(kind) if isinstance(kind, list) else str(kind)
 

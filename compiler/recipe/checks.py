@@ -18,7 +18,7 @@ schema cannot say, each problem located at the file:line that set the value (the
   shared base can clear it);
 - containers: a service has one; every container the job starts (the service's own and each
   switched-on sidecar) has a `command`; under apptainer each image to build has a `source`;
-- `ports` are integers from 1 to 65535, whatever a type's schema says (they reach the script bare).
+- `ports` are integers from 1 to 65535 or `auto` (a port the job chooses, orchc's own variable), whatever a type's schema says.
 
 The container and port checks read a job's parts as their schemas promise them, so they run once the
 recipe has no other problem (resolve's and this stage's first ones): a value is never reported twice,
@@ -243,8 +243,8 @@ def _check_phases(job: ResolvedJob, origins: Origins, what: str, problems: Colle
 
 def _check_ports(job: ResolvedJob, origins: Origins, what: str, problems: Collector) -> None:
     ports = job.fields.get("ports") or []
-    if not isinstance(ports, list) or not all(_port(p) for p in ports):
-        problems.add(origins.loc(("ports",)), f"{what}: ports must be a list of integers from 1 to 65535")
+    if not isinstance(ports, list) or not all(_port(p) or p == "auto" for p in ports):
+        problems.add(origins.loc(("ports",)), f"{what}: ports must be a list of integers from 1 to 65535 or auto")
 
 
 def _port(value: Any) -> bool:

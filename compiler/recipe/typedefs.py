@@ -274,9 +274,9 @@ class Registry:
                              f"which is not a boolean field of the type{did_you_mean(str(when.value), fields_node.value)}")
             port = node.at(("metrics", "port")) if node.get("metrics") is not None else None
             field_schema = fields_node.value.get(port.value) if port is not None else None
-            if port is not None and (field_schema is None or field_schema.plain().get("type") != "integer"):
+            if port is not None and (field_schema is None or not _port_field(field_schema.plain())):
                 problems.add(port.loc, f"sidecar '{sidecar}' of type '{name}' serves metrics on the port in '{port.value}', "
-                             f"which is not an integer field of the type{did_you_mean(str(port.value), fields_node.value)}")
+                             f"which is not an integer (or auto) field of the type{did_you_mean(str(port.value), fields_node.value)}")
         _check_multi_node(name, merged, problems)
         problems.raise_if_any()
         typedef = _typedef(name, merged, fields_node, chain)
@@ -436,3 +436,11 @@ def _folder_types(folder: Path, eager: bool, problems: Collector) -> dict[str, t
             continue
         found[name], locations[name] = (path, doc), loc
     return found
+
+
+def _port_field(schema: dict[str, Any]) -> bool:
+    """Whether a field holds a port: an integer, or (service.yaml's port fields) an integer or `auto`."""
+    if schema.get("type") == "integer":
+        return True
+    choices = schema.get("anyOf") or []
+    return any(choice.get("type") == "integer" for choice in choices) and {"const": "auto"} in choices

@@ -23,7 +23,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..boundary.quote import Raw, SiteCode, shell_word, text_value
-from ..boundary.templating import ShellValues, environment, host_placeholder, render_shell, render_text, template_line
+from ..boundary.templating import (
+    AUTO_PORT,
+    PORT_PLACEHOLDER,
+    PortRef,
+    ShellValues,
+    environment,
+    host_placeholder,
+    port_variable,
+    render_shell,
+    render_text,
+    template_line,
+)
 from ..core.errors import OrchcError
 from ..core.paths import builtin_types_dir
 from ..core.session import CompileSession
@@ -54,8 +65,8 @@ def render_job(job: ResolvedJob, recipe: Recipe, self_contained: bool = False) -
 
 def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
     origins = recipe.origins[job.name]
-    values = ShellValues()
     context = _context(job, recipe, origins)
+    values = ShellValues(port_token=context["job"]["hosts_token"])
     parts: dict[str, Any] = {
         "directives": directives(job.name, job.job_id, _resources_of(job), recipe.site.reservation_for(job.resources)),
         "shell": recipe.site.shell,
@@ -74,7 +85,8 @@ def _script_of(job: ResolvedJob, recipe: Recipe, self_contained: bool) -> str:
         "clients": recipe.clients_of.get(job.name, []),
         # only a service no client targets waits for them all (computed once per recipe, not once per job)
         "recipe_clients": recipe.client_names if job.role == "service" and not recipe.clients_of.get(job.name) else (),
-        "ports": job.fields.get("ports") or [],
+        "ports": [Raw(port_word(port, f"ports_{index}")) for index, port in enumerate(job.fields.get("ports") or [])],
+        "port_choices": port_choices(job),
         "keep_running": bool(job.fields.get("keep_running")),
         "publish_metrics": _publish_metrics_line(job, recipe),
         "health_timeout": int(job.fields.get("health_timeout") or 0),
@@ -106,17 +118,73 @@ def _gpu_sampler_interval(job: ResolvedJob) -> Any:
     return job.fields.get("gpu_sample_interval") if job.fields.get("enable_gpu_sampler") and wanted > 0 else None
 
 
-def metrics_sources(job: ResolvedJob) -> list[tuple[str, int]]:
-    """(source label, port) of each place the job serves Prometheus metrics: the service's own `metrics_ports`
-    (labelled with its type), then each switched-on sidecar that declares `metrics:` (exporters, node_exporter, cAdvisor),
-    then the process exporter and the GPU exporter of a service that runs them."""
-    own = [(job.typedef.name, int(port)) for port in job.fields.get("metrics_ports") or []] if job.role == "service" else []
-    sidecars = [(s.metrics[0], int(job.fields[s.metrics[1]])) for s in job.active_sidecars()
+def port_word(value: Any, name: str) -> str:
+    """A port as the job script writes it: a fixed number, or the variable orchc_ports set for `auto`."""
+    return f'"${port_variable(name)}"' if value == AUTO_PORT else str(int(value))
+
+
+def _metrics_port(job: ResolvedJob, index: int, value: Any) -> tuple[str, Any]:
+    """(name, value) of the service's metrics port `index`: `ports[N]` is the service's port N (its name and value)."""
+    if isinstance(value, str) and value.startswith("ports["):
+        number = int(value[6:-1])
+        ports = job.fields.get("ports") or []
+        return f"ports_{number}", ports[number] if number < len(ports) else AUTO_PORT
+    return f"metrics_ports_{index}", value
+
+
+def metrics_ports(job: ResolvedJob) -> list[tuple[str, str, Any]]:
+    """(source label, port name, value) of each place the job serves Prometheus metrics: the service's own
+    `metrics_ports` (labelled with its type), then each switched-on sidecar that declares `metrics:` (exporters,
+    node_exporter, cAdvisor), then the process exporter and the GPU exporter of a service that runs them."""
+    own = [(job.typedef.name, *_metrics_port(job, index, port)) for index, port in enumerate(job.fields.get("metrics_ports") or [])] \
+        if job.role == "service" else []
+    sidecars = [(s.metrics[0], s.metrics[1], job.fields[s.metrics[1]]) for s in job.active_sidecars()
                 if s.metrics is not None and job.fields.get(s.metrics[1]) is not None]
     kind = gpu_exporter_of(job)
-    gpus = [("dcgm_exporter" if kind == "dcgm" else "gpu_exporter", int(job.fields["gpu_exporter_port"]))] if kind else []
-    processes = [("process", int(job.fields["process_exporter_port"]))] if runs_process_exporter(job) else []
+    gpus = [("dcgm_exporter" if kind == "dcgm" else "gpu_exporter", "gpu_exporter_port", job.fields["gpu_exporter_port"])] \
+        if kind else []
+    processes = [("process", "process_exporter_port", job.fields["process_exporter_port"])] if runs_process_exporter(job) else []
     return own + sidecars + processes + gpus
+
+
+def metrics_sources(job: ResolvedJob) -> list[tuple[str, str]]:
+    """(source label, port as the script writes it) of each place the job serves Prometheus metrics (metrics_ports)."""
+    return [(source, port_word(value, name)) for source, name, value in metrics_ports(job)]
+
+
+def port_choices(job: ResolvedJob) -> list[tuple[str, str]]:
+    """(name, fixed number or auto) of each port the job's orchc_ports chooses or checks before anything listens: the
+    service's ports, where it serves metrics, and every other port field set to auto (its variable must exist)."""
+    if job.role != "service":
+        return []
+    found = {f"ports_{index}": port for index, port in enumerate(job.fields.get("ports") or [])}
+    for _, name, value in metrics_ports(job):
+        found.setdefault(name, value)
+    # the ports of exporters and sidecars the job does not run are not chosen
+    exporters = {"gpu_exporter_port", "process_exporter_port", *(s.metrics[1] for s in job.sidecars if s.metrics is not None)}
+    for name, value in sorted(job.fields.items()):
+        if name.endswith("_port") and value == AUTO_PORT and name not in exporters:
+            found.setdefault(name, value)
+    return [(name, str(value)) for name, value in found.items()]
+
+
+def _ports_in_context(job: ResolvedJob, context: dict[str, Any], token: str) -> None:
+    """Each port field set to auto, as templates see it: a reference to the port the job chooses (PortRef)."""
+    if job.role != "service":
+        return
+    if isinstance(context.get("ports"), list):
+        context["ports"] = [PortRef(token, f"ports_{index}") if port == AUTO_PORT else port
+                            for index, port in enumerate(context["ports"])]
+    if isinstance(context.get("metrics_ports"), list):
+        context["metrics_ports"] = [_metrics_ref(job, context, index, port, token) for index, port in enumerate(context["metrics_ports"])]
+    for name, value in job.fields.items():
+        if name.endswith("_port") and value == AUTO_PORT:
+            context[name] = PortRef(token, name)
+
+
+def _metrics_ref(job: ResolvedJob, context: dict[str, Any], index: int, value: Any, token: str) -> Any:
+    name, resolved = _metrics_port(job, index, value)
+    return PortRef(token, name) if resolved == AUTO_PORT else resolved
 
 
 def _publish_metrics_line(job: ResolvedJob, recipe: Recipe) -> str:
@@ -132,7 +200,7 @@ def _gpu_exporter_lines(job: ResolvedJob, recipe: Recipe, self_contained: bool) 
     kind = gpu_exporter_of(job)
     if kind is None:
         return []
-    port = int(job.fields["gpu_exporter_port"])
+    port = port_word(job.fields["gpu_exporter_port"], "gpu_exporter_port")
     if kind == "dcgm":
         return [Raw(f"orchc_gpu_exporter dcgm {port}")]
     path, put = _builtin_program(GPU_EXPORTER, job, recipe, self_contained)
@@ -144,7 +212,7 @@ def _process_exporter_lines(job: ResolvedJob, recipe: Recipe, self_contained: bo
     if not runs_process_exporter(job):
         return []
     path, put = _builtin_program(PROCESS_EXPORTER, job, recipe, self_contained)
-    line = f'orchc_process_exporter {int(job.fields["process_exporter_port"])} {path} "$ORCHC_SERVICE_PID"'
+    line = f'orchc_process_exporter {port_word(job.fields["process_exporter_port"], "process_exporter_port")} {path} "$ORCHC_SERVICE_PID"'
     return [Raw(line) for line in [*put, line]]
 
 
@@ -197,6 +265,7 @@ def _context(job: ResolvedJob, recipe: Recipe, origins: Origins) -> dict[str, An
         site={"name": recipe.site.name, "runtime": recipe.site.runtime},
         storage=_storage_context(recipe),
     )
+    _ports_in_context(job, context, digest)
     container = job.container
     assignments, words = _exec_parts(container, recipe, origins, context) if container else ([], [])
     context["run"] = SiteCode(" ".join([*assignments, *words]))
@@ -300,7 +369,9 @@ def _exec_parts(container: Container, recipe: Recipe, origins: Origins,
                 context: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(environment assignments, command words) that run a program in `container`."""
     path = container.path
-    env = [(k, shell_word(render_text(origins.template((*path, "env", k)), context, recipe.session)[0])) for k in sorted(container.env)]
+    token = context["job"]["hosts_token"]
+    texts = {k: render_text(origins.template((*path, "env", k)), context, recipe.session)[0] for k in sorted(container.env)}
+    env = [(k, shell_word(_with_port_references(text, token, False))) for k, text in texts.items()]
     if not recipe.site.containers or not container.image:
         return [f"{k}={v}" for k, v in env], []
     # Values that expand variables (secrets among them) travel in apptainer's environment,
@@ -388,7 +459,8 @@ def _replicas_start(job: ResolvedJob, recipe: Recipe, origins: Origins, context:
     command_node = origins.template((*job.container.path, "command"))
     command = render_shell(command_node, context, values, recipe.session)
     function = "orchc_replica() {\n    " + " ".join([*assignments, *words, command]) + "\n}"
-    return Raw("\n".join([f"orchc_replicas_plan {int(job.fields['ports'][0])}",
+    # ports[0] as the ports block at the script's top set it: chosen there when auto, checked there when fixed
+    return Raw("\n".join([f'orchc_replicas_plan "${port_variable("ports_0")}"',
                            str(_where("start", command_node, function, recipe.session)), function, "orchc_replicas_start &"]))
 
 
@@ -480,6 +552,9 @@ def _file_block(item: Node, context: dict[str, Any], session: CompileSession, se
     later = bool(hosts) and item.value.get("hosts") is not None and item.value["hosts"].value == "later"
     written = path + PENDING_SUFFIX if later else path
     lines = [f"mkdir -p \"$(dirname {shell_word(path)})\"", f"cat > {shell_word(written)} <<'{delimiter}'", content, delimiter]
+    ports = _ports_placed(content, context["job"]["hosts_token"])
+    if ports:
+        lines.append(" ".join(["orchc_fill_ports", shell_word(written), *(f"{placeholder}={name}" for placeholder, name in ports)]))
     if hosts:
         token = context["job"]["hosts_token"]
         pairs = " ".join(shlex.quote(f"{host_placeholder(token, host)}={host}") for host in hosts)
@@ -498,9 +573,26 @@ def _mode_lines(item: Node, path: str) -> list[str]:
 
 def _env_lines(job: ResolvedJob, origins: Origins, context: dict[str, Any], session: CompileSession) -> list[str]:
     """The type's `env:`: each template rendered as text and exported single-quoted, so the job's programs read
-    the values as data (the way to hand a value to `sh -c '... "$PEER" ...'`, awk or python)."""
-    return [f"export {name}={shlex.quote(render_text(origins.template(('env', name)), context, session)[0])}"
-            for name in sorted(job.env)]
+    the values as data (the way to hand a value to `sh -c '... "$PEER" ...'`, awk or python); a port the job
+    chooses is the one reference in it."""
+    token = context["job"]["hosts_token"]
+    texts = {name: render_text(origins.template(("env", name)), context, session)[0] for name in sorted(job.env)}
+    return [f"export {name}={_with_port_references(shlex.quote(text), token, True)}" for name, text in texts.items()]
+
+
+def _ports_placed(text: str, token: str) -> list[tuple[str, str]]:
+    """(placeholder, port name) of each port of this job (its token) that `text` holds a placeholder of (PortRef)."""
+    found = {match.group(0): match.group(2) for match in PORT_PLACEHOLDER.finditer(text) if match.group(1) == token}
+    return sorted(found.items())
+
+
+def _with_port_references(text: str, token: str, single_quoted: bool) -> str:
+    """`text` (a single-quoted shell word, or one that shell_word wrote) with this job's port placeholders made references to
+    the ports it chose: only orchc's placeholders carry the job's token, so no value can make one."""
+    for placeholder, name in _ports_placed(text, token):
+        reference = f"${{{port_variable(name)}}}"
+        text = text.replace(placeholder, f"'\"{reference}\"'" if single_quoted else reference)
+    return text
 
 
 def _secret_line(name: str, ref: Mapping[str, str]) -> str:
