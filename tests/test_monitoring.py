@@ -446,9 +446,9 @@ def dcgm_site(tmp_path: Path, recipe: str) -> str:
 
 
 def test_the_gpu_exporter_follows_the_site_and_dcgm_where_the_site_has_none_is_a_located_error(tmp_path):
-    assert "\norchc_gpu_exporter dcgm 9835\n" in compile_memcached_like(tmp_path, dcgm_site(tmp_path, GPU_SERVICE_RECIPE))
+    assert '\norchc_gpu_exporter dcgm "$ORCHC_PORT_gpu_exporter_port"\n' in compile_memcached_like(tmp_path, dcgm_site(tmp_path, GPU_SERVICE_RECIPE))
     chosen = compile_memcached_like(tmp_path, dcgm_site(tmp_path, GPU_SERVICE_RECIPE) + "  gpu_exporter: nvidia-smi\n")
-    assert '\norchc_gpu_exporter nvidia-smi 9835 "$ORCHC_RUN_DIR"/config/svc/gpu_exporter.py\n' in chosen
+    assert '\norchc_gpu_exporter nvidia-smi "$ORCHC_PORT_gpu_exporter_port" "$ORCHC_RUN_DIR"/config/svc/gpu_exporter.py\n' in chosen
     (tmp_path / "defs").mkdir(exist_ok=True)
     (tmp_path / "defs" / "memcached_like.yaml").write_text(
         "type: memcached_like\nextends: service\nfields:\n  ports: {default: [11211]}\ncontainer:\n  command: sleep 600\n")
