@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from test_cluster import cluster, free_port, needs_redis, orchc, status, wait_for  # noqa: F401  (fixtures)
+from test_cluster import cluster, free_port, needs_redis, orchc, status, wait_for
+
+__all__ = ["cluster", "needs_redis"]   # the fixtures, imported for the tests below
 
 SITE = ("site: limited-local\nruntime: native\nshell: /bin/bash\nlimits: {max_running: 2}\n"
         "storage:\n  models: $HOME/.orchc/models\n  data: $ORCHC_RUN_DIR/data\n"
@@ -75,11 +78,11 @@ def test_a_sweep_over_the_running_limit_runs_as_an_array_with_the_results_of_sin
     spans = []
     for task in range(6):
         log = (arrays / f"slurm-{array}_{task}.out").read_text()
-        name = [n for n, i in ids.items() if i == f"{array}_{task}"][0]
+        name = next(n for n, i in ids.items() if i == f"{array}_{task}")
         assert f"runs job {name}" in log, log
         record = json.loads((arrays / "jobs" / f"{name}.json").read_text())
         spans.append((record["started"], record["ended"]))
-    assert all(ended <= started for (_, ended), (started, _) in zip(spans, spans[1:], strict=False)), spans
+    assert all(ended <= started for (_, ended), (started, _) in pairwise(spans)), spans
     logs = orchc("logs", arrays, "bench-p02-r2", cwd=tmp_path).stdout
     assert f"slurm-{array}_3.out" in logs and "runs job bench-p02-r2" in logs
 
@@ -87,7 +90,7 @@ def test_a_sweep_over_the_running_limit_runs_as_an_array_with_the_results_of_sin
 @pytest.mark.cluster
 def test_cancel_of_a_run_cancels_the_array_tasks_still_pending(cluster, needs_redis, tmp_path):
     (tmp_path / "limited.yaml").write_text(SITE)
-    (tmp_path / "hold.yaml").write_text(sweep(free_port()).replace("requests: 2000", "requests: 2000\n  duration: 60"))
+    (tmp_path / "hold.yaml").write_text(sweep(free_port()).replace("requests: 2000", "requests: 200000000\n  duration: 60"))
     run = tmp_path / "run"
     orchc("submit", "hold.yaml", "--run-dir", run, "--site", "limited.yaml", cwd=tmp_path)
     wait_for(lambda: status(run)["bench-p01-r1"]["state"] == "RUNNING", 120, "the first task to run", interval=1)

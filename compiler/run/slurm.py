@@ -178,7 +178,14 @@ class SlurmScheduler(Scheduler):
 
     def poll(self, *job_ids: str) -> dict[str, JobState]:
         ids = _checked(job_ids)
-        found = self._from_squeue(ids) if ids else {}
+        arrays = sorted({job_id.partition("_")[0] for job_id in ids if "_" in job_id}.difference(ids))
+        found = self._from_squeue([*ids, *arrays]) if ids else {}
+        for job_id in ids:
+            # tasks that never started (pending, or cancelled while pending) may be left only in the array's own
+            # record, which squeue names by the bare array id, and answers for only when asked for that id
+            meta = found.get(job_id.partition("_")[0]) if "_" in job_id and job_id not in found else None
+            if meta is not None and not meta.node:
+                found[job_id] = meta
         missing = [job_id for job_id in ids if job_id not in found]
         if missing:
             found.update(self._from_sacct(missing))
