@@ -135,11 +135,12 @@ def _arrays(entries: Any, steps: list[Step], bad: Callable[[str], ClusterError])
         jobs = entry.get("jobs") if isinstance(entry, dict) else None
         if not isinstance(name, str) or not _NAME.fullmatch(name) or entry.get("script") != f"{name}.array.sbatch" \
                 or not isinstance(jobs, list) or not jobs or not all(isinstance(job, str) and job in position for job in jobs) \
-                or taken.intersection(jobs) or len(set(jobs)) != len(jobs):
+                or not taken.isdisjoint(jobs) or len(set(jobs)) != len(jobs):
             raise bad("an array that is not {name, script: NAME.array.sbatch, jobs: [steps of the plan, each in one array]}")
-        taken.update(jobs)
+        members = set(jobs)
+        taken |= members
         first = min(position[job] for job in jobs)
-        waited = {other for job in jobs for other in (*by_name[job].after, *by_name[job].after_end) if other not in jobs}
+        waited = {other for job in jobs for other in (*by_name[job].after, *by_name[job].after_end) if other not in members}
         if any(position[other] >= first for other in waited) or len({by_name[job].target for job in jobs}) != 1:
             raise bad(f"array {name} waits for a job submitted after it, or its jobs target different services")
         arrays.append(Array(name, entry["script"], tuple(jobs)))
