@@ -144,3 +144,11 @@ def test_array_task_ids_are_job_ids_and_squeue_rows_of_tasks_are_read():
     rows = dict(parse_squeue("12345_7|RUNNING|n1|0:05|0|None|2026-12-06T13:00:00|r_0123abcd|\n"
                              "12345_[8-9%1]|PENDING||0:00|0|JobArrayTaskLimit|N/A|r_0123abcd|\n"))
     assert list(rows) == ["12345_7"] and rows["12345_7"].state == "RUNNING"
+
+
+def test_without_max_array_size_arrays_stay_within_slurms_default_of_1001(orchc, write, tmp_path):
+    recipe = SWEEP.replace("[1, 2, 3]", "[" + ", ".join(str(n) for n in range(1, 502)) + "]")   # 1,002 clients
+    folder, _ = compiled(orchc, write, tmp_path, recipe=recipe)
+    array, = json.loads((folder / "manifest.json").read_text())["arrays"]
+    assert len(array["jobs"]) == 1001 and "#SBATCH --array=0-1000%1" in (folder / "bench.array.sbatch").read_text()
+    assert '--dependency=after:"${JOB_1}",afterany:"${ARRAY_1}_1000" ' in (folder / "submit.sh").read_text()

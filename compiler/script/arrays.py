@@ -23,6 +23,8 @@ from .render import _resources_of
 ARRAY_SCRIPT = "{}.array.sbatch"
 ARRAY_TASKS = "{}.array.tasks"
 _LOG = ("--output=slurm-%j.out", "--error=slurm-%j.err")
+DEFAULT_MAX_ARRAY_SIZE = 1001
+"""SLURM's MaxArraySize unless slurm.conf sets it (slurm.conf(5)): task indices 0-1000; a site that allows more says so"""
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ def array_groups(recipe: Recipe) -> list[ArrayGroup]:
     limit = recipe.site.limits.get("max_running")
     if limit is None or len(recipe.jobs) <= limit or allocation_node(recipe) is not None:
         return []
-    size = recipe.site.limits.get("max_array_size")
+    size = recipe.site.limits.get("max_array_size", DEFAULT_MAX_ARRAY_SIZE)
     candidates: dict[tuple[Any, ...], list[ResolvedJob]] = {}
     for job in recipe.jobs:
         key = _group_key(job)
@@ -58,8 +60,8 @@ def array_groups(recipe: Recipe) -> list[ArrayGroup]:
             candidates.setdefault(key, []).append(job)
     chunks: list[tuple[str, list[ResolvedJob], bool]] = []
     for (base, *_), members in candidates.items():
-        for index, start in enumerate(range(0, len(members), size or len(members))):
-            chunk = members[start:start + size] if size else members
+        for index, start in enumerate(range(0, len(members), size)):
+            chunk = members[start:start + size]
             chained = _chained(chunk, recipe.waits_for)
             if len(chunk) > 1 and chained is not None:
                 chunks.append((base if start == 0 else f"{base}-{index + 1}", chunk, chained))
