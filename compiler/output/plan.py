@@ -126,6 +126,8 @@ def _arrays(entries: Any, steps: list[Step], bad: Callable[[str], ClusterError])
     its first member."""
     if not isinstance(entries, list):
         raise bad("its arrays are not a list")
+    if not entries:
+        return ()
     position = {step.name: index for index, step in enumerate(steps)}
     by_name = {step.name: step for step in steps}
     taken: set[str] = set()
@@ -177,10 +179,15 @@ def submit_script(plan: Plan) -> str:
     variables = {step.name: f"JOB_{index}" for index, step in enumerate(plan.steps, start=1)}
     arrays = plan.array_of()
     array_variables = {array.name: f"ARRAY_{index}" for index, array in enumerate(plan.arrays, start=1)}
-    # a job's id in the shell: its variable, or, for an array task, the array's id and its index (123_4)
-    shell_ids = {name: f'"${{{variables[name]}}}"' for name in variables}
-    shell_ids.update({name: f'"${{{array_variables[array.name]}}}_{index}"' for name, (array, index) in arrays.items()})
-    by_name = {step.name: step for step in plan.steps}
+
+    def shell_id(name: str) -> str:
+        """A job's id in the shell: its variable, or, for an array task, the array's id and its index (123_4)."""
+        if name in arrays:
+            array, index = arrays[name]
+            return f'"${{{array_variables[array.name]}}}_{index}"'
+        return f'"${{{variables[name]}}}"'
+
+    by_name = {step.name: step for step in plan.steps} if arrays else {}
     lines = [
         "#!/bin/bash",
         f"# Submits the jobs of recipe '{plan.recipe}' in order: each client after the service it targets"
@@ -193,7 +200,7 @@ def submit_script(plan: Plan) -> str:
         if step.name in arrays:
             array, index = arrays[step.name]
             if index == 0:
-                lines += _array_lines(array, array_variables[array.name], by_name, shell_ids)
+                lines += _array_lines(array, array_variables[array.name], by_name, shell_id)
             continue
         # ids are digits, so a marker of shell-safe characters stands for each until it is quoted;
         # only the steps this one names get a marker, so a step costs what it references, not the plan's size
@@ -205,13 +212,13 @@ def submit_script(plan: Plan) -> str:
         words = [shlex.quote(word) for word in arguments]
         command = " ".join(words)
         for name, marker in ids.items():
-            command = command.replace(marker, shell_ids[name])
+            command = command.replace(marker, shell_id(name))
         var = variables[step.name]
         lines += [f"{var}=$({command})", f'{var}="${{{var}%%;*}}"', f"echo {shlex.quote(step.name)} \"${var}\""]
     return "\n".join(lines) + "\n"
 
 
-def _array_lines(array: Array, var: str, steps: dict[str, Step], shell_ids: dict[str, str]) -> list[str]:
+def _array_lines(array: Array, var: str, steps: dict[str, Step], shell_id: Callable[[str], str]) -> list[str]:
     """submit.sh's lines for one array: its sbatch, then each task's id said as its job's."""
     named = sorted({other for job in array.jobs
                     for other in (*steps[job].after, *steps[job].after_end, *(name for _, name in steps[job].exports))})
@@ -220,6 +227,6 @@ def _array_lines(array: Array, var: str, steps: dict[str, Step], shell_ids: dict
     command = " ".join(shlex.quote(word) for word in sbatch_arguments(array.script, submission.after, submission.env,
                                                                        submission.after_end))
     for name, marker in ids.items():
-        command = command.replace(marker, shell_ids[name])
+        command = command.replace(marker, shell_id(name))
     return [f"{var}=$({command})", f'{var}="${{{var}%%;*}}"',
-            *(f"echo {shlex.quote(name)} {shell_ids[name]}" for name in array.jobs)]
+            *(f"echo {shlex.quote(name)} {shell_id(name)}" for name in array.jobs)]
