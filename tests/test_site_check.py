@@ -196,3 +196,28 @@ def test_over_ssh_the_login_node_is_checked_not_this_machine(server, sockets, tm
            f"it in {home})\n" in done.stdout, done.stdout
     assert "  ok        partitions cpu, gpu\n" in done.stdout
     assert not (home / "orchc-check").exists()
+
+
+def test_the_array_size_limit_is_compared_with_the_clusters_max_array_size(tmp_path):
+    # the test cluster's slurm.conf leaves MaxArraySize at SLURM's default, 1001
+    done = check(tmp_path, MATCHING + "limits: {max_array_size: 1001}\n", "--local")
+    assert done.returncode == 0 and "  ok        limits.max_array_size: the profile says 1001\n" in done.stdout, done.stdout
+    done = check(tmp_path, MATCHING + "limits: {max_array_size: 5000, max_running: 2}\n", "--local")
+    assert done.returncode == 1, done.stdout
+    assert differences(done.stdout) == ["limits.max_array_size: the profile says 5000, scontrol says MaxArraySize=1001"]
+    # the real sacctmgr has no accounting database to read here
+    assert "  unchecked limits max_running: sacctmgr cannot show them here (" in done.stdout, done.stdout
+
+
+def test_job_limits_are_the_lowest_of_the_users_associations_and_the_default_qos(tmp_path):
+    # stand-in: an accounting database whose association allows 100 submitted jobs, QoS default 50 submitted, 8 running
+    program(tmp_path / "bin", "sacctmgr", 'case "$*" in\n'
+            '  "-nP show assoc where user=$USER format=maxsubmit,maxjobs") printf "100|\\n|\\n" ;;\n'
+            '  "-nP show qos format=name,maxsubmitpu,maxjobspu") printf "default|50|8\\nlong|1|1\\n" ;;\n'
+            '  *) exit 2 ;;\nesac\n')
+    profile = MATCHING + "defaults:\n  resources: {qos: default}\nlimits: {max_submit: 50, max_running: 4}\n"
+    done = check(tmp_path, profile, "--local", path=str(tmp_path / "bin"))
+    assert done.returncode == 1, done.stdout
+    assert "  ok        limits.max_submit: 50 (MaxSubmit per user)\n" in done.stdout, done.stdout
+    assert differences(done.stdout) == [
+        "limits.max_running: the profile says 4, sacctmgr: the associations of $USER and QoS default allow 8"], done.stdout

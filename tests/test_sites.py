@@ -337,8 +337,8 @@ def test_a_sweep_with_more_jobs_than_the_site_lets_a_user_submit_is_refused_with
     (file, line, col, message), = _errors(result.err)
     assert (file, line, col) == ("r.yaml", 7, 1), result.err
     assert message == ("recipe 'r' submits 7 SLURM jobs, more than the 4 site 'limited' lets a user submit "
-                       "(limits.max_submit in limited.yaml): sbatch would refuse the rest; run it as one allocation "
-                       "(allocation: one), or with fewer points or repeats"), message
+                       "(limits.max_submit in limited.yaml): sbatch would refuse the rest (a job array's tasks count one by "
+                       "one too); run it as one allocation (allocation: one), or with fewer points or repeats"), message
 
 
 def test_one_allocation_is_one_job_within_the_limit_and_more_jobs_than_may_run_is_said(orchc, write, tmp_path):
@@ -347,7 +347,13 @@ def test_one_allocation_is_one_job_within_the_limit_and_more_jobs_than_may_run_i
     assert result.code == 0, result.err
     result = orchc("validate", write("r.yaml", SWEEP.replace("[1, 2, 4]", "[1]")), "--site", "limited.yaml", cwd=tmp_path)
     assert result.code == 0, result.err
-    assert "3 SLURM jobs, at most 2 of them running at once on limited (limits.max_running)" in result.out, result.out
+    assert ("3 SLURM jobs, more than the 2 limited runs at once (limits.max_running): 2 clients submitted as 1 job "
+            "array(s): bench (2 tasks, %1), 1 single job(s)") in result.out, result.out
+    two_services = "services:\n  - name: a\n    type: redis\n  - name: b\n    type: redis\n  - name: c\n    type: redis\n"
+    result = orchc("validate", write("r.yaml", two_services), "--site", "limited.yaml", cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert ("3 SLURM jobs, at most 2 of them running at once on limited (limits.max_running): the others wait in the "
+            "queue (single jobs: no sweep clients that could form a job array)") in result.out, result.out
 
 
 def test_a_reservation_for_a_partition_the_site_does_not_have_is_a_located_error(orchc, write, tmp_path):

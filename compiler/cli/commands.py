@@ -269,7 +269,7 @@ def _submitted(submitting: Callable[[], Run], run_dir: Path, cost: str | None = 
         print(f"orchc: error: {stopped}", file=sys.stderr)
         return 128 + stopped.signum
     for job in run.jobs:
-        print(f"submitted {job.role} {job.name}: SLURM job {job.slurm_id}")
+        print(f"submitted {job.role} {job.name}: SLURM job {job.slurm_id}{' (array task)' if '_' in job.slurm_id else ''}")
     if run.remote is not None:
         print(f"remote run folder: {run.remote.shown()}:{run.remote.remote_dir}")
     if cost:

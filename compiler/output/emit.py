@@ -70,6 +70,11 @@ def _manifest_and_plan_files(recipe: Recipe, self_contained: bool = False) -> tu
     if allocation is not None:
         files[ALLOCATION_SCRIPT], manifest["allocation"] = allocation
         manifest["files"] = sorted([*manifest["files"], ALLOCATION_SCRIPT])
+    arrays = _arrays(recipe)   # more jobs than the site runs at once -> job arrays of the sweep's clients
+    if arrays:
+        files.update(arrays[0])
+        manifest["arrays"] = arrays[1]
+        manifest["files"] = sorted([*manifest["files"], *arrays[0]])
     files[SUBMIT] = submit_script(plan_from_manifest(manifest, MANIFEST))
     return manifest, files
 
@@ -80,6 +85,22 @@ def _one_allocation(recipe: Recipe) -> tuple[str, dict[str, Any]] | None:
     from ..script.allocation import one_allocation  # only `allocation:` needs it: the common compile starts sooner
 
     return one_allocation(recipe, ALLOCATION_SCRIPT)
+
+
+def _arrays(recipe: Recipe) -> tuple[dict[str, str], list[dict[str, Any]]] | None:
+    """(the arrays' scripts and tasks files, the manifest's `arrays` entries), or None when the recipe has no array."""
+    if "max_running" not in recipe.site.limits:
+        return None
+    from ..script.arrays import array_groups, array_script, manifest_entry, tasks_text
+
+    groups = array_groups(recipe)
+    if not groups:
+        return None
+    files: dict[str, str] = {}
+    for group in groups:
+        files[group.script] = array_script(group, recipe)
+        files[group.tasks] = tasks_text(group)
+    return files, [manifest_entry(group) for group in groups]
 
 
 def write_recipes(recipes: list[Recipe], out_dir: Path, self_contained: bool = False) -> int:

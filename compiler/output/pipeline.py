@@ -110,7 +110,8 @@ def _check_job_limit(recipe: Recipe, doc: Node, problems: Collector) -> None:
         at = (sweep.key_loc or sweep.loc) if sweep is not None else SourceLoc(recipe.file)
         problems.add(at, f"recipe '{recipe.name}' submits {jobs} SLURM jobs, more than the {limit} site "
                      f"'{recipe.site.name}' lets a user submit (limits.max_submit in {recipe.site.file}): sbatch "
-                     "would refuse the rest; run it as one allocation (allocation: one), or with fewer points or repeats")
+                     "would refuse the rest (a job array's tasks count one by one too); run it as one allocation (allocation: one), "
+                     "or with fewer points or repeats")
 
 
 def _secret_fields(registry: Registry) -> frozenset[str]:

@@ -299,7 +299,7 @@ def _run_job(job: Any, index: int, damaged: Callable[[str], ClusterError]) -> Ru
     if role not in ("service", "client"):
         raise damaged(f"job {name}: role must be service or client")
     if not isinstance(slurm_id, str) or not is_job_id(slurm_id):
-        raise damaged(f"job {name}: slurm_id {str(slurm_id)[:40]!r} is not a job id (digits only)")
+        raise damaged(f"job {name}: slurm_id {str(slurm_id)[:40]!r} is not a job id (digits only, or ARRAY_TASK)")
     if target is not None and (not isinstance(target, str) or not _NAME.fullmatch(target)):
         raise damaged(f"job {name}: target is not a job name")
     return RunJob(name, _text(job.get("type")), role, target, _text(job.get("script")), slurm_id,
@@ -524,7 +524,20 @@ def submit_files(files: dict[str, str], site: str, run_dir: Path, scheduler: Sch
                 run = replace(run, jobs=tuple(RunJob(step.name, step.type, step.role, step.target, step.script,
                                                      ids[plan.allocation], _now()) for step in plan.steps))
                 save_run(run_dir, run)
+            arrays = plan.array_of()
+            steps = {step.name: step for step in plan.steps}
             for step in () if plan.allocation else plan.steps:
+                if step.name in arrays:     # an array is submitted at its first task; a task's id is ARRAY_INDEX
+                    array, index = arrays[step.name]
+                    if index == 0:
+                        guard.checkpoint()
+                        ids[array.name + "/"] = first = scheduler.submit(array.submission(steps, ids, folder))
+                        ids.update({name: f"{first}_{task}" for task, name in enumerate(array.jobs)})
+                        run = replace(run, jobs=(*run.jobs, *(RunJob(steps[name].name, steps[name].type, steps[name].role,
+                                                                     steps[name].target, steps[name].script, ids[name], _now())
+                                                              for name in array.jobs)))
+                        save_run(run_dir, run)
+                    continue
                 guard.checkpoint()
                 ids[step.name] = scheduler.submit(step.submission(ids, folder))
                 run = replace(run, jobs=(*run.jobs, RunJob(step.name, step.type, step.role, step.target,
@@ -571,6 +584,7 @@ def _roll_back(run_dir: Path, run: Run, ids: dict[str, str], exc: BaseException,
                scheduler: Scheduler) -> BaseException | None:
     """Cancel what was submitted and record the failure; the error to raise (None: re-raise `exc`)."""
     reason = _reason(exc)
+    ids = {name: job_id for name, job_id in ids.items() if "_" not in job_id}   # an array's tasks go with the array
     listed = ", ".join(f"{name} {job_id}" for name, job_id in ids.items())
     notes = []
     if ids:

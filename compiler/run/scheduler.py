@@ -18,7 +18,7 @@ from ..output.plan import Submission
 
 # FOREIGN: the id names a job of yours that is not the run's (runs.owned); nothing of the run to wait for.
 ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "FOREIGN"})
-_JOB_ID = re.compile(r"[0-9]{1,20}")
+_JOB_ID = re.compile(r"[0-9]{1,20}(?:_[0-9]{1,10})?")   # 12345, or 12345_7: task 7 of array 12345
 _JOB_NAME_DIRECTIVE = re.compile(r"^#SBATCH --job-name=(\S+)$", re.MULTILINE)
 
 
@@ -57,8 +57,8 @@ def directive_job_name(script: str) -> str:
 
 
 def checked_job_id(text: str, source: str) -> str:
-    """`text` if it is a job id (digits only), else a ClusterError naming `source`."""
-    if not is_job_id(text):
+    """`text` if it is the id sbatch gives a job or an array (digits only), else a ClusterError naming `source`."""
+    if not text.isdigit() or not is_job_id(text):
         raise ClusterError(f"{source} answered {text[:80]!r}, which is not a job id")
     return text
 

@@ -111,6 +111,8 @@ def probe_script(site: Site, account: str | None, gpu_job: bool) -> str:
         lines.append(f"export SLURM_JOB_ACCOUNT={shlex.quote(account)}")
     lines.append('export USER="${USER:-$(id -un)}"')
     lines.append(WRITABLE)
+    if site.limits:
+        lines += LIMIT_LINES
     for key, path in sorted(site.storage.items()):
         prefix = storage_prefix(path)
         if prefix is None or ("SLURM_JOB_ACCOUNT" in prefix and account is None):
@@ -120,6 +122,18 @@ def probe_script(site: Site, account: str | None, gpu_job: bool) -> str:
     if gpu_job:
         lines += _gpu_job_lines(site, account)
     return "\n".join(lines) + "\n"
+
+
+# The user's job limits: MaxArraySize (scontrol), the association's MaxSubmitJobs/MaxJobs and each QoS's per-user
+# MaxSubmitPU/MaxJobsPU (sacctmgr; unreadable without an accounting database).
+LIMIT_LINES = [
+    "printf 'max-array-size\\t%s\\n' \"$(scontrol show config | sed -n 's/^MaxArraySize *= *//p')\"",
+    "if a=$(sacctmgr -nP show assoc where user=\"$USER\" format=maxsubmit,maxjobs 2>&1); then",
+    "  printf '%s\\n' \"$a\" | while IFS='|' read -r s j; do printf 'assoc-limits\\t%s\\t%s\\n' \"$s\" \"$j\"; done",
+    "  q=$(sacctmgr -nP show qos format=name,maxsubmitpu,maxjobspu) && printf '%s\\n' \"$q\" |",
+    "    while IFS='|' read -r n s j; do printf 'qos-limits\\t%s\\t%s\\t%s\\n' \"$n\" \"$s\" \"$j\"; done",
+    "else printf 'limits-unknown\\t%s\\n' \"$(printf '%s' \"$a\" | tail -n 1)\"; fi",
+]
 
 
 def _gpu_job_lines(site: Site, account: str | None) -> list[str]:
@@ -167,6 +181,7 @@ def run_probe(site: Site, execute: Execute, account: str | None = None, gpu_job:
     compare_modules(site, facts, report)
     compare_runtime(site, facts, report)
     compare_storage(site, facts, report, account)
+    compare_limits(site, facts, report)
     if gpu_job:
         compare_gpus(site, facts, report)
     return report
@@ -213,6 +228,49 @@ def compare_qos(site: Site, facts: list[list[str]], report: Report) -> None:
         report.add("unchecked", f"QoS {', '.join(site.qos)}: sacctmgr cannot list them here ({why.strip() or 'no answer'})")
         return
     _names(report, site.qos, {fields[0] for fields in _values(facts, "qos") if fields}, ("QoS", "QoS", "sacctmgr"))
+
+
+def compare_limits(site: Site, facts: list[list[str]], report: Report) -> None:
+    """limits.max_array_size against MaxArraySize; max_submit and max_running against the lowest per-user limit of
+    the user's associations and of the QoS jobs get by default (the profile's defaults.resources.qos)."""
+    if "max_array_size" in site.limits:
+        found = next((fields[0].strip() for fields in _values(facts, "max-array-size") if fields and fields[0].strip()), "")
+        claimed = site.limits["max_array_size"]
+        if not found:
+            report.add("unchecked", f"limits.max_array_size {claimed}: scontrol show config did not say MaxArraySize")
+        else:
+            report.add("ok" if found == str(claimed) else "differs", f"limits.max_array_size: the profile says {claimed}"
+                       + ("" if found == str(claimed) else f", scontrol says MaxArraySize={found}"))
+    wanted = [(key, word) for key, word in (("max_submit", "MaxSubmit"), ("max_running", "MaxJobs")) if key in site.limits]
+    if not wanted:
+        return
+    unknown = _values(facts, "limits-unknown")
+    if unknown:
+        why = unknown[0][0].strip() if unknown[0] else ""
+        report.add("unchecked", f"limits {', '.join(key for key, _ in wanted)}: sacctmgr cannot show them here ({why or 'no answer'})")
+        return
+    qos = _default_qos(site)
+    rows = [fields[:2] for fields in _values(facts, "assoc-limits")]
+    rows += [fields[1:3] for fields in _values(facts, "qos-limits") if fields and fields[0] == qos]
+    for key, word in wanted:
+        column = 0 if key == "max_submit" else 1
+        numbers = [int(row[column]) for row in rows if len(row) > column and row[column].strip().isdigit()]
+        claimed = site.limits[key]
+        machine = min(numbers) if numbers else None
+        where = f"sacctmgr: the associations of $USER{f' and QoS {qos}' if qos else ''}"
+        if machine == claimed:
+            report.add("ok", f"limits.{key}: {claimed} ({word} per user)")
+        else:
+            report.add("differs", f"limits.{key}: the profile says {claimed}, {where} "
+                       + (f"allow {machine}" if machine is not None else f"set no {word} per user"))
+
+
+def _default_qos(site: Site) -> str:
+    """The QoS a job gets unless it names one: the profile's defaults.resources.qos ('' when it gives none)."""
+    resources = site.defaults.get("resources") if site.defaults is not None else None
+    qos = resources.get("qos") if resources is not None else None
+    value = qos.value if qos is not None else ""
+    return value if isinstance(value, str) else ""
 
 
 def compare_reservations(site: Site, facts: list[list[str]], report: Report) -> None:

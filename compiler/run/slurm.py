@@ -41,7 +41,8 @@ _STATE_MAP = {
     "PREEMPTED": "CANCELLED", "REVOKED": "CANCELLED",
 }
 # New fields go last: a reader of the first five keeps working. The job's name is last of all: it may hold a |.
-_SQUEUE_FORMAT = "JobID:|,State:|,NodeList:|,TimeUsed:|,exit_code:|,Reason:|,StartTime:|,Name:|"
+# JobArrayID: a job's id (12345), or an array task's as ARRAY_TASK (12345_7), which is how run.json records it
+_SQUEUE_FORMAT = "JobArrayID:|,State:|,NodeList:|,TimeUsed:|,exit_code:|,Reason:|,StartTime:|,Name:|"
 _SACCT_DBD_FIELDS = ("JobID", "State", "ExitCode", "NodeList", "Elapsed", "Start", "User", "JobName")
 _SACCT_FILE_FIELDS = ("JobID", "State", "ExitCode", "NodeList", "Start", "End", "User", "JobName")
 _SACCT_DBD = ("sacct", "-X", "-n", "-P", "-o", ",".join(_SACCT_DBD_FIELDS))
@@ -177,14 +178,22 @@ class SlurmScheduler(Scheduler):
 
     def poll(self, *job_ids: str) -> dict[str, JobState]:
         ids = _checked(job_ids)
-        found = self._from_squeue(ids) if ids else {}
+        arrays = sorted({job_id.partition("_")[0] for job_id in ids if "_" in job_id}.difference(ids))
+        found = self._from_squeue([*ids, *arrays]) if ids else {}
+        for job_id in ids:
+            # tasks that never started (pending, or cancelled while pending) may be left only in the array's own
+            # record, which squeue names by the bare array id, and answers for only when asked for that id
+            meta = found.get(job_id.partition("_")[0]) if "_" in job_id and job_id not in found else None
+            if meta is not None and not meta.node:
+                found[job_id] = meta
         missing = [job_id for job_id in ids if job_id not in found]
         if missing:
             found.update(self._from_sacct(missing))
         return {job_id: found.get(job_id, UNKNOWN) for job_id in job_ids}
 
     def _from_squeue(self, ids: list[str]) -> dict[str, JobState]:
-        answer = self.runner(["squeue", "--me", "-h", "-t", "all", "-j", ",".join(ids), "-O", _SQUEUE_FORMAT],
+        # -r: one row per array task, also for the tasks still pending in the array's own record
+        answer = self.runner(["squeue", "--me", "-h", "-r", "-t", "all", "-j", ",".join(ids), "-O", _SQUEUE_FORMAT],
                              self.timeout, env=_TIME_ENV)
         if answer.code != 0:
             if "Invalid job id" in answer.err:   # squeue's answer for one job it has forgotten
@@ -222,12 +231,12 @@ class SlurmScheduler(Scheduler):
 def _checked(job_ids: Sequence[str]) -> list[str]:
     bad = [job_id for job_id in job_ids if not is_job_id(job_id)]
     if bad:
-        raise ClusterError(f"refusing to pass {bad[0][:40]!r} to SLURM: a job id is digits only")
+        raise ClusterError(f"refusing to pass {bad[0][:40]!r} to SLURM: a job id is digits only (12345, or an array task: 12345_7)")
     return list(dict.fromkeys(job_ids))
 
 
 def parse_squeue(text: str) -> list[tuple[str, JobState]]:
-    """Rows of `squeue -O JobID:|,State:|,NodeList:|,TimeUsed:|,exit_code:|,Reason:|,StartTime:|,Name:|`."""
+    """Rows of `squeue -r -O JobArrayID:|,State:|,NodeList:|,TimeUsed:|,exit_code:|,Reason:|,StartTime:|,Name:|`."""
     rows = []
     for line in text.splitlines():
         fields = [field.strip() for field in line.split("|", 7)]

@@ -75,8 +75,13 @@ def running_limit_line(recipe: Recipe) -> str | None:
     jobs = len(reservations(recipe))
     if limit is None or jobs <= limit:
         return None
+    from .arrays import array_groups, arrays_line
+
+    groups = array_groups(recipe)
+    if groups:
+        return arrays_line(recipe, groups)
     return (f"{jobs} SLURM jobs, at most {limit} of them running at once on {recipe.site.name} (limits.max_running): "
-            "the others wait in the queue")
+            "the others wait in the queue (single jobs: no sweep clients that could form a job array)")
 
 
 def idle_gpu_warnings(recipe: Recipe) -> list[tuple[SourceLoc, str]]:
