@@ -679,3 +679,47 @@ def test_runs_of_the_same_name_get_numbered_labels():
     from compiler.results.overlay import labels
 
     assert labels(["run", "other", "run", "run"]) == ["run", "other", "run #2", "run #3"]
+
+
+def capacity_run(folder: Path, search: object) -> Path:
+    """A run of one llm_client whose capacity search wrote `search` (search.json as llm_search.py writes it)."""
+    (folder / "results" / "capacity").mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"schema": "orchc-run/1", "recipe": "cap", "jobs": [
+        job("vllm", "1", "service", "vllm"), job("capacity", "2", type_="llm_client")]}))
+    metrics = {"capacity_requests_per_s": 4.0, "capacity_low_requests_per_s": 4.0, "capacity_high_requests_per_s": 5.0}
+    (folder / "results" / "capacity" / "results.json").write_text(json.dumps(results(metrics)))
+    (folder / "results" / "capacity" / "search.json").write_text(json.dumps(search))
+    return folder
+
+
+def probe(number: int, rate: float, verdict: str, ttft: float, tpot: float) -> dict:
+    return {"probe": number, "rate_per_s": rate, "verdict": verdict, "judged": 300, "client_kept_up": 1,
+            "bounds": {"ttft_p99_ms": {"measured_ms": ttft, "verdict": verdict}, "tpot_p99_ms": {"measured_ms": tpot, "verdict": "pass"}}}
+
+
+SEARCH = {"slo": {"ttft_p99_ms": 500, "tpot_p99_ms": 50}, "settings": {"precision": 0.25}, "rate": [1, 16],
+          "probes": [probe(1, 1, "pass", 120, 20), probe(2, 2, "pass", 150, 21), probe(3, 4, "pass", 310, 24),
+                     probe(4, 8, "fail", 2400, 31), probe(5, 5.657, "fail", 900, 27), probe(6, 4.757, "fail", 640, 25)]}
+
+
+def test_a_capacity_search_is_drawn_as_its_curve_with_the_bound_and_the_bracket(orchc, tmp_path):
+    run = capacity_run(tmp_path / "run", SEARCH)
+    done = orchc("report", run)
+    assert done.code == 0, done.err
+    page = (run / "report.html").read_text()
+    assert '<h2 id="capacity">Capacity</h2>' in page and "<h3>capacity: tpot_p99_ms and ttft_p99_ms by request rate</h3>" in page
+    caption = re.search(r"<h3>capacity: tpot_p99_ms.*?<figcaption>(.*?)</figcaption>", page, re.S)[1]
+    assert "6 probes" in caption and "capacity 4.00/s" in caption and "[4.00, 4.76)/s" in caption and "Clopper-Pearson" in caption, caption
+    svg = next(path for path in (run / "report").iterdir() if path.name.endswith("capacity.svg")).read_text()
+    # one panel per bound, each probe a marker, the bound a line: the SLO's numbers are on the axes' ticks
+    assert svg.count('id="axes_') == 2 and "500" in svg and "50" in svg
+
+
+@pytest.mark.parametrize("search", [[], {"probes": "x"}, {"slo": {}, "probes": [{"rate_per_s": "fast"}]}])
+def test_a_search_json_that_cannot_be_read_is_a_note_not_a_failure(orchc, tmp_path, search):
+    run = capacity_run(tmp_path / "run", search)
+    done = orchc("report", run)
+    assert done.code == 0 and "Traceback" not in done.err, done.err
+    page = (run / "report.html").read_text()
+    assert "results/capacity/search.json: not a capacity search orchc can draw" in page
+    assert '<h2 id="capacity">' not in page

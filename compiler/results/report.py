@@ -522,6 +522,107 @@ def gpu_traces(run_dir: Path, run: Run) -> tuple[list[GpuTrace], list[str]]:
     return traces, notes
 
 
+@dataclass(frozen=True)
+class CapacitySearch:
+    """A client's capacity search (results/<job>/search.json, written by llm_search.py): its SLO bounds and probes."""
+
+    job: str
+    bounds: dict[str, float]
+    """FAMILY_pQ_ms -> the bound in ms"""
+    probes: list[tuple[float, str, dict[str, tuple[float, str]]]]
+    """(rate per s, the probe's verdict, FAMILY_pQ_ms -> (the quantile measured over its judged requests in ms, that
+    bound's own verdict))"""
+
+    def bracket(self) -> tuple[float | None, float | None]:
+        """(the highest passing rate, the lowest failing rate above it), as capacity_metrics of llm_search.py."""
+        passed = [rate for rate, verdict, _ in self.probes if verdict == "pass"]
+        low = max(passed) if passed else None
+        above = [rate for rate, verdict, _ in self.probes if verdict in ("fail", "undecided") and (low is None or rate > low)]
+        return low, (min(above) if above else None)
+
+
+SEARCH_JSON_LIMIT = 16 << 20
+
+
+def capacity_searches(run_dir: Path, run: Run) -> tuple[list[CapacitySearch], list[str]]:
+    """The capacity search of every client that made one, and notes on the files that cannot be read."""
+    from ..core.files import read_in_run
+
+    searches, notes = [], []
+    for job in run.jobs:
+        try:
+            text = read_in_run(run_dir, f"results/{job.name}/search.json", SEARCH_JSON_LIMIT)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            notes.append(f"results/{job.name}/search.json: {exc.strerror or exc}")
+            continue
+        search = _capacity_search(job.name, text)
+        if search is None:
+            notes.append(f"results/{job.name}/search.json: not a capacity search orchc can draw")
+        elif search.probes:
+            searches.append(search)
+    return searches, notes
+
+
+def _capacity_search(job: str, text: str) -> CapacitySearch | None:
+    try:
+        data = json.loads(text)
+        bounds = {str(key): float(value) for key, value in data["slo"].items()}
+        probes = [(float(p["rate_per_s"]), str(p["verdict"]),
+                   {key: (float(entry["measured_ms"]), str(entry.get("verdict", p["verdict"])))
+                    for key, entry in p["bounds"].items()
+                    if key in bounds and isinstance(entry, dict) and entry.get("measured_ms") is not None})
+                  for p in data["probes"]]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if not bounds or not all(math.isfinite(rate) and rate > 0 for rate, _, _ in probes):
+        return None
+    return CapacitySearch(job, bounds, probes)
+
+
+_VERDICT_STYLE = {"pass": ("o", "C2", "passed"), "fail": ("x", "C3", "failed"), "undecided": ("s", "C7", "undecided"),
+                  "cut": ("d", "C7", "cut short")}
+
+
+def capacity_plot(Figure: Any, search: CapacitySearch) -> Plot:
+    """Each bound's measured quantile at each probe's rate, marked by that bound's verdict at the probe, the bound as
+    a line and the capacity's bracket as a band: the search's curve."""
+    keys = sorted(search.bounds)
+    figure = Figure(figsize=(7.0, 2.6 * len(keys) + 0.6))
+    axes = figure.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
+    low, high = search.bracket()
+    rates = [rate for rate, _, _ in search.probes]
+    for ax, key in zip(axes, keys):
+        seen: set[str] = set()
+        for rate, _, measured in search.probes:
+            if key not in measured:
+                continue
+            value, verdict = measured[key]
+            marker, color, label = _VERDICT_STYLE.get(verdict, ("s", "C7", verdict))
+            ax.plot([rate], [value], marker=marker, color=color, linestyle="none",
+                    label=None if label in seen else f"bound {label}")
+            seen.add(label)
+        ax.axhline(search.bounds[key], color="C0", linestyle="--", label=f"bound {number(search.bounds[key])} ms")
+        if low is not None:
+            ax.axvspan(low, high if high is not None else low, color="C0", alpha=0.12, label="capacity bracket")
+        _log_scale(ax, "y", [*[m[key][0] for _, _, m in search.probes if key in m], search.bounds[key]])
+        ax.set_ylabel(_axis_label(key))
+        ax.legend(loc="best", fontsize="small")
+    _log_scale(axes[-1], "x", rates)
+    axes[-1].set_xlabel("request rate [1/s]")
+    title = f"{search.job}: {' and '.join(keys)} by request rate"
+    axes[0].set_title(title)
+    figure.set_layout_engine("constrained")
+    found = (f"capacity {number(low)}/s, bracket [{number(low)}, {number(high) if high is not None else 'not found'})/s"
+             if low is not None else "no probe met the SLO")
+    caption = (f"results/{search.job}/search.json: {len(search.probes)} probes, {found}. Each marker is a probe's "
+               "measured quantile over its judged requests, marked by that bound's verdict there: the one-sided "
+               "Clopper-Pearson interval of the share of requests over the bound, so a point near the line may carry "
+               "either; a probe fails when any bound does (README \"Capacity under an SLO\").")
+    return Plot(slug("capacity", search.job), title, caption, figure)
+
+
 # --- plots -------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -915,10 +1016,12 @@ def build(run_dir: Path, run: Run, folder_name: str, state: str | None = None,
     clients = clients_of(rows, sweep)
     slo = slo_curves(rows, keys)
     traces, notes = gpu_traces(run_dir, run)
+    searches, search_notes = capacity_searches(run_dir, run)
+    notes += search_notes
     name = run_dir.resolve().name
     heads = {client.name: headline(client.metrics()) for client in clients}
     found = {client.name: knees(client, keys) for client in clients}
-    wanted = planned_plots(clients, keys, heads, found, traces)
+    wanted = planned_plots(clients, keys, heads, found, traces, searches)
     with matplotlib.rc_context(_RC):
         drawn = draw_sections(matplotlib, Figure, wanted[:MAX_PLOTS], folder_name)
     sections = [Section("summary", "Summary", _summary_section(clients, keys, heads, slo)),
@@ -1036,11 +1139,12 @@ def draw_sections(matplotlib: Any, Figure: Any, wanted: Sequence[tuple[str, Call
 
 
 HEADLINE_SECTION = "Headline"
+CAPACITY_SECTION = "Capacity"
 
 
 def section_id(title: str) -> str:
     """The anchor of a section of plots: `headline`, `telemetry`, `plots-<client>` (unique: client names are)."""
-    if title in (HEADLINE_SECTION, "Telemetry"):
+    if title in (HEADLINE_SECTION, CAPACITY_SECTION, "Telemetry"):
         return title.lower()
     return "plots-" + html.escape(slug(title.removeprefix("Plots: ")), quote=True) + f"-{_fnv(title)}"
 
@@ -1068,16 +1172,18 @@ def headline_plot(clients: Sequence[Client], keys: Sequence[str]) -> tuple[Clien
 
 
 def planned_plots(clients: list[Client], keys: Sequence[str], heads: Mapping[str, list[str]],
-                  found: Mapping[str, list[Knee]], traces: list[GpuTrace]) -> list[tuple[str, Callable[[Any], Plot | None]]]:
+                  found: Mapping[str, list[Knee]], traces: list[GpuTrace],
+                  searches: Sequence[CapacitySearch] = ()) -> list[tuple[str, Callable[[Any], Plot | None]]]:
     """(section, drawing) of every plot the report has data for, in order: the headline figure (headline_plot);
     per client each headline metric against each swept key, then each latency family against its throughput; then
-    the GPU telemetry. Checking that a plot has its two points is cheap; drawing it is not, so only the first
-    MAX_PLOTS are drawn."""
+    the GPU telemetry. A capacity search's curve comes right after the headline figure. Checking that a plot has its
+    two points is cheap; drawing it is not, so only the first MAX_PLOTS are drawn."""
     wanted: list[tuple[str, Callable[[Any], Plot | None]]] = []
     first = headline_plot(clients, keys)
     if first:
         client, metric, key = first
         wanted.append((HEADLINE_SECTION, partial(_metric_drawing, client, metric, key, keys, found[client.name])))
+    wanted += [(CAPACITY_SECTION, partial(_capacity_drawing, search)) for search in searches]
     for client in clients:
         section, knees_ = f"Plots: {client.name}", found[client.name]
         wanted += [(section, partial(_metric_drawing, client, metric, key, keys, knees_)) for metric in heads[client.name]
@@ -1100,6 +1206,10 @@ def _latency_drawing(client: Client, family: Family, throughput: str, keys: Sequ
 
 def _gpu_drawing(trace: GpuTrace, Figure: Any) -> Plot | None:
     return gpu_plot(Figure, trace)
+
+
+def _capacity_drawing(search: CapacitySearch, Figure: Any) -> Plot | None:
+    return capacity_plot(Figure, search)
 
 
 def write_report(report: Report, output: Path) -> Path:
