@@ -57,9 +57,9 @@ SLOTS: list[tuple[str, str, str]] = [
     ("credentials", r"^orchc_tls_credentials (.+)$", "one"),
     ("starting", r'^orchc_log "starting (\S+)"$', "one"),
     ("maxmemory", r" --maxmemory (\S+) ", "one"),
-    ("wait_host", r"^orchc_wait_tcp (\S+) \d+ \d+$", "one"),
-    ("port", r"^orchc_wait_tcp \S+ (\d+) \d+$", "all"),
-    ("wait_timeout", r"^orchc_wait_tcp \S+ \d+ (\d+)$", "one"),
+    ("wait_host", r"^orchc_wait_tcp (\S+) \S+ \d+$", "one"),
+    ("port", r"^ORCHC_PORT_ports_0=(\S+)$", "one"),       # the service's port, chosen or checked as the job starts
+    ("wait_timeout", r"^orchc_wait_tcp \S+ \S+ (\d+)$", "one"),
     ("clients", r"^orchc_serve_until_done (.+)$", "one"),
     ("job", r"^ORCHC_JOB=(\S+)$", "path"),
 ]
