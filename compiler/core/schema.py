@@ -169,9 +169,7 @@ def _report(error: Any, root: Node, what: str, problems: Collector, secrets: fro
                          topic=f"unknown {noun} {shorten(key)}")
         return
     if error.validator in ("oneOf", "anyOf") and error.context:
-        from jsonschema.exceptions import best_match
-
-        error = best_match(error.context)
+        error = _closest(error.context)
         path = path + tuple(error.path)
         target, where = root.at(path), format_path(path)
     if _is_key_error(error, target):
@@ -180,6 +178,34 @@ def _report(error: Any, root: Node, what: str, problems: Collector, secrets: fro
         return
     prefix = f"{where}: " if where else f"{what}: "
     problems.add(target.loc, prefix + _reason(error))
+
+
+_JSON_TYPES: dict[str, Any] = {"integer": int, "number": (int, float), "string": str, "boolean": bool, "array": list,
+                               "object": dict, "null": type(None)}
+
+
+def _closest(errors: Any) -> Any:
+    """The error of an anyOf/oneOf to show: among the branches of the value's own kind (an integer against {type:
+    integer, maximum: 65535} rather than against {const: auto}), jsonschema's best match."""
+    from jsonschema.exceptions import best_match
+
+    errors = list(errors)
+    fitting = [error for error in errors if _of_its_kind(error)]
+    return best_match(fitting or errors)
+
+
+def _of_its_kind(error: Any) -> bool:
+    """Whether the branch that raised `error` takes values of the instance's JSON type (its complaint is about the
+    value, not its kind)."""
+    branch = error.schema if isinstance(error.schema, dict) else {}
+    instance = error.instance
+    if isinstance(branch.get("type"), str) and branch["type"] in _JSON_TYPES:
+        if isinstance(instance, bool) and branch["type"] != "boolean":
+            return False
+        return isinstance(instance, _JSON_TYPES[branch["type"]])
+    if "const" in branch:
+        return type(branch["const"]) is type(instance)
+    return False
 
 
 def _is_key_error(error: Any, target: Node) -> bool:
