@@ -438,9 +438,14 @@ def _folder_types(folder: Path, eager: bool, problems: Collector) -> dict[str, t
     return found
 
 
-def _port_field(schema: dict[str, Any]) -> bool:
-    """Whether a field holds a port: an integer, or (service.yaml's port fields) an integer or `auto`."""
+def _port_field(schema: Any) -> bool:
+    """Whether a field holds a port: an integer, or (service.yaml's port fields) an integer or `auto`. A field
+    definition of another shape (a mutated type file) is not one: the schema check then says what is wrong."""
+    if not isinstance(schema, dict):
+        return False
     if schema.get("type") == "integer":
         return True
-    choices = schema.get("anyOf") or []
-    return any(choice.get("type") == "integer" for choice in choices) and {"const": "auto"} in choices
+    choices = schema.get("anyOf")
+    if not isinstance(choices, list):
+        return False
+    return any(isinstance(choice, dict) and choice.get("type") == "integer" for choice in choices) and {"const": "auto"} in choices
