@@ -155,7 +155,8 @@ def test_prometheus_scrapes_every_service_and_sidecar_and_the_llm_client_reports
         f"    api_key: {{file: {key}}}\n    keep_running: true\n    health_timeout: 60\n"
         f"    enable_node_exporter: true\n    node_exporter_port: {ports['node']}\n    gpu_exporter_port: {ports['gpu']}\n"
         f"    resources: {{partition: gpu, gres: 'gpu:1'}}\n"
-        f"  - name: prometheus\n    ports: [{ports['prometheus']}]\n    scrape_interval: 1s\n"
+        # keep_running: a service no client targets stops with the recipe's last client; this test reads Prometheus after
+        f"  - name: prometheus\n    ports: [{ports['prometheus']}]\n    scrape_interval: 1s\n    keep_running: true\n"
         f"clients:\n  - name: bench\n    type: llm_client\n    target: llm\n    model: tiny\n    api_key: {{file: {key}}}\n"
         f"    num_requests: 12\n    concurrent: 4\n    warmup_requests: 0\n    engine_metrics_interval: 0.2\n"
         # the services' and sidecars' targets only: the client's own live metrics have a test of their own (below)
