@@ -22,7 +22,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -501,24 +501,29 @@ def parse_gpu_csv(job: str, text: str) -> GpuTrace:
     return GpuTrace(job, {label: series[label] for label in sorted(series)}, len(rows), skipped)
 
 
-def gpu_traces(run_dir: Path, run: Run) -> tuple[list[GpuTrace], list[str]]:
-    """The GPU telemetry of every job that has results/<job>/gpu.csv, and notes on the files that cannot be read."""
+def job_files(run_dir: Path, run: Run, name: str, limit: int, notes: list[str]) -> Iterator[tuple[str, str]]:
+    """(job, text) of results/<job>/NAME for every job of the run that has one; a file that cannot be read is a note."""
     from ..core.files import read_in_run
 
-    traces, notes = [], []
     for job in run.jobs:
         try:
-            text = read_in_run(run_dir, f"results/{job.name}/gpu.csv", GPU_CSV_LIMIT)
+            yield job.name, read_in_run(run_dir, f"results/{job.name}/{name}", limit)
         except FileNotFoundError:
             continue
         except OSError as exc:
-            notes.append(f"results/{job.name}/gpu.csv: {exc.strerror or exc}")
-            continue
-        trace = parse_gpu_csv(job.name, text)
+            notes.append(f"results/{job.name}/{name}: {exc.strerror or exc}")
+
+
+def gpu_traces(run_dir: Path, run: Run) -> tuple[list[GpuTrace], list[str]]:
+    """The GPU telemetry of every job that has results/<job>/gpu.csv, and notes on the files that cannot be read."""
+    traces: list[GpuTrace] = []
+    notes: list[str] = []
+    for job, text in job_files(run_dir, run, "gpu.csv", GPU_CSV_LIMIT, notes):
+        trace = parse_gpu_csv(job, text)
         if trace.samples:
             traces.append(trace)
         else:
-            notes.append(f"results/{job.name}/gpu.csv: no samples")
+            notes.append(f"results/{job}/gpu.csv: no samples")
     return traces, notes
 
 
@@ -546,20 +551,12 @@ SEARCH_JSON_LIMIT = 16 << 20
 
 def capacity_searches(run_dir: Path, run: Run) -> tuple[list[CapacitySearch], list[str]]:
     """The capacity search of every client that made one, and notes on the files that cannot be read."""
-    from ..core.files import read_in_run
-
-    searches, notes = [], []
-    for job in run.jobs:
-        try:
-            text = read_in_run(run_dir, f"results/{job.name}/search.json", SEARCH_JSON_LIMIT)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            notes.append(f"results/{job.name}/search.json: {exc.strerror or exc}")
-            continue
-        search = _capacity_search(job.name, text)
+    searches: list[CapacitySearch] = []
+    notes: list[str] = []
+    for job, text in job_files(run_dir, run, "search.json", SEARCH_JSON_LIMIT, notes):
+        search = _capacity_search(job, text)
         if search is None:
-            notes.append(f"results/{job.name}/search.json: not a capacity search orchc can draw")
+            notes.append(f"results/{job}/search.json: not a capacity search orchc can draw")
         elif search.probes:
             searches.append(search)
     return searches, notes
