@@ -541,23 +541,32 @@ echo "hf $* HF_HOME=$HF_HOME token=${HF_TOKEN:+set} offline=${HF_HUB_OFFLINE-}" 
 """
 
 
-def test_prepare_downloads_the_vllm_model_into_the_model_store_on_the_login_node(orchc, write, tmp_path):
-    """The model's files are fetched by `orchc prepare` (the type's `prepare` phase, in the job's own image, on the
-    login node), not by the service on a billed GPU node; a gated model's HF_TOKEN reaches it in its environment."""
+VLLM_SOURCE = "docker://vllm/vllm-openai:v0.20.2-cu129"
+
+
+def vllm_recipe(orchc, write, tmp_path: Path, programs: dict[str, str], image: bool = True) -> tuple[Path, Path]:
+    """A vLLM recipe on an apptainer site whose model store is the test's, compiled; `programs` (name -> text) in a
+    bin folder; with `image`, vLLM's image as prepare would have left it. (run folder, bin folder)"""
     write("site.yaml", SITE.format(tmp=tmp_path) + f"storage:\n  models: {tmp_path}/models\n")
     write("r.yaml", "service:\n  type: vllm\n  model: 'org/tiny-llama'\n")
     result = orchc("compile", "r.yaml", "--site", "site.yaml", "-o", "out", cwd=tmp_path)
     assert result.code == 0, result.err
-    run = tmp_path / "out" / "r"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in (("apptainer", FAKE_APPTAINER), ("hf", FAKE_HF)):
+    for name, text in programs.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    (tmp_path / "containers").mkdir()
-    image = tmp_path / "containers" / "vllm-openai-0.20.2-cu129.sif"
-    image.write_text(whole_image("docker://vllm/vllm-openai:v0.20.2-cu129"))
-    (tmp_path / "containers" / "vllm-openai-0.20.2-cu129.sif.source").write_text("docker://vllm/vllm-openai:v0.20.2-cu129\n")
+    if image:
+        (tmp_path / "containers").mkdir()
+        (tmp_path / "containers" / "vllm-openai-0.20.2-cu129.sif").write_text(whole_image(VLLM_SOURCE))
+        (tmp_path / "containers" / "vllm-openai-0.20.2-cu129.sif.source").write_text(VLLM_SOURCE + "\n")
+    return tmp_path / "out" / "r", bin_dir
+
+
+def test_prepare_downloads_the_vllm_model_into_the_model_store_on_the_login_node(orchc, write, tmp_path):
+    """The model's files are fetched by `orchc prepare` (the type's `prepare` phase, in the job's own image, on the
+    login node), not by the service on a billed GPU node; a gated model's HF_TOKEN reaches it in its environment."""
+    run, bin_dir = vllm_recipe(orchc, write, tmp_path, {"apptainer": FAKE_APPTAINER, "hf": FAKE_HF})
     prepare = subprocess.run([sys.executable, "-m", "compiler", "prepare", "r.yaml", "--site", "site.yaml"], cwd=tmp_path,
                              env={**environment(run, bin_dir, HF_TOKEN="hf_secret_token_1234"), "PYTHONPATH": str(ROOT)},
                              capture_output=True, text=True, timeout=120)
@@ -579,14 +588,7 @@ def test_prepare_downloads_the_vllm_model_into_the_model_store_on_the_login_node
 
 
 def test_a_vllm_job_whose_model_was_not_prepared_stops_in_setup_and_says_so(orchc, write, tmp_path):
-    write("site.yaml", SITE.format(tmp=tmp_path) + f"storage:\n  models: {tmp_path}/models\n")
-    write("r.yaml", "service:\n  type: vllm\n  model: 'org/tiny-llama'\n")
-    assert orchc("compile", "r.yaml", "--site", "site.yaml", "-o", "out", cwd=tmp_path).code == 0
-    run = tmp_path / "out" / "r"
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "apptainer").write_text(FAKE_APPTAINER)
-    (bin_dir / "apptainer").chmod(0o755)
+    run, bin_dir = vllm_recipe(orchc, write, tmp_path, {"apptainer": FAKE_APPTAINER}, image=False)
     path = f"{nvidia_smi_standin.install(tmp_path / 'gpu')}{os.pathsep}{bin_dir}{os.pathsep}{os.environ['PATH']}"
     _, err = finished(start(run, bin_dir, "vllm", ORCHC_STANDIN_DRIVER="575.51.03", PATH=path), 1)
     assert ("model org/tiny-llama is not in the model store $ORCHC_MODELS/huggingface: orchc prepare (which orchc "
@@ -594,19 +596,8 @@ def test_a_vllm_job_whose_model_was_not_prepared_stops_in_setup_and_says_so(orch
 
 
 def test_a_failing_prepare_step_stops_prepare_and_names_the_job_and_the_type_line(orchc, write, tmp_path):
-    write("site.yaml", SITE.format(tmp=tmp_path) + f"storage:\n  models: {tmp_path}/models\n")
-    write("r.yaml", "service:\n  type: vllm\n  model: 'org/tiny-llama'\n")
-    assert orchc("compile", "r.yaml", "--site", "site.yaml", "-o", "out", cwd=tmp_path).code == 0
-    run = tmp_path / "out" / "r"
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "apptainer").write_text(FAKE_APPTAINER)
-    (bin_dir / "apptainer").chmod(0o755)
-    (bin_dir / "hf").write_text("#!/bin/bash\necho '401 Client Error: gated repo' >&2\nexit 1\n")
-    (bin_dir / "hf").chmod(0o755)
-    (tmp_path / "containers").mkdir()
-    (tmp_path / "containers" / "vllm-openai-0.20.2-cu129.sif").write_text(whole_image("docker://vllm/vllm-openai:v0.20.2-cu129"))
-    (tmp_path / "containers" / "vllm-openai-0.20.2-cu129.sif.source").write_text("docker://vllm/vllm-openai:v0.20.2-cu129\n")
+    gated = "#!/bin/bash\necho '401 Client Error: gated repo' >&2\nexit 1\n"
+    run, bin_dir = vllm_recipe(orchc, write, tmp_path, {"apptainer": FAKE_APPTAINER, "hf": gated})
     prepare = subprocess.run([sys.executable, "-m", "compiler", "prepare", "r.yaml", "--site", "site.yaml"], cwd=tmp_path,
                              env={**environment(run, bin_dir), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                              timeout=120)
