@@ -48,9 +48,10 @@ RATE_TOLERANCE = 0.15
 Row = tuple[str, str, Callable[[dict[str, float]], float | None], Callable[[dict[str, float]], float | None], str]
 
 
-def orchc_tpot_with_first_token(m: dict[str, float]) -> float:
-    """GuideLLM's TPOT from orchc's figures: E2E / output tokens = (TTFT + (N - 1) x TPOT) / N, N = TOKENS."""
-    return (m["ttft_mean_ms"] + (TOKENS - 1) * m["tpot_mean_ms"]) / TOKENS
+def orchc_tpot_with_first_token(ours: dict[str, float], peer: dict[str, float], speed: float) -> float:
+    """GuideLLM's TPOT from orchc's TPOT (at the server's speed in GuideLLM's run) and GuideLLM's own TTFT (held to the
+    server's record separately): E2E / output tokens = (TTFT + (N - 1) x TPOT) / N, N = TOKENS."""
+    return (peer["guidellm.time_to_first_token_ms.mean_ms"] + (TOKENS - 1) * ours["tpot_mean_ms"] * speed) / TOKENS
 
 
 # metric, orchc's name, AIPerf's figure, GuideLLM's figure, the definitions behind them
@@ -69,14 +70,15 @@ ROWS: list[Row] = [
     ("TPOT mean (ms)", "tpot_mean_ms", lambda a: a["aiperf.inter_token_latency.avg_ms"],
      lambda g: g["guidellm.time_per_output_token_ms.mean_ms"],
      "orchc (vLLM): (E2E - TTFT) / (N - 1); AIPerf calls this inter_token_latency; GuideLLM's time_per_output_token is "
-     "E2E / N, the first token included: checked against (TTFT + (N - 1) x TPOT) / N of orchc's figures"),
+     "E2E / N, the first token included: checked against (its TTFT + (N - 1) x orchc's TPOT) / N"),
     ("requests/s", "request_throughput_per_s", lambda a: a["aiperf.request_throughput.avg_per_s"],
      lambda g: g["guidellm.requests_per_second.mean_per_s"], "requests / the client's benchmark duration"),
     ("output tokens/s", "output_tokens_per_s", lambda a: a["aiperf.output_token_throughput.avg_per_s"],
      lambda g: g["guidellm.output_tokens_per_second.mean_per_s"], "output tokens / the client's benchmark duration"),
 ]
 
-EXPLAINED = {("TPOT mean (ms)", "guidellm"): orchc_tpot_with_first_token}
+EXPLAINED: dict[tuple[str, str], Callable[[dict[str, float], dict[str, float], float], float]] = {
+    ("TPOT mean (ms)", "guidellm"): orchc_tpot_with_first_token}
 """peer figures whose documented definition differs: the value orchc's figures give under that definition"""
 
 JUDGED_BY_SERVER = {"TTFT mean (ms)": "mean", "TTFT p50 (ms)": "median", "TTFT p99 (ms)": "p99"}
@@ -92,6 +94,10 @@ share the 2 cores with the server."""
 
 class StandIn:
     """The known-timing stand-in; `records()` is its own record of each request (when it came, its tokens' writes)."""
+
+    fixed_speed = True
+    CLIENT_CPUS = ""
+    UNSEEN_MS = 0.0
 
     def __init__(self, log: Path) -> None:
         self.log = log
@@ -113,12 +119,95 @@ class StandIn:
         self.process.wait()
 
 
-SERVERS: dict[str, Callable[[Path], StandIn]] = {"standin": StandIn}
+LLAMA_SERVER = Path("/opt/orchc/llama.cpp/bin/llama-server")
+LOG_LINE = re.compile(r"^(\d+)\.(\d\d)\.(\d\d\d)\.(\d\d\d) \S+ (.*)$")
+"""a line of llama-server's log with --log-timestamps --log-prefix: minutes.seconds.ms.us since it started, level, text"""
+
+
+def log_seconds(minutes: str, seconds: str, ms: str, us: str) -> float:
+    return int(minutes) * 60 + int(seconds) + int(ms) / 1e3 + int(us) / 1e6
+
+
+class LlamaServer:
+    """llama.cpp's llama-server (built by tests/install-deps.sh) serving the tiny random llama (tests/tiny_gguf.py), on
+    CPU 0 with one thread and SLOTS slots; the clients run on CPU 1 (CLIENT_CPUS), so neither takes the other's core.
+    `records()` is its own record of each request, read from its log (verbosity 4, timestamps): when the request came
+    (its "chat format" line, written as the HTTP handler parses it), when its first token was sampled (its slot's launch
+    + its prompt eval time) and its eval time per token. Requests and tasks pair in order (task ids rise in arrival
+    order), so each client's run is a contiguous slice."""
+
+    fixed_speed = False
+    CLIENT_CPUS = "1"
+    UNSEEN_MS = 3.0
+    """its log times the first token when sampled; its HTTP thread writes it after: each client's median TTFT was 4.1 to
+    4.5 ms above the sampled time in a quiet run (orchc's, AIPerf's, GuideLLM's), orchc's 0.8 ms above the stand-in's
+    write, so about 3 ms of the difference is llama-server's own, allowed on top of the clients' TOLERANCE"""
+
+    def __init__(self, log: Path, model: Path) -> None:
+        if not LLAMA_SERVER.exists():
+            pytest.fail(f"{LLAMA_SERVER} missing: run tests/install-deps.sh (it builds llama-server)")
+        self.log, self.port, self.model = log, free_port(), "tiny"
+        self.output = log.open("w")
+        self.process = subprocess.Popen(["taskset", "-c", "0", str(LLAMA_SERVER), "-m", str(model), "--host", "127.0.0.1",
+                                         "--port", str(self.port), "-np", str(SLOTS), "-c", str(SLOTS * 512), "-t", "1",
+                                         "--alias", self.model, "--log-timestamps", "--log-prefix", "-lv", "4"],
+                                        stdout=self.output, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while "listening on" not in log.read_text():
+            assert self.process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+
+    def records(self) -> list[dict[str, Any]]:
+        arrivals: list[float] = []
+        tasks: dict[int, dict[str, float]] = {}
+        for line in self.log.read_text().splitlines():
+            if not (match := LOG_LINE.match(line)):
+                continue
+            at, text = log_seconds(*match.groups()[:4]), match.group(5)
+            if "operator(): chat format:" in text:
+                arrivals.append(at)
+            elif task := re.search(r"\| task (\d+) \| (.*)", text):
+                entry, said = tasks.setdefault(int(task.group(1)), {}), task.group(2).strip()
+                if said.startswith("processing task"):
+                    entry["launched"] = at
+                elif figures := re.match(r"prompt eval time = +([\d.]+) ms / +(\d+) tokens", said):
+                    entry["prompt_ms"] = float(figures.group(1))
+                elif figures := re.match(r"eval time = +([\d.]+) ms / +(\d+) tokens", said):
+                    entry["eval_ms_per_token"] = float(figures.group(1)) / int(figures.group(2))
+                elif prompt := re.search(r"new prompt, .*task\.n_tokens = (\d+)", said):
+                    entry["prompt_tokens"] = int(prompt.group(1))
+                elif said.startswith("stop processing"):
+                    entry["released"] = at
+        done = [tasks[number] for number in sorted(tasks) if "released" in tasks[number]]
+        assert len(done) == len(arrivals), f"{len(arrivals)} requests came, {len(done)} tasks ended: {self.log}"
+        return [{"received": came, "tokens": [task["launched"] + task["prompt_ms"] / 1e3], "released": task["released"],
+                 "prompt_tokens": task["prompt_tokens"], "eval_ms_per_token": task["eval_ms_per_token"]}
+                for came, task in zip(arrivals, done)]
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.output.close()
+
+
+SERVERS: dict[str, type[StandIn] | type[LlamaServer]] = {"standin": StandIn, "llamacpp": LlamaServer}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random llama of tests/tiny_gguf.py (185 MB, about 5 s), once for the module."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import tiny_gguf
+    path = tmp_path_factory.mktemp("model") / "tiny.gguf"
+    tiny_gguf.write(path)
+    return path
 
 
 @pytest.fixture(params=sorted(SERVERS))
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, StandIn]]:
-    started = SERVERS[request.param](tmp_path / "server.jsonl")
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, StandIn | LlamaServer]]:
+    kind = SERVERS[request.param]
+    started = (LlamaServer(tmp_path / "server.log", request.getfixturevalue("tiny_model")) if kind is LlamaServer
+               else StandIn(tmp_path / "server.jsonl"))
     yield request.param, started
     started.close()
 
@@ -142,14 +231,28 @@ def percentile(values: list[float], p: int) -> float:
 
 
 def server_record(records: list[dict[str, Any]], warmup: int) -> dict[str, float]:
-    """TTFT as the server wrote it (first token - request received, ms) over a client's measured requests."""
+    """The server's own figures over a client's measured requests: TTFT as it wrote it (first token - request received,
+    ms); its time per output token (llama-server's eval time per token; the stand-in's gaps between its writes); its
+    requests per second (requests / first received to last ended) and the prompt tokens it counted."""
     measured = sorted(records, key=lambda timing: timing["received"])[warmup:]
     ttft = [(timing["tokens"][0] - timing["received"]) * 1000 for timing in measured]
+    per_token = [timing["eval_ms_per_token"] if "eval_ms_per_token" in timing
+                 else (timing["tokens"][-1] - timing["tokens"][0]) * 1000 / (len(timing["tokens"]) - 1) for timing in measured]
+    span = max(timing.get("released", timing["tokens"][-1]) for timing in measured) - measured[0]["received"]
     return {"server.ttft_mean_ms": statistics.fmean(ttft), "server.ttft_median_ms": percentile(ttft, 50),
-            "server.ttft_p99_ms": percentile(ttft, 99)}
+            "server.ttft_p99_ms": percentile(ttft, 99), "server.token_ms": statistics.fmean(per_token),
+            "server.requests_per_s": len(measured) / span,
+            "server.prompt_tokens": statistics.fmean(timing.get("prompt_tokens", INPUT_TOKENS) for timing in measured)}
 
 
-def run_clients(orchc: Any, write: Any, tmp_path: Path, server: StandIn) -> dict[str, dict[str, float]]:
+def lost_connections(log: Path) -> int:
+    """AIPerf's requests that failed writing to a pooled keep-alive connection the server had closed (llama-server's
+    cpp-httplib closes one idle for 5 s; AIPerf 0.13.0 does not send such a request again, orchc's client does)."""
+    errors = [line for line in log.read_text().splitlines() if " ERROR " in line and "aiohttp request" in line]
+    return len(errors) if all("Can not write request body" in line for line in errors) else -1
+
+
+def run_clients(orchc: Any, write: Any, tmp_path: Path, server: StandIn | LlamaServer) -> dict[str, dict[str, float]]:
     path = write("conformance.yaml", recipe(server.port, server.model))
     done = orchc("compile", str(path), "--site", "local", "-o", "out", cwd=tmp_path)
     assert done.code == 0, done.err
@@ -158,10 +261,16 @@ def run_clients(orchc: Any, write: Any, tmp_path: Path, server: StandIn) -> dict
     measured = {}
     for client in ("orchc", "aiperf", "guidellm"):
         started, before = time.monotonic(), len(server.records())
-        job = subprocess.run(["bash", f"{client}.sbatch"], cwd=run, env=env, capture_output=True, text=True, timeout=600)
+        pinned = ["taskset", "-c", server.CLIENT_CPUS] if server.CLIENT_CPUS else []
+        job = subprocess.run([*pinned, "bash", f"{client}.sbatch"], cwd=run, env=env, capture_output=True, text=True, timeout=600)
         assert job.returncode == 0, (client, job.stderr[-3000:])
         results = json.loads((run / "results" / client / "results.json").read_text())
-        assert results["status"] == "complete" and results["metrics"]["requests_ok_count"] == REQUESTS, (client, results["metrics"])
+        failed = results["metrics"]["requests_failed_count"]
+        if failed and client == "aiperf" and not server.fixed_speed:
+            dropped = lost_connections(run / "results" / client / "aiperf.log")
+            assert dropped == failed <= 2, (failed, dropped)
+            print(f"aiperf: {failed} request(s) failed on a pooled connection llama-server had closed")
+        assert results["status"] == "complete" and results["metrics"]["requests_ok_count"] == REQUESTS - failed, (client, results["metrics"])
         measured[client] = {**results["metrics"], **server_record(server.records()[before:], WARMUP[client])}
         print(f"{client}: {time.monotonic() - started:.1f} s")
     return measured
@@ -177,27 +286,59 @@ def tolerance_of(name: str) -> tuple[float, float]:
     return TAIL_TOLERANCE if "p99" in name or ("mean" in name and "TTFT" in name) else TOLERANCE
 
 
-def table(measured: dict[str, dict[str, float]]) -> tuple[list[list[Any]], list[str]]:
-    """The rows [metric, orchc, AIPerf, diff, GuideLLM, diff, definitions], and each disagreement not explained."""
+SERVER_FIGURE = {"TTFT mean (ms)": "server.ttft_mean_ms", "TTFT p50 (ms)": "server.ttft_median_ms", "TTFT p99 (ms)": "server.ttft_p99_ms",
+                 "ITL mean (ms)": "server.token_ms", "TPOT mean (ms)": "server.token_ms",
+                 "requests/s": "server.requests_per_s", "output tokens/s": "server.requests_per_s"}
+"""the server's own figure of a run that each metric follows: on a real engine, whose speed moves between the clients'
+runs (on 2 shared cores by up to a quarter, and with the load each tool's prompts make), a peer's figure is compared
+with orchc's at the server's speed in the peer's run (at_the_same_speed): what remains is how each client measures"""
+COLUMN = {name: ours for name, ours, *_ in ROWS}
+SERVER_ROWS = [("server TTFT p50 (ms)", "server.ttft_median_ms"), ("server time per token (ms)", "server.token_ms"),
+               ("server requests/s", "server.requests_per_s"), ("server prompt tokens", "server.prompt_tokens")]
+
+
+def at_the_same_speed(name: str, peer: str, measured: dict[str, dict[str, float]], fixed_speed: bool) -> float:
+    """The figure orchc's measurement gives for `peer`'s run: under the peer's definition (EXPLAINED), and on a server
+    whose speed moves, at the server's speed in the peer's run: a TTFT is the server's plus the client's own delay, so
+    orchc's delay is added to the server's figure of the peer's run; a time per token or a throughput scales by the
+    ratio of the server's figures."""
+    ours, theirs, key = measured["orchc"], measured[peer], SERVER_FIGURE[name]
+    speed = 1.0 if fixed_speed else theirs[key] / ours[key]
+    if explained := EXPLAINED.get((name, peer)):
+        return explained(ours, theirs, speed)
+    if name.startswith("TTFT") and not fixed_speed:
+        return ours[COLUMN[name]] - ours[key] + theirs[key]
+    return ours[COLUMN[name]] * speed
+
+
+def table(measured: dict[str, dict[str, float]], fixed_speed: bool = True, unseen_ms: float = 0.0) -> tuple[list[list[Any]], list[str]]:
+    """The rows [metric, orchc, AIPerf, diff, GuideLLM, diff, definitions], and each disagreement not explained. With
+    a server of fixed speed (the stand-in) the figures are compared as they are; otherwise at the same server speed
+    (SERVER_FIGURE), and the server's own figures of each run are rows of their own."""
     rows, failures = [], []
     for name, ours, aiperf_of, guidellm_of, definition in ROWS:
         orchc_value = measured["orchc"][ours]
         row: list[Any] = [name, orchc_value]
         for peer, figure in (("aiperf", aiperf_of), ("guidellm", guidellm_of)):
             value = figure(measured[peer])
-            expected = EXPLAINED[(name, peer)](measured["orchc"]) if (name, peer) in EXPLAINED else orchc_value
-            row += [value, (value - orchc_value) / orchc_value if value is not None and orchc_value else None]
+            expected = at_the_same_speed(name, peer, measured, fixed_speed)
+            row += [value, (value - expected) / expected if value is not None and expected else None]
             if name in JUDGED_BY_SERVER and name != "TTFT p50 (ms)":
                 continue
             if not close(value, expected, tolerance_of(name)):
                 failures.append(f"{name}: {peer} {value} against {expected} (orchc {orchc_value})")
         rows.append(row + [definition])
+    if not fixed_speed:
+        for name, key in SERVER_ROWS:
+            figures = [measured[client][key] for client in ("orchc", "aiperf", "guidellm")]
+            rows.append([name, figures[0], figures[1], figures[1] / figures[0] - 1, figures[2], figures[2] / figures[0] - 1,
+                         "the server's own figure of each client's run (its log): what the rows above are scaled by"])
     for client in ("orchc", "aiperf", "guidellm"):
         for name, stat in JUDGED_BY_SERVER.items():
             value, record = measured[client][f"ttft_{stat}_ms"], measured[client][f"server.ttft_{stat}_ms"]
             bound = TOLERANCE if stat == "median" else TAIL_TOLERANCE
-            if not record - 0.5 <= value <= record + bound[0] + bound[1] * record:
-                failures.append(f"{client}'s {name} {value:.2f} is not within [-0.5, {bound[0]} + {bound[1]:.0%}] of the server's "
+            if not record - 0.5 <= value <= record + unseen_ms + bound[0] + bound[1] * record:
+                failures.append(f"{client}'s {name} {value:.2f} is not within [-0.5, {unseen_ms + bound[0]} + {bound[1]:.0%}] of the server's "
                                 f"record of its run, {record:.2f}")
     for stat in ("mean", "p99"):
         delay = {client: measured[client][f"ttft_{stat}_ms"] - measured[client][f"server.ttft_{stat}_ms"] for client in ("orchc", "aiperf", "guidellm")}
@@ -224,7 +365,7 @@ def readme_block(server: str) -> re.Match[str] | None:
 def test_orchc_aiperf_and_guidellm_agree_on_the_shared_metrics(orchc, write, tmp_path, server):
     name, started = server
     measured = run_clients(orchc, write, tmp_path, started)
-    rows, failures = table(measured)
+    rows, failures = table(measured, started.fixed_speed, started.UNSEEN_MS)
     fresh = markdown(name, rows)
     print(fresh)
     assert not failures, "\n".join(failures)
@@ -243,9 +384,13 @@ def test_orchc_aiperf_and_guidellm_agree_on_the_shared_metrics(orchc, write, tmp
     for row in rows:
         cells = documented.get(row[0])
         assert cells is not None, f"README's conformance table lacks {row[0]}"
-        for index in (1, 2, 4):
-            assert close(float(cells[index]), row[index], tolerance_of(row[0])), \
-                f"README says {row[0]} = {cells[index]}, measured {row[index]:.2f}: rerun with ORCHC_UPDATE_CONFORMANCE=1\n{fresh}"
+        said = f"README says {row[0]} = {cells[1:6]}, measured {row[1:6]}: rerun with ORCHC_UPDATE_CONFORMANCE=1\n{fresh}"
+        if started.fixed_speed or (row[0].startswith("TTFT") and "server" in row[0]):
+            assert all(close(float(cells[index]), row[index], tolerance_of(row[0])) for index in (1, 2, 4)), said
+        elif not row[0].startswith("server"):
+            # a real engine's own speed is this machine's: its figures are not held, the differences at the same speed are
+            share = tolerance_of(row[0])[1]
+            assert all(abs(float(cells[index].rstrip("%")) / 100 - row[index]) <= share for index in (3, 5)), said
 
 
 @pytest.mark.cluster
