@@ -206,3 +206,34 @@ def test_the_client_gives_out_before_the_engine_and_says_so(orchc, write, tmp_pa
     assert behind["server_prompt_mean_ms"] < 1000.0 / behind["achieved_rate_per_s"], line(behind)
     assert behind["server_cpu_share"] < 0.9, line(behind)
     assert behind["server_cpu_share"] * 100 < behind["client_cpu_percent"], line(behind)
+
+
+def test_a_capacity_search_against_the_fast_engine_flags_the_clients_limit_not_the_servers(orchc, write, tmp_path, server):
+    """The capacity search (llm_search.py) on the same engine with an SLO the engine meets at any rate the client can
+    send (TTFT p99 within a second): it doubles until a probe at which the client fell behind, stops there and reports
+    capacity_client_limited 1, its capacity the highest probe that passed below it, never the rate the client could
+    not send (issue 22 item 2)."""
+    search = ("{slo: {ttft_p99_ms: 1000}, rate: {min: 200, max: 6400}, arrivals: constant, probe_requests: 300, probe_s: 3,"
+              " warmup_s: 0.5, settle_s: 10}")
+    path = write("search.yaml", f"client:\n  name: search\n  type: llm_client\n  target_endpoint: '127.0.0.1:{server.port}'\n"
+                                f"  model: tiny\n  api: openai-completions\n  input_length: {INPUT_WORDS}\n  max_tokens: {MAX_TOKENS}\n"
+                                f"  max_concurrency: {MAX_CONCURRENCY}\n  warmup_requests: 2\n  metrics_port: 0\n  request_timeout: 20\n"
+                                f"  duration: 150\n  search: {search}\n")
+    assert orchc("compile", str(path), "--site", "local", "-o", "out", cwd=tmp_path).code == 0
+    run = tmp_path / "out" / "search"
+    job = subprocess.run(["taskset", "-c", CLIENT_CPU, "bash", "search.sbatch"], cwd=run, capture_output=True, text=True, timeout=240,
+                         env={**os.environ, "ORCHC_RUN_DIR": str(run), "HOME": str(tmp_path)})
+    assert job.returncode == 0, job.stderr[-3000:]
+    results = run / "results" / "search"
+    metrics = json.loads((results / "metrics.json").read_text())
+    probes = json.loads((results / "search.json").read_text())["probes"]
+    for probe in probes:
+        figures = probe["metrics"]
+        print(f"probe {probe['probe']} at {probe['rate_per_s']:g}/s: {probe['verdict']}, kept_up {probe['client_kept_up']}, served "
+              f"{figures['request_throughput_per_s']:.0f}/s, schedule delay median {figures['schedule_delay_median_ms']:.2f} ms, "
+              f"TTFT p99 {figures['ttft_p99_ms']:.2f} ms")
+    print({key: metrics[key] for key in ("capacity_requests_per_s", "capacity_high_requests_per_s", "capacity_client_limited")})
+    last = probes[-1]
+    assert last["client_kept_up"] == 0 and all(p["client_kept_up"] == 1 and p["verdict"] == "pass" for p in probes[:-1]), probes
+    assert metrics["capacity_client_limited"] == 1
+    assert metrics["capacity_requests_per_s"] == probes[-2]["rate_per_s"] < last["rate_per_s"]

@@ -273,10 +273,13 @@ def settle(parent, args, prompts, baseline_s, settings):
 
 
 def capacity_metrics(probes, bounds):
-    """metrics.json of a search: the capacity, its bracket, and the figures at the capacity probe."""
-    passed = [p for p in probes if p["verdict"] == "pass"]
+    """metrics.json of a search: the capacity, its bracket, and the figures at the capacity probe. A probe the client
+    did not keep up with (client_kept_up 0) bounds neither end: the server saw a lower rate than the probe's, and
+    the client's own delays are in its figures."""
+    kept_up = [p for p in probes if p.get("client_kept_up") != 0]
+    passed = [p for p in kept_up if p["verdict"] == "pass"]
     lo = max(passed, key=lambda p: p["rate_per_s"]) if passed else None
-    failing = [p["rate_per_s"] for p in probes if p["verdict"] in ("fail", "undecided")
+    failing = [p["rate_per_s"] for p in kept_up if p["verdict"] in ("fail", "undecided")
                and (lo is None or p["rate_per_s"] > lo["rate_per_s"])]
     limited = any(p.get("client_kept_up") == 0 for p in probes)
     metrics = {"capacity_requests_per_s": lo["rate_per_s"] if lo else None,
