@@ -4,9 +4,9 @@ schedule delay grows, found against a llama-server fast enough that the client, 
 The engine: llama.cpp's llama-server (tests/install-deps.sh builds it) serving the smallest llama tests/tiny_gguf.py
 writes (1 layer, width 64, 4 heads, 2 KV heads, FFN 128, 512 pieces: 0.2 ms of its own time for a one-word prompt),
 SLOTS slots, one thread pinned to CPU 0; the client (llm_client's generated job script, `orchc compile --site local`,
-run with bash) pinned to CPU 1. Each request is one word in and MAX_TOKENS token out: a streamed token costs this
-llama-server about three times what it costs the client (0.14 ms against 0.05 ms of CPU), a request about two
-thirds (0.5 against 0.8 ms), so only short answers let the client give out first (README, "The client's ceiling").
+run with bash) pinned to CPU 1. Each request is one word in and MAX_TOKENS token out: a further streamed token costs
+this llama-server about three times what it costs the client (0.13 ms against 0.045 ms of CPU), a request less
+(0.6 against 0.9 ms), so only short answers let the client give out first (the last test here measures both).
 
 The ladder: open-loop constant rates (RATES: doubling from 100/s, then steps of 200/s and more near where a 2-core
 machine's client gives out), RUNG_S seconds each, until llm_bench's audit says it fell behind (client_kept_up 0).
@@ -46,6 +46,7 @@ SLOTS, MAX_CONCURRENCY = 8, 16
 MAX_TOKENS, INPUT_WORDS = 1, 1
 RATES = (100, 200, 400, 800, 1000, 1200, 1400, 1600, 2000, 2400, 3200, 4800, 6400)
 RUNG_S = 4
+TOKEN_RATE, LONG = 200, 16
 CLIENT_CPU, SERVER_CPU = "1", "0"
 
 
@@ -151,10 +152,10 @@ class CpuSampler:
         return (self.at(end) - self.at(start)) / (end - start)
 
 
-def run_rung(run: Path, env: dict[str, str], server: FastLlamaServer, rate: int) -> dict[str, Any]:
+def run_rung(run: Path, env: dict[str, str], server: FastLlamaServer, rate: int | str) -> dict[str, Any]:
     """One rung: its client's job script on CPU 1; llm_bench's metrics, the engine's CPU share over the client's
     measured phase, the most requests in flight and each request's output tokens."""
-    name = rung_name(rate)
+    name = rung_name(rate) if isinstance(rate, int) else rate
     sampler = CpuSampler(server)
     try:
         job = subprocess.run(["taskset", "-c", CLIENT_CPU, "bash", f"{name}.sbatch"], cwd=run, env=env, capture_output=True,
@@ -167,12 +168,12 @@ def run_rung(run: Path, env: dict[str, str], server: FastLlamaServer, rate: int)
     measured = json.loads((results / "run.json").read_text())
     records = [json.loads(line) for line in (results / "requests.jsonl").read_text().splitlines() if line.strip()]
     share = sampler.share_between(measured["t0_epoch"], measured["t0_epoch"] + measured["wall_time_s"])
-    return {**metrics, "rate": rate, "server_cpu_share": share, "most_in_flight": most_in_flight(records),
+    return {**metrics, "rate": measured["request_rate"], "server_cpu_share": share, "most_in_flight": most_in_flight(records),
             "output_tokens": [r.get("output_tokens") for r in records]}
 
 
 def line(rung: dict[str, Any]) -> str:
-    return (f"{rung['rate']:>5}/s offered: kept_up {rung['client_kept_up']}, achieved {rung['achieved_rate_per_s']:.0f}/s, "
+    return (f"{rung['rate']:>5g}/s offered: kept_up {rung['client_kept_up']}, achieved {rung['achieved_rate_per_s']:.0f}/s, "
             f"served {rung['request_throughput_per_s']:.0f}/s ({rung['output_tokens_per_s']:.0f} tokens/s), schedule delay median "
             f"{rung['schedule_delay_median_ms']:.2f} ms p99 {rung['schedule_delay_p99_ms']:.2f} ms, client CPU "
             f"{rung['client_cpu_percent']:.0f} %; engine: CPU {100 * rung['server_cpu_share']:.0f} %, prompt_ms mean {rung['server_prompt_mean_ms']:.2f}, deferred max "
@@ -237,3 +238,30 @@ def test_a_capacity_search_against_the_fast_engine_flags_the_clients_limit_not_t
     assert last["client_kept_up"] == 0 and all(p["client_kept_up"] == 1 and p["verdict"] == "pass" for p in probes[:-1]), probes
     assert metrics["capacity_client_limited"] == 1
     assert metrics["capacity_requests_per_s"] == probes[-2]["rate_per_s"] < last["rate_per_s"]
+
+
+def test_a_streamed_token_costs_this_engine_more_cpu_than_the_client(orchc, write, tmp_path, server):
+    """Why the ladder's requests are one token long: at one rate (TOKEN_RATE/s, both keep up), a request of LONG
+    tokens against one of 1 token, each side's CPU per request (the client's client_cpu_percent, the engine's from
+    /proc over the client's measured phase); the difference over LONG - 1 is what one more streamed token costs. For
+    the client it is one chunk read and parsed; for llama-server one decode step and one chunk written: more, so with
+    long answers this engine gives out first."""
+    clients = "".join(
+        f"  - name: tokens{tokens}\n    type: llm_client\n    target_endpoint: '127.0.0.1:{server.port}'\n    model: tiny\n"
+        f"    api: openai-completions\n    input_length: {INPUT_WORDS}\n    max_tokens: {tokens}\n    request_rate: {TOKEN_RATE}\n"
+        f"    arrivals: constant\n    max_concurrency: {MAX_CONCURRENCY}\n    num_requests: {TOKEN_RATE * RUNG_S}\n"
+        f"    warmup_requests: 2\n    metrics_port: 0\n    request_timeout: 20\n    duration: 60\n    after: []\n"
+        for tokens in (1, LONG))
+    assert orchc("compile", str(write("tokens.yaml", f"clients:\n{clients}")), "--site", "local", "-o", "out", cwd=tmp_path).code == 0
+    run = tmp_path / "out" / "tokens"
+    env = {**os.environ, "ORCHC_RUN_DIR": str(run), "HOME": str(tmp_path)}
+    cost = {}
+    for tokens in (1, LONG):
+        rung = run_rung(run, env, server, f"tokens{tokens}")
+        assert rung["client_kept_up"] == 1 and set(rung["output_tokens"]) == {tokens}, line(rung)
+        cost[tokens] = (rung["client_cpu_percent"] * 10.0 / TOKEN_RATE, rung["server_cpu_share"] * 1000.0 / TOKEN_RATE)
+        print(line(rung))
+    client_ms, engine_ms = ((cost[LONG][side] - cost[1][side]) / (LONG - 1) for side in (0, 1))
+    print(f"CPU per request of 1 token: client {cost[1][0]:.3f} ms, engine {cost[1][1]:.3f} ms; per further streamed token: "
+          f"client {client_ms:.3f} ms, engine {engine_ms:.3f} ms")
+    assert 0 < client_ms < engine_ms
