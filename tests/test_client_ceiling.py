@@ -48,6 +48,7 @@ RATES = (100, 200, 400, 800, 1000, 1200, 1400, 1600, 2000, 2400, 3200, 4800, 640
 RUNG_S = 4
 TOKEN_RATE, LONG = 200, 16
 CLIENT_CPU, SERVER_CPU = "1", "0"
+pytestmark = pytest.mark.slow
 
 
 def server_cpu_seconds(pid: int) -> float:
