@@ -165,3 +165,27 @@ def test_the_search_finds_the_known_capacity_of_the_stand_in(tmp_path):
             assert measured < 1000 * first + 30
     assert math.isclose(metrics["capacity_measured_ttft_p90_ms"],
                         next(p for p in probes if p["rate_per_s"] == found)["bounds"]["ttft_p90_ms"]["measured_ms"])
+
+
+def test_a_probes_audit_counts_its_rates_from_its_judged_requests(tmp_path):
+    """A probe's warm-up arrivals are part of its open loop, not of its judged requests: the probe's achieved and
+    scheduled rates and its client CPU share are those of the judged phase. They were counted from the probe's start,
+    warm-up included: a probe at 200/s with 0.5 s of warm-up and 3 s judged said 171/s sent, and its client 112 %
+    of one core."""
+    server = Server("--tokens", "2", "--first-token-delay", "0.005", "--inter-token-delay", "0.005", "--parallelism", "16")
+    try:
+        search = {"slo": {"ttft_p90_ms": 1000}, "rate": {"min": 40, "max": 80}, "arrivals": "constant", "max_probes": 1,
+                  "probe_requests": 40, "probe_s": 1, "warmup_s": 1}
+        done = subprocess.run([sys.executable, str(SEARCH), "run", str(tmp_path / "r"), "--host", "127.0.0.1",
+                               "--port", str(server.port), "--api", "openai-completions", "--model", "tiny",
+                               "--input-length", "3", "--max-tokens", "2", "--search", json.dumps(search)],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        server.close()
+    assert done.returncode == 0, done.stderr
+    (probe,) = json.loads((tmp_path / "r" / "search.json").read_text())["probes"]
+    figures = probe["metrics"]
+    assert probe["warmup_requests"] == 40 and probe["judged"] >= 40, probe
+    assert figures["scheduled_rate_per_s"] == pytest.approx(40, rel=0.01), figures
+    assert figures["achieved_rate_per_s"] == pytest.approx(40, rel=0.05), figures
+    assert figures["client_kept_up"] == 1 and 0 < figures["client_cpu_percent"] < 100, figures

@@ -232,8 +232,9 @@ def test_a_capacity_search_against_the_fast_engine_flags_the_clients_limit_not_t
     for probe in probes:
         figures = probe["metrics"]
         print(f"probe {probe['probe']} at {probe['rate_per_s']:g}/s: {probe['verdict']}, kept_up {probe['client_kept_up']}, served "
-              f"{figures['request_throughput_per_s']:.0f}/s, schedule delay median {figures['schedule_delay_median_ms']:.2f} ms, "
-              f"TTFT p99 {figures['ttft_p99_ms']:.2f} ms")
+              f"{figures['request_throughput_per_s']:.0f}/s, sent {figures['achieved_rate_per_s']:.0f}/s, schedule delay median "
+              f"{figures['schedule_delay_median_ms']:.2f} ms, client CPU {figures['client_cpu_percent']:.0f} %, TTFT p99 "
+              f"{figures['ttft_p99_ms']:.2f} ms")
     print({key: metrics[key] for key in ("capacity_requests_per_s", "capacity_high_requests_per_s", "capacity_client_limited")})
     last = probes[-1]
     assert last["client_kept_up"] == 0 and all(p["client_kept_up"] == 1 and p["verdict"] == "pass" for p in probes[:-1]), probes
