@@ -56,6 +56,29 @@ def test_a_probe_is_decided_only_when_its_interval_leaves_the_allowed_share():
     assert failing.verdict() == "fail"            # 2 of 2 over: P = 0.01 under a 10 % share
 
 
+def test_a_probe_the_client_did_not_keep_up_with_is_never_the_capacity():
+    """A probe that met its SLO while the client fell behind its own schedule (client_kept_up 0: it sent fewer requests
+    than the rate, later) says nothing of the server: the capacity is the highest pass the client kept up with, its
+    upper end unknown, and the search says it was the client's limit (issue 22 item 2). Seen on a fast llama-server:
+    the probe at 1600/s passed a loose TTFT bound at 1084/s sent, and was reported as the capacity. Nor is its failure
+    the server's upper bound."""
+    bounds = llm_search.parse_bounds({"ttft_p99_ms": 1000})
+
+    def probe(rate, kept_up):
+        return {"rate_per_s": rate, "verdict": "pass", "client_kept_up": kept_up, "metrics": {"request_throughput_per_s": rate},
+                "bounds": {"ttft_p99_ms": {"measured_ms": 1.0}}}
+
+    metrics = llm_search.capacity_metrics([probe(200, 1), probe(400, 1), probe(800, 1), probe(1600, 0)], bounds)
+    assert (metrics["capacity_requests_per_s"], metrics["capacity_low_requests_per_s"]) == (800, 800)
+    assert metrics["capacity_high_requests_per_s"] is None
+    assert metrics["capacity_client_limited"] == 1 and metrics["capacity_request_throughput_per_s"] == 800
+    # nor its failure the server's: the client that fell behind measured late reads too
+    failed = llm_search.capacity_metrics([probe(200, 1), {**probe(400, 0), "verdict": "fail"}], bounds)
+    assert (failed["capacity_requests_per_s"], failed["capacity_high_requests_per_s"], failed["capacity_client_limited"]) == (200, None, 1)
+    alone = llm_search.capacity_metrics([probe(200, 0)], bounds)
+    assert (alone["capacity_requests_per_s"], alone["capacity_low_requests_per_s"], alone["capacity_client_limited"]) == (None, 0.0, 1)
+
+
 @pytest.mark.parametrize("capacity", [0.3, 0.5, 0.61, 1.0, 2.7, 5.0, 13.3, 31.9, 47.0, 63.9, 64.0, 100.0])
 def test_the_search_brackets_a_threshold_within_the_precision_in_at_most_twelve_probes(capacity):
     """0.5 to 64 per second at 5 %: doubling (at most 8 probes) then bisecting a factor 2 to 1.05 (at most 4)."""
@@ -142,3 +165,27 @@ def test_the_search_finds_the_known_capacity_of_the_stand_in(tmp_path):
             assert measured < 1000 * first + 30
     assert math.isclose(metrics["capacity_measured_ttft_p90_ms"],
                         next(p for p in probes if p["rate_per_s"] == found)["bounds"]["ttft_p90_ms"]["measured_ms"])
+
+
+def test_a_probes_audit_counts_its_rates_from_its_judged_requests(tmp_path):
+    """A probe's warm-up arrivals are part of its open loop, not of its judged requests: the probe's achieved and
+    scheduled rates and its client CPU share are those of the judged phase. They were counted from the probe's start,
+    warm-up included: a probe at 200/s with 0.5 s of warm-up and 3 s judged said 171/s sent, and its client 112 %
+    of one core."""
+    server = Server("--tokens", "2", "--first-token-delay", "0.005", "--inter-token-delay", "0.005", "--parallelism", "16")
+    try:
+        search = {"slo": {"ttft_p90_ms": 1000}, "rate": {"min": 40, "max": 80}, "arrivals": "constant", "max_probes": 1,
+                  "probe_requests": 40, "probe_s": 1, "warmup_s": 1}
+        done = subprocess.run([sys.executable, str(SEARCH), "run", str(tmp_path / "r"), "--host", "127.0.0.1",
+                               "--port", str(server.port), "--api", "openai-completions", "--model", "tiny",
+                               "--input-length", "3", "--max-tokens", "2", "--search", json.dumps(search)],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        server.close()
+    assert done.returncode == 0, done.stderr
+    (probe,) = json.loads((tmp_path / "r" / "search.json").read_text())["probes"]
+    figures = probe["metrics"]
+    assert probe["warmup_requests"] == 40 and probe["judged"] >= 40, probe
+    assert figures["scheduled_rate_per_s"] == pytest.approx(40, rel=0.01), figures
+    assert figures["achieved_rate_per_s"] == pytest.approx(40, rel=0.05), figures
+    assert figures["client_kept_up"] == 1 and 0 < figures["client_cpu_percent"] < 100, figures

@@ -206,7 +206,10 @@ def run_probe(parent, args, prompts, settings, bounds, rate, number, first_index
     wall = time.perf_counter() - run.t0
     measured = [r for r in records if r["judged"]]
     info = {"request_rate": rate, "wall_time_s": wall, "client_cpu_s": time.process_time() - cpu}
-    figures = bench.metrics_of(measured, {**info, "wall_time_s": _judged_wall(measured) or wall})
+    figures = bench.metrics_of(_from_judged_start(measured, records, first_index, warmup),
+                               {**info, "wall_time_s": _judged_wall(measured) or wall})
+    # the CPU was counted over the whole probe, warm-up included (the same rate): its share is of the whole probe's time
+    figures["client_cpu_percent"] = 100.0 * info["client_cpu_s"] / wall if wall > 0 else None
     verdicts = tally.verdicts()
     summary = {"probe": number, "rate_per_s": rate, "verdict": tally.verdict(), "judged": tally.judged,
                "warmup_requests": warmup, "cut_by": parent.stop_reason,
@@ -218,6 +221,15 @@ def run_probe(parent, args, prompts, settings, bounds, rate, number, first_index
     if parent.stopping():
         summary["verdict"] = "cut"
     return records, summary
+
+
+def _from_judged_start(measured, records, first_index, warmup):
+    """The judged records with their schedule counted from the last warm-up arrival, as llm_bench counts a run's from
+    its start: the audit's scheduled and achieved rates are then the judged phase's, not diluted by the warm-up's time."""
+    origin = max((r["intended_s"] for r in records if r["index"] - first_index < warmup and r.get("intended_s") is not None),
+                 default=0.0)
+    return [{**r, "intended_s": r["intended_s"] - origin, "send_s": r["send_s"] - origin}
+            if r.get("intended_s") is not None else r for r in measured]
 
 
 def _judged_wall(records):
@@ -273,10 +285,13 @@ def settle(parent, args, prompts, baseline_s, settings):
 
 
 def capacity_metrics(probes, bounds):
-    """metrics.json of a search: the capacity, its bracket, and the figures at the capacity probe."""
-    passed = [p for p in probes if p["verdict"] == "pass"]
+    """metrics.json of a search: the capacity, its bracket, and the figures at the capacity probe. A probe the client
+    did not keep up with (client_kept_up 0) bounds neither end: the server saw a lower rate than the probe's, and
+    the client's own delays are in its figures."""
+    kept_up = [p for p in probes if p.get("client_kept_up") != 0]
+    passed = [p for p in kept_up if p["verdict"] == "pass"]
     lo = max(passed, key=lambda p: p["rate_per_s"]) if passed else None
-    failing = [p["rate_per_s"] for p in probes if p["verdict"] in ("fail", "undecided")
+    failing = [p["rate_per_s"] for p in kept_up if p["verdict"] in ("fail", "undecided")
                and (lo is None or p["rate_per_s"] > lo["rate_per_s"])]
     limited = any(p.get("client_kept_up") == 0 for p in probes)
     metrics = {"capacity_requests_per_s": lo["rate_per_s"] if lo else None,
