@@ -715,6 +715,21 @@ def test_a_capacity_search_is_drawn_as_its_curve_with_the_bound_and_the_bracket(
     assert svg.count('id="axes_') == 2 and "500" in svg and "50" in svg
 
 
+def test_a_probe_the_client_did_not_keep_up_with_is_drawn_as_such_and_bounds_no_end_of_the_bracket(orchc, tmp_path):
+    """llm_search.py's capacity_metrics: a probe with client_kept_up 0 says nothing of the server (its rate was not
+    sent); the report's bracket and markers follow it, not the probe's verdict."""
+    limited = {**probe(4, 8, "pass", 420, 26), "client_kept_up": 0}
+    run = capacity_run(tmp_path / "run", {**SEARCH, "probes": [*SEARCH["probes"][:3], limited]})
+    done = orchc("report", run)
+    assert done.code == 0, done.err
+    page = (run / "report.html").read_text()
+    caption = re.search(r"<h3>capacity: tpot_p99_ms.*?<figcaption>(.*?)</figcaption>", page, re.S)[1]
+    assert "capacity 4.00/s, bracket [4.00, not found)/s" in caption, caption
+    assert "(1 probe the client did not keep up with: it says nothing of the server, and bounds neither end)" in caption, caption
+    svg = next(path for path in (run / "report").iterdir() if path.name.endswith("capacity.svg")).read_text()
+    assert "client fell behind" in svg
+
+
 @pytest.mark.parametrize("search", [[], {"probes": "x"}, {"slo": {}, "probes": [{"rate_per_s": "fast"}]}])
 def test_a_search_json_that_cannot_be_read_is_a_note_not_a_failure(orchc, tmp_path, search):
     run = capacity_run(tmp_path / "run", search)

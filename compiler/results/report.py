@@ -566,8 +566,8 @@ def _capacity_search(job: str, text: str) -> CapacitySearch | None:
     try:
         data = json.loads(text)
         bounds = {str(key): float(value) for key, value in data["slo"].items()}
-        probes = [(float(p["rate_per_s"]), str(p["verdict"]),
-                   {key: (float(entry["measured_ms"]), str(entry.get("verdict", p["verdict"])))
+        probes = [(float(p["rate_per_s"]), _probe_verdict(p),
+                   {key: (float(entry["measured_ms"]), _probe_verdict(p, entry.get("verdict", p["verdict"])))
                     for key, entry in p["bounds"].items()
                     if key in bounds and isinstance(entry, dict) and entry.get("measured_ms") is not None})
                   for p in data["probes"]]
@@ -578,8 +578,15 @@ def _capacity_search(job: str, text: str) -> CapacitySearch | None:
     return CapacitySearch(job, bounds, probes)
 
 
+def _probe_verdict(probe: dict[str, Any], verdict: object = None) -> str:
+    """A probe's (or one bound's) verdict; CLIENT_LIMITED where the client did not keep up with the probe's schedule:
+    the server was not sent the probe's rate, so it bounds neither end of the capacity (llm_search.py's rule)."""
+    return CLIENT_LIMITED if probe.get("client_kept_up") == 0 else str(probe["verdict"] if verdict is None else verdict)
+
+
+CLIENT_LIMITED = "client-limited"
 _VERDICT_STYLE = {"pass": ("o", "C2", "passed"), "fail": ("x", "C3", "failed"), "undecided": ("s", "C7", "undecided"),
-                  "cut": ("d", "C7", "cut short")}
+                  "cut": ("d", "C7", "cut short"), CLIENT_LIMITED: ("^", "C1", "client fell behind")}
 
 
 def capacity_plot(Figure: Any, search: CapacitySearch) -> Plot:
@@ -613,6 +620,9 @@ def capacity_plot(Figure: Any, search: CapacitySearch) -> Plot:
     figure.set_layout_engine("constrained")
     found = (f"capacity {number(low)}/s, bracket [{number(low)}, {number(high) if high is not None else 'not found'})/s"
              if low is not None else "no probe met the SLO")
+    if limited := sum(verdict == CLIENT_LIMITED for _, verdict, _ in search.probes):
+        found += (f" ({limited} probe{'s' * (limited > 1)} the client did not keep up with: {'they say' if limited > 1 else 'it says'} "
+                  f"nothing of the server, and bound{'' if limited > 1 else 's'} neither end)")
     caption = (f"results/{search.job}/search.json: {len(search.probes)} probes, {found}. Each marker is a probe's "
                "measured quantile over its judged requests, marked by that bound's verdict there: the one-sided "
                "Clopper-Pearson interval of the share of requests over the bound, so a point near the line may carry "
