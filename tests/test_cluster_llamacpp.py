@@ -183,15 +183,21 @@ def clients_done(run: Path, names: set[str]) -> dict | None:
     return jobs if jobs and all(jobs.get(name, {}).get("state") in ENDED for name in names) else None
 
 
+PRECISION = 0.1
+"""the search's precision (its bracket's width) and how far outside the bracket the sweep's judged points lie"""
+
+
 @pytest.mark.slow
 def test_the_capacity_search_agrees_with_a_fixed_rate_sweep_on_llama_server(cluster, model, tmp_path):
     """The search (p90 TTFT within 500 ms, constant arrivals, to 10 %) against llama-server, then, against the same
     server right after (it keeps running; the sweep is a second recipe targeting its endpoint, since its rates come
-    from the search), a fixed-rate sweep placed around the bracket [low, high) found: 0.7 x low, low, high, 2 x high,
-    each point judged as a plain run is (its p90 TTFT, no failed request). Asserted: the highest passing point lies
-    within [low, high] (low passes, 2 x high fails, and 0.7 x low passes). A search off by more than its bracket
-    fails the test; the same server, warm, right after the search is what makes this hold on 2 shared cores (a sweep
-    against a fresh server minutes later found the engine's speed moved by more than the bracket's 10 %)."""
+    from the search), a fixed-rate sweep around the bracket [low, high) found: low / 1.1, low, high, 1.1 x high, each
+    point judged as a plain run is (its p90 TTFT, no failed request). Asserted: low / 1.1 passes and 1.1 x high fails,
+    so the sweep's own crossing of the bound lies within the search's bracket widened by its precision, and the sweep
+    stays on the client's side of its ceiling. Printed, not asserted: whether the highest passing point lies within
+    [low, high] itself. That is a coin toss by construction: the bracket is where the bound is crossed, and near the
+    crossing the p90 moves steeply with the engine's speed (at low = 8.72/s, the same rate the search passed with no
+    request of 30 over 500 ms, two sweeps measured a p90 of 303 and 505 ms on an idle machine)."""
     port = free_port()
     first = tmp_path / "search"
     first.mkdir()
@@ -211,7 +217,7 @@ def test_the_capacity_search_agrees_with_a_fixed_rate_sweep_on_llama_server(clus
         assert found["capacity_client_limited"] == 0 and low > 0 and high is not None, (found, tried)
         assert high / low <= 1.1 + 1e-9 and found["search_probes_count"] <= 12, tried
 
-        rates = {"s1": 0.7 * low, "s2": low, "s3": high, "s4": 2 * high}
+        rates = {"s1": low / (1 + PRECISION), "s2": low, "s3": high, "s4": high * (1 + PRECISION)}
         recipe = second / "sweep.yaml"
         recipe.write_text("site: local\nclients:\n" + "".join(sweep_client(tmp_path, name, rate, port) for name, rate in rates.items()))
         sweep = run_to_the_end(recipe, second / "run", set(rates))
@@ -224,7 +230,7 @@ def test_the_capacity_search_agrees_with_a_fixed_rate_sweep_on_llama_server(clus
     figures = {name: (round(rates[name], 3), round(m["ttft_p90_ms"], 1), m["client_kept_up"]) for name, m in sweep.items()}
     assert all(m["client_kept_up"] == 1 for m in sweep.values()), figures
     highest = max((rates[name] for name, ok in passing.items() if ok), default=None)
-    said = f"search [{low:.3f}, {high:.3f}) {tried}; sweep (rate, p90 TTFT ms, kept up): {figures}; highest passing {highest}"
+    said = (f"search [{low:.3f}, {high:.3f}) {tried}; sweep (rate, p90 TTFT ms, kept up): {figures}; highest passing {highest}; "
+            f"within [low, high]: {highest is not None and low <= highest <= high}")
     print(said)
     assert passing["s1"] and not passing["s4"], said
-    assert highest is not None and low <= highest <= high, said

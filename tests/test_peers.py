@@ -332,7 +332,7 @@ def table(measured: dict[str, dict[str, float]], fixed_speed: bool = True, unsee
         for name, key in SERVER_ROWS:
             figures = [measured[client][key] for client in ("orchc", "aiperf", "guidellm")]
             rows.append([name, figures[0], figures[1], figures[1] / figures[0] - 1, figures[2], figures[2] / figures[0] - 1,
-                         "the server's own figure of each client's run (its log): what the rows above are scaled by"])
+                         "the server's own figure of each client's run (its log): the speed the rows above are compared at"])
     for client in ("orchc", "aiperf", "guidellm"):
         for name, stat in JUDGED_BY_SERVER.items():
             value, record = measured[client][f"ttft_{stat}_ms"], measured[client][f"server.ttft_{stat}_ms"]
