@@ -48,6 +48,14 @@ def needs_redis() -> None:
         pytest.skip(f"{', '.join(missing)} not installed; run tests/install-deps.sh")
 
 
+def install_standin(folder: Path, name: str, script: Path) -> None:
+    """`folder/name`, a program that runs the stand-in `script` with this Python (the `vllm` or `ollama` a type
+    starts, when `folder` leads PATH)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
+    (folder / name).chmod(0o755)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

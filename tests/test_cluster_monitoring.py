@@ -19,7 +19,7 @@ import nvidia_smi_standin
 import pytest
 from conftest import ROOT
 from ruamel.yaml import YAML
-from test_cluster import cluster, free_port, orchc, status, wait_for  # noqa: F401 (cluster is a fixture)
+from test_cluster import cluster, free_port, install_standin, orchc, status, wait_for  # noqa: F401 (cluster is a fixture)
 from test_monitoring import ENDED, GPU_RECIPE, compile_gpu, needs, query, without_nvidia_smi
 
 pytestmark = pytest.mark.cluster
@@ -163,8 +163,7 @@ def test_prometheus_scrapes_every_service_and_sidecar_and_the_llm_client_reports
         f"    metrics_port: 0\n")
     shim = tmp_path / "bin"
     nvidia_smi_standin.install(shim)
-    (shim / "vllm").write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'llm_standin.py'} \"$@\"\n")
-    (shim / "vllm").chmod(0o755)
+    install_standin(shim, "vllm", ROOT / "tests" / "llm_standin.py")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{shim}{os.pathsep}{without_nvidia_smi(os.environ['PATH'])}",
            "ORCHC_STANDIN_GPUS": "1", "ORCHC_STANDIN_POWER": "250", "STANDIN_TOKENS": "20", "STANDIN_PARALLELISM": "1",
            "STANDIN_FIRST_TOKEN_DELAY": "0.05", "STANDIN_INTER_TOKEN_DELAY": "0.02", "STANDIN_LOG": str(tmp_path / "standin.jsonl")}
@@ -230,8 +229,7 @@ def test_the_monitoring_example_without_grafana_has_every_service_and_sidecar_up
         f"    num_requests: 4\n    concurrent: 2\n")
     shim = tmp_path / "bin"
     nvidia_smi_standin.install(shim)
-    (shim / "ollama").write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'ollama_standin.py'} \"$@\"\n")
-    (shim / "ollama").chmod(0o755)
+    install_standin(shim, "ollama", ROOT / "tests" / "ollama_standin.py")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{shim}{os.pathsep}{without_nvidia_smi(os.environ['PATH'])}",
            "ORCHC_STANDIN_GPUS": "1", "STANDIN_SIZE_VRAM": "1000"}
     run = tmp_path / "run"
@@ -356,9 +354,7 @@ def test_prometheus_scrapes_the_llm_clients_live_metrics_while_it_runs(cluster, 
         f"clients:\n  - name: bench\n    type: llm_client\n    target: llm\n    model: tiny\n    api_key: {{file: {key}}}\n"
         f"    num_requests: 60\n    concurrent: 2\n    warmup_requests: 0\n    metrics_port: {ports['client']}\n")
     shim = tmp_path / "bin"
-    shim.mkdir()
-    (shim / "vllm").write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'llm_standin.py'} \"$@\"\n")
-    (shim / "vllm").chmod(0o755)
+    install_standin(shim, "vllm", ROOT / "tests" / "llm_standin.py")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}",
            "STANDIN_TOKENS": "20", "STANDIN_FIRST_TOKEN_DELAY": "0.05", "STANDIN_INTER_TOKEN_DELAY": "0.02"}
     run = tmp_path / "run"

@@ -16,7 +16,7 @@ from pathlib import Path
 import nvidia_smi_standin
 import pytest
 from conftest import ROOT
-from test_cluster import cluster, orchc, status, wait_for  # noqa: F401 (cluster is a fixture)
+from test_cluster import cluster, install_standin, orchc, status, wait_for  # noqa: F401 (cluster is a fixture)
 from test_monitoring import ENDED, needs, without_nvidia_smi
 
 pytestmark = pytest.mark.cluster
@@ -70,8 +70,7 @@ def test_two_runs_of_one_recipe_on_one_node_both_succeed_each_client_on_its_own_
     (tmp_path / "twice.yaml").write_text(RECIPE.replace("KEY", str(key)))
     shim = tmp_path / "bin"
     nvidia_smi_standin.install(shim)
-    (shim / "vllm").write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'llm_standin.py'} \"$@\"\n")
-    (shim / "vllm").chmod(0o755)
+    install_standin(shim, "vllm", ROOT / "tests" / "llm_standin.py")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{shim}{os.pathsep}{without_nvidia_smi(os.environ['PATH'])}",
            "ORCHC_STANDIN_GPUS": "1", "STANDIN_TOKENS": "8"}
     runs = [tmp_path / "one", tmp_path / "two"]

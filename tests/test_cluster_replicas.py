@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, in_ci
-from test_cluster import _cluster_problem, status, wait_for
+from test_cluster import _cluster_problem, install_standin, status, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -50,9 +50,7 @@ def test_four_ollamas_on_four_gpus_share_the_clients_load(cluster, tmp_path: Pat
         f"client:\n  name: bench\n  type: ollama_client\n  model: tiny\n  api_key: {{file: {key}}}\n"
         "  num_requests: 20\n  concurrent: 4\n  warmup_requests: 0\n  resources: {time: '00:03:00'}\n")
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "ollama").write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'ollama_standin.py'} \"$@\"\n")
-    (bin_dir / "ollama").chmod(0o755)
+    install_standin(bin_dir, "ollama", ROOT / "tests" / "ollama_standin.py")
     served = tmp_path / "served.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path),
            "STANDIN_SIZE_VRAM": "1000", "STANDIN_SERVED": str(served), "STANDIN_LOG": str(tmp_path / "requests.log")}

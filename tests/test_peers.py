@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cluster import cluster, free_port, status, wait_for  # noqa: F401 (cluster is a fixture)
+from test_cluster import cluster, free_port, install_standin, status, wait_for  # noqa: F401 (cluster is a fixture)
 from test_cluster import orchc as cluster_orchc
 from test_monitoring import ENDED
 
@@ -410,9 +410,7 @@ def test_aiperf_and_guidellm_clients_run_on_the_cluster_against_a_keyed_vllm_ser
         f"    ports: [{free_port()}]\n    api_key: {{file: {key_file}}}\n    health_timeout: 60\n"
         f"    resources: {{gres!: null, partition: cpu}}\nclients:\n{peers}")
     shim = tmp_path / "bin"
-    shim.mkdir()
-    (shim / "vllm").write_text(f"#!/bin/sh\nexec {sys.executable} {STANDIN} \"$@\"\n")
-    (shim / "vllm").chmod(0o755)
+    install_standin(shim, "vllm", STANDIN)
     log = tmp_path / "standin.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}", "STANDIN_TOKENS": "8",
            "STANDIN_PARALLELISM": "2", "STANDIN_FIRST_TOKEN_DELAY": "0.02", "STANDIN_INTER_TOKEN_DELAY": "0.01",
