@@ -48,6 +48,17 @@ def needs_redis() -> None:
         pytest.skip(f"{', '.join(missing)} not installed; run tests/install-deps.sh")
 
 
+def gpu_nodes() -> dict[str, int]:
+    """Each node of the gpu partition and its GPUs, as sinfo says (gres gpu:N or gpu:TYPE:N)."""
+    found = subprocess.run(["sinfo", "-h", "-N", "-p", "gpu", "-o", "%N %G"], capture_output=True, text=True, timeout=30).stdout
+    nodes = {}
+    for line in found.splitlines():
+        if line.strip():
+            name, gres = line.split()[0], line.split()[-1].split("(")[0].split(":")
+            nodes[name] = int(gres[-1]) if gres[0] == "gpu" and gres[-1].isdigit() else 0
+    return nodes
+
+
 def install_standin(folder: Path, name: str, script: Path) -> None:
     """`folder/name`, a program that runs the stand-in `script` with this Python (the `vllm` or `ollama` a type
     starts, when `folder` leads PATH)."""

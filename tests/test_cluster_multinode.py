@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, in_ci
-from test_cluster import _cluster_problem, free_port, status, wait_for
+from test_cluster import _cluster_problem, free_port, gpu_nodes, status, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -28,18 +28,11 @@ def _nodes_problem() -> str | None:
     problem = _cluster_problem()
     if problem:
         return problem
-    found = subprocess.run(["sinfo", "-h", "-N", "-p", "gpu", "-o", "%N %G"], capture_output=True, text=True,
-                           timeout=30).stdout.split("\n")
-    with_two = {line.split()[0] for line in found if line.strip() and _gpus(line.split()[-1]) >= 2}
+    with_two = {node for node, gpus in gpu_nodes().items() if gpus >= 2}
     if len(with_two) < 2:
         return (f"the gpu partition has {len(with_two)} node(s) with 2 GPUs, not 2 (the four-node test cluster of "
                 "tests/cluster/start.sh has them)")
     return None
-
-
-def _gpus(gres: str) -> int:
-    parts = gres.split("(")[0].split(":")
-    return int(parts[-1]) if parts[0] == "gpu" and parts[-1].isdigit() else 0
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, in_ci
-from test_cluster import _cluster_problem, install_standin, status, wait_for
+from test_cluster import _cluster_problem, gpu_nodes, install_standin, status, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -23,9 +23,7 @@ def _four_gpus_problem() -> str | None:
     problem = _cluster_problem()
     if problem:
         return problem
-    found = subprocess.run(["sinfo", "-h", "-N", "-p", "gpu", "-o", "%N %G"], capture_output=True, text=True,
-                           timeout=30).stdout.split("\n")
-    if not any(line.split()[-1].split("(")[0] in ("gpu:4", "gpu:gpu:4") for line in found if line.strip()):
+    if 4 not in gpu_nodes().values():
         return "the gpu partition has no node with 4 GPUs (the four-node test cluster of tests/cluster/start.sh has them)"
     return None
 
